@@ -1,0 +1,225 @@
+//! [`ResponseFuture`]: the future of [`Classify`](crate::Classify).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::SystemTime;
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::Response;
+use http_body::Body;
+use pin_project_lite::pin_project;
+
+use crate::error::BoxError;
+use crate::layer::Config;
+use crate::service::CallMeta;
+use crate::stream::OutcomeGuard;
+use crate::stream::{EventScanner, Framing, OutcomeHook, ResponseBody, StreamOutcome};
+use crate::{LlmError, classify_grpc, classify_response};
+
+pin_project! {
+    /// The response future of [`Classify`](crate::Classify): a named state
+    /// machine, no boxing.
+    pub struct ResponseFuture<F, B> {
+        #[pin]
+        state: State<F, B>,
+        meta: CallMeta,
+        guard: OutcomeGuard,
+        config: Config,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F, B> {
+        Calling { #[pin] future: F },
+        ReadingErrorBody {
+            head: Option<http::response::Parts>,
+            #[pin] body: B,
+            bytes: BytesMut,
+            truncated: bool,
+        },
+        Done,
+    }
+}
+
+impl<F, B> ResponseFuture<F, B> {
+    pub(crate) fn new(
+        future: F,
+        meta: CallMeta,
+        hook: Option<OutcomeHook>,
+        config: Config,
+    ) -> Self {
+        ResponseFuture {
+            state: State::Calling { future },
+            meta,
+            guard: OutcomeGuard::new(hook),
+            config,
+        }
+    }
+}
+
+impl<F, B, E> Future for ResponseFuture<F, B>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+    E: Into<BoxError>,
+    B: Body,
+    B::Error: Into<BoxError>,
+{
+    type Output = Result<Response<ResponseBody<B>>, LlmError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.state.as_mut().project() {
+                StateProj::Calling { future } => {
+                    let response = match ready!(future.poll(cx)) {
+                        Ok(response) => response,
+                        Err(error) => {
+                            let mut error = LlmError::from_source(error);
+                            if error.classification().provider() == crate::Provider::Unknown {
+                                let c = error.classification_mut();
+                                *c = c.clone().with_provider(this.meta.provider);
+                            }
+                            this.guard
+                                .report(StreamOutcome::Failed(error.classification()));
+                            this.state.set(State::Done);
+                            return Poll::Ready(Err(error));
+                        }
+                    };
+                    let status = response.status();
+                    let grpc_failed = status.is_success()
+                        && response.headers().contains_key("grpc-status")
+                        && classify_grpc(response.headers()).is_some();
+                    if status.as_u16() < 400 && !grpc_failed {
+                        let (head, body) = response.into_parts();
+                        let scanner = this
+                            .config
+                            .scan_streams
+                            .then(|| Framing::from_content_type(&head.headers))
+                            .flatten()
+                            .map(|framing| {
+                                let dialect = if this.config.require_terminal_event {
+                                    this.meta.dialect
+                                } else {
+                                    crate::stream::Dialect::Generic
+                                };
+                                EventScanner::new(framing, dialect, this.meta.provider)
+                            });
+                        let idle = scanner.as_ref().and(this.config.idle_timeout);
+                        // Only streams can fail after the head; keep their
+                        // request id (a refcount, not a copy) for that case.
+                        let request_id = scanner.as_ref().and_then(|_| {
+                            this.meta
+                                .provider
+                                .request_id_headers()
+                                .iter()
+                                .find_map(|name| head.headers.get(*name))
+                                .cloned()
+                        });
+                        let guard = std::mem::take(this.guard);
+                        let body = ResponseBody::new(
+                            body,
+                            scanner,
+                            idle,
+                            guard,
+                            this.meta.provider,
+                            request_id,
+                        );
+                        this.state.set(State::Done);
+                        return Poll::Ready(Ok(Response::from_parts(head, body)));
+                    }
+                    let (head, body) = response.into_parts();
+                    let hint = body.size_hint().upper().unwrap_or(4096);
+                    let capacity = usize::try_from(hint)
+                        .unwrap_or(usize::MAX)
+                        .min(this.config.error_body_limit);
+                    this.state.set(State::ReadingErrorBody {
+                        head: Some(head),
+                        body,
+                        bytes: BytesMut::with_capacity(capacity),
+                        truncated: false,
+                    });
+                }
+                StateProj::ReadingErrorBody {
+                    head,
+                    mut body,
+                    bytes,
+                    truncated,
+                } => {
+                    let limit = this.config.error_body_limit;
+                    loop {
+                        if bytes.len() >= limit || body.is_end_stream() {
+                            *truncated |= bytes.len() >= limit && !body.is_end_stream();
+                            break;
+                        }
+                        match ready!(body.as_mut().poll_frame(cx)) {
+                            None => break,
+                            // The status alone still classifies; a broken
+                            // error body does not hide it.
+                            Some(Err(_)) => break,
+                            Some(Ok(frame)) => {
+                                if let Ok(mut data) = frame.into_data() {
+                                    while data.has_remaining() {
+                                        let room = limit - bytes.len();
+                                        if room == 0 {
+                                            *truncated = true;
+                                            break;
+                                        }
+                                        let chunk = data.chunk();
+                                        let take = chunk.len().min(room);
+                                        bytes.extend_from_slice(&chunk[..take]);
+                                        data.advance(take);
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    let Some(head) = head.take() else {
+                        this.state.set(State::Done);
+                        continue;
+                    };
+                    let body_bytes: Bytes = std::mem::take(bytes).freeze();
+                    let truncated = *truncated;
+                    let classification = if head.status.is_success() {
+                        // A trailers-only gRPC error.
+                        classify_grpc(&head.headers)
+                            .unwrap_or_else(|| {
+                                crate::Classification::new(crate::ErrorKind::Unknown)
+                            })
+                            .with_status(head.status)
+                            .with_provider(this.meta.provider)
+                    } else {
+                        classify_response(
+                            this.meta.provider,
+                            head.status,
+                            &head.headers,
+                            &body_bytes,
+                            SystemTime::now(),
+                        )
+                        .with_provider(this.meta.provider)
+                    };
+                    this.guard.report(StreamOutcome::Failed(&classification));
+                    this.state.set(State::Done);
+                    let error =
+                        LlmError::new(classification).with_response(head, body_bytes, truncated);
+                    return Poll::Ready(Err(error));
+                }
+                StateProj::Done => {
+                    return Poll::Ready(Err(LlmError::new(
+                        crate::Classification::new(crate::ErrorKind::Unknown)
+                            .with_message("ResponseFuture polled after completion"),
+                    )));
+                }
+            }
+        }
+    }
+}
+
+impl<F, B> std::fmt::Debug for ResponseFuture<F, B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseFuture")
+            .field("meta", &self.meta)
+            .finish_non_exhaustive()
+    }
+}

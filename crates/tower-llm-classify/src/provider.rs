@@ -1,0 +1,365 @@
+//! [`Provider`]: who answered, detected from the request or set explicitly.
+
+use std::fmt;
+
+/// The LLM provider (or server software) a request goes to.
+///
+/// It decides which headers carry the request id and rate-limit hints and how
+/// a stream ends. Error bodies are recognised whatever the provider, since
+/// OpenAI-compatible hosts and gateways mix the shapes; the provider breaks
+/// ties.
+///
+/// Detected from the request URI by [`Provider::detect`]; set it explicitly
+/// with [`ClassifyLayer::provider`](crate::ClassifyLayer::provider) when a
+/// proxy hides the real host.
+///
+/// ```
+/// use tower_llm_classify::Provider;
+///
+/// let uri: http::Uri = "https://api.anthropic.com/v1/messages".parse().unwrap();
+/// assert_eq!(Provider::detect(&uri), Provider::Anthropic);
+/// let uri: http::Uri = "http://localhost:11434/api/chat".parse().unwrap();
+/// assert_eq!(Provider::detect(&uri), Provider::Ollama);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum Provider {
+    /// OpenAI (`api.openai.com`).
+    OpenAi,
+    /// Azure OpenAI / Microsoft Foundry.
+    AzureOpenAi,
+    /// Anthropic's Claude API.
+    Anthropic,
+    /// Google Gemini API (AI Studio).
+    Gemini,
+    /// Google Vertex AI.
+    VertexAi,
+    /// AWS Bedrock Runtime.
+    Bedrock,
+    /// Mistral AI.
+    Mistral,
+    /// OpenRouter.
+    OpenRouter,
+    /// Groq.
+    Groq,
+    /// xAI.
+    Xai,
+    /// Together AI.
+    Together,
+    /// DeepSeek.
+    DeepSeek,
+    /// Fireworks AI.
+    Fireworks,
+    /// Ollama (native API or its `/v1` OpenAI-compatible API).
+    Ollama,
+    /// vLLM's OpenAI-compatible server.
+    Vllm,
+    /// llama.cpp's server.
+    LlamaCpp,
+    /// LM Studio's local server.
+    LmStudio,
+    /// Any other server that speaks the OpenAI API.
+    OpenAiCompatible,
+    /// Unknown.
+    Unknown,
+}
+
+impl Provider {
+    /// Every provider, in declaration order.
+    pub const ALL: [Provider; 19] = [
+        Provider::OpenAi,
+        Provider::AzureOpenAi,
+        Provider::Anthropic,
+        Provider::Gemini,
+        Provider::VertexAi,
+        Provider::Bedrock,
+        Provider::Mistral,
+        Provider::OpenRouter,
+        Provider::Groq,
+        Provider::Xai,
+        Provider::Together,
+        Provider::DeepSeek,
+        Provider::Fireworks,
+        Provider::Ollama,
+        Provider::Vllm,
+        Provider::LlamaCpp,
+        Provider::LmStudio,
+        Provider::OpenAiCompatible,
+        Provider::Unknown,
+    ];
+
+    /// The stable `snake_case` name, used in logs, metrics and configuration.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Provider::OpenAi => "openai",
+            Provider::AzureOpenAi => "azure_openai",
+            Provider::Anthropic => "anthropic",
+            Provider::Gemini => "gemini",
+            Provider::VertexAi => "vertex_ai",
+            Provider::Bedrock => "bedrock",
+            Provider::Mistral => "mistral",
+            Provider::OpenRouter => "openrouter",
+            Provider::Groq => "groq",
+            Provider::Xai => "xai",
+            Provider::Together => "together",
+            Provider::DeepSeek => "deepseek",
+            Provider::Fireworks => "fireworks",
+            Provider::Ollama => "ollama",
+            Provider::Vllm => "vllm",
+            Provider::LlamaCpp => "llama_cpp",
+            Provider::LmStudio => "lm_studio",
+            Provider::OpenAiCompatible => "openai_compatible",
+            Provider::Unknown => "unknown",
+        }
+    }
+
+    /// Detects the provider from the request URI: the host for hosted APIs,
+    /// the path (and conventional port) for local servers.
+    ///
+    /// Local servers are told apart by their default ports (Ollama 11434,
+    /// LM Studio 1234, vLLM 8000, llama.cpp 8080) only when the path does not
+    /// already say it; anything else on an OpenAI-style path is
+    /// [`OpenAiCompatible`](Provider::OpenAiCompatible).
+    pub fn detect(uri: &http::Uri) -> Provider {
+        let path = uri.path();
+        if let Some(host) = uri.host() {
+            if let Some(provider) = Self::from_host(host) {
+                return provider;
+            }
+        }
+        if path.starts_with("/api/chat")
+            || path.starts_with("/api/generate")
+            || path.starts_with("/api/embed")
+        {
+            return Provider::Ollama;
+        }
+        match uri.port_u16() {
+            Some(11434) => return Provider::Ollama,
+            Some(1234) => return Provider::LmStudio,
+            Some(8000) if is_local(uri.host()) => return Provider::Vllm,
+            Some(8080) if is_local(uri.host()) => return Provider::LlamaCpp,
+            _ => {}
+        }
+        if path.ends_with("/messages") {
+            // Anthropic's wire format behind a proxy or gateway.
+            return Provider::Anthropic;
+        }
+        if path.ends_with("/chat/completions")
+            || path.ends_with("/completions")
+            || path.ends_with("/responses")
+            || path.ends_with("/embeddings")
+        {
+            return Provider::OpenAiCompatible;
+        }
+        Provider::Unknown
+    }
+
+    fn from_host(host: &str) -> Option<Provider> {
+        let host = host.trim_end_matches('.');
+        let is = |domain: &str| {
+            host.eq_ignore_ascii_case(domain)
+                || (host.len() > domain.len()
+                    && host.as_bytes()[host.len() - domain.len() - 1] == b'.'
+                    && host[host.len() - domain.len()..].eq_ignore_ascii_case(domain))
+        };
+        let provider = if is("api.openai.com") {
+            Provider::OpenAi
+        } else if is("openai.azure.com")
+            || is("cognitiveservices.azure.com")
+            || is("services.ai.azure.com")
+        {
+            Provider::AzureOpenAi
+        } else if is("api.anthropic.com") {
+            Provider::Anthropic
+        } else if is("generativelanguage.googleapis.com") {
+            Provider::Gemini
+        } else if host
+            .to_ascii_lowercase()
+            .ends_with("aiplatform.googleapis.com")
+        {
+            // Regional endpoints: `us-central1-aiplatform.googleapis.com`.
+            Provider::VertexAi
+        } else if host.starts_with("bedrock-runtime") && is("amazonaws.com") {
+            Provider::Bedrock
+        } else if is("api.mistral.ai") {
+            Provider::Mistral
+        } else if is("openrouter.ai") {
+            Provider::OpenRouter
+        } else if is("api.groq.com") {
+            Provider::Groq
+        } else if is("api.x.ai") {
+            Provider::Xai
+        } else if is("api.together.xyz") || is("api.together.ai") {
+            Provider::Together
+        } else if is("api.deepseek.com") {
+            Provider::DeepSeek
+        } else if is("api.fireworks.ai") {
+            Provider::Fireworks
+        } else {
+            return None;
+        };
+        Some(provider)
+    }
+
+    /// The response header that carries the provider's request id.
+    pub(crate) fn request_id_headers(self) -> &'static [&'static str] {
+        match self {
+            Provider::Anthropic => &["request-id", "x-request-id"],
+            Provider::Bedrock => &["x-amzn-requestid", "x-amzn-request-id"],
+            Provider::AzureOpenAi => &["apim-request-id", "x-request-id", "x-ms-request-id"],
+            _ => &["x-request-id", "request-id", "x-amzn-requestid"],
+        }
+    }
+}
+
+fn is_local(host: Option<&str>) -> bool {
+    matches!(
+        host,
+        Some("localhost" | "127.0.0.1" | "[::1]" | "::1" | "0.0.0.0")
+    )
+}
+
+impl fmt::Display for Provider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The error returned when a string names no [`Provider`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnknownProvider(pub String);
+
+impl fmt::Display for UnknownProvider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "unknown provider `{}` (expected one of: ", self.0)?;
+        for (i, provider) in Provider::ALL.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            f.write_str(provider.as_str())?;
+        }
+        f.write_str(")")
+    }
+}
+
+impl std::error::Error for UnknownProvider {}
+
+impl std::str::FromStr for Provider {
+    type Err = UnknownProvider;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Provider::ALL
+            .into_iter()
+            .find(|provider| provider.as_str() == s)
+            .ok_or_else(|| UnknownProvider(s.to_owned()))
+    }
+}
+
+impl serde::Serialize for Provider {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Provider {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let name = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        name.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn detect(uri: &str) -> Provider {
+        Provider::detect(&uri.parse().unwrap())
+    }
+
+    #[test]
+    fn detects_hosted_providers_by_host() {
+        assert_eq!(
+            detect("https://api.openai.com/v1/chat/completions"),
+            Provider::OpenAi
+        );
+        assert_eq!(
+            detect(
+                "https://myres.openai.azure.com/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21"
+            ),
+            Provider::AzureOpenAi
+        );
+        assert_eq!(
+            detect(
+                "https://generativelanguage.googleapis.com/v1beta/models/gemini-2.5-pro:generateContent"
+            ),
+            Provider::Gemini
+        );
+        assert_eq!(
+            detect(
+                "https://us-central1-aiplatform.googleapis.com/v1/projects/p/locations/us-central1/publishers/google/models/g:generateContent"
+            ),
+            Provider::VertexAi
+        );
+        assert_eq!(
+            detect("https://bedrock-runtime.us-east-1.amazonaws.com/model/m/invoke"),
+            Provider::Bedrock
+        );
+        assert_eq!(
+            detect("https://openrouter.ai/api/v1/chat/completions"),
+            Provider::OpenRouter
+        );
+        assert_eq!(
+            detect("https://API.OPENAI.COM/v1/chat/completions"),
+            Provider::OpenAi
+        );
+    }
+
+    #[test]
+    fn a_lookalike_host_is_not_the_provider() {
+        assert_ne!(
+            detect("https://evilapi.openai.com.example/v1/chat/completions"),
+            Provider::OpenAi
+        );
+        assert_ne!(
+            detect("https://notapi.openai.com/v1/chat/completions"),
+            Provider::OpenAi
+        );
+    }
+
+    #[test]
+    fn detects_local_servers_by_path_and_port() {
+        assert_eq!(detect("http://gpu-box:9999/api/chat"), Provider::Ollama);
+        assert_eq!(
+            detect("http://localhost:11434/v1/chat/completions"),
+            Provider::Ollama
+        );
+        assert_eq!(
+            detect("http://localhost:1234/v1/chat/completions"),
+            Provider::LmStudio
+        );
+        assert_eq!(
+            detect("http://localhost:8000/v1/chat/completions"),
+            Provider::Vllm
+        );
+        assert_eq!(
+            detect("http://localhost:8080/v1/chat/completions"),
+            Provider::LlamaCpp
+        );
+        assert_eq!(
+            detect("http://gateway.internal/v1/chat/completions"),
+            Provider::OpenAiCompatible
+        );
+        assert_eq!(
+            detect("http://gateway.internal/v1/messages"),
+            Provider::Anthropic
+        );
+        assert_eq!(detect("/health"), Provider::Unknown);
+    }
+
+    #[test]
+    fn every_provider_round_trips_through_its_name() {
+        for provider in Provider::ALL {
+            assert_eq!(provider.as_str().parse::<Provider>(), Ok(provider));
+        }
+    }
+}

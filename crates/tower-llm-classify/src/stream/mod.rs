@@ -1,0 +1,95 @@
+//! Streams: in-band errors, abnormal ends and keep-alives in SSE and NDJSON
+//! response bodies.
+//!
+//! A 200 response can still fail (`PROVIDERS.md` §0.2, §4.1): Anthropic sends
+//! `event: error` with `overloaded_error`, OpenAI chat sends
+//! `data: {"error": …}`, the Responses API `event: error` then
+//! `response.failed`, Ollama an `{"error": …}` NDJSON line; connections drop
+//! mid-body; streams end without their terminal event; a stall keeps
+//! answering keep-alive pings. [`ResponseBody`] passes the bytes through
+//! untouched, recognises all of these, turns them into a classified
+//! [`LlmError`](crate::LlmError) body error, and reports the final outcome to
+//! an [`OutcomeHook`].
+
+mod body;
+mod outcome;
+pub(crate) mod scanner;
+
+pub use body::ResponseBody;
+pub(crate) use outcome::OutcomeGuard;
+pub use outcome::{OnOutcome, OutcomeHook, StreamOutcome};
+pub use scanner::{EventScanner, ScanEvent};
+
+/// The wire protocol of a response stream, which says what is content, what
+/// is a keep-alive and how a complete stream ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Dialect {
+    /// OpenAI Chat Completions (and every OpenAI-compatible server): SSE
+    /// `data:` chunks ending with `data: [DONE]`.
+    OpenAiChat,
+    /// OpenAI Responses API: typed SSE events ending with
+    /// `response.completed` or `response.incomplete`; `error` and
+    /// `response.failed` are failures.
+    OpenAiResponses,
+    /// Anthropic Messages: `message_start`, `content_block_delta`, `ping`, …,
+    /// ending with `message_stop`; `event: error` is a failure.
+    Anthropic,
+    /// Ollama's native API: NDJSON lines ending with `"done": true`; an
+    /// `{"error": …}` line is a failure.
+    OllamaNdjson,
+    /// Any other SSE stream: errors are recognised, no terminal event is
+    /// required, and every `data:` event counts as content.
+    Generic,
+}
+
+impl Dialect {
+    /// The dialect a request path implies.
+    pub fn from_path(path: &str) -> Dialect {
+        if path.ends_with("/chat/completions") || path.ends_with("/completions") {
+            Dialect::OpenAiChat
+        } else if path.ends_with("/responses") {
+            Dialect::OpenAiResponses
+        } else if path.ends_with("/messages") {
+            Dialect::Anthropic
+        } else if path.starts_with("/api/chat") || path.starts_with("/api/generate") {
+            Dialect::OllamaNdjson
+        } else {
+            Dialect::Generic
+        }
+    }
+
+    /// Whether a complete stream ends with a terminal event, so that a stream
+    /// ending without one is [`StreamIncomplete`](crate::ErrorKind::StreamIncomplete).
+    pub const fn has_terminal_event(self) -> bool {
+        !matches!(self, Dialect::Generic)
+    }
+}
+
+/// How a response body is framed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Framing {
+    /// Server-sent events (`text/event-stream`).
+    Sse,
+    /// Newline-delimited JSON (`application/x-ndjson`), as Ollama streams.
+    Ndjson,
+}
+
+impl Framing {
+    /// The framing a response `content-type` announces, if it is a stream.
+    pub fn from_content_type(headers: &http::HeaderMap) -> Option<Framing> {
+        let value = headers.get(http::header::CONTENT_TYPE)?.to_str().ok()?;
+        let essence = value.split(';').next().unwrap_or(value).trim();
+        if essence.eq_ignore_ascii_case("text/event-stream") {
+            Some(Framing::Sse)
+        } else if essence.eq_ignore_ascii_case("application/x-ndjson")
+            || essence.eq_ignore_ascii_case("application/jsonl")
+            || essence.eq_ignore_ascii_case("application/json-seq")
+        {
+            Some(Framing::Ndjson)
+        } else {
+            None
+        }
+    }
+}
