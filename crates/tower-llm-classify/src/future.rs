@@ -88,24 +88,21 @@ where
                         }
                     };
                     let status = response.status();
+                    let content_type = response.headers().get(http::header::CONTENT_TYPE);
+                    // gRPC's trailers-only error: a 200 whose head carries grpc-status.
                     let grpc_failed = status.is_success()
-                        && response.headers().contains_key("grpc-status")
+                        && content_type
+                            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
                         && classify_grpc(response.headers()).is_some();
                     if status.as_u16() < 400 && !grpc_failed {
+                        let framing = content_type
+                            .filter(|_| this.config.scan_streams)
+                            .and_then(Framing::from_header_value);
                         let (head, body) = response.into_parts();
-                        let scanner = this
-                            .config
-                            .scan_streams
-                            .then(|| Framing::from_content_type(&head.headers))
-                            .flatten()
-                            .map(|framing| {
-                                let dialect = if this.config.require_terminal_event {
-                                    this.meta.dialect
-                                } else {
-                                    crate::stream::Dialect::Generic
-                                };
-                                EventScanner::new(framing, dialect, this.meta.provider)
-                            });
+                        let scanner = framing.map(|framing| {
+                            EventScanner::new(framing, this.meta.dialect, this.meta.provider)
+                                .require_terminal_event(this.config.require_terminal_event)
+                        });
                         let idle = scanner.as_ref().and(this.config.idle_timeout);
                         // Only streams can fail after the head; keep their
                         // request id (a refcount, not a copy) for that case.

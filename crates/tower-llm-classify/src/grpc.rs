@@ -58,15 +58,14 @@ pub fn classify_grpc(headers: &HeaderMap) -> Option<Classification> {
         .with_hint(hint::direct_hint(headers, std::time::SystemTime::now()));
     // gRPC A6: a pushback that is present but not a valid non-negative
     // integer means the server asks not to be retried.
-    if let Some(pushback) = headers.get("grpc-retry-pushback-ms") {
-        if pushback
+    if let Some(pushback) = headers.get("grpc-retry-pushback-ms")
+        && pushback
             .to_str()
             .ok()
             .and_then(hint::parse_milliseconds)
             .is_none()
-        {
-            classification = classification.with_retryable(false);
-        }
+    {
+        classification = classification.with_retryable(false);
     }
     if let Some(message) = headers.get("grpc-message").and_then(|v| v.to_str().ok()) {
         // `grpc-message` is percent-encoded (gRPC over HTTP/2 spec).

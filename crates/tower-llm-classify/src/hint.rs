@@ -386,10 +386,10 @@ fn parse_ietf_ratelimit(value: &str) -> Option<Duration> {
                 _ => {}
             }
         }
-        if remaining == Some("0") {
-            if let Some(reset) = reset {
-                longest = Some(longest.map_or(reset, |d| d.max(reset)));
-            }
+        if remaining == Some("0")
+            && let Some(reset) = reset
+        {
+            longest = Some(longest.map_or(reset, |d| d.max(reset)));
         }
     }
     longest

@@ -122,10 +122,10 @@ impl Provider {
     /// [`OpenAiCompatible`](Provider::OpenAiCompatible).
     pub fn detect(uri: &http::Uri) -> Provider {
         let path = uri.path();
-        if let Some(host) = uri.host() {
-            if let Some(provider) = Self::from_host(host) {
-                return provider;
-            }
+        if let Some(host) = uri.host()
+            && let Some(provider) = Self::from_host(host)
+        {
+            return provider;
         }
         if path.starts_with("/api/chat")
             || path.starts_with("/api/generate")

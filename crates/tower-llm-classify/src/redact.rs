@@ -65,6 +65,23 @@ pub(crate) fn redact_message(message: &str, max_len: usize) -> String {
     out
 }
 
+/// Shows a header map with credential values replaced by `[redacted]`.
+pub(crate) struct RedactedHeaders<'a>(pub(crate) &'a http::HeaderMap);
+
+impl std::fmt::Debug for RedactedHeaders<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut map = f.debug_map();
+        for (name, value) in self.0 {
+            if is_credential_header(name) {
+                map.entry(&name.as_str(), &"[redacted]");
+            } else {
+                map.entry(&name.as_str(), &value);
+            }
+        }
+        map.finish()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -87,22 +104,5 @@ mod tests {
     fn long_messages_are_cut_on_a_char_boundary() {
         let out = redact_message("ééééé", 3);
         assert_eq!(out, "é");
-    }
-}
-
-/// Shows a header map with credential values replaced by `[redacted]`.
-pub(crate) struct RedactedHeaders<'a>(pub(crate) &'a http::HeaderMap);
-
-impl std::fmt::Debug for RedactedHeaders<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mut map = f.debug_map();
-        for (name, value) in self.0 {
-            if is_credential_header(name) {
-                map.entry(&name.as_str(), &"[redacted]");
-            } else {
-                map.entry(&name.as_str(), &value);
-            }
-        }
-        map.finish()
     }
 }

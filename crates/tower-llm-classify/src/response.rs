@@ -152,10 +152,10 @@ impl ErrorFields {
         match object.get("code") {
             Some(Value::String(code)) => {
                 if code.bytes().all(|b| b.is_ascii_digit()) {
-                    if let Ok(status) = code.parse::<u16>() {
-                        if (400..600).contains(&status) {
-                            self.body_status = Some(status);
-                        }
+                    if let Ok(status) = code.parse::<u16>()
+                        && (400..600).contains(&status)
+                    {
+                        self.body_status = Some(status);
                     }
                     self.numeric_code = Some(code.clone());
                 } else {
@@ -434,8 +434,63 @@ const INVALID_CODES: &[&str] = &[
     "unprocessable_entity",
 ];
 
-fn contains_any(haystack: &str, phrases: &[&str]) -> bool {
-    phrases.iter().any(|p| haystack.contains(p))
+/// The phrase lists, each a bit of a [`Found`] set.
+const PHRASE_SETS: [&[&str]; 8] = [
+    QUOTA_PHRASES,
+    CONTEXT_PHRASES,
+    CONTENT_PHRASES,
+    CAPACITY_PHRASES,
+    OVERLOAD_PHRASES,
+    AUTH_PHRASES,
+    NOT_FOUND_PHRASES,
+    TOO_LARGE_PHRASES,
+];
+const QUOTA: u8 = 1 << 0;
+const CONTEXT: u8 = 1 << 1;
+const CONTENT: u8 = 1 << 2;
+const CAPACITY: u8 = 1 << 3;
+const OVERLOAD: u8 = 1 << 4;
+const AUTH: u8 = 1 << 5;
+const NOT_FOUND: u8 = 1 << 6;
+const TOO_LARGE: u8 = 1 << 7;
+const TOO_LARGE_PHRASES: &[&str] = &["request too large for"];
+
+/// Which phrase lists a message matches: one pass of an Aho-Corasick
+/// automaton over the message, ASCII case-insensitive, overlapping matches
+/// included (a phrase of one list may contain a phrase of another).
+#[derive(Clone, Copy)]
+struct Found(u8);
+
+impl Found {
+    fn scan(message: &str) -> Found {
+        static AUTOMATON: std::sync::LazyLock<Option<(aho_corasick::AhoCorasick, Vec<u8>)>> =
+            std::sync::LazyLock::new(|| {
+                let mut patterns = Vec::new();
+                let mut sets = Vec::new();
+                for (bit, phrases) in PHRASE_SETS.iter().enumerate() {
+                    for phrase in phrases.iter() {
+                        patterns.push(*phrase);
+                        sets.push(1_u8 << bit);
+                    }
+                }
+                let automaton = aho_corasick::AhoCorasick::builder()
+                    .ascii_case_insensitive(true)
+                    .build(patterns)
+                    .ok()?;
+                Some((automaton, sets))
+            });
+        let mut found = 0;
+        if let Some((automaton, sets)) = AUTOMATON.as_ref() {
+            for m in automaton.find_overlapping_iter(message) {
+                found |= sets[m.pattern().as_usize()];
+            }
+        }
+        Found(found)
+    }
+
+    fn has(self, set: u8) -> bool {
+        self.0 & set != 0
+    }
 }
 
 fn decide(
@@ -446,7 +501,7 @@ fn decide(
     now: SystemTime,
 ) -> Classification {
     let message = fields.message.as_deref().unwrap_or("");
-    let lower = message.to_ascii_lowercase();
+    let found = Found::scan(message);
     // The status that counts: the HTTP one, or for in-band errors the one
     // written in the body. A 5xx that wraps a 429 is a rate limit (LiteLLM
     // `_map_vertex_exception`: "upstream gateway wraps a 429 inside a 5xx").
@@ -481,24 +536,24 @@ fn decide(
             .iter()
             .any(|id| id.to_ascii_lowercase().contains("perday"))
         || (status_is(&[402]) && hint.is_none())
-        || contains_any(&lower, QUOTA_PHRASES)
+        || found.has(QUOTA)
     {
         ErrorKind::QuotaExhausted
-    } else if fields.has_marker(CONTEXT_CODES) || contains_any(&lower, CONTEXT_PHRASES) {
+    } else if fields.has_marker(CONTEXT_CODES) || found.has(CONTEXT) {
         ErrorKind::ContextLengthExceeded
     } else if fields.has_marker(CONTENT_CODES)
-        || contains_any(&lower, CONTENT_PHRASES)
+        || found.has(CONTENT)
         || (fields.moderation && status_is(&[403]))
     {
         ErrorKind::ContentFiltered
-    } else if lower.contains("request too large for") || fields.has_marker(&["request_too_large"]) {
+    } else if found.has(TOO_LARGE) || fields.has_marker(&["request_too_large"]) {
         // OpenAI's 429 "Request too large for gpt-4o … on tokens per min": one
         // request above the TPM limit can never fit (LiteLLM calls it a rate
         // limit, which is wrong for retry purposes; PROVIDERS.md §2.1).
         ErrorKind::PayloadTooLarge
     } else if (fields.has_marker(OVERLOAD_CODES) && !status_is(&[429]))
         || fields.has_marker(&["model_capacity_exhausted", "modelnotreadyexception"])
-        || contains_any(&lower, CAPACITY_PHRASES)
+        || found.has(CAPACITY)
     {
         ErrorKind::Overloaded
     } else if fields.has_marker(RATE_CODES) || status_is(&[429]) || status_is(&[402]) {
@@ -507,21 +562,14 @@ fn decide(
         ErrorKind::RateLimited
     } else if fields.has_marker(OVERLOAD_CODES)
         || status_is(&[503, 529])
-        || ((unknown_or_limited || provider == Provider::Mistral)
-            && contains_any(&lower, OVERLOAD_PHRASES))
+        || ((unknown_or_limited || provider == Provider::Mistral) && found.has(OVERLOAD))
     {
         ErrorKind::Overloaded
-    } else if fields.has_marker(AUTH_CODES)
-        || contains_any(&lower, AUTH_PHRASES)
-        || status_is(&[401])
-    {
+    } else if fields.has_marker(AUTH_CODES) || found.has(AUTH) || status_is(&[401]) {
         ErrorKind::Authentication
     } else if fields.has_marker(PERMISSION_CODES) || status_is(&[403]) {
         ErrorKind::Permission
-    } else if fields.has_marker(NOT_FOUND_CODES)
-        || contains_any(&lower, NOT_FOUND_PHRASES)
-        || status_is(&[404])
-    {
+    } else if fields.has_marker(NOT_FOUND_CODES) || found.has(NOT_FOUND) || status_is(&[404]) {
         ErrorKind::NotFound
     } else if fields.has_marker(&["conflict_error", "conflict"]) || status_is(&[409]) {
         ErrorKind::Conflict
@@ -531,7 +579,7 @@ fn decide(
         ErrorKind::Cancelled
     } else if status_is(&[413]) {
         ErrorKind::PayloadTooLarge
-    } else if unknown_or_limited && lower_matches_rate_limit(&lower) {
+    } else if unknown_or_limited && lower_matches_rate_limit(&message.to_ascii_lowercase()) {
         ErrorKind::RateLimited
     } else if fields.has_marker(SERVER_CODES)
         || effective.is_some_and(|s| s >= 500 && s != 501)

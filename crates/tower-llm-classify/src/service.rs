@@ -150,10 +150,10 @@ pub(crate) fn peek_body<B: 'static>(body: &B) -> Option<Peeked<'_>> {
         // Full yields its one frame at once; polling a clone costs a refcount.
         let mut clone = full.clone();
         let mut cx = Context::from_waker(std::task::Waker::noop());
-        if let Poll::Ready(Some(Ok(frame))) = std::pin::Pin::new(&mut clone).poll_frame(&mut cx) {
-            if let Ok(data) = frame.into_data() {
-                return Some(Peeked::Shared(data));
-            }
+        if let Poll::Ready(Some(Ok(frame))) = std::pin::Pin::new(&mut clone).poll_frame(&mut cx)
+            && let Ok(data) = frame.into_data()
+        {
+            return Some(Peeked::Shared(data));
         }
         return Some(Peeked::Slice(&[]));
     }

@@ -116,23 +116,23 @@ fn check(c: Option<&Classification>, expect: &Expect, with_hint: bool) -> Vec<St
             problems.push(format!("hint {hint:?} ms != expected {:?}", expect.hint_ms));
         }
     }
-    if let Some(code) = &expect.code {
-        if c.code() != Some(code.as_str()) {
-            problems.push(format!("code {:?} != expected {code:?}", c.code()));
-        }
+    if let Some(code) = &expect.code
+        && c.code() != Some(code.as_str())
+    {
+        problems.push(format!("code {:?} != expected {code:?}", c.code()));
     }
-    if let Some(id) = &expect.request_id {
-        if c.request_id() != Some(id.as_str()) {
-            problems.push(format!(
-                "request id {:?} != expected {id:?}",
-                c.request_id()
-            ));
-        }
+    if let Some(id) = &expect.request_id
+        && c.request_id() != Some(id.as_str())
+    {
+        problems.push(format!(
+            "request id {:?} != expected {id:?}",
+            c.request_id()
+        ));
     }
-    if let Some(phase) = &expect.phase {
-        if c.phase().as_str() != phase {
-            problems.push(format!("phase {} != expected {phase}", c.phase()));
-        }
+    if let Some(phase) = &expect.phase
+        && c.phase().as_str() != phase
+    {
+        problems.push(format!("phase {} != expected {phase}", c.phase()));
     }
     problems
 }
@@ -240,15 +240,14 @@ async fn every_fixture_classifies_the_same_through_the_layer() {
         for problem in check(c.as_ref(), &fixture.expect, !dated) {
             failures.push(format!("{name}: {problem}"));
         }
-        if fixture.stream {
-            if let Some(c) = &c {
-                if c.phase() == Phase::MidStream {
-                    assert!(
-                        !c.retryable(),
-                        "{name}: mid-stream failures are never retryable"
-                    );
-                }
-            }
+        if fixture.stream
+            && let Some(c) = &c
+            && c.phase() == Phase::MidStream
+        {
+            assert!(
+                !c.retryable(),
+                "{name}: mid-stream failures are never retryable"
+            );
         }
     }
     assert!(

@@ -33,7 +33,9 @@ pin_project! {
     pub struct ResponseBody<B> {
         #[pin]
         inner: B,
-        scanner: Option<EventScanner>,
+        // Boxed: only streams pay for the scanner; plain bodies stay small
+        // (every move of the response copies the body).
+        scanner: Option<Box<EventScanner>>,
         idle: Option<Idle>,
         guard: OutcomeGuard,
         provider: Provider,
@@ -71,7 +73,7 @@ impl<B> ResponseBody<B> {
         });
         ResponseBody {
             inner,
-            scanner,
+            scanner: scanner.map(Box::new),
             idle,
             guard,
             provider,
@@ -105,7 +107,7 @@ impl<B> ResponseBody<B> {
 
     /// The stream scanner, when the body is an SSE or NDJSON stream.
     pub fn scanner(&self) -> Option<&EventScanner> {
-        self.scanner.as_ref()
+        self.scanner.as_deref()
     }
 
     /// The wrapped body.
@@ -121,10 +123,10 @@ impl<B> ResponseBody<B> {
 
 /// Adds what the response head told us to a failure found in its body.
 fn with_head(mut c: Classification, request_id: &Option<HeaderValue>) -> Classification {
-    if c.request_id().is_none() {
-        if let Some(id) = request_id.as_ref().and_then(|v| v.to_str().ok()) {
-            c = c.with_request_id(id);
-        }
+    if c.request_id().is_none()
+        && let Some(id) = request_id.as_ref().and_then(|v| v.to_str().ok())
+    {
+        c = c.with_request_id(id);
     }
     c
 }
@@ -165,20 +167,20 @@ where
         };
         let polled = match this.inner.as_mut().poll_frame(cx) {
             Poll::Pending => {
-                if let Some(idle) = this.idle.as_mut() {
-                    if idle.sleep.as_mut().poll(cx).is_ready() {
-                        let classification = Classification::new(ErrorKind::Timeout)
-                            .with_provider(*this.provider)
-                            .with_phase(phase(content_seen))
-                            .with_message(&format!(
-                                "no content from the stream for {:?}",
-                                idle.timeout
-                            ));
-                        let classification = with_head(classification, this.request_id);
-                        this.guard.report(StreamOutcome::Failed(&classification));
-                        *this.state = State::Done;
-                        return Poll::Ready(Some(Err(LlmError::new(classification))));
-                    }
+                if let Some(idle) = this.idle.as_mut()
+                    && idle.sleep.as_mut().poll(cx).is_ready()
+                {
+                    let classification = Classification::new(ErrorKind::Timeout)
+                        .with_provider(*this.provider)
+                        .with_phase(phase(content_seen))
+                        .with_message(&format!(
+                            "no content from the stream for {:?}",
+                            idle.timeout
+                        ));
+                    let classification = with_head(classification, this.request_id);
+                    this.guard.report(StreamOutcome::Failed(&classification));
+                    *this.state = State::Done;
+                    return Poll::Ready(Some(Err(LlmError::new(classification))));
                 }
                 return Poll::Pending;
             }
@@ -186,7 +188,7 @@ where
         };
         match polled {
             None => {
-                let end = this.scanner.as_mut().and_then(EventScanner::finish);
+                let end = this.scanner.as_deref_mut().and_then(EventScanner::finish);
                 let end = end.map(|c| with_head(c, this.request_id));
                 *this.state = State::Done;
                 match end {
@@ -218,7 +220,7 @@ where
             }
             Some(Ok(frame)) => {
                 if let Some(data) = frame.data_ref() {
-                    match this.scanner.as_mut() {
+                    match this.scanner.as_deref_mut() {
                         Some(scanner) => {
                             let event = feed(scanner, data);
                             if event.content {
@@ -228,14 +230,13 @@ where
                                     idle.sleep.as_mut().reset(deadline);
                                 }
                             }
-                            if event.failed {
-                                if let Some(classification) = scanner.take_error() {
-                                    let classification = with_head(classification, this.request_id);
-                                    this.guard.report(StreamOutcome::Failed(&classification));
-                                    *this.state =
-                                        State::Failing(Some(LlmError::new(classification)));
-                                    return Poll::Ready(Some(Ok(frame)));
-                                }
+                            if event.failed
+                                && let Some(classification) = scanner.take_error()
+                            {
+                                let classification = with_head(classification, this.request_id);
+                                this.guard.report(StreamOutcome::Failed(&classification));
+                                *this.state = State::Failing(Some(LlmError::new(classification)));
+                                return Poll::Ready(Some(Ok(frame)));
                             }
                         }
                         None => {
@@ -245,19 +246,19 @@ where
                             }
                         }
                     }
-                } else if let Some(trailers) = frame.trailers_ref() {
-                    if let Some(classification) = crate::grpc::classify_grpc(trailers) {
-                        // gRPC errors travel in trailers by design: tonic must
-                        // still read them, so the body is not failed; the
-                        // outcome is reported.
-                        let classification = classification.with_provider(*this.provider);
-                        this.guard.report(StreamOutcome::Failed(&classification));
-                    }
+                } else if let Some(trailers) = frame.trailers_ref()
+                    && let Some(classification) = crate::grpc::classify_grpc(trailers)
+                {
+                    // gRPC errors travel in trailers by design: tonic must
+                    // still read them, so the body is not failed; the
+                    // outcome is reported.
+                    let classification = classification.with_provider(*this.provider);
+                    this.guard.report(StreamOutcome::Failed(&classification));
                 }
                 if this.inner.is_end_stream() {
                     // hyper stops polling once the body says it ended
                     // (tower-http #687): settle the outcome now.
-                    let end = this.scanner.as_mut().and_then(EventScanner::finish);
+                    let end = this.scanner.as_deref_mut().and_then(EventScanner::finish);
                     match end.map(|c| with_head(c, this.request_id)) {
                         Some(classification) => {
                             this.guard.report(StreamOutcome::Failed(&classification));

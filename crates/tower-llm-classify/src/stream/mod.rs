@@ -79,7 +79,12 @@ pub enum Framing {
 impl Framing {
     /// The framing a response `content-type` announces, if it is a stream.
     pub fn from_content_type(headers: &http::HeaderMap) -> Option<Framing> {
-        let value = headers.get(http::header::CONTENT_TYPE)?.to_str().ok()?;
+        Self::from_header_value(headers.get(http::header::CONTENT_TYPE)?)
+    }
+
+    /// The framing a `content-type` value announces, if it is a stream.
+    pub fn from_header_value(value: &http::HeaderValue) -> Option<Framing> {
+        let value = value.to_str().ok()?;
         let essence = value.split(';').next().unwrap_or(value).trim();
         if essence.eq_ignore_ascii_case("text/event-stream") {
             Some(Framing::Sse)

@@ -55,6 +55,7 @@ pub struct EventScanner {
     terminated: bool,
     content_events: u64,
     error: Option<Classification>,
+    require_terminal: bool,
 }
 
 impl EventScanner {
@@ -72,7 +73,17 @@ impl EventScanner {
             terminated: false,
             content_events: 0,
             error: None,
+            require_terminal: true,
         }
+    }
+
+    /// Whether [`finish`](EventScanner::finish) fails a stream that ended
+    /// without its dialect's terminal event (default true). Turning it off
+    /// changes nothing else: content and keep-alives are still told apart by
+    /// the dialect.
+    pub(crate) fn require_terminal_event(mut self, require: bool) -> Self {
+        self.require_terminal = require;
+        self
     }
 
     /// Whether a content event has been seen.
@@ -162,7 +173,7 @@ impl EventScanner {
         if let Some(error) = self.error.take() {
             return Some(error);
         }
-        if self.dialect.has_terminal_event() && !self.terminated {
+        if self.require_terminal && self.dialect.has_terminal_event() && !self.terminated {
             return Some(
                 Classification::new(ErrorKind::StreamIncomplete)
                     .with_provider(self.provider)

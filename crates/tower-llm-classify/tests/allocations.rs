@@ -1,0 +1,149 @@
+//! The happy path allocates nothing that the bare service does not: a
+//! counting allocator (per thread, so parallel tests do not disturb it)
+//! compares a call through `Classify` with the same call to the bare
+//! service, and counts what scanning a 2,000-event stream costs.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::alloc::System;
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::pin;
+use std::sync::Mutex;
+use std::task::{Context, Poll, Waker};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::Body;
+use http_body_util::Full;
+use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
+use tower::{Layer, Service};
+use tower_llm_classify::stream::{Dialect, EventScanner, Framing};
+use tower_llm_classify::{ClassifyLayer, Provider, RequestMeta};
+
+// `stats_alloc` counts for us, so this test needs no `unsafe` of its own
+// (the workspace forbids it). Its counters are global: the tests of this
+// binary take a lock so that only one measures at a time.
+#[global_allocator]
+static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn allocations_during<T>(f: impl FnOnce() -> T) -> (usize, T) {
+    let region = Region::new(GLOBAL);
+    let out = f();
+    let stats = region.change();
+    (stats.allocations + stats.reallocations, out)
+}
+
+fn now_or_never<F: Future>(future: F) -> F::Output {
+    match pin!(future).poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(output) => output,
+        Poll::Pending => panic!("always ready"),
+    }
+}
+
+fn request() -> Request<Full<Bytes>> {
+    let body = br#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}"#;
+    let mut request = Request::post("https://api.openai.com/v1/chat/completions")
+        .body(Full::new(Bytes::from_static(body)))
+        .unwrap();
+    let meta = RequestMeta::from_request(request.uri(), request.headers(), Some(body));
+    request.extensions_mut().insert(meta);
+    request
+}
+
+fn call<S, B>(service: &mut S) -> usize
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<B>>,
+    S::Error: std::fmt::Debug,
+    B: Body + Unpin,
+{
+    let request = request();
+    let response = response_of(service, request);
+    let (count, frames) = allocations_during(move || {
+        let mut body = response.into_body();
+        let mut frames = 0;
+        while let Poll::Ready(Some(Ok(_))) =
+            std::pin::Pin::new(&mut body).poll_frame(&mut Context::from_waker(Waker::noop()))
+        {
+            frames += 1;
+        }
+        frames
+    });
+    assert_eq!(frames, 1);
+    count
+}
+
+fn response_of<S, B>(service: &mut S, request: Request<Full<Bytes>>) -> Response<B>
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<B>>,
+    S::Error: std::fmt::Debug,
+{
+    now_or_never(std::future::poll_fn(|cx| service.poll_ready(cx))).unwrap();
+    now_or_never(service.call(request)).unwrap()
+}
+
+#[allow(clippy::type_complexity)] // the concrete future type keeps polling by hand simple
+fn upstream() -> impl Service<
+    Request<Full<Bytes>>,
+    Response = Response<Full<Bytes>>,
+    Error = Infallible,
+    Future = std::future::Ready<Result<Response<Full<Bytes>>, Infallible>>,
+> {
+    tower::service_fn(|_req: Request<Full<Bytes>>| {
+        std::future::ready(Ok(Response::new(Full::new(Bytes::from_static(
+            b"{\"ok\":true}",
+        )))))
+    })
+}
+
+#[test]
+fn a_successful_call_allocates_no_more_than_the_bare_service() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut bare = upstream();
+    let mut classify = ClassifyLayer::new().layer(upstream());
+    // Warm up lazily initialised statics.
+    call(&mut bare);
+    call(&mut classify);
+
+    let (bare_request, classify_request) = (request(), request());
+    let (bare_count, _) = allocations_during(|| drop(response_of(&mut bare, bare_request)));
+    let (classify_count, _) =
+        allocations_during(|| drop(response_of(&mut classify, classify_request)));
+    assert_eq!(
+        classify_count, bare_count,
+        "Classify allocated on the happy path"
+    );
+    assert_eq!(
+        call(&mut classify),
+        call(&mut bare),
+        "reading the body allocated"
+    );
+}
+
+#[test]
+fn scanning_a_two_thousand_event_stream_allocates_a_bounded_amount() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut text = String::new();
+    for i in 0..2000 {
+        text.push_str(&format!("data: {{\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"w{i}\"}},\"finish_reason\":null}}]}}\n\n"));
+    }
+    text.push_str("data: [DONE]\n\n");
+    let bytes = Bytes::from(text);
+    let chunks: Vec<Bytes> = (0..bytes.len())
+        .step_by(1400)
+        .map(|at| bytes.slice(at..(at + 1400).min(bytes.len())))
+        .collect();
+    let mut scanner = EventScanner::new(Framing::Sse, Dialect::OpenAiChat, Provider::OpenAi);
+    let (count, end) = allocations_during(|| {
+        for chunk in &chunks {
+            scanner.feed(chunk);
+        }
+        scanner.finish()
+    });
+    assert!(end.is_none());
+    assert_eq!(scanner.content_events(), 2000);
+    // One carry-over buffer for lines split across chunks, grown a few times:
+    // nothing per event.
+    assert!(count <= 8, "{count} allocations for 2000 events");
+}
