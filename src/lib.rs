@@ -15,9 +15,8 @@
 
 #![forbid(unsafe_code)]
 
-/// The vocabulary and the classify layer: [`ErrorKind`](classify::ErrorKind),
-/// [`Classification`](classify::Classification), [`LlmError`](classify::LlmError),
-/// [`ClassifyLayer`](classify::ClassifyLayer).
+/// The vocabulary and the classify layer: [`ErrorKind`], [`Classification`],
+/// [`LlmError`], [`ClassifyLayer`].
 pub use tower_llm_classify as classify;
 
 pub use tower_llm_classify::{

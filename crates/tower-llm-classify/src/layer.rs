@@ -89,6 +89,9 @@ impl ClassifyLayer {
 
     /// Fails a stream that delivers no content event for `timeout`
     /// (keep-alives do not count).
+    ///
+    /// The timer is tokio's: responses must be polled inside a tokio runtime
+    /// with the time driver enabled (as hyper and reqwest clients are).
     pub const fn stream_idle_timeout(mut self, timeout: Duration) -> Self {
         self.config.idle_timeout = Some(timeout);
         self

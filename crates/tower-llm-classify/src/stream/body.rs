@@ -121,6 +121,19 @@ impl<B> ResponseBody<B> {
     }
 }
 
+fn idle_timeout(
+    timeout: Duration,
+    provider: Provider,
+    content_seen: bool,
+    request_id: &Option<HeaderValue>,
+) -> Classification {
+    let classification = Classification::new(ErrorKind::Timeout)
+        .with_provider(provider)
+        .with_phase(phase(content_seen))
+        .with_message(&format!("no content from the stream for {timeout:?}"));
+    with_head(classification, request_id)
+}
+
 /// Adds what the response head told us to a failure found in its body.
 fn with_head(mut c: Classification, request_id: &Option<HeaderValue>) -> Classification {
     if c.request_id().is_none()
@@ -170,14 +183,8 @@ where
                 if let Some(idle) = this.idle.as_mut()
                     && idle.sleep.as_mut().poll(cx).is_ready()
                 {
-                    let classification = Classification::new(ErrorKind::Timeout)
-                        .with_provider(*this.provider)
-                        .with_phase(phase(content_seen))
-                        .with_message(&format!(
-                            "no content from the stream for {:?}",
-                            idle.timeout
-                        ));
-                    let classification = with_head(classification, this.request_id);
+                    let classification =
+                        idle_timeout(idle.timeout, *this.provider, content_seen, this.request_id);
                     this.guard.report(StreamOutcome::Failed(&classification));
                     *this.state = State::Done;
                     return Poll::Ready(Some(Err(LlmError::new(classification))));
@@ -229,6 +236,21 @@ where
                                     let deadline = Instant::now() + idle.timeout;
                                     idle.sleep.as_mut().reset(deadline);
                                 }
+                            } else if let Some(idle) = this.idle.as_mut()
+                                && !event.failed
+                                && Instant::now() >= idle.sleep.deadline()
+                            {
+                                // Keep-alives that are always ready must not
+                                // hide a stall: check the deadline on them too.
+                                let classification = idle_timeout(
+                                    idle.timeout,
+                                    *this.provider,
+                                    scanner.content_seen(),
+                                    this.request_id,
+                                );
+                                this.guard.report(StreamOutcome::Failed(&classification));
+                                *this.state = State::Failing(Some(LlmError::new(classification)));
+                                return Poll::Ready(Some(Ok(frame)));
                             }
                             if event.failed
                                 && let Some(classification) = scanner.take_error()
