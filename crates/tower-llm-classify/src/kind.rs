@@ -230,48 +230,7 @@ impl fmt::Display for ErrorKind {
     }
 }
 
-/// The error returned when a string names no [`ErrorKind`].
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct UnknownErrorKind(pub String);
-
-impl fmt::Display for UnknownErrorKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "unknown error kind `{}` (expected one of: ", self.0)?;
-        for (i, kind) in ErrorKind::ALL.iter().enumerate() {
-            if i > 0 {
-                f.write_str(", ")?;
-            }
-            f.write_str(kind.as_str())?;
-        }
-        f.write_str(")")
-    }
-}
-
-impl std::error::Error for UnknownErrorKind {}
-
-impl std::str::FromStr for ErrorKind {
-    type Err = UnknownErrorKind;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        ErrorKind::ALL
-            .into_iter()
-            .find(|kind| kind.as_str() == s)
-            .ok_or_else(|| UnknownErrorKind(s.to_owned()))
-    }
-}
-
-impl serde::Serialize for ErrorKind {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(self.as_str())
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for ErrorKind {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let name = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
-        name.parse().map_err(serde::de::Error::custom)
-    }
-}
+crate::names::named_enum!(ErrorKind, UnknownErrorKind, "error kind");
 
 #[cfg(test)]
 mod tests {

@@ -79,6 +79,7 @@ pub mod hint;
 mod kind;
 mod layer;
 mod meta;
+mod names;
 mod provider;
 pub mod redact;
 mod response;

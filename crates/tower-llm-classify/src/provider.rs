@@ -225,48 +225,7 @@ impl fmt::Display for Provider {
     }
 }
 
-/// The error returned when a string names no [`Provider`].
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct UnknownProvider(pub String);
-
-impl fmt::Display for UnknownProvider {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "unknown provider `{}` (expected one of: ", self.0)?;
-        for (i, provider) in Provider::ALL.iter().enumerate() {
-            if i > 0 {
-                f.write_str(", ")?;
-            }
-            f.write_str(provider.as_str())?;
-        }
-        f.write_str(")")
-    }
-}
-
-impl std::error::Error for UnknownProvider {}
-
-impl std::str::FromStr for Provider {
-    type Err = UnknownProvider;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Provider::ALL
-            .into_iter()
-            .find(|provider| provider.as_str() == s)
-            .ok_or_else(|| UnknownProvider(s.to_owned()))
-    }
-}
-
-impl serde::Serialize for Provider {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(self.as_str())
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for Provider {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let name = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
-        name.parse().map_err(serde::de::Error::custom)
-    }
-}
+crate::names::named_enum!(Provider, UnknownProvider, "provider");
 
 #[cfg(test)]
 mod tests {
