@@ -47,9 +47,7 @@ pub fn classify_error(error: &(dyn StdError + 'static)) -> Classification {
             if kind.is_none() || k != ErrorKind::Unknown {
                 kind = Some(k);
             }
-            if p.is_some() {
-                phase = p.or(phase);
-            }
+            phase = p.or(phase);
         }
         depth += 1;
         if depth > 32 {
