@@ -1,0 +1,395 @@
+//! The three wire formats the simulator speaks, and how a successful
+//! answer looks in each, whole or streamed.
+
+use std::fmt::{self, Write as _};
+use std::time::SystemTime;
+
+use bytes::Bytes;
+
+use crate::wire::{push_json_escaped, push_json_str, rfc3339, unix_secs};
+
+/// An API the simulator serves, chosen by the request's path.
+///
+/// | path | API | streaming format |
+/// |---|---|---|
+/// | `POST /v1/chat/completions` | OpenAI Chat Completions | SSE ending in `data: [DONE]` |
+/// | `POST /v1/messages` | Anthropic Messages | SSE `message_start` … `message_stop`, with `ping` |
+/// | `POST /api/chat` | Ollama chat | NDJSON ending in `"done":true` (streams unless `"stream":false`) |
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Api {
+    /// OpenAI Chat Completions (and every OpenAI-compatible server).
+    OpenAiChat,
+    /// Anthropic Messages.
+    AnthropicMessages,
+    /// Ollama's native chat API.
+    OllamaChat,
+}
+
+impl Api {
+    /// Every API, in a fixed order.
+    pub const ALL: [Api; 3] = [Api::OpenAiChat, Api::AnthropicMessages, Api::OllamaChat];
+
+    /// The API served at `path`, if any.
+    pub fn from_path(path: &str) -> Option<Api> {
+        match path {
+            "/v1/chat/completions" | "/chat/completions" => Some(Api::OpenAiChat),
+            "/v1/messages" => Some(Api::AnthropicMessages),
+            "/api/chat" => Some(Api::OllamaChat),
+            _ => None,
+        }
+    }
+
+    /// The canonical path of this API.
+    pub fn path(self) -> &'static str {
+        match self {
+            Api::OpenAiChat => "/v1/chat/completions",
+            Api::AnthropicMessages => "/v1/messages",
+            Api::OllamaChat => "/api/chat",
+        }
+    }
+
+    /// The `content-type` of a streamed answer.
+    pub fn stream_content_type(self) -> &'static str {
+        match self {
+            Api::OpenAiChat | Api::AnthropicMessages => "text/event-stream; charset=utf-8",
+            Api::OllamaChat => "application/x-ndjson",
+        }
+    }
+
+    /// Whether a request that does not say `"stream"` is streamed: Ollama
+    /// streams by default, the others do not.
+    pub fn streams_by_default(self) -> bool {
+        matches!(self, Api::OllamaChat)
+    }
+
+    /// The bytes a stalled stream sends to keep the connection open, if this
+    /// API has any: an SSE comment for OpenAI (as OpenRouter and most
+    /// OpenAI-compatible proxies do), Anthropic's `ping` event. Ollama has
+    /// none: a stalled NDJSON stream is silent.
+    pub fn keepalive(self) -> Option<&'static [u8]> {
+        match self {
+            Api::OpenAiChat => Some(b": keep-alive\n\n"),
+            Api::AnthropicMessages => Some(b"event: ping\ndata: {\"type\": \"ping\"}\n\n"),
+            Api::OllamaChat => None,
+        }
+    }
+
+    /// The name of the header that carries the request id.
+    pub fn request_id_header(self) -> &'static str {
+        match self {
+            Api::AnthropicMessages => "request-id",
+            Api::OpenAiChat | Api::OllamaChat => "x-request-id",
+        }
+    }
+}
+
+impl fmt::Display for Api {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(match self {
+            Api::OpenAiChat => "openai",
+            Api::AnthropicMessages => "anthropic",
+            Api::OllamaChat => "ollama",
+        })
+    }
+}
+
+/// What a reply is about: the request it answers.
+#[derive(Clone, Debug)]
+pub(crate) struct Exchange<'a> {
+    pub(crate) api: Api,
+    pub(crate) model: &'a str,
+    pub(crate) request_id: &'a str,
+    pub(crate) now: SystemTime,
+    pub(crate) prompt_tokens: u64,
+    pub(crate) include_usage: bool,
+}
+
+/// A rendered stream: one buffer, cut into events.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Events {
+    pub(crate) data: Bytes,
+    /// End offset of each event in `data`.
+    pub(crate) ends: Vec<usize>,
+}
+
+impl Exchange<'_> {
+    /// The request id without its `req_` prefix, for `chatcmpl-…` and `msg_…` ids.
+    pub(crate) fn id(&self) -> &str {
+        self.request_id
+            .strip_prefix("req_")
+            .unwrap_or(self.request_id)
+    }
+}
+
+/// Writes the events of one streamed answer into one buffer.
+#[derive(Debug)]
+pub(crate) struct EventWriter<'a> {
+    exchange: &'a Exchange<'a>,
+    /// The part every OpenAI chunk (or Ollama line) starts with.
+    prefix: String,
+    buf: String,
+    ends: Vec<usize>,
+    content_events: u64,
+}
+
+impl<'a> EventWriter<'a> {
+    pub(crate) fn new(exchange: &'a Exchange<'a>, expected_events: usize) -> Self {
+        let mut prefix = String::with_capacity(160);
+        match exchange.api {
+            Api::OpenAiChat => {
+                prefix.push_str("data: {\"id\":\"chatcmpl-");
+                prefix.push_str(exchange.id());
+                let _ = write!(
+                    prefix,
+                    "\",\"object\":\"chat.completion.chunk\",\"created\":{},\"model\":",
+                    unix_secs(exchange.now)
+                );
+                push_json_str(&mut prefix, exchange.model);
+                prefix.push_str(",\"system_fingerprint\":\"fp_simulated\",\"choices\":[");
+            }
+            Api::OllamaChat => {
+                prefix.push_str("{\"model\":");
+                push_json_str(&mut prefix, exchange.model);
+                prefix.push_str(",\"created_at\":\"");
+                prefix.push_str(&rfc3339(exchange.now, 9));
+                prefix.push_str("\",\"message\":{\"role\":\"assistant\",\"content\":");
+            }
+            Api::AnthropicMessages => {}
+        }
+        EventWriter {
+            exchange,
+            prefix,
+            buf: String::with_capacity(256 + expected_events * (prefix_len(exchange.api) + 64)),
+            ends: Vec::with_capacity(expected_events + 4),
+            content_events: 0,
+        }
+    }
+
+    fn end_event(&mut self) {
+        self.ends.push(self.buf.len());
+    }
+
+    fn usage_suffix(&mut self) {
+        if self.exchange.include_usage {
+            self.buf.push_str(",\"usage\":null");
+        }
+    }
+
+    /// What comes before the first content: OpenAI's role chunk, Anthropic's
+    /// `message_start`, `content_block_start` and first `ping`. Ollama has none.
+    pub(crate) fn preamble(&mut self) {
+        let ex = self.exchange;
+        match ex.api {
+            Api::OpenAiChat => {
+                self.buf.push_str(&self.prefix);
+                self.buf.push_str(
+                    "{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\",\"refusal\":null},\"logprobs\":null,\"finish_reason\":null}]",
+                );
+                self.usage_suffix();
+                self.buf.push_str("}\n\n");
+                self.end_event();
+            }
+            Api::AnthropicMessages => {
+                self.buf.push_str("event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_");
+                self.buf.push_str(ex.id());
+                self.buf
+                    .push_str("\",\"type\":\"message\",\"role\":\"assistant\",\"model\":");
+                push_json_str(&mut self.buf, ex.model);
+                let _ = write!(
+                    self.buf,
+                    ",\"content\":[],\"stop_reason\":null,\"stop_sequence\":null,\"usage\":{{\"input_tokens\":{},\"cache_creation_input_tokens\":0,\"cache_read_input_tokens\":0,\"output_tokens\":1}}}}}}\n\n",
+                    ex.prompt_tokens
+                );
+                self.end_event();
+                self.buf.push_str("event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n");
+                self.end_event();
+                self.buf
+                    .push_str("event: ping\ndata: {\"type\": \"ping\"}\n\n");
+                self.end_event();
+            }
+            Api::OllamaChat => {}
+        }
+    }
+
+    /// One content event carrying `token`.
+    pub(crate) fn content(&mut self, token: &str) {
+        self.content_events += 1;
+        match self.exchange.api {
+            Api::OpenAiChat => {
+                self.buf.push_str(&self.prefix);
+                self.buf.push_str("{\"index\":0,\"delta\":{\"content\":");
+                push_json_str(&mut self.buf, token);
+                self.buf
+                    .push_str("},\"logprobs\":null,\"finish_reason\":null}]");
+                self.usage_suffix();
+                self.buf.push_str("}\n\n");
+            }
+            Api::AnthropicMessages => {
+                self.buf.push_str("event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":");
+                push_json_str(&mut self.buf, token);
+                self.buf.push_str("}}\n\n");
+            }
+            Api::OllamaChat => {
+                self.buf.push_str(&self.prefix);
+                push_json_str(&mut self.buf, token);
+                self.buf.push_str("},\"done\":false}\n");
+            }
+        }
+        self.end_event();
+    }
+
+    /// The events that end a complete stream: finish reason, usage and the
+    /// terminal event (`[DONE]`, `message_stop`, `"done":true`).
+    pub(crate) fn finish(&mut self) {
+        let ex = self.exchange;
+        let completion = self.content_events;
+        match ex.api {
+            Api::OpenAiChat => {
+                self.buf.push_str(&self.prefix);
+                self.buf.push_str(
+                    "{\"index\":0,\"delta\":{},\"logprobs\":null,\"finish_reason\":\"stop\"}]",
+                );
+                self.usage_suffix();
+                self.buf.push_str("}\n\n");
+                self.end_event();
+                if ex.include_usage {
+                    self.buf.push_str(&self.prefix);
+                    self.buf.push(']');
+                    push_usage_openai(&mut self.buf, ex.prompt_tokens, completion);
+                    self.buf.push_str("}\n\n");
+                    self.end_event();
+                }
+                self.buf.push_str("data: [DONE]\n\n");
+                self.end_event();
+            }
+            Api::AnthropicMessages => {
+                self.buf.push_str("event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\n");
+                self.end_event();
+                let _ = write!(
+                    self.buf,
+                    "event: message_delta\ndata: {{\"type\":\"message_delta\",\"delta\":{{\"stop_reason\":\"end_turn\",\"stop_sequence\":null}},\"usage\":{{\"output_tokens\":{completion}}}}}\n\n"
+                );
+                self.end_event();
+                self.buf
+                    .push_str("event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n");
+                self.end_event();
+            }
+            Api::OllamaChat => {
+                self.buf.push_str(&self.prefix);
+                self.buf
+                    .push_str("\"\"},\"done_reason\":\"stop\",\"done\":true");
+                push_ollama_timings(&mut self.buf, ex.prompt_tokens, completion);
+                self.buf.push_str("}\n");
+                self.end_event();
+            }
+        }
+    }
+
+    /// Appends raw, already rendered event bytes (an in-band error).
+    pub(crate) fn raw(&mut self, event: &str) {
+        self.buf.push_str(event);
+        self.end_event();
+    }
+
+    pub(crate) fn into_events(self) -> Events {
+        Events {
+            data: Bytes::from(self.buf),
+            ends: self.ends,
+        }
+    }
+}
+
+fn prefix_len(api: Api) -> usize {
+    match api {
+        Api::OpenAiChat => 170,
+        Api::AnthropicMessages => 110,
+        Api::OllamaChat => 110,
+    }
+}
+
+fn push_usage_openai(buf: &mut String, prompt: u64, completion: u64) {
+    let _ = write!(
+        buf,
+        ",\"usage\":{{\"prompt_tokens\":{prompt},\"completion_tokens\":{completion},\"total_tokens\":{},\"prompt_tokens_details\":{{\"cached_tokens\":0,\"audio_tokens\":0}},\"completion_tokens_details\":{{\"reasoning_tokens\":0,\"audio_tokens\":0,\"accepted_prediction_tokens\":0,\"rejected_prediction_tokens\":0}}}}",
+        prompt + completion
+    );
+}
+
+fn push_ollama_timings(buf: &mut String, prompt: u64, completion: u64) {
+    // Plausible timings: 1 ms per prompt token, 20 ms per generated token.
+    let prompt_ns = prompt * 1_000_000;
+    let eval_ns = completion * 20_000_000;
+    let _ = write!(
+        buf,
+        ",\"total_duration\":{},\"load_duration\":1000000,\"prompt_eval_count\":{prompt},\"prompt_eval_duration\":{prompt_ns},\"eval_count\":{completion},\"eval_duration\":{eval_ns}",
+        prompt_ns + eval_ns + 1_000_000
+    );
+}
+
+/// The whole (non-streamed) answer carrying `tokens` as its text.
+pub(crate) fn full_body(exchange: &Exchange<'_>, tokens: &[String]) -> Bytes {
+    let text_len: usize = tokens.iter().map(|t| t.len()).sum();
+    let mut buf = String::with_capacity(512 + text_len);
+    let completion = tokens.len() as u64;
+    let text = Concat(tokens);
+    match exchange.api {
+        Api::OpenAiChat => {
+            buf.push_str("{\"id\":\"chatcmpl-");
+            buf.push_str(exchange.id());
+            let _ = write!(
+                buf,
+                "\",\"object\":\"chat.completion\",\"created\":{},\"model\":",
+                unix_secs(exchange.now)
+            );
+            push_json_str(&mut buf, exchange.model);
+            buf.push_str(
+                ",\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":",
+            );
+            text.push_json(&mut buf);
+            buf.push_str(",\"refusal\":null,\"annotations\":[]},\"logprobs\":null,\"finish_reason\":\"stop\"}]");
+            push_usage_openai(&mut buf, exchange.prompt_tokens, completion);
+            buf.push_str(",\"service_tier\":\"default\",\"system_fingerprint\":\"fp_simulated\"}");
+        }
+        Api::AnthropicMessages => {
+            buf.push_str("{\"id\":\"msg_");
+            buf.push_str(exchange.id());
+            buf.push_str("\",\"type\":\"message\",\"role\":\"assistant\",\"model\":");
+            push_json_str(&mut buf, exchange.model);
+            buf.push_str(",\"content\":[{\"type\":\"text\",\"text\":");
+            text.push_json(&mut buf);
+            let _ = write!(
+                buf,
+                "}}],\"stop_reason\":\"end_turn\",\"stop_sequence\":null,\"usage\":{{\"input_tokens\":{},\"cache_creation_input_tokens\":0,\"cache_read_input_tokens\":0,\"output_tokens\":{completion}}}}}",
+                exchange.prompt_tokens
+            );
+        }
+        Api::OllamaChat => {
+            buf.push_str("{\"model\":");
+            push_json_str(&mut buf, exchange.model);
+            buf.push_str(",\"created_at\":\"");
+            buf.push_str(&rfc3339(exchange.now, 9));
+            buf.push_str("\",\"message\":{\"role\":\"assistant\",\"content\":");
+            text.push_json(&mut buf);
+            buf.push_str("},\"done_reason\":\"stop\",\"done\":true");
+            push_ollama_timings(&mut buf, exchange.prompt_tokens, completion);
+            buf.push('}');
+        }
+    }
+    Bytes::from(buf)
+}
+
+/// Tokens written as one JSON string without joining them first.
+struct Concat<'a>(&'a [String]);
+
+impl Concat<'_> {
+    fn push_json(&self, buf: &mut String) {
+        // Escaping token by token gives the same bytes as escaping the join:
+        // escapes never span a token boundary.
+        buf.push('"');
+        for token in self.0 {
+            push_json_escaped(buf, token);
+        }
+        buf.push('"');
+    }
+}
