@@ -359,9 +359,11 @@ impl Failure {
     fn ollama_message(&self, ex: &Exchange<'_>, window: Option<u64>) -> Cow<'static, str> {
         match self {
             Failure::RateLimited(_) => "too many requests, please try again later".into(),
+            // A local Ollama has no quota; hosted Ollama-style endpoints say it
+            // as hosted gateways do ("insufficient credits", OpenRouter §2.6).
+            // Not "quota exceeded": Gemini says that of per-minute limits.
             Failure::QuotaExhausted => {
-                "you have reached your usage limit: quota exceeded, upgrade for higher limits"
-                    .into()
+                "insufficient credits: usage limit reached, upgrade for higher limits".into()
             }
             // ollama server/sched.go ErrMaxQueue
             Failure::Overloaded => {

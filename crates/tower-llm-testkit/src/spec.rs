@@ -195,7 +195,14 @@ fn parse_base(base: &str) -> Result<Fault, String> {
         "error" => {
             let arg = arg.ok_or("`error` needs @n, the number of content events first")?;
             let (n, failure) = match arg.split_once(':') {
-                Some((n, failure)) => (n, parse_failure(failure)?),
+                Some((n, failure)) => {
+                    let fault = parse_base(failure)?;
+                    let failure = fault.failure().cloned();
+                    (
+                        n,
+                        failure.ok_or_else(|| format!("`{fault}` is not a provider error"))?,
+                    )
+                }
                 None => (arg, Failure::Overloaded),
             };
             let n = n
@@ -227,7 +234,6 @@ fn parse_failure(name: &str) -> Result<Failure, String> {
         "unauthorized" => Failure::Unauthorized,
         "not_found" => Failure::ModelNotFound,
         "invalid_request" => Failure::InvalidRequest("The request could not be processed.".into()),
-        "rate_limited" => Failure::rate_limited_without_hint(),
         status if status.len() == 3 && status.bytes().all(|b| b.is_ascii_digit()) => {
             let code: u16 = status
                 .parse()
@@ -274,6 +280,9 @@ pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(s.len());
     let (number, unit) = s.split_at(split);
+    if number.is_empty() {
+        return Err(bad());
+    }
     let unit_nanos: u128 = match unit {
         "us" | "µs" => 1_000,
         "ms" => 1_000_000,

@@ -45,6 +45,7 @@ PLAN:
     rate=P:FAULT,P:FAULT,...    seeded random mix; the rest healthy
 ";
 
+#[derive(Debug)]
 struct Options {
     host: IpAddr,
     port: u16,

@@ -61,7 +61,15 @@ pub async fn send(
     api: Api,
     body: &str,
 ) -> Result<Answer, hyper_util::client::legacy::Error> {
-    let request = http::Request::post(sim.url(api))
+    post(client, &sim.url(api), body).await
+}
+
+pub async fn post(
+    client: &HttpClient,
+    url: &str,
+    body: &str,
+) -> Result<Answer, hyper_util::client::legacy::Error> {
+    let request = http::Request::post(url)
         .header("content-type", "application/json")
         .body(Full::from(body.to_owned()))
         .unwrap();

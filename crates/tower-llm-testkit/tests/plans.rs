@@ -1,0 +1,228 @@
+//! Plans decide each request's fault: scripts in order, random mixes from a
+//! seed, and runtime switches.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use tower_llm_testkit::{Api, Fault, FaultPlan, Simulator};
+
+async fn statuses(sim: &Simulator, n: usize) -> Vec<u16> {
+    let client = client();
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let status = match send(
+            &client,
+            sim,
+            Api::OpenAiChat,
+            &chat_body(Api::OpenAiChat, "m", false),
+        )
+        .await
+        {
+            Ok(answer) => answer.status.as_u16(),
+            Err(_) => 0,
+        };
+        out.push(status);
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_script_gives_each_request_its_step_then_healthy() {
+    let plan = FaultPlan::script([
+        Fault::rate_limited(Duration::from_secs(2)),
+        Fault::server_error(500),
+        Fault::ok(),
+    ]);
+    let sim = Simulator::builder().plan(plan).start().await.unwrap();
+    assert_eq!(statuses(&sim, 5).await, [429, 500, 200, 200, 200]);
+    let faults: Vec<String> = sim
+        .requests()
+        .iter()
+        .map(|r| r.fault.as_ref().unwrap().to_string())
+        .collect();
+    assert_eq!(faults, ["rate_limited@2s", "500", "ok", "ok", "ok"]);
+}
+
+#[tokio::test]
+async fn a_script_can_cycle_or_end_in_a_fault() {
+    let sim = Simulator::builder()
+        .plan(FaultPlan::script([Fault::server_error(503), Fault::ok()]).cycle())
+        .start()
+        .await
+        .unwrap();
+    assert_eq!(statuses(&sim, 5).await, [503, 200, 503, 200, 503]);
+    sim.set_plan(FaultPlan::script([Fault::ok()]).then(Fault::overloaded()));
+    assert_eq!(statuses(&sim, 3).await, [200, 503, 503]);
+}
+
+#[tokio::test]
+async fn set_plan_switches_at_once_and_restarts_the_count() {
+    let sim = Simulator::start().await.unwrap();
+    assert_eq!(statuses(&sim, 2).await, [200, 200]);
+    // The outage starts ...
+    sim.set_plan(Fault::server_error(503));
+    assert_eq!(statuses(&sim, 2).await, [503, 503]);
+    // ... and ends.
+    sim.set_plan(FaultPlan::script([Fault::server_error(500)]));
+    assert_eq!(
+        statuses(&sim, 2).await,
+        [500, 200],
+        "the new script starts at its first step"
+    );
+}
+
+#[tokio::test]
+async fn a_seeded_mix_gives_the_same_faults_every_run() {
+    async fn run(seed: u64) -> Vec<u16> {
+        let plan = FaultPlan::random(seed)
+            .with(0.3, Fault::server_error(503))
+            .with(0.2, Fault::reset());
+        let sim = Simulator::builder().plan(plan).start().await.unwrap();
+        statuses(&sim, 40).await
+    }
+    let first = run(11).await;
+    assert_eq!(first, run(11).await);
+    assert_ne!(first, run(12).await);
+    assert!(
+        first.contains(&503) && first.contains(&0) && first.contains(&200),
+        "{first:?}"
+    );
+}
+
+#[test]
+fn a_mix_draws_each_fault_at_its_rate() {
+    let plan: FaultPlan = "rate=0.2:503,0.05:reset,0.02:429".parse().unwrap();
+    let mut counts = std::collections::HashMap::new();
+    let n = 100_000;
+    for i in 0..n {
+        *counts.entry(plan.fault_for(i).to_string()).or_insert(0u64) += 1;
+    }
+    let share = |label: &str| counts.get(label).copied().unwrap_or(0) as f64 / n as f64;
+    assert!((share("503") - 0.20).abs() < 0.006, "{counts:?}");
+    assert!((share("reset") - 0.05).abs() < 0.003, "{counts:?}");
+    assert!(
+        (share("rate_limited@1s") - 0.02).abs() < 0.002,
+        "{counts:?}"
+    );
+    assert!((share("ok") - 0.73).abs() < 0.006, "{counts:?}");
+}
+
+#[test]
+fn probabilities_beyond_one_are_clamped_in_code_and_refused_in_text() {
+    let plan = FaultPlan::random(0)
+        .with(0.8, Fault::server_error(503))
+        .with(0.5, Fault::reset())
+        .with(f64::NAN, Fault::close());
+    assert_eq!(plan.to_string(), "rate=0.8:503,0.2:reset,0:close");
+    let error = "rate=0.8:503,0.5:reset".parse::<FaultPlan>().unwrap_err();
+    assert!(error.to_string().contains("more than 1"), "{error}");
+}
+
+#[test]
+fn every_fault_prints_in_the_syntax_it_parses_from() {
+    let texts = [
+        "ok",
+        "503",
+        "500",
+        "502",
+        "504",
+        "overloaded",
+        "rate_limited",
+        "rate_limited@2s",
+        "rate_limited_ms@1.5s",
+        "rate_limited_date@30s",
+        "rate_limited_reset@6m",
+        "quota",
+        "context_length",
+        "content_filter",
+        "unauthorized",
+        "not_found",
+        "invalid_request",
+        "418",
+        "stall",
+        "reset",
+        "close",
+        "error@0",
+        "error@3:500",
+        "error@1:rate_limited@2s",
+        "drop@0",
+        "drop@20",
+        "stall@1",
+        "truncate",
+        "ok+tokens=20ms",
+        "ok+latency=50ms~500ms",
+        "503+latency=10ms..30ms",
+        "drop@3+latency=1s+tokens=5ms",
+    ];
+    for text in texts {
+        let fault: Fault = text.parse().unwrap_or_else(|e| panic!("{text}: {e}"));
+        assert_eq!(fault.to_string(), text);
+        let again: Fault = fault.to_string().parse().unwrap();
+        assert_eq!(again, fault, "{text}");
+    }
+    for (alias, canonical) in [
+        ("429", "rate_limited@1s"),
+        ("529", "overloaded"),
+        ("401", "unauthorized"),
+        ("404", "not_found"),
+        ("400", "invalid_request"),
+    ] {
+        assert_eq!(alias.parse::<Fault>().unwrap().to_string(), canonical);
+    }
+}
+
+#[test]
+fn every_plan_form_round_trips() {
+    for text in [
+        "ok",
+        "503",
+        "script=rate_limited@1s,ok,503",
+        "script=reset;then=503",
+        "cycle=503,ok",
+        "rate=0.2:503,0.05:reset",
+        "rate=0.1:drop@2;then=ok+latency=20ms;seed=42",
+    ] {
+        let plan: FaultPlan = text.parse().unwrap_or_else(|e| panic!("{text}: {e}"));
+        assert_eq!(plan.to_string(), text);
+        assert_eq!(plan.to_string().parse::<FaultPlan>().unwrap(), plan);
+    }
+    assert_eq!(
+        "always=503".parse::<FaultPlan>().unwrap(),
+        FaultPlan::always(Fault::server_error(503))
+    );
+}
+
+#[test]
+fn bad_plans_say_what_is_wrong() {
+    let cases = [
+        ("teapot", "unknown fault"),
+        ("drop", "needs @n"),
+        ("drop@x", "not a number"),
+        ("reset@2", "takes no @argument"),
+        ("rate=0.2", "not probability:fault"),
+        ("rate=1.5:503", "between 0 and 1"),
+        ("rate=0.2:503;seed=-1", "unsigned"),
+        ("503;seed=1", "only applies"),
+        ("cycle=503;then=ok", "never ends"),
+        ("503;then=ok", "applies to script"),
+        ("script=503;frob=1", "unknown option"),
+        ("ok+latency=fast", "not a duration"),
+        ("ok+speed=1s", "unknown modifier"),
+        ("rate_limited@soon", "not a duration"),
+        ("200", "not an error status"),
+        ("error@1:teapot", "unknown fault"),
+        ("error@1:reset", "not a provider error"),
+    ];
+    for (text, reason) in cases {
+        let error = text.parse::<FaultPlan>().unwrap_err();
+        assert!(error.to_string().contains(reason), "{text}: {error}");
+        assert!(
+            error.to_string().contains(text),
+            "the error names the input: {error}"
+        );
+    }
+}
