@@ -189,9 +189,11 @@ impl EventBody {
                 self.pos = end;
                 self.next = last + 1;
                 if self.next < ends.len() {
-                    let delay =
-                        self.token_delay
-                            .sample(key(self.delay_seed, self.next as u64, 0x746F_6B));
+                    let delay = self.token_delay.sample(key(
+                        self.delay_seed,
+                        self.next as u64,
+                        0x0074_6F6B,
+                    ));
                     self.sleep = Some(Box::pin(tokio::time::sleep(delay)));
                 } else {
                     self.arm_tail();

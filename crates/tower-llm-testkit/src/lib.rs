@@ -80,3 +80,8 @@ pub use plan::FaultPlan;
 pub use record::{CREDENTIAL_HEADERS, REDACTED, RecordedRequest, Stats, gaps};
 pub use simulator::{Simulator, SimulatorBuilder};
 pub use spec::ParseError;
+
+/// The README's example compiles.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

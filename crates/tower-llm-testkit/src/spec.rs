@@ -329,16 +329,16 @@ pub(crate) fn format_duration(d: Duration) -> String {
         (60_000_000_000, "m"),
         (1_000_000_000, "s"),
     ] {
-        if nanos % size == 0 {
+        if nanos.is_multiple_of(size) {
             return format!("{}{unit}", nanos / size);
         }
     }
-    if nanos > 1_000_000_000 && nanos % 1_000_000 == 0 {
+    if nanos > 1_000_000_000 && nanos.is_multiple_of(1_000_000) {
         // Fractional seconds read better than thousands of milliseconds.
         let millis = format!("{:03}", d.subsec_millis());
         return format!("{}.{}s", d.as_secs(), millis.trim_end_matches('0'));
     }
-    if nanos % 1_000_000 == 0 {
+    if nanos.is_multiple_of(1_000_000) {
         return format!("{}ms", nanos / 1_000_000);
     }
     format!("{}us", nanos.div_ceil(1000))
