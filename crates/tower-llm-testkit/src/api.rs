@@ -105,12 +105,14 @@ pub(crate) struct Exchange<'a> {
     pub(crate) include_usage: bool,
 }
 
-/// A rendered stream: one buffer, cut into events.
+/// A rendered stream: one buffer, and where slow tokens pause in it.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Events {
     pub(crate) data: Bytes,
-    /// End offset of each event in `data`.
-    pub(crate) ends: Vec<usize>,
+    /// Byte offsets of the content events after the first: a token delay
+    /// is spent before each. Everything else (preamble, first content,
+    /// closing events) goes out without delay, as providers send it.
+    pub(crate) breaks: Vec<usize>,
 }
 
 impl Exchange<'_> {
@@ -129,7 +131,7 @@ pub(crate) struct EventWriter<'a> {
     /// The part every OpenAI chunk (or Ollama line) starts with.
     prefix: String,
     buf: String,
-    ends: Vec<usize>,
+    breaks: Vec<usize>,
     content_events: u64,
 }
 
@@ -161,13 +163,9 @@ impl<'a> EventWriter<'a> {
             exchange,
             prefix,
             buf: String::with_capacity(256 + expected_events * (prefix_len(exchange.api) + 64)),
-            ends: Vec::with_capacity(expected_events + 4),
+            breaks: Vec::with_capacity(expected_events),
             content_events: 0,
         }
-    }
-
-    fn end_event(&mut self) {
-        self.ends.push(self.buf.len());
     }
 
     fn usage_suffix(&mut self) {
@@ -188,7 +186,6 @@ impl<'a> EventWriter<'a> {
                 );
                 self.usage_suffix();
                 self.buf.push_str("}\n\n");
-                self.end_event();
             }
             Api::AnthropicMessages => {
                 self.buf.push_str("event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_");
@@ -201,12 +198,9 @@ impl<'a> EventWriter<'a> {
                     ",\"content\":[],\"stop_reason\":null,\"stop_sequence\":null,\"usage\":{{\"input_tokens\":{},\"cache_creation_input_tokens\":0,\"cache_read_input_tokens\":0,\"output_tokens\":1}}}}}}\n\n",
                     ex.prompt_tokens
                 );
-                self.end_event();
                 self.buf.push_str("event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n");
-                self.end_event();
                 self.buf
                     .push_str("event: ping\ndata: {\"type\": \"ping\"}\n\n");
-                self.end_event();
             }
             Api::OllamaChat => {}
         }
@@ -214,6 +208,9 @@ impl<'a> EventWriter<'a> {
 
     /// One content event carrying `token`.
     pub(crate) fn content(&mut self, token: &str) {
+        if self.content_events > 0 {
+            self.breaks.push(self.buf.len());
+        }
         self.content_events += 1;
         match self.exchange.api {
             Api::OpenAiChat => {
@@ -236,7 +233,6 @@ impl<'a> EventWriter<'a> {
                 self.buf.push_str("},\"done\":false}\n");
             }
         }
-        self.end_event();
     }
 
     /// The events that end a complete stream: finish reason, usage and the
@@ -252,28 +248,22 @@ impl<'a> EventWriter<'a> {
                 );
                 self.usage_suffix();
                 self.buf.push_str("}\n\n");
-                self.end_event();
                 if ex.include_usage {
                     self.buf.push_str(&self.prefix);
                     self.buf.push(']');
                     push_usage_openai(&mut self.buf, ex.prompt_tokens, completion);
                     self.buf.push_str("}\n\n");
-                    self.end_event();
                 }
                 self.buf.push_str("data: [DONE]\n\n");
-                self.end_event();
             }
             Api::AnthropicMessages => {
                 self.buf.push_str("event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\n");
-                self.end_event();
                 let _ = write!(
                     self.buf,
                     "event: message_delta\ndata: {{\"type\":\"message_delta\",\"delta\":{{\"stop_reason\":\"end_turn\",\"stop_sequence\":null}},\"usage\":{{\"output_tokens\":{completion}}}}}\n\n"
                 );
-                self.end_event();
                 self.buf
                     .push_str("event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n");
-                self.end_event();
             }
             Api::OllamaChat => {
                 self.buf.push_str(&self.prefix);
@@ -281,21 +271,19 @@ impl<'a> EventWriter<'a> {
                     .push_str("\"\"},\"done_reason\":\"stop\",\"done\":true");
                 push_ollama_timings(&mut self.buf, ex.prompt_tokens, completion);
                 self.buf.push_str("}\n");
-                self.end_event();
             }
         }
     }
 
-    /// Appends raw, already rendered event bytes (an in-band error).
+    /// Appends an already rendered event (an in-band error).
     pub(crate) fn raw(&mut self, event: &str) {
         self.buf.push_str(event);
-        self.end_event();
     }
 
     pub(crate) fn into_events(self) -> Events {
         Events {
             data: Bytes::from(self.buf),
-            ends: self.ends,
+            breaks: self.breaks,
         }
     }
 }

@@ -55,7 +55,9 @@ enum Inner {
 #[derive(Debug)]
 struct EventBody {
     events: Events,
-    next: usize,
+    /// The next entry of `events.breaks` to stop at.
+    next_break: usize,
+    /// Bytes of `events.data` sent so far.
     pos: usize,
     token_delay: Delay,
     delay_seed: u64,
@@ -88,7 +90,7 @@ impl SimBody {
         }
     }
 
-    /// `events`, `token_delay` apart (the first at once), then `tail`.
+    /// `events` (content events after the first `token_delay` apart), then `tail`.
     pub(crate) fn events(
         events: Events,
         token_delay: Delay,
@@ -101,7 +103,7 @@ impl SimBody {
         SimBody {
             inner: Inner::Events(Box::new(EventBody {
                 events,
-                next: 0,
+                next_break: 0,
                 pos: 0,
                 token_delay,
                 delay_seed,
@@ -165,7 +167,7 @@ impl EventBody {
                     return Poll::Pending;
                 }
                 self.sleep = None;
-                if self.next >= self.events.ends.len() {
+                if self.pos >= self.events.data.len() {
                     // A keep-alive is due.
                     if let Tail::Stall {
                         keepalive: Some((bytes, interval)),
@@ -176,22 +178,28 @@ impl EventBody {
                     }
                 }
             }
-            let ends = &self.events.ends;
-            if self.next < ends.len() {
-                // Without a delay, everything that is left goes in one frame.
-                let last = if self.token_delay.is_zero() {
-                    ends.len() - 1
+            let len = self.events.data.len();
+            if self.pos < len {
+                // Without a delay, everything that is left goes in one frame;
+                // with one, the frame ends where the next pause is.
+                let end = if self.token_delay.is_zero() {
+                    len
                 } else {
-                    self.next
+                    let end = self
+                        .events
+                        .breaks
+                        .get(self.next_break)
+                        .copied()
+                        .unwrap_or(len);
+                    self.next_break += 1;
+                    end
                 };
-                let end = ends[last];
                 let chunk = self.events.data.slice(self.pos..end);
                 self.pos = end;
-                self.next = last + 1;
-                if self.next < ends.len() {
+                if self.pos < len {
                     let delay = self.token_delay.sample(key(
                         self.delay_seed,
-                        self.next as u64,
+                        self.next_break as u64,
                         0x0074_6F6B,
                     ));
                     self.sleep = Some(Box::pin(tokio::time::sleep(delay)));
@@ -202,7 +210,7 @@ impl EventBody {
                 }
                 return Poll::Ready(Some(Ok(Frame::data(chunk))));
             }
-            // No events at all (or all sent before the tail was armed).
+            // Nothing (more) to send: how the body ends.
             self.arm_tail();
             match self.tail {
                 Tail::Finish => {

@@ -1,10 +1,11 @@
 //! The capacity model: at most `C` requests in service at once; the rest
 //! wait in a bounded queue or are shed with an overload error.
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use tokio::sync::Notify;
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::delay::Delay;
@@ -13,11 +14,13 @@ use crate::delay::Delay;
 ///
 /// A request holds one of `concurrency` slots from the moment it is admitted
 /// until its response body has been sent (so a stream occupies its slot for
-/// its whole length), and spends `service_time` in it before its response
-/// headers go out. When every slot is taken, the request waits in a queue of
-/// at most `max_queued` (latency grows with load, as it does at a real
-/// provider), for at most `max_wait`; beyond either it is shed with the
-/// API's overload reply (529 on Anthropic, 503 elsewhere).
+/// its whole length), and spends `service_time` in it — plus any latency the
+/// simulator or its fault adds: a slow provider is slow while busy — before
+/// its response headers go out. When every slot is taken, the request waits,
+/// first come first served, in a queue of at most `max_queued` (latency
+/// grows with load, as it does at a real provider), for at most `max_wait`;
+/// beyond either it is shed with the API's overload reply (529 on
+/// Anthropic, 503 elsewhere) without reaching the fault plan.
 ///
 /// This is what makes overload, recovery and metastable failure testable:
 /// with service time `S` and concurrency `C`, the provider serves `C / S`
@@ -84,23 +87,55 @@ impl Capacity {
     }
 }
 
-/// Counts of the gate, for [`Stats`](crate::Stats).
+/// The gate's state: slots in use and the queue, in arrival order.
 #[derive(Debug, Default)]
 struct GateState {
     capacity: Option<Capacity>,
     in_service: usize,
-    queued: usize,
     peak_in_service: usize,
+    /// Waiting requests, oldest first; a freed slot goes to the front.
+    waiters: VecDeque<(u64, oneshot::Sender<Delay>)>,
+    next_waiter: u64,
 }
 
-/// Admission to service: shared by every connection of a simulator.
+impl GateState {
+    fn has_room(&self) -> bool {
+        self.capacity
+            .is_none_or(|c| self.in_service < c.concurrency)
+    }
+
+    fn service_time(&self) -> Delay {
+        self.capacity.map_or(Delay::ZERO, |c| c.service_time)
+    }
+
+    /// Takes a slot for a newcomer or a waiter.
+    fn occupy(&mut self) {
+        self.in_service += 1;
+        self.peak_in_service = self.peak_in_service.max(self.in_service);
+    }
+
+    /// Hands free slots to waiters, oldest first, while there is room.
+    fn hand_over(&mut self) {
+        while self.has_room() {
+            let Some((_, waiter)) = self.waiters.pop_front() else {
+                return;
+            };
+            // A waiter that is gone cannot take it; the next one may.
+            if waiter.send(self.service_time()).is_ok() {
+                self.occupy();
+            }
+        }
+    }
+}
+
+/// Admission to service, first come first served: shared by every
+/// connection of a simulator.
 #[derive(Debug, Default)]
 pub(crate) struct Gate {
     state: Mutex<GateState>,
-    notify: Notify,
 }
 
-/// A slot in service; frees it when dropped.
+/// A slot in service; frees it (to the oldest waiter) when dropped.
 #[derive(Debug)]
 pub(crate) struct Slot {
     gate: Arc<Gate>,
@@ -115,103 +150,225 @@ pub(crate) enum Shed {
 
 impl Gate {
     fn lock(&self) -> MutexGuard<'_, GateState> {
-        // The state is counters only: a panic elsewhere cannot leave it torn.
+        // The state is counters and a queue: a panic elsewhere cannot leave it torn.
         self.state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     pub(crate) fn set_capacity(&self, capacity: Option<Capacity>) {
-        self.lock().capacity = capacity;
-        // More (or unlimited) room: let every waiter look again.
-        self.notify.notify_waiters();
+        let mut state = self.lock();
+        state.capacity = capacity;
+        // More (or unlimited) room goes to the waiters at once.
+        state.hand_over();
     }
 
     pub(crate) fn capacity(&self) -> Option<Capacity> {
         self.lock().capacity
     }
 
+    /// (in service, queued, peak in service).
     pub(crate) fn in_service(&self) -> (usize, usize, usize) {
         let state = self.lock();
-        (state.in_service, state.queued, state.peak_in_service)
+        (state.in_service, state.waiters.len(), state.peak_in_service)
     }
 
-    /// Admits a request, waiting in the queue if the capacity allows it.
-    /// Returns the slot and the service time to spend in it.
+    /// Admits a request, after the ones already waiting. Returns the slot and
+    /// the service time to spend in it.
     pub(crate) async fn admit(self: &Arc<Self>) -> Result<(Slot, Delay), Shed> {
-        let mut queued: Option<Queued<'_>> = None;
-        let mut deadline: Option<Instant> = None;
-        loop {
-            let notified = self.notify.notified();
-            tokio::pin!(notified);
-            // Register before looking, so a slot freed in between wakes us.
-            notified.as_mut().enable();
-            {
-                let mut state = self.lock();
-                let service_time = match state.capacity {
-                    None => Some(Delay::ZERO),
-                    Some(capacity) if state.in_service < capacity.concurrency => {
-                        Some(capacity.service_time)
-                    }
-                    Some(_) => None,
-                };
-                if let Some(service_time) = service_time {
-                    if let Some(place) = queued.take() {
-                        // Leaving the queue for a slot, under the same lock.
-                        std::mem::forget(place);
-                        state.queued -= 1;
-                    }
-                    state.in_service += 1;
-                    state.peak_in_service = state.peak_in_service.max(state.in_service);
-                    return Ok((
-                        Slot {
-                            gate: Arc::clone(self),
-                        },
-                        service_time,
-                    ));
-                }
-                if queued.is_none() {
-                    let max_queued = state.capacity.map_or(0, |c| c.max_queued);
-                    if state.queued >= max_queued {
-                        return Err(Shed::QueueFull);
-                    }
-                    state.queued += 1;
-                    deadline = state
-                        .capacity
-                        .and_then(|c| c.max_wait)
-                        .map(|wait| Instant::now() + wait);
-                    drop(state);
-                    queued = Some(Queued { gate: self });
-                }
+        let (mut waiting, max_wait) = {
+            let mut state = self.lock();
+            // Nobody jumps the queue: a newcomer takes a free slot only if
+            // nobody is waiting for it.
+            if state.waiters.is_empty() && state.has_room() {
+                state.occupy();
+                return Ok((
+                    Slot {
+                        gate: Arc::clone(self),
+                    },
+                    state.service_time(),
+                ));
             }
-            match deadline {
-                Some(deadline) => {
-                    if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                        return Err(Shed::WaitedTooLong);
-                    }
-                }
-                None => notified.await,
+            // (Without a capacity there is always room, so this is Some.)
+            let (max_queued, max_wait) = state
+                .capacity
+                .map_or((0, None), |c| (c.max_queued, c.max_wait));
+            if state.waiters.len() >= max_queued {
+                return Err(Shed::QueueFull);
             }
+            let (sender, receiver) = oneshot::channel();
+            let id = state.next_waiter;
+            state.next_waiter += 1;
+            state.waiters.push_back((id, sender));
+            (
+                Waiting {
+                    gate: self,
+                    id,
+                    receiver: Some(receiver),
+                },
+                max_wait,
+            )
+        };
+        let handed = match (
+            waiting.receiver.as_mut(),
+            max_wait.and_then(|wait| Instant::now().checked_add(wait)),
+        ) {
+            (Some(receiver), Some(deadline)) => {
+                tokio::time::timeout_at(deadline, receiver).await.ok()
+            }
+            (Some(receiver), None) => Some(receiver.await),
+            (None, _) => None,
+        };
+        match handed {
+            Some(Ok(service_time)) => {
+                waiting.receiver = None;
+                Ok((
+                    Slot {
+                        gate: Arc::clone(self),
+                    },
+                    service_time,
+                ))
+            }
+            // Timed out (or, impossibly, the sender vanished): leave the
+            // queue, unless a slot was handed over in the meantime.
+            _ => match waiting.leave() {
+                Some(service_time) => Ok((
+                    Slot {
+                        gate: Arc::clone(self),
+                    },
+                    service_time,
+                )),
+                None => Err(Shed::WaitedTooLong),
+            },
         }
     }
 }
 
-/// A place in the queue; leaves it when dropped (a cancelled request).
-struct Queued<'a> {
+/// A place in the queue. Dropped early (the client hung up, or the wait
+/// timed out), it leaves the queue, or passes on a slot handed to it.
+struct Waiting<'a> {
     gate: &'a Gate,
+    id: u64,
+    /// `None` once a slot handed over has become a [`Slot`].
+    receiver: Option<oneshot::Receiver<Delay>>,
 }
 
-impl Drop for Queued<'_> {
+impl Waiting<'_> {
+    /// Leaves the queue; returns the service time if a slot was handed
+    /// over before we could leave (the slot is then ours).
+    fn leave(&mut self) -> Option<Delay> {
+        let mut receiver = self.receiver.take()?;
+        let mut state = self.gate.lock();
+        if let Some(position) = state.waiters.iter().position(|(id, _)| *id == self.id) {
+            state.waiters.remove(position);
+            return None;
+        }
+        // Not in the queue: it was popped, and handing over happens under
+        // the lock we hold, so the slot's service time is in the channel.
+        receiver.try_recv().ok()
+    }
+}
+
+impl Drop for Waiting<'_> {
     fn drop(&mut self) {
-        self.gate.lock().queued -= 1;
-        // This waiter may have been the one a freed slot woke: pass it on.
-        self.gate.notify.notify_one();
+        if self.leave().is_some() {
+            // A slot was handed to a request that is gone: pass it on.
+            let mut state = self.gate.lock();
+            state.in_service -= 1;
+            state.hand_over();
+        }
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.gate.lock().in_service -= 1;
-        self.gate.notify.notify_one();
+        let mut state = self.gate.lock();
+        state.in_service -= 1;
+        state.hand_over();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::future::Future;
+    use std::pin::pin;
+    use std::task::{Context, Poll, Waker};
+
+    fn poll<F: Future>(future: std::pin::Pin<&mut F>) -> Poll<F::Output> {
+        future.poll(&mut Context::from_waker(Waker::noop()))
+    }
+
+    /// The slot of an admission that must be ready now.
+    fn admitted<F: Future<Output = Result<(Slot, Delay), Shed>>>(
+        future: std::pin::Pin<&mut F>,
+    ) -> Slot {
+        match poll(future) {
+            Poll::Ready(Ok((slot, _))) => slot,
+            other => panic!("not admitted: {:?}", other.map(|r| r.map(|_| ()))),
+        }
+    }
+
+    fn gate(capacity: Capacity) -> Arc<Gate> {
+        let gate = Arc::new(Gate::default());
+        gate.set_capacity(Some(capacity));
+        gate
+    }
+
+    #[tokio::test]
+    async fn a_freed_slot_goes_to_the_oldest_waiter_not_a_newcomer() {
+        let gate = gate(Capacity::new(1).queue(5, None));
+        let (first, _) = gate.admit().await.unwrap();
+        let mut waiter = pin!(gate.admit());
+        assert!(poll(waiter.as_mut()).is_pending());
+        drop(first);
+        // The slot is the waiter's even before it runs again.
+        let mut newcomer = pin!(gate.admit());
+        assert!(
+            poll(newcomer.as_mut()).is_pending(),
+            "the newcomer must queue"
+        );
+        let _slot = admitted(waiter.as_mut());
+        assert_eq!(gate.in_service(), (1, 1, 1));
+    }
+
+    #[tokio::test]
+    async fn a_waiter_that_is_dropped_after_being_handed_a_slot_passes_it_on() {
+        let gate = gate(Capacity::new(1).queue(5, None));
+        let (first, _) = gate.admit().await.unwrap();
+        let mut second = Box::pin(gate.admit());
+        let mut third = pin!(gate.admit());
+        assert!(poll(second.as_mut()).is_pending());
+        assert!(poll(third.as_mut()).is_pending());
+        drop(first); // handed to `second` ...
+        drop(second); // ... which is gone: `third` gets it.
+        let _slot = admitted(third.as_mut());
+        assert_eq!(gate.in_service(), (1, 0, 1));
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_sheds_at_once() {
+        let gate = gate(Capacity::new(1).queue(1, None));
+        let (_first, _) = gate.admit().await.unwrap();
+        let mut waiter = pin!(gate.admit());
+        assert!(poll(waiter.as_mut()).is_pending());
+        assert_eq!(gate.admit().await.err(), Some(Shed::QueueFull));
+    }
+
+    #[tokio::test]
+    async fn raising_the_capacity_admits_waiters_in_order() {
+        let gate = gate(Capacity::new(0).queue(5, None));
+        let mut a = pin!(gate.admit());
+        let mut b = pin!(gate.admit());
+        let mut c = pin!(gate.admit());
+        for f in [a.as_mut(), b.as_mut()] {
+            assert!(poll(f).is_pending());
+        }
+        assert!(poll(c.as_mut()).is_pending());
+        gate.set_capacity(Some(Capacity::new(2).queue(5, None)));
+        let _a = admitted(a.as_mut());
+        let _b = admitted(b.as_mut());
+        assert!(poll(c.as_mut()).is_pending());
+        assert_eq!(gate.in_service(), (2, 1, 2));
     }
 }

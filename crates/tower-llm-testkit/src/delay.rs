@@ -104,12 +104,14 @@ impl Delay {
             Shape::Fixed(d) => d,
             Shape::Uniform(min, max) => {
                 let span = (max - min).as_secs_f64();
-                min + Duration::from_secs_f64(span * unit(key))
+                min.saturating_add(
+                    Duration::try_from_secs_f64(span * unit(key)).unwrap_or(max - min),
+                )
             }
             Shape::LogNormal { median, sigma, .. } => {
                 let z = standard_normal(key);
                 let factor = (sigma * z).exp().min(TAIL_CLIP);
-                Duration::from_secs_f64(median.as_secs_f64() * factor)
+                Duration::try_from_secs_f64(median.as_secs_f64() * factor).unwrap_or(Duration::MAX)
             }
         }
     }

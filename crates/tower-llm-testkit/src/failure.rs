@@ -400,7 +400,7 @@ impl Failure {
                         insert_num(headers, "retry-after", ceil_secs(wait));
                     }
                     RetryHint::HttpDate => {
-                        let at = ex.now + Duration::from_secs(ceil_secs(wait));
+                        let at = later(ex.now, Duration::from_secs(ceil_secs(wait)));
                         insert_str(headers, "retry-after", &httpdate::fmt_http_date(at));
                     }
                     RetryHint::ResetHeadersOnly => {}
@@ -415,7 +415,7 @@ impl Failure {
                         insert_num(headers, "anthropic-ratelimit-requests-limit", 50);
                         insert_num(headers, "anthropic-ratelimit-requests-remaining", 0);
                         // RFC 3339 at whole seconds, rounded up so the reset is never early.
-                        let at = ex.now + wait + Duration::from_millis(999);
+                        let at = later(ex.now, wait.saturating_add(Duration::from_millis(999)));
                         insert_str(
                             headers,
                             "anthropic-ratelimit-requests-reset",
@@ -469,6 +469,9 @@ fn context_numbers(ex: &Exchange<'_>, window: Option<u64>) -> (u64, u64) {
 
 fn generic_message(code: u16) -> &'static str {
     match code {
+        402 => "Payment required: your credit balance is too low.",
+        403 => "You do not have permission to use this resource.",
+        404 => "The requested resource was not found.",
         408 => "Request timed out.",
         409 => "Conflict: the request could not be completed due to a concurrent modification.",
         413 => "Request exceeds the maximum allowed number of bytes.",
@@ -486,14 +489,28 @@ fn generic_openai_type(code: u16) -> &'static str {
     }
 }
 
+/// Anthropic's error type for a status (PROVIDERS.md §2.3).
 fn generic_anthropic_type(code: u16) -> &'static str {
     match code {
+        401 => "authentication_error",
+        402 => "billing_error",
+        403 => "permission_error",
+        404 => "not_found_error",
         409 => "conflict_error",
+        429 => "rate_limit_error",
+        529 => "overloaded_error",
         413 => "request_too_large",
         504 => "timeout_error",
         c if c >= 500 => "api_error",
         _ => "invalid_request_error",
     }
+}
+
+/// `now + wait`, held below the year 10000 (HTTP-dates have four-digit
+/// years) so an absurd hint cannot overflow or fail to format.
+fn later(now: SystemTime, wait: Duration) -> SystemTime {
+    const LONGEST: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+    now.checked_add(wait.min(LONGEST)).unwrap_or(now)
 }
 
 fn push_opt(out: &mut String, value: Option<&str>) {

@@ -92,7 +92,8 @@ impl Fault {
         Fault::ok().with_latency(latency)
     }
 
-    /// A healthy answer whose streamed events come `delay` apart.
+    /// A healthy answer whose streamed content events come `delay` apart
+    /// (the first comes at once, with the events before it).
     pub fn slow_tokens(delay: impl Into<Delay>) -> Self {
         Fault::ok().with_token_delay(delay)
     }
@@ -211,7 +212,8 @@ impl Fault {
 
     /// A 200 stream that sends `n` content events, then an in-band
     /// overload error (`data: {"error":…}`, `event: error`, `{"error":…}`),
-    /// then ends. `n = 0` is the error-as-first-event case.
+    /// then ends. With `n = 0` the error is the stream's very first event
+    /// (no role chunk, no `message_start`), as providers send an overload.
     pub fn stream_error_after(n: usize) -> Self {
         Fault::stream_error_after_with(n, Failure::Overloaded)
     }
@@ -255,8 +257,8 @@ impl Fault {
         self
     }
 
-    /// Spaces streamed events `delay` apart. No effect on faults that do
-    /// not answer.
+    /// Spaces streamed content events `delay` apart. No effect on faults
+    /// that do not answer.
     pub fn with_token_delay(mut self, delay: impl Into<Delay>) -> Self {
         if let Action::Answer(shape) = &mut self.action {
             shape.token_delay = delay.into();

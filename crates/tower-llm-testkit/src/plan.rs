@@ -128,6 +128,14 @@ impl FaultPlan {
         self
     }
 
+    /// The seed of a random mix (`None` for other plans).
+    pub fn seed(&self) -> Option<u64> {
+        match &*self.0 {
+            Kind::Random { seed, .. } => Some(*seed),
+            _ => None,
+        }
+    }
+
     /// The fault of request `n` (counted from 0 since the plan was installed).
     pub fn fault_for(&self, n: u64) -> &Fault {
         match &*self.0 {

@@ -54,8 +54,10 @@ pub struct RecordedRequest {
     /// Whether the request asked for a stream.
     pub stream: bool,
     /// The fault the plan gave it (`None` when it was answered before the
-    /// plan: an invalid request, a wrong key, an unknown path, `/health`).
+    /// plan: an invalid request, a wrong key, an unknown path, or shed).
     pub fault: Option<Fault>,
+    /// Whether the capacity model shed it (answered with the overload reply).
+    pub shed: bool,
     credentials: Vec<(HeaderName, u64)>,
 }
 
@@ -88,6 +90,7 @@ impl RecordedRequest {
             model: None,
             stream: false,
             fault: None,
+            shed: false,
             credentials,
         }
     }

@@ -26,7 +26,7 @@ use crate::body::{ConnState, Cut, SimBody, Tail};
 use crate::capacity::{Gate, Slot};
 use crate::delay::{Delay, key};
 use crate::failure::{ErrorReply, Failure};
-use crate::fault::{Action, Cut as StreamCut, Fault};
+use crate::fault::{Action, Cut as StreamCut, Fault, StreamShape};
 use crate::plan::FaultPlan;
 use crate::record::{Counters, RecordedRequest, Recorder};
 use crate::wire::{push_json_str, rfc3339};
@@ -42,6 +42,8 @@ pub(crate) struct Config {
     pub(crate) max_body: usize,
     /// The delay between streamed events of faults that set none.
     pub(crate) token_delay: Delay,
+    /// Distinguishes the request ids of simulators in one process.
+    pub(crate) instance: u64,
 }
 
 /// A plan with its own request count.
@@ -228,53 +230,76 @@ async fn handle(shared: Arc<Shared>, conn: Arc<ConnState>, request: Request<Inco
         return Ok(health(&shared, &parts.method));
     }
     let index = shared.next_index.fetch_add(1, Ordering::Relaxed);
-    let seed = shared.config.seed;
+    let config = &shared.config;
+    let seed = config.seed;
+    // Unique across simulators of one process, repeatable within one.
     let request_id = format!(
         "req_{:016x}{:016x}",
-        key(seed, index, 4),
+        key(seed ^ config.instance, index, 4),
         key(seed, index, 5)
     );
     let now = SystemTime::now();
     let api = Api::from_path(path);
     Counters::bump(&shared.counters.requests);
-
-    // Read the whole body, as a provider does before answering.
-    let body = match http_body_util::Limited::new(body, shared.config.max_body)
-        .collect()
-        .await
-    {
-        Ok(collected) => collected.to_bytes(),
-        Err(error)
-            if error
-                .downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some() =>
-        {
-            let api = api.unwrap_or(Api::OpenAiChat);
-            let failure = Failure::Status(413);
-            return Ok(error_response(
-                &shared,
-                &exchange(api, "", &request_id, now, 0, false),
-                &failure,
-                None,
-            ));
-        }
-        // The client went away mid-body.
-        Err(_) => return Err(Cut),
-    };
     let path_and_query = parts
         .uri
         .path_and_query()
         .map_or(path, |p| p.as_str())
         .to_owned();
-    let mut record = shared.recorder.enabled().then(|| {
-        RecordedRequest::new(
-            index,
-            parts.method.clone(),
-            path_and_query,
-            parts.headers.clone(),
-            body.clone(),
-        )
-    });
+    let record = |body: Bytes| {
+        let recorder = &shared.recorder;
+        let headers = parts.headers.clone();
+        recorder.enabled().then(|| {
+            RecordedRequest::new(
+                index,
+                parts.method.clone(),
+                path_and_query.clone(),
+                headers,
+                body,
+            )
+        })
+    };
+
+    // Read the whole body, as a provider does before answering; refuse an
+    // announced length over the limit without reading it.
+    let announced = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let too_large = announced.is_some_and(|len| len > config.max_body as u64);
+    let body = if too_large {
+        None
+    } else {
+        match http_body_util::Limited::new(body, config.max_body)
+            .collect()
+            .await
+        {
+            Ok(collected) => Some(collected.to_bytes()),
+            Err(error)
+                if error
+                    .downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some() =>
+            {
+                None
+            }
+            // The client went away mid-body.
+            Err(_) => return Err(Cut),
+        }
+    };
+    let Some(body) = body else {
+        shared.recorder.push_opt(record(Bytes::new()));
+        let ex = exchange(
+            api.unwrap_or(Api::OpenAiChat),
+            "",
+            &request_id,
+            now,
+            0,
+            false,
+        );
+        return Ok(error_response(&shared, &ex, &Failure::Status(413), None));
+    };
+    let mut record = record(body.clone());
 
     let Some(api) = api else {
         shared.recorder.push_opt(record);
@@ -296,19 +321,18 @@ async fn handle(shared: Arc<Shared>, conn: Arc<ConnState>, request: Request<Inco
         record.stream = stream;
     }
 
-    // What a provider checks before it looks at load: method, body, key, size.
+    // What a provider checks before it looks at load: method, key, body, size.
     let refusal = if parts.method != Method::POST {
         Some(Failure::Status(405))
+    } else if !authorized(config, &parts.headers) {
+        Some(Failure::Unauthorized)
     } else if fields.is_err() {
         Some(Failure::InvalidRequest(
             "We could not parse the JSON body of your request.".into(),
         ))
     } else if model.is_empty() {
         Some(Failure::InvalidRequest(missing_model(api).into()))
-    } else if !authorized(&shared.config, &parts.headers) {
-        Some(Failure::Unauthorized)
-    } else if shared
-        .config
+    } else if config
         .context_window
         .is_some_and(|window| prompt_tokens > window)
     {
@@ -321,22 +345,30 @@ async fn handle(shared: Arc<Shared>, conn: Arc<ConnState>, request: Request<Inco
         return Ok(error_response(&shared, &ex, &failure, None));
     }
 
+    // Load: wait for a slot, or be shed without reaching the plan.
+    let (slot, service_time) = match shared.gate.admit().await {
+        Ok(admitted) => admitted,
+        Err(_) => {
+            Counters::bump(&shared.counters.shed);
+            if let Some(record) = record.as_mut() {
+                record.shed = true;
+            }
+            shared.recorder.push_opt(record);
+            return Ok(error_response(&shared, &ex, &Failure::Overloaded, None));
+        }
+    };
     let fault = shared.next_fault();
     if let Some(record) = record.as_mut() {
         record.fault = Some(fault.clone());
     }
     shared.recorder.push_opt(record);
 
-    let (slot, service_time) = match shared.gate.admit().await {
-        Ok(admitted) => admitted,
-        Err(_) => {
-            Counters::bump(&shared.counters.shed);
-            return Ok(error_response(&shared, &ex, &Failure::Overloaded, None));
-        }
-    };
-    let wait = shared.latency().sample(key(seed, index, 1))
-        + fault.latency.sample(key(seed, index, 2))
-        + service_time.sample(key(seed, index, 3));
+    // Latency is spent in the slot: a slow provider is slow while busy.
+    let wait = shared
+        .latency()
+        .sample(key(seed, index, 1))
+        .saturating_add(fault.latency.sample(key(seed, index, 2)))
+        .saturating_add(service_time.sample(key(seed, index, 3)));
     if !wait.is_zero() {
         tokio::time::sleep(wait).await;
     }
@@ -365,113 +397,136 @@ async fn handle(shared: Arc<Shared>, conn: Arc<ConnState>, request: Request<Inco
                 &shared.counters.errors
             };
             Counters::bump(counter);
+            // Verbatim: not even a request id is added.
             let mut response = Response::new(SimBody::full(raw.body.clone(), Some(slot)));
             *response.status_mut() = raw.status;
             *response.headers_mut() = raw.headers.clone();
-            insert_request_id(response.headers_mut(), api, &request_id);
             Ok(response)
         }
-        Action::Answer(shape) => {
-            let tokens = &shared.config.reply;
-            let delay_seed = key(seed, index, 6);
-            if let (false, Some(StreamCut::Error(_, failure))) = (stream, &shape.cut) {
-                // A whole-body request cannot carry an in-band error: it gets the status.
-                return Ok(error_response(&shared, &ex, failure, Some(slot)));
+        Action::Answer(shape) => Ok(answer(
+            &shared,
+            &ex,
+            shape,
+            stream,
+            wait,
+            key(seed, index, 6),
+            conn,
+            slot,
+        )),
+    }
+}
+
+/// A healthy answer, whole or streamed, possibly cut as `shape` says.
+#[allow(clippy::too_many_arguments)]
+fn answer(
+    shared: &Shared,
+    ex: &Exchange<'_>,
+    shape: &StreamShape,
+    stream: bool,
+    took: Duration,
+    delay_seed: u64,
+    conn: Arc<ConnState>,
+    slot: Slot,
+) -> Response<SimBody> {
+    let tokens = &shared.config.reply;
+    if let (false, Some(StreamCut::Error(_, failure))) = (stream, &shape.cut) {
+        // A whole-body request cannot carry an in-band error: it gets the status.
+        return error_response(shared, ex, failure, Some(slot));
+    }
+    let counter = if shape.cut.is_some() {
+        &shared.counters.broken_streams
+    } else {
+        &shared.counters.answered
+    };
+    Counters::bump(counter);
+    let mut headers = HeaderMap::new();
+    let body = if stream {
+        let shown = match &shape.cut {
+            Some(StreamCut::Error(n, _) | StreamCut::Drop(n) | StreamCut::Stall(n)) => {
+                (*n).min(tokens.len())
             }
-            let counter = if shape.cut.is_some() {
-                &shared.counters.broken_streams
-            } else {
-                &shared.counters.answered
-            };
-            Counters::bump(counter);
-            let mut headers = HeaderMap::new();
-            let body = if stream {
-                let shown = match &shape.cut {
-                    Some(StreamCut::Error(n, _) | StreamCut::Drop(n) | StreamCut::Stall(n)) => {
-                        (*n).min(tokens.len())
-                    }
-                    _ => tokens.len(),
+            _ => tokens.len(),
+        };
+        let mut writer = EventWriter::new(ex, shown);
+        // An error before any content is the stream's very first event.
+        if !matches!(shape.cut, Some(StreamCut::Error(0, _))) {
+            writer.preamble();
+        }
+        for token in &tokens[..shown] {
+            writer.content(token);
+        }
+        let tail = match &shape.cut {
+            None => {
+                writer.finish();
+                Tail::Finish
+            }
+            Some(StreamCut::Error(_, failure)) => {
+                writer.raw(&failure.in_band_event(ex));
+                Tail::Finish
+            }
+            Some(StreamCut::NoTerminal) => Tail::Finish,
+            Some(StreamCut::Drop(_)) => Tail::Abort,
+            Some(StreamCut::Stall(_)) => Tail::Stall {
+                keepalive: ex
+                    .api
+                    .keepalive()
+                    .map(|bytes| (bytes, shared.config.keepalive_interval)),
+            },
+        };
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(ex.api.stream_content_type()),
+        );
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        let token_delay = if shape.token_delay.is_zero() {
+            shared.config.token_delay
+        } else {
+            shape.token_delay
+        };
+        SimBody::events(
+            writer.into_events(),
+            token_delay,
+            delay_seed,
+            tail,
+            None,
+            conn,
+            Some(slot),
+        )
+    } else {
+        let whole = full_body(ex, tokens);
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        match &shape.cut {
+            None | Some(StreamCut::Error(..)) => SimBody::full(whole, Some(slot)),
+            Some(cut) => {
+                // Announce the whole length, send half of it, then stop.
+                let len = whole.len() as u64;
+                let events = crate::api::Events {
+                    data: whole.slice(..whole.len() / 2),
+                    breaks: Vec::new(),
                 };
-                let mut writer = EventWriter::new(&ex, shown);
-                writer.preamble();
-                for token in &tokens[..shown] {
-                    writer.content(token);
-                }
-                let tail = match &shape.cut {
-                    None => {
-                        writer.finish();
-                        Tail::Finish
-                    }
-                    Some(StreamCut::Error(_, failure)) => {
-                        writer.raw(&failure.in_band_event(&ex));
-                        Tail::Finish
-                    }
-                    Some(StreamCut::NoTerminal) => Tail::Finish,
-                    Some(StreamCut::Drop(_)) => Tail::Abort,
-                    Some(StreamCut::Stall(_)) => Tail::Stall {
-                        keepalive: api
-                            .keepalive()
-                            .map(|bytes| (bytes, shared.config.keepalive_interval)),
-                    },
-                };
-                headers.insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static(api.stream_content_type()),
-                );
-                headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-                let events = writer.into_events();
-                let token_delay = if shape.token_delay.is_zero() {
-                    shared.config.token_delay
-                } else {
-                    shape.token_delay
+                let tail = match cut {
+                    StreamCut::Stall(_) => Tail::Stall { keepalive: None },
+                    _ => Tail::Abort,
                 };
                 SimBody::events(
                     events,
-                    token_delay,
+                    Delay::ZERO,
                     delay_seed,
                     tail,
-                    None,
+                    Some(len),
                     conn,
                     Some(slot),
                 )
-            } else {
-                let whole = full_body(&ex, tokens);
-                headers.insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/json"),
-                );
-                match &shape.cut {
-                    None | Some(StreamCut::Error(..)) => SimBody::full(whole, Some(slot)),
-                    Some(cut) => {
-                        // Announce the whole length, send half of it, then stop.
-                        let len = whole.len() as u64;
-                        let half = whole.slice(..whole.len() / 2);
-                        let events = crate::api::Events {
-                            ends: vec![half.len()],
-                            data: half,
-                        };
-                        let tail = match cut {
-                            StreamCut::Stall(_) => Tail::Stall { keepalive: None },
-                            _ => Tail::Abort,
-                        };
-                        SimBody::events(
-                            events,
-                            Delay::ZERO,
-                            delay_seed,
-                            tail,
-                            Some(len),
-                            conn,
-                            Some(slot),
-                        )
-                    }
-                }
-            };
-            success_headers(&mut headers, &ex, wait);
-            let mut response = Response::new(body);
-            *response.headers_mut() = headers;
-            Ok(response)
+            }
         }
-    }
+    };
+    success_headers(&mut headers, ex, took);
+    let mut response = Response::new(body);
+    *response.headers_mut() = headers;
+    response
 }
 
 fn exchange<'a>(

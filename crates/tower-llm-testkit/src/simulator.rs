@@ -360,6 +360,7 @@ impl SimulatorBuilder {
             keepalive_interval: self.keepalive_interval,
             max_body: self.max_body,
             token_delay: self.token_delay,
+            instance: next_instance(),
         };
         let shared = Arc::new(Shared::new(
             config,
@@ -375,6 +376,12 @@ impl SimulatorBuilder {
             server: Mutex::new(Some(server)),
         })
     }
+}
+
+/// A number no other simulator of this process has.
+fn next_instance() -> u64 {
+    static INSTANCES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    INSTANCES.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 fn split_reply(text: &str) -> Vec<String> {

@@ -106,7 +106,7 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
 
 /// Seconds, rounded up, as `retry-after` carries them.
 pub(crate) fn ceil_secs(d: Duration) -> u64 {
-    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+    d.as_secs().saturating_add(u64::from(d.subsec_nanos() > 0))
 }
 
 #[cfg(test)]

@@ -138,8 +138,85 @@ async fn a_client_that_gives_up_leaves_the_queue() {
     assert_eq!(sim.stats().in_service, 0);
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_shed_request_is_recorded_as_shed_and_does_not_use_a_script_step() {
+    let sim = Simulator::builder()
+        .capacity(Capacity::new(1).service_time(Duration::from_millis(100)))
+        .plan(tower_llm_testkit::FaultPlan::script([
+            tower_llm_testkit::Fault::ok(),
+            tower_llm_testkit::Fault::server_error(500),
+        ]))
+        .start()
+        .await
+        .unwrap();
+    let mut statuses: Vec<u16> = burst(&sim, Api::OpenAiChat, 2)
+        .await
+        .into_iter()
+        .map(|(s, _)| s)
+        .collect();
+    statuses.sort();
+    assert_eq!(statuses, [200, 503]);
+    let requests = sim.requests();
+    let shed: Vec<_> = requests.iter().filter(|r| r.shed).collect();
+    assert_eq!(shed.len(), 1);
+    assert!(shed[0].fault.is_none());
+    // The script's second step is still waiting for the next admitted request.
+    assert_eq!(
+        chat(&client(), &sim, Api::OpenAiChat, false).await.status,
+        500
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn latency_is_spent_holding_a_slot() {
+    let sim = Simulator::builder()
+        .latency(Duration::from_millis(100))
+        .capacity(Capacity::new(1).queue(5, None))
+        .start()
+        .await
+        .unwrap();
+    let mut elapsed: Vec<u128> = burst(&sim, Api::OpenAiChat, 2)
+        .await
+        .into_iter()
+        .map(|(_, ms)| ms)
+        .collect();
+    elapsed.sort();
+    assert_eq!(elapsed, [100, 200]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stream_frees_its_slot_when_its_last_event_is_sent() {
+    let sim = Simulator::builder()
+        .capacity(Capacity::new(1))
+        .reply_tokens(3)
+        .plan(tower_llm_testkit::Fault::slow_tokens(Duration::from_secs(
+            1,
+        )))
+        .start()
+        .await
+        .unwrap();
+    let client = client();
+    let streaming = chat(&client, &sim, Api::OllamaChat, true);
+    let probe = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(sim.stats().in_service, 1, "busy while streaming");
+        chat(&client, &sim, Api::OllamaChat, false).await.status
+    };
+    let (answer, busy) = tokio::join!(streaming, probe);
+    assert_eq!(busy, 503);
+    assert_eq!(
+        streamed_text(Api::OllamaChat, answer.text()),
+        "token0 token1 token2 "
+    );
+    assert_eq!(sim.stats().in_service, 0);
+    assert_eq!(
+        chat(&client, &sim, Api::OllamaChat, false).await.status,
+        200
+    );
+}
+
 #[tokio::test]
-async fn a_stream_holds_its_slot_until_its_last_event() {
+async fn a_stalled_stream_holds_its_slot_until_the_client_hangs_up() {
     let sim = Simulator::builder()
         .capacity(Capacity::new(1))
         .plan(tower_llm_testkit::Fault::stream_stall_after(1))

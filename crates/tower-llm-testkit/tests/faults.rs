@@ -364,3 +364,79 @@ async fn raw_replies_go_out_verbatim() {
     assert_eq!(answer.headers["content-type"], "text/plain");
     assert_eq!(answer.text(), "short and stout");
 }
+
+#[tokio::test]
+async fn any_status_gets_the_anthropic_error_type_for_it() {
+    let sim = Simulator::start().await.unwrap();
+    let client = client();
+    for (status, kind) in [
+        (402, "billing_error"),
+        (403, "permission_error"),
+        (408, "invalid_request_error"),
+        (409, "conflict_error"),
+        (413, "request_too_large"),
+        (500, "api_error"),
+        (504, "timeout_error"),
+    ] {
+        sim.set_plan(Fault::fail(Failure::Status(status)));
+        let answer = chat(&client, &sim, Api::AnthropicMessages, false).await;
+        assert_eq!(answer.status, status);
+        assert_eq!(answer.json()["error"]["type"], kind, "{status}");
+    }
+}
+
+#[tokio::test]
+async fn request_ids_differ_between_simulators() {
+    let (a, b) = (
+        Simulator::start().await.unwrap(),
+        Simulator::start().await.unwrap(),
+    );
+    let client = client();
+    let first = chat(&client, &a, Api::OpenAiChat, false).await;
+    let second = chat(&client, &b, Api::OpenAiChat, false).await;
+    assert_ne!(
+        first.headers["x-request-id"],
+        second.headers["x-request-id"]
+    );
+    assert_ne!(first.json()["id"], second.json()["id"]);
+}
+
+#[tokio::test]
+async fn absurd_hints_are_rendered_without_overflow() {
+    let sim = sim_with(Fault::rate_limited_with(
+        Duration::from_secs(u64::MAX / 2),
+        RetryHint::HttpDate,
+    ))
+    .await;
+    let client = client();
+    let answer = chat(&client, &sim, Api::AnthropicMessages, false).await;
+    assert_eq!(answer.status, 429);
+    assert!(httpdate::parse_http_date(answer.headers["retry-after"].to_str().unwrap()).is_ok());
+    sim.set_plan(Fault::rate_limited(Duration::MAX));
+    assert_eq!(
+        chat(&client, &sim, Api::AnthropicMessages, false)
+            .await
+            .status,
+        429
+    );
+}
+
+#[tokio::test]
+async fn overload_bodies_are_byte_for_byte_the_providers() {
+    let sim = sim_with(Fault::overloaded()).await;
+    let client = client();
+    // PROVIDERS.md §2.3 (Anthropic 529) and §2.1 (OpenAI 503 server_is_overloaded).
+    let anthropic = chat(&client, &sim, Api::AnthropicMessages, false).await;
+    let id = anthropic.headers["request-id"].to_str().unwrap();
+    assert_eq!(
+        anthropic.text(),
+        format!(
+            r#"{{"type":"error","error":{{"type":"overloaded_error","message":"Overloaded"}},"request_id":"{id}"}}"#
+        )
+    );
+    let openai = chat(&client, &sim, Api::OpenAiChat, false).await;
+    assert_eq!(
+        openai.text(),
+        r#"{"error":{"message":"The engine is currently overloaded, please try again later","type":"service_unavailable_error","param":null,"code":"server_is_overloaded"}}"#
+    );
+}

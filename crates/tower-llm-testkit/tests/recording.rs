@@ -236,6 +236,21 @@ async fn an_oversized_body_gets_413_not_a_crash() {
 }
 
 #[tokio::test]
+async fn an_announced_length_over_the_limit_is_refused_before_reading() {
+    let sim = Simulator::builder().max_body(1024).start().await.unwrap();
+    let head = format!(
+        "POST {} HTTP/1.1\r\nhost: sim\r\ncontent-type: application/json\r\ncontent-length: 100000000\r\n\r\n{{\"model\":",
+        Api::OpenAiChat.path()
+    );
+    let (bytes, _) = raw_exchange(sim.addr(), head.as_bytes(), Duration::from_secs(30)).await;
+    let text = String::from_utf8(bytes).unwrap();
+    assert!(text.starts_with("HTTP/1.1 413 "), "{text}");
+    let recorded = sim.requests();
+    assert_eq!(recorded.len(), 1);
+    assert!(recorded[0].body.is_empty());
+}
+
+#[tokio::test]
 async fn health_answers_and_is_not_recorded() {
     let sim = Simulator::builder()
         .plan(Fault::server_error(503))

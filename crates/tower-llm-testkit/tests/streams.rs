@@ -125,7 +125,12 @@ async fn in_band_error_follows_exactly_n_content_events() {
         let openai = chat(&client, &sim, Api::OpenAiChat, true).await;
         assert_eq!(openai.status, 200);
         let data = sse_data(openai.text());
-        assert_eq!(data.len(), 1 + n + 1, "role chunk, {n} content, error");
+        let preamble = usize::from(n > 0);
+        assert_eq!(
+            data.len(),
+            preamble + n + 1,
+            "role chunk unless n = 0, {n} content, error"
+        );
         let error: serde_json::Value = serde_json::from_str(data.last().unwrap()).unwrap();
         assert_eq!(error["error"]["code"], "server_is_overloaded");
         assert!(!openai.text().contains("[DONE]"));
@@ -153,6 +158,20 @@ async fn in_band_error_follows_exactly_n_content_events() {
                 .starts_with(r#"{"error":"server busy"#)
         );
     }
+}
+
+#[tokio::test]
+async fn an_error_before_any_content_is_the_first_event() {
+    let sim = sim_with(Fault::stream_error_after(0)).await;
+    let client = client();
+    let openai = chat(&client, &sim, Api::OpenAiChat, true).await;
+    assert!(
+        openai.text().starts_with("data: {\"error\":"),
+        "{}",
+        openai.text()
+    );
+    let anthropic = chat(&client, &sim, Api::AnthropicMessages, true).await;
+    assert_eq!(sse_names(anthropic.text()), ["error"]);
 }
 
 #[tokio::test]
@@ -253,12 +272,13 @@ async fn stalled_openai_stream_sends_sse_comments() {
         .await
         .unwrap();
     let body = chat_body(Api::OpenAiChat, "m", true);
-    let (bytes, _) = raw_exchange(
+    let (bytes, end) = raw_exchange(
         sim.addr(),
         &raw_post(Api::OpenAiChat, &body),
         Duration::from_millis(2500),
     )
     .await;
+    assert_eq!(end, RawEnd::StillOpen);
     let text = String::from_utf8(bytes).unwrap();
     assert_eq!(text.matches(": keep-alive\n\n").count(), 2);
 }
@@ -279,13 +299,48 @@ async fn truncated_stream_ends_cleanly_without_terminal_event() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn slow_tokens_space_the_events() {
+async fn slow_tokens_space_the_content_events_and_nothing_else() {
     let sim = sim_with(Fault::slow_tokens(Duration::from_millis(40))).await;
-    let started = Instant::now();
-    let answer = chat(&client(), &sim, Api::OllamaChat, true).await;
-    // 6 lines (5 content + done), the first at once: 5 gaps of 40 ms.
-    assert_eq!(answer.text().lines().count(), TOKENS + 1);
-    assert_eq!(started.elapsed().as_millis(), 5 * 40);
+    let client = client();
+    for api in Api::ALL {
+        let started = Instant::now();
+        let answer = chat(&client, &sim, api, true).await;
+        assert_eq!(streamed_text(api, answer.text()), TEXT);
+        // The first content comes with the preamble; 4 gaps of 40 ms follow;
+        // the closing events come with the last content.
+        assert_eq!(started.elapsed().as_millis(), 4 * 40, "{api}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn time_to_first_token_is_the_latency_whatever_the_api() {
+    let sim = sim_with(
+        Fault::latency(Duration::from_millis(300)).with_token_delay(Duration::from_millis(50)),
+    )
+    .await;
+    for api in Api::ALL {
+        let started = Instant::now();
+        let response = client()
+            .request(
+                http::Request::post(sim.url(api))
+                    .body(http_body_util::Full::from(chat_body(api, "m", true)))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        let mut body = response.into_body();
+        let first = http_body_util::BodyExt::frame(&mut body)
+            .await
+            .unwrap()
+            .unwrap()
+            .into_data()
+            .unwrap();
+        assert_eq!(started.elapsed().as_millis(), 300, "{api}");
+        assert!(
+            streamed_text(api, std::str::from_utf8(&first).unwrap()) == "token0 ",
+            "{api}"
+        );
+    }
 }
 
 #[tokio::test(start_paused = true)]

@@ -140,7 +140,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Option<Options>,
         return Err("--queue, --max-wait and --service-time need --capacity".to_owned());
     }
     // A random plan takes --seed unless its text set one.
-    if options.seed != 0 {
+    if options.seed != 0 && options.plan.seed() == Some(0) {
         options.plan = options.plan.with_seed(options.seed);
     }
     Ok(Some(options))
@@ -223,9 +223,11 @@ async fn main() -> ExitCode {
 
     let mut ticker = tokio::time::interval(Duration::from_secs(5));
     let mut last = sim.stats();
+    // One future for the whole run, so a Ctrl-C during a print is not lost.
+    let mut interrupted = std::pin::pin!(tokio::signal::ctrl_c());
     loop {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => break,
+            _ = &mut interrupted => break,
             _ = ticker.tick() => {
                 let stats = sim.stats();
                 if !options.quiet && stats != last {
@@ -292,6 +294,14 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(options.plan.to_string(), "rate=0.5:503;seed=7");
+    }
+
+    #[test]
+    fn a_seed_in_the_plan_text_wins_over_the_flag() {
+        let options = parse(&["--faults=rate=0.5:503;seed=3", "--seed=7"])
+            .unwrap()
+            .unwrap();
+        assert_eq!(options.plan.to_string(), "rate=0.5:503;seed=3");
     }
 
     #[test]
