@@ -582,53 +582,42 @@ fn success_headers(headers: &mut HeaderMap, ex: &Exchange<'_>, took: Duration) {
                 "openai-processing-ms",
                 HeaderValue::from(took.as_millis() as u64),
             );
-            headers.insert("openai-version", HeaderValue::from_static("2020-10-01"));
-            headers.insert(
-                "x-ratelimit-limit-requests",
-                HeaderValue::from_static("10000"),
-            );
-            headers.insert(
-                "x-ratelimit-remaining-requests",
-                HeaderValue::from_static("9999"),
-            );
-            headers.insert(
-                "x-ratelimit-reset-requests",
-                HeaderValue::from_static("6ms"),
-            );
-            headers.insert(
-                "x-ratelimit-limit-tokens",
-                HeaderValue::from_static("30000000"),
-            );
-            headers.insert(
-                "x-ratelimit-remaining-tokens",
-                HeaderValue::from_static("29999000"),
-            );
-            headers.insert("x-ratelimit-reset-tokens", HeaderValue::from_static("2ms"));
+            insert_static(headers, OPENAI_SUCCESS_HEADERS);
         }
         Api::AnthropicMessages => {
+            insert_static(headers, ANTHROPIC_SUCCESS_HEADERS);
             let reset = rfc3339(ex.now + Duration::from_secs(1), 0);
-            headers.insert(
-                "anthropic-ratelimit-requests-limit",
-                HeaderValue::from_static("4000"),
-            );
-            headers.insert(
-                "anthropic-ratelimit-requests-remaining",
-                HeaderValue::from_static("3999"),
-            );
-            headers.insert(
-                "anthropic-ratelimit-tokens-limit",
-                HeaderValue::from_static("2000000"),
-            );
-            headers.insert(
-                "anthropic-ratelimit-tokens-remaining",
-                HeaderValue::from_static("1999000"),
-            );
             if let Ok(reset) = HeaderValue::from_str(&reset) {
                 headers.insert("anthropic-ratelimit-requests-reset", reset.clone());
                 headers.insert("anthropic-ratelimit-tokens-reset", reset);
             }
         }
         Api::OllamaChat => {}
+    }
+}
+
+/// The rate-limit headers of a healthy OpenAI answer: plenty of room left.
+const OPENAI_SUCCESS_HEADERS: &[(&str, &str)] = &[
+    ("openai-version", "2020-10-01"),
+    ("x-ratelimit-limit-requests", "10000"),
+    ("x-ratelimit-remaining-requests", "9999"),
+    ("x-ratelimit-reset-requests", "6ms"),
+    ("x-ratelimit-limit-tokens", "30000000"),
+    ("x-ratelimit-remaining-tokens", "29999000"),
+    ("x-ratelimit-reset-tokens", "2ms"),
+];
+
+/// The rate-limit headers of a healthy Anthropic answer (resets added per request).
+const ANTHROPIC_SUCCESS_HEADERS: &[(&str, &str)] = &[
+    ("anthropic-ratelimit-requests-limit", "4000"),
+    ("anthropic-ratelimit-requests-remaining", "3999"),
+    ("anthropic-ratelimit-tokens-limit", "2000000"),
+    ("anthropic-ratelimit-tokens-remaining", "1999000"),
+];
+
+fn insert_static(headers: &mut HeaderMap, pairs: &[(&'static str, &'static str)]) {
+    for (name, value) in pairs {
+        headers.insert(*name, HeaderValue::from_static(value));
     }
 }
 

@@ -8,15 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use common::*;
 use tokio::time::Instant;
-use tower_llm_testkit::{Api, Delay, Failure, Fault, FaultPlan, RetryHint, Simulator};
-
-async fn sim_with(fault: Fault) -> Simulator {
-    Simulator::builder()
-        .plan(FaultPlan::always(fault))
-        .start()
-        .await
-        .unwrap()
-}
+use tower_llm_testkit::{Api, Delay, Failure, Fault, RetryHint, Simulator};
 
 #[tokio::test]
 async fn rate_limit_429_carries_retry_after_and_reset_headers_on_openai() {
@@ -240,13 +232,7 @@ async fn error_body_bytes_are_what_the_failure_renders() {
 #[tokio::test]
 async fn reset_sends_rst_before_any_byte() {
     let sim = sim_with(Fault::reset()).await;
-    let body = chat_body(Api::OpenAiChat, "m", false);
-    let (bytes, end) = raw_exchange(
-        sim.addr(),
-        &raw_post(Api::OpenAiChat, &body),
-        Duration::from_secs(5),
-    )
-    .await;
+    let (bytes, end) = raw_chat(&sim, Api::OpenAiChat, false, Duration::from_secs(5)).await;
     assert!(bytes.is_empty());
     assert_eq!(end, RawEnd::Reset);
     assert_eq!(sim.stats().dropped, 1);
@@ -255,13 +241,7 @@ async fn reset_sends_rst_before_any_byte() {
 #[tokio::test]
 async fn close_sends_fin_before_any_byte() {
     let sim = sim_with(Fault::close()).await;
-    let body = chat_body(Api::OpenAiChat, "m", false);
-    let (bytes, end) = raw_exchange(
-        sim.addr(),
-        &raw_post(Api::OpenAiChat, &body),
-        Duration::from_secs(5),
-    )
-    .await;
+    let (bytes, end) = raw_chat(&sim, Api::OpenAiChat, false, Duration::from_secs(5)).await;
     assert!(bytes.is_empty());
     assert_eq!(end, RawEnd::Closed);
 }
@@ -287,13 +267,7 @@ async fn a_hyper_client_sees_reset_and_close_as_request_errors() {
 #[tokio::test(start_paused = true)]
 async fn stall_never_answers_and_holds_the_connection_open() {
     let sim = sim_with(Fault::stall()).await;
-    let body = chat_body(Api::OpenAiChat, "m", false);
-    let (bytes, end) = raw_exchange(
-        sim.addr(),
-        &raw_post(Api::OpenAiChat, &body),
-        Duration::from_secs(3600),
-    )
-    .await;
+    let (bytes, end) = raw_chat(&sim, Api::OpenAiChat, false, Duration::from_secs(3600)).await;
     assert!(bytes.is_empty());
     assert_eq!(end, RawEnd::StillOpen);
     assert_eq!(sim.stats().stalled, 1);

@@ -8,15 +8,14 @@ use std::time::Duration;
 
 use common::*;
 use tokio::time::Instant;
-use tower_llm_testkit::{Api, Failure, Fault, FaultPlan, Simulator};
+use tower_llm_testkit::{Api, Failure, Fault, Simulator};
 
 const TOKENS: usize = 5;
 const TEXT: &str = "token0 token1 token2 token3 token4 ";
 
 async fn sim_with(fault: Fault) -> Simulator {
-    Simulator::builder()
+    sim_builder_with(fault)
         .reply_tokens(TOKENS)
-        .plan(FaultPlan::always(fault))
         .start()
         .await
         .unwrap()

@@ -17,6 +17,30 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tower_llm_testkit::{Api, Simulator};
 
+/// A simulator giving every request `fault`.
+pub async fn sim_with(fault: tower_llm_testkit::Fault) -> Simulator {
+    sim_builder_with(fault).start().await.unwrap()
+}
+
+pub fn sim_builder_with(fault: tower_llm_testkit::Fault) -> tower_llm_testkit::SimulatorBuilder {
+    Simulator::builder().plan(tower_llm_testkit::FaultPlan::always(fault))
+}
+
+/// One chat request on a fresh connection, read raw until `limit`.
+pub async fn raw_chat(
+    sim: &Simulator,
+    api: Api,
+    stream: bool,
+    limit: Duration,
+) -> (Vec<u8>, RawEnd) {
+    raw_exchange(
+        sim.addr(),
+        &raw_post(api, &chat_body(api, "m", stream)),
+        limit,
+    )
+    .await
+}
+
 pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
 pub fn client() -> HttpClient {
