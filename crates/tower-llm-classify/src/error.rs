@@ -45,6 +45,7 @@ struct Inner {
     body: Bytes,
     body_truncated: bool,
     source: Option<BoxError>,
+    extensions: http::Extensions,
 }
 
 impl LlmError {
@@ -57,6 +58,7 @@ impl LlmError {
                 body: Bytes::new(),
                 body_truncated: false,
                 source: None,
+                extensions: http::Extensions::new(),
             }),
         }
     }
@@ -92,6 +94,18 @@ impl LlmError {
         self.inner.body = body;
         self.inner.body_truncated = truncated;
         self
+    }
+
+    /// Reports that outer layers attach to the error, as they do to a
+    /// response's extensions: the retry layer's attempts and time slept,
+    /// the fallback's list of targets tried.
+    pub fn extensions(&self) -> &http::Extensions {
+        &self.inner.extensions
+    }
+
+    /// Mutable access to the [`extensions`](Self::extensions).
+    pub fn extensions_mut(&mut self) -> &mut http::Extensions {
+        &mut self.inner.extensions
     }
 
     /// The classification.

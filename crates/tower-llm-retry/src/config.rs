@@ -1,0 +1,212 @@
+//! Configuration as data: from a file (with the `serde` feature) and from
+//! environment variables, with errors that name the key.
+
+use std::time::Duration;
+
+use crate::backoff::{Backoff, Jitter};
+use crate::policy::{ConfigError, RetryPolicy, RetryPolicyBuilder};
+
+/// A retry policy as plain data: a preset and the settings that override
+/// it. Every field is optional.
+///
+/// ```
+/// # #[cfg(feature = "serde")] {
+/// use tower_llm_retry::RetryConfig;
+///
+/// let config: RetryConfig = serde_json::from_str(
+///     r#"{"preset": "high_availability", "max_attempts": 5, "deadline_ms": 90000}"#,
+/// ).unwrap();
+/// let policy = config.build().unwrap();
+/// assert_eq!(policy.max_attempts(), 5);
+/// # }
+/// ```
+#[derive(Clone, Debug, Default, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(default, deny_unknown_fields))]
+#[non_exhaustive]
+pub struct RetryConfig {
+    /// `sdk_default` (the default), `high_availability`, `cost_sensitive` or `development`.
+    pub preset: Option<String>,
+    /// Attempts in all, the first included.
+    pub max_attempts: Option<u32>,
+    /// The first backoff delay, in milliseconds.
+    pub base_delay_ms: Option<u64>,
+    /// The largest backoff delay, in milliseconds.
+    pub max_delay_ms: Option<u64>,
+    /// The backoff growth factor.
+    pub multiplier: Option<f64>,
+    /// `full`, `equal`, `decorrelated` or `none`.
+    pub jitter: Option<Jitter>,
+    /// The longest server hint honoured, in milliseconds.
+    pub max_hint_ms: Option<u64>,
+    /// The deadline over all attempts, in milliseconds.
+    pub deadline_ms: Option<u64>,
+    /// The limit on one attempt, in milliseconds.
+    pub attempt_timeout_ms: Option<u64>,
+    /// Whether streams are held back until their first content.
+    pub first_content_guard: Option<bool>,
+    /// The largest request body kept for replay, in bytes.
+    pub max_body_bytes: Option<usize>,
+    /// The retry budget; `enabled = false` turns it off.
+    pub budget: Option<BudgetConfig>,
+}
+
+/// The retry budget as data.
+#[derive(Clone, Debug, Default, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(default, deny_unknown_fields))]
+#[non_exhaustive]
+pub struct BudgetConfig {
+    /// `false` turns the budget off (default `true`).
+    pub enabled: Option<bool>,
+    /// The window, in milliseconds (1 000 to 60 000).
+    pub ttl_ms: Option<u64>,
+    /// Retries allowed per second whatever the traffic.
+    pub min_per_second: Option<u32>,
+    /// Retries allowed per request.
+    pub ratio: Option<f64>,
+}
+
+/// The environment variables [`RetryConfig::from_env`] reads.
+pub const ENV_VARS: [&str; 5] = [
+    "TOWER_LLM_RETRY_MAX_ATTEMPTS",
+    "TOWER_LLM_RETRY_BASE_DELAY_MS",
+    "TOWER_LLM_RETRY_MAX_DELAY_MS",
+    "TOWER_LLM_RETRY_MAX_HINT_MS",
+    "TOWER_LLM_RETRY_DEADLINE_MS",
+];
+
+impl RetryConfig {
+    /// Overrides from the process environment (see [`ENV_VARS`]).
+    pub fn from_env(self) -> Result<Self, ConfigError> {
+        self.from_env_with(|name| std::env::var(name).ok())
+    }
+
+    /// Overrides from `lookup` (the environment, or a map in tests).
+    pub fn from_env_with(mut self, lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let number = |name: &str| -> Result<Option<u64>, ConfigError> {
+            match lookup(name) {
+                None => Ok(None),
+                Some(text) => text.trim().parse::<u64>().map(Some).map_err(|_| {
+                    ConfigError(format!("{name}: `{text}` is not a whole number"))
+                }),
+            }
+        };
+        if let Some(n) = number(ENV_VARS[0])? {
+            let n = u32::try_from(n).map_err(|_| ConfigError(format!("{}: {n} is too large", ENV_VARS[0])))?;
+            self.max_attempts = Some(n);
+        }
+        self.base_delay_ms = number(ENV_VARS[1])?.or(self.base_delay_ms);
+        self.max_delay_ms = number(ENV_VARS[2])?.or(self.max_delay_ms);
+        self.max_hint_ms = number(ENV_VARS[3])?.or(self.max_hint_ms);
+        self.deadline_ms = number(ENV_VARS[4])?.or(self.deadline_ms);
+        Ok(self)
+    }
+
+    /// The builder this describes: the preset, then each setting given.
+    pub fn builder(&self) -> Result<RetryPolicyBuilder, ConfigError> {
+        let preset = match self.preset.as_deref().unwrap_or("sdk_default") {
+            "sdk_default" => RetryPolicy::sdk_default(),
+            "high_availability" => RetryPolicy::high_availability(),
+            "cost_sensitive" => RetryPolicy::cost_sensitive(),
+            "development" => RetryPolicy::development(),
+            other => {
+                return Err(ConfigError(format!(
+                    "preset: `{other}` is not one of sdk_default, high_availability, cost_sensitive, development"
+                )));
+            }
+        };
+        let mut builder = preset.to_builder();
+        if let Some(n) = self.max_attempts {
+            builder = builder.max_attempts(n);
+        }
+        let b = *builder.backoff_ref();
+        let backoff = Backoff::exponential(
+            self.base_delay_ms.map_or(b.base(), Duration::from_millis),
+            self.max_delay_ms.map_or(b.cap(), Duration::from_millis),
+        )
+        .with_multiplier(self.multiplier.unwrap_or(b.multiplier()))
+        .with_jitter(self.jitter.unwrap_or(b.jitter()));
+        builder = builder.backoff(backoff);
+        if let Some(ms) = self.max_hint_ms {
+            builder = builder.max_hint(Duration::from_millis(ms));
+        }
+        if let Some(ms) = self.deadline_ms {
+            builder = builder.deadline(Duration::from_millis(ms));
+        }
+        if let Some(ms) = self.attempt_timeout_ms {
+            builder = builder.attempt_timeout(Duration::from_millis(ms));
+        }
+        if let Some(on) = self.first_content_guard {
+            builder = builder.first_content_guard(on);
+        }
+        if let Some(bytes) = self.max_body_bytes {
+            builder = builder.max_body(bytes);
+        }
+        if let Some(budget) = &self.budget {
+            if budget.enabled == Some(false) {
+                builder = builder.no_budget();
+            } else {
+                builder = builder.budget(
+                    Duration::from_millis(budget.ttl_ms.unwrap_or(10_000)),
+                    budget.min_per_second.unwrap_or(1),
+                    budget.ratio.unwrap_or(0.1),
+                );
+            }
+        }
+        Ok(builder)
+    }
+
+    /// The policy this describes, checked.
+    pub fn build(&self) -> Result<RetryPolicy, ConfigError> {
+        self.builder()?.build()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        move |name| map.get(name).cloned()
+    }
+
+    #[test]
+    fn environment_variables_override_the_preset() {
+        let config = RetryConfig::default()
+            .from_env_with(env(&[
+                ("TOWER_LLM_RETRY_MAX_ATTEMPTS", "5"),
+                ("TOWER_LLM_RETRY_BASE_DELAY_MS", "100"),
+                ("TOWER_LLM_RETRY_MAX_DELAY_MS", "2000"),
+                ("TOWER_LLM_RETRY_MAX_HINT_MS", "30000"),
+                ("TOWER_LLM_RETRY_DEADLINE_MS", "45000"),
+            ]))
+            .unwrap();
+        let policy = config.build().unwrap();
+        assert_eq!(policy.max_attempts(), 5);
+        assert_eq!(policy.backoff().base(), Duration::from_millis(100));
+        assert_eq!(policy.backoff().cap(), Duration::from_secs(2));
+        assert_eq!(policy.max_hint(), Duration::from_secs(30));
+        assert_eq!(policy.deadline(), Some(Duration::from_secs(45)));
+    }
+
+    #[test]
+    fn a_bad_value_names_its_variable() {
+        let error = RetryConfig::default().from_env_with(env(&[("TOWER_LLM_RETRY_DEADLINE_MS", "soon")])).unwrap_err();
+        assert!(error.to_string().contains("TOWER_LLM_RETRY_DEADLINE_MS") && error.to_string().contains("soon"), "{error}");
+        let error = RetryConfig { preset: Some("yolo".into()), ..Default::default() }.build().unwrap_err();
+        assert!(error.to_string().contains("preset"), "{error}");
+        let error = RetryConfig { base_delay_ms: Some(9000), ..Default::default() }.build().unwrap_err();
+        assert!(error.to_string().contains("cap"), "{error}");
+    }
+
+    #[test]
+    fn the_budget_can_be_turned_off_or_tuned() {
+        let off = RetryConfig { budget: Some(BudgetConfig { enabled: Some(false), ..Default::default() }), ..Default::default() };
+        assert!(off.build().unwrap().budget().is_none());
+        let bad = RetryConfig { budget: Some(BudgetConfig { ratio: Some(-1.0), ..Default::default() }), ..Default::default() };
+        assert!(bad.build().unwrap_err().to_string().contains("ratio"));
+    }
+}
