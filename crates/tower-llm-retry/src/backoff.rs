@@ -56,12 +56,22 @@ impl Default for Backoff {
 impl Backoff {
     /// `base` doubling up to `cap`, with full jitter.
     pub fn exponential(base: Duration, cap: Duration) -> Self {
-        Backoff { base, multiplier: 2.0, cap, jitter: Jitter::Full }
+        Backoff {
+            base,
+            multiplier: 2.0,
+            cap,
+            jitter: Jitter::Full,
+        }
     }
 
     /// Always `delay`, no jitter.
     pub fn constant(delay: Duration) -> Self {
-        Backoff { base: delay, multiplier: 1.0, cap: delay, jitter: Jitter::None }
+        Backoff {
+            base: delay,
+            multiplier: 1.0,
+            cap: delay,
+            jitter: Jitter::None,
+        }
     }
 
     /// Uses `jitter` instead.
@@ -100,10 +110,16 @@ impl Backoff {
     /// larger than the cap.
     pub(crate) fn validate(&self) -> Result<(), String> {
         if !self.multiplier.is_finite() || self.multiplier < 1.0 {
-            return Err(format!("backoff multiplier must be a finite number >= 1, not {}", self.multiplier));
+            return Err(format!(
+                "backoff multiplier must be a finite number >= 1, not {}",
+                self.multiplier
+            ));
         }
         if self.base > self.cap {
-            return Err(format!("backoff base ({:?}) is larger than its cap ({:?})", self.base, self.cap));
+            return Err(format!(
+                "backoff base ({:?}) is larger than its cap ({:?})",
+                self.base, self.cap
+            ));
         }
         Ok(())
     }
@@ -112,11 +128,19 @@ impl Backoff {
     /// previous delay (for decorrelated jitter) and a uniform draw `u` in
     /// `[0, 1)`.
     pub fn delay(&self, n: u32, previous: Duration, u: f64) -> Duration {
-        let u = if u.is_finite() { u.clamp(0.0, 1.0) } else { 0.0 };
+        let u = if u.is_finite() {
+            u.clamp(0.0, 1.0)
+        } else {
+            0.0
+        };
         let cap = self.cap.as_secs_f64();
         // min(cap, base·m^n), computed without overflow.
         let grown = self.base.as_secs_f64() * self.multiplier.powi(n.min(1024) as i32);
-        let ceiling = if grown.is_finite() { grown.min(cap) } else { cap };
+        let ceiling = if grown.is_finite() {
+            grown.min(cap)
+        } else {
+            cap
+        };
         let secs = match self.jitter {
             Jitter::Full => ceiling * u,
             Jitter::Equal => ceiling / 2.0 + ceiling / 2.0 * u,
@@ -142,7 +166,17 @@ mod tests {
     fn the_default_is_the_sdk_schedule_with_full_jitter() {
         let b = Backoff::default();
         let tops: Vec<Duration> = (0..6).map(|n| b.delay(n, Duration::ZERO, 1.0)).collect();
-        assert_eq!(tops, [500 * MS, 1000 * MS, 2000 * MS, 4000 * MS, 8000 * MS, 8000 * MS]);
+        assert_eq!(
+            tops,
+            [
+                500 * MS,
+                1000 * MS,
+                2000 * MS,
+                4000 * MS,
+                8000 * MS,
+                8000 * MS
+            ]
+        );
         assert_eq!(b.delay(2, Duration::ZERO, 0.0), Duration::ZERO);
     }
 
@@ -162,14 +196,26 @@ mod tests {
     #[test]
     fn huge_retry_counts_stay_at_the_cap() {
         let b = Backoff::default().with_jitter(Jitter::None);
-        assert_eq!(b.delay(u32::MAX, Duration::ZERO, 0.5), Duration::from_secs(8));
+        assert_eq!(
+            b.delay(u32::MAX, Duration::ZERO, 0.5),
+            Duration::from_secs(8)
+        );
     }
 
     #[test]
     fn bad_numbers_are_refused() {
-        assert!(Backoff::default().with_multiplier(f64::NAN).validate().is_err());
+        assert!(
+            Backoff::default()
+                .with_multiplier(f64::NAN)
+                .validate()
+                .is_err()
+        );
         assert!(Backoff::default().with_multiplier(0.5).validate().is_err());
-        assert!(Backoff::exponential(Duration::from_secs(9), Duration::from_secs(8)).validate().is_err());
+        assert!(
+            Backoff::exponential(Duration::from_secs(9), Duration::from_secs(8))
+                .validate()
+                .is_err()
+        );
     }
 
     proptest! {

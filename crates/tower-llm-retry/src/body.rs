@@ -18,7 +18,9 @@ pub struct ReplayBody {
 
 impl ReplayBody {
     pub(crate) fn new(data: Bytes) -> Self {
-        ReplayBody { data: (!data.is_empty()).then_some(data) }
+        ReplayBody {
+            data: (!data.is_empty()).then_some(data),
+        }
     }
 
     /// The bytes this body sends.
@@ -31,7 +33,10 @@ impl Body for ReplayBody {
     type Data = Bytes;
     type Error = std::convert::Infallible;
 
-    fn poll_frame(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         Poll::Ready(self.get_mut().data.take().map(|data| Ok(Frame::data(data))))
     }
 
@@ -74,7 +79,12 @@ macro_rules! data_is_content {
     )*};
 }
 
-data_is_content!(http_body_util::Full<Bytes>, http_body_util::Empty<Bytes>, String, Bytes);
+data_is_content!(
+    http_body_util::Full<Bytes>,
+    http_body_util::Empty<Bytes>,
+    String,
+    Bytes
+);
 
 pin_project! {
     /// The response body the retry layer returns: the inner body, after the
@@ -89,7 +99,10 @@ pin_project! {
 
 impl<B> RetryBody<B> {
     pub(crate) fn new(inner: B) -> Self {
-        RetryBody { read_ahead: VecDeque::new(), inner }
+        RetryBody {
+            read_ahead: VecDeque::new(),
+            inner,
+        }
     }
 
     pub(crate) fn with_read_ahead(inner: B, read_ahead: VecDeque<Frame<Bytes>>) -> Self {
@@ -114,7 +127,10 @@ where
     type Data = Bytes;
     type Error = B::Error;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let this = self.project();
         if let Some(frame) = this.read_ahead.pop_front() {
             return Poll::Ready(Some(Ok(frame)));
@@ -127,7 +143,12 @@ where
     }
 
     fn size_hint(&self) -> SizeHint {
-        let ahead: u64 = self.read_ahead.iter().filter_map(|f| f.data_ref()).map(|d| d.len() as u64).sum();
+        let ahead: u64 = self
+            .read_ahead
+            .iter()
+            .filter_map(|f| f.data_ref())
+            .map(|d| d.len() as u64)
+            .sum();
         let inner = self.inner.size_hint();
         let mut hint = SizeHint::new();
         hint.set_lower(inner.lower().saturating_add(ahead));

@@ -47,7 +47,18 @@ pub struct RetryBudget {
     reserve: f64,
     deposits: [AtomicU64; SLOTS],
     withdrawals: [AtomicU64; SLOTS],
+    /// Deposits made, and the epoch read at the last clock read: a deposit
+    /// reads the clock only every `CLOCK_EVERY` calls (a clock read costs
+    /// more than the rest of a deposit).
+    deposit_count: AtomicU64,
+    cached_epoch: AtomicU64,
 }
+
+/// A deposit reads the clock once in this many; the others use the epoch
+/// last read (by a deposit or a withdrawal). At most this many deposits are
+/// counted in a slot up to one refresh early, which shifts their expiry by
+/// less than a slot; a withdrawal always reads the clock.
+const CLOCK_EVERY: u64 = 8;
 
 /// A slot's content: its epoch (high 32 bits) and count (low 32 bits).
 fn pack(epoch: u64, count: u64) -> u64 {
@@ -63,10 +74,14 @@ impl RetryBudget {
     /// `ratio` (0 to 10) retries per first attempt plus `min_per_second`.
     pub fn new(ttl: Duration, min_per_second: u32, ratio: f64) -> Result<Self, String> {
         if !(Duration::from_secs(1)..=Duration::from_secs(60)).contains(&ttl) {
-            return Err(format!("retry budget ttl must be between 1 s and 60 s, not {ttl:?}"));
+            return Err(format!(
+                "retry budget ttl must be between 1 s and 60 s, not {ttl:?}"
+            ));
         }
         if !ratio.is_finite() || !(0.0..=10.0).contains(&ratio) {
-            return Err(format!("retry budget ratio must be between 0 and 10, not {ratio}"));
+            return Err(format!(
+                "retry budget ratio must be between 0 and 10, not {ratio}"
+            ));
         }
         Ok(RetryBudget {
             start: Instant::now(),
@@ -75,21 +90,30 @@ impl RetryBudget {
             reserve: f64::from(min_per_second) * ttl.as_secs_f64(),
             deposits: Default::default(),
             withdrawals: Default::default(),
+            deposit_count: AtomicU64::new(0),
+            cached_epoch: AtomicU64::new(1),
         })
     }
 
     /// A budget that never denies a retry (not recommended: an outage then
     /// multiplies the load by the number of attempts).
     pub fn unlimited() -> Self {
-        let mut budget = RetryBudget::default();
-        budget.reserve = f64::INFINITY;
-        budget
+        RetryBudget {
+            reserve: f64::INFINITY,
+            ..RetryBudget::default()
+        }
     }
 
     fn epoch(&self) -> u64 {
-        let elapsed = Instant::now().saturating_duration_since(self.start).as_nanos();
-        // +1 so that epoch 0 means "never written".
-        (elapsed / u128::from(self.slot_nanos)) as u64 + 1
+        let elapsed = Instant::now().saturating_duration_since(self.start);
+        // u64 nanoseconds last 584 years; +1 so that epoch 0 means "never written".
+        let nanos = elapsed
+            .as_secs()
+            .saturating_mul(1_000_000_000)
+            .saturating_add(u64::from(elapsed.subsec_nanos()));
+        let epoch = nanos / self.slot_nanos + 1;
+        self.cached_epoch.fetch_max(epoch, Ordering::Relaxed);
+        epoch
     }
 
     fn add(slots: &[AtomicU64; SLOTS], epoch: u64) {
@@ -97,7 +121,11 @@ impl RetryBudget {
         let mut current = slot.load(Ordering::Relaxed);
         loop {
             let (slot_epoch, count) = unpack(current);
-            let next = if slot_epoch >= epoch { pack(slot_epoch, count + 1) } else { pack(epoch, 1) };
+            let next = if slot_epoch >= epoch {
+                pack(slot_epoch, count + 1)
+            } else {
+                pack(epoch, 1)
+            };
             match slot.compare_exchange_weak(current, next, Ordering::AcqRel, Ordering::Relaxed) {
                 Ok(_) => return,
                 Err(actual) => current = actual,
@@ -117,7 +145,16 @@ impl RetryBudget {
 
     /// Records a first attempt.
     pub fn deposit(&self) {
-        Self::add(&self.deposits, self.epoch());
+        let epoch = if self
+            .deposit_count
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(CLOCK_EVERY)
+        {
+            self.epoch()
+        } else {
+            self.cached_epoch.load(Ordering::Relaxed)
+        };
+        Self::add(&self.deposits, epoch);
     }
 
     /// Takes one retry from the budget; `false` when it is empty.
@@ -130,13 +167,18 @@ impl RetryBudget {
             // The other slots only ever expire, which can only help; this
             // slot is compared-and-swapped, so no two retries spend the
             // same token.
-            let others = Self::sum(&self.withdrawals, epoch).saturating_sub(if slot_epoch == epoch { count } else { 0 });
+            let others = Self::sum(&self.withdrawals, epoch)
+                .saturating_sub(if slot_epoch == epoch { count } else { 0 });
             let spent = others + if slot_epoch >= epoch { count } else { 0 };
             let allowed = Self::sum(&self.deposits, epoch) as f64 * self.ratio + self.reserve;
             if spent as f64 + 1.0 > allowed {
                 return false;
             }
-            let next = if slot_epoch >= epoch { pack(slot_epoch, count + 1) } else { pack(epoch, 1) };
+            let next = if slot_epoch >= epoch {
+                pack(slot_epoch, count + 1)
+            } else {
+                pack(epoch, 1)
+            };
             match slot.compare_exchange_weak(current, next, Ordering::AcqRel, Ordering::Acquire) {
                 Ok(_) => return true,
                 Err(actual) => current = actual,
@@ -150,7 +192,11 @@ impl RetryBudget {
         let allowed = Self::sum(&self.deposits, epoch) as f64 * self.ratio + self.reserve;
         let spent = Self::sum(&self.withdrawals, epoch) as f64;
         let left = (allowed - spent).max(0.0);
-        if left.is_finite() { left as u64 } else { u64::MAX }
+        if left.is_finite() {
+            left as u64
+        } else {
+            u64::MAX
+        }
     }
 }
 
@@ -164,6 +210,8 @@ impl Default for RetryBudget {
             reserve: 10.0,
             deposits: Default::default(),
             withdrawals: Default::default(),
+            deposit_count: AtomicU64::new(0),
+            cached_epoch: AtomicU64::new(1),
         }
     }
 }
@@ -191,7 +239,11 @@ mod tests {
         for _ in 0..4 {
             budget.deposit();
         }
-        assert_eq!((0..10).filter(|_| budget.withdraw()).count(), 2, "old withdrawals expired too");
+        assert_eq!(
+            (0..10).filter(|_| budget.withdraw()).count(),
+            2,
+            "old withdrawals expired too"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -83,17 +83,22 @@ impl RetryConfig {
     }
 
     /// Overrides from `lookup` (the environment, or a map in tests).
-    pub fn from_env_with(mut self, lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let number = |name: &str| -> Result<Option<u64>, ConfigError> {
-            match lookup(name) {
-                None => Ok(None),
-                Some(text) => text.trim().parse::<u64>().map(Some).map_err(|_| {
-                    ConfigError(format!("{name}: `{text}` is not a whole number"))
-                }),
-            }
-        };
+    pub fn from_env_with(
+        mut self,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let number =
+            |name: &str| -> Result<Option<u64>, ConfigError> {
+                match lookup(name) {
+                    None => Ok(None),
+                    Some(text) => text.trim().parse::<u64>().map(Some).map_err(|_| {
+                        ConfigError(format!("{name}: `{text}` is not a whole number"))
+                    }),
+                }
+            };
         if let Some(n) = number(ENV_VARS[0])? {
-            let n = u32::try_from(n).map_err(|_| ConfigError(format!("{}: {n} is too large", ENV_VARS[0])))?;
+            let n = u32::try_from(n)
+                .map_err(|_| ConfigError(format!("{}: {n} is too large", ENV_VARS[0])))?;
             self.max_attempts = Some(n);
         }
         self.base_delay_ms = number(ENV_VARS[1])?.or(self.base_delay_ms);
@@ -169,7 +174,10 @@ mod tests {
     use std::collections::HashMap;
 
     fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         move |name| map.get(name).cloned()
     }
 
@@ -194,19 +202,47 @@ mod tests {
 
     #[test]
     fn a_bad_value_names_its_variable() {
-        let error = RetryConfig::default().from_env_with(env(&[("TOWER_LLM_RETRY_DEADLINE_MS", "soon")])).unwrap_err();
-        assert!(error.to_string().contains("TOWER_LLM_RETRY_DEADLINE_MS") && error.to_string().contains("soon"), "{error}");
-        let error = RetryConfig { preset: Some("yolo".into()), ..Default::default() }.build().unwrap_err();
+        let error = RetryConfig::default()
+            .from_env_with(env(&[("TOWER_LLM_RETRY_DEADLINE_MS", "soon")]))
+            .unwrap_err();
+        assert!(
+            error.to_string().contains("TOWER_LLM_RETRY_DEADLINE_MS")
+                && error.to_string().contains("soon"),
+            "{error}"
+        );
+        let error = RetryConfig {
+            preset: Some("yolo".into()),
+            ..Default::default()
+        }
+        .build()
+        .unwrap_err();
         assert!(error.to_string().contains("preset"), "{error}");
-        let error = RetryConfig { base_delay_ms: Some(9000), ..Default::default() }.build().unwrap_err();
+        let error = RetryConfig {
+            base_delay_ms: Some(9000),
+            ..Default::default()
+        }
+        .build()
+        .unwrap_err();
         assert!(error.to_string().contains("cap"), "{error}");
     }
 
     #[test]
     fn the_budget_can_be_turned_off_or_tuned() {
-        let off = RetryConfig { budget: Some(BudgetConfig { enabled: Some(false), ..Default::default() }), ..Default::default() };
+        let off = RetryConfig {
+            budget: Some(BudgetConfig {
+                enabled: Some(false),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
         assert!(off.build().unwrap().budget().is_none());
-        let bad = RetryConfig { budget: Some(BudgetConfig { ratio: Some(-1.0), ..Default::default() }), ..Default::default() };
+        let bad = RetryConfig {
+            budget: Some(BudgetConfig {
+                ratio: Some(-1.0),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
         assert!(bad.build().unwrap_err().to_string().contains("ratio"));
     }
 }

@@ -30,11 +30,11 @@ pin_project! {
     {
         #[pin]
         state: State<S::Future, B, R>,
-        #[pin]
-        timer: Option<Sleep>,
+        // Boxed, like the sleep between attempts: only a call with a
+        // timeout or a retry pays for a timer; the happy path stays small.
+        timer: Option<Pin<Box<Sleep>>>,
         service: S,
         shared: Arc<Shared>,
-        parts: Option<http::request::Parts>,
         template: Option<Request<ReplayBody>>,
         attempts: u32,
         slept: Duration,
@@ -49,10 +49,18 @@ pin_project! {
         Collecting { #[pin] body: B, first: Option<Bytes>, rest: Option<BytesMut> },
         Ready,
         Calling { #[pin] future: F },
-        Guarding { head: Option<http::response::Parts>, body: Option<R>, read_ahead: VecDeque<Frame<Bytes>> },
-        Sleeping { #[pin] sleep: Sleep },
+        // Boxed: only streams pay for holding a response back.
+        Guarding { guard: Box<Guard<R>> },
+        Sleeping { sleep: Pin<Box<Sleep>> },
         Done,
     }
+}
+
+/// A streamed response held back until its first content.
+struct Guard<R> {
+    head: Option<http::response::Parts>,
+    body: Option<R>,
+    read_ahead: VecDeque<Frame<Bytes>>,
 }
 
 impl<S, B, R> ResponseFuture<S, B, R>
@@ -61,14 +69,21 @@ where
 {
     pub(crate) fn new(service: S, shared: Arc<Shared>, request: Request<B>) -> Self {
         let (parts, body) = request.into_parts();
-        let deadline = shared.policy.deadline.and_then(|d| Instant::now().checked_add(d));
+        let deadline = shared
+            .policy
+            .deadline
+            .and_then(|d| Instant::now().checked_add(d));
         ResponseFuture {
-            state: State::Collecting { body, first: None, rest: None },
+            state: State::Collecting {
+                body,
+                first: None,
+                rest: None,
+            },
             timer: None,
             service,
             shared,
-            parts: Some(parts),
-            template: None,
+            // The request without its body until the body is read.
+            template: Some(Request::from_parts(parts, ReplayBody::default())),
             attempts: 0,
             slept: Duration::ZERO,
             previous_delay: Duration::ZERO,
@@ -79,14 +94,23 @@ where
 
 /// Whether a response is a stream the first-content guard holds back.
 fn is_stream(head: &http::response::Parts) -> bool {
-    head.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|ct| {
-        let ct = ct.trim_start();
-        ct.starts_with("text/event-stream") || ct.starts_with("application/x-ndjson") || ct.starts_with("application/jsonl")
-    })
+    head.headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| {
+            let ct = ct.trim_start();
+            ct.starts_with("text/event-stream")
+                || ct.starts_with("application/x-ndjson")
+                || ct.starts_with("application/jsonl")
+        })
 }
 
 fn local_error(kind: ErrorKind, message: &str) -> LlmError {
-    LlmError::new(Classification::new(kind).with_phase(Phase::Local).with_message(message))
+    LlmError::new(
+        Classification::new(kind)
+            .with_phase(Phase::Local)
+            .with_message(message),
+    )
 }
 
 impl<S, B, R> Future for ResponseFuture<S, B, R>
@@ -109,84 +133,135 @@ where
                     // usual `Full<Bytes>`) is kept without a copy.
                     match ready!(collect(body, first, rest, this.shared.policy.max_body, cx)) {
                         Ok(bytes) => {
-                            let parts = this.parts.take().unwrap_or_else(|| Request::new(()).into_parts().0);
-                            *this.template = Some(Request::from_parts(parts, ReplayBody::new(bytes)));
+                            if let Some(template) = this.template.as_mut() {
+                                *template.body_mut() = ReplayBody::new(bytes);
+                            }
                             if let Some(budget) = &this.shared.policy.budget {
                                 budget.deposit();
                             }
                             // The service is ready: `Retry::poll_ready` said so.
-                            let future = start_attempt(this.service, this.template, this.attempts, this.timer.as_mut(), this.shared, *this.deadline);
+                            let future = start_attempt(
+                                this.service,
+                                this.template,
+                                this.attempts,
+                                this.timer,
+                                this.shared,
+                                *this.deadline,
+                            );
                             this.state.set(State::Calling { future });
                             continue;
                         }
                         Err(error) => {
                             this.state.set(State::Done);
-                            return Poll::Ready(Err(report::fail(error, GiveUp::NotRetryable, 0, Duration::ZERO)));
+                            return Poll::Ready(Err(report::fail(
+                                error,
+                                GiveUp::NotRetryable,
+                                0,
+                                Duration::ZERO,
+                            )));
                         }
                     }
                 }
                 StateProj::Ready => match ready!(this.service.poll_ready(cx)) {
                     Ok(()) => {
-                        let future = start_attempt(this.service, this.template, this.attempts, this.timer.as_mut(), this.shared, *this.deadline);
+                        let future = start_attempt(
+                            this.service,
+                            this.template,
+                            this.attempts,
+                            this.timer,
+                            this.shared,
+                            *this.deadline,
+                        );
                         this.state.set(State::Calling { future });
                         continue;
                     }
                     Err(error) => LlmError::from_source(error),
                 },
-                StateProj::Calling { future } => match timer_expired(this.timer.as_mut(), cx, Phase::BeforeHeaders) {
-                    Some(expired) => expired,
-                    None => match ready!(future.poll(cx)) {
-                        Ok(response) => {
-                            let (head, body) = response.into_parts();
-                            if this.shared.policy.first_content_guard && head.status.is_success() && is_stream(&head) {
-                                this.state.set(State::Guarding { head: Some(head), body: Some(body), read_ahead: VecDeque::new() });
-                                continue;
-                            }
-                            this.state.set(State::Done);
-                            this.timer.set(None);
-                            let response = Response::from_parts(head, RetryBody::new(body));
-                            return Poll::Ready(Ok(report::finish(response, *this.attempts, *this.slept)));
-                        }
-                        Err(error) => LlmError::from_source(error),
-                    },
-                },
-                StateProj::Guarding { head, body, read_ahead } => match timer_expired(this.timer.as_mut(), cx, Phase::AfterHeaders) {
-                    Some(expired) => expired,
-                    None => {
-                        let Some(inner) = body.as_mut() else {
-                            return Poll::Ready(Err(polled_after_completion()));
-                        };
-                        let error = match ready!(Pin::new(inner).poll_frame(cx)) {
-                            Some(Ok(frame)) => {
-                                read_ahead.push_back(frame);
-                                if !body.as_ref().is_some_and(ContentProgress::content_seen) {
+                StateProj::Calling { future } => {
+                    match timer_expired(this.timer, cx, Phase::BeforeHeaders) {
+                        Some(expired) => expired,
+                        None => match ready!(future.poll(cx)) {
+                            Ok(response) => {
+                                let (head, body) = response.into_parts();
+                                if this.shared.policy.first_content_guard
+                                    && head.status.is_success()
+                                    && is_stream(&head)
+                                {
+                                    let guard = Guard {
+                                        head: Some(head),
+                                        body: Some(body),
+                                        read_ahead: VecDeque::new(),
+                                    };
+                                    this.state.set(State::Guarding {
+                                        guard: Box::new(guard),
+                                    });
                                     continue;
                                 }
-                                None
-                            }
-                            // Ended without content: hand over what there is.
-                            None => None,
-                            Some(Err(error)) => Some(error),
-                        };
-                        match error {
-                            // Nothing reached the caller yet: whatever the
-                            // stream said, this attempt can be replayed.
-                            Some(error) => before_content(LlmError::from_source(error)),
-                            None => {
-                                let (Some(head), Some(inner)) = (head.take(), body.take()) else {
-                                    return Poll::Ready(Err(polled_after_completion()));
-                                };
-                                let read_ahead = std::mem::take(read_ahead);
                                 this.state.set(State::Done);
-                                this.timer.set(None);
-                                let response = Response::from_parts(head, RetryBody::with_read_ahead(inner, read_ahead));
-                                return Poll::Ready(Ok(report::finish(response, *this.attempts, *this.slept)));
+                                *this.timer = None;
+                                let response = Response::from_parts(head, RetryBody::new(body));
+                                return Poll::Ready(Ok(report::finish(
+                                    response,
+                                    *this.attempts,
+                                    *this.slept,
+                                )));
+                            }
+                            Err(error) => LlmError::from_source(error),
+                        },
+                    }
+                }
+                StateProj::Guarding { guard } => {
+                    match timer_expired(this.timer, cx, Phase::AfterHeaders) {
+                        Some(expired) => expired,
+                        None => {
+                            let Guard {
+                                head,
+                                body,
+                                read_ahead,
+                            } = &mut **guard;
+                            let Some(inner) = body.as_mut() else {
+                                return Poll::Ready(Err(polled_after_completion()));
+                            };
+                            let error = match ready!(Pin::new(inner).poll_frame(cx)) {
+                                Some(Ok(frame)) => {
+                                    read_ahead.push_back(frame);
+                                    if !body.as_ref().is_some_and(ContentProgress::content_seen) {
+                                        continue;
+                                    }
+                                    None
+                                }
+                                // Ended without content: hand over what there is.
+                                None => None,
+                                Some(Err(error)) => Some(error),
+                            };
+                            match error {
+                                // Nothing reached the caller yet: whatever the
+                                // stream said, this attempt can be replayed.
+                                Some(error) => before_content(LlmError::from_source(error)),
+                                None => {
+                                    let (Some(head), Some(inner)) = (head.take(), body.take())
+                                    else {
+                                        return Poll::Ready(Err(polled_after_completion()));
+                                    };
+                                    let read_ahead = std::mem::take(read_ahead);
+                                    this.state.set(State::Done);
+                                    *this.timer = None;
+                                    let response = Response::from_parts(
+                                        head,
+                                        RetryBody::with_read_ahead(inner, read_ahead),
+                                    );
+                                    return Poll::Ready(Ok(report::finish(
+                                        response,
+                                        *this.attempts,
+                                        *this.slept,
+                                    )));
+                                }
                             }
                         }
                     }
-                },
+                }
                 StateProj::Sleeping { sleep } => {
-                    ready!(sleep.poll(cx));
+                    ready!(sleep.as_mut().poll(cx));
                     this.state.set(State::Ready);
                     continue;
                 }
@@ -195,13 +270,29 @@ where
 
             // An attempt failed: retry, or give up with its error.
             let c = failed.classification();
-            let remaining = this.deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            let remaining = this
+                .deadline
+                .map(|d| d.saturating_duration_since(Instant::now()));
             let policy = &this.shared.policy;
-            let decision = policy.decide(c, *this.attempts, *this.previous_delay, remaining, this.shared.draw());
-            let model = this.template.as_ref().and_then(|t| t.extensions().get::<RequestMeta>()).and_then(|m| m.model.as_deref());
+            let decision = policy.decide(
+                c,
+                *this.attempts,
+                *this.previous_delay,
+                remaining,
+                this.shared.draw(),
+            );
+            let model = this
+                .template
+                .as_ref()
+                .and_then(|t| t.extensions().get::<RequestMeta>())
+                .and_then(|m| m.model.as_deref());
             let outcome = match decision {
                 Decision::Retry { delay, hinted } => {
-                    if policy.budget.as_ref().is_none_or(|budget| budget.withdraw()) {
+                    if policy
+                        .budget
+                        .as_ref()
+                        .is_none_or(|budget| budget.withdraw())
+                    {
                         report::retrying(c, *this.attempts, delay, hinted, model);
                         Ok(delay)
                     } else {
@@ -214,18 +305,25 @@ where
                 Ok(delay) => {
                     *this.slept += delay;
                     *this.previous_delay = delay;
-                    this.timer.set(None);
+                    // The timer is left to `start_attempt`, which resets it.
                     if delay.is_zero() {
                         this.state.set(State::Ready);
                     } else {
-                        this.state.set(State::Sleeping { sleep: tokio::time::sleep(delay) });
+                        this.state.set(State::Sleeping {
+                            sleep: Box::pin(tokio::time::sleep(delay)),
+                        });
                     }
                 }
                 Err(reason) => {
                     report::giving_up(c, *this.attempts, reason, model);
                     this.state.set(State::Done);
-                    this.timer.set(None);
-                    return Poll::Ready(Err(report::fail(failed, reason, *this.attempts, *this.slept)));
+                    *this.timer = None;
+                    return Poll::Ready(Err(report::fail(
+                        failed,
+                        reason,
+                        *this.attempts,
+                        *this.slept,
+                    )));
                 }
             }
         }
@@ -238,7 +336,7 @@ fn start_attempt<S>(
     service: &mut S,
     template: &Option<Request<ReplayBody>>,
     attempts: &mut u32,
-    mut timer: Pin<&mut Option<Sleep>>,
+    timer: &mut Option<Pin<Box<Sleep>>>,
     shared: &Shared,
     deadline: Option<Instant>,
 ) -> S::Future
@@ -246,24 +344,36 @@ where
     S: Service<Request<ReplayBody>>,
 {
     *attempts += 1;
-    let request = template.clone().unwrap_or_else(|| Request::new(ReplayBody::default()));
+    let request = template
+        .clone()
+        .unwrap_or_else(|| Request::new(ReplayBody::default()));
     let limit = match (shared.policy.attempt_timeout, deadline) {
         (None, None) => None,
         (Some(timeout), None) => Instant::now().checked_add(timeout),
         (None, Some(deadline)) => Some(deadline),
-        (Some(timeout), Some(deadline)) => Some(Instant::now().checked_add(timeout).map_or(deadline, |end| end.min(deadline))),
+        (Some(timeout), Some(deadline)) => Some(
+            Instant::now()
+                .checked_add(timeout)
+                .map_or(deadline, |end| end.min(deadline)),
+        ),
     };
-    match limit {
-        Some(end) => timer.set(Some(tokio::time::sleep_until(end))),
-        None => timer.set(None),
+    match (limit, timer.as_mut()) {
+        // Reuse the allocation of the previous attempt's timer.
+        (Some(end), Some(sleep)) => sleep.as_mut().reset(end),
+        (Some(end), None) => *timer = Some(Box::pin(tokio::time::sleep_until(end))),
+        (None, _) => *timer = None,
     }
     service.call(request)
 }
 
 /// The attempt's timer, if it has run out: a timeout in `phase`.
-fn timer_expired(timer: Pin<&mut Option<Sleep>>, cx: &mut Context<'_>, phase: Phase) -> Option<LlmError> {
-    let sleep = timer.as_pin_mut()?;
-    sleep.poll(cx).is_ready().then(|| {
+fn timer_expired(
+    timer: &mut Option<Pin<Box<Sleep>>>,
+    cx: &mut Context<'_>,
+    phase: Phase,
+) -> Option<LlmError> {
+    let sleep = timer.as_mut()?;
+    sleep.as_mut().poll(cx).is_ready().then(|| {
         LlmError::new(
             Classification::new(ErrorKind::Timeout)
                 .with_phase(phase)
@@ -278,7 +388,10 @@ fn timer_expired(timer: Pin<&mut Option<Sleep>>, cx: &mut Context<'_>, phase: Ph
 /// A stream error the guard caught before any content reached the caller.
 fn before_content(mut error: LlmError) -> LlmError {
     if error.classification().phase() == Phase::MidStream {
-        let c = error.classification().clone().with_phase(Phase::AfterHeaders);
+        let c = error
+            .classification()
+            .clone()
+            .with_phase(Phase::AfterHeaders);
         *error.classification_mut() = c;
     }
     error
@@ -319,7 +432,9 @@ where
                 let Ok(mut data) = frame.into_data() else {
                     continue; // trailers are not replayed
                 };
-                let len = first.as_ref().map_or(0, Bytes::len) + rest.as_ref().map_or(0, BytesMut::len) + data.remaining();
+                let len = first.as_ref().map_or(0, Bytes::len)
+                    + rest.as_ref().map_or(0, BytesMut::len)
+                    + data.remaining();
                 if len > limit {
                     return Poll::Ready(Err(local_error(
                         ErrorKind::PayloadTooLarge,

@@ -21,7 +21,9 @@ pub struct RetryLayer {
 impl RetryLayer {
     /// A layer retrying with `policy`.
     pub fn new(policy: RetryPolicy) -> Self {
-        RetryLayer { shared: Arc::new(Shared::new(policy)) }
+        RetryLayer {
+            shared: Arc::new(Shared::new(policy)),
+        }
     }
 
     /// The policy.

@@ -93,12 +93,18 @@ pub enum Decision {
 impl RetryPolicy {
     /// A builder starting from [`sdk_default`](Self::sdk_default).
     pub fn builder() -> RetryPolicyBuilder {
-        RetryPolicyBuilder { policy: RetryPolicy::base(), budget: Some(BudgetSettings::default()) }
+        RetryPolicyBuilder {
+            policy: RetryPolicy::base(),
+            budget: Some(BudgetSettings::default()),
+        }
     }
 
     /// A builder starting from this policy (sharing its budget, if any).
     pub fn to_builder(&self) -> RetryPolicyBuilder {
-        RetryPolicyBuilder { policy: self.clone(), budget: None }
+        RetryPolicyBuilder {
+            policy: self.clone(),
+            budget: None,
+        }
     }
 
     fn base() -> RetryPolicy {
@@ -124,7 +130,9 @@ impl RetryPolicy {
     /// (anthropic-python, openai-node), plus what they lack: a 10 % budget
     /// and the first-content guard.
     pub fn sdk_default() -> RetryPolicy {
-        RetryPolicy::builder().build().unwrap_or_else(|_| RetryPolicy::base())
+        RetryPolicy::builder()
+            .build()
+            .unwrap_or_else(|_| RetryPolicy::base())
     }
 
     /// For a gateway that must answer: one more attempt, faster backoff,
@@ -133,7 +141,10 @@ impl RetryPolicy {
     pub fn high_availability() -> RetryPolicy {
         RetryPolicy::builder()
             .max_attempts(4)
-            .backoff(Backoff::exponential(Duration::from_millis(250), Duration::from_secs(4)))
+            .backoff(Backoff::exponential(
+                Duration::from_millis(250),
+                Duration::from_secs(4),
+            ))
             .max_hint(Duration::from_secs(30))
             .deadline(Duration::from_secs(120))
             .budget(Duration::from_secs(10), 2, 0.2)
@@ -147,7 +158,10 @@ impl RetryPolicy {
     pub fn cost_sensitive() -> RetryPolicy {
         RetryPolicy::builder()
             .max_attempts(2)
-            .backoff(Backoff::exponential(Duration::from_secs(1), Duration::from_secs(8)))
+            .backoff(Backoff::exponential(
+                Duration::from_secs(1),
+                Duration::from_secs(8),
+            ))
             .budget(Duration::from_secs(10), 1, 0.05)
             .build()
             .unwrap_or_else(|_| RetryPolicy::base())
@@ -221,7 +235,14 @@ impl RetryPolicy {
     /// with `c`: `previous` is the last wait (for decorrelated jitter),
     /// `remaining` the time left before the deadline, `u` a uniform draw in
     /// `[0, 1)`. The budget is not consulted here.
-    pub fn decide(&self, c: &Classification, attempts: u32, previous: Duration, remaining: Option<Duration>, u: f64) -> Decision {
+    pub fn decide(
+        &self,
+        c: &Classification,
+        attempts: u32,
+        previous: Duration,
+        remaining: Option<Duration>,
+        u: f64,
+    ) -> Decision {
         if !self.is_retryable(c) {
             return Decision::GiveUp(GiveUp::NotRetryable);
         }
@@ -232,7 +253,10 @@ impl RetryPolicy {
             Some(hint) if hint > self.max_hint => return Decision::GiveUp(GiveUp::HintTooLong),
             // Envoy's rule: at least the hint, at most 1.5× it, so a fleet
             // told the same instant does not come back in lockstep.
-            Some(hint) => (hint.mul_f64(1.0 + (self.hint_spread - 1.0) * u.clamp(0.0, 1.0)), true),
+            Some(hint) => (
+                hint.mul_f64(1.0 + (self.hint_spread - 1.0) * u.clamp(0.0, 1.0)),
+                true,
+            ),
             None => (self.backoff.delay(attempts - 1, previous, u), false),
         };
         // Tokio's timer has millisecond resolution: round up, so the time
@@ -252,7 +276,11 @@ impl RetryPolicy {
 
 fn round_up_to_millis(d: Duration) -> Duration {
     let sub = d.subsec_nanos() % 1_000_000;
-    if sub == 0 { d } else { d.saturating_add(Duration::from_nanos(u64::from(1_000_000 - sub))) }
+    if sub == 0 {
+        d
+    } else {
+        d.saturating_add(Duration::from_nanos(u64::from(1_000_000 - sub)))
+    }
 }
 
 impl Default for RetryPolicy {
@@ -287,7 +315,11 @@ struct BudgetSettings {
 
 impl Default for BudgetSettings {
     fn default() -> Self {
-        BudgetSettings { ttl: Duration::from_secs(10), min_per_second: 1, ratio: 0.1 }
+        BudgetSettings {
+            ttl: Duration::from_secs(10),
+            min_per_second: 1,
+            ratio: 0.1,
+        }
     }
 }
 
@@ -387,7 +419,11 @@ impl RetryPolicyBuilder {
     /// A budget over `ttl` of `ratio` retries per request plus
     /// `min_per_second` (default: 10 s, 1/s, 0.1).
     pub fn budget(mut self, ttl: Duration, min_per_second: u32, ratio: f64) -> Self {
-        self.budget = Some(BudgetSettings { ttl, min_per_second, ratio });
+        self.budget = Some(BudgetSettings {
+            ttl,
+            min_per_second,
+            ratio,
+        });
         self
     }
 
@@ -417,7 +453,10 @@ impl RetryPolicyBuilder {
 
     /// A predicate consulted first: `Some(decision)` decides, `None` falls
     /// through to the kind overrides and the classification.
-    pub fn retry_if(mut self, predicate: impl Fn(&Classification) -> Option<bool> + Send + Sync + 'static) -> Self {
+    pub fn retry_if(
+        mut self,
+        predicate: impl Fn(&Classification) -> Option<bool> + Send + Sync + 'static,
+    ) -> Self {
         self.policy.predicate = Some(Arc::new(predicate));
         self
     }
@@ -442,11 +481,16 @@ impl RetryPolicyBuilder {
                 "attempt timeout ({attempt:?}) is longer than the deadline ({deadline:?}): no attempt could use it"
             )));
         }
-        if policy.deadline.is_some_and(|d| d.is_zero()) || policy.attempt_timeout.is_some_and(|d| d.is_zero()) {
-            return Err(ConfigError("deadline and attempt timeout must be longer than zero".into()));
+        if policy.deadline.is_some_and(|d| d.is_zero())
+            || policy.attempt_timeout.is_some_and(|d| d.is_zero())
+        {
+            return Err(ConfigError(
+                "deadline and attempt timeout must be longer than zero".into(),
+            ));
         }
         if let Some(settings) = self.budget {
-            let budget = RetryBudget::new(settings.ttl, settings.min_per_second, settings.ratio).map_err(ConfigError)?;
+            let budget = RetryBudget::new(settings.ttl, settings.min_per_second, settings.ratio)
+                .map_err(ConfigError)?;
             policy.budget = Some(Arc::new(budget));
         }
         Ok(policy)
@@ -464,7 +508,10 @@ mod tests {
     }
 
     fn hinted(kind: ErrorKind, secs: u64) -> Classification {
-        failure(kind).with_hint(Some(Hint { delay: Duration::from_secs(secs), source: HintSource::RetryAfter }))
+        failure(kind).with_hint(Some(Hint {
+            delay: Duration::from_secs(secs),
+            source: HintSource::RetryAfter,
+        }))
     }
 
     #[test]
@@ -488,7 +535,11 @@ mod tests {
 
     #[test]
     fn content_already_delivered_is_never_retried_whatever_the_overrides() {
-        let policy = RetryPolicy::builder().retry_kind(ErrorKind::Transport, true).retry_if(|_| Some(true)).build().unwrap();
+        let policy = RetryPolicy::builder()
+            .retry_kind(ErrorKind::Transport, true)
+            .retry_if(|_| Some(true))
+            .build()
+            .unwrap();
         let c = Classification::new(ErrorKind::Transport).with_phase(Phase::MidStream);
         assert!(!policy.is_retryable(&c));
     }
@@ -496,10 +547,18 @@ mod tests {
     #[test]
     fn x_should_retry_overrides_the_status() {
         let policy = RetryPolicy::sdk_default();
-        let c = failure(ErrorKind::ServerError).with_status(StatusCode::SERVICE_UNAVAILABLE).with_retryable(false);
-        assert_eq!(policy.decide(&c, 1, Duration::ZERO, None, 0.5), Decision::GiveUp(GiveUp::NotRetryable));
+        let c = failure(ErrorKind::ServerError)
+            .with_status(StatusCode::SERVICE_UNAVAILABLE)
+            .with_retryable(false);
+        assert_eq!(
+            policy.decide(&c, 1, Duration::ZERO, None, 0.5),
+            Decision::GiveUp(GiveUp::NotRetryable)
+        );
         let c = failure(ErrorKind::InvalidRequest).with_retryable(true);
-        assert!(matches!(policy.decide(&c, 1, Duration::ZERO, None, 0.5), Decision::Retry { .. }));
+        assert!(matches!(
+            policy.decide(&c, 1, Duration::ZERO, None, 0.5),
+            Decision::Retry { .. }
+        ));
     }
 
     #[test]
@@ -518,40 +577,90 @@ mod tests {
     fn a_hint_sets_the_wait_between_itself_and_half_again() {
         let policy = RetryPolicy::sdk_default();
         let c = hinted(ErrorKind::RateLimited, 2);
-        assert_eq!(policy.decide(&c, 1, Duration::ZERO, None, 0.0), Decision::Retry { delay: Duration::from_secs(2), hinted: true });
-        assert_eq!(policy.decide(&c, 1, Duration::ZERO, None, 1.0), Decision::Retry { delay: Duration::from_secs(3), hinted: true });
+        assert_eq!(
+            policy.decide(&c, 1, Duration::ZERO, None, 0.0),
+            Decision::Retry {
+                delay: Duration::from_secs(2),
+                hinted: true
+            }
+        );
+        assert_eq!(
+            policy.decide(&c, 1, Duration::ZERO, None, 1.0),
+            Decision::Retry {
+                delay: Duration::from_secs(3),
+                hinted: true
+            }
+        );
     }
 
     #[test]
     fn a_hint_over_the_ceiling_gives_up_at_once() {
         let policy = RetryPolicy::sdk_default();
         let c = hinted(ErrorKind::RateLimited, 61);
-        assert_eq!(policy.decide(&c, 1, Duration::ZERO, None, 0.5), Decision::GiveUp(GiveUp::HintTooLong));
+        assert_eq!(
+            policy.decide(&c, 1, Duration::ZERO, None, 0.5),
+            Decision::GiveUp(GiveUp::HintTooLong)
+        );
     }
 
     #[test]
     fn a_wait_that_does_not_fit_the_deadline_gives_up() {
-        let policy = RetryPolicy::builder().deadline(Duration::from_secs(30)).attempt_timeout(Duration::from_secs(10)).build().unwrap();
+        let policy = RetryPolicy::builder()
+            .deadline(Duration::from_secs(30))
+            .attempt_timeout(Duration::from_secs(10))
+            .build()
+            .unwrap();
         let c = hinted(ErrorKind::RateLimited, 5);
-        assert_eq!(policy.decide(&c, 1, Duration::ZERO, Some(Duration::from_secs(14)), 0.0), Decision::GiveUp(GiveUp::Deadline));
-        assert!(matches!(policy.decide(&c, 1, Duration::ZERO, Some(Duration::from_secs(16)), 0.0), Decision::Retry { .. }));
+        assert_eq!(
+            policy.decide(&c, 1, Duration::ZERO, Some(Duration::from_secs(14)), 0.0),
+            Decision::GiveUp(GiveUp::Deadline)
+        );
+        assert!(matches!(
+            policy.decide(&c, 1, Duration::ZERO, Some(Duration::from_secs(16)), 0.0),
+            Decision::Retry { .. }
+        ));
     }
 
     #[test]
     fn attempts_run_out() {
         let policy = RetryPolicy::sdk_default();
         let c = failure(ErrorKind::Overloaded);
-        assert!(matches!(policy.decide(&c, 2, Duration::ZERO, None, 0.5), Decision::Retry { .. }));
-        assert_eq!(policy.decide(&c, 3, Duration::ZERO, None, 0.5), Decision::GiveUp(GiveUp::AttemptsExhausted));
+        assert!(matches!(
+            policy.decide(&c, 2, Duration::ZERO, None, 0.5),
+            Decision::Retry { .. }
+        ));
+        assert_eq!(
+            policy.decide(&c, 3, Duration::ZERO, None, 0.5),
+            Decision::GiveUp(GiveUp::AttemptsExhausted)
+        );
     }
 
     #[test]
     fn impossible_policies_fail_to_build() {
         assert!(RetryPolicy::builder().max_attempts(0).build().is_err());
-        assert!(RetryPolicy::builder().deadline(Duration::from_secs(5)).attempt_timeout(Duration::from_secs(6)).build().is_err());
-        assert!(RetryPolicy::builder().deadline(Duration::ZERO).build().is_err());
-        assert!(RetryPolicy::builder().budget(Duration::ZERO, 1, 0.1).build().is_err());
-        let err = RetryPolicy::builder().backoff(Backoff::default().with_multiplier(f64::INFINITY)).build().unwrap_err();
+        assert!(
+            RetryPolicy::builder()
+                .deadline(Duration::from_secs(5))
+                .attempt_timeout(Duration::from_secs(6))
+                .build()
+                .is_err()
+        );
+        assert!(
+            RetryPolicy::builder()
+                .deadline(Duration::ZERO)
+                .build()
+                .is_err()
+        );
+        assert!(
+            RetryPolicy::builder()
+                .budget(Duration::ZERO, 1, 0.1)
+                .build()
+                .is_err()
+        );
+        let err = RetryPolicy::builder()
+            .backoff(Backoff::default().with_multiplier(f64::INFINITY))
+            .build()
+            .unwrap_err();
         assert!(err.to_string().contains("multiplier"), "{err}");
     }
 
@@ -559,7 +668,10 @@ mod tests {
     fn every_preset_builds_as_documented() {
         assert_eq!(RetryPolicy::sdk_default().max_attempts(), 3);
         assert_eq!(RetryPolicy::high_availability().max_attempts(), 4);
-        assert_eq!(RetryPolicy::high_availability().deadline(), Some(Duration::from_secs(120)));
+        assert_eq!(
+            RetryPolicy::high_availability().deadline(),
+            Some(Duration::from_secs(120))
+        );
         assert_eq!(RetryPolicy::cost_sensitive().max_attempts(), 2);
         assert!(RetryPolicy::development().budget().is_none());
         assert!(RetryPolicy::sdk_default().budget().is_some());

@@ -11,15 +11,17 @@ use crate::policy::GiveUp;
 /// The tracing target of every event of this crate.
 pub const TRACING_TARGET: &str = "tower_llm::retry";
 
-/// How a call went through the retry layer; found in the response's
-/// extensions and in the final error's ([`LlmError::extensions`]).
+/// How a call went through the retry layer: in the final error's
+/// extensions ([`LlmError::extensions`]) always, and in the response's when
+/// it took more than one attempt. A response that succeeded at once carries
+/// none (an extension costs an allocation on every call):
+/// [`RetryStats::of`] reads either case.
 ///
 /// ```
 /// # use tower_llm_retry::RetryStats;
 /// # fn show(response: &http::Response<()>) {
-/// if let Some(stats) = response.extensions().get::<RetryStats>() {
-///     println!("{} attempts, {:?} slept", stats.attempts, stats.slept);
-/// }
+/// let stats = RetryStats::of(response.extensions());
+/// println!("{} attempts, {:?} slept", stats.attempts, stats.slept);
 /// # }
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -33,8 +35,29 @@ pub struct RetryStats {
     pub gave_up: Option<GiveUp>,
 }
 
+impl RetryStats {
+    /// The stats in `extensions` of a response or error that went through
+    /// the retry layer: one attempt and no wait when none were recorded.
+    pub fn of(extensions: &http::Extensions) -> RetryStats {
+        extensions
+            .get::<RetryStats>()
+            .copied()
+            .unwrap_or(RetryStats {
+                attempts: 1,
+                slept: Duration::ZERO,
+                gave_up: None,
+            })
+    }
+}
+
 pub(crate) fn finish<B>(mut response: Response<B>, attempts: u32, slept: Duration) -> Response<B> {
-    response.extensions_mut().insert(RetryStats { attempts, slept, gave_up: None });
+    if attempts > 1 {
+        response.extensions_mut().insert(RetryStats {
+            attempts,
+            slept,
+            gave_up: None,
+        });
+    }
     #[cfg(feature = "metrics")]
     {
         metrics::counter!("tower_llm_retry_calls_total", "outcome" => "success").increment(1);
@@ -43,7 +66,12 @@ pub(crate) fn finish<B>(mut response: Response<B>, attempts: u32, slept: Duratio
     response
 }
 
-pub(crate) fn fail(mut error: LlmError, reason: GiveUp, attempts: u32, slept: Duration) -> LlmError {
+pub(crate) fn fail(
+    mut error: LlmError,
+    reason: GiveUp,
+    attempts: u32,
+    slept: Duration,
+) -> LlmError {
     if reason == GiveUp::BudgetExhausted {
         // Keep the upstream's head, body and hint; say why it stopped.
         let original = error.kind();
@@ -51,20 +79,33 @@ pub(crate) fn fail(mut error: LlmError, reason: GiveUp, attempts: u32, slept: Du
             .classification()
             .clone()
             .with_kind(tower_llm_classify::ErrorKind::BudgetExhausted)
-            .with_message(&format!("retry budget exhausted; the last attempt failed with {original}"));
+            .with_message(&format!(
+                "retry budget exhausted; the last attempt failed with {original}"
+            ));
         *error.classification_mut() = c;
     }
-    error.extensions_mut().insert(RetryStats { attempts, slept, gave_up: Some(reason) });
+    error.extensions_mut().insert(RetryStats {
+        attempts,
+        slept,
+        gave_up: Some(reason),
+    });
     #[cfg(feature = "metrics")]
     {
         metrics::counter!("tower_llm_retry_calls_total", "outcome" => "failure").increment(1);
-        metrics::counter!("tower_llm_retry_give_ups_total", "reason" => reason.as_str()).increment(1);
+        metrics::counter!("tower_llm_retry_give_ups_total", "reason" => reason.as_str())
+            .increment(1);
         metrics::counter!("tower_llm_retry_attempts_total").increment(u64::from(attempts));
     }
     error
 }
 
-pub(crate) fn retrying(c: &Classification, attempt: u32, delay: Duration, hinted: bool, model: Option<&str>) {
+pub(crate) fn retrying(
+    c: &Classification,
+    attempt: u32,
+    delay: Duration,
+    hinted: bool,
+    model: Option<&str>,
+) {
     tracing::debug!(
         target: TRACING_TARGET,
         attempt,

@@ -46,15 +46,23 @@ impl Shared {
     pub(crate) fn new(policy: RetryPolicy) -> Self {
         let seed = policy.seed.unwrap_or_else(|| {
             use std::hash::BuildHasher;
-            std::collections::hash_map::RandomState::new().hash_one(0x7265_7472_79u64)
+            std::collections::hash_map::RandomState::new().hash_one(0x0072_6574_7279_u64)
         });
-        Shared { policy, seed, draws: AtomicU64::new(0) }
+        Shared {
+            policy,
+            seed,
+            draws: AtomicU64::new(0),
+        }
     }
 
     /// A uniform draw in `[0, 1)`: SplitMix64 over a shared counter, so a
     /// seeded policy gives the same sequence of delays run after run.
     pub(crate) fn draw(&self) -> f64 {
-        let mut z = self.seed.wrapping_add(self.draws.fetch_add(1, Ordering::Relaxed).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let mut z = self.seed.wrapping_add(
+            self.draws
+                .fetch_add(1, Ordering::Relaxed)
+                .wrapping_mul(0x9E37_79B9_7F4A_7C15),
+        );
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         z ^= z >> 31;
@@ -65,7 +73,10 @@ impl Shared {
 impl<S> Retry<S> {
     /// Wraps `inner` with `policy`.
     pub fn new(inner: S, policy: RetryPolicy) -> Self {
-        Retry { inner, shared: Arc::new(Shared::new(policy)) }
+        Retry {
+            inner,
+            shared: Arc::new(Shared::new(policy)),
+        }
     }
 
     pub(crate) fn from_shared(inner: S, shared: Arc<Shared>) -> Self {

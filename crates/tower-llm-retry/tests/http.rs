@@ -29,20 +29,37 @@ fn policy() -> tower_llm_retry::RetryPolicyBuilder {
 }
 
 fn request(sim: &Simulator, api: Api, stream: bool) -> Request<Full<Bytes>> {
-    let body = format!(r#"{{"model":"m","max_tokens":64,"stream":{stream},"messages":[{{"role":"user","content":"hi"}}]}}"#);
-    Request::post(sim.url(api)).header("content-type", "application/json").body(Full::from(body)).unwrap()
+    let body = format!(
+        r#"{{"model":"m","max_tokens":64,"stream":{stream},"messages":[{{"role":"user","content":"hi"}}]}}"#
+    );
+    Request::post(sim.url(api))
+        .header("content-type", "application/json")
+        .body(Full::from(body))
+        .unwrap()
 }
 
 async fn sim(plan: impl Into<FaultPlan>) -> Simulator {
-    Simulator::builder().reply_tokens(4).plan(plan).start().await.unwrap()
+    Simulator::builder()
+        .reply_tokens(4)
+        .plan(plan)
+        .start()
+        .await
+        .unwrap()
 }
 
 /// Calls once; returns the body text (or the error) and the stats.
-async fn call(service: &Stack, request: Request<Full<Bytes>>) -> (Result<String, LlmError>, RetryStats) {
+async fn call(
+    service: &Stack,
+    request: Request<Full<Bytes>>,
+) -> (Result<String, LlmError>, RetryStats) {
     match service.clone().oneshot(request).await {
         Ok(response) => {
-            let stats = *response.extensions().get::<RetryStats>().unwrap();
-            let body = response.into_body().collect().await.map(|c| String::from_utf8(c.to_bytes().to_vec()).unwrap());
+            let stats = RetryStats::of(response.extensions());
+            let body = response
+                .into_body()
+                .collect()
+                .await
+                .map(|c| String::from_utf8(c.to_bytes().to_vec()).unwrap());
             (body, stats)
         }
         Err(error) => {
@@ -55,9 +72,16 @@ async fn call(service: &Stack, request: Request<Full<Bytes>>) -> (Result<String,
 #[tokio::test(start_paused = true)]
 async fn succeeds_first_try_with_one_attempt_and_no_wait() {
     let sim = sim(Fault::ok()).await;
-    let (body, stats) = call(&stack(policy().build().unwrap()), request(&sim, Api::OpenAiChat, false)).await;
+    let (body, stats) = call(
+        &stack(policy().build().unwrap()),
+        request(&sim, Api::OpenAiChat, false),
+    )
+    .await;
     assert!(body.unwrap().contains("chat.completion"));
-    assert_eq!((stats.attempts, stats.slept, stats.gave_up), (1, Duration::ZERO, None));
+    assert_eq!(
+        (stats.attempts, stats.slept, stats.gave_up),
+        (1, Duration::ZERO, None)
+    );
     assert_eq!(sim.requests().len(), 1);
 }
 
@@ -105,7 +129,11 @@ async fn never_retries_what_a_retry_cannot_fix() {
         let (body, stats) = call(&service, request(&sim, Api::OpenAiChat, false)).await;
         let error = body.unwrap_err();
         assert!(!error.retryable(), "{fault}: {error:?}");
-        assert_eq!((stats.attempts, stats.gave_up), (1, Some(GiveUp::NotRetryable)), "{fault}");
+        assert_eq!(
+            (stats.attempts, stats.gave_up),
+            (1, Some(GiveUp::NotRetryable)),
+            "{fault}"
+        );
         assert_eq!(sim.requests().len(), 1, "{fault}");
     }
 }
@@ -114,23 +142,52 @@ async fn never_retries_what_a_retry_cannot_fix() {
 async fn exhausts_attempts_and_returns_the_last_classified_error() {
     let sim = sim(Fault::overloaded()).await;
     let started = Instant::now();
-    let (body, stats) = call(&stack(policy().build().unwrap()), request(&sim, Api::AnthropicMessages, false)).await;
+    let (body, stats) = call(
+        &stack(policy().build().unwrap()),
+        request(&sim, Api::AnthropicMessages, false),
+    )
+    .await;
     let error = body.unwrap_err();
     assert_eq!(error.kind(), ErrorKind::Overloaded);
-    assert_eq!(error.classification().status(), Some(StatusCode::from_u16(529).unwrap()));
-    assert_eq!(error.response_head().unwrap().status, 529, "the provider's reply is kept");
-    assert_eq!((stats.attempts, stats.gave_up), (3, Some(GiveUp::AttemptsExhausted)));
+    assert_eq!(
+        error.classification().status(),
+        Some(StatusCode::from_u16(529).unwrap())
+    );
+    assert_eq!(
+        error.response_head().unwrap().status,
+        529,
+        "the provider's reply is kept"
+    );
+    assert_eq!(
+        (stats.attempts, stats.gave_up),
+        (3, Some(GiveUp::AttemptsExhausted))
+    );
     assert_eq!(sim.requests().len(), 3);
     assert_eq!(started.elapsed(), stats.slept);
 }
 
 #[tokio::test(start_paused = true)]
 async fn backoff_without_a_hint_follows_the_schedule() {
-    let sim = sim(FaultPlan::script([Fault::server_error(500), Fault::server_error(500)])).await;
-    let service = stack(policy().backoff(Backoff::exponential(Duration::from_millis(300), Duration::from_secs(5)).with_jitter(tower_llm_retry::Jitter::None)).build().unwrap());
+    let sim = sim(FaultPlan::script([
+        Fault::server_error(500),
+        Fault::server_error(500),
+    ]))
+    .await;
+    let service = stack(
+        policy()
+            .backoff(
+                Backoff::exponential(Duration::from_millis(300), Duration::from_secs(5))
+                    .with_jitter(tower_llm_retry::Jitter::None),
+            )
+            .build()
+            .unwrap(),
+    );
     let (body, stats) = call(&service, request(&sim, Api::OpenAiChat, false)).await;
     assert!(body.is_ok());
-    assert_eq!(gaps(&sim.requests()), [Duration::from_millis(300), Duration::from_millis(600)]);
+    assert_eq!(
+        gaps(&sim.requests()),
+        [Duration::from_millis(300), Duration::from_millis(600)]
+    );
     assert_eq!(stats.slept, Duration::from_millis(900));
 }
 
@@ -148,30 +205,58 @@ async fn waits_at_least_the_hint_and_at_most_half_again_in_every_header_form() {
         assert!(body.is_ok(), "{hint:?}");
         let gap = gaps(&sim.requests())[0];
         // An HTTP-date has whole seconds, and is read against the wall clock.
-        let least = if hint == RetryHint::HttpDate { wait - Duration::from_secs(1) } else { wait };
-        assert!(gap >= least && gap <= wait.mul_f64(1.5), "{hint:?}: waited {gap:?} for {wait:?}");
+        let least = if hint == RetryHint::HttpDate {
+            wait - Duration::from_secs(1)
+        } else {
+            wait
+        };
+        assert!(
+            gap >= least && gap <= wait.mul_f64(1.5),
+            "{hint:?}: waited {gap:?} for {wait:?}"
+        );
     }
 }
 
 #[tokio::test(start_paused = true)]
 async fn retry_after_ms_is_preferred_to_retry_after() {
     // retry-after-ms: 200 and retry-after: 1; the wait follows the milliseconds.
-    let sim = sim(FaultPlan::script([Fault::rate_limited_with(Duration::from_millis(200), RetryHint::Milliseconds)])).await;
-    let (body, _) = call(&stack(policy().build().unwrap()), request(&sim, Api::OpenAiChat, false)).await;
+    let sim = sim(FaultPlan::script([Fault::rate_limited_with(
+        Duration::from_millis(200),
+        RetryHint::Milliseconds,
+    )]))
+    .await;
+    let (body, _) = call(
+        &stack(policy().build().unwrap()),
+        request(&sim, Api::OpenAiChat, false),
+    )
+    .await;
     assert!(body.is_ok());
     let gap = gaps(&sim.requests())[0];
-    assert!(gap >= Duration::from_millis(200) && gap <= Duration::from_millis(300), "{gap:?}");
+    assert!(
+        gap >= Duration::from_millis(200) && gap <= Duration::from_millis(300),
+        "{gap:?}"
+    );
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_hint_over_the_ceiling_gives_up_at_once_with_the_hint() {
     let sim = sim(Fault::rate_limited(Duration::from_secs(120))).await;
     let started = Instant::now();
-    let (body, stats) = call(&stack(policy().build().unwrap()), request(&sim, Api::OpenAiChat, false)).await;
+    let (body, stats) = call(
+        &stack(policy().build().unwrap()),
+        request(&sim, Api::OpenAiChat, false),
+    )
+    .await;
     let error = body.unwrap_err();
     assert_eq!(started.elapsed(), Duration::ZERO, "no sleep");
-    assert_eq!((stats.attempts, stats.gave_up), (1, Some(GiveUp::HintTooLong)));
-    assert_eq!(error.classification().retry_after(), Some(Duration::from_secs(120)));
+    assert_eq!(
+        (stats.attempts, stats.gave_up),
+        (1, Some(GiveUp::HintTooLong))
+    );
+    assert_eq!(
+        error.classification().retry_after(),
+        Some(Duration::from_secs(120))
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -189,18 +274,30 @@ fn raw_with_should_retry(status: StatusCode, should_retry: &'static str) -> Faul
     let mut headers = HeaderMap::new();
     headers.insert("content-type", HeaderValue::from_static("application/json"));
     headers.insert("x-should-retry", HeaderValue::from_static(should_retry));
-    Fault::raw(status, headers, r#"{"error":{"message":"simulated","type":"server_error","param":null,"code":null}}"#)
+    Fault::raw(
+        status,
+        headers,
+        r#"{"error":{"message":"simulated","type":"server_error","param":null,"code":null}}"#,
+    )
 }
 
 #[tokio::test(start_paused = true)]
 async fn x_should_retry_overrides_the_status_both_ways() {
     let service = stack(policy().build().unwrap());
-    let stopped = sim(FaultPlan::script([raw_with_should_retry(StatusCode::SERVICE_UNAVAILABLE, "false")])).await;
+    let stopped = sim(FaultPlan::script([raw_with_should_retry(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "false",
+    )]))
+    .await;
     let (body, stats) = call(&service, request(&stopped, Api::OpenAiChat, false)).await;
     assert!(body.is_err());
     assert_eq!((stats.attempts, stopped.requests().len()), (1, 1));
 
-    let sim = sim(FaultPlan::script([raw_with_should_retry(StatusCode::BAD_REQUEST, "true")])).await;
+    let sim = sim(FaultPlan::script([raw_with_should_retry(
+        StatusCode::BAD_REQUEST,
+        "true",
+    )]))
+    .await;
     let (body, stats) = call(&service, request(&sim, Api::OpenAiChat, false)).await;
     assert!(body.is_ok());
     assert_eq!((stats.attempts, sim.requests().len()), (2, 2));
@@ -261,7 +358,10 @@ async fn an_error_as_the_first_stream_event_is_retried_and_the_caller_gets_a_cle
             let (body, stats) = call(&service, request(&sim, api, true)).await;
             let text = body.unwrap_or_else(|e| panic!("{fault} on {api}: {e:?}"));
             assert!(!text.contains("error"), "{fault} on {api}: {text}");
-            assert!(text.contains("token0") && text.contains("token3"), "{fault} on {api}: {text}");
+            assert!(
+                text.contains("token0") && text.contains("token3"),
+                "{fault} on {api}: {text}"
+            );
             assert_eq!(stats.attempts, 2, "{fault} on {api}");
         }
     }
@@ -272,8 +372,16 @@ async fn a_stream_that_fails_after_content_is_never_retried() {
     let service = stack(policy().build().unwrap());
     for fault in [Fault::stream_error_after(2), Fault::stream_drop_after(2)] {
         let sim = sim(FaultPlan::script([fault.clone()])).await;
-        let response = service.clone().oneshot(request(&sim, Api::AnthropicMessages, true)).await.unwrap();
-        assert_eq!(response.extensions().get::<RetryStats>().unwrap().attempts, 1);
+        let response = service
+            .clone()
+            .oneshot(request(&sim, Api::AnthropicMessages, true))
+            .await
+            .unwrap();
+        assert_eq!(RetryStats::of(response.extensions()).attempts, 1);
+        assert!(
+            response.extensions().get::<RetryStats>().is_none(),
+            "no allocation for a first-try success"
+        );
         let error = response.into_body().collect().await.unwrap_err();
         assert_eq!(error.classification().phase(), Phase::MidStream, "{fault}");
         assert!(!error.retryable());
@@ -285,7 +393,12 @@ async fn a_stream_that_fails_after_content_is_never_retried() {
 async fn time_to_first_content_counts_against_the_attempt_timeout() {
     // Headers at once, then a stall before any content: the attempt times out.
     let sim = sim(FaultPlan::script([Fault::stream_stall_after(0)])).await;
-    let service = stack(policy().attempt_timeout(Duration::from_secs(3)).build().unwrap());
+    let service = stack(
+        policy()
+            .attempt_timeout(Duration::from_secs(3))
+            .build()
+            .unwrap(),
+    );
     let started = Instant::now();
     let (body, stats) = call(&service, request(&sim, Api::OpenAiChat, true)).await;
     assert!(body.is_ok(), "{body:?}");
@@ -305,10 +418,19 @@ async fn the_budget_stops_a_retry_storm_against_a_dead_upstream() {
     }
     let stats = calls.join_all().await;
     let upstream_calls = sim.requests().len();
-    let denied = stats.iter().filter(|s| s.gave_up == Some(GiveUp::BudgetExhausted)).count();
+    let denied = stats
+        .iter()
+        .filter(|s| s.gave_up == Some(GiveUp::BudgetExhausted))
+        .count();
     // 100 first attempts may add 10 % (10) plus 10 (1/s × 10 s): at most 20 extra calls.
-    assert!(upstream_calls <= 120, "{upstream_calls} upstream calls for 100 requests");
-    assert!(upstream_calls >= 110, "retries were still allowed within the budget: {upstream_calls}");
+    assert!(
+        upstream_calls <= 120,
+        "{upstream_calls} upstream calls for 100 requests"
+    );
+    assert!(
+        upstream_calls >= 110,
+        "retries were still allowed within the budget: {upstream_calls}"
+    );
     assert!(denied >= 80, "{denied}");
 }
 
@@ -336,7 +458,11 @@ async fn the_budget_does_not_starve_ordinary_recovery() {
 #[tokio::test(start_paused = true)]
 async fn an_in_band_error_before_content_keeps_its_kind_for_the_caller_when_attempts_run_out() {
     let sim = sim(Fault::stream_error_after_with(0, Failure::ServerError(500))).await;
-    let (body, stats) = call(&stack(policy().build().unwrap()), request(&sim, Api::OpenAiChat, true)).await;
+    let (body, stats) = call(
+        &stack(policy().build().unwrap()),
+        request(&sim, Api::OpenAiChat, true),
+    )
+    .await;
     let error = body.unwrap_err();
     assert_eq!(error.kind(), ErrorKind::ServerError);
     assert_eq!(stats.attempts, 3);
