@@ -20,12 +20,17 @@ const SLOTS: usize = 10;
 /// service (it lives in an `Arc` made when the layer is built).
 ///
 /// Within the last `ttl`, retries are allowed while
-/// `retries < ratio × first attempts + min_per_second × ttl`.
+/// `retries < max(ratio × first attempts, min_per_second × ttl)`.
 ///
-/// The default — 10 % of traffic plus 1 retry per second over 10 s — keeps
-/// an outage at 1.1× the offered load (SRE book's per-client 10 % budget;
-/// RESILIENCE.md §9 property 1) while i.i.d. transient failures of up to
-/// 5 % (retry ratio p + p² ≈ 5.25 %) are never denied (property 2).
+/// The floor is a *minimum*, where Finagle and tower add it to the ratio:
+/// it exists so that a client sending one request a minute can still
+/// retry, and adding it would let a busy client exceed its ratio during an
+/// outage. With the default — 10 % of traffic, at least 1 retry per second,
+/// over 10 s — an outage stays at 1.1× the offered load at any rate of
+/// 10 requests per second or more (the SRE book's per-client 10 % budget;
+/// RESILIENCE.md §9 property 1), a quiet client gets at most one extra
+/// attempt per second, and i.i.d. transient failures of up to 5 % (retry
+/// ratio p + p² ≈ 5.25 %) are never denied (property 2).
 ///
 /// ```
 /// use std::time::Duration;
@@ -35,9 +40,12 @@ const SLOTS: usize = 10;
 /// for _ in 0..100 {
 ///     budget.deposit();
 /// }
-/// // 10 % of 100 requests, plus 1/s over 10 s.
-/// let allowed = (0..100).filter(|_| budget.withdraw()).count();
-/// assert_eq!(allowed, 20);
+/// // 10 % of 1000 requests (the floor, 1/s over 10 s, is lower).
+/// for _ in 0..900 {
+///     budget.deposit();
+/// }
+/// let allowed = (0..1000).filter(|_| budget.withdraw()).count();
+/// assert_eq!(allowed, 100);
 /// ```
 #[derive(Debug)]
 pub struct RetryBudget {
@@ -170,7 +178,7 @@ impl RetryBudget {
             let others = Self::sum(&self.withdrawals, epoch)
                 .saturating_sub(if slot_epoch == epoch { count } else { 0 });
             let spent = others + if slot_epoch >= epoch { count } else { 0 };
-            let allowed = Self::sum(&self.deposits, epoch) as f64 * self.ratio + self.reserve;
+            let allowed = (Self::sum(&self.deposits, epoch) as f64 * self.ratio).max(self.reserve);
             if spent as f64 + 1.0 > allowed {
                 return false;
             }
@@ -189,7 +197,7 @@ impl RetryBudget {
     /// Retries still allowed now (rounded down).
     pub fn remaining(&self) -> u64 {
         let epoch = self.epoch();
-        let allowed = Self::sum(&self.deposits, epoch) as f64 * self.ratio + self.reserve;
+        let allowed = (Self::sum(&self.deposits, epoch) as f64 * self.ratio).max(self.reserve);
         let spent = Self::sum(&self.withdrawals, epoch) as f64;
         let left = (allowed - spent).max(0.0);
         if left.is_finite() {
@@ -225,6 +233,15 @@ mod tests {
     async fn the_reserve_alone_allows_min_per_second_times_ttl() {
         let budget = RetryBudget::new(Duration::from_secs(10), 2, 0.2).unwrap();
         assert_eq!((0..100).filter(|_| budget.withdraw()).count(), 20);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_floor_is_a_minimum_not_an_addition() {
+        let budget = RetryBudget::new(Duration::from_secs(10), 1, 0.1).unwrap();
+        for _ in 0..1000 {
+            budget.deposit();
+        }
+        assert_eq!((0..1000).filter(|_| budget.withdraw()).count(), 100);
     }
 
     #[tokio::test(start_paused = true)]

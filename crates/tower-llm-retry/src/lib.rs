@@ -51,9 +51,9 @@
 //!   is between the hint and 1.5× it (Envoy). A hint above the ceiling
 //!   (60 s) or past the deadline ends the retrying at once, with the hint
 //!   in the error, so a fallback can route elsewhere instead of sleeping.
-//! - **A budget.** Retries may add at most 10 % of recent traffic plus
-//!   1/s (Finagle, gRPC, SRE book), shared by every clone: a dead provider
-//!   sees 1.1× the load, not 3×. Without it, 100 callers × 3 attempts
+//! - **A budget.** Retries may add at most 10 % of recent traffic (or 1/s
+//!   for a quiet client; Finagle, gRPC, SRE book), shared by every clone: a
+//!   dead provider sees 1.1× the load, not 3×. Without it, 100 callers × 3 attempts
 //!   would triple the load on an upstream that is already down.
 //! - **Streams.** A streamed 2xx is held back until its first content
 //!   event: an `overloaded_error` as the first event is retried and the

@@ -24,7 +24,7 @@ pub type RetryPredicate = dyn Fn(&Classification) -> Option<bool> + Send + Sync;
 /// | backoff | 0.5 s ×2 ≤ 8 s | 0.25 s ×2 ≤ 4 s | 1 s ×2 ≤ 8 s | constant 100 ms |
 /// | longest hint honoured | 60 s | 30 s | 60 s | 5 s |
 /// | deadline | none | 120 s | none | 30 s |
-/// | budget | 10 % + 1/s | 20 % + 2/s | 5 % + 1/s | none |
+/// | budget (ratio, floor) | 10 %, 1/s | 20 %, 2/s | 5 %, 1/s | none |
 #[derive(Clone)]
 pub struct RetryPolicy {
     pub(crate) max_attempts: u32,
@@ -137,7 +137,7 @@ impl RetryPolicy {
 
     /// For a gateway that must answer: one more attempt, faster backoff,
     /// a 2-minute deadline, hints above 30 s left to a fallback, and a
-    /// larger budget (20 % + 2/s, Finagle's ratio).
+    /// larger budget (20 %, at least 2/s; Finagle's ratio).
     pub fn high_availability() -> RetryPolicy {
         RetryPolicy::builder()
             .max_attempts(4)
@@ -416,8 +416,8 @@ impl RetryPolicyBuilder {
         self
     }
 
-    /// A budget over `ttl` of `ratio` retries per request plus
-    /// `min_per_second` (default: 10 s, 1/s, 0.1).
+    /// A budget over `ttl` of `ratio` retries per request, and at least
+    /// `min_per_second` (default: 10 s, 1/s, 0.1). See [`RetryBudget`].
     pub fn budget(mut self, ttl: Duration, min_per_second: u32, ratio: f64) -> Self {
         self.budget = Some(BudgetSettings {
             ttl,

@@ -409,7 +409,7 @@ async fn time_to_first_content_counts_against_the_attempt_timeout() {
 #[tokio::test(start_paused = true)]
 async fn the_budget_stops_a_retry_storm_against_a_dead_upstream() {
     let sim = sim(Fault::server_error(503)).await;
-    // The default budget: 10 % of requests plus 1/s over 10 s.
+    // The default budget: 10 % of requests, at least 1/s over 10 s.
     let service = stack(policy().build().unwrap());
     let mut calls = tokio::task::JoinSet::new();
     for _ in 0..100 {
