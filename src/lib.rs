@@ -1,15 +1,20 @@
 //! tower-llm: Tower middleware that makes calls to LLM APIs survive rate
 //! limits, overload, outages and dropped streams.
 //!
-//! This is the facade crate. For now it re-exports the classify layer, the
-//! vocabulary every other layer speaks; retry, circuit and fallback join it
-//! as their crates land.
+//! This is the facade crate. It re-exports the classify layer, the
+//! vocabulary every other layer speaks, and the retry layer (feature
+//! `retry`, on by default); circuit and fallback join them as their crates
+//! land. The stack order is Retry → Classify → client:
 //!
 //! ```
+//! use tower::ServiceBuilder;
 //! use tower_llm::classify::{ClassifyLayer, ErrorKind};
+//! use tower_llm::retry::{RetryLayer, RetryPolicy};
 //!
-//! let layer = ClassifyLayer::new();
-//! # let _ = layer;
+//! let stack = ServiceBuilder::new()
+//!     .layer(RetryLayer::new(RetryPolicy::sdk_default()))
+//!     .layer(ClassifyLayer::new());
+//! # let _ = stack;
 //! assert!(ErrorKind::Overloaded.is_transient());
 //! ```
 
@@ -18,6 +23,11 @@
 /// The vocabulary and the classify layer: [`ErrorKind`], [`Classification`],
 /// [`LlmError`], [`ClassifyLayer`].
 pub use tower_llm_classify as classify;
+
+/// The retry layer: [`RetryLayer`](tower_llm_retry::RetryLayer),
+/// [`RetryPolicy`](tower_llm_retry::RetryPolicy) and its budget.
+#[cfg(feature = "retry")]
+pub use tower_llm_retry as retry;
 
 pub use tower_llm_classify::{
     Classification, Classified, ClassifyLayer, ErrorKind, LlmError, Phase, Provider, RequestMeta,

@@ -7,6 +7,9 @@
 //! the [`Classification`] that `tower-llm-classify` puts on every failure,
 //! so it sits above [`ClassifyLayer`]:
 //!
+//! [`Classification`]: tower_llm_classify::Classification
+//! [`ClassifyLayer`]: tower_llm_classify::ClassifyLayer
+//!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
