@@ -61,7 +61,12 @@ struct Guard<R> {
     head: Option<http::response::Parts>,
     body: Option<R>,
     read_ahead: VecDeque<Frame<Bytes>>,
+    read_ahead_bytes: usize,
 }
+
+/// The most a guarded stream may send before its first content (pings,
+/// comments, role chunks) before it is handed over unguarded.
+const GUARD_READ_AHEAD_LIMIT: usize = 64 * 1024;
 
 impl<S, B, R> ResponseFuture<S, B, R>
 where
@@ -191,6 +196,7 @@ where
                                         head: Some(head),
                                         body: Some(body),
                                         read_ahead: VecDeque::new(),
+                                        read_ahead_bytes: 0,
                                     };
                                     this.state.set(State::Guarding {
                                         guard: Box::new(guard),
@@ -218,14 +224,22 @@ where
                                 head,
                                 body,
                                 read_ahead,
+                                read_ahead_bytes,
                             } = &mut **guard;
                             let Some(inner) = body.as_mut() else {
                                 return Poll::Ready(Err(polled_after_completion()));
                             };
                             let error = match ready!(Pin::new(inner).poll_frame(cx)) {
                                 Some(Ok(frame)) => {
+                                    *read_ahead_bytes += frame.data_ref().map_or(0, Bytes::len);
                                     read_ahead.push_back(frame);
-                                    if !body.as_ref().is_some_and(ContentProgress::content_seen) {
+                                    // Hold back until content, but not without
+                                    // bound: a stream that sends only keep-alives
+                                    // is handed over past the limit (its idle
+                                    // timeout, in Classify, still applies).
+                                    if !body.as_ref().is_some_and(ContentProgress::content_seen)
+                                        && *read_ahead_bytes < GUARD_READ_AHEAD_LIMIT
+                                    {
                                         continue;
                                     }
                                     None

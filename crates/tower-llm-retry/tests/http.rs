@@ -467,3 +467,21 @@ async fn an_in_band_error_before_content_keeps_its_kind_for_the_caller_when_atte
     assert_eq!(error.kind(), ErrorKind::ServerError);
     assert_eq!(stats.attempts, 3);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_stream_of_keepalives_alone_is_handed_over_once_the_read_ahead_is_full() {
+    let sim = Simulator::builder()
+        .keepalive_interval(Duration::from_millis(10))
+        .plan(Fault::stream_stall_after(0))
+        .start()
+        .await
+        .unwrap();
+    let service = stack(policy().build().unwrap());
+    let response = service.oneshot(request(&sim, Api::AnthropicMessages, true)).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(RetryStats::of(response.extensions()).attempts, 1);
+    // The pings read ahead are all there for the caller.
+    let mut body = response.into_body();
+    let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert!(first.starts_with(b"event: message_start"));
+}
