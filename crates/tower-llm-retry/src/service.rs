@@ -130,3 +130,59 @@ where
         ResponseFuture::new(ready, Arc::clone(&self.shared), request)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// RESILIENCE.md §9 property 5: the delays the layer draws follow the
+    /// specified law. Kolmogorov–Smirnov against U[0, 2 s] for the third
+    /// attempt's full-jitter delay, 10^5 draws.
+    #[test]
+    fn full_jitter_delays_pass_a_kolmogorov_smirnov_test_against_uniform() {
+        let shared = Shared::new(RetryPolicy::builder().seed(3).build().unwrap());
+        let backoff = shared.policy.backoff;
+        let top = backoff.delay(2, Duration::ZERO, 1.0).as_secs_f64();
+        assert_eq!(top, 2.0);
+        let n = 100_000;
+        let mut xs: Vec<f64> = (0..n)
+            .map(|_| {
+                backoff
+                    .delay(2, Duration::ZERO, shared.draw())
+                    .as_secs_f64()
+                    / top
+            })
+            .collect();
+        xs.sort_by(f64::total_cmp);
+        let d = xs
+            .iter()
+            .enumerate()
+            .map(|(i, x)| {
+                (x - i as f64 / n as f64)
+                    .abs()
+                    .max(((i + 1) as f64 / n as f64 - x).abs())
+            })
+            .fold(0.0, f64::max);
+        // Critical value at p = 0.01: 1.628 / sqrt(n).
+        assert!(d < 1.628 / (n as f64).sqrt(), "D = {d}");
+        assert!(
+            xs.iter().all(|x| (0.0..=1.0).contains(x)),
+            "no delay above the cap"
+        );
+    }
+
+    #[test]
+    fn a_seeded_policy_draws_the_same_sequence() {
+        let a = Shared::new(RetryPolicy::builder().seed(5).build().unwrap());
+        let b = Shared::new(RetryPolicy::builder().seed(5).build().unwrap());
+        let c = Shared::new(RetryPolicy::builder().seed(6).build().unwrap());
+        let (xa, xb, xc): (Vec<f64>, Vec<f64>, Vec<f64>) = (
+            (0..10).map(|_| a.draw()).collect(),
+            (0..10).map(|_| b.draw()).collect(),
+            (0..10).map(|_| c.draw()).collect(),
+        );
+        assert_eq!(xa, xb);
+        assert_ne!(xa, xc);
+    }
+}

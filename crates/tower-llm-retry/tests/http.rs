@@ -477,7 +477,10 @@ async fn a_stream_of_keepalives_alone_is_handed_over_once_the_read_ahead_is_full
         .await
         .unwrap();
     let service = stack(policy().build().unwrap());
-    let response = service.oneshot(request(&sim, Api::AnthropicMessages, true)).await.unwrap();
+    let response = service
+        .oneshot(request(&sim, Api::AnthropicMessages, true))
+        .await
+        .unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(RetryStats::of(response.extensions()).attempts, 1);
     // The pings read ahead are all there for the caller.
