@@ -9,114 +9,72 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
-/// The request body every attempt sends: the caller's body, read once into
-/// `Bytes` and cloned by reference count per attempt.
-#[derive(Clone, Debug, Default)]
-pub struct ReplayBody {
-    data: Option<Bytes>,
-}
+/// The request body every attempt sends: the caller's body, read once and
+/// cloned by reference count per attempt. It is `http_body_util::Full`, so
+/// the layers below (Classify reads the `model` from it) and any client
+/// take it as they are.
+pub type ReplayBody = http_body_util::Full<Bytes>;
 
-impl ReplayBody {
-    pub(crate) fn new(data: Bytes) -> Self {
-        ReplayBody {
-            data: (!data.is_empty()).then_some(data),
-        }
-    }
-
-    /// The bytes this body sends.
-    pub fn bytes(&self) -> Bytes {
-        self.data.clone().unwrap_or_default()
+/// The bytes of a replay body (a reference-count clone).
+pub(crate) fn replay_bytes(body: &ReplayBody) -> Bytes {
+    let mut clone = body.clone();
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    match Pin::new(&mut clone).poll_frame(&mut cx) {
+        Poll::Ready(Some(Ok(frame))) => frame.into_data().unwrap_or_default(),
+        _ => Bytes::new(),
     }
 }
-
-impl Body for ReplayBody {
-    type Data = Bytes;
-    type Error = std::convert::Infallible;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        Poll::Ready(self.get_mut().data.take().map(|data| Ok(Frame::data(data))))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.data.is_none()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        SizeHint::with_exact(self.data.as_ref().map_or(0, |d| d.len() as u64))
-    }
-}
-
-/// Knows whether content has reached the reader of a response body: the
-/// first-content guard reads a stream until this says so.
-///
-/// Implemented for `tower-llm-classify`'s [`ResponseBody`], whose event
-/// scanner tells content events from keep-alives, role chunks and pings.
-/// Other bodies count any data as content.
-///
-/// [`ResponseBody`]: tower_llm_classify::stream::ResponseBody
-pub trait ContentProgress {
-    /// Whether a content event (or, for a plain body, any data) has been read.
-    fn content_seen(&self) -> bool;
-}
-
-impl<B> ContentProgress for tower_llm_classify::stream::ResponseBody<B> {
-    fn content_seen(&self) -> bool {
-        tower_llm_classify::stream::ResponseBody::content_seen(self)
-    }
-}
-
-/// Plain bodies: data is content.
-macro_rules! data_is_content {
-    ($($ty:ty),*) => {$(
-        impl ContentProgress for $ty {
-            fn content_seen(&self) -> bool {
-                true
-            }
-        }
-    )*};
-}
-
-data_is_content!(
-    http_body_util::Full<Bytes>,
-    http_body_util::Empty<Bytes>,
-    String,
-    Bytes
-);
 
 pin_project! {
     /// The response body the retry layer returns: the inner body, after the
-    /// frames the first-content guard read ahead (if any).
-    #[derive(Debug)]
+    /// frames the first-content guard read ahead (if it held the stream back).
     pub struct RetryBody<B> {
-        read_ahead: VecDeque<Frame<Bytes>>,
         #[pin]
-        inner: B,
+        kind: Kind<B>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<B> {
+        Plain { #[pin] inner: B },
+        // A guarded stream: its body was pinned in a box while read ahead.
+        Replaying { read_ahead: VecDeque<Frame<Bytes>>, inner: Pin<Box<B>> },
     }
 }
 
 impl<B> RetryBody<B> {
     pub(crate) fn new(inner: B) -> Self {
         RetryBody {
-            read_ahead: VecDeque::new(),
-            inner,
+            kind: Kind::Plain { inner },
         }
     }
 
-    pub(crate) fn with_read_ahead(inner: B, read_ahead: VecDeque<Frame<Bytes>>) -> Self {
-        RetryBody { read_ahead, inner }
+    pub(crate) fn with_read_ahead(inner: Pin<Box<B>>, read_ahead: VecDeque<Frame<Bytes>>) -> Self {
+        RetryBody {
+            kind: Kind::Replaying { read_ahead, inner },
+        }
     }
 
     /// The inner body.
     pub fn get_ref(&self) -> &B {
-        &self.inner
+        match &self.kind {
+            Kind::Plain { inner } => inner,
+            Kind::Replaying { inner, .. } => inner,
+        }
     }
 
-    /// The inner body, dropping any frame read ahead and not yet returned.
-    pub fn into_inner(self) -> B {
-        self.inner
+    /// Whether frames read ahead by the guard are still to be returned.
+    pub fn has_read_ahead(&self) -> bool {
+        matches!(&self.kind, Kind::Replaying { read_ahead, .. } if !read_ahead.is_empty())
+    }
+}
+
+impl<B> std::fmt::Debug for RetryBody<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RetryBody")
+            .field("read_ahead", &self.has_read_ahead())
+            .finish_non_exhaustive()
     }
 }
 
@@ -131,36 +89,39 @@ where
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        let this = self.project();
-        if let Some(frame) = this.read_ahead.pop_front() {
-            return Poll::Ready(Some(Ok(frame)));
+        match self.project().kind.project() {
+            KindProj::Plain { inner } => inner.poll_frame(cx),
+            KindProj::Replaying { read_ahead, inner } => match read_ahead.pop_front() {
+                Some(frame) => Poll::Ready(Some(Ok(frame))),
+                None => inner.as_mut().poll_frame(cx),
+            },
         }
-        this.inner.poll_frame(cx)
     }
 
     fn is_end_stream(&self) -> bool {
-        self.read_ahead.is_empty() && self.inner.is_end_stream()
+        match &self.kind {
+            Kind::Plain { inner } => inner.is_end_stream(),
+            Kind::Replaying { read_ahead, inner } => read_ahead.is_empty() && inner.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        let ahead: u64 = self
-            .read_ahead
-            .iter()
-            .filter_map(|f| f.data_ref())
-            .map(|d| d.len() as u64)
-            .sum();
-        let inner = self.inner.size_hint();
-        let mut hint = SizeHint::new();
-        hint.set_lower(inner.lower().saturating_add(ahead));
-        if let Some(upper) = inner.upper() {
-            hint.set_upper(upper.saturating_add(ahead));
+        match &self.kind {
+            Kind::Plain { inner } => inner.size_hint(),
+            Kind::Replaying { read_ahead, inner } => {
+                let ahead: u64 = read_ahead
+                    .iter()
+                    .filter_map(|f| f.data_ref())
+                    .map(|d| d.len() as u64)
+                    .sum();
+                let inner = inner.size_hint();
+                let mut hint = SizeHint::new();
+                hint.set_lower(inner.lower().saturating_add(ahead));
+                if let Some(upper) = inner.upper() {
+                    hint.set_upper(upper.saturating_add(ahead));
+                }
+                hint
+            }
         }
-        hint
-    }
-}
-
-impl<B: ContentProgress> ContentProgress for RetryBody<B> {
-    fn content_seen(&self) -> bool {
-        self.inner.content_seen()
     }
 }

@@ -55,18 +55,7 @@ pub struct RetryBudget {
     reserve: f64,
     deposits: [AtomicU64; SLOTS],
     withdrawals: [AtomicU64; SLOTS],
-    /// Deposits made, and the epoch read at the last clock read: a deposit
-    /// reads the clock only every `CLOCK_EVERY` calls (a clock read costs
-    /// more than the rest of a deposit).
-    deposit_count: AtomicU64,
-    cached_epoch: AtomicU64,
 }
-
-/// A deposit reads the clock once in this many; the others use the epoch
-/// last read (by a deposit or a withdrawal). At most this many deposits are
-/// counted in a slot up to one refresh early, which shifts their expiry by
-/// less than a slot; a withdrawal always reads the clock.
-const CLOCK_EVERY: u64 = 8;
 
 /// A slot's content: its epoch (high 32 bits) and count (low 32 bits).
 fn pack(epoch: u64, count: u64) -> u64 {
@@ -98,8 +87,6 @@ impl RetryBudget {
             reserve: f64::from(min_per_second) * ttl.as_secs_f64(),
             deposits: Default::default(),
             withdrawals: Default::default(),
-            deposit_count: AtomicU64::new(0),
-            cached_epoch: AtomicU64::new(1),
         })
     }
 
@@ -119,9 +106,7 @@ impl RetryBudget {
             .as_secs()
             .saturating_mul(1_000_000_000)
             .saturating_add(u64::from(elapsed.subsec_nanos()));
-        let epoch = nanos / self.slot_nanos + 1;
-        self.cached_epoch.fetch_max(epoch, Ordering::Relaxed);
-        epoch
+        nanos / self.slot_nanos + 1
     }
 
     fn add(slots: &[AtomicU64; SLOTS], epoch: u64) {
@@ -153,42 +138,57 @@ impl RetryBudget {
 
     /// Records a first attempt.
     pub fn deposit(&self) {
-        let epoch = if self
-            .deposit_count
-            .fetch_add(1, Ordering::Relaxed)
-            .is_multiple_of(CLOCK_EVERY)
-        {
-            self.epoch()
-        } else {
-            self.cached_epoch.load(Ordering::Relaxed)
-        };
-        Self::add(&self.deposits, epoch);
+        Self::add(&self.deposits, self.epoch());
     }
 
     /// Takes one retry from the budget; `false` when it is empty.
     pub fn withdraw(&self) -> bool {
+        self.withdraw_token().is_some()
+    }
+
+    /// Takes one retry; the token (its slot's epoch) lets it be given back.
+    pub(crate) fn withdraw_token(&self) -> Option<u64> {
         let epoch = self.epoch();
         let slot = &self.withdrawals[(epoch % SLOTS as u64) as usize];
         let mut current = slot.load(Ordering::Acquire);
         loop {
             let (slot_epoch, count) = unpack(current);
-            // The other slots only ever expire, which can only help; this
-            // slot is compared-and-swapped, so no two retries spend the
-            // same token.
+            // This slot is compared-and-swapped, so no two retries spend
+            // the same token in it. (Two threads on either side of a slot
+            // boundary write different slots and may each take the last
+            // token: an overdraw of at most one per such thread.)
             let others = Self::sum(&self.withdrawals, epoch)
                 .saturating_sub(if slot_epoch == epoch { count } else { 0 });
             let spent = others + if slot_epoch >= epoch { count } else { 0 };
             let allowed = (Self::sum(&self.deposits, epoch) as f64 * self.ratio).max(self.reserve);
             if spent as f64 + 1.0 > allowed {
-                return false;
+                return None;
             }
-            let next = if slot_epoch >= epoch {
-                pack(slot_epoch, count + 1)
+            let (next, token) = if slot_epoch >= epoch {
+                (pack(slot_epoch, count + 1), slot_epoch)
             } else {
-                pack(epoch, 1)
+                (pack(epoch, 1), epoch)
             };
             match slot.compare_exchange_weak(current, next, Ordering::AcqRel, Ordering::Acquire) {
-                Ok(_) => return true,
+                Ok(_) => return Some(token),
+                Err(actual) => current = actual,
+            }
+        }
+    }
+
+    /// Gives back a retry that was never made (its caller went away while
+    /// waiting), if its slot has not expired since.
+    pub(crate) fn refund(&self, token: u64) {
+        let slot = &self.withdrawals[(token % SLOTS as u64) as usize];
+        let mut current = slot.load(Ordering::Acquire);
+        loop {
+            let (slot_epoch, count) = unpack(current);
+            if slot_epoch != token || count == 0 {
+                return;
+            }
+            let next = pack(slot_epoch, count - 1);
+            match slot.compare_exchange_weak(current, next, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return,
                 Err(actual) => current = actual,
             }
         }
@@ -218,8 +218,6 @@ impl Default for RetryBudget {
             reserve: 10.0,
             deposits: Default::default(),
             withdrawals: Default::default(),
-            deposit_count: AtomicU64::new(0),
-            cached_epoch: AtomicU64::new(1),
         }
     }
 }
@@ -233,6 +231,32 @@ mod tests {
     async fn the_reserve_alone_allows_min_per_second_times_ttl() {
         let budget = RetryBudget::new(Duration::from_secs(10), 2, 0.2).unwrap();
         assert_eq!((0..100).filter(|_| budget.withdraw()).count(), 20);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn deposits_after_a_quiet_spell_count_in_the_current_window() {
+        let budget = RetryBudget::new(Duration::from_secs(10), 0, 0.5).unwrap();
+        budget.deposit();
+        tokio::time::advance(Duration::from_secs(20)).await;
+        for _ in 0..4 {
+            budget.deposit();
+        }
+        assert_eq!((0..10).filter(|_| budget.withdraw()).count(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refund_gives_the_retry_back_until_its_slot_expires() {
+        let budget = RetryBudget::new(Duration::from_secs(10), 0, 1.0).unwrap();
+        budget.deposit();
+        let token = budget.withdraw_token().unwrap();
+        assert!(!budget.withdraw());
+        budget.refund(token);
+        let token = budget.withdraw_token().unwrap();
+        tokio::time::advance(Duration::from_secs(11)).await;
+        budget.refund(token); // expired: nothing to give back
+        budget.deposit();
+        assert!(budget.withdraw());
+        assert!(!budget.withdraw());
     }
 
     #[tokio::test(start_paused = true)]

@@ -226,6 +226,20 @@ mod tests {
         assert!(error.to_string().contains("cap"), "{error}");
     }
 
+    #[cfg(feature = "serde")]
+    #[test]
+    fn a_config_file_with_an_unknown_key_is_refused_by_name() {
+        let error = serde_json::from_str::<RetryConfig>(r#"{"max_attempt": 4}"#).unwrap_err();
+        assert!(error.to_string().contains("max_attempt"), "{error}");
+        let config: RetryConfig = serde_json::from_str(
+            r#"{"preset":"cost_sensitive","jitter":"decorrelated","budget":{"ratio":0.2}}"#,
+        )
+        .unwrap();
+        let policy = config.build().unwrap();
+        assert_eq!(policy.max_attempts(), 2);
+        assert_eq!(policy.backoff().jitter(), Jitter::Decorrelated);
+    }
+
     #[test]
     fn the_budget_can_be_turned_off_or_tuned() {
         let off = RetryConfig {

@@ -1,6 +1,7 @@
 //! The response future: collect the body, call, decide, sleep, call again.
 
 use std::collections::VecDeque;
+use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -8,30 +9,45 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::{Request, Response, header};
+use http::{Request, Response};
 use http_body::{Body, Frame};
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
-use tower_llm_classify::{BoxError, Classification, ErrorKind, LlmError, Phase, RequestMeta};
+use tower_llm_classify::stream::{Dialect, EventScanner, Framing};
+use tower_llm_classify::{
+    BoxError, Classification, ErrorKind, LlmError, Phase, Provider, RequestMeta,
+};
 use tower_service::Service;
 
-use crate::body::{ContentProgress, ReplayBody, RetryBody};
+use crate::body::{ReplayBody, RetryBody};
 use crate::policy::{Decision, GiveUp};
 use crate::report;
 use crate::service::Shared;
 
+/// The most a guarded stream may send before its first content (pings,
+/// comments, role chunks), in bytes of data plus a fixed charge per frame,
+/// before it is handed over unguarded.
+const GUARD_READ_AHEAD_LIMIT: usize = 64 * 1024;
+
+/// What a frame read ahead costs besides its data (queue entry, framing).
+const FRAME_CHARGE: usize = 64;
+
+/// Frames read ahead in one poll before yielding to the runtime.
+const FRAMES_PER_POLL: usize = 32;
+
 pin_project! {
     /// The future of [`Retry`](crate::Retry): a named state machine, no
-    /// boxing. Dropping it drops the attempt in flight or the sleep; no
-    /// task is spawned and no budget token is held across an await.
+    /// boxing on the happy path. Dropping it drops the attempt in flight or
+    /// the wait, and gives back the budget token of a retry not yet made;
+    /// nothing is spawned.
     pub struct ResponseFuture<S, B, R>
     where
         S: Service<Request<ReplayBody>>,
     {
         #[pin]
         state: State<S::Future, B, R>,
-        // Boxed, like the sleep between attempts: only a call with a
-        // timeout or a retry pays for a timer; the happy path stays small.
+        // Boxed, like the wait between attempts: only a call with a
+        // timeout, a deadline or a retry pays for a timer.
         timer: Option<Pin<Box<Sleep>>>,
         service: S,
         shared: Arc<Shared>,
@@ -40,6 +56,20 @@ pin_project! {
         slept: Duration,
         previous_delay: Duration,
         deadline: Option<Instant>,
+        // The budget token of a retry decided but not yet started.
+        refund: Option<u64>,
+    }
+
+    impl<S, B, R> PinnedDrop for ResponseFuture<S, B, R>
+    where
+        S: Service<Request<ReplayBody>>,
+    {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if let (Some(token), Some(budget)) = (this.refund.take(), this.shared.policy.budget.as_ref()) {
+                budget.refund(token);
+            }
+        }
     }
 }
 
@@ -56,17 +86,27 @@ pin_project! {
     }
 }
 
-/// A streamed response held back until its first content.
+/// A streamed response held back until its first content event.
 struct Guard<R> {
     head: Option<http::response::Parts>,
-    body: Option<R>,
+    body: Option<Pin<Box<R>>>,
     read_ahead: VecDeque<Frame<Bytes>>,
-    read_ahead_bytes: usize,
+    charged: usize,
+    scanner: EventScanner,
 }
 
-/// The most a guarded stream may send before its first content (pings,
-/// comments, role chunks) before it is handed over unguarded.
-const GUARD_READ_AHEAD_LIMIT: usize = 64 * 1024;
+impl<S, B, R> fmt::Debug for ResponseFuture<S, B, R>
+where
+    S: Service<Request<ReplayBody>>,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture")
+            .field("attempts", &self.attempts)
+            .field("slept", &self.slept)
+            .field("deadline", &self.deadline)
+            .finish_non_exhaustive()
+    }
+}
 
 impl<S, B, R> ResponseFuture<S, B, R>
 where
@@ -84,7 +124,8 @@ where
                 first: None,
                 rest: None,
             },
-            timer: None,
+            // Reading the body counts against the deadline too.
+            timer: deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),
             service,
             shared,
             // The request without its body until the body is read.
@@ -93,21 +134,9 @@ where
             slept: Duration::ZERO,
             previous_delay: Duration::ZERO,
             deadline,
+            refund: None,
         }
     }
-}
-
-/// Whether a response is a stream the first-content guard holds back.
-fn is_stream(head: &http::response::Parts) -> bool {
-    head.headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| {
-            let ct = ct.trim_start();
-            ct.starts_with("text/event-stream")
-                || ct.starts_with("application/x-ndjson")
-                || ct.starts_with("application/jsonl")
-        })
 }
 
 fn local_error(kind: ErrorKind, message: &str) -> LlmError {
@@ -118,13 +147,32 @@ fn local_error(kind: ErrorKind, message: &str) -> LlmError {
     )
 }
 
+fn deadline_error() -> LlmError {
+    LlmError::new(
+        Classification::new(ErrorKind::Timeout)
+            .with_phase(Phase::BeforeHeaders)
+            .with_message("the retry deadline passed before another attempt could start"),
+    )
+}
+
+/// The model of the request, for logs: from `RequestMeta` when an outer
+/// layer put it there, else read from the body (only on the failure path).
+fn model_of(template: Option<&Request<ReplayBody>>) -> Option<Box<str>> {
+    let template = template?;
+    if let Some(meta) = template.extensions().get::<RequestMeta>() {
+        return meta.model.clone();
+    }
+    let bytes = crate::body::replay_bytes(template.body());
+    RequestMeta::from_request(template.uri(), template.headers(), Some(&bytes)).model
+}
+
 impl<S, B, R> Future for ResponseFuture<S, B, R>
 where
     S: Service<Request<ReplayBody>, Response = Response<R>>,
     S::Error: Into<BoxError>,
     B: Body,
     B::Error: Into<BoxError>,
-    R: Body<Data = Bytes> + ContentProgress + Unpin,
+    R: Body<Data = Bytes>,
     R::Error: Into<BoxError>,
 {
     type Output = Result<Response<RetryBody<R>>, LlmError>;
@@ -132,71 +180,97 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         loop {
-            let failed: LlmError = match this.state.as_mut().project() {
+            // Each arm either loops, returns, or yields the failure of an
+            // attempt and whether it may be retried at all.
+            let (failed, final_reason): (LlmError, Option<GiveUp>) = match this
+                .state
+                .as_mut()
+                .project()
+            {
                 StateProj::Collecting { body, first, rest } => {
-                    // Read the caller's body once; a single-frame body (the
-                    // usual `Full<Bytes>`) is kept without a copy.
-                    match ready!(collect(body, first, rest, this.shared.policy.max_body, cx)) {
-                        Ok(bytes) => {
-                            if let Some(template) = this.template.as_mut() {
-                                *template.body_mut() = ReplayBody::new(bytes);
+                    if timer_expired(this.timer, cx) {
+                        (deadline_error(), Some(GiveUp::Deadline))
+                    } else {
+                        // Read the caller's body once; a single-frame body
+                        // (the usual `Full<Bytes>`) is kept without a copy.
+                        match ready!(collect(body, first, rest, this.shared.policy.max_body, cx)) {
+                            Ok(bytes) => {
+                                if let Some(template) = this.template.as_mut() {
+                                    *template.body_mut() = ReplayBody::new(bytes);
+                                }
+                                if let Some(budget) = &this.shared.policy.budget {
+                                    budget.deposit();
+                                }
+                                // The service is ready: `Retry::poll_ready` said so.
+                                this.state.set(State::Ready);
+                                match start_attempt(
+                                    this.service,
+                                    this.template,
+                                    this.attempts,
+                                    this.timer,
+                                    this.shared,
+                                    *this.deadline,
+                                ) {
+                                    Some(future) => {
+                                        this.state.set(State::Calling { future });
+                                        continue;
+                                    }
+                                    None => (deadline_error(), Some(GiveUp::Deadline)),
+                                }
                             }
-                            if let Some(budget) = &this.shared.policy.budget {
-                                budget.deposit();
-                            }
-                            // The service is ready: `Retry::poll_ready` said so.
-                            let future = start_attempt(
-                                this.service,
-                                this.template,
-                                this.attempts,
-                                this.timer,
-                                this.shared,
-                                *this.deadline,
-                            );
-                            this.state.set(State::Calling { future });
-                            continue;
-                        }
-                        Err(error) => {
-                            this.state.set(State::Done);
-                            return Poll::Ready(Err(report::fail(
-                                error,
-                                GiveUp::NotRetryable,
-                                0,
-                                Duration::ZERO,
-                            )));
+                            Err(error) => (error, Some(GiveUp::NotRetryable)),
                         }
                     }
                 }
-                StateProj::Ready => match ready!(this.service.poll_ready(cx)) {
-                    Ok(()) => {
-                        let future = start_attempt(
-                            this.service,
-                            this.template,
-                            this.attempts,
-                            this.timer,
-                            this.shared,
-                            *this.deadline,
-                        );
-                        this.state.set(State::Calling { future });
-                        continue;
+                StateProj::Ready => {
+                    if timer_expired(this.timer, cx) {
+                        (deadline_error(), Some(GiveUp::Deadline))
+                    } else {
+                        match ready!(this.service.poll_ready(cx)) {
+                            Ok(()) => {
+                                match start_attempt(
+                                    this.service,
+                                    this.template,
+                                    this.attempts,
+                                    this.timer,
+                                    this.shared,
+                                    *this.deadline,
+                                ) {
+                                    Some(future) => {
+                                        *this.refund = None; // the retry is made
+                                        this.state.set(State::Calling { future });
+                                        continue;
+                                    }
+                                    None => (deadline_error(), Some(GiveUp::Deadline)),
+                                }
+                            }
+                            // A service that failed its readiness is not polled
+                            // again (the Tower contract): the call ends here.
+                            Err(error) => {
+                                (LlmError::from_source(error), Some(GiveUp::NotRetryable))
+                            }
+                        }
                     }
-                    Err(error) => LlmError::from_source(error),
-                },
+                }
                 StateProj::Calling { future } => {
-                    match timer_expired(this.timer, cx, Phase::BeforeHeaders) {
-                        Some(expired) => expired,
-                        None => match ready!(future.poll(cx)) {
+                    if timer_expired(this.timer, cx) {
+                        (attempt_timeout(Phase::BeforeHeaders), None)
+                    } else {
+                        match ready!(future.poll(cx)) {
                             Ok(response) => {
                                 let (head, body) = response.into_parts();
-                                if this.shared.policy.first_content_guard
-                                    && head.status.is_success()
-                                    && is_stream(&head)
-                                {
+                                let framing = Framing::from_content_type(&head.headers);
+                                if let (true, true, Some(framing)) = (
+                                    this.shared.policy.first_content_guard,
+                                    head.status.is_success(),
+                                    framing,
+                                ) {
                                     let guard = Guard {
                                         head: Some(head),
-                                        body: Some(body),
+                                        body: Some(Box::pin(body)),
                                         read_ahead: VecDeque::new(),
-                                        read_ahead_bytes: 0,
+                                        charged: 0,
+                                        scanner: scanner_for(this.template.as_ref(), framing),
                                     };
                                     this.state.set(State::Guarding {
                                         guard: Box::new(guard),
@@ -212,70 +286,50 @@ where
                                     *this.slept,
                                 )));
                             }
-                            Err(error) => LlmError::from_source(error),
-                        },
+                            Err(error) => (LlmError::from_source(error), None),
+                        }
                     }
                 }
                 StateProj::Guarding { guard } => {
-                    match timer_expired(this.timer, cx, Phase::AfterHeaders) {
-                        Some(expired) => expired,
-                        None => {
-                            let Guard {
-                                head,
-                                body,
-                                read_ahead,
-                                read_ahead_bytes,
-                            } = &mut **guard;
-                            let Some(inner) = body.as_mut() else {
-                                return Poll::Ready(Err(polled_after_completion()));
-                            };
-                            let error = match ready!(Pin::new(inner).poll_frame(cx)) {
-                                Some(Ok(frame)) => {
-                                    *read_ahead_bytes += frame.data_ref().map_or(0, Bytes::len);
-                                    read_ahead.push_back(frame);
-                                    // Hold back until content, but not without
-                                    // bound: a stream that sends only keep-alives
-                                    // is handed over past the limit (its idle
-                                    // timeout, in Classify, still applies).
-                                    if !body.as_ref().is_some_and(ContentProgress::content_seen)
-                                        && *read_ahead_bytes < GUARD_READ_AHEAD_LIMIT
-                                    {
-                                        continue;
-                                    }
-                                    None
-                                }
-                                // Ended without content: hand over what there is.
-                                None => None,
-                                Some(Err(error)) => Some(error),
-                            };
-                            match error {
-                                // Nothing reached the caller yet: whatever the
-                                // stream said, this attempt can be replayed.
-                                Some(error) => before_content(LlmError::from_source(error)),
-                                None => {
-                                    let (Some(head), Some(inner)) = (head.take(), body.take())
-                                    else {
-                                        return Poll::Ready(Err(polled_after_completion()));
-                                    };
-                                    let read_ahead = std::mem::take(read_ahead);
-                                    this.state.set(State::Done);
-                                    *this.timer = None;
-                                    let response = Response::from_parts(
-                                        head,
-                                        RetryBody::with_read_ahead(inner, read_ahead),
-                                    );
-                                    return Poll::Ready(Ok(report::finish(
-                                        response,
-                                        *this.attempts,
-                                        *this.slept,
-                                    )));
-                                }
+                    if timer_expired(this.timer, cx) {
+                        (attempt_timeout(Phase::AfterHeaders), None)
+                    } else {
+                        match ready!(guard.poll_content(cx)) {
+                            Ok(()) => {
+                                let (Some(head), Some(body)) =
+                                    (guard.head.take(), guard.body.take())
+                                else {
+                                    return Poll::Ready(Err(polled_after_completion()));
+                                };
+                                let read_ahead = std::mem::take(&mut guard.read_ahead);
+                                this.state.set(State::Done);
+                                *this.timer = None;
+                                let response = Response::from_parts(
+                                    head,
+                                    RetryBody::with_read_ahead(body, read_ahead),
+                                );
+                                return Poll::Ready(Ok(report::finish(
+                                    response,
+                                    *this.attempts,
+                                    *this.slept,
+                                )));
                             }
+                            // Nothing reached the caller yet: whatever the
+                            // stream said, this attempt can be replayed.
+                            Err(error) => (before_content(error), None),
                         }
                     }
                 }
                 StateProj::Sleeping { sleep } => {
                     ready!(sleep.as_mut().poll(cx));
+                    // The deadline bounds the wait for readiness too.
+                    match (*this.deadline, this.timer.as_mut()) {
+                        (Some(deadline), Some(timer)) => timer.as_mut().reset(deadline),
+                        (Some(deadline), None) => {
+                            *this.timer = Some(Box::pin(tokio::time::sleep_until(deadline)))
+                        }
+                        (None, _) => *this.timer = None,
+                    }
                     this.state.set(State::Ready);
                     continue;
                 }
@@ -284,42 +338,38 @@ where
 
             // An attempt failed: retry, or give up with its error.
             let c = failed.classification();
-            let remaining = this
-                .deadline
-                .map(|d| d.saturating_duration_since(Instant::now()));
-            let policy = &this.shared.policy;
-            let decision = policy.decide(
-                c,
-                *this.attempts,
-                *this.previous_delay,
-                remaining,
-                this.shared.draw(),
-            );
-            let model = this
-                .template
-                .as_ref()
-                .and_then(|t| t.extensions().get::<RequestMeta>())
-                .and_then(|m| m.model.as_deref());
-            let outcome = match decision {
-                Decision::Retry { delay, hinted } => {
-                    if policy
-                        .budget
-                        .as_ref()
-                        .is_none_or(|budget| budget.withdraw())
-                    {
-                        report::retrying(c, *this.attempts, delay, hinted, model);
-                        Ok(delay)
-                    } else {
-                        Err(GiveUp::BudgetExhausted)
+            let outcome = match final_reason {
+                Some(reason) => Err(reason),
+                None => {
+                    let remaining = this
+                        .deadline
+                        .map(|d| d.saturating_duration_since(Instant::now()));
+                    let policy = &this.shared.policy;
+                    match policy.decide(
+                        c,
+                        *this.attempts,
+                        *this.previous_delay,
+                        remaining,
+                        this.shared.draw(),
+                    ) {
+                        Decision::Retry { delay, hinted } => match &policy.budget {
+                            Some(budget) => match budget.withdraw_token() {
+                                Some(token) => Ok((delay, hinted, Some(token))),
+                                None => Err(GiveUp::BudgetExhausted),
+                            },
+                            None => Ok((delay, hinted, None)),
+                        },
+                        Decision::GiveUp(reason) => Err(reason),
                     }
                 }
-                Decision::GiveUp(reason) => Err(reason),
             };
+            let model = model_of(this.template.as_ref());
             match outcome {
-                Ok(delay) => {
+                Ok((delay, hinted, token)) => {
+                    report::retrying(c, *this.attempts, delay, hinted, model.as_deref());
+                    *this.refund = token;
                     *this.slept += delay;
                     *this.previous_delay = delay;
-                    // The timer is left to `start_attempt`, which resets it.
                     if delay.is_zero() {
                         this.state.set(State::Ready);
                     } else {
@@ -329,7 +379,7 @@ where
                     }
                 }
                 Err(reason) => {
-                    report::giving_up(c, *this.attempts, reason, model);
+                    report::giving_up(c, *this.attempts, reason, model.as_deref());
                     this.state.set(State::Done);
                     *this.timer = None;
                     return Poll::Ready(Err(report::fail(
@@ -344,8 +394,69 @@ where
     }
 }
 
-/// Starts the next attempt on a ready service: a fresh copy of the
-/// request (headers cloned, body shared), and the attempt's timer.
+impl<R> Guard<R>
+where
+    R: Body<Data = Bytes>,
+    R::Error: Into<BoxError>,
+{
+    /// Reads frames until the first content event (`Ok`), an error before
+    /// it (`Err`), the end of the body, or the read-ahead limit (`Ok`).
+    fn poll_content(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), LlmError>> {
+        let Some(body) = self.body.as_mut() else {
+            return Poll::Ready(Err(polled_after_completion()));
+        };
+        for _ in 0..FRAMES_PER_POLL {
+            match ready!(body.as_mut().poll_frame(cx)) {
+                // Ended without content: hand over what there is.
+                None => return Poll::Ready(Ok(())),
+                Some(Err(error)) => return Poll::Ready(Err(LlmError::from_source(error))),
+                Some(Ok(frame)) => {
+                    if let Some(data) = frame.data_ref() {
+                        self.scanner.feed(data);
+                        self.charged += data.len();
+                    }
+                    self.charged += FRAME_CHARGE;
+                    self.read_ahead.push_back(frame);
+                    // An in-band error, even in the same read as the first
+                    // content: nothing has reached the caller, so the
+                    // attempt can still be replayed. (With Classify below,
+                    // its body reports the error on the next poll anyway.)
+                    if let Some(c) = self.scanner.take_error() {
+                        return Poll::Ready(Err(LlmError::new(c.with_phase(Phase::AfterHeaders))));
+                    }
+                    // Hold back until content, but not without bound: a
+                    // stream of keep-alives alone is handed over past the
+                    // limit (Classify's idle timeout still applies to it).
+                    if self.scanner.content_seen() || self.charged >= GUARD_READ_AHEAD_LIMIT {
+                        return Poll::Ready(Ok(()));
+                    }
+                }
+            }
+        }
+        // Many frames at once: let other tasks run, then go on.
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
+/// A scanner for the stream a request asked for.
+fn scanner_for(template: Option<&Request<ReplayBody>>, framing: Framing) -> EventScanner {
+    let (dialect, provider) = match template {
+        Some(t) => match t.extensions().get::<RequestMeta>() {
+            Some(meta) => (meta.dialect, meta.provider),
+            None => (
+                Dialect::from_path(t.uri().path()),
+                Provider::detect(t.uri()),
+            ),
+        },
+        None => (Dialect::Generic, Provider::Unknown),
+    };
+    EventScanner::new(framing, dialect, provider)
+}
+
+/// Starts the next attempt on a ready service: a fresh copy of the request
+/// (headers cloned, body shared) and the attempt's timer. `None` when the
+/// deadline has passed: no request is sent that could not be answered.
 fn start_attempt<S>(
     service: &mut S,
     template: &Option<Request<ReplayBody>>,
@@ -353,50 +464,52 @@ fn start_attempt<S>(
     timer: &mut Option<Pin<Box<Sleep>>>,
     shared: &Shared,
     deadline: Option<Instant>,
-) -> S::Future
+) -> Option<S::Future>
 where
     S: Service<Request<ReplayBody>>,
 {
+    let now = Instant::now();
+    if deadline.is_some_and(|d| d <= now) {
+        return None;
+    }
     *attempts += 1;
     let request = template
         .clone()
         .unwrap_or_else(|| Request::new(ReplayBody::default()));
     let limit = match (shared.policy.attempt_timeout, deadline) {
         (None, None) => None,
-        (Some(timeout), None) => Instant::now().checked_add(timeout),
+        (Some(timeout), None) => now.checked_add(timeout),
         (None, Some(deadline)) => Some(deadline),
         (Some(timeout), Some(deadline)) => Some(
-            Instant::now()
-                .checked_add(timeout)
+            now.checked_add(timeout)
                 .map_or(deadline, |end| end.min(deadline)),
         ),
     };
     match (limit, timer.as_mut()) {
-        // Reuse the allocation of the previous attempt's timer.
+        // Reuse the allocation of the previous timer.
         (Some(end), Some(sleep)) => sleep.as_mut().reset(end),
         (Some(end), None) => *timer = Some(Box::pin(tokio::time::sleep_until(end))),
         (None, _) => *timer = None,
     }
-    service.call(request)
+    Some(service.call(request))
 }
 
-/// The attempt's timer, if it has run out: a timeout in `phase`.
-fn timer_expired(
-    timer: &mut Option<Pin<Box<Sleep>>>,
-    cx: &mut Context<'_>,
-    phase: Phase,
-) -> Option<LlmError> {
-    let sleep = timer.as_mut()?;
-    sleep.as_mut().poll(cx).is_ready().then(|| {
-        LlmError::new(
-            Classification::new(ErrorKind::Timeout)
-                .with_phase(phase)
-                .with_message(match phase {
-                    Phase::BeforeHeaders => "attempt timed out before the response head",
-                    _ => "attempt timed out before the stream's first content",
-                }),
-        )
-    })
+/// Whether the timer (attempt timeout or deadline) has run out.
+fn timer_expired(timer: &mut Option<Pin<Box<Sleep>>>, cx: &mut Context<'_>) -> bool {
+    timer
+        .as_mut()
+        .is_some_and(|sleep| sleep.as_mut().poll(cx).is_ready())
+}
+
+fn attempt_timeout(phase: Phase) -> LlmError {
+    LlmError::new(
+        Classification::new(ErrorKind::Timeout)
+            .with_phase(phase)
+            .with_message(match phase {
+                Phase::BeforeHeaders => "attempt timed out before the response head",
+                _ => "attempt timed out before the stream's first content",
+            }),
+    )
 }
 
 /// A stream error the guard caught before any content reached the caller.
@@ -436,9 +549,8 @@ where
                 }));
             }
             Some(Err(error)) => {
-                let error = LlmError::from_source(error);
+                let mut error = LlmError::from_source(error);
                 let c = error.classification().clone().with_phase(Phase::Local);
-                let mut error = error;
                 *error.classification_mut() = c;
                 return Poll::Ready(Err(error));
             }

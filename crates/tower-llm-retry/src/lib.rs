@@ -88,7 +88,7 @@ mod report;
 mod service;
 
 pub use backoff::{Backoff, Jitter};
-pub use body::{ContentProgress, ReplayBody, RetryBody};
+pub use body::{ReplayBody, RetryBody};
 pub use budget::RetryBudget;
 pub use config::{BudgetConfig, ENV_VARS, RetryConfig};
 pub use layer::RetryLayer;

@@ -33,6 +33,7 @@ pub struct RetryPolicy {
     pub(crate) hint_spread: f64,
     pub(crate) deadline: Option<Duration>,
     pub(crate) attempt_timeout: Option<Duration>,
+    pub(crate) min_attempt_time: Duration,
     pub(crate) first_content_guard: bool,
     pub(crate) max_body: usize,
     pub(crate) budget: Option<Arc<RetryBudget>>,
@@ -115,6 +116,7 @@ impl RetryPolicy {
             hint_spread: 1.5,
             deadline: None,
             attempt_timeout: None,
+            min_attempt_time: Duration::from_millis(500),
             first_content_guard: true,
             max_body: 32 * 1024 * 1024,
             budget: None,
@@ -223,7 +225,10 @@ impl RetryPolicy {
         {
             return decision;
         }
-        if let Some(index) = ErrorKind::ALL.iter().position(|k| *k == c.kind())
+        // The server's own `x-should-retry` outranks a per-kind rule: a 529
+        // that says "don't retry" is not retried.
+        if c.retry_override().is_none()
+            && let Some(index) = ErrorKind::ALL.iter().position(|k| *k == c.kind())
             && let Some(decision) = self.kind_overrides[index]
         {
             return decision;
@@ -249,26 +254,44 @@ impl RetryPolicy {
         if attempts >= self.max_attempts {
             return Decision::GiveUp(GiveUp::AttemptsExhausted);
         }
+        let u = if u.is_finite() {
+            u.clamp(0.0, 1.0)
+        } else {
+            0.0
+        };
+        // An attempt may take up to its timeout (or, without one, at least
+        // the minimum attempt time): only start one that has that much left
+        // after the wait.
+        let attempt = self.attempt_timeout.unwrap_or(self.min_attempt_time);
+        let room = remaining.map(|r| r.saturating_sub(attempt));
         let (delay, hinted) = match c.retry_after() {
             Some(hint) if hint > self.max_hint => return Decision::GiveUp(GiveUp::HintTooLong),
+            Some(hint) if room.is_some_and(|room| round_up_to_millis(hint) >= room) => {
+                return Decision::GiveUp(GiveUp::Deadline);
+            }
             // Envoy's rule: at least the hint, at most 1.5× it, so a fleet
-            // told the same instant does not come back in lockstep.
-            Some(hint) => (
-                hint.mul_f64(1.0 + (self.hint_spread - 1.0) * u.clamp(0.0, 1.0)),
-                true,
+            // told the same instant does not come back in lockstep; the
+            // spread never pushes a hint that fits out of the deadline.
+            Some(hint) => {
+                let spread =
+                    Duration::try_from_secs_f64(hint.as_secs_f64() * (self.hint_spread - 1.0) * u)
+                        .unwrap_or(Duration::ZERO);
+                let mut delay = hint.saturating_add(spread);
+                if let Some(room) = room {
+                    delay = delay.min(room.saturating_sub(Duration::from_millis(1)));
+                }
+                (delay.max(hint), true)
+            }
+            None => (
+                self.backoff.delay(attempts.saturating_sub(1), previous, u),
+                false,
             ),
-            None => (self.backoff.delay(attempts - 1, previous, u), false),
         };
         // Tokio's timer has millisecond resolution: round up, so the time
         // reported as slept is the time that passed, and never below a hint.
         let delay = round_up_to_millis(delay);
-        if let Some(remaining) = remaining {
-            // An attempt may take up to its timeout: only start one that has
-            // all of it left after the wait.
-            let needed = delay.saturating_add(self.attempt_timeout.unwrap_or(Duration::ZERO));
-            if needed >= remaining {
-                return Decision::GiveUp(GiveUp::Deadline);
-            }
+        if room.is_some_and(|room| delay >= room) {
+            return Decision::GiveUp(GiveUp::Deadline);
         }
         Decision::Retry { delay, hinted }
     }
@@ -297,6 +320,7 @@ impl fmt::Debug for RetryPolicy {
             .field("max_hint", &self.max_hint)
             .field("deadline", &self.deadline)
             .field("attempt_timeout", &self.attempt_timeout)
+            .field("min_attempt_time", &self.min_attempt_time)
             .field("first_content_guard", &self.first_content_guard)
             .field("max_body", &self.max_body)
             .field("budget", &self.budget.as_ref().map(|b| b.remaining()))
@@ -403,6 +427,14 @@ impl RetryPolicyBuilder {
         self
     }
 
+    /// Without an attempt timeout, the least time an attempt must have left
+    /// before the deadline for a retry to start (500 ms by default): a
+    /// request sent with a millisecond to go only costs money.
+    pub fn min_attempt_time(mut self, time: Duration) -> Self {
+        self.policy.min_attempt_time = time;
+        self
+    }
+
     /// Whether a streamed 2xx is held back until its first content event,
     /// so that an error as the first event is retried invisibly (on by default).
     pub fn first_content_guard(mut self, on: bool) -> Self {
@@ -474,12 +506,17 @@ impl RetryPolicyBuilder {
             return Err(ConfigError("max_attempts must be at least 1".into()));
         }
         policy.backoff.validate().map_err(ConfigError)?;
-        if let (Some(deadline), Some(attempt)) = (policy.deadline, policy.attempt_timeout)
-            && attempt > deadline
-        {
-            return Err(ConfigError(format!(
-                "attempt timeout ({attempt:?}) is longer than the deadline ({deadline:?}): no attempt could use it"
-            )));
+        if let (Some(deadline), Some(attempt)) = (policy.deadline, policy.attempt_timeout) {
+            if attempt > deadline {
+                return Err(ConfigError(format!(
+                    "attempt timeout ({attempt:?}) is longer than the deadline ({deadline:?}): no attempt could use it"
+                )));
+            }
+            if attempt == deadline && policy.max_attempts > 1 {
+                return Err(ConfigError(format!(
+                    "attempt timeout equals the deadline ({deadline:?}): no retry could ever start; lower the attempt timeout or set max_attempts to 1"
+                )));
+            }
         }
         if policy.deadline.is_some_and(|d| d.is_zero())
             || policy.attempt_timeout.is_some_and(|d| d.is_zero())
@@ -591,6 +628,77 @@ mod tests {
                 hinted: true
             }
         );
+    }
+
+    #[test]
+    fn x_should_retry_false_outranks_a_kind_override() {
+        let policy = RetryPolicy::builder()
+            .retry_kind(ErrorKind::Overloaded, true)
+            .build()
+            .unwrap();
+        let c = failure(ErrorKind::Overloaded).with_retryable(false);
+        assert!(!policy.is_retryable(&c));
+        let policy = RetryPolicy::builder()
+            .retry_kind(ErrorKind::Overloaded, false)
+            .build()
+            .unwrap();
+        assert!(!policy.is_retryable(&failure(ErrorKind::Overloaded)));
+    }
+
+    #[test]
+    fn the_spread_never_pushes_a_hint_that_fits_past_the_deadline() {
+        let policy = RetryPolicy::builder()
+            .attempt_timeout(Duration::from_secs(10))
+            .build()
+            .unwrap();
+        let c = hinted(ErrorKind::RateLimited, 10);
+        // 10 s hint, 10 s attempt, 21 s left: the hint fits, 1.5x would not.
+        match policy.decide(&c, 1, Duration::ZERO, Some(Duration::from_secs(21)), 0.99) {
+            Decision::Retry { delay, .. } => {
+                assert!(
+                    delay >= Duration::from_secs(10) && delay < Duration::from_secs(11),
+                    "{delay:?}"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn without_an_attempt_timeout_a_retry_needs_the_minimum_attempt_time_left() {
+        let policy = RetryPolicy::builder().build().unwrap();
+        let c = hinted(ErrorKind::RateLimited, 1);
+        let left = |ms| Some(Duration::from_millis(ms));
+        assert_eq!(
+            policy.decide(&c, 1, Duration::ZERO, left(1400), 0.0),
+            Decision::GiveUp(GiveUp::Deadline)
+        );
+        assert!(matches!(
+            policy.decide(&c, 1, Duration::ZERO, left(1600), 0.0),
+            Decision::Retry { .. }
+        ));
+    }
+
+    #[test]
+    fn odd_inputs_to_decide_do_not_panic() {
+        let policy = RetryPolicy::builder()
+            .max_hint(Duration::MAX)
+            .build()
+            .unwrap();
+        let huge = failure(ErrorKind::RateLimited).with_hint(Some(Hint {
+            delay: Duration::MAX,
+            source: HintSource::RetryAfter,
+        }));
+        for u in [f64::NAN, f64::INFINITY, -1.0, 2.0] {
+            let _ = policy.decide(&huge, 1, Duration::ZERO, None, u);
+            let _ = policy.decide(
+                &failure(ErrorKind::Overloaded),
+                0,
+                Duration::MAX,
+                Some(Duration::ZERO),
+                u,
+            );
+        }
     }
 
     #[test]

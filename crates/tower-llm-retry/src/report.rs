@@ -127,6 +127,7 @@ pub(crate) fn giving_up(c: &Classification, attempts: u32, reason: GiveUp, model
             target: TRACING_TARGET,
             attempts,
             kind = c.kind().as_str(),
+            status = c.status().map(|s| s.as_u16()),
             provider = c.provider().as_str(),
             model,
             reason = reason.as_str(),

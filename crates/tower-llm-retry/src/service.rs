@@ -10,7 +10,7 @@ use http_body::Body;
 use tower_llm_classify::{BoxError, LlmError};
 use tower_service::Service;
 
-use crate::body::{ContentProgress, ReplayBody, RetryBody};
+use crate::body::{ReplayBody, RetryBody};
 use crate::future::ResponseFuture;
 use crate::policy::RetryPolicy;
 
@@ -110,7 +110,7 @@ where
     S::Error: Into<BoxError>,
     B: Body,
     B::Error: Into<BoxError>,
-    R: Body<Data = Bytes> + ContentProgress + Unpin,
+    R: Body<Data = Bytes>,
     R::Error: Into<BoxError>,
 {
     type Response = Response<RetryBody<R>>;

@@ -144,3 +144,94 @@ async fn clones_and_relayered_services_share_one_budget() {
         a.clone().policy().budget().unwrap()
     ));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_readiness_error_ends_the_call_without_polling_again() {
+    let (mut service, mut handle) = setup(
+        RetryPolicy::builder()
+            .backoff(Backoff::constant(Duration::from_millis(100)))
+            .build()
+            .unwrap(),
+    );
+    handle.allow(1);
+    let mut ready = task::spawn(std::future::poll_fn(|cx| {
+        Service::<Request<Full<Bytes>>>::poll_ready(&mut service, cx)
+    }));
+    assert_ready_ok!(ready.poll());
+    drop(ready);
+    let mut response = task::spawn(service.call(request()));
+    assert_pending!(response.poll());
+    let (_, send) = handle.next_request().await.unwrap();
+    send.send_error(overloaded(None));
+    assert_pending!(response.poll());
+    tokio::time::advance(Duration::from_millis(100)).await;
+    handle.send_error(overloaded(None)); // the next poll_ready fails
+    let error = match response.poll() {
+        std::task::Poll::Ready(Err(error)) => error,
+        other => panic!("{other:?}"),
+    };
+    let stats = RetryStats::of(error.extensions());
+    assert_eq!(
+        (stats.attempts, stats.gave_up),
+        (1, Some(tower_llm_retry::GiveUp::NotRetryable))
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_deadline_also_bounds_waiting_for_readiness() {
+    let policy = RetryPolicy::builder()
+        .backoff(Backoff::constant(Duration::from_millis(100)))
+        .deadline(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let (mut service, mut handle) = setup(policy);
+    handle.allow(1);
+    let mut ready = task::spawn(std::future::poll_fn(|cx| {
+        Service::<Request<Full<Bytes>>>::poll_ready(&mut service, cx)
+    }));
+    assert_ready_ok!(ready.poll());
+    drop(ready);
+    let started = tokio::time::Instant::now();
+    let call = service.call(request());
+    let answer = async {
+        let (_, send) = handle.next_request().await.unwrap();
+        send.send_error(overloaded(None));
+        // ... and the inner service never becomes ready again.
+        std::future::pending::<()>().await
+    };
+    let error = tokio::select! {
+        result = call => result.unwrap_err(),
+        _ = answer => unreachable!(),
+    };
+    assert_eq!(started.elapsed(), Duration::from_secs(5));
+    assert_eq!(error.kind(), ErrorKind::Timeout);
+    assert_eq!(
+        RetryStats::of(error.extensions()).gave_up,
+        Some(tower_llm_retry::GiveUp::Deadline)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_future_dropped_while_waiting_gives_its_budget_token_back() {
+    let policy = RetryPolicy::builder()
+        .budget(Duration::from_secs(10), 1, 0.1)
+        .build()
+        .unwrap();
+    let budget = policy.budget().unwrap().clone();
+    let (mut service, mut handle) = setup(policy);
+    handle.allow(10);
+    let before = budget.remaining();
+    let mut ready = task::spawn(std::future::poll_fn(|cx| {
+        Service::<Request<Full<Bytes>>>::poll_ready(&mut service, cx)
+    }));
+    assert_ready_ok!(ready.poll());
+    drop(ready);
+    let mut response = task::spawn(service.call(request()));
+    assert_pending!(response.poll());
+    let (_, send) = handle.next_request().await.unwrap();
+    send.send_error(overloaded(Some(Duration::from_secs(10))));
+    assert_pending!(response.poll()); // waiting, token spent
+    assert_eq!(budget.remaining(), before - 1);
+    drop(response);
+    assert_eq!(budget.remaining(), before);
+}

@@ -354,23 +354,69 @@ async fn an_error_as_the_first_stream_event_is_retried_and_the_caller_gets_a_cle
     let service = stack(policy().build().unwrap());
     for api in Api::ALL {
         for fault in [Fault::stream_error_after(0), Fault::stream_drop_after(0)] {
-            let sim = sim(FaultPlan::script([fault.clone()])).await;
-            let (body, stats) = call(&service, request(&sim, api, true)).await;
+            let faulty = sim(FaultPlan::script([fault.clone()])).await;
+            let (body, stats) = call(&service, request(&faulty, api, true)).await;
             let text = body.unwrap_or_else(|e| panic!("{fault} on {api}: {e:?}"));
-            assert!(!text.contains("error"), "{fault} on {api}: {text}");
-            assert!(
-                text.contains("token0") && text.contains("token3"),
-                "{fault} on {api}: {text}"
-            );
+            // Exactly the events of a healthy stream: nothing of the failed
+            // attempt, nothing twice.
+            let healthy = sim(Fault::ok()).await;
+            let (reference, _) = call(
+                &stack(policy().build().unwrap()),
+                request(&healthy, api, true),
+            )
+            .await;
+            assert_eq!(shape(&text), shape(&reference.unwrap()), "{fault} on {api}");
             assert_eq!(stats.attempts, 2, "{fault} on {api}");
         }
     }
 }
 
 #[tokio::test(start_paused = true)]
+async fn an_error_in_the_same_read_as_the_first_content_is_still_retried() {
+    // No delay between events: content and the error arrive together, and
+    // the guard has handed nothing to the caller yet.
+    let sim = sim(FaultPlan::script([Fault::stream_error_after(2)])).await;
+    let (body, stats) = call(
+        &stack(policy().build().unwrap()),
+        request(&sim, Api::AnthropicMessages, true),
+    )
+    .await;
+    let text = body.unwrap();
+    assert!(
+        text.contains("message_stop") && !text.contains("event: error"),
+        "{text}"
+    );
+    assert_eq!(stats.attempts, 2);
+}
+
+/// A stream's events with their ids and timestamps blanked out.
+fn shape(text: &str) -> Vec<String> {
+    text.split(['\n'])
+        .filter(|line| !line.trim().is_empty())
+        .map(|line| {
+            let mut line = line.to_owned();
+            for key in ["\"id\":\"", "\"created_at\":\""] {
+                if let Some(start) = line.find(key) {
+                    let from = start + key.len();
+                    if let Some(len) = line[from..].find('"') {
+                        line.replace_range(from..from + len, "");
+                    }
+                }
+            }
+            line
+        })
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_stream_that_fails_after_content_is_never_retried() {
     let service = stack(policy().build().unwrap());
-    for fault in [Fault::stream_error_after(2), Fault::stream_drop_after(2)] {
+    // Content events 10 ms apart: the first reaches the caller before the failure.
+    let spaced = Duration::from_millis(10);
+    for fault in [
+        Fault::stream_error_after(2).with_token_delay(spaced),
+        Fault::stream_drop_after(2).with_token_delay(spaced),
+    ] {
         let sim = sim(FaultPlan::script([fault.clone()])).await;
         let response = service
             .clone()
@@ -477,14 +523,39 @@ async fn a_stream_of_keepalives_alone_is_handed_over_once_the_read_ahead_is_full
         .await
         .unwrap();
     let service = stack(policy().build().unwrap());
-    let response = service
-        .oneshot(request(&sim, Api::AnthropicMessages, true))
-        .await
-        .unwrap();
+    let response = tokio::time::timeout(
+        Duration::from_secs(3600),
+        service.oneshot(request(&sim, Api::AnthropicMessages, true)),
+    )
+    .await
+    .expect("the guard never let go")
+    .unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(RetryStats::of(response.extensions()).attempts, 1);
-    // The pings read ahead are all there for the caller.
+    // Everything read ahead comes first and in order: the preamble, then pings.
     let mut body = response.into_body();
-    let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
-    assert!(first.starts_with(b"event: message_start"));
+    let mut text = String::new();
+    while text.len() < 64 * 1024 {
+        let frame = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        text.push_str(std::str::from_utf8(&frame).unwrap());
+    }
+    assert!(text.starts_with("event: message_start"));
+    let names: Vec<&str> = text
+        .split("\n\n")
+        .filter_map(|e| e.lines().next())
+        .collect();
+    assert_eq!(
+        &names[..3],
+        [
+            "event: message_start",
+            "event: content_block_start",
+            "event: ping"
+        ]
+    );
+    assert!(
+        names[3..names.len() - 1]
+            .iter()
+            .all(|n| *n == "event: ping"),
+        "only pings follow"
+    );
 }

@@ -31,7 +31,7 @@ impl Service<Request<ReplayBody>> for Reqwest {
 
     fn call(&mut self, request: Request<ReplayBody>) -> Self::Future {
         let (parts, body) = request.into_parts();
-        let request = Request::from_parts(parts, reqwest::Body::from(body.bytes()));
+        let request = Request::from_parts(parts, reqwest::Body::wrap(body));
         let client = self.0.clone();
         Box::pin(async move {
             let request = reqwest::Request::try_from(request)?;
