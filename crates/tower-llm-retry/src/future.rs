@@ -259,12 +259,11 @@ where
                         match ready!(future.poll(cx)) {
                             Ok(response) => {
                                 let (head, body) = response.into_parts();
-                                let framing = Framing::from_content_type(&head.headers);
-                                if let (true, true, Some(framing)) = (
-                                    this.shared.policy.first_content_guard,
-                                    head.status.is_success(),
-                                    framing,
-                                ) {
+                                let framing = (this.shared.policy.first_content_guard
+                                    && head.status.is_success())
+                                .then(|| Framing::from_content_type(&head.headers))
+                                .flatten();
+                                if let Some(framing) = framing {
                                     let guard = Guard {
                                         head: Some(head),
                                         body: Some(Box::pin(body)),
