@@ -559,3 +559,39 @@ async fn a_stream_of_keepalives_alone_is_handed_over_once_the_read_ahead_is_full
         "only pings follow"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn with_random_latencies_no_call_outlives_its_deadline() {
+    // RESILIENCE.md §9 property 6: long-tailed latencies (median 1 s, p99
+    // 10 s), a third of the calls overloaded, a 6 s deadline and 4 s per
+    // attempt: every call ends by its deadline, on the virtual clock.
+    let sim = Simulator::builder()
+        .seed(11)
+        .latency(tower_llm_testkit::Delay::long_tail(
+            Duration::from_secs(1),
+            Duration::from_secs(10),
+        ))
+        .plan(FaultPlan::random(12).with(0.33, Fault::overloaded()))
+        .record(false)
+        .start()
+        .await
+        .unwrap();
+    let deadline = Duration::from_secs(6);
+    let service = stack(
+        policy()
+            .max_attempts(5)
+            .deadline(deadline)
+            .attempt_timeout(Duration::from_secs(4))
+            .build()
+            .unwrap(),
+    );
+    let (mut ok, mut late) = (0, 0);
+    for _ in 0..200 {
+        let started = Instant::now();
+        let (body, _) = call(&service, request(&sim, Api::OpenAiChat, false)).await;
+        ok += usize::from(body.is_ok());
+        late += usize::from(started.elapsed() > deadline);
+    }
+    assert_eq!(late, 0);
+    assert!(ok > 150, "{ok} of 200 succeeded");
+}
