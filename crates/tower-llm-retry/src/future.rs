@@ -201,22 +201,10 @@ where
                                 if let Some(budget) = &this.shared.policy.budget {
                                     budget.deposit();
                                 }
-                                // The service is ready: `Retry::poll_ready` said so.
+                                // On to the first attempt. (`Retry::poll_ready`
+                                // made the service ready; asking again is free.)
                                 this.state.set(State::Ready);
-                                match start_attempt(
-                                    this.service,
-                                    this.template,
-                                    this.attempts,
-                                    this.timer,
-                                    this.shared,
-                                    *this.deadline,
-                                ) {
-                                    Some(future) => {
-                                        this.state.set(State::Calling { future });
-                                        continue;
-                                    }
-                                    None => (deadline_error(), Some(GiveUp::Deadline)),
-                                }
+                                continue;
                             }
                             Err(error) => (error, Some(GiveUp::NotRetryable)),
                         }

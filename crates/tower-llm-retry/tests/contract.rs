@@ -35,6 +35,27 @@ fn setup(policy: RetryPolicy) -> (tower_llm_retry::Retry<Mock>, Handle) {
     (RetryLayer::new(policy).layer(mock), handle)
 }
 
+/// Makes the service ready, calls it, and takes the first attempt's
+/// request at the mock: the pending response and the attempt's reply slot.
+async fn first_attempt(
+    service: &mut tower_llm_retry::Retry<Mock>,
+    handle: &mut Handle,
+) -> (
+    task::Spawn<tower_llm_retry::future::ResponseFuture<Mock, Full<Bytes>, Full<Bytes>>>,
+    mock::SendResponse<Response<Full<Bytes>>>,
+) {
+    let mut ready = task::spawn(std::future::poll_fn(|cx| {
+        Service::<Request<Full<Bytes>>>::poll_ready(service, cx)
+    }));
+    assert_ready_ok!(ready.poll());
+    drop(ready);
+    let mut response = task::spawn(service.call(request()));
+    assert_pending!(response.poll());
+    let (first, send) = handle.next_request().await.unwrap();
+    assert_eq!(first.uri().path(), "/v1/chat/completions");
+    (response, send)
+}
+
 fn request() -> Request<Full<Bytes>> {
     Request::post("http://provider/v1/chat/completions")
         .body(Full::from(r#"{"model":"m"}"#))
@@ -50,16 +71,7 @@ async fn every_attempt_waits_for_the_inner_service_to_be_ready() {
             .unwrap(),
     );
     handle.allow(1);
-    let mut ready = task::spawn(std::future::poll_fn(|cx| {
-        Service::<Request<Full<Bytes>>>::poll_ready(&mut service, cx)
-    }));
-    assert_ready_ok!(ready.poll());
-    drop(ready);
-    let mut response = task::spawn(service.call(request()));
-    assert_pending!(response.poll());
-
-    let (first, send) = handle.next_request().await.unwrap();
-    assert_eq!(first.uri().path(), "/v1/chat/completions");
+    let (mut response, send) = first_attempt(&mut service, &mut handle).await;
     send.send_error(overloaded(None));
     assert_pending!(response.poll());
     tokio::time::advance(Duration::from_millis(100)).await;
@@ -87,14 +99,7 @@ async fn a_future_dropped_while_waiting_never_calls_again_and_leaves_no_task() {
         .num_alive_tasks();
     let (mut service, mut handle) = setup(RetryPolicy::sdk_default());
     handle.allow(10);
-    let mut ready = task::spawn(std::future::poll_fn(|cx| {
-        Service::<Request<Full<Bytes>>>::poll_ready(&mut service, cx)
-    }));
-    assert_ready_ok!(ready.poll());
-    drop(ready);
-    let mut response = task::spawn(service.call(request()));
-    assert_pending!(response.poll());
-    let (_, send) = handle.next_request().await.unwrap();
+    let (mut response, send) = first_attempt(&mut service, &mut handle).await;
     send.send_error(overloaded(Some(Duration::from_secs(10))));
     assert_pending!(response.poll()); // now sleeping 10–15 s
     drop(response);
@@ -112,14 +117,7 @@ async fn a_future_dropped_while_waiting_never_calls_again_and_leaves_no_task() {
 async fn a_future_dropped_during_an_attempt_cancels_it() {
     let (mut service, mut handle) = setup(RetryPolicy::sdk_default());
     handle.allow(10);
-    let mut ready = task::spawn(std::future::poll_fn(|cx| {
-        Service::<Request<Full<Bytes>>>::poll_ready(&mut service, cx)
-    }));
-    assert_ready_ok!(ready.poll());
-    drop(ready);
-    let mut response = task::spawn(service.call(request()));
-    assert_pending!(response.poll());
-    let (_, send) = handle.next_request().await.unwrap();
+    let (response, send) = first_attempt(&mut service, &mut handle).await;
     drop(response);
     // The attempt's future was dropped with the call: answering goes nowhere,
     // and no retry follows.
@@ -154,14 +152,7 @@ async fn a_readiness_error_ends_the_call_without_polling_again() {
             .unwrap(),
     );
     handle.allow(1);
-    let mut ready = task::spawn(std::future::poll_fn(|cx| {
-        Service::<Request<Full<Bytes>>>::poll_ready(&mut service, cx)
-    }));
-    assert_ready_ok!(ready.poll());
-    drop(ready);
-    let mut response = task::spawn(service.call(request()));
-    assert_pending!(response.poll());
-    let (_, send) = handle.next_request().await.unwrap();
+    let (mut response, send) = first_attempt(&mut service, &mut handle).await;
     send.send_error(overloaded(None));
     assert_pending!(response.poll());
     tokio::time::advance(Duration::from_millis(100)).await;
@@ -221,14 +212,7 @@ async fn a_future_dropped_while_waiting_gives_its_budget_token_back() {
     let (mut service, mut handle) = setup(policy);
     handle.allow(10);
     let before = budget.remaining();
-    let mut ready = task::spawn(std::future::poll_fn(|cx| {
-        Service::<Request<Full<Bytes>>>::poll_ready(&mut service, cx)
-    }));
-    assert_ready_ok!(ready.poll());
-    drop(ready);
-    let mut response = task::spawn(service.call(request()));
-    assert_pending!(response.poll());
-    let (_, send) = handle.next_request().await.unwrap();
+    let (mut response, send) = first_attempt(&mut service, &mut handle).await;
     send.send_error(overloaded(Some(Duration::from_secs(10))));
     assert_pending!(response.poll()); // waiting, token spent
     assert_eq!(budget.remaining(), before - 1);
