@@ -455,22 +455,25 @@ fn start_attempt<S>(
 where
     S: Service<Request<ReplayBody>>,
 {
-    let now = Instant::now();
-    if deadline.is_some_and(|d| d <= now) {
+    // The clock is read only when a deadline or timeout needs it.
+    let now = (deadline.is_some() || shared.policy.attempt_timeout.is_some()).then(Instant::now);
+    if let (Some(deadline), Some(now)) = (deadline, now)
+        && deadline <= now
+    {
         return None;
     }
     *attempts += 1;
     let request = template
         .clone()
         .unwrap_or_else(|| Request::new(ReplayBody::default()));
-    let limit = match (shared.policy.attempt_timeout, deadline) {
-        (None, None) => None,
-        (Some(timeout), None) => now.checked_add(timeout),
-        (None, Some(deadline)) => Some(deadline),
-        (Some(timeout), Some(deadline)) => Some(
+    let limit = match (shared.policy.attempt_timeout, deadline, now) {
+        (Some(timeout), None, Some(now)) => now.checked_add(timeout),
+        (None, Some(deadline), _) => Some(deadline),
+        (Some(timeout), Some(deadline), Some(now)) => Some(
             now.checked_add(timeout)
                 .map_or(deadline, |end| end.min(deadline)),
         ),
+        _ => None,
     };
     match (limit, timer.as_mut()) {
         // Reuse the allocation of the previous timer.
