@@ -111,6 +111,34 @@ fn request_meta<B: 'static>(request: &mut Request<B>, provider: Option<Provider>
     call
 }
 
+impl RequestMeta {
+    /// The request's `RequestMeta`: the one an outer layer inserted, or one
+    /// computed now (from the URI, the headers and, for bodies whose bytes
+    /// can be seen without consuming them — `Full<Bytes>`, `Bytes`,
+    /// `String`, `Vec<u8>` — the JSON body) and inserted, so that no layer
+    /// below parses the body again.
+    pub fn get_or_insert<B: 'static>(request: &mut Request<B>) -> &RequestMeta {
+        let computed = match request.extensions().get::<RequestMeta>() {
+            Some(_) => None,
+            None => {
+                let body = peek_body(request.body());
+                Some(RequestMeta::from_request(
+                    request.uri(),
+                    request.headers(),
+                    body.as_ref().map(Peeked::as_slice),
+                ))
+            }
+        };
+        let extensions = request.extensions_mut();
+        match computed {
+            Some(meta) => extensions.get_or_insert_with(|| meta),
+            None => extensions.get_or_insert_with(|| {
+                RequestMeta::from_request(&http::Uri::default(), &http::HeaderMap::new(), None)
+            }),
+        }
+    }
+}
+
 /// A request body's bytes, seen without consuming the body.
 pub(crate) enum Peeked<'a> {
     Slice(&'a [u8]),

@@ -1,0 +1,85 @@
+//! The response body: records the call's outcome when it ends.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+use tower_llm_classify::Classified;
+
+use crate::future::Guard;
+
+pin_project! {
+    /// The inner body; when it ends (or fails, or is dropped), the call's
+    /// outcome goes to its breaker: a stream's mid-stream error counts as a
+    /// failure of the target, a body dropped before its end is not counted.
+    pub struct CircuitBody<B> {
+        #[pin]
+        inner: B,
+        guard: Option<Guard>,
+    }
+}
+
+impl<B> CircuitBody<B> {
+    pub(crate) fn new(inner: B, guard: Option<Guard>) -> Self {
+        CircuitBody { inner, guard }
+    }
+
+    /// The inner body.
+    pub fn get_ref(&self) -> &B {
+        &self.inner
+    }
+}
+
+impl<B> std::fmt::Debug for CircuitBody<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CircuitBody")
+            .field("pending_outcome", &self.guard.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<B> Body for CircuitBody<B>
+where
+    B: Body,
+    B::Error: Classified,
+{
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        let mut this = self.project();
+        let polled = this.inner.as_mut().poll_frame(cx);
+        match &polled {
+            // Ended, or the last frame (a reader may not poll again).
+            Poll::Ready(None) => {
+                if let Some(guard) = this.guard.take() {
+                    guard.succeeded();
+                }
+            }
+            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => {
+                if let Some(guard) = this.guard.take() {
+                    guard.succeeded();
+                }
+            }
+            Poll::Ready(Some(Err(error))) => {
+                if let Some(guard) = this.guard.take() {
+                    guard.failed(&error.classification());
+                }
+            }
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

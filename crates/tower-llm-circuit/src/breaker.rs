@@ -1,0 +1,847 @@
+//! One breaker: the state machine of one key, on atomics.
+//!
+//! The states and transitions are Resilience4j's
+//! (`CircuitBreakerStateMachine`): closed → open when the window's rates
+//! reach their thresholds (after the minimum number of calls) or after N
+//! consecutive failures; open → half-open once the open duration has
+//! passed (lazily, on the next call); half-open admits N probes whose
+//! outcomes decide: back to open (for longer) or closed (duration reset).
+//! Forced-open, disabled and metrics-only are set by hand. Every
+//! transition is one compare-and-swap, so exactly one caller makes it and
+//! exactly one event is emitted.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::config::CircuitConfig;
+use crate::window::{Sample, Totals, Window};
+
+/// A breaker's state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum State {
+    /// Calls flow; outcomes are counted.
+    Closed,
+    /// Calls fail at once until the open duration has passed.
+    Open,
+    /// A few probes are let through; their outcomes decide.
+    HalfOpen,
+    /// Set by hand: every call fails at once.
+    ForcedOpen,
+    /// Set by hand: every call flows, nothing is counted.
+    Disabled,
+    /// Set by hand: every call flows and is counted, the circuit never opens.
+    MetricsOnly,
+}
+
+impl State {
+    const ALL: [State; 6] = [
+        State::Closed,
+        State::Open,
+        State::HalfOpen,
+        State::ForcedOpen,
+        State::Disabled,
+        State::MetricsOnly,
+    ];
+
+    fn from_u8(value: u8) -> State {
+        State::ALL
+            .get(usize::from(value))
+            .copied()
+            .unwrap_or(State::Closed)
+    }
+
+    fn as_u8(self) -> u8 {
+        match self {
+            State::Closed => 0,
+            State::Open => 1,
+            State::HalfOpen => 2,
+            State::ForcedOpen => 3,
+            State::Disabled => 4,
+            State::MetricsOnly => 5,
+        }
+    }
+
+    /// A stable snake_case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Closed => "closed",
+            State::Open => "open",
+            State::HalfOpen => "half_open",
+            State::ForcedOpen => "forced_open",
+            State::Disabled => "disabled",
+            State::MetricsOnly => "metrics_only",
+        }
+    }
+}
+
+impl fmt::Display for State {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A state change of one key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Transition {
+    /// The key.
+    pub key: Arc<str>,
+    /// The state left.
+    pub from: State,
+    /// The state entered.
+    pub to: State,
+    /// Why, in a few words.
+    pub reason: &'static str,
+}
+
+/// Called on every state change.
+pub type OnTransition = dyn Fn(&Transition) + Send + Sync;
+
+/// How a call ended, for the breaker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// The target worked (even if the request was wrong).
+    Success,
+    /// The target failed.
+    Failure,
+    /// Not the target's health (rate limit, cancelled, local): not counted.
+    Ignored,
+}
+
+/// Why a call was not admitted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Rejection {
+    /// Open (or half-open with every probe taken, or forced open); the
+    /// next probe is allowed after this long, when known.
+    Open(Option<Duration>),
+    /// Cooling down after a rate limit or quota error, for this long.
+    CoolingDown(Duration),
+}
+
+/// Leave to make a call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Permit {
+    /// The half-open generation this probe belongs to; `None` for a call in
+    /// a state that counts into the window.
+    probe: Option<u64>,
+    /// Whether the outcome is counted at all (not in disabled).
+    counted: bool,
+}
+
+/// A nanosecond timestamp, relative to the registry's start.
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// The breaker of one key.
+pub(crate) struct Breaker {
+    key: Arc<str>,
+    config: Arc<CircuitConfig>,
+    on_transition: Option<Arc<OnTransition>>,
+    state: AtomicU8,
+    window: Window,
+    consecutive_failures: AtomicU32,
+    /// Consecutive trips without a healthy close: drives the open duration.
+    trips: AtomicU32,
+    open_until: AtomicU64,
+    /// Bumped on entering half-open (and on re-arming it): probes of an
+    /// older generation no longer count.
+    generation: AtomicU64,
+    probes_left: AtomicU32,
+    probe_successes: AtomicU32,
+    probe_failures: AtomicU32,
+    half_open_since: AtomicU64,
+    cooldown_until: AtomicU64,
+    rejected: AtomicU64,
+    pub(crate) last_used: AtomicU64,
+    jitter_draws: AtomicU64,
+}
+
+impl fmt::Debug for Breaker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Breaker")
+            .field("key", &self.key)
+            .field("state", &self.state())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Breaker {
+    pub(crate) fn new(
+        key: Arc<str>,
+        config: Arc<CircuitConfig>,
+        on_transition: Option<Arc<OnTransition>>,
+        now: Duration,
+    ) -> Self {
+        let window = Window::new(config.window);
+        Breaker {
+            key,
+            config,
+            on_transition,
+            state: AtomicU8::new(State::Closed.as_u8()),
+            window,
+            consecutive_failures: AtomicU32::new(0),
+            trips: AtomicU32::new(0),
+            open_until: AtomicU64::new(0),
+            generation: AtomicU64::new(0),
+            probes_left: AtomicU32::new(0),
+            probe_successes: AtomicU32::new(0),
+            probe_failures: AtomicU32::new(0),
+            half_open_since: AtomicU64::new(0),
+            cooldown_until: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
+            last_used: AtomicU64::new(nanos(now)),
+            jitter_draws: AtomicU64::new(0),
+        }
+    }
+
+    pub(crate) fn key_str(&self) -> &str {
+        &self.key
+    }
+
+    pub(crate) fn state(&self) -> State {
+        State::from_u8(self.state.load(Ordering::Acquire))
+    }
+
+    /// Asks to make a call at `now`.
+    pub(crate) fn acquire(&self, now: Duration) -> Result<Permit, Rejection> {
+        let t = nanos(now);
+        self.last_used.store(t, Ordering::Relaxed);
+        let cooldown = self.cooldown_until.load(Ordering::Acquire);
+        if cooldown > t {
+            self.rejected.fetch_add(1, Ordering::Relaxed);
+            return Err(Rejection::CoolingDown(Duration::from_nanos(cooldown - t)));
+        }
+        loop {
+            match self.state() {
+                State::Closed | State::MetricsOnly => {
+                    return Ok(Permit {
+                        probe: None,
+                        counted: true,
+                    });
+                }
+                State::Disabled => {
+                    return Ok(Permit {
+                        probe: None,
+                        counted: false,
+                    });
+                }
+                State::ForcedOpen => {
+                    self.rejected.fetch_add(1, Ordering::Relaxed);
+                    return Err(Rejection::Open(None));
+                }
+                State::Open => {
+                    let until = self.open_until.load(Ordering::Acquire);
+                    if t < until {
+                        self.rejected.fetch_add(1, Ordering::Relaxed);
+                        return Err(Rejection::Open(Some(Duration::from_nanos(until - t))));
+                    }
+                    // The wait is over: the first caller moves to half-open.
+                    if self.transition(State::Open, State::HalfOpen, "open duration elapsed") {
+                        self.arm_half_open(t);
+                    }
+                }
+                State::HalfOpen => {
+                    let since = self.half_open_since.load(Ordering::Acquire);
+                    // Probes that hang must not hold recovery back: after
+                    // the deadline, a new generation of probes is admitted.
+                    if t.saturating_sub(since) >= nanos(self.config.half_open_deadline())
+                        && self
+                            .half_open_since
+                            .compare_exchange(since, t, Ordering::AcqRel, Ordering::Acquire)
+                            .is_ok()
+                    {
+                        self.arm_half_open(t);
+                    }
+                    let generation = self.generation.load(Ordering::Acquire);
+                    let took = self.probes_left.fetch_update(
+                        Ordering::AcqRel,
+                        Ordering::Acquire,
+                        |left| left.checked_sub(1),
+                    );
+                    if took.is_ok() {
+                        return Ok(Permit {
+                            probe: Some(generation),
+                            counted: true,
+                        });
+                    }
+                    self.rejected.fetch_add(1, Ordering::Relaxed);
+                    let since = self.half_open_since.load(Ordering::Acquire);
+                    let rearm = since
+                        .saturating_add(nanos(self.config.half_open_deadline()))
+                        .saturating_sub(t);
+                    return Err(Rejection::Open(Some(Duration::from_nanos(rearm))));
+                }
+            }
+        }
+    }
+
+    fn arm_half_open(&self, t: u64) {
+        self.probe_successes.store(0, Ordering::Release);
+        self.probe_failures.store(0, Ordering::Release);
+        self.half_open_since.store(t, Ordering::Release);
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.probes_left
+            .store(self.config.half_open_probes, Ordering::Release);
+    }
+
+    /// Records how an admitted call ended. `slow` only matters with a slow
+    /// call duration configured.
+    pub(crate) fn record(&self, permit: Permit, outcome: Outcome, slow: bool, now: Duration) {
+        if !permit.counted {
+            return;
+        }
+        let t = nanos(now);
+        match permit.probe {
+            Some(generation) => self.record_probe(generation, outcome, slow, t),
+            None => {
+                if outcome == Outcome::Ignored {
+                    return;
+                }
+                let failure = outcome == Outcome::Failure;
+                self.window.record(Sample { failure, slow }, now);
+                let consecutive = if failure {
+                    self.consecutive_failures.fetch_add(1, Ordering::AcqRel) + 1
+                } else {
+                    self.consecutive_failures.store(0, Ordering::Release);
+                    0
+                };
+                // Evaluated on every call, as Resilience4j does: a success
+                // can be the call that brings the window to its minimum.
+                if self.state() != State::Closed {
+                    return;
+                }
+                let reason = if self
+                    .config
+                    .consecutive_failures
+                    .is_some_and(|n| consecutive >= n)
+                {
+                    Some("consecutive failures")
+                } else {
+                    self.thresholds_exceeded(&self.window.totals(now))
+                };
+                if let Some(reason) = reason
+                    && self.transition(State::Closed, State::Open, reason)
+                {
+                    self.open(t);
+                }
+            }
+        }
+    }
+
+    fn record_probe(&self, generation: u64, outcome: Outcome, slow: bool, t: u64) {
+        if self.generation.load(Ordering::Acquire) != generation || self.state() != State::HalfOpen
+        {
+            return; // a probe of an earlier half-open phase
+        }
+        let failed = match outcome {
+            Outcome::Ignored => {
+                // Not a verdict on the target: the permit goes back.
+                self.probes_left.fetch_add(1, Ordering::AcqRel);
+                return;
+            }
+            Outcome::Failure => self.probe_failures.fetch_add(1, Ordering::AcqRel) + 1,
+            Outcome::Success if slow && self.config.slow_call_duration.is_some() => {
+                self.probe_failures.fetch_add(1, Ordering::AcqRel) + 1
+            }
+            Outcome::Success => {
+                self.probe_successes.fetch_add(1, Ordering::AcqRel);
+                self.probe_failures.load(Ordering::Acquire)
+            }
+        };
+        let done = self.probe_successes.load(Ordering::Acquire) + failed;
+        if done < self.config.half_open_probes {
+            return;
+        }
+        let rate = f64::from(failed) * 100.0 / f64::from(done);
+        if rate >= self.config.failure_rate {
+            if self.transition(State::HalfOpen, State::Open, "probes failed") {
+                self.open(t);
+            }
+        } else if self.transition(State::HalfOpen, State::Closed, "probes succeeded") {
+            self.close();
+        }
+    }
+
+    fn thresholds_exceeded(&self, totals: &Totals) -> Option<&'static str> {
+        if totals.calls < u64::from(self.config.minimum_calls) {
+            return None;
+        }
+        if totals.failure_rate() >= self.config.failure_rate {
+            return Some("failure rate");
+        }
+        if self.config.slow_call_duration.is_some()
+            && totals.slow_rate() >= self.config.slow_call_rate
+        {
+            return Some("slow call rate");
+        }
+        None
+    }
+
+    /// After a transition into open: how long, growing with repeated trips.
+    fn open(&self, t: u64) {
+        let trips = self.trips.fetch_add(1, Ordering::AcqRel) + 1;
+        let base = self.config.open_duration_for(trips);
+        let jitter = self.config.open_jitter;
+        let factor = if jitter > 0.0 {
+            1.0 - jitter + 2.0 * jitter * self.draw()
+        } else {
+            1.0
+        };
+        let duration = Duration::try_from_secs_f64(base.as_secs_f64() * factor).unwrap_or(base);
+        self.open_until
+            .store(t.saturating_add(nanos(duration)), Ordering::Release);
+    }
+
+    /// After a transition into closed: a fresh window, durations reset.
+    fn close(&self) {
+        self.window.reset();
+        self.consecutive_failures.store(0, Ordering::Release);
+        self.trips.store(0, Ordering::Release);
+    }
+
+    /// A uniform draw in [0, 1) for the open-duration jitter.
+    fn draw(&self) -> f64 {
+        let n = self.jitter_draws.fetch_add(1, Ordering::Relaxed);
+        let mut z = n
+            .wrapping_add(self.key.len() as u64)
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            ^ (self as *const Self as u64);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Moves `from` → `to` if still in `from`; `true` for the one caller
+    /// that did, which also emits the event.
+    fn transition(&self, from: State, to: State, reason: &'static str) -> bool {
+        let done = self
+            .state
+            .compare_exchange(
+                from.as_u8(),
+                to.as_u8(),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_ok();
+        if done {
+            self.emit(from, to, reason);
+        }
+        done
+    }
+
+    fn emit(&self, from: State, to: State, reason: &'static str) {
+        tracing::info!(
+            target: crate::TRACING_TARGET,
+            key = &*self.key,
+            from = from.as_str(),
+            to = to.as_str(),
+            reason,
+            "circuit state change"
+        );
+        if let Some(callback) = &self.on_transition {
+            callback(&Transition {
+                key: Arc::clone(&self.key),
+                from,
+                to,
+                reason,
+            });
+        }
+    }
+
+    /// Sets a state by hand (force open, disable, …) from any state.
+    pub(crate) fn set_state(&self, to: State, now: Duration) {
+        let from = State::from_u8(self.state.swap(to.as_u8(), Ordering::AcqRel));
+        match to {
+            State::Closed => self.close(),
+            State::Open => self.open(nanos(now)),
+            State::HalfOpen => self.arm_half_open(nanos(now)),
+            _ => {}
+        }
+        if from != to {
+            self.emit(from, to, "set by hand");
+        }
+    }
+
+    /// Starts or extends a cooldown to `now + wait` (never shortens one).
+    pub(crate) fn cool_down(&self, wait: Duration, now: Duration) {
+        let until = nanos(now).saturating_add(nanos(wait));
+        let before = self.cooldown_until.fetch_max(until, Ordering::AcqRel);
+        if until > before {
+            tracing::debug!(target: crate::TRACING_TARGET, key = &*self.key, wait_ms = wait.as_millis() as u64, "cooling down");
+        }
+    }
+
+    /// Ends a cooldown early (reset by hand).
+    pub(crate) fn end_cooldown(&self) {
+        self.cooldown_until.store(0, Ordering::Release);
+    }
+
+    pub(crate) fn snapshot(&self, now: Duration) -> KeySnapshot {
+        let t = nanos(now);
+        let totals = self.window.totals(now);
+        let state = self.state();
+        let remaining = |until: u64| (until > t).then(|| Duration::from_nanos(until - t));
+        KeySnapshot {
+            key: Arc::clone(&self.key),
+            state,
+            totals,
+            consecutive_failures: self.consecutive_failures.load(Ordering::Acquire),
+            rejected: self.rejected.load(Ordering::Acquire),
+            open_remaining: if state == State::Open {
+                remaining(self.open_until.load(Ordering::Acquire))
+            } else {
+                None
+            },
+            cooldown_remaining: remaining(self.cooldown_until.load(Ordering::Acquire)),
+        }
+    }
+}
+
+/// A key's state and counts, for a `/health` endpoint.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct KeySnapshot {
+    /// The key.
+    pub key: Arc<str>,
+    /// Its state.
+    pub state: State,
+    /// The window's totals.
+    pub totals: Totals,
+    /// Failures in a row.
+    pub consecutive_failures: u32,
+    /// Calls failed fast so far.
+    pub rejected: u64,
+    /// Time until the next probe, when open.
+    pub open_remaining: Option<Duration>,
+    /// Time left cooling down, if cooling down.
+    pub cooldown_remaining: Option<Duration>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::window::WindowKind;
+    use std::sync::Mutex;
+
+    fn breaker(config: CircuitConfig) -> (Breaker, Arc<Mutex<Vec<(State, State)>>>) {
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&events);
+        let on: Arc<OnTransition> =
+            Arc::new(move |t: &Transition| sink.lock().unwrap().push((t.from, t.to)));
+        (
+            Breaker::new(
+                "openai/gpt-4o".into(),
+                Arc::new(config),
+                Some(on),
+                Duration::ZERO,
+            ),
+            events,
+        )
+    }
+
+    fn config() -> CircuitConfigBuilder {
+        CircuitConfig::builder()
+            .window(WindowKind::Count(10))
+            .minimum_calls(5)
+            .failure_rate(50.0)
+            .consecutive_failures(None)
+            .open_duration(Duration::from_secs(10), 2.0, Duration::from_secs(60))
+            .open_jitter(0.0)
+            .half_open_probes(2)
+    }
+
+    use crate::config::CircuitConfigBuilder;
+
+    const T0: Duration = Duration::ZERO;
+
+    fn call(b: &Breaker, outcome: Outcome, now: Duration) -> Result<(), Rejection> {
+        let permit = b.acquire(now)?;
+        b.record(permit, outcome, false, now);
+        Ok(())
+    }
+
+    #[test]
+    fn trips_at_the_failure_rate_only_after_the_minimum_calls() {
+        let (b, events) = breaker(config().build().unwrap());
+        // 4 failures: 100 %, but below the minimum of 5 calls.
+        for _ in 0..4 {
+            call(&b, Outcome::Failure, T0).unwrap();
+        }
+        assert_eq!(b.state(), State::Closed);
+        // The 5th call reaches the minimum with 100 % failures: it trips.
+        call(&b, Outcome::Failure, T0).unwrap();
+        assert_eq!(b.state(), State::Open);
+        assert_eq!(*events.lock().unwrap(), [(State::Closed, State::Open)]);
+    }
+
+    #[test]
+    fn trips_on_exactly_the_call_where_the_rate_first_reaches_the_threshold() {
+        let (b, _) = breaker(config().build().unwrap());
+        // S S S F F F F: the rate reaches 50 % at the 6th call (3 of 6).
+        let outcomes = [
+            Outcome::Success,
+            Outcome::Success,
+            Outcome::Success,
+            Outcome::Failure,
+            Outcome::Failure,
+        ];
+        for o in outcomes {
+            call(&b, o, T0).unwrap();
+        }
+        assert_eq!(b.state(), State::Closed, "2 of 5 = 40 %");
+        call(&b, Outcome::Failure, T0).unwrap();
+        assert_eq!(b.state(), State::Open, "3 of 6 = 50 %");
+    }
+
+    #[test]
+    fn does_not_trip_below_the_threshold() {
+        let (b, events) = breaker(config().build().unwrap());
+        for i in 0..100 {
+            let o = if i % 3 == 0 {
+                Outcome::Failure
+            } else {
+                Outcome::Success
+            };
+            call(&b, o, T0).unwrap();
+        }
+        assert_eq!(b.state(), State::Closed);
+        assert!(events.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn client_errors_and_rate_limits_do_not_count_as_failures() {
+        let (b, _) = breaker(config().build().unwrap());
+        for _ in 0..20 {
+            call(&b, Outcome::Ignored, T0).unwrap();
+        }
+        assert_eq!(b.snapshot(T0).totals.calls, 0);
+    }
+
+    #[test]
+    fn consecutive_failures_trip_whatever_the_window() {
+        let (b, _) = breaker(
+            config()
+                .window(WindowKind::Count(100))
+                .minimum_calls(100)
+                .consecutive_failures(Some(3))
+                .build()
+                .unwrap(),
+        );
+        call(&b, Outcome::Failure, T0).unwrap();
+        call(&b, Outcome::Failure, T0).unwrap();
+        call(&b, Outcome::Success, T0).unwrap();
+        call(&b, Outcome::Failure, T0).unwrap();
+        call(&b, Outcome::Failure, T0).unwrap();
+        assert_eq!(b.state(), State::Closed);
+        call(&b, Outcome::Failure, T0).unwrap();
+        assert_eq!(b.state(), State::Open);
+    }
+
+    #[test]
+    fn slow_calls_trip_at_their_rate() {
+        let (b, _) = breaker(
+            config()
+                .slow_calls(Duration::from_secs(5), 60.0)
+                .build()
+                .unwrap(),
+        );
+        for i in 0..5 {
+            let permit = b.acquire(T0).unwrap();
+            b.record(permit, Outcome::Success, i < 3, T0);
+        }
+        assert_eq!(b.state(), State::Open, "3 slow of 5 = 60 %");
+    }
+
+    fn trip(b: &Breaker, now: Duration) {
+        for _ in 0..5 {
+            let _ = call(b, Outcome::Failure, now);
+        }
+        assert_eq!(b.state(), State::Open);
+    }
+
+    #[test]
+    fn open_fails_fast_with_the_time_to_the_next_probe() {
+        let (b, _) = breaker(config().build().unwrap());
+        trip(&b, T0);
+        assert_eq!(
+            b.acquire(Duration::from_secs(4)),
+            Err(Rejection::Open(Some(Duration::from_secs(6))))
+        );
+        assert_eq!(b.snapshot(Duration::from_secs(4)).rejected, 1);
+    }
+
+    #[test]
+    fn half_open_admits_exactly_n_probes() {
+        let (b, events) = breaker(config().build().unwrap());
+        trip(&b, T0);
+        let at = Duration::from_secs(10);
+        let p1 = b.acquire(at).unwrap();
+        let p2 = b.acquire(at).unwrap();
+        assert_eq!(b.state(), State::HalfOpen);
+        assert!(
+            matches!(b.acquire(at), Err(Rejection::Open(_))),
+            "a third caller fails fast"
+        );
+        b.record(p1, Outcome::Success, false, at);
+        b.record(p2, Outcome::Success, false, at);
+        assert_eq!(b.state(), State::Closed);
+        assert_eq!(
+            *events.lock().unwrap(),
+            [
+                (State::Closed, State::Open),
+                (State::Open, State::HalfOpen),
+                (State::HalfOpen, State::Closed)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_failed_probe_reopens_for_longer_and_a_healthy_close_resets_the_duration() {
+        let (b, _) = breaker(config().build().unwrap());
+        trip(&b, T0);
+        let at = Duration::from_secs(10);
+        let (p1, p2) = (b.acquire(at).unwrap(), b.acquire(at).unwrap());
+        b.record(p1, Outcome::Failure, false, at);
+        b.record(p2, Outcome::Success, false, at);
+        assert_eq!(b.state(), State::Open);
+        // Second trip: 20 s.
+        assert_eq!(
+            b.acquire(at + Duration::from_secs(19)),
+            Err(Rejection::Open(Some(Duration::from_secs(1))))
+        );
+        let at = at + Duration::from_secs(20);
+        let (p1, p2) = (b.acquire(at).unwrap(), b.acquire(at).unwrap());
+        b.record(p1, Outcome::Success, false, at);
+        b.record(p2, Outcome::Success, false, at);
+        assert_eq!(b.state(), State::Closed);
+        trip(&b, at);
+        // After a healthy close the next trip is back to 10 s.
+        assert_eq!(
+            b.acquire(at + Duration::from_secs(9)),
+            Err(Rejection::Open(Some(Duration::from_secs(1))))
+        );
+    }
+
+    #[test]
+    fn a_released_probe_gives_its_permit_back() {
+        let (b, _) = breaker(config().half_open_probes(1).build().unwrap());
+        trip(&b, T0);
+        let at = Duration::from_secs(10);
+        let p = b.acquire(at).unwrap();
+        assert!(b.acquire(at).is_err());
+        b.record(p, Outcome::Ignored, false, at); // dropped, cancelled, rate limited
+        assert!(b.acquire(at).is_ok());
+    }
+
+    #[test]
+    fn a_hung_probe_holds_recovery_back_at_most_one_deadline() {
+        let (b, _) = breaker(
+            config()
+                .half_open_probes(1)
+                .half_open_deadline(Duration::from_secs(5))
+                .build()
+                .unwrap(),
+        );
+        trip(&b, T0);
+        let _hung = b.acquire(Duration::from_secs(10)).unwrap();
+        assert!(b.acquire(Duration::from_secs(14)).is_err());
+        // Five seconds on, a new probe is admitted and decides.
+        let fresh = b.acquire(Duration::from_secs(15)).unwrap();
+        b.record(fresh, Outcome::Success, false, Duration::from_secs(15));
+        assert_eq!(b.state(), State::Closed);
+        // The hung probe's late outcome belongs to an old phase: ignored.
+        b.record(_hung, Outcome::Failure, false, Duration::from_secs(16));
+        assert_eq!(b.state(), State::Closed);
+    }
+
+    #[test]
+    fn forced_open_disabled_and_metrics_only_behave_as_named() {
+        let (b, _) = breaker(config().build().unwrap());
+        b.set_state(State::ForcedOpen, T0);
+        assert_eq!(
+            b.acquire(Duration::from_secs(3600)),
+            Err(Rejection::Open(None))
+        );
+        b.set_state(State::Disabled, T0);
+        for _ in 0..50 {
+            call(&b, Outcome::Failure, T0).unwrap();
+        }
+        assert_eq!(
+            (b.state(), b.snapshot(T0).totals.calls),
+            (State::Disabled, 0)
+        );
+        b.set_state(State::MetricsOnly, T0);
+        for _ in 0..50 {
+            call(&b, Outcome::Failure, T0).unwrap();
+        }
+        assert_eq!(b.state(), State::MetricsOnly);
+        assert_eq!(b.snapshot(T0).totals.failures, 10);
+        b.set_state(State::Closed, T0);
+        assert_eq!(
+            b.snapshot(T0).totals.calls,
+            0,
+            "closing by hand starts a fresh window"
+        );
+    }
+
+    #[test]
+    fn a_cooldown_fails_fast_without_counting_and_is_only_ever_extended() {
+        let (b, _) = breaker(config().build().unwrap());
+        b.cool_down(Duration::from_secs(30), T0);
+        b.cool_down(Duration::from_secs(10), T0); // shorter: ignored
+        assert_eq!(
+            b.acquire(Duration::from_secs(20)),
+            Err(Rejection::CoolingDown(Duration::from_secs(10)))
+        );
+        b.cool_down(Duration::from_secs(40), Duration::from_secs(20)); // later: extends to 60 s
+        assert_eq!(
+            b.acquire(Duration::from_secs(50)),
+            Err(Rejection::CoolingDown(Duration::from_secs(10)))
+        );
+        assert!(b.acquire(Duration::from_secs(60)).is_ok());
+        assert_eq!((b.state(), b.snapshot(T0).totals.calls), (State::Closed, 0));
+    }
+
+    #[test]
+    fn one_event_per_transition_when_many_threads_trip_it_at_once() {
+        let (b, events) = breaker(
+            config()
+                .window(WindowKind::Count(100))
+                .minimum_calls(10)
+                .build()
+                .unwrap(),
+        );
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    for _ in 0..1000 {
+                        if let Ok(p) = b.acquire(T0) {
+                            b.record(p, Outcome::Failure, false, T0);
+                        }
+                    }
+                });
+            }
+        });
+        assert_eq!(*events.lock().unwrap(), [(State::Closed, State::Open)]);
+    }
+
+    #[test]
+    fn open_durations_are_jittered_within_their_spread() {
+        let (b, _) = breaker(config().open_jitter(0.2).build().unwrap());
+        for _ in 0..50 {
+            b.set_state(State::Closed, T0);
+            trip(&b, T0);
+            let Err(Rejection::Open(Some(wait))) = b.acquire(T0) else {
+                panic!()
+            };
+            assert!(
+                wait >= Duration::from_secs(8) && wait <= Duration::from_secs(12),
+                "{wait:?}"
+            );
+        }
+    }
+}

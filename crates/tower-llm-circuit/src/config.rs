@@ -1,0 +1,387 @@
+//! What a breaker decides with: windows, thresholds, open durations,
+//! probes, cooldowns. Checked when built; shared by every key.
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::window::WindowKind;
+
+/// The settings of every breaker of a layer. Build with
+/// [`CircuitConfig::builder`] or a preset.
+///
+/// | | `standard` | `fast_trip` | `lenient` |
+/// |---|---|---|---|
+/// | window | last 50 calls | last 20 calls | last 60 s |
+/// | minimum calls | 10 | 5 | 20 |
+/// | failure rate to open | 50 % | 50 % | 70 % |
+/// | consecutive failures to open | 5 | 3 | none |
+/// | open for | 10 s, ×2 per re-open, ≤ 5 min | 5 s, ×2, ≤ 2 min | 30 s, ×2, ≤ 10 min |
+/// | probes in half-open | 3 | 1 | 5 |
+///
+/// `standard` trips sooner than Resilience4j's defaults (100 calls, 60 s
+/// open) because LLM providers fail in bursts and a fallback is usually
+/// ready; its consecutive-failure trip is Envoy's outlier default (5
+/// consecutive 5xx) and Finagle's failure accrual.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CircuitConfig {
+    pub(crate) window: WindowKind,
+    pub(crate) minimum_calls: u32,
+    pub(crate) failure_rate: f64,
+    pub(crate) slow_call_rate: f64,
+    pub(crate) slow_call_duration: Option<Duration>,
+    pub(crate) consecutive_failures: Option<u32>,
+    pub(crate) open_duration: Duration,
+    pub(crate) open_multiplier: f64,
+    pub(crate) max_open_duration: Duration,
+    pub(crate) open_jitter: f64,
+    pub(crate) half_open_probes: u32,
+    pub(crate) half_open_deadline: Option<Duration>,
+    pub(crate) count_authentication_failures: bool,
+    pub(crate) quota_cooldown: Duration,
+    pub(crate) max_keys: usize,
+    pub(crate) idle_eviction: Duration,
+}
+
+/// A configuration that does not hold together, with the reason.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError(pub(crate) String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid circuit configuration: {}", self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl CircuitConfig {
+    /// A builder starting from [`standard`](Self::standard).
+    pub fn builder() -> CircuitConfigBuilder {
+        CircuitConfigBuilder {
+            config: CircuitConfig::base(),
+        }
+    }
+
+    fn base() -> CircuitConfig {
+        CircuitConfig {
+            window: WindowKind::Count(50),
+            minimum_calls: 10,
+            failure_rate: 50.0,
+            slow_call_rate: 100.0,
+            slow_call_duration: None,
+            consecutive_failures: Some(5),
+            open_duration: Duration::from_secs(10),
+            open_multiplier: 2.0,
+            max_open_duration: Duration::from_secs(300),
+            open_jitter: 0.2,
+            half_open_probes: 3,
+            half_open_deadline: None,
+            count_authentication_failures: false,
+            quota_cooldown: Duration::from_secs(3600),
+            max_keys: 10_000,
+            idle_eviction: Duration::from_secs(3600),
+        }
+    }
+
+    /// The default: see the table above.
+    pub fn standard() -> CircuitConfig {
+        CircuitConfig::base()
+    }
+
+    /// Trips early, probes once: for a gateway with a fallback ready.
+    pub fn fast_trip() -> CircuitConfig {
+        CircuitConfig {
+            window: WindowKind::Count(20),
+            minimum_calls: 5,
+            consecutive_failures: Some(3),
+            open_duration: Duration::from_secs(5),
+            max_open_duration: Duration::from_secs(120),
+            half_open_probes: 1,
+            ..CircuitConfig::base()
+        }
+    }
+
+    /// Tolerates more: for a single provider with nowhere else to go.
+    pub fn lenient() -> CircuitConfig {
+        CircuitConfig {
+            window: WindowKind::Time(60),
+            minimum_calls: 20,
+            failure_rate: 70.0,
+            consecutive_failures: None,
+            open_duration: Duration::from_secs(30),
+            max_open_duration: Duration::from_secs(600),
+            half_open_probes: 5,
+            ..CircuitConfig::base()
+        }
+    }
+
+    /// A builder starting from this configuration.
+    pub fn to_builder(&self) -> CircuitConfigBuilder {
+        CircuitConfigBuilder {
+            config: self.clone(),
+        }
+    }
+
+    /// The window.
+    pub fn window(&self) -> WindowKind {
+        self.window
+    }
+
+    /// Probes admitted in half-open.
+    pub fn half_open_probes(&self) -> u32 {
+        self.half_open_probes
+    }
+
+    /// How long an open circuit waits before its `n`-th consecutive probe
+    /// phase (n = 1 for the first trip), before jitter.
+    pub fn open_duration_for(&self, n: u32) -> Duration {
+        let grown = self.open_duration.as_secs_f64()
+            * self
+                .open_multiplier
+                .powi(n.saturating_sub(1).min(64) as i32);
+        let capped = grown.min(self.max_open_duration.as_secs_f64());
+        Duration::try_from_secs_f64(capped).unwrap_or(self.max_open_duration)
+    }
+
+    /// How long half-open may wait for its probes before admitting new
+    /// ones: the configured deadline, else the base open duration.
+    pub(crate) fn half_open_deadline(&self) -> Duration {
+        self.half_open_deadline.unwrap_or(self.open_duration)
+    }
+}
+
+impl Default for CircuitConfig {
+    fn default() -> Self {
+        CircuitConfig::standard()
+    }
+}
+
+/// Builds a [`CircuitConfig`]; [`build`](Self::build) checks it.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_llm_circuit::{CircuitConfig, WindowKind};
+///
+/// let config = CircuitConfig::builder()
+///     .window(WindowKind::Time(30))
+///     .minimum_calls(20)
+///     .failure_rate(40.0)
+///     .slow_calls(Duration::from_secs(20), 80.0)
+///     .open_duration(Duration::from_secs(15), 2.0, Duration::from_secs(300))
+///     .half_open_probes(2)
+///     .build()?;
+/// assert_eq!(config.half_open_probes(), 2);
+/// # Ok::<(), tower_llm_circuit::ConfigError>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct CircuitConfigBuilder {
+    config: CircuitConfig,
+}
+
+impl CircuitConfigBuilder {
+    /// The sliding window.
+    pub fn window(mut self, window: WindowKind) -> Self {
+        self.config.window = window;
+        self
+    }
+
+    /// Calls the window must hold before its rates can open the circuit.
+    pub fn minimum_calls(mut self, calls: u32) -> Self {
+        self.config.minimum_calls = calls;
+        self
+    }
+
+    /// The failure rate, in percent (0, 100], at or above which it opens.
+    pub fn failure_rate(mut self, percent: f64) -> Self {
+        self.config.failure_rate = percent;
+        self
+    }
+
+    /// Calls slower than `duration` (to the end of their body) count as
+    /// slow; at or above `percent` slow calls, it opens.
+    pub fn slow_calls(mut self, duration: Duration, percent: f64) -> Self {
+        self.config.slow_call_duration = Some(duration);
+        self.config.slow_call_rate = percent;
+        self
+    }
+
+    /// Opens after this many consecutive failures, whatever the window
+    /// holds (`None` turns it off).
+    pub fn consecutive_failures(mut self, failures: Option<u32>) -> Self {
+        self.config.consecutive_failures = failures;
+        self
+    }
+
+    /// Open for `base`, times `multiplier` per consecutive re-open, at most `max`.
+    pub fn open_duration(mut self, base: Duration, multiplier: f64, max: Duration) -> Self {
+        self.config.open_duration = base;
+        self.config.open_multiplier = multiplier;
+        self.config.max_open_duration = max;
+        self
+    }
+
+    /// Spread of each open duration, as a fraction (0.2: ±20 %), so a fleet
+    /// does not probe in lockstep. 0 for none.
+    pub fn open_jitter(mut self, fraction: f64) -> Self {
+        self.config.open_jitter = fraction;
+        self
+    }
+
+    /// Probes admitted in half-open; their outcomes decide.
+    pub fn half_open_probes(mut self, probes: u32) -> Self {
+        self.config.half_open_probes = probes;
+        self
+    }
+
+    /// How long half-open waits for its probes before admitting new ones
+    /// (default: the base open duration), so a hung probe cannot hold
+    /// recovery back (Resilience4j issue #903).
+    pub fn half_open_deadline(mut self, deadline: Duration) -> Self {
+        self.config.half_open_deadline = Some(deadline);
+        self
+    }
+
+    /// Whether 401s count as failures of the target (off by default: a bad
+    /// key is the caller's problem, not the provider's health).
+    pub fn count_authentication_failures(mut self, on: bool) -> Self {
+        self.config.count_authentication_failures = on;
+        self
+    }
+
+    /// How long a key cools down after quota exhausted (1 h by default).
+    pub fn quota_cooldown(mut self, cooldown: Duration) -> Self {
+        self.config.quota_cooldown = cooldown;
+        self
+    }
+
+    /// At most this many keys; idle ones are evicted first.
+    pub fn max_keys(mut self, keys: usize) -> Self {
+        self.config.max_keys = keys;
+        self
+    }
+
+    /// A key unused this long may be evicted (1 h by default).
+    pub fn idle_eviction(mut self, idle: Duration) -> Self {
+        self.config.idle_eviction = idle;
+        self
+    }
+
+    /// Checks the configuration.
+    pub fn build(self) -> Result<CircuitConfig, ConfigError> {
+        let c = self.config;
+        let bad = |message: String| Err(ConfigError(message));
+        match c.window {
+            WindowKind::Count(0) | WindowKind::Time(0) => {
+                return bad("the window must hold at least one call or second".into());
+            }
+            WindowKind::Time(n) if n > 3600 => {
+                return bad(format!("a time window of {n} s is over an hour"));
+            }
+            _ => {}
+        }
+        for (name, rate) in [
+            ("failure_rate", c.failure_rate),
+            ("slow_call_rate", c.slow_call_rate),
+        ] {
+            if !(rate > 0.0 && rate <= 100.0) {
+                return bad(format!("{name} must be in (0, 100], not {rate}"));
+            }
+        }
+        if c.minimum_calls == 0 {
+            return bad("minimum_calls must be at least 1".into());
+        }
+        if c.half_open_probes == 0 {
+            return bad("half_open_probes must be at least 1".into());
+        }
+        if c.consecutive_failures == Some(0) {
+            return bad("consecutive_failures must be at least 1 (or None)".into());
+        }
+        if c.open_duration.is_zero() || c.max_open_duration < c.open_duration {
+            return bad(format!(
+                "open duration must be above zero and at most its maximum ({:?} > {:?})",
+                c.open_duration, c.max_open_duration
+            ));
+        }
+        if !c.open_multiplier.is_finite() || c.open_multiplier < 1.0 {
+            return bad(format!(
+                "open multiplier must be a finite number >= 1, not {}",
+                c.open_multiplier
+            ));
+        }
+        if !(0.0..1.0).contains(&c.open_jitter) {
+            return bad(format!(
+                "open jitter must be in [0, 1), not {}",
+                c.open_jitter
+            ));
+        }
+        if c.max_keys == 0 {
+            return bad("max_keys must be at least 1".into());
+        }
+        Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presets_build() {
+        for config in [
+            CircuitConfig::standard(),
+            CircuitConfig::fast_trip(),
+            CircuitConfig::lenient(),
+        ] {
+            assert!(config.to_builder().build().is_ok(), "{config:?}");
+        }
+    }
+
+    #[test]
+    fn open_durations_grow_to_their_cap() {
+        let c = CircuitConfig::standard();
+        let d: Vec<u64> = (1..=8).map(|n| c.open_duration_for(n).as_secs()).collect();
+        assert_eq!(d, [10, 20, 40, 80, 160, 300, 300, 300]);
+        assert_eq!(c.open_duration_for(u32::MAX), Duration::from_secs(300));
+    }
+
+    #[test]
+    fn bad_settings_say_what_is_wrong() {
+        let cases = [
+            (
+                CircuitConfig::builder().window(WindowKind::Count(0)),
+                "window",
+            ),
+            (CircuitConfig::builder().failure_rate(0.0), "failure_rate"),
+            (
+                CircuitConfig::builder().failure_rate(f64::NAN),
+                "failure_rate",
+            ),
+            (CircuitConfig::builder().minimum_calls(0), "minimum_calls"),
+            (
+                CircuitConfig::builder().half_open_probes(0),
+                "half_open_probes",
+            ),
+            (
+                CircuitConfig::builder().consecutive_failures(Some(0)),
+                "consecutive_failures",
+            ),
+            (
+                CircuitConfig::builder().open_duration(Duration::ZERO, 2.0, Duration::from_secs(1)),
+                "open duration",
+            ),
+            (
+                CircuitConfig::builder().open_duration(
+                    Duration::from_secs(1),
+                    0.5,
+                    Duration::from_secs(9),
+                ),
+                "multiplier",
+            ),
+            (CircuitConfig::builder().open_jitter(1.5), "jitter"),
+        ];
+        for (builder, needle) in cases {
+            let error = builder.build().unwrap_err().to_string();
+            assert!(error.contains(needle), "{error}");
+        }
+    }
+}

@@ -1,0 +1,177 @@
+//! The response future, and the guard that carries a call's permit to the
+//! end of its body.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use http::Response;
+use http_body::Body;
+use pin_project_lite::pin_project;
+use tower_llm_classify::{BoxError, Classification, Classified, ErrorKind, LlmError};
+
+use crate::body::CircuitBody;
+use crate::breaker::{Breaker, Outcome, Permit};
+use crate::registry::Registry;
+
+/// A call's permit, until its outcome is known. Dropped without one (the
+/// caller went away), it is released without counting.
+pub(crate) struct Guard {
+    pub(crate) breaker: Arc<Breaker>,
+    pub(crate) registry: Arc<Registry>,
+    pub(crate) permit: Permit,
+    pub(crate) start: Duration,
+    pub(crate) done: bool,
+}
+
+impl Guard {
+    fn finish(mut self, outcome: Outcome) {
+        self.done = true;
+        let now = self.registry.now();
+        let slow = self
+            .registry
+            .config
+            .slow_call_duration
+            .is_some_and(|d| now.saturating_sub(self.start) > d);
+        self.breaker.record(self.permit, outcome, slow, now);
+    }
+
+    pub(crate) fn succeeded(self) {
+        self.finish(Outcome::Success);
+    }
+
+    /// A failure of the call: counted as the classification says, and a
+    /// rate limit or exhausted quota starts a cooldown.
+    pub(crate) fn failed(self, c: &Classification) {
+        let config = &self.registry.config;
+        match c.kind() {
+            ErrorKind::RateLimited => {
+                if let Some(wait) = c.retry_after() {
+                    self.breaker.cool_down(wait, self.registry.now());
+                }
+            }
+            ErrorKind::QuotaExhausted => self
+                .breaker
+                .cool_down(config.quota_cooldown, self.registry.now()),
+            _ => {}
+        }
+        let outcome = outcome_of(c, config.count_authentication_failures);
+        self.finish(outcome);
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if !self.done {
+            self.breaker
+                .record(self.permit, Outcome::Ignored, false, self.registry.now());
+        }
+    }
+}
+
+/// What a failure says about the target's health.
+pub(crate) fn outcome_of(c: &Classification, count_authentication: bool) -> Outcome {
+    match c.kind() {
+        // The target is unwell.
+        ErrorKind::Overloaded
+        | ErrorKind::ServerError
+        | ErrorKind::Timeout
+        | ErrorKind::Connect
+        | ErrorKind::Transport
+        | ErrorKind::StreamIncomplete
+        | ErrorKind::Unknown => Outcome::Failure,
+        ErrorKind::Authentication if count_authentication => Outcome::Failure,
+        // Limits and local refusals: cooldowns handle them, not the window.
+        ErrorKind::RateLimited
+        | ErrorKind::QuotaExhausted
+        | ErrorKind::CircuitOpen
+        | ErrorKind::BudgetExhausted
+        | ErrorKind::Cancelled => Outcome::Ignored,
+        // The target worked; the request was wrong.
+        _ => Outcome::Success,
+    }
+}
+
+pin_project! {
+    /// The future of [`Circuit`](crate::Circuit).
+    pub struct ResponseFuture<F> {
+        #[pin]
+        kind: Kind<F>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<F> {
+        Rejected { error: Option<LlmError> },
+        Called { #[pin] future: F, guard: Option<Guard> },
+    }
+}
+
+impl<F> ResponseFuture<F> {
+    pub(crate) fn rejected(error: LlmError) -> Self {
+        ResponseFuture {
+            kind: Kind::Rejected { error: Some(error) },
+        }
+    }
+
+    pub(crate) fn called(future: F, guard: Guard) -> Self {
+        ResponseFuture {
+            kind: Kind::Called {
+                future,
+                guard: Some(guard),
+            },
+        }
+    }
+}
+
+impl<F> std::fmt::Debug for ResponseFuture<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+impl<F, B, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+    E: Into<BoxError>,
+    B: Body,
+    B::Error: Classified,
+{
+    type Output = Result<Response<CircuitBody<B>>, LlmError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().kind.project() {
+            KindProj::Rejected { error } => Poll::Ready(Err(error.take().unwrap_or_else(|| {
+                LlmError::new(
+                    Classification::new(ErrorKind::Unknown)
+                        .with_message("circuit future polled after completion"),
+                )
+            }))),
+            KindProj::Called { future, guard } => match ready!(future.poll(cx)) {
+                Ok(response) => {
+                    let (head, body) = response.into_parts();
+                    let mut guard = guard.take();
+                    if body.is_end_stream()
+                        && let Some(g) = guard.take()
+                    {
+                        g.succeeded();
+                    }
+                    Poll::Ready(Ok(Response::from_parts(
+                        head,
+                        CircuitBody::new(body, guard),
+                    )))
+                }
+                Err(error) => {
+                    let error = LlmError::from_source(error);
+                    if let Some(guard) = guard.take() {
+                        guard.failed(error.classification());
+                    }
+                    Poll::Ready(Err(error))
+                }
+            },
+        }
+    }
+}

@@ -1,0 +1,80 @@
+//! `CircuitLayer`.
+
+use std::fmt;
+use std::sync::Arc;
+
+use tower_layer::Layer;
+
+use crate::breaker::{OnTransition, Transition};
+use crate::config::CircuitConfig;
+use crate::key::KeyBy;
+use crate::registry::Registry;
+use crate::service::Circuit;
+
+/// Applies [`Circuit`] to a service.
+///
+/// # Clone
+///
+/// Cheap: an `Arc`. Every service it makes shares the same breakers.
+#[derive(Clone)]
+pub struct CircuitLayer {
+    registry: Arc<Registry>,
+    key_by: KeyBy,
+}
+
+impl fmt::Debug for CircuitLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CircuitLayer")
+            .field("registry", &self.registry)
+            .field("key_by", &self.key_by)
+            .finish()
+    }
+}
+
+impl CircuitLayer {
+    /// Breakers with `config`, keyed by provider and model.
+    pub fn new(config: CircuitConfig) -> Self {
+        CircuitLayer {
+            registry: Arc::new(Registry::new(config, None)),
+            key_by: KeyBy::default(),
+        }
+    }
+
+    /// Breakers with `config`, calling `on_transition` on every state change
+    /// (besides the `tracing` event).
+    pub fn with_events(
+        config: CircuitConfig,
+        on_transition: impl Fn(&Transition) + Send + Sync + 'static,
+    ) -> Self {
+        let callback: Arc<OnTransition> = Arc::new(on_transition);
+        CircuitLayer {
+            registry: Arc::new(Registry::new(config, Some(callback))),
+            key_by: KeyBy::default(),
+        }
+    }
+
+    /// Groups requests by `key_by` instead.
+    pub fn key_by(mut self, key_by: KeyBy) -> Self {
+        self.key_by = key_by;
+        self
+    }
+
+    /// A handle on the breakers.
+    pub fn handle(&self) -> crate::CircuitHandle {
+        crate::CircuitHandle::new(Arc::clone(&self.registry))
+    }
+}
+
+impl Default for CircuitLayer {
+    fn default() -> Self {
+        CircuitLayer::new(CircuitConfig::standard())
+    }
+}
+
+impl<S> Layer<S> for CircuitLayer {
+    type Service = Circuit<S>;
+
+    fn layer(&self, inner: S) -> Circuit<S> {
+        Circuit::new(inner, Arc::clone(&self.registry), self.key_by.clone())
+    }
+}

@@ -1,0 +1,145 @@
+//! The keys: one breaker each, shared by every clone of the service,
+//! bounded, idle keys evicted.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::breaker::{Breaker, KeySnapshot, OnTransition, State};
+use crate::config::CircuitConfig;
+
+/// Shards of the key map: a call takes the read lock of one shard only,
+/// so calls on different keys rarely meet, and calls on one key share a
+/// read lock (no writer unless a key is added).
+const SHARDS: usize = 16;
+
+type Shard = RwLock<HashMap<Arc<str>, Arc<Breaker>>>;
+
+pub(crate) struct Registry {
+    start: Instant,
+    pub(crate) config: Arc<CircuitConfig>,
+    on_transition: Option<Arc<OnTransition>>,
+    hasher: std::collections::hash_map::RandomState,
+    shards: Box<[Shard]>,
+}
+
+impl fmt::Debug for Registry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Registry")
+            .field("keys", &self.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Registry {
+    pub(crate) fn new(config: CircuitConfig, on_transition: Option<Arc<OnTransition>>) -> Self {
+        Registry {
+            start: Instant::now(),
+            config: Arc::new(config),
+            on_transition,
+            hasher: Default::default(),
+            shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
+        }
+    }
+
+    /// Time since the registry started (Tokio's clock).
+    pub(crate) fn now(&self) -> Duration {
+        Instant::now().saturating_duration_since(self.start)
+    }
+
+    fn shard(&self, key: &str) -> &Shard {
+        let mut hasher = self.hasher.build_hasher();
+        key.hash(&mut hasher);
+        &self.shards[(hasher.finish() as usize) % SHARDS]
+    }
+
+    /// The breaker of `key`, made if new.
+    pub(crate) fn get(&self, key: &str, now: Duration) -> Arc<Breaker> {
+        let shard = self.shard(key);
+        if let Some(breaker) = shard.read().unwrap_or_else(|p| p.into_inner()).get(key) {
+            return Arc::clone(breaker);
+        }
+        let mut map = shard.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(breaker) = map.get(key) {
+            return Arc::clone(breaker);
+        }
+        self.evict(&mut map, now);
+        let key: Arc<str> = Arc::from(key);
+        let breaker = Arc::new(Breaker::new(
+            Arc::clone(&key),
+            Arc::clone(&self.config),
+            self.on_transition.clone(),
+            now,
+        ));
+        map.insert(key, Arc::clone(&breaker));
+        breaker
+    }
+
+    /// The breaker of `key`, if it exists.
+    pub(crate) fn find(&self, key: &str) -> Option<Arc<Breaker>> {
+        self.shard(key)
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .cloned()
+    }
+
+    /// Makes room in a full shard: idle keys first, then the least
+    /// recently used. A key that is open, half-open or forced keeps its
+    /// place while any other can go.
+    fn evict(&self, map: &mut HashMap<Arc<str>, Arc<Breaker>>, now: Duration) {
+        let per_shard = self.config.max_keys.div_ceil(SHARDS).max(1);
+        if map.len() < per_shard {
+            return;
+        }
+        let idle = u64::try_from(self.config.idle_eviction.as_nanos()).unwrap_or(u64::MAX);
+        let t = u64::try_from(now.as_nanos()).unwrap_or(u64::MAX);
+        map.retain(|_, b| t.saturating_sub(b.last_used.load(Ordering::Relaxed)) < idle);
+        while map.len() >= per_shard {
+            let victim = map
+                .iter()
+                .min_by_key(|(_, b)| {
+                    (
+                        b.state() != State::Closed,
+                        b.last_used.load(Ordering::Relaxed),
+                    )
+                })
+                .map(|(k, _)| Arc::clone(k));
+            match victim {
+                Some(key) => {
+                    map.remove(&key);
+                }
+                None => return,
+            }
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.read().unwrap_or_else(|p| p.into_inner()).len())
+            .sum()
+    }
+
+    pub(crate) fn snapshot(&self) -> Vec<KeySnapshot> {
+        let now = self.now();
+        let mut all: Vec<KeySnapshot> = self
+            .shards
+            .iter()
+            .flat_map(|s| {
+                s.read()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .values()
+                    .map(|b| b.snapshot(now))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        all.sort_by(|a, b| a.key.cmp(&b.key));
+        all
+    }
+}
