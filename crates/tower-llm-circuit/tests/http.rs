@@ -1,0 +1,422 @@
+//! The circuit over real HTTP: hyper client, `ClassifyLayer`, the
+//! testkit's simulated providers; paused time.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use tower::{Layer, ServiceExt};
+use tower_llm_circuit::{
+    Circuit, CircuitConfig, CircuitHandle, CircuitLayer, State, Transition, WindowKind,
+};
+use tower_llm_classify::{Classify, ClassifyLayer, ErrorKind, LlmError};
+use tower_llm_testkit::{Api, Fault, FaultPlan, Simulator};
+
+type Stack = Circuit<Classify<Client<HttpConnector, Full<Bytes>>>>;
+
+fn config() -> tower_llm_circuit::CircuitConfigBuilder {
+    CircuitConfig::builder()
+        .window(WindowKind::Count(10))
+        .minimum_calls(5)
+        .consecutive_failures(Some(3))
+        .open_duration(Duration::from_secs(10), 2.0, Duration::from_secs(60))
+        .open_jitter(0.0)
+        .half_open_probes(2)
+}
+
+fn stack(layer: &CircuitLayer) -> Stack {
+    layer.layer(ClassifyLayer::new().layer(Client::builder(TokioExecutor::new()).build_http()))
+}
+
+fn request(sim: &Simulator, model: &str, stream: bool) -> Request<Full<Bytes>> {
+    let body = format!(
+        r#"{{"model":"{model}","stream":{stream},"messages":[{{"role":"user","content":"hi"}}]}}"#
+    );
+    Request::post(sim.url(Api::OpenAiChat))
+        .header("content-type", "application/json")
+        .body(Full::from(body))
+        .unwrap()
+}
+
+/// One call, body read to the end; the error of the call or of its body.
+async fn call(service: &Stack, request: Request<Full<Bytes>>) -> Result<(), ErrorKind> {
+    match service.clone().oneshot(request).await {
+        Ok(response) => match response.into_body().collect().await {
+            Ok(_) => Ok(()),
+            Err(error) => Err(error.kind()),
+        },
+        Err(error) => Err(error.kind()),
+    }
+}
+
+fn state(handle: &CircuitHandle, model: &str) -> Option<State> {
+    handle.state(&format!("openai_compatible/{model}"))
+}
+
+#[tokio::test(start_paused = true)]
+async fn consecutive_overloads_open_the_circuit_and_spare_the_provider() {
+    let sim = Simulator::builder()
+        .plan(Fault::overloaded())
+        .start()
+        .await
+        .unwrap();
+    let layer = CircuitLayer::new(config().build().unwrap());
+    let service = stack(&layer);
+    for _ in 0..3 {
+        assert_eq!(
+            call(&service, request(&sim, "m", false)).await,
+            Err(ErrorKind::Overloaded)
+        );
+    }
+    let error = service
+        .clone()
+        .oneshot(request(&sim, "m", false))
+        .await
+        .unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::CircuitOpen);
+    assert!(!error.retryable());
+    assert_eq!(
+        error.classification().retry_after(),
+        Some(Duration::from_secs(10))
+    );
+    assert!(error.to_string().contains("openai_compatible/m"), "{error}");
+    assert_eq!(sim.requests().len(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn client_errors_count_as_successes_of_the_target() {
+    let sim = Simulator::start().await.unwrap();
+    let layer = CircuitLayer::new(config().build().unwrap());
+    let service = stack(&layer);
+    for fault in [
+        Fault::context_length_exceeded(),
+        Fault::content_filtered(),
+        Fault::model_not_found(),
+        Fault::status(400),
+    ] {
+        sim.set_plan(fault);
+        for _ in 0..5 {
+            assert!(call(&service, request(&sim, "m", false)).await.is_err());
+        }
+    }
+    let snapshot = &layer.handle().snapshot()[0];
+    assert_eq!(snapshot.state, State::Closed);
+    assert_eq!((snapshot.totals.calls, snapshot.totals.failures), (10, 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_mid_stream_error_counts_as_a_failure_when_the_stream_ends() {
+    let sim = Simulator::builder()
+        .reply_tokens(4)
+        .plan(Fault::stream_error_after(2))
+        .start()
+        .await
+        .unwrap();
+    let layer = CircuitLayer::new(config().build().unwrap());
+    let service = stack(&layer);
+    let handle = layer.handle();
+    // The head is a 200: nothing is recorded until the body ends.
+    let response = service
+        .clone()
+        .oneshot(request(&sim, "m", true))
+        .await
+        .unwrap();
+    assert_eq!(handle.snapshot()[0].totals.calls, 0);
+    assert!(response.into_body().collect().await.is_err());
+    assert_eq!(handle.snapshot()[0].totals.failures, 1);
+    for _ in 0..2 {
+        assert_eq!(
+            call(&service, request(&sim, "m", true)).await,
+            Err(ErrorKind::Overloaded)
+        );
+    }
+    assert_eq!(state(&handle, "m"), Some(State::Open));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hinted_rate_limit_cools_the_key_down_without_counting_a_failure() {
+    let sim = Simulator::builder()
+        .plan(FaultPlan::script([Fault::rate_limited(
+            Duration::from_secs(5),
+        )]))
+        .start()
+        .await
+        .unwrap();
+    let layer = CircuitLayer::new(config().build().unwrap());
+    let service = stack(&layer);
+    assert_eq!(
+        call(&service, request(&sim, "m", false)).await,
+        Err(ErrorKind::RateLimited)
+    );
+    // During the cooldown: fail fast, with the wait, as a retryable rate limit.
+    tokio::time::advance(Duration::from_secs(2)).await;
+    let error = service
+        .clone()
+        .oneshot(request(&sim, "m", false))
+        .await
+        .unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::RateLimited);
+    assert!(error.retryable());
+    assert_eq!(
+        error.classification().retry_after(),
+        Some(Duration::from_secs(3))
+    );
+    assert_eq!(sim.requests().len(), 1, "the provider was spared");
+    tokio::time::advance(Duration::from_secs(3)).await;
+    assert_eq!(call(&service, request(&sim, "m", false)).await, Ok(()));
+    let snapshot = &layer.handle().snapshot()[0];
+    assert_eq!(
+        (snapshot.state, snapshot.totals.failures),
+        (State::Closed, 0)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn quota_exhausted_cools_the_key_down_for_long() {
+    let sim = Simulator::builder()
+        .plan(FaultPlan::script([Fault::quota_exhausted()]))
+        .start()
+        .await
+        .unwrap();
+    let layer = CircuitLayer::new(
+        config()
+            .quota_cooldown(Duration::from_secs(3600))
+            .build()
+            .unwrap(),
+    );
+    let service = stack(&layer);
+    assert_eq!(
+        call(&service, request(&sim, "m", false)).await,
+        Err(ErrorKind::QuotaExhausted)
+    );
+    tokio::time::advance(Duration::from_secs(1800)).await;
+    assert_eq!(
+        call(&service, request(&sim, "m", false)).await,
+        Err(ErrorKind::RateLimited)
+    );
+    assert_eq!(sim.requests().len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn keys_are_independent() {
+    let sim = Simulator::start().await.unwrap();
+    let layer = CircuitLayer::new(config().build().unwrap());
+    let service = stack(&layer);
+    sim.set_plan(Fault::server_error(500));
+    for _ in 0..3 {
+        let _ = call(&service, request(&sim, "broken", false)).await;
+    }
+    sim.set_plan(Fault::ok());
+    assert_eq!(
+        call(&service, request(&sim, "healthy", false)).await,
+        Ok(())
+    );
+    let handle = layer.handle();
+    assert_eq!(state(&handle, "broken"), Some(State::Open));
+    assert_eq!(state(&handle, "healthy"), Some(State::Closed));
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_outage_then_recovery_closes_the_circuit_after_the_probes() {
+    let sim = Simulator::builder()
+        .plan(Fault::server_error(503))
+        .start()
+        .await
+        .unwrap();
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::clone(&events);
+    let layer = CircuitLayer::with_events(config().build().unwrap(), move |t: &Transition| {
+        sink.lock().unwrap().push((t.from, t.to));
+    });
+    let service = stack(&layer);
+    for _ in 0..3 {
+        let _ = call(&service, request(&sim, "m", false)).await;
+    }
+    sim.set_plan(Fault::ok()); // the provider recovers
+    assert_eq!(
+        call(&service, request(&sim, "m", false)).await,
+        Err(ErrorKind::CircuitOpen)
+    );
+    tokio::time::advance(Duration::from_secs(10)).await;
+    assert_eq!(call(&service, request(&sim, "m", false)).await, Ok(()));
+    assert_eq!(call(&service, request(&sim, "m", false)).await, Ok(()));
+    assert_eq!(state(&layer.handle(), "m"), Some(State::Closed));
+    assert_eq!(
+        *events.lock().unwrap(),
+        [
+            (State::Closed, State::Open),
+            (State::Open, State::HalfOpen),
+            (State::HalfOpen, State::Closed)
+        ]
+    );
+    assert_eq!(sim.requests().len(), 5);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_probe_dropped_midway_releases_its_permit() {
+    let sim = Simulator::builder()
+        .plan(Fault::server_error(503))
+        .start()
+        .await
+        .unwrap();
+    let layer = CircuitLayer::new(config().half_open_probes(1).build().unwrap());
+    let service = stack(&layer);
+    for _ in 0..3 {
+        let _ = call(&service, request(&sim, "m", false)).await;
+    }
+    tokio::time::advance(Duration::from_secs(10)).await;
+    sim.set_plan(Fault::stall());
+    // The one probe hangs; its caller gives up.
+    let probe = service.clone().oneshot(request(&sim, "m", false));
+    assert!(
+        tokio::time::timeout(Duration::from_secs(1), probe)
+            .await
+            .is_err()
+    );
+    // The permit came back: the next caller probes, and it succeeds.
+    sim.set_plan(Fault::ok());
+    assert_eq!(call(&service, request(&sim, "m", false)).await, Ok(()));
+    assert_eq!(state(&layer.handle(), "m"), Some(State::Closed));
+}
+
+#[tokio::test(start_paused = true)]
+async fn forced_open_fails_every_call_until_reset() {
+    let sim = Simulator::start().await.unwrap();
+    let layer = CircuitLayer::new(config().build().unwrap());
+    let service = stack(&layer);
+    let handle = layer.handle();
+    handle.force_open("openai_compatible/m");
+    assert_eq!(
+        call(&service, request(&sim, "m", false)).await,
+        Err(ErrorKind::CircuitOpen)
+    );
+    handle.reset("openai_compatible/m");
+    assert_eq!(call(&service, request(&sim, "m", false)).await, Ok(()));
+    assert_eq!(sim.requests().len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn idle_keys_are_evicted_to_keep_the_registry_bounded() {
+    let sim = Simulator::start().await.unwrap();
+    let layer = CircuitLayer::new(
+        config()
+            .max_keys(16)
+            .idle_eviction(Duration::from_secs(60))
+            .build()
+            .unwrap(),
+    );
+    let service = stack(&layer);
+    for i in 0..200 {
+        assert_eq!(
+            call(&service, request(&sim, &format!("model-{i}"), false)).await,
+            Ok(())
+        );
+    }
+    assert!(layer.handle().keys() <= 16, "{}", layer.handle().keys());
+}
+
+#[tokio::test(start_paused = true)]
+async fn clones_and_relayered_services_share_the_breakers() {
+    let sim = Simulator::builder()
+        .plan(Fault::overloaded())
+        .start()
+        .await
+        .unwrap();
+    let layer = CircuitLayer::new(config().build().unwrap());
+    let (a, b) = (stack(&layer), stack(&layer));
+    let _ = call(&a, request(&sim, "m", false)).await;
+    let _ = call(&b, request(&sim, "m", false)).await;
+    let _ = call(&a.clone(), request(&sim, "m", false)).await;
+    assert_eq!(
+        call(&b, request(&sim, "m", false)).await,
+        Err(ErrorKind::CircuitOpen)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_over_circuit_stops_at_an_open_circuit() {
+    use tower_llm_retry::{RetryLayer, RetryPolicy, RetryStats};
+    let sim = Simulator::builder()
+        .plan(Fault::overloaded())
+        .start()
+        .await
+        .unwrap();
+    let circuit = CircuitLayer::new(config().build().unwrap());
+    let client = Client::builder(TokioExecutor::new()).build_http();
+    let service = RetryLayer::new(
+        RetryPolicy::builder()
+            .max_attempts(10)
+            .seed(1)
+            .build()
+            .unwrap(),
+    )
+    .layer(circuit.layer(ClassifyLayer::new().layer(client)));
+    let error: LlmError = service
+        .oneshot(request(&sim, "m", false))
+        .await
+        .unwrap_err();
+    // Three overloads trip the circuit; the fourth attempt meets it open and
+    // the retry layer gives up at once (a fallback would move on).
+    assert_eq!(error.kind(), ErrorKind::CircuitOpen);
+    assert_eq!(RetryStats::of(error.extensions()).attempts, 4);
+    assert_eq!(sim.requests().len(), 3);
+}
+
+#[test]
+fn counts_are_exact_when_several_threads_hammer_one_key() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let layer = CircuitLayer::new(
+            config()
+                .window(WindowKind::Count(100_000))
+                .minimum_calls(100_000)
+                .consecutive_failures(None)
+                .build()
+                .unwrap(),
+        );
+        let upstream = tower::service_fn(|request: Request<Full<Bytes>>| async move {
+            let failing = request.headers().contains_key("x-fail");
+            if failing {
+                Err(LlmError::new(tower_llm_classify::Classification::new(
+                    ErrorKind::ServerError,
+                )))
+            } else {
+                Ok(http::Response::new(Full::<Bytes>::from("ok")))
+            }
+        });
+        let service = layer.layer(upstream);
+        let mut tasks = tokio::task::JoinSet::new();
+        for t in 0..8 {
+            let service = service.clone();
+            tasks.spawn(async move {
+                for i in 0..5_000 {
+                    let mut request = Request::post("http://api.openai.com/v1/chat/completions")
+                        .body(Full::<Bytes>::from(r#"{"model":"gpt-4o"}"#))
+                        .unwrap();
+                    if (i + t) % 5 == 0 {
+                        request.headers_mut().insert("x-fail", "1".parse().unwrap());
+                    }
+                    if let Ok(response) = service.clone().oneshot(request).await {
+                        let _ = response.into_body().collect().await;
+                    }
+                }
+            });
+        }
+        tasks.join_all().await;
+        let snapshot = &layer.handle().snapshot()[0];
+        assert_eq!(snapshot.totals.calls, 40_000);
+        assert_eq!(snapshot.totals.failures, 8_000);
+        assert_eq!(snapshot.state, State::Closed);
+    });
+}
