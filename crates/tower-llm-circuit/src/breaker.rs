@@ -139,6 +139,8 @@ fn nanos(d: Duration) -> u64 {
 /// The breaker of one key.
 pub(crate) struct Breaker {
     key: Arc<str>,
+    /// The registry's start: timestamps are relative to it.
+    start: tokio::time::Instant,
     config: Arc<CircuitConfig>,
     on_transition: Option<Arc<OnTransition>>,
     state: AtomicU8,
@@ -172,6 +174,7 @@ impl fmt::Debug for Breaker {
 impl Breaker {
     pub(crate) fn new(
         key: Arc<str>,
+        start: tokio::time::Instant,
         config: Arc<CircuitConfig>,
         on_transition: Option<Arc<OnTransition>>,
         now: Duration,
@@ -179,6 +182,7 @@ impl Breaker {
         let window = Window::new(config.window);
         Breaker {
             key,
+            start,
             config,
             on_transition,
             state: AtomicU8::new(State::Closed.as_u8()),
@@ -198,6 +202,22 @@ impl Breaker {
         }
     }
 
+    /// Time since the registry started (Tokio's clock).
+    pub(crate) fn now(&self) -> Duration {
+        tokio::time::Instant::now().saturating_duration_since(self.start)
+    }
+
+    pub(crate) fn config(&self) -> &CircuitConfig {
+        &self.config
+    }
+
+    /// Whether recording an outcome needs the time: slow-call detection
+    /// and time windows do; a count window without it does not.
+    pub(crate) fn needs_clock_at_end(&self) -> bool {
+        self.config.slow_call_duration.is_some()
+            || matches!(self.config.window, crate::window::WindowKind::Time(_))
+    }
+
     pub(crate) fn key_str(&self) -> &str {
         &self.key
     }
@@ -209,7 +229,11 @@ impl Breaker {
     /// Asks to make a call at `now`.
     pub(crate) fn acquire(&self, now: Duration) -> Result<Permit, Rejection> {
         let t = nanos(now);
-        self.last_used.store(t, Ordering::Relaxed);
+        // Written at most once a second: a store on every call would make
+        // every thread on this key contend for the cache line.
+        if t.saturating_sub(self.last_used.load(Ordering::Relaxed)) > 1_000_000_000 {
+            self.last_used.store(t, Ordering::Relaxed);
+        }
         let cooldown = self.cooldown_until.load(Ordering::Acquire);
         if cooldown > t {
             self.rejected.fetch_add(1, Ordering::Relaxed);
@@ -535,6 +559,7 @@ mod tests {
         (
             Breaker::new(
                 "openai/gpt-4o".into(),
+                tokio::time::Instant::now(),
                 Arc::new(config),
                 Some(on),
                 Duration::ZERO,

@@ -14,25 +14,32 @@ use tower_llm_classify::{BoxError, Classification, Classified, ErrorKind, LlmErr
 
 use crate::body::CircuitBody;
 use crate::breaker::{Breaker, Outcome, Permit};
-use crate::registry::Registry;
 
 /// A call's permit, until its outcome is known. Dropped without one (the
 /// caller went away), it is released without counting.
 pub(crate) struct Guard {
     pub(crate) breaker: Arc<Breaker>,
-    pub(crate) registry: Arc<Registry>,
     pub(crate) permit: Permit,
     pub(crate) start: Duration,
     pub(crate) done: bool,
 }
 
 impl Guard {
+    /// The time now, read only when the outcome needs it.
+    fn end_time(&self) -> Duration {
+        if self.breaker.needs_clock_at_end() {
+            self.breaker.now()
+        } else {
+            self.start
+        }
+    }
+
     fn finish(mut self, outcome: Outcome) {
         self.done = true;
-        let now = self.registry.now();
+        let now = self.end_time();
         let slow = self
-            .registry
-            .config
+            .breaker
+            .config()
             .slow_call_duration
             .is_some_and(|d| now.saturating_sub(self.start) > d);
         self.breaker.record(self.permit, outcome, slow, now);
@@ -45,16 +52,16 @@ impl Guard {
     /// A failure of the call: counted as the classification says, and a
     /// rate limit or exhausted quota starts a cooldown.
     pub(crate) fn failed(self, c: &Classification) {
-        let config = &self.registry.config;
+        let config = self.breaker.config();
         match c.kind() {
             ErrorKind::RateLimited => {
                 if let Some(wait) = c.retry_after() {
-                    self.breaker.cool_down(wait, self.registry.now());
+                    self.breaker.cool_down(wait, self.breaker.now());
                 }
             }
             ErrorKind::QuotaExhausted => self
                 .breaker
-                .cool_down(config.quota_cooldown, self.registry.now()),
+                .cool_down(config.quota_cooldown, self.breaker.now()),
             _ => {}
         }
         let outcome = outcome_of(c, config.count_authentication_failures);
@@ -65,8 +72,9 @@ impl Guard {
 impl Drop for Guard {
     fn drop(&mut self) {
         if !self.done {
+            let now = self.end_time();
             self.breaker
-                .record(self.permit, Outcome::Ignored, false, self.registry.now());
+                .record(self.permit, Outcome::Ignored, false, now);
         }
     }
 }

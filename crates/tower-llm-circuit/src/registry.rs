@@ -26,6 +26,8 @@ pub(crate) struct Registry {
     on_transition: Option<Arc<OnTransition>>,
     hasher: std::collections::hash_map::RandomState,
     shards: Box<[Shard]>,
+    /// Bumped whenever a key is evicted: callers caching a breaker check it.
+    pub(crate) evictions: std::sync::atomic::AtomicU64,
 }
 
 impl fmt::Debug for Registry {
@@ -44,6 +46,7 @@ impl Registry {
             on_transition,
             hasher: Default::default(),
             shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
+            evictions: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -72,6 +75,7 @@ impl Registry {
         let key: Arc<str> = Arc::from(key);
         let breaker = Arc::new(Breaker::new(
             Arc::clone(&key),
+            self.start,
             Arc::clone(&self.config),
             self.on_transition.clone(),
             now,
@@ -99,7 +103,11 @@ impl Registry {
         }
         let idle = u64::try_from(self.config.idle_eviction.as_nanos()).unwrap_or(u64::MAX);
         let t = u64::try_from(now.as_nanos()).unwrap_or(u64::MAX);
+        let before = map.len();
         map.retain(|_, b| t.saturating_sub(b.last_used.load(Ordering::Relaxed)) < idle);
+        if map.len() < before {
+            self.evictions.fetch_add(1, Ordering::AcqRel);
+        }
         while map.len() >= per_shard {
             let victim = map
                 .iter()
@@ -113,6 +121,7 @@ impl Registry {
             match victim {
                 Some(key) => {
                     map.remove(&key);
+                    self.evictions.fetch_add(1, Ordering::AcqRel);
                 }
                 None => return,
             }

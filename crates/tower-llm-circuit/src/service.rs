@@ -37,9 +37,49 @@ pub struct Circuit<S> {
     key_by: KeyBy,
 }
 
+/// The breaker this thread used last, so that a run of calls on one key
+/// skips the hashing and the shard lock.
+struct LastUsed {
+    registry: usize,
+    evictions: u64,
+    key: String,
+    breaker: Arc<crate::breaker::Breaker>,
+}
+
 thread_local! {
     /// The key of the current call, written without allocating.
     static KEY: RefCell<String> = RefCell::new(String::with_capacity(64));
+    static LAST: RefCell<Option<LastUsed>> = const { RefCell::new(None) };
+}
+
+/// The breaker of `key`: this thread's last one if it is the same key of
+/// the same registry and nothing was evicted since, else the registry's.
+fn breaker_for(
+    registry: &Arc<Registry>,
+    key: &str,
+    now: std::time::Duration,
+) -> Arc<crate::breaker::Breaker> {
+    let id = Arc::as_ptr(registry) as usize;
+    let evictions = registry
+        .evictions
+        .load(std::sync::atomic::Ordering::Acquire);
+    LAST.with_borrow_mut(|last| {
+        if let Some(last) = last
+            && last.registry == id
+            && last.evictions == evictions
+            && last.key == key
+        {
+            return Arc::clone(&last.breaker);
+        }
+        let breaker = registry.get(key, now);
+        *last = Some(LastUsed {
+            registry: id,
+            evictions,
+            key: key.to_owned(),
+            breaker: Arc::clone(&breaker),
+        });
+        breaker
+    })
 }
 
 impl<S> Circuit<S> {
@@ -128,6 +168,7 @@ where
     }
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        // The one clock read of a closed, healthy call.
         let now = self.registry.now();
         let breaker = {
             RequestMeta::get_or_insert(&mut request);
@@ -147,14 +188,13 @@ where
             };
             KEY.with_borrow_mut(|key| {
                 self.key_by.write(&input, key);
-                self.registry.get(key, now)
+                breaker_for(&self.registry, key, now)
             })
         };
         match breaker.acquire(now) {
             Ok(permit) => {
                 let guard = Guard {
                     breaker,
-                    registry: Arc::clone(&self.registry),
                     permit,
                     start: now,
                     done: false,

@@ -1,0 +1,155 @@
+//! Closed-state overhead per call of the circuit layer, beside the bare
+//! service, tower-resilience's circuit breaker and failsafe's, in one run;
+//! and calls on one key from two threads.
+//!
+//! ```text
+//! cargo bench -p tower-llm-circuit --bench circuit
+//! ```
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+use std::future::{Ready, ready};
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
+use http::{Request, Response};
+use http_body_util::Full;
+use tower::{Layer, Service, ServiceExt};
+use tower_llm_circuit::{CircuitConfig, CircuitLayer};
+use tower_llm_classify::{LlmError, RequestMeta};
+
+const BODY: &str =
+    r#"{"model":"gpt-4o","stream":false,"messages":[{"role":"user","content":"Say hello"}]}"#;
+
+fn request() -> Request<Full<Bytes>> {
+    Request::post("https://api.openai.com/v1/chat/completions")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from_static(BODY.as_bytes())))
+        .unwrap()
+}
+
+/// What an outer layer (or Classify, once) would have computed.
+fn request_with_meta() -> Request<Full<Bytes>> {
+    let mut request = request();
+    RequestMeta::get_or_insert(&mut request);
+    request
+}
+
+#[derive(Clone)]
+struct Upstream;
+
+impl<B> Service<Request<B>> for Upstream {
+    type Response = Response<Full<Bytes>>;
+    type Error = LlmError;
+    type Future = Ready<Result<Self::Response, LlmError>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), LlmError>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        drop(black_box(request));
+        ready(Ok(Response::new(Full::new(Bytes::new()))))
+    }
+}
+
+fn closed_overhead(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let _guard = rt.enter();
+    let mut group = c.benchmark_group("circuit_closed");
+
+    let bare = Upstream;
+    group.bench_function("bare_service", |b| {
+        b.iter_batched(
+            request_with_meta,
+            |r| rt.block_on(async { black_box(bare.clone().oneshot(r).await.unwrap()) }),
+            BatchSize::SmallInput,
+        )
+    });
+
+    let ours = CircuitLayer::new(CircuitConfig::standard()).layer(Upstream);
+    group.bench_function("tower_llm_circuit", |b| {
+        b.iter_batched(
+            request_with_meta,
+            |r| rt.block_on(async { black_box(ours.clone().oneshot(r).await.unwrap()) }),
+            BatchSize::SmallInput,
+        )
+    });
+    group.bench_function("tower_llm_circuit_meta_computed", |b| {
+        b.iter_batched(
+            request,
+            |r| rt.block_on(async { black_box(ours.clone().oneshot(r).await.unwrap()) }),
+            BatchSize::SmallInput,
+        )
+    });
+
+    let resilience = tower_resilience_circuitbreaker::CircuitBreakerLayer::standard()
+        .build()
+        .unwrap()
+        .layer(Upstream);
+    group.bench_function("tower_resilience_circuitbreaker", |b| {
+        b.iter_batched(
+            request_with_meta,
+            |r| rt.block_on(async { black_box(resilience.clone().oneshot(r).await.unwrap()) }),
+            BatchSize::SmallInput,
+        )
+    });
+
+    let failsafe_breaker = failsafe::Config::new().build();
+    group.bench_function("failsafe", |b| {
+        b.iter_batched(
+            request_with_meta,
+            |r| {
+                rt.block_on(async {
+                    use failsafe::futures::CircuitBreaker as _;
+                    black_box(failsafe_breaker.call(Upstream.call(r)).await.unwrap())
+                })
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    group.finish();
+}
+
+fn contention(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut group = c.benchmark_group("circuit_one_key_two_threads");
+    group.throughput(criterion::Throughput::Elements(1));
+    let run = |service: tower_llm_circuit::Circuit<Upstream>, iters: u64| {
+        rt.block_on(async move {
+            let started = Instant::now();
+            let mut tasks = tokio::task::JoinSet::new();
+            for _ in 0..2 {
+                let service = service.clone();
+                tasks.spawn(async move {
+                    for _ in 0..iters / 2 {
+                        black_box(service.clone().oneshot(request_with_meta()).await.unwrap());
+                    }
+                });
+            }
+            tasks.join_all().await;
+            started.elapsed()
+        })
+    };
+    let ours = CircuitLayer::new(CircuitConfig::standard()).layer(Upstream);
+    group.bench_function("tower_llm_circuit", |b| {
+        b.iter_custom(|iters| run(ours.clone(), iters))
+    });
+    group.finish();
+    let _ = Duration::ZERO;
+}
+
+criterion_group!(benches, closed_overhead, contention);
+criterion_main!(benches);
