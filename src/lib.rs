@@ -2,17 +2,20 @@
 //! limits, overload, outages and dropped streams.
 //!
 //! This is the facade crate. It re-exports the classify layer, the
-//! vocabulary every other layer speaks, and the retry layer (feature
-//! `retry`, on by default); circuit and fallback join them as their crates
-//! land. The stack order is Retry → Classify → client:
+//! vocabulary every other layer speaks, the retry layer and the circuit
+//! breaker (features `retry` and `circuit`, on by default); fallback joins
+//! them when its crate lands. The stack order is Retry → Circuit →
+//! Classify → client:
 //!
 //! ```
 //! use tower::ServiceBuilder;
 //! use tower_llm::classify::{ClassifyLayer, ErrorKind};
+//! use tower_llm::circuit::{CircuitConfig, CircuitLayer};
 //! use tower_llm::retry::{RetryLayer, RetryPolicy};
 //!
 //! let stack = ServiceBuilder::new()
 //!     .layer(RetryLayer::new(RetryPolicy::sdk_default()))
+//!     .layer(CircuitLayer::new(CircuitConfig::standard()))
 //!     .layer(ClassifyLayer::new());
 //! # let _ = stack;
 //! assert!(ErrorKind::Overloaded.is_transient());
@@ -28,6 +31,11 @@ pub use tower_llm_classify as classify;
 /// [`RetryPolicy`](tower_llm_retry::RetryPolicy) and its budget.
 #[cfg(feature = "retry")]
 pub use tower_llm_retry as retry;
+
+/// The circuit breaker: [`CircuitLayer`](tower_llm_circuit::CircuitLayer),
+/// [`CircuitConfig`](tower_llm_circuit::CircuitConfig), the control handle.
+#[cfg(feature = "circuit")]
+pub use tower_llm_circuit as circuit;
 
 pub use tower_llm_classify::{
     Classification, Classified, ClassifyLayer, ErrorKind, LlmError, Phase, Provider, RequestMeta,

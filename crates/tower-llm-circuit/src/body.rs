@@ -17,12 +17,17 @@ pin_project! {
         #[pin]
         inner: B,
         guard: Option<Guard>,
+        data_seen: bool,
     }
 }
 
 impl<B> CircuitBody<B> {
     pub(crate) fn new(inner: B, guard: Option<Guard>) -> Self {
-        CircuitBody { inner, guard }
+        CircuitBody {
+            inner,
+            guard,
+            data_seen: false,
+        }
     }
 
     /// The inner body.
@@ -53,6 +58,15 @@ where
     ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
         let mut this = self.project();
         let polled = this.inner.as_mut().poll_frame(cx);
+        if !*this.data_seen
+            && let Poll::Ready(Some(Ok(frame))) = &polled
+            && frame.is_data()
+        {
+            *this.data_seen = true;
+            if let Some(guard) = this.guard.as_mut() {
+                guard.first_data();
+            }
+        }
         match &polled {
             // Ended, or the last frame (a reader may not poll again).
             Poll::Ready(None) => {

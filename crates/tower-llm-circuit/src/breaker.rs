@@ -12,6 +12,10 @@
 
 use std::fmt;
 use std::sync::Arc;
+// Under `--cfg tower_llm_loom` the atomics are loom's, for the model checks.
+#[cfg(tower_llm_loom)]
+use loom::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
+#[cfg(not(tower_llm_loom))]
 use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -236,7 +240,7 @@ impl Breaker {
         }
         let cooldown = self.cooldown_until.load(Ordering::Acquire);
         if cooldown > t {
-            self.rejected.fetch_add(1, Ordering::Relaxed);
+            self.count_rejection(true);
             return Err(Rejection::CoolingDown(Duration::from_nanos(cooldown - t)));
         }
         loop {
@@ -254,13 +258,13 @@ impl Breaker {
                     });
                 }
                 State::ForcedOpen => {
-                    self.rejected.fetch_add(1, Ordering::Relaxed);
+                    self.count_rejection(false);
                     return Err(Rejection::Open(None));
                 }
                 State::Open => {
                     let until = self.open_until.load(Ordering::Acquire);
                     if t < until {
-                        self.rejected.fetch_add(1, Ordering::Relaxed);
+                        self.count_rejection(false);
                         return Err(Rejection::Open(Some(Duration::from_nanos(until - t))));
                     }
                     // The wait is over: the first caller moves to half-open.
@@ -292,7 +296,7 @@ impl Breaker {
                             counted: true,
                         });
                     }
-                    self.rejected.fetch_add(1, Ordering::Relaxed);
+                    self.count_rejection(false);
                     let since = self.half_open_since.load(Ordering::Acquire);
                     let rearm = since
                         .saturating_add(nanos(self.config.half_open_deadline()))
@@ -368,9 +372,7 @@ impl Breaker {
                 return;
             }
             Outcome::Failure => self.probe_failures.fetch_add(1, Ordering::AcqRel) + 1,
-            Outcome::Success if slow && self.config.slow_call_duration.is_some() => {
-                self.probe_failures.fetch_add(1, Ordering::AcqRel) + 1
-            }
+            Outcome::Success if slow => self.probe_failures.fetch_add(1, Ordering::AcqRel) + 1,
             Outcome::Success => {
                 self.probe_successes.fetch_add(1, Ordering::AcqRel);
                 self.probe_failures.load(Ordering::Acquire)
@@ -388,6 +390,15 @@ impl Breaker {
         } else if self.transition(State::HalfOpen, State::Closed, "probes succeeded") {
             self.close();
         }
+    }
+
+    fn count_rejection(&self, cooling_down: bool) {
+        self.rejected.fetch_add(1, Ordering::Relaxed);
+        #[cfg(feature = "metrics")]
+        metrics::counter!("tower_llm_circuit_rejected_total", "reason" => if cooling_down { "cooldown" } else { "open" })
+            .increment(1);
+        #[cfg(not(feature = "metrics"))]
+        let _ = cooling_down;
     }
 
     fn thresholds_exceeded(&self, totals: &Totals) -> Option<&'static str> {
@@ -551,7 +562,9 @@ mod tests {
     use crate::window::WindowKind;
     use std::sync::Mutex;
 
-    fn breaker(config: CircuitConfig) -> (Breaker, Arc<Mutex<Vec<(State, State)>>>) {
+    type Events = Arc<Mutex<Vec<(State, State)>>>;
+
+    fn breaker(config: CircuitConfig) -> (Breaker, Events) {
         let events = Arc::new(Mutex::new(Vec::new()));
         let sink = Arc::clone(&events);
         let on: Arc<OnTransition> =
@@ -664,6 +677,34 @@ mod tests {
         assert_eq!(b.state(), State::Closed);
         call(&b, Outcome::Failure, T0).unwrap();
         assert_eq!(b.state(), State::Open);
+    }
+
+    #[test]
+    fn a_time_window_trips_within_the_second_the_rate_is_reached_and_forgets_old_failures() {
+        let (b, _) = breaker(config().window(WindowKind::Time(10)).build().unwrap());
+        let at = Duration::from_secs;
+        // Four failures at t = 0 .. 3, then quiet: below the minimum of 5.
+        for s in 0..4 {
+            call(&b, Outcome::Failure, at(s)).unwrap();
+        }
+        // At t = 12 the first three have left the window: one failure of two.
+        call(&b, Outcome::Success, at(12)).unwrap();
+        assert_eq!(
+            b.snapshot(at(12)).totals,
+            Totals {
+                calls: 2,
+                failures: 1,
+                slow: 0
+            }
+        );
+        for _ in 0..2 {
+            call(&b, Outcome::Success, at(12)).unwrap();
+        }
+        assert_eq!(b.state(), State::Closed, "1 of 4");
+        call(&b, Outcome::Failure, at(12)).unwrap();
+        assert_eq!(b.state(), State::Closed, "2 of 5 = 40 %");
+        call(&b, Outcome::Failure, at(12)).unwrap();
+        assert_eq!(b.state(), State::Open, "3 of 6 = 50 %, in the same second");
     }
 
     #[test]
@@ -868,5 +909,120 @@ mod tests {
                 "{wait:?}"
             );
         }
+    }
+}
+
+/// Exhaustive interleavings of the transitions and the probe permits, with
+/// loom: `RUSTFLAGS="--cfg tower_llm_loom" cargo test -p tower-llm-circuit --lib --release loom`.
+#[cfg(all(test, tower_llm_loom))]
+mod loom_models {
+    use super::*;
+    use crate::window::WindowKind;
+    use loom::sync::atomic::AtomicUsize;
+
+    fn breaker(probes: u32, events: Arc<AtomicUsize>) -> Arc<Breaker> {
+        let config = CircuitConfig::builder()
+            .window(WindowKind::Count(4))
+            .minimum_calls(2)
+            .consecutive_failures(None)
+            .open_jitter(0.0)
+            .half_open_probes(probes)
+            .build()
+            .unwrap();
+        let on: Arc<OnTransition> = Arc::new(move |_: &Transition| {
+            events.fetch_add(1, Ordering::SeqCst);
+        });
+        Arc::new(Breaker::new(
+            "k".into(),
+            tokio::time::Instant::now(),
+            Arc::new(config),
+            Some(on),
+            Duration::ZERO,
+        ))
+    }
+
+    #[test]
+    fn loom_two_failures_racing_open_the_circuit_exactly_once() {
+        loom::model(|| {
+            let events = Arc::new(AtomicUsize::new(0));
+            let b = breaker(1, Arc::clone(&events));
+            let handles: Vec<_> = (0..2)
+                .map(|_| {
+                    let b = Arc::clone(&b);
+                    loom::thread::spawn(move || {
+                        let p = b.acquire(Duration::ZERO).unwrap();
+                        b.record(p, Outcome::Failure, false, Duration::ZERO);
+                    })
+                })
+                .collect();
+            for h in handles {
+                h.join().unwrap();
+            }
+            assert_eq!(b.state(), State::Open);
+            assert_eq!(events.load(Ordering::SeqCst), 1);
+        });
+    }
+
+    #[test]
+    fn loom_half_open_never_admits_more_probes_than_permitted() {
+        loom::model(|| {
+            let events = Arc::new(AtomicUsize::new(0));
+            let b = breaker(1, events);
+            b.set_state(State::HalfOpen, Duration::ZERO);
+            let admitted = Arc::new(AtomicUsize::new(0));
+            let handles: Vec<_> = (0..2)
+                .map(|_| {
+                    let (b, admitted) = (Arc::clone(&b), Arc::clone(&admitted));
+                    loom::thread::spawn(move || {
+                        if let Ok(p) = b.acquire(Duration::ZERO) {
+                            admitted.fetch_add(1, Ordering::SeqCst);
+                            // The probe is abandoned: its permit goes back.
+                            b.record(p, Outcome::Ignored, false, Duration::ZERO);
+                        }
+                    })
+                })
+                .collect();
+            for h in handles {
+                h.join().unwrap();
+            }
+            assert!(admitted.load(Ordering::SeqCst) >= 1);
+            assert!(
+                b.probes_left.load(Ordering::SeqCst) <= 1,
+                "a permit was duplicated"
+            );
+            assert_eq!(
+                b.probes_left.load(Ordering::SeqCst),
+                1,
+                "every released permit came back"
+            );
+        });
+    }
+
+    #[test]
+    fn loom_racing_probe_outcomes_make_one_transition() {
+        loom::model(|| {
+            let events = Arc::new(AtomicUsize::new(0));
+            let b = breaker(2, Arc::clone(&events));
+            b.set_state(State::HalfOpen, Duration::ZERO);
+            let before = events.load(Ordering::SeqCst);
+            let permits = [
+                b.acquire(Duration::ZERO).unwrap(),
+                b.acquire(Duration::ZERO).unwrap(),
+            ];
+            let handles: Vec<_> = permits
+                .into_iter()
+                .map(|p| {
+                    let b = Arc::clone(&b);
+                    loom::thread::spawn(move || {
+                        b.record(p, Outcome::Success, false, Duration::ZERO)
+                    })
+                })
+                .collect();
+            for h in handles {
+                h.join().unwrap();
+            }
+            assert_eq!(b.state(), State::Closed);
+            assert_eq!(events.load(Ordering::SeqCst) - before, 1);
+        });
     }
 }

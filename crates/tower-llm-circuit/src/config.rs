@@ -29,6 +29,7 @@ pub struct CircuitConfig {
     pub(crate) failure_rate: f64,
     pub(crate) slow_call_rate: f64,
     pub(crate) slow_call_duration: Option<Duration>,
+    pub(crate) slow_first_content: Option<Duration>,
     pub(crate) consecutive_failures: Option<u32>,
     pub(crate) open_duration: Duration,
     pub(crate) open_multiplier: f64,
@@ -69,6 +70,7 @@ impl CircuitConfig {
             failure_rate: 50.0,
             slow_call_rate: 100.0,
             slow_call_duration: None,
+            slow_first_content: None,
             consecutive_failures: Some(5),
             open_duration: Duration::from_secs(10),
             open_multiplier: 2.0,
@@ -198,10 +200,19 @@ impl CircuitConfigBuilder {
     }
 
     /// Calls slower than `duration` (to the end of their body) count as
-    /// slow; at or above `percent` slow calls, it opens.
+    /// slow; at or above `percent` slow calls, it opens. For streams, see
+    /// also [`slow_first_content`](Self::slow_first_content).
     pub fn slow_calls(mut self, duration: Duration, percent: f64) -> Self {
         self.config.slow_call_duration = Some(duration);
         self.config.slow_call_rate = percent;
+        self
+    }
+
+    /// A response whose first body data (for a stream, its first event)
+    /// comes later than `duration` after the call counts as slow, toward
+    /// the slow-call rate set with [`slow_calls`](Self::slow_calls).
+    pub fn slow_first_content(mut self, duration: Duration) -> Self {
+        self.config.slow_first_content = Some(duration);
         self
     }
 

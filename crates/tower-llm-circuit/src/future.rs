@@ -22,6 +22,8 @@ pub(crate) struct Guard {
     pub(crate) permit: Permit,
     pub(crate) start: Duration,
     pub(crate) done: bool,
+    /// The first body data came later than the configured limit.
+    pub(crate) slow_start: bool,
 }
 
 impl Guard {
@@ -34,14 +36,22 @@ impl Guard {
         }
     }
 
+    /// Called on the first data frame of the body.
+    pub(crate) fn first_data(&mut self) {
+        if let Some(limit) = self.breaker.config().slow_first_content {
+            self.slow_start = self.breaker.now().saturating_sub(self.start) > limit;
+        }
+    }
+
     fn finish(mut self, outcome: Outcome) {
         self.done = true;
         let now = self.end_time();
-        let slow = self
-            .breaker
-            .config()
-            .slow_call_duration
-            .is_some_and(|d| now.saturating_sub(self.start) > d);
+        let slow = self.slow_start
+            || self
+                .breaker
+                .config()
+                .slow_call_duration
+                .is_some_and(|d| now.saturating_sub(self.start) > d);
         self.breaker.record(self.permit, outcome, slow, now);
     }
 

@@ -1,7 +1,7 @@
 //! Which breaker a request belongs to.
 
 use std::fmt::{self, Write as _};
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::Arc;
 
 use http::{HeaderMap, Uri};
@@ -81,7 +81,5 @@ impl KeyBy {
 fn fingerprint(bytes: &[u8]) -> u64 {
     use std::sync::OnceLock;
     static STATE: OnceLock<std::collections::hash_map::RandomState> = OnceLock::new();
-    let mut hasher = STATE.get_or_init(Default::default).build_hasher();
-    bytes.hash(&mut hasher);
-    hasher.finish()
+    STATE.get_or_init(Default::default).hash_one(bytes)
 }

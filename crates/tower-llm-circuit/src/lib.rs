@@ -60,6 +60,7 @@ mod key;
 mod layer;
 mod registry;
 mod service;
+mod settings;
 mod window;
 
 pub use body::CircuitBody;
@@ -69,6 +70,7 @@ pub use handle::CircuitHandle;
 pub use key::{KeyBy, KeyFn, KeyInput};
 pub use layer::CircuitLayer;
 pub use service::Circuit;
+pub use settings::{CircuitSettings, ENV_VARS};
 pub use window::{Totals, WindowKind};
 
 /// The tracing target of every event of this crate.

@@ -198,6 +198,7 @@ where
                     permit,
                     start: now,
                     done: false,
+                    slow_start: false,
                 };
                 ResponseFuture::called(self.inner.call(request), guard)
             }

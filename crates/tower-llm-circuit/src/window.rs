@@ -7,6 +7,9 @@
 //! totals are exact once every recording has finished, however many threads
 //! record at once.
 
+#[cfg(tower_llm_loom)]
+use loom::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+#[cfg(not(tower_llm_loom))]
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::Duration;
 

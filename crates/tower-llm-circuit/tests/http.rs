@@ -420,3 +420,27 @@ fn counts_are_exact_when_several_threads_hammer_one_key() {
         assert_eq!(snapshot.state, State::Closed);
     });
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_stream_slow_to_its_first_event_counts_as_slow() {
+    let sim = Simulator::builder()
+        .reply_tokens(2)
+        .plan(Fault::latency(Duration::from_secs(8)))
+        .start()
+        .await
+        .unwrap();
+    let config = config()
+        .consecutive_failures(None)
+        .slow_calls(Duration::from_secs(600), 100.0)
+        .slow_first_content(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let layer = CircuitLayer::new(config);
+    let service = stack(&layer);
+    for _ in 0..5 {
+        assert_eq!(call(&service, request(&sim, "m", true)).await, Ok(()));
+    }
+    let snapshot = &layer.handle().snapshot()[0];
+    assert_eq!((snapshot.totals.calls, snapshot.totals.slow), (5, 5));
+    assert_eq!(snapshot.state, State::Open, "every call slow: 100 %");
+}

@@ -1,0 +1,244 @@
+//! Configuration as data: from a file (with the `serde` feature) and from
+//! environment variables — in the same style as the retry crate's
+//! `RetryConfig`.
+
+use std::time::Duration;
+
+use crate::config::{CircuitConfig, CircuitConfigBuilder, ConfigError};
+use crate::window::WindowKind;
+
+/// A circuit configuration as plain data: a preset and the settings that
+/// override it. Every field is optional.
+///
+/// ```
+/// # #[cfg(feature = "serde")] {
+/// use tower_llm_circuit::CircuitSettings;
+///
+/// let settings: CircuitSettings = serde_json::from_str(
+///     r#"{"preset": "fast_trip", "failure_rate": 40, "open_ms": 20000}"#,
+/// ).unwrap();
+/// let config = settings.build().unwrap();
+/// # let _ = config;
+/// # }
+/// ```
+#[derive(Clone, Debug, Default, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(default, deny_unknown_fields))]
+#[non_exhaustive]
+pub struct CircuitSettings {
+    /// `standard` (the default), `fast_trip` or `lenient`.
+    pub preset: Option<String>,
+    /// A count window of this many calls.
+    pub window_calls: Option<u32>,
+    /// A time window of this many seconds (instead of `window_calls`).
+    pub window_seconds: Option<u32>,
+    /// Calls before the rates can open the circuit.
+    pub minimum_calls: Option<u32>,
+    /// Failure rate (percent) that opens it.
+    pub failure_rate: Option<f64>,
+    /// Calls slower than this (ms) are slow.
+    pub slow_call_ms: Option<u64>,
+    /// Slow-call rate (percent) that opens it.
+    pub slow_call_rate: Option<f64>,
+    /// Consecutive failures that open it (0 turns the rule off).
+    pub consecutive_failures: Option<u32>,
+    /// The first open duration (ms).
+    pub open_ms: Option<u64>,
+    /// Growth of the open duration per re-open.
+    pub open_multiplier: Option<f64>,
+    /// The longest open duration (ms).
+    pub max_open_ms: Option<u64>,
+    /// Probes in half-open.
+    pub half_open_probes: Option<u32>,
+    /// Cooldown after quota exhausted (ms).
+    pub quota_cooldown_ms: Option<u64>,
+    /// Most keys held.
+    pub max_keys: Option<usize>,
+}
+
+/// The environment variables [`CircuitSettings::from_env`] reads.
+pub const ENV_VARS: [&str; 6] = [
+    "TOWER_LLM_CIRCUIT_WINDOW_CALLS",
+    "TOWER_LLM_CIRCUIT_MINIMUM_CALLS",
+    "TOWER_LLM_CIRCUIT_FAILURE_RATE",
+    "TOWER_LLM_CIRCUIT_CONSECUTIVE_FAILURES",
+    "TOWER_LLM_CIRCUIT_OPEN_MS",
+    "TOWER_LLM_CIRCUIT_HALF_OPEN_PROBES",
+];
+
+impl CircuitSettings {
+    /// Overrides from the process environment (see [`ENV_VARS`]).
+    pub fn from_env(self) -> Result<Self, ConfigError> {
+        self.from_env_with(|name| std::env::var(name).ok())
+    }
+
+    /// Overrides from `lookup` (the environment, or a map in tests).
+    pub fn from_env_with(
+        mut self,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        fn parse<T: std::str::FromStr>(
+            name: &str,
+            lookup: &impl Fn(&str) -> Option<String>,
+        ) -> Result<Option<T>, ConfigError> {
+            match lookup(name) {
+                None => Ok(None),
+                Some(text) => text
+                    .trim()
+                    .parse::<T>()
+                    .map(Some)
+                    .map_err(|_| ConfigError(format!("{name}: `{text}` is not a valid number"))),
+            }
+        }
+        self.window_calls = parse(ENV_VARS[0], &lookup)?.or(self.window_calls);
+        self.minimum_calls = parse(ENV_VARS[1], &lookup)?.or(self.minimum_calls);
+        self.failure_rate = parse(ENV_VARS[2], &lookup)?.or(self.failure_rate);
+        self.consecutive_failures = parse(ENV_VARS[3], &lookup)?.or(self.consecutive_failures);
+        self.open_ms = parse(ENV_VARS[4], &lookup)?.or(self.open_ms);
+        self.half_open_probes = parse(ENV_VARS[5], &lookup)?.or(self.half_open_probes);
+        Ok(self)
+    }
+
+    /// The builder this describes: the preset, then each setting given.
+    pub fn builder(&self) -> Result<CircuitConfigBuilder, ConfigError> {
+        let preset = match self.preset.as_deref().unwrap_or("standard") {
+            "standard" => CircuitConfig::standard(),
+            "fast_trip" => CircuitConfig::fast_trip(),
+            "lenient" => CircuitConfig::lenient(),
+            other => {
+                return Err(ConfigError(format!(
+                    "preset: `{other}` is not one of standard, fast_trip, lenient"
+                )));
+            }
+        };
+        let base = preset.clone();
+        let mut b = preset.to_builder();
+        match (self.window_calls, self.window_seconds) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError(
+                    "window_calls and window_seconds: set one, not both".into(),
+                ));
+            }
+            (Some(n), None) => b = b.window(WindowKind::Count(n)),
+            (None, Some(n)) => b = b.window(WindowKind::Time(n)),
+            (None, None) => {}
+        }
+        if let Some(n) = self.minimum_calls {
+            b = b.minimum_calls(n);
+        }
+        if let Some(rate) = self.failure_rate {
+            b = b.failure_rate(rate);
+        }
+        if let Some(ms) = self.slow_call_ms {
+            b = b.slow_calls(
+                Duration::from_millis(ms),
+                self.slow_call_rate.unwrap_or(base.slow_call_rate),
+            );
+        }
+        if let Some(n) = self.consecutive_failures {
+            b = b.consecutive_failures((n > 0).then_some(n));
+        }
+        if self.open_ms.is_some() || self.open_multiplier.is_some() || self.max_open_ms.is_some() {
+            b = b.open_duration(
+                self.open_ms
+                    .map_or(base.open_duration, Duration::from_millis),
+                self.open_multiplier.unwrap_or(base.open_multiplier),
+                self.max_open_ms
+                    .map_or(base.max_open_duration, Duration::from_millis),
+            );
+        }
+        if let Some(n) = self.half_open_probes {
+            b = b.half_open_probes(n);
+        }
+        if let Some(ms) = self.quota_cooldown_ms {
+            b = b.quota_cooldown(Duration::from_millis(ms));
+        }
+        if let Some(n) = self.max_keys {
+            b = b.max_keys(n);
+        }
+        Ok(b)
+    }
+
+    /// The configuration this describes, checked.
+    pub fn build(&self) -> Result<CircuitConfig, ConfigError> {
+        self.builder()?.build()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |name| map.get(name).cloned()
+    }
+
+    #[test]
+    fn environment_variables_override_the_preset() {
+        let settings = CircuitSettings::default()
+            .from_env_with(env(&[
+                ("TOWER_LLM_CIRCUIT_WINDOW_CALLS", "30"),
+                ("TOWER_LLM_CIRCUIT_MINIMUM_CALLS", "7"),
+                ("TOWER_LLM_CIRCUIT_FAILURE_RATE", "35.5"),
+                ("TOWER_LLM_CIRCUIT_CONSECUTIVE_FAILURES", "0"),
+                ("TOWER_LLM_CIRCUIT_OPEN_MS", "2500"),
+                ("TOWER_LLM_CIRCUIT_HALF_OPEN_PROBES", "4"),
+            ]))
+            .unwrap();
+        let config = settings.build().unwrap();
+        assert_eq!(config.window(), WindowKind::Count(30));
+        assert_eq!(config.minimum_calls, 7);
+        assert_eq!(config.failure_rate, 35.5);
+        assert_eq!(config.consecutive_failures, None);
+        assert_eq!(config.open_duration, Duration::from_millis(2500));
+        assert_eq!(config.half_open_probes(), 4);
+    }
+
+    #[test]
+    fn bad_values_name_their_source() {
+        let error = CircuitSettings::default()
+            .from_env_with(env(&[("TOWER_LLM_CIRCUIT_OPEN_MS", "soon")]))
+            .unwrap_err();
+        assert!(
+            error.to_string().contains("TOWER_LLM_CIRCUIT_OPEN_MS"),
+            "{error}"
+        );
+        let error = CircuitSettings {
+            preset: Some("yolo".into()),
+            ..Default::default()
+        }
+        .build()
+        .unwrap_err();
+        assert!(error.to_string().contains("preset"), "{error}");
+        let error = CircuitSettings {
+            window_calls: Some(5),
+            window_seconds: Some(5),
+            ..Default::default()
+        }
+        .build()
+        .unwrap_err();
+        assert!(error.to_string().contains("not both"), "{error}");
+        let error = CircuitSettings {
+            failure_rate: Some(150.0),
+            ..Default::default()
+        }
+        .build()
+        .unwrap_err();
+        assert!(error.to_string().contains("failure_rate"), "{error}");
+    }
+
+    #[cfg(feature = "serde")]
+    #[test]
+    fn a_settings_file_with_an_unknown_key_is_refused_by_name() {
+        let error = serde_json::from_str::<CircuitSettings>(r#"{"failure_rat": 40}"#).unwrap_err();
+        assert!(error.to_string().contains("failure_rat"), "{error}");
+        let settings: CircuitSettings =
+            serde_json::from_str(r#"{"preset":"lenient","window_seconds":30}"#).unwrap();
+        assert_eq!(settings.build().unwrap().window(), WindowKind::Time(30));
+    }
+}
