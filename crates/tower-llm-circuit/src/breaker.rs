@@ -334,7 +334,11 @@ impl Breaker {
                 let consecutive = if failure {
                     self.consecutive_failures.fetch_add(1, Ordering::AcqRel) + 1
                 } else {
-                    self.consecutive_failures.store(0, Ordering::Release);
+                    // Only written when there is something to reset: a store
+                    // on every success would contend across threads.
+                    if self.consecutive_failures.load(Ordering::Relaxed) != 0 {
+                        self.consecutive_failures.store(0, Ordering::Release);
+                    }
                     0
                 };
                 // Evaluated on every call, as Resilience4j does: a success
