@@ -131,6 +131,8 @@ pub(crate) struct Permit {
     /// The half-open generation this probe belongs to; `None` for a call in
     /// a state that counts into the window.
     probe: Option<u64>,
+    /// The closed phase the call was admitted in.
+    epoch: u64,
     /// Whether the outcome is counted at all (not in disabled).
     counted: bool,
 }
@@ -139,6 +141,56 @@ pub(crate) struct Permit {
 fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
+
+/// The half-open phase in one word, so that a probe's permit, its outcome
+/// and the phase it belongs to change together in one compare-and-swap:
+/// generation (24 bits) | permits left | successes | failures | slow
+/// (10 bits each; at most 1000 probes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Phase {
+    generation: u64,
+    permits: u64,
+    successes: u64,
+    failures: u64,
+    slow: u64,
+}
+
+const FIELD: u64 = 0x3FF;
+
+impl Phase {
+    fn pack(self) -> u64 {
+        ((self.generation & 0xFF_FFFF) << 40)
+            | ((self.permits & FIELD) << 30)
+            | ((self.successes & FIELD) << 20)
+            | ((self.failures & FIELD) << 10)
+            | (self.slow & FIELD)
+    }
+
+    fn unpack(word: u64) -> Phase {
+        Phase {
+            generation: word >> 40,
+            permits: (word >> 30) & FIELD,
+            successes: (word >> 20) & FIELD,
+            failures: (word >> 10) & FIELD,
+            slow: word & FIELD,
+        }
+    }
+
+    /// A fresh phase after `self`: the next generation, every permit.
+    fn next(self, probes: u32) -> Phase {
+        Phase {
+            generation: (self.generation + 1) & 0xFF_FFFF,
+            permits: u64::from(probes),
+            successes: 0,
+            failures: 0,
+            slow: 0,
+        }
+    }
+}
+
+/// `open_until` while the one caller that ends an open interval arms the
+/// half-open phase: others see the circuit still open.
+const ARMING: u64 = u64::MAX;
 
 /// The breaker of one key.
 pub(crate) struct Breaker {
@@ -150,20 +202,19 @@ pub(crate) struct Breaker {
     state: AtomicU8,
     window: Window,
     consecutive_failures: AtomicU32,
+    /// Bumped on every entry into closed: outcomes of calls admitted in an
+    /// earlier closed phase (before a trip) are not counted in this one.
+    closed_epoch: AtomicU64,
     /// Consecutive trips without a healthy close: drives the open duration.
     trips: AtomicU32,
     open_until: AtomicU64,
-    /// Bumped on entering half-open (and on re-arming it): probes of an
-    /// older generation no longer count.
-    generation: AtomicU64,
-    probes_left: AtomicU32,
-    probe_successes: AtomicU32,
-    probe_failures: AtomicU32,
+    phase: AtomicU64,
     half_open_since: AtomicU64,
     cooldown_until: AtomicU64,
     rejected: AtomicU64,
     pub(crate) last_used: AtomicU64,
     jitter_draws: AtomicU64,
+    jitter_seed: u64,
 }
 
 impl fmt::Debug for Breaker {
@@ -184,6 +235,11 @@ impl Breaker {
         now: Duration,
     ) -> Self {
         let window = Window::new(config.window);
+        let jitter_seed = {
+            use std::hash::BuildHasher;
+            config.seed.unwrap_or_else(|| std::collections::hash_map::RandomState::new().hash_one(0u8))
+                ^ std::hash::BuildHasher::hash_one(&std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default(), &*key)
+        };
         Breaker {
             key,
             start,
@@ -192,17 +248,16 @@ impl Breaker {
             state: AtomicU8::new(State::Closed.as_u8()),
             window,
             consecutive_failures: AtomicU32::new(0),
+            closed_epoch: AtomicU64::new(0),
             trips: AtomicU32::new(0),
             open_until: AtomicU64::new(0),
-            generation: AtomicU64::new(0),
-            probes_left: AtomicU32::new(0),
-            probe_successes: AtomicU32::new(0),
-            probe_failures: AtomicU32::new(0),
+            phase: AtomicU64::new(0),
             half_open_since: AtomicU64::new(0),
             cooldown_until: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
             last_used: AtomicU64::new(nanos(now)),
             jitter_draws: AtomicU64::new(0),
+            jitter_seed,
         }
     }
 
@@ -216,9 +271,10 @@ impl Breaker {
     }
 
     /// Whether recording an outcome needs the time: slow-call detection
-    /// and time windows do; a count window without it does not.
+    /// and time windows do; a count window without them does not.
     pub(crate) fn needs_clock_at_end(&self) -> bool {
         self.config.slow_call_duration.is_some()
+            || self.config.slow_first_content.is_some()
             || matches!(self.config.window, crate::window::WindowKind::Time(_))
     }
 
@@ -248,12 +304,14 @@ impl Breaker {
                 State::Closed | State::MetricsOnly => {
                     return Ok(Permit {
                         probe: None,
+                        epoch: self.closed_epoch.load(Ordering::Acquire),
                         counted: true,
                     });
                 }
                 State::Disabled => {
                     return Ok(Permit {
                         probe: None,
+                        epoch: 0,
                         counted: false,
                     });
                 }
@@ -263,71 +321,98 @@ impl Breaker {
                 }
                 State::Open => {
                     let until = self.open_until.load(Ordering::Acquire);
-                    if t < until {
+                    if t < until || until == ARMING {
                         self.count_rejection(false);
-                        return Err(Rejection::Open(Some(Duration::from_nanos(until - t))));
+                        let wait = (until != ARMING).then(|| Duration::from_nanos(until - t));
+                        return Err(Rejection::Open(wait));
                     }
-                    // The wait is over: the first caller moves to half-open.
-                    if self.transition(State::Open, State::HalfOpen, "open duration elapsed") {
-                        self.arm_half_open(t);
-                    }
-                }
-                State::HalfOpen => {
-                    let since = self.half_open_since.load(Ordering::Acquire);
-                    // Probes that hang must not hold recovery back: after
-                    // the deadline, a new generation of probes is admitted.
-                    if t.saturating_sub(since) >= nanos(self.config.half_open_deadline())
-                        && self
-                            .half_open_since
-                            .compare_exchange(since, t, Ordering::AcqRel, Ordering::Acquire)
-                            .is_ok()
+                    // The interval is over. One caller claims the change,
+                    // arms the probes, and only then shows half-open.
+                    if self
+                        .open_until
+                        .compare_exchange(until, ARMING, Ordering::AcqRel, Ordering::Acquire)
+                        .is_ok()
                     {
                         self.arm_half_open(t);
+                        if self.transition(State::Open, State::HalfOpen, "open duration elapsed") {
+                            continue;
+                        }
+                        // Set by hand meanwhile: leave it as it is.
                     }
-                    let generation = self.generation.load(Ordering::Acquire);
-                    let took = self.probes_left.fetch_update(
-                        Ordering::AcqRel,
-                        Ordering::Acquire,
-                        |left| left.checked_sub(1),
-                    );
-                    if took.is_ok() {
-                        return Ok(Permit {
-                            probe: Some(generation),
-                            counted: true,
-                        });
-                    }
-                    self.count_rejection(false);
-                    let since = self.half_open_since.load(Ordering::Acquire);
-                    let rearm = since
-                        .saturating_add(nanos(self.config.half_open_deadline()))
-                        .saturating_sub(t);
-                    return Err(Rejection::Open(Some(Duration::from_nanos(rearm))));
                 }
+                State::HalfOpen => return self.acquire_probe(t),
             }
         }
     }
 
-    fn arm_half_open(&self, t: u64) {
-        self.probe_successes.store(0, Ordering::Release);
-        self.probe_failures.store(0, Ordering::Release);
-        self.half_open_since.store(t, Ordering::Release);
-        self.generation.fetch_add(1, Ordering::AcqRel);
-        self.probes_left
-            .store(self.config.half_open_probes, Ordering::Release);
+    fn acquire_probe(&self, t: u64) -> Result<Permit, Rejection> {
+        let deadline = nanos(self.config.half_open_deadline());
+        let since = self.half_open_since.load(Ordering::Acquire);
+        // Probes that hang must not hold recovery back: after the deadline,
+        // a new generation of probes is admitted (those in flight no
+        // longer count; this is the trade Polly makes).
+        if t.saturating_sub(since) >= deadline
+            && self
+                .half_open_since
+                .compare_exchange(since, t, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
+            let _ = self
+                .phase
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
+                    Some(Phase::unpack(w).next(self.config.half_open_probes).pack())
+                });
+        }
+        let taken = self
+            .phase
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
+                let mut phase = Phase::unpack(w);
+                (phase.permits > 0).then(|| {
+                    phase.permits -= 1;
+                    phase.pack()
+                })
+            });
+        match taken {
+            Ok(word) => Ok(Permit {
+                probe: Some(Phase::unpack(word).generation),
+                epoch: 0,
+                counted: true,
+            }),
+            Err(_) => {
+                self.count_rejection(false);
+                let since = self.half_open_since.load(Ordering::Acquire);
+                Err(Rejection::Open(Some(Duration::from_nanos(
+                    since.saturating_add(deadline).saturating_sub(t),
+                ))))
+            }
+        }
     }
 
-    /// Records how an admitted call ended. `slow` only matters with a slow
-    /// call duration configured.
+    /// A fresh half-open phase at `t` (before half-open becomes visible).
+    fn arm_half_open(&self, t: u64) {
+        self.window.reset();
+        self.half_open_since.store(t, Ordering::Release);
+        let _ = self
+            .phase
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
+                Some(Phase::unpack(w).next(self.config.half_open_probes).pack())
+            });
+    }
+
+    /// Records how an admitted call ended. `slow` says it was slow (only
+    /// counted with a slow-call rule configured).
     pub(crate) fn record(&self, permit: Permit, outcome: Outcome, slow: bool, now: Duration) {
         if !permit.counted {
             return;
         }
-        let t = nanos(now);
+        let slow = slow && self.counts_slow_calls();
         match permit.probe {
-            Some(generation) => self.record_probe(generation, outcome, slow, t),
+            Some(generation) => self.record_probe(generation, outcome, slow, nanos(now)),
             None => {
-                if outcome == Outcome::Ignored {
-                    return;
+                if outcome == Outcome::Ignored
+                    || permit.epoch != self.closed_epoch.load(Ordering::Acquire)
+                {
+                    return; // not the target's health, or admitted before a trip
                 }
                 let failure = outcome == Outcome::Failure;
                 self.window.record(Sample { failure, slow }, now);
@@ -355,44 +440,59 @@ impl Breaker {
                 } else {
                     self.thresholds_exceeded(&self.window.totals(now))
                 };
-                if let Some(reason) = reason
-                    && self.transition(State::Closed, State::Open, reason)
-                {
-                    self.open(t);
+                if let Some(reason) = reason {
+                    self.trip(State::Closed, reason, nanos(now));
                 }
             }
         }
     }
 
+    fn counts_slow_calls(&self) -> bool {
+        self.config.slow_call_duration.is_some() || self.config.slow_first_content.is_some()
+    }
+
     fn record_probe(&self, generation: u64, outcome: Outcome, slow: bool, t: u64) {
-        if self.generation.load(Ordering::Acquire) != generation || self.state() != State::HalfOpen
-        {
-            return; // a probe of an earlier half-open phase
-        }
-        let failed = match outcome {
-            Outcome::Ignored => {
-                // Not a verdict on the target: the permit goes back.
-                self.probes_left.fetch_add(1, Ordering::AcqRel);
-                return;
-            }
-            Outcome::Failure => self.probe_failures.fetch_add(1, Ordering::AcqRel) + 1,
-            Outcome::Success if slow => self.probe_failures.fetch_add(1, Ordering::AcqRel) + 1,
-            Outcome::Success => {
-                self.probe_successes.fetch_add(1, Ordering::AcqRel);
-                self.probe_failures.load(Ordering::Acquire)
-            }
+        let probes = u64::from(self.config.half_open_probes);
+        let updated = self
+            .phase
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
+                let mut phase = Phase::unpack(w);
+                if phase.generation != generation {
+                    return None; // a probe of an earlier phase: not counted
+                }
+                match outcome {
+                    // Not a verdict on the target: the permit goes back.
+                    Outcome::Ignored => phase.permits = (phase.permits + 1).min(probes),
+                    Outcome::Failure => phase.failures += 1,
+                    Outcome::Success => phase.successes += 1,
+                }
+                if slow && outcome != Outcome::Ignored {
+                    phase.slow += 1;
+                }
+                Some(phase.pack())
+            });
+        let Ok(before) = updated else {
+            return;
         };
-        let done = self.probe_successes.load(Ordering::Acquire) + failed;
-        if done < self.config.half_open_probes {
+        if outcome == Outcome::Ignored {
             return;
         }
-        let rate = f64::from(failed) * 100.0 / f64::from(done);
-        if rate >= self.config.failure_rate {
-            if self.transition(State::HalfOpen, State::Open, "probes failed") {
-                self.open(t);
-            }
-        } else if self.transition(State::HalfOpen, State::Closed, "probes succeeded") {
-            self.close();
+        // The one probe whose outcome completed the phase decides it.
+        let before = Phase::unpack(before);
+        let done = before.successes + before.failures + 1;
+        if done != probes {
+            return;
+        }
+        let failures = before.failures + u64::from(outcome == Outcome::Failure);
+        let slow = before.slow + u64::from(slow);
+        let failure_rate = failures as f64 * 100.0 / done as f64;
+        let slow_rate = slow as f64 * 100.0 / done as f64;
+        if failure_rate >= self.config.failure_rate {
+            self.trip(State::HalfOpen, "probes failed", t);
+        } else if self.counts_slow_calls() && slow_rate >= self.config.slow_call_rate {
+            self.trip(State::HalfOpen, "probes slow", t);
+        } else {
+            self.close_from(State::HalfOpen, "probes succeeded");
         }
     }
 
@@ -412,17 +512,15 @@ impl Breaker {
         if totals.failure_rate() >= self.config.failure_rate {
             return Some("failure rate");
         }
-        if self.config.slow_call_duration.is_some()
-            && totals.slow_rate() >= self.config.slow_call_rate
-        {
+        if self.counts_slow_calls() && totals.slow_rate() >= self.config.slow_call_rate {
             return Some("slow call rate");
         }
         None
     }
 
-    /// After a transition into open: how long, growing with repeated trips.
-    fn open(&self, t: u64) {
-        let trips = self.trips.fetch_add(1, Ordering::AcqRel) + 1;
+    /// How long the next open interval lasts: growing with repeated trips,
+    /// jittered, never above the maximum.
+    fn open_duration(&self, trips: u32) -> Duration {
         let base = self.config.open_duration_for(trips);
         let jitter = self.config.open_jitter;
         let factor = if jitter > 0.0 {
@@ -430,25 +528,76 @@ impl Breaker {
         } else {
             1.0
         };
-        let duration = Duration::try_from_secs_f64(base.as_secs_f64() * factor).unwrap_or(base);
-        self.open_until
-            .store(t.saturating_add(nanos(duration)), Ordering::Release);
+        Duration::try_from_secs_f64(base.as_secs_f64() * factor)
+            .unwrap_or(base)
+            .min(self.config.max_open_duration)
     }
 
-    /// After a transition into closed: a fresh window, durations reset.
-    fn close(&self) {
+    /// `from` → open. The interval is set before the state changes, from
+    /// the later of `t` and the clock (the call that tripped it may have
+    /// taken long, and `t` may be its start), so nobody sees open with a
+    /// stale deadline.
+    fn trip(&self, from: State, reason: &'static str, t: u64) -> bool {
+        let trips = self.trips.load(Ordering::Acquire) + 1;
+        let t = t.max(nanos(self.now()));
+        let until = t.saturating_add(nanos(self.open_duration(trips)));
+        if self.state() != from {
+            return false;
+        }
+        self.open_until
+            .store(until.min(ARMING - 1), Ordering::Release);
+        let done = self
+            .state
+            .compare_exchange(
+                from.as_u8(),
+                State::Open.as_u8(),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_ok();
+        if done {
+            self.trips.store(trips, Ordering::Release);
+            self.emit(from, State::Open, reason);
+        }
+        done
+    }
+
+    /// `from` → closed, with a fresh window and the durations reset, all
+    /// before closed is visible.
+    fn close_from(&self, from: State, reason: &'static str) -> bool {
+        if self.state() != from {
+            return false;
+        }
+        self.prepare_closed();
+        let done = self
+            .state
+            .compare_exchange(
+                from.as_u8(),
+                State::Closed.as_u8(),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_ok();
+        if done {
+            self.emit(from, State::Closed, reason);
+        }
+        done
+    }
+
+    fn prepare_closed(&self) {
+        self.closed_epoch.fetch_add(1, Ordering::AcqRel);
         self.window.reset();
         self.consecutive_failures.store(0, Ordering::Release);
         self.trips.store(0, Ordering::Release);
     }
 
-    /// A uniform draw in [0, 1) for the open-duration jitter.
+    /// A uniform draw in [0, 1) for the open-duration jitter: SplitMix64
+    /// over the seed (per layer, or given) and a counter.
     fn draw(&self) -> f64 {
         let n = self.jitter_draws.fetch_add(1, Ordering::Relaxed);
-        let mut z = n
-            .wrapping_add(self.key.len() as u64)
-            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
-            ^ (self as *const Self as u64);
+        let mut z = self
+            .jitter_seed
+            .wrapping_add(n.wrapping_mul(0x9E37_79B9_7F4A_7C15));
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
@@ -481,6 +630,8 @@ impl Breaker {
             reason,
             "circuit state change"
         );
+        #[cfg(feature = "metrics")]
+        metrics::counter!("tower_llm_circuit_transitions_total", "to" => to.as_str()).increment(1);
         if let Some(callback) = &self.on_transition {
             callback(&Transition {
                 key: Arc::clone(&self.key),
@@ -493,13 +644,23 @@ impl Breaker {
 
     /// Sets a state by hand (force open, disable, …) from any state.
     pub(crate) fn set_state(&self, to: State, now: Duration) {
-        let from = State::from_u8(self.state.swap(to.as_u8(), Ordering::AcqRel));
+        let t = nanos(now);
+        // Prepare what the new state reads before it is visible.
         match to {
-            State::Closed => self.close(),
-            State::Open => self.open(nanos(now)),
-            State::HalfOpen => self.arm_half_open(nanos(now)),
+            State::Closed => self.prepare_closed(),
+            State::Open => {
+                let trips = self.trips.load(Ordering::Acquire) + 1;
+                self.trips.store(trips, Ordering::Release);
+                self.open_until.store(
+                    t.saturating_add(nanos(self.open_duration(trips)))
+                        .min(ARMING - 1),
+                    Ordering::Release,
+                );
+            }
+            State::HalfOpen => self.arm_half_open(t),
             _ => {}
         }
+        let from = State::from_u8(self.state.swap(to.as_u8(), Ordering::AcqRel));
         if from != to {
             self.emit(from, to, "set by hand");
         }
@@ -523,7 +684,8 @@ impl Breaker {
         let t = nanos(now);
         let totals = self.window.totals(now);
         let state = self.state();
-        let remaining = |until: u64| (until > t).then(|| Duration::from_nanos(until - t));
+        let remaining =
+            |until: u64| (until > t && until != ARMING).then(|| Duration::from_nanos(until - t));
         KeySnapshot {
             key: Arc::clone(&self.key),
             state,
@@ -606,8 +768,8 @@ mod tests {
         Ok(())
     }
 
-    #[test]
-    fn trips_at_the_failure_rate_only_after_the_minimum_calls() {
+    #[tokio::test(start_paused = true)]
+    async fn trips_at_the_failure_rate_only_after_the_minimum_calls() {
         let (b, events) = breaker(config().build().unwrap());
         // 4 failures: 100 %, but below the minimum of 5 calls.
         for _ in 0..4 {
@@ -620,8 +782,8 @@ mod tests {
         assert_eq!(*events.lock().unwrap(), [(State::Closed, State::Open)]);
     }
 
-    #[test]
-    fn trips_on_exactly_the_call_where_the_rate_first_reaches_the_threshold() {
+    #[tokio::test(start_paused = true)]
+    async fn trips_on_exactly_the_call_where_the_rate_first_reaches_the_threshold() {
         let (b, _) = breaker(config().build().unwrap());
         // S S S F F F F: the rate reaches 50 % at the 6th call (3 of 6).
         let outcomes = [
@@ -639,8 +801,8 @@ mod tests {
         assert_eq!(b.state(), State::Open, "3 of 6 = 50 %");
     }
 
-    #[test]
-    fn does_not_trip_below_the_threshold() {
+    #[tokio::test(start_paused = true)]
+    async fn does_not_trip_below_the_threshold() {
         let (b, events) = breaker(config().build().unwrap());
         for i in 0..100 {
             let o = if i % 3 == 0 {
@@ -654,8 +816,8 @@ mod tests {
         assert!(events.lock().unwrap().is_empty());
     }
 
-    #[test]
-    fn client_errors_and_rate_limits_do_not_count_as_failures() {
+    #[tokio::test(start_paused = true)]
+    async fn client_errors_and_rate_limits_do_not_count_as_failures() {
         let (b, _) = breaker(config().build().unwrap());
         for _ in 0..20 {
             call(&b, Outcome::Ignored, T0).unwrap();
@@ -663,8 +825,8 @@ mod tests {
         assert_eq!(b.snapshot(T0).totals.calls, 0);
     }
 
-    #[test]
-    fn consecutive_failures_trip_whatever_the_window() {
+    #[tokio::test(start_paused = true)]
+    async fn consecutive_failures_trip_whatever_the_window() {
         let (b, _) = breaker(
             config()
                 .window(WindowKind::Count(100))
@@ -683,8 +845,8 @@ mod tests {
         assert_eq!(b.state(), State::Open);
     }
 
-    #[test]
-    fn a_time_window_trips_within_the_second_the_rate_is_reached_and_forgets_old_failures() {
+    #[tokio::test(start_paused = true)]
+    async fn a_time_window_trips_within_the_second_the_rate_is_reached_and_forgets_old_failures() {
         let (b, _) = breaker(config().window(WindowKind::Time(10)).build().unwrap());
         let at = Duration::from_secs;
         // Four failures at t = 0 .. 3, then quiet: below the minimum of 5.
@@ -711,8 +873,8 @@ mod tests {
         assert_eq!(b.state(), State::Open, "3 of 6 = 50 %, in the same second");
     }
 
-    #[test]
-    fn slow_calls_trip_at_their_rate() {
+    #[tokio::test(start_paused = true)]
+    async fn slow_calls_trip_at_their_rate() {
         let (b, _) = breaker(
             config()
                 .slow_calls(Duration::from_secs(5), 60.0)
@@ -733,8 +895,8 @@ mod tests {
         assert_eq!(b.state(), State::Open);
     }
 
-    #[test]
-    fn open_fails_fast_with_the_time_to_the_next_probe() {
+    #[tokio::test(start_paused = true)]
+    async fn open_fails_fast_with_the_time_to_the_next_probe() {
         let (b, _) = breaker(config().build().unwrap());
         trip(&b, T0);
         assert_eq!(
@@ -744,8 +906,8 @@ mod tests {
         assert_eq!(b.snapshot(Duration::from_secs(4)).rejected, 1);
     }
 
-    #[test]
-    fn half_open_admits_exactly_n_probes() {
+    #[tokio::test(start_paused = true)]
+    async fn half_open_admits_exactly_n_probes() {
         let (b, events) = breaker(config().build().unwrap());
         trip(&b, T0);
         let at = Duration::from_secs(10);
@@ -769,8 +931,8 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_failed_probe_reopens_for_longer_and_a_healthy_close_resets_the_duration() {
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_probe_reopens_for_longer_and_a_healthy_close_resets_the_duration() {
         let (b, _) = breaker(config().build().unwrap());
         trip(&b, T0);
         let at = Duration::from_secs(10);
@@ -796,8 +958,8 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_released_probe_gives_its_permit_back() {
+    #[tokio::test(start_paused = true)]
+    async fn a_released_probe_gives_its_permit_back() {
         let (b, _) = breaker(config().half_open_probes(1).build().unwrap());
         trip(&b, T0);
         let at = Duration::from_secs(10);
@@ -807,8 +969,8 @@ mod tests {
         assert!(b.acquire(at).is_ok());
     }
 
-    #[test]
-    fn a_hung_probe_holds_recovery_back_at_most_one_deadline() {
+    #[tokio::test(start_paused = true)]
+    async fn a_hung_probe_holds_recovery_back_at_most_one_deadline() {
         let (b, _) = breaker(
             config()
                 .half_open_probes(1)
@@ -828,8 +990,8 @@ mod tests {
         assert_eq!(b.state(), State::Closed);
     }
 
-    #[test]
-    fn forced_open_disabled_and_metrics_only_behave_as_named() {
+    #[tokio::test(start_paused = true)]
+    async fn forced_open_disabled_and_metrics_only_behave_as_named() {
         let (b, _) = breaker(config().build().unwrap());
         b.set_state(State::ForcedOpen, T0);
         assert_eq!(
@@ -858,8 +1020,8 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_cooldown_fails_fast_without_counting_and_is_only_ever_extended() {
+    #[tokio::test(start_paused = true)]
+    async fn a_cooldown_fails_fast_without_counting_and_is_only_ever_extended() {
         let (b, _) = breaker(config().build().unwrap());
         b.cool_down(Duration::from_secs(30), T0);
         b.cool_down(Duration::from_secs(10), T0); // shorter: ignored
@@ -876,8 +1038,8 @@ mod tests {
         assert_eq!((b.state(), b.snapshot(T0).totals.calls), (State::Closed, 0));
     }
 
-    #[test]
-    fn one_event_per_transition_when_many_threads_trip_it_at_once() {
+    #[tokio::test(start_paused = true)]
+    async fn one_event_per_transition_when_many_threads_trip_it_at_once() {
         let (b, events) = breaker(
             config()
                 .window(WindowKind::Count(100))
@@ -899,9 +1061,10 @@ mod tests {
         assert_eq!(*events.lock().unwrap(), [(State::Closed, State::Open)]);
     }
 
-    #[test]
-    fn open_durations_are_jittered_within_their_spread() {
+    #[tokio::test(start_paused = true)]
+    async fn open_durations_are_jittered_within_their_spread() {
         let (b, _) = breaker(config().open_jitter(0.2).build().unwrap());
+        let mut waits = Vec::new();
         for _ in 0..50 {
             b.set_state(State::Closed, T0);
             trip(&b, T0);
@@ -912,7 +1075,18 @@ mod tests {
                 wait >= Duration::from_secs(8) && wait <= Duration::from_secs(12),
                 "{wait:?}"
             );
+            waits.push(wait);
         }
+        waits.sort();
+        waits.dedup();
+        assert!(
+            waits.len() > 40,
+            "the durations are spread: {} distinct of 50",
+            waits.len()
+        );
+        assert!(
+            waits[0] < Duration::from_secs(9) && waits[waits.len() - 1] > Duration::from_secs(11)
+        );
     }
 }
 
@@ -991,14 +1165,45 @@ mod loom_models {
             }
             assert!(admitted.load(Ordering::SeqCst) >= 1);
             assert!(
-                b.probes_left.load(Ordering::SeqCst) <= 1,
+                Phase::unpack(b.phase.load(Ordering::SeqCst)).permits <= 1,
                 "a permit was duplicated"
             );
             assert_eq!(
-                b.probes_left.load(Ordering::SeqCst),
+                Phase::unpack(b.phase.load(Ordering::SeqCst)).permits,
                 1,
                 "every released permit came back"
             );
+        });
+    }
+
+    #[test]
+    fn loom_callers_ending_an_open_interval_together_arm_one_phase_of_n_probes() {
+        loom::model(|| {
+            let events = Arc::new(AtomicUsize::new(0));
+            let b = breaker(1, events);
+            b.set_state(State::Open, Duration::ZERO);
+            // Far past any open interval.
+            let later = Duration::from_secs(3600);
+            let admitted = Arc::new(AtomicUsize::new(0));
+            let handles: Vec<_> = (0..2)
+                .map(|_| {
+                    let (b, admitted) = (Arc::clone(&b), Arc::clone(&admitted));
+                    loom::thread::spawn(move || {
+                        if b.acquire(later).is_ok() {
+                            admitted.fetch_add(1, Ordering::SeqCst);
+                        }
+                    })
+                })
+                .collect();
+            for h in handles {
+                h.join().unwrap();
+            }
+            assert_eq!(
+                admitted.load(Ordering::SeqCst),
+                1,
+                "exactly the one permitted probe"
+            );
+            assert_eq!(b.state(), State::HalfOpen);
         });
     }
 

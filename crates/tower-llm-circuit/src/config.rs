@@ -41,6 +41,7 @@ pub struct CircuitConfig {
     pub(crate) quota_cooldown: Duration,
     pub(crate) max_keys: usize,
     pub(crate) idle_eviction: Duration,
+    pub(crate) seed: Option<u64>,
 }
 
 /// A configuration that does not hold together, with the reason.
@@ -82,6 +83,7 @@ impl CircuitConfig {
             quota_cooldown: Duration::from_secs(3600),
             max_keys: 10_000,
             idle_eviction: Duration::from_secs(3600),
+            seed: None,
         }
     }
 
@@ -277,9 +279,20 @@ impl CircuitConfigBuilder {
         self
     }
 
-    /// Checks the configuration.
+    /// Seeds the open-duration jitter, for reproducible runs (mixed with
+    /// each key, so keys still differ).
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.config.seed = Some(seed);
+        self
+    }
+
+    /// Checks the configuration. A minimum number of calls above a count
+    /// window's size is lowered to it (as Resilience4j does).
     pub fn build(self) -> Result<CircuitConfig, ConfigError> {
-        let c = self.config;
+        let mut c = self.config;
+        if let WindowKind::Count(n) = c.window {
+            c.minimum_calls = c.minimum_calls.min(n);
+        }
         let bad = |message: String| Err(ConfigError(message));
         match c.window {
             WindowKind::Count(0) | WindowKind::Time(0) => {
@@ -301,8 +314,14 @@ impl CircuitConfigBuilder {
         if c.minimum_calls == 0 {
             return bad("minimum_calls must be at least 1".into());
         }
-        if c.half_open_probes == 0 {
-            return bad("half_open_probes must be at least 1".into());
+        if c.half_open_probes == 0 || c.half_open_probes > 1000 {
+            return bad(format!(
+                "half_open_probes must be between 1 and 1000, not {}",
+                c.half_open_probes
+            ));
+        }
+        if c.half_open_deadline.is_some_and(|d| d.is_zero()) || c.idle_eviction.is_zero() {
+            return bad("half_open_deadline and idle_eviction must be longer than zero".into());
         }
         if c.consecutive_failures == Some(0) {
             return bad("consecutive_failures must be at least 1 (or None)".into());
@@ -345,6 +364,16 @@ mod tests {
         ] {
             assert!(config.to_builder().build().is_ok(), "{config:?}");
         }
+    }
+
+    #[test]
+    fn a_minimum_above_the_window_is_lowered_to_it() {
+        let c = CircuitConfig::builder()
+            .window(WindowKind::Count(10))
+            .minimum_calls(50)
+            .build()
+            .unwrap();
+        assert_eq!(c.minimum_calls, 10);
     }
 
     #[test]

@@ -92,21 +92,18 @@ impl Drop for Guard {
 /// What a failure says about the target's health.
 pub(crate) fn outcome_of(c: &Classification, count_authentication: bool) -> Outcome {
     match c.kind() {
-        // The target is unwell.
-        ErrorKind::Overloaded
-        | ErrorKind::ServerError
-        | ErrorKind::Timeout
-        | ErrorKind::Connect
-        | ErrorKind::Transport
-        | ErrorKind::StreamIncomplete
-        | ErrorKind::Unknown => Outcome::Failure,
+        // The target is unwell: overload, server errors, timeouts, connect
+        // and transport failures, broken streams (classify's list).
+        kind if kind.is_target_failure() => Outcome::Failure,
         ErrorKind::Authentication if count_authentication => Outcome::Failure,
-        // Limits and local refusals: cooldowns handle them, not the window.
+        // Limits, local refusals and failures of unknown origin (a layer
+        // below may have made them): not a verdict on the target.
         ErrorKind::RateLimited
         | ErrorKind::QuotaExhausted
         | ErrorKind::CircuitOpen
         | ErrorKind::BudgetExhausted
-        | ErrorKind::Cancelled => Outcome::Ignored,
+        | ErrorKind::Cancelled
+        | ErrorKind::Unknown => Outcome::Ignored,
         // The target worked; the request was wrong.
         _ => Outcome::Success,
     }
@@ -172,6 +169,20 @@ where
                 Ok(response) => {
                     let (head, body) = response.into_parts();
                     let mut guard = guard.take();
+                    // An error status that reached us as a response (no
+                    // Classify below): judge it by its status and headers.
+                    if (head.status.is_client_error() || head.status.is_server_error())
+                        && let Some(g) = guard.take()
+                    {
+                        let c = tower_llm_classify::classify_response(
+                            tower_llm_classify::Provider::Unknown,
+                            head.status,
+                            &head.headers,
+                            b"",
+                            std::time::SystemTime::now(),
+                        );
+                        g.failed(&c);
+                    }
                     if body.is_end_stream()
                         && let Some(g) = guard.take()
                     {

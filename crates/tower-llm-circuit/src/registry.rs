@@ -21,6 +21,8 @@ const SHARDS: usize = 16;
 type Shard = RwLock<HashMap<Arc<str>, Arc<Breaker>>>;
 
 pub(crate) struct Registry {
+    /// Unique in the process (callers' caches tell registries apart by it).
+    pub(crate) id: u64,
     start: Instant,
     pub(crate) config: Arc<CircuitConfig>,
     on_transition: Option<Arc<OnTransition>>,
@@ -40,7 +42,9 @@ impl fmt::Debug for Registry {
 
 impl Registry {
     pub(crate) fn new(config: CircuitConfig, on_transition: Option<Arc<OnTransition>>) -> Self {
+        static IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         Registry {
+            id: IDS.fetch_add(1, Ordering::Relaxed),
             start: Instant::now(),
             config: Arc::new(config),
             on_transition,
@@ -91,9 +95,9 @@ impl Registry {
             .cloned()
     }
 
-    /// Makes room in a full shard: idle keys first, then the least
-    /// recently used. A key that is open, half-open or forced keeps its
-    /// place while any other can go.
+    /// Makes room in a full shard (`max_keys` is split over 16 shards,
+    /// rounded up): idle keys first, then the least recently used closed
+    /// key, then open ones. A state set by hand is never evicted.
     fn evict(&self, map: &mut HashMap<Arc<str>, Arc<Breaker>>, now: Duration) {
         let per_shard = self.config.max_keys.div_ceil(SHARDS).max(1);
         if map.len() < per_shard {
@@ -102,13 +106,27 @@ impl Registry {
         let idle = u64::try_from(self.config.idle_eviction.as_nanos()).unwrap_or(u64::MAX);
         let t = u64::try_from(now.as_nanos()).unwrap_or(u64::MAX);
         let before = map.len();
-        map.retain(|_, b| t.saturating_sub(b.last_used.load(Ordering::Relaxed)) < idle);
+        // A state set by hand stays until it is reset: never evicted idle.
+        map.retain(|_, b| {
+            matches!(
+                b.state(),
+                State::ForcedOpen | State::Disabled | State::MetricsOnly
+            ) || t.saturating_sub(b.last_used.load(Ordering::Relaxed)) < idle
+        });
         if map.len() < before {
             self.evictions.fetch_add(1, Ordering::AcqRel);
         }
         while map.len() >= per_shard {
+            // Closed keys first, then open ones; a state set by hand is
+            // never evicted (the shard may exceed its share for it).
             let victim = map
                 .iter()
+                .filter(|(_, b)| {
+                    !matches!(
+                        b.state(),
+                        State::ForcedOpen | State::Disabled | State::MetricsOnly
+                    )
+                })
                 .min_by_key(|(_, b)| {
                     (
                         b.state() != State::Closed,

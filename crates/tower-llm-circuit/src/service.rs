@@ -40,7 +40,7 @@ pub struct Circuit<S> {
 /// The breaker this thread used last, so that a run of calls on one key
 /// skips the hashing and the shard lock.
 struct LastUsed {
-    registry: usize,
+    registry: u64,
     evictions: u64,
     key: String,
     breaker: Arc<crate::breaker::Breaker>,
@@ -59,7 +59,7 @@ fn breaker_for(
     key: &str,
     now: std::time::Duration,
 ) -> Arc<crate::breaker::Breaker> {
-    let id = Arc::as_ptr(registry) as usize;
+    let id = registry.id;
     let evictions = registry
         .evictions
         .load(std::sync::atomic::Ordering::Acquire);

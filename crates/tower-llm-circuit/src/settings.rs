@@ -1,6 +1,7 @@
 //! Configuration as data: from a file (with the `serde` feature) and from
 //! environment variables — in the same style as the retry crate's
-//! `RetryConfig`.
+//! `RetrySettings` (data) beside `RetryPolicy` (checked): here
+//! `CircuitSettings` beside `CircuitConfig`.
 
 use std::time::Duration;
 
@@ -54,6 +55,18 @@ pub struct CircuitSettings {
     pub quota_cooldown_ms: Option<u64>,
     /// Most keys held.
     pub max_keys: Option<usize>,
+    /// Spread of each open duration (0.2: ±20 %).
+    pub open_jitter: Option<f64>,
+    /// How long half-open waits for its probes (ms).
+    pub half_open_deadline_ms: Option<u64>,
+    /// A first event later than this (ms) makes a call slow.
+    pub slow_first_content_ms: Option<u64>,
+    /// Whether 401s count as failures.
+    pub count_authentication_failures: Option<bool>,
+    /// A key idle this long (ms) may be evicted.
+    pub idle_eviction_ms: Option<u64>,
+    /// Seed of the open-duration jitter.
+    pub seed: Option<u64>,
 }
 
 /// The environment variables [`CircuitSettings::from_env`] reads.
@@ -155,6 +168,24 @@ impl CircuitSettings {
         }
         if let Some(n) = self.max_keys {
             b = b.max_keys(n);
+        }
+        if let Some(jitter) = self.open_jitter {
+            b = b.open_jitter(jitter);
+        }
+        if let Some(ms) = self.half_open_deadline_ms {
+            b = b.half_open_deadline(Duration::from_millis(ms));
+        }
+        if let Some(ms) = self.slow_first_content_ms {
+            b = b.slow_first_content(Duration::from_millis(ms));
+        }
+        if let Some(on) = self.count_authentication_failures {
+            b = b.count_authentication_failures(on);
+        }
+        if let Some(ms) = self.idle_eviction_ms {
+            b = b.idle_eviction(Duration::from_millis(ms));
+        }
+        if let Some(seed) = self.seed {
+            b = b.seed(seed);
         }
         Ok(b)
     }

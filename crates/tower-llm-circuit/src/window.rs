@@ -135,7 +135,7 @@ impl CountWindow {
         let index = self.next.fetch_add(1, Ordering::AcqRel);
         let slot = &self.slots[(index % self.slots.len() as u64) as usize];
         let evicted = Sample::from_code(slot.swap(sample.code(), Ordering::AcqRel));
-        // Add first, subtract after, so a total never underflows.
+        // Add first, subtract after.
         if sample.failure {
             self.failures.fetch_add(1, Ordering::AcqRel);
         }
@@ -143,11 +143,18 @@ impl CountWindow {
             self.slow.fetch_add(1, Ordering::AcqRel);
         }
         if let Some(evicted) = evicted {
+            // Saturating: a reset racing this record may have zeroed the
+            // total after the swap.
+            let decrement = |total: &AtomicU64| {
+                let _ = total.fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+                    Some(v.saturating_sub(1))
+                });
+            };
             if evicted.failure {
-                self.failures.fetch_sub(1, Ordering::AcqRel);
+                decrement(&self.failures);
             }
             if evicted.slow {
-                self.slow.fetch_sub(1, Ordering::AcqRel);
+                decrement(&self.slow);
             }
         }
     }

@@ -379,8 +379,8 @@ fn counts_are_exact_when_several_threads_hammer_one_key() {
     rt.block_on(async {
         let layer = CircuitLayer::new(
             config()
-                .window(WindowKind::Count(100_000))
-                .minimum_calls(100_000)
+                .window(WindowKind::Time(600))
+                .minimum_calls(1_000_000)
                 .consecutive_failures(None)
                 .build()
                 .unwrap(),
@@ -397,10 +397,10 @@ fn counts_are_exact_when_several_threads_hammer_one_key() {
         });
         let service = layer.layer(upstream);
         let mut tasks = tokio::task::JoinSet::new();
-        for t in 0..8 {
+        for t in 0..16 {
             let service = service.clone();
             tasks.spawn(async move {
-                for i in 0..5_000 {
+                for i in 0..12_500 {
                     let mut request = Request::post("http://api.openai.com/v1/chat/completions")
                         .body(Full::<Bytes>::from(r#"{"model":"gpt-4o"}"#))
                         .unwrap();
@@ -415,8 +415,8 @@ fn counts_are_exact_when_several_threads_hammer_one_key() {
         }
         tasks.join_all().await;
         let snapshot = &layer.handle().snapshot()[0];
-        assert_eq!(snapshot.totals.calls, 40_000);
-        assert_eq!(snapshot.totals.failures, 8_000);
+        assert_eq!(snapshot.totals.calls, 200_000);
+        assert_eq!(snapshot.totals.failures, 40_000);
         assert_eq!(snapshot.state, State::Closed);
     });
 }
@@ -443,4 +443,94 @@ async fn a_stream_slow_to_its_first_event_counts_as_slow() {
     let snapshot = &layer.handle().snapshot()[0];
     assert_eq!((snapshot.totals.calls, snapshot.totals.slow), (5, 5));
     assert_eq!(snapshot.state, State::Open, "every call slow: 100 %");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_failure_opens_for_the_full_interval_from_when_it_ended() {
+    // A 60 s timeout-like failure with a count window (no clock needed on
+    // success): the open interval starts when the failure is known.
+    let sim = Simulator::builder()
+        .plan(Fault::server_error(500).with_latency(Duration::from_secs(60)))
+        .start()
+        .await
+        .unwrap();
+    let layer = CircuitLayer::new(config().consecutive_failures(Some(1)).build().unwrap());
+    let service = stack(&layer);
+    assert_eq!(
+        call(&service, request(&sim, "m", false)).await,
+        Err(ErrorKind::ServerError)
+    );
+    tokio::time::advance(Duration::from_secs(5)).await;
+    let error = service
+        .clone()
+        .oneshot(request(&sim, "m", false))
+        .await
+        .unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::CircuitOpen);
+    assert_eq!(
+        error.classification().retry_after(),
+        Some(Duration::from_secs(5))
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_classify_below_an_error_status_still_counts() {
+    let sim = Simulator::builder()
+        .plan(Fault::server_error(503))
+        .start()
+        .await
+        .unwrap();
+    let layer = CircuitLayer::new(config().build().unwrap());
+    let bare: Circuit<Client<HttpConnector, Full<Bytes>>> =
+        layer.layer(Client::builder(TokioExecutor::new()).build_http());
+    for _ in 0..3 {
+        let response = bare
+            .clone()
+            .oneshot(request(&sim, "m", false))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 503);
+    }
+    let error = bare
+        .clone()
+        .oneshot(request(&sim, "m", false))
+        .await
+        .unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::CircuitOpen);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_new_layer_never_sees_a_dropped_layer_s_breakers() {
+    let sim = Simulator::start().await.unwrap();
+    for _ in 0..20 {
+        // Each layer forces the key open, is used, then dropped; the next
+        // one (perhaps at the same address) starts closed.
+        let layer = CircuitLayer::new(config().build().unwrap());
+        let service = stack(&layer);
+        assert_eq!(call(&service, request(&sim, "m", false)).await, Ok(()));
+        layer.handle().force_open("openai_compatible/m");
+        assert_eq!(
+            call(&service, request(&sim, "m", false)).await,
+            Err(ErrorKind::CircuitOpen)
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_state_set_by_hand_survives_idle_eviction() {
+    let sim = Simulator::start().await.unwrap();
+    let layer = CircuitLayer::new(
+        config()
+            .max_keys(16)
+            .idle_eviction(Duration::from_secs(60))
+            .build()
+            .unwrap(),
+    );
+    let service = stack(&layer);
+    layer.handle().force_open("openai_compatible/pinned");
+    tokio::time::advance(Duration::from_secs(3600)).await;
+    for i in 0..100 {
+        let _ = call(&service, request(&sim, &format!("model-{i}"), false)).await;
+    }
+    assert_eq!(state(&layer.handle(), "pinned"), Some(State::ForcedOpen));
 }

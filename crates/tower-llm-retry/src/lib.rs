@@ -80,18 +80,18 @@
 mod backoff;
 mod body;
 mod budget;
-mod config;
 pub mod future;
 mod layer;
 mod policy;
 mod report;
 mod service;
+mod settings;
 
 pub use backoff::{Backoff, Jitter};
 pub use body::{ReplayBody, RetryBody};
 pub use budget::RetryBudget;
-pub use config::{BudgetConfig, ENV_VARS, RetryConfig};
 pub use layer::RetryLayer;
 pub use policy::{ConfigError, Decision, GiveUp, RetryPolicy, RetryPolicyBuilder, RetryPredicate};
 pub use report::{RetryStats, TRACING_TARGET};
 pub use service::Retry;
+pub use settings::{BudgetSettings, ENV_VARS, RetrySettings};

@@ -96,7 +96,7 @@ impl RetryPolicy {
     pub fn builder() -> RetryPolicyBuilder {
         RetryPolicyBuilder {
             policy: RetryPolicy::base(),
-            budget: Some(BudgetSettings::default()),
+            budget: Some(BudgetParams::default()),
         }
     }
 
@@ -331,15 +331,15 @@ impl fmt::Debug for RetryPolicy {
 
 /// The budget's settings until the policy is built.
 #[derive(Clone, Copy, Debug)]
-struct BudgetSettings {
+struct BudgetParams {
     ttl: Duration,
     min_per_second: u32,
     ratio: f64,
 }
 
-impl Default for BudgetSettings {
+impl Default for BudgetParams {
     fn default() -> Self {
-        BudgetSettings {
+        BudgetParams {
             ttl: Duration::from_secs(10),
             min_per_second: 1,
             ratio: 0.1,
@@ -386,7 +386,7 @@ impl std::error::Error for ConfigError {}
 #[derive(Clone, Debug)]
 pub struct RetryPolicyBuilder {
     policy: RetryPolicy,
-    budget: Option<BudgetSettings>,
+    budget: Option<BudgetParams>,
 }
 
 impl RetryPolicyBuilder {
@@ -451,7 +451,7 @@ impl RetryPolicyBuilder {
     /// A budget over `ttl` of `ratio` retries per request, and at least
     /// `min_per_second` (default: 10 s, 1/s, 0.1). See [`RetryBudget`].
     pub fn budget(mut self, ttl: Duration, min_per_second: u32, ratio: f64) -> Self {
-        self.budget = Some(BudgetSettings {
+        self.budget = Some(BudgetParams {
             ttl,
             min_per_second,
             ratio,

@@ -11,9 +11,9 @@ use crate::policy::{ConfigError, RetryPolicy, RetryPolicyBuilder};
 ///
 /// ```
 /// # #[cfg(feature = "serde")] {
-/// use tower_llm_retry::RetryConfig;
+/// use tower_llm_retry::RetrySettings;
 ///
-/// let config: RetryConfig = serde_json::from_str(
+/// let config: RetrySettings = serde_json::from_str(
 ///     r#"{"preset": "high_availability", "max_attempts": 5, "deadline_ms": 90000}"#,
 /// ).unwrap();
 /// let policy = config.build().unwrap();
@@ -24,7 +24,7 @@ use crate::policy::{ConfigError, RetryPolicy, RetryPolicyBuilder};
 #[cfg_attr(feature = "serde", derive(serde::Deserialize))]
 #[cfg_attr(feature = "serde", serde(default, deny_unknown_fields))]
 #[non_exhaustive]
-pub struct RetryConfig {
+pub struct RetrySettings {
     /// `sdk_default` (the default), `high_availability`, `cost_sensitive` or `development`.
     pub preset: Option<String>,
     /// Attempts in all, the first included.
@@ -48,7 +48,7 @@ pub struct RetryConfig {
     /// The largest request body kept for replay, in bytes.
     pub max_body_bytes: Option<usize>,
     /// The retry budget; `enabled = false` turns it off.
-    pub budget: Option<BudgetConfig>,
+    pub budget: Option<BudgetSettings>,
 }
 
 /// The retry budget as data.
@@ -56,7 +56,7 @@ pub struct RetryConfig {
 #[cfg_attr(feature = "serde", derive(serde::Deserialize))]
 #[cfg_attr(feature = "serde", serde(default, deny_unknown_fields))]
 #[non_exhaustive]
-pub struct BudgetConfig {
+pub struct BudgetSettings {
     /// `false` turns the budget off (default `true`).
     pub enabled: Option<bool>,
     /// The window, in milliseconds (1 000 to 60 000).
@@ -67,7 +67,7 @@ pub struct BudgetConfig {
     pub ratio: Option<f64>,
 }
 
-/// The environment variables [`RetryConfig::from_env`] reads.
+/// The environment variables [`RetrySettings::from_env`] reads.
 pub const ENV_VARS: [&str; 5] = [
     "TOWER_LLM_RETRY_MAX_ATTEMPTS",
     "TOWER_LLM_RETRY_BASE_DELAY_MS",
@@ -76,7 +76,7 @@ pub const ENV_VARS: [&str; 5] = [
     "TOWER_LLM_RETRY_DEADLINE_MS",
 ];
 
-impl RetryConfig {
+impl RetrySettings {
     /// Overrides from the process environment (see [`ENV_VARS`]).
     pub fn from_env(self) -> Result<Self, ConfigError> {
         self.from_env_with(|name| std::env::var(name).ok())
@@ -183,7 +183,7 @@ mod tests {
 
     #[test]
     fn environment_variables_override_the_preset() {
-        let config = RetryConfig::default()
+        let config = RetrySettings::default()
             .from_env_with(env(&[
                 ("TOWER_LLM_RETRY_MAX_ATTEMPTS", "5"),
                 ("TOWER_LLM_RETRY_BASE_DELAY_MS", "100"),
@@ -202,7 +202,7 @@ mod tests {
 
     #[test]
     fn a_bad_value_names_its_variable() {
-        let error = RetryConfig::default()
+        let error = RetrySettings::default()
             .from_env_with(env(&[("TOWER_LLM_RETRY_DEADLINE_MS", "soon")]))
             .unwrap_err();
         assert!(
@@ -210,14 +210,14 @@ mod tests {
                 && error.to_string().contains("soon"),
             "{error}"
         );
-        let error = RetryConfig {
+        let error = RetrySettings {
             preset: Some("yolo".into()),
             ..Default::default()
         }
         .build()
         .unwrap_err();
         assert!(error.to_string().contains("preset"), "{error}");
-        let error = RetryConfig {
+        let error = RetrySettings {
             base_delay_ms: Some(9000),
             ..Default::default()
         }
@@ -229,9 +229,9 @@ mod tests {
     #[cfg(feature = "serde")]
     #[test]
     fn a_config_file_with_an_unknown_key_is_refused_by_name() {
-        let error = serde_json::from_str::<RetryConfig>(r#"{"max_attempt": 4}"#).unwrap_err();
+        let error = serde_json::from_str::<RetrySettings>(r#"{"max_attempt": 4}"#).unwrap_err();
         assert!(error.to_string().contains("max_attempt"), "{error}");
-        let config: RetryConfig = serde_json::from_str(
+        let config: RetrySettings = serde_json::from_str(
             r#"{"preset":"cost_sensitive","jitter":"decorrelated","budget":{"ratio":0.2}}"#,
         )
         .unwrap();
@@ -242,16 +242,16 @@ mod tests {
 
     #[test]
     fn the_budget_can_be_turned_off_or_tuned() {
-        let off = RetryConfig {
-            budget: Some(BudgetConfig {
+        let off = RetrySettings {
+            budget: Some(BudgetSettings {
                 enabled: Some(false),
                 ..Default::default()
             }),
             ..Default::default()
         };
         assert!(off.build().unwrap().budget().is_none());
-        let bad = RetryConfig {
-            budget: Some(BudgetConfig {
+        let bad = RetrySettings {
+            budget: Some(BudgetSettings {
                 ratio: Some(-1.0),
                 ..Default::default()
             }),
