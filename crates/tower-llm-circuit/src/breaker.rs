@@ -1061,6 +1061,54 @@ mod tests {
         assert_eq!(*events.lock().unwrap(), [(State::Closed, State::Open)]);
     }
 
+    /// RESILIENCE.md §9 property 7: at half the threshold's failure rate,
+    /// false trips happen as often as the binomial law says, which they
+    /// only do if every call is counted exactly.
+    #[tokio::test(start_paused = true)]
+    async fn false_trips_at_half_the_threshold_match_the_binomial_prediction() {
+        let (b, _) = breaker(
+            config()
+                .window(WindowKind::Count(20))
+                .minimum_calls(20)
+                .build()
+                .unwrap(),
+        );
+        let (n, p, trials) = (20u32, 0.25f64, 100_000u32);
+        let mut z = 12_345u64;
+        let mut draw = || {
+            z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut x = z;
+            x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            ((x ^ (x >> 31)) >> 11) as f64 / (1u64 << 53) as f64
+        };
+        let mut trips = 0u32;
+        for _ in 0..trials {
+            b.set_state(State::Closed, T0);
+            for _ in 0..n {
+                let outcome = if draw() < p {
+                    Outcome::Failure
+                } else {
+                    Outcome::Success
+                };
+                let _ = call(&b, outcome, T0);
+            }
+            trips += u32::from(b.state() == State::Open);
+        }
+        // P(X >= 10) for X ~ Binomial(20, 0.25).
+        let choose =
+            |n: u32, k: u32| (0..k).fold(1.0, |acc, i| acc * f64::from(n - i) / f64::from(i + 1));
+        let expected: f64 = (10..=n)
+            .map(|k| choose(n, k) * p.powi(k as i32) * (1.0 - p).powi((n - k) as i32))
+            .sum::<f64>()
+            * f64::from(trials);
+        let observed = f64::from(trips);
+        assert!(
+            (observed - expected).abs() <= 0.1 * expected,
+            "{observed} trips, {expected:.0} expected"
+        );
+    }
+
     #[tokio::test(start_paused = true)]
     async fn open_durations_are_jittered_within_their_spread() {
         let (b, _) = breaker(config().open_jitter(0.2).build().unwrap());
