@@ -94,14 +94,7 @@ impl CircuitSettings {
             name: &str,
             lookup: &impl Fn(&str) -> Option<String>,
         ) -> Result<Option<T>, ConfigError> {
-            match lookup(name) {
-                None => Ok(None),
-                Some(text) => text
-                    .trim()
-                    .parse::<T>()
-                    .map(Some)
-                    .map_err(|_| ConfigError(format!("{name}: `{text}` is not a valid number"))),
-            }
+            tower_llm_classify::env::parse_var(name, lookup).map_err(ConfigError)
         }
         self.window_calls = parse(ENV_VARS[0], &lookup)?.or(self.window_calls);
         self.minimum_calls = parse(ENV_VARS[1], &lookup)?.or(self.minimum_calls);

@@ -72,6 +72,7 @@
 #![forbid(unsafe_code)]
 
 mod classification;
+pub mod env;
 mod error;
 pub mod future;
 mod grpc;

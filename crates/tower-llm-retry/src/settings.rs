@@ -87,15 +87,9 @@ impl RetrySettings {
         mut self,
         lookup: impl Fn(&str) -> Option<String>,
     ) -> Result<Self, ConfigError> {
-        let number =
-            |name: &str| -> Result<Option<u64>, ConfigError> {
-                match lookup(name) {
-                    None => Ok(None),
-                    Some(text) => text.trim().parse::<u64>().map(Some).map_err(|_| {
-                        ConfigError(format!("{name}: `{text}` is not a whole number"))
-                    }),
-                }
-            };
+        let number = |name: &str| {
+            tower_llm_classify::env::parse_var::<u64>(name, &lookup).map_err(ConfigError)
+        };
         if let Some(n) = number(ENV_VARS[0])? {
             let n = u32::try_from(n)
                 .map_err(|_| ConfigError(format!("{}: {n} is too large", ENV_VARS[0])))?;
