@@ -212,6 +212,8 @@ pub(crate) struct Breaker {
     half_open_since: AtomicU64,
     cooldown_until: AtomicU64,
     rejected: AtomicU64,
+    /// In metrics-only, whether "threshold exceeded" was said already.
+    exceeded_reported: std::sync::atomic::AtomicBool,
     pub(crate) last_used: AtomicU64,
     jitter_draws: AtomicU64,
     jitter_seed: u64,
@@ -255,6 +257,7 @@ impl Breaker {
             half_open_since: AtomicU64::new(0),
             cooldown_until: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
+            exceeded_reported: std::sync::atomic::AtomicBool::new(false),
             last_used: AtomicU64::new(nanos(now)),
             jitter_draws: AtomicU64::new(0),
             jitter_seed,
@@ -428,7 +431,17 @@ impl Breaker {
                 };
                 // Evaluated on every call, as Resilience4j does: a success
                 // can be the call that brings the window to its minimum.
-                if self.state() != State::Closed {
+                let state = self.state();
+                if state == State::MetricsOnly {
+                    // Never opens; says once that it would have.
+                    if let Some(reason) = self.thresholds_exceeded(&self.window.totals(now))
+                        && !self.exceeded_reported.swap(true, Ordering::AcqRel)
+                    {
+                        tracing::warn!(target: crate::TRACING_TARGET, key = &*self.key, reason, "threshold exceeded (metrics only)");
+                    }
+                    return;
+                }
+                if state != State::Closed {
                     return;
                 }
                 let reason = if self
@@ -584,6 +597,13 @@ impl Breaker {
         done
     }
 
+    /// A health probe succeeded: open or half-open → closed. `false` if the
+    /// key was in neither (closed meanwhile, or set by hand).
+    pub(crate) fn close_after_probe(&self) -> bool {
+        self.close_from(State::Open, "health probe succeeded")
+            || self.close_from(State::HalfOpen, "health probe succeeded")
+    }
+
     fn prepare_closed(&self) {
         self.closed_epoch.fetch_add(1, Ordering::AcqRel);
         self.window.reset();
@@ -659,6 +679,9 @@ impl Breaker {
             }
             State::HalfOpen => self.arm_half_open(t),
             _ => {}
+        }
+        if to == State::MetricsOnly {
+            self.exceeded_reported.store(false, Ordering::Release);
         }
         let from = State::from_u8(self.state.swap(to.as_u8(), Ordering::AcqRel));
         if from != to {

@@ -80,3 +80,61 @@ impl CircuitHandle {
         self.registry.len()
     }
 }
+
+/// How a health probe ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ProbeResult {
+    /// The key was not open: nothing was probed.
+    NotOpen,
+    /// The probe succeeded: the key is closed again.
+    Closed,
+    /// The probe failed: the key stays open.
+    StillOpen,
+}
+
+impl CircuitHandle {
+    /// While `key` is open (or half-open), runs `probe` — a `GET /health`, a
+    /// one-token completion — and closes the key if it returns `true`,
+    /// instead of waiting for live traffic to probe it. A key that is not
+    /// open is left alone and `probe` is not run.
+    ///
+    /// ```
+    /// use tower_llm_circuit::{CircuitConfig, CircuitLayer, ProbeResult, State};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let handle = CircuitLayer::new(CircuitConfig::standard()).handle();
+    /// assert_eq!(handle.probe("openai/gpt-4o", async { true }).await, ProbeResult::NotOpen);
+    /// # }
+    /// ```
+    pub async fn probe(
+        &self,
+        key: &str,
+        probe: impl std::future::Future<Output = bool>,
+    ) -> ProbeResult {
+        let Some(breaker) = self.registry.find(key) else {
+            return ProbeResult::NotOpen;
+        };
+        if !matches!(breaker.state(), State::Open | State::HalfOpen) {
+            return ProbeResult::NotOpen;
+        }
+        if !probe.await {
+            return ProbeResult::StillOpen;
+        }
+        if breaker.close_after_probe() {
+            ProbeResult::Closed
+        } else {
+            ProbeResult::NotOpen
+        }
+    }
+
+    /// The keys that are open or half-open now (for a probe loop).
+    pub fn open_keys(&self) -> Vec<Arc<str>> {
+        self.snapshot()
+            .into_iter()
+            .filter(|k| matches!(k.state, State::Open | State::HalfOpen))
+            .map(|k| k.key)
+            .collect()
+    }
+}

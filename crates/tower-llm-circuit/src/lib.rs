@@ -66,7 +66,7 @@ mod window;
 pub use body::CircuitBody;
 pub use breaker::{KeySnapshot, OnTransition, State, Transition};
 pub use config::{CircuitConfig, CircuitConfigBuilder, ConfigError};
-pub use handle::CircuitHandle;
+pub use handle::{CircuitHandle, ProbeResult};
 pub use key::{KeyBy, KeyFn, KeyInput};
 pub use layer::CircuitLayer;
 pub use service::Circuit;

@@ -534,3 +534,41 @@ async fn a_state_set_by_hand_survives_idle_eviction() {
     }
     assert_eq!(state(&layer.handle(), "pinned"), Some(State::ForcedOpen));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_health_probe_closes_an_open_key_before_its_interval_ends() {
+    use tower_llm_circuit::ProbeResult;
+    let sim = Simulator::builder()
+        .plan(Fault::server_error(503))
+        .start()
+        .await
+        .unwrap();
+    let layer = CircuitLayer::new(config().build().unwrap());
+    let service = stack(&layer);
+    for _ in 0..3 {
+        let _ = call(&service, request(&sim, "m", false)).await;
+    }
+    let handle = layer.handle();
+    let key = "openai_compatible/m";
+    assert_eq!(handle.open_keys(), vec![std::sync::Arc::<str>::from(key)]);
+    // The provider's health endpoint says it is back (the plan is healthy).
+    sim.set_plan(Fault::ok());
+    let health = format!("{}/health", sim.base_url());
+    let probe = async {
+        let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+        client
+            .get(health.parse().unwrap())
+            .await
+            .is_ok_and(|r| r.status().is_success())
+    };
+    assert_eq!(
+        handle.probe(key, async { false }).await,
+        ProbeResult::StillOpen
+    );
+    assert_eq!(handle.probe(key, probe).await, ProbeResult::Closed);
+    assert_eq!(call(&service, request(&sim, "m", false)).await, Ok(()));
+    assert_eq!(
+        handle.probe(key, async { true }).await,
+        ProbeResult::NotOpen
+    );
+}
