@@ -3,9 +3,11 @@
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use bytes::Buf;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use tower_llm_classify::Classified;
+use tower_llm_classify::stream::EventScanner;
 
 use crate::future::Guard;
 
@@ -18,15 +20,19 @@ pin_project! {
         inner: B,
         guard: Option<Guard>,
         data_seen: bool,
+        // For a stream timed to its first content: tells content events
+        // from keep-alives and role chunks (only until the first one).
+        scanner: Option<Box<EventScanner>>,
     }
 }
 
 impl<B> CircuitBody<B> {
-    pub(crate) fn new(inner: B, guard: Option<Guard>) -> Self {
+    pub(crate) fn new(inner: B, guard: Option<Guard>, scanner: Option<Box<EventScanner>>) -> Self {
         CircuitBody {
             inner,
             guard,
             data_seen: false,
+            scanner,
         }
     }
 
@@ -60,11 +66,21 @@ where
         let polled = this.inner.as_mut().poll_frame(cx);
         if !*this.data_seen
             && let Poll::Ready(Some(Ok(frame))) = &polled
-            && frame.is_data()
+            && let Some(data) = frame.data_ref()
         {
-            *this.data_seen = true;
-            if let Some(guard) = this.guard.as_mut() {
-                guard.first_data();
+            let first_content = match this.scanner.as_mut() {
+                Some(scanner) => {
+                    scanner.feed(data.chunk());
+                    scanner.content_seen()
+                }
+                None => true,
+            };
+            if first_content {
+                *this.data_seen = true;
+                *this.scanner = None;
+                if let Some(guard) = this.guard.as_mut() {
+                    guard.first_data();
+                }
             }
         }
         match &polled {

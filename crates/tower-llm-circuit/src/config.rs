@@ -210,9 +210,12 @@ impl CircuitConfigBuilder {
         self
     }
 
-    /// A response whose first body data (for a stream, its first event)
-    /// comes later than `duration` after the call counts as slow, toward
-    /// the slow-call rate set with [`slow_calls`](Self::slow_calls).
+    /// A response whose first content comes later than `duration` after
+    /// the call counts as slow, toward the slow-call rate set with
+    /// [`slow_calls`](Self::slow_calls). For a stream that is its first
+    /// content event (keep-alives, pings and role chunks do not count, as
+    /// classify's scanner tells them apart); for a whole body, its first
+    /// bytes.
     pub fn slow_first_content(mut self, duration: Duration) -> Self {
         self.config.slow_first_content = Some(duration);
         self

@@ -24,6 +24,12 @@ pub(crate) struct Guard {
     pub(crate) done: bool,
     /// The first body data came later than the configured limit.
     pub(crate) slow_start: bool,
+    /// With a first-content limit: the request's stream dialect and
+    /// provider, to find the first content event of a streamed answer.
+    pub(crate) stream_kind: Option<(
+        tower_llm_classify::stream::Dialect,
+        tower_llm_classify::Provider,
+    )>,
 }
 
 impl Guard {
@@ -188,9 +194,19 @@ where
                     {
                         g.succeeded();
                     }
+                    let scanner = guard.as_ref().and_then(|g| g.stream_kind).and_then(
+                        |(dialect, provider)| {
+                            let framing = tower_llm_classify::stream::Framing::from_content_type(
+                                &head.headers,
+                            )?;
+                            Some(Box::new(tower_llm_classify::stream::EventScanner::new(
+                                framing, dialect, provider,
+                            )))
+                        },
+                    );
                     Poll::Ready(Ok(Response::from_parts(
                         head,
-                        CircuitBody::new(body, guard),
+                        CircuitBody::new(body, guard, scanner),
                     )))
                 }
                 Err(error) => {

@@ -170,6 +170,7 @@ where
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
         // The one clock read of a closed, healthy call.
         let now = self.registry.now();
+        let mut stream_kind = None;
         let breaker = {
             RequestMeta::get_or_insert(&mut request);
             let meta = request.extensions().get::<RequestMeta>();
@@ -181,6 +182,9 @@ where
                     &fallback
                 }
             };
+            if self.registry.config.slow_first_content.is_some() {
+                stream_kind = Some((meta.dialect, meta.provider));
+            }
             let input = KeyInput {
                 meta,
                 uri: request.uri(),
@@ -199,6 +203,7 @@ where
                     start: now,
                     done: false,
                     slow_start: false,
+                    stream_kind,
                 };
                 ResponseFuture::called(self.inner.call(request), guard)
             }

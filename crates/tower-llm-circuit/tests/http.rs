@@ -572,3 +572,75 @@ async fn a_health_probe_closes_an_open_key_before_its_interval_ends() {
         ProbeResult::NotOpen
     );
 }
+
+/// An Anthropic stream whose preamble and ping come at once and whose
+/// first content event comes `gap` later.
+struct LateContent {
+    step: u8,
+    sleep: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+impl http_body::Body for LateContent {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        use std::task::Poll;
+        match self.step {
+            0 => {
+                self.step = 1;
+                Poll::Ready(Some(Ok(http_body::Frame::data(Bytes::from_static(
+                    b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{}}\n\nevent: ping\ndata: {\"type\": \"ping\"}\n\n",
+                )))))
+            }
+            1 => {
+                std::task::ready!(self.sleep.as_mut().poll(cx));
+                self.step = 2;
+                Poll::Ready(Some(Ok(http_body::Frame::data(Bytes::from_static(
+                    b"event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hi\"}}\n\n",
+                )))))
+            }
+            _ => Poll::Ready(None),
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_first_content_not_the_first_bytes_times_a_stream() {
+    let layer = CircuitLayer::new(
+        config()
+            .consecutive_failures(None)
+            .slow_calls(Duration::from_secs(600), 100.0)
+            .slow_first_content(Duration::from_secs(5))
+            .build()
+            .unwrap(),
+    );
+    let upstream = tower::service_fn(|_: Request<Full<Bytes>>| async {
+        let body = LateContent {
+            step: 0,
+            sleep: Box::pin(tokio::time::sleep(Duration::from_secs(8))),
+        };
+        let mut response = http::Response::new(body);
+        response
+            .headers_mut()
+            .insert("content-type", "text/event-stream".parse().unwrap());
+        Ok::<_, LlmError>(response)
+    });
+    let service = layer.layer(upstream);
+    let request = Request::post("https://api.anthropic.com/v1/messages")
+        .body(Full::from(
+            r#"{"model":"claude","stream":true,"messages":[]}"#,
+        ))
+        .unwrap();
+    let response = service.oneshot(request).await.unwrap();
+    let _ = response.into_body().collect().await.unwrap();
+    let snapshot = &layer.handle().snapshot()[0];
+    // The ping came at once; the content 8 s later: a slow start.
+    assert_eq!((snapshot.totals.calls, snapshot.totals.slow), (1, 1));
+    let _ = std::pin::pin!(async {})
+        .as_mut()
+        .poll(&mut std::task::Context::from_waker(std::task::Waker::noop()));
+}
