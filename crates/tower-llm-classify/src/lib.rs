@@ -83,6 +83,7 @@ mod meta;
 mod names;
 mod provider;
 pub mod redact;
+pub mod replay;
 mod response;
 mod service;
 pub mod stream;

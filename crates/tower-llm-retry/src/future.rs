@@ -8,11 +8,12 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::Bytes;
 use http::{Request, Response};
 use http_body::{Body, Frame};
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
+use tower_llm_classify::replay::ReadBody;
 use tower_llm_classify::stream::{Dialect, EventScanner, Framing};
 use tower_llm_classify::{
     BoxError, Classification, ErrorKind, LlmError, Phase, Provider, RequestMeta,
@@ -76,7 +77,7 @@ pin_project! {
 pin_project! {
     #[project = StateProj]
     enum State<F, B, R> {
-        Collecting { #[pin] body: B, first: Option<Bytes>, rest: Option<BytesMut> },
+        Collecting { #[pin] read: ReadBody<B> },
         Ready,
         Calling { #[pin] future: F },
         // Boxed: only streams pay for holding a response back.
@@ -120,9 +121,7 @@ where
             .and_then(|d| Instant::now().checked_add(d));
         ResponseFuture {
             state: State::Collecting {
-                body,
-                first: None,
-                rest: None,
+                read: ReadBody::new(body, shared.policy.max_body),
             },
             // Reading the body counts against the deadline too.
             timer: deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),
@@ -182,146 +181,143 @@ where
         loop {
             // Each arm either loops, returns, or yields the failure of an
             // attempt and whether it may be retried at all.
-            let (failed, final_reason): (LlmError, Option<GiveUp>) = match this
-                .state
-                .as_mut()
-                .project()
-            {
-                StateProj::Collecting { body, first, rest } => {
-                    if timer_expired(this.timer, cx) {
-                        (deadline_error(), Some(GiveUp::Deadline))
-                    } else {
-                        // Read the caller's body once; a single-frame body
-                        // (the usual `Full<Bytes>`) is kept without a copy.
-                        match ready!(collect(body, first, rest, this.shared.policy.max_body, cx)) {
-                            Ok(bytes) => {
-                                if let Some(template) = this.template.as_mut() {
-                                    *template.body_mut() = ReplayBody::new(bytes);
-                                }
-                                if let Some(budget) = &this.shared.policy.budget {
-                                    budget.deposit();
-                                }
-                                // On to the first attempt. (`Retry::poll_ready`
-                                // made the service ready; asking again is free.)
-                                this.state.set(State::Ready);
-                                continue;
-                            }
-                            Err(error) => (error, Some(GiveUp::NotRetryable)),
-                        }
-                    }
-                }
-                StateProj::Ready => {
-                    if timer_expired(this.timer, cx) {
-                        (deadline_error(), Some(GiveUp::Deadline))
-                    } else {
-                        match ready!(this.service.poll_ready(cx)) {
-                            Ok(()) => {
-                                match start_attempt(
-                                    this.service,
-                                    this.template,
-                                    this.attempts,
-                                    this.timer,
-                                    this.shared,
-                                    *this.deadline,
-                                ) {
-                                    Some(future) => {
-                                        *this.refund = None; // the retry is made
-                                        this.state.set(State::Calling { future });
-                                        continue;
+            let (failed, final_reason): (LlmError, Option<GiveUp>) =
+                match this.state.as_mut().project() {
+                    StateProj::Collecting { read } => {
+                        if timer_expired(this.timer, cx) {
+                            (deadline_error(), Some(GiveUp::Deadline))
+                        } else {
+                            // Read the caller's body once; a single-frame body
+                            // (the usual `Full<Bytes>`) is kept without a copy.
+                            match ready!(read.poll(cx)) {
+                                Ok(bytes) => {
+                                    if let Some(template) = this.template.as_mut() {
+                                        *template.body_mut() = ReplayBody::new(bytes);
                                     }
-                                    None => (deadline_error(), Some(GiveUp::Deadline)),
-                                }
-                            }
-                            // A service that failed its readiness is not polled
-                            // again (the Tower contract): the call ends here.
-                            Err(error) => {
-                                (LlmError::from_source(error), Some(GiveUp::NotRetryable))
-                            }
-                        }
-                    }
-                }
-                StateProj::Calling { future } => {
-                    if timer_expired(this.timer, cx) {
-                        (attempt_timeout(Phase::BeforeHeaders), None)
-                    } else {
-                        match ready!(future.poll(cx)) {
-                            Ok(response) => {
-                                let (head, body) = response.into_parts();
-                                let framing = (this.shared.policy.first_content_guard
-                                    && head.status.is_success())
-                                .then(|| Framing::from_content_type(&head.headers))
-                                .flatten();
-                                if let Some(framing) = framing {
-                                    let guard = Guard {
-                                        head: Some(head),
-                                        body: Some(Box::pin(body)),
-                                        read_ahead: VecDeque::new(),
-                                        charged: 0,
-                                        scanner: scanner_for(this.template.as_ref(), framing),
-                                    };
-                                    this.state.set(State::Guarding {
-                                        guard: Box::new(guard),
-                                    });
+                                    if let Some(budget) = &this.shared.policy.budget {
+                                        budget.deposit();
+                                    }
+                                    // On to the first attempt. (`Retry::poll_ready`
+                                    // made the service ready; asking again is free.)
+                                    this.state.set(State::Ready);
                                     continue;
                                 }
-                                this.state.set(State::Done);
-                                *this.timer = None;
-                                let response = Response::from_parts(head, RetryBody::new(body));
-                                return Poll::Ready(Ok(report::finish(
-                                    response,
-                                    *this.attempts,
-                                    *this.slept,
-                                )));
+                                Err(error) => (error, Some(GiveUp::NotRetryable)),
                             }
-                            Err(error) => (LlmError::from_source(error), None),
                         }
                     }
-                }
-                StateProj::Guarding { guard } => {
-                    if timer_expired(this.timer, cx) {
-                        (attempt_timeout(Phase::AfterHeaders), None)
-                    } else {
-                        match ready!(guard.poll_content(cx)) {
-                            Ok(()) => {
-                                let (Some(head), Some(body)) =
-                                    (guard.head.take(), guard.body.take())
-                                else {
-                                    return Poll::Ready(Err(polled_after_completion()));
-                                };
-                                let read_ahead = std::mem::take(&mut guard.read_ahead);
-                                this.state.set(State::Done);
-                                *this.timer = None;
-                                let response = Response::from_parts(
-                                    head,
-                                    RetryBody::with_read_ahead(body, read_ahead),
-                                );
-                                return Poll::Ready(Ok(report::finish(
-                                    response,
-                                    *this.attempts,
-                                    *this.slept,
-                                )));
+                    StateProj::Ready => {
+                        if timer_expired(this.timer, cx) {
+                            (deadline_error(), Some(GiveUp::Deadline))
+                        } else {
+                            match ready!(this.service.poll_ready(cx)) {
+                                Ok(()) => {
+                                    match start_attempt(
+                                        this.service,
+                                        this.template,
+                                        this.attempts,
+                                        this.timer,
+                                        this.shared,
+                                        *this.deadline,
+                                    ) {
+                                        Some(future) => {
+                                            *this.refund = None; // the retry is made
+                                            this.state.set(State::Calling { future });
+                                            continue;
+                                        }
+                                        None => (deadline_error(), Some(GiveUp::Deadline)),
+                                    }
+                                }
+                                // A service that failed its readiness is not polled
+                                // again (the Tower contract): the call ends here.
+                                Err(error) => {
+                                    (LlmError::from_source(error), Some(GiveUp::NotRetryable))
+                                }
                             }
-                            // Nothing reached the caller yet: whatever the
-                            // stream said, this attempt can be replayed.
-                            Err(error) => (before_content(error), None),
                         }
                     }
-                }
-                StateProj::Sleeping { sleep } => {
-                    ready!(sleep.as_mut().poll(cx));
-                    // The deadline bounds the wait for readiness too.
-                    match (*this.deadline, this.timer.as_mut()) {
-                        (Some(deadline), Some(timer)) => timer.as_mut().reset(deadline),
-                        (Some(deadline), None) => {
-                            *this.timer = Some(Box::pin(tokio::time::sleep_until(deadline)))
+                    StateProj::Calling { future } => {
+                        if timer_expired(this.timer, cx) {
+                            (attempt_timeout(Phase::BeforeHeaders), None)
+                        } else {
+                            match ready!(future.poll(cx)) {
+                                Ok(response) => {
+                                    let (head, body) = response.into_parts();
+                                    let framing = (this.shared.policy.first_content_guard
+                                        && head.status.is_success())
+                                    .then(|| Framing::from_content_type(&head.headers))
+                                    .flatten();
+                                    if let Some(framing) = framing {
+                                        let guard = Guard {
+                                            head: Some(head),
+                                            body: Some(Box::pin(body)),
+                                            read_ahead: VecDeque::new(),
+                                            charged: 0,
+                                            scanner: scanner_for(this.template.as_ref(), framing),
+                                        };
+                                        this.state.set(State::Guarding {
+                                            guard: Box::new(guard),
+                                        });
+                                        continue;
+                                    }
+                                    this.state.set(State::Done);
+                                    *this.timer = None;
+                                    let response = Response::from_parts(head, RetryBody::new(body));
+                                    return Poll::Ready(Ok(report::finish(
+                                        response,
+                                        *this.attempts,
+                                        *this.slept,
+                                    )));
+                                }
+                                Err(error) => (LlmError::from_source(error), None),
+                            }
                         }
-                        (None, _) => *this.timer = None,
                     }
-                    this.state.set(State::Ready);
-                    continue;
-                }
-                StateProj::Done => return Poll::Ready(Err(polled_after_completion())),
-            };
+                    StateProj::Guarding { guard } => {
+                        if timer_expired(this.timer, cx) {
+                            (attempt_timeout(Phase::AfterHeaders), None)
+                        } else {
+                            match ready!(guard.poll_content(cx)) {
+                                Ok(()) => {
+                                    let (Some(head), Some(body)) =
+                                        (guard.head.take(), guard.body.take())
+                                    else {
+                                        return Poll::Ready(Err(polled_after_completion()));
+                                    };
+                                    let read_ahead = std::mem::take(&mut guard.read_ahead);
+                                    this.state.set(State::Done);
+                                    *this.timer = None;
+                                    let response = Response::from_parts(
+                                        head,
+                                        RetryBody::with_read_ahead(body, read_ahead),
+                                    );
+                                    return Poll::Ready(Ok(report::finish(
+                                        response,
+                                        *this.attempts,
+                                        *this.slept,
+                                    )));
+                                }
+                                // Nothing reached the caller yet: whatever the
+                                // stream said, this attempt can be replayed.
+                                Err(error) => (before_content(error), None),
+                            }
+                        }
+                    }
+                    StateProj::Sleeping { sleep } => {
+                        ready!(sleep.as_mut().poll(cx));
+                        // The deadline bounds the wait for readiness too.
+                        match (*this.deadline, this.timer.as_mut()) {
+                            (Some(deadline), Some(timer)) => timer.as_mut().reset(deadline),
+                            (Some(deadline), None) => {
+                                *this.timer = Some(Box::pin(tokio::time::sleep_until(deadline)))
+                            }
+                            (None, _) => *this.timer = None,
+                        }
+                        this.state.set(State::Ready);
+                        continue;
+                    }
+                    StateProj::Done => return Poll::Ready(Err(polled_after_completion())),
+                };
 
             // An attempt failed: retry, or give up with its error.
             let c = failed.classification();
@@ -516,59 +512,4 @@ fn before_content(mut error: LlmError) -> LlmError {
 
 fn polled_after_completion() -> LlmError {
     local_error(ErrorKind::Unknown, "retry future polled after completion")
-}
-
-/// Reads a body to its end, at most `limit` bytes.
-fn collect<B>(
-    mut body: Pin<&mut B>,
-    first: &mut Option<Bytes>,
-    rest: &mut Option<BytesMut>,
-    limit: usize,
-    cx: &mut Context<'_>,
-) -> Poll<Result<Bytes, LlmError>>
-where
-    B: Body,
-    B::Error: Into<BoxError>,
-{
-    loop {
-        match ready!(body.as_mut().poll_frame(cx)) {
-            None => {
-                return Poll::Ready(Ok(match rest.take() {
-                    Some(all) => all.freeze(),
-                    None => first.take().unwrap_or_default(),
-                }));
-            }
-            Some(Err(error)) => {
-                let mut error = LlmError::from_source(error);
-                let c = error.classification().clone().with_phase(Phase::Local);
-                *error.classification_mut() = c;
-                return Poll::Ready(Err(error));
-            }
-            Some(Ok(frame)) => {
-                let Ok(mut data) = frame.into_data() else {
-                    continue; // trailers are not replayed
-                };
-                let len = first.as_ref().map_or(0, Bytes::len)
-                    + rest.as_ref().map_or(0, BytesMut::len)
-                    + data.remaining();
-                if len > limit {
-                    return Poll::Ready(Err(local_error(
-                        ErrorKind::PayloadTooLarge,
-                        "request body is larger than the retry layer keeps for replay (RetryPolicy::max_body)",
-                    )));
-                }
-                let chunk = data.copy_to_bytes(data.remaining());
-                match (first.as_ref(), rest.as_mut()) {
-                    (None, None) => *first = Some(chunk),
-                    (Some(_), None) => {
-                        let mut all = BytesMut::with_capacity(len);
-                        all.extend_from_slice(&first.take().unwrap_or_default());
-                        all.extend_from_slice(&chunk);
-                        *rest = Some(all);
-                    }
-                    (_, Some(all)) => all.extend_from_slice(&chunk),
-                }
-            }
-        }
-    }
 }

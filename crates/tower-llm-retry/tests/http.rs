@@ -344,7 +344,10 @@ async fn a_body_over_the_replay_limit_is_a_clear_error_and_nothing_is_sent() {
     let error = body.unwrap_err();
     assert_eq!(error.kind(), ErrorKind::PayloadTooLarge);
     assert_eq!(error.classification().phase(), Phase::Local);
-    assert!(error.to_string().contains("max_body"), "{error}");
+    assert!(
+        error.to_string().contains("larger than the 16 bytes"),
+        "{error}"
+    );
     assert_eq!(stats.attempts, 0);
     assert!(sim.requests().is_empty());
 }

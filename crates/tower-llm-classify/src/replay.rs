@@ -1,0 +1,114 @@
+//! Reading a request body once, to send it again: what the retry layer and
+//! the fallback both need before their first attempt.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http_body::Body;
+use pin_project_lite::pin_project;
+
+use crate::{BoxError, Classification, ErrorKind, LlmError, Phase};
+
+pin_project! {
+    /// Reads a body to its end, at most `limit` bytes. A body of one frame
+    /// (the usual `Full<Bytes>`) is kept without a copy or an allocation.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// use http_body_util::Full;
+    /// use tower_llm_classify::replay::ReadBody;
+    ///
+    /// let bytes = ReadBody::new(Full::<bytes::Bytes>::from("{}"), 1024).await.unwrap();
+    /// assert_eq!(&bytes[..], b"{}");
+    /// let error = ReadBody::new(Full::<bytes::Bytes>::from("{}"), 1).await.unwrap_err();
+    /// assert_eq!(error.kind(), tower_llm_classify::ErrorKind::PayloadTooLarge);
+    /// # }
+    /// ```
+    #[derive(Debug)]
+    pub struct ReadBody<B> {
+        #[pin]
+        body: B,
+        first: Option<Bytes>,
+        rest: Option<BytesMut>,
+        limit: usize,
+    }
+}
+
+impl<B> ReadBody<B> {
+    /// Reads `body`, refusing more than `limit` bytes.
+    pub fn new(body: B, limit: usize) -> Self {
+        ReadBody {
+            body,
+            first: None,
+            rest: None,
+            limit,
+        }
+    }
+}
+
+fn local(kind: ErrorKind, message: &str) -> LlmError {
+    LlmError::new(
+        Classification::new(kind)
+            .with_phase(Phase::Local)
+            .with_message(message),
+    )
+}
+
+impl<B> Future for ReadBody<B>
+where
+    B: Body,
+    B::Error: Into<BoxError>,
+{
+    /// The bytes, or a local error: payload too large, or the body's own
+    /// error, classified.
+    type Output = Result<Bytes, LlmError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match ready!(this.body.as_mut().poll_frame(cx)) {
+                None => {
+                    return Poll::Ready(Ok(match this.rest.take() {
+                        Some(all) => all.freeze(),
+                        None => this.first.take().unwrap_or_default(),
+                    }));
+                }
+                Some(Err(error)) => {
+                    let mut error = LlmError::from_source(error);
+                    let c = error.classification().clone().with_phase(Phase::Local);
+                    *error.classification_mut() = c;
+                    return Poll::Ready(Err(error));
+                }
+                Some(Ok(frame)) => {
+                    let Ok(mut data) = frame.into_data() else {
+                        continue; // trailers are not replayed
+                    };
+                    let len = this.first.as_ref().map_or(0, Bytes::len)
+                        + this.rest.as_ref().map_or(0, BytesMut::len)
+                        + data.remaining();
+                    if len > *this.limit {
+                        let message = format!(
+                            "the request body is larger than the {} bytes kept to send it again",
+                            this.limit
+                        );
+                        return Poll::Ready(Err(local(ErrorKind::PayloadTooLarge, &message)));
+                    }
+                    let chunk = data.copy_to_bytes(data.remaining());
+                    match (this.first.as_ref(), this.rest.as_mut()) {
+                        (None, None) => *this.first = Some(chunk),
+                        (Some(_), None) => {
+                            let mut all = BytesMut::with_capacity(len);
+                            all.extend_from_slice(&this.first.take().unwrap_or_default());
+                            all.extend_from_slice(&chunk);
+                            *this.rest = Some(all);
+                        }
+                        (_, Some(all)) => all.extend_from_slice(&chunk),
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,119 @@
+//! Overhead of the fallback service when its first target succeeds, beside
+//! the bare target, in one run; and the model rewrite on a realistic 4 KiB
+//! chat body.
+//!
+//! ```text
+//! cargo bench -p tower-llm-fallback --bench fallback
+//! ```
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+use std::future::{Ready, ready};
+use std::hint::black_box;
+
+use bytes::Bytes;
+use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
+use http::{HeaderName, HeaderValue, Request, Response};
+use http_body_util::Full;
+use tower::{Service, ServiceExt};
+use tower_llm_classify::LlmError;
+use tower_llm_fallback::{Fallback, Target, rewrite_model};
+
+fn chat_body() -> String {
+    let filler =
+        "Summarise the quarterly report in three bullet points, keeping numbers exact. ".repeat(40);
+    format!(
+        r#"{{"model":"gpt-4o","temperature":0.2,"stream":false,"messages":[{{"role":"system","content":"You are a careful analyst."}},{{"role":"user","content":"{filler}"}}]}}"#
+    )
+}
+
+fn request(body: &Bytes) -> Request<Full<Bytes>> {
+    Request::post("https://api.openai.com/v1/chat/completions")
+        .header("content-type", "application/json")
+        .header("authorization", "Bearer sk-caller")
+        .body(Full::new(body.clone()))
+        .unwrap()
+}
+
+#[derive(Clone)]
+struct Upstream;
+
+impl Service<Request<Full<Bytes>>> for Upstream {
+    type Response = Response<Full<Bytes>>;
+    type Error = LlmError;
+    type Future = Ready<Result<Self::Response, LlmError>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), LlmError>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<Full<Bytes>>) -> Self::Future {
+        drop(black_box(request));
+        ready(Ok(Response::new(Full::new(Bytes::new()))))
+    }
+}
+
+fn overhead(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let body = Bytes::from(chat_body());
+    let mut group = c.benchmark_group("fallback_first_target_succeeds");
+    group.bench_function("bare_target", |b| {
+        b.iter_batched(
+            || request(&body),
+            |r| rt.block_on(async { black_box(Upstream.oneshot(r).await.unwrap()) }),
+            BatchSize::SmallInput,
+        )
+    });
+    let same = Fallback::builder()
+        .target(Target::new("primary", Upstream).credential(
+            HeaderName::from_static("authorization"),
+            HeaderValue::from_static("Bearer sk-primary"),
+        ))
+        .target(Target::new("backup", Upstream))
+        .build()
+        .unwrap();
+    group.bench_function("fallback_same_model", |b| {
+        b.iter_batched(
+            || request(&body),
+            |r| rt.block_on(async { black_box(same.clone().oneshot(r).await.unwrap()) }),
+            BatchSize::SmallInput,
+        )
+    });
+    let rewritten = Fallback::builder()
+        .target(Target::new("primary", Upstream).model("claude-sonnet-4-5"))
+        .target(Target::new("backup", Upstream))
+        .build()
+        .unwrap();
+    group.bench_function("fallback_model_rewrite_4k", |b| {
+        b.iter_batched(
+            || request(&body),
+            |r| rt.block_on(async { black_box(rewritten.clone().oneshot(r).await.unwrap()) }),
+            BatchSize::SmallInput,
+        )
+    });
+    group.finish();
+
+    let mut group = c.benchmark_group("model_rewrite");
+    assert!(body.len() >= 3_000, "{}", body.len());
+    group.bench_function("rewrite_model_4k_body", |b| {
+        b.iter(|| black_box(rewrite_model(black_box(&body), "claude-sonnet-4-5").unwrap()))
+    });
+    let model_last = Bytes::from(
+        chat_body()
+            .replacen(r#""model":"gpt-4o","#, "", 1)
+            .replacen("}]}", r#"}],"model":"gpt-4o"}"#, 1),
+    );
+    group.bench_function("rewrite_model_4k_body_model_last", |b| {
+        b.iter(|| black_box(rewrite_model(black_box(&model_last), "claude-sonnet-4-5").unwrap()))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, overhead);
+criterion_main!(benches);

@@ -1,0 +1,326 @@
+//! The response future: read the body once, then try the targets in turn.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::Body;
+use http_body_util::Full;
+use pin_project_lite::pin_project;
+use tower_llm_classify::replay::ReadBody;
+use tower_llm_classify::{BoxError, Classification, ErrorKind, LlmError, Phase};
+use tower_service::Service;
+
+use crate::body::FallbackBody;
+use crate::report::{FallbackReport, TRACING_TARGET};
+use crate::route::Route;
+use crate::service::Shared;
+
+pin_project! {
+    /// The future of [`Fallback`](crate::Fallback).
+    pub struct ResponseFuture<S, B>
+    where
+        S: Service<Request<Full<Bytes>>>,
+        B: Body,
+        B::Error: Into<BoxError>,
+    {
+        #[pin]
+        state: State<S, S::Future, B>,
+        shared: Arc<Shared<S>>,
+        parts: Option<http::request::Parts>,
+        body: Bytes,
+        // The next target to consider, the route the last failure set, and
+        // the context window of the target that was too small.
+        next: usize,
+        route: Route,
+        too_small: Option<u64>,
+        current: usize,
+        failures: Vec<(Arc<str>, LlmError)>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<S, F, B>
+    where
+        B: Body,
+        B::Error: Into<BoxError>,
+    {
+        Collecting { #[pin] read: ReadBody<B> },
+        Ready { service: Option<S> },
+        Calling { #[pin] future: F },
+        Done,
+    }
+}
+
+impl<S, B> std::fmt::Debug for ResponseFuture<S, B>
+where
+    S: Service<Request<Full<Bytes>>>,
+    B: Body,
+    B::Error: Into<BoxError>,
+{
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseFuture")
+            .field("next", &self.next)
+            .field("failures", &self.failures.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, B> ResponseFuture<S, B>
+where
+    S: Service<Request<Full<Bytes>>>,
+    B: Body,
+    B::Error: Into<BoxError>,
+{
+    pub(crate) fn new(shared: Arc<Shared<S>>, request: Request<B>) -> Self {
+        let (parts, body) = request.into_parts();
+        let read = ReadBody::new(body, shared.max_body);
+        ResponseFuture {
+            state: State::Collecting { read },
+            shared,
+            parts: Some(parts),
+            body: Bytes::new(),
+            next: 0,
+            route: Route::Next,
+            too_small: None,
+            current: 0,
+            failures: Vec::new(),
+        }
+    }
+}
+
+fn local_error(kind: ErrorKind, message: &str) -> LlmError {
+    LlmError::new(
+        Classification::new(kind)
+            .with_phase(Phase::Local)
+            .with_message(message),
+    )
+}
+
+impl<S, B, RB> Future for ResponseFuture<S, B>
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<RB>> + Clone,
+    S::Error: Into<BoxError>,
+    B: Body,
+    B::Error: Into<BoxError>,
+    RB: Body,
+    RB::Error: Into<BoxError>,
+{
+    type Output = Result<Response<FallbackBody<RB>>, LlmError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            let failed: LlmError = match this.state.as_mut().project() {
+                StateProj::Collecting { read } => match ready!(read.poll(cx)) {
+                    Ok(bytes) => {
+                        *this.body = bytes;
+                        this.state.set(State::Ready { service: None });
+                        if !pick(
+                            this.shared,
+                            this.next,
+                            *this.route,
+                            *this.too_small,
+                            this.current,
+                        ) {
+                            this.state.set(State::Done);
+                            return Poll::Ready(Err(local_error(ErrorKind::Unknown, "no target")));
+                        }
+                        continue;
+                    }
+                    Err(error) => {
+                        this.state.set(State::Done);
+                        return Poll::Ready(Err(error));
+                    }
+                },
+                StateProj::Ready { service } => {
+                    let target = &this.shared.targets[*this.current];
+                    let service = service.get_or_insert_with(|| target.service.clone());
+                    match ready!(service.poll_ready(cx)) {
+                        Err(error) => LlmError::from_source(error),
+                        Ok(()) => {
+                            let Some(parts) = this.parts.as_ref() else {
+                                this.state.set(State::Done);
+                                return Poll::Ready(Err(local_error(
+                                    ErrorKind::Unknown,
+                                    "fallback future polled after completion",
+                                )));
+                            };
+                            match target.adapt_request(parts, this.body) {
+                                Err(rewrite) => LlmError::new(
+                                    Classification::new(ErrorKind::InvalidRequest)
+                                        .with_phase(Phase::Local)
+                                        .with_message(&rewrite.to_string()),
+                                ),
+                                Ok(request) => {
+                                    let future = service.call(request);
+                                    this.state.set(State::Calling { future });
+                                    continue;
+                                }
+                            }
+                        }
+                    }
+                }
+                StateProj::Calling { future } => match ready!(future.poll(cx)) {
+                    Ok(response) => {
+                        let name = Arc::clone(&this.shared.targets[*this.current].name);
+                        this.state.set(State::Done);
+                        let (mut head, body) = response.into_parts();
+                        let failures = std::mem::take(this.failures);
+                        if !failures.is_empty() {
+                            tracing::info!(target: TRACING_TARGET, served_by = &*name, failed = failures.len(), "served by a fallback target");
+                        }
+                        head.extensions.insert(FallbackReport {
+                            served_by: Some(name),
+                            failures: failures
+                                .into_iter()
+                                .map(|(n, e)| (n, e.classification().clone()))
+                                .collect(),
+                        });
+                        return Poll::Ready(Ok(Response::from_parts(
+                            head,
+                            FallbackBody::new(body),
+                        )));
+                    }
+                    Err(error) => LlmError::from_source(error),
+                },
+                StateProj::Done => {
+                    return Poll::Ready(Err(local_error(
+                        ErrorKind::Unknown,
+                        "fallback future polled after completion",
+                    )));
+                }
+            };
+
+            // This target failed: where to now?
+            let target = &this.shared.targets[*this.current];
+            let name = Arc::clone(&target.name);
+            let route = this.shared.routes.route(failed.classification());
+            tracing::info!(
+                target: TRACING_TARGET,
+                from = &*name,
+                kind = failed.classification().kind().as_str(),
+                route = ?route,
+                "target failed"
+            );
+            if route == Route::Stop {
+                this.state.set(State::Done);
+                return Poll::Ready(Err(finish(
+                    failed,
+                    std::mem::take(this.failures),
+                    Some(name),
+                )));
+            }
+            if route == Route::LargerContext {
+                *this.too_small = target.context_window.or(*this.too_small);
+            }
+            *this.route = route;
+            this.failures.push((name, failed));
+            if pick(
+                this.shared,
+                this.next,
+                *this.route,
+                *this.too_small,
+                this.current,
+            ) {
+                this.state.set(State::Ready { service: None });
+                continue;
+            }
+            this.state.set(State::Done);
+            return Poll::Ready(Err(all_failed(std::mem::take(this.failures))));
+        }
+    }
+}
+
+/// Moves `next` to the first later target the route allows; `current` is
+/// set to it. `false` when none is left.
+fn pick<S>(
+    shared: &Shared<S>,
+    next: &mut usize,
+    route: Route,
+    too_small: Option<u64>,
+    current: &mut usize,
+) -> bool {
+    while *next < shared.targets.len() {
+        let index = *next;
+        *next += 1;
+        let target = &shared.targets[index];
+        let eligible = match route {
+            Route::Next => true,
+            Route::LargerContext => {
+                target.larger_context
+                    && match (target.context_window, too_small) {
+                        (Some(window), Some(small)) => window > small,
+                        _ => true,
+                    }
+            }
+            Route::ContentFilter => target.content_filter,
+            Route::Stop => false,
+        };
+        if eligible {
+            *current = index;
+            return true;
+        }
+    }
+    false
+}
+
+/// The error returned when a target's failure stops the fallback: its own,
+/// with the report of what failed before.
+fn finish(
+    error: LlmError,
+    failures: Vec<(Arc<str>, LlmError)>,
+    last: Option<Arc<str>>,
+) -> LlmError {
+    let mut report_failures: Vec<(Arc<str>, Classification)> = failures
+        .into_iter()
+        .map(|(n, e)| (n, e.classification().clone()))
+        .collect();
+    if let Some(last) = last {
+        report_failures.push((last, error.classification().clone()));
+    }
+    let mut error = error;
+    error.extensions_mut().insert(FallbackReport {
+        served_by: None,
+        failures: report_failures,
+    });
+    error
+}
+
+/// Every target failed: the most useful of their errors, with the report.
+/// When every target is rate limited (cooling down), the one that can be
+/// tried soonest, so a gateway can answer 429 with that `Retry-After`;
+/// otherwise the first target's (the primary's) error.
+fn all_failed(mut failures: Vec<(Arc<str>, LlmError)>) -> LlmError {
+    let report: Vec<(Arc<str>, Classification)> = failures
+        .iter()
+        .map(|(n, e)| (Arc::clone(n), e.classification().clone()))
+        .collect();
+    let all_rate_limited = failures
+        .iter()
+        .all(|(_, e)| e.kind() == ErrorKind::RateLimited);
+    let chosen = if all_rate_limited {
+        failures
+            .iter()
+            .enumerate()
+            .min_by_key(|(_, (_, e))| {
+                e.classification()
+                    .retry_after()
+                    .unwrap_or(std::time::Duration::MAX)
+            })
+            .map_or(0, |(i, _)| i)
+    } else {
+        0
+    };
+    let mut error = failures.swap_remove(chosen).1;
+    tracing::warn!(target: TRACING_TARGET, targets = report.len(), kind = error.kind().as_str(), "every target failed");
+    error.extensions_mut().insert(FallbackReport {
+        served_by: None,
+        failures: report,
+    });
+    error
+}

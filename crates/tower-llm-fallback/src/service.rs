@@ -1,0 +1,163 @@
+//! The `Fallback` service and its builder.
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::Body;
+use http_body_util::Full;
+use tower_llm_classify::{BoxError, LlmError};
+use tower_service::Service;
+
+use crate::body::FallbackBody;
+use crate::future::ResponseFuture;
+use crate::route::RoutePolicy;
+use crate::target::Target;
+
+/// Sends a request to the first of its targets, and when that one fails in
+/// a way another could serve, the same conversation to the next, rewritten
+/// for it (URL, model, headers) with its own credentials.
+///
+/// Every target's service has the same type `S`: box them
+/// (`tower::util::BoxCloneService`) when they differ. Readiness is asked of
+/// each target's service when it is about to be called, so `poll_ready` of
+/// the fallback itself is always ready.
+///
+/// # Clone
+///
+/// Cheap: the targets are in an `Arc`.
+#[derive(Debug)]
+pub struct Fallback<S> {
+    pub(crate) shared: Arc<Shared<S>>,
+}
+
+impl<S> Clone for Fallback<S> {
+    fn clone(&self) -> Self {
+        Fallback {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct Shared<S> {
+    pub(crate) targets: Vec<Target<S>>,
+    pub(crate) routes: RoutePolicy,
+    pub(crate) max_body: usize,
+}
+
+/// Builds a [`Fallback`] over targets in order.
+///
+/// ```
+/// use tower_llm_fallback::{Fallback, Target};
+///
+/// let fallback = Fallback::builder()
+///     .target(Target::new("primary", ()))
+///     .target(Target::new("backup", ()).model("llama3.2"))
+///     .build()
+///     .unwrap();
+/// assert_eq!(fallback.target_names(), ["primary", "backup"]);
+/// ```
+#[derive(Debug)]
+pub struct FallbackBuilder<S> {
+    targets: Vec<Target<S>>,
+    routes: RoutePolicy,
+    max_body: usize,
+}
+
+impl Fallback<()> {
+    /// A builder.
+    pub fn builder<S>() -> FallbackBuilder<S> {
+        FallbackBuilder {
+            targets: Vec::new(),
+            routes: RoutePolicy {
+                on_authentication: false,
+                on_invalid_request: false,
+            },
+            max_body: 32 * 1024 * 1024,
+        }
+    }
+}
+
+impl<S> Fallback<S> {
+    /// The targets' names, in order.
+    pub fn target_names(&self) -> Vec<&str> {
+        self.shared.targets.iter().map(|t| &*t.name).collect()
+    }
+}
+
+impl<S> FallbackBuilder<S> {
+    /// Adds a target after the others.
+    pub fn target(mut self, target: Target<S>) -> Self {
+        self.targets.push(target);
+        self
+    }
+
+    /// Whether a 401 from a target moves on (off by default: a key that is
+    /// wrong for one provider says nothing of the others, but a caller who
+    /// is not allowed should not be served elsewhere either).
+    pub fn move_on_authentication(mut self, on: bool) -> Self {
+        self.routes.on_authentication = on;
+        self
+    }
+
+    /// Whether an invalid request moves on (off by default: it would fail
+    /// everywhere).
+    pub fn move_on_invalid_request(mut self, on: bool) -> Self {
+        self.routes.on_invalid_request = on;
+        self
+    }
+
+    /// The largest request body kept to send again (32 MiB by default).
+    pub fn max_body(mut self, bytes: usize) -> Self {
+        self.max_body = bytes;
+        self
+    }
+
+    /// Checks the targets: at least one, names unique.
+    pub fn build(self) -> Result<Fallback<S>, crate::ConfigError> {
+        if self.targets.is_empty() {
+            return Err(crate::ConfigError(
+                "a fallback needs at least one target".into(),
+            ));
+        }
+        for (i, target) in self.targets.iter().enumerate() {
+            if self.targets[..i].iter().any(|t| t.name == target.name) {
+                return Err(crate::ConfigError(format!(
+                    "two targets are named `{}`",
+                    target.name
+                )));
+            }
+        }
+        Ok(Fallback {
+            shared: Arc::new(Shared {
+                targets: self.targets,
+                routes: self.routes,
+                max_body: self.max_body,
+            }),
+        })
+    }
+}
+
+impl<S, B, RB> Service<Request<B>> for Fallback<S>
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<RB>> + Clone,
+    S::Error: Into<BoxError>,
+    B: Body,
+    B::Error: Into<BoxError>,
+    RB: Body,
+    RB::Error: Into<BoxError>,
+{
+    type Response = Response<FallbackBody<RB>>;
+    type Error = LlmError;
+    type Future = ResponseFuture<S, B>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), LlmError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        ResponseFuture::new(Arc::clone(&self.shared), request)
+    }
+}
