@@ -2,10 +2,10 @@
 //! limits, overload, outages and dropped streams.
 //!
 //! This is the facade crate. It re-exports the classify layer, the
-//! vocabulary every other layer speaks, the retry layer and the circuit
-//! breaker (features `retry` and `circuit`, on by default); fallback joins
-//! them when its crate lands. The stack order is Retry → Circuit →
-//! Classify → client:
+//! vocabulary every other layer speaks, the retry layer, the circuit
+//! breaker and the fallback (features `retry`, `circuit`, `fallback`, on by
+//! default). The stack order is Fallback over targets, each Retry →
+//! Circuit → Classify → client:
 //!
 //! ```
 //! use tower::ServiceBuilder;
@@ -36,6 +36,11 @@ pub use tower_llm_retry as retry;
 /// [`CircuitConfig`](tower_llm_circuit::CircuitConfig), the control handle.
 #[cfg(feature = "circuit")]
 pub use tower_llm_circuit as circuit;
+
+/// Fallback across targets: [`Fallback`](tower_llm_fallback::Fallback),
+/// [`Target`](tower_llm_fallback::Target), the model rewrite.
+#[cfg(feature = "fallback")]
+pub use tower_llm_fallback as fallback;
 
 pub use tower_llm_classify::{
     Classification, Classified, ClassifyLayer, ErrorKind, LlmError, Phase, Provider, RequestMeta,

@@ -58,6 +58,7 @@ mod report;
 mod rewrite;
 mod route;
 mod service;
+mod settings;
 mod target;
 
 pub use body::FallbackBody;
@@ -65,6 +66,7 @@ pub use report::{FallbackReport, TRACING_TARGET};
 pub use rewrite::{RewriteError, rewrite_model};
 pub use route::Route;
 pub use service::{Fallback, FallbackBuilder};
+pub use settings::{FallbackSettings, TargetSettings};
 pub use target::{AdaptFn, Target};
 
 /// A fallback that does not hold together, with the reason.

@@ -1,0 +1,201 @@
+//! The targets as data (with the `serde` feature: from a file), in the same
+//! style as the other crates' `RetrySettings` and `CircuitSettings`.
+
+use http::{HeaderName, HeaderValue};
+
+use crate::ConfigError;
+use crate::service::{Fallback, FallbackBuilder};
+use crate::target::Target;
+
+/// One target as data. Its key is never in the file: `api_key_env` names
+/// the environment variable that holds it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(default, deny_unknown_fields))]
+#[non_exhaustive]
+pub struct TargetSettings {
+    /// The name (unique).
+    pub name: String,
+    /// Scheme, host and path prefix: `https://api.openai.com`, `http://127.0.0.1:11434`.
+    pub base_url: Option<String>,
+    /// The model to ask this target for.
+    pub model: Option<String>,
+    /// The environment variable holding this target's API key.
+    pub api_key_env: Option<String>,
+    /// The header the key goes in: `authorization` (as `Bearer <key>`, the
+    /// default), `x-api-key`, `api-key`.
+    pub api_key_header: Option<String>,
+    /// The context window, in tokens.
+    pub context_window: Option<u64>,
+    /// Serves requests too long for an earlier target.
+    pub larger_context: bool,
+    /// Serves requests an earlier target's content policy refused.
+    pub content_filter: bool,
+}
+
+/// A fallback as data: its targets in order and what moves on.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(default, deny_unknown_fields))]
+#[non_exhaustive]
+pub struct FallbackSettings {
+    /// The targets, first first.
+    pub targets: Vec<TargetSettings>,
+    /// Whether a 401 moves on.
+    pub move_on_authentication: Option<bool>,
+    /// Whether an invalid request moves on.
+    pub move_on_invalid_request: Option<bool>,
+}
+
+impl FallbackSettings {
+    /// The fallback these settings describe, each target's service made by
+    /// `service` (from its settings) and its key read with `env` (the
+    /// process environment: `|name| std::env::var(name).ok()`).
+    pub fn build<S>(
+        &self,
+        mut service: impl FnMut(&TargetSettings) -> S,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Fallback<S>, ConfigError> {
+        let mut builder: FallbackBuilder<S> = Fallback::builder();
+        for t in &self.targets {
+            if t.name.is_empty() {
+                return Err(ConfigError("a target needs a name".into()));
+            }
+            let mut target = Target::new(t.name.as_str(), service(t));
+            if let Some(base) = &t.base_url {
+                let uri = base
+                    .parse::<http::Uri>()
+                    .ok()
+                    .filter(|u| u.scheme().is_some() && u.authority().is_some())
+                    .ok_or_else(|| {
+                        ConfigError(format!(
+                            "target `{}`: base_url `{base}` is not an absolute URL",
+                            t.name
+                        ))
+                    })?;
+                target = target.base_url(uri);
+            }
+            if let Some(model) = &t.model {
+                target = target.model(model.as_str());
+            }
+            if let Some(var) = &t.api_key_env {
+                let key = env(var).filter(|k| !k.is_empty()).ok_or_else(|| {
+                    ConfigError(format!(
+                        "target `{}`: the environment variable {var} is not set",
+                        t.name
+                    ))
+                })?;
+                let header = t
+                    .api_key_header
+                    .as_deref()
+                    .unwrap_or("authorization")
+                    .to_ascii_lowercase();
+                let value = if header == "authorization" {
+                    format!("Bearer {key}")
+                } else {
+                    key
+                };
+                let name = HeaderName::from_bytes(header.as_bytes()).map_err(|_| {
+                    ConfigError(format!(
+                        "target `{}`: `{header}` is not a header name",
+                        t.name
+                    ))
+                })?;
+                // The key itself is never put in an error message.
+                let value = HeaderValue::from_str(&value).map_err(|_| {
+                    ConfigError(format!(
+                        "target `{}`: the key in {var} is not a valid header value",
+                        t.name
+                    ))
+                })?;
+                target = target.credential(name, value);
+            }
+            if let Some(window) = t.context_window {
+                target = target.context_window(window);
+            }
+            if t.larger_context {
+                target = target.larger_context();
+            }
+            if t.content_filter {
+                target = target.for_content_filter();
+            }
+            builder = builder.target(target);
+        }
+        if let Some(on) = self.move_on_authentication {
+            builder = builder.move_on_authentication(on);
+        }
+        if let Some(on) = self.move_on_invalid_request {
+            builder = builder.move_on_invalid_request(on);
+        }
+        builder.build()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> FallbackSettings {
+        FallbackSettings {
+            targets: vec![
+                TargetSettings {
+                    name: "openai".into(),
+                    base_url: Some("https://api.openai.com".into()),
+                    api_key_env: Some("OPENAI_KEY".into()),
+                    ..Default::default()
+                },
+                TargetSettings {
+                    name: "local".into(),
+                    base_url: Some("http://127.0.0.1:11434".into()),
+                    model: Some("llama3.2".into()),
+                    context_window: Some(128_000),
+                    larger_context: true,
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn settings_build_targets_in_order_with_their_keys() {
+        let env = |name: &str| (name == "OPENAI_KEY").then(|| "sk-test".to_owned());
+        let fallback = settings().build(|_| (), env).unwrap();
+        assert_eq!(fallback.target_names(), ["openai", "local"]);
+    }
+
+    #[test]
+    fn a_missing_key_or_bad_url_names_the_target_and_never_the_key() {
+        let error = settings().build(|_| (), |_| None).unwrap_err().to_string();
+        assert!(
+            error.contains("openai") && error.contains("OPENAI_KEY"),
+            "{error}"
+        );
+        let mut bad = settings();
+        bad.targets[1].base_url = Some("not a url".into());
+        let error = bad
+            .build(|_| (), |_| Some("sk-secret".into()))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("local") && !error.contains("sk-secret"),
+            "{error}"
+        );
+        let mut newline = settings();
+        newline.targets[0].api_key_header = Some("x-api-key".into());
+        let error = newline
+            .build(|_| (), |_| Some("sk-bad\nkey".into()))
+            .unwrap_err()
+            .to_string();
+        assert!(!error.contains("sk-bad"), "{error}");
+    }
+
+    #[cfg(feature = "serde")]
+    #[test]
+    fn a_settings_file_with_an_unknown_key_is_refused_by_name() {
+        let error =
+            serde_json::from_str::<FallbackSettings>(r#"{"targets":[{"name":"a","modle":"x"}]}"#)
+                .unwrap_err();
+        assert!(error.to_string().contains("modle"), "{error}");
+    }
+}
