@@ -16,12 +16,16 @@ pin_project! {
     pub struct FallbackBody<B> {
         #[pin]
         inner: B,
+        data_sent: bool,
     }
 }
 
 impl<B> FallbackBody<B> {
     pub(crate) fn new(inner: B) -> Self {
-        FallbackBody { inner }
+        FallbackBody {
+            inner,
+            data_sent: false,
+        }
     }
 
     /// The inner body.

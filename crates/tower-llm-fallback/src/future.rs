@@ -151,11 +151,33 @@ where
                                 )));
                             };
                             match target.adapt_request(parts, this.body) {
-                                Err(rewrite) => LlmError::new(
-                                    Classification::new(ErrorKind::InvalidRequest)
-                                        .with_phase(Phase::Local)
-                                        .with_message(&rewrite.to_string()),
-                                ),
+                                Err(adapt) => {
+                                    // Nothing was sent: this target cannot take
+                                    // this request; the others may.
+                                    let error = LlmError::new(
+                                        Classification::new(ErrorKind::InvalidRequest)
+                                            .with_phase(Phase::Local)
+                                            .with_message(&format!(
+                                                "not sent to `{}`: {adapt}",
+                                                target.name
+                                            )),
+                                    );
+                                    this.failures.push((Arc::clone(&target.name), error));
+                                    if pick(
+                                        this.shared,
+                                        this.next,
+                                        *this.route,
+                                        *this.too_small,
+                                        this.current,
+                                    ) {
+                                        this.state.set(State::Ready { service: None });
+                                        continue;
+                                    }
+                                    this.state.set(State::Done);
+                                    return Poll::Ready(Err(all_failed(std::mem::take(
+                                        this.failures,
+                                    ))));
+                                }
                                 Ok(request) => {
                                     let future = service.call(request);
                                     this.state.set(State::Calling { future });
@@ -216,7 +238,11 @@ where
                 )));
             }
             if route == Route::LargerContext {
-                *this.too_small = target.context_window.or(*this.too_small);
+                // The largest window known to be too small.
+                *this.too_small = match (target.context_window, *this.too_small) {
+                    (Some(window), Some(small)) => Some(window.max(small)),
+                    (window, small) => window.or(small),
+                };
             }
             *this.route = route;
             this.failures.push((name, failed));
@@ -249,18 +275,19 @@ fn pick<S>(
         let index = *next;
         *next += 1;
         let target = &shared.targets[index];
-        let eligible = match route {
-            Route::Next => true,
-            Route::LargerContext => {
-                target.larger_context
-                    && match (target.context_window, too_small) {
-                        (Some(window), Some(small)) => window > small,
-                        _ => true,
-                    }
-            }
-            Route::ContentFilter => target.content_filter,
-            Route::Stop => false,
+        // Once a request is known too long for a window, no target with
+        // that window or a smaller one is tried again, whatever the route.
+        let fits = match (target.context_window, too_small) {
+            (Some(window), Some(small)) => window > small,
+            _ => true,
         };
+        let eligible = fits
+            && match route {
+                Route::Next => true,
+                Route::LargerContext => target.larger_context,
+                Route::ContentFilter => target.content_filter,
+                Route::Stop => false,
+            };
         if eligible {
             *current = index;
             return true;
@@ -292,18 +319,20 @@ fn finish(
 }
 
 /// Every target failed: the most useful of their errors, with the report.
-/// When every target is rate limited (cooling down), the one that can be
-/// tried soonest, so a gateway can answer 429 with that `Retry-After`;
-/// otherwise the first target's (the primary's) error.
+/// When every target is cooling down (rate limited, or an open circuit
+/// with a known wait), the one that can be tried soonest, so a gateway can
+/// answer with that `Retry-After`; otherwise the first error a provider
+/// actually sent (it has a response head), else the primary's.
 fn all_failed(mut failures: Vec<(Arc<str>, LlmError)>) -> LlmError {
     let report: Vec<(Arc<str>, Classification)> = failures
         .iter()
         .map(|(n, e)| (Arc::clone(n), e.classification().clone()))
         .collect();
-    let all_rate_limited = failures
-        .iter()
-        .all(|(_, e)| e.kind() == ErrorKind::RateLimited);
-    let chosen = if all_rate_limited {
+    let cooling = |e: &LlmError| {
+        matches!(e.kind(), ErrorKind::RateLimited | ErrorKind::CircuitOpen)
+            && e.classification().retry_after().is_some()
+    };
+    let chosen = if failures.iter().all(|(_, e)| cooling(e)) {
         failures
             .iter()
             .enumerate()
@@ -314,8 +343,14 @@ fn all_failed(mut failures: Vec<(Arc<str>, LlmError)>) -> LlmError {
             })
             .map_or(0, |(i, _)| i)
     } else {
-        0
+        failures
+            .iter()
+            .position(|(_, e)| e.response_head().is_some())
+            .unwrap_or(0)
     };
+    if failures.is_empty() {
+        return local_error(ErrorKind::Unknown, "no target was tried");
+    }
     let mut error = failures.swap_remove(chosen).1;
     tracing::warn!(target: TRACING_TARGET, targets = report.len(), kind = error.kind().as_str(), "every target failed");
     error.extensions_mut().insert(FallbackReport {

@@ -144,6 +144,9 @@ pub fn rewrite_model(body: &[u8], model: &str) -> Result<Bytes, RewriteError> {
         return Err(RewriteError::NotAnObject);
     }
     let mut cursor = Cursor::default();
+    // Every top-level "model" value: parsers keep the last of duplicate
+    // keys, so all of them are set.
+    let mut values: Vec<(usize, usize)> = Vec::new();
     for candidate in memmem::find_iter(body, b"\"model\"") {
         if candidate < cursor.pos {
             continue;
@@ -163,11 +166,20 @@ pub fn rewrite_model(body: &[u8], model: &str) -> Result<Bytes, RewriteError> {
             return Err(RewriteError::ModelNotAString);
         }
         let end = string_end(body, value).ok_or(RewriteError::ModelNotAString)?;
+        values.push((value, end));
+        cursor.advance(body, end);
+    }
+    if !values.is_empty() {
         let literal = json_string(model);
-        let mut out = BytesMut::with_capacity(body.len() - (end - value) + literal.len());
-        out.extend_from_slice(&body[..value]);
-        out.extend_from_slice(&literal);
-        out.extend_from_slice(&body[end..]);
+        let removed: usize = values.iter().map(|(start, end)| end - start).sum();
+        let mut out = BytesMut::with_capacity(body.len() - removed + literal.len() * values.len());
+        let mut from = 0;
+        for (start, end) in values {
+            out.extend_from_slice(&body[from..start]);
+            out.extend_from_slice(&literal);
+            from = end;
+        }
+        out.extend_from_slice(&body[from..]);
         return Ok(out.freeze());
     }
     // No top-level model: add one as the first member.
@@ -209,6 +221,14 @@ mod tests {
         assert_eq!(
             rewrite(r#"{"model":"a\"b\\","x":1}"#, "c"),
             r#"{"model":"c","x":1}"#
+        );
+    }
+
+    #[test]
+    fn duplicate_top_level_models_are_all_set() {
+        assert_eq!(
+            rewrite(r#"{"model":"a","x":1,"model":"b"}"#, "c"),
+            r#"{"model":"c","x":1,"model":"c"}"#
         );
     }
 

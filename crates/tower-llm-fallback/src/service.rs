@@ -72,7 +72,7 @@ impl Fallback<()> {
         FallbackBuilder {
             targets: Vec::new(),
             routes: RoutePolicy {
-                on_authentication: false,
+                on_authentication: true,
                 on_invalid_request: false,
             },
             max_body: 32 * 1024 * 1024,
@@ -94,9 +94,9 @@ impl<S> FallbackBuilder<S> {
         self
     }
 
-    /// Whether a 401 from a target moves on (off by default: a key that is
-    /// wrong for one provider says nothing of the others, but a caller who
-    /// is not allowed should not be served elsewhere either).
+    /// Whether a 401 from a target moves on (on by default: the caller's
+    /// credentials never reach a target, so a 401 is about that target's
+    /// own key, which says nothing of the others).
     pub fn move_on_authentication(mut self, on: bool) -> Self {
         self.routes.on_authentication = on;
         self
@@ -115,7 +115,9 @@ impl<S> FallbackBuilder<S> {
         self
     }
 
-    /// Checks the targets: at least one, names unique.
+    /// Checks the targets: at least one, names unique, base URLs absolute,
+    /// and no credential without a base URL (it would go wherever the
+    /// caller's request pointed).
     pub fn build(self) -> Result<Fallback<S>, crate::ConfigError> {
         if self.targets.is_empty() {
             return Err(crate::ConfigError(
@@ -126,6 +128,20 @@ impl<S> FallbackBuilder<S> {
             if self.targets[..i].iter().any(|t| t.name == target.name) {
                 return Err(crate::ConfigError(format!(
                     "two targets are named `{}`",
+                    target.name
+                )));
+            }
+            if let Some(base) = &target.base
+                && (base.scheme().is_none() || base.authority().is_none())
+            {
+                return Err(crate::ConfigError(format!(
+                    "target `{}`: base URL `{base}` needs a scheme and a host",
+                    target.name
+                )));
+            }
+            if target.credential.is_some() && target.base.is_none() {
+                return Err(crate::ConfigError(format!(
+                    "target `{}` has a credential but no base URL: its key would go to whatever host the request names",
                     target.name
                 )));
             }

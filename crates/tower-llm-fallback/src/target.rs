@@ -144,23 +144,39 @@ impl<S> Target<S> {
         &self,
         parts: &http::request::Parts,
         body: &Bytes,
-    ) -> Result<Request<Full<Bytes>>, RewriteError> {
+    ) -> Result<Request<Full<Bytes>>, AdaptError> {
         let body = match &self.model {
-            Some(model) => rewrite_model(body, model)?,
-            None => body.clone(),
+            // An empty body (a GET) has no model to set.
+            Some(model) if !body.is_empty() => {
+                rewrite_model(body, model).map_err(AdaptError::Rewrite)?
+            }
+            _ => body.clone(),
         };
         let mut request = Request::new(Full::new(body));
         *request.method_mut() = parts.method.clone();
-        *request.version_mut() = parts.version;
-        *request.uri_mut() = self.uri_for(&parts.uri);
+        // The version is the client's business (an HTTP/2 caller, an
+        // HTTP/1 pool): left at the default.
+        *request.uri_mut() = self.uri_for(&parts.uri)?;
         // One pass over the caller's headers, leaving out every credential
-        // (the target's own is set below) and what the body or URL decide.
+        // and account header (the target's own is set below), hop-by-hop
+        // headers, and what the body or URL decide.
+        let connection_listed: Vec<&str> = parts
+            .headers
+            .get_all(http::header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .collect();
         let headers = request.headers_mut();
         headers.reserve(parts.headers.len() + 1 + self.headers.len());
         for (name, value) in &parts.headers {
-            let dropped = name == http::header::CONTENT_LENGTH
-                || name == http::header::HOST
-                || CREDENTIAL_HEADERS.contains(&name.as_str());
+            let name_str = name.as_str();
+            let dropped = CREDENTIAL_HEADERS.contains(&name_str)
+                || NOT_FORWARDED.contains(&name_str)
+                || connection_listed
+                    .iter()
+                    .any(|listed| listed.eq_ignore_ascii_case(name_str));
             if !dropped {
                 headers.append(name.clone(), value.clone());
             }
@@ -183,15 +199,161 @@ impl<S> Target<S> {
         Ok(request)
     }
 
-    fn uri_for(&self, uri: &Uri) -> Uri {
+    /// The target's URL: its scheme, host and path prefix, then the
+    /// request's path, then the base's query and the request's query less
+    /// any credential parameter.
+    fn uri_for(&self, uri: &Uri) -> Result<Uri, AdaptError> {
         let Some(base) = &self.base else {
-            return uri.clone();
+            return Ok(uri.clone());
         };
         let prefix = base.path().trim_end_matches('/');
-        let rest = uri.path_and_query().map_or("/", |p| p.as_str());
+        let mut joined = format!("{prefix}{}", uri.path());
+        let mut separator = '?';
+        for query in [base.query(), uri.query()].into_iter().flatten() {
+            for pair in query.split('&').filter(|p| !p.is_empty()) {
+                let name = pair.split('=').next().unwrap_or_default();
+                let from_caller = Some(query) == uri.query();
+                if from_caller
+                    && CREDENTIAL_PARAMETERS
+                        .iter()
+                        .any(|c| c.eq_ignore_ascii_case(name))
+                {
+                    continue;
+                }
+                joined.push(separator);
+                joined.push_str(pair);
+                separator = '&';
+            }
+        }
         let mut parts = base.clone().into_parts();
-        let joined = format!("{prefix}{rest}");
-        parts.path_and_query = joined.parse().ok();
-        Uri::from_parts(parts).unwrap_or_else(|_| uri.clone())
+        parts.path_and_query = Some(joined.parse().map_err(|_| AdaptError::Url)?);
+        Uri::from_parts(parts).map_err(|_| AdaptError::Url)
+    }
+}
+
+/// Headers never copied from the caller to a target: hop-by-hop headers
+/// (RFC 9110 §7.6.1), what the new body and URL decide, an encoding the
+/// layers below might not read, and the caller's account headers at
+/// providers and gateways (a target gets its own or none).
+const NOT_FORWARDED: &[&str] = &[
+    "content-length",
+    "host",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "expect",
+    "accept-encoding",
+    "x-amz-security-token",
+    "x-litellm-api-key",
+    "x-portkey-api-key",
+    "helicone-auth",
+    "openai-organization",
+    "openai-project",
+];
+
+/// Query parameters that carry a key (Gemini's `?key=`, …): never copied
+/// from the caller's URL.
+const CREDENTIAL_PARAMETERS: &[&str] = &[
+    "key",
+    "api-key",
+    "api_key",
+    "apikey",
+    "access_token",
+    "token",
+];
+
+/// Why a request could not be made for a target (nothing was sent).
+#[derive(Debug)]
+pub(crate) enum AdaptError {
+    Rewrite(RewriteError),
+    Url,
+}
+
+impl fmt::Display for AdaptError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AdaptError::Rewrite(e) => write!(f, "{e}"),
+            AdaptError::Url => f.write_str(
+                "the target's URL could not be built from its base URL and the request's path",
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(uri: &str, headers: &[(&str, &str)]) -> http::request::Parts {
+        let mut builder = Request::post(uri);
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        builder.body(()).unwrap().into_parts().0
+    }
+
+    #[test]
+    fn urls_join_prefix_path_and_both_queries_without_caller_keys() {
+        let target = Target::new("azure", ()).base_url(
+            "https://x.openai.azure.com/openai/?api-version=2024-10-21"
+                .parse()
+                .unwrap(),
+        );
+        let request = target
+            .adapt_request(
+                &parts(
+                    "http://gw/v1/chat/completions?stream=true&key=AIza-secret",
+                    &[],
+                ),
+                &Bytes::new(),
+            )
+            .unwrap();
+        assert_eq!(
+            request.uri().to_string(),
+            "https://x.openai.azure.com/openai/v1/chat/completions?api-version=2024-10-21&stream=true"
+        );
+    }
+
+    #[test]
+    fn hop_by_hop_account_and_credential_headers_stay_behind() {
+        let target = Target::new("t", ())
+            .base_url("http://t".parse().unwrap())
+            .credential(
+                HeaderName::from_static("x-api-key"),
+                HeaderValue::from_static("sk-t"),
+            );
+        let request = target
+            .adapt_request(
+                &parts(
+                    "http://gw/v1/messages",
+                    &[
+                        ("authorization", "Bearer sk-caller"),
+                        ("x-goog-api-key", "g-caller"),
+                        ("openai-organization", "org-caller"),
+                        ("connection", "keep-alive, x-hop"),
+                        ("x-hop", "1"),
+                        ("accept-encoding", "gzip"),
+                        ("anthropic-version", "2023-06-01"),
+                    ],
+                ),
+                &Bytes::from_static(b"{}"),
+            )
+            .unwrap();
+        let names: Vec<&str> = request.headers().keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["anthropic-version", "x-api-key"]);
+        assert_eq!(request.version(), http::Version::default());
+    }
+
+    #[test]
+    fn an_empty_body_is_sent_without_a_model() {
+        let target = Target::new("t", ()).model("m");
+        let request = target
+            .adapt_request(&parts("http://gw/v1/models", &[]), &Bytes::new())
+            .unwrap();
+        assert!(http_body::Body::is_end_stream(request.body()));
     }
 }

@@ -425,11 +425,22 @@ async fn when_every_target_fails_the_error_lists_them_all() {
     let report = error.extensions().get::<FallbackReport>().unwrap().clone();
     assert_eq!(report.served_by, None);
     let kinds: Vec<(&str, ErrorKind)> = report.failed_kinds();
+    assert_eq!(kinds.len(), 3);
     assert_eq!(kinds[0], ("a", ErrorKind::Overloaded));
     assert_eq!(kinds[1], ("b", ErrorKind::QuotaExhausted));
     assert_eq!(kinds[2].0, "c");
-    assert_eq!(error.kind(), ErrorKind::Overloaded, "the primary's error");
-    let _ = RetryStats::of(error.extensions());
+    assert!(
+        matches!(kinds[2].1, ErrorKind::Transport | ErrorKind::Connect),
+        "{:?}",
+        kinds[2]
+    );
+    assert_eq!(
+        error.kind(),
+        ErrorKind::Overloaded,
+        "the primary's error: a provider's own answer"
+    );
+    assert_eq!(error.response_head().unwrap().status, 503);
+    assert_eq!(RetryStats::of(error.extensions()).attempts, 1);
 }
 
 #[tokio::test(start_paused = true)]
@@ -461,4 +472,114 @@ async fn when_every_target_is_rate_limited_the_soonest_retry_after_is_returned()
     let response = error.into_response();
     assert_eq!(response.status(), 429);
     assert_eq!(response.headers()["retry-after"], "90");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_target_rejecting_its_own_key_moves_on() {
+    let revoked = Simulator::builder()
+        .api_key("sk-current")
+        .start()
+        .await
+        .unwrap();
+    let backup = Simulator::start().await.unwrap();
+    let fallback = Fallback::builder()
+        .target(target("revoked", &revoked, &fast_circuit(), 3))
+        .target(target("backup", &backup, &fast_circuit(), 3))
+        .build()
+        .unwrap();
+    let response = fallback
+        .oneshot(request(&revoked, CONVERSATION))
+        .await
+        .unwrap();
+    let report = response
+        .extensions()
+        .get::<FallbackReport>()
+        .unwrap()
+        .clone();
+    assert_eq!(
+        report.failed_kinds(),
+        [("revoked", ErrorKind::Authentication)]
+    );
+    assert_eq!(report.served_by.as_deref(), Some("backup"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_a_target_cannot_take_skips_it_without_a_call() {
+    let picky = Simulator::start().await.unwrap();
+    let backup = Simulator::start().await.unwrap();
+    let fallback = Fallback::builder()
+        .target(target("picky", &picky, &fast_circuit(), 3).model("needs-a-string-model"))
+        .target(target("backup", &backup, &fast_circuit(), 3))
+        .build()
+        .unwrap();
+    // Not a JSON object: its model cannot be set for `picky`, which is
+    // skipped; `backup` sends it as it is (and the provider refuses it).
+    let body = r#"[{"model":"gpt-4o"}]"#;
+    let error = fallback.oneshot(request(&picky, body)).await.unwrap_err();
+    let report = error.extensions().get::<FallbackReport>().unwrap().clone();
+    assert_eq!(
+        report.failed_kinds(),
+        [
+            ("picky", ErrorKind::InvalidRequest),
+            ("backup", ErrorKind::InvalidRequest)
+        ]
+    );
+    assert!(
+        report.failures[0]
+            .1
+            .message()
+            .unwrap()
+            .contains("not sent to `picky`")
+    );
+    assert!(picky.requests().is_empty());
+    assert_eq!(backup.requests()[0].body_text(), body);
+}
+
+#[tokio::test(start_paused = true)]
+async fn when_every_target_is_cooling_down_or_open_the_soonest_wait_is_returned() {
+    let limited = Simulator::builder()
+        .plan(Fault::rate_limited(Duration::from_secs(120)))
+        .start()
+        .await
+        .unwrap();
+    let down = Simulator::builder()
+        .plan(Fault::overloaded())
+        .start()
+        .await
+        .unwrap();
+    let circuit = fast_circuit();
+    let fallback = Fallback::builder()
+        .target(target("limited", &limited, &fast_circuit(), 1))
+        .target(target("down", &down, &circuit, 1))
+        .build()
+        .unwrap();
+    // Open `down`'s circuit (two overloads), then ask again.
+    for _ in 0..2 {
+        let _ = fallback
+            .clone()
+            .oneshot(request(&limited, CONVERSATION))
+            .await;
+    }
+    let error = fallback
+        .oneshot(request(&limited, CONVERSATION))
+        .await
+        .unwrap_err();
+    // limited: cooling down ~120 s; down: circuit open for ~10 s.
+    assert!(
+        error.classification().retry_after().unwrap() <= Duration::from_secs(10),
+        "{error:?}"
+    );
+}
+
+#[test]
+fn a_credential_without_a_base_url_or_a_relative_base_is_refused() {
+    let with_key = Target::new("t", ()).credential(
+        HeaderName::from_static("x-api-key"),
+        HeaderValue::from_static("sk"),
+    );
+    let error = Fallback::builder().target(with_key).build().unwrap_err();
+    assert!(error.to_string().contains("no base URL"), "{error}");
+    let relative = Target::new("t", ()).base_url("api.anthropic.com".parse().unwrap());
+    let error = Fallback::builder().target(relative).build().unwrap_err();
+    assert!(error.to_string().contains("scheme and a host"), "{error}");
 }
