@@ -222,14 +222,8 @@ where
             let target = &this.shared.targets[*this.current];
             let name = Arc::clone(&target.name);
             let route = this.shared.routes.route(failed.classification());
-            tracing::info!(
-                target: TRACING_TARGET,
-                from = &*name,
-                kind = failed.classification().kind().as_str(),
-                route = ?route,
-                "target failed"
-            );
             if route == Route::Stop {
+                moved_on(&name, None, failed.classification().kind(), route);
                 this.state.set(State::Done);
                 return Poll::Ready(Err(finish(
                     failed,
@@ -245,14 +239,18 @@ where
                 };
             }
             *this.route = route;
-            this.failures.push((name, failed));
-            if pick(
+            let kind = failed.classification().kind();
+            this.failures.push((Arc::clone(&name), failed));
+            let moved = pick(
                 this.shared,
                 this.next,
                 *this.route,
                 *this.too_small,
                 this.current,
-            ) {
+            );
+            let to = moved.then(|| &*this.shared.targets[*this.current].name);
+            moved_on(&name, to, kind, route);
+            if moved {
                 this.state.set(State::Ready { service: None });
                 continue;
             }
@@ -260,6 +258,20 @@ where
             return Poll::Ready(Err(all_failed(std::mem::take(this.failures))));
         }
     }
+}
+
+/// One move (or the end of the line): a tracing event, and with the
+/// `metrics` feature a counter by (from, to, reason).
+fn moved_on(from: &str, to: Option<&str>, kind: ErrorKind, route: Route) {
+    tracing::info!(target: TRACING_TARGET, from, to, reason = kind.as_str(), route = ?route, "target failed");
+    #[cfg(feature = "metrics")]
+    metrics::counter!(
+        "tower_llm_fallback_moves_total",
+        "from" => from.to_owned(),
+        "to" => to.unwrap_or("none").to_owned(),
+        "reason" => kind.as_str()
+    )
+    .increment(1);
 }
 
 /// Moves `next` to the first later target the route allows; `current` is
