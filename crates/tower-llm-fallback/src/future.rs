@@ -52,8 +52,22 @@ pin_project! {
         Collecting { #[pin] read: ReadBody<B> },
         Ready { service: Option<S> },
         Calling { #[pin] future: F },
+        // The first target's call with a hedge armed (boxed: only hedging
+        // calls pay for it).
+        Hedged { hedged: Box<Hedged<S, F>> },
         Done,
     }
+}
+
+/// A first call, the timer that may start a hedge, and the hedge.
+struct Hedged<S, F> {
+    primary: Option<(usize, Pin<Box<F>>)>,
+    hedge: Option<(usize, Pin<Box<F>>)>,
+    /// The hedge target, chosen when the timer fired, until it is ready.
+    waiting: Option<(usize, S)>,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The last failure while the other call may still answer.
+    last: Option<(usize, LlmError)>,
 }
 
 impl<S, B> std::fmt::Debug for ResponseFuture<S, B>
@@ -180,7 +194,28 @@ where
                                 }
                                 Ok(request) => {
                                     let future = service.call(request);
-                                    this.state.set(State::Calling { future });
+                                    let hedge =
+                                        this.shared.hedge.filter(|_| this.failures.is_empty());
+                                    match hedge {
+                                        Some(policy) => {
+                                            this.shared
+                                                .hedge_calls
+                                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                            let hedged = Hedged {
+                                                primary: Some((*this.current, Box::pin(future))),
+                                                hedge: None,
+                                                waiting: None,
+                                                timer: Some(Box::pin(tokio::time::sleep(
+                                                    policy.delay,
+                                                ))),
+                                                last: None,
+                                            };
+                                            this.state.set(State::Hedged {
+                                                hedged: Box::new(hedged),
+                                            });
+                                        }
+                                        None => this.state.set(State::Calling { future }),
+                                    }
                                     continue;
                                 }
                             }
@@ -189,27 +224,127 @@ where
                 }
                 StateProj::Calling { future } => match ready!(future.poll(cx)) {
                     Ok(response) => {
-                        let name = Arc::clone(&this.shared.targets[*this.current].name);
                         this.state.set(State::Done);
-                        let (mut head, body) = response.into_parts();
-                        let failures = std::mem::take(this.failures);
-                        if !failures.is_empty() {
-                            tracing::info!(target: TRACING_TARGET, served_by = &*name, failed = failures.len(), "served by a fallback target");
-                        }
-                        head.extensions.insert(FallbackReport {
-                            served_by: Some(name),
-                            failures: failures
-                                .into_iter()
-                                .map(|(n, e)| (n, e.classification().clone()))
-                                .collect(),
-                        });
-                        return Poll::Ready(Ok(Response::from_parts(
-                            head,
-                            FallbackBody::new(body),
+                        return Poll::Ready(Ok(served(
+                            this.shared,
+                            *this.current,
+                            this.failures,
+                            response,
                         )));
                     }
                     Err(error) => LlmError::from_source(error),
                 },
+                StateProj::Hedged { hedged } => {
+                    let h = &mut **hedged;
+                    // The timer fired: choose the hedge target (once), if
+                    // the budget allows one.
+                    if h.timer
+                        .as_mut()
+                        .is_some_and(|t| t.as_mut().poll(cx).is_ready())
+                    {
+                        h.timer = None;
+                        let policy = this.shared.hedge;
+                        let mut probe_next = *this.next;
+                        let mut index = *this.current;
+                        if policy.is_some_and(|p| this.shared.take_hedge(&p))
+                            && pick(
+                                this.shared,
+                                &mut probe_next,
+                                Route::Next,
+                                *this.too_small,
+                                &mut index,
+                            )
+                        {
+                            *this.next = probe_next;
+                            h.waiting = Some((index, this.shared.targets[index].service.clone()));
+                        }
+                    }
+                    if let Some((index, service)) = h.waiting.as_mut() {
+                        let index = *index;
+                        if let Poll::Ready(result) = service.poll_ready(cx) {
+                            let target = &this.shared.targets[index];
+                            let started = result.map_err(LlmError::from_source).and_then(|()| {
+                                let parts = this
+                                    .parts
+                                    .as_ref()
+                                    .ok_or_else(|| local_error(ErrorKind::Unknown, "no request"))?;
+                                target.adapt_request(parts, this.body).map_err(|adapt| {
+                                    local_error(
+                                        ErrorKind::InvalidRequest,
+                                        &format!("not sent to `{}`: {adapt}", target.name),
+                                    )
+                                })
+                            });
+                            match started {
+                                Ok(request) => {
+                                    tracing::info!(target: TRACING_TARGET, to = &*target.name, "hedging");
+                                    h.hedge = Some((index, Box::pin(service.call(request))));
+                                }
+                                Err(error) => record(h, this.shared, this.failures, index, error),
+                            }
+                            h.waiting = None;
+                        }
+                    }
+                    // Whichever answers first is used; the other is dropped
+                    // with the box (its request cancelled).
+                    for hedge_slot in [false, true] {
+                        let slot = if hedge_slot {
+                            &mut h.hedge
+                        } else {
+                            &mut h.primary
+                        };
+                        let Some((index, future)) = slot.as_mut() else {
+                            continue;
+                        };
+                        let index = *index;
+                        if let Poll::Ready(result) = future.as_mut().poll(cx) {
+                            *slot = None;
+                            match result {
+                                Ok(response) => {
+                                    if let Some((failed_index, error)) = h.last.take() {
+                                        this.failures.push((
+                                            Arc::clone(&this.shared.targets[failed_index].name),
+                                            error,
+                                        ));
+                                    }
+                                    *this.current = index;
+                                    this.state.set(State::Done);
+                                    return Poll::Ready(Ok(served(
+                                        this.shared,
+                                        index,
+                                        this.failures,
+                                        response,
+                                    )));
+                                }
+                                Err(error) => record(
+                                    h,
+                                    this.shared,
+                                    this.failures,
+                                    index,
+                                    LlmError::from_source(error),
+                                ),
+                            }
+                        }
+                    }
+                    // A call still out (or a hedge about to start): wait.
+                    if h.primary.is_some() || h.hedge.is_some() || h.waiting.is_some() {
+                        return Poll::Pending;
+                    }
+                    // Both failed (or the first failed before any hedge):
+                    // the last failure moves on as usual.
+                    match h.last.take() {
+                        Some((index, error)) => {
+                            *this.current = index;
+                            error
+                        }
+                        None => {
+                            return Poll::Ready(Err(local_error(
+                                ErrorKind::Unknown,
+                                "hedged call ended without an outcome",
+                            )));
+                        }
+                    }
+                }
                 StateProj::Done => {
                     return Poll::Ready(Err(local_error(
                         ErrorKind::Unknown,
@@ -257,6 +392,43 @@ where
             this.state.set(State::Done);
             return Poll::Ready(Err(all_failed(std::mem::take(this.failures))));
         }
+    }
+}
+
+/// The response of target `index`, with the report of what failed before.
+fn served<S, RB>(
+    shared: &Shared<S>,
+    index: usize,
+    failures: &mut Vec<(Arc<str>, LlmError)>,
+    response: Response<RB>,
+) -> Response<FallbackBody<RB>> {
+    let name = Arc::clone(&shared.targets[index].name);
+    let failures = std::mem::take(failures);
+    if !failures.is_empty() {
+        tracing::info!(target: TRACING_TARGET, served_by = &*name, failed = failures.len(), "served by a fallback target");
+    }
+    let (mut head, body) = response.into_parts();
+    head.extensions.insert(FallbackReport {
+        served_by: Some(name),
+        failures: failures
+            .into_iter()
+            .map(|(n, e)| (n, e.classification().clone()))
+            .collect(),
+    });
+    Response::from_parts(head, FallbackBody::new(body))
+}
+
+/// A hedged call failed: the previous failure (if any) goes to the list,
+/// this one waits in case the other call fails too.
+fn record<S, F>(
+    h: &mut Hedged<S, F>,
+    shared: &Shared<S>,
+    failures: &mut Vec<(Arc<str>, LlmError)>,
+    index: usize,
+    error: LlmError,
+) {
+    if let Some((previous, earlier)) = h.last.replace((index, error)) {
+        failures.push((Arc::clone(&shared.targets[previous].name), earlier));
     }
 }
 

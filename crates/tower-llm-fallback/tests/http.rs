@@ -583,3 +583,156 @@ fn a_credential_without_a_base_url_or_a_relative_base_is_refused() {
     let error = Fallback::builder().target(relative).build().unwrap_err();
     assert!(error.to_string().contains("scheme and a host"), "{error}");
 }
+
+fn hedged(primary: &Simulator, backup: &Simulator, ratio: f64) -> Fallback<Stack> {
+    Fallback::builder()
+        .target(target("primary", primary, &fast_circuit(), 1))
+        .target(target("backup", backup, &fast_circuit(), 1))
+        .hedge(Duration::from_secs(1), ratio)
+        .build()
+        .unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn hedging_returns_the_faster_target_and_cancels_the_slower() {
+    let slow = Simulator::builder()
+        .latency(Duration::from_secs(10))
+        .start()
+        .await
+        .unwrap();
+    let fast = Simulator::start().await.unwrap();
+    let started = tokio::time::Instant::now();
+    let response = hedged(&slow, &fast, 1.0)
+        .oneshot(request(&slow, CONVERSATION))
+        .await
+        .unwrap();
+    assert_eq!(
+        started.elapsed(),
+        Duration::from_secs(1),
+        "the hedge went out after 1 s and answered at once"
+    );
+    let report = response
+        .extensions()
+        .get::<FallbackReport>()
+        .unwrap()
+        .clone();
+    assert_eq!(report.served_by.as_deref(), Some("backup"));
+    assert!(report.failures.is_empty());
+    assert!(text(response).await.unwrap().contains("chat.completion"));
+    // The slow call was cancelled: its connection closed, nothing in service.
+    for _ in 0..100 {
+        if slow.stats().in_service == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(slow.stats().in_service, 0);
+    assert_eq!(slow.requests().len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_hedge_when_the_first_target_answers_in_time() {
+    let primary = Simulator::builder()
+        .latency(Duration::from_millis(500))
+        .start()
+        .await
+        .unwrap();
+    let backup = Simulator::start().await.unwrap();
+    let response = hedged(&primary, &backup, 1.0)
+        .oneshot(request(&primary, CONVERSATION))
+        .await
+        .unwrap();
+    assert_eq!(
+        response
+            .extensions()
+            .get::<FallbackReport>()
+            .unwrap()
+            .served_by
+            .as_deref(),
+        Some("primary")
+    );
+    assert!(backup.requests().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_hedging_budget_bounds_the_hedges() {
+    let slow = Simulator::builder()
+        .latency(Duration::from_secs(3))
+        .record(true)
+        .start()
+        .await
+        .unwrap();
+    let fast = Simulator::start().await.unwrap();
+    let fallback = hedged(&slow, &fast, 0.25);
+    for _ in 0..8 {
+        let _ = fallback
+            .clone()
+            .oneshot(request(&slow, CONVERSATION))
+            .await
+            .unwrap();
+    }
+    // At most a quarter of the calls hedged.
+    assert!(
+        fast.requests().len() <= 2,
+        "{} hedges for 8 calls",
+        fast.requests().len()
+    );
+    assert!(!fast.requests().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_first_target_failing_before_the_hedge_moves_on_as_usual() {
+    let broken = Simulator::builder()
+        .plan(Fault::server_error(500))
+        .start()
+        .await
+        .unwrap();
+    let backup = Simulator::start().await.unwrap();
+    let started = tokio::time::Instant::now();
+    let response = hedged(&broken, &backup, 1.0)
+        .oneshot(request(&broken, CONVERSATION))
+        .await
+        .unwrap();
+    assert_eq!(started.elapsed(), Duration::ZERO);
+    let report = response
+        .extensions()
+        .get::<FallbackReport>()
+        .unwrap()
+        .clone();
+    assert_eq!(report.served_by.as_deref(), Some("backup"));
+    assert_eq!(report.failed_kinds(), [("primary", ErrorKind::ServerError)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn when_both_hedged_calls_fail_the_next_target_serves() {
+    let a = Simulator::builder()
+        .latency(Duration::from_secs(2))
+        .plan(Fault::server_error(503))
+        .start()
+        .await
+        .unwrap();
+    let b = Simulator::builder()
+        .plan(Fault::server_error(500).with_latency(Duration::from_secs(2)))
+        .start()
+        .await
+        .unwrap();
+    let c = Simulator::start().await.unwrap();
+    let fallback = Fallback::builder()
+        .target(target("a", &a, &fast_circuit(), 1))
+        .target(target("b", &b, &fast_circuit(), 1))
+        .target(target("c", &c, &fast_circuit(), 1))
+        .hedge(Duration::from_secs(1), 1.0)
+        .build()
+        .unwrap();
+    let response = fallback.oneshot(request(&a, CONVERSATION)).await.unwrap();
+    let report = response
+        .extensions()
+        .get::<FallbackReport>()
+        .unwrap()
+        .clone();
+    assert_eq!(report.served_by.as_deref(), Some("c"));
+    assert_eq!(
+        report.failed_kinds(),
+        [("a", ErrorKind::Overloaded), ("b", ErrorKind::ServerError)]
+    );
+}
