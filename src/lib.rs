@@ -42,6 +42,22 @@ pub use tower_llm_circuit as circuit;
 #[cfg(feature = "fallback")]
 pub use tower_llm_fallback as fallback;
 
+/// `LlmStack`: Fallback over targets, each Retry → Circuit → Classify over
+/// its client, assembled (needs the `retry`, `circuit` and `fallback`
+/// features).
+#[cfg(all(feature = "retry", feature = "circuit", feature = "fallback"))]
+pub mod stack;
+
+/// One configuration value for the whole stack, from TOML or any serde
+/// format, overridable from the environment (feature `config`).
+#[cfg(all(
+    feature = "config",
+    feature = "retry",
+    feature = "circuit",
+    feature = "fallback"
+))]
+pub mod config;
+
 pub use tower_llm_classify::{
     Classification, Classified, ClassifyLayer, ErrorKind, LlmError, Phase, Provider, RequestMeta,
 };

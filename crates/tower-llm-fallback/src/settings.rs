@@ -25,12 +25,107 @@ pub struct TargetSettings {
     /// The header the key goes in: `authorization` (as `Bearer <key>`, the
     /// default), `x-api-key`, `api-key`.
     pub api_key_header: Option<String>,
+    /// What the target is, for its defaults: `openai`, `azure` (key in
+    /// `api-key`), `anthropic`, `gemini` (their OpenAI-compatible
+    /// endpoints), `ollama`, `vllm`, `lmstudio`, `openai-compatible`.
+    pub provider: Option<String>,
     /// The context window, in tokens.
     pub context_window: Option<u64>,
     /// Serves requests too long for an earlier target.
     pub larger_context: bool,
     /// Serves requests an earlier target's content policy refused.
     pub content_filter: bool,
+}
+
+impl TargetSettings {
+    /// Applies these settings to `target` (its service already chosen): base
+    /// URL, model, key (read with `env` from the variable `api_key_env`
+    /// names), context window and routes. Errors name the target and the
+    /// setting, never the key.
+    pub fn apply<S>(
+        &self,
+        mut target: Target<S>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Target<S>, ConfigError> {
+        let t = self;
+        if t.name.is_empty() {
+            return Err(ConfigError("a target needs a name".into()));
+        }
+        let provider = t.provider.as_deref().map(str::to_ascii_lowercase);
+        let default_header = match provider.as_deref() {
+            None => "authorization",
+            Some("azure") => "api-key",
+            Some(
+                "openai" | "anthropic" | "gemini" | "ollama" | "vllm" | "lmstudio"
+                | "openai-compatible",
+            ) => "authorization",
+            Some(other) => {
+                return Err(ConfigError(format!(
+                    "target `{}`: provider `{other}` is not one of openai, azure, anthropic, \
+                     gemini, ollama, vllm, lmstudio, openai-compatible",
+                    t.name
+                )));
+            }
+        };
+        if let Some(base) = &t.base_url {
+            let uri = base
+                .parse::<http::Uri>()
+                .ok()
+                .filter(|u| u.scheme().is_some() && u.authority().is_some())
+                .ok_or_else(|| {
+                    ConfigError(format!(
+                        "target `{}`: base_url `{base}` is not an absolute URL",
+                        t.name
+                    ))
+                })?;
+            target = target.base_url(uri);
+        }
+        if let Some(model) = &t.model {
+            target = target.model(model.as_str());
+        }
+        if let Some(var) = &t.api_key_env {
+            let key = env(var).filter(|k| !k.is_empty()).ok_or_else(|| {
+                ConfigError(format!(
+                    "target `{}`: the environment variable {var} is not set",
+                    t.name
+                ))
+            })?;
+            let header = t
+                .api_key_header
+                .as_deref()
+                .unwrap_or(default_header)
+                .to_ascii_lowercase();
+            let value = if header == "authorization" {
+                format!("Bearer {key}")
+            } else {
+                key
+            };
+            let name = HeaderName::from_bytes(header.as_bytes()).map_err(|_| {
+                ConfigError(format!(
+                    "target `{}`: `{header}` is not a header name",
+                    t.name
+                ))
+            })?;
+            // The key itself is never put in an error message.
+            let value = HeaderValue::from_str(&value).map_err(|_| {
+                ConfigError(format!(
+                    "target `{}`: the key in {var} is not a valid header value",
+                    t.name
+                ))
+            })?;
+            target = target.credential(name, value);
+        }
+        if let Some(window) = t.context_window {
+            target = target.context_window(window);
+        }
+        if t.larger_context {
+            target = target.larger_context();
+        }
+        if t.content_filter {
+            target = target.for_content_filter();
+        }
+        Ok(target)
+    }
 }
 
 /// A fallback as data: its targets in order and what moves on.
@@ -58,68 +153,8 @@ impl FallbackSettings {
     ) -> Result<Fallback<S>, ConfigError> {
         let mut builder: FallbackBuilder<S> = Fallback::builder();
         for t in &self.targets {
-            if t.name.is_empty() {
-                return Err(ConfigError("a target needs a name".into()));
-            }
-            let mut target = Target::new(t.name.as_str(), service(t));
-            if let Some(base) = &t.base_url {
-                let uri = base
-                    .parse::<http::Uri>()
-                    .ok()
-                    .filter(|u| u.scheme().is_some() && u.authority().is_some())
-                    .ok_or_else(|| {
-                        ConfigError(format!(
-                            "target `{}`: base_url `{base}` is not an absolute URL",
-                            t.name
-                        ))
-                    })?;
-                target = target.base_url(uri);
-            }
-            if let Some(model) = &t.model {
-                target = target.model(model.as_str());
-            }
-            if let Some(var) = &t.api_key_env {
-                let key = env(var).filter(|k| !k.is_empty()).ok_or_else(|| {
-                    ConfigError(format!(
-                        "target `{}`: the environment variable {var} is not set",
-                        t.name
-                    ))
-                })?;
-                let header = t
-                    .api_key_header
-                    .as_deref()
-                    .unwrap_or("authorization")
-                    .to_ascii_lowercase();
-                let value = if header == "authorization" {
-                    format!("Bearer {key}")
-                } else {
-                    key
-                };
-                let name = HeaderName::from_bytes(header.as_bytes()).map_err(|_| {
-                    ConfigError(format!(
-                        "target `{}`: `{header}` is not a header name",
-                        t.name
-                    ))
-                })?;
-                // The key itself is never put in an error message.
-                let value = HeaderValue::from_str(&value).map_err(|_| {
-                    ConfigError(format!(
-                        "target `{}`: the key in {var} is not a valid header value",
-                        t.name
-                    ))
-                })?;
-                target = target.credential(name, value);
-            }
-            if let Some(window) = t.context_window {
-                target = target.context_window(window);
-            }
-            if t.larger_context {
-                target = target.larger_context();
-            }
-            if t.content_filter {
-                target = target.for_content_filter();
-            }
-            builder = builder.target(target);
+            let target = Target::new(t.name.as_str(), service(t));
+            builder = builder.target(t.apply(target, &env)?);
         }
         if let Some(on) = self.move_on_authentication {
             builder = builder.move_on_authentication(on);
@@ -188,6 +223,33 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(!error.contains("sk-bad"), "{error}");
+    }
+
+    #[test]
+    fn an_azure_target_sends_its_key_in_api_key_and_an_unknown_provider_is_named() {
+        let mut azure = TargetSettings {
+            name: "azure".into(),
+            base_url: Some("https://res.openai.azure.com/openai/deployments/gpt4o".into()),
+            api_key_env: Some("AZURE_KEY".into()),
+            provider: Some("azure".into()),
+            ..Default::default()
+        };
+        let target = azure
+            .apply(Target::new("azure", ()), &|_| Some("k".into()))
+            .unwrap();
+        assert_eq!(
+            target.credential.as_ref().map(|(name, _)| name.as_str()),
+            Some("api-key")
+        );
+        azure.provider = Some("azzure".into());
+        let error = azure
+            .apply(Target::new("azure", ()), &|_| Some("k".into()))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("azzure") && error.contains("azure"),
+            "{error}"
+        );
     }
 
     #[cfg(feature = "serde")]

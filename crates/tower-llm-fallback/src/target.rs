@@ -75,6 +75,35 @@ impl<S> Target<S> {
         }
     }
 
+    /// This target (name, URL, model, key, routes) over another service.
+    ///
+    /// ```
+    /// use tower_llm_fallback::Target;
+    ///
+    /// let prepared = Target::new("local", ()).model("llama3.2");
+    /// let target = prepared.map_service(|()| "a service");
+    /// assert_eq!(target.into_service(), "a service");
+    /// ```
+    pub fn map_service<T>(self, f: impl FnOnce(S) -> T) -> Target<T> {
+        Target {
+            name: self.name,
+            service: f(self.service),
+            base: self.base,
+            model: self.model,
+            credential: self.credential,
+            headers: self.headers,
+            hook: self.hook,
+            context_window: self.context_window,
+            larger_context: self.larger_context,
+            content_filter: self.content_filter,
+        }
+    }
+
+    /// The service.
+    pub fn into_service(self) -> S {
+        self.service
+    }
+
     /// The name.
     pub fn name(&self) -> &str {
         &self.name

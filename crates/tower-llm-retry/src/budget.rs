@@ -90,6 +90,19 @@ impl RetryBudget {
         })
     }
 
+    /// A new, empty budget with the same parameters (for another target,
+    /// whose retries should be measured against its own traffic).
+    pub fn fresh(&self) -> RetryBudget {
+        RetryBudget {
+            start: Instant::now(),
+            slot_nanos: self.slot_nanos,
+            ratio: self.ratio,
+            reserve: self.reserve,
+            deposits: Default::default(),
+            withdrawals: Default::default(),
+        }
+    }
+
     /// A budget that never denies a retry (not recommended: an outage then
     /// multiplies the load by the number of attempts).
     pub fn unlimited() -> Self {

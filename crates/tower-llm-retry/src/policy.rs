@@ -213,6 +213,16 @@ impl RetryPolicy {
         self.budget.as_ref()
     }
 
+    /// This policy with a budget of its own (same parameters, empty), for
+    /// a second service that must not share the first one's: in a fallback,
+    /// a dead primary spending the budget would otherwise leave the backup
+    /// without retries.
+    pub fn with_own_budget(&self) -> RetryPolicy {
+        let mut policy = self.clone();
+        policy.budget = self.budget.as_ref().map(|b| Arc::new(b.fresh()));
+        policy
+    }
+
     /// Whether a failure of this classification may be retried at all.
     pub fn is_retryable(&self, c: &Classification) -> bool {
         // Content reached the caller: a replay would show it twice. No
@@ -549,6 +559,30 @@ mod tests {
             delay: Duration::from_secs(secs),
             source: HintSource::RetryAfter,
         }))
+    }
+
+    #[test]
+    fn a_policy_with_its_own_budget_does_not_spend_the_original_one() {
+        let shared = RetryPolicy::sdk_default();
+        let own = shared.with_own_budget();
+        let (Some(a), Some(b)) = (shared.budget(), own.budget()) else {
+            panic!("sdk_default has a budget");
+        };
+        assert!(!Arc::ptr_eq(a, b));
+        let before = a.remaining();
+        while b.withdraw() {}
+        assert_eq!(a.remaining(), before, "the original budget is untouched");
+        assert_eq!(b.remaining(), 0);
+        assert!(
+            RetryPolicy::sdk_default()
+                .to_builder()
+                .no_budget()
+                .build()
+                .unwrap()
+                .with_own_budget()
+                .budget()
+                .is_none()
+        );
     }
 
     #[test]

@@ -1,0 +1,583 @@
+//! `LlmStack`: the whole stack in the order DESIGN.md draws — Fallback over
+//! targets, each Retry → Circuit → Classify over its client — from a few
+//! lines of code or from one [`StackConfig`](crate::config::StackConfig).
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use hyper_util::client::legacy::Client;
+//! use hyper_util::rt::TokioExecutor;
+//! use tower::ServiceExt;
+//! use tower_llm::stack::LlmStack;
+//! use tower_llm_testkit::{Fault, Simulator};
+//!
+//! // A primary that is overloaded, a healthy backup.
+//! let primary = Simulator::builder().plan(Fault::overloaded()).start().await?;
+//! let backup = Simulator::start().await?;
+//! let client = Client::builder(TokioExecutor::new()).build_http();
+//!
+//! let stack = LlmStack::development()
+//!     .target("primary", client.clone(), |t| t.base_url(primary.base_url().parse().unwrap()))
+//!     .target("backup", client, |t| {
+//!         t.base_url(backup.base_url().parse().unwrap()).model("llama3.2")
+//!     })
+//!     .build()?;
+//!
+//! let request = http::Request::post("/v1/chat/completions")
+//!     .body(r#"{"model":"gpt-4o","messages":[]}"#.to_owned())?;
+//! let response = stack.clone().oneshot(request).await?;
+//! assert_eq!(response.status(), 200);
+//! assert_eq!(tower_llm::stack::served_by(&response), Some("backup"));
+//! // Each target has its breaker, keyed `target/model`.
+//! let mut keys: Vec<_> = stack.circuits().snapshot().into_iter().map(|k| k.key).collect();
+//! keys.sort();
+//! assert_eq!(keys, ["backup/llama3.2".into(), "primary/gpt-4o".into()]);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Why one breaker key per target
+//!
+//! The circuit keys of a stack are `target/model`, not `provider/model`:
+//! two targets may speak to the same provider and model (two regions, two
+//! keys, a proxy and the origin), and one of them being down must not skip
+//! the other.
+//!
+//! # Why each target has its own retry budget
+//!
+//! A budget limits retries to a fraction of the traffic it sees. Shared, a
+//! dead primary would spend it all, and the backup — the last line — would
+//! meet its own transient errors with no retry left.
+
+mod future;
+mod preset;
+#[cfg(feature = "reqwest")]
+mod reqwest_client;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::Body;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full};
+use tower::Layer;
+use tower::util::BoxCloneSyncService;
+use tower_llm_circuit::{CircuitConfig, CircuitHandle, CircuitLayer, KeyBy};
+use tower_llm_classify::{BoxError, ClassifyLayer, LlmError};
+use tower_llm_fallback::{Fallback, FallbackBody, FallbackReport, Target};
+use tower_llm_retry::{ReplayBody, RetryLayer, RetryPolicy};
+use tower_service::Service;
+
+pub use future::ResponseFuture;
+pub use preset::{Preset, UnknownPreset};
+#[cfg(feature = "reqwest")]
+pub use reqwest_client::ReqwestClient;
+
+/// The body of one target's answer.
+pub type TargetBody = UnsyncBoxBody<Bytes, LlmError>;
+
+/// The body of the stack's answer: the serving target's, which fails with
+/// a stream-incomplete error if it breaks after content was delivered.
+pub type StackBody = FallbackBody<TargetBody>;
+
+/// One target's stack (Retry → Circuit → Classify → client), boxed so that
+/// targets over different clients sit in one fallback.
+pub type TargetService = BoxCloneSyncService<Request<Full<Bytes>>, Response<TargetBody>, LlmError>;
+
+/// The largest request body a stack reads by default (32 MiB, as the retry
+/// layer's default).
+pub const DEFAULT_MAX_BODY: usize = 32 * 1024 * 1024;
+
+/// The name of the target that served `response`, if it came from a stack.
+pub fn served_by<B>(response: &Response<B>) -> Option<&str> {
+    response
+        .extensions()
+        .get::<FallbackReport>()
+        .and_then(|report| report.served_by.as_deref())
+}
+
+/// Which targets a model's requests go to, in order, and the targets kept
+/// for the two kinds of failure only some targets can serve.
+///
+/// ```
+/// use tower_llm::stack::ModelRoute;
+///
+/// let route = ModelRoute::new("gpt-4o", ["openai", "azure"])
+///     .context_length(["gemini-long"])
+///     .content_filter(["local"]);
+/// # let _ = route;
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ModelRoute {
+    pub(crate) model: String,
+    pub(crate) targets: Vec<String>,
+    pub(crate) context_length: Vec<String>,
+    pub(crate) content_filter: Vec<String>,
+}
+
+impl ModelRoute {
+    /// Requests for `model` go to `targets` in order. `model` is an exact
+    /// name, a prefix ending in `*` (`gpt-4o*`), or `*` for every model no
+    /// other route names.
+    pub fn new<I, T>(model: impl Into<String>, targets: I) -> Self
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<String>,
+    {
+        ModelRoute {
+            model: model.into(),
+            targets: targets.into_iter().map(Into::into).collect(),
+            ..ModelRoute::default()
+        }
+    }
+
+    /// Targets tried, after the route's own, only for a request too long
+    /// for the targets before them (context length exceeded).
+    pub fn context_length<I, T>(mut self, targets: I) -> Self
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<String>,
+    {
+        self.context_length = targets.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Targets tried, after the route's own, only for a request an earlier
+    /// target's content policy refused.
+    pub fn content_filter<I, T>(mut self, targets: I) -> Self
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<String>,
+    {
+        self.content_filter = targets.into_iter().map(Into::into).collect();
+        self
+    }
+}
+
+/// A stack that does not hold together: an unknown target in a route, two
+/// targets with one name, an invalid fallback.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StackError(pub(crate) String);
+
+impl fmt::Display for StackError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid stack: {}", self.0)
+    }
+}
+
+impl std::error::Error for StackError {}
+
+/// The layers every target is built with.
+struct Layers {
+    retry: RetryPolicy,
+    circuit: CircuitLayer,
+    classify: ClassifyLayer,
+}
+
+/// A target's settings, and how to make its service once the layers are
+/// known.
+type PendingTarget = (
+    Target<()>,
+    Box<dyn FnOnce(&Layers, Arc<str>) -> TargetService + Send>,
+);
+
+/// Builds the stack: presets, layer settings, targets, routes.
+///
+/// Settings may be given in any order: targets are assembled at
+/// [`build`](LlmStack::build), with the layers as they are then.
+pub struct LlmStack {
+    retry: RetryPolicy,
+    circuit: CircuitConfig,
+    classify: ClassifyLayer,
+    hedge: Option<(Duration, f64)>,
+    max_body: usize,
+    move_on_authentication: Option<bool>,
+    move_on_invalid_request: Option<bool>,
+    targets: Vec<PendingTarget>,
+    routes: Vec<ModelRoute>,
+}
+
+impl fmt::Debug for LlmStack {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LlmStack")
+            .field("retry", &self.retry)
+            .field("circuit", &self.circuit)
+            .field("hedge", &self.hedge)
+            .field("max_body", &self.max_body)
+            .field(
+                "targets",
+                &self
+                    .targets
+                    .iter()
+                    .map(|(t, _)| t.name())
+                    .collect::<Vec<_>>(),
+            )
+            .field("routes", &self.routes)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for LlmStack {
+    fn default() -> Self {
+        LlmStack::preset(Preset::SdkDefault)
+    }
+}
+
+impl LlmStack {
+    /// A stack starting from `preset`.
+    pub fn preset(preset: Preset) -> Self {
+        LlmStack {
+            retry: preset.retry(),
+            circuit: preset.circuit(),
+            classify: ClassifyLayer::new(),
+            hedge: None,
+            max_body: DEFAULT_MAX_BODY,
+            move_on_authentication: None,
+            move_on_invalid_request: None,
+            targets: Vec::new(),
+            routes: Vec::new(),
+        }
+    }
+
+    /// [`Preset::SdkDefault`]: the official SDKs' retry pacing, the
+    /// standard breaker.
+    pub fn sdk_default() -> Self {
+        LlmStack::preset(Preset::SdkDefault)
+    }
+
+    /// [`Preset::HighAvailability`]: retries within a deadline, a breaker
+    /// that trips early so the fallback takes over.
+    pub fn high_availability() -> Self {
+        LlmStack::preset(Preset::HighAvailability)
+    }
+
+    /// [`Preset::CostSensitive`]: one retry, the standard breaker.
+    pub fn cost_sensitive() -> Self {
+        LlmStack::preset(Preset::CostSensitive)
+    }
+
+    /// [`Preset::Development`]: fail fast and visibly.
+    pub fn development() -> Self {
+        LlmStack::preset(Preset::Development)
+    }
+
+    /// Uses this retry policy for every target (each gets a budget of its
+    /// own with the policy's parameters).
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.retry = policy;
+        self
+    }
+
+    /// Uses this breaker configuration (one registry, keyed `target/model`).
+    pub fn circuit(mut self, config: CircuitConfig) -> Self {
+        self.circuit = config;
+        self
+    }
+
+    /// Uses this classify layer (error body limit, stream idle timeout, …).
+    pub fn classify(mut self, layer: ClassifyLayer) -> Self {
+        self.classify = layer;
+        self
+    }
+
+    /// Hedges to the next target after `delay`, within `ratio` of calls
+    /// (see [`FallbackBuilder::hedge`](tower_llm_fallback::FallbackBuilder::hedge)).
+    pub fn hedge(mut self, delay: Duration, ratio: f64) -> Self {
+        self.hedge = Some((delay, ratio));
+        self
+    }
+
+    /// Refuses request bodies over `bytes` (payload too large, no call).
+    pub fn max_body(mut self, bytes: usize) -> Self {
+        self.max_body = bytes;
+        self
+    }
+
+    /// Whether a 401 from a target moves on to the next (default: yes, it
+    /// is about that target's own key).
+    pub fn move_on_authentication(mut self, on: bool) -> Self {
+        self.move_on_authentication = Some(on);
+        self
+    }
+
+    /// Whether an invalid request moves on to the next target (default:
+    /// no, the next would refuse it too).
+    pub fn move_on_invalid_request(mut self, on: bool) -> Self {
+        self.move_on_invalid_request = Some(on);
+        self
+    }
+
+    /// Adds a target named `name` over `client` — a hyper-util client, a
+    /// [`ReqwestClient`] (feature `reqwest`), or any service of
+    /// `http::Request<Full<Bytes>>` — with `adapt` setting its base URL,
+    /// model, key and routes (see [`Target`]; its service is attached at
+    /// [`build`](LlmStack::build)).
+    pub fn target<C, B>(
+        mut self,
+        name: &str,
+        client: C,
+        adapt: impl FnOnce(Target<()>) -> Target<()>,
+    ) -> Self
+    where
+        C: Service<Request<ReplayBody>, Response = Response<B>> + Clone + Send + Sync + 'static,
+        C::Future: Send + 'static,
+        C::Error: Into<BoxError>,
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let settings = adapt(Target::new(name, ()));
+        let make = Box::new(move |layers: &Layers, name: Arc<str>| -> TargetService {
+            let key = KeyBy::Custom(Arc::new(move |input, out: &mut String| {
+                out.push_str(&name);
+                out.push('/');
+                out.push_str(input.meta.model.as_deref().unwrap_or("-"));
+            }));
+            let stack = RetryLayer::new(layers.retry.with_own_budget()).layer(
+                layers
+                    .circuit
+                    .clone()
+                    .key_by(key)
+                    .layer(layers.classify.clone().layer(client)),
+            );
+            BoxCloneSyncService::new(tower::util::MapResponse::new(
+                stack,
+                |response: Response<_>| {
+                    response.map(|body: tower_llm_retry::RetryBody<_>| {
+                        body.map_err(LlmError::from_source).boxed_unsync()
+                    })
+                },
+            ))
+        });
+        self.targets.push((settings, make));
+        self
+    }
+
+    /// Sends requests for a model to the targets `route` names. Without
+    /// routes, every request goes to every target in the order they were
+    /// added.
+    pub fn route(mut self, route: ModelRoute) -> Self {
+        self.routes.push(route);
+        self
+    }
+
+    /// The stack.
+    pub fn build(self) -> Result<Stack, StackError> {
+        let circuit = CircuitLayer::new(self.circuit);
+        let circuits = circuit.handle();
+        let layers = Layers {
+            retry: self.retry,
+            circuit,
+            classify: self.classify,
+        };
+        let mut targets: Vec<Target<TargetService>> = Vec::with_capacity(self.targets.len());
+        for (settings, make) in self.targets {
+            let name: Arc<str> = Arc::from(settings.name());
+            if targets.iter().any(|t| t.name() == &*name) {
+                return Err(StackError(format!("two targets are named `{name}`")));
+            }
+            targets.push(settings.map_service(|()| make(&layers, name)));
+        }
+        if targets.is_empty() {
+            return Err(StackError("a stack needs at least one target".into()));
+        }
+        let fallback = |chosen: Vec<Target<TargetService>>| {
+            let mut builder = Fallback::builder().max_body(self.max_body);
+            for target in chosen {
+                builder = builder.target(target);
+            }
+            if let Some((delay, ratio)) = self.hedge {
+                builder = builder.hedge(delay, ratio);
+            }
+            if let Some(on) = self.move_on_authentication {
+                builder = builder.move_on_authentication(on);
+            }
+            if let Some(on) = self.move_on_invalid_request {
+                builder = builder.move_on_invalid_request(on);
+            }
+            builder.build().map_err(|e| StackError(e.to_string()))
+        };
+        let mut routes = Routes {
+            exact: HashMap::new(),
+            prefixes: Vec::new(),
+            default: None,
+            max_body: self.max_body,
+        };
+        if self.routes.is_empty() {
+            routes.default = Some(fallback(targets)?);
+        } else {
+            for route in &self.routes {
+                let chosen = route_targets(route, &targets)?;
+                let service = fallback(chosen)?;
+                let model = route.model.trim();
+                let taken = if model == "*" {
+                    routes.default.replace(service).is_some()
+                } else if let Some(prefix) = model.strip_suffix('*') {
+                    let taken = routes.prefixes.iter().any(|(p, _)| &**p == prefix);
+                    routes.prefixes.push((prefix.into(), service));
+                    taken
+                } else {
+                    routes.exact.insert(model.into(), service).is_some()
+                };
+                if model.is_empty() || taken {
+                    return Err(StackError(format!(
+                        "route `{model}`: a route needs a model, once"
+                    )));
+                }
+            }
+            // The longest prefix wins.
+            routes
+                .prefixes
+                .sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
+        }
+        Ok(Stack {
+            routes: Arc::new(routes),
+            circuits,
+        })
+    }
+}
+
+/// The targets of `route`, in order, with the routing flags it adds.
+fn route_targets(
+    route: &ModelRoute,
+    targets: &[Target<TargetService>],
+) -> Result<Vec<Target<TargetService>>, StackError> {
+    let find = |name: &str| {
+        targets
+            .iter()
+            .find(|t| t.name() == name)
+            .cloned()
+            .ok_or_else(|| {
+                let known: Vec<&str> = targets.iter().map(Target::name).collect();
+                StackError(format!(
+                    "route `{}`: no target is named `{name}` (targets: {})",
+                    route.model,
+                    known.join(", ")
+                ))
+            })
+    };
+    let mut chosen: Vec<Target<TargetService>> = Vec::new();
+    for name in &route.targets {
+        if !chosen.iter().any(|t| t.name() == name) {
+            chosen.push(find(name)?);
+        }
+    }
+    let flagged = [
+        (&route.context_length, true),
+        (&route.content_filter, false),
+    ];
+    for (names, context) in flagged {
+        for name in names {
+            let position = match chosen.iter().position(|t| t.name() == name) {
+                Some(i) => i,
+                None => {
+                    chosen.push(find(name)?);
+                    chosen.len() - 1
+                }
+            };
+            let target = chosen.remove(position);
+            let target = if context {
+                target.larger_context()
+            } else {
+                target.for_content_filter()
+            };
+            chosen.insert(position, target);
+        }
+    }
+    if chosen.is_empty() {
+        return Err(StackError(format!(
+            "route `{}`: a route needs at least one target",
+            route.model
+        )));
+    }
+    Ok(chosen)
+}
+
+pub(crate) struct Routes {
+    exact: HashMap<Box<str>, Fallback<TargetService>>,
+    prefixes: Vec<(Box<str>, Fallback<TargetService>)>,
+    default: Option<Fallback<TargetService>>,
+    pub(crate) max_body: usize,
+}
+
+impl Routes {
+    /// The fallback serving `model`: exact name, longest prefix, default.
+    pub(crate) fn pick(&self, model: Option<&str>) -> Option<&Fallback<TargetService>> {
+        if let Some(model) = model {
+            if let Some(exact) = self.exact.get(model) {
+                return Some(exact);
+            }
+            if let Some((_, prefixed)) = self
+                .prefixes
+                .iter()
+                .find(|(prefix, _)| model.starts_with(&**prefix))
+            {
+                return Some(prefixed);
+            }
+        }
+        self.default.as_ref()
+    }
+}
+
+/// The assembled stack: routes a request by its `model` to a
+/// [`Fallback`] over the route's targets.
+///
+/// # Clone
+///
+/// Clones share everything: breakers, retry budgets, hedging budgets.
+#[derive(Clone)]
+pub struct Stack {
+    routes: Arc<Routes>,
+    circuits: CircuitHandle,
+}
+
+impl fmt::Debug for Stack {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut models: Vec<String> = self.routes.exact.keys().map(|k| k.to_string()).collect();
+        models.extend(self.routes.prefixes.iter().map(|(p, _)| format!("{p}*")));
+        if self.routes.default.is_some() {
+            models.push("*".into());
+        }
+        f.debug_struct("Stack")
+            .field("routes", &models)
+            .field("circuits", &self.circuits)
+            .finish()
+    }
+}
+
+impl Stack {
+    /// The handle on every target's breakers (state, force open, `/health`).
+    pub fn circuits(&self) -> &CircuitHandle {
+        &self.circuits
+    }
+
+    /// The targets a request for `model` would go to, in order (`None`:
+    /// no route serves it).
+    pub fn targets_for(&self, model: Option<&str>) -> Option<Vec<&str>> {
+        self.routes.pick(model).map(Fallback::target_names)
+    }
+}
+
+impl<B> Service<Request<B>> for Stack
+where
+    B: Body,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<StackBody>;
+    type Error = LlmError;
+    type Future = ResponseFuture<B>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), LlmError>> {
+        // Fallback is always ready: each target's readiness is awaited
+        // inside its own call, so one busy target never blocks the others.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        ResponseFuture::new(Arc::clone(&self.routes), request)
+    }
+}
