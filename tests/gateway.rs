@@ -1,0 +1,604 @@
+//! The gateway example, started in-process on an ephemeral port against
+//! the testkit's simulated providers, exercised over HTTP with a real
+//! client: what a user of the gateway sees.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+#[allow(dead_code)]
+#[path = "../examples/gateway/app.rs"]
+mod app;
+#[allow(dead_code)]
+#[path = "../examples/gateway/demo.rs"]
+mod demo;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Frame, Incoming};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tower_llm::config::StackConfig;
+use tower_llm::retry::ReplayBody;
+use tower_llm_testkit::{Fault, FaultPlan, Simulator};
+
+const PRIMARY_KEY: &str = "sk-primary-secret";
+const CALLER_KEY: &str = "sk-callers-own-key";
+
+/// A running gateway: its base URL and how to stop it.
+struct Gateway {
+    base: String,
+    stop: Option<oneshot::Sender<()>>,
+    server: JoinHandle<std::io::Result<()>>,
+}
+
+impl Gateway {
+    async fn start(config: &str, options: app::GatewayOptions) -> Gateway {
+        let config = StackConfig::from_toml(config).unwrap();
+        let env = |name: &str| (name == "PRIMARY_KEY").then(|| PRIMARY_KEY.to_owned());
+        let upstream: Client<HttpConnector, ReplayBody> =
+            Client::builder(TokioExecutor::new()).build_http();
+        let stack = config
+            .stack_with_env(upstream, env)
+            .unwrap()
+            .build()
+            .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let router = app::router(stack, &options, app::prometheus());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let server = tokio::spawn(app::serve(
+            listener,
+            router,
+            async move {
+                let _ = stopped.await;
+            },
+            options.shutdown_grace,
+        ));
+        Gateway {
+            base,
+            stop: Some(stop),
+            server,
+        }
+    }
+
+    async fn post(&self, body: impl Into<Bytes>) -> Response<Incoming> {
+        self.post_with(body, HeaderMap::new()).await
+    }
+
+    async fn post_with(&self, body: impl Into<Bytes>, headers: HeaderMap) -> Response<Incoming> {
+        let mut request = Request::post(format!("{}/v1/chat/completions", self.base))
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Full::new(body.into()))
+            .unwrap();
+        request.headers_mut().extend(headers);
+        client().request(request).await.unwrap()
+    }
+
+    async fn get(&self, path: &str) -> (StatusCode, String) {
+        let request = Request::get(format!("{}{path}", self.base))
+            .body(Full::<Bytes>::default())
+            .unwrap();
+        let response = client().request(request).await.unwrap();
+        let status = response.status();
+        (status, text(response).await)
+    }
+
+    async fn shutdown(mut self) -> std::io::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.server.await.unwrap()
+    }
+}
+
+fn client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+async fn text(response: Response<Incoming>) -> String {
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    String::from_utf8(bytes.to_vec()).unwrap()
+}
+
+fn header_of<'a>(response: &'a Response<Incoming>, name: &str) -> &'a str {
+    response
+        .headers()
+        .get(name)
+        .map_or("", |v| v.to_str().unwrap())
+}
+
+fn chat(model: &str, stream: bool) -> String {
+    format!(
+        r#"{{"model":"{model}","stream":{stream},"messages":[{{"role":"user","content":"hello"}}]}}"#
+    )
+}
+
+/// Two targets, `primary` (keyed) and `backup`, every model to both.
+fn two_targets(primary: &Simulator, backup: &Simulator) -> String {
+    format!(
+        r#"
+        preset = "development"
+
+        [[targets]]
+        name = "primary"
+        base_url = "{}/v1"
+        api_key_env = "PRIMARY_KEY"
+
+        [[targets]]
+        name = "backup"
+        base_url = "{}/v1"
+        model = "llama3.2"
+        "#,
+        primary.base_url(),
+        backup.base_url()
+    )
+}
+
+async fn sim(plan: impl Into<FaultPlan>) -> Simulator {
+    Simulator::builder().plan(plan).start().await.unwrap()
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn an_outage_of_the_primary_is_served_by_the_backup_with_headers_saying_so() {
+    let primary = sim(Fault::status(503)).await;
+    let backup = sim(Fault::ok()).await;
+    let gateway = Gateway::start(&two_targets(&primary, &backup), Default::default()).await;
+
+    let response = gateway.post(chat("gpt-4o", false)).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(header_of(&response, app::TARGET_HEADER), "backup");
+    assert_eq!(header_of(&response, app::ATTEMPTS_HEADER), "1");
+    assert_eq!(
+        header_of(&response, app::FALLBACKS_HEADER),
+        "primary:overloaded"
+    );
+    assert!(text(response).await.contains("chat.completion"));
+    // Development preset: two attempts at the primary, then the backup,
+    // asked for its own model.
+    assert_eq!(primary.requests().len(), 2);
+    assert_eq!(backup.requests()[0].model.as_deref(), Some("llama3.2"));
+    assert_eq!(backup.requests()[0].path, "/v1/chat/completions");
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_primary_out_of_quota_is_passed_at_once_without_a_retry() {
+    let primary = sim(Fault::quota_exhausted()).await;
+    let backup = sim(Fault::ok()).await;
+    let gateway = Gateway::start(&two_targets(&primary, &backup), Default::default()).await;
+
+    let response = gateway.post(chat("gpt-4o", false)).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        header_of(&response, app::FALLBACKS_HEADER),
+        "primary:quota_exhausted"
+    );
+    assert_eq!(primary.requests().len(), 1, "quota is never retried");
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_request_too_long_for_the_primary_goes_to_the_routes_long_context_target() {
+    let primary = sim(Fault::context_length_exceeded()).await;
+    let backup = sim(Fault::ok()).await;
+    let long = sim(Fault::ok()).await;
+    let config = format!(
+        r#"
+        preset = "development"
+        [[targets]]
+        name = "primary"
+        base_url = "{}/v1"
+        context_window = 8000
+        [[targets]]
+        name = "backup"
+        base_url = "{}/v1"
+        context_window = 8000
+        [[targets]]
+        name = "long"
+        base_url = "{}/v1"
+        model = "gemini-2.5-pro"
+        context_window = 1000000
+
+        [[routes]]
+        model = "gpt-4o"
+        targets = ["primary", "backup"]
+        context_length = ["long"]
+        "#,
+        primary.base_url(),
+        backup.base_url(),
+        long.base_url()
+    );
+    let gateway = Gateway::start(&config, Default::default()).await;
+
+    let response = gateway.post(chat("gpt-4o", false)).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(header_of(&response, app::TARGET_HEADER), "long");
+    assert!(backup.requests().is_empty(), "a target as small is skipped");
+    assert_eq!(long.requests()[0].model.as_deref(), Some("gemini-2.5-pro"));
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_model_no_route_serves_gets_an_openai_shaped_404() {
+    let primary = sim(Fault::ok()).await;
+    let config = format!(
+        r#"
+        [[targets]]
+        name = "primary"
+        base_url = "{}/v1"
+        [[routes]]
+        model = "gpt-4o"
+        targets = ["primary"]
+        "#,
+        primary.base_url()
+    );
+    let gateway = Gateway::start(&config, Default::default()).await;
+
+    let response = gateway.post(chat("claude-opus-4", false)).await;
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    let body: serde_json::Value = serde_json::from_str(&text(response).await).unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("claude-opus-4"),
+        "{body}"
+    );
+    assert!(primary.requests().is_empty());
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_stream_passes_through_byte_for_byte() {
+    // An exact SSE body, so what the client receives can be compared with
+    // what the provider sent.
+    let sse = concat!(
+        "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}]}\n\n",
+        ": keep-alive\n\n",
+        "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hel\\u00e9lo\"}}]}\n\n",
+        "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n",
+        "data: [DONE]\n\n",
+    );
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    let primary = sim(Fault::raw(StatusCode::OK, headers, sse)).await;
+    let backup = sim(Fault::ok()).await;
+    let gateway = Gateway::start(&two_targets(&primary, &backup), Default::default()).await;
+
+    let response = gateway.post(chat("gpt-4o", true)).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(header_of(&response, "content-type"), "text/event-stream");
+    assert_eq!(text(response).await, sse);
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_stream_dropped_before_content_is_served_whole_by_a_retry() {
+    let primary = sim(FaultPlan::script([Fault::stream_drop_after(0)])).await;
+    let backup = sim(Fault::ok()).await;
+    let gateway = Gateway::start(&two_targets(&primary, &backup), Default::default()).await;
+
+    let response = gateway.post(chat("gpt-4o", true)).await;
+    assert_eq!(header_of(&response, app::TARGET_HEADER), "primary");
+    assert_eq!(header_of(&response, app::ATTEMPTS_HEADER), "2");
+    let body = text(response).await;
+    assert!(body.ends_with("data: [DONE]\n\n"), "{body}");
+    assert!(backup.requests().is_empty());
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_stream_dropped_after_content_ends_in_an_error_and_never_switches_provider() {
+    let primary = sim(Fault::stream_drop_after(2)).await;
+    let backup = sim(Fault::ok()).await;
+    let gateway = Gateway::start(&two_targets(&primary, &backup), Default::default()).await;
+
+    let response = gateway.post(chat("gpt-4o", true)).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut body = response.into_body();
+    let mut received = Vec::new();
+    let error = loop {
+        match body.frame().await {
+            Some(Ok(frame)) => received.extend_from_slice(frame.data_ref().unwrap()),
+            Some(Err(error)) => break error,
+            None => panic!("the stream ended cleanly after a drop"),
+        }
+    };
+    let received = String::from_utf8(received).unwrap();
+    assert!(received.contains("\"content\""), "content came first");
+    assert!(!received.contains("[DONE]"));
+    drop(error);
+    assert_eq!(primary.requests().len(), 1, "no replay after content");
+    assert!(backup.requests().is_empty(), "no silent switch of provider");
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn health_shows_an_open_circuit_and_a_degraded_status() {
+    let primary = sim(Fault::status(503)).await;
+    let backup = sim(Fault::ok()).await;
+    let config = two_targets(&primary, &backup)
+        + "\n[circuit]\nconsecutive_failures = 3\nminimum_calls = 3\nopen_ms = 60000\n";
+    let gateway = Gateway::start(&config, Default::default()).await;
+
+    let (_, before) = gateway.get("/health").await;
+    assert!(before.contains(r#""status":"ok""#), "{before}");
+    for _ in 0..2 {
+        assert_eq!(gateway.post(chat("gpt-4o", false)).await.status(), 200);
+    }
+    let (status, health) = gateway.get("/health").await;
+    assert_eq!(status, StatusCode::OK);
+    let health: serde_json::Value = serde_json::from_str(&health).unwrap();
+    assert_eq!(health["status"], "degraded");
+    let primary_key = health["circuits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["key"] == "primary/gpt-4o")
+        .unwrap();
+    assert_eq!(primary_key["state"], "open");
+    assert!(primary_key["open_remaining_ms"].as_u64().unwrap() > 0);
+    // While open, the primary is not called at all.
+    let calls = primary.requests().len();
+    assert_eq!(gateway.post(chat("gpt-4o", false)).await.status(), 200);
+    assert_eq!(primary.requests().len(), calls);
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn metrics_count_retries_and_served_requests() {
+    let primary = sim(FaultPlan::script([Fault::overloaded()])).await;
+    let backup = sim(Fault::ok()).await;
+    let gateway = Gateway::start(&two_targets(&primary, &backup), Default::default()).await;
+
+    let response = gateway.post(chat("gpt-4o", false)).await;
+    assert_eq!(header_of(&response, app::ATTEMPTS_HEADER), "2");
+    let (status, metrics) = gateway.get("/metrics").await;
+    assert_eq!(status, StatusCode::OK);
+    // The recorder is shared by every test in this process: check presence
+    // and a positive count, not exact values.
+    let count = |name: &str| {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with(name))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>()
+    };
+    assert!(
+        count("tower_llm_retry_retries_total{kind=\"overloaded\"}") >= 1.0,
+        "{metrics}"
+    );
+    assert!(
+        count("tower_llm_gateway_requests_total") >= 1.0,
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn the_callers_key_never_reaches_an_upstream_and_each_target_gets_its_own() {
+    let primary = sim(Fault::status(503)).await;
+    let backup = sim(Fault::ok()).await;
+    let gateway = Gateway::start(&two_targets(&primary, &backup), Default::default()).await;
+
+    let mut headers = HeaderMap::new();
+    let bearer = format!("Bearer {CALLER_KEY}");
+    headers.insert(header::AUTHORIZATION, bearer.parse().unwrap());
+    headers.insert("x-api-key", CALLER_KEY.parse().unwrap());
+    headers.insert("api-key", CALLER_KEY.parse().unwrap());
+    headers.insert(header::COOKIE, "session=abc".parse().unwrap());
+    let response = gateway.post_with(chat("gpt-4o", false), headers).await;
+    assert_eq!(response.status(), StatusCode::OK);
+
+    let primary_requests = primary.requests();
+    assert!(!primary_requests.is_empty());
+    for request in primary_requests {
+        assert!(request.carries_credential(PRIMARY_KEY));
+        assert!(!request.carries_credential(CALLER_KEY));
+        assert!(!request.headers.contains_key(header::COOKIE));
+    }
+    for request in backup.requests() {
+        assert!(!request.carries_credential(CALLER_KEY));
+        assert!(
+            !request.carries_credential(PRIMARY_KEY),
+            "no key crosses targets"
+        );
+    }
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_10_mb_body_is_refused_with_413_and_never_sent_upstream() {
+    let primary = sim(Fault::ok()).await;
+    let backup = sim(Fault::ok()).await;
+    let gateway = Gateway::start(&two_targets(&primary, &backup), Default::default()).await;
+    let huge = format!(
+        r#"{{"model":"gpt-4o","messages":[{{"role":"user","content":"{}"}}]}}"#,
+        "a".repeat(10 * 1024 * 1024)
+    );
+
+    // With a content-length: refused before the body is read.
+    let response = gateway.post(huge.clone()).await;
+    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(header_of(&response, "content-type"), "application/json");
+    let body: serde_json::Value = serde_json::from_str(&text(response).await).unwrap();
+    assert_eq!(body["error"]["type"], "payload_too_large");
+
+    // Chunked, without a length: cut at the limit.
+    let chunks = huge
+        .as_bytes()
+        .chunks(64 * 1024)
+        .map(Bytes::copy_from_slice)
+        .collect();
+    let request = Request::post(format!("{}/v1/chat/completions", gateway.base))
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Chunked(chunks))
+        .unwrap();
+    let chunked = Client::builder(TokioExecutor::new()).build_http();
+    let response = chunked.request(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let body: serde_json::Value = serde_json::from_str(&text(response).await).unwrap();
+    assert_eq!(body["error"]["type"], "payload_too_large");
+
+    assert!(primary.requests().is_empty() && backup.requests().is_empty());
+}
+
+/// A body of chunks with no announced length (sent chunked).
+struct Chunked(std::collections::VecDeque<Bytes>);
+
+impl http_body::Body for Chunked {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        std::task::Poll::Ready(self.0.pop_front().map(|chunk| Ok(Frame::data(chunk))))
+    }
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn every_target_cooling_down_answers_429_with_retry_after() {
+    let primary = sim(Fault::rate_limited(Duration::from_secs(40))).await;
+    let backup = sim(Fault::rate_limited(Duration::from_secs(20))).await;
+    let gateway = Gateway::start(&two_targets(&primary, &backup), Default::default()).await;
+
+    // Development preset: hints above 5 s are left to the fallback, which
+    // has nowhere left to go.
+    let response = gateway.post(chat("gpt-4o", false)).await;
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retry_after: u64 = header_of(&response, "retry-after").parse().unwrap();
+    assert_eq!(retry_after, 20, "the soonest target's wait");
+
+    // Now both keys cool down in their breakers: no upstream call at all.
+    let calls = primary.requests().len() + backup.requests().len();
+    let response = gateway.post(chat("gpt-4o", false)).await;
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retry_after: u64 = header_of(&response, "retry-after").parse().unwrap();
+    assert!((19..=20).contains(&retry_after), "{retry_after}");
+    let body: serde_json::Value = serde_json::from_str(&text(response).await).unwrap();
+    assert!(body["error"]["message"].is_string(), "{body}");
+    assert_eq!(primary.requests().len() + backup.requests().len(), calls);
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn requests_over_the_concurrency_limit_get_503_and_a_finished_stream_frees_its_slot() {
+    let primary = sim(Fault::ok().with_token_delay(Duration::from_millis(100))).await;
+    let backup = sim(Fault::ok()).await;
+    let options = app::GatewayOptions {
+        max_concurrency: 1,
+        ..Default::default()
+    };
+    let gateway = Gateway::start(&two_targets(&primary, &backup), options).await;
+
+    // A slow stream holds the only slot while it streams.
+    let streaming = gateway.post(chat("gpt-4o", true)).await;
+    assert_eq!(streaming.status(), StatusCode::OK);
+    let refused = gateway.post(chat("gpt-4o", false)).await;
+    assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(header_of(&refused, "retry-after"), "1");
+    let body = text(streaming).await;
+    assert!(body.ends_with("data: [DONE]\n\n"));
+    // The stream ended: its slot is free again.
+    tokio::task::yield_now().await;
+    assert_eq!(gateway.post(chat("gpt-4o", false)).await.status(), 200);
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_shutdown_lets_a_stream_in_flight_finish() {
+    let primary = sim(Fault::ok().with_token_delay(Duration::from_millis(200))).await;
+    let backup = sim(Fault::ok()).await;
+    let gateway = Gateway::start(&two_targets(&primary, &backup), Default::default()).await;
+
+    let streaming = gateway.post(chat("gpt-4o", true)).await;
+    assert_eq!(streaming.status(), StatusCode::OK);
+    let base = gateway.base.clone();
+    let stopping = tokio::spawn(gateway.shutdown());
+    let body = text(streaming).await;
+    assert!(
+        body.ends_with("data: [DONE]\n\n"),
+        "the stream finished: {body}"
+    );
+    stopping.await.unwrap().unwrap();
+    // Stopped: nothing listens any more.
+    let request = Request::get(format!("{base}/health"))
+        .body(Full::<Bytes>::default())
+        .unwrap();
+    assert!(client().request(request).await.is_err());
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_shutdown_does_not_wait_past_its_grace_period() {
+    let primary = sim(Fault::stream_stall_after(1)).await;
+    let backup = sim(Fault::ok()).await;
+    let options = app::GatewayOptions {
+        shutdown_grace: Duration::from_secs(5),
+        ..Default::default()
+    };
+    let gateway = Gateway::start(&two_targets(&primary, &backup), options).await;
+
+    let stalled = gateway.post(chat("gpt-4o", true)).await;
+    assert_eq!(stalled.status(), StatusCode::OK);
+    let started = tokio::time::Instant::now();
+    gateway.shutdown().await.unwrap();
+    assert_eq!(started.elapsed(), Duration::from_secs(5));
+    drop(stalled);
+}
+
+#[test]
+fn a_gateway_file_is_split_into_its_section_and_the_stack_and_typos_are_named() {
+    let (section, stack) = app::parse_file(
+        r#"
+        [gateway]
+        listen = "0.0.0.0:9000"
+        max_concurrency = 64
+
+        [[targets]]
+        name = "openai"
+        base_url = "https://api.openai.com/v1"
+        "#,
+    )
+    .unwrap();
+    let options = section.options().unwrap();
+    assert_eq!(options.listen.port(), 9000);
+    assert_eq!(options.max_concurrency, 64);
+    assert_eq!(stack.targets.len(), 1);
+
+    let error = app::parse_file("[gateway]\nmax_concurency = 4\n").unwrap_err();
+    assert!(error.contains("max_concurency"), "{error}");
+    let error = app::parse_file("[retry]\nmax_attemps = 4\n").unwrap_err();
+    assert!(error.contains("max_attemps"), "{error}");
+    let error = app::parse_file("[gateway]\nlisten = \"here\"\n")
+        .and_then(|(s, _)| s.options())
+        .unwrap_err();
+    assert!(error.contains("listen"), "{error}");
+}
+
+#[test]
+fn the_annotated_example_configuration_parses() {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/gateway.toml"
+    ))
+    .unwrap();
+    let (section, stack) = app::parse_file(&text).unwrap();
+    section.options().unwrap();
+    assert!(stack.targets.len() >= 5, "the file shows every provider");
+    stack.preset().unwrap();
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn the_demo_configuration_builds_and_serves() {
+    let demo = demo::Demo::start().await.unwrap();
+    let config = demo.config().unwrap();
+    let upstream: Client<HttpConnector, ReplayBody> =
+        Client::builder(TokioExecutor::new()).build_http();
+    let stack = config
+        .stack_with_env(upstream, demo::Demo::env)
+        .unwrap()
+        .build()
+        .unwrap();
+    assert_eq!(
+        stack.targets_for(Some("gpt-4o")),
+        Some(vec!["primary", "backup"])
+    );
+}
