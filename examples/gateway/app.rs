@@ -16,6 +16,7 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::serve::ListenerExt;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use http_body::Frame;
@@ -176,6 +177,11 @@ pub(crate) async fn serve(
     grace: Duration,
 ) -> io::Result<()> {
     let (signalled, mut watch) = tokio::sync::watch::channel(false);
+    // Streams are many small writes: without TCP_NODELAY, Nagle's algorithm
+    // and the client's delayed ACK hold each one back ~40 ms.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let server = axum::serve(listener, router)
         .with_graceful_shutdown(async move {
             shutdown.await;

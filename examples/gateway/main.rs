@@ -25,6 +25,7 @@ use std::time::Duration;
 
 use hyper_rustls::HttpsConnectorBuilder;
 use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use tokio::net::TcpListener;
 
@@ -123,11 +124,15 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
 
     // One client for every target: HTTPS (webpki roots) and plain HTTP
     // (local models, the simulators), HTTP/1.1 with keep-alive.
+    // TCP_NODELAY: a stream's small frames must not wait for ACKs (Nagle).
+    let mut http = HttpConnector::new();
+    http.set_nodelay(true);
+    http.enforce_http(false);
     let https = HttpsConnectorBuilder::new()
         .with_webpki_roots()
         .https_or_http()
         .enable_http1()
-        .build();
+        .wrap_connector(http);
     let client = Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(60))
         .build(https);
