@@ -147,7 +147,11 @@ pub fn rewrite_model(body: &[u8], model: &str) -> Result<Bytes, RewriteError> {
     // Every top-level "model" value: parsers keep the last of duplicate
     // keys, so all of them are set.
     let mut values: Vec<(usize, usize)> = Vec::new();
-    for candidate in memmem::find_iter(body, b"\"model\"") {
+    // The searcher is built once (building one costs about as much as
+    // scanning a short body).
+    static MODEL_KEY: std::sync::LazyLock<memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memmem::Finder::new(b"\"model\""));
+    for candidate in MODEL_KEY.find_iter(body) {
         if candidate < cursor.pos {
             continue;
         }

@@ -1,6 +1,8 @@
 //! [`EventScanner`]: an incremental, allocation-free (per event) scanner of
 //! SSE and NDJSON streams.
 
+use std::sync::LazyLock;
+
 use memchr::memmem;
 
 use super::{Dialect, Framing};
@@ -321,13 +323,24 @@ fn is_content_event_name(name: &[u8]) -> bool {
     name == b"content_block_delta" || (name.starts_with(b"response.") && name.ends_with(b".delta"))
 }
 
+/// A `"key"` to look for, its searcher built once: building a
+/// `memmem::Finder` costs more than searching a short chunk, and a chunk
+/// is searched for up to seven keys.
+macro_rules! key {
+    ($quoted:literal) => {{
+        static FINDER: LazyLock<memmem::Finder<'static>> =
+            LazyLock::new(|| memmem::Finder::new($quoted));
+        &*FINDER
+    }};
+}
+
 /// Finds `"key"` as an object key (not escaped inside a string) followed by
 /// optional whitespace and `:`; returns the index just after the colon.
-fn find_key(payload: &[u8], quoted_key: &[u8]) -> Option<usize> {
+fn find_key(payload: &[u8], quoted_key: &memmem::Finder<'static>) -> Option<usize> {
     let mut from = 0;
-    while let Some(at) = memmem::find(&payload[from..], quoted_key) {
+    while let Some(at) = quoted_key.find(&payload[from..]) {
         let start = from + at;
-        let end = start + quoted_key.len();
+        let end = start + quoted_key.needle().len();
         from = end;
         if start > 0 && payload[start - 1] == b'\\' {
             continue;
@@ -353,7 +366,7 @@ fn skip_ws(payload: &[u8], mut i: usize) -> usize {
 /// A JSON payload with a non-null `"error"` key, or `"type": "error"` /
 /// `"type": "response.failed"`.
 fn is_error_payload(payload: &[u8]) -> bool {
-    if let Some(value_at) = find_key(payload, b"\"error\"") {
+    if let Some(value_at) = find_key(payload, key!(b"\"error\"")) {
         let value = &payload[skip_ws(payload, value_at)..];
         if !value.starts_with(b"null")
             && !value.starts_with(b"false")
@@ -367,14 +380,14 @@ fn is_error_payload(payload: &[u8]) -> bool {
 
 /// The string value of the first `"type"` key.
 fn json_type(payload: &[u8]) -> Option<&[u8]> {
-    let value_at = skip_ws(payload, find_key(payload, b"\"type\"")?);
+    let value_at = skip_ws(payload, find_key(payload, key!(b"\"type\""))?);
     let rest = payload.get(value_at..)?.strip_prefix(b"\"")?;
     let end = memchr::memchr(b'"', rest)?;
     Some(&rest[..end])
 }
 
 /// Whether `"key": "<non-empty>"` is present.
-fn has_nonempty_string(payload: &[u8], quoted_key: &[u8]) -> bool {
+fn has_nonempty_string(payload: &[u8], quoted_key: &memmem::Finder<'static>) -> bool {
     let Some(value_at) = find_key(payload, quoted_key) else {
         return false;
     };
@@ -386,24 +399,25 @@ fn has_nonempty_string(payload: &[u8], quoted_key: &[u8]) -> bool {
 /// reasoning, a refusal or a tool call (a role-only or usage-only chunk does
 /// not).
 fn has_chat_content(data: &[u8]) -> bool {
-    has_nonempty_string(data, b"\"content\"")
-        || has_nonempty_string(data, b"\"reasoning_content\"")
-        || has_nonempty_string(data, b"\"reasoning\"")
-        || has_nonempty_string(data, b"\"refusal\"")
-        || has_nonempty_string(data, b"\"text\"")
-        || find_key(data, b"\"tool_calls\"").is_some()
-        || find_key(data, b"\"function_call\"").is_some()
+    has_nonempty_string(data, key!(b"\"content\""))
+        || has_nonempty_string(data, key!(b"\"reasoning_content\""))
+        || has_nonempty_string(data, key!(b"\"reasoning\""))
+        || has_nonempty_string(data, key!(b"\"refusal\""))
+        || has_nonempty_string(data, key!(b"\"text\""))
+        || find_key(data, key!(b"\"tool_calls\"")).is_some()
+        || find_key(data, key!(b"\"function_call\"")).is_some()
 }
 
 fn has_ollama_content(line: &[u8]) -> bool {
-    has_nonempty_string(line, b"\"content\"")
-        || has_nonempty_string(line, b"\"response\"")
-        || has_nonempty_string(line, b"\"thinking\"")
-        || find_key(line, b"\"tool_calls\"").is_some()
+    has_nonempty_string(line, key!(b"\"content\""))
+        || has_nonempty_string(line, key!(b"\"response\""))
+        || has_nonempty_string(line, key!(b"\"thinking\""))
+        || find_key(line, key!(b"\"tool_calls\"")).is_some()
 }
 
 fn has_done_true(line: &[u8]) -> bool {
-    find_key(line, b"\"done\"").is_some_and(|at| line[skip_ws(line, at)..].starts_with(b"true"))
+    find_key(line, key!(b"\"done\""))
+        .is_some_and(|at| line[skip_ws(line, at)..].starts_with(b"true"))
 }
 
 #[cfg(test)]
