@@ -10,8 +10,9 @@ use tower_llm_testkit::{FaultPlan, Simulator};
 /// The primary's everyday mix, close to what a busy provider does: 429s
 /// with `retry-after`, 503s, Anthropic-style overload, connection resets,
 /// an overload error as a stream's first event, a stream cut before its
-/// first token, and a stream cut mid-answer (that one cannot be saved: the
-/// client has text already).
+/// first token, and a cut after five tokens (a whole answer cut midway is
+/// retried; a stream cut mid-answer cannot be saved: the client has text
+/// already).
 pub(crate) const FLAKY: &str = "rate=0.10:rate_limited@1s,0.08:503,0.06:overloaded,0.04:reset,0.04:error@0,0.03:drop@0,0.02:drop@5;seed=7";
 
 /// The key the simulated primary requires (and only it: the backup is an

@@ -20,7 +20,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use http::{Request, Response};
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use tower::retry::budget::{Budget, TpsBudget};
 use tower::{Layer, Service, ServiceExt};
 use tower_llm_classify::hint::{Hint, HintSource};
@@ -57,6 +57,37 @@ impl<B> Service<Request<B>> for Upstream {
     fn call(&mut self, request: Request<B>) -> Self::Future {
         drop(black_box(request));
         ready(Ok(Response::new(Full::new(Bytes::from_static(b"{}")))))
+    }
+}
+
+/// The upstream answering a whole JSON document, as an LLM API does
+/// (`content-type: application/json`): the first-content guard holds such
+/// an answer to its end, which the benchmark reads.
+#[derive(Clone)]
+struct JsonUpstream;
+
+impl<B> Service<Request<B>> for JsonUpstream {
+    type Response = Response<Full<Bytes>>;
+    type Error = LlmError;
+    type Future = Ready<Result<Self::Response, LlmError>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), LlmError>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        drop(black_box(request));
+        let mut response = Response::new(Full::new(Bytes::from_static(
+            br#"{"id":"chatcmpl-1","object":"chat.completion","choices":[]}"#,
+        )));
+        response.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
+        ready(Ok(response))
     }
 }
 
@@ -107,6 +138,34 @@ fn overhead(c: &mut Criterion) {
             request,
             |request| {
                 rt.block_on(async { black_box(bare.clone().oneshot(request).await.unwrap()) })
+            },
+            BatchSize::SmallInput,
+        )
+    });
+
+    // A whole JSON answer, its body read to the end: the guard's cost.
+    let bare_json = JsonUpstream;
+    group.bench_function("bare_service_json_answer_read", |b| {
+        b.iter_batched(
+            request,
+            |request| {
+                rt.block_on(async {
+                    let response = bare_json.clone().oneshot(request).await.unwrap();
+                    black_box(response.into_body().collect().await.unwrap())
+                })
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    let ours_json = RetryLayer::new(RetryPolicy::sdk_default()).layer(JsonUpstream);
+    group.bench_function("tower_llm_retry_json_answer_read", |b| {
+        b.iter_batched(
+            request,
+            |request| {
+                rt.block_on(async {
+                    let response = ours_json.clone().oneshot(request).await.unwrap();
+                    black_box(response.into_body().collect().await.unwrap())
+                })
             },
             BatchSize::SmallInput,
         )

@@ -33,6 +33,11 @@ const GUARD_READ_AHEAD_LIMIT: usize = 64 * 1024;
 /// What a frame read ahead costs besides its data (queue entry, framing).
 const FRAME_CHARGE: usize = 64;
 
+/// The most a whole (non-streamed) JSON answer is held back for, in bytes
+/// of data plus the per-frame charge: LLM answers are kilobytes, so past
+/// this the response is not one and is handed over as it is.
+const WHOLE_BODY_LIMIT: usize = 4 * 1024 * 1024;
+
 /// Frames read ahead in one poll before yielding to the runtime.
 const FRAMES_PER_POLL: usize = 32;
 
@@ -87,13 +92,16 @@ pin_project! {
     }
 }
 
-/// A streamed response held back until its first content event.
+/// A response held back until nothing that goes wrong can have reached the
+/// caller: a stream until its first content event, a whole JSON answer
+/// until its end.
 struct Guard<R> {
     head: Option<http::response::Parts>,
     body: Option<Pin<Box<R>>>,
     read_ahead: VecDeque<Frame<Bytes>>,
     charged: usize,
-    scanner: EventScanner,
+    /// `None`: a whole answer, held to its end.
+    scanner: Option<EventScanner>,
 }
 
 impl<S, B, R> fmt::Debug for ResponseFuture<S, B, R>
@@ -243,17 +251,29 @@ where
                             match ready!(future.poll(cx)) {
                                 Ok(response) => {
                                     let (head, body) = response.into_parts();
-                                    let framing = (this.shared.policy.first_content_guard
-                                        && head.status.is_success())
-                                    .then(|| Framing::from_content_type(&head.headers))
-                                    .flatten();
-                                    if let Some(framing) = framing {
+                                    let guarded = this.shared.policy.first_content_guard
+                                        && head.status.is_success()
+                                        && !body.is_end_stream();
+                                    let scanner = match guarded
+                                        .then(|| Framing::from_content_type(&head.headers))
+                                    {
+                                        // A stream: held until its first content.
+                                        Some(Some(framing)) => {
+                                            Some(Some(scanner_for(this.template.as_ref(), framing)))
+                                        }
+                                        // A whole JSON answer: held to its end, so
+                                        // a body cut midway is retried too (audio,
+                                        // files and other bodies pass as they come).
+                                        Some(None) if is_json(&head.headers) => Some(None),
+                                        _ => None,
+                                    };
+                                    if let Some(scanner) = scanner {
                                         let guard = Guard {
                                             head: Some(head),
                                             body: Some(Box::pin(body)),
                                             read_ahead: VecDeque::new(),
                                             charged: 0,
-                                            scanner: scanner_for(this.template.as_ref(), framing),
+                                            scanner,
                                         };
                                         this.state.set(State::Guarding {
                                             guard: Box::new(guard),
@@ -382,8 +402,9 @@ where
     R: Body<Data = Bytes>,
     R::Error: Into<BoxError>,
 {
-    /// Reads frames until the first content event (`Ok`), an error before
-    /// it (`Err`), the end of the body, or the read-ahead limit (`Ok`).
+    /// Reads frames until the first content event (for a whole answer:
+    /// the end) (`Ok`), an error before it (`Err`), the end of the body, or
+    /// the read-ahead limit (`Ok`).
     fn poll_content(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), LlmError>> {
         let Some(body) = self.body.as_mut() else {
             return Poll::Ready(Err(polled_after_completion()));
@@ -395,22 +416,30 @@ where
                 Some(Err(error)) => return Poll::Ready(Err(LlmError::from_source(error))),
                 Some(Ok(frame)) => {
                     if let Some(data) = frame.data_ref() {
-                        self.scanner.feed(data);
+                        if let Some(scanner) = self.scanner.as_mut() {
+                            scanner.feed(data);
+                        }
                         self.charged += data.len();
                     }
                     self.charged += FRAME_CHARGE;
                     self.read_ahead.push_back(frame);
+                    let Some(scanner) = self.scanner.as_mut() else {
+                        if self.charged >= WHOLE_BODY_LIMIT {
+                            return Poll::Ready(Ok(()));
+                        }
+                        continue;
+                    };
                     // An in-band error, even in the same read as the first
                     // content: nothing has reached the caller, so the
                     // attempt can still be replayed. (With Classify below,
                     // its body reports the error on the next poll anyway.)
-                    if let Some(c) = self.scanner.take_error() {
+                    if let Some(c) = scanner.take_error() {
                         return Poll::Ready(Err(LlmError::new(c.with_phase(Phase::AfterHeaders))));
                     }
                     // Hold back until content, but not without bound: a
                     // stream of keep-alives alone is handed over past the
                     // limit (Classify's idle timeout still applies to it).
-                    if self.scanner.content_seen() || self.charged >= GUARD_READ_AHEAD_LIMIT {
+                    if scanner.content_seen() || self.charged >= GUARD_READ_AHEAD_LIMIT {
                         return Poll::Ready(Ok(()));
                     }
                 }
@@ -420,6 +449,20 @@ where
         cx.waker().wake_by_ref();
         Poll::Pending
     }
+}
+
+/// Whether a response is a JSON document (`application/json`, `…+json`).
+fn is_json(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.split(';').next().unwrap_or(v).trim())
+        .is_some_and(|essence| {
+            essence.eq_ignore_ascii_case("application/json")
+                || essence
+                    .get(essence.len().saturating_sub(5)..)
+                    .is_some_and(|tail| tail.eq_ignore_ascii_case("+json"))
+        })
 }
 
 /// A scanner for the stream a request asked for.

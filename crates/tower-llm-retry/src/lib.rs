@@ -61,7 +61,8 @@
 //! - **Streams.** A streamed 2xx is held back until its first content
 //!   event: an `overloaded_error` as the first event is retried and the
 //!   caller gets a clean stream. Once content has reached the caller,
-//!   nothing is replayed.
+//!   nothing is replayed. A whole (non-streamed) JSON answer is held to its
+//!   end, so a body cut midway is retried as well.
 //! - **Deadlines.** One deadline over all attempts and waits, a per-attempt
 //!   timeout (to the head, and for streams to the first content), and no
 //!   wait is started that the deadline could not follow with an attempt.

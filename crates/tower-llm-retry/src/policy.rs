@@ -445,8 +445,11 @@ impl RetryPolicyBuilder {
         self
     }
 
-    /// Whether a streamed 2xx is held back until its first content event,
-    /// so that an error as the first event is retried invisibly (on by default).
+    /// Whether a 2xx is held back until nothing that fails can have reached
+    /// the caller (on by default): a stream until its first content event,
+    /// so that an error as the first event is retried invisibly; a whole
+    /// JSON answer until its end (up to 4 MiB), so that a body cut midway
+    /// is retried too. Other bodies (audio, files) pass as they come.
     pub fn first_content_guard(mut self, on: bool) -> Self {
         self.policy.first_content_guard = on;
         self

@@ -598,3 +598,58 @@ async fn with_random_latencies_no_call_outlives_its_deadline() {
     assert_eq!(late, 0);
     assert!(ok > 150, "{ok} of 200 succeeded");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_whole_answer_cut_midway_is_retried_and_arrives_whole() {
+    // A non-streamed answer whose body stops halfway through its announced
+    // length: the guard holds whole JSON answers to their end, so the cut
+    // is retried before the caller sees a byte.
+    for fault in [
+        Fault::stream_drop_after(1),
+        Fault::stream_without_terminal(),
+    ] {
+        let sim = sim(FaultPlan::script([fault.clone()])).await;
+        let (body, stats) = call(
+            &stack(policy().build().unwrap()),
+            request(&sim, Api::OpenAiChat, false),
+        )
+        .await;
+        let body = body.unwrap_or_else(|e| panic!("{fault}: {e}"));
+        let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(json["object"], "chat.completion", "{fault}");
+        assert_eq!(stats.attempts, 2, "{fault}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_the_guard_a_whole_answer_cut_midway_reaches_the_caller_as_an_error() {
+    let sim = sim(FaultPlan::script([Fault::stream_drop_after(1)])).await;
+    let policy = policy().first_content_guard(false).build().unwrap();
+    let (body, stats) = call(&stack(policy), request(&sim, Api::OpenAiChat, false)).await;
+    assert!(body.is_err(), "the cut reached the caller");
+    assert_eq!(stats.attempts, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_body_that_is_not_json_or_a_stream_is_passed_on_as_it_comes() {
+    // Audio, files: not held back, whatever their length.
+    let mut headers = HeaderMap::new();
+    headers.insert("content-type", HeaderValue::from_static("audio/mpeg"));
+    let audio = Bytes::from(vec![7u8; 256 * 1024]);
+    let sim = sim(FaultPlan::always(Fault::raw(
+        StatusCode::OK,
+        headers,
+        audio.clone(),
+    )))
+    .await;
+    let response = stack(policy().build().unwrap())
+        .oneshot(request(&sim, Api::OpenAiChat, false))
+        .await
+        .unwrap();
+    assert!(
+        !response.body().has_read_ahead(),
+        "nothing was read ahead of the caller"
+    );
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(bytes, audio);
+}
