@@ -414,3 +414,29 @@ fn a_route_without_a_model_is_refused() {
     let message = build_error(stack);
     assert!(message.contains("needs a model"), "{message}");
 }
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn on_transition_hears_every_targets_breaker_open() {
+    use std::sync::{Arc, Mutex};
+    let primary = failing(Fault::overloaded()).await;
+    let backup = healthy().await;
+    let heard: Arc<Mutex<Vec<(String, State)>>> = Arc::default();
+    let sink = Arc::clone(&heard);
+    let stack = over(
+        LlmStack::development().circuit(
+            tower_llm::circuit::CircuitConfig::builder()
+                .consecutive_failures(Some(2))
+                .build()
+                .unwrap(),
+        ),
+        &[("primary", &primary), ("backup", &backup)],
+    )
+    .on_transition(move |t| sink.lock().unwrap().push((t.key.to_string(), t.to)))
+    .build()
+    .unwrap();
+    assert_eq!(call(&stack, chat("gpt-4o")).await.unwrap(), "backup");
+    assert_eq!(
+        *heard.lock().unwrap(),
+        [("primary/gpt-4o".to_owned(), State::Open)]
+    );
+}

@@ -67,7 +67,9 @@ use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
 use tower::Layer;
 use tower::util::BoxCloneSyncService;
-use tower_llm_circuit::{CircuitConfig, CircuitHandle, CircuitLayer, KeyBy};
+use tower_llm_circuit::{
+    CircuitConfig, CircuitHandle, CircuitLayer, KeyBy, OnTransition, Transition,
+};
 use tower_llm_classify::{BoxError, ClassifyLayer, LlmError};
 use tower_llm_fallback::{Fallback, FallbackBody, FallbackReport, Target};
 use tower_llm_retry::{ReplayBody, RetryLayer, RetryPolicy};
@@ -193,6 +195,7 @@ type PendingTarget = (
 pub struct LlmStack {
     retry: RetryPolicy,
     circuit: CircuitConfig,
+    on_transition: Option<Arc<OnTransition>>,
     classify: ClassifyLayer,
     hedge: Option<(Duration, f64)>,
     max_body: usize,
@@ -234,6 +237,7 @@ impl LlmStack {
         LlmStack {
             retry: preset.retry(),
             circuit: preset.circuit(),
+            on_transition: None,
             classify: ClassifyLayer::new(),
             hedge: None,
             max_body: DEFAULT_MAX_BODY,
@@ -276,6 +280,13 @@ impl LlmStack {
     /// Uses this breaker configuration (one registry, keyed `target/model`).
     pub fn circuit(mut self, config: CircuitConfig) -> Self {
         self.circuit = config;
+        self
+    }
+
+    /// Calls `f` on every breaker state change of every target (besides the
+    /// `tracing` event): to alert, or to count in your own metrics.
+    pub fn on_transition(mut self, f: impl Fn(&Transition) + Send + Sync + 'static) -> Self {
+        self.on_transition = Some(Arc::new(f));
         self
     }
 
@@ -367,7 +378,10 @@ impl LlmStack {
 
     /// The stack.
     pub fn build(self) -> Result<Stack, StackError> {
-        let circuit = CircuitLayer::new(self.circuit);
+        let circuit = match self.on_transition {
+            Some(f) => CircuitLayer::with_events(self.circuit, move |t: &Transition| f(t)),
+            None => CircuitLayer::new(self.circuit),
+        };
         let circuits = circuit.handle();
         let layers = Layers {
             retry: self.retry,
