@@ -102,7 +102,12 @@ async fn gateway(upstream: String) -> String {
         Client::builder(TokioExecutor::new()).build(nodelay());
     let stack = config.build(client).unwrap();
     // As the gateway runs: with its Prometheus recorder installed.
-    let router = app::router(stack, &app::GatewayOptions::default(), app::prometheus());
+    let router = app::router(
+        stack,
+        &app::GatewayOptions::default(),
+        app::prometheus(),
+        &app::Closing::new(),
+    );
     serve(router).await
 }
 

@@ -75,7 +75,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .await?;
     let backup = Simulator::start().await?;
 
-    let client = ReqwestClient::new(reqwest::Client::new());
+    // Redirects off: reqwest would carry `api-key`/`x-api-key` to another host.
+    let client = ReqwestClient::without_redirects()?;
     let primary_url = primary.base_url().parse()?;
     let backup_url = backup.base_url().parse()?;
     let stack = LlmStack::sdk_default()

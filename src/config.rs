@@ -265,6 +265,12 @@ impl StackConfig {
             stack = stack.max_body(bytes);
         }
         match (f.hedge_delay_ms, f.hedge_ratio) {
+            (_, Some(ratio)) if !(0.0..=1.0).contains(&ratio) => {
+                return Err(ConfigError::at(
+                    "fallback",
+                    format!("hedge_ratio: {ratio} is not between 0 and 1"),
+                ));
+            }
             (Some(ms), ratio) => {
                 stack = stack.hedge(Duration::from_millis(ms), ratio.unwrap_or(0.1));
             }
@@ -282,6 +288,12 @@ impl StackConfig {
             ));
         }
         for (i, settings) in self.targets.iter().enumerate() {
+            if settings.base_url.is_none() {
+                return Err(ConfigError(format!(
+                    "targets[{i}] (`{}`): base_url is required",
+                    settings.name
+                )));
+            }
             // The settings are applied (and checked) now, so an error is
             // about the file and not the build; the service comes later.
             let prepared = settings
@@ -292,7 +304,12 @@ impl StackConfig {
                 .map_err(|e| ConfigError(format!("targets[{i}]: {e}")))?;
             stack = stack.target(&settings.name, client.clone(), |_| prepared);
         }
-        for route in &self.routes {
+        for (i, route) in self.routes.iter().enumerate() {
+            if route.model.trim().is_empty() {
+                return Err(ConfigError(format!(
+                    "routes[{i}]: model is required (a name, `prefix*` or `*`)"
+                )));
+            }
             stack = stack.route(
                 ModelRoute::new(route.model.clone(), route.targets.clone())
                     .context_length(route.context_length.clone())

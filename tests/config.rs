@@ -483,3 +483,36 @@ async fn each_target_key_reaches_only_its_own_provider_and_the_callers_never_lea
         assert_eq!(sent.model.as_deref(), Some("llama3.2"));
     }
 }
+
+#[test]
+fn each_setting_that_cannot_work_is_refused_naming_its_key() {
+    let cases = [
+        (
+            "[[targets]]\nname = \"openai\"\n",
+            &["targets[0]", "base_url"][..],
+        ),
+        (
+            "[fallback]\nhedge_delay_ms = 100\nhedge_ratio = 1.5\n[[targets]]\nname = \"a\"\nbase_url = \"http://127.0.0.1:1/v1\"\n",
+            &["hedge_ratio", "1.5"][..],
+        ),
+        (
+            "[[targets]]\nname = \"a\"\nbase_url = \"http://127.0.0.1:1/v1\"\n[[routes]]\nmodel = \" \"\ntargets = [\"a\"]\n",
+            &["routes[0]", "model"][..],
+        ),
+        (
+            "[[targets]]\nname = \"a\"\nbase_url = \"http://127.0.0.1:1/v1\"\napi_key_header = \"x-api-key\"\n",
+            &["api_key_header", "api_key_env"][..],
+        ),
+    ];
+    for (text, words) in cases {
+        let config = StackConfig::from_toml(text).unwrap();
+        let error = config
+            .stack_with_env(client(), no_env)
+            .map(|_| ())
+            .unwrap_err()
+            .to_string();
+        for word in words {
+            assert!(error.contains(word), "{text}: {error}");
+        }
+    }
+}

@@ -317,6 +317,34 @@ async fn a_context_length_failure_goes_to_the_routes_context_length_target() {
 }
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn an_ordinary_outage_never_reaches_the_targets_kept_for_length_or_policy() {
+    let primary = failing(Fault::overloaded()).await;
+    let backup = failing(Fault::overloaded()).await;
+    let long = healthy().await;
+    let lenient = healthy().await;
+    let stack = over(
+        LlmStack::development(),
+        &[
+            ("primary", &primary),
+            ("backup", &backup),
+            ("long", &long),
+            ("lenient", &lenient),
+        ],
+    )
+    .route(
+        ModelRoute::new("gpt-4o", ["primary", "backup"])
+            .context_length(["long"])
+            .content_filter(["lenient"]),
+    )
+    .build()
+    .unwrap();
+    let error = stack.clone().oneshot(chat("gpt-4o")).await.unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Overloaded);
+    assert!(long.requests().is_empty(), "kept for context length");
+    assert!(lenient.requests().is_empty(), "kept for content policy");
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn a_content_filter_failure_goes_to_the_routes_content_filter_target() {
     let primary = failing(Fault::content_filtered()).await;
     let backup = healthy().await;
@@ -395,6 +423,72 @@ fn a_route_naming_an_unknown_target_is_refused_listing_the_known_ones() {
 fn a_stack_without_targets_is_refused() {
     let message = build_error(LlmStack::development());
     assert!(message.contains("at least one target"), "{message}");
+}
+
+#[test]
+fn a_target_name_with_a_slash_is_refused_as_it_would_make_breaker_keys_ambiguous() {
+    let message = build_error(nowhere(LlmStack::development(), "meta-llama/vllm"));
+    assert!(
+        message.contains("meta-llama/vllm") && message.contains('/'),
+        "{message}"
+    );
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_body_with_two_models_reaches_the_upstream_with_the_routed_one_only() {
+    use std::sync::{Arc, Mutex};
+    // A client that keeps what it is sent (the simulator, like serde,
+    // refuses duplicate keys before recording).
+    let sent: Arc<Mutex<Vec<bytes::Bytes>>> = Arc::default();
+    let sink = Arc::clone(&sent);
+    let client = tower::service_fn(move |request: Request<ReplayBody>| {
+        let sink = Arc::clone(&sink);
+        async move {
+            let body = request.into_body().collect().await.unwrap().to_bytes();
+            sink.lock().unwrap().push(body);
+            Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(
+                bytes::Bytes::from_static(b"{}"),
+            )))
+        }
+    });
+    let stack = LlmStack::development()
+        .target("a", client.clone(), |t| t)
+        .target("b", client, |t| t)
+        .route(ModelRoute::new("gpt-4o", ["a"]))
+        .route(ModelRoute::new("o1-pro", ["b"]))
+        .build()
+        .unwrap();
+    let body = r#"{"model":"gpt-4o","messages":[],"model":"o1-pro"}"#;
+    let request = Request::post("http://127.0.0.1:9/v1/chat/completions")
+        .header("content-type", "application/json")
+        .body(body.to_owned())
+        .unwrap();
+    // Whichever duplicate routing read, the upstream gets that one only.
+    let routed = match call(&stack, request).await.unwrap().as_str() {
+        "a" => "gpt-4o",
+        _ => "o1-pro",
+    };
+    let sent = sent.lock().unwrap();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(
+        String::from_utf8(sent[0].to_vec()).unwrap(),
+        format!(r#"{{"model":"{routed}","messages":[],"model":"{routed}"}}"#)
+    );
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_body_without_a_model_is_an_invalid_request_without_any_upstream_call() {
+    let sim = healthy().await;
+    let stack = over(LlmStack::development(), &[("a", &sim)])
+        .route(ModelRoute::new("gpt-4o", ["a"]))
+        .build()
+        .unwrap();
+    let request = Request::post("/v1/chat/completions")
+        .body("not json".to_owned())
+        .unwrap();
+    let error = stack.clone().oneshot(request).await.unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::InvalidRequest);
+    assert!(sim.requests().is_empty());
 }
 
 #[test]

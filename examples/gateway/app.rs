@@ -27,12 +27,12 @@ use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower::ServiceExt;
 use tower_http::limit::RequestBodyLimitLayer;
-use tower_llm::LlmError;
 use tower_llm::circuit::State as CircuitState;
 use tower_llm::config::StackConfig;
 use tower_llm::fallback::FallbackReport;
 use tower_llm::retry::RetryStats;
 use tower_llm::stack::{Stack, served_by};
+use tower_llm::{ErrorKind, LlmError};
 
 /// The header naming the target that served a response.
 pub(crate) const TARGET_HEADER: &str = "x-tower-llm-target";
@@ -41,6 +41,9 @@ pub(crate) const ATTEMPTS_HEADER: &str = "x-tower-llm-attempts";
 /// The header listing the targets passed on the way, with why
 /// (`primary:overloaded, azure:rate_limited`).
 pub(crate) const FALLBACKS_HEADER: &str = "x-tower-llm-fallbacks";
+
+/// The most requests in flight a gateway may be configured for.
+pub(crate) const MAX_CONCURRENCY: usize = 1_000_000;
 
 /// The `[gateway]` section of the configuration file.
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -91,8 +94,10 @@ impl GatewaySection {
             })?;
         }
         if let Some(n) = self.max_concurrency {
-            if n == 0 {
-                return Err("[gateway] max_concurrency: must be at least 1".into());
+            if !(1..=MAX_CONCURRENCY).contains(&n) {
+                return Err(format!(
+                    "[gateway] max_concurrency: {n} is not between 1 and {MAX_CONCURRENCY}"
+                ));
             }
             options.max_concurrency = n;
         }
@@ -135,6 +140,31 @@ pub(crate) fn prometheus() -> Option<PrometheusHandle> {
         .clone()
 }
 
+/// Tells every request and stream still running that the grace period
+/// after a shutdown signal is over: they end at once (a request waiting on
+/// its upstream gets a 503, a stream an error that closes its connection).
+#[derive(Clone, Debug)]
+pub(crate) struct Closing(tokio::sync::watch::Sender<bool>);
+
+impl Closing {
+    /// A handle, not closing yet.
+    pub(crate) fn new() -> Self {
+        Closing(tokio::sync::watch::Sender::new(false))
+    }
+
+    fn close(&self) {
+        self.0.send_replace(true);
+    }
+
+    /// Resolves once closing (at once if already).
+    fn closed(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut watch = self.0.subscribe();
+        async move {
+            let _ = watch.wait_for(|closed| *closed).await;
+        }
+    }
+}
+
 /// What every handler shares.
 #[derive(Clone)]
 struct Gateway {
@@ -142,6 +172,7 @@ struct Gateway {
     permits: Arc<Semaphore>,
     max_concurrency: usize,
     metrics: Option<PrometheusHandle>,
+    closing: Closing,
 }
 
 /// The gateway's routes over `stack`, with its inbound limits.
@@ -149,17 +180,34 @@ pub(crate) fn router(
     stack: Stack,
     options: &GatewayOptions,
     metrics: Option<PrometheusHandle>,
+    closing: &Closing,
 ) -> Router {
+    let max_concurrency = options.max_concurrency.clamp(1, MAX_CONCURRENCY);
     let gateway = Gateway {
         stack,
-        permits: Arc::new(Semaphore::new(options.max_concurrency)),
-        max_concurrency: options.max_concurrency,
+        permits: Arc::new(Semaphore::new(max_concurrency)),
+        max_concurrency,
         metrics,
+        closing: closing.clone(),
     };
     Router::new()
         .route("/v1/chat/completions", post(chat_completions))
         .route("/health", get(health))
         .route("/metrics", get(prometheus_text))
+        .fallback(|| async {
+            error_json(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "this gateway serves POST /v1/chat/completions, GET /health and GET /metrics",
+            )
+        })
+        .method_not_allowed_fallback(|| async {
+            error_json(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this method is not served on this path",
+            )
+        })
         // tower-http refuses a declared length over the limit at once and
         // cuts a chunked body at it; either way the answer is made
         // OpenAI-shaped below.
@@ -169,12 +217,15 @@ pub(crate) fn router(
 }
 
 /// Serves `router` on `listener` until `shutdown` resolves, then lets
-/// in-flight requests and streams finish for at most `grace`.
+/// in-flight requests and streams finish for at most `grace`, then ends
+/// those still running (through `closing`, the handle the router was built
+/// with).
 pub(crate) async fn serve(
     listener: TcpListener,
     router: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
     grace: Duration,
+    closing: Closing,
 ) -> io::Result<()> {
     let (signalled, mut watch) = tokio::sync::watch::channel(false);
     // Streams are many small writes: without TCP_NODELAY, Nagle's algorithm
@@ -196,13 +247,16 @@ pub(crate) async fn serve(
         let _ = watch.wait_for(|s| *s).await;
         tokio::time::sleep(grace).await;
     };
+    tokio::pin!(server);
     tokio::select! {
-        result = server => result,
-        () = grace_over => {
-            tracing::warn!("grace period over: closing the connections still open");
-            Ok(())
-        }
+        result = &mut server => return result,
+        () = grace_over => {}
     }
+    tracing::warn!("grace period over: ending the requests and streams still running");
+    closing.close();
+    // Each request and stream now ends at once; the connections close
+    // as they do.
+    server.await
 }
 
 /// An OpenAI-shaped error response.
@@ -266,7 +320,18 @@ async fn chat_completions(State(gateway): State<Gateway>, request: Request) -> R
         Ok(request) => request,
         Err(e) => return error_json(StatusCode::BAD_REQUEST, "invalid_request", &e.to_string()),
     };
-    match gateway.stack.clone().oneshot(upstream).await {
+    let call = gateway.stack.clone().oneshot(upstream);
+    let result = tokio::select! {
+        result = call => result,
+        () = gateway.closing.closed() => {
+            return error_json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "shutting_down",
+                "the gateway is shutting down",
+            );
+        }
+    };
+    match result {
         Ok(response) => {
             let target = served_by(&response).unwrap_or("-").to_owned();
             let attempts = RetryStats::of(response.extensions()).attempts;
@@ -282,6 +347,7 @@ async fn chat_completions(State(gateway): State<Gateway>, request: Request) -> R
             .increment(1);
             tracing::debug!(target = %target, attempts, passed = passed.as_deref().unwrap_or(""), status = response.status().as_u16(), "served");
             let (mut head, body) = response.into_parts();
+            keep_to_gateway(&mut head.headers);
             set(&mut head.headers, TARGET_HEADER, &target);
             set(&mut head.headers, ATTEMPTS_HEADER, &attempts.to_string());
             if let Some(passed) = passed.filter(|p| !p.is_empty()) {
@@ -293,6 +359,7 @@ async fn chat_completions(State(gateway): State<Gateway>, request: Request) -> R
                 head,
                 Body::new(HoldPermit {
                     body,
+                    closed: Box::pin(gateway.closing.closed()),
                     _permit: permit,
                 }),
             )
@@ -319,9 +386,23 @@ fn failure(error: LlmError) -> Response {
         .map(passed_targets);
     let attempts = RetryStats::of(error.extensions()).attempts;
     tracing::warn!(kind = kind.as_str(), attempts, passed = passed.as_deref().unwrap_or(""), error = %error, "failed");
-    // The body a gateway sends must never be cut: a payload-too-large from
-    // the body limit has no upstream response and is synthesized here.
-    let mut response = error.into_response().map(Body::from);
+    let mut response = if matches!(kind, ErrorKind::Authentication | ErrorKind::Permission)
+        && error.response_head().is_some()
+    {
+        // A target refused the gateway's own key: not the caller's fault,
+        // and the provider's body may echo (part of) that key.
+        error_json(
+            StatusCode::BAD_GATEWAY,
+            "upstream_authentication",
+            "an upstream refused the gateway's credentials (see the gateway's log)",
+        )
+    } else {
+        // The provider's own error (its status, message and hints), or
+        // one made from the classification when there was none.
+        let mut response = error.into_response().map(Body::from);
+        keep_to_gateway(response.headers_mut());
+        response
+    };
     metrics::counter!(
         "tower_llm_gateway_requests_total",
         "status" => response.status().as_str().to_owned(),
@@ -351,6 +432,38 @@ fn cut_at_the_body_limit(error: &LlmError) -> bool {
     false
 }
 
+/// Response headers that stay at the gateway: hop-by-hop ones (RFC 9110
+/// §7.6.1) and those the `connection` header names, cookies, and the
+/// identity of the gateway's own upstream account.
+fn keep_to_gateway(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "transfer-encoding",
+        "upgrade",
+        "te",
+        "trailer",
+        "set-cookie",
+        "openai-organization",
+        "openai-project",
+        "anthropic-organization-id",
+    ] {
+        headers.remove(name);
+    }
+}
+
 fn passed_targets(report: &FallbackReport) -> String {
     report
         .failed_kinds()
@@ -367,10 +480,14 @@ fn set(headers: &mut HeaderMap, name: &'static str, value: &str) {
 }
 
 async fn health(State(gateway): State<Gateway>) -> Response {
-    let circuits: Vec<_> = gateway
-        .stack
-        .circuits()
-        .snapshot()
+    let snapshot = gateway.stack.circuits().snapshot();
+    let degraded = snapshot.iter().any(|k| {
+        matches!(
+            k.state,
+            CircuitState::Open | CircuitState::ForcedOpen | CircuitState::HalfOpen
+        ) || k.cooldown_remaining.is_some()
+    });
+    let circuits: Vec<_> = snapshot
         .into_iter()
         .map(|key| {
             json!({
@@ -387,12 +504,6 @@ async fn health(State(gateway): State<Gateway>) -> Response {
             })
         })
         .collect();
-    let degraded = gateway.stack.circuits().snapshot().iter().any(|k| {
-        matches!(
-            k.state,
-            CircuitState::Open | CircuitState::ForcedOpen | CircuitState::HalfOpen
-        ) || k.cooldown_remaining.is_some()
-    });
     let body = json!({
         "status": if degraded { "degraded" } else { "ok" },
         "in_flight": gateway.max_concurrency - gateway.permits.available_permits(),
@@ -429,6 +540,8 @@ pin_project_lite::pin_project! {
     struct HoldPermit<B> {
         #[pin]
         body: B,
+        // Resolves when the shutdown grace period is over.
+        closed: Pin<Box<dyn Future<Output = ()> + Send>>,
         _permit: OwnedSemaphorePermit,
     }
 }
@@ -436,15 +549,20 @@ pin_project_lite::pin_project! {
 impl<B> http_body::Body for HoldPermit<B>
 where
     B: http_body::Body<Data = Bytes>,
+    B::Error: Into<tower_llm::classify::BoxError>,
 {
     type Data = Bytes;
-    type Error = B::Error;
+    type Error = tower_llm::classify::BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        self.project().body.poll_frame(cx)
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.project();
+        if this.closed.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Some(Err("the gateway shut down".into())));
+        }
+        this.body.poll_frame(cx).map_err(Into::into)
     }
 
     fn is_end_stream(&self) -> bool {

@@ -164,12 +164,14 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         )
     })?;
     let base = format!("http://{}", listener.local_addr()?);
-    let router = app::router(stack, &options, metrics);
+    let closing = app::Closing::new();
+    let router = app::router(stack, &options, metrics, &closing);
     let server = tokio::spawn(app::serve(
         listener,
         router,
         shutdown_signal(),
         options.shutdown_grace,
+        closing,
     ));
 
     println!("tower-llm gateway on {base}");

@@ -64,15 +64,41 @@ impl<B> ResponseFuture<B> {
 }
 
 fn no_route(model: Option<&str>) -> LlmError {
-    let message = match model {
-        Some(model) => format!("no route serves the model `{model}`"),
-        None => "the request names no model and there is no default route".to_owned(),
+    let (kind, message) = match model {
+        Some(model) => (
+            ErrorKind::NotFound,
+            format!("no route serves the model `{model}`"),
+        ),
+        // Not JSON, or no string `model`: the request is at fault.
+        None => (
+            ErrorKind::InvalidRequest,
+            "the request body is not a JSON object with a string `model`".to_owned(),
+        ),
     };
     LlmError::new(
-        Classification::new(ErrorKind::NotFound)
+        Classification::new(kind)
             .with_phase(Phase::Local)
             .with_message(&message),
     )
+}
+
+/// The body, with every top-level `model` set to the one it was routed by
+/// when it has more than one: JSON parsers keep the last duplicate, the
+/// route read the first, and the upstream must serve the model the route
+/// chose (routes are also allow-lists and cost controls).
+fn one_model(bytes: Bytes, model: &str) -> Result<Bytes, LlmError> {
+    static MODEL_KEY: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\"model\""));
+    if MODEL_KEY.find_iter(&bytes).nth(1).is_none() {
+        return Ok(bytes);
+    }
+    tower_llm_fallback::rewrite_model(&bytes, model).map_err(|e| {
+        LlmError::new(
+            Classification::new(ErrorKind::InvalidRequest)
+                .with_phase(Phase::Local)
+                .with_message(&e.to_string()),
+        )
+    })
 }
 
 impl<B> Future for ResponseFuture<B>
@@ -102,6 +128,10 @@ where
                     let model = meta.model.as_deref();
                     let Some(fallback) = routes.pick(model) else {
                         return Poll::Ready(Err(no_route(model)));
+                    };
+                    let bytes = match model {
+                        Some(model) => one_model(bytes, model)?,
+                        None => bytes,
                     };
                     // Fallback is always ready (see `Stack::poll_ready`).
                     let call = fallback

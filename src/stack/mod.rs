@@ -16,14 +16,14 @@
 //! let backup = Simulator::start().await?;
 //! let client = Client::builder(TokioExecutor::new()).build_http();
 //!
+//! // Base URLs as an OpenAI SDK takes them; the request's path goes under.
+//! let base = |sim: &Simulator| format!("{}/v1", sim.base_url()).parse().unwrap();
 //! let stack = LlmStack::development()
-//!     .target("primary", client.clone(), |t| t.base_url(primary.base_url().parse().unwrap()))
-//!     .target("backup", client, |t| {
-//!         t.base_url(backup.base_url().parse().unwrap()).model("llama3.2")
-//!     })
+//!     .target("primary", client.clone(), |t| t.base_url(base(&primary)))
+//!     .target("backup", client, |t| t.base_url(base(&backup)).model("llama3.2"))
 //!     .build()?;
 //!
-//! let request = http::Request::post("/v1/chat/completions")
+//! let request = http::Request::post("/chat/completions")
 //!     .body(r#"{"model":"gpt-4o","messages":[]}"#.to_owned())?;
 //! let response = stack.clone().oneshot(request).await?;
 //! assert_eq!(response.status(), 200);
@@ -391,6 +391,12 @@ impl LlmStack {
         let mut targets: Vec<Target<TargetService>> = Vec::with_capacity(self.targets.len());
         for (settings, make) in self.targets {
             let name: Arc<str> = Arc::from(settings.name());
+            if name.is_empty() || name.contains('/') {
+                return Err(StackError(format!(
+                    "target `{name}`: a name must be non-empty and without `/` \
+                     (breaker keys are `target/model`)"
+                )));
+            }
             if targets.iter().any(|t| t.name() == &*name) {
                 return Err(StackError(format!("two targets are named `{name}`")));
             }
@@ -484,6 +490,7 @@ fn route_targets(
         (&route.context_length, true),
         (&route.content_filter, false),
     ];
+    let ordinary = chosen.len();
     for (names, context) in flagged {
         for name in names {
             let position = match chosen.iter().position(|t| t.name() == name) {
@@ -493,12 +500,17 @@ fn route_targets(
                     chosen.len() - 1
                 }
             };
-            let target = chosen.remove(position);
-            let target = if context {
+            let mut target = chosen.remove(position);
+            target = if context {
                 target.larger_context()
             } else {
                 target.for_content_filter()
             };
+            // Named only for this kind of failure: never in the default
+            // order (an ordinary outage must not send everything there).
+            if position >= ordinary {
+                target = target.reserved();
+            }
             chosen.insert(position, target);
         }
     }

@@ -15,18 +15,44 @@ use tower_service::Service;
 /// ```
 /// use tower_llm::stack::{LlmStack, ReqwestClient};
 ///
-/// let client = ReqwestClient::new(reqwest::Client::new());
+/// let client = ReqwestClient::without_redirects().unwrap();
+/// // or your own, built with `.redirect(reqwest::redirect::Policy::none())`:
+/// let client = ReqwestClient::new(
+///     reqwest::Client::builder()
+///         .redirect(reqwest::redirect::Policy::none())
+///         .build()
+///         .unwrap(),
+/// );
 /// let stack = LlmStack::sdk_default()
-///     .target("openai", client, |t| t.base_url("https://api.openai.com".parse().unwrap()))
+///     .target("openai", client, |t| t.base_url("https://api.openai.com/v1".parse().unwrap()))
 ///     .build()
 ///     .unwrap();
 /// # let _ = stack;
 /// ```
-#[derive(Clone, Debug, Default)]
+///
+/// # Redirects
+///
+/// reqwest follows redirects by default and, on a redirect to another
+/// host, strips only `authorization` and cookies: an `api-key` (Azure) or
+/// `x-api-key` (Anthropic) would go to the new host. LLM APIs do not
+/// redirect; build the client with `redirect(Policy::none())` (as
+/// [`ReqwestClient::without_redirects`] does), so a redirect comes back as
+/// a response instead.
+#[derive(Clone, Debug)]
 pub struct ReqwestClient(reqwest::Client);
 
 impl ReqwestClient {
-    /// Wraps `client` (its pool, TLS and timeouts are kept).
+    /// A new reqwest client that does not follow redirects.
+    pub fn without_redirects() -> Result<Self, reqwest::Error> {
+        reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map(ReqwestClient)
+    }
+
+    /// Wraps `client` (its pool, TLS and timeouts are kept). Build it
+    /// with `redirect(reqwest::redirect::Policy::none())`: see
+    /// [Redirects](#redirects).
     pub fn new(client: reqwest::Client) -> Self {
         ReqwestClient(client)
     }

@@ -467,7 +467,7 @@ fn pick<S>(
         };
         let eligible = fits
             && match route {
-                Route::Next => true,
+                Route::Next => !target.reserved,
                 Route::LargerContext => target.larger_context,
                 Route::ContentFilter => target.content_filter,
                 Route::Stop => false,

@@ -16,7 +16,9 @@ use crate::target::Target;
 pub struct TargetSettings {
     /// The name (unique).
     pub name: String,
-    /// Scheme, host and path prefix: `https://api.openai.com`, `http://127.0.0.1:11434`.
+    /// Scheme, host and path prefix; the request's path follows it (see
+    /// [`Target::base_url`]): with the gateway, the base URL an OpenAI SDK
+    /// takes (`https://api.openai.com/v1`, `http://127.0.0.1:11434/v1`).
     pub base_url: Option<String>,
     /// The model to ask this target for.
     pub model: Option<String>,
@@ -83,6 +85,12 @@ impl TargetSettings {
         if let Some(model) = &t.model {
             target = target.model(model.as_str());
         }
+        if t.api_key_env.is_none() && t.api_key_header.is_some() {
+            return Err(ConfigError(format!(
+                "target `{}`: api_key_header is set but api_key_env (the variable holding the key) is not",
+                t.name
+            )));
+        }
         if let Some(var) = &t.api_key_env {
             let key = env(var).filter(|k| !k.is_empty()).ok_or_else(|| {
                 ConfigError(format!(
@@ -102,7 +110,7 @@ impl TargetSettings {
             };
             let name = HeaderName::from_bytes(header.as_bytes()).map_err(|_| {
                 ConfigError(format!(
-                    "target `{}`: `{header}` is not a header name",
+                    "target `{}`: api_key_header `{header}` is not a header name",
                     t.name
                 ))
             })?;

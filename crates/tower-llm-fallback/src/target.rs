@@ -37,6 +37,7 @@ pub struct Target<S> {
     pub(crate) context_window: Option<u64>,
     pub(crate) larger_context: bool,
     pub(crate) content_filter: bool,
+    pub(crate) reserved: bool,
 }
 
 impl<S> fmt::Debug for Target<S> {
@@ -52,6 +53,7 @@ impl<S> fmt::Debug for Target<S> {
             .field("context_window", &self.context_window)
             .field("larger_context", &self.larger_context)
             .field("content_filter", &self.content_filter)
+            .field("reserved", &self.reserved)
             .finish_non_exhaustive()
     }
 }
@@ -72,6 +74,7 @@ impl<S> Target<S> {
             context_window: None,
             larger_context: false,
             content_filter: false,
+            reserved: false,
         }
     }
 
@@ -96,6 +99,7 @@ impl<S> Target<S> {
             context_window: self.context_window,
             larger_context: self.larger_context,
             content_filter: self.content_filter,
+            reserved: self.reserved,
         }
     }
 
@@ -110,7 +114,11 @@ impl<S> Target<S> {
     }
 
     /// Sends to this scheme, host and path prefix (`https://host/openai`):
-    /// the request's own path and query follow the prefix.
+    /// the request's own path and query follow the prefix, and the base's
+    /// query is kept (Azure's `api-version`). A gateway that forwards
+    /// `/chat/completions` takes the base URL an OpenAI SDK takes
+    /// (`https://api.openai.com/v1`, `…/v1beta/openai` for Gemini); a
+    /// caller that sends `/v1/chat/completions` takes the bare host.
     pub fn base_url(mut self, base: Uri) -> Self {
         self.base = Some(base);
         self
@@ -144,6 +152,17 @@ impl<S> Target<S> {
         hook: impl Fn(&mut Request<Full<Bytes>>) + Send + Sync + 'static,
     ) -> Self {
         self.hook = Some(Arc::new(hook));
+        self
+    }
+
+    /// Keeps this target for the failures it is marked for
+    /// ([`larger_context`](Target::larger_context),
+    /// [`for_content_filter`](Target::for_content_filter)): it is never
+    /// tried in the default order, so an ordinary outage of the targets
+    /// before it does not send every request to, say, the expensive
+    /// long-context model.
+    pub fn reserved(mut self) -> Self {
+        self.reserved = true;
         self
     }
 
