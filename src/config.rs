@@ -34,13 +34,13 @@
 //!
 //! # Environment variables
 //!
-//! [`StackConfig::from_env`] applies, over the file:
+//! [`StackConfig::from_env`](crate::config::StackConfig::from_env) applies, over the file:
 //!
 //! | variable | sets |
 //! |---|---|
 //! | `TOWER_LLM_PRESET` | `preset` |
-//! | `TOWER_LLM_RETRY_*` | `[retry]` (see [`tower_llm_retry::settings::ENV_VARS`]) |
-//! | `TOWER_LLM_CIRCUIT_*` | `[circuit]` (see [`tower_llm_circuit::settings::ENV_VARS`]) |
+//! | `TOWER_LLM_RETRY_*` | `[retry]` (see [`tower_llm_retry::ENV_VARS`]) |
+//! | `TOWER_LLM_CIRCUIT_*` | `[circuit]` (see [`tower_llm_circuit::ENV_VARS`]) |
 //! | `TOWER_LLM_HEDGE_DELAY_MS`, `TOWER_LLM_HEDGE_RATIO` | `[fallback] hedge_delay_ms`, `hedge_ratio` |
 //! | `TOWER_LLM_MAX_BODY_BYTES` | `[fallback] max_body_bytes` |
 //!
