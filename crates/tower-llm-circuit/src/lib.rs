@@ -35,16 +35,16 @@
 //!     http::Request::post(sim.url(Api::OpenAiChat))
 //!         .body(Full::<bytes::Bytes>::from(r#"{"model":"gpt-4o","messages":[]}"#))
 //! };
-//! for _ in 0..3 {
+//! for _ in 0..5 {
 //!     let error = service.ready().await?.call(request()?).await.unwrap_err();
 //!     assert_eq!(error.kind(), ErrorKind::Overloaded);
 //! }
-//! // Three overloads in a row: the circuit is open, the provider is spared.
+//! // Five overloads in a row: the circuit is open, the provider is spared.
 //! let error = service.ready().await?.call(request()?).await.unwrap_err();
 //! assert_eq!(error.kind(), ErrorKind::CircuitOpen);
 //! let key = &handle.snapshot()[0];
 //! assert_eq!((key.state, &*key.key), (State::Open, "openai_compatible/gpt-4o"));
-//! assert_eq!(sim.requests().len(), 3);
+//! assert_eq!(sim.requests().len(), 5);
 //! # Ok(())
 //! # }
 //! ```

@@ -1,0 +1,468 @@
+//! The chaos suite: the same seeded scenarios, against the testkit's
+//! simulated providers over loopback, for each contender — a bare hyper
+//! client, `tower::retry` with a status policy and `TpsBudget`,
+//! tower-resilience (retry + circuit breaker), reqwest-middleware +
+//! reqwest-retry, and tower-llm's default stack (with a fallback target
+//! where the scenario has a second provider).
+//!
+//! ```text
+//! cargo bench --bench chaos                  # every scenario: rewrites the tables in BENCHMARKS.md and the charts
+//! cargo bench --bench chaos -- transient     # the scenarios whose name contains "transient" (printed only)
+//! ```
+//!
+//! Time is Tokio's paused clock: the simulators' latencies, retry-after
+//! hints, backoff sleeps, outages and breaker intervals are all virtual, so
+//! a 90-second outage runs in seconds and every run is reproducible from
+//! its seeds; latencies reported are virtual too (they measure waiting,
+//! not CPU). Not run by CI.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+mod contender;
+mod ours;
+mod peers;
+mod report;
+
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::time::Instant;
+use tower_llm_testkit::{Capacity, Fault, FaultPlan, RecordedRequest, Simulator};
+
+use contender::{Build, Outcome};
+
+/// The assistant's reply in every simulator: 32 words, so that a stream
+/// can be cut after 0, 1 or 20 content events and still have some left.
+const REPLY: &str = "one two three four five six seven eight nine ten eleven twelve thirteen \
+    fourteen fifteen sixteen seventeen eighteen nineteen twenty twentyone twentytwo \
+    twentythree twentyfour twentyfive twentysix twentyseven twentyeight twentynine thirty \
+    thirtyone thirtytwo";
+
+/// A contender's name and how to build it.
+const CONTENDERS: [(&str, Build); 5] = [
+    ("bare hyper", ours::bare),
+    ("tower::retry + TpsBudget", peers::tower_retry),
+    ("tower-resilience", peers::tower_resilience),
+    ("reqwest-retry", peers::reqwest_retry),
+    ("tower-llm", ours::tower_llm),
+];
+
+fn chat(stream: bool, i: usize) -> Bytes {
+    Bytes::from(format!(
+        r#"{{"model":"gpt-4o","stream":{stream},"messages":[{{"role":"user","content":"request {i}"}}]}}"#
+    ))
+}
+
+async fn simulator(plan: FaultPlan, latency: Duration) -> Arc<Simulator> {
+    Arc::new(
+        Simulator::builder()
+            .plan(plan)
+            .reply(REPLY)
+            .latency(latency)
+            .start()
+            .await
+            .expect("a simulator"),
+    )
+}
+
+fn plan(text: &str) -> FaultPlan {
+    text.parse().expect("a valid fault plan")
+}
+
+/// One request as the caller saw it.
+#[derive(Clone, Debug)]
+pub(crate) struct Record {
+    /// When it was sent, from the start of the run.
+    pub(crate) start: Duration,
+    /// How long until the caller had its outcome.
+    pub(crate) took: Duration,
+    pub(crate) outcome: Outcome,
+}
+
+/// What one contender did in one scenario.
+#[derive(Debug)]
+pub(crate) struct Run {
+    pub(crate) records: Vec<Record>,
+    /// Every request each simulator received (primary, then backup).
+    pub(crate) primary: Vec<RecordedRequest>,
+    pub(crate) backup: Vec<RecordedRequest>,
+    pub(crate) started: Instant,
+}
+
+impl Run {
+    pub(crate) fn requests(&self) -> usize {
+        self.records.len()
+    }
+
+    pub(crate) fn succeeded(&self) -> usize {
+        self.records
+            .iter()
+            .filter(|r| matches!(r.outcome, Outcome::Ok { .. }))
+            .count()
+    }
+
+    pub(crate) fn upstream_calls(&self) -> usize {
+        self.primary.len() + self.backup.len()
+    }
+
+    /// Successful answers whose content is not the reply exactly once:
+    /// duplicated (longer, or the reply repeated) and lost (shorter).
+    pub(crate) fn duplicated_and_lost(&self) -> (usize, usize) {
+        let mut duplicated = 0;
+        let mut lost = 0;
+        for record in &self.records {
+            if let Outcome::Ok { content } = &record.outcome {
+                if content.len() > REPLY.len() || content.matches("one two").count() > 1 {
+                    duplicated += 1;
+                } else if content != REPLY {
+                    lost += 1;
+                }
+            }
+        }
+        (duplicated, lost)
+    }
+
+    /// Seconds since the run's start of a recorded upstream request.
+    pub(crate) fn at(&self, request: &RecordedRequest) -> f64 {
+        request
+            .at
+            .saturating_duration_since(self.started)
+            .as_secs_f64()
+    }
+}
+
+/// `n` requests, `concurrency` at a time, each sent when a slot frees.
+async fn closed_loop(
+    contender: &Arc<dyn contender::Contender>,
+    n: usize,
+    concurrency: usize,
+    stream: bool,
+    started: Instant,
+) -> Vec<Record> {
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let records = Arc::new(Mutex::new(Vec::with_capacity(n)));
+    let mut workers = Vec::new();
+    for _ in 0..concurrency {
+        let (contender, next, records) = (
+            Arc::clone(contender),
+            Arc::clone(&next),
+            Arc::clone(&records),
+        );
+        workers.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= n {
+                    break;
+                }
+                let sent = Instant::now();
+                let outcome = contender.call(chat(stream, i)).await;
+                records.lock().unwrap().push(Record {
+                    start: sent - started,
+                    took: sent.elapsed(),
+                    outcome,
+                });
+            }
+        }));
+    }
+    for worker in workers {
+        worker.await.unwrap();
+    }
+    Arc::try_unwrap(records).unwrap().into_inner().unwrap()
+}
+
+/// Requests arriving at `rate` per second for `seconds`, whatever the
+/// answers (an open loop: steady traffic), with `at` changes to the
+/// upstreams applied at their second.
+async fn open_loop(
+    contender: &Arc<dyn contender::Contender>,
+    rate: u32,
+    seconds: u32,
+    started: Instant,
+    mut at: Vec<(u32, Box<dyn FnOnce() + Send>)>,
+) -> Vec<Record> {
+    at.sort_by_key(|(second, _)| *second);
+    let mut changes = at.into_iter().peekable();
+    let records = Arc::new(Mutex::new(Vec::new()));
+    let mut tasks = Vec::new();
+    let total = rate * seconds;
+    for i in 0..total {
+        let when = started + Duration::from_secs_f64(f64::from(i) / f64::from(rate));
+        tokio::time::sleep_until(when).await;
+        while let Some((second, _)) = changes.peek() {
+            if Duration::from_secs(u64::from(*second)) <= when - started {
+                let (_, change) = changes.next().unwrap();
+                change();
+            } else {
+                break;
+            }
+        }
+        let (contender, records) = (Arc::clone(contender), Arc::clone(&records));
+        tasks.push(tokio::spawn(async move {
+            let sent = Instant::now();
+            let outcome = contender.call(chat(false, i as usize)).await;
+            records.lock().unwrap().push(Record {
+                start: sent - started,
+                took: sent.elapsed(),
+                outcome,
+            });
+        }));
+    }
+    for change in changes {
+        (change.1)();
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    Arc::try_unwrap(records).unwrap().into_inner().unwrap()
+}
+
+/// A scenario: its name, what it does, the goal it is judged by.
+pub(crate) struct Scenario {
+    pub(crate) name: &'static str,
+    pub(crate) what: &'static str,
+    pub(crate) goal: &'static str,
+}
+
+pub(crate) const SCENARIOS: [Scenario; 10] = [
+    Scenario {
+        name: "transient",
+        what: "20 % 503 + 2 % connection resets; 2,000 requests, 32 at a time, 50 ms per answer",
+        goal: "success ≥ 99.9 %, amplification ≤ 1.3",
+    },
+    Scenario {
+        name: "rate_limit",
+        what: "50 req/s for 60 s; from 20 s to 40 s, 30 % of calls get 429 with retry-after: 2",
+        goal: "(no goal set; success and amplification reported)",
+    },
+    Scenario {
+        name: "quota",
+        what: "429 insufficient_quota on every call; 500 requests, 16 at a time",
+        goal: "exactly 1 upstream call per request",
+    },
+    Scenario {
+        name: "outage",
+        what: "50 req/s for 150 s; the primary answers 503 to everything from 30 s to 60 s (tower-llm also has a healthy backup, the others have nowhere else to go)",
+        goal: "dead upstream no longer called within 2 s; amplification ≤ 1.1 once the breaker is open; served again within the open duration plus one probe",
+    },
+    Scenario {
+        name: "stream_529_first",
+        what: "streams; 25 % begin with an overload error event; 2,000 requests, 32 at a time",
+        goal: "zero duplicated or lost content; success reported",
+    },
+    Scenario {
+        name: "stream_drop_0",
+        what: "streams; 20 % drop the connection before any content; 1,000 requests",
+        goal: "zero duplicated or lost content",
+    },
+    Scenario {
+        name: "stream_drop_1",
+        what: "streams; 20 % drop the connection after 1 content event; 1,000 requests",
+        goal: "zero duplicated or lost content",
+    },
+    Scenario {
+        name: "stream_drop_20",
+        what: "streams; 20 % drop the connection after 20 content events; 1,000 requests",
+        goal: "zero duplicated or lost content",
+    },
+    Scenario {
+        name: "retry_storm",
+        what: "a dead upstream (503 always); 100 clients, each sending its next request 20 ms after the last answer, for 10 s",
+        goal: "extra upstream calls ≤ the budget (20 % of requests plus the floor)",
+    },
+    Scenario {
+        name: "metastability",
+        what: "capacity 8 × 100 ms (80 req/s), offered 64 req/s for 60 s; capacity 4 from 20 s to 30 s; overflow queued (64, 2 s) then shed",
+        goal: "goodput ≥ 95 % of offered within 10 s after capacity returns; amplification ≤ 1.1 during the drop",
+    },
+];
+
+async fn run(scenario: &str, build: Build) -> Run {
+    let latency = Duration::from_millis(50);
+    let backup = simulator(FaultPlan::always(Fault::ok()), latency).await;
+    let (primary, records, started);
+    match scenario {
+        "transient" => {
+            primary = simulator(plan("rate=0.2:503,0.02:reset;seed=11"), latency).await;
+            let contender: Arc<dyn contender::Contender> = build(&primary.base_url(), None).into();
+            started = Instant::now();
+            records = closed_loop(&contender, 2000, 32, false, started).await;
+        }
+        "rate_limit" => {
+            primary = simulator(FaultPlan::always(Fault::ok()), latency).await;
+            let contender: Arc<dyn contender::Contender> = build(&primary.base_url(), None).into();
+            started = Instant::now();
+            let (on, off) = (Arc::clone(&primary), Arc::clone(&primary));
+            records = open_loop(
+                &contender,
+                50,
+                60,
+                started,
+                vec![
+                    (
+                        20,
+                        Box::new(move || on.set_plan(plan("rate=0.3:rate_limited@2s;seed=12"))),
+                    ),
+                    (
+                        40,
+                        Box::new(move || off.set_plan(FaultPlan::always(Fault::ok()))),
+                    ),
+                ],
+            )
+            .await;
+        }
+        "quota" => {
+            primary = simulator(FaultPlan::always(Fault::quota_exhausted()), latency).await;
+            let contender: Arc<dyn contender::Contender> = build(&primary.base_url(), None).into();
+            started = Instant::now();
+            records = closed_loop(&contender, 500, 16, false, started).await;
+        }
+        "outage" => {
+            primary = simulator(FaultPlan::always(Fault::ok()), latency).await;
+            let contender: Arc<dyn contender::Contender> =
+                build(&primary.base_url(), Some(&backup.base_url())).into();
+            started = Instant::now();
+            let (down, up) = (Arc::clone(&primary), Arc::clone(&primary));
+            records = open_loop(
+                &contender,
+                50,
+                150,
+                started,
+                vec![
+                    (
+                        30,
+                        Box::new(move || down.set_plan(FaultPlan::always(Fault::status(503)))),
+                    ),
+                    (
+                        60,
+                        Box::new(move || up.set_plan(FaultPlan::always(Fault::ok()))),
+                    ),
+                ],
+            )
+            .await;
+        }
+        "stream_529_first" | "stream_drop_0" | "stream_drop_1" | "stream_drop_20" => {
+            let (text, n) = match scenario {
+                "stream_529_first" => ("rate=0.25:error@0;seed=13", 2000),
+                "stream_drop_0" => ("rate=0.2:drop@0;seed=14", 1000),
+                "stream_drop_1" => ("rate=0.2:drop@1;seed=15", 1000),
+                _ => ("rate=0.2:drop@20;seed=16", 1000),
+            };
+            primary = simulator(plan(text), latency).await;
+            let contender: Arc<dyn contender::Contender> = build(&primary.base_url(), None).into();
+            started = Instant::now();
+            records = closed_loop(&contender, n, 32, true, started).await;
+        }
+        "retry_storm" => {
+            primary = simulator(FaultPlan::always(Fault::status(503)), latency).await;
+            let contender: Arc<dyn contender::Contender> = build(&primary.base_url(), None).into();
+            started = Instant::now();
+            let end = started + Duration::from_secs(10);
+            let records_shared = Arc::new(Mutex::new(Vec::new()));
+            let mut clients = Vec::new();
+            for client in 0..100 {
+                let (contender, records_shared) =
+                    (Arc::clone(&contender), Arc::clone(&records_shared));
+                clients.push(tokio::spawn(async move {
+                    let mut i = 0;
+                    while Instant::now() < end {
+                        let sent = Instant::now();
+                        let outcome = contender.call(chat(false, client * 10_000 + i)).await;
+                        records_shared.lock().unwrap().push(Record {
+                            start: sent - started,
+                            took: sent.elapsed(),
+                            outcome,
+                        });
+                        i += 1;
+                        // A moment between requests: a breaker that fails
+                        // fast takes no time at all, and a client loop
+                        // without a pause would never let the clock move.
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }));
+            }
+            for client in clients {
+                client.await.unwrap();
+            }
+            records = Arc::try_unwrap(records_shared)
+                .unwrap()
+                .into_inner()
+                .unwrap();
+        }
+        "metastability" => {
+            let capacity = |slots| {
+                Capacity::new(slots)
+                    .service_time(Duration::from_millis(100))
+                    .queue(64, Some(Duration::from_secs(2)))
+            };
+            primary = Arc::new(
+                Simulator::builder()
+                    .reply(REPLY)
+                    .capacity(capacity(8))
+                    .start()
+                    .await
+                    .expect("a simulator"),
+            );
+            let contender: Arc<dyn contender::Contender> = build(&primary.base_url(), None).into();
+            started = Instant::now();
+            let (drop, back) = (Arc::clone(&primary), Arc::clone(&primary));
+            records = open_loop(
+                &contender,
+                64,
+                60,
+                started,
+                vec![
+                    (20, Box::new(move || drop.set_capacity(Some(capacity(4))))),
+                    (30, Box::new(move || back.set_capacity(Some(capacity(8))))),
+                ],
+            )
+            .await;
+        }
+        other => panic!("no scenario {other}"),
+    }
+    Run {
+        records,
+        primary: primary.requests(),
+        backup: backup.requests(),
+        started,
+    }
+}
+
+fn main() {
+    let filter: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .expect("a runtime");
+    let wall = std::time::Instant::now();
+    let mut results: Vec<(&Scenario, Vec<(&str, Run)>)> = Vec::new();
+    for scenario in &SCENARIOS {
+        if !filter.is_empty() && !filter.iter().any(|f| scenario.name.contains(f.as_str())) {
+            continue;
+        }
+        let mut runs = Vec::new();
+        for (name, build) in CONTENDERS {
+            let started = std::time::Instant::now();
+            let result = runtime.block_on(run(scenario.name, build));
+            eprintln!(
+                "{:>18} {:<26} {} requests in {:.1} s wall",
+                scenario.name,
+                name,
+                result.requests(),
+                started.elapsed().as_secs_f64()
+            );
+            runs.push((name, result));
+        }
+        results.push((scenario, runs));
+    }
+    let command = std::iter::once("cargo bench --bench chaos".to_owned())
+        .chain((!filter.is_empty()).then(|| format!("-- {}", filter.join(" "))))
+        .collect::<Vec<_>>()
+        .join(" ");
+    report::write(&results, &command, wall.elapsed(), filter.is_empty());
+}

@@ -1,0 +1,134 @@
+//! The contenders on our side of the table: a bare hyper client (no
+//! resilience at all) and the tower-llm stack with its default preset.
+
+use bytes::{Bytes, BytesMut};
+use http::Request;
+use http_body::Body;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use tower::ServiceExt;
+use tower_llm::retry::ReplayBody;
+use tower_llm::stack::{LlmStack, Stack};
+
+use crate::contender::{Call, Contender, Outcome, outcome_of, sse_content};
+
+fn is_stream(body: &[u8]) -> bool {
+    body.windows(13).any(|w| w == b"\"stream\":true")
+}
+
+/// Reads a body frame by frame, so that what arrived before a failure is
+/// kept (a stream's partial content).
+async fn read<B>(body: B) -> Result<Bytes, Bytes>
+where
+    B: Body<Data = Bytes>,
+{
+    let mut body = std::pin::pin!(body);
+    let mut all = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(frame) => {
+                if let Some(data) = frame.data_ref() {
+                    all.extend_from_slice(data);
+                }
+            }
+            Err(_) => return Err(all.freeze()),
+        }
+    }
+    Ok(all.freeze())
+}
+
+fn finish(status: u16, body: Result<Bytes, Bytes>, stream: bool) -> Outcome {
+    match body {
+        Ok(bytes) => outcome_of(status, Ok(bytes), stream),
+        Err(partial) => Outcome::Err {
+            status: Some(status),
+            partial: if stream {
+                sse_content(&partial).0
+            } else {
+                String::new()
+            },
+        },
+    }
+}
+
+/// A hyper-util client, nothing else.
+struct Bare {
+    client: Client<HttpConnector, Full<Bytes>>,
+    url: String,
+}
+
+impl Contender for Bare {
+    fn call(&self, body: Bytes) -> Call<'_> {
+        Box::pin(async move {
+            let stream = is_stream(&body);
+            let request = Request::post(&self.url)
+                .header("content-type", "application/json")
+                .body(Full::new(body))
+                .expect("a valid request");
+            match self.client.request(request).await {
+                Ok(response) => {
+                    let status = response.status().as_u16();
+                    finish(status, read(response.into_body()).await, stream)
+                }
+                Err(_) => Outcome::Err {
+                    status: None,
+                    partial: String::new(),
+                },
+            }
+        })
+    }
+}
+
+/// A bare hyper client.
+pub(crate) fn bare(primary: &str, _backup: Option<&str>) -> Box<dyn Contender> {
+    Box::new(Bare {
+        client: Client::builder(TokioExecutor::new()).build_http(),
+        url: format!("{primary}/v1/chat/completions"),
+    })
+}
+
+/// The tower-llm stack.
+struct Ours {
+    stack: Stack,
+}
+
+impl Contender for Ours {
+    fn call(&self, body: Bytes) -> Call<'_> {
+        Box::pin(async move {
+            let stream = is_stream(&body);
+            let request = Request::post("/v1/chat/completions")
+                .header("content-type", "application/json")
+                .body(Full::new(body))
+                .expect("a valid request");
+            match self.stack.clone().oneshot(request).await {
+                Ok(response) => {
+                    let status = response.status().as_u16();
+                    finish(status, read(response.into_body()).await, stream)
+                }
+                Err(error) => Outcome::Err {
+                    status: error.response_head().map(|h| h.status.as_u16()),
+                    partial: String::new(),
+                },
+            }
+        })
+    }
+}
+
+/// `LlmStack::sdk_default()` over a hyper client: the primary, and the
+/// backup as a fallback target when the scenario has one.
+pub(crate) fn tower_llm(primary: &str, backup: Option<&str>) -> Box<dyn Contender> {
+    let client: Client<HttpConnector, ReplayBody> =
+        Client::builder(TokioExecutor::new()).build_http();
+    let primary: http::Uri = primary.parse().expect("a base URL");
+    let mut stack =
+        LlmStack::sdk_default().target("primary", client.clone(), |t| t.base_url(primary));
+    if let Some(backup) = backup {
+        let backup: http::Uri = backup.parse().expect("a base URL");
+        stack = stack.target("backup", client, |t| t.base_url(backup));
+    }
+    Box::new(Ours {
+        stack: stack.build().expect("a valid stack"),
+    })
+}
