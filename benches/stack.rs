@@ -1,0 +1,242 @@
+//! The happy path in one run: the overhead per call of each layer and of
+//! the whole stack, beside the equivalent layer of each peer crate, on the
+//! same in-process upstream — so the ratios hold on a noisy machine.
+//!
+//! ```text
+//! cargo bench --bench stack -- --warm-up-time 1 --measurement-time 3
+//! ```
+//!
+//! Every call builds nothing inside the timing (the request is made by
+//! `iter_batched`), answers a whole JSON completion at once, and reads the
+//! body to its end (so a layer that holds the answer back pays for it).
+//! Futures run on a current-thread runtime.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+use std::future::{Ready, ready};
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
+use http::{HeaderValue, Request, Response, header};
+use http_body_util::{BodyExt, Full};
+use tower::retry::budget::{Budget, TpsBudget};
+use tower::{Layer, Service, ServiceExt};
+use tower_llm::LlmError;
+use tower_llm::circuit::{CircuitConfig, CircuitLayer};
+use tower_llm::retry::{RetryLayer, RetryPolicy};
+use tower_llm::stack::LlmStack;
+use tower_llm::{ClassifyLayer, RequestMeta};
+
+const BODY: &str =
+    r#"{"model":"gpt-4o","messages":[{"role":"user","content":"Say hello in one word."}]}"#;
+const ANSWER: &str = r#"{"id":"chatcmpl-1","object":"chat.completion","model":"gpt-4o","choices":[{"index":0,"message":{"role":"assistant","content":"Hello"},"finish_reason":"stop"}]}"#;
+
+fn request() -> Request<Full<Bytes>> {
+    Request::post("https://api.openai.com/v1/chat/completions")
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::AUTHORIZATION, "Bearer sk-bench")
+        .body(Full::new(Bytes::from_static(BODY.as_bytes())))
+        .unwrap()
+}
+
+/// `request()` with its `RequestMeta` already attached, as the outermost
+/// layer of a stack leaves it for the ones below.
+fn request_with_meta() -> Request<Full<Bytes>> {
+    let mut request = request();
+    let meta = RequestMeta::from_request(request.uri(), request.headers(), Some(BODY.as_bytes()));
+    request.extensions_mut().insert(meta);
+    request
+}
+
+/// The upstream: a whole JSON completion, at once.
+#[derive(Clone, Copy)]
+struct Upstream;
+
+impl<B> Service<Request<B>> for Upstream {
+    type Response = Response<Full<Bytes>>;
+    type Error = LlmError;
+    type Future = Ready<Result<Self::Response, LlmError>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), LlmError>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        drop(black_box(request));
+        let mut response = Response::new(Full::new(Bytes::from_static(ANSWER.as_bytes())));
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        ready(Ok(response))
+    }
+}
+
+/// tower's retry as a user writes it for an LLM API: errors retried,
+/// 3 attempts, a `TpsBudget`.
+#[derive(Clone)]
+struct TowerPolicy {
+    attempts: usize,
+    budget: Arc<TpsBudget>,
+}
+
+impl<Res> tower::retry::Policy<Request<Full<Bytes>>, Res, LlmError> for TowerPolicy {
+    type Future = Ready<()>;
+
+    fn retry(
+        &mut self,
+        _: &mut Request<Full<Bytes>>,
+        result: &mut Result<Res, LlmError>,
+    ) -> Option<Self::Future> {
+        match result {
+            Ok(_) => {
+                self.budget.deposit();
+                None
+            }
+            Err(e) if e.retryable() && self.attempts > 1 && self.budget.withdraw() => {
+                self.attempts -= 1;
+                Some(ready(()))
+            }
+            Err(_) => None,
+        }
+    }
+
+    fn clone_request(&mut self, request: &Request<Full<Bytes>>) -> Option<Request<Full<Bytes>>> {
+        Some(request.clone())
+    }
+}
+
+/// Times one call through `service` with the body read to its end.
+macro_rules! bench_call {
+    ($group:expr, $rt:expr, $name:expr, $service:expr, $make:expr) => {{
+        let service = $service;
+        $group.bench_function($name, |b| {
+            b.iter_batched(
+                $make,
+                |request| {
+                    $rt.block_on(async {
+                        let response = service.clone().oneshot(request).await.unwrap();
+                        black_box(response.into_body().collect().await.unwrap())
+                    })
+                },
+                BatchSize::SmallInput,
+            )
+        });
+    }};
+}
+
+fn happy_path(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut group = c.benchmark_group("happy_path");
+
+    bench_call!(group, rt, "bare", Upstream, request);
+
+    // Classify: ours (the RequestMeta a stack's outer layer leaves), and
+    // tower-http's TraceLayer with its default status classifier.
+    bench_call!(
+        group,
+        rt,
+        "classify/tower_llm",
+        ClassifyLayer::new().layer(Upstream),
+        request_with_meta
+    );
+    bench_call!(
+        group,
+        rt,
+        "classify/tower_http_trace",
+        tower_http::trace::TraceLayer::new_for_http().layer(Upstream),
+        request
+    );
+
+    // Retry.
+    bench_call!(
+        group,
+        rt,
+        "retry/tower_llm",
+        RetryLayer::new(RetryPolicy::sdk_default()).layer(Upstream),
+        request_with_meta
+    );
+    let tower_retry = tower::retry::RetryLayer::new(TowerPolicy {
+        attempts: 3,
+        budget: Arc::new(TpsBudget::new(Duration::from_secs(10), 10, 0.2)),
+    })
+    .layer(Upstream);
+    bench_call!(group, rt, "retry/tower", tower_retry, request);
+    // tower-resilience 0.14 as its README configures retry: 3 attempts,
+    // exponential backoff, a token-bucket budget, a predicate on the error.
+    fn resilience_retry<E: 'static>(
+        retryable: fn(&E) -> bool,
+    ) -> tower_resilience_retry::RetryLayer<Request<Full<Bytes>>, Response<Full<Bytes>>, E> {
+        let budget = tower_resilience_retry::RetryBudgetBuilder::new()
+            .token_bucket()
+            .build()
+            .unwrap();
+        tower_resilience_retry::RetryLayer::<Request<Full<Bytes>>, Response<Full<Bytes>>, E>::builder()
+            .max_attempts(3)
+            .exponential_backoff(Duration::from_millis(500))
+            .retry_on(retryable)
+            .budget(budget)
+            .build()
+    }
+    bench_call!(
+        group,
+        rt,
+        "retry/tower_resilience",
+        resilience_retry::<LlmError>(LlmError::retryable).layer(Upstream),
+        request
+    );
+
+    // Circuit breaker.
+    bench_call!(
+        group,
+        rt,
+        "circuit/tower_llm",
+        CircuitLayer::new(CircuitConfig::standard()).layer(Upstream),
+        request_with_meta
+    );
+    let resilience_breaker = tower_resilience_circuitbreaker::CircuitBreakerLayer::standard()
+        .build()
+        .unwrap();
+    bench_call!(
+        group,
+        rt,
+        "circuit/tower_resilience",
+        resilience_breaker.clone().layer(Upstream),
+        request
+    );
+
+    // The whole stack: ours (fallback over one target: retry, circuit,
+    // classify) against the peers' closest combination.
+    let stack = LlmStack::sdk_default()
+        .target("openai", Upstream, |t| t)
+        .build()
+        .unwrap();
+    bench_call!(group, rt, "stack/tower_llm", stack, request);
+    // Retry outside the breaker, not retrying its rejections (its docs'
+    // recommended order).
+    let combined =
+        resilience_retry::<tower_resilience_circuitbreaker::CircuitBreakerError<LlmError>>(|e| {
+            !e.is_circuit_open()
+        })
+        .layer(resilience_breaker.layer(Upstream));
+    bench_call!(
+        group,
+        rt,
+        "stack/tower_resilience_retry_circuit",
+        combined,
+        request
+    );
+    group.finish();
+}
+
+criterion_group!(benches, happy_path);
+criterion_main!(benches);
