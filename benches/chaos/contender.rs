@@ -36,10 +36,20 @@ pub(crate) trait Contender: Send + Sync {
     fn call(&self, body: Bytes) -> Call<'_>;
 }
 
-/// How to build a contender for a run: the primary simulator's base URL
-/// (`http://127.0.0.1:PORT`), and a healthy backup's where the scenario
-/// has one (only contenders that can fall back use it).
-pub(crate) type Build = fn(primary: &str, backup: Option<&str>) -> Box<dyn Contender>;
+/// What a run gives a contender to build itself with.
+pub(crate) struct Setup {
+    /// The primary simulator's base URL (`http://127.0.0.1:PORT`).
+    pub(crate) primary: String,
+    /// A healthy backup's, where the scenario has one (only contenders
+    /// that can fall back use it).
+    pub(crate) backup: Option<String>,
+    /// A limit on each attempt, where the scenario asks for one; each
+    /// contender applies it the way its own stack does.
+    pub(crate) attempt_timeout: Option<std::time::Duration>,
+}
+
+/// How to build a contender for a run.
+pub(crate) type Build = fn(&Setup) -> Box<dyn Contender>;
 
 /// Reads an answer's body into an outcome: JSON (`choices[0].message.content`)
 /// or SSE (`data:` lines; complete only with `data: [DONE]`).

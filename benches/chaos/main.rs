@@ -18,6 +18,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
+mod backoff;
 mod contender;
 mod ours;
 mod peers;
@@ -69,6 +70,18 @@ async fn simulator(plan: FaultPlan, latency: Duration) -> Arc<Simulator> {
 
 fn plan(text: &str) -> FaultPlan {
     text.parse().expect("a valid fault plan")
+}
+
+fn setup(
+    primary: &Simulator,
+    backup: Option<&Simulator>,
+    attempt_timeout: Option<Duration>,
+) -> contender::Setup {
+    contender::Setup {
+        primary: primary.base_url(),
+        backup: backup.map(Simulator::base_url),
+        attempt_timeout,
+    }
 }
 
 /// One request as the caller saw it.
@@ -225,7 +238,7 @@ pub(crate) struct Scenario {
     pub(crate) goal: &'static str,
 }
 
-pub(crate) const SCENARIOS: [Scenario; 10] = [
+pub(crate) const SCENARIOS: [Scenario; 11] = [
     Scenario {
         name: "transient",
         what: "20 % 503 + 2 % connection resets; 2,000 requests, 32 at a time, 50 ms per answer",
@@ -267,6 +280,11 @@ pub(crate) const SCENARIOS: [Scenario; 10] = [
         goal: "zero duplicated or lost content",
     },
     Scenario {
+        name: "slow_upstream",
+        what: "answers take 100 ms at the median and 1 s at p99 (log-normal); every contender has a 500 ms per-attempt timeout; 2,000 requests, 32 at a time",
+        goal: "(no goal set; success, amplification and tail latency reported)",
+    },
+    Scenario {
         name: "retry_storm",
         what: "a dead upstream (503 always); 100 clients, each sending its next request 20 ms after the last answer, for 10 s",
         goal: "extra upstream calls ≤ the budget (20 % of requests plus the floor)",
@@ -285,13 +303,15 @@ async fn run(scenario: &str, build: Build) -> Run {
     match scenario {
         "transient" => {
             primary = simulator(plan("rate=0.2:503,0.02:reset;seed=11"), latency).await;
-            let contender: Arc<dyn contender::Contender> = build(&primary.base_url(), None).into();
+            let contender: Arc<dyn contender::Contender> =
+                build(&setup(&primary, None, None)).into();
             started = Instant::now();
             records = closed_loop(&contender, 2000, 32, false, started).await;
         }
         "rate_limit" => {
             primary = simulator(FaultPlan::always(Fault::ok()), latency).await;
-            let contender: Arc<dyn contender::Contender> = build(&primary.base_url(), None).into();
+            let contender: Arc<dyn contender::Contender> =
+                build(&setup(&primary, None, None)).into();
             started = Instant::now();
             let (on, off) = (Arc::clone(&primary), Arc::clone(&primary));
             records = open_loop(
@@ -314,14 +334,15 @@ async fn run(scenario: &str, build: Build) -> Run {
         }
         "quota" => {
             primary = simulator(FaultPlan::always(Fault::quota_exhausted()), latency).await;
-            let contender: Arc<dyn contender::Contender> = build(&primary.base_url(), None).into();
+            let contender: Arc<dyn contender::Contender> =
+                build(&setup(&primary, None, None)).into();
             started = Instant::now();
             records = closed_loop(&contender, 500, 16, false, started).await;
         }
         "outage" => {
             primary = simulator(FaultPlan::always(Fault::ok()), latency).await;
             let contender: Arc<dyn contender::Contender> =
-                build(&primary.base_url(), Some(&backup.base_url())).into();
+                build(&setup(&primary, Some(&backup), None)).into();
             started = Instant::now();
             let (down, up) = (Arc::clone(&primary), Arc::clone(&primary));
             records = open_loop(
@@ -350,13 +371,31 @@ async fn run(scenario: &str, build: Build) -> Run {
                 _ => ("rate=0.2:drop@20;seed=16", 1000),
             };
             primary = simulator(plan(text), latency).await;
-            let contender: Arc<dyn contender::Contender> = build(&primary.base_url(), None).into();
+            let contender: Arc<dyn contender::Contender> =
+                build(&setup(&primary, None, None)).into();
             started = Instant::now();
             records = closed_loop(&contender, n, 32, true, started).await;
         }
+        "slow_upstream" => {
+            let latency: tower_llm_testkit::Delay = "100ms~1s".parse().expect("a delay");
+            primary = Arc::new(
+                Simulator::builder()
+                    .reply(REPLY)
+                    .latency(latency)
+                    .seed(17)
+                    .start()
+                    .await
+                    .expect("a simulator"),
+            );
+            let contender: Arc<dyn contender::Contender> =
+                build(&setup(&primary, None, Some(Duration::from_millis(500)))).into();
+            started = Instant::now();
+            records = closed_loop(&contender, 2000, 32, false, started).await;
+        }
         "retry_storm" => {
             primary = simulator(FaultPlan::always(Fault::status(503)), latency).await;
-            let contender: Arc<dyn contender::Contender> = build(&primary.base_url(), None).into();
+            let contender: Arc<dyn contender::Contender> =
+                build(&setup(&primary, None, None)).into();
             started = Instant::now();
             let end = started + Duration::from_secs(10);
             let records_shared = Arc::new(Mutex::new(Vec::new()));
@@ -404,7 +443,8 @@ async fn run(scenario: &str, build: Build) -> Run {
                     .await
                     .expect("a simulator"),
             );
-            let contender: Arc<dyn contender::Contender> = build(&primary.base_url(), None).into();
+            let contender: Arc<dyn contender::Contender> =
+                build(&setup(&primary, None, None)).into();
             started = Instant::now();
             let (drop, back) = (Arc::clone(&primary), Arc::clone(&primary));
             records = open_loop(
@@ -464,5 +504,14 @@ fn main() {
         .chain((!filter.is_empty()).then(|| format!("-- {}", filter.join(" "))))
         .collect::<Vec<_>>()
         .join(" ");
-    report::write(&results, &command, wall.elapsed(), filter.is_empty());
+    let simulation = (filter.is_empty()
+        || filter.iter().any(|f| "aws_backoff".contains(f.as_str())))
+    .then(backoff::simulate);
+    report::write(
+        &results,
+        simulation.as_deref(),
+        &command,
+        wall.elapsed(),
+        filter.is_empty(),
+    );
 }

@@ -12,7 +12,7 @@ use tower::ServiceExt;
 use tower_llm::retry::ReplayBody;
 use tower_llm::stack::{LlmStack, Stack};
 
-use crate::contender::{Call, Contender, Outcome, outcome_of, sse_content};
+use crate::contender::{Call, Contender, Outcome, Setup, outcome_of, sse_content};
 
 fn is_stream(body: &[u8]) -> bool {
     body.windows(13).any(|w| w == b"\"stream\":true")
@@ -53,10 +53,11 @@ fn finish(status: u16, body: Result<Bytes, Bytes>, stream: bool) -> Outcome {
     }
 }
 
-/// A hyper-util client, nothing else.
+/// A hyper-util client, nothing else (a timeout when the scenario sets one).
 struct Bare {
     client: Client<HttpConnector, Full<Bytes>>,
     url: String,
+    timeout: Option<std::time::Duration>,
 }
 
 impl Contender for Bare {
@@ -67,25 +68,37 @@ impl Contender for Bare {
                 .header("content-type", "application/json")
                 .body(Full::new(body))
                 .expect("a valid request");
-            match self.client.request(request).await {
-                Ok(response) => {
-                    let status = response.status().as_u16();
-                    finish(status, read(response.into_body()).await, stream)
+            let call = async {
+                match self.client.request(request).await {
+                    Ok(response) => {
+                        let status = response.status().as_u16();
+                        finish(status, read(response.into_body()).await, stream)
+                    }
+                    Err(_) => Outcome::Err {
+                        status: None,
+                        partial: String::new(),
+                    },
                 }
-                Err(_) => Outcome::Err {
-                    status: None,
-                    partial: String::new(),
-                },
+            };
+            match self.timeout {
+                Some(limit) => tokio::time::timeout(limit, call)
+                    .await
+                    .unwrap_or(Outcome::Err {
+                        status: None,
+                        partial: String::new(),
+                    }),
+                None => call.await,
             }
         })
     }
 }
 
 /// A bare hyper client.
-pub(crate) fn bare(primary: &str, _backup: Option<&str>) -> Box<dyn Contender> {
+pub(crate) fn bare(setup: &Setup) -> Box<dyn Contender> {
     Box::new(Bare {
         client: Client::builder(TokioExecutor::new()).build_http(),
-        url: format!("{primary}/v1/chat/completions"),
+        url: format!("{}/v1/chat/completions", setup.primary),
+        timeout: setup.attempt_timeout,
     })
 }
 
@@ -118,12 +131,29 @@ impl Contender for Ours {
 
 /// `LlmStack::sdk_default()` over a hyper client: the primary, and the
 /// backup as a fallback target when the scenario has one.
-pub(crate) fn tower_llm(primary: &str, backup: Option<&str>) -> Box<dyn Contender> {
+pub(crate) fn tower_llm(setup: &Setup) -> Box<dyn Contender> {
+    let (primary, backup) = (setup.primary.as_str(), setup.backup.as_deref());
     let client: Client<HttpConnector, ReplayBody> =
         Client::builder(TokioExecutor::new()).build_http();
     let primary: http::Uri = primary.parse().expect("a base URL");
-    let mut stack =
-        LlmStack::sdk_default().target("primary", client.clone(), |t| t.base_url(primary));
+    // The default preset, its jitter seeded so that runs repeat, and the
+    // scenario's per-attempt limit when it sets one.
+    let preset = tower_llm::stack::Preset::SdkDefault;
+    let mut retry = preset.retry().to_builder().seed(7);
+    if let Some(limit) = setup.attempt_timeout {
+        retry = retry.attempt_timeout(limit);
+    }
+    let retry = retry.build().expect("a policy");
+    let circuit = preset
+        .circuit()
+        .to_builder()
+        .seed(7)
+        .build()
+        .expect("a config");
+    let mut stack = LlmStack::preset(preset)
+        .retry(retry)
+        .circuit(circuit)
+        .target("primary", client.clone(), |t| t.base_url(primary));
     if let Some(backup) = backup {
         let backup: http::Uri = backup.parse().expect("a base URL");
         stack = stack.target("backup", client, |t| t.base_url(backup));

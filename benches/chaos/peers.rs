@@ -9,7 +9,9 @@
 //!
 //! None of them reads `retry-after` or a provider's error body, and none has
 //! a fallback target: the backup URL is ignored. No contender sets a
-//! timeout (none of these clients has one by default).
+//! timeout (none of these clients has one by default) unless the scenario
+//! asks for a per-attempt limit: then tower's `Timeout` goes under the
+//! tower stacks and reqwest's `timeout` on the client.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,11 +36,10 @@ use tower::{Layer, Service, ServiceExt};
 use tower_resilience_circuitbreaker::{CircuitBreakerError, CircuitBreakerLayer};
 use tower_resilience_retry::{RetryBudgetBuilder, RetryLayer};
 
-use crate::contender::{Call, Contender, Outcome, outcome_of, sse_content};
+use crate::contender::{Call, Contender, Outcome, Setup, outcome_of, sse_content};
 
 type HyperClient = Client<HttpConnector, Full<Bytes>>;
 type HyperRequest = Request<Full<Bytes>>;
-type HyperError = hyper_util::client::legacy::Error;
 
 /// Whether the request body asks for a stream (`"stream":true`, with or
 /// without a space).
@@ -187,7 +188,7 @@ impl<B, E> Policy<HyperRequest, Response<B>, E> for StatusPolicy {
 /// truncates the jitter of a whole-second base to whole seconds, so the
 /// second retry waits exactly 1 s. Measured: gaps of `[831 ms, 1 s]` for
 /// every request of one contender.
-pub(crate) fn tower_retry(primary: &str, _backup: Option<&str>) -> Box<dyn Contender> {
+pub(crate) fn tower_retry(setup: &Setup) -> Box<dyn Contender> {
     let backoff = ExponentialBackoffMaker::new(
         Duration::from_millis(500),
         Duration::from_secs(8),
@@ -201,10 +202,18 @@ pub(crate) fn tower_retry(primary: &str, _backup: Option<&str>) -> Box<dyn Conte
         backoff,
         budget: Arc::new(TpsBudget::new(Duration::from_secs(10), 10, 0.2)),
     };
-    Box::new(TowerStack {
-        service: Retry::new(policy, hyper_client()),
-        uri: endpoint(primary),
-    })
+    let uri = endpoint(&setup.primary);
+    match setup.attempt_timeout {
+        // tower's `Timeout` under the retry: each attempt, to its head.
+        Some(limit) => Box::new(TowerStack {
+            service: Retry::new(policy, tower::timeout::Timeout::new(hyper_client(), limit)),
+            uri,
+        }),
+        None => Box::new(TowerStack {
+            service: Retry::new(policy, hyper_client()),
+            uri,
+        }),
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -234,33 +243,48 @@ fn failed(status: StatusCode) -> bool {
 /// an open breaker stays open for 30 s of *wall* time (measured: still open
 /// after 120 virtual seconds), and the bucket refills at 10 tokens per wall
 /// second.
-pub(crate) fn tower_resilience(primary: &str, _backup: Option<&str>) -> Box<dyn Contender> {
+pub(crate) fn tower_resilience(setup: &Setup) -> Box<dyn Contender> {
+    let uri = endpoint(&setup.primary);
+    match setup.attempt_timeout {
+        // tower's `Timeout` under both layers: each attempt, to its head.
+        Some(limit) => resilience_over(tower::timeout::Timeout::new(hyper_client(), limit), uri),
+        None => resilience_over(hyper_client(), uri),
+    }
+}
+
+fn resilience_over<S, E>(inner: S, uri: Uri) -> Box<dyn Contender>
+where
+    S: Service<HyperRequest, Response = Response<Incoming>, Error = E>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send,
+    E: Send + Sync + 'static,
+{
     let breaker = CircuitBreakerLayer::standard()
         .name("chaos-primary")
-        .failure_classifier(
-            |result: &Result<Response<Incoming>, HyperError>| match result {
-                Ok(response) => failed(response.status()),
-                Err(_) => true,
-            },
-        )
+        .failure_classifier(|result: &Result<Response<Incoming>, E>| match result {
+            Ok(response) => failed(response.status()),
+            Err(_) => true,
+        })
         .build()
         .expect("a valid circuit breaker");
     let budget = RetryBudgetBuilder::new()
         .token_bucket()
         .build()
         .expect("a valid retry budget");
-    let retry =
-        RetryLayer::<HyperRequest, Response<Incoming>, CircuitBreakerError<HyperError>>::builder()
-            .name("chaos-primary")
-            .max_attempts(3)
-            .exponential_backoff(Duration::from_millis(500))
-            .retry_on(|error: &CircuitBreakerError<HyperError>| !error.is_circuit_open())
-            .retry_on_response(|response: &Response<Incoming>| failed(response.status()))
-            .budget(budget)
-            .build();
+    let retry = RetryLayer::<HyperRequest, Response<Incoming>, CircuitBreakerError<E>>::builder()
+        .name("chaos-primary")
+        .max_attempts(3)
+        .exponential_backoff(Duration::from_millis(500))
+        .retry_on(|error: &CircuitBreakerError<E>| !error.is_circuit_open())
+        .retry_on_response(|response: &Response<Incoming>| failed(response.status()))
+        .budget(budget)
+        .build();
     Box::new(TowerStack {
-        service: retry.layer(breaker.layer(hyper_client())),
-        uri: endpoint(primary),
+        service: retry.layer(breaker.layer(inner)),
+        uri,
     })
 }
 
@@ -307,13 +331,21 @@ impl Contender for ReqwestRetry {
 /// defaults and 2 retries (3 attempts in all): full jitter, U(0, 1 s · 2ⁿ),
 /// bounds [1 s, 30 min]; its default strategy retries 5xx, 408, 429,
 /// timeouts, connect errors and resets. No budget, no retry-after.
-pub(crate) fn reqwest_retry(primary: &str, _backup: Option<&str>) -> Box<dyn Contender> {
+pub(crate) fn reqwest_retry(setup: &Setup) -> Box<dyn Contender> {
     let policy = ReqwestBackoff::builder().build_with_max_retries(2);
-    let client = ClientBuilder::new(reqwest::Client::new())
+    // reqwest's own timeout covers each request the middleware sends.
+    let inner = match setup.attempt_timeout {
+        Some(limit) => reqwest::Client::builder()
+            .timeout(limit)
+            .build()
+            .expect("a reqwest client"),
+        None => reqwest::Client::new(),
+    };
+    let client = ClientBuilder::new(inner)
         .with(RetryTransientMiddleware::new_with_policy(policy))
         .build();
     Box::new(ReqwestRetry {
         client,
-        url: format!("{primary}/v1/chat/completions"),
+        url: format!("{}/v1/chat/completions", setup.primary),
     })
 }

@@ -270,6 +270,7 @@ fn chart(
 /// Prints the tables, writes BENCHMARKS.md and the outage charts.
 pub(crate) fn write(
     results: &[(&Scenario, Vec<(&str, Run)>)],
+    simulation: Option<&str>,
     command: &str,
     wall: Duration,
     complete: bool,
@@ -349,6 +350,10 @@ pub(crate) fn write(
                  ![calls to the primary over time](benches/chaos/outage_calls.svg)\n"
             );
         }
+    }
+    if let Some(simulation) = simulation {
+        md.push_str(simulation);
+        md.push('\n');
     }
     print!("{md}");
     if !complete {
