@@ -534,3 +534,23 @@ async fn on_transition_hears_every_targets_breaker_open() {
         [("primary/gpt-4o".to_owned(), State::Open)]
     );
 }
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_single_target_waits_out_a_rate_limit_instead_of_cooling_its_key_down() {
+    // Alone, a cooldown could only fail the calls that would have passed.
+    let sim = failing(FaultPlan::script([Fault::rate_limited(
+        Duration::from_secs(2),
+    )]))
+    .await;
+    let stack = over(LlmStack::sdk_default(), &[("only", &sim)])
+        .build()
+        .unwrap();
+    let (first, second) = tokio::join!(call(&stack, chat("gpt-4o")), call(&stack, chat("gpt-4o")));
+    assert_eq!(
+        (first.unwrap(), second.unwrap()),
+        ("only".to_owned(), "only".to_owned())
+    );
+    // One 429, then both calls answered: nothing failed locally.
+    assert_eq!(sim.requests().len(), 3);
+    assert_eq!(stack.circuits().snapshot()[0].cooldown_remaining, None);
+}

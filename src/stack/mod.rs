@@ -377,7 +377,21 @@ impl LlmStack {
     }
 
     /// The stack.
-    pub fn build(self) -> Result<Stack, StackError> {
+    ///
+    /// A stack with a single target does not cool its key down on hinted
+    /// rate limits (LiteLLM's rule for a deployment alone in its group):
+    /// with nowhere else to go, a cooldown could only turn a chance of
+    /// success into a certain failure; the request's own retry waits the
+    /// hint instead. Quota cooldowns stay.
+    pub fn build(mut self) -> Result<Stack, StackError> {
+        if self.targets.len() == 1 {
+            self.circuit = self
+                .circuit
+                .to_builder()
+                .rate_limit_cooldown(false)
+                .build()
+                .map_err(|e| StackError(e.to_string()))?;
+        }
         let circuit = match self.on_transition {
             Some(f) => CircuitLayer::with_events(self.circuit, move |t: &Transition| f(t)),
             None => CircuitLayer::new(self.circuit),

@@ -39,6 +39,7 @@ pub struct CircuitConfig {
     pub(crate) half_open_deadline: Option<Duration>,
     pub(crate) count_authentication_failures: bool,
     pub(crate) quota_cooldown: Duration,
+    pub(crate) rate_limit_cooldown: bool,
     pub(crate) max_keys: usize,
     pub(crate) idle_eviction: Duration,
     pub(crate) seed: Option<u64>,
@@ -88,6 +89,7 @@ impl CircuitConfig {
             half_open_deadline: None,
             count_authentication_failures: false,
             quota_cooldown: Duration::from_secs(3600),
+            rate_limit_cooldown: true,
             max_keys: 10_000,
             idle_eviction: Duration::from_secs(3600),
             seed: None,
@@ -276,6 +278,17 @@ impl CircuitConfigBuilder {
     /// How long a key cools down after quota exhausted (1 h by default).
     pub fn quota_cooldown(mut self, cooldown: Duration) -> Self {
         self.config.quota_cooldown = cooldown;
+        self
+    }
+
+    /// Whether a rate-limited answer with a hinted wait cools its key down
+    /// until the hinted instant (on by default). Turn it off where the key
+    /// has nowhere else to send its calls: LiteLLM does not cool down a
+    /// deployment that is alone in its group, as a cooldown can then only
+    /// turn a chance of success into a certain failure (measured:
+    /// `cargo bench --bench chaos -- rate_limit`). Quota cooldowns stay.
+    pub fn rate_limit_cooldown(mut self, on: bool) -> Self {
+        self.config.rate_limit_cooldown = on;
         self
     }
 

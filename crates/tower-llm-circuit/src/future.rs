@@ -70,7 +70,7 @@ impl Guard {
     pub(crate) fn failed(self, c: &Classification) {
         let config = self.breaker.config();
         match c.kind() {
-            ErrorKind::RateLimited => {
+            ErrorKind::RateLimited if config.rate_limit_cooldown => {
                 if let Some(wait) = c.retry_after() {
                     self.breaker.cool_down(wait, self.breaker.now());
                 }

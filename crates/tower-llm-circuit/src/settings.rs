@@ -53,6 +53,8 @@ pub struct CircuitSettings {
     pub half_open_probes: Option<u32>,
     /// Cooldown after quota exhausted (ms).
     pub quota_cooldown_ms: Option<u64>,
+    /// Whether a hinted rate limit cools the key down.
+    pub rate_limit_cooldown: Option<bool>,
     /// Most keys held.
     pub max_keys: Option<usize>,
     /// Spread of each open duration (0.2: ±20 %).
@@ -158,6 +160,9 @@ impl CircuitSettings {
         }
         if let Some(ms) = self.quota_cooldown_ms {
             b = b.quota_cooldown(Duration::from_millis(ms));
+        }
+        if let Some(on) = self.rate_limit_cooldown {
+            b = b.rate_limit_cooldown(on);
         }
         if let Some(n) = self.max_keys {
             b = b.max_keys(n);

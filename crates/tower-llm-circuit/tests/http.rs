@@ -179,6 +179,27 @@ async fn a_hinted_rate_limit_cools_the_key_down_without_counting_a_failure() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn without_rate_limit_cooldowns_the_next_call_still_reaches_the_provider() {
+    let sim = Simulator::builder()
+        .plan(FaultPlan::script([Fault::rate_limited(
+            Duration::from_secs(5),
+        )]))
+        .start()
+        .await
+        .unwrap();
+    let layer = CircuitLayer::new(config().rate_limit_cooldown(false).build().unwrap());
+    let service = stack(&layer);
+    assert_eq!(
+        call(&service, request(&sim, "m", false)).await,
+        Err(ErrorKind::RateLimited)
+    );
+    // No cooldown: the next call is the provider's to answer.
+    assert_eq!(call(&service, request(&sim, "m", false)).await, Ok(()));
+    assert_eq!(sim.requests().len(), 2);
+    assert_eq!(layer.handle().snapshot()[0].cooldown_remaining, None);
+}
+
+#[tokio::test(start_paused = true)]
 async fn quota_exhausted_cools_the_key_down_for_long() {
     let sim = Simulator::builder()
         .plan(FaultPlan::script([Fault::quota_exhausted()]))
