@@ -146,7 +146,9 @@ struct StatusPolicy {
     /// request by `Retry`, so this starts at 2 for each).
     retries_left: usize,
     /// One backoff session; its clone per request restarts at `min`.
-    backoff: ExponentialBackoff,
+    backoff: ExponentialBackoff<
+        HasherRng<std::hash::BuildHasherDefault<std::collections::hash_map::DefaultHasher>>,
+    >,
     budget: Arc<TpsBudget>,
 }
 
@@ -193,7 +195,10 @@ pub(crate) fn tower_retry(setup: &Setup) -> Box<dyn Contender> {
         Duration::from_millis(500),
         Duration::from_secs(8),
         0.99,
-        HasherRng::default(),
+        // Seeded (a fixed SipHash key) so that runs repeat.
+        HasherRng::with_hasher(std::hash::BuildHasherDefault::<
+            std::collections::hash_map::DefaultHasher,
+        >::default()),
     )
     .expect("a valid backoff")
     .make_backoff();
@@ -230,8 +235,9 @@ fn failed(status: StatusCode) -> bool {
 /// default ordering"): every attempt goes through the breaker, and the
 /// retry does not retry the breaker's own open-circuit rejections.
 ///
-/// * breaker: `CircuitBreakerLayer::standard()` (50 % failure rate over a
-///   count window of 100 calls, 30 s open, 3 half-open probes) with a
+/// * breaker: `CircuitBreakerLayer::standard()` (50 % failure rate, a
+///   "count window" of 100 calls that in 0.14 does not slide — its counters
+///   reset only on a state change —, 30 s open, 3 half-open probes) with a
 ///   failure classifier counting transport errors, 429 and 5xx;
 /// * retry: 3 attempts, `exponential_backoff(500 ms)` (500 ms, 1 s, no
 ///   jitter), `retry_on_response` for 429 and 5xx (the last such response
