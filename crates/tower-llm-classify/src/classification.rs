@@ -79,6 +79,19 @@ pub struct Classification {
     code: Option<Box<str>>,
     request_id: Option<Box<str>>,
     message: Option<Box<str>>,
+    basis: Basis,
+}
+
+/// What decided a classification's kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Basis {
+    /// A status, an error code or type, a header, the transport, a layer.
+    Signals,
+    /// A whole provider message template, under a status that is not a
+    /// client error (or in a stream without one).
+    Message,
+    /// A whole provider message template under a 4xx status.
+    MessageOnClientError,
 }
 
 /// Longest provider message kept in a classification.
@@ -103,6 +116,7 @@ impl Classification {
             code: None,
             request_id: None,
             message: None,
+            basis: Basis::Signals,
         }
     }
 
@@ -176,9 +190,41 @@ impl Classification {
         self.message.as_deref()
     }
 
+    /// Whether the kind was read from the provider's message text alone
+    /// (a whole provider template, see [`classify_response`](crate::classify_response)),
+    /// no status, error code or header saying as much.
+    pub fn decided_by_message(&self) -> bool {
+        self.basis != Basis::Signals
+    }
+
+    /// Whether this failure may count against the target in state that
+    /// every caller shares: open a circuit breaker, start a cooldown.
+    ///
+    /// `false` for a verdict read from message text alone under a 4xx
+    /// status. Providers repeat the caller's request in their 4xx messages
+    /// ("Unrecognized request argument supplied: X"), so however careful the
+    /// matching, one caller must never be able to shut a target for
+    /// everyone with the text of a request. The failure is still reported
+    /// and routed as its kind says (fallback may move on).
+    pub fn may_penalise_target(&self) -> bool {
+        self.basis != Basis::MessageOnClientError
+    }
+
+    /// Marks the kind as read from the message text, under `status` (the
+    /// HTTP status, or the one an in-band error carried).
+    pub(crate) fn decided_by_message_text(mut self, status: Option<u16>) -> Self {
+        self.basis = if status.is_some_and(|s| (400..500).contains(&s)) {
+            Basis::MessageOnClientError
+        } else {
+            Basis::Message
+        };
+        self
+    }
+
     /// Sets the kind.
     pub fn with_kind(mut self, kind: ErrorKind) -> Self {
         self.kind = kind;
+        self.basis = Basis::Signals;
         self
     }
 
@@ -265,6 +311,9 @@ impl fmt::Debug for Classification {
         }
         if let Some(message) = &self.message {
             d.field("message", message);
+        }
+        if self.basis != Basis::Signals {
+            d.field("basis", &self.basis);
         }
         d.finish()
     }

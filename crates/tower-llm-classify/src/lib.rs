@@ -87,6 +87,7 @@ pub mod replay;
 mod response;
 mod service;
 pub mod stream;
+mod template;
 mod transport;
 
 pub use classification::{Classification, Phase};

@@ -1,12 +1,14 @@
 //! Classifying an error response (or an in-band error event) from its status,
 //! headers and the provider's error body.
 //!
-//! Rules are written from `PROVIDERS.md` §2 (each provider's error catalogue)
-//! and LiteLLM's cross-provider substring lists
+//! Rules are written from each provider's error catalogue (status, `type`,
+//! `code`, headers) and the messages LiteLLM matches
 //! (`litellm_core_utils/exception_mapping_utils.py`), in this order of trust:
-//! specific error codes and types, then message phrases, then the generic
-//! types and the HTTP status. Error bodies are recognised whatever the
-//! provider (gateways and OpenAI-compatible hosts mix the shapes).
+//! specific error codes and types, then a *whole* provider message template
+//! that the status agrees with (never a phrase found inside a message: a 4xx
+//! message may repeat the caller's request, see `template.rs`), then the
+//! generic types and the HTTP status. Error bodies are recognised whatever
+//! the provider (gateways and OpenAI-compatible hosts mix the shapes).
 
 use std::time::SystemTime;
 
@@ -15,6 +17,7 @@ use serde_json::Value;
 
 use crate::classification::Phase;
 use crate::hint::{self, Hint, HintSource};
+use crate::template::{self, TextKind};
 use crate::{Classification, ErrorKind, Provider};
 
 /// Classifies an error response from its status, headers and (bounded) body.
@@ -280,41 +283,7 @@ const QUOTA_CODES: &[&str] = &[
     "billing_error",
     "billing_not_active",
 ];
-const QUOTA_PHRASES: &[&str] = &[
-    "credit balance is too low",
-    "insufficient credits",
-    "requires more credits",
-    "spend limit",
-    "will regain access on",
-];
 const CONTEXT_CODES: &[&str] = &["context_length_exceeded", "exceed_context_size_error"];
-/// LiteLLM's context-window phrases, plus Anthropic, Bedrock, Ollama, Gemini
-/// and Cerebras wording (`PROVIDERS.md` §0.7, §2.12).
-const CONTEXT_PHRASES: &[&str] = &[
-    "exceed context limit",
-    "this model's maximum context length is",
-    "string too long. expected a string with maximum length",
-    "model's maximum context limit",
-    "is longer than the model's context length",
-    "input tokens exceed the configured limit",
-    "`inputs` tokens + `max_new_tokens` must be",
-    "exceeds the available context size",
-    "exceeds the maximum number of tokens allowed",
-    "while limit is",
-    "maximum input length is",
-    "prompt is too long",
-    "prompt: length",
-    "input length and `max_tokens` exceed context limit",
-    "too many tokens",
-    "too many input tokens",
-    "input is too long",
-    "exceed model maximum",
-    "exceeds maximum context length",
-    "input exceeds maximum context length",
-    "the input length exceeds the context length",
-    "maximum context length",
-    "context window",
-];
 const CONTENT_CODES: &[&str] = &[
     "content_policy_violation",
     "content_filter",
@@ -323,20 +292,6 @@ const CONTENT_CODES: &[&str] = &[
     "invalid_prompt",
     "bio_policy",
     "image_content_policy_violation",
-];
-const CONTENT_PHRASES: &[&str] = &[
-    "content_policy_violation",
-    "responsibleaipolicyviolation",
-    "the response was filtered due to the prompt triggering",
-    "your task failed as a result of our safety system",
-    "rejected as a result of our safety system",
-    "the model produced invalid content",
-    "content_filter_policy",
-    "content filtering policy",
-    "the response was blocked",
-    "violating our usage policy",
-    "flagged for moderation",
-    "requires moderation",
 ];
 const OVERLOAD_CODES: &[&str] = &[
     "overloaded_error",
@@ -348,17 +303,6 @@ const OVERLOAD_CODES: &[&str] = &[
     "unavailable",
     "service_unavailable_error",
     "service_unavailable",
-];
-/// Phrases specific enough to outrank a 429 status: Mistral sends "Service
-/// tier capacity exceeded for this model." as a 429/400 (LiteLLM PR #25078
-/// maps it to 503), Gemini "No capacity available for model".
-const CAPACITY_PHRASES: &[&str] = &["service tier capacity exceeded", "no capacity available"];
-const OVERLOAD_PHRASES: &[&str] = &[
-    "overloaded",
-    "capacity exceeded",
-    "server busy",
-    "model is loading",
-    "temporarily unavailable",
 ];
 const RATE_CODES: &[&str] = &[
     "rate_limit_exceeded",
@@ -382,13 +326,6 @@ const AUTH_CODES: &[&str] = &[
     "expired_api_key",
     "account_deactivated",
 ];
-const AUTH_PHRASES: &[&str] = &[
-    "api key not valid",
-    "incorrect api key",
-    "invalid api key",
-    "invalid x-api-key",
-    "invalid authentication",
-];
 const PERMISSION_CODES: &[&str] = &[
     "permission_error",
     "permission_denied",
@@ -402,10 +339,6 @@ const NOT_FOUND_CODES: &[&str] = &[
     "resourcenotfoundexception",
     "deploymentnotfound",
     "notfounderror",
-];
-const NOT_FOUND_PHRASES: &[&str] = &[
-    "try pulling it first",
-    "does not exist or you do not have access",
 ];
 const TIMEOUT_CODES: &[&str] = &[
     "timeout_error",
@@ -434,65 +367,6 @@ const INVALID_CODES: &[&str] = &[
     "unprocessable_entity",
 ];
 
-/// The phrase lists, each a bit of a [`Found`] set.
-const PHRASE_SETS: [&[&str]; 8] = [
-    QUOTA_PHRASES,
-    CONTEXT_PHRASES,
-    CONTENT_PHRASES,
-    CAPACITY_PHRASES,
-    OVERLOAD_PHRASES,
-    AUTH_PHRASES,
-    NOT_FOUND_PHRASES,
-    TOO_LARGE_PHRASES,
-];
-const QUOTA: u8 = 1 << 0;
-const CONTEXT: u8 = 1 << 1;
-const CONTENT: u8 = 1 << 2;
-const CAPACITY: u8 = 1 << 3;
-const OVERLOAD: u8 = 1 << 4;
-const AUTH: u8 = 1 << 5;
-const NOT_FOUND: u8 = 1 << 6;
-const TOO_LARGE: u8 = 1 << 7;
-const TOO_LARGE_PHRASES: &[&str] = &["request too large for"];
-
-/// Which phrase lists a message matches: one pass of an Aho-Corasick
-/// automaton over the message, ASCII case-insensitive, overlapping matches
-/// included (a phrase of one list may contain a phrase of another).
-#[derive(Clone, Copy)]
-struct Found(u8);
-
-impl Found {
-    fn scan(message: &str) -> Found {
-        static AUTOMATON: std::sync::LazyLock<Option<(aho_corasick::AhoCorasick, Vec<u8>)>> =
-            std::sync::LazyLock::new(|| {
-                let mut patterns = Vec::new();
-                let mut sets = Vec::new();
-                for (bit, phrases) in PHRASE_SETS.iter().enumerate() {
-                    for phrase in phrases.iter() {
-                        patterns.push(*phrase);
-                        sets.push(1_u8 << bit);
-                    }
-                }
-                let automaton = aho_corasick::AhoCorasick::builder()
-                    .ascii_case_insensitive(true)
-                    .build(patterns)
-                    .ok()?;
-                Some((automaton, sets))
-            });
-        let mut found = 0;
-        if let Some((automaton, sets)) = AUTOMATON.as_ref() {
-            for m in automaton.find_overlapping_iter(message) {
-                found |= sets[m.pattern().as_usize()];
-            }
-        }
-        Found(found)
-    }
-
-    fn has(self, set: u8) -> bool {
-        self.0 & set != 0
-    }
-}
-
 fn decide(
     provider: Provider,
     status: Option<u16>,
@@ -501,7 +375,6 @@ fn decide(
     now: SystemTime,
 ) -> Classification {
     let message = fields.message.as_deref().unwrap_or("");
-    let found = Found::scan(message);
     // The status that counts: the HTTP one, or for in-band errors the one
     // written in the body. A 5xx that wraps a 429 is a rate limit (LiteLLM
     // `_map_vertex_exception`: "upstream gateway wraps a 429 inside a 5xx").
@@ -510,12 +383,20 @@ fn decide(
         (Some(s), _) => Some(s),
         (None, body) => body,
     };
+    // A wait written in the message ("Please try again in 12s") counts only
+    // where the status says we were limited or the provider failed: a 4xx
+    // message may repeat the caller's own text.
+    let message_may_hint = effective.is_none_or(|s| matches!(s, 402 | 429) || s >= 500);
     let hint = headers
         .and_then(|h| hint::direct_hint(h, now))
         .or_else(|| {
             fields
                 .retry_delay
-                .or_else(|| hint::parse_message_hint(message))
+                .or_else(|| {
+                    message_may_hint
+                        .then(|| hint::parse_message_hint(message))
+                        .flatten()
+                })
                 .map(|delay| Hint {
                     delay,
                     source: HintSource::Body,
@@ -528,98 +409,104 @@ fn decide(
                 .flatten()
         });
     let status_is = |candidates: &[u16]| effective.is_some_and(|s| candidates.contains(&s));
-    let unknown_or_limited = effective.is_none_or(|s| s == 429 || s >= 500);
+    // What the whole message says, where the status agrees (see `template`).
+    let text = template::find(message)
+        .filter(|t| t.kind.agrees_with(effective, t.billing))
+        .map(|t| t.kind);
+    let said = |kind: TextKind| text == Some(kind);
 
-    let kind = if fields.has_marker(QUOTA_CODES)
+    // Codes and types first, then a whole template the status agrees with,
+    // then the status. `by_text` marks a verdict that only the message gave.
+    let (kind, by_text) = if fields.has_marker(QUOTA_CODES)
         || fields
             .quota_ids
             .iter()
             .any(|id| id.to_ascii_lowercase().contains("perday"))
         || (status_is(&[402]) && hint.is_none())
-        || found.has(QUOTA)
     {
-        ErrorKind::QuotaExhausted
-    } else if fields.has_marker(CONTEXT_CODES) || found.has(CONTEXT) {
-        ErrorKind::ContextLengthExceeded
-    } else if fields.has_marker(CONTENT_CODES)
-        || found.has(CONTENT)
-        || (fields.moderation && status_is(&[403]))
-    {
-        ErrorKind::ContentFiltered
-    } else if found.has(TOO_LARGE) || fields.has_marker(&["request_too_large"]) {
-        // OpenAI's 429 "Request too large for gpt-4o … on tokens per min": one
-        // request above the TPM limit can never fit (LiteLLM calls it a rate
-        // limit, which is wrong for retry purposes; PROVIDERS.md §2.1).
-        ErrorKind::PayloadTooLarge
+        (ErrorKind::QuotaExhausted, false)
+    } else if fields.has_marker(CONTEXT_CODES) {
+        (ErrorKind::ContextLengthExceeded, false)
+    } else if fields.has_marker(CONTENT_CODES) || (fields.moderation && status_is(&[403])) {
+        (ErrorKind::ContentFiltered, false)
+    } else if fields.has_marker(&["request_too_large"]) {
+        (ErrorKind::PayloadTooLarge, false)
     } else if (fields.has_marker(OVERLOAD_CODES) && !status_is(&[429]))
         || fields.has_marker(&["model_capacity_exhausted", "modelnotreadyexception"])
-        || found.has(CAPACITY)
     {
-        ErrorKind::Overloaded
+        (ErrorKind::Overloaded, false)
+    } else if said(TextKind::Quota) {
+        (ErrorKind::QuotaExhausted, true)
+    } else if said(TextKind::Context) {
+        (ErrorKind::ContextLengthExceeded, true)
+    } else if said(TextKind::Content) {
+        (ErrorKind::ContentFiltered, true)
+    } else if said(TextKind::TooLarge) {
+        // OpenAI's 429 "Request too large for gpt-4o … on tokens per min": one
+        // request above the TPM limit can never fit (LiteLLM calls it a rate
+        // limit, which is wrong for retry purposes).
+        (ErrorKind::PayloadTooLarge, true)
+    } else if said(TextKind::Capacity) {
+        // Mistral sends "Service tier capacity exceeded for this model." as a
+        // 429 (LiteLLM PR #25078 maps it to 503), Gemini "No capacity
+        // available for model …": capacity, not the caller's rate.
+        (ErrorKind::Overloaded, true)
     } else if fields.has_marker(RATE_CODES) || status_is(&[429]) || status_is(&[402]) {
         // A 402 that says when to come back (OpenRouter's in-flight budget)
         // is a wait, not a bill.
-        ErrorKind::RateLimited
-    } else if fields.has_marker(OVERLOAD_CODES)
-        || status_is(&[503, 529])
-        || ((unknown_or_limited || provider == Provider::Mistral) && found.has(OVERLOAD))
-    {
-        ErrorKind::Overloaded
-    } else if fields.has_marker(AUTH_CODES) || found.has(AUTH) || status_is(&[401]) {
-        ErrorKind::Authentication
+        (ErrorKind::RateLimited, false)
+    } else if fields.has_marker(OVERLOAD_CODES) || status_is(&[503, 529]) {
+        (ErrorKind::Overloaded, false)
+    } else if said(TextKind::Overload) {
+        (ErrorKind::Overloaded, true)
+    } else if fields.has_marker(AUTH_CODES) || status_is(&[401]) {
+        (ErrorKind::Authentication, false)
+    } else if said(TextKind::Auth) {
+        (ErrorKind::Authentication, true)
     } else if fields.has_marker(PERMISSION_CODES) || status_is(&[403]) {
-        ErrorKind::Permission
-    } else if fields.has_marker(NOT_FOUND_CODES) || found.has(NOT_FOUND) || status_is(&[404]) {
-        ErrorKind::NotFound
+        (ErrorKind::Permission, false)
+    } else if fields.has_marker(NOT_FOUND_CODES) || status_is(&[404]) {
+        (ErrorKind::NotFound, false)
+    } else if said(TextKind::NotFound) {
+        (ErrorKind::NotFound, true)
     } else if fields.has_marker(&["conflict_error", "conflict"]) || status_is(&[409]) {
-        ErrorKind::Conflict
+        (ErrorKind::Conflict, false)
     } else if fields.has_marker(TIMEOUT_CODES) || status_is(&[408, 504, 524]) {
-        ErrorKind::Timeout
+        (ErrorKind::Timeout, false)
     } else if status_is(&[499]) || fields.has_marker(&["cancelled", "canceled"]) {
-        ErrorKind::Cancelled
+        (ErrorKind::Cancelled, false)
     } else if status_is(&[413]) {
-        ErrorKind::PayloadTooLarge
-    } else if unknown_or_limited && lower_matches_rate_limit(&message.to_ascii_lowercase()) {
-        ErrorKind::RateLimited
+        (ErrorKind::PayloadTooLarge, false)
+    } else if said(TextKind::RateLimit) {
+        (ErrorKind::RateLimited, true)
     } else if fields.has_marker(SERVER_CODES)
         || effective.is_some_and(|s| s >= 500 && s != 501)
         || status_is(&[424])
     {
-        ErrorKind::ServerError
+        (ErrorKind::ServerError, false)
     } else if fields.has_marker(INVALID_CODES)
         || effective.is_some_and(|s| (400..500).contains(&s) || s == 501)
     {
-        ErrorKind::InvalidRequest
+        (ErrorKind::InvalidRequest, false)
     } else if effective.is_none() && (fields.message.is_some() || !fields.markers.is_empty()) {
         // An in-band error event with nothing more specific: the provider
         // failed while generating.
-        ErrorKind::ServerError
+        (ErrorKind::ServerError, false)
     } else {
-        ErrorKind::Unknown
+        (ErrorKind::Unknown, false)
     };
 
     let mut classification = Classification::new(kind)
         .with_provider(provider)
         .with_hint(hint);
+    if by_text {
+        classification = classification.decided_by_message_text(effective);
+    }
     if !message.is_empty() {
         classification = classification.with_message(message);
     }
     classification.set_code(fields.code.as_deref().map(Into::into));
     classification
-}
-
-/// LiteLLM's `rate[\s_\-]*limit`, only trusted when the real status is
-/// unknown or 429 (an echoed prompt can contain the words, LiteLLM #11455).
-fn lower_matches_rate_limit(lower: &str) -> bool {
-    let bytes = lower.as_bytes();
-    memchr::memmem::find_iter(bytes, b"rate").any(|at| {
-        let rest = &bytes[at + 4..];
-        let skipped = rest
-            .iter()
-            .take_while(|b| b.is_ascii_whitespace() || **b == b'_' || **b == b'-')
-            .count();
-        rest[skipped..].starts_with(b"limit")
-    })
 }
 
 #[cfg(test)]
@@ -680,14 +567,5 @@ mod tests {
         );
         assert_eq!(c.kind(), ErrorKind::RateLimited);
         assert_eq!(c.code(), Some("ThrottlingException"));
-    }
-
-    #[test]
-    fn rate_limit_phrase_matches_litellm_regex() {
-        assert!(lower_matches_rate_limit("rate limit exceeded"));
-        assert!(lower_matches_rate_limit("rate_limit"));
-        assert!(lower_matches_rate_limit("rate - limit"));
-        assert!(!lower_matches_rate_limit("the rate was limited"));
-        assert!(!lower_matches_rate_limit("rate"));
     }
 }
