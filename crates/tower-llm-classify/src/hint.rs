@@ -1,9 +1,13 @@
 //! Server hints: how long the provider asks us to wait, and whether to retry.
 //!
-//! Every parser here takes untrusted bytes. Malformed, negative, NaN,
-//! infinite, overflowing or absurd values (above [`MAX_HINT`]) never panic and
-//! never produce a delay: they are ignored, so the caller falls back to its
-//! own backoff.
+//! Every parser here takes untrusted bytes. Malformed, negative, NaN or
+//! infinite values never panic and never produce a delay: they are ignored,
+//! so the caller falls back to its own backoff, as is an HTTP-date that has
+//! already passed (the SDKs do the same: openai-python uses a `retry-after`
+//! only when it is above zero). A well-formed wait longer than [`MAX_HINT`]
+//! is *too long*, not absent: it comes back as exactly `MAX_HINT`, so the
+//! retry layer gives up at once and fallback moves on instead of retrying
+//! within seconds a server that asked for days.
 //!
 //! ```
 //! use std::time::{Duration, SystemTime};
@@ -23,7 +27,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::HeaderMap;
 
-/// The longest delay a hint may ask for; longer values are ignored as absurd.
+/// The longest delay a hint may carry; a longer wait is reported as this.
 ///
 /// Two days: long enough for Azure's daily-quota `retry after 86400 seconds`
 /// (`PROVIDERS.md` §2.2), which must reach the retry and fallback layers so
@@ -192,8 +196,8 @@ pub fn should_retry(headers: &HeaderMap) -> Option<bool> {
 }
 
 /// Parses a `retry-after` value: delta seconds (integer or, as the SDKs
-/// accept, fractional) or an HTTP-date, measured against `now`. A date in the
-/// past gives zero.
+/// accept, fractional) or an HTTP-date, measured against `now`. A date that
+/// is not in the future is no hint.
 pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     let value = value.trim();
     if value.is_empty() {
@@ -234,8 +238,11 @@ fn parse_scaled(value: &str, seconds_per_unit: f64) -> Option<Duration> {
 fn checked_duration(seconds: f64) -> Option<Duration> {
     // Rounded to whole microseconds, so float noise ("7.66" s) stays exact in ms.
     let micros = (seconds * 1e6).round();
-    if !micros.is_finite() || micros < 0.0 || micros > MAX_HINT.as_micros() as f64 {
+    if !micros.is_finite() || micros < 0.0 {
         return None;
+    }
+    if micros > MAX_HINT.as_micros() as f64 {
+        return Some(MAX_HINT);
     }
     Some(Duration::from_micros(micros as u64))
 }
@@ -456,11 +463,11 @@ fn find_ascii_case_insensitive(haystack: &str, needle: &str) -> Option<usize> {
     (0..=h.len() - n.len()).find(|&i| h[i..i + n.len()].eq_ignore_ascii_case(n))
 }
 
-/// The time from `now` until `at`, zero when `at` has passed, `None` when it is
-/// further away than [`MAX_HINT`].
+/// The time from `now` until `at`: `None` when `at` is not in the future,
+/// at most [`MAX_HINT`].
 fn until(at: SystemTime, now: SystemTime) -> Option<Duration> {
-    let delay = at.duration_since(now).unwrap_or(Duration::ZERO);
-    (delay <= MAX_HINT).then_some(delay)
+    let delay = at.duration_since(now).ok().filter(|d| !d.is_zero())?;
+    Some(delay.min(MAX_HINT))
 }
 
 #[cfg(test)]
@@ -513,24 +520,13 @@ mod tests {
         );
         assert_eq!(
             parse_retry_after("Mon, 23 Nov 2026 11:00:00 GMT", now()),
-            Some(Duration::ZERO)
+            None
         );
     }
 
     #[test]
     fn malformed_retry_after_values_are_ignored() {
-        for bad in [
-            "soon",
-            "-5",
-            "NaN",
-            "inf",
-            "1e3",
-            "99999999999",
-            "",
-            " ",
-            "0x10",
-            "1.2.3",
-        ] {
+        for bad in ["soon", "-5", "NaN", "inf", "1e3", "", " ", "0x10", "1.2.3"] {
             assert_eq!(parse_retry_after(bad, now()), None, "{bad:?}");
         }
     }
@@ -567,9 +563,10 @@ mod tests {
             Some(Duration::from_millis(3_723_500))
         );
         assert_eq!(parse_go_duration("0"), Some(Duration::ZERO));
-        for bad in ["", "6", "s", "6x", "-1s", "1h-1s", "9999999h"] {
+        for bad in ["", "6", "s", "6x", "-1s", "1h-1s"] {
             assert_eq!(parse_go_duration(bad), None, "{bad:?}");
         }
+        assert_eq!(parse_go_duration("9999999h"), Some(MAX_HINT), "too long");
     }
 
     #[test]
@@ -668,12 +665,31 @@ mod tests {
     }
 
     #[test]
-    fn hints_above_the_ceiling_are_ignored() {
+    fn hints_above_the_ceiling_are_too_long_not_absent() {
         assert_eq!(parse_seconds("172800"), Some(MAX_HINT));
-        assert_eq!(parse_seconds("172801"), None);
+        assert_eq!(parse_seconds("172801"), Some(MAX_HINT));
+        assert_eq!(parse_seconds("99999999999"), Some(MAX_HINT));
+        assert_eq!(parse_milliseconds("1e400"), None, "not a plain decimal");
         assert_eq!(
             parse_retry_after("Fri, 01 Jan 2100 00:00:00 GMT", now()),
+            Some(MAX_HINT)
+        );
+    }
+
+    #[test]
+    fn an_http_date_in_the_past_is_no_hint() {
+        // now() is Mon, 23 Nov 2026 12:00:00 GMT.
+        assert_eq!(
+            parse_retry_after("Mon, 23 Nov 2026 11:59:00 GMT", now()),
             None
+        );
+        assert_eq!(
+            parse_retry_after("Mon, 23 Nov 2026 12:00:00 GMT", now()),
+            None
+        );
+        assert_eq!(
+            parse_retry_after("Mon, 23 Nov 2026 12:00:30 GMT", now()),
+            Some(Duration::from_secs(30))
         );
     }
 }

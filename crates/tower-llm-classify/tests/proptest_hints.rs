@@ -91,10 +91,10 @@ fn go_duration((h, m, s, ms, us): GoParts) -> (String, Duration) {
     (text, total)
 }
 
-/// What a parser should return for `delay`: itself, or nothing above the
-/// ceiling.
+/// What a parser should return for `delay`: itself, or the ceiling when it
+/// is longer (too long, not absent).
 fn capped(delay: Duration) -> Option<Duration> {
-    (delay <= MAX_HINT).then_some(delay)
+    Some(delay.min(MAX_HINT))
 }
 
 /// Strings aimed at the parsers' edges, and anything at all.
@@ -475,14 +475,8 @@ proptest! {
     ) {
         headers.insert("retry-after-ms", HeaderValue::from(ms));
         let hint = hinted_delay(&headers, at(now));
-        match capped(Duration::from_millis(u64::from(ms))) {
-            Some(delay) => {
-                prop_assert_eq!(hint.map(|h| h.delay), Some(delay));
-                prop_assert_eq!(hint.map(|h| h.source), Some(hint::HintSource::RetryAfterMs));
-            }
-            // Absurd: ignored, and the next source decides.
-            None => within_ceiling(hint.map(|h| h.delay))?,
-        }
+        prop_assert_eq!(hint.map(|h| h.delay), capped(Duration::from_millis(u64::from(ms))));
+        prop_assert_eq!(hint.map(|h| h.source), Some(hint::HintSource::RetryAfterMs));
     }
 
     #[test]
@@ -547,14 +541,11 @@ proptest! {
         behind in 0_u64..YEAR_2100,
     ) {
         let date = httpdate::fmt_http_date(at(now + ahead));
-        prop_assert_eq!(
-            parse_retry_after(&date, at(now)),
-            capped(Duration::from_secs(ahead)),
-            "{}", date
-        );
-        // A date in the past asks for no wait at all.
+        let expected = if ahead == 0 { None } else { capped(Duration::from_secs(ahead)) };
+        prop_assert_eq!(parse_retry_after(&date, at(now)), expected, "{}", date);
+        // A date that has passed is no hint: the caller's backoff decides.
         let past = httpdate::fmt_http_date(at(now.saturating_sub(behind)));
-        prop_assert_eq!(parse_retry_after(&past, at(now)), Some(Duration::ZERO));
+        prop_assert_eq!(parse_retry_after(&past, at(now)), None);
     }
 
     #[test]

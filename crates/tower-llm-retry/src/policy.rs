@@ -281,12 +281,13 @@ impl RetryPolicy {
             }
             // Envoy's rule: at least the hint, at most 1.5× it, so a fleet
             // told the same instant does not come back in lockstep; the
-            // spread never pushes a hint that fits out of the deadline.
+            // spread never pushes a hint that fits out of the deadline, nor
+            // the wait past `max_hint` (a 60 s hint must not sleep 90 s).
             Some(hint) => {
                 let spread =
                     Duration::try_from_secs_f64(hint.as_secs_f64() * (self.hint_spread - 1.0) * u)
                         .unwrap_or(Duration::ZERO);
-                let mut delay = hint.saturating_add(spread);
+                let mut delay = hint.saturating_add(spread).min(self.max_hint);
                 if let Some(room) = room {
                     delay = delay.min(room.saturating_sub(Duration::from_millis(1)));
                 }
@@ -736,6 +737,46 @@ mod tests {
                 u,
             );
         }
+    }
+
+    #[test]
+    fn the_spread_never_sleeps_past_max_hint() {
+        let policy = RetryPolicy::sdk_default();
+        assert_eq!(policy.max_hint(), Duration::from_secs(60));
+        let c = hinted(ErrorKind::RateLimited, 60);
+        for u in [0.0, 0.5, 0.999, 1.0] {
+            match policy.decide(&c, 1, Duration::ZERO, None, u) {
+                Decision::Retry { delay, hinted } => {
+                    assert!(hinted);
+                    assert_eq!(delay, Duration::from_secs(60), "u = {u}");
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        // Below the ceiling the spread still applies, up to the ceiling.
+        let c = hinted(ErrorKind::RateLimited, 50);
+        match policy.decide(&c, 1, Duration::ZERO, None, 1.0) {
+            Decision::Retry { delay, .. } => assert_eq!(delay, Duration::from_secs(60)),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_retry_after_beyond_two_days_gives_up_at_once_instead_of_backing_off() {
+        let mut headers = http::HeaderMap::new();
+        headers.insert("retry-after", http::HeaderValue::from_static("99999999999"));
+        let c = tower_llm_classify::classify_response(
+            tower_llm_classify::Provider::OpenAi,
+            StatusCode::TOO_MANY_REQUESTS,
+            &headers,
+            b"",
+            std::time::SystemTime::now(),
+        );
+        assert_eq!(c.retry_after(), Some(tower_llm_classify::hint::MAX_HINT));
+        assert_eq!(
+            RetryPolicy::sdk_default().decide(&c, 1, Duration::ZERO, None, 0.5),
+            Decision::GiveUp(GiveUp::HintTooLong)
+        );
     }
 
     #[test]
