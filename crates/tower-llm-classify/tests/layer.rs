@@ -677,6 +677,26 @@ async fn idle_timeout_is_reset_by_content() {
 }
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn an_idle_timeout_of_duration_max_never_fires_and_never_panics() {
+    let (request, outcomes) = hooked(ANTHROPIC);
+    let layer = ClassifyLayer::new().stream_idle_timeout(Duration::MAX);
+    let (feed, stream) = ChannelBody::new();
+    send(&feed, MESSAGE_START);
+    let (_, result) = call_once(layer, request, sse(&[], stream));
+    let mut body = task::spawn(result.unwrap().into_body());
+    next_data(&mut body);
+    // Content resets the timer: `now + Duration::MAX` must not overflow.
+    send(&feed, TEXT_DELTA);
+    assert_eq!(next_data(&mut body), TEXT_DELTA);
+    tokio::time::advance(Duration::from_secs(365 * 86_400)).await;
+    send(&feed, PING);
+    assert_eq!(next_data(&mut body), PING);
+    assert_pending!(poll_frame(&mut body));
+    assert_eq!(seen(&outcomes), []);
+    drop(feed);
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn stream_without_terminal_event_is_incomplete_unless_require_terminal_event_is_off() {
     // Required (the default): the end without `[DONE]` is a failure.
     let (request, outcomes) = hooked(OPENAI_CHAT);

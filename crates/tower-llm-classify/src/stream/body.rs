@@ -121,6 +121,18 @@ impl<B> ResponseBody<B> {
     }
 }
 
+/// `timeout` from now, or a date too far away to come when that overflows
+/// (`Duration::MAX` means "never"), as `tokio::time::sleep` does.
+fn deadline_after(timeout: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(timeout)
+        .or_else(|| now.checked_add(FAR_FUTURE))
+        .unwrap_or(now)
+}
+
+/// About thirty years: tokio's own stand-in for "never".
+const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365 * 30);
+
 fn idle_timeout(
     timeout: Duration,
     provider: Provider,
@@ -233,8 +245,7 @@ where
                             if event.content {
                                 this.guard.content_seen();
                                 if let Some(idle) = this.idle.as_mut() {
-                                    let deadline = Instant::now() + idle.timeout;
-                                    idle.sleep.as_mut().reset(deadline);
+                                    idle.sleep.as_mut().reset(deadline_after(idle.timeout));
                                 }
                             } else if let Some(idle) = this.idle.as_mut()
                                 && !event.failed
