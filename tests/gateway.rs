@@ -52,13 +52,13 @@ impl Gateway {
         let closing = app::Closing::new();
         let router = app::router(stack, &options, app::prometheus(), &closing);
         let (stop, stopped) = oneshot::channel::<()>();
-        let server = tokio::spawn(app::serve(
+        let server = tokio::spawn(app::serve::serve(
             listener,
             router,
+            &options,
             async move {
                 let _ = stopped.await;
             },
-            options.shutdown_grace,
             closing,
         ));
         Gateway {
@@ -627,7 +627,7 @@ async fn a_shutdown_does_not_wait_past_its_grace_period() {
 
 #[test]
 fn a_gateway_file_is_split_into_its_section_and_the_stack_and_typos_are_named() {
-    let (section, stack) = app::parse_file(
+    let (section, stack) = app::config::parse_file(
         r#"
         [gateway]
         listen = "0.0.0.0:9000"
@@ -644,11 +644,11 @@ fn a_gateway_file_is_split_into_its_section_and_the_stack_and_typos_are_named() 
     assert_eq!(options.max_concurrency, 64);
     assert_eq!(stack.targets.len(), 1);
 
-    let error = app::parse_file("[gateway]\nmax_concurency = 4\n").unwrap_err();
+    let error = app::config::parse_file("[gateway]\nmax_concurency = 4\n").unwrap_err();
     assert!(error.contains("max_concurency"), "{error}");
-    let error = app::parse_file("[retry]\nmax_attemps = 4\n").unwrap_err();
+    let error = app::config::parse_file("[retry]\nmax_attemps = 4\n").unwrap_err();
     assert!(error.contains("max_attemps"), "{error}");
-    let error = app::parse_file("[gateway]\nlisten = \"here\"\n")
+    let error = app::config::parse_file("[gateway]\nlisten = \"here\"\n")
         .and_then(|(s, _)| s.options())
         .unwrap_err();
     assert!(error.contains("listen"), "{error}");
@@ -661,7 +661,7 @@ fn the_annotated_example_configuration_parses() {
         "/examples/gateway.toml"
     ))
     .unwrap();
-    let (section, config) = app::parse_file(&text).unwrap();
+    let (section, config) = app::config::parse_file(&text).unwrap();
     section.options().unwrap();
     assert!(config.targets.len() >= 5, "the file shows every provider");
     // It builds, with stand-in keys: every route names a real target.

@@ -1,14 +1,38 @@
 //! The gateway's HTTP side: the OpenAI-compatible endpoint, inbound limits,
-//! the headers that tell what happened, `/health`, `/metrics`, and a
-//! graceful shutdown. The integration tests in `tests/gateway.rs` start it
-//! in-process from here.
+//! caller keys, the headers that tell what happened, `/health`, `/metrics`,
+//! and a graceful shutdown. The integration tests in `tests/gateway*.rs`
+//! start it in-process from here.
+//!
+//! What a caller cannot do to it:
+//!
+//! - send a request head slowly: `header_read_timeout` (hyper's), then the
+//!   connection is closed;
+//! - send a body slowly: the body is read whole, within
+//!   `request_body_timeout` (then 408) and `max_body_bytes` (then 413),
+//!   before the request takes a concurrency permit, so slow senders hold
+//!   connections, never a slot;
+//! - stop reading a response: `send_timeout`, then the connection is
+//!   closed and the permit freed (`send_timeout.rs`);
+//! - be served without a key when keys are set (`auth.rs`).
+//!
+//! An upstream that goes silent mid-response is cut after
+//! `stream_idle_timeout` (`body.rs`).
 
-use std::future::{Future, IntoFuture};
-use std::io;
-use std::net::SocketAddr;
-use std::pin::Pin;
+// Modules beside this file, found from it wherever it is included from
+// (the example, the tests, the benchmark).
+#[path = "auth.rs"]
+pub(crate) mod auth;
+#[path = "body.rs"]
+mod body;
+#[path = "config.rs"]
+pub(crate) mod config;
+#[path = "send_timeout.rs"]
+pub(crate) mod send_timeout;
+#[path = "serve.rs"]
+pub(crate) mod serve;
+
+use std::future::Future;
 use std::sync::{Arc, OnceLock};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
@@ -16,23 +40,24 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::serve::ListenerExt;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
-use http_body::Frame;
+use http_body_util::BodyExt;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use serde::Deserialize;
 use serde_json::json;
-use tokio::net::TcpListener;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
 use tower::ServiceExt;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_llm::circuit::State as CircuitState;
-use tower_llm::config::StackConfig;
 use tower_llm::fallback::FallbackReport;
 use tower_llm::retry::RetryStats;
 use tower_llm::stack::{Stack, served_by};
 use tower_llm::{ErrorKind, LlmError};
+
+use auth::CallerKeys;
+use config::MAX_CONCURRENCY;
+// Re-exported: the benchmark builds a router with them.
+pub(crate) use config::GatewayOptions;
 
 /// The header naming the target that served a response.
 pub(crate) const TARGET_HEADER: &str = "x-tower-llm-target";
@@ -41,91 +66,6 @@ pub(crate) const ATTEMPTS_HEADER: &str = "x-tower-llm-attempts";
 /// The header listing the targets passed on the way, with why
 /// (`primary:overloaded, azure:rate_limited`).
 pub(crate) const FALLBACKS_HEADER: &str = "x-tower-llm-fallbacks";
-
-/// The most requests in flight a gateway may be configured for.
-pub(crate) const MAX_CONCURRENCY: usize = 1_000_000;
-
-/// The `[gateway]` section of the configuration file.
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub(crate) struct GatewaySection {
-    /// Where to listen (default `127.0.0.1:8080`).
-    pub(crate) listen: Option<String>,
-    /// Requests (and streams) in flight at once; more are refused with 503.
-    pub(crate) max_concurrency: Option<usize>,
-    /// The largest request body, in bytes; larger ones get 413.
-    pub(crate) max_body_bytes: Option<usize>,
-    /// How long in-flight requests and streams may run on after a shutdown
-    /// signal.
-    pub(crate) shutdown_grace_ms: Option<u64>,
-}
-
-/// How the gateway's own side behaves.
-#[derive(Clone, Debug)]
-pub(crate) struct GatewayOptions {
-    /// Where to listen.
-    pub(crate) listen: SocketAddr,
-    /// Requests (and streams) in flight at once.
-    pub(crate) max_concurrency: usize,
-    /// The largest request body.
-    pub(crate) max_body_bytes: usize,
-    /// The grace period after a shutdown signal.
-    pub(crate) shutdown_grace: Duration,
-}
-
-impl Default for GatewayOptions {
-    fn default() -> Self {
-        GatewayOptions {
-            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
-            max_concurrency: 1024,
-            max_body_bytes: 4 * 1024 * 1024,
-            shutdown_grace: Duration::from_secs(30),
-        }
-    }
-}
-
-impl GatewaySection {
-    /// The options, checked.
-    pub(crate) fn options(&self) -> Result<GatewayOptions, String> {
-        let mut options = GatewayOptions::default();
-        if let Some(listen) = &self.listen {
-            options.listen = listen.parse().map_err(|_| {
-                format!("[gateway] listen: `{listen}` is not an address like 127.0.0.1:8080")
-            })?;
-        }
-        if let Some(n) = self.max_concurrency {
-            if !(1..=MAX_CONCURRENCY).contains(&n) {
-                return Err(format!(
-                    "[gateway] max_concurrency: {n} is not between 1 and {MAX_CONCURRENCY}"
-                ));
-            }
-            options.max_concurrency = n;
-        }
-        if let Some(bytes) = self.max_body_bytes {
-            options.max_body_bytes = bytes;
-        }
-        if let Some(ms) = self.shutdown_grace_ms {
-            options.shutdown_grace = Duration::from_millis(ms);
-        }
-        Ok(options)
-    }
-}
-
-/// Splits a gateway file into its `[gateway]` section and the stack's
-/// configuration (every other key), each checked for unknown keys.
-pub(crate) fn parse_file(text: &str) -> Result<(GatewaySection, StackConfig), String> {
-    let mut table: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;
-    let gateway = match table.remove("gateway") {
-        Some(value) => value
-            .try_into::<GatewaySection>()
-            .map_err(|e| format!("[gateway] {e}"))?,
-        None => GatewaySection::default(),
-    };
-    let stack = toml::Value::Table(table)
-        .try_into::<StackConfig>()
-        .map_err(|e| e.to_string())?;
-    Ok((gateway, stack))
-}
 
 /// The process-wide Prometheus recorder (installed once; later calls get
 /// the same handle, so several gateways in one test process share it).
@@ -173,9 +113,14 @@ struct Gateway {
     max_concurrency: usize,
     metrics: Option<PrometheusHandle>,
     closing: Closing,
+    request_body_timeout: Duration,
+    stream_idle_timeout: Duration,
+    /// How many caller keys are accepted (`None`: no keys needed).
+    caller_keys: Option<usize>,
 }
 
-/// The gateway's routes over `stack`, with its inbound limits.
+/// The gateway's routes over `stack`, with its inbound limits and, when
+/// the options hold caller keys, the key check in front of every route.
 pub(crate) fn router(
     stack: Stack,
     options: &GatewayOptions,
@@ -189,8 +134,11 @@ pub(crate) fn router(
         max_concurrency,
         metrics,
         closing: closing.clone(),
+        request_body_timeout: options.request_body_timeout,
+        stream_idle_timeout: options.stream_idle_timeout,
+        caller_keys: options.caller_keys.as_ref().map(CallerKeys::len),
     };
-    Router::new()
+    let router = Router::new()
         .route("/v1/chat/completions", post(chat_completions))
         .route("/health", get(health))
         .route("/metrics", get(prometheus_text))
@@ -213,56 +161,27 @@ pub(crate) fn router(
         // OpenAI-shaped below.
         .layer(RequestBodyLimitLayer::new(options.max_body_bytes))
         .layer(axum::middleware::map_response(openai_shaped_413))
-        .with_state(gateway)
+        .with_state(gateway);
+    // Outermost: a caller without a key learns nothing, not even whether a
+    // path exists or a body is too large.
+    match &options.caller_keys {
+        Some(keys) => router.layer(axum::middleware::from_fn_with_state(
+            keys.clone(),
+            auth::require_key,
+        )),
+        None => router,
+    }
 }
 
-/// Serves `router` on `listener` until `shutdown` resolves, then lets
-/// in-flight requests and streams finish for at most `grace`, then ends
-/// those still running (through `closing`, the handle the router was built
-/// with).
-pub(crate) async fn serve(
-    listener: TcpListener,
-    router: Router,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-    grace: Duration,
-    closing: Closing,
-) -> io::Result<()> {
-    let (signalled, mut watch) = tokio::sync::watch::channel(false);
-    // Streams are many small writes: without TCP_NODELAY, Nagle's algorithm
-    // and the client's delayed ACK hold each one back ~40 ms.
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let server = axum::serve(listener, router)
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            tracing::info!(
-                grace_ms = grace.as_millis() as u64,
-                "shutting down: finishing in-flight requests"
-            );
-            let _ = signalled.send(true);
-        })
-        .into_future();
-    let grace_over = async move {
-        let _ = watch.wait_for(|s| *s).await;
-        tokio::time::sleep(grace).await;
-    };
-    tokio::pin!(server);
-    tokio::select! {
-        result = &mut server => return result,
-        () = grace_over => {}
-    }
-    tracing::warn!("grace period over: ending the requests and streams still running");
-    closing.close();
-    // Each request and stream now ends at once; the connections close
-    // as they do.
-    server.await
+/// An OpenAI-shaped error response, its `type` and `code` both `kind`.
+fn error_json(status: StatusCode, kind: &str, message: &str) -> Response {
+    error_json_with_code(status, kind, kind, message)
 }
 
 /// An OpenAI-shaped error response.
-fn error_json(status: StatusCode, kind: &str, message: &str) -> Response {
+fn error_json_with_code(status: StatusCode, kind: &str, code: &str, message: &str) -> Response {
     let body = json!({
-        "error": { "message": message, "type": kind, "param": null, "code": kind }
+        "error": { "message": message, "type": kind, "param": null, "code": code }
     });
     (
         status,
@@ -272,17 +191,21 @@ fn error_json(status: StatusCode, kind: &str, message: &str) -> Response {
         .into_response()
 }
 
+fn payload_too_large() -> Response {
+    error_json(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+        "the request body is larger than this gateway accepts",
+    )
+}
+
 async fn openai_shaped_413(response: Response) -> Response {
     let is_json = response
         .headers()
         .get(header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
     if response.status() == StatusCode::PAYLOAD_TOO_LARGE && !is_json {
-        return error_json(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            "the request body is larger than this gateway accepts",
-        );
+        return payload_too_large();
     }
     response
 }
@@ -293,6 +216,13 @@ async fn openai_shaped_413(response: Response) -> Response {
 const FORWARDED: [HeaderName; 3] = [header::CONTENT_TYPE, header::ACCEPT, header::USER_AGENT];
 
 async fn chat_completions(State(gateway): State<Gateway>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    // The whole body first, then a permit: a caller trickling its body
+    // holds its connection, never a slot other callers need.
+    let body = match read_body(body, gateway.request_body_timeout, &gateway.closing).await {
+        Ok(body) => body,
+        Err(response) => return response,
+    };
     let Ok(permit) = Arc::clone(&gateway.permits).try_acquire_owned() else {
         metrics::counter!("tower_llm_gateway_rejected_total", "reason" => "concurrency")
             .increment(1);
@@ -309,27 +239,20 @@ async fn chat_completions(State(gateway): State<Gateway>, request: Request) -> R
             .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         return response;
     };
-    let (parts, body) = request.into_parts();
     let mut upstream = http::Request::post("/chat/completions");
     for name in FORWARDED {
         if let (Some(headers), Some(value)) = (upstream.headers_mut(), parts.headers.get(&name)) {
             headers.insert(name, value.clone());
         }
     }
-    let upstream = match upstream.body(body) {
+    let upstream = match upstream.body(Body::from(body)) {
         Ok(request) => request,
         Err(e) => return error_json(StatusCode::BAD_REQUEST, "invalid_request", &e.to_string()),
     };
     let call = gateway.stack.clone().oneshot(upstream);
     let result = tokio::select! {
         result = call => result,
-        () = gateway.closing.closed() => {
-            return error_json(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "shutting_down",
-                "the gateway is shutting down",
-            );
-        }
+        () = gateway.closing.closed() => return shutting_down(),
     };
     match result {
         Ok(response) => {
@@ -355,29 +278,73 @@ async fn chat_completions(State(gateway): State<Gateway>, request: Request) -> R
             }
             // The permit is held until the body is done: a stream counts
             // as in flight for as long as it streams.
-            Response::from_parts(
-                head,
-                Body::new(HoldPermit {
-                    body,
-                    closed: Box::pin(gateway.closing.closed()),
-                    _permit: permit,
-                }),
-            )
+            let body = body::ResponseBody::new(
+                body,
+                permit,
+                Box::pin(gateway.closing.closed()),
+                gateway.stream_idle_timeout,
+            );
+            Response::from_parts(head, Body::new(body))
         }
         Err(error) => failure(error),
     }
+}
+
+/// The request body, whole, read within `timeout` (counted from the end of
+/// the request head) and the body limit; otherwise the answer to send.
+async fn read_body(body: Body, timeout: Duration, closing: &Closing) -> Result<Bytes, Response> {
+    let read = tokio::time::timeout(timeout, body.collect());
+    let read = tokio::select! {
+        read = read => read,
+        () = closing.closed() => return Err(shutting_down()),
+    };
+    match read {
+        Ok(Ok(body)) => Ok(body.to_bytes()),
+        Ok(Err(error)) if is_length_limit(&error) => Err(payload_too_large()),
+        // Most often the caller went away: the answer goes nowhere.
+        Ok(Err(error)) => Err(error_json(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            &format!("the request body could not be read: {error}"),
+        )),
+        Err(_elapsed) => {
+            metrics::counter!("tower_llm_gateway_timeouts_total", "stage" => "body").increment(1);
+            tracing::info!(
+                timeout_ms = timeout.as_millis() as u64,
+                "request refused: body not received within request_body_timeout_ms"
+            );
+            let mut response = error_json(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                &format!(
+                    "the request body did not arrive within {} ms",
+                    timeout.as_millis()
+                ),
+            );
+            // The rest of the body may still come: this connection is done
+            // (RFC 9110 §15.5.9).
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            Err(response)
+        }
+    }
+}
+
+fn shutting_down() -> Response {
+    error_json(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "shutting_down",
+        "the gateway is shutting down",
+    )
 }
 
 /// The answer when the stack gives up: the provider's own error when there
 /// was one, otherwise an OpenAI-shaped error with the fitting status and a
 /// `Retry-After` when a wait is known (all targets cooling down: 429).
 fn failure(error: LlmError) -> Response {
-    if cut_at_the_body_limit(&error) {
-        return error_json(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            "the request body is larger than this gateway accepts",
-        );
+    if std::error::Error::source(&error).is_some_and(is_length_limit) {
+        return payload_too_large();
     }
     let kind = error.kind();
     let passed = error
@@ -420,14 +387,15 @@ fn failure(error: LlmError) -> Response {
     response
 }
 
-/// Whether the stack failed because the body limit cut the request body.
-fn cut_at_the_body_limit(error: &LlmError) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(error);
-    while let Some(e) = source {
+/// Whether `error`, or an error under it, is the body limit cutting the
+/// request body.
+fn is_length_limit(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut error = Some(error);
+    while let Some(e) = error {
         if e.is::<http_body_util::LengthLimitError>() {
             return true;
         }
-        source = e.source();
+        error = e.source();
     }
     false
 }
@@ -479,7 +447,13 @@ fn set(headers: &mut HeaderMap, name: &'static str, value: &str) {
     }
 }
 
-async fn health(State(gateway): State<Gateway>) -> Response {
+/// `/health`: open to anyone as a liveness check (`status` alone, so a load
+/// balancer needs no key); the details (circuits by target and model,
+/// requests in flight, how many caller keys) only when no keys are set or
+/// the caller sent one.
+async fn health(State(gateway): State<Gateway>, request: Request) -> Response {
+    let details = gateway.caller_keys.is_none()
+        || request.extensions().get::<auth::Authenticated>().is_some();
     let snapshot = gateway.stack.circuits().snapshot();
     let degraded = snapshot.iter().any(|k| {
         matches!(
@@ -504,11 +478,20 @@ async fn health(State(gateway): State<Gateway>) -> Response {
             })
         })
         .collect();
-    let body = json!({
-        "status": if degraded { "degraded" } else { "ok" },
-        "in_flight": gateway.max_concurrency - gateway.permits.available_permits(),
-        "circuits": circuits,
-    });
+    let status = if degraded { "degraded" } else { "ok" };
+    let body = if details {
+        json!({
+            "status": status,
+            "in_flight": gateway.max_concurrency - gateway.permits.available_permits(),
+            "circuits": circuits,
+            "auth": match gateway.caller_keys {
+                Some(keys) => json!({ "required": true, "keys": keys }),
+                None => json!({ "required": false }),
+            },
+        })
+    } else {
+        json!({ "status": status, "auth": { "required": true } })
+    };
     (
         [(header::CONTENT_TYPE, "application/json")],
         body.to_string(),
@@ -531,45 +514,5 @@ async fn prometheus_text(State(gateway): State<Gateway>) -> Response {
             "not_found",
             "metrics are not enabled",
         ),
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// A response body that holds a concurrency permit until it ends or is
-    /// dropped (the client went away).
-    struct HoldPermit<B> {
-        #[pin]
-        body: B,
-        // Resolves when the shutdown grace period is over.
-        closed: Pin<Box<dyn Future<Output = ()> + Send>>,
-        _permit: OwnedSemaphorePermit,
-    }
-}
-
-impl<B> http_body::Body for HoldPermit<B>
-where
-    B: http_body::Body<Data = Bytes>,
-    B::Error: Into<tower_llm::classify::BoxError>,
-{
-    type Data = Bytes;
-    type Error = tower_llm::classify::BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let this = self.project();
-        if this.closed.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(Some(Err("the gateway shut down".into())));
-        }
-        this.body.poll_frame(cx).map_err(Into::into)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.body.size_hint()
     }
 }

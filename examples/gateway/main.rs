@@ -13,7 +13,9 @@
 //! (retries, fallbacks and the breaker in view), then waits for `curl`.
 //!
 //! For real providers: `--config examples/gateway.toml` (annotated; keys
-//! come from the environment variables the file names).
+//! come from the environment variables the file names, the keys callers
+//! must send too). Without caller keys the gateway serves only on loopback
+//! unless `[gateway] allow_unauthenticated = true`.
 //!
 //! Options: `--config FILE`, `--listen ADDR`, `--log-format text|json`,
 //! `--warm-up N` (demo only; 0 to skip).
@@ -140,7 +142,8 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let (demo, section, stack) = match &args.config {
         Some(path) => {
             let text = std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?;
-            let (section, config) = app::parse_file(&text).map_err(|e| format!("{path}: {e}"))?;
+            let (section, config) =
+                app::config::parse_file(&text).map_err(|e| format!("{path}: {e}"))?;
             let config = config.from_env()?;
             (None, section, config.build(client)?)
         }
@@ -148,7 +151,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
             let demo = demo::Demo::start().await?;
             let config = demo.config()?.from_env()?;
             let stack = config.stack_with_env(client, demo::Demo::env)?.build()?;
-            (Some(demo), app::GatewaySection::default(), stack)
+            (Some(demo), app::config::GatewaySection::default(), stack)
         }
     };
     let mut options = section.options()?;
@@ -157,6 +160,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
             .parse()
             .map_err(|_| format!("--listen: `{listen}` is not an address like 127.0.0.1:8080"))?;
     }
+    options.check_exposure(options.listen)?;
     let listener = TcpListener::bind(options.listen).await.map_err(|e| {
         format!(
             "cannot listen on {}: {e} (try --listen 127.0.0.1:0)",
@@ -166,15 +170,22 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let base = format!("http://{}", listener.local_addr()?);
     let closing = app::Closing::new();
     let router = app::router(stack, &options, metrics, &closing);
-    let server = tokio::spawn(app::serve(
+    let server = tokio::spawn(app::serve::serve(
         listener,
         router,
+        &options,
         shutdown_signal(),
-        options.shutdown_grace,
         closing,
     ));
 
     println!("tower-llm gateway on {base}");
+    match &options.caller_keys {
+        Some(keys) => println!(
+            "  caller keys: {} accepted (Authorization: Bearer <key> or x-api-key: <key>)",
+            keys.len()
+        ),
+        None => println!("  caller keys: none needed (no [gateway] api_keys_env)"),
+    }
     if let Some(demo) = &demo {
         println!(
             "  upstreams (simulated): primary {}/v1 (flaky: {}), backup {}/v1 (healthy, model llama3.2)",

@@ -1,0 +1,212 @@
+//! Caller keys: who may spend the gateway's upstream keys.
+//!
+//! A caller sends one of the keys the gateway was given (`[gateway]
+//! api_keys_env` names the environment variable holding them) as
+//! `Authorization: Bearer <key>` (the OpenAI SDKs) or `x-api-key: <key>`
+//! (the Anthropic SDKs). Every `/v1/*` path and `/metrics` need it;
+//! `/health` answers anyone, with its details only for a caller with a key.
+//!
+//! The gateway keeps only SHA-256 digests of the keys and compares the
+//! digest of what a caller sent with each of them in constant time
+//! (`subtle`): how long a refusal takes says nothing about how close a guess
+//! was, nor how long the keys are. No key, or any part of one, is ever
+//! logged, counted or shown; refusals are logged and counted by reason
+//! only (`missing`, `wrong`).
+
+use std::fmt;
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use http::{HeaderMap, HeaderValue, StatusCode, header};
+use ring::digest::{SHA256, SHA256_OUTPUT_LEN, digest};
+use subtle::{Choice, ConstantTimeEq};
+
+/// The header the Anthropic SDKs send their key in.
+const X_API_KEY: &str = "x-api-key";
+
+/// The keys callers may send, kept as digests.
+///
+/// # Clone
+///
+/// Cheap: clones share one list.
+#[derive(Clone)]
+pub(crate) struct CallerKeys {
+    digests: Arc<[[u8; SHA256_OUTPUT_LEN]]>,
+}
+
+impl fmt::Debug for CallerKeys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never the keys, nor their digests.
+        f.debug_struct("CallerKeys")
+            .field("count", &self.len())
+            .finish()
+    }
+}
+
+/// What a request's credentials come to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// A key the gateway accepts.
+    Accepted,
+    /// No key in `Authorization: Bearer` or `x-api-key`.
+    Missing,
+    /// Keys, none of them accepted.
+    Wrong,
+}
+
+impl Verdict {
+    fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Accepted => "accepted",
+            Verdict::Missing => "missing",
+            Verdict::Wrong => "wrong",
+        }
+    }
+}
+
+/// Marks a request whose caller sent an accepted key (for `/health`).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Authenticated;
+
+impl CallerKeys {
+    /// The keys in `value`, the content of the environment variable `var`:
+    /// comma-separated, whitespace around each trimmed, empty entries
+    /// ignored. Errors name the variable, never its value.
+    pub(crate) fn from_env(var: &str, value: Option<String>) -> Result<CallerKeys, String> {
+        let Some(value) = value else {
+            return Err(format!(
+                "[gateway] api_keys_env: the environment variable `{var}` is not set (or not \
+                 UTF-8); set it to the keys callers must send, comma-separated"
+            ));
+        };
+        let mut digests = Vec::new();
+        for (i, key) in value
+            .split(',')
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+            .enumerate()
+        {
+            // A key must fit in a header value as a caller sends it.
+            if !key.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(format!(
+                    "[gateway] api_keys_env: key {} in `{var}` has characters other than \
+                     visible ASCII, which no caller could send in a header",
+                    i + 1
+                ));
+            }
+            digests.push(sha256(key.as_bytes()));
+        }
+        if digests.is_empty() {
+            return Err(format!(
+                "[gateway] api_keys_env: the environment variable `{var}` holds no key; set it \
+                 to the keys callers must send, comma-separated"
+            ));
+        }
+        Ok(CallerKeys {
+            digests: digests.into(),
+        })
+    }
+
+    /// How many keys are accepted.
+    pub(crate) fn len(&self) -> usize {
+        self.digests.len()
+    }
+
+    /// Whether `headers` carry an accepted key.
+    pub(crate) fn verdict(&self, headers: &HeaderMap) -> Verdict {
+        let mut presented = false;
+        let mut accepted = Choice::from(0);
+        for key in presented_keys(headers) {
+            presented = true;
+            accepted |= self.accepts(key);
+        }
+        match (presented, bool::from(accepted)) {
+            (false, _) => Verdict::Missing,
+            (true, false) => Verdict::Wrong,
+            (true, true) => Verdict::Accepted,
+        }
+    }
+
+    /// Compares with every key, without stopping at a match.
+    fn accepts(&self, key: &[u8]) -> Choice {
+        let presented = sha256(key);
+        self.digests
+            .iter()
+            .fold(Choice::from(0), |found, accepted| {
+                found | accepted[..].ct_eq(&presented[..])
+            })
+    }
+}
+
+fn sha256(bytes: &[u8]) -> [u8; SHA256_OUTPUT_LEN] {
+    let mut out = [0; SHA256_OUTPUT_LEN];
+    out.copy_from_slice(digest(&SHA256, bytes).as_ref());
+    out
+}
+
+/// The keys a request presents: each `Authorization: Bearer` token (the
+/// scheme is case-insensitive, RFC 9110 §11.1) and each `x-api-key`.
+fn presented_keys(headers: &HeaderMap) -> impl Iterator<Item = &[u8]> {
+    let bearer = headers
+        .get_all(header::AUTHORIZATION)
+        .iter()
+        .filter_map(|value| {
+            let value = value.as_bytes();
+            let (scheme, token) = value.split_at_checked(7)?;
+            scheme
+                .eq_ignore_ascii_case(b"bearer ")
+                .then(|| token.trim_ascii())
+        });
+    let x_api_key = headers
+        .get_all(X_API_KEY)
+        .iter()
+        .map(|value| value.as_bytes().trim_ascii());
+    bearer.chain(x_api_key).filter(|key| !key.is_empty())
+}
+
+/// The middleware in front of every route: `/v1/*` (and anything unknown)
+/// and `/metrics` need an accepted key; `/health` is open and learns whether
+/// the caller had one.
+pub(crate) async fn require_key(
+    State(keys): State<CallerKeys>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let verdict = keys.verdict(request.headers());
+    if verdict == Verdict::Accepted {
+        request.extensions_mut().insert(Authenticated);
+        return next.run(request).await;
+    }
+    if request.uri().path() == "/health" {
+        return next.run(request).await;
+    }
+    metrics::counter!("tower_llm_gateway_rejected_total", "reason" => "unauthenticated")
+        .increment(1);
+    tracing::info!(
+        path = request.uri().path(),
+        key = verdict.as_str(),
+        "caller refused: no accepted key"
+    );
+    unauthorized(verdict)
+}
+
+/// An OpenAI-shaped 401, as OpenAI answers a bad key (without echoing any
+/// of it), with the `WWW-Authenticate` challenge of RFC 6750 §3.
+fn unauthorized(verdict: Verdict) -> Response {
+    let message = match verdict {
+        Verdict::Missing => "no API key: send `Authorization: Bearer <key>` or `x-api-key: <key>`",
+        _ => "the API key is not one this gateway accepts",
+    };
+    let mut response = super::error_json_with_code(
+        StatusCode::UNAUTHORIZED,
+        "invalid_request_error",
+        "invalid_api_key",
+        message,
+    );
+    response
+        .headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    response
+}

@@ -1,0 +1,141 @@
+//! The gateway's response body: the upstream's frames passed through
+//! untouched, holding the request's concurrency permit until it ends, and
+//! ended early when the shutdown grace period is over or the upstream goes
+//! silent for too long.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes};
+use http_body::Frame;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::{Instant, Sleep};
+
+use super::config::LONGEST_TIMEOUT;
+
+pin_project_lite::pin_project! {
+    /// A response body that holds a concurrency permit until it ends or is
+    /// dropped (the caller went away).
+    ///
+    /// "Silence" is time without a frame carrying bytes from the upstream:
+    /// an SSE keep-alive comment counts, so a provider that keeps its
+    /// stream alive is never cut. A caller that stops reading is another
+    /// matter: hyper then stops asking for frames, and the connection's
+    /// send timeout (`SendTimeout`) ends it.
+    pub(crate) struct ResponseBody<B> {
+        #[pin]
+        body: B,
+        // Resolves when the shutdown grace period is over.
+        closed: Pin<Box<dyn Future<Output = ()> + Send>>,
+        // Fires at the earliest moment the body may have been silent for
+        // `idle_timeout`; moved on lazily (see `silent_too_long`), so a
+        // frame costs a clock read, not a timer update. `None`: no limit.
+        #[pin]
+        idle: Option<Sleep>,
+        idle_timeout: Duration,
+        last_bytes: Instant,
+        _permit: OwnedSemaphorePermit,
+    }
+}
+
+impl<B> ResponseBody<B> {
+    /// Wraps `body`, holding `permit`; `closed` resolves when the grace
+    /// period is over.
+    pub(crate) fn new(
+        body: B,
+        permit: OwnedSemaphorePermit,
+        closed: Pin<Box<dyn Future<Output = ()> + Send>>,
+        idle_timeout: Duration,
+    ) -> Self {
+        let idle_timeout = idle_timeout.min(LONGEST_TIMEOUT);
+        let now = Instant::now();
+        ResponseBody {
+            body,
+            closed,
+            idle: now.checked_add(idle_timeout).map(tokio::time::sleep_until),
+            idle_timeout,
+            last_bytes: now,
+            _permit: permit,
+        }
+    }
+}
+
+impl<B> http_body::Body for ResponseBody<B>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<tower_llm::classify::BoxError>,
+{
+    type Data = Bytes;
+    type Error = tower_llm::classify::BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let mut this = self.project();
+        if this.closed.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Some(Err("the gateway shut down".into())));
+        }
+        match this.body.poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if frame.data_ref().is_none_or(|data| data.has_remaining()) {
+                    *this.last_bytes = Instant::now();
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(other) => Poll::Ready(other.map(|r| r.map_err(Into::into))),
+            Poll::Pending => {
+                let silent =
+                    silent_too_long(this.idle.as_mut(), *this.last_bytes, *this.idle_timeout, cx);
+                if !silent {
+                    return Poll::Pending;
+                }
+                let ms = this.idle_timeout.as_millis();
+                metrics::counter!("tower_llm_gateway_timeouts_total", "stage" => "stream_idle")
+                    .increment(1);
+                tracing::warn!(
+                    idle_ms = ms as u64,
+                    "response ended: the upstream sent nothing for stream_idle_timeout_ms"
+                );
+                Poll::Ready(Some(Err(format!(
+                    "the upstream sent nothing for {ms} ms (stream_idle_timeout_ms)"
+                )
+                .into())))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// Whether the body has had no bytes for `timeout` since `last_bytes`.
+/// When the timer fires early (bytes came since it was set), it is moved
+/// to the true deadline and polled again, so it wakes this task then.
+fn silent_too_long(
+    idle: Pin<&mut Option<Sleep>>,
+    last_bytes: Instant,
+    timeout: Duration,
+    cx: &mut Context<'_>,
+) -> bool {
+    let Some(mut sleep) = idle.as_pin_mut() else {
+        return false;
+    };
+    loop {
+        if sleep.as_mut().poll(cx).is_pending() {
+            return false;
+        }
+        match last_bytes.checked_add(timeout) {
+            Some(deadline) if deadline > sleep.deadline() => sleep.as_mut().reset(deadline),
+            Some(_) => return true,
+            None => return false,
+        }
+    }
+}

@@ -1,0 +1,209 @@
+//! The gateway's own settings: the `[gateway]` section of its file, checked
+//! into [`GatewayOptions`] (every error names its key; nothing panics on a
+//! bad or huge value).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::Deserialize;
+use tower_llm::config::StackConfig;
+
+use super::auth::CallerKeys;
+
+/// The most requests in flight a gateway may be configured for.
+pub(crate) const MAX_CONCURRENCY: usize = 1_000_000;
+
+/// The longest any of the gateway's timeouts is taken to be: a value past
+/// it (up to `Duration::MAX`) means "no limit in practice", and clamping
+/// keeps `Instant + timeout` well inside what every platform's clock can
+/// represent (hyper adds the header timeout to `now()` unchecked).
+pub(crate) const LONGEST_TIMEOUT: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+/// The `[gateway]` section of the configuration file.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct GatewaySection {
+    /// Where to listen (default `127.0.0.1:8080`).
+    pub(crate) listen: Option<String>,
+    /// Requests (and streams) in flight at once; more are refused with 503.
+    pub(crate) max_concurrency: Option<usize>,
+    /// The largest request body, in bytes; larger ones get 413.
+    pub(crate) max_body_bytes: Option<usize>,
+    /// How long in-flight requests and streams may run on after a shutdown
+    /// signal.
+    pub(crate) shutdown_grace_ms: Option<u64>,
+    /// How long a caller may take to send a request head (and how long an
+    /// idle keep-alive connection stays open).
+    pub(crate) header_read_timeout_ms: Option<u64>,
+    /// How long a caller may take to send a whole request body; then 408.
+    pub(crate) request_body_timeout_ms: Option<u64>,
+    /// How long a response may go without a byte from upstream before it is
+    /// ended.
+    pub(crate) stream_idle_timeout_ms: Option<u64>,
+    /// How long a write to a caller may make no progress (the caller does
+    /// not read) before the connection is closed.
+    pub(crate) send_timeout_ms: Option<u64>,
+    /// The environment variable holding the keys callers must send
+    /// (comma-separated).
+    pub(crate) api_keys_env: Option<String>,
+    /// Listen beyond loopback without caller keys (something in front of
+    /// the gateway authenticates callers).
+    pub(crate) allow_unauthenticated: Option<bool>,
+}
+
+/// How the gateway's own side behaves.
+#[derive(Clone, Debug)]
+pub(crate) struct GatewayOptions {
+    /// Where to listen.
+    pub(crate) listen: SocketAddr,
+    /// Requests (and streams) in flight at once.
+    pub(crate) max_concurrency: usize,
+    /// The largest request body.
+    pub(crate) max_body_bytes: usize,
+    /// The grace period after a shutdown signal.
+    pub(crate) shutdown_grace: Duration,
+    /// The time a caller has to send a request head; an idle keep-alive
+    /// connection is closed after it too (hyper's
+    /// `http1::Builder::header_read_timeout`).
+    pub(crate) header_read_timeout: Duration,
+    /// The time a caller has to send the whole request body, counted from
+    /// the end of its head.
+    pub(crate) request_body_timeout: Duration,
+    /// The longest a response body may go without a byte from upstream.
+    pub(crate) stream_idle_timeout: Duration,
+    /// The longest a write to the caller may make no progress.
+    pub(crate) send_timeout: Duration,
+    /// The keys callers must send; `None`: anyone who can connect is served.
+    pub(crate) caller_keys: Option<CallerKeys>,
+    /// Serve beyond loopback without caller keys.
+    pub(crate) allow_unauthenticated: bool,
+}
+
+impl Default for GatewayOptions {
+    fn default() -> Self {
+        GatewayOptions {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            max_concurrency: 1024,
+            max_body_bytes: 4 * 1024 * 1024,
+            shutdown_grace: Duration::from_secs(30),
+            // hyper's own default, once a timer is given.
+            header_read_timeout: Duration::from_secs(30),
+            request_body_timeout: Duration::from_secs(30),
+            // Long: a reasoning model may think for minutes before its
+            // first token, and the retry layer's own timeouts cover the
+            // wait for the response head.
+            stream_idle_timeout: Duration::from_secs(300),
+            // nginx's `send_timeout` (60 s between two successive writes).
+            send_timeout: Duration::from_secs(60),
+            caller_keys: None,
+            allow_unauthenticated: false,
+        }
+    }
+}
+
+impl GatewayOptions {
+    /// Refuses to serve callers on a non-loopback `addr` without caller
+    /// keys, unless `allow_unauthenticated` says so.
+    pub(crate) fn check_exposure(&self, addr: SocketAddr) -> Result<(), String> {
+        let loopback = addr.ip().to_canonical().is_loopback();
+        if loopback || self.caller_keys.is_some() || self.allow_unauthenticated {
+            return Ok(());
+        }
+        Err(format!(
+            "refusing to listen on {addr} without caller keys: anyone who can reach it would \
+             spend the upstream keys. Set [gateway] api_keys_env to an environment variable \
+             holding the keys callers must send (comma-separated), or listen on 127.0.0.1, or \
+             set [gateway] allow_unauthenticated = true if something in front of the gateway \
+             authenticates callers"
+        ))
+    }
+}
+
+impl GatewaySection {
+    /// The options, checked, with caller keys from the process environment.
+    pub(crate) fn options(&self) -> Result<GatewayOptions, String> {
+        self.options_with_env(|name| std::env::var(name).ok())
+    }
+
+    /// The options, checked, with caller keys from `env`.
+    pub(crate) fn options_with_env(
+        &self,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<GatewayOptions, String> {
+        let mut options = GatewayOptions::default();
+        if let Some(listen) = &self.listen {
+            options.listen = listen.parse().map_err(|_| {
+                format!("[gateway] listen: `{listen}` is not an address like 127.0.0.1:8080")
+            })?;
+        }
+        if let Some(n) = self.max_concurrency {
+            if !(1..=MAX_CONCURRENCY).contains(&n) {
+                return Err(format!(
+                    "[gateway] max_concurrency: {n} is not between 1 and {MAX_CONCURRENCY}"
+                ));
+            }
+            options.max_concurrency = n;
+        }
+        if let Some(bytes) = self.max_body_bytes {
+            options.max_body_bytes = bytes;
+        }
+        if let Some(ms) = self.shutdown_grace_ms {
+            options.shutdown_grace = Duration::from_millis(ms);
+        }
+        let timeouts = [
+            (
+                "header_read_timeout_ms",
+                self.header_read_timeout_ms,
+                &mut options.header_read_timeout,
+            ),
+            (
+                "request_body_timeout_ms",
+                self.request_body_timeout_ms,
+                &mut options.request_body_timeout,
+            ),
+            (
+                "stream_idle_timeout_ms",
+                self.stream_idle_timeout_ms,
+                &mut options.stream_idle_timeout,
+            ),
+            (
+                "send_timeout_ms",
+                self.send_timeout_ms,
+                &mut options.send_timeout,
+            ),
+        ];
+        for (key, ms, field) in timeouts {
+            match ms {
+                None => {}
+                Some(0) => {
+                    return Err(format!(
+                        "[gateway] {key}: 0 would time out at once; give milliseconds (at \
+                         least 1; a very large value means no limit in practice)"
+                    ));
+                }
+                Some(ms) => *field = Duration::from_millis(ms),
+            }
+        }
+        if let Some(name) = &self.api_keys_env {
+            options.caller_keys = Some(CallerKeys::from_env(name, env(name))?);
+        }
+        options.allow_unauthenticated = self.allow_unauthenticated.unwrap_or(false);
+        Ok(options)
+    }
+}
+
+/// Splits a gateway file into its `[gateway]` section and the stack's
+/// configuration (every other key), each checked for unknown keys.
+pub(crate) fn parse_file(text: &str) -> Result<(GatewaySection, StackConfig), String> {
+    let mut table: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;
+    let gateway = match table.remove("gateway") {
+        Some(value) => value
+            .try_into::<GatewaySection>()
+            .map_err(|e| format!("[gateway] {e}"))?,
+        None => GatewaySection::default(),
+    };
+    let stack = toml::Value::Table(table)
+        .try_into::<StackConfig>()
+        .map_err(|e| e.to_string())?;
+    Ok((gateway, stack))
+}
