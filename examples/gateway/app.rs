@@ -461,6 +461,10 @@ async fn health(State(gateway): State<Gateway>, request: Request) -> Response {
             CircuitState::Open | CircuitState::ForcedOpen | CircuitState::HalfOpen
         ) || k.cooldown_remaining.is_some()
     });
+    let status = if degraded { "degraded" } else { "ok" };
+    if !details {
+        return json_response(json!({ "status": status, "auth": { "required": true } }));
+    }
     let circuits: Vec<_> = snapshot
         .into_iter()
         .map(|key| {
@@ -478,20 +482,18 @@ async fn health(State(gateway): State<Gateway>, request: Request) -> Response {
             })
         })
         .collect();
-    let status = if degraded { "degraded" } else { "ok" };
-    let body = if details {
-        json!({
-            "status": status,
-            "in_flight": gateway.max_concurrency - gateway.permits.available_permits(),
-            "circuits": circuits,
-            "auth": match gateway.caller_keys {
-                Some(keys) => json!({ "required": true, "keys": keys }),
-                None => json!({ "required": false }),
-            },
-        })
-    } else {
-        json!({ "status": status, "auth": { "required": true } })
-    };
+    json_response(json!({
+        "status": status,
+        "in_flight": gateway.max_concurrency - gateway.permits.available_permits(),
+        "circuits": circuits,
+        "auth": match gateway.caller_keys {
+            Some(keys) => json!({ "required": true, "keys": keys }),
+            None => json!({ "required": false }),
+        },
+    }))
+}
+
+fn json_response(body: serde_json::Value) -> Response {
     (
         [(header::CONTENT_TYPE, "application/json")],
         body.to_string(),

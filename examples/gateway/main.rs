@@ -200,15 +200,22 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let body = r#"{"model":"gpt-4o","messages":[{"role":"user","content":"Say hello"}]}"#;
     let stream =
         r#"{"model":"gpt-4o","stream":true,"messages":[{"role":"user","content":"Say hello"}]}"#;
+    // With caller keys, the hints send one (from a variable the user sets:
+    // the gateway never prints a key).
+    let auth = if options.caller_keys.is_some() {
+        " -H \"authorization: Bearer $KEY\""
+    } else {
+        ""
+    };
     println!("try:");
     println!(
-        "  curl -si {base}/v1/chat/completions -H 'content-type: application/json' -d '{body}'"
+        "  curl -si {base}/v1/chat/completions{auth} -H 'content-type: application/json' -d '{body}'"
     );
     println!(
-        "  curl -sN {base}/v1/chat/completions -H 'content-type: application/json' -d '{stream}'"
+        "  curl -sN {base}/v1/chat/completions{auth} -H 'content-type: application/json' -d '{stream}'"
     );
-    println!("  curl -s {base}/health");
-    println!("  curl -s {base}/metrics");
+    println!("  curl -s {base}/health{auth}");
+    println!("  curl -s {base}/metrics{auth}");
     println!("Ctrl-C stops (in-flight requests finish first).");
     server.await??;
     Ok(())
