@@ -71,6 +71,7 @@
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 #![forbid(unsafe_code)]
 
+mod attempt;
 mod classification;
 pub mod env;
 mod error;
@@ -90,6 +91,7 @@ pub mod stream;
 mod template;
 mod transport;
 
+pub use attempt::{AttemptEnd, EndReason};
 pub use classification::{Classification, Phase};
 pub use error::{BoxError, Classified, LlmError};
 pub use grpc::classify_grpc;
