@@ -14,7 +14,11 @@ use crate::future::Guard;
 pin_project! {
     /// The inner body; when it ends (or fails, or is dropped), the call's
     /// outcome goes to its breaker: a stream's mid-stream error counts as a
-    /// failure of the target, a body dropped before its end is not counted.
+    /// failure of the target; a body dropped before its end is not counted
+    /// when its caller went away, and counts as the failure the layer above
+    /// named when that layer ended it (the retry layer's attempt timeout or
+    /// deadline, an error its first-content guard read; see
+    /// [`AttemptEnd`](tower_llm_classify::AttemptEnd)).
     pub struct CircuitBody<B> {
         #[pin]
         inner: B,

@@ -10,18 +10,23 @@ use std::time::Duration;
 use http::Response;
 use http_body::Body;
 use pin_project_lite::pin_project;
-use tower_llm_classify::{BoxError, Classification, Classified, ErrorKind, LlmError};
+use tower_llm_classify::{AttemptEnd, BoxError, Classification, Classified, ErrorKind, LlmError};
 
 use crate::body::CircuitBody;
 use crate::breaker::{Breaker, Outcome, Permit};
 
-/// A call's permit, until its outcome is known. Dropped without one (the
-/// caller went away), it is released without counting.
+/// A call's permit, until its outcome is known. Dropped without one, it
+/// asks the request's [`AttemptEnd`]: set, the layer above ended the
+/// attempt (its timeout, its deadline, an error its stream guard read) and
+/// the call failed for that reason; unset or absent, the caller went away,
+/// and the permit is released without counting.
 pub(crate) struct Guard {
     pub(crate) breaker: Arc<Breaker>,
     pub(crate) permit: Permit,
     pub(crate) start: Duration,
     pub(crate) done: bool,
+    /// Set by the layer above when it ends the attempt itself.
+    pub(crate) end: Option<AttemptEnd>,
     /// The first body data came later than the configured limit.
     pub(crate) slow_start: bool,
     /// With a first-content limit: the request's stream dialect and
@@ -49,7 +54,7 @@ impl Guard {
         }
     }
 
-    fn finish(mut self, outcome: Outcome) {
+    fn finish(&mut self, outcome: Outcome) {
         self.done = true;
         let now = self.end_time();
         let slow = self.slow_start
@@ -61,13 +66,17 @@ impl Guard {
         self.breaker.record(self.permit, outcome, slow, now);
     }
 
-    pub(crate) fn succeeded(self) {
+    pub(crate) fn succeeded(mut self) {
         self.finish(Outcome::Success);
     }
 
     /// A failure of the call: counted as the classification says, and a
     /// rate limit or exhausted quota starts a cooldown.
-    pub(crate) fn failed(self, c: &Classification) {
+    pub(crate) fn failed(mut self, c: &Classification) {
+        self.fail(c);
+    }
+
+    fn fail(&mut self, c: &Classification) {
         let config = self.breaker.config();
         match c.kind() {
             ErrorKind::RateLimited if config.rate_limit_cooldown => {
@@ -87,10 +96,20 @@ impl Guard {
 
 impl Drop for Guard {
     fn drop(&mut self) {
-        if !self.done {
-            let now = self.end_time();
-            self.breaker
-                .record(self.permit, Outcome::Ignored, false, now);
+        if self.done {
+            return;
+        }
+        // Ended by the layer above: a failure like any other (a probe
+        // concludes with it). Resilience4j counts a call its TimeLimiter
+        // cut as a failure; Envoy's outlier detection counts local-origin
+        // timeouts.
+        match self.end.as_ref().and_then(AttemptEnd::reason) {
+            Some(reason) => self.fail(&reason.classification()),
+            None => {
+                let now = self.end_time();
+                self.breaker
+                    .record(self.permit, Outcome::Ignored, false, now);
+            }
         }
     }
 }

@@ -48,6 +48,32 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! # Attempts the layer above ends
+//!
+//! Below a retry layer, the circuit does not see an attempt time out: the
+//! retry layer's attempt timeout or deadline fires and the attempt's future
+//! (or its held-back body) is dropped, exactly as when a caller goes away.
+//! The two must not be confused. A caller that leaves says nothing about
+//! the target; an attempt cut by its timeout says the target is too slow or
+//! silent, and a silent upstream that is never counted never opens its
+//! breaker: every request would wait out the whole deadline on a dead
+//! primary before falling back. So the retry layer puts an
+//! [`AttemptEnd`](tower_llm_classify::AttemptEnd) in each attempt's request
+//! (only when it has a time limit) and sets it before dropping the
+//! attempt; the circuit takes it from the request and, when the call is
+//! dropped with it set, records the failure it names — a timeout, or the
+//! error the first-content guard read — and a half-open probe ends with
+//! it rather than handing its permit back. A drop with the cell unset is
+//! still not counted. This is what the peers do: Resilience4j's
+//! `TimeLimiter` in front of a `CircuitBreaker` records the
+//! `TimeoutException` as a failure, and Envoy's outlier detection counts
+//! local-origin timeouts (`consecutive_local_origin_failure`).
+//!
+//! An error event the retry layer's first-content guard reads as a
+//! stream's first event is counted like the same failure sent as a status:
+//! the guard reads one more frame, which Classify's body below answers
+//! with the classified error, before it drops the attempt.
 
 #![forbid(unsafe_code)]
 

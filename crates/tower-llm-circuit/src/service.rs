@@ -8,7 +8,7 @@ use http::{Request, Response};
 use http_body::Body;
 use tower_llm_classify::hint::{Hint, HintSource};
 use tower_llm_classify::{
-    BoxError, Classification, Classified, ErrorKind, LlmError, Phase, RequestMeta,
+    AttemptEnd, BoxError, Classification, Classified, ErrorKind, LlmError, Phase, RequestMeta,
 };
 use tower_service::Service;
 
@@ -24,7 +24,8 @@ use crate::registry::Registry;
 ///
 /// It sits between Retry and Classify (DESIGN.md's stack order): retry
 /// then stops at once on an open circuit, and the outcome of every call —
-/// streams included, at the end of their body — reaches the breaker.
+/// streams included, at the end of their body, and attempts the retry
+/// layer ends itself (see the crate docs) — reaches the breaker.
 ///
 /// # Clone
 ///
@@ -202,6 +203,9 @@ where
                     permit,
                     start: now,
                     done: false,
+                    // Put there by a retry layer above that may end the
+                    // attempt itself (only when it has a time limit).
+                    end: request.extensions_mut().remove::<AttemptEnd>(),
                     slow_start: false,
                     stream_kind,
                 };

@@ -1,6 +1,7 @@
 //! The Tower service contract, with `tower_test::mock`: readiness passes
 //! through, a pending readiness wakes the caller, an open circuit does not
-//! call the inner service, and a dropped call releases its probe permit.
+//! call the inner service, a dropped call releases its probe permit, and a
+//! call the layer above ended (its `AttemptEnd` set) counts as a failure.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -12,7 +13,7 @@ use http_body_util::{BodyExt, Full};
 use tokio_test::{assert_pending, assert_ready, assert_ready_ok, task};
 use tower::{Layer, Service};
 use tower_llm_circuit::{Circuit, CircuitConfig, CircuitLayer, State, WindowKind};
-use tower_llm_classify::{Classification, ErrorKind, LlmError, Phase};
+use tower_llm_classify::{AttemptEnd, Classification, EndReason, ErrorKind, LlmError, Phase};
 use tower_test::mock;
 
 type Mock = mock::Mock<Request<Full<Bytes>>, Response<Full<Bytes>>>;
@@ -127,4 +128,87 @@ async fn a_body_dropped_before_its_end_is_not_counted() {
     let response = call.await.unwrap();
     drop(response);
     assert_eq!(layer.handle().snapshot()[0].totals.calls, 0);
+}
+
+/// A request carrying an [`AttemptEnd`], as the retry layer sends it.
+fn request_ended_by(end: &AttemptEnd) -> Request<Full<Bytes>> {
+    let mut request = request();
+    request.extensions_mut().insert(end.clone());
+    request
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_call_the_layer_above_ends_counts_as_the_failure_it_names() {
+    let (mut service, mut handle, layer) = setup();
+    handle.allow(10);
+    let reasons = [
+        EndReason::AttemptTimeout,
+        EndReason::Failed(ErrorKind::Overloaded),
+    ];
+    for reason in reasons {
+        ready(&mut service).await;
+        let end = AttemptEnd::new();
+        let call = service.call(request_ended_by(&end));
+        let (_, _send) = handle.next_request().await.unwrap();
+        end.end(reason);
+        drop(call);
+    }
+    let key = &layer.handle().snapshot()[0];
+    assert_eq!(
+        (key.state, key.totals.failures),
+        (State::Open, 2),
+        "{key:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_body_the_layer_above_ends_counts_as_its_failure() {
+    let (mut service, mut handle, layer) = setup();
+    handle.allow(1);
+    ready(&mut service).await;
+    let end = AttemptEnd::new();
+    let call = service.call(request_ended_by(&end));
+    let (_, send) = handle.next_request().await.unwrap();
+    send.send_response(Response::new(Full::from("held back")));
+    let response = call.await.unwrap();
+    end.end(EndReason::Deadline);
+    drop(response);
+    assert_eq!(layer.handle().snapshot()[0].totals.failures, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_call_dropped_with_its_end_unset_is_the_callers_and_not_counted() {
+    let (mut service, mut handle, layer) = setup();
+    handle.allow(1);
+    ready(&mut service).await;
+    let end = AttemptEnd::new();
+    let call = service.call(request_ended_by(&end));
+    let (_, _send) = handle.next_request().await.unwrap();
+    drop(call);
+    assert_eq!(layer.handle().snapshot()[0].totals.calls, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_probe_the_layer_above_ends_concludes_and_reopens() {
+    let (mut service, mut handle, layer) = setup();
+    handle.allow(10);
+    for _ in 0..2 {
+        ready(&mut service).await;
+        let call = service.call(request());
+        let (_, send) = handle.next_request().await.unwrap();
+        send.send_error(overloaded());
+        let _ = call.await;
+    }
+    tokio::time::advance(Duration::from_secs(10)).await;
+    ready(&mut service).await;
+    let end = AttemptEnd::new();
+    let probe = service.call(request_ended_by(&end));
+    let (_, _send) = handle.next_request().await.unwrap();
+    assert_eq!(layer.handle().state(KEY), Some(State::HalfOpen));
+    end.end(EndReason::AttemptTimeout);
+    drop(probe);
+    let key = &layer.handle().snapshot()[0];
+    assert_eq!(key.state, State::Open);
+    // Re-opened for longer: 10 s × 2.
+    assert_eq!(key.open_remaining, Some(Duration::from_secs(20)));
 }

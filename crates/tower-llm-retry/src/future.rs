@@ -16,7 +16,8 @@ use tokio::time::{Instant, Sleep};
 use tower_llm_classify::replay::ReadBody;
 use tower_llm_classify::stream::{Dialect, EventScanner, Framing};
 use tower_llm_classify::{
-    BoxError, Classification, ErrorKind, LlmError, Phase, Provider, RequestMeta,
+    AttemptEnd, BoxError, Classification, EndReason, ErrorKind, LlmError, Phase, Provider,
+    RequestMeta,
 };
 use tower_service::Service;
 
@@ -44,8 +45,9 @@ const FRAMES_PER_POLL: usize = 32;
 pin_project! {
     /// The future of [`Retry`](crate::Retry): a named state machine, no
     /// boxing on the happy path. Dropping it drops the attempt in flight or
-    /// the wait, and gives back the budget token of a retry not yet made;
-    /// nothing is spawned.
+    /// the wait (with its `AttemptEnd` unset: a breaker below does not count
+    /// a caller that went away), and gives back the budget token of a retry
+    /// not yet made; nothing is spawned.
     pub struct ResponseFuture<S, B, R>
     where
         S: Service<Request<ReplayBody>>,
@@ -64,6 +66,10 @@ pin_project! {
         deadline: Option<Instant>,
         // The budget token of a retry decided but not yet started.
         refund: Option<u64>,
+        // Tells the layers below (the circuit) why an attempt was dropped
+        // when this layer ends it; made only for a call with a time limit,
+        // and reused from attempt to attempt.
+        end: Option<AttemptEnd>,
     }
 
     impl<S, B, R> PinnedDrop for ResponseFuture<S, B, R>
@@ -142,6 +148,7 @@ where
             previous_delay: Duration::ZERO,
             deadline,
             refund: None,
+            end: None,
         }
     }
 }
@@ -225,6 +232,7 @@ where
                                         this.template,
                                         this.attempts,
                                         this.timer,
+                                        this.end,
                                         this.shared,
                                         *this.deadline,
                                     ) {
@@ -246,6 +254,7 @@ where
                     }
                     StateProj::Calling { future } => {
                         if timer_expired(this.timer, cx) {
+                            time_limit_reached(this.end.as_ref(), *this.deadline);
                             (attempt_timeout(Phase::BeforeHeaders), None)
                         } else {
                             match ready!(future.poll(cx)) {
@@ -295,6 +304,7 @@ where
                     }
                     StateProj::Guarding { guard } => {
                         if timer_expired(this.timer, cx) {
+                            time_limit_reached(this.end.as_ref(), *this.deadline);
                             (attempt_timeout(Phase::AfterHeaders), None)
                         } else {
                             match ready!(guard.poll_content(cx)) {
@@ -319,7 +329,12 @@ where
                                 }
                                 // Nothing reached the caller yet: whatever the
                                 // stream said, this attempt can be replayed.
-                                Err(error) => (before_content(error), None),
+                                Err(error) => {
+                                    if let Some(end) = this.end.as_ref() {
+                                        end.end(EndReason::Failed(error.kind()));
+                                    }
+                                    (before_content(error), None)
+                                }
                             }
                         }
                     }
@@ -431,9 +446,15 @@ where
                     };
                     // An in-band error, even in the same read as the first
                     // content: nothing has reached the caller, so the
-                    // attempt can still be replayed. (With Classify below,
-                    // its body reports the error on the next poll anyway.)
+                    // attempt can still be replayed.
                     if let Some(c) = scanner.take_error() {
+                        // One more read lets Classify's body, below the
+                        // circuit, hand over the error it found in the same
+                        // frame (it is queued: this read does not wait), so
+                        // the breaker counts it as it would the same failure
+                        // sent as a status. What the read returns is dropped
+                        // with the attempt.
+                        let _ = body.as_mut().poll_frame(cx);
                         return Poll::Ready(Err(LlmError::new(c.with_phase(Phase::AfterHeaders))));
                     }
                     // Hold back until content, but not without bound: a
@@ -481,13 +502,15 @@ fn scanner_for(template: Option<&Request<ReplayBody>>, framing: Framing) -> Even
 }
 
 /// Starts the next attempt on a ready service: a fresh copy of the request
-/// (headers cloned, body shared) and the attempt's timer. `None` when the
-/// deadline has passed: no request is sent that could not be answered.
+/// (headers cloned, body shared), the attempt's timer and, with a timer, a
+/// cleared [`AttemptEnd`] in its extensions. `None` when the deadline has
+/// passed: no request is sent that could not be answered.
 fn start_attempt<S>(
     service: &mut S,
     template: &Option<Request<ReplayBody>>,
     attempts: &mut u32,
     timer: &mut Option<Pin<Box<Sleep>>>,
+    end: &mut Option<AttemptEnd>,
     shared: &Shared,
     deadline: Option<Instant>,
 ) -> Option<S::Future>
@@ -502,7 +525,7 @@ where
         return None;
     }
     *attempts += 1;
-    let request = template
+    let mut request = template
         .clone()
         .unwrap_or_else(|| Request::new(ReplayBody::default()));
     let limit = match (shared.policy.attempt_timeout, deadline, now) {
@@ -516,11 +539,29 @@ where
     };
     match (limit, timer.as_mut()) {
         // Reuse the allocation of the previous timer.
-        (Some(end), Some(sleep)) => sleep.as_mut().reset(end),
-        (Some(end), None) => *timer = Some(Box::pin(tokio::time::sleep_until(end))),
+        (Some(limit), Some(sleep)) => sleep.as_mut().reset(limit),
+        (Some(limit), None) => *timer = Some(Box::pin(tokio::time::sleep_until(limit))),
         (None, _) => *timer = None,
     }
+    // Only an attempt this layer may end itself needs to say why it ended.
+    if limit.is_some() {
+        let end = end.get_or_insert_with(AttemptEnd::new);
+        end.renew();
+        request.extensions_mut().insert(end.clone());
+    }
     Some(service.call(request))
+}
+
+/// The attempt's timer ran out: tell the layers below, before the attempt
+/// is dropped, whether its timeout or the deadline ended it.
+fn time_limit_reached(end: Option<&AttemptEnd>, deadline: Option<Instant>) {
+    if let Some(end) = end {
+        let reason = match deadline {
+            Some(deadline) if Instant::now() >= deadline => EndReason::Deadline,
+            _ => EndReason::AttemptTimeout,
+        };
+        end.end(reason);
+    }
 }
 
 /// Whether the timer (attempt timeout or deadline) has run out.

@@ -66,6 +66,10 @@
 //! - **Deadlines.** One deadline over all attempts and waits, a per-attempt
 //!   timeout (to the head, and for streams to the first content), and no
 //!   wait is started that the deadline could not follow with an attempt.
+//!   An attempt the layer ends is a timeout for a circuit breaker below
+//!   it, not a caller that went away: each attempt's request carries an
+//!   [`AttemptEnd`](tower_llm_classify::AttemptEnd) that says so, set
+//!   before the attempt is dropped, so a silent upstream opens its breaker.
 //!
 //! # Why budgets and not only max attempts?
 //!

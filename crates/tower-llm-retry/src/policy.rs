@@ -425,14 +425,19 @@ impl RetryPolicyBuilder {
         self
     }
 
-    /// A deadline over all attempts and waits.
+    /// A deadline over all attempts and waits. An attempt it ends counts
+    /// as a timeout for a circuit breaker below. `Duration::MAX` (or any
+    /// deadline past the clock's range) is no deadline.
     pub fn deadline(mut self, deadline: Duration) -> Self {
         self.policy.deadline = Some(deadline);
         self
     }
 
     /// A limit on each attempt: to the response head, and for a guarded
-    /// stream to its first content event.
+    /// stream to its first content event. An attempt it ends counts as a
+    /// timeout for a circuit breaker below (see
+    /// [`AttemptEnd`](tower_llm_classify::AttemptEnd)). `Duration::MAX`
+    /// (or any limit past the clock's range) is no limit.
     pub fn attempt_timeout(mut self, timeout: Duration) -> Self {
         self.policy.attempt_timeout = Some(timeout);
         self
