@@ -707,16 +707,19 @@ impl Breaker {
         let t = nanos(now);
         let totals = self.window.totals(now);
         let state = self.state();
-        let remaining =
-            |until: u64| (until > t && until != ARMING).then(|| Duration::from_nanos(until - t));
+        let remaining = |until: u64| (until > t).then(|| Duration::from_nanos(until - t));
         KeySnapshot {
             key: Arc::clone(&self.key),
             state,
             totals,
             consecutive_failures: self.consecutive_failures.load(Ordering::Acquire),
             rejected: self.rejected.load(Ordering::Acquire),
+            // `ARMING` is a marker of the open interval, not a time (a
+            // cooldown may end at `u64::MAX`: a cooldown of `Duration::MAX`).
             open_remaining: if state == State::Open {
-                remaining(self.open_until.load(Ordering::Acquire))
+                Some(self.open_until.load(Ordering::Acquire))
+                    .filter(|until| *until != ARMING)
+                    .and_then(remaining)
             } else {
                 None
             },

@@ -386,7 +386,8 @@ where
                 Ok((delay, hinted, token)) => {
                     report::retrying(c, *this.attempts, delay, hinted, model.as_deref());
                     *this.refund = token;
-                    *this.slept += delay;
+                    // Saturating: a policy may allow waits of any length.
+                    *this.slept = this.slept.saturating_add(delay);
                     *this.previous_delay = delay;
                     if delay.is_zero() {
                         this.state.set(State::Ready);
