@@ -249,34 +249,100 @@ impl<S> Target<S> {
 
     /// The target's URL: its scheme, host and path prefix, then the
     /// request's path, then the base's query and the request's query less
-    /// any credential parameter.
+    /// any credential parameter. Without a base URL, the request's own URL
+    /// less any credential parameter.
     fn uri_for(&self, uri: &Uri) -> Result<Uri, AdaptError> {
+        let caller_query = uri.query().unwrap_or_default();
         let Some(base) = &self.base else {
-            return Ok(uri.clone());
+            if !caller_query.split('&').any(is_credential_parameter) {
+                return Ok(uri.clone());
+            }
+            let mut joined = uri.path().to_owned();
+            push_query(&mut joined, '?', caller_query);
+            let mut parts = uri.clone().into_parts();
+            parts.path_and_query = Some(joined.parse().map_err(|_| AdaptError::Url)?);
+            return Uri::from_parts(parts).map_err(|_| AdaptError::Url);
         };
         let prefix = base.path().trim_end_matches('/');
         let mut joined = format!("{prefix}{}", uri.path());
         let mut separator = '?';
-        for query in [base.query(), uri.query()].into_iter().flatten() {
-            for pair in query.split('&').filter(|p| !p.is_empty()) {
-                let name = pair.split('=').next().unwrap_or_default();
-                let from_caller = Some(query) == uri.query();
-                if from_caller
-                    && CREDENTIAL_PARAMETERS
-                        .iter()
-                        .any(|c| c.eq_ignore_ascii_case(name))
-                {
-                    continue;
-                }
+        // The base's query is the operator's (Azure's `api-version`, or a
+        // target's own `key=`): kept whole.
+        for pair in base.query().unwrap_or_default().split('&') {
+            if !pair.is_empty() {
                 joined.push(separator);
                 joined.push_str(pair);
                 separator = '&';
             }
         }
+        push_query(&mut joined, separator, caller_query);
         let mut parts = base.clone().into_parts();
         parts.path_and_query = Some(joined.parse().map_err(|_| AdaptError::Url)?);
         Uri::from_parts(parts).map_err(|_| AdaptError::Url)
     }
+}
+
+/// Appends the pairs of the caller's `query` that carry no credential.
+fn push_query(joined: &mut String, mut separator: char, query: &str) {
+    for pair in query.split('&') {
+        if !pair.is_empty() && !is_credential_parameter(pair) {
+            joined.push(separator);
+            joined.push_str(pair);
+            separator = '&';
+        }
+    }
+}
+
+/// Whether the query pair `pair` (`name=value`) carries a credential: its
+/// name, percent-decoded with `+` as a space (as servers decode a query,
+/// WHATWG URL's `application/x-www-form-urlencoded` parser), trimmed,
+/// compared case-insensitively with `-` and `_` alike, is one of
+/// [`CREDENTIAL_PARAMETERS`]. A pair that some servers would split further
+/// at `;` (the HTML 4 separator, still honoured by some) counts if any part
+/// does. No allocation: names are decoded into a small buffer, and a name
+/// too long for it is no credential name.
+fn is_credential_parameter(pair: &str) -> bool {
+    pair.split(';').any(|part| {
+        let name = part.split('=').next().unwrap_or_default();
+        let mut buf = [0_u8; 32];
+        let Some(decoded) = decode_parameter_name(name.as_bytes(), &mut buf) else {
+            return false;
+        };
+        let decoded = decoded.trim_ascii();
+        CREDENTIAL_PARAMETERS
+            .iter()
+            .any(|credential| credential.as_bytes() == decoded)
+    })
+}
+
+/// `name` percent-decoded (`+` as a space), ASCII-lowercased, `-` as `_`,
+/// into `buf`; `None` if it does not fit.
+fn decode_parameter_name<'b>(name: &[u8], buf: &'b mut [u8; 32]) -> Option<&'b [u8]> {
+    let hex = |b: u8| (b as char).to_digit(16);
+    let mut len = 0;
+    let mut i = 0;
+    while i < name.len() {
+        let mut byte = name[i];
+        i += 1;
+        if byte == b'+' {
+            byte = b' ';
+        } else if byte == b'%'
+            && let (Some(h), Some(l)) = (
+                name.get(i).copied().and_then(hex),
+                name.get(i + 1).copied().and_then(hex),
+            )
+        {
+            byte = (h * 16 + l) as u8;
+            i += 2;
+        }
+        let byte = match byte.to_ascii_lowercase() {
+            b'-' => b'_',
+            other => other,
+        };
+        *buf.get_mut(len)? = byte;
+        len += 1;
+    }
+    Some(&buf[..len])
 }
 
 /// Headers never copied from the caller to a target: hop-by-hop headers
@@ -303,15 +369,29 @@ const NOT_FORWARDED: &[&str] = &[
     "openai-project",
 ];
 
-/// Query parameters that carry a key (Gemini's `?key=`, …): never copied
-/// from the caller's URL.
+/// Query parameters that carry a credential, written lowercase with `_`
+/// for `-` (see [`is_credential_parameter`]): never copied from the
+/// caller's URL, with or without a base URL.
 const CREDENTIAL_PARAMETERS: &[&str] = &[
+    // Gemini's `?key=` (ai.google.dev API keys), and its common spellings.
     "key",
-    "api-key",
     "api_key",
     "apikey",
+    "x_api_key",
+    "x_goog_api_key",
+    // OAuth 2.0 bearer tokens in a query (RFC 6750 §2.3) and their kin.
     "access_token",
     "token",
+    "auth_token",
+    "id_token",
+    "refresh_token",
+    "client_secret",
+    "password",
+    // Azure API Management's `subscription-key`, Azure Functions' `code`,
+    // an Azure Storage shared access signature's `sig`.
+    "subscription_key",
+    "code",
+    "sig",
 ];
 
 /// Why a request could not be made for a target (nothing was sent).
@@ -364,6 +444,103 @@ mod tests {
             request.uri().to_string(),
             "https://x.openai.azure.com/openai/v1/chat/completions?api-version=2024-10-21&stream=true"
         );
+    }
+
+    /// Every spelling a server would decode to a credential name: case,
+    /// percent-encoding, `+` as a space, `-` for `_`, `;` as a separator.
+    const CALLER_KEYS: &[&str] = &[
+        "key=SECRET",
+        "KEY=SECRET",
+        "Key",
+        "%6Bey=SECRET",
+        "%6bey=SECRET",
+        "k%65y=SECRET",
+        "ap%69-key=SECRET",
+        "api-key=SECRET",
+        "API_KEY=SECRET",
+        "api%5Fkey=SECRET",
+        "apikey=SECRET",
+        "ApiKey=SECRET",
+        "x-api-key=SECRET",
+        "X_Api_Key=SECRET",
+        "x-goog-api-key=SECRET",
+        "access_token=SECRET",
+        "access-token=SECRET",
+        "%61ccess_token=SECRET",
+        "token=SECRET",
+        "TOKEN=SECRET",
+        "key+=SECRET",
+        "+key=SECRET",
+        "%20key=SECRET",
+        "alt=json;key=SECRET",
+        "subscription-key=SECRET",
+        "code=SECRET",
+        "sig=SECRET",
+    ];
+
+    fn query_sent(target: &Target<()>, caller_query: &str) -> Option<String> {
+        let uri = format!("http://gw/v1/chat/completions?stream=true&{caller_query}&alt=sse");
+        let request = target
+            .adapt_request(&parts(&uri, &[]), &Bytes::new())
+            .unwrap();
+        request.uri().query().map(str::to_owned)
+    }
+
+    #[test]
+    fn caller_credential_parameters_never_reach_a_target_without_a_base_url() {
+        let target = Target::new("t", ());
+        for spelling in CALLER_KEYS {
+            assert_eq!(
+                query_sent(&target, spelling).as_deref(),
+                Some("stream=true&alt=sse"),
+                "{spelling}"
+            );
+        }
+        // Nothing to drop: the URL goes as it came.
+        let request = target
+            .adapt_request(&parts("http://gw/v1/models?limit=2", &[]), &Bytes::new())
+            .unwrap();
+        assert_eq!(request.uri().to_string(), "http://gw/v1/models?limit=2");
+        // Only credentials: no query at all.
+        let request = target
+            .adapt_request(&parts("/v1/models?key=SECRET", &[]), &Bytes::new())
+            .unwrap();
+        assert_eq!(request.uri().to_string(), "/v1/models");
+    }
+
+    #[test]
+    fn caller_credential_parameters_never_reach_a_target_with_a_base_url() {
+        // The base's own key is the operator's: it stays.
+        let target =
+            Target::new("t", ()).base_url("https://t.example/v1beta?key=TARGET".parse().unwrap());
+        for spelling in CALLER_KEYS {
+            assert_eq!(
+                query_sent(&target, spelling).as_deref(),
+                Some("key=TARGET&stream=true&alt=sse"),
+                "{spelling}"
+            );
+        }
+    }
+
+    #[test]
+    fn parameters_that_only_look_like_credentials_are_kept() {
+        let target = Target::new("t", ());
+        for kept in [
+            "api-version=2024-10-21",
+            "keyword=x",
+            "monkey=1",
+            "tokens=5",
+            "max_tokens=5",
+            "key%3D=x",
+            "k%ey=x",
+            "%6=x",
+        ] {
+            assert_eq!(
+                query_sent(&target, kept),
+                Some(format!("stream=true&{kept}&alt=sse")),
+                "{kept}"
+            );
+        }
     }
 
     #[test]
