@@ -66,6 +66,7 @@
 //! - [`hint`]: `retry-after-ms`, `retry-after`, reset headers, `x-should-retry`.
 //! - [`stream`]: the body wrapper, the SSE/NDJSON scanner and the outcome hook.
 //! - [`RequestMeta`]: provider, model and stream flag, read once per request.
+//! - [`json`]: the top-level members of a JSON body, keys compared decoded.
 //! - [`ClassifyLayer`] / [`Classify`]: the Tower layer.
 
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
@@ -78,6 +79,7 @@ mod error;
 pub mod future;
 mod grpc;
 pub mod hint;
+pub mod json;
 mod kind;
 mod layer;
 mod meta;

@@ -1,9 +1,11 @@
 //! [`RequestMeta`]: provider, model and streaming flag, read once per request.
 
+use std::borrow::Cow;
+
 use http::{HeaderMap, Uri};
 
-use crate::Provider;
 use crate::stream::Dialect;
+use crate::{Provider, json};
 
 /// What a request is, read once from its URI and a cheap scan of its JSON
 /// body, and attached as a request extension so that later layers never
@@ -28,8 +30,10 @@ use crate::stream::Dialect;
 pub struct RequestMeta {
     /// Who the request goes to.
     pub provider: Provider,
-    /// The model asked for: the body's `model`, or the one in the path
-    /// (Gemini, Vertex, Bedrock, Azure deployments).
+    /// The model asked for: the body's top-level `model` (keys compared
+    /// decoded, the last one if it is repeated, as the upstream's parser
+    /// reads it), or the one in the path (Gemini, Vertex, Bedrock, Azure
+    /// deployments).
     pub model: Option<Box<str>>,
     /// Whether the response will be a stream.
     pub stream: bool,
@@ -124,100 +128,32 @@ pub(crate) struct ScannedBody {
     pub(crate) stream: Option<bool>,
 }
 
-/// Finds the top-level `"model"` string and `"stream"` boolean of a JSON
-/// object without parsing the rest: strings are skipped with `memchr`, so a
-/// 100 KiB conversation costs about as much as a memory scan. Keys nested in
-/// messages or tools are not mistaken for the top-level ones. Malformed JSON
+/// Reads the top-level `"model"` string and `"stream"` boolean of a JSON
+/// object without parsing the rest ([`json::members`]: strings are skipped
+/// with `memchr`, so a 100 KiB conversation costs about as much as a memory
+/// scan). Keys nested in messages or tools are not mistaken for the
+/// top-level ones, and keys are compared decoded (`"mod\u0065l"` is
+/// `model`).
+///
+/// When a key appears more than once, the last one counts, as it does for
+/// the parser at the other end: serde_json's `Value`, Python's `json`,
+/// JavaScript's `JSON.parse` and Go's `encoding/json` all keep the last
+/// duplicate. A `model` that is not a string counts as none. Malformed JSON
 /// yields whatever was found before the damage.
 pub(crate) fn scan_json_body(body: &[u8]) -> ScannedBody {
     let mut out = ScannedBody::default();
-    let mut depth = 0_usize;
-    let mut i = 0;
-    // Whether the next string at depth 1 is a key (after `{` or `,`).
-    let mut expect_key = false;
-    while i < body.len() {
-        match body[i] {
-            b'{' | b'[' => {
-                depth += 1;
-                expect_key = body[i] == b'{' && depth == 1;
-                i += 1;
-            }
-            b'}' | b']' => {
-                depth = depth.saturating_sub(1);
-                if depth == 0 {
-                    break;
-                }
-                i += 1;
-            }
-            b',' => {
-                expect_key = depth == 1;
-                i += 1;
-            }
-            b'"' => {
-                let Some(end) = string_end(body, i + 1) else {
-                    break;
-                };
-                let key = &body[i + 1..end];
-                i = end + 1;
-                if depth == 1 && expect_key {
-                    expect_key = false;
-                    let value_at = skip_ws_colon(body, i);
-                    match key {
-                        b"model" if body.get(value_at) == Some(&b'"') => {
-                            if let Some(value_end) = string_end(body, value_at + 1) {
-                                let raw = &body[value_at + 1..value_end];
-                                out.model = Some(unescape(raw));
-                                i = value_end + 1;
-                            }
-                        }
-                        b"stream" => {
-                            let rest = &body[value_at.min(body.len())..];
-                            if rest.starts_with(b"true") {
-                                out.stream = Some(true);
-                            } else if rest.starts_with(b"false") {
-                                out.stream = Some(false);
-                            }
-                        }
-                        _ => {}
-                    }
-                    if out.model.is_some() && out.stream.is_some() {
-                        break;
-                    }
-                }
-            }
-            _ => i += 1,
+    for member in json::members(body) {
+        if member.key_is(body, "model") {
+            out.model = member.string_value(body).map(Cow::into_owned);
+        } else if member.key_is(body, "stream") {
+            out.stream = match &body[member.value] {
+                b"true" => Some(true),
+                b"false" => Some(false),
+                _ => None,
+            };
         }
     }
     out
-}
-
-/// The index of the closing quote of a string whose content starts at `from`.
-fn string_end(body: &[u8], mut from: usize) -> Option<usize> {
-    loop {
-        let at = from + memchr::memchr2(b'"', b'\\', body.get(from..)?)?;
-        if body[at] == b'"' {
-            return Some(at);
-        }
-        from = at + 2;
-    }
-}
-
-fn skip_ws_colon(body: &[u8], mut i: usize) -> usize {
-    while i < body.len() && (body[i].is_ascii_whitespace() || body[i] == b':') {
-        i += 1;
-    }
-    i
-}
-
-fn unescape(raw: &[u8]) -> String {
-    if !raw.contains(&b'\\') {
-        return String::from_utf8_lossy(raw).into_owned();
-    }
-    let mut quoted = Vec::with_capacity(raw.len() + 2);
-    quoted.push(b'"');
-    quoted.extend_from_slice(raw);
-    quoted.push(b'"');
-    serde_json::from_slice(&quoted).unwrap_or_else(|_| String::from_utf8_lossy(raw).into_owned())
 }
 
 #[cfg(test)]
@@ -236,6 +172,51 @@ mod tests {
     fn escaped_model_names_are_unescaped() {
         let scanned = scan_json_body(br#"{"model":"org\/model-\u0041"}"#);
         assert_eq!(scanned.model.as_deref(), Some("org/model-A"));
+    }
+
+    #[test]
+    fn the_last_of_duplicate_models_counts_in_either_spelling_and_order() {
+        // As serde_json's `Value` and Python's `json` read them.
+        for (body, model) in [
+            (
+                &br#"{"model":"gpt-4o-mini","mod\u0065l":"o1-pro"}"#[..],
+                "o1-pro",
+            ),
+            (
+                br#"{"mod\u0065l":"o1-pro","model":"gpt-4o-mini"}"#,
+                "gpt-4o-mini",
+            ),
+            (br#"{"model":"a","x":[{"model":"b"}],"model":"c"}"#, "c"),
+            (br#"{"\u006d\u006F\u0064\u0065\u006c":"o1-pro"}"#, "o1-pro"),
+        ] {
+            let scanned = scan_json_body(body);
+            assert_eq!(scanned.model.as_deref(), Some(model));
+            let parsed: serde_json::Value = serde_json::from_slice(body).unwrap();
+            assert_eq!(parsed["model"], model);
+        }
+    }
+
+    #[test]
+    fn an_escaped_model_value_is_decoded() {
+        let scanned = scan_json_body(br#"{"model":"gpt\u002d4o"}"#);
+        assert_eq!(scanned.model.as_deref(), Some("gpt-4o"));
+    }
+
+    #[test]
+    fn escaped_keys_inside_nested_objects_and_strings_are_not_the_model() {
+        let body = br#"{"messages":[{"mod\u0065l":"x","content":"\"mod\u0065l\":\"y\""}],"model":"m","tools":{"mod\u0065l":"z"}}"#;
+        assert_eq!(scan_json_body(body).model.as_deref(), Some("m"));
+    }
+
+    #[test]
+    fn a_last_model_that_is_not_a_string_counts_as_none() {
+        assert_eq!(scan_json_body(br#"{"model":"a","model":null}"#).model, None);
+    }
+
+    #[test]
+    fn an_escaped_stream_key_is_read() {
+        let scanned = scan_json_body(br#"{"stream":false,"str\u0065am":true}"#);
+        assert_eq!(scanned.stream, Some(true));
     }
 
     #[test]

@@ -1,0 +1,408 @@
+//! The top level of a JSON object body, read without parsing it: where each
+//! member's key and value are, and what a key says once its escapes are
+//! decoded.
+//!
+//! ```
+//! use tower_llm_classify::json;
+//!
+//! let body = br#"{"model":"gpt-4o-mini","messages":[{"model":"nested"}],"mod\u0065l":"o1-pro"}"#;
+//! let models: Vec<_> = json::members(body)
+//!     .filter(|m| m.key_is(body, "model"))
+//!     .filter_map(|m| m.string_value(body))
+//!     .collect();
+//! // Both top-level spellings of `model`; the nested one is not a member.
+//! assert_eq!(models, ["gpt-4o-mini", "o1-pro"]);
+//! ```
+//!
+//! # Why decode keys
+//!
+//! A JSON key may be written with escapes: `"mod\u0065l"` is the key
+//! `model` to every parser (serde_json, Python's `json`, JavaScript's
+//! `JSON.parse`, Go's `encoding/json`). A reader that compares the raw bytes
+//! with `"model"` misses it, and a body can then say one model to the
+//! router and another to the provider. Comparing decoded keys costs nothing
+//! for the common key without a backslash: the bytes are compared as they
+//! are, and escapes are decoded (without allocating) only when there is one.
+//!
+//! The scan is exact for valid JSON: strings are skipped with `memchr`,
+//! nested objects and arrays by counting brackets, and every top-level
+//! member is found. What is not valid JSON ends the members early, and
+//! [`Members::malformed`] says so.
+
+use std::borrow::Cow;
+use std::ops::Range;
+
+/// One member of a JSON object's top level: where its key and its value
+/// are in the body.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Member {
+    /// The key's bytes between its quotes, escapes as written.
+    pub key: Range<usize>,
+    /// The value's bytes, from its first byte to just after its last.
+    pub value: Range<usize>,
+}
+
+impl Member {
+    /// Whether the key, once its escapes are decoded, is `name`.
+    pub fn key_is(&self, body: &[u8], name: &str) -> bool {
+        body.get(self.key.clone())
+            .is_some_and(|raw| decoded_eq(raw, name.as_bytes()))
+    }
+
+    /// Whether the key is written without escapes.
+    pub fn key_is_literal(&self, body: &[u8]) -> bool {
+        body.get(self.key.clone())
+            .is_some_and(|raw| memchr::memchr(b'\\', raw).is_none())
+    }
+
+    /// Where the member starts: the opening quote of its key.
+    pub fn start(&self) -> usize {
+        self.key.start.saturating_sub(1)
+    }
+
+    /// The value, decoded, when it is a string (`None` for any other
+    /// value). Borrowed from the body unless it has escapes; bytes that are
+    /// not UTF-8 are replaced, and a string with an invalid escape is
+    /// returned as written.
+    pub fn string_value<'a>(&self, body: &'a [u8]) -> Option<Cow<'a, str>> {
+        let raw = body.get(self.value.clone())?;
+        let inner = raw.strip_prefix(b"\"")?.strip_suffix(b"\"")?;
+        if memchr::memchr(b'\\', inner).is_none() {
+            return Some(String::from_utf8_lossy(inner));
+        }
+        Some(Cow::Owned(decode(inner).unwrap_or_else(|| {
+            String::from_utf8_lossy(inner).into_owned()
+        })))
+    }
+}
+
+/// The members of the JSON object `body`, in order (see [`Members`]).
+pub fn members(body: &[u8]) -> Members<'_> {
+    Members {
+        body,
+        pos: 0,
+        started: false,
+        done: false,
+        malformed: false,
+    }
+}
+
+/// The top-level members of a JSON object, from [`members`].
+///
+/// Iteration ends at the object's closing brace, or at the first byte that
+/// cannot be valid JSON ([`malformed`](Members::malformed) then says so; a
+/// body that is not an object at all is malformed). Nothing after the
+/// closing brace is read.
+#[derive(Clone, Debug)]
+pub struct Members<'a> {
+    body: &'a [u8],
+    pos: usize,
+    started: bool,
+    done: bool,
+    malformed: bool,
+}
+
+impl Members<'_> {
+    /// Whether the members ended because the body is not a well-formed
+    /// JSON object (rather than at its closing brace). Meaningful once the
+    /// iterator has returned `None`.
+    pub fn malformed(&self) -> bool {
+        self.malformed
+    }
+
+    fn fail(&mut self) -> Option<Member> {
+        self.done = true;
+        self.malformed = true;
+        None
+    }
+}
+
+impl Iterator for Members<'_> {
+    type Item = Member;
+
+    fn next(&mut self) -> Option<Member> {
+        if self.done {
+            return None;
+        }
+        let body = self.body;
+        let mut i = skip_whitespace(body, self.pos);
+        if !self.started {
+            self.started = true;
+            if body.get(i) != Some(&b'{') {
+                return self.fail();
+            }
+            i = skip_whitespace(body, i + 1);
+            if body.get(i) == Some(&b'}') {
+                self.done = true;
+                return None;
+            }
+        }
+        if body.get(i) != Some(&b'"') {
+            return self.fail();
+        }
+        let Some(key_end) = string_end(body, i + 1) else {
+            return self.fail();
+        };
+        let key = i + 1..key_end;
+        i = skip_whitespace(body, key_end + 1);
+        if body.get(i) != Some(&b':') {
+            return self.fail();
+        }
+        i = skip_whitespace(body, i + 1);
+        let Some(value_end) = value_end(body, i) else {
+            return self.fail();
+        };
+        let value = i..value_end;
+        i = skip_whitespace(body, value_end);
+        match body.get(i) {
+            Some(b',') => self.pos = i + 1,
+            Some(b'}') => self.done = true,
+            // The member is whole; what follows it is not JSON.
+            _ => {
+                self.done = true;
+                self.malformed = true;
+            }
+        }
+        Some(Member { key, value })
+    }
+}
+
+/// JSON's whitespace (RFC 8259 §2): space, tab, line feed, carriage return.
+fn skip_whitespace(body: &[u8], mut i: usize) -> usize {
+    while i < body.len() && matches!(body[i], b' ' | b'\t' | b'\n' | b'\r') {
+        i += 1;
+    }
+    i
+}
+
+/// The index of the closing quote of a string whose content starts at
+/// `from`.
+fn string_end(body: &[u8], mut from: usize) -> Option<usize> {
+    loop {
+        let at = from + memchr::memchr2(b'"', b'\\', body.get(from..)?)?;
+        if body[at] == b'"' {
+            return Some(at);
+        }
+        from = at + 2;
+    }
+}
+
+/// The end (exclusive) of the value starting at `start`.
+fn value_end(body: &[u8], start: usize) -> Option<usize> {
+    match *body.get(start)? {
+        b'"' => string_end(body, start + 1).map(|end| end + 1),
+        b'{' | b'[' => {
+            let mut depth = 1_usize;
+            let mut i = start + 1;
+            while i < body.len() {
+                match body[i] {
+                    b'"' => i = string_end(body, i + 1)?,
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            return Some(i + 1);
+                        }
+                    }
+                    _ => {}
+                }
+                i += 1;
+            }
+            None
+        }
+        // A number, `true`, `false`, `null` (or what a lenient parser reads
+        // as one, such as Python's `NaN`): up to the next delimiter.
+        _ => {
+            let mut i = start;
+            while i < body.len()
+                && !matches!(body[i], b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r')
+            {
+                i += 1;
+            }
+            (i > start).then_some(i)
+        }
+    }
+}
+
+/// Whether the string content `raw` (escapes as written) decodes to
+/// `name`, without allocating.
+fn decoded_eq(raw: &[u8], name: &[u8]) -> bool {
+    if memchr::memchr(b'\\', raw).is_none() {
+        return raw == name;
+    }
+    let mut i = 0;
+    let mut matched = 0;
+    while i < raw.len() {
+        if raw[i] == b'\\' {
+            let Some((c, next)) = escape_at(raw, i) else {
+                return false;
+            };
+            let mut buf = [0_u8; 4];
+            let encoded = c.encode_utf8(&mut buf).as_bytes();
+            if !name[matched..].starts_with(encoded) {
+                return false;
+            }
+            matched += encoded.len();
+            i = next;
+        } else {
+            if name.get(matched) != Some(&raw[i]) {
+                return false;
+            }
+            matched += 1;
+            i += 1;
+        }
+    }
+    matched == name.len()
+}
+
+/// Decodes the string content `raw`; `None` if an escape is invalid.
+fn decode(raw: &[u8]) -> Option<String> {
+    let mut out = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        if raw[i] == b'\\' {
+            let (c, next) = escape_at(raw, i)?;
+            let mut buf = [0_u8; 4];
+            out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+            i = next;
+        } else {
+            let next = memchr::memchr(b'\\', &raw[i..]).map_or(raw.len(), |at| i + at);
+            out.extend_from_slice(&raw[i..next]);
+            i = next;
+        }
+    }
+    Some(String::from_utf8_lossy(&out).into_owned())
+}
+
+/// The character of the escape at `raw[at]` (a backslash) and the index
+/// after it: RFC 8259 §7, with `\u` surrogate pairs joined. A lone
+/// surrogate is invalid (serde_json refuses it).
+fn escape_at(raw: &[u8], at: usize) -> Option<(char, usize)> {
+    let simple = match *raw.get(at + 1)? {
+        b'"' => '"',
+        b'\\' => '\\',
+        b'/' => '/',
+        b'b' => '\u{8}',
+        b'f' => '\u{c}',
+        b'n' => '\n',
+        b'r' => '\r',
+        b't' => '\t',
+        b'u' => {
+            let high = hex4(raw, at + 2)?;
+            if !(0xD800..0xE000).contains(&high) {
+                return Some((char::from_u32(high)?, at + 6));
+            }
+            if high >= 0xDC00 || raw.get(at + 6..at + 8) != Some(b"\\u") {
+                return None;
+            }
+            let low = hex4(raw, at + 8)?;
+            if !(0xDC00..0xE000).contains(&low) {
+                return None;
+            }
+            let c = 0x10000 + ((high - 0xD800) << 10) + (low - 0xDC00);
+            return Some((char::from_u32(c)?, at + 12));
+        }
+        _ => return None,
+    };
+    Some((simple, at + 2))
+}
+
+fn hex4(raw: &[u8], at: usize) -> Option<u32> {
+    let digits = raw.get(at..at + 4)?;
+    digits
+        .iter()
+        .try_fold(0_u32, |n, &d| Some(n * 16 + (d as char).to_digit(16)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(body: &[u8]) -> Vec<String> {
+        members(body)
+            .map(|m| String::from_utf8_lossy(&body[m.key]).into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn only_top_level_members_are_found() {
+        let body = br#" { "a" : 1 , "messages":[{"model":"x","content":"\"model\":\"y\""}], "b":{"model":[1,{"c":"]}"}]},"model":"m","n":null,"t":true,"f":-1.5e3 } trailing"#;
+        assert_eq!(keys(body), ["a", "messages", "b", "model", "n", "t", "f"]);
+        let mut it = members(body);
+        let values: Vec<&[u8]> = it.by_ref().map(|m| &body[m.value]).collect();
+        assert_eq!(values[0], b"1");
+        assert_eq!(values[3], br#""m""#);
+        assert_eq!(values[6], b"-1.5e3");
+        assert!(!it.malformed());
+    }
+
+    #[test]
+    fn escaped_keys_decode_to_their_name() {
+        let body = br#"{"mod\u0065l":1,"\u006D\u006f\u0064\u0065\u006C":2,"mode\u006c":3,"model\u0000":4,"Model":5,"mod\el":6,"model":7}"#;
+        let found: Vec<bool> = members(body).map(|m| m.key_is(body, "model")).collect();
+        assert_eq!(found, [true, true, true, false, false, false, true]);
+        let literal: Vec<bool> = members(body).map(|m| m.key_is_literal(body)).collect();
+        assert_eq!(literal, [false, false, false, false, true, false, true]);
+    }
+
+    #[test]
+    fn surrogate_pairs_decode_and_lone_surrogates_do_not_match() {
+        let body = "{\"\\ud83e\\udd80x\":1,\"\\ud83ex\":2}".as_bytes();
+        let found: Vec<bool> = members(body)
+            .map(|m| m.key_is(body, "\u{1f980}x"))
+            .collect();
+        assert_eq!(found, [true, false]);
+    }
+
+    #[test]
+    fn string_values_are_decoded_and_borrowed_when_plain() {
+        let body = br#"{"a":"gpt\u002d4o","b":"plain","c":42,"d":"org\/m\"x\\"}"#;
+        let values: Vec<Option<Cow<'_, str>>> =
+            members(body).map(|m| m.string_value(body)).collect();
+        assert_eq!(values[0].as_deref(), Some("gpt-4o"));
+        assert!(matches!(values[1], Some(Cow::Borrowed("plain"))));
+        assert_eq!(values[2], None);
+        assert_eq!(values[3].as_deref(), Some("org/m\"x\\"));
+    }
+
+    #[test]
+    fn malformed_bodies_end_early_and_say_so() {
+        for body in [
+            &b""[..],
+            b"[1]",
+            b"{",
+            b"{\"model",
+            b"{\"model\":",
+            b"{\"model\":\"abc",
+            b"{\"a\":1,}",
+            b"{\"a\" 1}",
+            b"{\"a\":[1,2}",
+            b"{\"a\":1 \"b\":2}",
+            b"\"\\",
+        ] {
+            let mut it = members(body);
+            for _ in it.by_ref() {}
+            assert!(it.malformed(), "{}", String::from_utf8_lossy(body));
+        }
+        let mut it = members(b"{}");
+        assert_eq!(it.next(), None);
+        assert!(!it.malformed());
+    }
+
+    #[test]
+    fn every_member_of_valid_json_is_found_as_serde_sees_it() {
+        let body = br#"{"x":{"y":[1,"}",{"z":"\\\""}]},"s":"a\"b","e":[],"o":{},"u":"\ud83e\udd80","w" :	true}"#;
+        let parsed: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_slice(body).unwrap();
+        let ours: Vec<String> = keys(body);
+        let theirs: Vec<&String> = parsed.keys().collect();
+        let mut sorted = ours.clone();
+        sorted.sort();
+        assert_eq!(sorted, theirs.into_iter().cloned().collect::<Vec<_>>());
+        for m in members(body) {
+            let key = String::from_utf8_lossy(&body[m.key.clone()]).into_owned();
+            let value: serde_json::Value = serde_json::from_slice(&body[m.value]).unwrap();
+            assert_eq!(parsed[&key], value, "{key}");
+        }
+    }
+}
