@@ -82,17 +82,18 @@ fn no_route(model: Option<&str>) -> LlmError {
     )
 }
 
-/// The body, with every top-level `model` set to the one it was routed by
-/// when it has more than one: JSON parsers keep the last duplicate, the
-/// route read the first, and the upstream must serve the model the route
-/// chose (routes are also allow-lists and cost controls).
+/// The body with one top-level `model`, spelled `"model"`, carrying the
+/// model it was routed by, when it names any: a body may repeat the key or
+/// spell it with escapes (`"mod\u0065l"`), and the upstream must serve the
+/// model the route chose (routes are also allow-lists and cost controls).
+/// Routing read the last duplicate, decoded, as the permissive parsers do;
+/// after this, parsers that keep the first, keep the last, or refuse
+/// duplicates all read the routed model. The common body (one literal
+/// `model`) goes as it came, without a copy. A body that starts as a JSON
+/// object but is not valid JSON is refused here, without an upstream call:
+/// what it would be routed as cannot be told.
 fn one_model(bytes: Bytes, model: &str) -> Result<Bytes, LlmError> {
-    static MODEL_KEY: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
-        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\"model\""));
-    if MODEL_KEY.find_iter(&bytes).nth(1).is_none() {
-        return Ok(bytes);
-    }
-    tower_llm_fallback::rewrite_model(&bytes, model).map_err(|e| {
+    tower_llm_fallback::normalise_model(&bytes, model).map_err(|e| {
         LlmError::new(
             Classification::new(ErrorKind::InvalidRequest)
                 .with_phase(Phase::Local)

@@ -17,7 +17,7 @@ use http::{HeaderName, HeaderValue, Request, Response};
 use http_body_util::Full;
 use tower::{Service, ServiceExt};
 use tower_llm_classify::LlmError;
-use tower_llm_fallback::{Fallback, Target, rewrite_model};
+use tower_llm_fallback::{Fallback, Target, normalise_model, rewrite_model};
 
 fn chat_body() -> String {
     let filler =
@@ -71,10 +71,14 @@ fn overhead(c: &mut Criterion) {
         )
     });
     let same = Fallback::builder()
-        .target(Target::new("primary", Upstream).credential(
-            HeaderName::from_static("authorization"),
-            HeaderValue::from_static("Bearer sk-primary"),
-        ))
+        .target(
+            Target::new("primary", Upstream)
+                .base_url("https://api.openai.com".parse().unwrap())
+                .credential(
+                    HeaderName::from_static("authorization"),
+                    HeaderValue::from_static("Bearer sk-primary"),
+                ),
+        )
         .target(Target::new("backup", Upstream))
         .build()
         .unwrap();
@@ -111,6 +115,24 @@ fn overhead(c: &mut Criterion) {
     );
     group.bench_function("rewrite_model_4k_body_model_last", |b| {
         b.iter(|| black_box(rewrite_model(black_box(&model_last), "claude-sonnet-4-5").unwrap()))
+    });
+    // The stack's check after routing: one literal `model` carrying the
+    // routed value, so the body goes as it came.
+    group.bench_function("stack_one_model_4k_body", |b| {
+        b.iter(|| black_box(normalise_model(black_box(&body), "gpt-4o").unwrap()))
+    });
+    let uri: http::Uri = "https://api.openai.com/v1/chat/completions"
+        .parse()
+        .unwrap();
+    let headers = http::HeaderMap::new();
+    group.bench_function("request_meta_4k_body", |b| {
+        b.iter(|| {
+            black_box(tower_llm_classify::RequestMeta::from_request(
+                &uri,
+                &headers,
+                Some(black_box(&body)),
+            ))
+        })
     });
     group.finish();
 }

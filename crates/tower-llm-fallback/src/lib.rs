@@ -4,9 +4,11 @@
 //! fails in a way another could serve — overload, server errors, timeouts,
 //! dropped connections, an open circuit, a spent retry budget, quota, a
 //! rate limit its retries could not wait out — the same conversation goes
-//! to the next target, rewritten for it: its URL, its `model` (a byte-level
-//! edit of the body, nothing else changes), its headers, and its own
-//! credential (every credential the request came with is removed first).
+//! to the next target, rewritten for it: its URL (less any key the caller
+//! put in the query), its `model` (a byte-level edit of the body that
+//! leaves one `model` member and every other byte as it was), its headers,
+//! and its own credential (every credential the request came with is
+//! removed first).
 //!
 //! Routes follow LiteLLM's three kinds of fallback: a context-length
 //! failure goes only to targets listed as larger-context (and with a larger
@@ -63,7 +65,7 @@ mod target;
 
 pub use body::FallbackBody;
 pub use report::{FallbackReport, TRACING_TARGET};
-pub use rewrite::{RewriteError, rewrite_model};
+pub use rewrite::{RewriteError, normalise_model, rewrite_model};
 pub use route::Route;
 pub use service::{Fallback, FallbackBuilder};
 pub use settings::{FallbackSettings, TargetSettings};
