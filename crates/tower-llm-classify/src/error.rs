@@ -149,6 +149,10 @@ impl LlmError {
     ///
     /// `content-length` is set to the bytes kept and hop-by-hop headers are
     /// removed, so the response is valid even when the body was truncated.
+    /// The account identifiers the body names (OpenAI's "in organization
+    /// org-…", `proj_…`, `user-…`) are replaced by `org-[redacted]` and the
+    /// like, the rest of the provider's message kept
+    /// ([`redact_account_ids`](crate::redact::redact_account_ids)).
     pub fn into_upstream_response(self) -> Option<Response<Bytes>> {
         self.try_into_upstream_response().ok()
     }
@@ -158,7 +162,7 @@ impl LlmError {
         let Some(mut head) = inner.head.take() else {
             return Err(LlmError { inner });
         };
-        let body = std::mem::take(&mut inner.body);
+        let body = crate::redact::redact_account_ids(std::mem::take(&mut inner.body));
         for name in [
             header::CONTENT_LENGTH,
             header::TRANSFER_ENCODING,
@@ -377,6 +381,53 @@ mod tests {
         assert_eq!(response.headers()["content-length"], "12");
         assert_eq!(response.headers()["retry-after"], "2");
         assert_eq!(response.body().as_ref(), b"{\"error\":{}}");
+    }
+
+    fn openai_429(body: &'static [u8]) -> LlmError {
+        let (head, ()) = Response::builder()
+            .status(429)
+            .header("content-type", "application/json")
+            .header("content-length", body.len())
+            .body(())
+            .unwrap()
+            .into_parts();
+        LlmError::new(Classification::new(ErrorKind::RateLimited)).with_response(
+            head,
+            Bytes::from_static(body),
+            false,
+        )
+    }
+
+    #[test]
+    fn an_upstream_rate_limit_keeps_its_message_but_not_the_organization() {
+        let body: &[u8] = br#"{"error":{"message":"Rate limit reached for gpt-4o in organization org-AbC123 on tokens per min (TPM): Limit 30000, Used 29871, Requested 3950. Please try again in 7.66s.","type":"tokens","param":null,"code":"rate_limit_exceeded"}}"#;
+        let response = openai_429(body).into_upstream_response().unwrap();
+        let sent = String::from_utf8(response.body().to_vec()).unwrap();
+        assert!(!sent.contains("AbC123"), "{sent}");
+        assert!(
+            sent.contains("Rate limit reached for gpt-4o in organization org-[redacted] on tokens per min (TPM): Limit 30000"),
+            "{sent}"
+        );
+        assert_eq!(
+            response.headers()["content-length"],
+            response.body().len().to_string().as_str()
+        );
+    }
+
+    #[test]
+    fn an_upstream_project_id_is_redacted_from_the_forwarded_body() {
+        let body: &[u8] = br#"{"error":{"message":"Raise the limit at https://platform.openai.com/settings/proj_Xy7Tq2Lm9Rk4/limits.","code":"project_spend_limit_exceeded"}}"#;
+        let response = openai_429(body).into_response();
+        let sent = String::from_utf8(response.body().to_vec()).unwrap();
+        assert!(sent.contains("/settings/proj_[redacted]/limits."), "{sent}");
+    }
+
+    #[test]
+    fn an_upstream_body_without_ids_is_forwarded_byte_for_byte() {
+        let body: &[u8] = br#"{"error":{"message":"Rate limit reached for gpt-4o on requests per min (RPM): Limit 500.","type":"requests","param":null,"code":"rate_limit_exceeded"}}"#;
+        let response = openai_429(body).into_upstream_response().unwrap();
+        assert_eq!(response.body().as_ref(), body);
+        assert_eq!(response.body().as_ptr(), body.as_ptr());
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Keeping credentials out of logs, errors and other targets' requests.
 
+use bytes::Bytes;
 use http::HeaderName;
 
 /// Request headers that carry credentials. They are never logged or echoed,
@@ -35,9 +36,22 @@ const KEY_PREFIXES: [&str; 7] = ["sk-", "sk_", "AIza", "xai-", "gsk_", "pk-", "h
 /// Cuts `message` to at most `max_len` bytes (on a char boundary) and
 /// replaces every token that looks like a credential — one starting with an
 /// API-key prefix at a word boundary (`sk-…`, `key=sk-…`, `"AIza…"`), or the
-/// token after `Bearer` — with `[redacted]`. A key cut short by the length
-/// limit is still redacted.
+/// token after `Bearer` — with `[redacted]`, and every account identifier
+/// after its prefix (`org-[redacted]`, see [`redact_account_ids`]). A key
+/// cut short by the length limit is still redacted.
 pub(crate) fn redact_message(message: &str, max_len: usize) -> String {
+    let redacted = redact_keys(message, max_len);
+    match redact_account_bytes(redacted.as_bytes()) {
+        // Identifiers are ASCII runs replaced by ASCII: still UTF-8.
+        Some(bytes) => {
+            let text = String::from_utf8_lossy(&bytes);
+            cut(&text, max_len).to_owned()
+        }
+        None => redacted,
+    }
+}
+
+fn redact_keys(message: &str, max_len: usize) -> String {
     let message = cut(message, max_len);
     // Fast path: most messages hold nothing that looks like a credential.
     let suspicious = KEY_PREFIXES.iter().any(|p| message.contains(p))
@@ -100,6 +114,117 @@ fn cut(message: &str, max_len: usize) -> &str {
     &message[..end]
 }
 
+/// Prefixes of account identifiers that providers write into error
+/// messages, as the headers `openai-organization` and `openai-project`
+/// carry them: OpenAI organizations (`org-…`, "Rate limit reached for gpt-4o
+/// in organization org-… on tokens per min"), projects (`proj_…`, also in
+/// settings URLs) and users (`user-…`).
+const ACCOUNT_PREFIXES: [&[u8]; 3] = [b"org-", b"proj_", b"user-"];
+
+/// The words that introduce an identifier in a message ("in organization
+/// org-x"): after them, an identifier is redacted whatever it looks like.
+const ACCOUNT_LABELS: [&[u8]; 3] = [b"organization", b"project", b"user"];
+
+/// What replaces an identifier after its prefix.
+const REDACTED: &[u8] = b"[redacted]";
+
+/// The spans (after the prefix) of the account identifiers in `text`, in
+/// order. An identifier is a prefix at a word boundary followed by ASCII
+/// letters and digits, redacted when a label introduces it or when it
+/// looks generated: it has a digit or a capital (OpenAI's are 24 random
+/// alphanumerics), and for `user-` at least 8 of them, so that words such
+/// as "org-level" or "user-provided" stay.
+fn account_ids(text: &[u8]) -> Vec<(usize, usize)> {
+    static FINDERS: std::sync::LazyLock<[memchr::memmem::Finder<'static>; 3]> =
+        std::sync::LazyLock::new(|| ACCOUNT_PREFIXES.map(memchr::memmem::Finder::new));
+    // A body without `org-`, `proj_` or `user-` is passed over by three
+    // SIMD searches, and nothing is allocated.
+    let mut found: Vec<(usize, usize)> = Vec::new();
+    for (finder, prefix) in FINDERS.iter().zip(ACCOUNT_PREFIXES) {
+        for at in finder.find_iter(text) {
+            let start = at + prefix.len();
+            let end = start
+                + text[start..]
+                    .iter()
+                    .take_while(|b| b.is_ascii_alphanumeric())
+                    .count();
+            if end > start && at_word_start(text, at) && is_account_id(text, at, prefix, start..end)
+            {
+                found.push((start, end));
+            }
+        }
+    }
+    found.sort_unstable();
+    found
+}
+
+/// Whether `at` starts a word: the text's start, a byte that is not a
+/// letter or digit before it, or a JSON escape such as `\n` before it.
+fn at_word_start(text: &[u8], at: usize) -> bool {
+    at == 0 || !text[at - 1].is_ascii_alphanumeric() || (at >= 2 && text[at - 2] == b'\\')
+}
+
+fn is_account_id(text: &[u8], at: usize, prefix: &[u8], id: std::ops::Range<usize>) -> bool {
+    let before = text[..at].trim_ascii_end();
+    let labelled = ACCOUNT_LABELS.iter().any(|label| {
+        before.len() >= label.len()
+            && before[before.len() - label.len()..].eq_ignore_ascii_case(label)
+    });
+    let id = &text[id];
+    let generated = id
+        .iter()
+        .any(|b| b.is_ascii_digit() || b.is_ascii_uppercase())
+        && (prefix != b"user-" || id.len() >= 8);
+    labelled || generated
+}
+
+/// `text` with every account identifier's characters after its prefix
+/// replaced by `[redacted]` (`org-[redacted]`); `None` when there is none.
+fn redact_account_bytes(text: &[u8]) -> Option<Vec<u8>> {
+    let ids = account_ids(text);
+    if ids.is_empty() {
+        return None;
+    }
+    let mut out = Vec::with_capacity(text.len());
+    let mut copied = 0;
+    for (start, end) in ids {
+        if start < copied {
+            continue;
+        }
+        out.extend_from_slice(&text[copied..start]);
+        out.extend_from_slice(REDACTED);
+        copied = end;
+    }
+    out.extend_from_slice(&text[copied..]);
+    Some(out)
+}
+
+/// An upstream body with the account identifiers it names — OpenAI's
+/// organizations (`org-…`), projects (`proj_…`) and users (`user-…`) —
+/// replaced by `org-[redacted]` and the like, every other byte kept: the
+/// provider's message still says what happened, and the caller of a
+/// gateway does not learn whose account served it (the headers that name
+/// it, `openai-organization` and `openai-project`, are not forwarded
+/// either).
+///
+/// Any bytes are read (JSON of any provider's shape, text, invalid UTF-8);
+/// a body with nothing to redact comes back as it is, without a copy.
+///
+/// ```
+/// use bytes::Bytes;
+/// use tower_llm_classify::redact::redact_account_ids;
+///
+/// let body = Bytes::from_static(br#"{"error":{"message":"Rate limit reached for gpt-4o in organization org-AbC123 on tokens per min (TPM): Limit 30000, Used 30000, Requested 1."}}"#);
+/// let redacted = redact_account_ids(body);
+/// assert_eq!(&redacted[..], &br#"{"error":{"message":"Rate limit reached for gpt-4o in organization org-[redacted] on tokens per min (TPM): Limit 30000, Used 30000, Requested 1."}}"#[..]);
+/// ```
+pub fn redact_account_ids(body: Bytes) -> Bytes {
+    match redact_account_bytes(&body) {
+        Some(redacted) => Bytes::from(redacted),
+        None => body,
+    }
+}
+
 /// Shows a header map with credential values replaced by `[redacted]`.
 pub(crate) struct RedactedHeaders<'a>(pub(crate) &'a http::HeaderMap);
 
@@ -151,6 +276,63 @@ mod tests {
     fn ordinary_words_are_left_alone() {
         let msg = "task-based risk-free desk_lamp: Please retry after 20 seconds.";
         assert_eq!(redact_message(msg, 1024), msg);
+    }
+
+    const OPENAI_TPM_429: &[u8] = br#"{"error":{"message":"Rate limit reached for gpt-4o in organization org-AbC123 on tokens per min (TPM): Limit 30000, Used 29871, Requested 3950. Please try again in 7.66s. Visit https://platform.openai.com/account/rate-limits to learn more.","type":"tokens","param":null,"code":"rate_limit_exceeded"}}"#;
+
+    #[test]
+    fn an_openai_rate_limit_body_keeps_its_message_and_loses_the_organization() {
+        let out = redact_account_ids(Bytes::from_static(OPENAI_TPM_429));
+        let expected =
+            String::from_utf8_lossy(OPENAI_TPM_429).replace("org-AbC123", "org-[redacted]");
+        assert_eq!(String::from_utf8_lossy(&out), expected);
+        let parsed: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(parsed["error"]["code"], "rate_limit_exceeded");
+    }
+
+    #[test]
+    fn project_and_user_ids_are_redacted_wherever_they_are() {
+        let body = br#"{"error":{"message":"This project has reached its monthly spend limit: https://platform.openai.com/settings/proj_Xy7Tq2Lm9Rk4/limits.\nuser-GQ8bZ8YiQH3F3oL2Sbw9eXxQ, org-3kQz8bXhN2vTt1Lw; in organization org-simulated","code":"project_spend_limit_exceeded"}}"#;
+        let out = redact_account_ids(Bytes::from_static(body));
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            r#"{"error":{"message":"This project has reached its monthly spend limit: https://platform.openai.com/settings/proj_[redacted]/limits.\nuser-[redacted], org-[redacted]; in organization org-[redacted]","code":"project_spend_limit_exceeded"}}"#
+        );
+    }
+
+    #[test]
+    fn a_body_without_ids_is_returned_as_it_is_without_a_copy() {
+        for body in [
+            &br#"{"error":{"message":"Overloaded","type":"overloaded_error"}}"#[..],
+            br#"{"error":{"message":"org-level limits apply to user-provided keys; proj_ and user- alone are not ids"}}"#,
+            b"",
+            b"\xff\xfe org- \xc3",
+            br#"{"error":{"message":"task-based workorg-AbC123 superuser-ABCDEFGH12"}}"#,
+        ] {
+            let body = Bytes::from_static(body);
+            let out = redact_account_ids(body.clone());
+            assert_eq!(out, body);
+            assert_eq!(out.as_ptr(), body.as_ptr());
+        }
+    }
+
+    #[test]
+    fn invalid_utf8_around_an_id_is_kept_byte_for_byte() {
+        let out = redact_account_ids(Bytes::from_static(b"\xff org-AbC123\xfe"));
+        assert_eq!(&out[..], b"\xff org-[redacted]\xfe");
+    }
+
+    #[test]
+    fn messages_lose_account_ids_too() {
+        let out = redact_message(
+            "Rate limit reached for gpt-4o in organization org-AbC123 on tokens per min",
+            1024,
+        );
+        assert_eq!(
+            out,
+            "Rate limit reached for gpt-4o in organization org-[redacted] on tokens per min"
+        );
+        assert!(redact_message("in organization org-AbC123", 30).len() <= 30);
     }
 
     #[test]
