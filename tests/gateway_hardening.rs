@@ -240,6 +240,8 @@ async fn a_request_head_that_never_finishes_is_closed_after_the_header_timeout()
         .unwrap();
     let gateway = Gateway::start(&upstream, Default::default()).await;
 
+    let header = r#"tower_llm_gateway_timeouts_total{stage="header"}"#;
+    let before = metric(&prometheus_text(), header);
     let mut tcp = TcpStream::connect(gateway.addr).await.unwrap();
     tcp.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1\r\n")
         .await
@@ -249,6 +251,7 @@ async fn a_request_head_that_never_finishes_is_closed_after_the_header_timeout()
     // The head never ends: the gateway closes the connection.
     assert_eq!(read_all(&mut tcp).await, "");
     assert!(upstream.requests().is_empty());
+    assert!(metric(&prometheus_text(), header) > before);
 }
 
 /// A metric's value in a Prometheus text, 0 when absent.
