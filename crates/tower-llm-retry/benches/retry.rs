@@ -194,6 +194,25 @@ fn overhead(c: &mut Criterion) {
         )
     });
 
+    // With an attempt timeout: the timer, and the `AttemptEnd` each attempt
+    // carries so that a breaker below can count an attempt the timer ends.
+    let timed = RetryLayer::new(
+        RetryPolicy::builder()
+            .attempt_timeout(std::time::Duration::from_secs(30))
+            .build()
+            .unwrap(),
+    )
+    .layer(Upstream);
+    group.bench_function("tower_llm_retry_attempt_timeout", |b| {
+        b.iter_batched(
+            request,
+            |request| {
+                rt.block_on(async { black_box(timed.clone().oneshot(request).await.unwrap()) })
+            },
+            BatchSize::SmallInput,
+        )
+    });
+
     let policy = TowerPolicy {
         attempts: 3,
         budget: Arc::new(TpsBudget::default()),
