@@ -78,6 +78,13 @@ impl Guard {
 
     fn fail(&mut self, c: &Classification) {
         let config = self.breaker.config();
+        // A verdict read from a 4xx message alone may be the caller's own
+        // text echoed back: it never starts a cooldown every caller shares.
+        if !c.may_penalise_target() {
+            let outcome = outcome_of(c, config.count_authentication_failures);
+            self.finish(outcome);
+            return;
+        }
         match c.kind() {
             ErrorKind::RateLimited if config.rate_limit_cooldown => {
                 if let Some(wait) = c.retry_after() {
@@ -116,6 +123,17 @@ impl Drop for Guard {
 
 /// What a failure says about the target's health.
 pub(crate) fn outcome_of(c: &Classification, count_authentication: bool) -> Outcome {
+    // Read from a 4xx message alone: the status said the request was wrong,
+    // and the text may be the caller's (`Classification::may_penalise_target`).
+    if !c.may_penalise_target() {
+        return match c.kind() {
+            kind if kind.is_target_failure() => Outcome::Ignored,
+            ErrorKind::Authentication | ErrorKind::RateLimited | ErrorKind::QuotaExhausted => {
+                Outcome::Ignored
+            }
+            _ => Outcome::Success,
+        };
+    }
     match c.kind() {
         // The target is unwell: overload, server errors, timeouts, connect
         // and transport failures, broken streams (classify's list).

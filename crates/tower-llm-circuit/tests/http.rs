@@ -665,3 +665,58 @@ async fn the_first_content_not_the_first_bytes_times_a_stream() {
         .as_mut()
         .poll(&mut std::task::Context::from_waker(std::task::Waker::noop()));
 }
+
+/// Anthropic answers a spent balance with a 400 whose message alone says
+/// so. Read from the text of a 4xx, the verdict may be the caller's own text
+/// echoed back, so it is reported as a quota but cools nothing down.
+#[tokio::test(start_paused = true)]
+async fn a_quota_read_from_a_4xx_message_alone_cools_nothing_down() {
+    let billing = "Your credit balance is too low to access the Anthropic API. \
+                   Please go to Plans & Billing to upgrade or purchase credits.";
+    let sim = Simulator::builder()
+        .plan(FaultPlan::script([Fault::fail(
+            tower_llm_testkit::Failure::InvalidRequest(billing.into()),
+        )]))
+        .start()
+        .await
+        .unwrap();
+    let layer = CircuitLayer::new(
+        config()
+            .quota_cooldown(Duration::from_secs(3600))
+            .build()
+            .unwrap(),
+    );
+    let service = stack(&layer);
+    assert_eq!(
+        call(&service, request(&sim, "m", false)).await,
+        Err(ErrorKind::QuotaExhausted)
+    );
+    // No cooldown: the next call reaches the provider (and is served).
+    assert_eq!(call(&service, request(&sim, "m", false)).await, Ok(()));
+    assert_eq!(sim.requests().len(), 2);
+    assert_eq!(state(&layer.handle(), "m"), Some(State::Closed));
+}
+
+/// Overload read from a 4xx message alone never counts as a failure: a
+/// request cannot open its target's breaker with the text it sends.
+#[tokio::test(start_paused = true)]
+async fn an_overload_message_in_a_4xx_never_opens_the_breaker() {
+    let echo = "Unrecognized request argument supplied: no capacity available";
+    let sim = Simulator::builder()
+        .plan(FaultPlan::always(Fault::fail(
+            tower_llm_testkit::Failure::InvalidRequest(echo.into()),
+        )))
+        .start()
+        .await
+        .unwrap();
+    let layer = CircuitLayer::new(config().build().unwrap());
+    let service = stack(&layer);
+    for _ in 0..10 {
+        assert_eq!(
+            call(&service, request(&sim, "m", false)).await,
+            Err(ErrorKind::InvalidRequest)
+        );
+    }
+    assert_eq!(sim.requests().len(), 10);
+    assert_eq!(state(&layer.handle(), "m"), Some(State::Closed));
+}
