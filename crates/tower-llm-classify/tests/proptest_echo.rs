@@ -8,6 +8,8 @@
 //! message of the fixture corpus (what a forger would copy), and arbitrary
 //! text.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::time::SystemTime;
 
 use http::{HeaderMap, StatusCode};
