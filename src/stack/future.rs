@@ -13,7 +13,8 @@ use http_body::Body;
 use http_body_util::Full;
 use pin_project_lite::pin_project;
 use tower_llm_classify::replay::ReadBody;
-use tower_llm_classify::{BoxError, Classification, ErrorKind, LlmError, Phase, RequestMeta};
+use tower_llm_classify::{BoxError, Classification, ErrorKind, LlmError, Phase, RequestMeta, json};
+use tower_llm_fallback::Fallback;
 use tower_service::Service;
 
 use super::{Routes, StackBody, TargetService};
@@ -82,18 +83,48 @@ fn no_route(model: Option<&str>) -> LlmError {
     )
 }
 
+/// The route for the body's `model`, and the body to send it: one that
+/// every parser reads the routed model from.
+///
+/// The model is the body's top-level `model` — keys decoded, the last if
+/// the key is repeated, as serde_json's `Value` and Python read it and as
+/// [`RequestMeta`] reports it — or the one in the path. One walk of the
+/// body finds it and says whether the body is unambiguous (one `model`
+/// spelled without escapes, or none); the common body goes as it came,
+/// without a copy.
+fn route(
+    routes: &Routes,
+    parts: &http::request::Parts,
+    bytes: Bytes,
+) -> Result<(Fallback<TargetService>, Bytes), LlmError> {
+    let found = json::model_members(&bytes);
+    let from_path;
+    let model = match found.last.as_deref() {
+        Some(model) => Some(model),
+        None => {
+            from_path = RequestMeta::from_request(&parts.uri, &parts.headers, None).model;
+            from_path.as_deref()
+        }
+    };
+    let fallback = routes.pick(model).ok_or_else(|| no_route(model))?.clone();
+    let rewritten = match model {
+        Some(model) if !found.is_unambiguous() => Some(one_model(&bytes, model)?),
+        _ => None,
+    };
+    drop(found);
+    Ok((fallback, rewritten.unwrap_or(bytes)))
+}
+
 /// The body with one top-level `model`, spelled `"model"`, carrying the
-/// model it was routed by, when it names any: a body may repeat the key or
-/// spell it with escapes (`"mod\u0065l"`), and the upstream must serve the
-/// model the route chose (routes are also allow-lists and cost controls).
-/// Routing read the last duplicate, decoded, as the permissive parsers do;
-/// after this, parsers that keep the first, keep the last, or refuse
-/// duplicates all read the routed model. The common body (one literal
-/// `model`) goes as it came, without a copy. A body that starts as a JSON
-/// object but is not valid JSON is refused here, without an upstream call:
-/// what it would be routed as cannot be told.
-fn one_model(bytes: Bytes, model: &str) -> Result<Bytes, LlmError> {
-    tower_llm_fallback::normalise_model(&bytes, model).map_err(|e| {
+/// model it was routed by: a body may repeat the key or spell it with
+/// escapes (`"mod\u0065l"`), and the upstream must serve the model the
+/// route chose (routes are also allow-lists and cost controls). After
+/// this, parsers that keep the first, keep the last, or refuse duplicates
+/// all read the routed model. A body that starts as a JSON object but is
+/// not valid JSON is refused, without an upstream call: what it would be
+/// served as cannot be told.
+fn one_model(bytes: &Bytes, model: &str) -> Result<Bytes, LlmError> {
+    tower_llm_fallback::normalise_model(bytes, model).map_err(|e| {
         LlmError::new(
             Classification::new(ErrorKind::InvalidRequest)
                 .with_phase(Phase::Local)
@@ -125,19 +156,9 @@ where
                             Classification::new(ErrorKind::Unknown).with_phase(Phase::Local),
                         )));
                     };
-                    let meta = RequestMeta::from_request(&parts.uri, &parts.headers, Some(&bytes));
-                    let model = meta.model.as_deref();
-                    let Some(fallback) = routes.pick(model) else {
-                        return Poll::Ready(Err(no_route(model)));
-                    };
-                    let bytes = match model {
-                        Some(model) => one_model(bytes, model)?,
-                        None => bytes,
-                    };
+                    let (mut fallback, bytes) = route(routes, &parts, bytes)?;
                     // Fallback is always ready (see `Stack::poll_ready`).
-                    let call = fallback
-                        .clone()
-                        .call(Request::from_parts(parts, Full::new(bytes)));
+                    let call = fallback.call(Request::from_parts(parts, Full::new(bytes)));
                     State::Calling { call }
                 }
                 StateProj::Calling { call } => return call.poll(cx),

@@ -116,9 +116,15 @@ fn overhead(c: &mut Criterion) {
     group.bench_function("rewrite_model_4k_body_model_last", |b| {
         b.iter(|| black_box(rewrite_model(black_box(&model_last), "claude-sonnet-4-5").unwrap()))
     });
-    // The stack's check after routing: one literal `model` carrying the
-    // routed value, so the body goes as it came.
-    group.bench_function("stack_one_model_4k_body", |b| {
+    // What the stack reads of a body before routing it: one walk for the
+    // model and whether the body is unambiguous.
+    group.bench_function("stack_reads_the_model_4k_body", |b| {
+        b.iter(|| {
+            let found = tower_llm_classify::json::model_members(black_box(&body));
+            black_box((found.last.is_some(), found.is_unambiguous()))
+        })
+    });
+    group.bench_function("normalise_model_4k_body", |b| {
         b.iter(|| black_box(normalise_model(black_box(&body), "gpt-4o").unwrap()))
     });
     let uri: http::Uri = "https://api.openai.com/v1/chat/completions"
