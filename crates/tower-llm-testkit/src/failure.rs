@@ -359,12 +359,10 @@ impl Failure {
     fn ollama_message(&self, ex: &Exchange<'_>, window: Option<u64>) -> Cow<'static, str> {
         match self {
             Failure::RateLimited(_) => "too many requests, please try again later".into(),
-            // A local Ollama has no quota; hosted Ollama-style endpoints say it
-            // as hosted gateways do ("insufficient credits", OpenRouter §2.6).
-            // Not "quota exceeded": Gemini says that of per-minute limits.
-            Failure::QuotaExhausted => {
-                "insufficient credits: usage limit reached, upgrade for higher limits".into()
-            }
+            // A local Ollama has no quota; a hosted Ollama-style endpoint
+            // relays its upstream's words, here OpenAI's exact quota message
+            // (tower-llm-classify trusts only whole provider messages).
+            Failure::QuotaExhausted => "You exceeded your current quota, please check your plan and billing details. For more information on this error, read the docs: https://platform.openai.com/docs/guides/error-codes/api-errors.".into(),
             // ollama server/sched.go ErrMaxQueue
             Failure::Overloaded => {
                 "server busy, please try again.  maximum pending requests exceeded".into()
@@ -374,7 +372,8 @@ impl Failure {
                 let _ = context_numbers(ex, window);
                 "input exceeds maximum context length and cannot be truncated further".into()
             }
-            Failure::ContentFiltered => "request blocked by content filtering policy".into(),
+            // Likewise relayed: Anthropic's words (also on Vertex AI).
+            Failure::ContentFiltered => "Output blocked by content filtering policy".into(),
             Failure::Unauthorized => "unauthorized".into(),
             Failure::ModelNotFound => {
                 format!("model \"{}\" not found, try pulling it first", ex.model).into()
