@@ -144,7 +144,9 @@ fn push_json_string(out: &mut BytesMut, model: &str) {
 /// A body whose top-level `model` is repeated, or spelled with escapes
 /// (`"mod\u0065l"`), leaves with exactly one member spelled `"model"`, where
 /// the first was: the others are removed, so no parser can read another
-/// model (see the [module docs](self)).
+/// model. (Parsers disagree on duplicates: serde_json's `Value`, Python,
+/// `JSON.parse` and Go keep the last, serde's derived structs refuse the
+/// body; one literal member reads the same to all of them.)
 ///
 /// ```
 /// use bytes::Bytes;
