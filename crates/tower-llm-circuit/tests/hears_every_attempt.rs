@@ -85,6 +85,29 @@ fn only_key(handle: &CircuitHandle) -> tower_llm_circuit::KeySnapshot {
     snapshot[0].clone()
 }
 
+/// The breaker is open after `failures` counted failures; the next call is
+/// refused without reaching the upstream, which saw `upstream_calls` in all.
+async fn assert_open_and_spared(
+    service: &Stack,
+    circuit: &CircuitLayer,
+    sim: &Simulator,
+    (api, stream): (Api, bool),
+    failures: u64,
+    upstream_calls: usize,
+) {
+    let key = only_key(&circuit.handle());
+    assert_eq!(
+        (key.state, key.totals.failures),
+        (State::Open, failures),
+        "{key:?}"
+    );
+    assert_eq!(
+        call(service, request(sim, api, stream)).await,
+        Err(ErrorKind::CircuitOpen)
+    );
+    assert_eq!(sim.requests().len(), upstream_calls);
+}
+
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn a_silent_upstream_opens_the_breaker_through_attempt_timeouts_and_is_no_longer_called() {
     let sim = sim(Fault::stall()).await;
@@ -101,18 +124,8 @@ async fn a_silent_upstream_opens_the_breaker_through_attempt_timeouts_and_is_no_
         call(&service, request(&sim, Api::OpenAiChat, false)).await,
         Err(ErrorKind::Timeout)
     );
-    let key = only_key(&circuit.handle());
-    assert_eq!(
-        (key.state, key.totals.failures),
-        (State::Open, 3),
-        "{key:?}"
-    );
     // The next call fails at once; the silent upstream is spared.
-    assert_eq!(
-        call(&service, request(&sim, Api::OpenAiChat, false)).await,
-        Err(ErrorKind::CircuitOpen)
-    );
-    assert_eq!(sim.requests().len(), 3);
+    assert_open_and_spared(&service, &circuit, &sim, (Api::OpenAiChat, false), 3, 3).await;
 }
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
@@ -153,17 +166,15 @@ async fn an_overloaded_error_as_the_first_stream_event_opens_the_breaker_with_th
         call(&service, request(&sim, Api::AnthropicMessages, true)).await,
         Err(ErrorKind::Overloaded)
     );
-    let key = only_key(&circuit.handle());
-    assert_eq!(
-        (key.state, key.totals.failures),
-        (State::Open, 3),
-        "{key:?}"
-    );
-    assert_eq!(
-        call(&service, request(&sim, Api::AnthropicMessages, true)).await,
-        Err(ErrorKind::CircuitOpen)
-    );
-    assert_eq!(sim.requests().len(), 3);
+    assert_open_and_spared(
+        &service,
+        &circuit,
+        &sim,
+        (Api::AnthropicMessages, true),
+        3,
+        3,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
@@ -176,17 +187,15 @@ async fn a_stream_dropped_before_content_counts_with_the_guard_on() {
             .await
             .is_err()
     );
-    let key = only_key(&circuit.handle());
-    assert_eq!(
-        (key.state, key.totals.failures),
-        (State::Open, 3),
-        "{key:?}"
-    );
-    assert_eq!(
-        call(&service, request(&sim, Api::AnthropicMessages, true)).await,
-        Err(ErrorKind::CircuitOpen)
-    );
-    assert_eq!(sim.requests().len(), 3);
+    assert_open_and_spared(
+        &service,
+        &circuit,
+        &sim,
+        (Api::AnthropicMessages, true),
+        3,
+        3,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
