@@ -1,0 +1,614 @@
+//! One breaker: the state machine of one key, on atomics.
+//!
+//! The states and transitions are Resilience4j's
+//! (`CircuitBreakerStateMachine`): closed → open when the window's rates
+//! reach their thresholds (after the minimum number of calls) or after N
+//! consecutive failures; open → half-open once the open duration has
+//! passed (lazily, on the next call); half-open admits N probes whose
+//! outcomes decide: back to open (for longer) or closed (duration reset).
+//! Forced-open, disabled and metrics-only are set by hand. Every
+//! transition is one compare-and-swap, so exactly one caller makes it and
+//! exactly one event is emitted.
+
+mod phase;
+mod state;
+
+use std::fmt;
+use std::sync::Arc;
+// Under `--cfg tower_llm_loom` the atomics are loom's, for the model checks.
+#[cfg(tower_llm_loom)]
+use loom::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
+#[cfg(not(tower_llm_loom))]
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::config::CircuitConfig;
+use crate::window::{Sample, Totals, Window};
+use phase::Phase;
+pub use state::{KeySnapshot, OnTransition, State, Transition};
+
+/// How a call ended, for the breaker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// The target worked (even if the request was wrong).
+    Success,
+    /// The target failed.
+    Failure,
+    /// Not the target's health (rate limit, cancelled, local): not counted.
+    Ignored,
+}
+
+/// Why a call was not admitted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Rejection {
+    /// Open (or half-open with every probe taken, or forced open); the
+    /// next probe is allowed after this long, when known.
+    Open(Option<Duration>),
+    /// Cooling down after a rate limit or quota error, for this long.
+    CoolingDown(Duration),
+}
+
+/// Leave to make a call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Permit {
+    /// The half-open generation this probe belongs to; `None` for a call in
+    /// a state that counts into the window.
+    probe: Option<u64>,
+    /// The closed phase the call was admitted in.
+    epoch: u64,
+    /// Whether the outcome is counted at all (not in disabled).
+    counted: bool,
+}
+
+/// A nanosecond timestamp, relative to the registry's start.
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// `open_until` while the one caller that ends an open interval arms the
+/// half-open phase: others see the circuit still open.
+const ARMING: u64 = u64::MAX;
+
+/// The breaker of one key.
+pub(crate) struct Breaker {
+    key: Arc<str>,
+    /// The registry's start: timestamps are relative to it.
+    start: tokio::time::Instant,
+    config: Arc<CircuitConfig>,
+    on_transition: Option<Arc<OnTransition>>,
+    state: AtomicU8,
+    window: Window,
+    consecutive_failures: AtomicU32,
+    /// Bumped on every entry into closed: outcomes of calls admitted in an
+    /// earlier closed phase (before a trip) are not counted in this one.
+    closed_epoch: AtomicU64,
+    /// Consecutive trips without a healthy close: drives the open duration.
+    trips: AtomicU32,
+    open_until: AtomicU64,
+    phase: AtomicU64,
+    half_open_since: AtomicU64,
+    cooldown_until: AtomicU64,
+    rejected: AtomicU64,
+    /// In metrics-only, whether "threshold exceeded" was said already.
+    exceeded_reported: std::sync::atomic::AtomicBool,
+    pub(crate) last_used: AtomicU64,
+    jitter_draws: AtomicU64,
+    jitter_seed: u64,
+}
+
+impl fmt::Debug for Breaker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Breaker")
+            .field("key", &self.key)
+            .field("state", &self.state())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Breaker {
+    pub(crate) fn new(
+        key: Arc<str>,
+        start: tokio::time::Instant,
+        config: Arc<CircuitConfig>,
+        on_transition: Option<Arc<OnTransition>>,
+        now: Duration,
+    ) -> Self {
+        let window = Window::new(config.window);
+        let jitter_seed = {
+            use std::hash::BuildHasher;
+            config.seed.unwrap_or_else(|| std::collections::hash_map::RandomState::new().hash_one(0u8))
+                ^ std::hash::BuildHasher::hash_one(&std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default(), &*key)
+        };
+        Breaker {
+            key,
+            start,
+            config,
+            on_transition,
+            state: AtomicU8::new(State::Closed.as_u8()),
+            window,
+            consecutive_failures: AtomicU32::new(0),
+            closed_epoch: AtomicU64::new(0),
+            trips: AtomicU32::new(0),
+            open_until: AtomicU64::new(0),
+            phase: AtomicU64::new(0),
+            half_open_since: AtomicU64::new(0),
+            cooldown_until: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
+            exceeded_reported: std::sync::atomic::AtomicBool::new(false),
+            last_used: AtomicU64::new(nanos(now)),
+            jitter_draws: AtomicU64::new(0),
+            jitter_seed,
+        }
+    }
+
+    /// Time since the registry started (Tokio's clock).
+    pub(crate) fn now(&self) -> Duration {
+        tokio::time::Instant::now().saturating_duration_since(self.start)
+    }
+
+    pub(crate) fn config(&self) -> &CircuitConfig {
+        &self.config
+    }
+
+    /// Whether recording an outcome needs the time: slow-call detection
+    /// and time windows do; a count window without them does not.
+    pub(crate) fn needs_clock_at_end(&self) -> bool {
+        self.config.slow_call_duration.is_some()
+            || self.config.slow_first_content.is_some()
+            || matches!(self.config.window, crate::window::WindowKind::Time(_))
+    }
+
+    pub(crate) fn key_str(&self) -> &str {
+        &self.key
+    }
+
+    pub(crate) fn state(&self) -> State {
+        State::from_u8(self.state.load(Ordering::Acquire))
+    }
+
+    /// Asks to make a call at `now`.
+    pub(crate) fn acquire(&self, now: Duration) -> Result<Permit, Rejection> {
+        let t = nanos(now);
+        // Written at most once a second: a store on every call would make
+        // every thread on this key contend for the cache line.
+        if t.saturating_sub(self.last_used.load(Ordering::Relaxed)) > 1_000_000_000 {
+            self.last_used.store(t, Ordering::Relaxed);
+        }
+        let cooldown = self.cooldown_until.load(Ordering::Acquire);
+        if cooldown > t {
+            self.count_rejection(true);
+            return Err(Rejection::CoolingDown(Duration::from_nanos(cooldown - t)));
+        }
+        loop {
+            match self.state() {
+                State::Closed | State::MetricsOnly => {
+                    return Ok(Permit {
+                        probe: None,
+                        epoch: self.closed_epoch.load(Ordering::Acquire),
+                        counted: true,
+                    });
+                }
+                State::Disabled => {
+                    return Ok(Permit {
+                        probe: None,
+                        epoch: 0,
+                        counted: false,
+                    });
+                }
+                State::ForcedOpen => {
+                    self.count_rejection(false);
+                    return Err(Rejection::Open(None));
+                }
+                State::Open => {
+                    let until = self.open_until.load(Ordering::Acquire);
+                    if t < until || until == ARMING {
+                        self.count_rejection(false);
+                        let wait = (until != ARMING).then(|| Duration::from_nanos(until - t));
+                        return Err(Rejection::Open(wait));
+                    }
+                    // The interval is over. One caller claims the change,
+                    // arms the probes, and only then shows half-open.
+                    if self
+                        .open_until
+                        .compare_exchange(until, ARMING, Ordering::AcqRel, Ordering::Acquire)
+                        .is_ok()
+                    {
+                        self.arm_half_open(t);
+                        if self.transition(State::Open, State::HalfOpen, "open duration elapsed") {
+                            continue;
+                        }
+                        // Set by hand meanwhile: leave it as it is.
+                    }
+                }
+                State::HalfOpen => return self.acquire_probe(t),
+            }
+        }
+    }
+
+    fn acquire_probe(&self, t: u64) -> Result<Permit, Rejection> {
+        let deadline = nanos(self.config.half_open_deadline());
+        let since = self.half_open_since.load(Ordering::Acquire);
+        // Probes that hang must not hold recovery back: after the deadline,
+        // a new generation of probes is admitted (those in flight no
+        // longer count; this is the trade Polly makes).
+        if t.saturating_sub(since) >= deadline
+            && self
+                .half_open_since
+                .compare_exchange(since, t, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
+            let _ = self
+                .phase
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
+                    Some(Phase::unpack(w).next(self.config.half_open_probes).pack())
+                });
+        }
+        let taken = self
+            .phase
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
+                let mut phase = Phase::unpack(w);
+                (phase.permits > 0).then(|| {
+                    phase.permits -= 1;
+                    phase.pack()
+                })
+            });
+        match taken {
+            Ok(word) => Ok(Permit {
+                probe: Some(Phase::unpack(word).generation),
+                epoch: 0,
+                counted: true,
+            }),
+            Err(_) => {
+                self.count_rejection(false);
+                let since = self.half_open_since.load(Ordering::Acquire);
+                Err(Rejection::Open(Some(Duration::from_nanos(
+                    since.saturating_add(deadline).saturating_sub(t),
+                ))))
+            }
+        }
+    }
+
+    /// A fresh half-open phase at `t` (before half-open becomes visible).
+    fn arm_half_open(&self, t: u64) {
+        self.window.reset();
+        self.half_open_since.store(t, Ordering::Release);
+        let _ = self
+            .phase
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
+                Some(Phase::unpack(w).next(self.config.half_open_probes).pack())
+            });
+    }
+
+    /// Records how an admitted call ended. `slow` says it was slow (only
+    /// counted with a slow-call rule configured).
+    pub(crate) fn record(&self, permit: Permit, outcome: Outcome, slow: bool, now: Duration) {
+        if !permit.counted {
+            return;
+        }
+        let slow = slow && self.counts_slow_calls();
+        match permit.probe {
+            Some(generation) => self.record_probe(generation, outcome, slow, nanos(now)),
+            None => {
+                if outcome == Outcome::Ignored
+                    || permit.epoch != self.closed_epoch.load(Ordering::Acquire)
+                {
+                    return; // not the target's health, or admitted before a trip
+                }
+                let failure = outcome == Outcome::Failure;
+                self.window.record(Sample { failure, slow }, now);
+                let consecutive = if failure {
+                    self.consecutive_failures.fetch_add(1, Ordering::AcqRel) + 1
+                } else {
+                    // Only written when there is something to reset: a store
+                    // on every success would contend across threads.
+                    if self.consecutive_failures.load(Ordering::Relaxed) != 0 {
+                        self.consecutive_failures.store(0, Ordering::Release);
+                    }
+                    0
+                };
+                // Evaluated on every call, as Resilience4j does: a success
+                // can be the call that brings the window to its minimum.
+                let state = self.state();
+                if state == State::MetricsOnly {
+                    // Never opens; says once that it would have.
+                    if let Some(reason) = self.thresholds_exceeded(&self.window.totals(now))
+                        && !self.exceeded_reported.swap(true, Ordering::AcqRel)
+                    {
+                        tracing::warn!(target: crate::TRACING_TARGET, key = &*self.key, reason, "threshold exceeded (metrics only)");
+                    }
+                    return;
+                }
+                if state != State::Closed {
+                    return;
+                }
+                let reason = if self
+                    .config
+                    .consecutive_failures
+                    .is_some_and(|n| consecutive >= n)
+                {
+                    Some("consecutive failures")
+                } else {
+                    self.thresholds_exceeded(&self.window.totals(now))
+                };
+                if let Some(reason) = reason {
+                    self.trip(State::Closed, reason, nanos(now));
+                }
+            }
+        }
+    }
+
+    fn counts_slow_calls(&self) -> bool {
+        self.config.slow_call_duration.is_some() || self.config.slow_first_content.is_some()
+    }
+
+    fn record_probe(&self, generation: u64, outcome: Outcome, slow: bool, t: u64) {
+        let probes = u64::from(self.config.half_open_probes);
+        let updated = self
+            .phase
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
+                let mut phase = Phase::unpack(w);
+                if phase.generation != generation {
+                    return None; // a probe of an earlier phase: not counted
+                }
+                match outcome {
+                    // Not a verdict on the target: the permit goes back.
+                    Outcome::Ignored => phase.permits = (phase.permits + 1).min(probes),
+                    Outcome::Failure => phase.failures += 1,
+                    Outcome::Success => phase.successes += 1,
+                }
+                if slow && outcome != Outcome::Ignored {
+                    phase.slow += 1;
+                }
+                Some(phase.pack())
+            });
+        let Ok(before) = updated else {
+            return;
+        };
+        if outcome == Outcome::Ignored {
+            return;
+        }
+        // The one probe whose outcome completed the phase decides it.
+        let before = Phase::unpack(before);
+        let done = before.successes + before.failures + 1;
+        if done != probes {
+            return;
+        }
+        let failures = before.failures + u64::from(outcome == Outcome::Failure);
+        let slow = before.slow + u64::from(slow);
+        let failure_rate = failures as f64 * 100.0 / done as f64;
+        let slow_rate = slow as f64 * 100.0 / done as f64;
+        if failure_rate >= self.config.failure_rate {
+            self.trip(State::HalfOpen, "probes failed", t);
+        } else if self.counts_slow_calls() && slow_rate >= self.config.slow_call_rate {
+            self.trip(State::HalfOpen, "probes slow", t);
+        } else {
+            self.close_from(State::HalfOpen, "probes succeeded");
+        }
+    }
+
+    fn count_rejection(&self, cooling_down: bool) {
+        self.rejected.fetch_add(1, Ordering::Relaxed);
+        #[cfg(feature = "metrics")]
+        metrics::counter!("tower_llm_circuit_rejected_total", "reason" => if cooling_down { "cooldown" } else { "open" })
+            .increment(1);
+        #[cfg(not(feature = "metrics"))]
+        let _ = cooling_down;
+    }
+
+    fn thresholds_exceeded(&self, totals: &Totals) -> Option<&'static str> {
+        if totals.calls < u64::from(self.config.minimum_calls) {
+            return None;
+        }
+        if totals.failure_rate() >= self.config.failure_rate {
+            return Some("failure rate");
+        }
+        if self.counts_slow_calls() && totals.slow_rate() >= self.config.slow_call_rate {
+            return Some("slow call rate");
+        }
+        None
+    }
+
+    /// How long the next open interval lasts: growing with repeated trips,
+    /// jittered, never above the maximum.
+    fn open_duration(&self, trips: u32) -> Duration {
+        let base = self.config.open_duration_for(trips);
+        let jitter = self.config.open_jitter;
+        let factor = if jitter > 0.0 {
+            1.0 - jitter + 2.0 * jitter * self.draw()
+        } else {
+            1.0
+        };
+        Duration::try_from_secs_f64(base.as_secs_f64() * factor)
+            .unwrap_or(base)
+            .min(self.config.max_open_duration)
+    }
+
+    /// `from` → open. The interval is set before the state changes, from
+    /// the later of `t` and the clock (the call that tripped it may have
+    /// taken long, and `t` may be its start), so nobody sees open with a
+    /// stale deadline.
+    fn trip(&self, from: State, reason: &'static str, t: u64) -> bool {
+        let trips = self.trips.load(Ordering::Acquire) + 1;
+        let t = t.max(nanos(self.now()));
+        let until = t.saturating_add(nanos(self.open_duration(trips)));
+        if self.state() != from {
+            return false;
+        }
+        self.open_until
+            .store(until.min(ARMING - 1), Ordering::Release);
+        let done = self
+            .state
+            .compare_exchange(
+                from.as_u8(),
+                State::Open.as_u8(),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_ok();
+        if done {
+            self.trips.store(trips, Ordering::Release);
+            self.emit(from, State::Open, reason);
+        }
+        done
+    }
+
+    /// `from` → closed, with a fresh window and the durations reset, all
+    /// before closed is visible.
+    fn close_from(&self, from: State, reason: &'static str) -> bool {
+        if self.state() != from {
+            return false;
+        }
+        self.prepare_closed();
+        let done = self
+            .state
+            .compare_exchange(
+                from.as_u8(),
+                State::Closed.as_u8(),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_ok();
+        if done {
+            self.emit(from, State::Closed, reason);
+        }
+        done
+    }
+
+    /// A health probe succeeded: open or half-open → closed. `false` if the
+    /// key was in neither (closed meanwhile, or set by hand).
+    pub(crate) fn close_after_probe(&self) -> bool {
+        self.close_from(State::Open, "health probe succeeded")
+            || self.close_from(State::HalfOpen, "health probe succeeded")
+    }
+
+    fn prepare_closed(&self) {
+        self.closed_epoch.fetch_add(1, Ordering::AcqRel);
+        self.window.reset();
+        self.consecutive_failures.store(0, Ordering::Release);
+        self.trips.store(0, Ordering::Release);
+    }
+
+    /// A uniform draw in [0, 1) for the open-duration jitter: SplitMix64
+    /// over the seed (per layer, or given) and a counter.
+    fn draw(&self) -> f64 {
+        let n = self.jitter_draws.fetch_add(1, Ordering::Relaxed);
+        let mut z = self
+            .jitter_seed
+            .wrapping_add(n.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Moves `from` → `to` if still in `from`; `true` for the one caller
+    /// that did, which also emits the event.
+    fn transition(&self, from: State, to: State, reason: &'static str) -> bool {
+        let done = self
+            .state
+            .compare_exchange(
+                from.as_u8(),
+                to.as_u8(),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_ok();
+        if done {
+            self.emit(from, to, reason);
+        }
+        done
+    }
+
+    fn emit(&self, from: State, to: State, reason: &'static str) {
+        tracing::info!(
+            target: crate::TRACING_TARGET,
+            key = &*self.key,
+            from = from.as_str(),
+            to = to.as_str(),
+            reason,
+            "circuit state change"
+        );
+        #[cfg(feature = "metrics")]
+        metrics::counter!("tower_llm_circuit_transitions_total", "to" => to.as_str()).increment(1);
+        if let Some(callback) = &self.on_transition {
+            callback(&Transition {
+                key: Arc::clone(&self.key),
+                from,
+                to,
+                reason,
+            });
+        }
+    }
+
+    /// Sets a state by hand (force open, disable, …) from any state.
+    pub(crate) fn set_state(&self, to: State, now: Duration) {
+        let t = nanos(now);
+        // Prepare what the new state reads before it is visible.
+        match to {
+            State::Closed => self.prepare_closed(),
+            State::Open => {
+                let trips = self.trips.load(Ordering::Acquire) + 1;
+                self.trips.store(trips, Ordering::Release);
+                self.open_until.store(
+                    t.saturating_add(nanos(self.open_duration(trips)))
+                        .min(ARMING - 1),
+                    Ordering::Release,
+                );
+            }
+            State::HalfOpen => self.arm_half_open(t),
+            _ => {}
+        }
+        if to == State::MetricsOnly {
+            self.exceeded_reported.store(false, Ordering::Release);
+        }
+        let from = State::from_u8(self.state.swap(to.as_u8(), Ordering::AcqRel));
+        if from != to {
+            self.emit(from, to, "set by hand");
+        }
+    }
+
+    /// Starts or extends a cooldown to `now + wait` (never shortens one).
+    pub(crate) fn cool_down(&self, wait: Duration, now: Duration) {
+        let until = nanos(now).saturating_add(nanos(wait));
+        let before = self.cooldown_until.fetch_max(until, Ordering::AcqRel);
+        if until > before {
+            tracing::debug!(target: crate::TRACING_TARGET, key = &*self.key, wait_ms = wait.as_millis() as u64, "cooling down");
+        }
+    }
+
+    /// Ends a cooldown early (reset by hand).
+    pub(crate) fn end_cooldown(&self) {
+        self.cooldown_until.store(0, Ordering::Release);
+    }
+
+    pub(crate) fn snapshot(&self, now: Duration) -> KeySnapshot {
+        let t = nanos(now);
+        let totals = self.window.totals(now);
+        let state = self.state();
+        let remaining = |until: u64| (until > t).then(|| Duration::from_nanos(until - t));
+        KeySnapshot {
+            key: Arc::clone(&self.key),
+            state,
+            totals,
+            consecutive_failures: self.consecutive_failures.load(Ordering::Acquire),
+            rejected: self.rejected.load(Ordering::Acquire),
+            // `ARMING` is a marker of the open interval, not a time (a
+            // cooldown may end at `u64::MAX`: a cooldown of `Duration::MAX`).
+            open_remaining: if state == State::Open {
+                Some(self.open_until.load(Ordering::Acquire))
+                    .filter(|until| *until != ARMING)
+                    .and_then(remaining)
+            } else {
+                None
+            },
+            cooldown_remaining: remaining(self.cooldown_until.load(Ordering::Acquire)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
+
+/// Exhaustive interleavings of the transitions and the probe permits, with
+/// loom (the models live beside, under the cfg they need).
+#[cfg(all(test, tower_llm_loom))]
+mod loom_models;
