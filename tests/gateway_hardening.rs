@@ -729,3 +729,45 @@ fn the_keys_variable_unset_or_empty_is_a_start_up_error_naming_it_and_never_its_
         "{debug}"
     );
 }
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn connections_beyond_max_connections_wait_until_one_closes() {
+    let upstream = Simulator::builder()
+        .plan(Fault::ok())
+        .start()
+        .await
+        .unwrap();
+    let options = app::GatewayOptions {
+        max_connections: 2,
+        ..Default::default()
+    };
+    let gateway = Gateway::start(&upstream, options).await;
+    // Two slow senders take both connections.
+    let first = slow_sender(gateway.addr, b"{").await;
+    let second = slow_sender(gateway.addr, b"{").await;
+    settle().await;
+    // A third caller's request is not read while they hold them.
+    let mut third = TcpStream::connect(gateway.addr).await.unwrap();
+    let body = chat(false);
+    third
+        .write_all(
+            format!(
+                "POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1\r\n\
+                 content-type: application/json\r\nconnection: close\r\n\
+                 content-length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    settle().await;
+    assert!(still_waiting(&third), "served beyond max_connections");
+    assert_eq!(upstream.requests().len(), 0);
+    // One closes: the third is accepted and served.
+    drop(first);
+    let answer = read_all(&mut third).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(upstream.requests().len(), 1);
+    drop(second);
+}

@@ -27,6 +27,8 @@ pub(crate) struct GatewaySection {
     pub(crate) listen: Option<String>,
     /// Requests (and streams) in flight at once; more are refused with 503.
     pub(crate) max_concurrency: Option<usize>,
+    /// Connections open at once; more wait in the listen backlog.
+    pub(crate) max_connections: Option<usize>,
     /// The largest request body, in bytes; larger ones get 413.
     pub(crate) max_body_bytes: Option<usize>,
     /// How long in-flight requests and streams may run on after a shutdown
@@ -58,6 +60,10 @@ pub(crate) struct GatewayOptions {
     pub(crate) listen: SocketAddr,
     /// Requests (and streams) in flight at once.
     pub(crate) max_concurrency: usize,
+    /// Connections open at once. Bodies are read before a request takes
+    /// one of the `max_concurrency` slots, so this (times `max_body_bytes`)
+    /// is what bounds the memory slow senders can hold.
+    pub(crate) max_connections: usize,
     /// The largest request body.
     pub(crate) max_body_bytes: usize,
     /// The grace period after a shutdown signal.
@@ -84,6 +90,7 @@ impl Default for GatewayOptions {
         GatewayOptions {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             max_concurrency: 1024,
+            max_connections: 4096,
             max_body_bytes: 4 * 1024 * 1024,
             shutdown_grace: Duration::from_secs(30),
             // hyper's own default, once a timer is given.
@@ -143,6 +150,14 @@ impl GatewaySection {
                 ));
             }
             options.max_concurrency = n;
+        }
+        if let Some(n) = self.max_connections {
+            if !(1..=MAX_CONCURRENCY).contains(&n) {
+                return Err(format!(
+                    "[gateway] max_connections: {n} is not between 1 and {MAX_CONCURRENCY}"
+                ));
+            }
+            options.max_connections = n;
         }
         if let Some(bytes) = self.max_body_bytes {
             options.max_body_bytes = bytes;

@@ -6,6 +6,7 @@
 
 use std::future::Future;
 use std::io;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -13,7 +14,7 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tower::ServiceExt;
 
 use super::Closing;
@@ -44,6 +45,9 @@ pub(crate) fn serve(
         .header_read_timeout(options.header_read_timeout.min(LONGEST_TIMEOUT));
     let send_timeout = options.send_timeout;
     let grace = options.shutdown_grace;
+    // Each connection holds one until it closes; with none left, new ones
+    // wait in the kernel's listen backlog instead of being accepted.
+    let connections = Arc::new(Semaphore::new(options.max_connections.max(1)));
     async move {
         exposure?;
         // Connection tasks hold a receiver each: `closed()` on the sender
@@ -51,6 +55,14 @@ pub(crate) fn serve(
         let (stopping, _) = watch::channel(false);
         tokio::pin!(shutdown);
         loop {
+            let slot = tokio::select! {
+                slot = connections.clone().acquire_owned() => match slot {
+                    Ok(slot) => slot,
+                    // Never closed while serving.
+                    Err(_) => break,
+                },
+                () = &mut shutdown => break,
+            };
             let tcp = tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok((tcp, _)) => tcp,
@@ -63,6 +75,7 @@ pub(crate) fn serve(
             };
             tokio::spawn(connection(
                 tcp,
+                slot,
                 http.clone(),
                 router.clone(),
                 send_timeout,
@@ -92,6 +105,7 @@ pub(crate) fn serve(
 /// in flight answered, no further one read) once `stopping` turns true.
 async fn connection(
     tcp: TcpStream,
+    _slot: OwnedSemaphorePermit,
     http: http1::Builder,
     router: Router,
     send_timeout: Duration,
