@@ -412,8 +412,12 @@ pub fn parse_message_hint(message: &str) -> Option<Duration> {
         "retry in ",
         "try again after ",
     ];
-    let lower_len = message.len().min(4096);
-    let message = message.get(..lower_len).unwrap_or(message);
+    // Only the first 4 KiB are searched (cut at a character boundary).
+    let mut end = message.len().min(4096);
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    let message = &message[..end];
     for marker in MARKERS {
         let Some(at) = find_ascii_case_insensitive(message, marker) else {
             continue;
@@ -673,6 +677,18 @@ mod tests {
         assert_eq!(
             parse_retry_after("Fri, 01 Jan 2100 00:00:00 GMT", now()),
             Some(MAX_HINT)
+        );
+    }
+
+    #[test]
+    fn a_message_hint_is_searched_in_the_first_four_kib_only_even_mid_character() {
+        let tail = " Please retry after 20 seconds.";
+        // 4095 ASCII bytes, then a two-byte character across the 4 KiB mark.
+        let message = format!("{}é{tail}", "a".repeat(4095));
+        assert_eq!(parse_message_hint(&message), None);
+        assert_eq!(
+            parse_message_hint(&format!("é{tail}")),
+            Some(Duration::from_secs(20))
         );
     }
 
