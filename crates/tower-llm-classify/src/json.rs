@@ -49,6 +49,22 @@ impl Member {
             .is_some_and(|raw| decoded_eq(raw, name.as_bytes()))
     }
 
+    /// Whether the key, once its escapes are decoded, is `name` in any
+    /// ASCII case: how Go's `encoding/json` (Ollama, LocalAI and many
+    /// OpenAI-compatible servers) matches a key to a field, so that
+    /// `{"model":"a","MODEL":"b"}` is served as `b` there. Readers that must
+    /// see every member some upstream takes for `name` use this.
+    pub fn key_matches(&self, body: &[u8], name: &str) -> bool {
+        body.get(self.key.clone())
+            .is_some_and(|raw| decoded_eq_ignoring_ascii_case(raw, name.as_bytes()))
+    }
+
+    /// Whether the key is written exactly as `name`: no escapes, same case,
+    /// the one spelling every parser reads as `name`.
+    pub fn key_is_plain(&self, body: &[u8], name: &str) -> bool {
+        body.get(self.key.clone()) == Some(name.as_bytes())
+    }
+
     /// Whether the key is written without escapes.
     pub fn key_is_literal(&self, body: &[u8]) -> bool {
         body.get(self.key.clone())
@@ -95,9 +111,11 @@ pub struct ModelMembers<'a> {
     /// serde_json's `Value`, Python's `json`, JavaScript's `JSON.parse` and
     /// Go's `encoding/json` read when the key is repeated.
     pub last: Option<Cow<'a, str>>,
-    /// How many top-level members have a key that decodes to `model`.
+    /// How many top-level members have a key that decodes to `model` in
+    /// any case ([`Member::key_matches`]).
     pub count: usize,
-    /// Whether any of them spells the key with escapes (`"mod\u0065l"`).
+    /// Whether any of them spells the key other than plainly `model`: with
+    /// escapes (`"mod\u0065l"`) or in another case (`"MODEL"`).
     pub escaped: bool,
     /// Whether the body is not a well-formed JSON object (or no object at
     /// all): what is above was read before the damage.
@@ -128,10 +146,10 @@ pub fn model_members(body: &[u8]) -> ModelMembers<'_> {
     let mut found = ModelMembers::default();
     let mut members = members(body);
     for member in members.by_ref() {
-        if member.key_is(body, "model") {
+        if member.key_matches(body, "model") {
             found.last = member.string_value(body);
             found.count += 1;
-            found.escaped |= !member.key_is_literal(body);
+            found.escaped |= !member.key_is_plain(body, "model");
         }
     }
     found.malformed = members.malformed();
@@ -315,6 +333,40 @@ fn decoded_eq(raw: &[u8], name: &[u8]) -> bool {
     matched == name.len()
 }
 
+/// [`decoded_eq`], ASCII letters compared in either case.
+fn decoded_eq_ignoring_ascii_case(raw: &[u8], name: &[u8]) -> bool {
+    if memchr::memchr(b'\\', raw).is_none() {
+        return raw.eq_ignore_ascii_case(name);
+    }
+    let mut i = 0;
+    let mut matched = 0;
+    while i < raw.len() {
+        if raw[i] == b'\\' {
+            let Some((c, next)) = escape_at(raw, i) else {
+                return false;
+            };
+            let mut buf = [0_u8; 4];
+            let encoded = c.encode_utf8(&mut buf).as_bytes();
+            match name.get(matched..matched + encoded.len()) {
+                Some(want) if want.eq_ignore_ascii_case(encoded) => {}
+                _ => return false,
+            }
+            matched += encoded.len();
+            i = next;
+        } else {
+            if !name
+                .get(matched)
+                .is_some_and(|want| want.eq_ignore_ascii_case(&raw[i]))
+            {
+                return false;
+            }
+            matched += 1;
+            i += 1;
+        }
+    }
+    matched == name.len()
+}
+
 /// Decodes the string content `raw`; `None` if an escape is invalid.
 fn decode(raw: &[u8]) -> Option<String> {
     let mut out = Vec::with_capacity(raw.len());
@@ -470,6 +522,20 @@ mod tests {
         let mut it = members(b"{}");
         assert_eq!(it.next(), None);
         assert!(!it.malformed());
+    }
+
+    #[test]
+    fn a_model_key_in_another_case_counts_as_go_reads_it() {
+        // Go's encoding/json serves `qwen` here; the body is ambiguous.
+        let found = model_members(br#"{"model":"llama3.2","MODEL":"qwen2.5:72b"}"#);
+        assert_eq!(found.last.as_deref(), Some("qwen2.5:72b"));
+        assert_eq!((found.count, found.escaped), (2, true));
+        assert!(!found.is_unambiguous());
+        // Alone, a key in another case is still not the plain spelling.
+        let found = model_members(br#"{"Mod\u0045l":"qwen"}"#);
+        assert_eq!((found.count, found.escaped), (1, true));
+        assert!(!found.is_unambiguous());
+        assert!(model_members(br#"{"model":"a","modelx":"b","mode":"c"}"#).is_unambiguous());
     }
 
     #[test]

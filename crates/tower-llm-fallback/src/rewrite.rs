@@ -72,7 +72,8 @@ impl Models {
         };
         let mut previous_end = 0;
         for member in members.by_ref() {
-            if member.key_is(body, "model") {
+            // Any case: Go's encoding/json takes `MODEL` for `model`.
+            if member.key_matches(body, "model") {
                 if body.get(member.value.start) != Some(&b'"') {
                     return Err(RewriteError::ModelNotAString);
                 }
@@ -95,7 +96,7 @@ impl Models {
     fn is_one_literal(&self, body: &[u8], model: &str) -> bool {
         self.repeats.is_empty()
             && self.first.as_ref().is_some_and(|m| {
-                m.key_is_literal(body) && m.string_value(body).is_some_and(|v| v == model)
+                m.key_is_plain(body, "model") && m.string_value(body).is_some_and(|v| v == model)
             })
     }
 }
@@ -216,7 +217,7 @@ fn write(body: &[u8], open: usize, models: &Models, model: &str) -> Bytes {
         out.extend_from_slice(&body[open + 1..]);
         return out.freeze();
     };
-    if first.key_is_literal(body) {
+    if first.key_is_plain(body, "model") {
         // Only the value changes: the caller's spacing stays.
         out.extend_from_slice(&body[..first.value.start]);
     } else {
@@ -325,17 +326,20 @@ mod tests {
     /// routed model from it.
     #[test]
     fn every_spelling_and_order_of_model_keys_yields_the_routed_model() {
-        let spellings: Vec<String> = (0..3_u32.pow(5))
+        // Escapes in either hex case, and letters in either case (Go's
+        // encoding/json matches keys ignoring case).
+        let spellings: Vec<String> = (0..4_u32.pow(5))
             .map(|mut code| {
                 "model"
                     .chars()
                     .map(|c| {
-                        let way = code % 3;
-                        code /= 3;
+                        let way = code % 4;
+                        code /= 4;
                         match way {
                             0 => c.to_string(),
                             1 => format!("\\u{:04X}", c as u32),
-                            _ => format!("\\u{:04x}", c as u32),
+                            2 => c.to_ascii_uppercase().to_string(),
+                            _ => format!("\\u{:04x}", c.to_ascii_uppercase() as u32),
                         }
                     })
                     .collect()
@@ -353,8 +357,8 @@ mod tests {
                 let parsed: serde_json::Value = serde_json::from_slice(&out).unwrap();
                 assert_eq!(parsed["model"], "routed", "{body}");
                 let keys: Vec<bool> = json::members(&out)
-                    .filter(|m| m.key_is(&out, "model"))
-                    .map(|m| m.key_is_literal(&out))
+                    .filter(|m| m.key_matches(&out, "model"))
+                    .map(|m| m.key_is_plain(&out, "model"))
                     .collect();
                 assert_eq!(keys, [true], "{body}");
                 assert_eq!(
