@@ -13,7 +13,7 @@ use http_body::Body;
 use http_body_util::Full;
 use pin_project_lite::pin_project;
 use tower_llm_classify::replay::ReadBody;
-use tower_llm_classify::{BoxError, Classification, ErrorKind, LlmError, Phase, RequestMeta, json};
+use tower_llm_classify::{BoxError, ErrorKind, LlmError, RequestMeta};
 use tower_llm_fallback::Fallback;
 use tower_service::Service;
 
@@ -76,42 +76,33 @@ fn no_route(model: Option<&str>) -> LlmError {
             "the request body is not a JSON object with a string `model`".to_owned(),
         ),
     };
-    LlmError::new(
-        Classification::new(kind)
-            .with_phase(Phase::Local)
-            .with_message(&message),
-    )
+    LlmError::local(kind, &message)
 }
 
 /// The route for the body's `model`, and the body to send it: one that
 /// every parser reads the routed model from.
 ///
 /// The model is the body's top-level `model` — keys decoded, the last if
-/// the key is repeated, as serde_json's `Value` and Python read it and as
-/// [`RequestMeta`] reports it — or the one in the path. One walk of the
-/// body finds it and says whether the body is unambiguous (one `model`
-/// spelled without escapes, or none); the common body goes as it came,
-/// without a copy.
+/// the key is repeated, as serde_json's `Value` and Python read it — or
+/// the one in the path: what [`RequestMeta`] reports. One walk of the body
+/// reads the request's `RequestMeta` and says whether the body is
+/// unambiguous (one `model` spelled without escapes, or none); the common
+/// body goes as it came, without a copy. The `RequestMeta` goes in the
+/// request's extensions: the layers below (fallback, retry, circuit,
+/// classify) read it there and never scan the body again.
 fn route(
     routes: &Routes,
-    parts: &http::request::Parts,
+    parts: &mut http::request::Parts,
     bytes: Bytes,
 ) -> Result<(Fallback<TargetService>, Bytes), LlmError> {
-    let found = json::model_members(&bytes);
-    let from_path;
-    let model = match found.last.as_deref() {
-        Some(model) => Some(model),
-        None => {
-            from_path = RequestMeta::from_request(&parts.uri, &parts.headers, None).model;
-            from_path.as_deref()
-        }
-    };
+    let (meta, unambiguous) = RequestMeta::from_whole_body(&parts.uri, &parts.headers, &bytes);
+    let model = meta.model.as_deref();
     let fallback = routes.pick(model).ok_or_else(|| no_route(model))?.clone();
     let rewritten = match model {
-        Some(model) if !found.is_unambiguous() => Some(one_model(&bytes, model)?),
+        Some(model) if !unambiguous => Some(one_model(&bytes, model)?),
         _ => None,
     };
-    drop(found);
+    parts.extensions.insert(meta);
     Ok((fallback, rewritten.unwrap_or(bytes)))
 }
 
@@ -124,13 +115,8 @@ fn route(
 /// not valid JSON is refused, without an upstream call: what it would be
 /// served as cannot be told.
 fn one_model(bytes: &Bytes, model: &str) -> Result<Bytes, LlmError> {
-    tower_llm_fallback::normalise_model(bytes, model).map_err(|e| {
-        LlmError::new(
-            Classification::new(ErrorKind::InvalidRequest)
-                .with_phase(Phase::Local)
-                .with_message(&e.to_string()),
-        )
-    })
+    tower_llm_fallback::normalise_model(bytes, model)
+        .map_err(|e| LlmError::local(ErrorKind::InvalidRequest, &e.to_string()))
 }
 
 impl<B> Future for ResponseFuture<B>
@@ -150,13 +136,14 @@ where
                     routes,
                 } => {
                     let bytes = ready!(read.poll(cx))?;
-                    let Some(parts) = parts.take() else {
+                    let Some(mut parts) = parts.take() else {
                         // Polled again after an error was returned.
-                        return Poll::Ready(Err(LlmError::new(
-                            Classification::new(ErrorKind::Unknown).with_phase(Phase::Local),
+                        return Poll::Ready(Err(LlmError::local(
+                            ErrorKind::Unknown,
+                            "stack future polled after completion",
                         )));
                     };
-                    let (mut fallback, bytes) = route(routes, &parts, bytes)?;
+                    let (mut fallback, bytes) = route(routes, &mut parts, bytes)?;
                     // Fallback is always ready (see `Stack::poll_ready`).
                     let call = fallback.call(Request::from_parts(parts, Full::new(bytes)));
                     State::Calling { call }

@@ -63,6 +63,25 @@ impl LlmError {
         }
     }
 
+    /// An error raised by a layer itself, before or instead of any call
+    /// (a body too large, no route, a future polled after it finished):
+    /// `kind`, in the local phase, with `message`.
+    ///
+    /// ```
+    /// use tower_llm_classify::{ErrorKind, LlmError, Phase};
+    ///
+    /// let error = LlmError::local(ErrorKind::InvalidRequest, "no `model` in the body");
+    /// assert_eq!(error.kind(), ErrorKind::InvalidRequest);
+    /// assert_eq!(error.classification().phase(), Phase::Local);
+    /// ```
+    pub fn local(kind: ErrorKind, message: &str) -> Self {
+        LlmError::new(
+            Classification::new(kind)
+                .with_phase(crate::Phase::Local)
+                .with_message(message),
+        )
+    }
+
     /// An error from a source error, classified by walking its chain
     /// ([`classify_error`](crate::classify_error)).
     pub fn from_source(source: impl Into<BoxError>) -> Self {

@@ -1,6 +1,7 @@
 //! [`RequestMeta`]: provider, model and streaming flag, read once per request.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
 use http::{HeaderMap, Uri};
 
@@ -34,11 +35,25 @@ pub struct RequestMeta {
     /// decoded, the last one if it is repeated, as the upstream's parser
     /// reads it), or the one in the path (Gemini, Vertex, Bedrock, Azure
     /// deployments).
-    pub model: Option<Box<str>>,
+    ///
+    /// Shared (`Arc`): the metadata is cloned with the request's extensions
+    /// for every target and attempt, and the name is not copied each time.
+    pub model: Option<Arc<str>>,
     /// Whether the response will be a stream.
     pub stream: bool,
     /// The wire protocol of the response stream, which says how it ends.
     pub dialect: Dialect,
+    /// What the body itself said (`model` present, `stream` value), so
+    /// that [`retarget`](RequestMeta::retarget) can redo what depends on
+    /// the URL without reading the body again.
+    body: BodyFacts,
+}
+
+/// What a request's body said, kept for [`RequestMeta::retarget`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct BodyFacts {
+    model: bool,
+    stream: Option<bool>,
 }
 
 impl RequestMeta {
@@ -57,8 +72,75 @@ impl RequestMeta {
         headers: &HeaderMap,
         body: Option<&[u8]>,
     ) -> RequestMeta {
-        let path = uri.path();
         let scanned = body.map(scan_json_body).unwrap_or_default();
+        Self::from_scanned(provider, uri, headers, scanned)
+    }
+
+    /// Reads the metadata of a request whose whole body is at hand, and
+    /// whether every JSON parser reads the same `model` from the body as
+    /// it is (a well-formed object with no `model`, or one spelled without
+    /// escapes): one walk of the body for both, for the outermost layer
+    /// that routes by the model and must make an ambiguous body plain.
+    ///
+    /// ```
+    /// use tower_llm_classify::RequestMeta;
+    ///
+    /// let uri: http::Uri = "https://api.openai.com/v1/chat/completions".parse().unwrap();
+    /// let headers = http::HeaderMap::new();
+    /// let (meta, plain) = RequestMeta::from_whole_body(&uri, &headers, br#"{"model":"a","mod\u0065l":"b"}"#);
+    /// assert_eq!((meta.model.as_deref(), plain), (Some("b"), false));
+    /// let (meta, plain) = RequestMeta::from_whole_body(&uri, &headers, br#"{"model":"gpt-4o"}"#);
+    /// assert_eq!((meta.model.as_deref(), plain), (Some("gpt-4o"), true));
+    /// ```
+    pub fn from_whole_body(uri: &Uri, headers: &HeaderMap, body: &[u8]) -> (RequestMeta, bool) {
+        let (scanned, unambiguous) = scan_json_body_checked(body);
+        let meta = Self::from_scanned(Provider::detect(uri), uri, headers, scanned);
+        (meta, unambiguous)
+    }
+
+    /// The metadata of the same request sent to `uri` instead, with its
+    /// body's `model` set to `model` when that is `Some`: the provider, the
+    /// stream's dialect and what the path says (a path model, `alt=sse`)
+    /// are read again from the new URI; what the body said is kept. A
+    /// fallback calls it for each target instead of leaving the layers
+    /// below to parse the body again.
+    ///
+    /// ```
+    /// use tower_llm_classify::{Provider, RequestMeta};
+    ///
+    /// let uri: http::Uri = "https://api.openai.com/v1/chat/completions".parse().unwrap();
+    /// let headers = http::HeaderMap::new();
+    /// let mut meta = RequestMeta::from_request(&uri, &headers, Some(br#"{"model":"gpt-4o"}"#));
+    /// let local: http::Uri = "http://127.0.0.1:11434/v1/chat/completions".parse().unwrap();
+    /// meta.retarget(&local, &headers, Some("llama3.2".into()));
+    /// assert_eq!(meta.provider, Provider::Ollama);
+    /// assert_eq!(meta.model.as_deref(), Some("llama3.2"));
+    /// ```
+    pub fn retarget(&mut self, uri: &Uri, headers: &HeaderMap, model: Option<Arc<str>>) {
+        let scanned = ScannedBody {
+            model: None,
+            stream: self.body.stream,
+        };
+        let mut meta = Self::from_scanned(Provider::detect(uri), uri, headers, scanned);
+        meta.body.model = self.body.model;
+        meta.model = match model {
+            Some(model) => {
+                meta.body.model = true;
+                Some(model)
+            }
+            None if self.body.model => self.model.take(),
+            None => meta.model,
+        };
+        *self = meta;
+    }
+
+    fn from_scanned(
+        provider: Provider,
+        uri: &Uri,
+        headers: &HeaderMap,
+        scanned: ScannedBody,
+    ) -> RequestMeta {
+        let path = uri.path();
         let dialect = Dialect::from_path(path);
         let path_stream = path.contains(":streamGenerateContent")
             || path.ends_with("/invoke-with-response-stream")
@@ -73,15 +155,19 @@ impl RequestMeta {
         let stream = scanned
             .stream
             .unwrap_or(path_stream || accept_stream || default_stream);
+        let body = BodyFacts {
+            model: scanned.model.is_some(),
+            stream: scanned.stream,
+        };
         let model = scanned
             .model
-            .map(Into::into)
             .or_else(|| model_from_path(path).map(Into::into));
         RequestMeta {
             provider,
             model,
             stream,
             dialect,
+            body,
         }
     }
 }
@@ -124,7 +210,7 @@ pub(crate) fn percent_decode(s: &str) -> String {
 
 #[derive(Default, Debug, PartialEq, Eq)]
 pub(crate) struct ScannedBody {
-    pub(crate) model: Option<String>,
+    pub(crate) model: Option<Arc<str>>,
     pub(crate) stream: Option<bool>,
 }
 
@@ -141,11 +227,22 @@ pub(crate) struct ScannedBody {
 /// duplicate. A `model` that is not a string counts as none. Malformed JSON
 /// yields whatever was found before the damage.
 pub(crate) fn scan_json_body(body: &[u8]) -> ScannedBody {
+    scan_json_body_checked(body).0
+}
+
+/// [`scan_json_body`], and whether the body is unambiguous about its
+/// `model` ([`json::ModelMembers::is_unambiguous`]), in the same walk.
+fn scan_json_body_checked(body: &[u8]) -> (ScannedBody, bool) {
     let mut out = ScannedBody::default();
-    for member in json::members(body) {
-        if member.key_is(body, "model") {
-            out.model = member.string_value(body).map(Cow::into_owned);
-        } else if member.key_is(body, "stream") {
+    let mut last: Option<Cow<'_, str>> = None;
+    let (mut count, mut escaped) = (0_usize, false);
+    let mut members = json::members(body);
+    for member in members.by_ref() {
+        if member.key_matches(body, "model") {
+            last = member.string_value(body);
+            count += 1;
+            escaped |= !member.key_is_plain(body, "model");
+        } else if member.key_matches(body, "stream") {
             out.stream = match &body[member.value] {
                 b"true" => Some(true),
                 b"false" => Some(false),
@@ -153,7 +250,9 @@ pub(crate) fn scan_json_body(body: &[u8]) -> ScannedBody {
             };
         }
     }
-    out
+    out.model = last.map(|model| Arc::from(&*model));
+    let unambiguous = !members.malformed() && count <= 1 && !escaped;
+    (out, unambiguous)
 }
 
 #[cfg(test)]

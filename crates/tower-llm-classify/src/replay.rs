@@ -9,7 +9,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use http_body::Body;
 use pin_project_lite::pin_project;
 
-use crate::{BoxError, Classification, ErrorKind, LlmError, Phase};
+use crate::{BoxError, ErrorKind, LlmError, Phase};
 
 pin_project! {
     /// Reads a body to its end, at most `limit` bytes. A body of one frame
@@ -49,14 +49,6 @@ impl<B> ReadBody<B> {
     }
 }
 
-fn local(kind: ErrorKind, message: &str) -> LlmError {
-    LlmError::new(
-        Classification::new(kind)
-            .with_phase(Phase::Local)
-            .with_message(message),
-    )
-}
-
 impl<B> Future for ReadBody<B>
 where
     B: Body,
@@ -94,7 +86,10 @@ where
                             "the request body is larger than the {} bytes kept to send it again",
                             this.limit
                         );
-                        return Poll::Ready(Err(local(ErrorKind::PayloadTooLarge, &message)));
+                        return Poll::Ready(Err(LlmError::local(
+                            ErrorKind::PayloadTooLarge,
+                            &message,
+                        )));
                     }
                     let chunk = data.copy_to_bytes(data.remaining());
                     match (this.first.as_ref(), this.rest.as_mut()) {

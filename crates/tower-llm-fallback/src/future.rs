@@ -11,7 +11,7 @@ use http_body::Body;
 use http_body_util::Full;
 use pin_project_lite::pin_project;
 use tower_llm_classify::replay::ReadBody;
-use tower_llm_classify::{BoxError, Classification, ErrorKind, LlmError, Phase};
+use tower_llm_classify::{BoxError, Classification, ErrorKind, LlmError, RequestMeta};
 use tower_service::Service;
 
 use crate::body::FallbackBody;
@@ -107,14 +107,6 @@ where
     }
 }
 
-fn local_error(kind: ErrorKind, message: &str) -> LlmError {
-    LlmError::new(
-        Classification::new(kind)
-            .with_phase(Phase::Local)
-            .with_message(message),
-    )
-}
-
 impl<S, B, RB> Future for ResponseFuture<S, B>
 where
     S: Service<Request<Full<Bytes>>, Response = Response<RB>> + Clone,
@@ -132,6 +124,16 @@ where
             let failed: LlmError = match this.state.as_mut().project() {
                 StateProj::Collecting { read } => match ready!(read.poll(cx)) {
                     Ok(bytes) => {
+                        // What the request is, read once here unless an
+                        // outer layer did: each target gets it made its
+                        // own, and no layer below reads the body again.
+                        if let Some(parts) = this.parts.as_mut()
+                            && parts.extensions.get::<RequestMeta>().is_none()
+                        {
+                            let meta =
+                                RequestMeta::from_request(&parts.uri, &parts.headers, Some(&bytes));
+                            parts.extensions.insert(meta);
+                        }
                         *this.body = bytes;
                         this.state.set(State::Ready { service: None });
                         if !pick(
@@ -142,7 +144,10 @@ where
                             this.current,
                         ) {
                             this.state.set(State::Done);
-                            return Poll::Ready(Err(local_error(ErrorKind::Unknown, "no target")));
+                            return Poll::Ready(Err(LlmError::local(
+                                ErrorKind::Unknown,
+                                "no target",
+                            )));
                         }
                         continue;
                     }
@@ -157,24 +162,35 @@ where
                     match ready!(service.poll_ready(cx)) {
                         Err(error) => LlmError::from_source(error),
                         Ok(()) => {
-                            let Some(parts) = this.parts.as_ref() else {
-                                this.state.set(State::Done);
-                                return Poll::Ready(Err(local_error(
-                                    ErrorKind::Unknown,
-                                    "fallback future polled after completion",
-                                )));
+                            // No target can come after this one (and no
+                            // hedge): the caller's request is moved, not
+                            // copied.
+                            let last = *this.next >= this.shared.targets.len()
+                                && this.shared.hedge.is_none();
+                            let adapted = match (last, this.parts.take()) {
+                                (true, Some(parts)) => {
+                                    target.adapt_owned(parts, std::mem::take(this.body))
+                                }
+                                (false, Some(parts)) => {
+                                    let adapted = target.adapt_request(&parts, this.body);
+                                    *this.parts = Some(parts);
+                                    adapted
+                                }
+                                (_, None) => {
+                                    this.state.set(State::Done);
+                                    return Poll::Ready(Err(LlmError::local(
+                                        ErrorKind::Unknown,
+                                        "fallback future polled after completion",
+                                    )));
+                                }
                             };
-                            match target.adapt_request(parts, this.body) {
+                            match adapted {
                                 Err(adapt) => {
                                     // Nothing was sent: this target cannot take
                                     // this request; the others may.
-                                    let error = LlmError::new(
-                                        Classification::new(ErrorKind::InvalidRequest)
-                                            .with_phase(Phase::Local)
-                                            .with_message(&format!(
-                                                "not sent to `{}`: {adapt}",
-                                                target.name
-                                            )),
+                                    let error = LlmError::local(
+                                        ErrorKind::InvalidRequest,
+                                        &format!("not sent to `{}`: {adapt}", target.name),
                                     );
                                     this.failures.push((Arc::clone(&target.name), error));
                                     if pick(
@@ -264,12 +280,11 @@ where
                         if let Poll::Ready(result) = service.poll_ready(cx) {
                             let target = &this.shared.targets[index];
                             let started = result.map_err(LlmError::from_source).and_then(|()| {
-                                let parts = this
-                                    .parts
-                                    .as_ref()
-                                    .ok_or_else(|| local_error(ErrorKind::Unknown, "no request"))?;
+                                let parts = this.parts.as_ref().ok_or_else(|| {
+                                    LlmError::local(ErrorKind::Unknown, "no request")
+                                })?;
                                 target.adapt_request(parts, this.body).map_err(|adapt| {
-                                    local_error(
+                                    LlmError::local(
                                         ErrorKind::InvalidRequest,
                                         &format!("not sent to `{}`: {adapt}", target.name),
                                     )
@@ -338,7 +353,7 @@ where
                             error
                         }
                         None => {
-                            return Poll::Ready(Err(local_error(
+                            return Poll::Ready(Err(LlmError::local(
                                 ErrorKind::Unknown,
                                 "hedged call ended without an outcome",
                             )));
@@ -346,7 +361,7 @@ where
                     }
                 }
                 StateProj::Done => {
-                    return Poll::Ready(Err(local_error(
+                    return Poll::Ready(Err(LlmError::local(
                         ErrorKind::Unknown,
                         "fallback future polled after completion",
                     )));
@@ -533,7 +548,7 @@ fn all_failed(mut failures: Vec<(Arc<str>, LlmError)>) -> LlmError {
             .unwrap_or(0)
     };
     if failures.is_empty() {
-        return local_error(ErrorKind::Unknown, "no target was tried");
+        return LlmError::local(ErrorKind::Unknown, "no target was tried");
     }
     let mut error = failures.swap_remove(chosen).1;
     tracing::warn!(target: TRACING_TARGET, targets = report.len(), kind = error.kind().as_str(), "every target failed");

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Request, Uri};
 use http_body_util::Full;
+use tower_llm_classify::RequestMeta;
 use tower_llm_classify::redact::CREDENTIAL_HEADERS;
 
 use crate::rewrite::{RewriteError, rewrite_model};
@@ -187,19 +188,14 @@ impl<S> Target<S> {
         self
     }
 
-    /// The request for this target, from the caller's parts and body.
+    /// The request for this target, from the caller's parts and body
+    /// (kept for the targets after it).
     pub(crate) fn adapt_request(
         &self,
         parts: &http::request::Parts,
         body: &Bytes,
     ) -> Result<Request<Full<Bytes>>, AdaptError> {
-        let body = match &self.model {
-            // An empty body (a GET) has no model to set.
-            Some(model) if !body.is_empty() => {
-                rewrite_model(body, model).map_err(AdaptError::Rewrite)?
-            }
-            _ => body.clone(),
-        };
+        let (body, model) = self.body_for(body)?;
         let mut request = Request::new(Full::new(body));
         *request.method_mut() = parts.method.clone();
         // The version is the client's business (an HTTP/2 caller, an
@@ -220,8 +216,7 @@ impl<S> Target<S> {
         headers.reserve(parts.headers.len() + 1 + self.headers.len());
         for (name, value) in &parts.headers {
             let name_str = name.as_str();
-            let dropped = CREDENTIAL_HEADERS.contains(&name_str)
-                || NOT_FORWARDED.contains(&name_str)
+            let dropped = never_forwarded(name_str).is_some()
                 || connection_listed
                     .iter()
                     .any(|listed| listed.eq_ignore_ascii_case(name_str));
@@ -229,22 +224,105 @@ impl<S> Target<S> {
                 headers.append(name.clone(), value.clone());
             }
         }
+        *request.extensions_mut() = parts.extensions.clone();
+        Ok(self.finish(request, model))
+    }
+
+    /// The request for this target, made from the caller's own parts and
+    /// body when no target can come after it: the same request as
+    /// [`adapt_request`](Target::adapt_request) makes, without copying the
+    /// headers, the URL or the extensions.
+    pub(crate) fn adapt_owned(
+        &self,
+        mut parts: http::request::Parts,
+        body: Bytes,
+    ) -> Result<Request<Full<Bytes>>, AdaptError> {
+        // The names to remove, found in one pass; a `Connection` header
+        // (names listed in a value) or many of them take the copying way.
+        let mut dropped: [&'static str; 8] = [""; 8];
+        let mut count = 0;
+        let mut copy = parts.headers.contains_key(http::header::CONNECTION);
+        for name in parts.headers.keys() {
+            if copy {
+                break;
+            }
+            if let Some(listed) = never_forwarded(name.as_str()) {
+                match dropped.get_mut(count) {
+                    Some(slot) => *slot = listed,
+                    None => copy = true,
+                }
+                count += 1;
+            }
+        }
+        if copy {
+            return self.adapt_request(&parts, &body);
+        }
+        let (body, model) = self.body_for(&body)?;
+        parts.uri = self.uri_for_owned(std::mem::take(&mut parts.uri))?;
+        parts.version = http::Version::default();
+        for name in &dropped[..count] {
+            parts.headers.remove(*name);
+        }
+        Ok(self.finish(Request::from_parts(parts, Full::new(body)), model))
+    }
+
+    /// The body for this target: with its `model` when it sets one (an
+    /// empty body, a GET, has no model to set), and the model set.
+    fn body_for(&self, body: &Bytes) -> Result<(Bytes, Option<Arc<str>>), AdaptError> {
+        match &self.model {
+            Some(model) if !body.is_empty() => {
+                let body = rewrite_model(body, model).map_err(AdaptError::Rewrite)?;
+                Ok((body, Some(Arc::clone(model))))
+            }
+            _ => Ok((body.clone(), None)),
+        }
+    }
+
+    /// The target's credential and headers, the request's metadata made
+    /// this target's, and the user's hook.
+    fn finish(
+        &self,
+        request: Request<Full<Bytes>>,
+        model: Option<Arc<str>>,
+    ) -> Request<Full<Bytes>> {
+        let (mut parts, body) = request.into_parts();
         if let Some((name, value)) = &self.credential {
-            headers.insert(name.clone(), value.clone());
+            parts.headers.insert(name.clone(), value.clone());
         }
         for (name, value) in &self.headers {
-            headers.insert(name.clone(), value.clone());
+            parts.headers.insert(name.clone(), value.clone());
         }
-        *request.extensions_mut() = parts.extensions.clone();
-        // What an earlier layer read of the request (model, provider) is
-        // not this target's: let the layers below read it again.
-        request
-            .extensions_mut()
-            .remove::<tower_llm_classify::RequestMeta>();
+        if self.hook.is_some() {
+            // A hook may change anything (another request format): the
+            // layers below read the request it leaves again.
+            parts.extensions.remove::<RequestMeta>();
+        } else if (self.base.is_some() || model.is_some())
+            && let Some(meta) = parts.extensions.get_mut::<RequestMeta>()
+        {
+            // What an outer layer read of the request, made this target's
+            // (provider and dialect from its URL, the model it is sent),
+            // so the layers below never read the body again.
+            meta.retarget(&parts.uri, &parts.headers, model);
+        }
+        let mut request = Request::from_parts(parts, body);
         if let Some(hook) = &self.hook {
             hook(&mut request);
         }
-        Ok(request)
+        request
+    }
+
+    /// [`uri_for`](Target::uri_for), moving `uri` when it goes as it came.
+    fn uri_for_owned(&self, uri: Uri) -> Result<Uri, AdaptError> {
+        if self.base.is_none()
+            && !uri
+                .query()
+                .unwrap_or_default()
+                .split('&')
+                .any(is_credential_parameter)
+        {
+            return Ok(uri);
+        }
+        self.uri_for(&uri)
     }
 
     /// The target's URL: its scheme, host and path prefix, then the
@@ -343,6 +421,16 @@ fn decode_parameter_name<'b>(name: &[u8], buf: &'b mut [u8; 32]) -> Option<&'b [
         len += 1;
     }
     Some(&buf[..len])
+}
+
+/// The listed name `name` matches, if the caller's header `name` is never
+/// sent to a target (a credential, or one of [`NOT_FORWARDED`]).
+fn never_forwarded(name: &str) -> Option<&'static str> {
+    CREDENTIAL_HEADERS
+        .iter()
+        .chain(NOT_FORWARDED)
+        .find(|listed| **listed == name)
+        .copied()
 }
 
 /// Headers never copied from the caller to a target: hop-by-hop headers

@@ -15,16 +15,6 @@ use pin_project_lite::pin_project;
 /// take it as they are.
 pub type ReplayBody = http_body_util::Full<Bytes>;
 
-/// The bytes of a replay body (a reference-count clone).
-pub(crate) fn replay_bytes(body: &ReplayBody) -> Bytes {
-    let mut clone = body.clone();
-    let mut cx = Context::from_waker(std::task::Waker::noop());
-    match Pin::new(&mut clone).poll_frame(&mut cx) {
-        Poll::Ready(Some(Ok(frame))) => frame.into_data().unwrap_or_default(),
-        _ => Bytes::new(),
-    }
-}
-
 pin_project! {
     /// The response body the retry layer returns: the inner body, after the
     /// frames the first-content guard read ahead (if it held the stream back).

@@ -43,8 +43,9 @@ const WHOLE_BODY_LIMIT: usize = 4 * 1024 * 1024;
 const FRAMES_PER_POLL: usize = 32;
 
 pin_project! {
-    /// The future of [`Retry`](crate::Retry): a named state machine, no
-    /// boxing on the happy path. Dropping it drops the attempt in flight or
+    /// The future of [`Retry`](crate::Retry): a named state machine; on
+    /// the happy path the only box is the body of a guarded answer (a
+    /// stream, a whole JSON answer), pinned while it is read ahead. Dropping it drops the attempt in flight or
     /// the wait (with its `AttemptEnd` unset: a breaker below does not count
     /// a caller that went away), and gives back the budget token of a retry
     /// not yet made; nothing is spawned.
@@ -91,8 +92,9 @@ pin_project! {
         Collecting { #[pin] read: ReadBody<B> },
         Ready,
         Calling { #[pin] future: F },
-        // Boxed: only streams pay for holding a response back.
-        Guarding { guard: Box<Guard<R>> },
+        // Inline: every guarded answer (a stream, a whole JSON answer)
+        // holds its response here, without a box of its own.
+        Guarding { guard: Guard<R> },
         Sleeping { sleep: Pin<Box<Sleep>> },
         Done,
     }
@@ -153,14 +155,6 @@ where
     }
 }
 
-fn local_error(kind: ErrorKind, message: &str) -> LlmError {
-    LlmError::new(
-        Classification::new(kind)
-            .with_phase(Phase::Local)
-            .with_message(message),
-    )
-}
-
 fn deadline_error() -> LlmError {
     LlmError::new(
         Classification::new(ErrorKind::Timeout)
@@ -169,15 +163,14 @@ fn deadline_error() -> LlmError {
     )
 }
 
-/// The model of the request, for logs: from `RequestMeta` when an outer
-/// layer put it there, else read from the body (only on the failure path).
-fn model_of(template: Option<&Request<ReplayBody>>) -> Option<Box<str>> {
-    let template = template?;
-    if let Some(meta) = template.extensions().get::<RequestMeta>() {
-        return meta.model.clone();
-    }
-    let bytes = crate::body::replay_bytes(template.body());
-    RequestMeta::from_request(template.uri(), template.headers(), Some(&bytes)).model
+/// The model of the request, for logs: from the `RequestMeta` read when
+/// the body was (never read again on a failure).
+fn model_of(template: Option<&Request<ReplayBody>>) -> Option<&str> {
+    template?
+        .extensions()
+        .get::<RequestMeta>()?
+        .model
+        .as_deref()
 }
 
 impl<S, B, R> Future for ResponseFuture<S, B, R>
@@ -208,6 +201,11 @@ where
                                 Ok(bytes) => {
                                     if let Some(template) = this.template.as_mut() {
                                         *template.body_mut() = ReplayBody::new(bytes);
+                                        // Read once, unless an outer layer
+                                        // did: every attempt carries it, so
+                                        // the layers below never parse the
+                                        // body again.
+                                        RequestMeta::get_or_insert(template);
                                     }
                                     if let Some(budget) = &this.shared.policy.budget {
                                         budget.deposit();
@@ -284,9 +282,7 @@ where
                                             charged: 0,
                                             scanner,
                                         };
-                                        this.state.set(State::Guarding {
-                                            guard: Box::new(guard),
-                                        });
+                                        this.state.set(State::Guarding { guard });
                                         continue;
                                     }
                                     this.state.set(State::Done);
@@ -381,10 +377,15 @@ where
                     }
                 }
             };
-            let model = model_of(this.template.as_ref());
             match outcome {
                 Ok((delay, hinted, token)) => {
-                    report::retrying(c, *this.attempts, delay, hinted, model.as_deref());
+                    report::retrying(
+                        c,
+                        *this.attempts,
+                        delay,
+                        hinted,
+                        model_of(this.template.as_ref()),
+                    );
                     *this.refund = token;
                     // Saturating: a policy may allow waits of any length.
                     *this.slept = this.slept.saturating_add(delay);
@@ -398,7 +399,7 @@ where
                     }
                 }
                 Err(reason) => {
-                    report::giving_up(c, *this.attempts, reason, model.as_deref());
+                    report::giving_up(c, *this.attempts, reason, model_of(this.template.as_ref()));
                     this.state.set(State::Done);
                     *this.timer = None;
                     return Poll::Ready(Err(report::fail(
@@ -596,5 +597,5 @@ fn before_content(mut error: LlmError) -> LlmError {
 }
 
 fn polled_after_completion() -> LlmError {
-    local_error(ErrorKind::Unknown, "retry future polled after completion")
+    LlmError::local(ErrorKind::Unknown, "retry future polled after completion")
 }
