@@ -37,7 +37,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use tokio::time::{Instant, sleep};
 use tower::ServiceExt;
-use tower_llm::circuit::State;
+use tower_llm::circuit::CircuitState;
 use tower_llm::stack::{LlmStack, Stack, served_by};
 use tower_llm_testkit::{Api, Delay, Fault, FaultPlan, Simulator};
 
@@ -234,7 +234,7 @@ async fn drive(
 fn watch_breaker(
     stack: &Stack,
     load: &Arc<Load>,
-) -> std::thread::JoinHandle<Vec<(Instant, State)>> {
+) -> std::thread::JoinHandle<Vec<(Instant, CircuitState)>> {
     let circuits = stack.circuits().clone();
     let load = Arc::clone(load);
     std::thread::spawn(move || {
@@ -256,8 +256,8 @@ fn watch_breaker(
 
 /// The changes a watcher saw (none for the bare client).
 fn changes(
-    watcher: Option<std::thread::JoinHandle<Vec<(Instant, State)>>>,
-) -> Result<Vec<(Instant, State)>, Box<dyn Error>> {
+    watcher: Option<std::thread::JoinHandle<Vec<(Instant, CircuitState)>>>,
+) -> Result<Vec<(Instant, CircuitState)>, Box<dyn Error>> {
     match watcher {
         Some(watcher) => watcher
             .join()
@@ -320,7 +320,7 @@ async fn flaky(
     load.stop.store(true, Ordering::Relaxed);
     let breaker_opened = changes(watcher)?
         .iter()
-        .filter(|(_, state)| *state == State::Open)
+        .filter(|(_, state)| *state == CircuitState::Open)
         .count();
     let mut latencies: Vec<Duration> = records.iter().map(|r| r.end - r.start).collect();
     latencies.sort_unstable();
@@ -376,7 +376,7 @@ async fn outage(
             // Until the breaker lets the primary serve again, then a little
             // more to see it serve.
             while up.elapsed() < RECOVERY_LIMIT
-                && stack.circuits().state(PRIMARY_KEY) != Some(State::Closed)
+                && stack.circuits().state(PRIMARY_KEY) != Some(CircuitState::Closed)
             {
                 sleep(Duration::from_millis(5)).await;
             }
@@ -400,12 +400,12 @@ async fn outage(
         .collect();
     let breaker_open = changes
         .iter()
-        .find(|(at, state)| *at >= down && *state == State::Open)
+        .find(|(at, state)| *at >= down && *state == CircuitState::Open)
         .map(|(at, _)| *at);
     let breaker_closed = breaker_open.and_then(|opened| {
         changes
             .iter()
-            .find(|(at, state)| *at > opened && *state == State::Closed)
+            .find(|(at, state)| *at > opened && *state == CircuitState::Closed)
             .map(|(at, _)| at.saturating_duration_since(up))
     });
     let primary_again = records

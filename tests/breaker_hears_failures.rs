@@ -13,7 +13,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use tokio::time::Instant;
 use tower::ServiceExt;
-use tower_llm::circuit::{CircuitConfig, State, WindowKind};
+use tower_llm::circuit::{CircuitConfig, CircuitState, WindowKind};
 use tower_llm::retry::{Backoff, ReplayBody, RetryPolicy};
 use tower_llm::stack::{LlmStack, Stack, served_by};
 use tower_llm_testkit::{Fault, Simulator};
@@ -83,7 +83,7 @@ async fn a_silent_primary_opens_its_breaker_and_the_next_request_goes_straight_t
         .circuits()
         .snapshot()
         .into_iter()
-        .filter(|key| key.state == State::Open)
+        .filter(|key| key.state == CircuitState::Open)
         .map(|key| key.key)
         .collect();
     assert_eq!(open.len(), 1, "the primary's breaker heard both timeouts");

@@ -12,7 +12,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use tower::ServiceExt;
-use tower_llm::circuit::State;
+use tower_llm::circuit::CircuitState as State;
 use tower_llm::fallback::FallbackReport;
 use tower_llm::retry::{Backoff, ReplayBody, RetryPolicy};
 use tower_llm::stack::{LlmStack, ModelRoute, Stack, StackError, served_by};

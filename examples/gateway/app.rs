@@ -48,7 +48,7 @@ use serde_json::json;
 use tokio::sync::Semaphore;
 use tower::ServiceExt;
 use tower_http::limit::RequestBodyLimitLayer;
-use tower_llm::circuit::State as CircuitState;
+use tower_llm::circuit::CircuitState;
 use tower_llm::fallback::FallbackReport;
 use tower_llm::retry::RetryStats;
 use tower_llm::stack::{Stack, served_by};

@@ -9,7 +9,7 @@ use pin_project_lite::pin_project;
 use tower_llm_classify::Classified;
 use tower_llm_classify::stream::EventScanner;
 
-use crate::future::Guard;
+use crate::future::PermitGuard;
 
 pin_project! {
     /// The inner body; when it ends (or fails, or is dropped), the call's
@@ -22,7 +22,7 @@ pin_project! {
     pub struct CircuitBody<B> {
         #[pin]
         inner: B,
-        guard: Option<Guard>,
+        guard: Option<PermitGuard>,
         data_seen: bool,
         // For a stream timed to its first content: tells content events
         // from keep-alives and role chunks (only until the first one).
@@ -31,7 +31,11 @@ pin_project! {
 }
 
 impl<B> CircuitBody<B> {
-    pub(crate) fn new(inner: B, guard: Option<Guard>, scanner: Option<Box<EventScanner>>) -> Self {
+    pub(crate) fn new(
+        inner: B,
+        guard: Option<PermitGuard>,
+        scanner: Option<Box<EventScanner>>,
+    ) -> Self {
         CircuitBody {
             inner,
             guard,

@@ -20,7 +20,7 @@ use crate::breaker::{Breaker, Outcome, Permit};
 /// attempt (its timeout, its deadline, an error its stream guard read) and
 /// the call failed for that reason; unset or absent, the caller went away,
 /// and the permit is released without counting.
-pub(crate) struct Guard {
+pub(crate) struct PermitGuard {
     pub(crate) breaker: Arc<Breaker>,
     pub(crate) permit: Permit,
     pub(crate) start: Duration,
@@ -37,7 +37,7 @@ pub(crate) struct Guard {
     )>,
 }
 
-impl Guard {
+impl PermitGuard {
     /// The time now, read only when the outcome needs it.
     fn end_time(&self) -> Duration {
         if self.breaker.needs_clock_at_end() {
@@ -101,7 +101,7 @@ impl Guard {
     }
 }
 
-impl Drop for Guard {
+impl Drop for PermitGuard {
     fn drop(&mut self) {
         if self.done {
             return;
@@ -164,7 +164,7 @@ pin_project! {
     #[project = KindProj]
     enum Kind<F> {
         Rejected { error: Option<LlmError> },
-        Called { #[pin] future: F, guard: Option<Guard> },
+        Called { #[pin] future: F, guard: Option<PermitGuard> },
     }
 }
 
@@ -175,7 +175,7 @@ impl<F> ResponseFuture<F> {
         }
     }
 
-    pub(crate) fn called(future: F, guard: Guard) -> Self {
+    pub(crate) fn called(future: F, guard: PermitGuard) -> Self {
         ResponseFuture {
             kind: Kind::Called {
                 future,

@@ -3,22 +3,22 @@
 
 use std::sync::Arc;
 
-use crate::breaker::{KeySnapshot, State};
+use crate::breaker::{CircuitState, KeySnapshot};
 use crate::registry::Registry;
 
 /// A handle on a layer's breakers, for an admin endpoint or a test.
 ///
 /// ```
-/// use tower_llm_circuit::{CircuitConfig, CircuitLayer, State};
+/// use tower_llm_circuit::{CircuitConfig, CircuitLayer, CircuitState};
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() {
 /// let layer = CircuitLayer::new(CircuitConfig::standard());
 /// let handle = layer.handle();
 /// handle.force_open("openai/gpt-4o");
-/// assert_eq!(handle.state("openai/gpt-4o"), Some(State::ForcedOpen));
+/// assert_eq!(handle.state("openai/gpt-4o"), Some(CircuitState::ForcedOpen));
 /// handle.reset("openai/gpt-4o");
-/// assert_eq!(handle.snapshot()[0].state, State::Closed);
+/// assert_eq!(handle.snapshot()[0].state, CircuitState::Closed);
 /// # }
 /// ```
 #[derive(Clone, Debug)]
@@ -31,41 +31,41 @@ impl CircuitHandle {
         CircuitHandle { registry }
     }
 
-    fn set(&self, key: &str, state: State) {
+    fn set(&self, key: &str, state: CircuitState) {
         let now = self.registry.now();
         self.registry.get(key, now).set_state(state, now);
     }
 
     /// Every call to `key` fails at once until it is reset.
     pub fn force_open(&self, key: &str) {
-        self.set(key, State::ForcedOpen);
+        self.set(key, CircuitState::ForcedOpen);
     }
 
     /// Closes `key` with a fresh window (its cooldown, if any, stays).
     pub fn force_closed(&self, key: &str) {
-        self.set(key, State::Closed);
+        self.set(key, CircuitState::Closed);
     }
 
     /// Closes `key`, clears its window and ends its cooldown.
     pub fn reset(&self, key: &str) {
         let now = self.registry.now();
         let breaker = self.registry.get(key, now);
-        breaker.set_state(State::Closed, now);
+        breaker.set_state(CircuitState::Closed, now);
         breaker.end_cooldown();
     }
 
     /// Lets every call to `key` through without counting.
     pub fn disable(&self, key: &str) {
-        self.set(key, State::Disabled);
+        self.set(key, CircuitState::Disabled);
     }
 
     /// Lets every call to `key` through, counting, never opening.
     pub fn metrics_only(&self, key: &str) {
-        self.set(key, State::MetricsOnly);
+        self.set(key, CircuitState::MetricsOnly);
     }
 
     /// The state of `key`, if it has been seen.
-    pub fn state(&self, key: &str) -> Option<State> {
+    pub fn state(&self, key: &str) -> Option<CircuitState> {
         self.registry.find(key).map(|b| b.state())
     }
 
@@ -100,7 +100,7 @@ impl CircuitHandle {
     /// open is left alone and `probe` is not run.
     ///
     /// ```
-    /// use tower_llm_circuit::{CircuitConfig, CircuitLayer, ProbeResult, State};
+    /// use tower_llm_circuit::{CircuitConfig, CircuitLayer, ProbeResult, CircuitState};
     ///
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() {
@@ -116,7 +116,7 @@ impl CircuitHandle {
         let Some(breaker) = self.registry.find(key) else {
             return ProbeResult::NotOpen;
         };
-        if !matches!(breaker.state(), State::Open | State::HalfOpen) {
+        if !matches!(breaker.state(), CircuitState::Open | CircuitState::HalfOpen) {
             return ProbeResult::NotOpen;
         }
         if !probe.await {
@@ -133,7 +133,7 @@ impl CircuitHandle {
     pub fn open_keys(&self) -> Vec<Arc<str>> {
         self.snapshot()
             .into_iter()
-            .filter(|k| matches!(k.state, State::Open | State::HalfOpen))
+            .filter(|k| matches!(k.state, CircuitState::Open | CircuitState::HalfOpen))
             .map(|k| k.key)
             .collect()
     }

@@ -19,7 +19,7 @@
 //! use hyper_util::client::legacy::Client;
 //! use hyper_util::rt::TokioExecutor;
 //! use tower::{Service, ServiceBuilder, ServiceExt};
-//! use tower_llm_circuit::{CircuitConfig, CircuitLayer, State};
+//! use tower_llm_circuit::{CircuitConfig, CircuitLayer, CircuitState};
 //! use tower_llm_classify::{ClassifyLayer, ErrorKind};
 //! use tower_llm_testkit::{Api, Fault, Simulator};
 //!
@@ -43,7 +43,7 @@
 //! let error = service.ready().await?.call(request()?).await.unwrap_err();
 //! assert_eq!(error.kind(), ErrorKind::CircuitOpen);
 //! let key = &handle.snapshot()[0];
-//! assert_eq!((key.state, &*key.key), (State::Open, "openai_compatible/gpt-4o"));
+//! assert_eq!((key.state, &*key.key), (CircuitState::Open, "openai_compatible/gpt-4o"));
 //! assert_eq!(sim.requests().len(), 5);
 //! # Ok(())
 //! # }
@@ -90,7 +90,7 @@ mod settings;
 mod window;
 
 pub use body::CircuitBody;
-pub use breaker::{KeySnapshot, OnTransition, State, Transition};
+pub use breaker::{CircuitState, KeySnapshot, OnTransition, Transition};
 pub use config::{CircuitConfig, CircuitConfigBuilder, ConfigError};
 pub use handle::{CircuitHandle, ProbeResult};
 pub use key::{KeyBy, KeyFn, KeyInput};
@@ -98,6 +98,12 @@ pub use layer::CircuitLayer;
 pub use service::Circuit;
 pub use settings::{CircuitSettings, ENV_VARS};
 pub use window::{Totals, WindowKind};
+
+/// The former name of [`CircuitState`], kept so code written against it
+/// still builds. `State` said nothing once re-exported beside other
+/// crates' states (issue 13: a name is unique in the workspace's API).
+#[deprecated(since = "0.1.0", note = "renamed to `CircuitState`")]
+pub type State = CircuitState;
 
 /// The tracing target of every event of this crate.
 pub const TRACING_TARGET: &str = "tower_llm::circuit";

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::breaker::{Breaker, KeySnapshot, OnTransition, State};
+use crate::breaker::{Breaker, CircuitState, KeySnapshot, OnTransition};
 use crate::config::CircuitConfig;
 
 /// Shards of the key map: a call takes the read lock of one shard only,
@@ -110,7 +110,7 @@ impl Registry {
         map.retain(|_, b| {
             matches!(
                 b.state(),
-                State::ForcedOpen | State::Disabled | State::MetricsOnly
+                CircuitState::ForcedOpen | CircuitState::Disabled | CircuitState::MetricsOnly
             ) || t.saturating_sub(b.last_used.load(Ordering::Relaxed)) < idle
         });
         if map.len() < before {
@@ -124,12 +124,14 @@ impl Registry {
                 .filter(|(_, b)| {
                     !matches!(
                         b.state(),
-                        State::ForcedOpen | State::Disabled | State::MetricsOnly
+                        CircuitState::ForcedOpen
+                            | CircuitState::Disabled
+                            | CircuitState::MetricsOnly
                     )
                 })
                 .min_by_key(|(_, b)| {
                     (
-                        b.state() != State::Closed,
+                        b.state() != CircuitState::Closed,
                         b.last_used.load(Ordering::Relaxed),
                     )
                 })

@@ -14,7 +14,7 @@ use tower_service::Service;
 
 use crate::body::CircuitBody;
 use crate::breaker::Rejection;
-use crate::future::{Guard, ResponseFuture};
+use crate::future::{PermitGuard, ResponseFuture};
 use crate::key::{KeyBy, KeyInput};
 use crate::registry::Registry;
 
@@ -198,7 +198,7 @@ where
         };
         match breaker.acquire(now) {
             Ok(permit) => {
-                let guard = Guard {
+                let guard = PermitGuard {
                     breaker,
                     permit,
                     start: now,

@@ -12,7 +12,7 @@ use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
 use tokio_test::{assert_pending, assert_ready, assert_ready_ok, task};
 use tower::{Layer, Service};
-use tower_llm_circuit::{Circuit, CircuitConfig, CircuitLayer, State, WindowKind};
+use tower_llm_circuit::{Circuit, CircuitConfig, CircuitLayer, CircuitState, WindowKind};
 use tower_llm_classify::{AttemptEnd, Classification, EndReason, ErrorKind, LlmError, Phase};
 use tower_test::mock;
 
@@ -76,7 +76,7 @@ async fn an_open_circuit_never_calls_the_inner_service() {
         send.send_error(overloaded());
         assert_eq!(call.await.unwrap_err().kind(), ErrorKind::Overloaded);
     }
-    assert_eq!(layer.handle().state(KEY), Some(State::Open));
+    assert_eq!(layer.handle().state(KEY), Some(CircuitState::Open));
     ready(&mut service).await;
     let mut rejected = task::spawn(service.call(request()));
     let error = match assert_ready!(rejected.poll()) {
@@ -114,7 +114,7 @@ async fn a_probe_dropped_before_its_answer_releases_its_permit() {
     send.send_response(Response::new(Full::from("ok")));
     let response = call.await.unwrap();
     let _ = response.into_body().collect().await.unwrap();
-    assert_eq!(layer.handle().state(KEY), Some(State::Closed));
+    assert_eq!(layer.handle().state(KEY), Some(CircuitState::Closed));
 }
 
 #[tokio::test(start_paused = true)]
@@ -156,7 +156,7 @@ async fn a_call_the_layer_above_ends_counts_as_the_failure_it_names() {
     let key = &layer.handle().snapshot()[0];
     assert_eq!(
         (key.state, key.totals.failures),
-        (State::Open, 2),
+        (CircuitState::Open, 2),
         "{key:?}"
     );
 }
@@ -204,11 +204,11 @@ async fn a_probe_the_layer_above_ends_concludes_and_reopens() {
     let end = AttemptEnd::new();
     let probe = service.call(request_ended_by(&end));
     let (_, _send) = handle.next_request().await.unwrap();
-    assert_eq!(layer.handle().state(KEY), Some(State::HalfOpen));
+    assert_eq!(layer.handle().state(KEY), Some(CircuitState::HalfOpen));
     end.end(EndReason::AttemptTimeout);
     drop(probe);
     let key = &layer.handle().snapshot()[0];
-    assert_eq!(key.state, State::Open);
+    assert_eq!(key.state, CircuitState::Open);
     // Re-opened for longer: 10 s × 2.
     assert_eq!(key.open_remaining, Some(Duration::from_secs(20)));
 }

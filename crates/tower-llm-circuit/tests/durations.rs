@@ -14,8 +14,8 @@ use http_body_util::{BodyExt, Full};
 use tokio_test::{assert_pending, task};
 use tower::{Layer, ServiceExt};
 use tower_llm_circuit::{
-    CircuitConfig, CircuitConfigBuilder, CircuitLayer, CircuitSettings, KeyBy, KeySnapshot, State,
-    WindowKind,
+    CircuitConfig, CircuitConfigBuilder, CircuitLayer, CircuitSettings, CircuitState, KeyBy,
+    KeySnapshot, WindowKind,
 };
 use tower_llm_classify::hint::{Hint, HintSource, MAX_HINT};
 use tower_llm_classify::{Classification, ErrorKind, LlmError, Phase};
@@ -104,7 +104,7 @@ async fn trip(layer: &CircuitLayer, plan: &Plan) {
     for _ in 0..2 {
         let _ = call(layer, plan, Answer::Fail(ErrorKind::Overloaded, None)).await;
     }
-    assert_eq!(only_key(layer).state, State::Open);
+    assert_eq!(only_key(layer).state, CircuitState::Open);
 }
 
 /// The next call fails at once as circuit open, with a hint no longer than
@@ -145,7 +145,7 @@ async fn a_maximum_open_duration_of_duration_max_caps_the_growth() {
     tokio::time::advance(Duration::from_secs(1)).await;
     let probe = call(&layer, &plan, Answer::Fail(ErrorKind::Overloaded, None)).await;
     assert_eq!(probe.unwrap_err().kind(), ErrorKind::Overloaded);
-    assert_eq!(only_key(&layer).state, State::Open);
+    assert_eq!(only_key(&layer).state, CircuitState::Open);
     tokio::time::advance(Duration::from_secs(100 * 365 * 24 * 3600)).await;
     assert_open(&layer, &plan).await;
 }
@@ -159,14 +159,14 @@ async fn a_half_open_deadline_of_duration_max_waits_for_its_probe() {
     *plan.lock().unwrap() = Answer::Never;
     let mut probe = task::spawn(layer.layer(upstream(&plan)).oneshot(request()));
     assert_pending!(probe.poll());
-    assert_eq!(only_key(&layer).state, State::HalfOpen);
+    assert_eq!(only_key(&layer).state, CircuitState::HalfOpen);
     // Every other caller is told the (unbounded) wait for the next probe.
     tokio::time::advance(Duration::from_secs(100 * 365 * 24 * 3600)).await;
     assert_open(&layer, &plan).await;
     // The probe's caller goes away: its permit comes back.
     drop(probe);
     assert_eq!(call(&layer, &plan, Answer::Ok).await.ok(), Some(()));
-    assert_eq!(only_key(&layer).state, State::Closed);
+    assert_eq!(only_key(&layer).state, CircuitState::Closed);
 }
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
@@ -187,7 +187,7 @@ async fn slow_call_limits_of_duration_max_never_call_a_call_slow() {
     let key = only_key(&layer);
     assert_eq!(
         (key.state, key.totals.calls, key.totals.slow),
-        (State::Closed, 6, 0)
+        (CircuitState::Closed, 6, 0)
     );
 }
 

@@ -16,7 +16,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use tower::{Layer, ServiceExt};
 use tower_llm_circuit::{
-    Circuit, CircuitConfig, CircuitConfigBuilder, CircuitHandle, CircuitLayer, State, WindowKind,
+    Circuit, CircuitConfig, CircuitConfigBuilder, CircuitHandle, CircuitLayer, CircuitState,
+    WindowKind,
 };
 use tower_llm_classify::{Classify, ClassifyLayer, ErrorKind};
 use tower_llm_retry::{Backoff, ReplayBody, Retry, RetryLayer, RetryPolicy, RetryPolicyBuilder};
@@ -98,7 +99,7 @@ async fn assert_open_and_spared(
     let key = only_key(&circuit.handle());
     assert_eq!(
         (key.state, key.totals.failures),
-        (State::Open, failures),
+        (CircuitState::Open, failures),
         "{key:?}"
     );
     assert_eq!(
@@ -147,7 +148,7 @@ async fn attempts_the_deadline_ends_count_as_timeouts() {
             Err(ErrorKind::Timeout)
         );
     }
-    assert_eq!(only_key(&circuit.handle()).state, State::Open);
+    assert_eq!(only_key(&circuit.handle()).state, CircuitState::Open);
     assert_eq!(
         call(&service, request(&sim, Api::OpenAiChat, false)).await,
         Err(ErrorKind::CircuitOpen)
@@ -215,7 +216,7 @@ async fn a_stream_silent_before_content_counts_when_the_attempt_timeout_ends_it(
         call(&service, request(&sim, Api::AnthropicMessages, true)).await,
         Err(ErrorKind::Timeout)
     );
-    assert_eq!(only_key(&circuit.handle()).state, State::Open);
+    assert_eq!(only_key(&circuit.handle()).state, CircuitState::Open);
     assert_eq!(sim.requests().len(), 3);
 }
 
@@ -238,7 +239,7 @@ async fn opened_by_overloads() -> (Simulator, CircuitLayer, Stack) {
             Err(ErrorKind::Overloaded)
         );
     }
-    assert_eq!(only_key(&circuit.handle()).state, State::Open);
+    assert_eq!(only_key(&circuit.handle()).state, CircuitState::Open);
     (sim, circuit, service)
 }
 
@@ -257,7 +258,7 @@ async fn a_half_open_probe_ended_by_the_attempt_timeout_reopens_the_breaker() {
     // The probe concluded: open again (for 20 s now), not half-open with
     // its permit handed back for the next caller to wait out.
     let key = only_key(&handle);
-    assert_eq!(key.state, State::Open, "{key:?}");
+    assert_eq!(key.state, CircuitState::Open, "{key:?}");
     assert_eq!(key.open_remaining, Some(Duration::from_secs(20)));
     assert_eq!(
         call(&service, request(&sim, Api::OpenAiChat, false)).await,
@@ -292,7 +293,7 @@ async fn a_caller_dropping_the_call_is_not_counted_with_or_without_an_attempt_ti
         let key = only_key(&circuit.handle());
         assert_eq!(
             (key.state, key.totals.calls, key.totals.failures),
-            (State::Closed, 0, 0),
+            (CircuitState::Closed, 0, 0),
             "{key:?}"
         );
     }
@@ -311,14 +312,14 @@ async fn a_half_open_probe_the_caller_drops_gives_its_permit_back() {
     )
     .await;
     assert!(dropped.is_err());
-    assert_eq!(only_key(&handle).state, State::HalfOpen);
+    assert_eq!(only_key(&handle).state, CircuitState::HalfOpen);
     // The permit is back: the next caller is the probe.
     sim.set_plan(Fault::ok());
     assert_eq!(
         call(&service, request(&sim, Api::OpenAiChat, false)).await,
         Ok(())
     );
-    assert_eq!(only_key(&handle).state, State::Closed);
+    assert_eq!(only_key(&handle).state, CircuitState::Closed);
 }
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
@@ -359,7 +360,7 @@ async fn with_a_time_limit_the_guard_reports_an_error_event_even_without_classif
     };
     let error = service.clone().oneshot(request()).await.unwrap_err();
     assert_eq!(error.kind(), ErrorKind::Overloaded);
-    assert_eq!(only_key(&circuit.handle()).state, State::Open);
+    assert_eq!(only_key(&circuit.handle()).state, CircuitState::Open);
     let error = service.clone().oneshot(request()).await.unwrap_err();
     assert_eq!(error.kind(), ErrorKind::CircuitOpen);
     assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 3);

@@ -14,7 +14,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use tower::{Layer, ServiceExt};
 use tower_llm_circuit::{
-    Circuit, CircuitConfig, CircuitHandle, CircuitLayer, State, Transition, WindowKind,
+    Circuit, CircuitConfig, CircuitHandle, CircuitLayer, CircuitState, Transition, WindowKind,
 };
 use tower_llm_classify::{Classify, ClassifyLayer, ErrorKind, LlmError};
 use tower_llm_testkit::{Api, Fault, FaultPlan, Simulator};
@@ -56,7 +56,7 @@ async fn call(service: &Stack, request: Request<Full<Bytes>>) -> Result<(), Erro
     }
 }
 
-fn state(handle: &CircuitHandle, model: &str) -> Option<State> {
+fn state(handle: &CircuitHandle, model: &str) -> Option<CircuitState> {
     handle.state(&format!("openai_compatible/{model}"))
 }
 
@@ -107,7 +107,7 @@ async fn client_errors_count_as_successes_of_the_target() {
         }
     }
     let snapshot = &layer.handle().snapshot()[0];
-    assert_eq!(snapshot.state, State::Closed);
+    assert_eq!(snapshot.state, CircuitState::Closed);
     assert_eq!((snapshot.totals.calls, snapshot.totals.failures), (10, 0));
 }
 
@@ -137,7 +137,7 @@ async fn a_mid_stream_error_counts_as_a_failure_when_the_stream_ends() {
             Err(ErrorKind::Overloaded)
         );
     }
-    assert_eq!(state(&handle, "m"), Some(State::Open));
+    assert_eq!(state(&handle, "m"), Some(CircuitState::Open));
 }
 
 #[tokio::test(start_paused = true)]
@@ -174,7 +174,7 @@ async fn a_hinted_rate_limit_cools_the_key_down_without_counting_a_failure() {
     let snapshot = &layer.handle().snapshot()[0];
     assert_eq!(
         (snapshot.state, snapshot.totals.failures),
-        (State::Closed, 0)
+        (CircuitState::Closed, 0)
     );
 }
 
@@ -240,8 +240,8 @@ async fn keys_are_independent() {
         Ok(())
     );
     let handle = layer.handle();
-    assert_eq!(state(&handle, "broken"), Some(State::Open));
-    assert_eq!(state(&handle, "healthy"), Some(State::Closed));
+    assert_eq!(state(&handle, "broken"), Some(CircuitState::Open));
+    assert_eq!(state(&handle, "healthy"), Some(CircuitState::Closed));
 }
 
 #[tokio::test(start_paused = true)]
@@ -268,13 +268,13 @@ async fn an_outage_then_recovery_closes_the_circuit_after_the_probes() {
     tokio::time::advance(Duration::from_secs(10)).await;
     assert_eq!(call(&service, request(&sim, "m", false)).await, Ok(()));
     assert_eq!(call(&service, request(&sim, "m", false)).await, Ok(()));
-    assert_eq!(state(&layer.handle(), "m"), Some(State::Closed));
+    assert_eq!(state(&layer.handle(), "m"), Some(CircuitState::Closed));
     assert_eq!(
         *events.lock().unwrap(),
         [
-            (State::Closed, State::Open),
-            (State::Open, State::HalfOpen),
-            (State::HalfOpen, State::Closed)
+            (CircuitState::Closed, CircuitState::Open),
+            (CircuitState::Open, CircuitState::HalfOpen),
+            (CircuitState::HalfOpen, CircuitState::Closed)
         ]
     );
     assert_eq!(sim.requests().len(), 5);
@@ -304,7 +304,7 @@ async fn a_probe_dropped_midway_releases_its_permit() {
     // The permit came back: the next caller probes, and it succeeds.
     sim.set_plan(Fault::ok());
     assert_eq!(call(&service, request(&sim, "m", false)).await, Ok(()));
-    assert_eq!(state(&layer.handle(), "m"), Some(State::Closed));
+    assert_eq!(state(&layer.handle(), "m"), Some(CircuitState::Closed));
 }
 
 #[tokio::test(start_paused = true)]
@@ -438,7 +438,7 @@ fn counts_are_exact_when_several_threads_hammer_one_key() {
         let snapshot = &layer.handle().snapshot()[0];
         assert_eq!(snapshot.totals.calls, 200_000);
         assert_eq!(snapshot.totals.failures, 40_000);
-        assert_eq!(snapshot.state, State::Closed);
+        assert_eq!(snapshot.state, CircuitState::Closed);
     });
 }
 
@@ -463,7 +463,7 @@ async fn a_stream_slow_to_its_first_event_counts_as_slow() {
     }
     let snapshot = &layer.handle().snapshot()[0];
     assert_eq!((snapshot.totals.calls, snapshot.totals.slow), (5, 5));
-    assert_eq!(snapshot.state, State::Open, "every call slow: 100 %");
+    assert_eq!(snapshot.state, CircuitState::Open, "every call slow: 100 %");
 }
 
 #[tokio::test(start_paused = true)]
@@ -553,7 +553,10 @@ async fn a_state_set_by_hand_survives_idle_eviction() {
     for i in 0..100 {
         let _ = call(&service, request(&sim, &format!("model-{i}"), false)).await;
     }
-    assert_eq!(state(&layer.handle(), "pinned"), Some(State::ForcedOpen));
+    assert_eq!(
+        state(&layer.handle(), "pinned"),
+        Some(CircuitState::ForcedOpen)
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -694,7 +697,7 @@ async fn a_quota_read_from_a_4xx_message_alone_cools_nothing_down() {
     // No cooldown: the next call reaches the provider (and is served).
     assert_eq!(call(&service, request(&sim, "m", false)).await, Ok(()));
     assert_eq!(sim.requests().len(), 2);
-    assert_eq!(state(&layer.handle(), "m"), Some(State::Closed));
+    assert_eq!(state(&layer.handle(), "m"), Some(CircuitState::Closed));
 }
 
 /// Overload read from a 4xx message alone never counts as a failure: a
@@ -718,5 +721,5 @@ async fn an_overload_message_in_a_4xx_never_opens_the_breaker() {
         );
     }
     assert_eq!(sim.requests().len(), 10);
-    assert_eq!(state(&layer.handle(), "m"), Some(State::Closed));
+    assert_eq!(state(&layer.handle(), "m"), Some(CircuitState::Closed));
 }

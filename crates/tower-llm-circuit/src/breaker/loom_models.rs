@@ -43,7 +43,7 @@ fn loom_two_failures_racing_open_the_circuit_exactly_once() {
         for h in handles {
             h.join().unwrap();
         }
-        assert_eq!(b.state(), State::Open);
+        assert_eq!(b.state(), CircuitState::Open);
         assert_eq!(events.load(Ordering::SeqCst), 1);
     });
 }
@@ -53,7 +53,7 @@ fn loom_half_open_never_admits_more_probes_than_permitted() {
     loom::model(|| {
         let events = Arc::new(AtomicUsize::new(0));
         let b = breaker(1, events);
-        b.set_state(State::HalfOpen, Duration::ZERO);
+        b.set_state(CircuitState::HalfOpen, Duration::ZERO);
         let admitted = Arc::new(AtomicUsize::new(0));
         let handles: Vec<_> = (0..2)
             .map(|_| {
@@ -88,7 +88,7 @@ fn loom_callers_ending_an_open_interval_together_arm_one_phase_of_n_probes() {
     loom::model(|| {
         let events = Arc::new(AtomicUsize::new(0));
         let b = breaker(1, events);
-        b.set_state(State::Open, Duration::ZERO);
+        b.set_state(CircuitState::Open, Duration::ZERO);
         // Far past any open interval.
         let later = Duration::from_secs(3600);
         let admitted = Arc::new(AtomicUsize::new(0));
@@ -110,7 +110,7 @@ fn loom_callers_ending_an_open_interval_together_arm_one_phase_of_n_probes() {
             1,
             "exactly the one permitted probe"
         );
-        assert_eq!(b.state(), State::HalfOpen);
+        assert_eq!(b.state(), CircuitState::HalfOpen);
     });
 }
 
@@ -119,7 +119,7 @@ fn loom_racing_probe_outcomes_make_one_transition() {
     loom::model(|| {
         let events = Arc::new(AtomicUsize::new(0));
         let b = breaker(2, Arc::clone(&events));
-        b.set_state(State::HalfOpen, Duration::ZERO);
+        b.set_state(CircuitState::HalfOpen, Duration::ZERO);
         let before = events.load(Ordering::SeqCst);
         let permits = [
             b.acquire(Duration::ZERO).unwrap(),
@@ -135,7 +135,7 @@ fn loom_racing_probe_outcomes_make_one_transition() {
         for h in handles {
             h.join().unwrap();
         }
-        assert_eq!(b.state(), State::Closed);
+        assert_eq!(b.state(), CircuitState::Closed);
         assert_eq!(events.load(Ordering::SeqCst) - before, 1);
     });
 }

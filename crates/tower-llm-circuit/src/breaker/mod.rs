@@ -25,7 +25,7 @@ use std::time::Duration;
 use crate::config::CircuitConfig;
 use crate::window::{Sample, Totals, Window};
 use phase::Phase;
-pub use state::{KeySnapshot, OnTransition, State, Transition};
+pub use state::{CircuitState, KeySnapshot, OnTransition, Transition};
 
 /// How a call ended, for the breaker.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -124,7 +124,7 @@ impl Breaker {
             start,
             config,
             on_transition,
-            state: AtomicU8::new(State::Closed.as_u8()),
+            state: AtomicU8::new(CircuitState::Closed.as_u8()),
             window,
             consecutive_failures: AtomicU32::new(0),
             closed_epoch: AtomicU64::new(0),
@@ -162,8 +162,8 @@ impl Breaker {
         &self.key
     }
 
-    pub(crate) fn state(&self) -> State {
-        State::from_u8(self.state.load(Ordering::Acquire))
+    pub(crate) fn state(&self) -> CircuitState {
+        CircuitState::from_u8(self.state.load(Ordering::Acquire))
     }
 
     /// Asks to make a call at `now`.
@@ -181,25 +181,25 @@ impl Breaker {
         }
         loop {
             match self.state() {
-                State::Closed | State::MetricsOnly => {
+                CircuitState::Closed | CircuitState::MetricsOnly => {
                     return Ok(Permit {
                         probe: None,
                         epoch: self.closed_epoch.load(Ordering::Acquire),
                         counted: true,
                     });
                 }
-                State::Disabled => {
+                CircuitState::Disabled => {
                     return Ok(Permit {
                         probe: None,
                         epoch: 0,
                         counted: false,
                     });
                 }
-                State::ForcedOpen => {
+                CircuitState::ForcedOpen => {
                     self.count_rejection(false);
                     return Err(Rejection::Open(None));
                 }
-                State::Open => {
+                CircuitState::Open => {
                     let until = self.open_until.load(Ordering::Acquire);
                     if t < until || until == ARMING {
                         self.count_rejection(false);
@@ -214,13 +214,17 @@ impl Breaker {
                         .is_ok()
                     {
                         self.arm_half_open(t);
-                        if self.transition(State::Open, State::HalfOpen, "open duration elapsed") {
+                        if self.transition(
+                            CircuitState::Open,
+                            CircuitState::HalfOpen,
+                            "open duration elapsed",
+                        ) {
                             continue;
                         }
                         // Set by hand meanwhile: leave it as it is.
                     }
                 }
-                State::HalfOpen => return self.acquire_probe(t),
+                CircuitState::HalfOpen => return self.acquire_probe(t),
             }
         }
     }
@@ -309,7 +313,7 @@ impl Breaker {
                 // Evaluated on every call, as Resilience4j does: a success
                 // can be the call that brings the window to its minimum.
                 let state = self.state();
-                if state == State::MetricsOnly {
+                if state == CircuitState::MetricsOnly {
                     // Never opens; says once that it would have.
                     if let Some(reason) = self.thresholds_exceeded(&self.window.totals(now))
                         && !self.exceeded_reported.swap(true, Ordering::AcqRel)
@@ -318,7 +322,7 @@ impl Breaker {
                     }
                     return;
                 }
-                if state != State::Closed {
+                if state != CircuitState::Closed {
                     return;
                 }
                 let reason = if self
@@ -331,7 +335,7 @@ impl Breaker {
                     self.thresholds_exceeded(&self.window.totals(now))
                 };
                 if let Some(reason) = reason {
-                    self.trip(State::Closed, reason, nanos(now));
+                    self.trip(CircuitState::Closed, reason, nanos(now));
                 }
             }
         }
@@ -378,11 +382,11 @@ impl Breaker {
         let failure_rate = failures as f64 * 100.0 / done as f64;
         let slow_rate = slow as f64 * 100.0 / done as f64;
         if failure_rate >= self.config.failure_rate {
-            self.trip(State::HalfOpen, "probes failed", t);
+            self.trip(CircuitState::HalfOpen, "probes failed", t);
         } else if self.counts_slow_calls() && slow_rate >= self.config.slow_call_rate {
-            self.trip(State::HalfOpen, "probes slow", t);
+            self.trip(CircuitState::HalfOpen, "probes slow", t);
         } else {
-            self.close_from(State::HalfOpen, "probes succeeded");
+            self.close_from(CircuitState::HalfOpen, "probes succeeded");
         }
     }
 
@@ -427,7 +431,7 @@ impl Breaker {
     /// the later of `t` and the clock (the call that tripped it may have
     /// taken long, and `t` may be its start), so nobody sees open with a
     /// stale deadline.
-    fn trip(&self, from: State, reason: &'static str, t: u64) -> bool {
+    fn trip(&self, from: CircuitState, reason: &'static str, t: u64) -> bool {
         let trips = self.trips.load(Ordering::Acquire) + 1;
         let t = t.max(nanos(self.now()));
         let until = t.saturating_add(nanos(self.open_duration(trips)));
@@ -440,21 +444,21 @@ impl Breaker {
             .state
             .compare_exchange(
                 from.as_u8(),
-                State::Open.as_u8(),
+                CircuitState::Open.as_u8(),
                 Ordering::AcqRel,
                 Ordering::Acquire,
             )
             .is_ok();
         if done {
             self.trips.store(trips, Ordering::Release);
-            self.emit(from, State::Open, reason);
+            self.emit(from, CircuitState::Open, reason);
         }
         done
     }
 
     /// `from` → closed, with a fresh window and the durations reset, all
     /// before closed is visible.
-    fn close_from(&self, from: State, reason: &'static str) -> bool {
+    fn close_from(&self, from: CircuitState, reason: &'static str) -> bool {
         if self.state() != from {
             return false;
         }
@@ -463,13 +467,13 @@ impl Breaker {
             .state
             .compare_exchange(
                 from.as_u8(),
-                State::Closed.as_u8(),
+                CircuitState::Closed.as_u8(),
                 Ordering::AcqRel,
                 Ordering::Acquire,
             )
             .is_ok();
         if done {
-            self.emit(from, State::Closed, reason);
+            self.emit(from, CircuitState::Closed, reason);
         }
         done
     }
@@ -477,8 +481,8 @@ impl Breaker {
     /// A health probe succeeded: open or half-open → closed. `false` if the
     /// key was in neither (closed meanwhile, or set by hand).
     pub(crate) fn close_after_probe(&self) -> bool {
-        self.close_from(State::Open, "health probe succeeded")
-            || self.close_from(State::HalfOpen, "health probe succeeded")
+        self.close_from(CircuitState::Open, "health probe succeeded")
+            || self.close_from(CircuitState::HalfOpen, "health probe succeeded")
     }
 
     fn prepare_closed(&self) {
@@ -502,7 +506,7 @@ impl Breaker {
 
     /// Moves `from` → `to` if still in `from`; `true` for the one caller
     /// that did, which also emits the event.
-    fn transition(&self, from: State, to: State, reason: &'static str) -> bool {
+    fn transition(&self, from: CircuitState, to: CircuitState, reason: &'static str) -> bool {
         let done = self
             .state
             .compare_exchange(
@@ -518,7 +522,7 @@ impl Breaker {
         done
     }
 
-    fn emit(&self, from: State, to: State, reason: &'static str) {
+    fn emit(&self, from: CircuitState, to: CircuitState, reason: &'static str) {
         tracing::info!(
             target: crate::TRACING_TARGET,
             key = &*self.key,
@@ -540,12 +544,12 @@ impl Breaker {
     }
 
     /// Sets a state by hand (force open, disable, …) from any state.
-    pub(crate) fn set_state(&self, to: State, now: Duration) {
+    pub(crate) fn set_state(&self, to: CircuitState, now: Duration) {
         let t = nanos(now);
         // Prepare what the new state reads before it is visible.
         match to {
-            State::Closed => self.prepare_closed(),
-            State::Open => {
+            CircuitState::Closed => self.prepare_closed(),
+            CircuitState::Open => {
                 let trips = self.trips.load(Ordering::Acquire) + 1;
                 self.trips.store(trips, Ordering::Release);
                 self.open_until.store(
@@ -554,13 +558,13 @@ impl Breaker {
                     Ordering::Release,
                 );
             }
-            State::HalfOpen => self.arm_half_open(t),
+            CircuitState::HalfOpen => self.arm_half_open(t),
             _ => {}
         }
-        if to == State::MetricsOnly {
+        if to == CircuitState::MetricsOnly {
             self.exceeded_reported.store(false, Ordering::Release);
         }
-        let from = State::from_u8(self.state.swap(to.as_u8(), Ordering::AcqRel));
+        let from = CircuitState::from_u8(self.state.swap(to.as_u8(), Ordering::AcqRel));
         if from != to {
             self.emit(from, to, "set by hand");
         }
@@ -593,7 +597,7 @@ impl Breaker {
             rejected: self.rejected.load(Ordering::Acquire),
             // `ARMING` is a marker of the open interval, not a time (a
             // cooldown may end at `u64::MAX`: a cooldown of `Duration::MAX`).
-            open_remaining: if state == State::Open {
+            open_remaining: if state == CircuitState::Open {
                 Some(self.open_until.load(Ordering::Acquire))
                     .filter(|until| *until != ARMING)
                     .and_then(remaining)

@@ -10,7 +10,7 @@ use crate::window::Totals;
 /// A breaker's state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
-pub enum State {
+pub enum CircuitState {
     /// Calls flow; outcomes are counted.
     Closed,
     /// Calls fail at once until the open duration has passed.
@@ -25,48 +25,48 @@ pub enum State {
     MetricsOnly,
 }
 
-impl State {
-    const ALL: [State; 6] = [
-        State::Closed,
-        State::Open,
-        State::HalfOpen,
-        State::ForcedOpen,
-        State::Disabled,
-        State::MetricsOnly,
+impl CircuitState {
+    const ALL: [CircuitState; 6] = [
+        CircuitState::Closed,
+        CircuitState::Open,
+        CircuitState::HalfOpen,
+        CircuitState::ForcedOpen,
+        CircuitState::Disabled,
+        CircuitState::MetricsOnly,
     ];
 
-    pub(super) fn from_u8(value: u8) -> State {
-        State::ALL
+    pub(super) fn from_u8(value: u8) -> CircuitState {
+        CircuitState::ALL
             .get(usize::from(value))
             .copied()
-            .unwrap_or(State::Closed)
+            .unwrap_or(CircuitState::Closed)
     }
 
     pub(super) fn as_u8(self) -> u8 {
         match self {
-            State::Closed => 0,
-            State::Open => 1,
-            State::HalfOpen => 2,
-            State::ForcedOpen => 3,
-            State::Disabled => 4,
-            State::MetricsOnly => 5,
+            CircuitState::Closed => 0,
+            CircuitState::Open => 1,
+            CircuitState::HalfOpen => 2,
+            CircuitState::ForcedOpen => 3,
+            CircuitState::Disabled => 4,
+            CircuitState::MetricsOnly => 5,
         }
     }
 
     /// A stable snake_case name.
     pub fn as_str(self) -> &'static str {
         match self {
-            State::Closed => "closed",
-            State::Open => "open",
-            State::HalfOpen => "half_open",
-            State::ForcedOpen => "forced_open",
-            State::Disabled => "disabled",
-            State::MetricsOnly => "metrics_only",
+            CircuitState::Closed => "closed",
+            CircuitState::Open => "open",
+            CircuitState::HalfOpen => "half_open",
+            CircuitState::ForcedOpen => "forced_open",
+            CircuitState::Disabled => "disabled",
+            CircuitState::MetricsOnly => "metrics_only",
         }
     }
 }
 
-impl fmt::Display for State {
+impl fmt::Display for CircuitState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
@@ -79,9 +79,9 @@ pub struct Transition {
     /// The key.
     pub key: Arc<str>,
     /// The state left.
-    pub from: State,
+    pub from: CircuitState,
     /// The state entered.
-    pub to: State,
+    pub to: CircuitState,
     /// Why, in a few words.
     pub reason: &'static str,
 }
@@ -96,7 +96,7 @@ pub struct KeySnapshot {
     /// The key.
     pub key: Arc<str>,
     /// Its state.
-    pub state: State,
+    pub state: CircuitState,
     /// The window's totals.
     pub totals: Totals,
     /// Failures in a row.

@@ -4,7 +4,7 @@ use super::*;
 use crate::window::WindowKind;
 use std::sync::Mutex;
 
-type Events = Arc<Mutex<Vec<(State, State)>>>;
+type Events = Arc<Mutex<Vec<(CircuitState, CircuitState)>>>;
 
 fn breaker(config: CircuitConfig) -> (Breaker, Events) {
     let events = Arc::new(Mutex::new(Vec::new()));
@@ -51,11 +51,14 @@ async fn trips_at_the_failure_rate_only_after_the_minimum_calls() {
     for _ in 0..4 {
         call(&b, Outcome::Failure, T0).unwrap();
     }
-    assert_eq!(b.state(), State::Closed);
+    assert_eq!(b.state(), CircuitState::Closed);
     // The 5th call reaches the minimum with 100 % failures: it trips.
     call(&b, Outcome::Failure, T0).unwrap();
-    assert_eq!(b.state(), State::Open);
-    assert_eq!(*events.lock().unwrap(), [(State::Closed, State::Open)]);
+    assert_eq!(b.state(), CircuitState::Open);
+    assert_eq!(
+        *events.lock().unwrap(),
+        [(CircuitState::Closed, CircuitState::Open)]
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -72,9 +75,9 @@ async fn trips_on_exactly_the_call_where_the_rate_first_reaches_the_threshold() 
     for o in outcomes {
         call(&b, o, T0).unwrap();
     }
-    assert_eq!(b.state(), State::Closed, "2 of 5 = 40 %");
+    assert_eq!(b.state(), CircuitState::Closed, "2 of 5 = 40 %");
     call(&b, Outcome::Failure, T0).unwrap();
-    assert_eq!(b.state(), State::Open, "3 of 6 = 50 %");
+    assert_eq!(b.state(), CircuitState::Open, "3 of 6 = 50 %");
 }
 
 #[tokio::test(start_paused = true)]
@@ -88,7 +91,7 @@ async fn does_not_trip_below_the_threshold() {
         };
         call(&b, o, T0).unwrap();
     }
-    assert_eq!(b.state(), State::Closed);
+    assert_eq!(b.state(), CircuitState::Closed);
     assert!(events.lock().unwrap().is_empty());
 }
 
@@ -116,9 +119,9 @@ async fn consecutive_failures_trip_whatever_the_window() {
     call(&b, Outcome::Success, T0).unwrap();
     call(&b, Outcome::Failure, T0).unwrap();
     call(&b, Outcome::Failure, T0).unwrap();
-    assert_eq!(b.state(), State::Closed);
+    assert_eq!(b.state(), CircuitState::Closed);
     call(&b, Outcome::Failure, T0).unwrap();
-    assert_eq!(b.state(), State::Open);
+    assert_eq!(b.state(), CircuitState::Open);
 }
 
 #[tokio::test(start_paused = true)]
@@ -142,11 +145,15 @@ async fn a_time_window_trips_within_the_second_the_rate_is_reached_and_forgets_o
     for _ in 0..2 {
         call(&b, Outcome::Success, at(12)).unwrap();
     }
-    assert_eq!(b.state(), State::Closed, "1 of 4");
+    assert_eq!(b.state(), CircuitState::Closed, "1 of 4");
     call(&b, Outcome::Failure, at(12)).unwrap();
-    assert_eq!(b.state(), State::Closed, "2 of 5 = 40 %");
+    assert_eq!(b.state(), CircuitState::Closed, "2 of 5 = 40 %");
     call(&b, Outcome::Failure, at(12)).unwrap();
-    assert_eq!(b.state(), State::Open, "3 of 6 = 50 %, in the same second");
+    assert_eq!(
+        b.state(),
+        CircuitState::Open,
+        "3 of 6 = 50 %, in the same second"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -161,14 +168,14 @@ async fn slow_calls_trip_at_their_rate() {
         let permit = b.acquire(T0).unwrap();
         b.record(permit, Outcome::Success, i < 3, T0);
     }
-    assert_eq!(b.state(), State::Open, "3 slow of 5 = 60 %");
+    assert_eq!(b.state(), CircuitState::Open, "3 slow of 5 = 60 %");
 }
 
 fn trip(b: &Breaker, now: Duration) {
     for _ in 0..5 {
         let _ = call(b, Outcome::Failure, now);
     }
-    assert_eq!(b.state(), State::Open);
+    assert_eq!(b.state(), CircuitState::Open);
 }
 
 #[tokio::test(start_paused = true)]
@@ -189,20 +196,20 @@ async fn half_open_admits_exactly_n_probes() {
     let at = Duration::from_secs(10);
     let p1 = b.acquire(at).unwrap();
     let p2 = b.acquire(at).unwrap();
-    assert_eq!(b.state(), State::HalfOpen);
+    assert_eq!(b.state(), CircuitState::HalfOpen);
     assert!(
         matches!(b.acquire(at), Err(Rejection::Open(_))),
         "a third caller fails fast"
     );
     b.record(p1, Outcome::Success, false, at);
     b.record(p2, Outcome::Success, false, at);
-    assert_eq!(b.state(), State::Closed);
+    assert_eq!(b.state(), CircuitState::Closed);
     assert_eq!(
         *events.lock().unwrap(),
         [
-            (State::Closed, State::Open),
-            (State::Open, State::HalfOpen),
-            (State::HalfOpen, State::Closed)
+            (CircuitState::Closed, CircuitState::Open),
+            (CircuitState::Open, CircuitState::HalfOpen),
+            (CircuitState::HalfOpen, CircuitState::Closed)
         ]
     );
 }
@@ -215,7 +222,7 @@ async fn a_failed_probe_reopens_for_longer_and_a_healthy_close_resets_the_durati
     let (p1, p2) = (b.acquire(at).unwrap(), b.acquire(at).unwrap());
     b.record(p1, Outcome::Failure, false, at);
     b.record(p2, Outcome::Success, false, at);
-    assert_eq!(b.state(), State::Open);
+    assert_eq!(b.state(), CircuitState::Open);
     // Second trip: 20 s.
     assert_eq!(
         b.acquire(at + Duration::from_secs(19)),
@@ -225,7 +232,7 @@ async fn a_failed_probe_reopens_for_longer_and_a_healthy_close_resets_the_durati
     let (p1, p2) = (b.acquire(at).unwrap(), b.acquire(at).unwrap());
     b.record(p1, Outcome::Success, false, at);
     b.record(p2, Outcome::Success, false, at);
-    assert_eq!(b.state(), State::Closed);
+    assert_eq!(b.state(), CircuitState::Closed);
     trip(&b, at);
     // After a healthy close the next trip is back to 10 s.
     assert_eq!(
@@ -260,35 +267,35 @@ async fn a_hung_probe_holds_recovery_back_at_most_one_deadline() {
     // Five seconds on, a new probe is admitted and decides.
     let fresh = b.acquire(Duration::from_secs(15)).unwrap();
     b.record(fresh, Outcome::Success, false, Duration::from_secs(15));
-    assert_eq!(b.state(), State::Closed);
+    assert_eq!(b.state(), CircuitState::Closed);
     // The hung probe's late outcome belongs to an old phase: ignored.
     b.record(_hung, Outcome::Failure, false, Duration::from_secs(16));
-    assert_eq!(b.state(), State::Closed);
+    assert_eq!(b.state(), CircuitState::Closed);
 }
 
 #[tokio::test(start_paused = true)]
 async fn forced_open_disabled_and_metrics_only_behave_as_named() {
     let (b, _) = breaker(config().build().unwrap());
-    b.set_state(State::ForcedOpen, T0);
+    b.set_state(CircuitState::ForcedOpen, T0);
     assert_eq!(
         b.acquire(Duration::from_secs(3600)),
         Err(Rejection::Open(None))
     );
-    b.set_state(State::Disabled, T0);
+    b.set_state(CircuitState::Disabled, T0);
     for _ in 0..50 {
         call(&b, Outcome::Failure, T0).unwrap();
     }
     assert_eq!(
         (b.state(), b.snapshot(T0).totals.calls),
-        (State::Disabled, 0)
+        (CircuitState::Disabled, 0)
     );
-    b.set_state(State::MetricsOnly, T0);
+    b.set_state(CircuitState::MetricsOnly, T0);
     for _ in 0..50 {
         call(&b, Outcome::Failure, T0).unwrap();
     }
-    assert_eq!(b.state(), State::MetricsOnly);
+    assert_eq!(b.state(), CircuitState::MetricsOnly);
     assert_eq!(b.snapshot(T0).totals.failures, 10);
-    b.set_state(State::Closed, T0);
+    b.set_state(CircuitState::Closed, T0);
     assert_eq!(
         b.snapshot(T0).totals.calls,
         0,
@@ -311,7 +318,10 @@ async fn a_cooldown_fails_fast_without_counting_and_is_only_ever_extended() {
         Err(Rejection::CoolingDown(Duration::from_secs(10)))
     );
     assert!(b.acquire(Duration::from_secs(60)).is_ok());
-    assert_eq!((b.state(), b.snapshot(T0).totals.calls), (State::Closed, 0));
+    assert_eq!(
+        (b.state(), b.snapshot(T0).totals.calls),
+        (CircuitState::Closed, 0)
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -334,7 +344,10 @@ async fn one_event_per_transition_when_many_threads_trip_it_at_once() {
             });
         }
     });
-    assert_eq!(*events.lock().unwrap(), [(State::Closed, State::Open)]);
+    assert_eq!(
+        *events.lock().unwrap(),
+        [(CircuitState::Closed, CircuitState::Open)]
+    );
 }
 
 /// RESILIENCE.md §9 property 7: at half the threshold's failure rate,
@@ -360,7 +373,7 @@ async fn false_trips_at_half_the_threshold_match_the_binomial_prediction() {
     };
     let mut trips = 0u32;
     for _ in 0..trials {
-        b.set_state(State::Closed, T0);
+        b.set_state(CircuitState::Closed, T0);
         for _ in 0..n {
             let outcome = if draw() < p {
                 Outcome::Failure
@@ -369,7 +382,7 @@ async fn false_trips_at_half_the_threshold_match_the_binomial_prediction() {
             };
             let _ = call(&b, outcome, T0);
         }
-        trips += u32::from(b.state() == State::Open);
+        trips += u32::from(b.state() == CircuitState::Open);
     }
     // P(X >= 10) for X ~ Binomial(20, 0.25).
     let choose =
@@ -390,7 +403,7 @@ async fn open_durations_are_jittered_within_their_spread() {
     let (b, _) = breaker(config().open_jitter(0.2).build().unwrap());
     let mut waits = Vec::new();
     for _ in 0..50 {
-        b.set_state(State::Closed, T0);
+        b.set_state(CircuitState::Closed, T0);
         trip(&b, T0);
         let Err(Rejection::Open(Some(wait))) = b.acquire(T0) else {
             panic!()
