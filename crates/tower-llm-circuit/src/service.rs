@@ -22,8 +22,8 @@ use crate::registry::Registry;
 /// failing, probes it, and lets traffic back when it recovers; fails fast
 /// while a key cools down after a rate limit.
 ///
-/// It sits between Retry and Classify (DESIGN.md's stack order): retry
-/// then stops at once on an open circuit, and the outcome of every call —
+/// It sits between Retry and Classify, as the facade's stack puts it:
+/// retry then stops at once on an open circuit, and the outcome of every call —
 /// streams included, at the end of their body, and attempts the retry
 /// layer ends itself (see the crate docs) — reaches the breaker.
 ///

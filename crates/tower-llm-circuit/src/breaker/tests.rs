@@ -350,9 +350,9 @@ async fn one_event_per_transition_when_many_threads_trip_it_at_once() {
     );
 }
 
-/// RESILIENCE.md §9 property 7: at half the threshold's failure rate,
-/// false trips happen as often as the binomial law says, which they
-/// only do if every call is counted exactly.
+/// At half the threshold's failure rate, false trips happen as often as
+/// the binomial law says, which they only do if every call is counted
+/// exactly.
 #[tokio::test(start_paused = true)]
 async fn false_trips_at_half_the_threshold_match_the_binomial_prediction() {
     let (b, _) = breaker(

@@ -113,8 +113,7 @@ impl RetryPolicy {
     }
 
     /// When every attempt costs money (a retried generation is billed
-    /// again; no SDK sends an idempotency key, PROVIDERS.md §0 fact 10):
-    /// one retry, slower backoff, a 5 % budget.
+    /// again): one retry, slower backoff, a 5 % budget.
     pub fn cost_sensitive() -> RetryPolicy {
         RetryPolicy::builder()
             .max_attempts(2)
