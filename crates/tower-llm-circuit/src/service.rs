@@ -173,7 +173,13 @@ where
         let now = self.registry.now();
         let mut stream_kind = None;
         let breaker = {
-            RequestMeta::get_or_insert(&mut request);
+            // Computed only when no outer layer put it there: the usual
+            // case then costs two lookups, not `get_or_insert`'s two and
+            // a third (its borrow holds the request mutably, and the key
+            // reads the URI and headers too).
+            if request.extensions().get::<RequestMeta>().is_none() {
+                RequestMeta::get_or_insert(&mut request);
+            }
             let meta = request.extensions().get::<RequestMeta>();
             let fallback;
             let meta = match meta {
