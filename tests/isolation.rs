@@ -172,6 +172,53 @@ async fn a_target_model_replaces_every_spelling_of_the_callers() {
 }
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_model_key_in_another_case_is_routed_and_served_as_go_reads_it() {
+    // Go's encoding/json (Ollama and many compatible servers) matches keys
+    // ignoring case and keeps the last: this body is `o1-pro` there.
+    let (stack, mini, pro) = two_routes().await;
+    let body = r#"{"model":"gpt-4o-mini","MODEL":"o1-pro","messages":[]}"#;
+    let response = stack
+        .oneshot(post("/v1/chat/completions", body))
+        .await
+        .unwrap();
+    assert_eq!(served_by(&response), Some("pro"));
+    assert!(mini.requests().is_empty());
+    assert_eq!(served_model(&pro), ("o1-pro".to_owned(), 1));
+    assert!(!pro.requests()[0].body_text().contains("MODEL"));
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_model_hidden_behind_a_null_duplicate_or_a_byte_order_mark_is_refused_locally() {
+    // With a default route, a body whose model this scan cannot read would
+    // otherwise go there unchanged, and be served as `o1-pro` by some
+    // upstreams.
+    let mini = Simulator::start().await.unwrap();
+    let pro = Simulator::start().await.unwrap();
+    let stack = LlmStack::development()
+        .target("mini", client(), |t| t.base_url(base(&mini)))
+        .target("pro", client(), |t| t.base_url(base(&pro)))
+        .route(ModelRoute::new("o1-pro", ["pro"]))
+        .route(ModelRoute::new("*", ["mini"]))
+        .build()
+        .unwrap();
+    for body in [
+        // Go keeps `o1-pro` (null leaves a field as it was), Python reads none.
+        r#"{"model":"o1-pro","model":null,"messages":[]}"#,
+        "\u{feff}{\"model\":\"o1-pro\",\"messages\":[]}",
+    ] {
+        let error = stack
+            .clone()
+            .oneshot(post("/v1/chat/completions", body))
+            .await
+            .unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::InvalidRequest, "{body}");
+        assert_eq!(error.classification().phase(), Phase::Local);
+    }
+    assert!(mini.requests().is_empty());
+    assert!(pro.requests().is_empty());
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn a_json_body_that_cannot_be_read_is_a_local_400_without_any_upstream_call() {
     let (stack, mini, pro) = two_routes().await;
     let body = r#"{"model":"gpt-4o-mini","mod\u0065l":"o1-pro","messages":[],"#;

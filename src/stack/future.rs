@@ -97,6 +97,17 @@ fn route(
 ) -> Result<(Fallback<TargetService>, Bytes), LlmError> {
     let (meta, unambiguous) = RequestMeta::from_whole_body(&parts.uri, &parts.headers, &bytes);
     let model = meta.model.as_deref();
+    if model.is_none() && !unambiguous && is_json(&parts.headers, &bytes) {
+        // A JSON body whose model cannot be read as every upstream would
+        // read it (`{"model":"o1-pro","model":null}` is `o1-pro` to Go and
+        // none to Python; a byte-order mark or a broken object hides it
+        // from this scan but not from every parser): it is refused rather
+        // than sent down the default route.
+        return Err(LlmError::local(
+            ErrorKind::InvalidRequest,
+            "the body's `model` cannot be read unambiguously: send one JSON object, UTF-8              without a byte-order mark, with one string `model`",
+        ));
+    }
     let fallback = routes.pick(model).ok_or_else(|| no_route(model))?.clone();
     let rewritten = match model {
         Some(model) if !unambiguous => Some(one_model(&bytes, model)?),
@@ -104,6 +115,20 @@ fn route(
     };
     parts.extensions.insert(meta);
     Ok((fallback, rewritten.unwrap_or(bytes)))
+}
+
+/// Whether the request says or looks like JSON: a JSON content type, a
+/// byte-order mark, or `{` as the first byte after white space. Other
+/// bodies (multipart uploads, audio) pass as they come.
+fn is_json(headers: &http::HeaderMap, bytes: &[u8]) -> bool {
+    let declared = headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.to_ascii_lowercase().contains("json"));
+    let bom = bytes.starts_with(&[0xEF, 0xBB, 0xBF])
+        || bytes.starts_with(&[0xFE, 0xFF])
+        || bytes.starts_with(&[0xFF, 0xFE]);
+    declared || bom || bytes.trim_ascii_start().starts_with(b"{")
 }
 
 /// The body with one top-level `model`, spelled `"model"`, carrying the
