@@ -170,8 +170,9 @@ impl LlmError {
     /// removed, so the response is valid even when the body was truncated.
     /// The account identifiers the body names (OpenAI's "in organization
     /// org-…", `proj_…`, `user-…`) are replaced by `org-[redacted]` and the
-    /// like, the rest of the provider's message kept
-    /// ([`redact_account_ids`](crate::redact::redact_account_ids)).
+    /// like, and anything that looks like a key (`sk-…`, `AIza…`, a bearer
+    /// token) by `[redacted]`, the rest of the provider's message kept
+    /// ([`redact_upstream_body`](crate::redact::redact_upstream_body)).
     pub fn into_upstream_response(self) -> Option<Response<Bytes>> {
         self.try_into_upstream_response().ok()
     }
@@ -181,7 +182,7 @@ impl LlmError {
         let Some(mut head) = inner.head.take() else {
             return Err(LlmError { inner });
         };
-        let body = crate::redact::redact_account_ids(std::mem::take(&mut inner.body));
+        let body = crate::redact::redact_upstream_body(std::mem::take(&mut inner.body));
         for name in [
             header::CONTENT_LENGTH,
             header::TRANSFER_ENCODING,
@@ -447,6 +448,23 @@ mod tests {
         let response = openai_429(body).into_upstream_response().unwrap();
         assert_eq!(response.body().as_ref(), body);
         assert_eq!(response.body().as_ptr(), body.as_ptr());
+    }
+
+    #[test]
+    fn an_upstream_body_that_echoes_a_key_is_forwarded_without_it() {
+        let body: &[u8] = br#"{"error":{"message":"Invalid value for 'api_key': sk-proj-AbC123dEf456gHi789 (sent as Bearer sk-live-999)","type":"invalid_request_error"}}"#;
+        let response = openai_429(body).into_upstream_response().unwrap();
+        let text = std::str::from_utf8(response.body()).unwrap();
+        assert!(!text.contains("AbC123"), "{text}");
+        assert!(!text.contains("sk-live"), "{text}");
+        assert!(
+            text.contains("Invalid value for 'api_key': [redacted]"),
+            "{text}"
+        );
+        assert_eq!(
+            response.headers()[http::header::CONTENT_LENGTH],
+            text.len().to_string().as_str()
+        );
     }
 
     #[test]

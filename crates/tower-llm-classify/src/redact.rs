@@ -51,13 +51,18 @@ pub(crate) fn redact_message(message: &str, max_len: usize) -> String {
     }
 }
 
+/// Whether `text` holds anything [`redact_keys`] would replace: a key
+/// prefix or the word `Bearer`.
+fn may_hold_a_key(text: &str) -> bool {
+    KEY_PREFIXES.iter().any(|p| text.contains(p))
+        || memchr::memmem::find(text.as_bytes(), b"earer").is_some()
+        || memchr::memmem::find(text.as_bytes(), b"EARER").is_some()
+}
+
 fn redact_keys(message: &str, max_len: usize) -> String {
     let message = cut(message, max_len);
     // Fast path: most messages hold nothing that looks like a credential.
-    let suspicious = KEY_PREFIXES.iter().any(|p| message.contains(p))
-        || memchr::memmem::find(message.as_bytes(), b"earer").is_some()
-        || memchr::memmem::find(message.as_bytes(), b"EARER").is_some();
-    if !suspicious {
+    if !may_hold_a_key(message) {
         return message.to_owned();
     }
     let bytes = message.as_bytes();
@@ -222,6 +227,35 @@ pub fn redact_account_ids(body: Bytes) -> Bytes {
     match redact_account_bytes(&body) {
         Some(redacted) => Bytes::from(redacted),
         None => body,
+    }
+}
+
+/// An upstream body as it may be handed to a caller: the account
+/// identifiers of [`redact_account_ids`] redacted, and every token that
+/// looks like a credential (`sk-…`, `AIza…`, the token after `Bearer`)
+/// replaced by `[redacted]`, as in classification messages. A provider may
+/// echo the key it was sent in any error (an upstream proxy's 400, a 404
+/// that repeats the request); the caller of a gateway must not see the
+/// gateway's key.
+///
+/// A body with nothing to redact comes back as it is, without a copy;
+/// keys are looked for in UTF-8 bodies only.
+///
+/// ```
+/// use bytes::Bytes;
+/// use tower_llm_classify::redact::redact_upstream_body;
+///
+/// let body = Bytes::from_static(br#"{"error":{"message":"upstream refused key sk-proj-AbC123dEf456 for org-XyZ789"}}"#);
+/// assert_eq!(
+///     &redact_upstream_body(body)[..],
+///     &br#"{"error":{"message":"upstream refused key [redacted] for org-[redacted]"}}"#[..]
+/// );
+/// ```
+pub fn redact_upstream_body(body: Bytes) -> Bytes {
+    let body = redact_account_ids(body);
+    match std::str::from_utf8(&body) {
+        Ok(text) if may_hold_a_key(text) => Bytes::from(redact_keys(text, text.len())),
+        _ => body,
     }
 }
 
