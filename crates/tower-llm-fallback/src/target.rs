@@ -386,7 +386,6 @@ fn is_credential_parameter(pair: &str) -> bool {
         let Some(decoded) = decode_parameter_name(name.as_bytes(), &mut buf) else {
             return false;
         };
-        let decoded = decoded.trim_ascii();
         CREDENTIAL_PARAMETERS
             .iter()
             .any(|credential| credential.as_bytes() == decoded)
@@ -394,7 +393,9 @@ fn is_credential_parameter(pair: &str) -> bool {
 }
 
 /// `name` percent-decoded (`+` as a space), ASCII-lowercased, `-` as `_`,
-/// into `buf`; `None` if it does not fit.
+/// white space left out (wherever it is: padding cannot push a name past
+/// the buffer), into `buf`; `None` if it does not fit, which no listed name
+/// would.
 fn decode_parameter_name<'b>(name: &[u8], buf: &'b mut [u8; 32]) -> Option<&'b [u8]> {
     let hex = |b: u8| (b as char).to_digit(16);
     let mut len = 0;
@@ -415,6 +416,7 @@ fn decode_parameter_name<'b>(name: &[u8], buf: &'b mut [u8; 32]) -> Option<&'b [
         }
         let byte = match byte.to_ascii_lowercase() {
             b'-' => b'_',
+            space if space.is_ascii_whitespace() => continue,
             other => other,
         };
         *buf.get_mut(len)? = byte;
@@ -564,6 +566,10 @@ mod tests {
         "subscription-key=SECRET",
         "code=SECRET",
         "sig=SECRET",
+        // Padding past the decode buffer must not hide a name.
+        "++++++++++++++++++++++++++++++++++++++++key=SECRET",
+        "%20%20%20%20%20%20%20%20%20%20%20%20%20%20%20%20%20%20%20%20%20%20%20%20%20%20%20%20%20%20%20%20api_key=SECRET",
+        "k+e+y=SECRET",
     ];
 
     fn query_sent(target: &Target<()>, caller_query: &str) -> Option<String> {
