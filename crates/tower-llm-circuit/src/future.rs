@@ -79,8 +79,17 @@ impl PermitGuard {
     fn fail(&mut self, c: &Classification) {
         let config = self.breaker.config();
         // A verdict read from a 4xx message alone may be the caller's own
-        // text echoed back: it never starts a cooldown every caller shares.
+        // text echoed back: it starts no cooldown of its own. What the
+        // status alone says still holds: a 429 that says when to come back
+        // cools the key down as any hinted 429 does.
         if !c.may_penalise_target() {
+            let limited = c.status() == Some(http::StatusCode::TOO_MANY_REQUESTS);
+            if limited
+                && config.rate_limit_cooldown
+                && let Some(wait) = c.retry_after()
+            {
+                self.breaker.cool_down(wait, self.breaker.now());
+            }
             let outcome = outcome_of(c, config.count_authentication_failures);
             self.finish(outcome);
             return;

@@ -700,10 +700,11 @@ async fn a_quota_read_from_a_4xx_message_alone_cools_nothing_down() {
     assert_eq!(state(&layer.handle(), "m"), Some(CircuitState::Closed));
 }
 
-/// Overload read from a 4xx message alone never counts as a failure: a
-/// request cannot open its target's breaker with the text it sends.
+/// A capacity phrase echoed in a 400 is the caller's text, not a verdict:
+/// only whole provider templates count, so the request is invalid and the
+/// breaker stays closed however often it is sent.
 #[tokio::test(start_paused = true)]
-async fn an_overload_message_in_a_4xx_never_opens_the_breaker() {
+async fn an_echoed_capacity_phrase_in_a_400_never_opens_the_breaker() {
     let echo = "Unrecognized request argument supplied: no capacity available";
     let sim = Simulator::builder()
         .plan(FaultPlan::always(Fault::fail(
@@ -722,4 +723,42 @@ async fn an_overload_message_in_a_4xx_never_opens_the_breaker() {
     }
     assert_eq!(sim.requests().len(), 10);
     assert_eq!(state(&layer.handle(), "m"), Some(CircuitState::Closed));
+}
+
+/// Mistral's 429 "Service tier capacity exceeded for this model." is read
+/// as overload from its message; the text alone starts no cooldown, but
+/// the 429's own `retry-after` still does, as for any hinted 429.
+#[tokio::test(start_paused = true)]
+async fn a_429_read_as_overload_from_its_message_still_cools_down_for_its_hint() {
+    let mut headers = http::HeaderMap::new();
+    headers.insert("retry-after", http::HeaderValue::from_static("30"));
+    headers.insert(
+        "content-type",
+        http::HeaderValue::from_static("application/json"),
+    );
+    let body = r#"{"object":"error","message":"Service tier capacity exceeded for this model.","type":"invalid_request_error","param":null,"code":null}"#;
+    let sim = Simulator::builder()
+        .plan(FaultPlan::script([Fault::raw(
+            http::StatusCode::TOO_MANY_REQUESTS,
+            headers,
+            body,
+        )]))
+        .start()
+        .await
+        .unwrap();
+    let layer = CircuitLayer::new(config().build().unwrap());
+    let service = stack(&layer);
+    assert_eq!(
+        call(&service, request(&sim, "m", false)).await,
+        Err(ErrorKind::Overloaded)
+    );
+    // Cooling down: refused locally until the hinted instant.
+    assert_eq!(
+        call(&service, request(&sim, "m", false)).await,
+        Err(ErrorKind::RateLimited)
+    );
+    assert_eq!(sim.requests().len(), 1);
+    tokio::time::advance(Duration::from_secs(31)).await;
+    assert_eq!(call(&service, request(&sim, "m", false)).await, Ok(()));
+    assert_eq!(sim.requests().len(), 2);
 }
