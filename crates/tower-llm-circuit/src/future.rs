@@ -10,7 +10,9 @@ use std::time::Duration;
 use http::Response;
 use http_body::Body;
 use pin_project_lite::pin_project;
-use tower_llm_classify::{AttemptEnd, BoxError, Classification, Classified, ErrorKind, LlmError};
+use tower_llm_classify::{
+    AttemptEnd, BoxError, Classification, Classified, EndReason, ErrorKind, LlmError,
+};
 
 use crate::body::CircuitBody;
 use crate::breaker::{Breaker, Outcome, Permit};
@@ -27,6 +29,10 @@ pub(crate) struct PermitGuard {
     pub(crate) done: bool,
     /// Set by the layer above when it ends the attempt itself.
     pub(crate) end: Option<AttemptEnd>,
+    /// The request asked for a stream (an answer's head then comes at once).
+    pub(crate) streaming: bool,
+    /// The response head arrived: the guard now rides with the body.
+    pub(crate) answered: bool,
     /// The first body data came later than the configured limit.
     pub(crate) slow_start: bool,
     /// With a first-content limit: the request's stream dialect and
@@ -120,6 +126,18 @@ impl Drop for PermitGuard {
         // cut as a failure; Envoy's outlier detection counts local-origin
         // timeouts.
         match self.end.as_ref().and_then(AttemptEnd::reason) {
+            // A whole (non-streamed) answer whose head had come, cut by the
+            // caller's own time limit while its body was read: the target
+            // answered, and how long the answer takes is up to the request
+            // (`max_tokens`, reasoning effort). Counting it would let a
+            // caller open the breaker for everyone with long requests.
+            Some(EndReason::AttemptTimeout | EndReason::Deadline)
+                if self.answered && !self.streaming =>
+            {
+                let now = self.end_time();
+                self.breaker
+                    .record(self.permit, Outcome::Ignored, false, now);
+            }
             Some(reason) => self.fail(&reason.classification()),
             None => {
                 let now = self.end_time();
@@ -239,6 +257,9 @@ where
                         && let Some(g) = guard.take()
                     {
                         g.succeeded();
+                    }
+                    if let Some(g) = guard.as_mut() {
+                        g.answered = true;
                     }
                     let scanner = guard.as_ref().and_then(|g| g.stream_kind).and_then(
                         |(dialect, provider)| {

@@ -70,6 +70,17 @@
 //! `TimeoutException` as a failure, and Envoy's outlier detection counts
 //! local-origin timeouts (`consecutive_local_origin_failure`).
 //!
+//! One exception: a *whole* (non-streamed) answer whose head had arrived,
+//! cut by a time limit while its body was read, is not counted. The target
+//! answered; how long a whole answer takes is the request's doing
+//! (`max_tokens`, reasoning effort), and a caller must not be able to open
+//! a breaker for everyone with long requests. A request with no head
+//! within the limit, or a stream with no content, is counted: that is
+//! where a silent or overloaded upstream shows. Set time limits above the
+//! slowest answer a caller may legitimately ask for (with non-streamed
+//! requests, a provider sends the head only when the answer is done, so a
+//! long generation and a silent upstream look alike until then).
+//!
 //! An error event the retry layer's first-content guard reads as a
 //! stream's first event is counted like the same failure sent as a status:
 //! the guard reads one more frame, which Classify's body below answers

@@ -172,6 +172,7 @@ where
         // The one clock read of a closed, healthy call.
         let now = self.registry.now();
         let mut stream_kind = None;
+        let mut streaming = false;
         let breaker = {
             // Computed only when no outer layer put it there: the usual
             // case then costs two lookups, not `get_or_insert`'s two and
@@ -189,6 +190,7 @@ where
                     &fallback
                 }
             };
+            streaming = meta.stream;
             if self.registry.config.slow_first_content.is_some() {
                 stream_kind = Some((meta.dialect, meta.provider));
             }
@@ -212,6 +214,8 @@ where
                     // Put there by a retry layer above that may end the
                     // attempt itself (only when it has a time limit).
                     end: request.extensions_mut().remove::<AttemptEnd>(),
+                    streaming,
+                    answered: false,
                     slow_start: false,
                     stream_kind,
                 };

@@ -162,18 +162,43 @@ async fn a_call_the_layer_above_ends_counts_as_the_failure_it_names() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_body_the_layer_above_ends_counts_as_its_failure() {
+async fn a_stream_the_layer_above_ends_before_its_end_counts_as_its_failure() {
     let (mut service, mut handle, layer) = setup();
     handle.allow(1);
     ready(&mut service).await;
     let end = AttemptEnd::new();
-    let call = service.call(request_ended_by(&end));
+    let mut request = request_ended_by(&end);
+    *request.body_mut() = Full::from(r#"{"model":"gpt-4o","stream":true}"#);
+    let call = service.call(request);
     let (_, send) = handle.next_request().await.unwrap();
     send.send_response(Response::new(Full::from("held back")));
     let response = call.await.unwrap();
     end.end(EndReason::Deadline);
     drop(response);
     assert_eq!(layer.handle().snapshot()[0].totals.failures, 1);
+}
+
+/// A whole answer whose head came is the target answering: cut by the
+/// caller's time limit while its body is read, it says how long the answer
+/// is (`max_tokens`), not how healthy the target is, and a caller must not
+/// open the breaker for everyone with long requests.
+#[tokio::test(start_paused = true)]
+async fn a_whole_answer_cut_by_a_time_limit_after_its_head_is_not_counted() {
+    let (mut service, mut handle, layer) = setup();
+    handle.allow(2);
+    for reason in [EndReason::Deadline, EndReason::AttemptTimeout] {
+        ready(&mut service).await;
+        let end = AttemptEnd::new();
+        let call = service.call(request_ended_by(&end));
+        let (_, send) = handle.next_request().await.unwrap();
+        send.send_response(Response::new(Full::from("held back")));
+        let response = call.await.unwrap();
+        end.end(reason);
+        drop(response);
+    }
+    let key = &layer.handle().snapshot()[0];
+    assert_eq!(key.totals.failures, 0, "{key:?}");
+    assert_eq!(key.state, CircuitState::Closed);
 }
 
 #[tokio::test(start_paused = true)]

@@ -104,11 +104,13 @@ impl RetryPolicyBuilder {
         self
     }
 
-    /// A limit on each attempt: to the response head, and for a guarded
-    /// stream to its first content event. An attempt it ends counts as a
-    /// timeout for a circuit breaker below (see
-    /// [`AttemptEnd`](tower_llm_classify::AttemptEnd)). `Duration::MAX`
-    /// (or any limit past the clock's range) is no limit.
+    /// A limit on each attempt: to the response head, for a guarded
+    /// stream to its first content event, and for a whole JSON answer the
+    /// guard holds back, to its end. An attempt it ends before its head (or
+    /// a stream before its first content) counts as a timeout for a circuit
+    /// breaker below (see [`AttemptEnd`](tower_llm_classify::AttemptEnd)),
+    /// so set it above the slowest answer a caller may legitimately ask for.
+    /// `Duration::MAX` (or any limit past the clock's range) is no limit.
     pub fn attempt_timeout(mut self, timeout: Duration) -> Self {
         self.policy.attempt_timeout = Some(timeout);
         self
