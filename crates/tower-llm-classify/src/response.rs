@@ -410,8 +410,12 @@ fn decide(
         });
     let status_is = |candidates: &[u16]| effective.is_some_and(|s| candidates.contains(&s));
     // What the whole message says, where the status agrees (see `template`).
+    // An in-band error without a status that calls itself an invalid
+    // request is judged as a 400 would be: a stream's error event may relay
+    // an upstream's echo of the request too.
+    let gate = effective.or_else(|| fields.has_marker(INVALID_CODES).then_some(400));
     let text = template::find(message)
-        .filter(|t| t.kind.agrees_with(effective, t.billing))
+        .filter(|t| t.kind.agrees_with(gate, t.billing))
         .map(|t| t.kind);
     let said = |kind: TextKind| text == Some(kind);
 
@@ -500,7 +504,7 @@ fn decide(
         .with_provider(provider)
         .with_hint(hint);
     if by_text {
-        classification = classification.decided_by_message_text(effective);
+        classification = classification.decided_by_message_text(gate);
     }
     if !message.is_empty() {
         classification = classification.with_message(message);
@@ -541,6 +545,32 @@ mod tests {
     fn an_echoed_prompt_does_not_turn_a_400_into_a_rate_limit() {
         let body = r#"{"error":{"message":"Invalid value in 'rate limit 429 please'","type":"invalid_request_error"}}"#;
         assert_eq!(classify(400, body).kind(), ErrorKind::InvalidRequest);
+    }
+
+    #[test]
+    fn an_in_band_invalid_request_is_judged_as_a_400_would_be() {
+        let event = |message: &str| {
+            let payload = serde_json::json!({"type": "error", "error": {"type": "invalid_request_error", "message": message}});
+            classify_event(
+                Provider::Anthropic,
+                payload.to_string().as_bytes(),
+                Phase::MidStream,
+            )
+        };
+        // Overload is never read from a client error's text.
+        let c = event("Overloaded");
+        assert_eq!(c.kind(), ErrorKind::InvalidRequest);
+        // An exact billing 400 is a quota, but cools nothing down.
+        let c = event(
+            "Your credit balance is too low to access the Anthropic API. Please go to Plans & Billing to upgrade or purchase credits.",
+        );
+        assert_eq!(c.kind(), ErrorKind::QuotaExhausted);
+        assert!(!c.may_penalise_target());
+        // Without the invalid-request type, an in-band overload is one.
+        let payload = br#"{"type":"error","error":{"type":"error","message":"Overloaded"}}"#;
+        let c = classify_event(Provider::Anthropic, payload, Phase::MidStream);
+        assert_eq!(c.kind(), ErrorKind::Overloaded);
+        assert!(c.may_penalise_target());
     }
 
     #[test]
