@@ -276,6 +276,9 @@ impl CircuitConfigBuilder {
     }
 
     /// How long a key cools down after quota exhausted (1 h by default).
+    /// It also caps a rate limit's hinted cooldown: a server asking for a
+    /// longer wait (up to the two days a hint may say) is treated as out of
+    /// quota, so one header cannot shut a key for days.
     pub fn quota_cooldown(mut self, cooldown: Duration) -> Self {
         self.config.quota_cooldown = cooldown;
         self

@@ -94,7 +94,8 @@ impl PermitGuard {
                 && config.rate_limit_cooldown
                 && let Some(wait) = c.retry_after()
             {
-                self.breaker.cool_down(wait, self.breaker.now());
+                self.breaker
+                    .cool_down(wait.min(config.quota_cooldown), self.breaker.now());
             }
             let outcome = outcome_of(c, config.count_authentication_failures);
             self.finish(outcome);
@@ -103,7 +104,8 @@ impl PermitGuard {
         match c.kind() {
             ErrorKind::RateLimited if config.rate_limit_cooldown => {
                 if let Some(wait) = c.retry_after() {
-                    self.breaker.cool_down(wait, self.breaker.now());
+                    self.breaker
+                        .cool_down(wait.min(config.quota_cooldown), self.breaker.now());
                 }
             }
             ErrorKind::QuotaExhausted => self

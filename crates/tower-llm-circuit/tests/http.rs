@@ -762,3 +762,35 @@ async fn a_429_read_as_overload_from_its_message_still_cools_down_for_its_hint()
     assert_eq!(call(&service, request(&sim, "m", false)).await, Ok(()));
     assert_eq!(sim.requests().len(), 2);
 }
+
+/// A hint may ask for up to two days; a rate limit's cooldown is capped at
+/// the quota cooldown, so one header cannot shut a key for days.
+#[tokio::test(start_paused = true)]
+async fn a_rate_limit_cooldown_is_capped_at_the_quota_cooldown() {
+    let sim = Simulator::builder()
+        .plan(FaultPlan::script([Fault::rate_limited(
+            Duration::from_secs(99_999_999),
+        )]))
+        .start()
+        .await
+        .unwrap();
+    let layer = CircuitLayer::new(
+        config()
+            .quota_cooldown(Duration::from_secs(600))
+            .build()
+            .unwrap(),
+    );
+    let service = stack(&layer);
+    assert_eq!(
+        call(&service, request(&sim, "m", false)).await,
+        Err(ErrorKind::RateLimited)
+    );
+    tokio::time::advance(Duration::from_secs(599)).await;
+    assert_eq!(
+        call(&service, request(&sim, "m", false)).await,
+        Err(ErrorKind::RateLimited)
+    );
+    assert_eq!(sim.requests().len(), 1);
+    tokio::time::advance(Duration::from_secs(2)).await;
+    assert_eq!(call(&service, request(&sim, "m", false)).await, Ok(()));
+}
