@@ -172,7 +172,7 @@ where
         // The one clock read of a closed, healthy call.
         let now = self.registry.now();
         let mut stream_kind = None;
-        let mut streaming = false;
+        let streaming;
         let breaker = {
             // Computed only when no outer layer put it there: the usual
             // case then costs two lookups, not `get_or_insert`'s two and

@@ -94,7 +94,7 @@ pin_project! {
         Calling { #[pin] future: F },
         // Inline: every guarded answer (a stream, a whole JSON answer)
         // holds its response here, without a box of its own.
-        Guarding { guard: Guard<R> },
+        Guarding { guard: HeldResponse<R> },
         Sleeping { sleep: Pin<Box<Sleep>> },
         Done,
     }
@@ -103,7 +103,7 @@ pin_project! {
 /// A response held back until nothing that goes wrong can have reached the
 /// caller: a stream until its first content event, a whole JSON answer
 /// until its end.
-struct Guard<R> {
+struct HeldResponse<R> {
     head: Option<http::response::Parts>,
     body: Option<Pin<Box<R>>>,
     read_ahead: VecDeque<Frame<Bytes>>,
@@ -275,7 +275,7 @@ where
                                         _ => None,
                                     };
                                     if let Some(scanner) = scanner {
-                                        let guard = Guard {
+                                        let guard = HeldResponse {
                                             head: Some(head),
                                             body: Some(Box::pin(body)),
                                             read_ahead: VecDeque::new(),
@@ -414,7 +414,7 @@ where
     }
 }
 
-impl<R> Guard<R>
+impl<R> HeldResponse<R>
 where
     R: Body<Data = Bytes>,
     R::Error: Into<BoxError>,
