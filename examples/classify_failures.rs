@@ -2,10 +2,10 @@
 //!
 //! Starts a small server on 127.0.0.1 that answers the way OpenAI,
 //! Anthropic, Gemini, Azure, Bedrock and Ollama fail (bodies and headers
-//! from `PROVIDERS.md`), sends one request per case through a hyper client
-//! wrapped in `ClassifyLayer`, and prints what each failure was classified
-//! as — including failures that arrive inside a 200 stream and a connection
-//! that drops mid-stream.
+//! as the providers' error docs give them), sends one request per case
+//! through a hyper client wrapped in `ClassifyLayer`, and prints what each
+//! failure was classified as — including failures that arrive inside a 200
+//! stream and a connection that drops mid-stream.
 //!
 //! Run: `cargo run --example classify_failures`
 

@@ -1,9 +1,10 @@
 //! The AWS backoff simulation (Brooker, "Exponential Backoff And Jitter",
-//! 2015; RESILIENCE.md §5.1): N clients each make one optimistic-concurrency
-//! update of one row — read the version, write if it has not changed —
-//! backing off after a conflict. Every message takes |N(10 ms, 2 ms)|; base
-//! 5 ms, cap 2 s; 100 runs per point. The delays come from the retry
-//! crate's own `Backoff::delay`, the code a request's retries use.
+//! 2015, and its simulator aws-samples/aws-arch-backoff-simulator): N
+//! clients each make one optimistic-concurrency update of one row — read
+//! the version, write if it has not changed — backing off after a
+//! conflict. Every message takes |N(10 ms, 2 ms)|; base 5 ms, cap 2 s; 100
+//! runs per point. The delays come from the retry crate's own
+//! `Backoff::delay`, the code a request's retries use.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -94,7 +95,8 @@ fn run(clients: usize, backoff: Option<&Backoff>, shift: u32, rng: &mut Rng) -> 
 }
 
 /// The table for BENCHMARKS.md: each strategy at 100 clients beside the
-/// figures of the blog's simulator re-run (RESILIENCE.md §5.1).
+/// figures of the blog's simulator (aws-samples/aws-arch-backoff-simulator)
+/// re-run in a Python 3 port.
 pub(crate) fn simulate() -> String {
     let base = Duration::from_millis(5);
     let cap = Duration::from_secs(2);

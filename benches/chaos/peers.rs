@@ -1,5 +1,5 @@
 //! The contenders a tower-llm user would pick instead, each configured the
-//! way its documentation shows (see PEERS.md §1, §3 and §4):
+//! way its documentation shows:
 //!
 //! * `tower::retry` over a hyper-util client, with a hand-written status
 //!   policy, tower's jittered `ExponentialBackoff` and a shared `TpsBudget`;

@@ -1,4 +1,4 @@
-//! `LlmStack`: the whole stack in the order DESIGN.md draws — Fallback over
+//! `LlmStack`: the whole stack in the order it belongs — Fallback over
 //! targets, each Retry → Circuit → Classify over its client — from a few
 //! lines of code or from one [`StackConfig`](crate::config::StackConfig).
 //!

@@ -12,8 +12,8 @@ use crate::{ErrorKind, Provider};
 ///
 /// It decides what may safely be done about it: a request that failed to
 /// connect was never sent and can go anywhere; once content has reached the
-/// caller, nothing may be replayed (`PROVIDERS.md` §4, "after the first token,
-/// the client owns the failure").
+/// caller, nothing may be replayed (the rule of thumb "after the first
+/// token, the client owns the failure"; anomalyco/opencode #38747).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[non_exhaustive]
 pub enum Phase {

@@ -30,8 +30,8 @@ use http::HeaderMap;
 /// The longest delay a hint may carry; a longer wait is reported as this.
 ///
 /// Two days: long enough for Azure's daily-quota `retry after 86400 seconds`
-/// (`PROVIDERS.md` §2.2), which must reach the retry and fallback layers so
-/// that they route elsewhere instead of sleeping.
+/// (Microsoft Q&A, answers/1938028), which must reach the retry and
+/// fallback layers so that they route elsewhere instead of sleeping.
 pub const MAX_HINT: Duration = Duration::from_secs(2 * 24 * 60 * 60);
 
 /// A delay the server asked for, and where it came from.

@@ -11,7 +11,7 @@ use std::fmt;
 /// goes to a larger-context model, a [`ContentFiltered`](ErrorKind::ContentFiltered)
 /// to another provider).
 ///
-/// The list follows `PROVIDERS.md` §7 and LiteLLM's exception classes
+/// The list follows LiteLLM's exception classes
 /// (`litellm_core_utils/exception_mapping_utils.py`), with the distinctions
 /// LiteLLM lacks: a quota that retrying cannot restore is not a rate limit, and
 /// global overload is not a per-account rate limit.
@@ -106,7 +106,8 @@ impl ErrorKind {
     /// Whether trying the same request again on the same target may succeed.
     ///
     /// The transient kinds are those every official SDK retries (408, 409,
-    /// 429, ≥ 500, connection errors, timeouts; `PROVIDERS.md` §1) minus the
+    /// 429, ≥ 500, connection errors, timeouts; `_should_retry` in
+    /// openai-python's and anthropic-python's `_base_client.py`) minus the
     /// 429s that are quota, plus broken streams. Whether a *particular* failure
     /// is retryable also depends on the phase and on `x-should-retry`:
     /// see [`Classification::retryable`](crate::Classification::retryable).
@@ -128,9 +129,8 @@ impl ErrorKind {
     /// breaker counts), as opposed to the request being wrong or a limit on the
     /// account.
     ///
-    /// Rate limits and quotas are not counted: they feed a cooldown instead
-    /// (`PROVIDERS.md` §7.5). Authentication is not counted here; the circuit
-    /// layer can opt in.
+    /// Rate limits and quotas are not counted: they feed a cooldown instead.
+    /// Authentication is not counted here; the circuit layer can opt in.
     pub const fn is_target_failure(self) -> bool {
         matches!(
             self,

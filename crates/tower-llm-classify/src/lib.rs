@@ -47,14 +47,15 @@
 //!
 //! # Why classify, and why here
 //!
-//! HTTP status is not enough (`PROVIDERS.md` §0): OpenAI's 429 is either a
-//! rate limit that passes or a quota that never will (`insufficient_quota`);
-//! Anthropic's 529 is global overload, not a limit on the account; a
-//! context-length error is a 400 that a bigger model can serve; errors
-//! arrive inside 200 streams. Every official SDK retries every 429 blindly,
-//! and tower-http's classifiers see only the status and a `Display` string.
-//! Reading all of it once, at the innermost layer, lets the outer layers stay
-//! small and agree with each other.
+//! HTTP status is not enough: OpenAI's 429 is either a rate limit that
+//! passes or a quota that never will (`insufficient_quota`); Anthropic's 529
+//! is global overload, not a limit on the account; a context-length error is
+//! a 400 that a bigger model can serve; errors arrive inside 200 streams.
+//! Every official SDK retries every 429 blindly (`_should_retry` in
+//! openai-python's `_base_client.py`), and tower-http's classifiers see only
+//! the status and a `Display` string. Reading all of it once, at the
+//! innermost layer, lets the outer layers stay small and agree with each
+//! other.
 //!
 //! # What is where
 //!

@@ -145,9 +145,10 @@ pub(crate) const TEMPLATES: &[Template] = &[
         "This request requires more credits, or fewer max_tokens. You requested up to {n} tokens, but can only afford {n}. To increase, visit {w} and upgrade to a paid account",
         Quota,
     ),
-    // Context windows: Anthropic (`PROVIDERS.md`-cited "prompt is too long",
-    // "exceed context limit"), OpenAI and its compatibles (DeepSeek, xAI,
-    // vLLM), Gemini/Vertex, Bedrock, Groq/Cerebras, llama.cpp, Ollama
+    // Context windows: Anthropic ("prompt is too long", "exceed context
+    // limit"; platform.claude.com/docs/en/api/errors), OpenAI and its
+    // compatibles (DeepSeek, xAI, vLLM), Gemini/Vertex, Bedrock,
+    // Groq/Cerebras, llama.cpp, Ollama
     // (`server/routes.go`), Together/TGI.
     t("prompt is too long: {n} tokens > {n} maximum", Context),
     t(

@@ -4,8 +4,9 @@
 //! The classifier walks the whole `source()` chain, since clients wrap the
 //! error that matters (hyper-util's `Error` holds a `hyper::Error` that holds
 //! an `io::Error`), and takes the most telling link. tower-http's
-//! `classify_error` only sees `Display` (PEERS.md §2.1), so it cannot tell a
-//! refused connection (safe to send elsewhere) from a reset mid-body.
+//! `classify_error` only sees `Display` (`E: fmt::Display` in its
+//! `src/classify/mod.rs`), so it cannot tell a refused connection (safe to
+//! send elsewhere) from a reset mid-body.
 
 use std::error::Error as StdError;
 use std::io;

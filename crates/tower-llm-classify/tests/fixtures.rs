@@ -1,6 +1,6 @@
 //! The fixture corpus: real provider failures (status, headers, body, or a
 //! streamed body), one file per case under `tests/fixtures/`, each naming its
-//! source in `PROVIDERS.md`. Every case is classified twice — by the pure
+//! source in a `source` field. Every case is classified twice — by the pure
 //! function with a pinned clock, and through the `ClassifyLayer` over a
 //! service that answers with the fixture — and must give the expected kind,
 //! retryability, hint, code, request id and phase.

@@ -46,9 +46,9 @@
 //! ```
 //!
 //! Each target's service is typically its own Retry → Circuit → Classify
-//! stack (DESIGN.md): retries happen within a target, an open circuit moves
-//! on at once, and a streamed answer that failed before its first content
-//! (retry's first-content guard) moves on invisibly. After content has
+//! stack: retries happen within a target, an open circuit moves on at once,
+//! and a streamed answer that failed before its first content (retry's
+//! first-content guard) moves on invisibly. After content has
 //! reached the caller, a failure is a stream-incomplete error
 //! ([`FallbackBody`]), never a silent switch of provider mid-answer.
 

@@ -24,8 +24,9 @@ pub(crate) struct RoutePolicy {
 }
 
 impl RoutePolicy {
-    /// The route for a failure with `c` (LiteLLM's three kinds of fallback:
-    /// default, context window, content policy; PROVIDERS.md §5.1).
+    /// The route for a failure with `c` (LiteLLM Router's three kinds of
+    /// fallback: `fallbacks`, `context_window_fallbacks`,
+    /// `content_policy_fallbacks`).
     pub(crate) fn route(&self, c: &Classification) -> Route {
         match c.kind() {
             ErrorKind::ContextLengthExceeded => Route::LargerContext,

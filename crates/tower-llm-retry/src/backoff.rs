@@ -1,9 +1,10 @@
 //! How long to wait before the next attempt when the server gave no hint.
 //!
 //! The strategies are those of Marc Brooker's "Exponential Backoff And
-//! Jitter" (AWS Architecture Blog, 2015), whose simulation found full
-//! jitter the best trade between total work and completion time under
-//! contention (RESILIENCE.md §5.1); it is the default.
+//! Jitter" (AWS Architecture Blog, 2015,
+//! <https://aws.amazon.com/blogs/architecture/exponential-backoff-and-jitter/>),
+//! whose simulation found full jitter the best trade between total work and
+//! completion time under contention; it is the default.
 
 use std::time::Duration;
 
@@ -46,8 +47,8 @@ pub struct Backoff {
 
 impl Default for Backoff {
     /// 0.5 s doubling to 8 s with full jitter: the official SDKs' schedule
-    /// (openai-python / anthropic-python `INITIAL_RETRY_DELAY`,
-    /// `MAX_RETRY_DELAY`; PROVIDERS.md §1.6), with AWS full jitter.
+    /// (`INITIAL_RETRY_DELAY`, `MAX_RETRY_DELAY` in openai-python's and
+    /// anthropic-python's `_constants.py`), with AWS full jitter.
     fn default() -> Self {
         Backoff::exponential(Duration::from_millis(500), Duration::from_secs(8))
     }

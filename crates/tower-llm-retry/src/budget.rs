@@ -3,10 +3,10 @@
 //!
 //! The design is Finagle's `RetryBudget` (also tower's `TpsBudget`):
 //! every first attempt deposits, every retry withdraws, and deposits expire
-//! after a time-to-live. Unlike tower's, withdrawal is a compare-and-swap on
-//! the current slot, so concurrent retries cannot overdraw the budget
-//! (PEERS.md §1.3), there is no lock on the happy path, and a fraction
-//! below 1 is honoured exactly (tower#857).
+//! after a time-to-live. Unlike tower's (`retry/budget/tps_budget.rs`),
+//! withdrawal is a compare-and-swap on the current slot, so concurrent
+//! retries cannot overdraw the budget, there is no lock on the happy path,
+//! and a fraction below 1 is honoured exactly (tower#857).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -27,10 +27,10 @@ const SLOTS: usize = 10;
 /// retry, and adding it would let a busy client exceed its ratio during an
 /// outage. With the default — 10 % of traffic, at least 1 retry per second,
 /// over 10 s — an outage stays at 1.1× the offered load at any rate of
-/// 10 requests per second or more (the SRE book's per-client 10 % budget;
-/// RESILIENCE.md §9 property 1), a quiet client gets at most one extra
-/// attempt per second, and i.i.d. transient failures of up to 5 % (retry
-/// ratio p + p² ≈ 5.25 %) are never denied (property 2).
+/// 10 requests per second or more (the SRE book's per-client 10 % budget,
+/// "Handling Overload"), a quiet client gets at most one extra attempt per
+/// second, and i.i.d. transient failures of up to 5 % (retry ratio
+/// p + p² ≈ 5.25 %) are never denied.
 ///
 /// ```
 /// use std::time::Duration;

@@ -48,7 +48,8 @@
 //!
 //! - **Decides from the provider's answer, not the status.** A 429 that
 //!   means "out of quota" is not retried; `x-should-retry` overrides the
-//!   status, as in every official SDK (PROVIDERS.md §0).
+//!   status, as in every official SDK (`_should_retry` in openai-python's
+//!   `_base_client.py`).
 //! - **Server hints win.** `retry-after-ms`, `retry-after` (seconds or
 //!   HTTP-date), reset headers and body hints replace the backoff: the wait
 //!   is between the hint and 1.5× it (Envoy). A hint above the ceiling
@@ -76,9 +77,11 @@
 //! Max attempts bound the work for one request; they do not bound the
 //! work for all of them. When a provider goes down, every request fails,
 //! every request retries, and the provider receives `max_attempts` times its
-//! usual load just as it tries to come back (RESILIENCE.md §7). A budget
-//! bounds the sum: retries stay a small fraction of traffic, so transient
-//! failures are still retried while a full outage is not amplified.
+//! usual load just as it tries to come back (the retry-sustained overload of
+//! Bronson et al., "Metastable Failures in Distributed Systems", HotOS
+//! 2021). A budget bounds the sum: retries stay a small fraction of
+//! traffic, so transient failures are still retried while a full outage is
+//! not amplified.
 
 #![forbid(unsafe_code)]
 

@@ -19,7 +19,7 @@ use crate::policy::RetryPolicy;
 /// The inner service receives `http::Request<ReplayBody>` (the caller's
 /// body read once, replayed per attempt) and must return its failures as
 /// errors that carry a classification: put [`Classify`] below it (the
-/// stack order of DESIGN.md is Retry → Circuit → Classify → client).
+/// stack order is Retry → Circuit → Classify → client).
 ///
 /// # Clone
 ///
@@ -136,9 +136,9 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    /// RESILIENCE.md §9 property 5: the delays the layer draws follow the
-    /// specified law. Kolmogorov–Smirnov against U[0, 2 s] for the third
-    /// attempt's full-jitter delay, 10^5 draws.
+    /// The delays the layer draws follow the specified law:
+    /// Kolmogorov–Smirnov against U[0, 2 s] for the third attempt's
+    /// full-jitter delay, 10^5 draws.
     #[test]
     fn full_jitter_delays_pass_a_kolmogorov_smirnov_test_against_uniform() {
         let shared = Shared::new(RetryPolicy::builder().seed(3).build().unwrap());

@@ -565,7 +565,7 @@ async fn a_stream_of_keepalives_alone_is_handed_over_once_the_read_ahead_is_full
 
 #[tokio::test(start_paused = true)]
 async fn with_random_latencies_no_call_outlives_its_deadline() {
-    // RESILIENCE.md §9 property 6: long-tailed latencies (median 1 s, p99
+    // Deadline containment: long-tailed latencies (median 1 s, p99
     // 10 s), a third of the calls overloaded, a 6 s deadline and 4 s per
     // attempt: every call ends by its deadline, on the virtual clock.
     let sim = Simulator::builder()

@@ -1,6 +1,6 @@
-//! RESILIENCE.md §9 properties 1 and 2, on the policy and the budget
-//! alone (no I/O), on Tokio's paused clock: what the default budget does to
-//! an outage, and that it leaves ordinary transient failures alone.
+//! The retry policy and budget alone (no I/O), on Tokio's paused clock:
+//! what the default budget does to an outage, and that it leaves ordinary
+//! transient failures alone.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 

@@ -1,9 +1,10 @@
 //! How each provider says that something went wrong: status, headers and
 //! body of an error reply, and the in-band error event of a stream.
 //!
-//! Bodies follow `../shared/PROVIDERS.md` §2 (and the fixture corpus of
-//! `tower-llm-classify`, which is built from the same sources): OpenAI's
-//! `{"error":{message,type,param,code}}`, Anthropic's
+//! Bodies follow the providers' own error references (OpenAI's error-code
+//! guide, <https://platform.claude.com/docs/en/api/errors>, Ollama's
+//! `server/routes.go`), as does the fixture corpus of `tower-llm-classify`:
+//! OpenAI's `{"error":{message,type,param,code}}`, Anthropic's
 //! `{"type":"error","error":{type,message},"request_id"}`, Ollama's
 //! `{"error":"…"}`; a 502 in front of OpenAI or Anthropic is Cloudflare's
 //! HTML page, as it is in production.
@@ -488,7 +489,8 @@ fn generic_openai_type(code: u16) -> &'static str {
     }
 }
 
-/// Anthropic's error type for a status (PROVIDERS.md §2.3).
+/// Anthropic's error type for a status
+/// (<https://platform.claude.com/docs/en/api/errors>).
 fn generic_anthropic_type(code: u16) -> &'static str {
     match code {
         401 => "authentication_error",

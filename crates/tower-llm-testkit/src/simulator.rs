@@ -234,7 +234,8 @@ impl Default for SimulatorBuilder {
             context_window: None,
             // Anthropic pings roughly every 10–15 s; shorter keeps tests quick.
             keepalive_interval: Duration::from_secs(5),
-            // Anthropic's Messages limit is 32 MB (PROVIDERS.md §2.3).
+            // Anthropic's Messages limit is 32 MB (413 `request_too_large`,
+            // platform.claude.com/docs/en/api/errors).
             max_body: 32 * 1024 * 1024,
             record: true,
         }

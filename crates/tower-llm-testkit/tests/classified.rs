@@ -1,7 +1,7 @@
 //! The simulator's failures are the failures `tower-llm-classify` knows:
 //! every error reply, in-band event and broken stream is classified as the
-//! kind it simulates. This pins both crates to the same facts
-//! (PROVIDERS.md) and shows how a layer sees the simulator.
+//! kind it simulates. This pins both crates to the same facts and shows
+//! how a layer sees the simulator.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 

@@ -399,7 +399,8 @@ async fn absurd_hints_are_rendered_without_overflow() {
 async fn overload_bodies_are_byte_for_byte_the_providers() {
     let sim = sim_with(Fault::overloaded()).await;
     let client = client();
-    // PROVIDERS.md §2.3 (Anthropic 529) and §2.1 (OpenAI 503 server_is_overloaded).
+    // Anthropic's 529 `overloaded_error` (platform.claude.com/docs/en/api/errors)
+    // and OpenAI's 503 `server_is_overloaded` (help.openai.com article 6891839).
     let anthropic = chat(&client, &sim, Api::AnthropicMessages, false).await;
     let id = anthropic.headers["request-id"].to_str().unwrap();
     assert_eq!(

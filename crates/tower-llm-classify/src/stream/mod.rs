@@ -1,15 +1,16 @@
 //! Streams: in-band errors, abnormal ends and keep-alives in SSE and NDJSON
 //! response bodies.
 //!
-//! A 200 response can still fail (`PROVIDERS.md` §0.2, §4.1): Anthropic sends
-//! `event: error` with `overloaded_error`, OpenAI chat sends
+//! A 200 response can still fail: Anthropic sends `event: error` with
+//! `overloaded_error` (anthropic-sdk-python #1918), OpenAI chat sends
 //! `data: {"error": …}`, the Responses API `event: error` then
-//! `response.failed`, Ollama an `{"error": …}` NDJSON line; connections drop
-//! mid-body; streams end without their terminal event; a stall keeps
-//! answering keep-alive pings. [`ResponseBody`] passes the bytes through
-//! untouched, recognises all of these, turns them into a classified
-//! [`LlmError`](crate::LlmError) body error, and reports the final outcome to
-//! an [`OutcomeHook`].
+//! `response.failed` (openai/codex #43337), Ollama an `{"error": …}` NDJSON
+//! line (ollama's `server/routes.go`); connections drop mid-body
+//! (openai-python #2065); streams end without their terminal event; a stall
+//! keeps answering keep-alive pings (livekit/agents #6171). [`ResponseBody`]
+//! passes the bytes through untouched, recognises all of these, turns them
+//! into a classified [`LlmError`](crate::LlmError) body error, and reports
+//! the final outcome to an [`OutcomeHook`].
 
 mod body;
 mod outcome;
