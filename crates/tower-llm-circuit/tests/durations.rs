@@ -205,7 +205,7 @@ async fn a_quota_cooldown_of_duration_max_fails_fast_with_a_bounded_hint() {
 }
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
-async fn a_rate_limit_hinting_duration_max_cools_down_without_overflow() {
+async fn a_rate_limit_hinting_duration_max_cools_down_for_the_quota_cooldown_without_overflow() {
     let plan = Plan::default();
     let layer = CircuitLayer::new(config().build().unwrap());
     let limited = call(
@@ -217,7 +217,11 @@ async fn a_rate_limit_hinting_duration_max_cools_down_without_overflow() {
     assert_eq!(limited.unwrap_err().kind(), ErrorKind::RateLimited);
     let error = call(&layer, &plan, Answer::Ok).await.unwrap_err();
     assert_eq!(error.kind(), ErrorKind::RateLimited);
-    assert_eq!(error.classification().retry_after(), Some(MAX_HINT));
+    // Capped at the quota cooldown (1 h by default).
+    assert_eq!(
+        error.classification().retry_after(),
+        Some(Duration::from_secs(3600))
+    );
 }
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
