@@ -49,6 +49,7 @@ use tokio::sync::Semaphore;
 use tower::ServiceExt;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_llm::circuit::CircuitState;
+use tower_llm::classify::redact::{ACCOUNT_HEADERS, HOP_BY_HOP_HEADERS};
 use tower_llm::fallback::FallbackReport;
 use tower_llm::retry::RetryStats;
 use tower_llm::stack::{Stack, served_by};
@@ -414,21 +415,12 @@ fn keep_to_gateway(headers: &mut HeaderMap) {
     for name in named {
         headers.remove(name);
     }
-    for name in [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "proxy-authenticate",
-        "transfer-encoding",
-        "upgrade",
-        "te",
-        "trailer",
-        "set-cookie",
-        "openai-organization",
-        "openai-project",
-        "anthropic-organization-id",
-    ] {
-        headers.remove(name);
+    for name in HOP_BY_HOP_HEADERS
+        .iter()
+        .chain(&ACCOUNT_HEADERS)
+        .chain(&["set-cookie"])
+    {
+        headers.remove(*name);
     }
 }
 

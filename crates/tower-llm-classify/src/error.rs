@@ -183,17 +183,9 @@ impl LlmError {
             return Err(LlmError { inner });
         };
         let body = crate::redact::redact_upstream_body(std::mem::take(&mut inner.body));
-        for name in [
-            header::CONTENT_LENGTH,
-            header::TRANSFER_ENCODING,
-            header::CONNECTION,
-            header::UPGRADE,
-            header::TRAILER,
-            header::TE,
-        ] {
+        for name in crate::redact::HOP_BY_HOP_HEADERS {
             head.headers.remove(name);
         }
-        head.headers.remove("keep-alive");
         head.headers
             .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
         Ok(Response::from_parts(head, body))

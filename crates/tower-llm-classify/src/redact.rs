@@ -16,6 +16,31 @@ pub const CREDENTIAL_HEADERS: [&str; 8] = [
     "ocp-apim-subscription-key",
 ];
 
+/// Hop-by-hop headers: they describe one connection and are never passed
+/// on, in either direction (RFC 9110 §7.6.1; RFC 2616 §13.5.1 for
+/// `keep-alive`, `proxy-authenticate`; `proxy-connection` as sent by old
+/// clients). A proxy also drops every header its `connection` names.
+pub const HOP_BY_HOP_HEADERS: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Headers that name the provider account behind a call (OpenAI's
+/// `openai-organization` and `openai-project`, Anthropic's
+/// `anthropic-organization-id`): a gateway passes them neither from its
+/// callers to a target nor from a target back to its callers.
+pub const ACCOUNT_HEADERS: [&str; 3] = [
+    "openai-organization",
+    "openai-project",
+    "anthropic-organization-id",
+];
+
 /// Whether `name` is a header that carries credentials.
 ///
 /// ```

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Request, Uri};
 use http_body_util::Full;
 use tower_llm_classify::RequestMeta;
-use tower_llm_classify::redact::CREDENTIAL_HEADERS;
+use tower_llm_classify::redact::{ACCOUNT_HEADERS, CREDENTIAL_HEADERS, HOP_BY_HOP_HEADERS};
 
 use crate::rewrite::{RewriteError, rewrite_model};
 
@@ -430,33 +430,26 @@ fn decode_parameter_name<'b>(name: &[u8], buf: &'b mut [u8; 32]) -> Option<&'b [
 fn never_forwarded(name: &str) -> Option<&'static str> {
     CREDENTIAL_HEADERS
         .iter()
+        .chain(&HOP_BY_HOP_HEADERS)
+        .chain(&ACCOUNT_HEADERS)
         .chain(NOT_FORWARDED)
         .find(|listed| **listed == name)
         .copied()
 }
 
-/// Headers never copied from the caller to a target: hop-by-hop headers
-/// (RFC 9110 §7.6.1), what the new body and URL decide, an encoding the
-/// layers below might not read, and the caller's account headers at
-/// providers and gateways (a target gets its own or none).
+/// Headers never copied from the caller to a target, beside credentials,
+/// hop-by-hop and account headers (classify's lists): what the new body
+/// and URL decide, an encoding the layers below might not read, and the
+/// caller's keys at other gateways (a target gets its own or none).
 const NOT_FORWARDED: &[&str] = &[
     "content-length",
     "host",
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
     "expect",
     "accept-encoding",
     "x-amz-security-token",
     "x-litellm-api-key",
     "x-portkey-api-key",
     "helicone-auth",
-    "openai-organization",
-    "openai-project",
 ];
 
 /// Query parameters that carry a credential, written lowercase with `_`
