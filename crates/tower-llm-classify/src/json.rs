@@ -305,64 +305,36 @@ fn value_end(body: &[u8], start: usize) -> Option<usize> {
 /// Whether the string content `raw` (escapes as written) decodes to
 /// `name`, without allocating.
 fn decoded_eq(raw: &[u8], name: &[u8]) -> bool {
-    if memchr::memchr(b'\\', raw).is_none() {
-        return raw == name;
-    }
-    let mut i = 0;
-    let mut matched = 0;
-    while i < raw.len() {
-        if raw[i] == b'\\' {
-            let Some((c, next)) = escape_at(raw, i) else {
-                return false;
-            };
-            let mut buf = [0_u8; 4];
-            let encoded = c.encode_utf8(&mut buf).as_bytes();
-            if !name[matched..].starts_with(encoded) {
-                return false;
-            }
-            matched += encoded.len();
-            i = next;
-        } else {
-            if name.get(matched) != Some(&raw[i]) {
-                return false;
-            }
-            matched += 1;
-            i += 1;
-        }
-    }
-    matched == name.len()
+    decoded_matches(raw, name, <[u8]>::eq)
 }
 
 /// [`decoded_eq`], ASCII letters compared in either case.
 fn decoded_eq_ignoring_ascii_case(raw: &[u8], name: &[u8]) -> bool {
-    if memchr::memchr(b'\\', raw).is_none() {
-        return raw.eq_ignore_ascii_case(name);
-    }
+    decoded_matches(raw, name, <[u8]>::eq_ignore_ascii_case)
+}
+
+/// Whether `raw`, decoded piece by piece (a run of plain bytes, or one
+/// escape's UTF-8), matches `name` piece by piece under `same`.
+fn decoded_matches(raw: &[u8], name: &[u8], same: impl Fn(&[u8], &[u8]) -> bool) -> bool {
     let mut i = 0;
     let mut matched = 0;
     while i < raw.len() {
-        if raw[i] == b'\\' {
+        let mut buf = [0_u8; 4];
+        let (piece, next) = if raw[i] == b'\\' {
             let Some((c, next)) = escape_at(raw, i) else {
                 return false;
             };
-            let mut buf = [0_u8; 4];
-            let encoded = c.encode_utf8(&mut buf).as_bytes();
-            match name.get(matched..matched + encoded.len()) {
-                Some(want) if want.eq_ignore_ascii_case(encoded) => {}
-                _ => return false,
-            }
-            matched += encoded.len();
-            i = next;
+            (c.encode_utf8(&mut buf).as_bytes(), next)
         } else {
-            if !name
-                .get(matched)
-                .is_some_and(|want| want.eq_ignore_ascii_case(&raw[i]))
-            {
-                return false;
-            }
-            matched += 1;
-            i += 1;
+            let next = memchr::memchr(b'\\', &raw[i..]).map_or(raw.len(), |at| i + at);
+            (&raw[i..next], next)
+        };
+        match name.get(matched..matched + piece.len()) {
+            Some(want) if same(want, piece) => {}
+            _ => return false,
         }
+        matched += piece.len();
+        i = next;
     }
     matched == name.len()
 }
