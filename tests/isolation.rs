@@ -213,6 +213,11 @@ async fn a_model_hidden_behind_a_null_duplicate_or_a_byte_order_mark_is_refused_
             .unwrap_err();
         assert_eq!(error.kind(), ErrorKind::InvalidRequest, "{body}");
         assert_eq!(error.classification().phase(), Phase::Local);
+        let message = error.classification().message().unwrap_or_default();
+        assert!(
+            message.contains("UTF-8 without a byte-order mark"),
+            "{message}"
+        );
     }
     assert!(mini.requests().is_empty());
     assert!(pro.requests().is_empty());

@@ -105,7 +105,7 @@ fn route(
         // than sent down the default route.
         return Err(LlmError::local(
             ErrorKind::InvalidRequest,
-            "the body's `model` cannot be read unambiguously: send one JSON object, UTF-8              without a byte-order mark, with one string `model`",
+            "the body's `model` cannot be read unambiguously: send one JSON object, UTF-8 without a byte-order mark, with one string `model`",
         ));
     }
     let fallback = routes.pick(model).ok_or_else(|| no_route(model))?.clone();
