@@ -552,3 +552,21 @@ async fn a_single_target_waits_out_a_rate_limit_instead_of_cooling_its_key_down(
     assert_eq!(sim.requests().len(), 3);
     assert_eq!(stack.circuits().snapshot()[0].cooldown_remaining, None);
 }
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_single_target_that_sheds_load_is_never_cut_off_by_its_breaker() {
+    // Busy is not down: alone, an open breaker would fail every call where
+    // a share of them would have passed. A retry backs off instead.
+    let sim = failing(FaultPlan::always(Fault::overloaded())).await;
+    let stack = over(LlmStack::sdk_default(), &[("only", &sim)])
+        .build()
+        .unwrap();
+    for _ in 0..15 {
+        assert!(call(&stack, chat("gpt-4o")).await.is_err());
+    }
+    let key = &stack.circuits().snapshot()[0];
+    assert_eq!(key.state, State::Closed, "{key:?}");
+    assert_eq!(key.rejected, 0);
+    // Every call reached the provider (retries included).
+    assert!(sim.requests().len() >= 15);
+}

@@ -97,7 +97,7 @@ impl PermitGuard {
                 self.breaker
                     .cool_down(wait.min(config.quota_cooldown), self.breaker.now());
             }
-            let outcome = outcome_of(c, config.count_authentication_failures);
+            let outcome = outcome_of(c, config);
             self.finish(outcome);
             return;
         }
@@ -113,7 +113,7 @@ impl PermitGuard {
                 .cool_down(config.quota_cooldown, self.breaker.now()),
             _ => {}
         }
-        let outcome = outcome_of(c, config.count_authentication_failures);
+        let outcome = outcome_of(c, config);
         self.finish(outcome);
     }
 }
@@ -151,7 +151,12 @@ impl Drop for PermitGuard {
 }
 
 /// What a failure says about the target's health.
-pub(crate) fn outcome_of(c: &Classification, count_authentication: bool) -> Outcome {
+pub(crate) fn outcome_of(c: &Classification, config: &crate::config::CircuitConfig) -> Outcome {
+    let count_authentication = config.count_authentication_failures;
+    if c.kind() == ErrorKind::Overloaded && !config.count_overload {
+        // Busy, not down: nothing to say about the target's health.
+        return Outcome::Ignored;
+    }
     // Read from a 4xx message alone: the status said the request was wrong,
     // and the text may be the caller's (`Classification::may_penalise_target`).
     if !c.may_penalise_target() {

@@ -55,6 +55,8 @@ pub struct CircuitSettings {
     pub quota_cooldown_ms: Option<u64>,
     /// Whether a hinted rate limit cools the key down.
     pub rate_limit_cooldown: Option<bool>,
+    /// Whether an overloaded answer counts as a failure of the target.
+    pub count_overload: Option<bool>,
     /// Most keys held.
     pub max_keys: Option<usize>,
     /// Spread of each open duration (0.2: ±20 %).
@@ -163,6 +165,9 @@ impl CircuitSettings {
         }
         if let Some(on) = self.rate_limit_cooldown {
             b = b.rate_limit_cooldown(on);
+        }
+        if let Some(on) = self.count_overload {
+            b = b.count_overload(on);
         }
         if let Some(n) = self.max_keys {
             b = b.max_keys(n);

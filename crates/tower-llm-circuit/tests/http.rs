@@ -794,3 +794,30 @@ async fn a_rate_limit_cooldown_is_capped_at_the_quota_cooldown() {
     tokio::time::advance(Duration::from_secs(2)).await;
     assert_eq!(call(&service, request(&sim, "m", false)).await, Ok(()));
 }
+
+/// With overload not counted (a key with nowhere else to go), a provider
+/// that sheds every call stays reachable: busy is not down.
+#[tokio::test(start_paused = true)]
+async fn with_overload_not_counted_shed_answers_never_open_the_breaker() {
+    let sim = Simulator::builder()
+        .plan(FaultPlan::always(Fault::overloaded()))
+        .start()
+        .await
+        .unwrap();
+    let layer = CircuitLayer::new(config().count_overload(false).build().unwrap());
+    let service = stack(&layer);
+    for _ in 0..10 {
+        assert_eq!(
+            call(&service, request(&sim, "m", false)).await,
+            Err(ErrorKind::Overloaded)
+        );
+    }
+    assert_eq!(sim.requests().len(), 10);
+    assert_eq!(state(&layer.handle(), "m"), Some(CircuitState::Closed));
+    // A server error still counts.
+    sim.set_plan(FaultPlan::always(Fault::server_error(500)));
+    for _ in 0..3 {
+        let _ = call(&service, request(&sim, "m", false)).await;
+    }
+    assert_eq!(state(&layer.handle(), "m"), Some(CircuitState::Open));
+}
