@@ -17,7 +17,8 @@ use tower_llm_classify::{BoxError, ErrorKind, LlmError, RequestMeta};
 use tower_llm_fallback::Fallback;
 use tower_service::Service;
 
-use super::{Routes, StackBody, TargetService};
+use super::routes::Routes;
+use super::{StackBody, TargetService};
 
 type FallbackFuture = tower_llm_fallback::future::ResponseFuture<TargetService, Full<Bytes>>;
 

@@ -53,11 +53,12 @@ mod future;
 mod preset;
 #[cfg(feature = "reqwest")]
 mod reqwest_client;
+mod routes;
+mod service;
 
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -67,9 +68,7 @@ use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
 use tower::Layer;
 use tower::util::BoxCloneSyncService;
-use tower_llm_circuit::{
-    CircuitConfig, CircuitHandle, CircuitLayer, KeyBy, OnTransition, Transition,
-};
+use tower_llm_circuit::{CircuitConfig, CircuitLayer, KeyBy, OnTransition, Transition};
 use tower_llm_classify::{BoxError, ClassifyLayer, LlmError};
 use tower_llm_fallback::{Fallback, FallbackBody, FallbackReport, Target};
 use tower_llm_retry::{ReplayBody, RetryLayer, RetryPolicy};
@@ -79,6 +78,9 @@ pub use future::ResponseFuture;
 pub use preset::{Preset, UnknownPreset};
 #[cfg(feature = "reqwest")]
 pub use reqwest_client::ReqwestClient;
+pub use routes::ModelRoute;
+use routes::{Routes, route_targets};
+pub use service::Stack;
 
 /// The body of one target's answer.
 pub type TargetBody = UnsyncBoxBody<Bytes, LlmError>;
@@ -101,64 +103,6 @@ pub fn served_by<B>(response: &Response<B>) -> Option<&str> {
         .extensions()
         .get::<FallbackReport>()
         .and_then(|report| report.served_by.as_deref())
-}
-
-/// Which targets a model's requests go to, in order, and the targets kept
-/// for the two kinds of failure only some targets can serve.
-///
-/// ```
-/// use tower_llm::stack::ModelRoute;
-///
-/// let route = ModelRoute::new("gpt-4o", ["openai", "azure"])
-///     .context_length(["gemini-long"])
-///     .content_filter(["local"]);
-/// # let _ = route;
-/// ```
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ModelRoute {
-    pub(crate) model: String,
-    pub(crate) targets: Vec<String>,
-    pub(crate) context_length: Vec<String>,
-    pub(crate) content_filter: Vec<String>,
-}
-
-impl ModelRoute {
-    /// Requests for `model` go to `targets` in order. `model` is an exact
-    /// name, a prefix ending in `*` (`gpt-4o*`), or `*` for every model no
-    /// other route names.
-    pub fn new<I, T>(model: impl Into<String>, targets: I) -> Self
-    where
-        I: IntoIterator<Item = T>,
-        T: Into<String>,
-    {
-        ModelRoute {
-            model: model.into(),
-            targets: targets.into_iter().map(Into::into).collect(),
-            ..ModelRoute::default()
-        }
-    }
-
-    /// Targets tried, after the route's own, only for a request too long
-    /// for the targets before them (context length exceeded).
-    pub fn context_length<I, T>(mut self, targets: I) -> Self
-    where
-        I: IntoIterator<Item = T>,
-        T: Into<String>,
-    {
-        self.context_length = targets.into_iter().map(Into::into).collect();
-        self
-    }
-
-    /// Targets tried, after the route's own, only for a request an earlier
-    /// target's content policy refused.
-    pub fn content_filter<I, T>(mut self, targets: I) -> Self
-    where
-        I: IntoIterator<Item = T>,
-        T: Into<String>,
-    {
-        self.content_filter = targets.into_iter().map(Into::into).collect();
-        self
-    }
 }
 
 /// A stack that does not hold together: an unknown target in a route, two
@@ -475,152 +419,5 @@ impl LlmStack {
             routes: Arc::new(routes),
             circuits,
         })
-    }
-}
-
-/// The targets of `route`, in order, with the routing flags it adds.
-fn route_targets(
-    route: &ModelRoute,
-    targets: &[Target<TargetService>],
-) -> Result<Vec<Target<TargetService>>, StackError> {
-    let find = |name: &str| {
-        targets
-            .iter()
-            .find(|t| t.name() == name)
-            .cloned()
-            .ok_or_else(|| {
-                let known: Vec<&str> = targets.iter().map(Target::name).collect();
-                StackError(format!(
-                    "route `{}`: no target is named `{name}` (targets: {})",
-                    route.model,
-                    known.join(", ")
-                ))
-            })
-    };
-    let mut chosen: Vec<Target<TargetService>> = Vec::new();
-    for name in &route.targets {
-        if !chosen.iter().any(|t| t.name() == name) {
-            chosen.push(find(name)?);
-        }
-    }
-    let flagged = [
-        (&route.context_length, true),
-        (&route.content_filter, false),
-    ];
-    let ordinary = chosen.len();
-    for (names, context) in flagged {
-        for name in names {
-            let position = match chosen.iter().position(|t| t.name() == name) {
-                Some(i) => i,
-                None => {
-                    chosen.push(find(name)?);
-                    chosen.len() - 1
-                }
-            };
-            let mut target = chosen.remove(position);
-            target = if context {
-                target.larger_context()
-            } else {
-                target.for_content_filter()
-            };
-            // Named only for this kind of failure: never in the default
-            // order (an ordinary outage must not send everything there).
-            if position >= ordinary {
-                target = target.reserved();
-            }
-            chosen.insert(position, target);
-        }
-    }
-    if chosen.is_empty() {
-        return Err(StackError(format!(
-            "route `{}`: a route needs at least one target",
-            route.model
-        )));
-    }
-    Ok(chosen)
-}
-
-pub(crate) struct Routes {
-    exact: HashMap<Box<str>, Fallback<TargetService>>,
-    prefixes: Vec<(Box<str>, Fallback<TargetService>)>,
-    default: Option<Fallback<TargetService>>,
-    pub(crate) max_body: usize,
-}
-
-impl Routes {
-    /// The fallback serving `model`: exact name, longest prefix, default.
-    pub(crate) fn pick(&self, model: Option<&str>) -> Option<&Fallback<TargetService>> {
-        if let Some(model) = model {
-            if let Some(exact) = self.exact.get(model) {
-                return Some(exact);
-            }
-            if let Some((_, prefixed)) = self
-                .prefixes
-                .iter()
-                .find(|(prefix, _)| model.starts_with(&**prefix))
-            {
-                return Some(prefixed);
-            }
-        }
-        self.default.as_ref()
-    }
-}
-
-/// The assembled stack: routes a request by its `model` to a
-/// [`Fallback`] over the route's targets.
-///
-/// # Clone
-///
-/// Clones share everything: breakers, retry budgets, hedging budgets.
-#[derive(Clone)]
-pub struct Stack {
-    routes: Arc<Routes>,
-    circuits: CircuitHandle,
-}
-
-impl fmt::Debug for Stack {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut models: Vec<String> = self.routes.exact.keys().map(|k| k.to_string()).collect();
-        models.extend(self.routes.prefixes.iter().map(|(p, _)| format!("{p}*")));
-        if self.routes.default.is_some() {
-            models.push("*".into());
-        }
-        f.debug_struct("Stack")
-            .field("routes", &models)
-            .field("circuits", &self.circuits)
-            .finish()
-    }
-}
-
-impl Stack {
-    /// The handle on every target's breakers (state, force open, `/health`).
-    pub fn circuits(&self) -> &CircuitHandle {
-        &self.circuits
-    }
-
-    /// The targets a request for `model` would go to, in order (`None`:
-    /// no route serves it).
-    pub fn targets_for(&self, model: Option<&str>) -> Option<Vec<&str>> {
-        self.routes.pick(model).map(Fallback::target_names)
-    }
-}
-
-impl<B> Service<Request<B>> for Stack
-where
-    B: Body,
-    B::Error: Into<BoxError>,
-{
-    type Response = Response<StackBody>;
-    type Error = LlmError;
-    type Future = ResponseFuture<B>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), LlmError>> {
-        // Fallback is always ready: each target's readiness is awaited
-        // inside its own call, so one busy target never blocks the others.
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: Request<B>) -> Self::Future {
-        ResponseFuture::new(Arc::clone(&self.routes), request)
     }
 }

@@ -1,0 +1,74 @@
+//! [`Stack`]: the assembled stack as a `Service`.
+
+use std::fmt;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::{Request, Response};
+use http_body::Body;
+use tower_llm_circuit::CircuitHandle;
+use tower_llm_classify::{BoxError, LlmError};
+use tower_llm_fallback::Fallback;
+use tower_service::Service;
+
+use super::routes::Routes;
+use super::{ResponseFuture, StackBody};
+
+/// The assembled stack: routes a request by its `model` to a
+/// [`Fallback`] over the route's targets.
+///
+/// # Clone
+///
+/// Clones share everything: breakers, retry budgets, hedging budgets.
+#[derive(Clone)]
+pub struct Stack {
+    pub(super) routes: Arc<Routes>,
+    pub(super) circuits: CircuitHandle,
+}
+
+impl fmt::Debug for Stack {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut models: Vec<String> = self.routes.exact.keys().map(|k| k.to_string()).collect();
+        models.extend(self.routes.prefixes.iter().map(|(p, _)| format!("{p}*")));
+        if self.routes.default.is_some() {
+            models.push("*".into());
+        }
+        f.debug_struct("Stack")
+            .field("routes", &models)
+            .field("circuits", &self.circuits)
+            .finish()
+    }
+}
+
+impl Stack {
+    /// The handle on every target's breakers (state, force open, `/health`).
+    pub fn circuits(&self) -> &CircuitHandle {
+        &self.circuits
+    }
+
+    /// The targets a request for `model` would go to, in order (`None`:
+    /// no route serves it).
+    pub fn targets_for(&self, model: Option<&str>) -> Option<Vec<&str>> {
+        self.routes.pick(model).map(Fallback::target_names)
+    }
+}
+
+impl<B> Service<Request<B>> for Stack
+where
+    B: Body,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<StackBody>;
+    type Error = LlmError;
+    type Future = ResponseFuture<B>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), LlmError>> {
+        // Fallback is always ready: each target's readiness is awaited
+        // inside its own call, so one busy target never blocks the others.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        ResponseFuture::new(Arc::clone(&self.routes), request)
+    }
+}
