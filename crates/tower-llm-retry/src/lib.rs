@@ -89,6 +89,7 @@ mod backoff;
 mod body;
 mod budget;
 pub mod future;
+mod held;
 mod layer;
 mod policy;
 mod report;
