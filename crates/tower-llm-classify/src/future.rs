@@ -14,7 +14,9 @@ use crate::error::BoxError;
 use crate::layer::Config;
 use crate::service::CallMeta;
 use crate::stream::OutcomeGuard;
-use crate::stream::{EventScanner, Framing, OutcomeHook, ResponseBody, StreamOutcome};
+use crate::stream::{
+    EventScanner, Framing, OutcomeHook, ResponseBody, StreamOutcome, StreamProgress,
+};
 use crate::{LlmError, classify_grpc, classify_response};
 
 pin_project! {
@@ -98,7 +100,7 @@ where
                         let framing = content_type
                             .filter(|_| this.config.scan_streams)
                             .and_then(Framing::from_header_value);
-                        let (head, body) = response.into_parts();
+                        let (mut head, body) = response.into_parts();
                         let scanner = framing.map(|framing| {
                             EventScanner::new(framing, this.meta.dialect, this.meta.provider)
                                 .require_terminal_event(this.config.require_terminal_event)
@@ -115,7 +117,8 @@ where
                                 .cloned()
                         });
                         let guard = std::mem::take(this.guard);
-                        let body = ResponseBody::new(
+                        let streamed = scanner.is_some();
+                        let mut body = ResponseBody::new(
                             body,
                             scanner,
                             idle,
@@ -123,6 +126,13 @@ where
                             this.meta.provider,
                             request_id,
                         );
+                        if streamed {
+                            // Published for the layers above: the stream
+                            // is scanned once, here.
+                            let progress = StreamProgress::default();
+                            head.extensions.insert(progress.clone());
+                            body = body.with_progress(progress);
+                        }
                         this.state.set(State::Done);
                         return Poll::Ready(Ok(Response::from_parts(head, body)));
                     }

@@ -20,7 +20,7 @@ use http_body_util::{BodyExt, Full};
 use tokio::sync::mpsc;
 use tokio_test::{assert_pending, assert_ready, assert_ready_err, assert_ready_ok, task};
 use tower::ServiceBuilder;
-use tower_llm_classify::stream::{OutcomeHook, ResponseBody, StreamOutcome};
+use tower_llm_classify::stream::{OutcomeHook, ResponseBody, StreamOutcome, StreamProgress};
 use tower_llm_classify::{
     BoxError, ClassifyLayer, ErrorKind, LlmError, Phase, Provider, RequestMeta,
 };
@@ -540,6 +540,72 @@ async fn outcome_hook_reports_failed_for_an_in_band_error_and_the_error_comes_af
     assert_ended(&mut body);
     drop(body);
     assert_eq!(seen(&outcomes).len(), 1);
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_stream_publishes_its_first_content_in_the_response_extensions() {
+    let answer = sse(
+        &[],
+        ChannelBody::of(&[CHAT_ROLE_ONLY, CHAT_CONTENT, CHAT_DONE]),
+    );
+    let (_, result) = call_once(ClassifyLayer::new(), request(OPENAI_CHAT), answer);
+    let response = result.unwrap();
+    let progress = response
+        .extensions()
+        .get::<StreamProgress>()
+        .cloned()
+        .expect("a scanned stream carries its progress");
+    let mut body = task::spawn(response.into_body());
+
+    assert_eq!(next_data(&mut body), CHAT_ROLE_ONLY);
+    assert!(!progress.content_seen(), "a role chunk is not content");
+    assert_eq!(next_data(&mut body), CHAT_CONTENT);
+    assert!(progress.content_seen(), "set before the frame is handed up");
+    assert!(!progress.failed());
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_stream_publishes_an_in_band_error_before_the_frame_that_carried_it() {
+    let answer = sse(
+        &[],
+        ChannelBody::of(&[MESSAGE_START, PING, OVERLOADED_EVENT]),
+    );
+    let (_, result) = call_once(ClassifyLayer::new(), request(ANTHROPIC), answer);
+    let response = result.unwrap();
+    let progress = response
+        .extensions()
+        .get::<StreamProgress>()
+        .cloned()
+        .unwrap();
+    let mut body = task::spawn(response.into_body());
+
+    assert_eq!(next_data(&mut body), MESSAGE_START);
+    assert_eq!(next_data(&mut body), PING);
+    assert!(
+        !progress.content_seen() && !progress.failed(),
+        "keep-alives are neither"
+    );
+    assert_eq!(next_data(&mut body), OVERLOADED_EVENT);
+    assert!(progress.failed());
+    assert!(!progress.content_seen());
+    assert_eq!(next_error(&mut body).kind(), ErrorKind::Overloaded);
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_whole_answer_carries_no_stream_progress() {
+    let answer = response(
+        200,
+        &[("content-type", "application/json")],
+        Full::new(Bytes::from_static(b"{}")),
+    );
+    let (_, result) = call_once(ClassifyLayer::new(), request(OPENAI_CHAT), answer);
+    assert!(
+        result
+            .unwrap()
+            .extensions()
+            .get::<StreamProgress>()
+            .is_none()
+    );
 }
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]

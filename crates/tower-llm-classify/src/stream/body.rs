@@ -11,7 +11,7 @@ use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 
 use super::outcome::OutcomeGuard;
-use super::{EventScanner, StreamOutcome};
+use super::{EventScanner, StreamOutcome, StreamProgress};
 use crate::classification::Phase;
 use crate::error::BoxError;
 use crate::{Classification, ErrorKind, LlmError, Provider};
@@ -42,6 +42,8 @@ pin_project! {
         request_id: Option<HeaderValue>,
         state: State,
         plain_content: bool,
+        // What the scan found, for the layers above (streams only).
+        progress: Option<StreamProgress>,
     }
 }
 
@@ -80,7 +82,15 @@ impl<B> ResponseBody<B> {
             request_id,
             state: State::Streaming,
             plain_content: false,
+            progress: None,
         }
+    }
+
+    /// Publishes what the scan finds to `progress` (a clone of the one in
+    /// the response's extensions).
+    pub(crate) fn with_progress(mut self, progress: StreamProgress) -> Self {
+        self.progress = Some(progress);
+        self
     }
 
     /// A body that only passes `inner` through (for tests and for bodies
@@ -244,6 +254,9 @@ where
                             let event = feed(scanner, data);
                             if event.content {
                                 this.guard.content_seen();
+                                if let Some(progress) = this.progress.as_ref() {
+                                    progress.set_content();
+                                }
                                 if let Some(idle) = this.idle.as_mut() {
                                     idle.sleep.as_mut().reset(deadline_after(idle.timeout));
                                 }
@@ -266,6 +279,9 @@ where
                             if event.failed
                                 && let Some(classification) = scanner.take_error()
                             {
+                                if let Some(progress) = this.progress.as_ref() {
+                                    progress.set_failed();
+                                }
                                 let classification = with_head(classification, this.request_id);
                                 this.guard.report(StreamOutcome::Failed(&classification));
                                 *this.state = State::Failing(Some(LlmError::new(classification)));

@@ -14,11 +14,13 @@
 
 mod body;
 mod outcome;
+mod progress;
 pub(crate) mod scanner;
 
 pub use body::ResponseBody;
 pub(crate) use outcome::OutcomeGuard;
 pub use outcome::{OnOutcome, OutcomeHook, StreamOutcome};
+pub use progress::StreamProgress;
 pub use scanner::{EventScanner, ScanEvent};
 
 /// The wire protocol of a response stream, which says what is content, what
