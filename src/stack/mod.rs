@@ -55,6 +55,7 @@ mod preset;
 mod reqwest_client;
 mod routes;
 mod service;
+mod target_service;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -64,10 +65,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body::Body;
+use http_body_util::BodyExt;
 use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::{BodyExt, Full};
 use tower::Layer;
-use tower::util::BoxCloneSyncService;
 use tower_llm_circuit::{CircuitConfig, CircuitLayer, KeyBy, OnTransition, Transition};
 use tower_llm_classify::{BoxError, ClassifyLayer, LlmError};
 use tower_llm_fallback::{Fallback, FallbackBody, FallbackReport, Target};
@@ -81,6 +81,7 @@ pub use reqwest_client::ReqwestClient;
 pub use routes::ModelRoute;
 use routes::{Routes, route_targets};
 pub use service::Stack;
+pub use target_service::{TargetFuture, TargetService};
 
 /// The body of one target's answer.
 pub type TargetBody = UnsyncBoxBody<Bytes, LlmError>;
@@ -88,10 +89,6 @@ pub type TargetBody = UnsyncBoxBody<Bytes, LlmError>;
 /// The body of the stack's answer: the serving target's, which fails with
 /// a stream-incomplete error if it breaks after content was delivered.
 pub type StackBody = FallbackBody<TargetBody>;
-
-/// One target's stack (Retry → Circuit → Classify → client), boxed so that
-/// targets over different clients sit in one fallback.
-pub type TargetService = BoxCloneSyncService<Request<Full<Bytes>>, Response<TargetBody>, LlmError>;
 
 /// The largest request body a stack reads by default (32 MiB, as the retry
 /// layer's default).
@@ -299,7 +296,7 @@ impl LlmStack {
                     .key_by(key)
                     .layer(layers.classify.clone().layer(client)),
             );
-            BoxCloneSyncService::new(tower::util::MapResponse::new(
+            TargetService::new(tower::util::MapResponse::new(
                 stack,
                 |response: Response<_>| {
                     response.map(|body: tower_llm_retry::RetryBody<_>| {

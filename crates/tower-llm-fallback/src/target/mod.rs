@@ -314,11 +314,9 @@ impl<S> Target<S> {
     /// [`uri_for`](Target::uri_for), moving `uri` when it goes as it came.
     fn uri_for_owned(&self, uri: Uri) -> Result<Uri, AdaptError> {
         if self.base.is_none()
-            && !uri
+            && uri
                 .query()
-                .unwrap_or_default()
-                .split('&')
-                .any(is_credential_parameter)
+                .is_none_or(|query| !query.split('&').any(is_credential_parameter))
         {
             return Ok(uri);
         }
