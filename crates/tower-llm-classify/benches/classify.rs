@@ -11,6 +11,15 @@
 //! - `sse_scan`: scanning a realistic 2,000-event OpenAI chat stream split in
 //!   network-sized chunks — our `EventScanner` / a bare newline count
 //!   (`memchr`, the floor any line-based scanner pays).
+//! - `request_meta`: the one parse of a request, `RequestMeta::from_whole_body`
+//!   (the outermost layer's), on the 80-byte chat request of the root
+//!   `stack` bench and on a 100 KiB conversation — beside serde_json reading
+//!   the same `model` and `stream` into a struct (the peer: what a router
+//!   that parses the body pays) and a bare `memchr` count of the body's
+//!   quotes (the floor of any reader that finds its strings).
+//! - `request_parts`: what the parse does besides the body, per call —
+//!   `Provider::detect` on hosted and local URIs, and
+//!   `Framing::from_header_value` on a JSON and an SSE `content-type`.
 //!
 //! Futures are polled by hand with a no-op waker (every service here is ready
 //! at once), so no runtime overhead is measured.
@@ -27,6 +36,7 @@ use std::time::SystemTime;
 use bytes::Bytes;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use http::{HeaderMap, Request, Response, StatusCode};
+use http::{HeaderValue, Uri};
 use http_body::Body;
 use http_body_util::Full;
 use tower::{Layer, Service};
@@ -227,5 +237,95 @@ fn sse_scan(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, passthrough, classify_429, sse_scan);
+/// The request of the root `stack` bench: 80 bytes.
+const STACK_REQUEST_BODY: &[u8] =
+    br#"{"model":"gpt-4o","messages":[{"role":"user","content":"Say hello in one word."}]}"#;
+
+/// A 100 KiB conversation: 200 turns of chat text with escaped quotes and
+/// newlines, the model and stream flag after it.
+fn long_request_body() -> Vec<u8> {
+    let mut body = String::from(r#"{"messages":["#);
+    let turn = r#"{"role":"user","content":"Line one of a question with \"quotes\" and a path C:\\tmp.\nLine two: {\"json\": [1, 2]} and more text to make a turn about half a kilobyte long, as chat turns are. Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor incididunt ut labore et dolore magna aliqua. Ut enim ad minim veniam, quis nostrud exercitation ullamco laboris nisi ut aliquip ex ea commodo consequat. Duis aute irure dolor in reprehenderit in voluptate velit esse cillum dolore eu fugiat nulla pariatur."}"#;
+    while body.len() < 100 * 1024 {
+        body.push_str(turn);
+        body.push(',');
+    }
+    body.push_str(turn);
+    body.push_str(r#"],"temperature":0.2,"model":"gpt-4o-mini","stream":true}"#);
+    body.into_bytes()
+}
+
+/// What a router that parses the body reads: serde_json's peer reading.
+#[derive(serde::Deserialize)]
+struct ModelAndStream {
+    #[serde(default)]
+    model: Option<String>,
+    #[serde(default)]
+    stream: Option<bool>,
+}
+
+fn request_meta(c: &mut Criterion) {
+    let uri: Uri = "https://api.openai.com/v1/chat/completions"
+        .parse()
+        .unwrap();
+    let mut headers = HeaderMap::new();
+    headers.insert("content-type", HeaderValue::from_static("application/json"));
+    headers.insert(
+        "authorization",
+        HeaderValue::from_static("Bearer sk-test-0123456789abcdef"),
+    );
+    let long = long_request_body();
+    for (name, body) in [("80 B", STACK_REQUEST_BODY), ("100 KiB", &long[..])] {
+        let mut group = c.benchmark_group(format!("request_meta/{name}"));
+        group.throughput(Throughput::Bytes(body.len() as u64));
+        group.bench_function("tower-llm RequestMeta::from_whole_body", |b| {
+            b.iter(|| RequestMeta::from_whole_body(black_box(&uri), &headers, black_box(body)))
+        });
+        group.bench_function("serde_json into a struct (peer)", |b| {
+            b.iter(|| {
+                let parsed: ModelAndStream = serde_json::from_slice(black_box(body)).unwrap();
+                (parsed.model, parsed.stream)
+            })
+        });
+        group.bench_function("memchr quote count (floor)", |b| {
+            b.iter(|| memchr::memchr_iter(b'"', black_box(body)).count())
+        });
+        group.finish();
+    }
+}
+
+fn request_parts(c: &mut Criterion) {
+    let uris: Vec<Uri> = [
+        "https://api.openai.com/v1/chat/completions",
+        "https://bedrock-runtime.us-east-1.amazonaws.com/model/m/invoke",
+        "https://api.fireworks.ai/inference/v1/chat/completions",
+        "http://localhost:11434/api/chat",
+    ]
+    .iter()
+    .map(|uri| uri.parse().unwrap())
+    .collect();
+    let mut group = c.benchmark_group("request_parts");
+    for uri in &uris {
+        let host = uri.host().unwrap();
+        group.bench_function(format!("Provider::detect {host}"), |b| {
+            b.iter(|| Provider::detect(black_box(uri)))
+        });
+    }
+    for value in ["application/json", "text/event-stream; charset=utf-8"] {
+        let value = HeaderValue::from_static(value);
+        group.bench_function(format!("Framing::from_header_value {value:?}"), |b| {
+            b.iter(|| Framing::from_header_value(black_box(&value)))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    passthrough,
+    classify_429,
+    sse_scan,
+    request_meta,
+    request_parts
+);
 criterion_main!(benches);
