@@ -43,6 +43,7 @@ use axum::routing::{get, post};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use http_body_util::BodyExt;
+use metrics::SharedString;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde_json::json;
 use tokio::sync::Semaphore;
@@ -52,7 +53,7 @@ use tower_llm::circuit::CircuitState;
 use tower_llm::classify::redact::{ACCOUNT_HEADERS, HOP_BY_HOP_HEADERS};
 use tower_llm::fallback::FallbackReport;
 use tower_llm::retry::RetryStats;
-use tower_llm::stack::{Stack, served_by};
+use tower_llm::stack::Stack;
 use tower_llm::{ErrorKind, LlmError};
 
 use auth::CallerKeys;
@@ -257,24 +258,39 @@ async fn chat_completions(State(gateway): State<Gateway>, request: Request) -> R
     };
     match result {
         Ok(response) => {
-            let target = served_by(&response).unwrap_or("-").to_owned();
-            let attempts = RetryStats::of(response.extensions()).attempts;
-            let passed = response
-                .extensions()
-                .get::<FallbackReport>()
+            let report = response.extensions().get::<FallbackReport>();
+            let target = report.and_then(|r| r.served_by.clone());
+            let passed = report
+                .filter(|r| !r.failures.is_empty())
                 .map(passed_targets);
-            metrics::counter!(
-                "tower_llm_gateway_requests_total",
-                "status" => response.status().as_str().to_owned(),
-                "target" => target.clone()
-            )
-            .increment(1);
-            tracing::debug!(target = %target, attempts, passed = passed.as_deref().unwrap_or(""), status = response.status().as_u16(), "served");
+            let attempts = RetryStats::of(response.extensions()).attempts;
+            if gateway.metrics.is_some() {
+                metrics::counter!(
+                    "tower_llm_gateway_requests_total",
+                    "status" => status_label(response.status()),
+                    "target" => target.clone().map_or(SharedString::const_str("-"), SharedString::from)
+                )
+                .increment(1);
+            }
+            tracing::debug!(
+                target = target.as_deref().unwrap_or("-"),
+                attempts,
+                passed = passed.as_deref().unwrap_or(""),
+                status = response.status().as_u16(),
+                "served"
+            );
             let (mut head, body) = response.into_parts();
             keep_to_gateway(&mut head.headers);
-            set(&mut head.headers, TARGET_HEADER, &target);
-            set(&mut head.headers, ATTEMPTS_HEADER, &attempts.to_string());
-            if let Some(passed) = passed.filter(|p| !p.is_empty()) {
+            set(
+                &mut head.headers,
+                TARGET_HEADER,
+                target.as_deref().unwrap_or("-"),
+            );
+            head.headers.insert(
+                HeaderName::from_static(ATTEMPTS_HEADER),
+                attempts_value(attempts),
+            );
+            if let Some(passed) = passed {
                 set(&mut head.headers, FALLBACKS_HEADER, &passed);
             }
             // The permit is held until the body is done: a stream counts
@@ -405,22 +421,58 @@ fn is_length_limit(error: &(dyn std::error::Error + 'static)) -> bool {
 /// §7.6.1) and those the `connection` header names, cookies, and the
 /// identity of the gateway's own upstream account.
 fn keep_to_gateway(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
+    // One look at the names present (an answer has a handful), then a
+    // removal only for those that must stay here: removing each listed
+    // name in turn would hash some twenty names per answer.
+    let mut kept: Vec<HeaderName> = Vec::new();
+    for name in headers.keys() {
+        let listed = HOP_BY_HOP_HEADERS
+            .iter()
+            .chain(&ACCOUNT_HEADERS)
+            .chain(&["set-cookie"])
+            .any(|listed| *listed == name.as_str());
+        if listed {
+            kept.push(name.clone());
+        }
+    }
+    if headers.contains_key(header::CONNECTION) {
+        kept.extend(
+            headers
+                .get_all(header::CONNECTION)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok()),
+        );
+    }
+    for name in kept {
         headers.remove(name);
     }
-    for name in HOP_BY_HOP_HEADERS
-        .iter()
-        .chain(&ACCOUNT_HEADERS)
-        .chain(&["set-cookie"])
-    {
-        headers.remove(*name);
+}
+
+/// The label of a status for the requests counter, without an allocation
+/// for the statuses a gateway mostly answers with.
+fn status_label(status: StatusCode) -> SharedString {
+    match status.as_u16() {
+        200 => SharedString::const_str("200"),
+        400 => SharedString::const_str("400"),
+        401 => SharedString::const_str("401"),
+        404 => SharedString::const_str("404"),
+        429 => SharedString::const_str("429"),
+        500 => SharedString::const_str("500"),
+        502 => SharedString::const_str("502"),
+        503 => SharedString::const_str("503"),
+        504 => SharedString::const_str("504"),
+        _ => SharedString::from_owned(status.as_str().to_owned()),
+    }
+}
+
+/// The attempts header's value (a copy only past nine attempts).
+fn attempts_value(attempts: u32) -> HeaderValue {
+    const DIGITS: [&str; 10] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"];
+    match DIGITS.get(attempts as usize) {
+        Some(digit) => HeaderValue::from_static(digit),
+        None => HeaderValue::from(attempts),
     }
 }
 
