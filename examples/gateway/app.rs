@@ -42,7 +42,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
-use http_body_util::BodyExt;
+use http_body_util::{BodyExt, Full};
 use metrics::SharedString;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde_json::json;
@@ -241,16 +241,16 @@ async fn chat_completions(State(gateway): State<Gateway>, request: Request) -> R
             .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         return response;
     };
-    let mut upstream = http::Request::post("/chat/completions");
+    // The body as the bytes it is (no boxed body), the path from a static
+    // (no parse): the stack reads both as they are.
+    let mut upstream = http::Request::new(Full::new(body));
+    *upstream.method_mut() = http::Method::POST;
+    *upstream.uri_mut() = http::Uri::from_static("/chat/completions");
     for name in FORWARDED {
-        if let (Some(headers), Some(value)) = (upstream.headers_mut(), parts.headers.get(&name)) {
-            headers.insert(name, value.clone());
+        if let Some(value) = parts.headers.get(&name) {
+            upstream.headers_mut().insert(name, value.clone());
         }
     }
-    let upstream = match upstream.body(Body::from(body)) {
-        Ok(request) => request,
-        Err(e) => return error_json(StatusCode::BAD_REQUEST, "invalid_request", &e.to_string()),
-    };
     let call = gateway.stack.clone().oneshot(upstream);
     let result = tokio::select! {
         result = call => result,
