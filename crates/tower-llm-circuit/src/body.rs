@@ -7,7 +7,7 @@ use bytes::Buf;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use tower_llm_classify::Classified;
-use tower_llm_classify::stream::EventScanner;
+use tower_llm_classify::stream::{EventScanner, StreamProgress};
 
 use crate::future::PermitGuard;
 
@@ -23,24 +23,53 @@ pin_project! {
         #[pin]
         inner: B,
         guard: Option<PermitGuard>,
-        data_seen: bool,
-        // For a stream timed to its first content: tells content events
-        // from keep-alives and role chunks (only until the first one).
-        scanner: Option<Box<EventScanner>>,
+        first_content: FirstContent,
+    }
+}
+
+/// How the body learns that the answer's content has started, while a
+/// first-content limit times it.
+#[derive(Debug)]
+pub(crate) enum FirstContent {
+    /// Nothing to time: no limit, or the content has started.
+    NotTimed,
+    /// A whole answer: its first data is content.
+    FirstData,
+    /// A stream Classify scans below: its [`StreamProgress`] says, read
+    /// after each data frame (the stream is read once).
+    Progress(StreamProgress),
+    /// A stream nobody below scans (no Classify, or its stream scanning
+    /// off): read here, until the first content event. Boxed: only such
+    /// streams pay for the scanner.
+    Scan(Box<EventScanner>),
+}
+
+impl FirstContent {
+    /// After a data frame: whether the content started with it (`true`
+    /// once).
+    fn started(&mut self, data: &[u8]) -> bool {
+        let started = match self {
+            FirstContent::NotTimed => return false,
+            FirstContent::FirstData => true,
+            FirstContent::Progress(progress) => progress.content_seen(),
+            FirstContent::Scan(scanner) => {
+                scanner.feed(data);
+                scanner.content_seen()
+            }
+        };
+        if started {
+            *self = FirstContent::NotTimed;
+        }
+        started
     }
 }
 
 impl<B> CircuitBody<B> {
-    pub(crate) fn new(
-        inner: B,
-        guard: Option<PermitGuard>,
-        scanner: Option<Box<EventScanner>>,
-    ) -> Self {
+    pub(crate) fn new(inner: B, guard: Option<PermitGuard>, first_content: FirstContent) -> Self {
         CircuitBody {
             inner,
             guard,
-            data_seen: false,
-            scanner,
+            first_content,
         }
     }
 
@@ -72,33 +101,22 @@ where
     ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
         let mut this = self.project();
         let polled = this.inner.as_mut().poll_frame(cx);
-        if !*this.data_seen
-            && let Poll::Ready(Some(Ok(frame))) = &polled
-            && let Some(data) = frame.data_ref()
-        {
-            let first_content = match this.scanner.as_mut() {
-                Some(scanner) => {
-                    scanner.feed(data.chunk());
-                    scanner.content_seen()
-                }
-                None => true,
-            };
-            if first_content {
-                *this.data_seen = true;
-                *this.scanner = None;
-                if let Some(guard) = this.guard.as_mut() {
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref()
+                    && this.first_content.started(data.chunk())
+                    && let Some(guard) = this.guard.as_mut()
+                {
                     guard.first_data();
                 }
-            }
-        }
-        match &polled {
-            // Ended, or the last frame (a reader may not poll again).
-            Poll::Ready(None) => {
-                if let Some(guard) = this.guard.take() {
+                // The last frame: a reader may not poll again.
+                if this.inner.is_end_stream()
+                    && let Some(guard) = this.guard.take()
+                {
                     guard.succeeded();
                 }
             }
-            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => {
+            Poll::Ready(None) => {
                 if let Some(guard) = this.guard.take() {
                     guard.succeeded();
                 }
@@ -108,7 +126,7 @@ where
                     guard.failed(&error.classification());
                 }
             }
-            _ => {}
+            Poll::Pending => {}
         }
         polled
     }

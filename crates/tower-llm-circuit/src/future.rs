@@ -14,7 +14,7 @@ use tower_llm_classify::{
     AttemptEnd, BoxError, Classification, Classified, EndReason, ErrorKind, LlmError,
 };
 
-use crate::body::CircuitBody;
+use crate::body::{CircuitBody, FirstContent};
 use crate::breaker::{Breaker, Outcome, Permit};
 
 /// A call's permit, until its outcome is known. Dropped without one, it
@@ -35,13 +35,14 @@ pub(crate) struct PermitGuard {
     pub(crate) answered: bool,
     /// The first body data came later than the configured limit.
     pub(crate) slow_start: bool,
-    /// With a first-content limit: the request's stream dialect and
-    /// provider, to find the first content event of a streamed answer.
-    pub(crate) stream_kind: Option<(
-        tower_llm_classify::stream::Dialect,
-        tower_llm_classify::Provider,
-    )>,
 }
+
+/// With a first-content limit: the request's stream dialect and provider,
+/// to find the first content event of a stream nobody below scans.
+pub(crate) type StreamKind = (
+    tower_llm_classify::stream::Dialect,
+    tower_llm_classify::Provider,
+);
 
 impl PermitGuard {
     /// The time now, read only when the outcome needs it.
@@ -198,7 +199,12 @@ pin_project! {
     #[project = KindProj]
     enum Kind<F> {
         Rejected { error: Option<LlmError> },
-        Called { #[pin] future: F, guard: Option<PermitGuard> },
+        Called {
+            #[pin]
+            future: F,
+            guard: Option<PermitGuard>,
+            stream_kind: Option<StreamKind>,
+        },
     }
 }
 
@@ -209,11 +215,12 @@ impl<F> ResponseFuture<F> {
         }
     }
 
-    pub(crate) fn called(future: F, guard: PermitGuard) -> Self {
+    pub(crate) fn called(future: F, guard: PermitGuard, stream_kind: Option<StreamKind>) -> Self {
         ResponseFuture {
             kind: Kind::Called {
                 future,
                 guard: Some(guard),
+                stream_kind,
             },
         }
     }
@@ -242,7 +249,11 @@ where
                         .with_message("circuit future polled after completion"),
                 )
             }))),
-            KindProj::Called { future, guard } => match ready!(future.poll(cx)) {
+            KindProj::Called {
+                future,
+                guard,
+                stream_kind,
+            } => match ready!(future.poll(cx)) {
                 Ok(response) => {
                     let (head, body) = response.into_parts();
                     let mut guard = guard.take();
@@ -268,19 +279,13 @@ where
                     if let Some(g) = guard.as_mut() {
                         g.answered = true;
                     }
-                    let scanner = guard.as_ref().and_then(|g| g.stream_kind).and_then(
-                        |(dialect, provider)| {
-                            let framing = tower_llm_classify::stream::Framing::from_content_type(
-                                &head.headers,
-                            )?;
-                            Some(Box::new(tower_llm_classify::stream::EventScanner::new(
-                                framing, dialect, provider,
-                            )))
-                        },
-                    );
+                    let first_content = match (&guard, *stream_kind) {
+                        (Some(_), Some(kind)) => first_content(&head, kind),
+                        _ => FirstContent::NotTimed,
+                    };
                     Poll::Ready(Ok(Response::from_parts(
                         head,
-                        CircuitBody::new(body, guard, scanner),
+                        CircuitBody::new(body, guard, first_content),
                     )))
                 }
                 Err(error) => {
@@ -292,5 +297,22 @@ where
                 }
             },
         }
+    }
+}
+
+/// How the body of a call timed to its first content learns when the
+/// content starts: from the `StreamProgress` Classify publishes when it
+/// scans the stream below (the stream is read once), else from a scanner
+/// of our own for a stream, else from the first data of a whole answer.
+fn first_content(head: &http::response::Parts, (dialect, provider): StreamKind) -> FirstContent {
+    use tower_llm_classify::stream::{EventScanner, Framing, StreamProgress};
+    if let Some(progress) = head.extensions.get::<StreamProgress>() {
+        return FirstContent::Progress(progress.clone());
+    }
+    match Framing::from_content_type(&head.headers) {
+        Some(framing) => {
+            FirstContent::Scan(Box::new(EventScanner::new(framing, dialect, provider)))
+        }
+        None => FirstContent::FirstData,
     }
 }

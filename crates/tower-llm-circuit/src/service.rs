@@ -217,9 +217,8 @@ where
                     streaming,
                     answered: false,
                     slow_start: false,
-                    stream_kind,
                 };
-                ResponseFuture::called(self.inner.call(request), guard)
+                ResponseFuture::called(self.inner.call(request), guard, stream_kind)
             }
             Err(rejection) => {
                 ResponseFuture::rejected(rejection_error(breaker_key(&breaker), rejection))
