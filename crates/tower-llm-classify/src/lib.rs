@@ -74,6 +74,7 @@
 #![forbid(unsafe_code)]
 
 mod attempt;
+mod bytes;
 mod classification;
 pub mod env;
 mod error;

@@ -24,13 +24,22 @@
 //! for the common key without a backslash: the bytes are compared as they
 //! are, and escapes are decoded (without allocating) only when there is one.
 //!
-//! The scan is exact for valid JSON: strings are skipped with `memchr`,
-//! nested objects and arrays by counting brackets, and every top-level
-//! member is found. What is not valid JSON ends the members early, and
+//! The scan is exact for valid JSON: strings are skipped (a word at a time
+//! while they are short, with `memchr` once they are long), nested objects
+//! and arrays by counting brackets, and every top-level member is found.
+//! What is not valid JSON ends the members early, and
 //! [`Members::malformed`] says so.
 
 use std::borrow::Cow;
 use std::ops::Range;
+
+mod decode;
+mod skip;
+#[cfg(test)]
+mod tests;
+
+use decode::{decode, decoded_eq, decoded_eq_ignoring_ascii_case, has_escape};
+use skip::{skip_whitespace, string_end, value_end};
 
 /// One member of a JSON object's top level: where its key and its value
 /// are in the body.
@@ -54,6 +63,7 @@ impl Member {
     /// OpenAI-compatible servers) matches a key to a field, so that
     /// `{"model":"a","MODEL":"b"}` is served as `b` there. Readers that must
     /// see every member some upstream takes for `name` use this.
+    #[inline]
     pub fn key_matches(&self, body: &[u8], name: &str) -> bool {
         body.get(self.key.clone())
             .is_some_and(|raw| decoded_eq_ignoring_ascii_case(raw, name.as_bytes()))
@@ -61,6 +71,7 @@ impl Member {
 
     /// Whether the key is written exactly as `name`: no escapes, same case,
     /// the one spelling every parser reads as `name`.
+    #[inline]
     pub fn key_is_plain(&self, body: &[u8], name: &str) -> bool {
         body.get(self.key.clone()) == Some(name.as_bytes())
     }
@@ -68,7 +79,7 @@ impl Member {
     /// Whether the key is written without escapes.
     pub fn key_is_literal(&self, body: &[u8]) -> bool {
         body.get(self.key.clone())
-            .is_some_and(|raw| memchr::memchr(b'\\', raw).is_none())
+            .is_some_and(|raw| !has_escape(raw))
     }
 
     /// Where the member starts: the opening quote of its key.
@@ -83,8 +94,11 @@ impl Member {
     pub fn string_value<'a>(&self, body: &'a [u8]) -> Option<Cow<'a, str>> {
         let raw = body.get(self.value.clone())?;
         let inner = raw.strip_prefix(b"\"")?.strip_suffix(b"\"")?;
-        if memchr::memchr(b'\\', inner).is_none() {
-            return Some(String::from_utf8_lossy(inner));
+        if !has_escape(inner) {
+            return Some(match std::str::from_utf8(inner) {
+                Ok(text) => Cow::Borrowed(text),
+                Err(_) => String::from_utf8_lossy(inner),
+            });
         }
         Some(Cow::Owned(decode(inner).unwrap_or_else(|| {
             String::from_utf8_lossy(inner).into_owned()
@@ -189,6 +203,7 @@ impl Members<'_> {
 impl Iterator for Members<'_> {
     type Item = Member;
 
+    #[inline]
     fn next(&mut self) -> Option<Member> {
         if self.done {
             return None;
@@ -233,297 +248,5 @@ impl Iterator for Members<'_> {
             }
         }
         Some(Member { key, value })
-    }
-}
-
-/// JSON's whitespace (RFC 8259 §2): space, tab, line feed, carriage return.
-fn skip_whitespace(body: &[u8], mut i: usize) -> usize {
-    while i < body.len() && matches!(body[i], b' ' | b'\t' | b'\n' | b'\r') {
-        i += 1;
-    }
-    i
-}
-
-/// The index of the closing quote of a string whose content starts at
-/// `start`: the first quote preceded by an even number of backslashes.
-/// Searching for the quote alone (one-byte `memchr`) runs about twice as
-/// fast as stopping at every backslash too, and chat text is full of
-/// escaped newlines; each run of backslashes is counted once.
-fn string_end(body: &[u8], start: usize) -> Option<usize> {
-    let mut from = start;
-    loop {
-        let at = from + memchr::memchr(b'"', body.get(from..)?)?;
-        let backslashes = body[start..at]
-            .iter()
-            .rev()
-            .take_while(|&&b| b == b'\\')
-            .count();
-        if backslashes % 2 == 0 {
-            return Some(at);
-        }
-        from = at + 1;
-    }
-}
-
-/// The end (exclusive) of the value starting at `start`.
-fn value_end(body: &[u8], start: usize) -> Option<usize> {
-    match *body.get(start)? {
-        b'"' => string_end(body, start + 1).map(|end| end + 1),
-        b'{' | b'[' => {
-            let mut depth = 1_usize;
-            let mut i = start + 1;
-            while i < body.len() {
-                match body[i] {
-                    b'"' => i = string_end(body, i + 1)?,
-                    b'{' | b'[' => depth += 1,
-                    b'}' | b']' => {
-                        depth -= 1;
-                        if depth == 0 {
-                            return Some(i + 1);
-                        }
-                    }
-                    _ => {}
-                }
-                i += 1;
-            }
-            None
-        }
-        // A number, `true`, `false`, `null` (or what a lenient parser reads
-        // as one, such as Python's `NaN`): up to the next delimiter.
-        _ => {
-            let mut i = start;
-            while i < body.len()
-                && !matches!(body[i], b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r')
-            {
-                i += 1;
-            }
-            (i > start).then_some(i)
-        }
-    }
-}
-
-/// Whether the string content `raw` (escapes as written) decodes to
-/// `name`, without allocating.
-fn decoded_eq(raw: &[u8], name: &[u8]) -> bool {
-    decoded_matches(raw, name, <[u8]>::eq)
-}
-
-/// [`decoded_eq`], ASCII letters compared in either case.
-fn decoded_eq_ignoring_ascii_case(raw: &[u8], name: &[u8]) -> bool {
-    decoded_matches(raw, name, <[u8]>::eq_ignore_ascii_case)
-}
-
-/// Whether `raw`, decoded piece by piece (a run of plain bytes, or one
-/// escape's UTF-8), matches `name` piece by piece under `same`.
-fn decoded_matches(raw: &[u8], name: &[u8], same: impl Fn(&[u8], &[u8]) -> bool) -> bool {
-    let mut i = 0;
-    let mut matched = 0;
-    while i < raw.len() {
-        let mut buf = [0_u8; 4];
-        let (piece, next) = if raw[i] == b'\\' {
-            let Some((c, next)) = escape_at(raw, i) else {
-                return false;
-            };
-            (c.encode_utf8(&mut buf).as_bytes(), next)
-        } else {
-            let next = memchr::memchr(b'\\', &raw[i..]).map_or(raw.len(), |at| i + at);
-            (&raw[i..next], next)
-        };
-        match name.get(matched..matched + piece.len()) {
-            Some(want) if same(want, piece) => {}
-            _ => return false,
-        }
-        matched += piece.len();
-        i = next;
-    }
-    matched == name.len()
-}
-
-/// Decodes the string content `raw`; `None` if an escape is invalid.
-fn decode(raw: &[u8]) -> Option<String> {
-    let mut out = Vec::with_capacity(raw.len());
-    let mut i = 0;
-    while i < raw.len() {
-        if raw[i] == b'\\' {
-            let (c, next) = escape_at(raw, i)?;
-            let mut buf = [0_u8; 4];
-            out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
-            i = next;
-        } else {
-            let next = memchr::memchr(b'\\', &raw[i..]).map_or(raw.len(), |at| i + at);
-            out.extend_from_slice(&raw[i..next]);
-            i = next;
-        }
-    }
-    Some(String::from_utf8_lossy(&out).into_owned())
-}
-
-/// The character of the escape at `raw[at]` (a backslash) and the index
-/// after it: RFC 8259 §7, with `\u` surrogate pairs joined. A lone
-/// surrogate is invalid (serde_json refuses it).
-fn escape_at(raw: &[u8], at: usize) -> Option<(char, usize)> {
-    let simple = match *raw.get(at + 1)? {
-        b'"' => '"',
-        b'\\' => '\\',
-        b'/' => '/',
-        b'b' => '\u{8}',
-        b'f' => '\u{c}',
-        b'n' => '\n',
-        b'r' => '\r',
-        b't' => '\t',
-        b'u' => {
-            let high = hex4(raw, at + 2)?;
-            if !(0xD800..0xE000).contains(&high) {
-                return Some((char::from_u32(high)?, at + 6));
-            }
-            if high >= 0xDC00 || raw.get(at + 6..at + 8) != Some(b"\\u") {
-                return None;
-            }
-            let low = hex4(raw, at + 8)?;
-            if !(0xDC00..0xE000).contains(&low) {
-                return None;
-            }
-            let c = 0x10000 + ((high - 0xD800) << 10) + (low - 0xDC00);
-            return Some((char::from_u32(c)?, at + 12));
-        }
-        _ => return None,
-    };
-    Some((simple, at + 2))
-}
-
-fn hex4(raw: &[u8], at: usize) -> Option<u32> {
-    let digits = raw.get(at..at + 4)?;
-    digits
-        .iter()
-        .try_fold(0_u32, |n, &d| Some(n * 16 + (d as char).to_digit(16)?))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn keys(body: &[u8]) -> Vec<String> {
-        members(body)
-            .map(|m| String::from_utf8_lossy(&body[m.key]).into_owned())
-            .collect()
-    }
-
-    #[test]
-    fn only_top_level_members_are_found() {
-        let body = br#" { "a" : 1 , "messages":[{"model":"x","content":"\"model\":\"y\""}], "b":{"model":[1,{"c":"]}"}]},"model":"m","n":null,"t":true,"f":-1.5e3 } trailing"#;
-        assert_eq!(keys(body), ["a", "messages", "b", "model", "n", "t", "f"]);
-        let mut it = members(body);
-        let values: Vec<&[u8]> = it.by_ref().map(|m| &body[m.value]).collect();
-        assert_eq!(values[0], b"1");
-        assert_eq!(values[3], br#""m""#);
-        assert_eq!(values[6], b"-1.5e3");
-        assert!(!it.malformed());
-    }
-
-    #[test]
-    fn escaped_keys_decode_to_their_name() {
-        let body = br#"{"mod\u0065l":1,"\u006D\u006f\u0064\u0065\u006C":2,"mode\u006c":3,"model\u0000":4,"Model":5,"mod\el":6,"model":7}"#;
-        let found: Vec<bool> = members(body).map(|m| m.key_is(body, "model")).collect();
-        assert_eq!(found, [true, true, true, false, false, false, true]);
-        let literal: Vec<bool> = members(body).map(|m| m.key_is_literal(body)).collect();
-        assert_eq!(literal, [false, false, false, false, true, false, true]);
-    }
-
-    #[test]
-    fn surrogate_pairs_decode_and_lone_surrogates_do_not_match() {
-        let body = "{\"\\ud83e\\udd80x\":1,\"\\ud83ex\":2}".as_bytes();
-        let found: Vec<bool> = members(body)
-            .map(|m| m.key_is(body, "\u{1f980}x"))
-            .collect();
-        assert_eq!(found, [true, false]);
-    }
-
-    #[test]
-    fn string_values_are_decoded_and_borrowed_when_plain() {
-        let body = br#"{"a":"gpt\u002d4o","b":"plain","c":42,"d":"org\/m\"x\\"}"#;
-        let values: Vec<Option<Cow<'_, str>>> =
-            members(body).map(|m| m.string_value(body)).collect();
-        assert_eq!(values[0].as_deref(), Some("gpt-4o"));
-        assert!(matches!(values[1], Some(Cow::Borrowed("plain"))));
-        assert_eq!(values[2], None);
-        assert_eq!(values[3].as_deref(), Some("org/m\"x\\"));
-    }
-
-    #[test]
-    fn model_members_say_when_parsers_could_disagree() {
-        for (body, unambiguous) in [
-            (&br#"{"model":"a","messages":[{"model":"b"}]}"#[..], true),
-            (br#"{"messages":[]}"#, true),
-            (br#"{"model":"gpt\u002d4o"}"#, true),
-            (br#"{"model":"a","model":"b"}"#, false),
-            (br#"{"mod\u0065l":"a"}"#, false),
-            (br#"{"model":"a","#, false),
-            (b"not json", false),
-        ] {
-            let found = model_members(body);
-            assert_eq!(
-                found.is_unambiguous(),
-                unambiguous,
-                "{}",
-                String::from_utf8_lossy(body)
-            );
-        }
-        let found = model_members(br#"{"model":"a","x":{"model":"y"},"model":7}"#);
-        assert_eq!((found.last, found.count), (None, 2));
-    }
-
-    #[test]
-    fn malformed_bodies_end_early_and_say_so() {
-        for body in [
-            &b""[..],
-            b"[1]",
-            b"{",
-            b"{\"model",
-            b"{\"model\":",
-            b"{\"model\":\"abc",
-            b"{\"a\":1,}",
-            b"{\"a\" 1}",
-            b"{\"a\":[1,2}",
-            b"{\"a\":1 \"b\":2}",
-            b"\"\\",
-        ] {
-            let mut it = members(body);
-            for _ in it.by_ref() {}
-            assert!(it.malformed(), "{}", String::from_utf8_lossy(body));
-        }
-        let mut it = members(b"{}");
-        assert_eq!(it.next(), None);
-        assert!(!it.malformed());
-    }
-
-    #[test]
-    fn a_model_key_in_another_case_counts_as_go_reads_it() {
-        // Go's encoding/json serves `qwen` here; the body is ambiguous.
-        let found = model_members(br#"{"model":"llama3.2","MODEL":"qwen2.5:72b"}"#);
-        assert_eq!(found.last.as_deref(), Some("qwen2.5:72b"));
-        assert_eq!((found.count, found.escaped), (2, true));
-        assert!(!found.is_unambiguous());
-        // Alone, a key in another case is still not the plain spelling.
-        let found = model_members(br#"{"Mod\u0045l":"qwen"}"#);
-        assert_eq!((found.count, found.escaped), (1, true));
-        assert!(!found.is_unambiguous());
-        assert!(model_members(br#"{"model":"a","modelx":"b","mode":"c"}"#).is_unambiguous());
-    }
-
-    #[test]
-    fn every_member_of_valid_json_is_found_as_serde_sees_it() {
-        let body = br#"{"x":{"y":[1,"}",{"z":"\\\""}]},"s":"a\"b","e":[],"o":{},"u":"\ud83e\udd80","w" :	true}"#;
-        let parsed: serde_json::Map<String, serde_json::Value> =
-            serde_json::from_slice(body).unwrap();
-        let ours: Vec<String> = keys(body);
-        let theirs: Vec<&String> = parsed.keys().collect();
-        let mut sorted = ours.clone();
-        sorted.sort();
-        assert_eq!(sorted, theirs.into_iter().cloned().collect::<Vec<_>>());
-        for m in members(body) {
-            let key = String::from_utf8_lossy(&body[m.key.clone()]).into_owned();
-            let value: serde_json::Value = serde_json::from_slice(&body[m.value]).unwrap();
-            assert_eq!(parsed[&key], value, "{key}");
-        }
     }
 }

@@ -1,0 +1,136 @@
+//! What a JSON string says once its escapes are decoded (RFC 8259 §7),
+//! compared with a name without allocating, or decoded into a `String`.
+
+use std::cmp::Ordering;
+
+/// Below this length a slice is searched for a backslash a word at a time:
+/// a `memchr` call costs more to start than that many bytes cost to read.
+const SHORT: usize = 32;
+
+/// Whether the string content `raw` is written with an escape.
+#[inline]
+pub(super) fn has_escape(raw: &[u8]) -> bool {
+    if raw.len() < SHORT {
+        crate::bytes::contains_any(raw, b"\\")
+    } else {
+        memchr::memchr(b'\\', raw).is_some()
+    }
+}
+
+/// Whether the string content `raw` (escapes as written) decodes to
+/// `name`, without allocating.
+#[inline]
+pub(super) fn decoded_eq(raw: &[u8], name: &[u8]) -> bool {
+    decoded_matches(raw, name, <[u8]>::eq)
+}
+
+/// [`decoded_eq`], ASCII letters compared in either case (a plain
+/// comparison first: keys are nearly always written as they are meant).
+#[inline]
+pub(super) fn decoded_eq_ignoring_ascii_case(raw: &[u8], name: &[u8]) -> bool {
+    decoded_matches(raw, name, |a, b| a == b || a.eq_ignore_ascii_case(b))
+}
+
+/// Whether `raw`, decoded, matches `name` under `same`.
+///
+/// Every escape is longer written than decoded (`\n` is two bytes for one,
+/// `\u00e9` six for two, a surrogate pair twelve for four), so the lengths
+/// settle most keys before any decoding: one shorter than `name` never
+/// matches, one as long matches only as written without escapes, and a
+/// longer one only if an escape starts within `name`'s length.
+#[inline]
+fn decoded_matches(raw: &[u8], name: &[u8], same: impl Fn(&[u8], &[u8]) -> bool) -> bool {
+    match raw.len().cmp(&name.len()) {
+        Ordering::Less => false,
+        Ordering::Equal => same(raw, name) && !has_escape(raw),
+        Ordering::Greater => {
+            raw[..name.len()].contains(&b'\\') && decoded_pieces_match(raw, name, same)
+        }
+    }
+}
+
+/// [`decoded_matches`] the long way: `raw` decoded piece by piece (a run of
+/// plain bytes, or one escape's UTF-8), each piece matched under `same`.
+#[inline(never)]
+fn decoded_pieces_match(raw: &[u8], name: &[u8], same: impl Fn(&[u8], &[u8]) -> bool) -> bool {
+    let mut i = 0;
+    let mut matched = 0;
+    while i < raw.len() {
+        let mut buf = [0_u8; 4];
+        let (piece, next) = if raw[i] == b'\\' {
+            let Some((c, next)) = escape_at(raw, i) else {
+                return false;
+            };
+            (c.encode_utf8(&mut buf).as_bytes(), next)
+        } else {
+            let next = memchr::memchr(b'\\', &raw[i..]).map_or(raw.len(), |at| i + at);
+            (&raw[i..next], next)
+        };
+        match name.get(matched..matched + piece.len()) {
+            Some(want) if same(want, piece) => {}
+            _ => return false,
+        }
+        matched += piece.len();
+        i = next;
+    }
+    matched == name.len()
+}
+
+/// Decodes the string content `raw`; `None` if an escape is invalid.
+pub(super) fn decode(raw: &[u8]) -> Option<String> {
+    let mut out = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        if raw[i] == b'\\' {
+            let (c, next) = escape_at(raw, i)?;
+            let mut buf = [0_u8; 4];
+            out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+            i = next;
+        } else {
+            let next = memchr::memchr(b'\\', &raw[i..]).map_or(raw.len(), |at| i + at);
+            out.extend_from_slice(&raw[i..next]);
+            i = next;
+        }
+    }
+    Some(String::from_utf8_lossy(&out).into_owned())
+}
+
+/// The character of the escape at `raw[at]` (a backslash) and the index
+/// after it: RFC 8259 §7, with `\u` surrogate pairs joined. A lone
+/// surrogate is invalid (serde_json refuses it).
+fn escape_at(raw: &[u8], at: usize) -> Option<(char, usize)> {
+    let simple = match *raw.get(at + 1)? {
+        b'"' => '"',
+        b'\\' => '\\',
+        b'/' => '/',
+        b'b' => '\u{8}',
+        b'f' => '\u{c}',
+        b'n' => '\n',
+        b'r' => '\r',
+        b't' => '\t',
+        b'u' => {
+            let high = hex4(raw, at + 2)?;
+            if !(0xD800..0xE000).contains(&high) {
+                return Some((char::from_u32(high)?, at + 6));
+            }
+            if high >= 0xDC00 || raw.get(at + 6..at + 8) != Some(b"\\u") {
+                return None;
+            }
+            let low = hex4(raw, at + 8)?;
+            if !(0xDC00..0xE000).contains(&low) {
+                return None;
+            }
+            let c = 0x10000 + ((high - 0xD800) << 10) + (low - 0xDC00);
+            return Some((char::from_u32(c)?, at + 12));
+        }
+        _ => return None,
+    };
+    Some((simple, at + 2))
+}
+
+fn hex4(raw: &[u8], at: usize) -> Option<u32> {
+    let digits = raw.get(at..at + 4)?;
+    digits
+        .iter()
+        .try_fold(0_u32, |n, &d| Some(n * 16 + (d as char).to_digit(16)?))
+}
