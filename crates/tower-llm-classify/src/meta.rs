@@ -1,6 +1,5 @@
 //! [`RequestMeta`]: provider, model and streaming flag, read once per request.
 
-use std::borrow::Cow;
 use std::sync::Arc;
 
 use http::{HeaderMap, Uri};
@@ -142,19 +141,20 @@ impl RequestMeta {
     ) -> RequestMeta {
         let path = uri.path();
         let dialect = Dialect::from_path(path);
-        let path_stream = path.contains(":streamGenerateContent")
-            || path.ends_with("/invoke-with-response-stream")
-            || path.ends_with("/converse-stream")
-            || uri.query().is_some_and(|q| q.contains("alt=sse"));
-        let accept_stream = headers
-            .get(http::header::ACCEPT)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.contains("text/event-stream"));
-        // Ollama's native API streams unless told not to.
-        let default_stream = dialect == Dialect::OllamaNdjson;
-        let stream = scanned
-            .stream
-            .unwrap_or(path_stream || accept_stream || default_stream);
+        // What the body says wins; the path, the `accept` header and the
+        // API's default are read only when it says nothing.
+        let stream = scanned.stream.unwrap_or_else(|| {
+            // Ollama's native API streams unless told not to.
+            dialect == Dialect::OllamaNdjson
+                || path.contains(":streamGenerateContent")
+                || path.ends_with("/invoke-with-response-stream")
+                || path.ends_with("/converse-stream")
+                || uri.query().is_some_and(|q| q.contains("alt=sse"))
+                || headers
+                    .get(http::header::ACCEPT)
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|v| v.contains("text/event-stream"))
+        });
         let body = BodyFacts {
             model: scanned.model.is_some(),
             stream: scanned.stream,
@@ -215,9 +215,9 @@ pub(crate) struct ScannedBody {
 }
 
 /// Reads the top-level `"model"` string and `"stream"` boolean of a JSON
-/// object without parsing the rest ([`json::members`]: strings are skipped
-/// with `memchr`, so a 100 KiB conversation costs about as much as a memory
-/// scan). Keys nested in messages or tools are not mistaken for the
+/// object without parsing the rest ([`json::members`]: long strings are
+/// skipped with `memchr`, so a 100 KiB conversation costs about as much as
+/// a memory scan). Keys nested in messages or tools are not mistaken for the
 /// top-level ones, and keys are compared decoded (`"mod\u0065l"` is
 /// `model`).
 ///
@@ -234,14 +234,15 @@ pub(crate) fn scan_json_body(body: &[u8]) -> ScannedBody {
 /// `model` ([`json::ModelMembers::is_unambiguous`]), in the same walk.
 fn scan_json_body_checked(body: &[u8]) -> (ScannedBody, bool) {
     let mut out = ScannedBody::default();
-    let mut last: Option<Cow<'_, str>> = None;
+    // Only the last `model` counts: it is decoded once, after the walk.
+    let mut last: Option<json::Member> = None;
     let (mut count, mut escaped) = (0_usize, false);
     let mut members = json::members(body);
     for member in members.by_ref() {
         if member.key_matches(body, "model") {
-            last = member.string_value(body);
             count += 1;
             escaped |= !member.key_is_plain(body, "model");
+            last = Some(member);
         } else if member.key_matches(body, "stream") {
             out.stream = match &body[member.value] {
                 b"true" => Some(true),
@@ -250,7 +251,9 @@ fn scan_json_body_checked(body: &[u8]) -> (ScannedBody, bool) {
             };
         }
     }
-    out.model = last.map(|model| Arc::from(&*model));
+    out.model = last
+        .and_then(|member| member.string_value(body))
+        .map(|model| Arc::from(&*model));
     let unambiguous = !members.malformed() && count <= 1 && !escaped;
     (out, unambiguous)
 }
