@@ -2,6 +2,8 @@
 
 use std::fmt;
 
+use crate::bytes::contains_any;
+
 /// The LLM provider (or server software) a request goes to.
 ///
 /// It decides which headers carry the request id and rate-limit hints and how
@@ -122,7 +124,8 @@ impl Provider {
     /// [`OpenAiCompatible`](Provider::OpenAiCompatible).
     pub fn detect(uri: &http::Uri) -> Provider {
         let path = uri.path();
-        if let Some(host) = uri.host()
+        let host = uri.authority().map(|authority| host_of(authority.as_str()));
+        if let Some(host) = host
             && let Some(provider) = Self::from_host(host)
         {
             return provider;
@@ -136,8 +139,8 @@ impl Provider {
         match uri.port_u16() {
             Some(11434) => return Provider::Ollama,
             Some(1234) => return Provider::LmStudio,
-            Some(8000) if is_local(uri.host()) => return Provider::Vllm,
-            Some(8080) if is_local(uri.host()) => return Provider::LlamaCpp,
+            Some(8000) if is_local(host) => return Provider::Vllm,
+            Some(8080) if is_local(host) => return Provider::LlamaCpp,
             _ => {}
         }
         if path.ends_with("/messages") {
@@ -154,47 +157,57 @@ impl Provider {
         Provider::Unknown
     }
 
+    /// The hosted API `host` belongs to: the domain itself or a subdomain
+    /// of it, in any ASCII case, with or without the root's trailing dot.
     fn from_host(host: &str) -> Option<Provider> {
-        let host = host.trim_end_matches('.');
-        let is = |domain: &str| {
-            host.eq_ignore_ascii_case(domain)
-                || (host.len() > domain.len()
-                    && host.as_bytes()[host.len() - domain.len() - 1] == b'.'
-                    && host[host.len() - domain.len()..].eq_ignore_ascii_case(domain))
-        };
-        let provider = if is("api.openai.com") {
-            Provider::OpenAi
-        } else if is("openai.azure.com")
-            || is("cognitiveservices.azure.com")
-            || is("services.ai.azure.com")
-        {
-            Provider::AzureOpenAi
-        } else if is("api.anthropic.com") {
-            Provider::Anthropic
-        } else if is("generativelanguage.googleapis.com") {
-            Provider::Gemini
-        } else if host
-            .to_ascii_lowercase()
-            .ends_with("aiplatform.googleapis.com")
-        {
-            // Regional endpoints: `us-central1-aiplatform.googleapis.com`.
-            Provider::VertexAi
-        } else if host.starts_with("bedrock-runtime") && is("amazonaws.com") {
-            Provider::Bedrock
-        } else if is("api.mistral.ai") {
-            Provider::Mistral
-        } else if is("openrouter.ai") {
-            Provider::OpenRouter
-        } else if is("api.groq.com") {
-            Provider::Groq
-        } else if is("api.x.ai") {
-            Provider::Xai
-        } else if is("api.together.xyz") || is("api.together.ai") {
+        let host = host.trim_end_matches('.').as_bytes();
+        let is = |domain: &str| is_domain_or_subdomain(host, domain.as_bytes());
+        // Every domain below ends with its top-level label, so that label
+        // picks the few to compare with.
+        let top = host
+            .iter()
+            .rposition(|&b| b == b'.')
+            .map_or(host, |dot| &host[dot + 1..]);
+        let provider = if top.eq_ignore_ascii_case(b"com") {
+            if is("api.openai.com") {
+                Provider::OpenAi
+            } else if is("openai.azure.com")
+                || is("cognitiveservices.azure.com")
+                || is("services.ai.azure.com")
+            {
+                Provider::AzureOpenAi
+            } else if is("api.anthropic.com") {
+                Provider::Anthropic
+            } else if is("generativelanguage.googleapis.com") {
+                Provider::Gemini
+            } else if ends_with_ignoring_ascii_case(host, b"aiplatform.googleapis.com") {
+                // Regional endpoints: `us-central1-aiplatform.googleapis.com`.
+                Provider::VertexAi
+            } else if host.starts_with(b"bedrock-runtime") && is("amazonaws.com") {
+                Provider::Bedrock
+            } else if is("api.groq.com") {
+                Provider::Groq
+            } else if is("api.deepseek.com") {
+                Provider::DeepSeek
+            } else {
+                return None;
+            }
+        } else if top.eq_ignore_ascii_case(b"ai") {
+            if is("api.mistral.ai") {
+                Provider::Mistral
+            } else if is("openrouter.ai") {
+                Provider::OpenRouter
+            } else if is("api.x.ai") {
+                Provider::Xai
+            } else if is("api.together.ai") {
+                Provider::Together
+            } else if is("api.fireworks.ai") {
+                Provider::Fireworks
+            } else {
+                return None;
+            }
+        } else if top.eq_ignore_ascii_case(b"xyz") && is("api.together.xyz") {
             Provider::Together
-        } else if is("api.deepseek.com") {
-            Provider::DeepSeek
-        } else if is("api.fireworks.ai") {
-            Provider::Fireworks
         } else {
             return None;
         };
@@ -210,6 +223,51 @@ impl Provider {
             _ => &["x-request-id", "request-id", "x-amzn-requestid"],
         }
     }
+}
+
+/// The host of a URI's authority, as [`http::uri::Authority::host`] reads
+/// it: after the last `@`, up to the first `:` after it, or through the `]`
+/// of an IPv6 literal. A bare host is told in a word or two, and one pass
+/// from the end finds the rest, where http's string searches cost most of
+/// what detecting a provider did.
+fn host_of(authority: &str) -> &str {
+    let bytes = authority.as_bytes();
+    // Most authorities are a bare host: no user, no port, no IPv6 literal.
+    if !contains_any(bytes, b"@:[") {
+        return authority;
+    }
+    let mut start = bytes.len();
+    let mut end = bytes.len();
+    while start > 0 {
+        match bytes[start - 1] {
+            b'@' => break,
+            b':' => end = start - 1,
+            _ => {}
+        }
+        start -= 1;
+    }
+    if bytes.get(start) == Some(&b'[') {
+        end = bytes[start..]
+            .iter()
+            .position(|&b| b == b']')
+            .map_or(bytes.len(), |at| start + at + 1);
+    }
+    &authority[start..end]
+}
+
+/// Whether `host` is `domain` or a subdomain of it, in any ASCII case.
+fn is_domain_or_subdomain(host: &[u8], domain: &[u8]) -> bool {
+    ends_with_ignoring_ascii_case(host, domain)
+        && (host.len() == domain.len() || host[host.len() - domain.len() - 1] == b'.')
+}
+
+/// Whether `bytes` ends with `suffix`, in any ASCII case (hosts are
+/// nearly always written in lower case: a plain comparison settles them).
+fn ends_with_ignoring_ascii_case(bytes: &[u8], suffix: &[u8]) -> bool {
+    let Some(tail) = bytes.len().checked_sub(suffix.len()).map(|at| &bytes[at..]) else {
+        return false;
+    };
+    tail == suffix || tail.eq_ignore_ascii_case(suffix)
 }
 
 fn is_local(host: Option<&str>) -> bool {

@@ -86,18 +86,30 @@ impl Framing {
     }
 
     /// The framing a `content-type` value announces, if it is a stream.
+    ///
+    /// The media type's essence (before any parameter, in any case, spaces
+    /// and tabs around it ignored) says it; a value with bytes other than
+    /// visible ASCII announces nothing.
     pub fn from_header_value(value: &http::HeaderValue) -> Option<Framing> {
-        let value = value.to_str().ok()?;
-        let essence = value.split(';').next().unwrap_or(value).trim();
-        if essence.eq_ignore_ascii_case("text/event-stream") {
-            Some(Framing::Sse)
-        } else if essence.eq_ignore_ascii_case("application/x-ndjson")
-            || essence.eq_ignore_ascii_case("application/jsonl")
-            || essence.eq_ignore_ascii_case("application/json-seq")
-        {
-            Some(Framing::Ndjson)
+        let bytes = value.as_bytes();
+        let essence = if crate::bytes::contains_any(bytes, b";") {
+            bytes.split(|&b| b == b';').next().unwrap_or(bytes)
         } else {
-            None
+            bytes
         }
+        .trim_ascii();
+        // The length settles a plain `application/json` at once.
+        let framing = match essence.len() {
+            17 if essence.eq_ignore_ascii_case(b"text/event-stream") => Framing::Sse,
+            17 if essence.eq_ignore_ascii_case(b"application/jsonl") => Framing::Ndjson,
+            20 if essence.eq_ignore_ascii_case(b"application/x-ndjson")
+                || essence.eq_ignore_ascii_case(b"application/json-seq") =>
+            {
+                Framing::Ndjson
+            }
+            _ => return None,
+        };
+        value.to_str().ok()?;
+        Some(framing)
     }
 }
