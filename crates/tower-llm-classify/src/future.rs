@@ -100,41 +100,16 @@ where
                         let framing = content_type
                             .filter(|_| this.config.scan_streams)
                             .and_then(Framing::from_header_value);
-                        let (mut head, body) = response.into_parts();
-                        let scanner = framing.map(|framing| {
-                            EventScanner::new(framing, this.meta.dialect, this.meta.provider)
-                                .require_terminal_event(this.config.require_terminal_event)
-                        });
-                        let idle = scanner.as_ref().and(this.config.idle_timeout);
-                        // Only streams can fail after the head; keep their
-                        // request id (a refcount, not a copy) for that case.
-                        let request_id = scanner.as_ref().and_then(|_| {
-                            this.meta
-                                .provider
-                                .request_id_headers()
-                                .iter()
-                                .find_map(|name| head.headers.get(*name))
-                                .cloned()
-                        });
                         let guard = std::mem::take(this.guard);
-                        let streamed = scanner.is_some();
-                        let mut body = ResponseBody::new(
-                            body,
-                            scanner,
-                            idle,
-                            guard,
-                            this.meta.provider,
-                            request_id,
-                        );
-                        if streamed {
-                            // Published for the layers above: the stream
-                            // is scanned once, here.
-                            let progress = StreamProgress::default();
-                            head.extensions.insert(progress.clone());
-                            body = body.with_progress(progress);
-                        }
                         this.state.set(State::Done);
-                        return Poll::Ready(Ok(Response::from_parts(head, body)));
+                        let response = match framing {
+                            None => response
+                                .map(|body| ResponseBody::new(body, guard, this.meta.provider)),
+                            Some(framing) => {
+                                scanned(response, framing, *this.meta, this.config, guard)
+                            }
+                        };
+                        return Poll::Ready(Ok(response));
                     }
                     let (head, body) = response.into_parts();
                     let hint = body.size_hint().upper().unwrap_or(4096);
@@ -221,6 +196,41 @@ where
             }
         }
     }
+}
+
+/// A streamed response, its body wrapped to be scanned, and the
+/// [`StreamProgress`] of the scan published in its extensions for the
+/// layers above: the stream is scanned once, here.
+fn scanned<B>(
+    response: Response<B>,
+    framing: Framing,
+    meta: CallMeta,
+    config: &Config,
+    guard: OutcomeGuard,
+) -> Response<ResponseBody<B>> {
+    let (mut head, body) = response.into_parts();
+    let scanner = EventScanner::new(framing, meta.dialect, meta.provider)
+        .require_terminal_event(config.require_terminal_event);
+    // Streams can fail after the head: keep its request id (a refcount,
+    // not a copy) for that case.
+    let request_id = meta
+        .provider
+        .request_id_headers()
+        .iter()
+        .find_map(|name| head.headers.get(*name))
+        .cloned();
+    let progress = StreamProgress::default();
+    head.extensions.insert(progress.clone());
+    let body = ResponseBody::scanned(
+        body,
+        scanner,
+        config.idle_timeout,
+        guard,
+        meta.provider,
+        request_id,
+        progress,
+    );
+    Response::from_parts(head, body)
 }
 
 impl<F, B> std::fmt::Debug for ResponseFuture<F, B> {

@@ -33,18 +33,27 @@ pin_project! {
     pub struct ResponseBody<B> {
         #[pin]
         inner: B,
-        // Boxed: only streams pay for the scanner; plain bodies stay small
-        // (every move of the response copies the body).
-        scanner: Option<Box<EventScanner>>,
-        idle: Option<Idle>,
+        // Boxed: only streams pay for what scanning them needs; a whole
+        // body stays small, and every layer above copies it with each
+        // move of the response (88 bytes of ours around a `Full<Bytes>`,
+        // where the stream's state inline made 160).
+        scan: Option<Box<Scan>>,
         guard: OutcomeGuard,
         provider: Provider,
-        request_id: Option<HeaderValue>,
         state: State,
         plain_content: bool,
-        // What the scan found, for the layers above (streams only).
-        progress: Option<StreamProgress>,
     }
+}
+
+/// What scanning a stream needs, kept out of line (see [`ResponseBody`]).
+#[derive(Debug)]
+struct Scan {
+    scanner: EventScanner,
+    idle: Option<Idle>,
+    // The request id of the head, for a failure found in the body.
+    request_id: Option<HeaderValue>,
+    // What the scan found, for the layers above.
+    progress: StreamProgress,
 }
 
 #[derive(Debug)]
@@ -61,63 +70,64 @@ enum State {
 }
 
 impl<B> ResponseBody<B> {
-    pub(crate) fn new(
+    /// A whole (not streamed) body: passed through, its end reported.
+    pub(crate) fn new(inner: B, guard: OutcomeGuard, provider: Provider) -> Self {
+        ResponseBody {
+            inner,
+            scan: None,
+            guard,
+            provider,
+            state: State::Streaming,
+            plain_content: false,
+        }
+    }
+
+    /// A stream, scanned by `scanner`; what the scan finds is published to
+    /// `progress` (a clone of the one in the response's extensions), and
+    /// `request_id` (the head's) is added to a failure found in the body.
+    pub(crate) fn scanned(
         inner: B,
-        scanner: Option<EventScanner>,
+        scanner: EventScanner,
         idle_timeout: Option<Duration>,
         guard: OutcomeGuard,
         provider: Provider,
         request_id: Option<HeaderValue>,
+        progress: StreamProgress,
     ) -> Self {
         let idle = idle_timeout.map(|timeout| Idle {
             timeout,
             sleep: Box::pin(tokio::time::sleep(timeout)),
         });
-        ResponseBody {
-            inner,
-            scanner: scanner.map(Box::new),
+        let scan = Scan {
+            scanner,
             idle,
-            guard,
-            provider,
             request_id,
-            state: State::Streaming,
-            plain_content: false,
-            progress: None,
+            progress,
+        };
+        ResponseBody {
+            scan: Some(Box::new(scan)),
+            ..Self::new(inner, guard, provider)
         }
-    }
-
-    /// Publishes what the scan finds to `progress` (a clone of the one in
-    /// the response's extensions).
-    pub(crate) fn with_progress(mut self, progress: StreamProgress) -> Self {
-        self.progress = Some(progress);
-        self
     }
 
     /// A body that only passes `inner` through (for tests and for bodies
     /// built outside the layer).
     pub fn passthrough(inner: B) -> Self {
-        Self::new(
-            inner,
-            None,
-            None,
-            OutcomeGuard::new(None),
-            Provider::Unknown,
-            None,
-        )
+        Self::new(inner, OutcomeGuard::new(None), Provider::Unknown)
     }
 
     /// Whether content has reached the caller: a content event of a stream,
     /// or any data of a plain body.
     pub fn content_seen(&self) -> bool {
-        match &self.scanner {
-            Some(scanner) => scanner.content_seen(),
+        match &self.scan {
+            Some(scan) => scan.scanner.content_seen(),
             None => self.plain_content,
         }
     }
 
     /// The stream scanner, when the body is an SSE or NDJSON stream.
     pub fn scanner(&self) -> Option<&EventScanner> {
-        self.scanner.as_deref()
+        self.scan.as_deref().map(|scan| &scan.scanner)
     }
 
     /// The wrapped body.
@@ -147,7 +157,7 @@ fn idle_timeout(
     timeout: Duration,
     provider: Provider,
     content_seen: bool,
-    request_id: &Option<HeaderValue>,
+    request_id: Option<&HeaderValue>,
 ) -> Classification {
     let classification = Classification::new(ErrorKind::Timeout)
         .with_provider(provider)
@@ -157,9 +167,9 @@ fn idle_timeout(
 }
 
 /// Adds what the response head told us to a failure found in its body.
-fn with_head(mut c: Classification, request_id: &Option<HeaderValue>) -> Classification {
+fn with_head(mut c: Classification, request_id: Option<&HeaderValue>) -> Classification {
     if c.request_id().is_none()
-        && let Some(id) = request_id.as_ref().and_then(|v| v.to_str().ok())
+        && let Some(id) = request_id.and_then(|v| v.to_str().ok())
     {
         c = c.with_request_id(id);
     }
@@ -171,6 +181,69 @@ fn phase(content_seen: bool) -> Phase {
         Phase::MidStream
     } else {
         Phase::AfterHeaders
+    }
+}
+
+impl Scan {
+    /// How the stream failed by ending where it did (without its terminal
+    /// event), if it did.
+    fn finish(&mut self) -> Option<Classification> {
+        let end = self.scanner.finish()?;
+        Some(with_head(end, self.request_id.as_ref()))
+    }
+
+    /// Whether the idle timer has run out while the stream is pending (and
+    /// if not, the timer wakes the task when it does).
+    fn stalled(&mut self, cx: &mut Context<'_>, provider: Provider) -> Option<Classification> {
+        let idle = self.idle.as_mut()?;
+        if idle.sleep.as_mut().poll(cx).is_pending() {
+            return None;
+        }
+        let content_seen = self.scanner.content_seen();
+        Some(idle_timeout(
+            idle.timeout,
+            provider,
+            content_seen,
+            self.request_id.as_ref(),
+        ))
+    }
+
+    /// Scans a frame's data; the failure it carried, if any, to be
+    /// returned after the frame.
+    fn scan_data<D: Buf>(
+        &mut self,
+        data: &D,
+        guard: &mut OutcomeGuard,
+        provider: Provider,
+    ) -> Option<Classification> {
+        let event = feed(&mut self.scanner, data);
+        if event.content {
+            guard.content_seen();
+            self.progress.set_content();
+            if let Some(idle) = self.idle.as_mut() {
+                idle.sleep.as_mut().reset(deadline_after(idle.timeout));
+            }
+        } else if let Some(idle) = &self.idle
+            && !event.failed
+            && Instant::now() >= idle.sleep.deadline()
+        {
+            // Keep-alives that are always ready must not hide a stall:
+            // check the deadline on them too.
+            let content_seen = self.scanner.content_seen();
+            return Some(idle_timeout(
+                idle.timeout,
+                provider,
+                content_seen,
+                self.request_id.as_ref(),
+            ));
+        }
+        if event.failed
+            && let Some(classification) = self.scanner.take_error()
+        {
+            self.progress.set_failed();
+            return Some(with_head(classification, self.request_id.as_ref()));
+        }
+        None
     }
 }
 
@@ -196,17 +269,18 @@ where
             }
             State::Done => return Poll::Ready(None),
         }
-        let content_seen = match &this.scanner {
-            Some(scanner) => scanner.content_seen(),
+        let provider = *this.provider;
+        let content_seen = match this.scan.as_deref() {
+            Some(scan) => scan.scanner.content_seen(),
             None => *this.plain_content,
         };
         let polled = match this.inner.as_mut().poll_frame(cx) {
             Poll::Pending => {
-                if let Some(idle) = this.idle.as_mut()
-                    && idle.sleep.as_mut().poll(cx).is_ready()
-                {
-                    let classification =
-                        idle_timeout(idle.timeout, *this.provider, content_seen, this.request_id);
+                let stalled = this
+                    .scan
+                    .as_deref_mut()
+                    .and_then(|s| s.stalled(cx, provider));
+                if let Some(classification) = stalled {
                     this.guard.report(StreamOutcome::Failed(&classification));
                     *this.state = State::Done;
                     return Poll::Ready(Some(Err(LlmError::new(classification))));
@@ -217,10 +291,8 @@ where
         };
         match polled {
             None => {
-                let end = this.scanner.as_deref_mut().and_then(EventScanner::finish);
-                let end = end.map(|c| with_head(c, this.request_id));
                 *this.state = State::Done;
-                match end {
+                match this.scan.as_deref_mut().and_then(Scan::finish) {
                     Some(classification) => {
                         this.guard.report(StreamOutcome::Failed(&classification));
                         Poll::Ready(Some(Err(LlmError::new(classification))))
@@ -234,12 +306,13 @@ where
             Some(Err(error)) => {
                 let mut error = LlmError::from_source(error);
                 if !error.kind().is_local() && error.classification().phase() != Phase::MidStream {
+                    let request_id = this.scan.as_deref().and_then(|s| s.request_id.as_ref());
                     let c = error.classification_mut();
                     *c = with_head(
                         c.clone()
                             .with_phase(phase(content_seen))
-                            .with_provider(*this.provider),
-                        this.request_id,
+                            .with_provider(provider),
+                        request_id,
                     );
                 }
                 this.guard
@@ -249,40 +322,10 @@ where
             }
             Some(Ok(frame)) => {
                 if let Some(data) = frame.data_ref() {
-                    match this.scanner.as_deref_mut() {
-                        Some(scanner) => {
-                            let event = feed(scanner, data);
-                            if event.content {
-                                this.guard.content_seen();
-                                if let Some(progress) = this.progress.as_ref() {
-                                    progress.set_content();
-                                }
-                                if let Some(idle) = this.idle.as_mut() {
-                                    idle.sleep.as_mut().reset(deadline_after(idle.timeout));
-                                }
-                            } else if let Some(idle) = this.idle.as_mut()
-                                && !event.failed
-                                && Instant::now() >= idle.sleep.deadline()
+                    match this.scan.as_deref_mut() {
+                        Some(scan) => {
+                            if let Some(classification) = scan.scan_data(data, this.guard, provider)
                             {
-                                // Keep-alives that are always ready must not
-                                // hide a stall: check the deadline on them too.
-                                let classification = idle_timeout(
-                                    idle.timeout,
-                                    *this.provider,
-                                    scanner.content_seen(),
-                                    this.request_id,
-                                );
-                                this.guard.report(StreamOutcome::Failed(&classification));
-                                *this.state = State::Failing(Some(LlmError::new(classification)));
-                                return Poll::Ready(Some(Ok(frame)));
-                            }
-                            if event.failed
-                                && let Some(classification) = scanner.take_error()
-                            {
-                                if let Some(progress) = this.progress.as_ref() {
-                                    progress.set_failed();
-                                }
-                                let classification = with_head(classification, this.request_id);
                                 this.guard.report(StreamOutcome::Failed(&classification));
                                 *this.state = State::Failing(Some(LlmError::new(classification)));
                                 return Poll::Ready(Some(Ok(frame)));
@@ -301,14 +344,13 @@ where
                     // gRPC errors travel in trailers by design: tonic must
                     // still read them, so the body is not failed; the
                     // outcome is reported.
-                    let classification = classification.with_provider(*this.provider);
+                    let classification = classification.with_provider(provider);
                     this.guard.report(StreamOutcome::Failed(&classification));
                 }
                 if this.inner.is_end_stream() {
                     // hyper stops polling once the body says it ended
                     // (tower-http #687): settle the outcome now.
-                    let end = this.scanner.as_deref_mut().and_then(EventScanner::finish);
-                    match end.map(|c| with_head(c, this.request_id)) {
+                    match this.scan.as_deref_mut().and_then(Scan::finish) {
                         Some(classification) => {
                             this.guard.report(StreamOutcome::Failed(&classification));
                             *this.state = State::Failing(Some(LlmError::new(classification)));
@@ -357,9 +399,23 @@ fn feed<D: Buf>(scanner: &mut EventScanner, data: &D) -> super::ScanEvent {
 impl<B> std::fmt::Debug for ResponseBody<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ResponseBody")
-            .field("scanner", &self.scanner)
+            .field("scanner", &self.scanner())
             .field("provider", &self.provider)
             .field("state", &self.state)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    #[cfg(target_pointer_width = "64")]
+    fn a_whole_body_keeps_the_stream_state_out_of_line() {
+        // Every layer above copies the body with each move of the
+        // response: what only streams need stays behind one pointer.
+        type Whole = http_body_util::Full<bytes::Bytes>;
+        assert_eq!(std::mem::size_of::<ResponseBody<Whole>>(), 88);
     }
 }
