@@ -21,6 +21,20 @@ pub(crate) fn first_found(found: u64) -> usize {
     (found.trailing_zeros() / 8) as usize
 }
 
+/// The index of the first `byte` in `bytes`.
+#[inline]
+pub(crate) fn find(bytes: &[u8], byte: u8) -> Option<usize> {
+    let (words, rest) = bytes.as_chunks::<8>();
+    for (i, word) in words.iter().enumerate() {
+        let found = bytes_equal_to(u64::from_le_bytes(*word), byte);
+        if found != 0 {
+            return Some(i * 8 + first_found(found));
+        }
+    }
+    let before = bytes.len() - rest.len();
+    rest.iter().position(|&b| b == byte).map(|at| before + at)
+}
+
 /// Whether `bytes` holds any byte of `set`.
 #[inline]
 pub(crate) fn contains_any(bytes: &[u8], set: &[u8]) -> bool {
@@ -57,6 +71,21 @@ mod tests {
                 assert!(!contains_any(&bytes, b"@:["), "{len} {at}");
             }
             assert!(!contains_any(&vec![b'a'; len], b"@:["));
+        }
+    }
+
+    #[test]
+    fn find_returns_the_first_index_at_every_position_and_length() {
+        for len in 0..40 {
+            assert_eq!(find(&vec![b'a'; len], b';'), None);
+            for at in 0..len {
+                let mut bytes = vec![b'a'; len];
+                bytes[at] = b';';
+                if at + 1 < len {
+                    bytes[len - 1] = b';';
+                }
+                assert_eq!(find(&bytes, b';'), Some(at), "{len} {at}");
+            }
         }
     }
 

@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use crate::bytes::contains_any;
+use crate::bytes::{contains_any, find};
 
 /// The LLM provider (or server software) a request goes to.
 ///
@@ -123,13 +123,13 @@ impl Provider {
     /// already say it; anything else on an OpenAI-style path is
     /// [`OpenAiCompatible`](Provider::OpenAiCompatible).
     pub fn detect(uri: &http::Uri) -> Provider {
-        let path = uri.path();
         let host = uri.authority().map(|authority| host_of(authority.as_str()));
         if let Some(host) = host
             && let Some(provider) = Self::from_host(host)
         {
             return provider;
         }
+        let path = uri.path();
         if path.starts_with("/api/chat")
             || path.starts_with("/api/generate")
             || path.starts_with("/api/embed")
@@ -227,32 +227,26 @@ impl Provider {
 
 /// The host of a URI's authority, as [`http::uri::Authority::host`] reads
 /// it: after the last `@`, up to the first `:` after it, or through the `]`
-/// of an IPv6 literal. A bare host is told in a word or two, and one pass
-/// from the end finds the rest, where http's string searches cost most of
-/// what detecting a provider did.
+/// of an IPv6 literal. A bare host is told in a word or two, and the rest
+/// found a word at a time, where http's string searches cost most of what
+/// detecting a provider did.
 fn host_of(authority: &str) -> &str {
     let bytes = authority.as_bytes();
     // Most authorities are a bare host: no user, no port, no IPv6 literal.
     if !contains_any(bytes, b"@:[") {
         return authority;
     }
-    let mut start = bytes.len();
-    let mut end = bytes.len();
-    while start > 0 {
-        match bytes[start - 1] {
-            b'@' => break,
-            b':' => end = start - 1,
-            _ => {}
-        }
-        start -= 1;
-    }
-    if bytes.get(start) == Some(&b'[') {
-        end = bytes[start..]
-            .iter()
-            .position(|&b| b == b']')
-            .map_or(bytes.len(), |at| start + at + 1);
-    }
-    &authority[start..end]
+    let start = match bytes.iter().rposition(|&b| b == b'@') {
+        Some(at) => at + 1,
+        None => 0,
+    };
+    let host_port = &bytes[start..];
+    let end = if host_port.first() == Some(&b'[') {
+        find(host_port, b']').map_or(host_port.len(), |at| at + 1)
+    } else {
+        find(host_port, b':').unwrap_or(host_port.len())
+    };
+    &authority[start..start + end]
 }
 
 /// Whether `host` is `domain` or a subdomain of it, in any ASCII case.
@@ -261,13 +255,18 @@ fn is_domain_or_subdomain(host: &[u8], domain: &[u8]) -> bool {
         && (host.len() == domain.len() || host[host.len() - domain.len() - 1] == b'.')
 }
 
-/// Whether `bytes` ends with `suffix`, in any ASCII case (hosts are
-/// nearly always written in lower case: a plain comparison settles them).
+/// Whether `bytes` ends with `suffix`, in any ASCII case. The first byte
+/// turns most other domains away before the rest is compared, and hosts
+/// are nearly always written in lower case: a plain comparison settles
+/// them.
 fn ends_with_ignoring_ascii_case(bytes: &[u8], suffix: &[u8]) -> bool {
     let Some(tail) = bytes.len().checked_sub(suffix.len()).map(|at| &bytes[at..]) else {
         return false;
     };
-    tail == suffix || tail.eq_ignore_ascii_case(suffix)
+    match (tail.first(), suffix.first()) {
+        (Some(a), Some(b)) if !a.eq_ignore_ascii_case(b) => false,
+        _ => tail == suffix || tail.eq_ignore_ascii_case(suffix),
+    }
 }
 
 fn is_local(host: Option<&str>) -> bool {

@@ -92,21 +92,15 @@ impl Framing {
     /// visible ASCII announces nothing.
     pub fn from_header_value(value: &http::HeaderValue) -> Option<Framing> {
         let bytes = value.as_bytes();
-        let essence = if crate::bytes::contains_any(bytes, b";") {
-            bytes.split(|&b| b == b';').next().unwrap_or(bytes)
-        } else {
-            bytes
-        }
-        .trim_ascii();
-        // The length settles a plain `application/json` at once.
+        let end = crate::bytes::find(bytes, b';').unwrap_or(bytes.len());
+        let essence = bytes[..end].trim_ascii();
+        // The length settles a plain `application/json` at once, and a
+        // plain comparison the usual lower-case spelling.
+        let is = |name: &[u8]| essence == name || essence.eq_ignore_ascii_case(name);
         let framing = match essence.len() {
-            17 if essence.eq_ignore_ascii_case(b"text/event-stream") => Framing::Sse,
-            17 if essence.eq_ignore_ascii_case(b"application/jsonl") => Framing::Ndjson,
-            20 if essence.eq_ignore_ascii_case(b"application/x-ndjson")
-                || essence.eq_ignore_ascii_case(b"application/json-seq") =>
-            {
-                Framing::Ndjson
-            }
+            17 if is(b"text/event-stream") => Framing::Sse,
+            17 if is(b"application/jsonl") => Framing::Ndjson,
+            20 if is(b"application/x-ndjson") || is(b"application/json-seq") => Framing::Ndjson,
             _ => return None,
         };
         value.to_str().ok()?;
