@@ -1,13 +1,14 @@
 //! Bodies: the request body replayed on every attempt, and the response
 //! body that hands back what the first-content guard read ahead.
 
-use std::collections::VecDeque;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
+
+use crate::read_ahead::ReadAhead;
 
 /// The request body every attempt sends: the caller's body, read once and
 /// cloned by reference count per attempt. It is `http_body_util::Full`, so
@@ -28,8 +29,9 @@ pin_project! {
     #[project = KindProj]
     enum Kind<B> {
         Plain { #[pin] inner: B },
-        // A guarded stream: its body was pinned in a box while read ahead.
-        Replaying { read_ahead: VecDeque<Frame<Bytes>>, inner: Pin<Box<B>> },
+        // A guarded answer (a stream, a whole JSON answer): its body was
+        // pinned in a box while read ahead.
+        Replaying { read_ahead: ReadAhead, inner: Pin<Box<B>> },
     }
 }
 
@@ -40,7 +42,7 @@ impl<B> RetryBody<B> {
         }
     }
 
-    pub(crate) fn with_read_ahead(inner: Pin<Box<B>>, read_ahead: VecDeque<Frame<Bytes>>) -> Self {
+    pub(crate) fn with_read_ahead(inner: Pin<Box<B>>, read_ahead: ReadAhead) -> Self {
         RetryBody {
             kind: Kind::Replaying { read_ahead, inner },
         }
@@ -99,11 +101,7 @@ where
         match &self.kind {
             Kind::Plain { inner } => inner.size_hint(),
             Kind::Replaying { read_ahead, inner } => {
-                let ahead: u64 = read_ahead
-                    .iter()
-                    .filter_map(|f| f.data_ref())
-                    .map(|d| d.len() as u64)
-                    .sum();
+                let ahead = read_ahead.data_len();
                 let inner = inner.size_hint();
                 let mut hint = SizeHint::new();
                 hint.set_lower(inner.lower().saturating_add(ahead));

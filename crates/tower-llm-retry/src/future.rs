@@ -13,22 +13,24 @@ use http_body::Body;
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 use tower_llm_classify::replay::ReadBody;
-use tower_llm_classify::stream::Framing;
 use tower_llm_classify::{
     AttemptEnd, BoxError, Classification, EndReason, ErrorKind, LlmError, Phase, RequestMeta,
 };
 use tower_service::Service;
 
 use crate::body::{ReplayBody, RetryBody};
-use crate::held::{HeldResponse, is_json, scanner_for};
+use crate::held::{HeldResponse, Watch};
 use crate::policy::{Decision, GiveUp};
 use crate::report;
 use crate::service::Shared;
 
 pin_project! {
-    /// The future of [`Retry`](crate::Retry): a named state machine; on
-    /// the happy path the only box is the body of a guarded answer (a
-    /// stream, a whole JSON answer), pinned while it is read ahead. Dropping it drops the attempt in flight or
+    /// The future of [`Retry`](crate::Retry): a named state machine. On
+    /// the happy path it allocates a copy of the request for the attempt
+    /// (headers and extensions) and a box that pins the body of a guarded
+    /// answer (a stream, a whole JSON answer) while it is read ahead; a
+    /// timer only for a call with a timeout or a deadline. Dropping it
+    /// drops the attempt in flight or
     /// the wait (with its `AttemptEnd` unset: a breaker below does not count
     /// a caller that went away), and gives back the budget token of a retry
     /// not yet made; nothing is spawned.
@@ -76,7 +78,7 @@ pin_project! {
         Ready,
         Calling { #[pin] future: F },
         // Inline: every guarded answer (a stream, a whole JSON answer)
-        // holds its response here, without a box of its own.
+        // holds its response here; only its body is boxed (to be pinned).
         Guarding { guard: HeldResponse<R> },
         Sleeping { sleep: Pin<Box<Sleep>> },
         Done,
@@ -232,32 +234,28 @@ where
                                     let guarded = this.shared.policy.first_content_guard
                                         && head.status.is_success()
                                         && !body.is_end_stream();
-                                    let scanner = match guarded
-                                        .then(|| Framing::from_content_type(&head.headers))
-                                    {
-                                        // A stream: held until its first content.
-                                        Some(Some(framing)) => {
-                                            Some(Some(scanner_for(this.template.as_ref(), framing)))
-                                        }
-                                        // A whole JSON answer: held to its end, so
-                                        // a body cut midway is retried too (audio,
-                                        // files and other bodies pass as they come).
-                                        Some(None) if is_json(&head.headers) => Some(None),
-                                        _ => None,
-                                    };
-                                    if let Some(scanner) = scanner {
-                                        let guard = HeldResponse::new(head, body, scanner);
+                                    // A stream is held until its first
+                                    // content, a whole JSON answer to its end.
+                                    let watch = guarded
+                                        .then(|| {
+                                            let meta = this
+                                                .template
+                                                .as_ref()
+                                                .and_then(|t| t.extensions().get::<RequestMeta>());
+                                            Watch::for_response(&head, meta)
+                                        })
+                                        .flatten();
+                                    if let Some(watch) = watch {
+                                        let guard = HeldResponse::new(head, body, watch);
                                         this.state.set(State::Guarding { guard });
                                         continue;
                                     }
                                     this.state.set(State::Done);
                                     *this.timer = None;
-                                    let response = Response::from_parts(head, RetryBody::new(body));
-                                    return Poll::Ready(Ok(report::finish(
-                                        response,
-                                        *this.attempts,
-                                        *this.slept,
-                                    )));
+                                    let mut response =
+                                        Response::from_parts(head, RetryBody::new(body));
+                                    report::finish(&mut response, *this.attempts, *this.slept);
+                                    return Poll::Ready(Ok(response));
                                 }
                                 Err(error) => (LlmError::from_source(error), None),
                             }
@@ -270,16 +268,13 @@ where
                         } else {
                             match ready!(guard.poll_content(cx)) {
                                 Ok(()) => {
-                                    let Some(response) = guard.hand_over() else {
+                                    let Some(mut response) = guard.hand_over() else {
                                         return Poll::Ready(Err(polled_after_completion()));
                                     };
                                     this.state.set(State::Done);
                                     *this.timer = None;
-                                    return Poll::Ready(Ok(report::finish(
-                                        response,
-                                        *this.attempts,
-                                        *this.slept,
-                                    )));
+                                    report::finish(&mut response, *this.attempts, *this.slept);
+                                    return Poll::Ready(Ok(response));
                                 }
                                 // Nothing reached the caller yet: whatever the
                                 // stream said, this attempt can be replayed.

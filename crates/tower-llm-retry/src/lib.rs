@@ -63,7 +63,11 @@
 //!   event: an `overloaded_error` as the first event is retried and the
 //!   caller gets a clean stream. Once content has reached the caller,
 //!   nothing is replayed. A whole (non-streamed) JSON answer is held to its
-//!   end, so a body cut midway is retried as well.
+//!   end, so a body cut midway is retried as well. The stream is read once:
+//!   the guard follows what Classify's scan below found (the
+//!   [`StreamProgress`](tower_llm_classify::stream::StreamProgress) in the
+//!   response's extensions) and scans a stream itself only when nothing
+//!   below does.
 //! - **Deadlines.** One deadline over all attempts and waits, a per-attempt
 //!   timeout (to the head, and for streams to the first content), and no
 //!   wait is started that the deadline could not follow with an attempt.
@@ -92,6 +96,7 @@ pub mod future;
 mod held;
 mod layer;
 mod policy;
+mod read_ahead;
 mod report;
 mod service;
 mod settings;

@@ -50,7 +50,9 @@ impl RetryStats {
     }
 }
 
-pub(crate) fn finish<B>(mut response: Response<B>, attempts: u32, slept: Duration) -> Response<B> {
+/// Records a success: its [`RetryStats`] when it took more than one
+/// attempt, and the counters.
+pub(crate) fn finish<B>(response: &mut Response<B>, attempts: u32, slept: Duration) {
     if attempts > 1 {
         response.extensions_mut().insert(RetryStats {
             attempts,
@@ -63,7 +65,6 @@ pub(crate) fn finish<B>(mut response: Response<B>, attempts: u32, slept: Duratio
         metrics::counter!("tower_llm_retry_calls_total", "outcome" => "success").increment(1);
         metrics::counter!("tower_llm_retry_attempts_total").increment(u64::from(attempts));
     }
-    response
 }
 
 pub(crate) fn fail(
