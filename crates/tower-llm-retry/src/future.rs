@@ -14,7 +14,7 @@ use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 use tower_llm_classify::replay::ReadBody;
 use tower_llm_classify::{
-    AttemptEnd, BoxError, Classification, EndReason, ErrorKind, LlmError, Phase, RequestMeta,
+    AttemptEnd, BoxError, Classification, EndReason, ErrorKind, LlmError, Phase,
 };
 use tower_service::Service;
 
@@ -23,14 +23,15 @@ use crate::held::{HeldResponse, Watch};
 use crate::policy::{Decision, GiveUp};
 use crate::report;
 use crate::service::Shared;
+use crate::template::Template;
 
 pin_project! {
     /// The future of [`Retry`](crate::Retry): a named state machine. On
     /// the happy path it allocates a copy of the request for the attempt
-    /// (headers and extensions) and a box that pins the body of a guarded
-    /// answer (a stream, a whole JSON answer) while it is read ahead; a
-    /// timer only for a call with a timeout or a deadline. Dropping it
-    /// drops the attempt in flight or
+    /// (headers and extensions; none when the policy allows one attempt)
+    /// and a box that pins the body of a guarded answer (a stream, a whole
+    /// JSON answer) while it is read ahead; a timer only for a call with a
+    /// timeout or a deadline. Dropping it drops the attempt in flight or
     /// the wait (with its `AttemptEnd` unset: a breaker below does not count
     /// a caller that went away), and gives back the budget token of a retry
     /// not yet made; nothing is spawned.
@@ -45,7 +46,7 @@ pin_project! {
         timer: Option<Pin<Box<Sleep>>>,
         service: S,
         shared: Arc<Shared>,
-        template: Option<Request<ReplayBody>>,
+        template: Template,
         attempts: u32,
         slept: Duration,
         previous_delay: Duration,
@@ -117,7 +118,7 @@ where
             service,
             shared,
             // The request without its body until the body is read.
-            template: Some(Request::from_parts(parts, ReplayBody::default())),
+            template: Template::new(parts),
             attempts: 0,
             slept: Duration::ZERO,
             previous_delay: Duration::ZERO,
@@ -137,13 +138,9 @@ fn deadline_error() -> LlmError {
 }
 
 /// The model of the request, for logs: from the `RequestMeta` read when
-/// the body was (never read again on a failure).
-fn model_of(template: Option<&Request<ReplayBody>>) -> Option<&str> {
-    template?
-        .extensions()
-        .get::<RequestMeta>()?
-        .model
-        .as_deref()
+/// the body was (the body is never parsed again on a failure).
+fn model_of(template: &Template) -> Option<&str> {
+    template.meta()?.model.as_deref()
 }
 
 impl<S, B, R> Future for ResponseFuture<S, B, R>
@@ -172,14 +169,7 @@ where
                             // (the usual `Full<Bytes>`) is kept without a copy.
                             match ready!(read.poll(cx)) {
                                 Ok(bytes) => {
-                                    if let Some(template) = this.template.as_mut() {
-                                        *template.body_mut() = ReplayBody::new(bytes);
-                                        // Read once, unless an outer layer
-                                        // did: every attempt carries it, so
-                                        // the layers below never parse the
-                                        // body again.
-                                        RequestMeta::get_or_insert(template);
-                                    }
+                                    this.template.set_body(bytes);
                                     if let Some(budget) = &this.shared.policy.budget {
                                         budget.deposit();
                                     }
@@ -237,13 +227,7 @@ where
                                     // A stream is held until its first
                                     // content, a whole JSON answer to its end.
                                     let watch = guarded
-                                        .then(|| {
-                                            let meta = this
-                                                .template
-                                                .as_ref()
-                                                .and_then(|t| t.extensions().get::<RequestMeta>());
-                                            Watch::for_response(&head, meta)
-                                        })
+                                        .then(|| Watch::for_response(&head, this.template))
                                         .flatten();
                                     if let Some(watch) = watch {
                                         let guard = HeldResponse::new(head, body, watch);
@@ -332,13 +316,7 @@ where
             };
             match outcome {
                 Ok((delay, hinted, token)) => {
-                    report::retrying(
-                        c,
-                        *this.attempts,
-                        delay,
-                        hinted,
-                        model_of(this.template.as_ref()),
-                    );
+                    report::retrying(c, *this.attempts, delay, hinted, model_of(this.template));
                     *this.refund = token;
                     // Saturating: a policy may allow waits of any length.
                     *this.slept = this.slept.saturating_add(delay);
@@ -352,7 +330,7 @@ where
                     }
                 }
                 Err(reason) => {
-                    report::giving_up(c, *this.attempts, reason, model_of(this.template.as_ref()));
+                    report::giving_up(c, *this.attempts, reason, model_of(this.template));
                     this.state.set(State::Done);
                     *this.timer = None;
                     return Poll::Ready(Err(report::fail(
@@ -368,12 +346,13 @@ where
 }
 
 /// Starts the next attempt on a ready service: a fresh copy of the request
-/// (headers cloned, body shared), the attempt's timer and, with a timer, a
-/// cleared [`AttemptEnd`] in its extensions. `None` when the deadline has
-/// passed: no request is sent that could not be answered.
+/// (headers cloned, body shared; the request itself for the last attempt
+/// the policy allows), the attempt's timer and, with a timer, a cleared
+/// [`AttemptEnd`] in its extensions. `None` when the deadline has passed:
+/// no request is sent that could not be answered.
 fn start_attempt<S>(
     service: &mut S,
-    template: &Option<Request<ReplayBody>>,
+    template: &mut Template,
     attempts: &mut u32,
     timer: &mut Option<Pin<Box<Sleep>>>,
     end: &mut Option<AttemptEnd>,
@@ -391,9 +370,9 @@ where
         return None;
     }
     *attempts += 1;
-    let mut request = template
-        .clone()
-        .unwrap_or_else(|| Request::new(ReplayBody::default()));
+    // No attempt follows the last one allowed (`RetryPolicy::decide` gives
+    // up at `max_attempts`), so it takes the request instead of a copy.
+    let mut request = template.attempt(*attempts >= shared.policy.max_attempts);
     let limit = match (shared.policy.attempt_timeout, deadline, now) {
         (Some(timeout), None, Some(now)) => now.checked_add(timeout),
         (None, Some(deadline), _) => Some(deadline),

@@ -14,6 +14,7 @@ use tower_llm_classify::{
 
 use crate::body::RetryBody;
 use crate::read_ahead::ReadAhead;
+use crate::template::Template;
 
 /// The most a guarded stream may send before its first content (pings,
 /// comments, role chunks), in bytes of data plus a fixed charge per frame,
@@ -51,10 +52,7 @@ impl Watch {
     /// (read once): a stream until its first content, a whole JSON answer
     /// to its end; `None` for any other body (audio, files), which passes
     /// as it comes.
-    pub(crate) fn for_response(
-        head: &http::response::Parts,
-        meta: Option<&RequestMeta>,
-    ) -> Option<Watch> {
+    pub(crate) fn for_response(head: &http::response::Parts, template: &Template) -> Option<Watch> {
         let content_type = head.headers.get(http::header::CONTENT_TYPE)?;
         // The usual answer first: a JSON document is not a stream.
         if is_json(content_type) {
@@ -63,7 +61,7 @@ impl Watch {
         let framing = Framing::from_header_value(content_type)?;
         Some(match head.extensions.get::<StreamProgress>() {
             Some(progress) => Watch::Progress(progress.clone()),
-            None => Watch::Scanner(Box::new(scanner_for(meta, framing))),
+            None => Watch::Scanner(Box::new(scanner_for(template.meta(), framing))),
         })
     }
 }

@@ -100,6 +100,7 @@ mod read_ahead;
 mod report;
 mod service;
 mod settings;
+mod template;
 
 pub use backoff::{Backoff, Jitter};
 pub use body::{ReplayBody, RetryBody};

@@ -2,12 +2,13 @@
 //! Classify's scan below found (`StreamProgress`) instead of scanning the
 //! stream again, takes the in-band error Classify returns, scans the stream
 //! itself only when nothing below does, and reads a whole answer no further
-//! than its end.
+//! than its end. Also: the last attempt allowed is sent the request itself.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::convert::Infallible;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
@@ -19,7 +20,7 @@ use http_body_util::{BodyExt, Full};
 use tokio::sync::mpsc;
 use tokio_test::{assert_pending, assert_ready, assert_ready_ok, task};
 use tower::{Layer, Service, ServiceBuilder, ServiceExt};
-use tower_llm_classify::{BoxError, ClassifyLayer, ErrorKind, LlmError, Phase};
+use tower_llm_classify::{BoxError, Classification, ClassifyLayer, ErrorKind, LlmError, Phase};
 use tower_llm_retry::{Backoff, GiveUp, ReplayBody, RetryLayer, RetryPolicy, RetryStats};
 use tower_test::mock;
 
@@ -389,4 +390,62 @@ async fn a_whole_answer_that_ends_with_its_first_frame_is_handed_over_without_an
     assert!(response.body().has_read_ahead());
     let text = response.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(&text[..], br#"{"choices":[]}"#);
+}
+
+/// An extension that counts its copies.
+#[derive(Debug)]
+struct Copies(Arc<AtomicUsize>);
+
+impl Clone for Copies {
+    fn clone(&self) -> Self {
+        self.0.fetch_add(1, Ordering::Relaxed);
+        Copies(Arc::clone(&self.0))
+    }
+}
+
+/// Calls with `policy`, failing every one of `attempts` but the last; the
+/// copies made of the request (every attempt is checked to carry it all).
+async fn copies_of_the_request(policy: RetryPolicy, attempts: usize) -> usize {
+    let (mock, mut handle) = mock::pair::<Request<ReplayBody>, Response<Full<Bytes>>>();
+    let service = RetryLayer::new(policy).layer(mock);
+    let copies = Arc::new(AtomicUsize::new(0));
+    let mut request = request(OPENAI_CHAT);
+    request.extensions_mut().insert(Copies(Arc::clone(&copies)));
+    let upstream = async move {
+        for attempt in 1..=attempts {
+            let (request, send) = handle.next_request().await.unwrap();
+            assert!(request.extensions().get::<Copies>().is_some());
+            assert_eq!(request.headers()["content-type"], "application/json");
+            assert_eq!(
+                request.into_body().collect().await.unwrap().to_bytes(),
+                r#"{"model":"m","stream":true}"#
+            );
+            if attempt < attempts {
+                send.send_error(LlmError::new(
+                    Classification::new(ErrorKind::Overloaded).with_phase(Phase::BeforeHeaders),
+                ));
+            } else {
+                send.send_response(Response::new(Full::from("ok")));
+            }
+        }
+    };
+    let (response, ()) = tokio::join!(service.oneshot(request), upstream);
+    assert_eq!(
+        RetryStats::of(response.unwrap().extensions()).attempts as usize,
+        attempts
+    );
+    copies.load(Ordering::Relaxed)
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn the_last_attempt_allowed_is_sent_the_request_itself_not_a_copy() {
+    let one_attempt = RetryPolicy::builder().max_attempts(1).build().unwrap();
+    assert_eq!(copies_of_the_request(one_attempt, 1).await, 0);
+    let two_attempts = RetryPolicy::builder()
+        .max_attempts(2)
+        .backoff(Backoff::constant(Duration::from_millis(100)))
+        .build()
+        .unwrap();
+    // The first attempt is sent a copy, the second (the last) the request.
+    assert_eq!(copies_of_the_request(two_attempts, 2).await, 1);
 }
