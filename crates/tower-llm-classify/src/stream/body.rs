@@ -35,8 +35,8 @@ pin_project! {
         inner: B,
         // Boxed: only streams pay for what scanning them needs; a whole
         // body stays small, and every layer above copies it with each
-        // move of the response (88 bytes of ours around a `Full<Bytes>`,
-        // where the stream's state inline made 160).
+        // move of the response (a `ResponseBody<Full<Bytes>>` is 88
+        // bytes; with the stream's state inline it was 160).
         scan: Option<Box<Scan>>,
         guard: OutcomeGuard,
         provider: Provider,
