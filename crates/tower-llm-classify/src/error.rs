@@ -268,6 +268,49 @@ impl From<Classification> for LlmError {
     }
 }
 
+/// A boxed error: the `LlmError` inside when there is one (unboxed, not
+/// wrapped again), else classified from its chain
+/// ([`from_source`](LlmError::from_source)).
+impl From<BoxError> for LlmError {
+    fn from(error: BoxError) -> Self {
+        LlmError::from_source(error)
+    }
+}
+
+impl From<std::convert::Infallible> for LlmError {
+    fn from(never: std::convert::Infallible) -> Self {
+        match never {}
+    }
+}
+
+/// `From` for the error types of the clients a stack runs over, so that a
+/// layer bounding its inner service's error by `Into<LlmError>` works over
+/// [`Classify`](crate::Classify) (whose error is already an `LlmError`: no
+/// conversion at all), over a `BoxError` service, and over a raw client.
+macro_rules! llm_error_from_source {
+    ($($(#[$meta:meta])* $ty:ty),* $(,)?) => {$(
+        $(#[$meta])*
+        impl From<$ty> for LlmError {
+            fn from(error: $ty) -> Self {
+                LlmError::from_source(error)
+            }
+        }
+    )*};
+}
+
+llm_error_from_source!(
+    std::io::Error,
+    tokio::time::error::Elapsed,
+    #[cfg(feature = "hyper")]
+    hyper::Error,
+    #[cfg(feature = "hyper")]
+    hyper_util::client::legacy::Error,
+    #[cfg(feature = "reqwest")]
+    reqwest::Error,
+    #[cfg(feature = "tower")]
+    tower::timeout::error::Elapsed,
+);
+
 /// Reads the [`Classification`] out of an error, whatever its type.
 ///
 /// Outer layers bound their inner service's error by this trait, so they work
@@ -482,6 +525,22 @@ mod tests {
         assert_eq!(response.headers()["retry-after"], "2");
         let body: serde_json::Value = serde_json::from_slice(response.body()).unwrap();
         assert_eq!(body["error"]["type"], "rate_limited");
+    }
+
+    #[test]
+    fn a_boxed_llm_error_converts_back_without_a_new_classification() {
+        let boxed: BoxError = Box::new(LlmError::local(ErrorKind::NotFound, "no route"));
+        let error: LlmError = boxed.into();
+        assert_eq!(error.kind(), ErrorKind::NotFound);
+        assert!(error.source().is_none(), "unwrapped, not wrapped again");
+    }
+
+    #[test]
+    fn a_client_error_converts_by_its_classification() {
+        let io = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        let error: LlmError = io.into();
+        assert_eq!(error.kind(), ErrorKind::Transport);
+        assert!(error.source().is_some(), "the client's error is kept");
     }
 
     #[test]
