@@ -1,6 +1,8 @@
 //! Closed-state overhead per call of the circuit layer, beside the bare
-//! service, tower-resilience's circuit breaker and failsafe's, in one run;
-//! and calls on one key from two threads.
+//! service, tower-resilience's circuit breaker and failsafe's, in one run
+//! (with a stack's `target/model` key written by a function, and compared
+//! in place with `KeyBy::TargetModel`); and calls on one key from two
+//! threads.
 //!
 //! ```text
 //! cargo bench -p tower-llm-circuit --bench circuit
@@ -10,6 +12,7 @@
 
 use std::future::{Ready, ready};
 use std::hint::black_box;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -17,7 +20,7 @@ use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use http::{Request, Response};
 use http_body_util::Full;
 use tower::{Layer, Service, ServiceExt};
-use tower_llm_circuit::{CircuitConfig, CircuitLayer};
+use tower_llm_circuit::{CircuitConfig, CircuitLayer, KeyBy};
 use tower_llm_classify::{LlmError, RequestMeta};
 
 const BODY: &str =
@@ -87,6 +90,32 @@ fn closed_overhead(c: &mut Criterion) {
         b.iter_batched(
             request,
             |r| rt.block_on(async { black_box(ours.clone().oneshot(r).await.unwrap()) }),
+            BatchSize::SmallInput,
+        )
+    });
+
+    // A stack's key, `target/model`: written by a function on every call,
+    // or compared where it is.
+    let custom = CircuitLayer::new(CircuitConfig::standard())
+        .key_by(KeyBy::Custom(Arc::new(|input, out: &mut String| {
+            out.push_str("primary/");
+            out.push_str(input.meta.model.as_deref().unwrap_or("-"));
+        })))
+        .layer(Upstream);
+    group.bench_function("tower_llm_circuit_custom_key", |b| {
+        b.iter_batched(
+            request_with_meta,
+            |r| rt.block_on(async { black_box(custom.clone().oneshot(r).await.unwrap()) }),
+            BatchSize::SmallInput,
+        )
+    });
+    let target_model = CircuitLayer::new(CircuitConfig::standard())
+        .key_by(KeyBy::TargetModel("primary".into()))
+        .layer(Upstream);
+    group.bench_function("tower_llm_circuit_target_model_key", |b| {
+        b.iter_batched(
+            request_with_meta,
+            |r| rt.block_on(async { black_box(target_model.clone().oneshot(r).await.unwrap()) }),
             BatchSize::SmallInput,
         )
     });

@@ -160,6 +160,15 @@ impl CircuitConfig {
         Duration::try_from_secs_f64(capped).unwrap_or(self.max_open_duration)
     }
 
+    /// Whether an outcome needs the time of its call: slow-call rules and
+    /// time windows do; a count window without them does not (a trip
+    /// reads the clock itself).
+    pub(crate) fn needs_times(&self) -> bool {
+        self.slow_call_duration.is_some()
+            || self.slow_first_content.is_some()
+            || matches!(self.window, WindowKind::Time(_))
+    }
+
     /// How long half-open may wait for its probes before admitting new
     /// ones: the configured deadline, else the base open duration.
     pub(crate) fn half_open_deadline(&self) -> Duration {

@@ -25,6 +25,10 @@ use crate::breaker::{Breaker, Outcome, Permit};
 pub(crate) struct PermitGuard {
     pub(crate) breaker: Arc<Breaker>,
     pub(crate) permit: Permit,
+    /// When the call was admitted, in the registry's time, when the
+    /// configuration needs times (`CircuitConfig::needs_times`) or the
+    /// call was admitted with the time; zero otherwise (no outcome then
+    /// reads it).
     pub(crate) start: Duration,
     pub(crate) done: bool,
     /// Set by the layer above when it ends the attempt itself.
@@ -45,9 +49,10 @@ pub(crate) type StreamKind = (
 );
 
 impl PermitGuard {
-    /// The time now, read only when the outcome needs it.
+    /// The time to record the outcome at: the clock, read only when the
+    /// outcome needs it; otherwise the start, which nothing reads.
     fn end_time(&self) -> Duration {
-        if self.breaker.needs_clock_at_end() {
+        if self.breaker.config().needs_times() {
             self.breaker.now()
         } else {
             self.start
@@ -209,12 +214,15 @@ pin_project! {
 }
 
 impl<F> ResponseFuture<F> {
+    #[inline]
     pub(crate) fn rejected(error: LlmError) -> Self {
         ResponseFuture {
             kind: Kind::Rejected { error: Some(error) },
         }
     }
 
+    // Inlined: built in place, the inner future is not copied twice.
+    #[inline]
     pub(crate) fn called(future: F, guard: PermitGuard, stream_kind: Option<StreamKind>) -> Self {
         ResponseFuture {
             kind: Kind::Called {

@@ -35,6 +35,12 @@ pub enum KeyBy {
     /// The host and a fingerprint of the API key: one breaker per key, for
     /// pools of keys with their own limits. The key itself is never kept.
     ApiKey,
+    /// A name of your choosing and the model, `name/model`: one breaker
+    /// per model of each named target (a stack's targets, deployments).
+    /// It spells what a [`Custom`](KeyBy::Custom) function writing the
+    /// same would, and costs less per call: a key that can be compared in
+    /// place need not be written first.
+    TargetModel(Arc<str>),
     /// Anything else.
     Custom(Arc<KeyFn>),
 }
@@ -45,21 +51,75 @@ impl fmt::Debug for KeyBy {
             KeyBy::ProviderModel => "ProviderModel",
             KeyBy::Host => "Host",
             KeyBy::ApiKey => "ApiKey",
+            KeyBy::TargetModel(_) => "TargetModel",
             KeyBy::Custom(_) => "Custom",
         })
     }
 }
 
+/// A key as its parts, `first` or `first/second`, read from the request
+/// without writing it anywhere.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct KeyParts<'a> {
+    first: &'a str,
+    second: Option<&'a str>,
+}
+
+impl KeyParts<'_> {
+    /// Whether `key` is these parts, spelled out.
+    #[inline]
+    pub(crate) fn spell(&self, key: &str) -> bool {
+        match self.second {
+            None => key == self.first,
+            Some(second) => {
+                key.len() == self.first.len() + 1 + second.len()
+                    && key.starts_with(self.first)
+                    && key.as_bytes().get(self.first.len()) == Some(&b'/')
+                    && key.ends_with(second)
+            }
+        }
+    }
+
+    fn write(&self, out: &mut String) {
+        out.push_str(self.first);
+        if let Some(second) = self.second {
+            out.push('/');
+            out.push_str(second);
+        }
+    }
+}
+
 impl KeyBy {
+    /// The key's parts, for the ways of keying whose key the request holds
+    /// as it is (`None` for those that compute it).
+    #[inline]
+    pub(crate) fn parts<'a>(&'a self, input: &KeyInput<'a>) -> Option<KeyParts<'a>> {
+        let model = || Some(input.meta.model.as_deref().unwrap_or("-"));
+        match self {
+            KeyBy::ProviderModel => Some(KeyParts {
+                first: input.meta.provider.as_str(),
+                second: model(),
+            }),
+            KeyBy::Host => Some(KeyParts {
+                first: input.uri.host().unwrap_or("-"),
+                second: None,
+            }),
+            KeyBy::TargetModel(name) => Some(KeyParts {
+                first: name,
+                second: model(),
+            }),
+            KeyBy::ApiKey | KeyBy::Custom(_) => None,
+        }
+    }
+
+    /// Writes the key into `out` (cleared first).
     pub(crate) fn write(&self, input: &KeyInput<'_>, out: &mut String) {
         out.clear();
+        if let Some(parts) = self.parts(input) {
+            parts.write(out);
+            return;
+        }
         match self {
-            KeyBy::ProviderModel => {
-                out.push_str(input.meta.provider.as_str());
-                out.push('/');
-                out.push_str(input.meta.model.as_deref().unwrap_or("-"));
-            }
-            KeyBy::Host => out.push_str(input.uri.host().unwrap_or("-")),
             KeyBy::ApiKey => {
                 out.push_str(input.uri.host().unwrap_or("-"));
                 let credential = ["authorization", "x-api-key", "api-key", "x-goog-api-key"]
@@ -73,6 +133,7 @@ impl KeyBy {
                 }
             }
             KeyBy::Custom(f) => f(input, out),
+            KeyBy::ProviderModel | KeyBy::Host | KeyBy::TargetModel(_) => {}
         }
     }
 }
@@ -82,4 +143,80 @@ fn fingerprint(bytes: &[u8]) -> u64 {
     use std::sync::OnceLock;
     static STATE: OnceLock<std::collections::hash_map::RandomState> = OnceLock::new();
     STATE.get_or_init(Default::default).hash_one(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn written(key_by: &KeyBy, input: &KeyInput<'_>) -> String {
+        let mut key = String::new();
+        key_by.write(input, &mut key);
+        key
+    }
+
+    #[test]
+    fn a_key_compared_in_place_is_the_key_written() {
+        let uri: Uri = "https://api.openai.com/v1/chat/completions"
+            .parse()
+            .unwrap();
+        let headers = HeaderMap::new();
+        let meta = RequestMeta::from_request(&uri, &headers, Some(br#"{"model":"gpt-4o"}"#));
+        let input = KeyInput {
+            meta: &meta,
+            uri: &uri,
+            headers: &headers,
+        };
+        for key_by in [
+            KeyBy::ProviderModel,
+            KeyBy::Host,
+            KeyBy::TargetModel("primary".into()),
+        ] {
+            let key = written(&key_by, &input);
+            let parts = key_by.parts(&input).unwrap();
+            assert!(parts.spell(&key), "{key}");
+            let mut near = vec![
+                format!("{key}o"),
+                key[..key.len() - 1].to_owned(),
+                String::new(),
+            ];
+            if let Some(slash) = key.find('/') {
+                // The same letters, the parts split elsewhere or not at all.
+                let (first, second) = (&key[..slash], &key[slash + 1..]);
+                near.push(format!("{first}{}/{}", &second[..1], &second[1..]));
+                near.push(format!("{first}-{second}"));
+            }
+            for other in near {
+                assert!(!parts.spell(&other), "{key} spelled as {other}");
+            }
+        }
+        assert_eq!(
+            written(&KeyBy::TargetModel("primary".into()), &input),
+            "primary/gpt-4o"
+        );
+        // Computed keys are written, not compared in place.
+        assert!(KeyBy::ApiKey.parts(&input).is_none());
+    }
+
+    #[test]
+    fn a_target_and_model_are_keyed_as_a_custom_function_writing_them_would() {
+        let uri: Uri = "http://127.0.0.1:11434/api/chat".parse().unwrap();
+        let headers = HeaderMap::new();
+        let custom = KeyBy::Custom(Arc::new(|input: &KeyInput<'_>, out: &mut String| {
+            out.push_str("local/");
+            out.push_str(input.meta.model.as_deref().unwrap_or("-"));
+        }));
+        for body in [&br#"{"model":"llama3.2"}"#[..], b"{}"] {
+            let meta = RequestMeta::from_request(&uri, &headers, Some(body));
+            let input = KeyInput {
+                meta: &meta,
+                uri: &uri,
+                headers: &headers,
+            };
+            assert_eq!(
+                written(&KeyBy::TargetModel("local".into()), &input),
+                written(&custom, &input)
+            );
+        }
+    }
 }

@@ -90,6 +90,7 @@
 
 mod body;
 mod breaker;
+mod cache;
 mod config;
 pub mod future;
 mod handle;

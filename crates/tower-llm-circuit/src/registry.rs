@@ -25,6 +25,8 @@ pub(crate) struct Registry {
     pub(crate) id: u64,
     start: Instant,
     pub(crate) config: Arc<CircuitConfig>,
+    /// `config.needs_times()`, read on every call.
+    pub(crate) timed: bool,
     on_transition: Option<Arc<OnTransition>>,
     hasher: std::collections::hash_map::RandomState,
     shards: Box<[Shard]>,
@@ -46,6 +48,7 @@ impl Registry {
         Registry {
             id: IDS.fetch_add(1, Ordering::Relaxed),
             start: Instant::now(),
+            timed: config.needs_times(),
             config: Arc::new(config),
             on_transition,
             hasher: Default::default(),
@@ -56,7 +59,12 @@ impl Registry {
 
     /// Time since the registry started (Tokio's clock).
     pub(crate) fn now(&self) -> Duration {
-        Instant::now().saturating_duration_since(self.start)
+        self.since_start(Instant::now())
+    }
+
+    /// `instant` in the registry's time: how long after its start.
+    pub(crate) fn since_start(&self, instant: Instant) -> Duration {
+        instant.saturating_duration_since(self.start)
     }
 
     fn shard(&self, key: &str) -> &Shard {
@@ -143,6 +151,15 @@ impl Registry {
                 }
                 None => return,
             }
+        }
+    }
+
+    /// Evicts `key` as `evict` would (for tests of the callers' caches).
+    #[cfg(test)]
+    pub(crate) fn evict_key(&self, key: &str) {
+        let mut map = self.shard(key).write().unwrap_or_else(|p| p.into_inner());
+        if map.remove(key).is_some() {
+            self.evictions.fetch_add(1, Ordering::AcqRel);
         }
     }
 

@@ -1,11 +1,12 @@
 //! The `Circuit` service.
 
-use std::cell::RefCell;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use http::{Request, Response};
 use http_body::Body;
+use tokio::time::Instant;
 use tower_llm_classify::hint::{Hint, HintSource};
 use tower_llm_classify::{
     AttemptEnd, BoxError, Classification, Classified, ErrorKind, LlmError, Phase, RequestMeta,
@@ -14,6 +15,7 @@ use tower_service::Service;
 
 use crate::body::CircuitBody;
 use crate::breaker::Rejection;
+use crate::cache;
 use crate::future::{PermitGuard, ResponseFuture};
 use crate::key::{KeyBy, KeyInput};
 use crate::registry::Registry;
@@ -36,51 +38,6 @@ pub struct Circuit<S> {
     inner: S,
     registry: Arc<Registry>,
     key_by: KeyBy,
-}
-
-/// The breaker this thread used last, so that a run of calls on one key
-/// skips the hashing and the shard lock.
-struct LastUsed {
-    registry: u64,
-    evictions: u64,
-    key: String,
-    breaker: Arc<crate::breaker::Breaker>,
-}
-
-thread_local! {
-    /// The key of the current call, written without allocating.
-    static KEY: RefCell<String> = RefCell::new(String::with_capacity(64));
-    static LAST: RefCell<Option<LastUsed>> = const { RefCell::new(None) };
-}
-
-/// The breaker of `key`: this thread's last one if it is the same key of
-/// the same registry and nothing was evicted since, else the registry's.
-fn breaker_for(
-    registry: &Arc<Registry>,
-    key: &str,
-    now: std::time::Duration,
-) -> Arc<crate::breaker::Breaker> {
-    let id = registry.id;
-    let evictions = registry
-        .evictions
-        .load(std::sync::atomic::Ordering::Acquire);
-    LAST.with_borrow_mut(|last| {
-        if let Some(last) = last
-            && last.registry == id
-            && last.evictions == evictions
-            && last.key == key
-        {
-            return Arc::clone(&last.breaker);
-        }
-        let breaker = registry.get(key, now);
-        *last = Some(LastUsed {
-            registry: id,
-            evictions,
-            key: key.to_owned(),
-            breaker: Arc::clone(&breaker),
-        });
-        breaker
-    })
 }
 
 impl<S> Circuit<S> {
@@ -169,47 +126,37 @@ where
     }
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
-        // The one clock read of a closed, healthy call.
-        let now = self.registry.now();
-        let mut stream_kind = None;
-        let streaming;
-        let breaker = {
-            // Computed only when no outer layer put it there: the usual
-            // case then costs two lookups, not `get_or_insert`'s two and
-            // a third (its borrow holds the request mutably, and the key
-            // reads the URI and headers too).
-            if request.extensions().get::<RequestMeta>().is_none() {
-                RequestMeta::get_or_insert(&mut request);
-            }
-            let meta = request.extensions().get::<RequestMeta>();
-            let fallback;
-            let meta = match meta {
-                Some(meta) => meta,
-                None => {
-                    fallback = RequestMeta::from_request(request.uri(), request.headers(), None);
-                    &fallback
-                }
-            };
-            streaming = meta.stream;
-            if self.registry.config.slow_first_content.is_some() {
-                stream_kind = Some((meta.dialect, meta.provider));
-            }
-            let input = KeyInput {
-                meta,
-                uri: request.uri(),
-                headers: request.headers(),
-            };
-            KEY.with_borrow_mut(|key| {
-                self.key_by.write(&input, key);
-                breaker_for(&self.registry, key, now)
-            })
+        // The one clock read of a call, turned into the registry's time
+        // only when something needs it.
+        let clock = Instant::now();
+        let registry = &self.registry;
+        let (breaker, streaming, stream_kind) = with_key_input(&mut request, |input| {
+            let stream_kind = registry
+                .config
+                .slow_first_content
+                .map(|_| (input.meta.dialect, input.meta.provider));
+            let breaker = cache::breaker_for(registry, &self.key_by, input, clock);
+            (breaker, input.meta.stream, stream_kind)
+        });
+        // A closed key needs no time, unless its outcomes do.
+        let untimed = if registry.timed {
+            None
+        } else {
+            breaker.admit_untimed()
         };
-        match breaker.acquire(now) {
-            Ok(permit) => {
+        let admitted = match untimed {
+            Some(permit) => Ok((permit, Duration::ZERO)),
+            None => {
+                let now = registry.since_start(clock);
+                breaker.acquire(now).map(|permit| (permit, now))
+            }
+        };
+        match admitted {
+            Ok((permit, start)) => {
                 let guard = PermitGuard {
                     breaker,
                     permit,
-                    start: now,
+                    start,
                     done: false,
                     // Put there by a retry layer above that may end the
                     // attempt itself (only when it has a time limit).
@@ -225,6 +172,36 @@ where
             }
         }
     }
+}
+
+/// Calls `f` with what a key reads of the request. The metadata is the one
+/// an outer layer left (one lookup); else it is computed and left in the
+/// request, so that the layers below do not compute it again.
+fn with_key_input<B: 'static, R>(
+    request: &mut Request<B>,
+    f: impl FnOnce(&KeyInput<'_>) -> R,
+) -> R {
+    if let Some(meta) = request.extensions().get::<RequestMeta>() {
+        return f(&KeyInput {
+            meta,
+            uri: request.uri(),
+            headers: request.headers(),
+        });
+    }
+    RequestMeta::get_or_insert(request);
+    let computed;
+    let meta = match request.extensions().get::<RequestMeta>() {
+        Some(meta) => meta,
+        None => {
+            computed = RequestMeta::from_request(request.uri(), request.headers(), None);
+            &computed
+        }
+    };
+    f(&KeyInput {
+        meta,
+        uri: request.uri(),
+        headers: request.headers(),
+    })
 }
 
 fn breaker_key(breaker: &crate::breaker::Breaker) -> &str {

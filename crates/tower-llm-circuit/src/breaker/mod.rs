@@ -10,6 +10,7 @@
 //! transition is one compare-and-swap, so exactly one caller makes it and
 //! exactly one event is emitted.
 
+mod admission;
 mod phase;
 mod state;
 
@@ -150,137 +151,12 @@ impl Breaker {
         &self.config
     }
 
-    /// Whether recording an outcome needs the time: slow-call detection
-    /// and time windows do; a count window without them does not.
-    pub(crate) fn needs_clock_at_end(&self) -> bool {
-        self.config.slow_call_duration.is_some()
-            || self.config.slow_first_content.is_some()
-            || matches!(self.config.window, crate::window::WindowKind::Time(_))
-    }
-
     pub(crate) fn key_str(&self) -> &str {
         &self.key
     }
 
     pub(crate) fn state(&self) -> CircuitState {
         CircuitState::from_u8(self.state.load(Ordering::Acquire))
-    }
-
-    /// Asks to make a call at `now`.
-    pub(crate) fn acquire(&self, now: Duration) -> Result<Permit, Rejection> {
-        let t = nanos(now);
-        // Written at most once a second: a store on every call would make
-        // every thread on this key contend for the cache line.
-        if t.saturating_sub(self.last_used.load(Ordering::Relaxed)) > 1_000_000_000 {
-            self.last_used.store(t, Ordering::Relaxed);
-        }
-        let cooldown = self.cooldown_until.load(Ordering::Acquire);
-        if cooldown > t {
-            self.count_rejection(true);
-            return Err(Rejection::CoolingDown(Duration::from_nanos(cooldown - t)));
-        }
-        loop {
-            match self.state() {
-                CircuitState::Closed | CircuitState::MetricsOnly => {
-                    return Ok(Permit {
-                        probe: None,
-                        epoch: self.closed_epoch.load(Ordering::Acquire),
-                        counted: true,
-                    });
-                }
-                CircuitState::Disabled => {
-                    return Ok(Permit {
-                        probe: None,
-                        epoch: 0,
-                        counted: false,
-                    });
-                }
-                CircuitState::ForcedOpen => {
-                    self.count_rejection(false);
-                    return Err(Rejection::Open(None));
-                }
-                CircuitState::Open => {
-                    let until = self.open_until.load(Ordering::Acquire);
-                    if t < until || until == ARMING {
-                        self.count_rejection(false);
-                        let wait = (until != ARMING).then(|| Duration::from_nanos(until - t));
-                        return Err(Rejection::Open(wait));
-                    }
-                    // The interval is over. One caller claims the change,
-                    // arms the probes, and only then shows half-open.
-                    if self
-                        .open_until
-                        .compare_exchange(until, ARMING, Ordering::AcqRel, Ordering::Acquire)
-                        .is_ok()
-                    {
-                        self.arm_half_open(t);
-                        if self.transition(
-                            CircuitState::Open,
-                            CircuitState::HalfOpen,
-                            "open duration elapsed",
-                        ) {
-                            continue;
-                        }
-                        // Set by hand meanwhile: leave it as it is.
-                    }
-                }
-                CircuitState::HalfOpen => return self.acquire_probe(t),
-            }
-        }
-    }
-
-    fn acquire_probe(&self, t: u64) -> Result<Permit, Rejection> {
-        let deadline = nanos(self.config.half_open_deadline());
-        let since = self.half_open_since.load(Ordering::Acquire);
-        // Probes that hang must not hold recovery back: after the deadline,
-        // a new generation of probes is admitted (those in flight no
-        // longer count; this is the trade Polly makes).
-        if t.saturating_sub(since) >= deadline
-            && self
-                .half_open_since
-                .compare_exchange(since, t, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
-        {
-            let _ = self
-                .phase
-                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
-                    Some(Phase::unpack(w).next(self.config.half_open_probes).pack())
-                });
-        }
-        let taken = self
-            .phase
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
-                let mut phase = Phase::unpack(w);
-                (phase.permits > 0).then(|| {
-                    phase.permits -= 1;
-                    phase.pack()
-                })
-            });
-        match taken {
-            Ok(word) => Ok(Permit {
-                probe: Some(Phase::unpack(word).generation),
-                epoch: 0,
-                counted: true,
-            }),
-            Err(_) => {
-                self.count_rejection(false);
-                let since = self.half_open_since.load(Ordering::Acquire);
-                Err(Rejection::Open(Some(Duration::from_nanos(
-                    since.saturating_add(deadline).saturating_sub(t),
-                ))))
-            }
-        }
-    }
-
-    /// A fresh half-open phase at `t` (before half-open becomes visible).
-    fn arm_half_open(&self, t: u64) {
-        self.window.reset();
-        self.half_open_since.store(t, Ordering::Release);
-        let _ = self
-            .phase
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
-                Some(Phase::unpack(w).next(self.config.half_open_probes).pack())
-            });
     }
 
     /// Records how an admitted call ended. `slow` says it was slow (only
@@ -400,7 +276,11 @@ impl Breaker {
     }
 
     fn thresholds_exceeded(&self, totals: &Totals) -> Option<&'static str> {
-        if totals.calls < u64::from(self.config.minimum_calls) {
+        // Rates are above zero (checked at build): a window without
+        // failures or slow calls exceeds neither.
+        if totals.calls < u64::from(self.config.minimum_calls)
+            || (totals.failures == 0 && totals.slow == 0)
+        {
             return None;
         }
         if totals.failure_rate() >= self.config.failure_rate {

@@ -325,6 +325,50 @@ async fn a_cooldown_fails_fast_without_counting_and_is_only_ever_extended() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_closed_key_admits_without_the_time_only_while_no_cooldown_may_run() {
+    let (b, _) = breaker(config().build().unwrap());
+    assert!(b.admit_untimed().is_some());
+    b.cool_down(Duration::from_secs(30), T0);
+    assert_eq!(
+        b.admit_untimed(),
+        None,
+        "a cooldown is judged with the time"
+    );
+    assert!(b.acquire(Duration::from_secs(20)).is_err());
+    assert_eq!(b.admit_untimed(), None);
+    // The first call after its end clears it: the next need no time.
+    assert!(b.acquire(Duration::from_secs(31)).is_ok());
+    assert!(b.admit_untimed().is_some());
+    // A cooldown started again is seen at once.
+    b.cool_down(Duration::from_secs(5), Duration::from_secs(40));
+    assert_eq!(b.admit_untimed(), None);
+    assert!(b.acquire(Duration::from_secs(44)).is_err());
+}
+
+#[tokio::test(start_paused = true)]
+async fn only_states_that_let_calls_through_admit_without_the_time() {
+    let (b, _) = breaker(config().build().unwrap());
+    for state in [
+        CircuitState::Closed,
+        CircuitState::MetricsOnly,
+        CircuitState::Disabled,
+    ] {
+        b.set_state(state, T0);
+        let untimed = b.admit_untimed();
+        assert!(untimed.is_some(), "{state}");
+        assert_eq!(untimed, b.acquire(T0).ok(), "{state}: the same permit");
+    }
+    for state in [
+        CircuitState::Open,
+        CircuitState::HalfOpen,
+        CircuitState::ForcedOpen,
+    ] {
+        b.set_state(state, T0);
+        assert_eq!(b.admit_untimed(), None, "{state}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
 async fn one_event_per_transition_when_many_threads_trip_it_at_once() {
     let (b, events) = breaker(
         config()
