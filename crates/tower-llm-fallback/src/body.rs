@@ -6,7 +6,7 @@ use std::task::{Context, Poll};
 
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
-use tower_llm_classify::{BoxError, ErrorKind, LlmError, Phase};
+use tower_llm_classify::{ErrorKind, LlmError, Phase};
 
 pin_project! {
     /// The served target's body. A mid-stream failure comes out as an
@@ -43,7 +43,7 @@ impl<B> std::fmt::Debug for FallbackBody<B> {
 impl<B> Body for FallbackBody<B>
 where
     B: Body,
-    B::Error: Into<BoxError>,
+    B::Error: Into<LlmError>,
 {
     type Data = B::Data;
     type Error = LlmError;
@@ -55,7 +55,7 @@ where
         self.project().inner.poll_frame(cx).map(|frame| {
             frame.map(|result| {
                 result.map_err(|error| {
-                    let error = LlmError::from_source(error);
+                    let error: LlmError = error.into();
                     let c = error.classification().clone();
                     let message = format!(
                         "the answer was cut after content reached the caller ({})",

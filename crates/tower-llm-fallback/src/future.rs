@@ -110,11 +110,11 @@ where
 impl<S, B, RB> Future for ResponseFuture<S, B>
 where
     S: Service<Request<Full<Bytes>>, Response = Response<RB>> + Clone,
-    S::Error: Into<BoxError>,
+    S::Error: Into<LlmError>,
     B: Body,
     B::Error: Into<BoxError>,
     RB: Body,
-    RB::Error: Into<BoxError>,
+    RB::Error: Into<LlmError>,
 {
     type Output = Result<Response<FallbackBody<RB>>, LlmError>;
 
@@ -160,7 +160,7 @@ where
                     let target = &this.shared.targets[*this.current];
                     let service = service.get_or_insert_with(|| target.service.clone());
                     match ready!(service.poll_ready(cx)) {
-                        Err(error) => LlmError::from_source(error),
+                        Err(error) => error.into(),
                         Ok(()) => {
                             // No target can come after this one (and no
                             // hedge): the caller's request is moved, not
@@ -248,7 +248,7 @@ where
                             response,
                         )));
                     }
-                    Err(error) => LlmError::from_source(error),
+                    Err(error) => error.into(),
                 },
                 StateProj::Hedged { hedged } => {
                     let h = &mut **hedged;
@@ -279,7 +279,7 @@ where
                         let index = *index;
                         if let Poll::Ready(result) = service.poll_ready(cx) {
                             let target = &this.shared.targets[index];
-                            let started = result.map_err(LlmError::from_source).and_then(|()| {
+                            let started = result.map_err(Into::into).and_then(|()| {
                                 let parts = this.parts.as_ref().ok_or_else(|| {
                                     LlmError::local(ErrorKind::Unknown, "no request")
                                 })?;
@@ -336,7 +336,7 @@ where
                                     this.shared,
                                     this.failures,
                                     index,
-                                    LlmError::from_source(error),
+                                    error.into(),
                                 ),
                             }
                         }

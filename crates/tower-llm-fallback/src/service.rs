@@ -209,11 +209,11 @@ impl<S> FallbackBuilder<S> {
 impl<S, B, RB> Service<Request<B>> for Fallback<S>
 where
     S: Service<Request<Full<Bytes>>, Response = Response<RB>> + Clone,
-    S::Error: Into<BoxError>,
+    S::Error: Into<LlmError>,
     B: Body,
     B::Error: Into<BoxError>,
     RB: Body,
-    RB::Error: Into<BoxError>,
+    RB::Error: Into<LlmError>,
 {
     type Response = Response<FallbackBody<RB>>;
     type Error = LlmError;
