@@ -146,11 +146,11 @@ fn model_of(template: &Template) -> Option<&str> {
 impl<S, B, R> Future for ResponseFuture<S, B, R>
 where
     S: Service<Request<ReplayBody>, Response = Response<R>>,
-    S::Error: Into<BoxError>,
+    S::Error: Into<LlmError>,
     B: Body,
     B::Error: Into<BoxError>,
     R: Body<Data = Bytes>,
-    R::Error: Into<BoxError>,
+    R::Error: Into<LlmError>,
 {
     type Output = Result<Response<RetryBody<R>>, LlmError>;
 
@@ -207,9 +207,7 @@ where
                                 }
                                 // A service that failed its readiness is not polled
                                 // again (the Tower contract): the call ends here.
-                                Err(error) => {
-                                    (LlmError::from_source(error), Some(GiveUp::NotRetryable))
-                                }
+                                Err(error) => (error.into(), Some(GiveUp::NotRetryable)),
                             }
                         }
                     }
@@ -241,7 +239,7 @@ where
                                     report::finish(&mut response, *this.attempts, *this.slept);
                                     return Poll::Ready(Ok(response));
                                 }
-                                Err(error) => (LlmError::from_source(error), None),
+                                Err(error) => (error.into(), None),
                             }
                         }
                     }

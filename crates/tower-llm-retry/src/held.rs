@@ -8,9 +8,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Response};
 use http_body::Body;
 use tower_llm_classify::stream::{Dialect, EventScanner, Framing, StreamProgress};
-use tower_llm_classify::{
-    BoxError, Classification, ErrorKind, LlmError, Phase, Provider, RequestMeta,
-};
+use tower_llm_classify::{Classification, ErrorKind, LlmError, Phase, Provider, RequestMeta};
 
 use crate::body::RetryBody;
 use crate::read_ahead::ReadAhead;
@@ -80,7 +78,7 @@ pub(crate) struct HeldResponse<R> {
 impl<R> HeldResponse<R>
 where
     R: Body<Data = Bytes>,
-    R::Error: Into<BoxError>,
+    R::Error: Into<LlmError>,
 {
     /// Holds `head` and `body` back until `watch` says they may go.
     pub(crate) fn new(head: http::response::Parts, body: R, watch: Watch) -> Self {
@@ -123,14 +121,14 @@ where
                 && progress.failed()
             {
                 return Poll::Ready(Err(match ready!(body.as_mut().poll_frame(cx)) {
-                    Some(Err(error)) => LlmError::from_source(error),
+                    Some(Err(error)) => error.into(),
                     _ => unreturned_error(),
                 }));
             }
             let frame = match ready!(body.as_mut().poll_frame(cx)) {
                 // Ended without content: hand over what there is.
                 None => return Poll::Ready(Ok(())),
-                Some(Err(error)) => return Poll::Ready(Err(LlmError::from_source(error))),
+                Some(Err(error)) => return Poll::Ready(Err(error.into())),
                 Some(Ok(frame)) => frame,
             };
             if let Some(data) = frame.data_ref() {

@@ -107,18 +107,18 @@ impl<S> Retry<S> {
 impl<S, B, R> Service<Request<B>> for Retry<S>
 where
     S: Service<Request<ReplayBody>, Response = Response<R>> + Clone,
-    S::Error: Into<BoxError>,
+    S::Error: Into<LlmError>,
     B: Body,
     B::Error: Into<BoxError>,
     R: Body<Data = Bytes>,
-    R::Error: Into<BoxError>,
+    R::Error: Into<LlmError>,
 {
     type Response = Response<RetryBody<R>>;
     type Error = LlmError;
     type Future = ResponseFuture<S, B, R>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx).map_err(LlmError::from_source)
+        self.inner.poll_ready(cx).map_err(Into::into)
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
