@@ -299,9 +299,9 @@ impl LlmStack {
             TargetService::new(tower::util::MapResponse::new(
                 stack,
                 |response: Response<_>| {
-                    response.map(|body: tower_llm_retry::RetryBody<_>| {
-                        body.map_err(LlmError::from_source).boxed_unsync()
-                    })
+                    // Classify's body errors are `LlmError`s already:
+                    // erased as they are, no conversion.
+                    response.map(|body: tower_llm_retry::RetryBody<_>| body.boxed_unsync())
                 },
             ))
         });
