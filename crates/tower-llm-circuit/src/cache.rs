@@ -61,7 +61,7 @@ pub(crate) fn breaker_for(
             && is_key(key_by, input, key, &last.key)
         {
             if now >= last.touch_due {
-                last.breaker.touch(registry.since_start(now));
+                last.breaker.note_use(registry.since_start(now));
                 last.touch_due = touch_due(now);
             }
             return Arc::clone(&last.breaker);
@@ -69,7 +69,7 @@ pub(crate) fn breaker_for(
         key_by.write(input, key);
         let since_start = registry.since_start(now);
         let breaker = registry.get(key, since_start);
-        breaker.touch(since_start);
+        breaker.note_use(since_start);
         let mut used = LastUsed {
             registry: registry.id,
             evictions,
@@ -141,8 +141,15 @@ mod tests {
             assert!(Arc::ptr_eq(&first, &again));
         }
         // Idle eviction reads it: the key was used just now, not 300 s ago.
-        let last_used = Duration::from_nanos(first.last_used.load(Ordering::Relaxed));
-        assert_eq!(last_used, registry.since_start(Instant::now()));
+        let last_used = || Duration::from_nanos(first.last_used.load(Ordering::Relaxed));
+        assert_eq!(last_used(), registry.since_start(Instant::now()));
+        // Noted at most once a second, and never more than a second old.
+        for _ in 0..10 {
+            tokio::time::advance(Duration::from_millis(400)).await;
+            lookup(&registry, &KeyBy::ProviderModel, "gpt-4o");
+            let age = registry.since_start(Instant::now()) - last_used();
+            assert!(age <= Duration::from_secs(1), "{age:?}");
+        }
     }
 
     #[tokio::test(flavor = "current_thread", start_paused = true)]

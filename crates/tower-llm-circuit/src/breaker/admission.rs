@@ -46,6 +46,13 @@ impl Breaker {
         }
     }
 
+    /// Notes that the key is in use at `now`, for a caller that spaces its
+    /// notes a second apart itself (the thread's cache of the last key):
+    /// the last use is then never more than a second old, as with `touch`.
+    pub(crate) fn note_use(&self, now: Duration) {
+        self.last_used.fetch_max(nanos(now), Ordering::Relaxed);
+    }
+
     /// Asks to make a call at `now`.
     pub(crate) fn acquire(&self, now: Duration) -> Result<Permit, Rejection> {
         let t = nanos(now);
