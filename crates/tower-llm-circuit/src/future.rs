@@ -10,9 +10,7 @@ use std::time::Duration;
 use http::Response;
 use http_body::Body;
 use pin_project_lite::pin_project;
-use tower_llm_classify::{
-    AttemptEnd, BoxError, Classification, Classified, EndReason, ErrorKind, LlmError,
-};
+use tower_llm_classify::{AttemptEnd, Classification, Classified, EndReason, ErrorKind, LlmError};
 
 use crate::body::{CircuitBody, FirstContent};
 use crate::breaker::{Breaker, Outcome, Permit};
@@ -243,7 +241,7 @@ impl<F> std::fmt::Debug for ResponseFuture<F> {
 impl<F, B, E> Future for ResponseFuture<F>
 where
     F: Future<Output = Result<Response<B>, E>>,
-    E: Into<BoxError>,
+    E: Into<LlmError>,
     B: Body,
     B::Error: Classified,
 {
@@ -297,7 +295,7 @@ where
                     )))
                 }
                 Err(error) => {
-                    let error = LlmError::from_source(error);
+                    let error: LlmError = error.into();
                     if let Some(guard) = guard.take() {
                         guard.failed(error.classification());
                     }

@@ -9,7 +9,7 @@ use http_body::Body;
 use tokio::time::Instant;
 use tower_llm_classify::hint::{Hint, HintSource};
 use tower_llm_classify::{
-    AttemptEnd, BoxError, Classification, Classified, ErrorKind, LlmError, Phase, RequestMeta,
+    AttemptEnd, Classification, Classified, ErrorKind, LlmError, Phase, RequestMeta,
 };
 use tower_service::Service;
 
@@ -112,7 +112,7 @@ fn rejection_error(key: &str, rejection: Rejection) -> LlmError {
 impl<S, B, RB> Service<Request<B>> for Circuit<S>
 where
     S: Service<Request<B>, Response = Response<RB>>,
-    S::Error: Into<BoxError>,
+    S::Error: Into<LlmError>,
     B: 'static,
     RB: Body,
     RB::Error: Classified,
@@ -122,7 +122,7 @@ where
     type Future = ResponseFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), LlmError>> {
-        self.inner.poll_ready(cx).map_err(LlmError::from_source)
+        self.inner.poll_ready(cx).map_err(Into::into)
     }
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
