@@ -284,11 +284,8 @@ impl LlmStack {
     {
         let settings = adapt(Target::new(name, ()));
         let make = Box::new(move |layers: &Layers, name: Arc<str>| -> TargetService {
-            let key = KeyBy::Custom(Arc::new(move |input, out: &mut String| {
-                out.push_str(&name);
-                out.push('/');
-                out.push_str(input.meta.model.as_deref().unwrap_or("-"));
-            }));
+            // `target/model`, compared in place per call (no string built).
+            let key = KeyBy::TargetModel(name);
             let stack = RetryLayer::new(layers.retry.with_own_budget()).layer(
                 layers
                     .circuit
