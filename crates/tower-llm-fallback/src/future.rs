@@ -331,13 +331,9 @@ where
                                         response,
                                     )));
                                 }
-                                Err(error) => record(
-                                    h,
-                                    this.shared,
-                                    this.failures,
-                                    index,
-                                    error.into(),
-                                ),
+                                Err(error) => {
+                                    record(h, this.shared, this.failures, index, error.into())
+                                }
                             }
                         }
                     }
