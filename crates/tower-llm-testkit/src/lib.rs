@@ -58,14 +58,18 @@
 
 #![forbid(unsafe_code)]
 
+mod answer;
 mod api;
 mod body;
 mod capacity;
+mod conn;
 mod delay;
 mod failure;
 mod fault;
+mod handle;
 mod plan;
 mod record;
+mod respond;
 mod server;
 mod simulator;
 mod spec;

@@ -1,0 +1,257 @@
+//! What each request gets: read, checked as a provider checks it, then
+//! answered as the fault plan says.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, header};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use serde::Deserialize;
+
+use crate::answer::answer;
+use crate::api::{Api, Exchange};
+use crate::body::{ConnState, Cut, SimBody};
+use crate::delay::key;
+use crate::failure::Failure;
+use crate::fault::Action;
+use crate::record::{Counters, RecordedRequest};
+use crate::respond::{authorized, error_response, health, missing_model, not_found};
+use crate::server::Shared;
+
+/// The fields of a request body the simulator looks at.
+#[derive(Deserialize)]
+struct Fields<'a> {
+    #[serde(borrow, default)]
+    model: Option<Cow<'a, str>>,
+    #[serde(default)]
+    stream: Option<bool>,
+    #[serde(default)]
+    stream_options: Option<StreamOptions>,
+}
+
+#[derive(Deserialize)]
+struct StreamOptions {
+    #[serde(default)]
+    include_usage: bool,
+}
+
+type Reply = Result<Response<SimBody>, Cut>;
+
+pub(crate) async fn handle(
+    shared: Arc<Shared>,
+    conn: Arc<ConnState>,
+    request: Request<Incoming>,
+) -> Reply {
+    let (parts, body) = request.into_parts();
+    let path = parts.uri.path();
+    if path == "/health" {
+        return Ok(health(&shared, &parts.method));
+    }
+    let index = shared.next_index.fetch_add(1, Ordering::Relaxed);
+    let config = &shared.config;
+    let seed = config.seed;
+    // Unique across simulators of one process, repeatable within one.
+    let request_id = format!(
+        "req_{:016x}{:016x}",
+        key(seed ^ config.instance, index, 4),
+        key(seed, index, 5)
+    );
+    let now = SystemTime::now();
+    let api = Api::from_path(path);
+    Counters::bump(&shared.counters.requests);
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .map_or(path, |p| p.as_str())
+        .to_owned();
+    let record = |body: Bytes| {
+        let recorder = &shared.recorder;
+        let headers = parts.headers.clone();
+        recorder.enabled().then(|| {
+            RecordedRequest::new(
+                index,
+                parts.method.clone(),
+                path_and_query.clone(),
+                headers,
+                body,
+            )
+        })
+    };
+
+    // Read the whole body, as a provider does before answering; refuse an
+    // announced length over the limit without reading it.
+    let announced = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let too_large = announced.is_some_and(|len| len > config.max_body as u64);
+    let body = if too_large {
+        None
+    } else {
+        match http_body_util::Limited::new(body, config.max_body)
+            .collect()
+            .await
+        {
+            Ok(collected) => Some(collected.to_bytes()),
+            Err(error)
+                if error
+                    .downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some() =>
+            {
+                None
+            }
+            // The client went away mid-body.
+            Err(_) => return Err(Cut),
+        }
+    };
+    let Some(body) = body else {
+        shared.recorder.push_opt(record(Bytes::new()));
+        let ex = exchange(
+            api.unwrap_or(Api::OpenAiChat),
+            "",
+            &request_id,
+            now,
+            0,
+            false,
+        );
+        return Ok(error_response(&shared, &ex, &Failure::Status(413), None));
+    };
+    let mut record = record(body.clone());
+
+    let Some(api) = api else {
+        shared.recorder.push_opt(record);
+        return Ok(not_found(&shared, &parts.method, path, &request_id));
+    };
+    let fields = serde_json::from_slice::<Fields<'_>>(&body);
+    let prompt_tokens = (body.len() as u64).div_ceil(4);
+    let (model, stream, include_usage) = match &fields {
+        Ok(f) => (
+            f.model.as_deref().unwrap_or_default(),
+            f.stream.unwrap_or(api.streams_by_default()),
+            f.stream_options.as_ref().is_some_and(|o| o.include_usage),
+        ),
+        Err(_) => ("", false, false),
+    };
+    let ex = exchange(api, model, &request_id, now, prompt_tokens, include_usage);
+    if let Some(record) = record.as_mut() {
+        record.model = (!model.is_empty()).then(|| model.to_owned());
+        record.stream = stream;
+    }
+
+    // What a provider checks before it looks at load: method, key, body, size.
+    let refusal = if parts.method != Method::POST {
+        Some(Failure::Status(405))
+    } else if !authorized(config, &parts.headers) {
+        Some(Failure::Unauthorized)
+    } else if fields.is_err() {
+        Some(Failure::InvalidRequest(
+            "We could not parse the JSON body of your request.".into(),
+        ))
+    } else if model.is_empty() {
+        Some(Failure::InvalidRequest(missing_model(api).into()))
+    } else if config
+        .context_window
+        .is_some_and(|window| prompt_tokens > window)
+    {
+        Some(Failure::ContextLengthExceeded)
+    } else {
+        None
+    };
+    if let Some(failure) = refusal {
+        shared.recorder.push_opt(record);
+        return Ok(error_response(&shared, &ex, &failure, None));
+    }
+
+    // Load: wait for a slot, or be shed without reaching the plan.
+    let (slot, service_time) = match shared.gate.admit().await {
+        Ok(admitted) => admitted,
+        Err(_) => {
+            Counters::bump(&shared.counters.shed);
+            if let Some(record) = record.as_mut() {
+                record.shed = true;
+            }
+            shared.recorder.push_opt(record);
+            return Ok(error_response(&shared, &ex, &Failure::Overloaded, None));
+        }
+    };
+    let fault = shared.next_fault();
+    if let Some(record) = record.as_mut() {
+        record.fault = Some(fault.clone());
+    }
+    shared.recorder.push_opt(record);
+
+    // Latency is spent in the slot: a slow provider is slow while busy.
+    let wait = shared
+        .latency()
+        .sample(key(seed, index, 1))
+        .saturating_add(fault.latency.sample(key(seed, index, 2)))
+        .saturating_add(service_time.sample(key(seed, index, 3)));
+    if !wait.is_zero() {
+        tokio::time::sleep(wait).await;
+    }
+
+    match &fault.action {
+        Action::Stall => {
+            Counters::bump(&shared.counters.stalled);
+            let _slot = slot;
+            std::future::pending::<()>().await;
+            Err(Cut)
+        }
+        Action::Reset => {
+            Counters::bump(&shared.counters.dropped);
+            conn.reset.store(true, Ordering::Release);
+            Err(Cut)
+        }
+        Action::Close => {
+            Counters::bump(&shared.counters.dropped);
+            Err(Cut)
+        }
+        Action::Fail(failure) => Ok(error_response(&shared, &ex, failure, Some(slot))),
+        Action::Raw(raw) => {
+            let counter = if raw.status.is_success() {
+                &shared.counters.answered
+            } else {
+                &shared.counters.errors
+            };
+            Counters::bump(counter);
+            // Verbatim: not even a request id is added.
+            let mut response = Response::new(SimBody::full(raw.body.clone(), Some(slot)));
+            *response.status_mut() = raw.status;
+            *response.headers_mut() = raw.headers.clone();
+            Ok(response)
+        }
+        Action::Answer(shape) => Ok(answer(
+            &shared,
+            &ex,
+            shape,
+            stream,
+            wait,
+            key(seed, index, 6),
+            conn,
+            slot,
+        )),
+    }
+}
+
+fn exchange<'a>(
+    api: Api,
+    model: &'a str,
+    request_id: &'a str,
+    now: SystemTime,
+    prompt_tokens: u64,
+    include_usage: bool,
+) -> Exchange<'a> {
+    Exchange {
+        api,
+        model,
+        request_id,
+        now,
+        prompt_tokens,
+        include_usage,
+    }
+}
