@@ -55,6 +55,7 @@
 #![forbid(unsafe_code)]
 
 mod body;
+pub mod continuation;
 pub mod future;
 mod report;
 mod rewrite;
