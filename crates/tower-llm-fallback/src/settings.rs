@@ -4,6 +4,7 @@
 use http::{HeaderName, HeaderValue};
 
 use crate::ConfigError;
+use crate::continuation::Continuation;
 use crate::service::{Fallback, FallbackBuilder};
 use crate::target::Target;
 
@@ -37,6 +38,12 @@ pub struct TargetSettings {
     pub larger_context: bool,
     /// Serves requests an earlier target's content policy refused.
     pub content_filter: bool,
+    /// How the target continues an answer that broke after content:
+    /// `trailing_assistant` (Anthropic, Ollama, llama.cpp, LM Studio),
+    /// `prefix` (DeepSeek, Mistral), `continue_final_message` (vLLM) or
+    /// `none`. Unset: what `provider` (else the base URL's host) is known
+    /// to support; OpenAI and unknown OpenAI-compatible servers: `none`.
+    pub continuation: Option<String>,
 }
 
 impl TargetSettings {
@@ -131,6 +138,35 @@ impl TargetSettings {
         }
         if t.content_filter {
             target = target.for_content_filter();
+        }
+        let continuation = match t.continuation.as_deref().map(str::to_ascii_lowercase) {
+            Some(how) => Some(match how.as_str() {
+                "trailing_assistant" => Continuation::TrailingAssistant,
+                "prefix" => Continuation::PrefixFlag,
+                "continue_final_message" => Continuation::ContinueFinalMessage,
+                "none" => Continuation::Unsupported,
+                other => {
+                    return Err(ConfigError(format!(
+                        "target `{}`: continuation `{other}` is not one of trailing_assistant, \
+                         prefix, continue_final_message, none",
+                        t.name
+                    )));
+                }
+            }),
+            None => match provider.as_deref() {
+                Some("vllm") => Some(Continuation::ContinueFinalMessage),
+                Some("ollama" | "lmstudio") => Some(Continuation::TrailingAssistant),
+                Some("openai" | "azure" | "gemini" | "openai-compatible") => {
+                    Some(Continuation::Unsupported)
+                }
+                // Anthropic's OpenAI-compatible endpoint is not documented
+                // to continue a prefill: its URL decides (the native
+                // Messages API does).
+                _ => None,
+            },
+        };
+        if let Some(how) = continuation {
+            target = target.continuation(how);
         }
         Ok(target)
     }
@@ -256,6 +292,55 @@ mod tests {
             .to_string();
         assert!(
             error.contains("azzure") && error.contains("azure"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_targets_continuation_comes_from_its_setting_its_provider_or_its_host() {
+        let target = |settings: TargetSettings| {
+            settings
+                .apply(Target::new("t", ()), &|_| None)
+                .unwrap()
+                .continuation_capability()
+        };
+        let base = |url: &str| TargetSettings {
+            name: "t".into(),
+            base_url: Some(url.into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            target(base("https://api.anthropic.com")),
+            Continuation::TrailingAssistant
+        );
+        assert_eq!(
+            target(base("https://api.openai.com/v1")),
+            Continuation::Unsupported
+        );
+        let vllm = TargetSettings {
+            provider: Some("vllm".into()),
+            ..base("http://10.0.0.5:8000/v1")
+        };
+        assert_eq!(target(vllm), Continuation::ContinueFinalMessage);
+        let told = TargetSettings {
+            continuation: Some("prefix".into()),
+            ..base("https://api.openai.com/v1")
+        };
+        assert_eq!(target(told), Continuation::PrefixFlag);
+        let refused = TargetSettings {
+            continuation: Some("none".into()),
+            ..base("https://api.anthropic.com")
+        };
+        assert_eq!(target(refused), Continuation::Unsupported);
+        let error = TargetSettings {
+            continuation: Some("sometimes".into()),
+            ..base("https://api.anthropic.com")
+        }
+        .apply(Target::new("t", ()), &|_| None)
+        .unwrap_err()
+        .to_string();
+        assert!(
+            error.contains("sometimes") && error.contains("trailing_assistant"),
             "{error}"
         );
     }

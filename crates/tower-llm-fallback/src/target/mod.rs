@@ -6,9 +6,10 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Request, Uri};
 use http_body_util::Full;
-use tower_llm_classify::RequestMeta;
 use tower_llm_classify::redact::{ACCOUNT_HEADERS, CREDENTIAL_HEADERS, HOP_BY_HOP_HEADERS};
+use tower_llm_classify::{Provider, RequestMeta};
 
+use crate::continuation::Continuation;
 use crate::rewrite::{RewriteError, rewrite_model};
 
 /// A user hook for anything else a target needs (another request format).
@@ -39,6 +40,8 @@ pub struct Target<S> {
     pub(crate) larger_context: bool,
     pub(crate) content_filter: bool,
     pub(crate) reserved: bool,
+    /// Set by [`continuation`](Target::continuation); else the provider's.
+    pub(crate) continuation: Option<Continuation>,
 }
 
 impl<S> fmt::Debug for Target<S> {
@@ -55,6 +58,7 @@ impl<S> fmt::Debug for Target<S> {
             .field("larger_context", &self.larger_context)
             .field("content_filter", &self.content_filter)
             .field("reserved", &self.reserved)
+            .field("continuation", &self.continuation_capability())
             .finish_non_exhaustive()
     }
 }
@@ -76,6 +80,7 @@ impl<S> Target<S> {
             larger_context: false,
             content_filter: false,
             reserved: false,
+            continuation: None,
         }
     }
 
@@ -101,6 +106,7 @@ impl<S> Target<S> {
             larger_context: self.larger_context,
             content_filter: self.content_filter,
             reserved: self.reserved,
+            continuation: self.continuation,
         }
     }
 
@@ -186,6 +192,26 @@ impl<S> Target<S> {
     pub fn for_content_filter(mut self) -> Self {
         self.content_filter = true;
         self
+    }
+
+    /// How this target continues an answer that broke after content (see
+    /// [`continuation`](crate::continuation)): set here when the provider's
+    /// default is wrong for it — an OpenAI-compatible server that accepts
+    /// a trailing assistant message, a model that refuses prefill.
+    pub fn continuation(mut self, how: Continuation) -> Self {
+        self.continuation = Some(how);
+        self
+    }
+
+    /// How this target continues an answer: as set, else what its base
+    /// URL's provider is known to support ([`Continuation::for_provider`]);
+    /// a target without a base URL is the caller's own endpoint, and is
+    /// not assumed to.
+    pub fn continuation_capability(&self) -> Continuation {
+        self.continuation.unwrap_or_else(|| match &self.base {
+            Some(base) => Continuation::for_provider(Provider::detect(base)),
+            None => Continuation::Unsupported,
+        })
     }
 
     /// The request for this target, from the caller's parts and body
