@@ -10,7 +10,10 @@
 //!   tower-http `ServerErrorsAsFailures` (status only).
 //! - `sse_scan`: scanning a realistic 2,000-event OpenAI chat stream split in
 //!   network-sized chunks — our `EventScanner` / a bare newline count
-//!   (`memchr`, the floor any line-based scanner pays).
+//!   (`memchr`, the floor any line-based scanner pays); and the same stream
+//!   as a response body of 1,400-byte frames read to its end, bare / through
+//!   `ClassifyLayer` (today's streamed path: the body wrapper, the scan and
+//!   the `StreamProgress` it publishes).
 //! - `request_meta`: the one parse of a request, `RequestMeta::from_whole_body`
 //!   (the outermost layer's), on the 80-byte chat request of the root
 //!   `stack` bench and on a 100 KiB conversation — beside serde_json reading
@@ -30,6 +33,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::hint::black_box;
 use std::pin::pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::SystemTime;
 
@@ -234,7 +238,65 @@ fn sse_scan(c: &mut Criterion) {
             scanner.content_events()
         })
     });
+    let chunks: Arc<[Bytes]> = chunks.into();
+    let mut bare = frames_upstream(chunks.clone());
+    group.bench_function("body: bare stream (floor)", |b| {
+        b.iter_batched(request, |req| call(&mut bare, req), BatchSize::SmallInput)
+    });
+    let mut classify = ClassifyLayer::new().layer(frames_upstream(chunks.clone()));
+    // The stream completes cleanly: every frame, no error after them.
+    assert_eq!(call(&mut classify, request()), chunks.len());
+    group.bench_function("body: tower-llm Classify streamed", |b| {
+        b.iter_batched(
+            request,
+            |req| call(&mut classify, req),
+            BatchSize::SmallInput,
+        )
+    });
     group.finish();
+}
+
+/// A streamed body: the shared chunks, one frame each (a refcount per
+/// frame, as hyper hands out its read buffers).
+struct Frames {
+    chunks: Arc<[Bytes]>,
+    next: usize,
+}
+
+impl Body for Frames {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+        let chunk = self.chunks.get(self.next).cloned();
+        self.next += 1;
+        Poll::Ready(chunk.map(|chunk| Ok(http_body::Frame::data(chunk))))
+    }
+}
+
+#[allow(clippy::type_complexity)] // the concrete future type keeps polling by hand simple
+fn frames_upstream(
+    chunks: Arc<[Bytes]>,
+) -> impl Service<
+    Request<Full<Bytes>>,
+    Response = Response<Frames>,
+    Error = Infallible,
+    Future = std::future::Ready<Result<Response<Frames>, Infallible>>,
+> {
+    tower::service_fn(move |_req: Request<Full<Bytes>>| {
+        let body = Frames {
+            chunks: chunks.clone(),
+            next: 0,
+        };
+        let mut response = Response::new(body);
+        response
+            .headers_mut()
+            .insert("content-type", "text/event-stream".parse().unwrap());
+        std::future::ready(Ok(response))
+    })
 }
 
 /// The request of the root `stack` bench: 80 bytes.
