@@ -5,29 +5,44 @@ use std::time::Duration;
 
 use http::{HeaderMap, HeaderValue, Response, header};
 
-use crate::api::{EventWriter, Exchange, full_body};
-use crate::body::{ConnState, SimBody, Tail};
+use crate::api::{EventWriter, Events, Exchange, full_body};
+use crate::body::{ConnState, Pacing, SimBody, Tail};
 use crate::capacity::Slot;
-use crate::delay::Delay;
 use crate::fault::{Cut as StreamCut, StreamShape};
 use crate::record::Counters;
 use crate::respond::{error_response, success_headers};
 use crate::server::Shared;
 
-/// A healthy answer, whole or streamed, possibly cut as `shape` says.
-#[allow(clippy::too_many_arguments)]
+/// How one healthy answer goes out.
+#[derive(Debug)]
+pub(crate) struct Answering<'a> {
+    pub(crate) shape: &'a StreamShape,
+    /// Whether the request asked for a stream.
+    pub(crate) stream: bool,
+    /// Whether it continues a prefill (counted in `Stats::prefilled`).
+    pub(crate) continues: bool,
+    /// Where the answer starts in the reply: 0, or the end of a prefill
+    /// the reply starts with.
+    pub(crate) start: usize,
+    /// The time spent before the head (`openai-processing-ms`).
+    pub(crate) took: Duration,
+    /// The first-token wait of a stream (a whole answer's is in `took`).
+    pub(crate) first_token: Duration,
+    /// Draws of the token delay are keyed by it.
+    pub(crate) delay_seed: u64,
+}
+
+/// A healthy answer, whole or streamed, possibly cut as `how.shape` says.
 pub(crate) fn answer(
     shared: &Shared,
     ex: &Exchange<'_>,
-    shape: &StreamShape,
-    stream: bool,
-    took: Duration,
-    delay_seed: u64,
+    how: Answering<'_>,
     conn: Arc<ConnState>,
     slot: Slot,
 ) -> Response<SimBody> {
-    let tokens = &shared.config.reply;
-    if let (false, Some(StreamCut::Error(_, failure))) = (stream, &shape.cut) {
+    let shape = how.shape;
+    let tokens = shared.config.reply.events_from(how.start);
+    if let (false, Some(StreamCut::Error(_, failure))) = (how.stream, &shape.cut) {
         // A whole-body request cannot carry an in-band error: it gets the status.
         return error_response(shared, ex, failure, Some(slot));
     }
@@ -37,12 +52,15 @@ pub(crate) fn answer(
         &shared.counters.answered
     };
     Counters::bump(counter);
+    if how.continues {
+        Counters::bump(&shared.counters.prefilled);
+    }
     let mut headers = HeaderMap::new();
-    let body = if stream {
+    let body = if how.stream {
         let shown = match &shape.cut {
-            Some(StreamCut::Error(n, _) | StreamCut::Drop(n) | StreamCut::Stall(n)) => {
-                (*n).min(tokens.len())
-            }
+            Some(
+                StreamCut::Error(n, _) | StreamCut::Drop(n) | StreamCut::Stall { after: n, .. },
+            ) => (*n).min(tokens.len()),
             _ => tokens.len(),
         };
         let mut writer = EventWriter::new(ex, shown);
@@ -50,7 +68,7 @@ pub(crate) fn answer(
         if !matches!(shape.cut, Some(StreamCut::Error(0, _))) {
             writer.preamble();
         }
-        for token in &tokens[..shown] {
+        for token in tokens.take(shown) {
             writer.content(token);
         }
         let tail = match &shape.cut {
@@ -64,10 +82,11 @@ pub(crate) fn answer(
             }
             Some(StreamCut::NoTerminal) => Tail::Finish,
             Some(StreamCut::Drop(_)) => Tail::Abort,
-            Some(StreamCut::Stall(_)) => Tail::Stall {
+            Some(StreamCut::Stall { keepalive, .. }) => Tail::Stall {
                 keepalive: ex
                     .api
                     .keepalive()
+                    .filter(|_| *keepalive)
                     .map(|bytes| (bytes, shared.config.keepalive_interval)),
             },
         };
@@ -81,15 +100,12 @@ pub(crate) fn answer(
         } else {
             shape.token_delay
         };
-        SimBody::events(
-            writer.into_events(),
+        let pacing = Pacing {
             token_delay,
-            delay_seed,
-            tail,
-            None,
-            conn,
-            Some(slot),
-        )
+            delay_seed: how.delay_seed,
+            first_token: how.first_token,
+        };
+        SimBody::events(writer.into_events(), pacing, tail, None, conn, Some(slot))
     } else {
         let whole = full_body(ex, tokens);
         headers.insert(
@@ -101,27 +117,23 @@ pub(crate) fn answer(
             Some(cut) => {
                 // Announce the whole length, send half of it, then stop.
                 let len = whole.len() as u64;
-                let events = crate::api::Events {
+                let events = Events {
                     data: whole.slice(..whole.len() / 2),
-                    breaks: Vec::new(),
+                    ..Events::default()
                 };
                 let tail = match cut {
-                    StreamCut::Stall(_) => Tail::Stall { keepalive: None },
+                    StreamCut::Stall { .. } => Tail::Stall { keepalive: None },
                     _ => Tail::Abort,
                 };
-                SimBody::events(
-                    events,
-                    Delay::ZERO,
-                    delay_seed,
-                    tail,
-                    Some(len),
-                    conn,
-                    Some(slot),
-                )
+                let pacing = Pacing {
+                    delay_seed: how.delay_seed,
+                    ..Pacing::default()
+                };
+                SimBody::events(events, pacing, tail, Some(len), conn, Some(slot))
             }
         }
     };
-    success_headers(&mut headers, ex, took);
+    success_headers(&mut headers, ex, how.took);
     let mut response = Response::new(body);
     *response.headers_mut() = headers;
     response

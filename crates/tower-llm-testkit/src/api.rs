@@ -6,6 +6,7 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 
+use crate::reply::Tokens;
 use crate::wire::{push_json_escaped, push_json_str, rfc3339, unix_secs};
 
 /// An API the simulator serves, chosen by the request's path.
@@ -109,6 +110,9 @@ pub(crate) struct Exchange<'a> {
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Events {
     pub(crate) data: Bytes,
+    /// Byte offset of the end of the preamble (0 when there is none): a
+    /// first-token delay is spent there, before the first content.
+    pub(crate) first_content: usize,
     /// Byte offsets of the content events after the first: a token delay
     /// is spent before each. Everything else (preamble, first content,
     /// closing events) goes out without delay, as providers send it.
@@ -131,6 +135,7 @@ pub(crate) struct EventWriter<'a> {
     /// The part every OpenAI chunk (or Ollama line) starts with.
     prefix: String,
     buf: String,
+    first_content: usize,
     breaks: Vec<usize>,
     content_events: u64,
 }
@@ -163,6 +168,7 @@ impl<'a> EventWriter<'a> {
             exchange,
             prefix,
             buf: String::with_capacity(256 + expected_events * (prefix_len(exchange.api) + 64)),
+            first_content: 0,
             breaks: Vec::with_capacity(expected_events),
             content_events: 0,
         }
@@ -204,6 +210,7 @@ impl<'a> EventWriter<'a> {
             }
             Api::OllamaChat => {}
         }
+        self.first_content = self.buf.len();
     }
 
     /// One content event carrying `token`.
@@ -283,6 +290,7 @@ impl<'a> EventWriter<'a> {
     pub(crate) fn into_events(self) -> Events {
         Events {
             data: Bytes::from(self.buf),
+            first_content: self.first_content,
             breaks: self.breaks,
         }
     }
@@ -316,8 +324,8 @@ fn push_ollama_timings(buf: &mut String, prompt: u64, completion: u64) {
 }
 
 /// The whole (non-streamed) answer carrying `tokens` as its text.
-pub(crate) fn full_body(exchange: &Exchange<'_>, tokens: &[String]) -> Bytes {
-    let text_len: usize = tokens.iter().map(|t| t.len()).sum();
+pub(crate) fn full_body(exchange: &Exchange<'_>, tokens: Tokens<'_>) -> Bytes {
+    let text_len: usize = tokens.clone().map(str::len).sum();
     let mut buf = String::with_capacity(512 + text_len);
     let completion = tokens.len() as u64;
     let text = Concat(tokens);
@@ -368,14 +376,14 @@ pub(crate) fn full_body(exchange: &Exchange<'_>, tokens: &[String]) -> Bytes {
 }
 
 /// Tokens written as one JSON string without joining them first.
-struct Concat<'a>(&'a [String]);
+struct Concat<'a>(Tokens<'a>);
 
 impl Concat<'_> {
     fn push_json(&self, buf: &mut String) {
         // Escaping token by token gives the same bytes as escaping the join:
         // escapes never span a token boundary.
         buf.push('"');
-        for token in self.0 {
+        for token in self.0.clone() {
             push_json_escaped(buf, token);
         }
         buf.push('"');

@@ -52,6 +52,17 @@ enum Inner {
     Events(Box<EventBody>),
 }
 
+/// How fast a stream's events go out.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Pacing {
+    /// Before each content event after the first.
+    pub(crate) token_delay: Delay,
+    /// Draws of `token_delay` are keyed by this and the event's number.
+    pub(crate) delay_seed: u64,
+    /// Between the preamble and the first content event.
+    pub(crate) first_token: Duration,
+}
+
 #[derive(Debug)]
 struct EventBody {
     events: Events,
@@ -61,6 +72,8 @@ struct EventBody {
     pos: usize,
     token_delay: Delay,
     delay_seed: u64,
+    /// The first-token wait, until it is spent.
+    first_token: Option<Duration>,
     sleep: Option<Pin<Box<Sleep>>>,
     tail: Tail,
     /// A length to announce (a whole body that will be cut short).
@@ -90,11 +103,11 @@ impl SimBody {
         }
     }
 
-    /// `events` (content events after the first `token_delay` apart), then `tail`.
+    /// `events` (the first content `pacing.first_token` after the preamble,
+    /// later ones `pacing.token_delay` apart), then `tail`.
     pub(crate) fn events(
         events: Events,
-        token_delay: Delay,
-        delay_seed: u64,
+        pacing: Pacing,
         tail: Tail,
         announced_len: Option<u64>,
         conn: Arc<ConnState>,
@@ -105,8 +118,9 @@ impl SimBody {
                 events,
                 next_break: 0,
                 pos: 0,
-                token_delay,
-                delay_seed,
+                token_delay: pacing.token_delay,
+                delay_seed: pacing.delay_seed,
+                first_token: Some(pacing.first_token).filter(|d| !d.is_zero()),
                 sleep: None,
                 tail,
                 announced_len,
@@ -178,32 +192,38 @@ impl EventBody {
                     }
                 }
             }
+            // The preamble is out (or there is none): the first content waits.
+            if self.pos == self.events.first_content
+                && let Some(wait) = self.first_token.take()
+            {
+                self.sleep = Some(Box::pin(tokio::time::sleep(wait)));
+                continue;
+            }
             let len = self.events.data.len();
             if self.pos < len {
-                // Without a delay, everything that is left goes in one frame;
+                // Never past the first-token pause while it is pending.
+                let stop = match self.first_token {
+                    Some(_) if self.pos < self.events.first_content => self.events.first_content,
+                    _ => len,
+                };
+                // Without a delay, everything up to `stop` goes in one frame;
                 // with one, the frame ends where the next pause is.
-                let end = if self.token_delay.is_zero() {
-                    len
-                } else {
-                    let end = self
-                        .events
-                        .breaks
-                        .get(self.next_break)
-                        .copied()
-                        .unwrap_or(len);
-                    self.next_break += 1;
-                    end
+                let next_break = self.events.breaks.get(self.next_break).copied();
+                let (end, at_break) = match next_break {
+                    Some(at) if !self.token_delay.is_zero() && at <= stop => (at, true),
+                    _ => (stop, false),
                 };
                 let chunk = self.events.data.slice(self.pos..end);
                 self.pos = end;
-                if self.pos < len {
+                if at_break {
+                    self.next_break += 1;
                     let delay = self.token_delay.sample(key(
                         self.delay_seed,
                         self.next_break as u64,
                         0x0074_6F6B,
                     ));
                     self.sleep = Some(Box::pin(tokio::time::sleep(delay)));
-                } else {
+                } else if self.pos >= len {
                     self.arm_tail();
                     // A clean end goes out with the last chunk.
                     self.done = matches!(self.tail, Tail::Finish);

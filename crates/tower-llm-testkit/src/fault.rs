@@ -10,18 +10,20 @@ use http::{HeaderMap, StatusCode};
 
 use crate::delay::Delay;
 use crate::failure::{Failure, RetryHint};
+use crate::prefill::PrefillMode;
 use crate::spec::format_duration;
 
 /// What the simulator does with one request.
 ///
 /// A fault is a *base* behaviour — answer, fail with a provider error,
-/// stall, reset, close — plus optional latency before the response headers
-/// and, for answers, a delay between streamed events and a way for the
-/// stream to go wrong after `n` content events.
+/// stall, reset, close — plus optional latency before the response headers,
+/// for answers a delay before the first content and between streamed
+/// events and a way for the stream to go wrong after `n` content events,
+/// and what to do with a prefill.
 ///
 /// ```
 /// use std::time::Duration;
-/// use tower_llm_testkit::{Delay, Fault};
+/// use tower_llm_testkit::{Delay, Fault, PrefillMode};
 ///
 /// let slow_429 = Fault::rate_limited(Duration::from_secs(2))
 ///     .with_latency(Delay::fixed(Duration::from_millis(300)));
@@ -30,6 +32,15 @@ use crate::spec::format_duration;
 /// // An Anthropic-style overload as the first event of a 200 stream.
 /// let first_event_error = Fault::stream_error_after(0);
 /// assert_eq!(first_event_error.to_string(), "error@0");
+///
+/// // Cut after 40 content events; the request for the rest is refused.
+/// let cut = Fault::stream_drop_after(40);
+/// let refusing = Fault::ok().with_prefill(PrefillMode::Refuse);
+/// assert_eq!(format!("{cut},{refusing}"), "drop@40,ok+prefill=refuse");
+///
+/// // A reasoning model: the head at once, the first token 20 s later.
+/// let thinking = Fault::slow_first_token(Duration::from_secs(20));
+/// assert_eq!(thinking.to_string(), "ok+first=20s");
 /// ```
 ///
 /// Every fault prints in the syntax [`FaultPlan`](crate::FaultPlan) parses
@@ -38,6 +49,8 @@ use crate::spec::format_duration;
 pub struct Fault {
     pub(crate) latency: Delay,
     pub(crate) action: Action,
+    /// What this request does with a prefill; `None`: the simulator's mode.
+    pub(crate) prefill: Option<PrefillMode>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -62,6 +75,9 @@ pub(crate) struct RawReply {
 #[derive(Clone, Debug, PartialEq, Default)]
 pub(crate) struct StreamShape {
     pub(crate) token_delay: Delay,
+    /// The wait between the events before the first content (the head,
+    /// the role chunk, `message_start`) and the first content.
+    pub(crate) first_token: Delay,
     pub(crate) cut: Option<Cut>,
 }
 
@@ -72,8 +88,9 @@ pub(crate) enum Cut {
     Error(usize, Failure),
     /// The connection closes after `n` content events (no terminal chunk).
     Drop(usize),
-    /// Nothing more after `n` content events but keep-alives.
-    Stall(usize),
+    /// Nothing more after `after` content events; keep-alives go on if
+    /// `keepalive` (and the API has any).
+    Stall { after: usize, keepalive: bool },
     /// Every content event, then a clean end without the terminal event.
     NoTerminal,
 }
@@ -81,10 +98,7 @@ pub(crate) enum Cut {
 impl Fault {
     /// A healthy answer.
     pub fn ok() -> Self {
-        Fault {
-            latency: Delay::ZERO,
-            action: Action::Answer(StreamShape::default()),
-        }
+        Fault::new(Action::Answer(StreamShape::default()))
     }
 
     /// A healthy answer after `latency` (before the response headers).
@@ -98,12 +112,23 @@ impl Fault {
         Fault::ok().with_token_delay(delay)
     }
 
+    /// A healthy answer whose first content comes `delay` after the head
+    /// (a model that thinks before it writes): see
+    /// [`with_first_token_delay`](Self::with_first_token_delay).
+    pub fn slow_first_token(delay: impl Into<Delay>) -> Self {
+        Fault::ok().with_first_token_delay(delay)
+    }
+
+    /// A healthy answer, except that a request that carries a prefill is
+    /// refused with the provider's 400: short for
+    /// `Fault::ok().with_prefill(PrefillMode::Refuse)` (`ok+prefill=refuse`).
+    pub fn refuse_prefill() -> Self {
+        Fault::ok().with_prefill(PrefillMode::Refuse)
+    }
+
     /// A provider error reply.
     pub fn fail(failure: Failure) -> Self {
-        Fault {
-            latency: Delay::ZERO,
-            action: Action::Fail(failure),
-        }
+        Fault::new(Action::Fail(failure))
     }
 
     /// The usual error reply for `status`: 429 is a rate limit asking for
@@ -180,34 +205,23 @@ impl Fault {
             headers,
             body: body.into(),
         };
-        Fault {
-            latency: Delay::ZERO,
-            action: Action::Raw(Arc::new(reply)),
-        }
+        Fault::new(Action::Raw(Arc::new(reply)))
     }
 
-    /// The request is read and never answered; the connection stays open.
+    /// The request is read and never answered: no status line, no header,
+    /// no byte at all, and the connection stays open (a silent upstream).
     pub fn stall() -> Self {
-        Fault {
-            latency: Delay::ZERO,
-            action: Action::Stall,
-        }
+        Fault::new(Action::Stall)
     }
 
     /// The connection is reset (TCP RST) before any response byte.
     pub fn reset() -> Self {
-        Fault {
-            latency: Delay::ZERO,
-            action: Action::Reset,
-        }
+        Fault::new(Action::Reset)
     }
 
     /// The connection is closed (FIN) before any response byte.
     pub fn close() -> Self {
-        Fault {
-            latency: Delay::ZERO,
-            action: Action::Close,
-        }
+        Fault::new(Action::Close)
     }
 
     /// A 200 stream that sends `n` content events, then an in-band
@@ -230,9 +244,23 @@ impl Fault {
     }
 
     /// A 200 stream that stops after `n` content events while keep-alives
-    /// (SSE comment, Anthropic `ping`) keep flowing.
+    /// (SSE comment, Anthropic `ping`) keep flowing: the connection stays
+    /// open, and only bytes that carry no content arrive. Ollama has no
+    /// keep-alive, so there the stream is silent.
     pub fn stream_stall_after(n: usize) -> Self {
-        Fault::cut(Cut::Stall(n))
+        Fault::cut(Cut::Stall {
+            after: n,
+            keepalive: true,
+        })
+    }
+
+    /// A 200 stream that stops after `n` content events and then sends
+    /// nothing at all, with the connection open.
+    pub fn stream_stall_silent_after(n: usize) -> Self {
+        Fault::cut(Cut::Stall {
+            after: n,
+            keepalive: false,
+        })
     }
 
     /// A 200 stream with every content event that ends cleanly without its
@@ -242,12 +270,17 @@ impl Fault {
     }
 
     fn cut(cut: Cut) -> Self {
+        Fault::new(Action::Answer(StreamShape {
+            cut: Some(cut),
+            ..StreamShape::default()
+        }))
+    }
+
+    fn new(action: Action) -> Self {
         Fault {
             latency: Delay::ZERO,
-            action: Action::Answer(StreamShape {
-                token_delay: Delay::ZERO,
-                cut: Some(cut),
-            }),
+            action,
+            prefill: None,
         }
     }
 
@@ -266,9 +299,38 @@ impl Fault {
         self
     }
 
+    /// Holds the first content of a streamed answer back for `delay`: the
+    /// head and what comes before content (OpenAI's role chunk,
+    /// Anthropic's `message_start`, `content_block_start` and `ping`) go out
+    /// at once, the first content event after `delay`, the rest as the
+    /// token delay says. A whole (non-streamed) answer's head only comes
+    /// when it is all written, so there `delay` is spent before the head.
+    /// No effect on faults that do not answer.
+    pub fn with_first_token_delay(mut self, delay: impl Into<Delay>) -> Self {
+        if let Action::Answer(shape) = &mut self.action {
+            shape.first_token = delay.into();
+        }
+        self
+    }
+
+    /// Handles a prefill as `mode` says for the requests that get this
+    /// fault, whatever the simulator's own mode
+    /// ([`SimulatorBuilder::prefill`](crate::SimulatorBuilder::prefill)).
+    /// A refusal or Anthropic's and vLLM's 400s are sent after the fault's
+    /// latency, instead of what the fault would do.
+    pub fn with_prefill(mut self, mode: PrefillMode) -> Self {
+        self.prefill = Some(mode);
+        self
+    }
+
     /// The latency before the response headers.
     pub fn latency_before_headers(&self) -> Delay {
         self.latency
+    }
+
+    /// The prefill mode this fault sets, if it sets one.
+    pub fn prefill_mode(&self) -> Option<PrefillMode> {
+        self.prefill
     }
 
     /// Whether this fault gives a complete, healthy answer (possibly slow).
@@ -300,15 +362,24 @@ impl From<Failure> for Fault {
 impl fmt::Display for Fault {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut token_delay = Delay::ZERO;
+        let mut first_token = Delay::ZERO;
         match &self.action {
             Action::Answer(shape) => {
                 token_delay = shape.token_delay;
+                first_token = shape.first_token;
                 match &shape.cut {
                     None => f.write_str("ok")?,
                     Some(Cut::Error(n, Failure::Overloaded)) => write!(f, "error@{n}")?,
                     Some(Cut::Error(n, failure)) => write!(f, "error@{n}:{failure}")?,
                     Some(Cut::Drop(n)) => write!(f, "drop@{n}")?,
-                    Some(Cut::Stall(n)) => write!(f, "stall@{n}")?,
+                    Some(Cut::Stall {
+                        after,
+                        keepalive: true,
+                    }) => write!(f, "stall@{after}")?,
+                    Some(Cut::Stall {
+                        after,
+                        keepalive: false,
+                    }) => write!(f, "stall@{after}:silent")?,
                     Some(Cut::NoTerminal) => f.write_str("truncate")?,
                 }
             }
@@ -323,6 +394,12 @@ impl fmt::Display for Fault {
         }
         if !token_delay.is_zero() {
             write!(f, "+tokens={}", DelaySpec(token_delay))?;
+        }
+        if !first_token.is_zero() {
+            write!(f, "+first={}", DelaySpec(first_token))?;
+        }
+        if let Some(mode) = self.prefill {
+            write!(f, "+prefill={mode}")?;
         }
         Ok(())
     }

@@ -4,7 +4,7 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::{Method, Request, Response, header};
@@ -12,14 +12,17 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use serde::Deserialize;
 
-use crate::answer::answer;
+use crate::answer::{Answering, answer};
 use crate::api::{Api, Exchange};
 use crate::body::{ConnState, Cut, SimBody};
 use crate::delay::key;
 use crate::failure::Failure;
 use crate::fault::Action;
+use crate::prefill::{LastMessage, PrefillFields, PrefillMode, RequestPrefill, answer_start};
 use crate::record::{Counters, RecordedRequest};
-use crate::respond::{authorized, error_response, health, missing_model, not_found};
+use crate::respond::{
+    authorized, error_reply_response, error_response, health, missing_model, not_found,
+};
 use crate::server::Shared;
 
 /// The fields of a request body the simulator looks at.
@@ -31,6 +34,12 @@ struct Fields<'a> {
     stream: Option<bool>,
     #[serde(default)]
     stream_options: Option<StreamOptions>,
+    #[serde(borrow, default)]
+    messages: LastMessage<'a>,
+    #[serde(default)]
+    continue_final_message: Option<bool>,
+    #[serde(default)]
+    add_generation_prompt: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -127,7 +136,16 @@ pub(crate) async fn handle(
         shared.recorder.push_opt(record);
         return Ok(not_found(&shared, &parts.method, path, &request_id));
     };
-    let fields = serde_json::from_slice::<Fields<'_>>(&body);
+    let mut fields = serde_json::from_slice::<Fields<'_>>(&body);
+    let mut prefill_fields = match fields.as_mut() {
+        Ok(f) => PrefillFields {
+            last: std::mem::take(&mut f.messages),
+            continue_final_message: f.continue_final_message,
+            add_generation_prompt: f.add_generation_prompt,
+        },
+        Err(_) => PrefillFields::default(),
+    };
+    let prefill = prefill_fields.prefill();
     let prompt_tokens = (body.len() as u64).div_ceil(4);
     let (model, stream, include_usage) = match &fields {
         Ok(f) => (
@@ -141,6 +159,7 @@ pub(crate) async fn handle(
     if let Some(record) = record.as_mut() {
         record.model = (!model.is_empty()).then(|| model.to_owned());
         record.stream = stream;
+        record.prefill = prefill.as_ref().map(RequestPrefill::to_recorded);
     }
 
     // What a provider checks before it looks at load: method, key, body, size.
@@ -185,15 +204,33 @@ pub(crate) async fn handle(
     }
     shared.recorder.push_opt(record);
 
-    // Latency is spent in the slot: a slow provider is slow while busy.
+    // Latency is spent in the slot: a slow provider is slow while busy. A
+    // whole answer's head waits for its first token too (and all the rest).
+    let first_token = match &fault.action {
+        Action::Answer(shape) => shape.first_token.sample(key(seed, index, 7)),
+        _ => Duration::ZERO,
+    };
     let wait = shared
         .latency()
         .sample(key(seed, index, 1))
         .saturating_add(fault.latency.sample(key(seed, index, 2)))
-        .saturating_add(service_time.sample(key(seed, index, 3)));
+        .saturating_add(service_time.sample(key(seed, index, 3)))
+        .saturating_add(if stream { Duration::ZERO } else { first_token });
     if !wait.is_zero() {
         tokio::time::sleep(wait).await;
     }
+
+    // A provider validates a request before it answers: a prefill's 400
+    // replaces whatever the fault would do.
+    let mode = fault.prefill.unwrap_or_else(|| config.prefill.get(api));
+    let start = match answer_start(api, mode, &prefill_fields, prefill.as_ref(), &config.reply) {
+        Ok(start) => start,
+        Err(refusal) => {
+            Counters::bump(&shared.counters.prefill_refused);
+            let reply = refusal.render(&ex);
+            return Ok(error_reply_response(&shared, &ex, reply, Some(slot)));
+        }
+    };
 
     match &fault.action {
         Action::Stall => {
@@ -225,16 +262,18 @@ pub(crate) async fn handle(
             *response.headers_mut() = raw.headers.clone();
             Ok(response)
         }
-        Action::Answer(shape) => Ok(answer(
-            &shared,
-            &ex,
-            shape,
-            stream,
-            wait,
-            key(seed, index, 6),
-            conn,
-            slot,
-        )),
+        Action::Answer(shape) => {
+            let how = Answering {
+                shape,
+                stream,
+                continues: prefill.is_some() && mode == PrefillMode::Continue,
+                start,
+                took: wait,
+                first_token,
+                delay_seed: key(seed, index, 6),
+            };
+            Ok(answer(&shared, &ex, how, conn, slot))
+        }
     }
 }
 

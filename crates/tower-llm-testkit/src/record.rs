@@ -12,6 +12,7 @@ use tokio::time::Instant;
 
 use crate::api::Api;
 use crate::fault::Fault;
+use crate::prefill::RecordedPrefill;
 
 /// Headers whose values are credentials: never stored, never printed.
 pub const CREDENTIAL_HEADERS: [&str; 5] = [
@@ -53,6 +54,11 @@ pub struct RecordedRequest {
     pub model: Option<String>,
     /// Whether the request asked for a stream.
     pub stream: bool,
+    /// The start of the answer the request carried for the model to
+    /// continue (its last message was the assistant's), and how it was
+    /// marked: present whatever the simulator did with it (continued,
+    /// ignored or refused).
+    pub prefill: Option<RecordedPrefill>,
     /// The fault the plan gave it (`None` when it was answered before the
     /// plan: an invalid request, a wrong key, an unknown path, or shed).
     pub fault: Option<Fault>,
@@ -89,6 +95,7 @@ impl RecordedRequest {
             body,
             model: None,
             stream: false,
+            prefill: None,
             fault: None,
             shed: false,
             credentials,
@@ -189,6 +196,10 @@ pub struct Stats {
     pub stalled: u64,
     /// Streams cut by the plan (in-band error, drop, stall, no terminal event).
     pub broken_streams: u64,
+    /// Requests with a prefill answered with (the rest of) the reply after it.
+    pub prefilled: u64,
+    /// Requests with a prefill refused with a 400 (also counted in `errors`).
+    pub prefill_refused: u64,
     /// Requests in service right now.
     pub in_service: usize,
     /// Requests waiting for a slot right now.
@@ -207,6 +218,8 @@ pub(crate) struct Counters {
     pub(crate) dropped: AtomicU64,
     pub(crate) stalled: AtomicU64,
     pub(crate) broken_streams: AtomicU64,
+    pub(crate) prefilled: AtomicU64,
+    pub(crate) prefill_refused: AtomicU64,
 }
 
 impl Counters {
@@ -227,6 +240,8 @@ impl Counters {
             dropped: load(&self.dropped),
             stalled: load(&self.stalled),
             broken_streams: load(&self.broken_streams),
+            prefilled: load(&self.prefilled),
+            prefill_refused: load(&self.prefill_refused),
             in_service,
             queued,
             peak_in_service,

@@ -21,12 +21,23 @@ pub(crate) fn error_response(
     failure: &Failure,
     slot: Option<Slot>,
 ) -> Response<SimBody> {
+    let reply = failure.render(ex, shared.config.context_window);
+    error_reply_response(shared, ex, reply, slot)
+}
+
+/// `reply` as a response, with the request id.
+pub(crate) fn error_reply_response(
+    shared: &Shared,
+    ex: &Exchange<'_>,
+    reply: ErrorReply,
+    slot: Option<Slot>,
+) -> Response<SimBody> {
     Counters::bump(&shared.counters.errors);
     let ErrorReply {
         status,
         mut headers,
         body,
-    } = failure.render(ex, shared.config.context_window);
+    } = reply;
     insert_request_id(&mut headers, ex.api, ex.request_id);
     let mut response = Response::new(SimBody::full(body, slot));
     *response.status_mut() = status;

@@ -18,13 +18,17 @@ use crate::delay::Delay;
 use crate::fault::Fault;
 use crate::handle::handle;
 use crate::plan::FaultPlan;
+use crate::prefill::PrefillModes;
 use crate::record::{Counters, Recorder};
+use crate::reply::ReplyText;
 
 /// What does not change while a simulator runs.
 #[derive(Debug)]
 pub(crate) struct Config {
     pub(crate) seed: u64,
-    pub(crate) reply: Arc<[String]>,
+    pub(crate) reply: ReplyText,
+    /// What each API does with a prefill, unless the fault says.
+    pub(crate) prefill: PrefillModes,
     pub(crate) api_key: Option<String>,
     pub(crate) context_window: Option<u64>,
     pub(crate) keepalive_interval: Duration,

@@ -14,7 +14,9 @@ use crate::api::Api;
 use crate::capacity::{Capacity, Gate};
 use crate::delay::Delay;
 use crate::plan::FaultPlan;
+use crate::prefill::{PrefillMode, PrefillModes};
 use crate::record::{RecordedRequest, Stats};
+use crate::reply::ReplyText;
 use crate::server::{self, ActivePlan, Config, Shared};
 
 /// The reply every healthy answer carries unless told otherwise.
@@ -86,6 +88,13 @@ impl Simulator {
     /// The full URL of `api`'s endpoint.
     pub fn url(&self, api: Api) -> String {
         format!("http://{}{}", self.addr, api.path())
+    }
+
+    /// The text every healthy answer carries, whole: an answer to a
+    /// prefilled request is the part of it after the prefill, so a
+    /// continued answer can be compared with it byte for byte.
+    pub fn reply(&self) -> &str {
+        self.shared.config.reply.text()
     }
 
     /// Installs a new plan; its request count starts at 0.
@@ -212,7 +221,8 @@ pub struct SimulatorBuilder {
     token_delay: Delay,
     capacity: Option<Capacity>,
     seed: u64,
-    reply: Vec<String>,
+    reply: ReplyText,
+    prefill: PrefillModes,
     api_key: Option<String>,
     context_window: Option<u64>,
     keepalive_interval: Duration,
@@ -230,6 +240,7 @@ impl Default for SimulatorBuilder {
             capacity: None,
             seed: 0,
             reply: split_reply(DEFAULT_REPLY),
+            prefill: PrefillModes::default(),
             api_key: None,
             context_window: None,
             // Anthropic pings roughly every 10–15 s; shorter keeps tests quick.
@@ -251,7 +262,8 @@ impl fmt::Debug for SimulatorBuilder {
             .field("token_delay", &self.token_delay)
             .field("capacity", &self.capacity)
             .field("seed", &self.seed)
-            .field("reply_tokens", &self.reply.len())
+            .field("reply_events", &self.reply.event_count())
+            .field("prefill", &self.prefill)
             .field("api_key", &self.api_key.as_ref().map(|_| "[redacted]"))
             .field("context_window", &self.context_window)
             .field("keepalive_interval", &self.keepalive_interval)
@@ -310,7 +322,27 @@ impl SimulatorBuilder {
     /// A reply of exactly `n` content events (`"token0 "`, `"token1 "`, …),
     /// for stream tests and throughput runs.
     pub fn reply_tokens(mut self, n: usize) -> Self {
-        self.reply = (0..n).map(|i| format!("token{i} ")).collect();
+        self.reply = ReplyText::new((0..n).map(|i| format!("token{i} ")));
+        self
+    }
+
+    /// What every API does with a request that carries a prefill (the
+    /// start of the assistant's answer): [`PrefillMode::Continue`] by
+    /// default, so that continuation can be tested against any API. A
+    /// fault's [`with_prefill`](crate::Fault::with_prefill) overrides it
+    /// for the requests that get that fault.
+    pub fn prefill(mut self, mode: PrefillMode) -> Self {
+        for api in Api::ALL {
+            self.prefill.set(api, mode);
+        }
+        self
+    }
+
+    /// What `api` does with a prefill, the other APIs unchanged: e.g.
+    /// `prefill_for(Api::OpenAiChat, PrefillMode::Ignore)` for OpenAI's own
+    /// API, which has no prefill.
+    pub fn prefill_for(mut self, api: Api, mode: PrefillMode) -> Self {
+        self.prefill.set(api, mode);
         self
     }
 
@@ -355,7 +387,8 @@ impl SimulatorBuilder {
         gate.set_capacity(self.capacity);
         let config = Config {
             seed: self.seed,
-            reply: self.reply.into(),
+            reply: self.reply,
+            prefill: self.prefill,
             api_key: self.api_key,
             context_window: self.context_window,
             keepalive_interval: self.keepalive_interval,
@@ -385,6 +418,6 @@ fn next_instance() -> u64 {
     INSTANCES.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
-fn split_reply(text: &str) -> Vec<String> {
-    text.split_inclusive(' ').map(str::to_owned).collect()
+fn split_reply(text: &str) -> ReplyText {
+    ReplyText::new(text.split_inclusive(' '))
 }

@@ -6,9 +6,11 @@
 //!         | "script=" fault,… [";then=" fault]   one per request, then healthy (or `then`)
 //!         | "cycle=" fault,…                      the script, over and over
 //!         | "rate=" p:fault,… [";then=" fault] [";seed=" n]   seeded random mix
-//! fault  := base ("+latency=" delay | "+tokens=" delay)*
+//! fault  := base ("+latency=" delay | "+tokens=" delay | "+first=" delay
+//!                | "+prefill=" ("continue" | "ignore" | "refuse"))*
 //! base   := "ok" | "stall" | "reset" | "close" | "truncate"
-//!         | "error@" n [":" failure] | "drop@" n | "stall@" n
+//!         | "error@" n [":" failure] | "drop@" n | "stall@" n [":silent"]
+//!         | "refuse_prefill"                  (= "ok+prefill=refuse")
 //!         | failure
 //! failure:= status (429 → rate_limited@1s, 529 → overloaded, 5xx, 400, 401, 404, any other)
 //!         | "rate_limited" ["@" duration] | "rate_limited_ms@" duration
@@ -153,10 +155,17 @@ impl FromStr for Fault {
             } else if let Some(delay) = modifier.strip_prefix("tokens=") {
                 fault =
                     fault.with_token_delay(parse_delay(delay).map_err(|r| ParseError::new(s, r))?);
+            } else if let Some(delay) = modifier.strip_prefix("first=") {
+                fault = fault
+                    .with_first_token_delay(parse_delay(delay).map_err(|r| ParseError::new(s, r))?);
+            } else if let Some(mode) = modifier.strip_prefix("prefill=") {
+                fault = fault.with_prefill(mode.parse().map_err(|r| ParseError::new(s, r))?);
             } else {
                 return Err(ParseError::new(
                     s,
-                    format!("unknown modifier `{modifier}` (expected latency= or tokens=)"),
+                    format!(
+                        "unknown modifier `{modifier}` (expected latency=, tokens=, first= or prefill=)"
+                    ),
                 ));
             }
         }
@@ -186,11 +195,15 @@ fn parse_base(base: &str) -> Result<Fault, String> {
     };
     match name {
         "ok" | "healthy" => no_arg(Fault::ok()),
-        "stall" if arg.is_some() => Ok(Fault::stream_stall_after(count(arg)?)),
-        "stall" => Ok(Fault::stall()),
+        "stall" => match arg.and_then(|arg| arg.strip_suffix(":silent")) {
+            Some(n) => Ok(Fault::stream_stall_silent_after(count(Some(n))?)),
+            None if arg.is_some() => Ok(Fault::stream_stall_after(count(arg)?)),
+            None => Ok(Fault::stall()),
+        },
         "reset" => no_arg(Fault::reset()),
         "close" => no_arg(Fault::close()),
         "truncate" => no_arg(Fault::stream_without_terminal()),
+        "refuse_prefill" => no_arg(Fault::refuse_prefill()),
         "drop" => Ok(Fault::stream_drop_after(count(arg)?)),
         "error" => {
             let arg = arg.ok_or("`error` needs @n, the number of content events first")?;

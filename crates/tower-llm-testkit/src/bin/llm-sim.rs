@@ -12,7 +12,7 @@ use std::process::ExitCode;
 use std::str::FromStr;
 use std::time::Duration;
 
-use tower_llm_testkit::{Api, Capacity, Delay, FaultPlan, Simulator};
+use tower_llm_testkit::{Api, Capacity, Delay, FaultPlan, PrefillMode, Simulator};
 
 const USAGE: &str = "\
 llm-sim: a simulated OpenAI / Anthropic / Ollama provider with scripted faults
@@ -35,6 +35,9 @@ OPTIONS:
     --api-key-env VAR      require the key held in environment variable VAR
     --context-window N     answer 400 context_length_exceeded above N tokens (4 bytes each)
     --keepalive DURATION   keep-alive interval of stalled streams (default 5s)
+    --prefill MODE         a request ending with the assistant's partial answer gets the
+                           rest of the reply (continue, the default), the whole reply
+                           (ignore, as OpenAI's own API) or a 400 (refuse)
     --quiet                do not print a stats line every 5 s
     -h, --help             this text
 
@@ -61,6 +64,7 @@ struct Options {
     api_key_env: Option<String>,
     context_window: Option<u64>,
     keepalive: Duration,
+    prefill: PrefillMode,
     quiet: bool,
 }
 
@@ -80,6 +84,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Option<Options>,
         api_key_env: None,
         context_window: None,
         keepalive: Duration::from_secs(5),
+        prefill: PrefillMode::Continue,
         quiet: false,
     };
     let mut args = args.into_iter();
@@ -131,6 +136,9 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Option<Options>,
             "--keepalive" => {
                 options.keepalive = duration(&value).map_err(|e| format!("--keepalive: {e}"))?
             }
+            "--prefill" => {
+                options.prefill = value.parse().map_err(|e| format!("--prefill: {e}"))?
+            }
             other => return Err(format!("unknown option {other} (see --help)")),
         }
     }
@@ -173,6 +181,7 @@ async fn main() -> ExitCode {
         .latency(options.latency)
         .token_delay(options.token_delay)
         .keepalive_interval(options.keepalive)
+        .prefill(options.prefill)
         // A long-running server would grow without bound if it kept every request.
         .record(false);
     if let Some(n) = options.tokens {
@@ -302,6 +311,17 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(options.plan.to_string(), "rate=0.5:503;seed=3");
+    }
+
+    #[test]
+    fn prefill_mode_is_an_option() {
+        let options = parse(&["--prefill", "refuse"]).unwrap().unwrap();
+        assert_eq!(options.prefill, PrefillMode::Refuse);
+        assert!(
+            parse(&["--prefill=sometimes"])
+                .unwrap_err()
+                .contains("unknown prefill mode")
+        );
     }
 
     #[test]
