@@ -215,3 +215,40 @@ pub fn streamed_text(api: Api, body: &str) -> String {
     }
     text
 }
+
+/// The body of a raw HTTP/1.1 response with chunked transfer encoding,
+/// decoded as far as it came (a stream cut or still open has no last chunk).
+pub fn dechunked_body(raw: &[u8]) -> String {
+    let text = std::str::from_utf8(raw).unwrap();
+    let (_, mut rest) = text.split_once("\r\n\r\n").unwrap();
+    let mut body = String::new();
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if size == 0 || after.len() < size {
+            break;
+        }
+        body.push_str(&after[..size]);
+        rest = after[size..].strip_prefix("\r\n").unwrap_or_default();
+    }
+    body
+}
+
+/// The text of an answer, streamed or whole, whatever its API.
+pub fn answer_text(api: Api, stream: bool, answer: &Answer) -> String {
+    if stream {
+        return streamed_text(api, answer.text());
+    }
+    let pointer = match api {
+        Api::OpenAiChat => "/choices/0/message/content",
+        Api::AnthropicMessages => "/content/0/text",
+        _ => "/message/content",
+    };
+    answer
+        .json()
+        .pointer(pointer)
+        .and_then(|v| v.as_str())
+        .unwrap_or_else(|| panic!("no text at {pointer}: {}", answer.text()))
+        .to_owned()
+}
