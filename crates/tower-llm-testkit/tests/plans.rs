@@ -157,6 +157,13 @@ fn every_fault_prints_in_the_syntax_it_parses_from() {
         "ok+latency=50ms~500ms",
         "503+latency=10ms..30ms",
         "drop@3+latency=1s+tokens=5ms",
+        "stall@3:silent",
+        "stall@0:silent+latency=1s",
+        "ok+first=20s",
+        "drop@40+tokens=10ms+first=2s",
+        "ok+prefill=refuse",
+        "ok+prefill=ignore",
+        "drop@2+prefill=continue",
     ];
     for text in texts {
         let fault: Fault = text.parse().unwrap_or_else(|e| panic!("{text}: {e}"));
@@ -170,6 +177,7 @@ fn every_fault_prints_in_the_syntax_it_parses_from() {
         ("401", "unauthorized"),
         ("404", "not_found"),
         ("400", "invalid_request"),
+        ("refuse_prefill", "ok+prefill=refuse"),
     ] {
         assert_eq!(alias.parse::<Fault>().unwrap().to_string(), canonical);
     }
@@ -185,6 +193,7 @@ fn every_plan_form_round_trips() {
         "cycle=503,ok",
         "rate=0.2:503,0.05:reset",
         "rate=0.1:drop@2;then=ok+latency=20ms;seed=42",
+        "script=drop@40;then=ok+prefill=refuse",
     ] {
         let plan: FaultPlan = text.parse().unwrap_or_else(|e| panic!("{text}: {e}"));
         assert_eq!(plan.to_string(), text);
@@ -216,6 +225,9 @@ fn bad_plans_say_what_is_wrong() {
         ("200", "not an error status"),
         ("error@1:teapot", "unknown fault"),
         ("error@1:reset", "not a provider error"),
+        ("stall@x:silent", "not a number"),
+        ("ok+first=soon", "not a duration"),
+        ("ok+prefill=maybe", "unknown prefill mode"),
     ];
     for (text, reason) in cases {
         let error = text.parse::<FaultPlan>().unwrap_err();
