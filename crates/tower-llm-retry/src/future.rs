@@ -30,8 +30,9 @@ pin_project! {
     /// the happy path it allocates a copy of the request for the attempt
     /// (headers and extensions; none when the policy allows one attempt)
     /// and a box that pins the body of a guarded answer (a stream, a whole
-    /// JSON answer) while it is read ahead; a timer only for a call with a
-    /// timeout or a deadline. Dropping it drops the attempt in flight or
+    /// JSON answer) while it is read ahead; a call with a timeout or a
+    /// deadline also makes the [`AttemptEnd`] it shares with the layers
+    /// below (its timer is inline). Dropping it drops the attempt in flight or
     /// the wait (with its `AttemptEnd` unset: a breaker below does not count
     /// a caller that went away), and gives back the budget token of a retry
     /// not yet made; nothing is spawned.
@@ -41,9 +42,15 @@ pin_project! {
     {
         #[pin]
         state: State<S::Future, B, R>,
-        // Boxed, like the wait between attempts: only a call with a
-        // timeout, a deadline or a retry pays for a timer.
-        timer: Option<Pin<Box<Sleep>>>,
+        // The attempt's time limit (or the deadline): inline, so a call
+        // with a timeout allocates no timer, and a call without one never
+        // registers it.
+        #[pin]
+        timer: Option<Sleep>,
+        // When the attempt in flight must have its first content (a
+        // stream) or its whole answer: the timer moves here when the head
+        // arrives, since a stream's head may have a shorter limit.
+        content_limit: Option<Instant>,
         service: S,
         shared: Arc<Shared>,
         template: Template,
@@ -114,7 +121,8 @@ where
                 read: ReadBody::new(body, shared.policy.max_body),
             },
             // Reading the body counts against the deadline too.
-            timer: deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),
+            timer: deadline.map(tokio::time::sleep_until),
+            content_limit: None,
             service,
             shared,
             // The request without its body until the body is read.
@@ -162,7 +170,7 @@ where
             let (failed, final_reason): (LlmError, Option<GiveUp>) =
                 match this.state.as_mut().project() {
                     StateProj::Collecting { read } => {
-                        if timer_expired(this.timer, cx) {
+                        if timer_expired(this.timer.as_mut(), cx) {
                             (deadline_error(), Some(GiveUp::Deadline))
                         } else {
                             // Read the caller's body once; a single-frame body
@@ -183,7 +191,7 @@ where
                         }
                     }
                     StateProj::Ready => {
-                        if timer_expired(this.timer, cx) {
+                        if timer_expired(this.timer.as_mut(), cx) {
                             (deadline_error(), Some(GiveUp::Deadline))
                         } else {
                             match ready!(this.service.poll_ready(cx)) {
@@ -192,7 +200,8 @@ where
                                         this.service,
                                         this.template,
                                         this.attempts,
-                                        this.timer,
+                                        this.timer.as_mut(),
+                                        this.content_limit,
                                         this.end,
                                         this.shared,
                                         *this.deadline,
@@ -212,7 +221,7 @@ where
                         }
                     }
                     StateProj::Calling { future } => {
-                        if timer_expired(this.timer, cx) {
+                        if timer_expired(this.timer.as_mut(), cx) {
                             time_limit_reached(this.end.as_ref(), *this.deadline);
                             (attempt_timeout(Phase::BeforeHeaders), None)
                         } else {
@@ -228,12 +237,15 @@ where
                                         .then(|| Watch::for_response(&head, this.template))
                                         .flatten();
                                     if let Some(watch) = watch {
+                                        // From here the limit is the first
+                                        // content's (or the whole answer's).
+                                        set_timer(this.timer.as_mut(), *this.content_limit);
                                         let guard = HeldResponse::new(head, body, watch);
                                         this.state.set(State::Guarding { guard });
                                         continue;
                                     }
                                     this.state.set(State::Done);
-                                    *this.timer = None;
+                                    this.timer.set(None);
                                     let mut response =
                                         Response::from_parts(head, RetryBody::new(body));
                                     report::finish(&mut response, *this.attempts, *this.slept);
@@ -244,7 +256,7 @@ where
                         }
                     }
                     StateProj::Guarding { guard } => {
-                        if timer_expired(this.timer, cx) {
+                        if timer_expired(this.timer.as_mut(), cx) {
                             time_limit_reached(this.end.as_ref(), *this.deadline);
                             (attempt_timeout(Phase::AfterHeaders), None)
                         } else {
@@ -254,7 +266,7 @@ where
                                         return Poll::Ready(Err(polled_after_completion()));
                                     };
                                     this.state.set(State::Done);
-                                    *this.timer = None;
+                                    this.timer.set(None);
                                     report::finish(&mut response, *this.attempts, *this.slept);
                                     return Poll::Ready(Ok(response));
                                 }
@@ -272,13 +284,7 @@ where
                     StateProj::Sleeping { sleep } => {
                         ready!(sleep.as_mut().poll(cx));
                         // The deadline bounds the wait for readiness too.
-                        match (*this.deadline, this.timer.as_mut()) {
-                            (Some(deadline), Some(timer)) => timer.as_mut().reset(deadline),
-                            (Some(deadline), None) => {
-                                *this.timer = Some(Box::pin(tokio::time::sleep_until(deadline)))
-                            }
-                            (None, _) => *this.timer = None,
-                        }
+                        set_timer(this.timer.as_mut(), *this.deadline);
                         this.state.set(State::Ready);
                         continue;
                     }
@@ -330,7 +336,7 @@ where
                 Err(reason) => {
                     report::giving_up(c, *this.attempts, reason, model_of(this.template));
                     this.state.set(State::Done);
-                    *this.timer = None;
+                    this.timer.set(None);
                     return Poll::Ready(Err(report::fail(
                         failed,
                         reason,
@@ -348,11 +354,19 @@ where
 /// the policy allows), the attempt's timer and, with a timer, a cleared
 /// [`AttemptEnd`] in its extensions. `None` when the deadline has passed:
 /// no request is sent that could not be answered.
+///
+/// The timer first runs to the head's limit; `content_limit` is when the
+/// attempt must have its first content (a stream) or its whole answer (a
+/// guarded JSON answer), where the timer moves when the head arrives. A
+/// request that asks for a stream has the policy's stream head and
+/// first-content limits besides the attempt timeout and the deadline.
+#[allow(clippy::too_many_arguments, reason = "the future's fields, lent")]
 fn start_attempt<S>(
     service: &mut S,
     template: &mut Template,
     attempts: &mut u32,
-    timer: &mut Option<Pin<Box<Sleep>>>,
+    timer: Pin<&mut Option<Sleep>>,
+    content_limit: &mut Option<Instant>,
     end: &mut Option<AttemptEnd>,
     shared: &Shared,
     deadline: Option<Instant>,
@@ -360,8 +374,18 @@ fn start_attempt<S>(
 where
     S: Service<Request<ReplayBody>>,
 {
+    let policy = &shared.policy;
+    let (head_timeout, first_content_timeout) = if template.meta().is_some_and(|m| m.stream) {
+        (policy.stream_head_timeout, policy.first_content_timeout)
+    } else {
+        (None, None)
+    };
     // The clock is read only when a deadline or timeout needs it.
-    let now = (deadline.is_some() || shared.policy.attempt_timeout.is_some()).then(Instant::now);
+    let timed = deadline.is_some()
+        || policy.attempt_timeout.is_some()
+        || head_timeout.is_some()
+        || first_content_timeout.is_some();
+    let now = timed.then(Instant::now);
     if let (Some(deadline), Some(now)) = (deadline, now)
         && deadline <= now
     {
@@ -370,29 +394,42 @@ where
     *attempts += 1;
     // No attempt follows the last one allowed (`RetryPolicy::decide` gives
     // up at `max_attempts`), so it takes the request instead of a copy.
-    let mut request = template.attempt(*attempts >= shared.policy.max_attempts);
-    let limit = match (shared.policy.attempt_timeout, deadline, now) {
-        (Some(timeout), None, Some(now)) => now.checked_add(timeout),
-        (None, Some(deadline), _) => Some(deadline),
-        (Some(timeout), Some(deadline), Some(now)) => Some(
-            now.checked_add(timeout)
-                .map_or(deadline, |end| end.min(deadline)),
-        ),
-        _ => None,
-    };
-    match (limit, timer.as_mut()) {
-        // Reuse the allocation of the previous timer.
-        (Some(limit), Some(sleep)) => sleep.as_mut().reset(limit),
-        (Some(limit), None) => *timer = Some(Box::pin(tokio::time::sleep_until(limit))),
-        (None, _) => *timer = None,
-    }
+    let mut request = template.attempt(*attempts >= policy.max_attempts);
+    // A limit too far away for the clock is no limit.
+    let after =
+        |timeout: Option<Duration>| now.zip(timeout).and_then(|(now, t)| now.checked_add(t));
+    *content_limit = earliest(
+        earliest(after(policy.attempt_timeout), after(first_content_timeout)),
+        deadline,
+    );
+    let head_limit = earliest(*content_limit, after(head_timeout));
+    set_timer(timer, head_limit);
     // Only an attempt this layer may end itself needs to say why it ended.
-    if limit.is_some() {
+    if head_limit.is_some() {
         let end = end.get_or_insert_with(AttemptEnd::new);
         end.renew();
         request.extensions_mut().insert(end.clone());
     }
     Some(service.call(request))
+}
+
+/// The earlier of two limits, `None` being no limit.
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, None) => a,
+        (None, b) => b,
+    }
+}
+
+/// Points the timer at `limit` (reset in place when it is armed), or stops
+/// it (`None`).
+fn set_timer(mut timer: Pin<&mut Option<Sleep>>, limit: Option<Instant>) {
+    match (limit, timer.as_mut().as_pin_mut()) {
+        (Some(limit), Some(sleep)) => sleep.reset(limit),
+        (Some(limit), None) => timer.set(Some(tokio::time::sleep_until(limit))),
+        (None, _) => timer.set(None),
+    }
 }
 
 /// The attempt's timer ran out: tell the layers below, before the attempt
@@ -407,11 +444,12 @@ fn time_limit_reached(end: Option<&AttemptEnd>, deadline: Option<Instant>) {
     }
 }
 
-/// Whether the timer (attempt timeout or deadline) has run out.
-fn timer_expired(timer: &mut Option<Pin<Box<Sleep>>>, cx: &mut Context<'_>) -> bool {
+/// Whether the timer (a time limit of the attempt, or the deadline) has
+/// run out.
+fn timer_expired(timer: Pin<&mut Option<Sleep>>, cx: &mut Context<'_>) -> bool {
     timer
-        .as_mut()
-        .is_some_and(|sleep| sleep.as_mut().poll(cx).is_ready())
+        .as_pin_mut()
+        .is_some_and(|sleep| sleep.poll(cx).is_ready())
 }
 
 fn attempt_timeout(phase: Phase) -> LlmError {

@@ -69,8 +69,12 @@
 //!   response's extensions) and scans a stream itself only when nothing
 //!   below does.
 //! - **Deadlines.** One deadline over all attempts and waits, a per-attempt
-//!   timeout (to the head, and for streams to the first content), and no
-//!   wait is started that the deadline could not follow with an attempt.
+//!   timeout (to the head, and for streams to the first content), for
+//!   streamed requests a shorter limit to the head (providers send it at
+//!   once) and one to the first content, and no wait is started that the
+//!   deadline could not follow with an attempt. A target that stayed
+//!   silent can be left to a fallback after one attempt instead of being
+//!   waited out again (`retry_on_silence(false)`).
 //!   An attempt the layer ends is a timeout for a circuit breaker below
 //!   it, not a caller that went away: each attempt's request carries an
 //!   [`AttemptEnd`](tower_llm_classify::AttemptEnd) that says so, set

@@ -43,6 +43,12 @@ pub struct RetrySettings {
     pub deadline_ms: Option<u64>,
     /// The limit on one attempt, in milliseconds.
     pub attempt_timeout_ms: Option<u64>,
+    /// The limit on a streamed request's wait for its response head, in
+    /// milliseconds.
+    pub stream_head_timeout_ms: Option<u64>,
+    /// The limit on a streamed request's wait for its first content, in
+    /// milliseconds.
+    pub first_content_timeout_ms: Option<u64>,
     /// Whether streams are held back until their first content.
     pub first_content_guard: Option<bool>,
     /// The largest request body kept for replay, in bytes.
@@ -104,6 +110,11 @@ impl RetrySettings {
 
     /// The builder this describes: the preset, then each setting given.
     pub fn builder(&self) -> Result<RetryPolicyBuilder, ConfigError> {
+        Ok(self.apply_to(self.preset_policy()?.to_builder()))
+    }
+
+    /// The preset this names (`sdk_default` when none).
+    fn preset_policy(&self) -> Result<RetryPolicy, ConfigError> {
         let preset = match self.preset.as_deref().unwrap_or("sdk_default") {
             "sdk_default" => RetryPolicy::sdk_default(),
             "high_availability" => RetryPolicy::high_availability(),
@@ -115,7 +126,13 @@ impl RetrySettings {
                 )));
             }
         };
-        let mut builder = preset.to_builder();
+        Ok(preset)
+    }
+
+    /// Each setting given, over `builder` (its `preset` is not read): for
+    /// a caller whose starting point is not one of this crate's presets,
+    /// such as a stack's preset with its timeouts.
+    pub fn apply_to(&self, mut builder: RetryPolicyBuilder) -> RetryPolicyBuilder {
         if let Some(n) = self.max_attempts {
             builder = builder.max_attempts(n);
         }
@@ -136,6 +153,12 @@ impl RetrySettings {
         if let Some(ms) = self.attempt_timeout_ms {
             builder = builder.attempt_timeout(Duration::from_millis(ms));
         }
+        if let Some(ms) = self.stream_head_timeout_ms {
+            builder = builder.stream_head_timeout(Duration::from_millis(ms));
+        }
+        if let Some(ms) = self.first_content_timeout_ms {
+            builder = builder.first_content_timeout(Duration::from_millis(ms));
+        }
         if let Some(on) = self.first_content_guard {
             builder = builder.first_content_guard(on);
         }
@@ -153,7 +176,7 @@ impl RetrySettings {
                 );
             }
         }
-        Ok(builder)
+        builder
     }
 
     /// The policy this describes, checked.
@@ -232,6 +255,30 @@ mod tests {
         let policy = config.build().unwrap();
         assert_eq!(policy.max_attempts(), 2);
         assert_eq!(policy.backoff().jitter(), Jitter::Decorrelated);
+    }
+
+    #[test]
+    fn stream_limits_apply_over_any_starting_point() {
+        let settings = RetrySettings {
+            stream_head_timeout_ms: Some(15_000),
+            first_content_timeout_ms: Some(45_000),
+            ..Default::default()
+        };
+        let policy = settings.build().unwrap();
+        assert_eq!(policy.stream_head_timeout(), Some(Duration::from_secs(15)));
+        assert_eq!(
+            policy.first_content_timeout(),
+            Some(Duration::from_secs(45))
+        );
+        // Over another starting point, what it has and the settings do not
+        // name is kept.
+        let start = RetryPolicy::builder()
+            .max_attempts(5)
+            .attempt_timeout(Duration::from_secs(600));
+        let policy = settings.apply_to(start).build().unwrap();
+        assert_eq!(policy.max_attempts(), 5);
+        assert_eq!(policy.attempt_timeout(), Some(Duration::from_secs(600)));
+        assert_eq!(policy.stream_head_timeout(), Some(Duration::from_secs(15)));
     }
 
     #[test]

@@ -110,9 +110,58 @@ impl RetryPolicyBuilder {
     /// a stream before its first content) counts as a timeout for a circuit
     /// breaker below (see [`AttemptEnd`](tower_llm_classify::AttemptEnd)),
     /// so set it above the slowest answer a caller may legitimately ask for.
+    /// A streamed request may have earlier limits within it: the
+    /// [stream head](Self::stream_head_timeout) and
+    /// [first-content](Self::first_content_timeout) timeouts.
     /// `Duration::MAX` (or any limit past the clock's range) is no limit.
     pub fn attempt_timeout(mut self, timeout: Duration) -> Self {
         self.policy.attempt_timeout = Some(timeout);
+        self
+    }
+
+    /// A limit on a streamed request's wait for its response head (the
+    /// request asks for a stream: [`RequestMeta`]'s `stream`), counted from
+    /// the start of the attempt; requests that do not stream are not
+    /// affected. Providers send a stream's head as soon as they accept the
+    /// request, before generating anything, so this can be short where a
+    /// whole answer's head (sent only when generation ends, minutes for a
+    /// long output) needs the [`attempt_timeout`](Self::attempt_timeout)'s
+    /// long limit. An attempt it ends counts as a timeout for a circuit
+    /// breaker below. `Duration::MAX` is no limit.
+    ///
+    /// [`RequestMeta`]: tower_llm_classify::RequestMeta
+    pub fn stream_head_timeout(mut self, timeout: Duration) -> Self {
+        self.policy.stream_head_timeout = Some(timeout);
+        self
+    }
+
+    /// A limit on a streamed request's wait for its first content event
+    /// (text, a tool call; not pings, comments or a role-only chunk),
+    /// counted from the start of the attempt, head included; requests that
+    /// do not stream are not affected. It needs the
+    /// [first-content guard](Self::first_content_guard), which holds the
+    /// stream back until then. Reasoning models may think for minutes
+    /// before their first token (OpenAI's background-mode guide: "reasoning
+    /// models can take several minutes to solve complex problems"), so set
+    /// it only where the models served answer sooner; LiteLLM's
+    /// `stream_timeout` is the same limit. An attempt it ends counts as a
+    /// timeout for a circuit breaker below. `Duration::MAX` is no limit.
+    pub fn first_content_timeout(mut self, timeout: Duration) -> Self {
+        self.policy.first_content_timeout = Some(timeout);
+        self
+    }
+
+    /// Whether a target that stayed silent is tried again (default true):
+    /// an attempt that timed out before its response head or, for a
+    /// stream, before its first content, with nothing from the target to
+    /// say why (no status, no error code; this layer's timers, the client's,
+    /// Classify's idle timeout). Turn it off below a fallback that has
+    /// another target to go to: a silent target is usually silent again
+    /// (a hung connection, a stuck deployment), and each attempt on it
+    /// costs the whole timeout. The failure is then returned at once,
+    /// given up as [`GiveUp::Silent`](crate::GiveUp::Silent).
+    pub fn retry_on_silence(mut self, retry: bool) -> Self {
+        self.policy.retry_on_silence = retry;
         self
     }
 
@@ -198,23 +247,37 @@ impl RetryPolicyBuilder {
             return Err(ConfigError("max_attempts must be at least 1".into()));
         }
         policy.backoff.validate().map_err(ConfigError)?;
-        if let (Some(deadline), Some(attempt)) = (policy.deadline, policy.attempt_timeout) {
-            if attempt > deadline {
+        if policy.deadline.is_some_and(|d| d.is_zero()) {
+            return Err(ConfigError("deadline must be longer than zero".into()));
+        }
+        let limits = [
+            ("attempt timeout", policy.attempt_timeout),
+            ("stream head timeout", policy.stream_head_timeout),
+            ("first-content timeout", policy.first_content_timeout),
+        ];
+        for (name, limit) in limits {
+            let Some(limit) = limit else { continue };
+            if limit.is_zero() {
+                return Err(ConfigError(format!("{name} must be longer than zero")));
+            }
+            let Some(deadline) = policy.deadline else {
+                continue;
+            };
+            if limit > deadline {
                 return Err(ConfigError(format!(
-                    "attempt timeout ({attempt:?}) is longer than the deadline ({deadline:?}): no attempt could use it"
+                    "{name} ({limit:?}) is longer than the deadline ({deadline:?}): no attempt could use it"
                 )));
             }
-            if attempt == deadline && policy.max_attempts > 1 {
+            if limit == deadline && policy.max_attempts > 1 {
                 return Err(ConfigError(format!(
-                    "attempt timeout equals the deadline ({deadline:?}): no retry could ever start; lower the attempt timeout or set max_attempts to 1"
+                    "{name} equals the deadline ({deadline:?}): no retry could ever start; lower the {name} or set max_attempts to 1"
                 )));
             }
         }
-        if policy.deadline.is_some_and(|d| d.is_zero())
-            || policy.attempt_timeout.is_some_and(|d| d.is_zero())
-        {
+        if policy.first_content_timeout.is_some() && !policy.first_content_guard {
             return Err(ConfigError(
-                "deadline and attempt timeout must be longer than zero".into(),
+                "first-content timeout needs the first-content guard: without it a stream is handed over at its head"
+                    .into(),
             ));
         }
         if let Some(settings) = self.budget {

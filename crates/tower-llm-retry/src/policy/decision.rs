@@ -23,6 +23,10 @@ pub enum GiveUp {
     Deadline,
     /// The retry budget is empty.
     BudgetExhausted,
+    /// The target stayed silent (no response head, or no first content, in
+    /// time) and the policy leaves a silent target to a fallback
+    /// ([`retry_on_silence(false)`](crate::RetryPolicyBuilder::retry_on_silence)).
+    Silent,
 }
 
 impl GiveUp {
@@ -34,6 +38,7 @@ impl GiveUp {
             GiveUp::HintTooLong => "hint_too_long",
             GiveUp::Deadline => "deadline",
             GiveUp::BudgetExhausted => "budget_exhausted",
+            GiveUp::Silent => "silent",
         }
     }
 }
@@ -71,6 +76,9 @@ impl RetryPolicy {
         {
             return decision;
         }
+        if self.leaves_silence_to_fallback(c) {
+            return false;
+        }
         // The server's own `x-should-retry` outranks a per-kind rule: a 529
         // that says "don't retry" is not retried.
         if c.retry_override().is_none()
@@ -95,7 +103,11 @@ impl RetryPolicy {
         u: f64,
     ) -> Decision {
         if !self.is_retryable(c) {
-            return Decision::GiveUp(GiveUp::NotRetryable);
+            return Decision::GiveUp(if self.leaves_silence_to_fallback(c) {
+                GiveUp::Silent
+            } else {
+                GiveUp::NotRetryable
+            });
         }
         if attempts >= self.max_attempts {
             return Decision::GiveUp(GiveUp::AttemptsExhausted);
@@ -142,6 +154,26 @@ impl RetryPolicy {
         }
         Decision::Retry { delay, hinted }
     }
+}
+
+impl RetryPolicy {
+    /// Whether `c` is a silence this policy does not retry.
+    fn leaves_silence_to_fallback(&self, c: &Classification) -> bool {
+        !self.retry_on_silence && is_silence(c)
+    }
+}
+
+/// Whether `c` says the target stayed silent: a timeout before any content
+/// with nothing from the target to say why — no status, no provider error
+/// code (a 504 or an in-band `timeout_error` is the target speaking).
+pub(crate) fn is_silence(c: &Classification) -> bool {
+    c.kind() == ErrorKind::Timeout
+        && c.status().is_none()
+        && c.code().is_none()
+        && matches!(
+            c.phase(),
+            Phase::Connect | Phase::BeforeHeaders | Phase::AfterHeaders
+        )
 }
 
 fn round_up_to_millis(d: Duration) -> Duration {

@@ -32,6 +32,11 @@ pub type RetryPredicate = dyn Fn(&Classification) -> Option<bool> + Send + Sync;
 /// | longest hint honoured | 60 s | 30 s | 60 s | 5 s |
 /// | deadline | none | 120 s | none | 30 s |
 /// | budget (ratio, floor) | 10 %, 1/s | 20 %, 2/s | 5 %, 1/s | none |
+///
+/// None of these presets sets a per-attempt timeout: the layer alone does
+/// not know what it is called for. `tower_llm`'s stack presets add them
+/// (a short wait for a stream's head, the SDKs' ten minutes for a whole
+/// answer) and leave a silent target to the next one.
 #[derive(Clone)]
 pub struct RetryPolicy {
     pub(crate) max_attempts: u32,
@@ -40,6 +45,9 @@ pub struct RetryPolicy {
     pub(crate) hint_spread: f64,
     pub(crate) deadline: Option<Duration>,
     pub(crate) attempt_timeout: Option<Duration>,
+    pub(crate) stream_head_timeout: Option<Duration>,
+    pub(crate) first_content_timeout: Option<Duration>,
+    pub(crate) retry_on_silence: bool,
     pub(crate) min_attempt_time: Duration,
     pub(crate) first_content_guard: bool,
     pub(crate) max_body: usize,
@@ -74,6 +82,9 @@ impl RetryPolicy {
             hint_spread: 1.5,
             deadline: None,
             attempt_timeout: None,
+            stream_head_timeout: None,
+            first_content_timeout: None,
+            retry_on_silence: true,
             min_attempt_time: Duration::from_millis(500),
             first_content_guard: true,
             max_body: 32 * 1024 * 1024,
@@ -165,6 +176,24 @@ impl RetryPolicy {
         self.attempt_timeout
     }
 
+    /// The limit on a streamed request's wait for its response head, if
+    /// any.
+    pub fn stream_head_timeout(&self) -> Option<Duration> {
+        self.stream_head_timeout
+    }
+
+    /// The limit on a streamed request's wait for its first content, if
+    /// any.
+    pub fn first_content_timeout(&self) -> Option<Duration> {
+        self.first_content_timeout
+    }
+
+    /// Whether a target that stayed silent (no head, or no first content,
+    /// in time) is tried again.
+    pub fn retry_on_silence(&self) -> bool {
+        self.retry_on_silence
+    }
+
     /// The shared retry budget, if any.
     pub fn budget(&self) -> Option<&Arc<RetryBudget>> {
         self.budget.as_ref()
@@ -195,6 +224,9 @@ impl fmt::Debug for RetryPolicy {
             .field("max_hint", &self.max_hint)
             .field("deadline", &self.deadline)
             .field("attempt_timeout", &self.attempt_timeout)
+            .field("stream_head_timeout", &self.stream_head_timeout)
+            .field("first_content_timeout", &self.first_content_timeout)
+            .field("retry_on_silence", &self.retry_on_silence)
             .field("min_attempt_time", &self.min_attempt_time)
             .field("first_content_guard", &self.first_content_guard)
             .field("max_body", &self.max_body)

@@ -313,3 +313,95 @@ fn every_preset_builds_as_documented() {
     assert!(RetryPolicy::development().budget().is_none());
     assert!(RetryPolicy::sdk_default().budget().is_some());
 }
+
+#[test]
+fn stream_limits_that_cannot_work_fail_to_build_naming_the_limit() {
+    let longer = RetryPolicy::builder()
+        .deadline(Duration::from_secs(30))
+        .stream_head_timeout(Duration::from_secs(31))
+        .build()
+        .unwrap_err();
+    assert!(
+        longer.to_string().contains("stream head timeout"),
+        "{longer}"
+    );
+    let equal = RetryPolicy::builder()
+        .deadline(Duration::from_secs(30))
+        .first_content_timeout(Duration::from_secs(30))
+        .build()
+        .unwrap_err();
+    assert!(
+        equal.to_string().contains("first-content timeout"),
+        "{equal}"
+    );
+    let zero = RetryPolicy::builder()
+        .stream_head_timeout(Duration::ZERO)
+        .build()
+        .unwrap_err();
+    assert!(zero.to_string().contains("longer than zero"), "{zero}");
+    let unguarded = RetryPolicy::builder()
+        .first_content_guard(false)
+        .first_content_timeout(Duration::from_secs(20))
+        .build()
+        .unwrap_err();
+    assert!(unguarded.to_string().contains("guard"), "{unguarded}");
+    // With one attempt a limit may equal the deadline.
+    assert!(
+        RetryPolicy::builder()
+            .max_attempts(1)
+            .deadline(Duration::from_secs(30))
+            .stream_head_timeout(Duration::from_secs(30))
+            .build()
+            .is_ok()
+    );
+}
+
+#[test]
+fn a_silent_target_is_retried_unless_the_policy_leaves_it_to_a_fallback() {
+    let retries = RetryPolicy::builder().build().unwrap();
+    let leaves = RetryPolicy::builder()
+        .retry_on_silence(false)
+        .build()
+        .unwrap();
+    assert!(retries.retry_on_silence() && !leaves.retry_on_silence());
+    let silences = [
+        // No head in time (this layer's timer, the client's).
+        failure(ErrorKind::Timeout),
+        // A head, then no content in time (this layer, Classify's idle timer).
+        Classification::new(ErrorKind::Timeout).with_phase(Phase::AfterHeaders),
+    ];
+    for c in &silences {
+        assert!(matches!(
+            retries.decide(c, 1, Duration::ZERO, None, 0.5),
+            Decision::Retry { .. }
+        ));
+        assert_eq!(
+            leaves.decide(c, 1, Duration::ZERO, None, 0.5),
+            Decision::GiveUp(GiveUp::Silent)
+        );
+    }
+    // The target said something: a 504, an in-band `timeout_error`.
+    let spoken = [
+        failure(ErrorKind::Timeout).with_status(StatusCode::GATEWAY_TIMEOUT),
+        Classification::new(ErrorKind::Timeout)
+            .with_phase(Phase::AfterHeaders)
+            .with_code("timeout_error"),
+    ];
+    for c in &spoken {
+        assert!(
+            matches!(
+                leaves.decide(c, 1, Duration::ZERO, None, 0.5),
+                Decision::Retry { .. }
+            ),
+            "{c:?}"
+        );
+    }
+    // Other failures are untouched, and content delivered stays final.
+    assert!(leaves.is_retryable(&failure(ErrorKind::Overloaded)));
+    let mid_stream = Classification::new(ErrorKind::Timeout).with_phase(Phase::MidStream);
+    assert_eq!(
+        leaves.decide(&mid_stream, 1, Duration::ZERO, None, 0.5),
+        Decision::GiveUp(GiveUp::NotRetryable)
+    );
+    assert_eq!(GiveUp::Silent.as_str(), "silent");
+}
