@@ -43,9 +43,43 @@
 //! | `TOWER_LLM_CIRCUIT_*` | `[circuit]` (see [`tower_llm_circuit::ENV_VARS`]) |
 //! | `TOWER_LLM_HEDGE_DELAY_MS`, `TOWER_LLM_HEDGE_RATIO` | `[fallback] hedge_delay_ms`, `hedge_ratio` |
 //! | `TOWER_LLM_MAX_BODY_BYTES` | `[fallback] max_body_bytes` |
+//! | `TOWER_LLM_STREAM_IDLE_TIMEOUT_MS` | `[classify] stream_idle_timeout_ms` |
 //!
 //! Keys are never in the file: a target names the variable that holds its
 //! key (`api_key_env`), read when the stack is built.
+//!
+//! # Timeouts
+//!
+//! Every preset bounds how long a target may stay silent; the keys, all
+//! in milliseconds:
+//!
+//! | key | bounds | `sdk_default` |
+//! |---|---|---|
+//! | `[retry] stream_head_timeout_ms` | a streamed request's wait for its response head | 30 s |
+//! | `[retry] attempt_timeout_ms` | one attempt: its head, a stream's first content, a whole answer's end | 600 s |
+//! | `[retry] first_content_timeout_ms` | a streamed request's wait for its first content | none |
+//! | `[classify] stream_idle_timeout_ms` | a stream's time without a content event (pings do not count), from its head | 300 s |
+//! | `[retry] deadline_ms` | all attempts and waits on one target | none |
+//!
+//! A silent attempt (no head, or no first content, in time) goes to the
+//! next target of its route at once; the route's last target retries it.
+//! Why these figures, and the other presets', is in
+//! [`Preset`](crate::stack::Preset)'s docs.
+//!
+//! ```
+//! use tower_llm::config::StackConfig;
+//!
+//! // Models that answer fast: move on after 20 s without a first token,
+//! // end a stream silent for a minute.
+//! let config = StackConfig::from_toml(r#"
+//!     [retry]
+//!     first_content_timeout_ms = 20000
+//!
+//!     [classify]
+//!     stream_idle_timeout_ms = 60000
+//! "#).unwrap();
+//! assert_eq!(config.stream_idle_timeout().unwrap().as_secs(), 60);
+//! ```
 
 use std::fmt;
 use std::path::Path;
@@ -71,6 +105,8 @@ pub struct StackConfig {
     pub retry: RetrySettings,
     /// The breaker settings over the preset's.
     pub circuit: CircuitSettings,
+    /// How streams are read (the stream idle timeout).
+    pub classify: ClassifyOptions,
     /// What moves on, hedging, body limit.
     pub fallback: FallbackOptions,
     /// The targets (`[[targets]]`).
@@ -96,6 +132,18 @@ pub struct FallbackOptions {
     pub hedge_ratio: Option<f64>,
     /// The largest request body read, in bytes (default 32 MiB).
     pub max_body_bytes: Option<usize>,
+}
+
+/// The `[classify]` section.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct ClassifyOptions {
+    /// How long a stream may go without a content event (pings and SSE
+    /// comments do not count) before it fails, in milliseconds, counted
+    /// from the response head (the preset's when absent; see
+    /// [`LlmStack::stream_idle_timeout`]).
+    pub stream_idle_timeout_ms: Option<u64>,
 }
 
 /// One `[[routes]]` entry.
@@ -134,11 +182,12 @@ impl std::error::Error for ConfigError {}
 
 /// The environment variables [`StackConfig::from_env`] reads itself (the
 /// layers' own are listed in their crates).
-pub const ENV_VARS: [&str; 4] = [
+pub const ENV_VARS: [&str; 5] = [
     "TOWER_LLM_PRESET",
     "TOWER_LLM_HEDGE_DELAY_MS",
     "TOWER_LLM_HEDGE_RATIO",
     "TOWER_LLM_MAX_BODY_BYTES",
+    "TOWER_LLM_STREAM_IDLE_TIMEOUT_MS",
 ];
 
 impl StackConfig {
@@ -183,6 +232,10 @@ impl StackConfig {
         f.max_body_bytes = parse_var(ENV_VARS[3], &lookup)
             .map_err(env)?
             .or(f.max_body_bytes);
+        let c = &mut self.classify;
+        c.stream_idle_timeout_ms = parse_var(ENV_VARS[4], &lookup)
+            .map_err(env)?
+            .or(c.stream_idle_timeout_ms);
         self.retry = self
             .retry
             .from_env_with(&lookup)
@@ -200,6 +253,35 @@ impl StackConfig {
             .as_deref()
             .map_or(Ok(Preset::SdkDefault), str::parse)
             .map_err(|e| ConfigError(format!("preset: {e}")))
+    }
+
+    /// The stream idle timeout the stack will have: `[classify]
+    /// stream_idle_timeout_ms`, else the preset's.
+    pub fn stream_idle_timeout(&self) -> Result<Duration, ConfigError> {
+        match self.classify.stream_idle_timeout_ms {
+            Some(0) => Err(ConfigError::at(
+                "classify",
+                "stream_idle_timeout_ms: 0 would end every stream at once; give milliseconds \
+                 (at least 1; a very large value means no limit in practice)",
+            )),
+            Some(ms) => Ok(Duration::from_millis(ms)),
+            None => Ok(self.preset()?.stream_idle_timeout()),
+        }
+    }
+
+    /// The retry policy: `[retry]` over the stack preset's (timeouts
+    /// included), or over the preset `[retry] preset` names.
+    fn retry_policy(&self, preset: Preset) -> Result<tower_llm_retry::RetryPolicy, ConfigError> {
+        let start = match self.retry.preset.as_deref() {
+            Some(name) => name
+                .parse::<Preset>()
+                .map_err(|e| ConfigError::at("retry", format!("preset: {e}")))?,
+            None => preset,
+        };
+        self.retry
+            .apply_to(start.retry().to_builder())
+            .build()
+            .map_err(|e| ConfigError::at("retry", e))
     }
 
     /// The stack this describes over `client` (one client for every
@@ -244,16 +326,18 @@ impl StackConfig {
         B::Error: Into<tower_llm_classify::BoxError>,
     {
         let preset = self.preset()?;
-        let mut retry = self.retry.clone();
-        retry.preset = retry.preset.or_else(|| Some(preset.as_str().to_owned()));
-        let retry = retry.build().map_err(|e| ConfigError::at("retry", e))?;
+        let retry = self.retry_policy(preset)?;
+        let idle = self.stream_idle_timeout()?;
         let mut circuit = self.circuit.clone();
         circuit.preset = circuit
             .preset
             .or_else(|| Some(preset.circuit_preset().to_owned()));
         let circuit = circuit.build().map_err(|e| ConfigError::at("circuit", e))?;
 
-        let mut stack = LlmStack::preset(preset).retry(retry).circuit(circuit);
+        let mut stack = LlmStack::preset(preset)
+            .retry(retry)
+            .circuit(circuit)
+            .stream_idle_timeout(idle);
         let f = &self.fallback;
         if let Some(on) = f.move_on_authentication {
             stack = stack.move_on_authentication(on);

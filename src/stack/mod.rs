@@ -43,6 +43,20 @@
 //! keys, a proxy and the origin), and one of them being down must not skip
 //! the other.
 //!
+//! # Why a silent target is tried once when the route goes on
+//!
+//! A target that sent no response head in time, or no first content, is
+//! usually silent again on the next attempt (a hung connection, a stuck
+//! deployment), and each attempt on it costs the whole timeout. Every
+//! target of a route but the last therefore gives a silent attempt up at
+//! once (the retry policy's
+//! [`retry_on_silence`](tower_llm_retry::RetryPolicyBuilder::retry_on_silence)
+//! off), and the fallback moves on; the last target, with nowhere else to
+//! go, retries it as the policy says. A target that answers — an error
+//! status, an overload — is retried as before. The targets kept for
+//! context-length or content-filter failures count as last: an outage
+//! never goes there.
+//!
 //! # Why each target has its own retry budget
 //!
 //! A budget limits retries to a fraction of the traffic it sees. Shared, a
@@ -79,7 +93,7 @@ pub use preset::{Preset, UnknownPreset};
 #[cfg(feature = "reqwest")]
 pub use reqwest_client::ReqwestClient;
 pub use routes::ModelRoute;
-use routes::{Routes, route_targets};
+use routes::{Routes, in_route_order, route_targets};
 pub use service::Stack;
 pub use target_service::{TargetFuture, TargetService};
 
@@ -122,11 +136,21 @@ struct Layers {
     classify: ClassifyLayer,
 }
 
-/// A target's settings, and how to make its service once the layers are
+/// A target's stack twice over, sharing its breaker and its retry budget:
+/// where a route goes on after it, and where it is the route's last.
+#[derive(Clone)]
+struct TargetServices {
+    /// Leaves a silent attempt to the next target.
+    moves_on: TargetService,
+    /// Retries a silent attempt as the policy says.
+    last: TargetService,
+}
+
+/// A target's settings, and how to make its services once the layers are
 /// known.
 type PendingTarget = (
     Target<()>,
-    Box<dyn FnOnce(&Layers, Arc<str>) -> TargetService + Send>,
+    Box<dyn FnOnce(&Layers, Arc<str>) -> TargetServices + Send>,
 );
 
 /// Builds the stack: presets, layer settings, targets, routes.
@@ -138,6 +162,7 @@ pub struct LlmStack {
     circuit: CircuitConfig,
     on_transition: Option<Arc<OnTransition>>,
     classify: ClassifyLayer,
+    stream_idle_timeout: Option<Duration>,
     hedge: Option<(Duration, f64)>,
     max_body: usize,
     move_on_authentication: Option<bool>,
@@ -151,6 +176,7 @@ impl fmt::Debug for LlmStack {
         f.debug_struct("LlmStack")
             .field("retry", &self.retry)
             .field("circuit", &self.circuit)
+            .field("stream_idle_timeout", &self.stream_idle_timeout)
             .field("hedge", &self.hedge)
             .field("max_body", &self.max_body)
             .field(
@@ -180,6 +206,7 @@ impl LlmStack {
             circuit: preset.circuit(),
             on_transition: None,
             classify: ClassifyLayer::new(),
+            stream_idle_timeout: Some(preset.stream_idle_timeout()),
             hedge: None,
             max_body: DEFAULT_MAX_BODY,
             move_on_authentication: None,
@@ -212,7 +239,11 @@ impl LlmStack {
     }
 
     /// Uses this retry policy for every target (each gets a budget of its
-    /// own with the policy's parameters).
+    /// own with the policy's parameters). It replaces the preset's, time
+    /// limits included: start from [`Preset::retry`] (`.to_builder()`) to
+    /// keep them. Every target but the last of a route leaves a silent
+    /// attempt to the next whatever the policy's `retry_on_silence` (see
+    /// the [module docs](self)).
     pub fn retry(mut self, policy: RetryPolicy) -> Self {
         self.retry = policy;
         self
@@ -231,9 +262,27 @@ impl LlmStack {
         self
     }
 
-    /// Uses this classify layer (error body limit, stream idle timeout, …).
+    /// Uses this classify layer (error body limit, provider, …). The
+    /// stack's [stream idle timeout](Self::stream_idle_timeout) (the
+    /// preset's unless set) is applied over it.
     pub fn classify(mut self, layer: ClassifyLayer) -> Self {
         self.classify = layer;
+        self
+    }
+
+    /// Fails a stream that delivers no content event for `timeout`: pings,
+    /// SSE comments and role-only chunks do not count, so a stalled stream
+    /// kept alive by keep-alives is ended too (Classify's
+    /// [`stream_idle_timeout`](ClassifyLayer::stream_idle_timeout)). Before
+    /// the first content the failure goes to the next target (see the
+    /// [module docs](self)); after it, the caller's stream ends with a
+    /// `stream_incomplete` error whose source is the timeout. The timer
+    /// starts at the response head, so this is also the longest a stream
+    /// may be silent before its first content: leave room for reasoning
+    /// models. The preset's is in [`Preset`]'s table; `Duration::MAX` is no
+    /// limit.
+    pub fn stream_idle_timeout(mut self, timeout: Duration) -> Self {
+        self.stream_idle_timeout = Some(timeout);
         self
     }
 
@@ -283,24 +332,32 @@ impl LlmStack {
         B::Error: Into<BoxError>,
     {
         let settings = adapt(Target::new(name, ()));
-        let make = Box::new(move |layers: &Layers, name: Arc<str>| -> TargetService {
-            // `target/model`, compared in place per call (no string built).
-            let key = KeyBy::TargetModel(name);
-            let stack = RetryLayer::new(layers.retry.with_own_budget()).layer(
-                layers
-                    .circuit
-                    .clone()
-                    .key_by(key)
-                    .layer(layers.classify.clone().layer(client)),
-            );
-            TargetService::new(tower::util::MapResponse::new(
-                stack,
-                |response: Response<_>| {
-                    // Classify's body errors are `LlmError`s already:
-                    // erased as they are, no conversion.
-                    response.map(|body: tower_llm_retry::RetryBody<_>| body.boxed_unsync())
-                },
-            ))
+        let make = Box::new(move |layers: &Layers, name: Arc<str>| -> TargetServices {
+            // `target/model`, compared in place per call (no string built);
+            // the two services share the breaker (one registry, one key).
+            let circuit = layers.circuit.clone().key_by(KeyBy::TargetModel(name));
+            let below = circuit.layer(layers.classify.layer(client));
+            let erased = |policy: RetryPolicy| {
+                TargetService::new(tower::util::MapResponse::new(
+                    RetryLayer::new(policy).layer(below.clone()),
+                    |response: Response<_>| {
+                        // Classify's body errors are `LlmError`s already:
+                        // erased as they are, no conversion.
+                        response.map(|body: tower_llm_retry::RetryBody<_>| body.boxed_unsync())
+                    },
+                ))
+            };
+            // One budget for the target, shared by both.
+            let last = layers.retry.with_own_budget();
+            let moves_on = last
+                .to_builder()
+                .retry_on_silence(false)
+                .build()
+                .unwrap_or_else(|_| last.clone());
+            TargetServices {
+                moves_on: erased(moves_on),
+                last: erased(last),
+            }
         });
         self.targets.push((settings, make));
         self
@@ -338,12 +395,16 @@ impl LlmStack {
             None => CircuitLayer::new(self.circuit),
         };
         let circuits = circuit.handle();
+        let classify = match self.stream_idle_timeout {
+            Some(timeout) => self.classify.stream_idle_timeout(timeout),
+            None => self.classify,
+        };
         let layers = Layers {
             retry: self.retry,
             circuit,
-            classify: self.classify,
+            classify,
         };
-        let mut targets: Vec<Target<TargetService>> = Vec::with_capacity(self.targets.len());
+        let mut targets: Vec<Target<TargetServices>> = Vec::with_capacity(self.targets.len());
         for (settings, make) in self.targets {
             let name: Arc<str> = Arc::from(settings.name());
             if name.is_empty() || name.contains('/') {
@@ -383,7 +444,7 @@ impl LlmStack {
             max_body: self.max_body,
         };
         if self.routes.is_empty() {
-            routes.default = Some(fallback(targets)?);
+            routes.default = Some(fallback(in_route_order(targets))?);
         } else {
             for route in &self.routes {
                 let chosen = route_targets(route, &targets)?;

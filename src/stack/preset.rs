@@ -7,6 +7,11 @@ use std::time::Duration;
 use tower_llm_circuit::CircuitConfig;
 use tower_llm_retry::RetryPolicy;
 
+/// The limit on one attempt at a whole (non-streamed) answer: the official
+/// SDKs' timeout (openai-python `DEFAULT_TIMEOUT = Timeout(600,
+/// connect=5.0)`).
+const WHOLE_ANSWER_TIMEOUT: Duration = Duration::from_secs(600);
+
 /// A preset: a retry policy and a breaker configuration that belong
 /// together.
 ///
@@ -19,6 +24,56 @@ use tower_llm_retry::RetryPolicy;
 ///
 /// The exact figures are in [`RetryPolicy`]'s and [`CircuitConfig`]'s
 /// preset docs.
+///
+/// # Timeouts
+///
+/// Every preset also bounds how long a target may stay silent, so that a
+/// silent upstream never holds a caller until it closes the socket:
+///
+/// | preset | a stream's head | a stream's first content | a stream's silence (content) | a whole answer (per attempt) |
+/// |---|---|---|---|---|
+/// | `sdk_default` | 30 s | no own limit | 300 s | 600 s |
+/// | `high_availability` | 15 s | no own limit | 120 s | the 120 s deadline |
+/// | `cost_sensitive` | 30 s | no own limit | 300 s | 600 s |
+/// | `development` | 10 s | no own limit | 30 s | the 30 s deadline |
+///
+/// Why these:
+///
+/// - **A stream's head is short.** OpenAI, Anthropic and the servers that
+///   copy their APIs send a streamed response's head as soon as they accept
+///   the request, before generating anything; a head that has not come in
+///   30 s is a target that is not answering (LiteLLM's docs give the same
+///   30 s as their `stream_timeout` example). When the route has another
+///   target, the silent one is left after that one attempt (the retry
+///   policy's `retry_on_silence`); the last target of a route is retried,
+///   having nowhere else to send it. A local server that loads its model
+///   on demand (Ollama) sends its head only with the first token: raise
+///   `stream_head_timeout` for such targets.
+/// - **A whole answer's head is long.** Without streaming, the head comes
+///   when generation ends: minutes for a long output. 600 s is the official
+///   SDKs' timeout (openai-python and anthropic-sdk-python
+///   `DEFAULT_TIMEOUT = Timeout(600, connect=5.0)`, openai-node
+///   `DEFAULT_TIMEOUT = 600000`), and Anthropic's SDKs refuse a
+///   non-streamed request they expect to take longer than 10 minutes.
+/// - **No own first-content limit.** Reasoning models may think for
+///   minutes before their first token ("reasoning models can take several
+///   minutes to solve complex problems", OpenAI's background-mode guide),
+///   and some send nothing meanwhile. Set
+///   [`first_content_timeout`](tower_llm_retry::RetryPolicyBuilder::first_content_timeout)
+///   (`[retry] first_content_timeout_ms`) when the models served answer
+///   sooner, to move on from a slow start.
+/// - **Silence is Classify's stream idle timeout** (see
+///   [`LlmStack::stream_idle_timeout`](super::LlmStack::stream_idle_timeout)):
+///   no content event for that long — pings, SSE comments and role-only
+///   chunks do not count, so a stalled stream that keeps sending
+///   keep-alives is still ended — fails the stream with a typed timeout.
+///   Its timer starts at the response head, so it also bounds the wait
+///   for the first content: that is why it is as long as a reasoning
+///   model's silent start (300 s; the 120 s and 30 s deadlines of
+///   `high_availability` and `development` already bound that wait). A
+///   stream that stops after its content has started is the clearest sign
+///   of a stall; the SDKs would wait their whole 600 s read timeout, and a
+///   stream kept alive by pings forever.
 ///
 /// ```
 /// use tower_llm::stack::Preset;
@@ -69,16 +124,51 @@ impl Preset {
     /// and Envoy instead of the retry crate's standalone 10 %: at 10 %, a
     /// provider failing 22 % of calls at random left 13 % of requests
     /// failed for want of budget (chaos `transient`).
+    ///
+    /// Each also has the stack's timeouts (see [Timeouts](Preset#timeouts)):
+    /// the retry crate's own presets have none, not knowing what they are
+    /// called for.
     pub fn retry(self) -> RetryPolicy {
+        let (base, builder) = match self {
+            Preset::SdkDefault => (
+                RetryPolicy::sdk_default(),
+                RetryPolicy::sdk_default()
+                    .to_builder()
+                    .budget(Duration::from_secs(10), 1, 0.2)
+                    .attempt_timeout(WHOLE_ANSWER_TIMEOUT)
+                    .stream_head_timeout(Duration::from_secs(30)),
+            ),
+            Preset::HighAvailability => (
+                RetryPolicy::high_availability(),
+                RetryPolicy::high_availability()
+                    .to_builder()
+                    .stream_head_timeout(Duration::from_secs(15)),
+            ),
+            Preset::CostSensitive => (
+                RetryPolicy::cost_sensitive(),
+                RetryPolicy::cost_sensitive()
+                    .to_builder()
+                    .attempt_timeout(WHOLE_ANSWER_TIMEOUT)
+                    .stream_head_timeout(Duration::from_secs(30)),
+            ),
+            Preset::Development => (
+                RetryPolicy::development(),
+                RetryPolicy::development()
+                    .to_builder()
+                    .stream_head_timeout(Duration::from_secs(10)),
+            ),
+        };
+        builder.build().unwrap_or(base)
+    }
+
+    /// How long a stream of this preset may go without a content event
+    /// before it fails (Classify's stream idle timeout; see
+    /// [Timeouts](Preset#timeouts)).
+    pub fn stream_idle_timeout(self) -> Duration {
         match self {
-            Preset::SdkDefault => RetryPolicy::sdk_default()
-                .to_builder()
-                .budget(Duration::from_secs(10), 1, 0.2)
-                .build()
-                .unwrap_or_else(|_| RetryPolicy::sdk_default()),
-            Preset::HighAvailability => RetryPolicy::high_availability(),
-            Preset::CostSensitive => RetryPolicy::cost_sensitive(),
-            Preset::Development => RetryPolicy::development(),
+            Preset::SdkDefault | Preset::CostSensitive => Duration::from_secs(300),
+            Preset::HighAvailability => Duration::from_secs(120),
+            Preset::Development => Duration::from_secs(30),
         }
     }
 
@@ -153,5 +243,29 @@ mod tests {
                 < Preset::SdkDefault.retry().max_attempts()
         );
         assert_eq!(Preset::SdkDefault.retry().max_attempts(), 3);
+    }
+
+    #[test]
+    fn every_preset_bounds_a_silent_target_as_its_docs_say() {
+        let secs = Duration::from_secs;
+        let table = [
+            (Preset::SdkDefault, secs(30), Some(secs(600)), secs(300)),
+            (Preset::HighAvailability, secs(15), None, secs(120)),
+            (Preset::CostSensitive, secs(30), Some(secs(600)), secs(300)),
+            (Preset::Development, secs(10), None, secs(30)),
+        ];
+        for (preset, head, whole, idle) in table {
+            let retry = preset.retry();
+            assert_eq!(retry.stream_head_timeout(), Some(head), "{preset}");
+            assert_eq!(retry.attempt_timeout(), whole, "{preset}");
+            assert_eq!(retry.first_content_timeout(), None, "{preset}");
+            assert!(
+                retry.retry_on_silence(),
+                "{preset}: the stack decides per target"
+            );
+            assert_eq!(preset.stream_idle_timeout(), idle, "{preset}");
+            // Without an attempt timeout, the deadline bounds a whole answer.
+            assert!(whole.is_some() || retry.deadline().is_some(), "{preset}");
+        }
     }
 }

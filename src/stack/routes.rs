@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use tower_llm_fallback::{Fallback, Target};
 
-use super::{StackError, TargetService};
+use super::{StackError, TargetService, TargetServices};
 
 /// Which targets a model's requests go to, in order, and the targets kept
 /// for the two kinds of failure only some targets can serve.
@@ -64,10 +64,11 @@ impl ModelRoute {
     }
 }
 
-/// The targets of `route`, in order, with the routing flags it adds.
+/// The targets of `route`, in order, with the routing flags it adds, each
+/// over the service its place calls for (see [`with_services`]).
 pub(super) fn route_targets(
     route: &ModelRoute,
-    targets: &[Target<TargetService>],
+    targets: &[Target<TargetServices>],
 ) -> Result<Vec<Target<TargetService>>, StackError> {
     let find = |name: &str| {
         targets
@@ -83,7 +84,7 @@ pub(super) fn route_targets(
                 ))
             })
     };
-    let mut chosen: Vec<Target<TargetService>> = Vec::new();
+    let mut chosen: Vec<Target<TargetServices>> = Vec::new();
     for name in &route.targets {
         if !chosen.iter().any(|t| t.name() == name) {
             chosen.push(find(name)?);
@@ -123,7 +124,36 @@ pub(super) fn route_targets(
             route.model
         )));
     }
-    Ok(chosen)
+    Ok(with_services(chosen, ordinary))
+}
+
+/// Every target, in the order added (a stack without routes).
+pub(super) fn in_route_order(targets: Vec<Target<TargetServices>>) -> Vec<Target<TargetService>> {
+    let ordinary = targets.len();
+    with_services(targets, ordinary)
+}
+
+/// Each target over the service its place calls for: the first `ordinary`
+/// are tried in order on any failure, so all but the last of them leave a
+/// silent attempt to the next; the last, and the targets kept for one kind
+/// of failure (an outage never reaches them), retry it.
+fn with_services(
+    targets: Vec<Target<TargetServices>>,
+    ordinary: usize,
+) -> Vec<Target<TargetService>> {
+    targets
+        .into_iter()
+        .enumerate()
+        .map(|(i, target)| {
+            target.map_service(|services| {
+                if i + 1 < ordinary {
+                    services.moves_on
+                } else {
+                    services.last
+                }
+            })
+        })
+        .collect()
 }
 
 /// Every route of a stack, each a [`Fallback`] over its targets.
