@@ -38,12 +38,22 @@ struct Gateway {
 
 impl Gateway {
     async fn start(upstream: &Simulator, options: app::GatewayOptions) -> Gateway {
+        Gateway::start_with(upstream, options, "").await
+    }
+
+    /// As `start`, with `extra` (TOML sections) in the stack's file.
+    async fn start_with(
+        upstream: &Simulator,
+        options: app::GatewayOptions,
+        extra: &str,
+    ) -> Gateway {
         let config = StackConfig::from_toml(&format!(
             r#"
             preset = "development"
             [[targets]]
             name = "only"
             base_url = "{}/v1"
+            {extra}
             "#,
             upstream.base_url()
         ))
@@ -309,7 +319,10 @@ async fn upstream_keep_alives_count_as_bytes_so_a_stream_kept_alive_is_not_cut()
         stream_idle_timeout: Duration::from_secs(10),
         ..Default::default()
     };
-    let gateway = Gateway::start(&upstream, options).await;
+    // The stack's own idle timer counts content only and would end this
+    // stream (pings are not content): this test is about the gateway's.
+    let no_stack_idle = "[classify]\nstream_idle_timeout_ms = 3600000";
+    let gateway = Gateway::start_with(&upstream, options, no_stack_idle).await;
 
     let response = gateway.post(&chat(true)).await;
     assert_eq!(response.status(), StatusCode::OK);

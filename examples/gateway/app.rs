@@ -15,8 +15,12 @@
 //!   closed and the permit freed (`send_timeout.rs`);
 //! - be served without a key when keys are set (`auth.rs`).
 //!
-//! An upstream that goes silent mid-response is cut after
-//! `stream_idle_timeout` (`body.rs`).
+//! An upstream that stays silent is left or cut by the stack first: a
+//! stream's head within the preset's `stream_head_timeout` (else the next
+//! target), no content for the stack's stream idle timeout (pings do not
+//! count; a typed error). The gateway's own `stream_idle_timeout`
+//! (`body.rs`; any byte counts) is never shorter, a backstop for bodies the
+//! stack does not watch (`config.rs`, `GatewaySection::fit_idle_timeout`).
 
 // Modules beside this file, found from it wherever it is included from
 // (the example, the tests, the benchmark).

@@ -20,10 +20,14 @@ pin_project_lite::pin_project! {
     /// dropped (the caller went away).
     ///
     /// "Silence" is time without a frame carrying bytes from the upstream:
-    /// an SSE keep-alive comment counts, so a provider that keeps its
-    /// stream alive is never cut. A caller that stops reading is another
-    /// matter: hyper then stops asking for frames, and the connection's
-    /// send timeout (`SendTimeout`) ends it.
+    /// an SSE keep-alive comment counts, so this timer never cuts a
+    /// provider that keeps its stream alive. The stack's own idle timer
+    /// does (it counts content only, from the upstream's head), and is never
+    /// longer than this one, so it fires first on a stream and reports why;
+    /// this one is the backstop for bodies the stack does not watch (see
+    /// `GatewaySection::fit_idle_timeout`). A caller that stops reading is
+    /// another matter: hyper then stops asking for frames, and the
+    /// connection's send timeout (`SendTimeout`) ends it.
     pub(crate) struct ResponseBody<B> {
         #[pin]
         body: B,

@@ -40,7 +40,8 @@ pub(crate) struct GatewaySection {
     /// How long a caller may take to send a whole request body; then 408.
     pub(crate) request_body_timeout_ms: Option<u64>,
     /// How long a response may go without a byte from upstream before it is
-    /// ended.
+    /// ended; at least the stack's stream idle timeout (see
+    /// [`GatewaySection::fit_idle_timeout`]).
     pub(crate) stream_idle_timeout_ms: Option<u64>,
     /// How long a write to a caller may make no progress (the caller does
     /// not read) before the connection is closed.
@@ -75,7 +76,9 @@ pub(crate) struct GatewayOptions {
     /// The time a caller has to send the whole request body, counted from
     /// the end of its head.
     pub(crate) request_body_timeout: Duration,
-    /// The longest a response body may go without a byte from upstream.
+    /// The longest a response body may go without a byte from upstream: a
+    /// backstop behind the stack's own (content) idle timeout, which fires
+    /// first (see [`GatewaySection::fit_idle_timeout`]).
     pub(crate) stream_idle_timeout: Duration,
     /// The longest a write to the caller may make no progress.
     pub(crate) send_timeout: Duration,
@@ -98,7 +101,8 @@ impl Default for GatewayOptions {
             request_body_timeout: Duration::from_secs(30),
             // Long: a reasoning model may think for minutes before its
             // first token, and the retry layer's own timeouts cover the
-            // wait for the response head.
+            // wait for the response head. Raised to the stack's stream
+            // idle timeout when that is longer (`fit_idle_timeout`).
             stream_idle_timeout: Duration::from_secs(300),
             // nginx's `send_timeout` (60 s between two successive writes).
             send_timeout: Duration::from_secs(60),
@@ -204,6 +208,51 @@ impl GatewaySection {
         }
         options.allow_unauthenticated = self.allow_unauthenticated.unwrap_or(false);
         Ok(options)
+    }
+
+    /// Fits the gateway's idle timer to the stack's, so that the two never
+    /// contradict each other: the stack's fires first.
+    ///
+    /// The stack's (`[classify] stream_idle_timeout_ms`, or the preset's)
+    /// counts time without *content*: its timer starts at the upstream's
+    /// response head and only a content event resets it, so a stream kept
+    /// alive by pings is still ended, with a typed `stream_incomplete`
+    /// error that says why (and, before content, the next target is
+    /// tried). The gateway's counts time without *bytes*: its timer starts
+    /// when the stack hands the response over and any byte resets it. Over
+    /// any stretch of silence the stack's timer was last reset no later
+    /// than the gateway's, so with a gateway limit at least the stack's,
+    /// the stack's fires first (at the same instant it still wins: the
+    /// gateway reads the stack's body before its own timer). The gateway's
+    /// stays a backstop for what the stack does not watch: bodies that are
+    /// not SSE or NDJSON streams.
+    ///
+    /// Unset, the gateway's is raised to the stack's when that is longer;
+    /// set shorter than the stack's, it is refused: it would cut a silent
+    /// stream with a bare connection error before the stack could report
+    /// (or, later, continue) it.
+    pub(crate) fn fit_idle_timeout(
+        &self,
+        options: &mut GatewayOptions,
+        stack_idle: Duration,
+    ) -> Result<(), String> {
+        let stack_idle = stack_idle.min(LONGEST_TIMEOUT);
+        match self.stream_idle_timeout_ms {
+            None => {
+                options.stream_idle_timeout = options.stream_idle_timeout.max(stack_idle);
+                Ok(())
+            }
+            Some(_) if options.stream_idle_timeout < stack_idle => Err(format!(
+                "[gateway] stream_idle_timeout_ms ({} ms) is shorter than the stack's stream \
+                 idle timeout ({} ms: [classify] stream_idle_timeout_ms, or the preset's): the \
+                 gateway would cut a silent stream before the stack can say why. Raise it to \
+                 at least {} or lower [classify] stream_idle_timeout_ms",
+                options.stream_idle_timeout.as_millis(),
+                stack_idle.as_millis(),
+                stack_idle.as_millis()
+            )),
+            Some(_) => Ok(()),
+        }
     }
 }
 

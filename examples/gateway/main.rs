@@ -139,22 +139,31 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         .pool_idle_timeout(Duration::from_secs(60))
         .build(https);
 
-    let (demo, section, stack) = match &args.config {
+    let (demo, section, stack, stack_idle) = match &args.config {
         Some(path) => {
             let text = std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?;
             let (section, config) =
                 app::config::parse_file(&text).map_err(|e| format!("{path}: {e}"))?;
             let config = config.from_env()?;
-            (None, section, config.build(client)?)
+            let stack_idle = config.stream_idle_timeout()?;
+            (None, section, config.build(client)?, stack_idle)
         }
         None => {
             let demo = demo::Demo::start().await?;
             let config = demo.config()?.from_env()?;
+            let stack_idle = config.stream_idle_timeout()?;
             let stack = config.stack_with_env(client, demo::Demo::env)?.build()?;
-            (Some(demo), app::config::GatewaySection::default(), stack)
+            (
+                Some(demo),
+                app::config::GatewaySection::default(),
+                stack,
+                stack_idle,
+            )
         }
     };
     let mut options = section.options()?;
+    // The stack's idle timer must fire before the gateway's.
+    section.fit_idle_timeout(&mut options, stack_idle)?;
     if let Some(listen) = &args.listen {
         options.listen = listen
             .parse()
