@@ -10,14 +10,17 @@
 //! keeps answering keep-alive pings (livekit/agents #6171). [`ResponseBody`]
 //! passes the bytes through untouched, recognises all of these, turns them
 //! into a classified [`LlmError`](crate::LlmError) body error, and reports
-//! the final outcome to an [`OutcomeHook`].
+//! the final outcome to an [`OutcomeHook`]. [`error_event`] writes a failure
+//! as the caller's dialect carries it in a stream.
 
 mod body;
+mod error_event;
 mod outcome;
 mod progress;
 pub(crate) mod scanner;
 
 pub use body::ResponseBody;
+pub use error_event::error_event;
 pub(crate) use outcome::OutcomeGuard;
 pub use outcome::{OnOutcome, OutcomeHook, StreamOutcome};
 pub use progress::StreamProgress;
