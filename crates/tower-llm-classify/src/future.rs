@@ -199,8 +199,9 @@ where
 }
 
 /// A streamed response, its body wrapped to be scanned, and the
-/// [`StreamProgress`] of the scan published in its extensions for the
-/// layers above: the stream is scanned once, here.
+/// [`StreamProgress`] of the scan (and its transcript, when one is kept)
+/// published in its extensions for the layers above: the stream is
+/// scanned once, here.
 fn scanned<B>(
     response: Response<B>,
     framing: Framing,
@@ -209,8 +210,11 @@ fn scanned<B>(
     guard: OutcomeGuard,
 ) -> Response<ResponseBody<B>> {
     let (mut head, body) = response.into_parts();
-    let scanner = EventScanner::new(framing, meta.dialect, meta.provider)
+    let mut scanner = EventScanner::new(framing, meta.dialect, meta.provider)
         .require_terminal_event(config.require_terminal_event);
+    if meta.capture_transcript {
+        scanner = scanner.capture_transcript();
+    }
     // Streams can fail after the head: keep its request id (a refcount,
     // not a copy) for that case.
     let request_id = meta
@@ -221,6 +225,9 @@ fn scanned<B>(
         .cloned();
     let progress = StreamProgress::default();
     head.extensions.insert(progress.clone());
+    if let Some(transcript) = scanner.transcript() {
+        head.extensions.insert(transcript.clone());
+    }
     let body = ResponseBody::scanned(
         body,
         scanner,

@@ -49,6 +49,7 @@ pub(crate) struct Config {
     pub(crate) idle_timeout: Option<Duration>,
     pub(crate) scan_streams: bool,
     pub(crate) require_terminal_event: bool,
+    pub(crate) capture_transcripts: bool,
 }
 
 impl Default for ClassifyLayer {
@@ -60,7 +61,8 @@ impl Default for ClassifyLayer {
 impl ClassifyLayer {
     /// The layer with its defaults: provider detected per request, 64 KiB of
     /// error body kept, streams scanned, a missing terminal event is a
-    /// failure, no idle timeout.
+    /// failure (unless the answer's finish was delivered), no idle timeout,
+    /// no transcripts kept.
     pub const fn new() -> Self {
         ClassifyLayer {
             config: Config {
@@ -69,6 +71,7 @@ impl ClassifyLayer {
                 idle_timeout: None,
                 scan_streams: true,
                 require_terminal_event: true,
+                capture_transcripts: false,
             },
         }
     }
@@ -105,10 +108,22 @@ impl ClassifyLayer {
     }
 
     /// Whether a stream that ends without its protocol's terminal event
-    /// (`[DONE]`, `message_stop`, …) is a failure (default true). Turn it off
-    /// for servers known to omit it.
+    /// (`[DONE]`, `message_stop`, …) is a failure (default true). A stream
+    /// that delivered its answer's finish (`finish_reason`, `stop_reason`)
+    /// before a clean end is complete either way; turn this off for servers
+    /// known to omit both.
     pub const fn require_terminal_event(mut self, require: bool) -> Self {
         self.config.require_terminal_event = require;
+        self
+    }
+
+    /// Whether to keep a [`Transcript`](crate::stream::Transcript) of every
+    /// scanned stream (default false: a request asks for one with
+    /// [`CaptureTranscript`](crate::stream::CaptureTranscript)). The
+    /// response then carries a [`StreamTranscript`](crate::stream::StreamTranscript)
+    /// in its extensions, as a failure of its body does.
+    pub const fn capture_transcripts(mut self, capture: bool) -> Self {
+        self.config.capture_transcripts = capture;
         self
     }
 }

@@ -11,7 +11,7 @@ use tower_service::Service;
 use crate::error::BoxError;
 use crate::future::ResponseFuture;
 use crate::layer::{ClassifyLayer, Config};
-use crate::stream::{OutcomeHook, ResponseBody};
+use crate::stream::{CaptureTranscript, OutcomeHook, ResponseBody};
 use crate::{LlmError, Provider, RequestMeta};
 
 /// Classifies the outcome of every call to the inner service.
@@ -72,7 +72,9 @@ where
     }
 
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
-        let meta = request_meta(&mut request, self.config.provider);
+        let mut meta = request_meta(&mut request, self.config.provider);
+        meta.capture_transcript = self.config.capture_transcripts
+            || request.extensions().get::<CaptureTranscript>().is_some();
         let hook = request.extensions_mut().remove::<OutcomeHook>();
         let future = self.inner.call(request);
         ResponseFuture::new(future, meta, hook, self.config)
@@ -84,6 +86,8 @@ where
 pub(crate) struct CallMeta {
     pub(crate) provider: Provider,
     pub(crate) dialect: crate::stream::Dialect,
+    /// Whether a streamed answer's scan keeps a transcript.
+    pub(crate) capture_transcript: bool,
 }
 
 /// Reads the request's [`RequestMeta`], computing and inserting it when no
@@ -93,6 +97,7 @@ fn request_meta<B: 'static>(request: &mut Request<B>, provider: Option<Provider>
         return CallMeta {
             provider: provider.unwrap_or(meta.provider),
             dialect: meta.dialect,
+            capture_transcript: false,
         };
     }
     let body = peek_body(request.body());
@@ -106,6 +111,7 @@ fn request_meta<B: 'static>(request: &mut Request<B>, provider: Option<Provider>
     let call = CallMeta {
         provider: meta.provider,
         dialect: meta.dialect,
+        capture_transcript: false,
     };
     request.extensions_mut().insert(meta);
     call

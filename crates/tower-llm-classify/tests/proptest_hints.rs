@@ -1,10 +1,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-//! Pins, for arbitrary input, that the hint parsers, `classify_response` and
-//! `EventScanner` never panic; that no hint exceeds `hint::MAX_HINT`; that
+//! Pins, for arbitrary input, that the hint parsers and `classify_response`
+//! never panic; that no hint exceeds `hint::MAX_HINT`; and that
 //! well-formed hints (milliseconds, seconds, Go and protobuf durations,
 //! RFC 3339 instants, HTTP-dates, message phrases) parse to exactly what they
-//! say; and that the scanner's verdict does not depend on how the stream is
-//! split into chunks.
+//! say. The scanner's properties are in `proptest_scanner.rs`.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -17,8 +16,7 @@ use tower_llm_classify::hint::{
     parse_proto_duration, parse_retry_after, parse_rfc3339, parse_seconds, rate_limit_reset,
     should_retry,
 };
-use tower_llm_classify::stream::{Dialect, EventScanner, Framing, ScanEvent};
-use tower_llm_classify::{Classification, Phase, Provider, classify_response};
+use tower_llm_classify::{Phase, Provider, classify_response};
 
 /// 2100-01-01T00:00:00Z.
 const YEAR_2100: u64 = 4_102_444_800;
@@ -290,60 +288,6 @@ fn error_body() -> impl Strategy<Value = Vec<u8>> {
     ]
 }
 
-/// Pieces of SSE and NDJSON streams, so that random concatenations mean
-/// something to the scanner.
-const STREAM_TOKENS: &[&str] = &[
-    "\n",
-    "\n\n",
-    "\r\n",
-    "\r",
-    ":",
-    " ",
-    ": keep-alive\n\n",
-    "data: ",
-    "data:",
-    "event: ",
-    "error: ",
-    "error",
-    "ping",
-    "message_start",
-    "message_stop",
-    "content_block_delta",
-    "response.output_text.delta",
-    "response.completed",
-    "response.failed",
-    "[DONE]",
-    "{\"type\":\"ping\"}",
-    "{\"type\":\"message_stop\"}",
-    "{\"type\":\"content_block_delta\",\"delta\":{\"text\":\"hi\"}}",
-    "{\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}",
-    "{\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}",
-    "{\"choices\":[{\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}]}",
-    "{\"error\":{\"message\":\"boom\",\"type\":\"server_error\"}}",
-    "{\"error\":null}",
-    "{\"message\":{\"content\":\"x\"},\"done\":false}",
-    "{\"done\":true}",
-    "{\"error\":\"model crashed\"}",
-    "\\\"error\\\": ",
-    "é",
-];
-
-fn stream_bytes() -> impl Strategy<Value = Vec<u8>> {
-    prop_oneof![
-        proptest::collection::vec(any::<u8>(), 0..200),
-        proptest::collection::vec(select(STREAM_TOKENS), 0..40)
-            .prop_map(|tokens| tokens.concat().into_bytes()),
-    ]
-}
-
-const DIALECTS: &[Dialect] = &[
-    Dialect::OpenAiChat,
-    Dialect::OpenAiResponses,
-    Dialect::Anthropic,
-    Dialect::OllamaNdjson,
-    Dialect::Generic,
-];
-
 // ---------------------------------------------------------------------------
 // Helpers for the round trips.
 // ---------------------------------------------------------------------------
@@ -396,41 +340,6 @@ fn rfc3339(
     format!(
         "{year:04}-{month:02}-{day:02}{separator}{hour:02}:{minute:02}:{second:02}{fraction}{zone}"
     )
-}
-
-fn flags(event: ScanEvent) -> (bool, bool, bool) {
-    (event.content, event.keep_alive, event.failed)
-}
-
-fn or(a: (bool, bool, bool), b: (bool, bool, bool)) -> (bool, bool, bool) {
-    (a.0 || b.0, a.1 || b.1, a.2 || b.2)
-}
-
-/// Everything a scanner says: the union of its per-chunk flags, its error,
-/// its counters before the end, what `finish` says, its final count.
-type Verdict = (
-    (bool, bool, bool),
-    Option<Classification>,
-    (u64, bool, bool),
-    Option<Classification>,
-    u64,
-);
-
-/// What a scanner says after `chunks` and its end.
-fn scan(framing: Framing, dialect: Dialect, provider: Provider, chunks: &[&[u8]]) -> Verdict {
-    let mut scanner = EventScanner::new(framing, dialect, provider);
-    let mut seen = (false, false, false);
-    for chunk in chunks {
-        seen = or(seen, flags(scanner.feed(chunk)));
-    }
-    let error = scanner.error().cloned();
-    let before_end = (
-        scanner.content_events(),
-        scanner.content_seen(),
-        scanner.is_terminated(),
-    );
-    let end = scanner.finish();
-    (seen, error, before_end, end, scanner.content_events())
 }
 
 // ---------------------------------------------------------------------------
@@ -563,28 +472,5 @@ proptest! {
         prop_assert_eq!(c.provider(), provider);
         within_ceiling(c.retry_after())?;
         let _ = c.to_string();
-    }
-
-    #[test]
-    fn event_scanner_verdict_does_not_depend_on_chunking(
-        stream in stream_bytes(),
-        cuts in proptest::collection::vec(any::<Index>(), 1..4),
-        framing in select(&[Framing::Sse, Framing::Ndjson][..]),
-        dialect in select(DIALECTS),
-        provider in select(&[Provider::OpenAi, Provider::Anthropic, Provider::Ollama, Provider::Unknown][..]),
-    ) {
-        let mut cuts: Vec<usize> = cuts.iter().map(|c| c.index(stream.len() + 1)).collect();
-        cuts.sort_unstable();
-        let mut chunks: Vec<&[u8]> = Vec::new();
-        let mut from = 0;
-        for cut in cuts {
-            chunks.push(&stream[from..cut]);
-            from = cut;
-        }
-        chunks.push(&stream[from..]);
-
-        let whole = scan(framing, dialect, provider, &[&stream]);
-        let split = scan(framing, dialect, provider, &chunks);
-        prop_assert_eq!(whole, split);
     }
 }

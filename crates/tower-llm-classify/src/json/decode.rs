@@ -95,6 +95,40 @@ pub(super) fn decode(raw: &[u8]) -> Option<String> {
     Some(String::from_utf8_lossy(&out).into_owned())
 }
 
+/// Appends the string content `raw`, decoded, to `out` (growing it, never
+/// allocating a buffer of its own); `false`, with `out` as it was, if an
+/// escape is invalid. Bytes that are not UTF-8 are replaced.
+pub(crate) fn append_decoded(raw: &[u8], out: &mut String) -> bool {
+    if !has_escape(raw) {
+        append_utf8(raw, out);
+        return true;
+    }
+    let start = out.len();
+    let mut i = 0;
+    while i < raw.len() {
+        if raw[i] == b'\\' {
+            let Some((c, next)) = escape_at(raw, i) else {
+                out.truncate(start);
+                return false;
+            };
+            out.push(c);
+            i = next;
+        } else {
+            let next = memchr::memchr(b'\\', &raw[i..]).map_or(raw.len(), |at| i + at);
+            append_utf8(&raw[i..next], out);
+            i = next;
+        }
+    }
+    true
+}
+
+fn append_utf8(bytes: &[u8], out: &mut String) {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => out.push_str(text),
+        Err(_) => out.push_str(&String::from_utf8_lossy(bytes)),
+    }
+}
+
 /// The character of the escape at `raw[at]` (a backslash) and the index
 /// after it: RFC 8259 §7, with `\u` surrogate pairs joined. A lone
 /// surrogate is invalid (serde_json refuses it).

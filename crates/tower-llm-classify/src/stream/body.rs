@@ -11,7 +11,7 @@ use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 
 use super::outcome::OutcomeGuard;
-use super::{EventScanner, StreamOutcome, StreamProgress};
+use super::{EventScanner, StreamOutcome, StreamProgress, StreamTranscript};
 use crate::classification::Phase;
 use crate::error::BoxError;
 use crate::{Classification, ErrorKind, LlmError, Provider};
@@ -25,6 +25,12 @@ pin_project! {
     /// the trailers. The first failure becomes an [`LlmError`] body error (after
     /// the frame that carried it has been passed on), and the final outcome is
     /// reported once to the request's [`OutcomeHook`](super::OutcomeHook).
+    ///
+    /// One frame is not passed on: the one that completes a malformed event
+    /// (see the [module docs](super#malformed-events)); the body fails
+    /// instead of handing the caller's SDK what it would raise on. When the
+    /// scan keeps a [`Transcript`](super::Transcript), every body error
+    /// carries its [`StreamTranscript`] in its extensions.
     ///
     /// With an idle timeout, a stream that delivers no *content* for that long
     /// fails with [`Timeout`](ErrorKind::Timeout): keep-alives (`ping`, SSE
@@ -130,6 +136,12 @@ impl<B> ResponseBody<B> {
         self.scan.as_deref().map(|scan| &scan.scanner)
     }
 
+    /// The transcript of what the stream delivered, when the scan keeps
+    /// one (the same one the response's extensions carry).
+    pub fn transcript(&self) -> Option<&StreamTranscript> {
+        self.scanner().and_then(EventScanner::transcript)
+    }
+
     /// The wrapped body.
     pub fn get_ref(&self) -> &B {
         &self.inner
@@ -184,7 +196,24 @@ fn phase(content_seen: bool) -> Phase {
     }
 }
 
+/// A failure the scan of a frame found.
+struct Found {
+    classification: Classification,
+    /// The frame completes a malformed event: it is not passed on.
+    withhold: bool,
+}
+
 impl Scan {
+    /// The body error for a failure of this stream: the transcript, if
+    /// one is kept, rides along in its extensions.
+    fn error(&self, classification: Classification) -> LlmError {
+        let mut error = LlmError::new(classification);
+        if let Some(transcript) = self.scanner.transcript() {
+            error.extensions_mut().insert(transcript.clone());
+        }
+        error
+    }
+
     /// How the stream failed by ending where it did (without its terminal
     /// event), if it did.
     fn finish(&mut self) -> Option<Classification> {
@@ -215,7 +244,7 @@ impl Scan {
         data: &D,
         guard: &mut OutcomeGuard,
         provider: Provider,
-    ) -> Option<Classification> {
+    ) -> Option<Found> {
         let event = feed(&mut self.scanner, data);
         if event.content {
             guard.content_seen();
@@ -230,18 +259,24 @@ impl Scan {
             // Keep-alives that are always ready must not hide a stall:
             // check the deadline on them too.
             let content_seen = self.scanner.content_seen();
-            return Some(idle_timeout(
-                idle.timeout,
-                provider,
-                content_seen,
-                self.request_id.as_ref(),
-            ));
+            return Some(Found {
+                classification: idle_timeout(
+                    idle.timeout,
+                    provider,
+                    content_seen,
+                    self.request_id.as_ref(),
+                ),
+                withhold: false,
+            });
         }
         if event.failed
             && let Some(classification) = self.scanner.take_error()
         {
             self.progress.set_failed();
-            return Some(with_head(classification, self.request_id.as_ref()));
+            return Some(Found {
+                classification: with_head(classification, self.request_id.as_ref()),
+                withhold: event.malformed,
+            });
         }
         None
     }
@@ -276,14 +311,12 @@ where
         };
         let polled = match this.inner.as_mut().poll_frame(cx) {
             Poll::Pending => {
-                let stalled = this
-                    .scan
-                    .as_deref_mut()
-                    .and_then(|s| s.stalled(cx, provider));
-                if let Some(classification) = stalled {
+                if let Some(scan) = this.scan.as_deref_mut()
+                    && let Some(classification) = scan.stalled(cx, provider)
+                {
                     this.guard.report(StreamOutcome::Failed(&classification));
                     *this.state = State::Done;
-                    return Poll::Ready(Some(Err(LlmError::new(classification))));
+                    return Poll::Ready(Some(Err(scan.error(classification))));
                 }
                 return Poll::Pending;
             }
@@ -292,16 +325,14 @@ where
         match polled {
             None => {
                 *this.state = State::Done;
-                match this.scan.as_deref_mut().and_then(Scan::finish) {
-                    Some(classification) => {
-                        this.guard.report(StreamOutcome::Failed(&classification));
-                        Poll::Ready(Some(Err(LlmError::new(classification))))
-                    }
-                    None => {
-                        this.guard.report(StreamOutcome::Completed);
-                        Poll::Ready(None)
-                    }
+                if let Some(scan) = this.scan.as_deref_mut()
+                    && let Some(classification) = scan.finish()
+                {
+                    this.guard.report(StreamOutcome::Failed(&classification));
+                    return Poll::Ready(Some(Err(scan.error(classification))));
                 }
+                this.guard.report(StreamOutcome::Completed);
+                Poll::Ready(None)
             }
             Some(Err(error)) => {
                 let mut error = LlmError::from_source(error);
@@ -315,6 +346,10 @@ where
                         request_id,
                     );
                 }
+                if let Some(transcript) = this.scan.as_deref().and_then(|s| s.scanner.transcript())
+                {
+                    error.extensions_mut().insert(transcript.clone());
+                }
                 this.guard
                     .report(StreamOutcome::Failed(error.classification()));
                 *this.state = State::Done;
@@ -324,10 +359,16 @@ where
                 if let Some(data) = frame.data_ref() {
                     match this.scan.as_deref_mut() {
                         Some(scan) => {
-                            if let Some(classification) = scan.scan_data(data, this.guard, provider)
-                            {
-                                this.guard.report(StreamOutcome::Failed(&classification));
-                                *this.state = State::Failing(Some(LlmError::new(classification)));
+                            if let Some(found) = scan.scan_data(data, this.guard, provider) {
+                                this.guard
+                                    .report(StreamOutcome::Failed(&found.classification));
+                                let error = scan.error(found.classification);
+                                if found.withhold {
+                                    // The caller's SDK would raise on it.
+                                    *this.state = State::Done;
+                                    return Poll::Ready(Some(Err(error)));
+                                }
+                                *this.state = State::Failing(Some(error));
                                 return Poll::Ready(Some(Ok(frame)));
                             }
                         }
@@ -350,10 +391,11 @@ where
                 if this.inner.is_end_stream() {
                     // hyper stops polling once the body says it ended
                     // (tower-http #687): settle the outcome now.
-                    match this.scan.as_deref_mut().and_then(Scan::finish) {
-                        Some(classification) => {
+                    let scan = this.scan.as_deref_mut();
+                    match scan.and_then(|scan| Some((scan.finish()?, scan))) {
+                        Some((classification, scan)) => {
                             this.guard.report(StreamOutcome::Failed(&classification));
-                            *this.state = State::Failing(Some(LlmError::new(classification)));
+                            *this.state = State::Failing(Some(scan.error(classification)));
                         }
                         None => {
                             this.guard.report(StreamOutcome::Completed);
@@ -387,11 +429,18 @@ fn feed<D: Buf>(scanner: &mut EventScanner, data: &D) -> super::ScanEvent {
     let mut slices = [std::io::IoSlice::new(&[]); 16];
     let filled = data.chunks_vectored(&mut slices);
     let mut event = super::ScanEvent::default();
-    for slice in &slices[..filled] {
-        let e = scanner.feed(slice);
+    for (i, slice) in slices[..filled].iter().enumerate() {
+        // One frame: what a malformed event withholds starts at its start.
+        let e = scanner.feed_part(slice, i == 0);
         event.content |= e.content;
         event.keep_alive |= e.keep_alive;
         event.failed |= e.failed;
+        event.malformed |= e.malformed;
+    }
+    if event.malformed {
+        // The whole frame is withheld, its first parts too.
+        event.content = false;
+        event.keep_alive = false;
     }
     event
 }

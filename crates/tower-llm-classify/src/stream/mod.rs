@@ -10,14 +10,60 @@
 //! keeps answering keep-alive pings (livekit/agents #6171). [`ResponseBody`]
 //! passes the bytes through untouched, recognises all of these, turns them
 //! into a classified [`LlmError`](crate::LlmError) body error, and reports
-//! the final outcome to an [`OutcomeHook`]. [`error_event`] writes a failure
-//! as the caller's dialect carries it in a stream.
+//! the final outcome to an [`OutcomeHook`]. Asked to, it keeps a
+//! [`Transcript`] of what the stream delivered (for a layer that continues
+//! a broken answer), and [`error_event`] writes a failure as the caller's
+//! dialect carries it in a stream.
+//!
+//! # How a stream ends
+//!
+//! A stream is complete when its terminal event came (`data: [DONE]`,
+//! `message_stop`, `response.completed`, `"done": true`), or when the
+//! answer's finish was delivered and the connection then closed cleanly:
+//! an OpenAI chat chunk with a `finish_reason` (and, when the chunks'
+//! `"usage": null` announced one, the usage chunk after it), an Anthropic
+//! `message_delta` with a `stop_reason`. The caller has the whole answer
+//! then; failing it would throw that away. A stream that ends without its
+//! finish is [`StreamIncomplete`](crate::ErrorKind::StreamIncomplete), as a
+//! connection cut mid-answer is, and so is one that ends inside an event.
+//!
+//! # Malformed events
+//!
+//! A `data:` line that the caller's SDK parses as JSON (every event of
+//! OpenAI's dialects, Anthropic's six Messages events, every Ollama line)
+//! and that is not JSON makes the official SDKs raise (openai-python's and
+//! anthropic-python's `Stream` call `sse.json()` on it). Such an event
+//! fails the stream cleanly rather than being skipped: a skipped event may
+//! have carried text, and a hole in an answer is worse than an error that
+//! a continuation can repair (the failure happens where the text stops,
+//! and the [`Transcript`] says what the caller holds). So:
+//!
+//! - the frame that completes the malformed event is *not* passed on
+//!   (the events before it in that frame go with it), and the body fails
+//!   with [`StreamIncomplete`](crate::ErrorKind::StreamIncomplete),
+//!   message "a malformed event in the stream";
+//! - what the scan reports — the failure's phase, [`ScanEvent::content`],
+//!   the transcript — is what the frames passed on delivered (a frame
+//!   already handed up is not taken back, so [`StreamProgress`] may have
+//!   seen content the caller's SDK never dispatched);
+//! - an event is malformed when its data, trimmed, is not opened and closed
+//!   by the brackets of a JSON object or array (what a cut, interleaved or
+//!   garbled event looks like), or, with a transcript, when the walk of it
+//!   finds an object that does not close where it should. A full JSON
+//!   validation of every event would cost more than the rest of the scan.
+//!   An SSE event whose data spans several `data:` lines (which the SDKs
+//!   join) is not judged, empty data is left alone, and nothing after the
+//!   terminal event is judged.
+//!
+//! The event's bytes may have begun in a frame already passed on (an event
+//! split across reads): that part has reached the caller, unfinished.
 
 mod body;
 mod error_event;
 mod outcome;
 mod progress;
 pub(crate) mod scanner;
+mod transcript;
 
 pub use body::ResponseBody;
 pub use error_event::error_event;
@@ -25,6 +71,7 @@ pub(crate) use outcome::OutcomeGuard;
 pub use outcome::{OnOutcome, OutcomeHook, StreamOutcome};
 pub use progress::StreamProgress;
 pub use scanner::{EventScanner, ScanEvent};
+pub use transcript::{CaptureTranscript, NotContinuable, StreamTranscript, TokenUsage, Transcript};
 
 /// The wire protocol of a response stream, which says what is content, what
 /// is a keep-alive and how a complete stream ends.
@@ -66,7 +113,9 @@ impl Dialect {
     }
 
     /// Whether a complete stream ends with a terminal event, so that a stream
-    /// ending without one is [`StreamIncomplete`](crate::ErrorKind::StreamIncomplete).
+    /// ending without one (and without the answer's finish, see
+    /// [How a stream ends](self#how-a-stream-ends)) is
+    /// [`StreamIncomplete`](crate::ErrorKind::StreamIncomplete).
     pub const fn has_terminal_event(self) -> bool {
         !matches!(self, Dialect::Generic)
     }

@@ -1,10 +1,16 @@
 //! [`EventScanner`]: an incremental, allocation-free (per event) scanner of
 //! SSE and NDJSON streams.
 
-use std::sync::LazyLock;
+mod keys;
+#[cfg(test)]
+mod tests;
 
-use memchr::memmem;
+use keys::{
+    UsageKey, has_chat_content, has_done_true, has_finish_reason, has_ollama_content,
+    has_stop_reason, is_content_event_name, is_error_payload, is_json_shaped, json_type, usage_key,
+};
 
+use super::transcript::{NotContinuable, StreamTranscript, Transcript};
 use super::{Dialect, Framing};
 use crate::classification::Phase;
 use crate::{Classification, ErrorKind, Provider};
@@ -24,6 +30,38 @@ pub struct ScanEvent {
     pub keep_alive: bool,
     /// The stream failed in this chunk; [`EventScanner::error`] says how.
     pub failed: bool,
+    /// The chunk completes a malformed event: one whose data the caller's
+    /// SDK parses as JSON and that is not JSON (see the
+    /// [module docs](super#malformed-events)). The stream has failed
+    /// ([`failed`](ScanEvent::failed) is set), and the chunk is meant to
+    /// be withheld from the caller: what the scanner counts
+    /// ([`content_events`](EventScanner::content_events), the transcript)
+    /// no longer includes what the chunk carried, and
+    /// [`content`](ScanEvent::content) is false.
+    pub malformed: bool,
+}
+
+/// How far an OpenAI chat or Anthropic answer has got towards its finish.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum Finish {
+    /// No finish yet (or content came after one: another choice is still
+    /// running).
+    #[default]
+    Open,
+    /// The finish went by; the usage chunk its `"usage": null` announced
+    /// has not.
+    AwaitingUsage,
+    /// The answer is whole.
+    Delivered,
+}
+
+/// What the scanner knows of the SSE event being read.
+#[derive(Clone, Copy, Debug, Default)]
+struct PendingEvent {
+    data_lines: u8,
+    /// A `data:` line the caller's SDK would parse is not JSON: malformed,
+    /// unless another `data:` line follows (the SDK joins them).
+    not_json: bool,
 }
 
 /// Scans a response stream chunk by chunk for in-band errors, content events
@@ -58,6 +96,21 @@ pub struct EventScanner {
     content_events: u64,
     error: Option<Classification>,
     require_terminal: bool,
+    finish: Finish,
+    pending: PendingEvent,
+    /// `content_events` when the chunk being scanned started, and when
+    /// the event being read started: what a malformed event takes back.
+    frame_mark: u64,
+    event_mark: u64,
+    /// Bytes fed before the chunk being scanned; where the line being
+    /// read ends; where the last complete event ended.
+    fed: u64,
+    line_end: u64,
+    last_event_end: u64,
+    /// Set by `finish`: the end of the stream is judged by what came
+    /// before, not by the unfinished event it cut.
+    finishing: bool,
+    transcript: Option<StreamTranscript>,
 }
 
 impl EventScanner {
@@ -76,7 +129,29 @@ impl EventScanner {
             content_events: 0,
             error: None,
             require_terminal: true,
+            finish: Finish::Open,
+            pending: PendingEvent::default(),
+            frame_mark: 0,
+            event_mark: 0,
+            fed: 0,
+            line_end: 0,
+            last_event_end: 0,
+            finishing: false,
+            transcript: None,
         }
+    }
+
+    /// Keeps a [`Transcript`] of what the stream delivers, shared through
+    /// [`transcript`](EventScanner::transcript).
+    pub fn capture_transcript(mut self) -> Self {
+        self.transcript = Some(StreamTranscript::new(self.dialect));
+        self
+    }
+
+    /// The transcript, when [`capture_transcript`](EventScanner::capture_transcript)
+    /// asked for one.
+    pub fn transcript(&self) -> Option<&StreamTranscript> {
+        self.transcript.as_ref()
     }
 
     /// Whether [`finish`](EventScanner::finish) fails a stream that ended
@@ -104,6 +179,16 @@ impl EventScanner {
         self.terminated
     }
 
+    /// Whether the answer's finish has been delivered, so that a clean end
+    /// without the terminal event loses nothing: an OpenAI chat chunk with a
+    /// `finish_reason` and no content after it (and the usage chunk after
+    /// it, when the chunks' `"usage": null` announced one), an Anthropic
+    /// `message_delta` with a `stop_reason`. The terminal event itself
+    /// counts too.
+    pub fn finish_seen(&self) -> bool {
+        self.terminated || self.finish == Finish::Delivered
+    }
+
     /// The failure found, if any.
     pub fn error(&self) -> Option<&Classification> {
         self.error.as_ref()
@@ -124,58 +209,107 @@ impl EventScanner {
 
     /// Scans the next chunk of the body.
     pub fn feed(&mut self, chunk: &[u8]) -> ScanEvent {
+        self.feed_part(chunk, true)
+    }
+
+    /// Scans the next part of a frame: `starts_frame` for its first part,
+    /// where what a malformed event withholds starts.
+    pub(crate) fn feed_part(&mut self, chunk: &[u8], starts_frame: bool) -> ScanEvent {
         let mut event = ScanEvent::default();
         if self.error.is_some() {
             return event;
         }
+        if starts_frame {
+            self.frame_mark = self.content_events;
+        }
+        match self.transcript.take() {
+            None => self.scan(chunk, &mut event, None),
+            Some(shared) => {
+                {
+                    let mut transcript = shared.lock();
+                    if starts_frame {
+                        transcript.begin_frame();
+                    }
+                    self.scan(chunk, &mut event, Some(&mut transcript));
+                    if !event.malformed {
+                        let fed = self.fed + chunk.len() as u64;
+                        transcript.set_position(fed, self.last_event_end);
+                    }
+                }
+                self.transcript = Some(shared);
+            }
+        }
+        self.fed += chunk.len() as u64;
+        event
+    }
+
+    fn scan(&mut self, chunk: &[u8], event: &mut ScanEvent, mut t: Option<&mut Transcript>) {
         let mut rest = chunk;
         while let Some(newline) = memchr::memchr(b'\n', rest) {
             let (line, after) = (&rest[..newline], &rest[newline + 1..]);
             rest = after;
+            self.line_end = self.fed + (chunk.len() - rest.len()) as u64;
             if self.overflow {
                 self.overflow = false;
                 continue;
             }
             if self.partial.is_empty() {
-                self.line(line, &mut event);
+                self.line(line, event, t.as_deref_mut());
             } else {
                 let mut joined = std::mem::take(&mut self.partial);
                 joined.extend_from_slice(line);
-                self.line(&joined, &mut event);
+                self.line(&joined, event, t.as_deref_mut());
                 joined.clear();
                 self.partial = joined;
             }
             if self.error.is_some() {
-                return event;
+                return;
             }
         }
         if !rest.is_empty() && !self.overflow {
             if self.partial.len() + rest.len() > MAX_LINE {
                 self.partial.clear();
                 self.overflow = true;
+                if let Some(t) = t {
+                    t.block(NotContinuable::Unreadable);
+                }
             } else {
                 self.partial.extend_from_slice(rest);
             }
         }
-        event
     }
 
     /// Ends the stream: scans a last line without a newline, then returns the
     /// failure if there was one, or a [`StreamIncomplete`](ErrorKind::StreamIncomplete)
-    /// failure when the dialect has a terminal event and it never came.
+    /// failure when the dialect has a terminal event, it never came, and the
+    /// answer's finish was not delivered either ([`finish_seen`](EventScanner::finish_seen)).
     pub fn finish(&mut self) -> Option<Classification> {
+        self.finishing = true;
         if self.error.is_none() && !self.partial.is_empty() && !self.overflow {
             let last = std::mem::take(&mut self.partial);
+            self.line_end = self.fed;
             let mut event = ScanEvent::default();
-            self.line(&last, &mut event);
+            match (self.framing, self.transcript.take()) {
+                // Ollama's clients parse a last line without its newline;
+                // an SSE event without its blank line is never dispatched
+                // to the caller, so it is not in the transcript.
+                (Framing::Ndjson, Some(shared)) => {
+                    self.line(&last, &mut event, Some(&mut shared.lock()));
+                    self.transcript = Some(shared);
+                }
+                (_, shared) => {
+                    self.line(&last, &mut event, None);
+                    self.transcript = shared;
+                }
+            }
             if self.framing == Framing::Sse {
-                self.line(b"", &mut event);
+                self.line(b"", &mut event, None);
             }
         }
         if let Some(error) = self.error.take() {
             return Some(error);
         }
-        if self.require_terminal && self.dialect.has_terminal_event() && !self.terminated {
+        if self.require_terminal && self.dialect.has_terminal_event() && !self.finish_seen() {
             return Some(
                 Classification::new(ErrorKind::StreamIncomplete)
                     .with_provider(self.provider)
@@ -186,18 +320,17 @@ impl EventScanner {
         None
     }
 
-    fn line(&mut self, line: &[u8], event: &mut ScanEvent) {
+    fn line(&mut self, line: &[u8], event: &mut ScanEvent, t: Option<&mut Transcript>) {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         match self.framing {
-            Framing::Sse => self.sse_line(line, event),
-            Framing::Ndjson => self.ndjson_line(line, event),
+            Framing::Sse => self.sse_line(line, event, t),
+            Framing::Ndjson => self.ndjson_line(line, event, t),
         }
     }
 
-    fn sse_line(&mut self, line: &[u8], event: &mut ScanEvent) {
+    fn sse_line(&mut self, line: &[u8], event: &mut ScanEvent, t: Option<&mut Transcript>) {
         if line.is_empty() {
-            // Dispatch: the next event starts unnamed.
-            self.event_name_len = 0;
+            self.dispatch(event, t);
             return;
         }
         if line[0] == b':' {
@@ -218,12 +351,25 @@ impl EventScanner {
                 self.event_name_len = len;
                 self.named_event(event);
             }
-            b"data" => self.sse_data(value, event),
+            b"data" => self.sse_data(value, event, t),
             // llama.cpp builds through 2025 sent a non-standard `error:`
             // field at HTTP 200 (ggml-org/llama.cpp #14566).
             b"error" => self.fail(value, event),
             _ => {}
         }
+    }
+
+    /// The blank line that ends an SSE event: the caller's SDK acts on the
+    /// event now.
+    fn dispatch(&mut self, event: &mut ScanEvent, t: Option<&mut Transcript>) {
+        let pending = std::mem::take(&mut self.pending);
+        self.event_name_len = 0;
+        if pending.not_json && pending.data_lines == 1 && !self.finishing {
+            self.malformed(event, t);
+            return;
+        }
+        self.event_mark = self.content_events;
+        self.last_event_end = self.line_end;
     }
 
     fn event_name(&self) -> &[u8] {
@@ -241,28 +387,81 @@ impl EventScanner {
         }
     }
 
-    fn sse_data(&mut self, data: &[u8], event: &mut ScanEvent) {
+    fn sse_data(&mut self, data: &[u8], event: &mut ScanEvent, t: Option<&mut Transcript>) {
+        self.pending.data_lines = self.pending.data_lines.saturating_add(1);
         let name = self.event_name();
         if name == b"error" || name == b"response.failed" || is_error_payload(data) {
             self.fail(data, event);
             return;
         }
+        let trimmed = data.trim_ascii();
+        let parsed = self.parsed_as_json(name, trimmed);
+        if parsed && !is_json_shaped(trimmed) {
+            self.pending.not_json = true;
+        }
+        self.classify_data(data, trimmed, event);
+        if let Some(t) = t {
+            if self.pending.data_lines > 1 {
+                t.block(NotContinuable::Unreadable);
+            } else if parsed && !self.pending.not_json {
+                let name = &self.event_name[..self.event_name_len];
+                self.pending.not_json = !t.event(name, trimmed);
+            }
+        }
+    }
+
+    /// Whether the caller's SDK parses this event's data as JSON, so that
+    /// data that is not JSON makes it raise: every event but `[DONE]` in
+    /// OpenAI's SDKs (`Stream.__stream__` in openai-python's
+    /// `_streaming.py`), the six Messages events in Anthropic's (its
+    /// `_streaming.py`; unnamed events and `ping` are skipped). Empty data
+    /// is left alone: no provider sends it as an event, and failing a
+    /// stream on a blank heartbeat would be worse than passing it on.
+    fn parsed_as_json(&self, name: &[u8], trimmed: &[u8]) -> bool {
+        if self.terminated || trimmed.is_empty() {
+            return false;
+        }
+        match self.dialect {
+            Dialect::OpenAiChat => trimmed != b"[DONE]",
+            Dialect::OpenAiResponses => true,
+            Dialect::Anthropic => matches!(
+                name,
+                b"message_start"
+                    | b"message_delta"
+                    | b"message_stop"
+                    | b"content_block_start"
+                    | b"content_block_delta"
+                    | b"content_block_stop"
+            ),
+            Dialect::OllamaNdjson | Dialect::Generic => false,
+        }
+    }
+
+    /// Content, keep-alive or terminal event: what a `data:` line is.
+    fn classify_data(&mut self, data: &[u8], trimmed: &[u8], event: &mut ScanEvent) {
+        let name = self.event_name();
         if !name.is_empty() {
             // Named events (Anthropic, Responses): the name says it all.
             if is_content_event_name(name) {
                 self.content(event);
+            } else if name == b"message_delta" && has_stop_reason(data) {
+                self.finish = Finish::Delivered;
             }
             return;
         }
         match self.dialect {
             Dialect::OpenAiChat => {
-                if data.trim_ascii() == b"[DONE]" {
+                if trimmed == b"[DONE]" {
                     self.terminated = true;
-                } else if has_chat_content(data) {
+                    return;
+                }
+                let content = has_chat_content(data);
+                if content {
                     self.content(event);
                 } else {
                     event.keep_alive = true;
                 }
+                self.chat_finish(data, content);
             }
             Dialect::Anthropic | Dialect::OpenAiResponses => {
                 // Unnamed events still carry their type in the payload.
@@ -271,27 +470,56 @@ impl EventScanner {
                         self.terminated = true
                     }
                     Some(b"ping") => event.keep_alive = true,
+                    Some(b"message_delta") if has_stop_reason(data) => {
+                        self.finish = Finish::Delivered;
+                    }
                     Some(kind) if is_content_event_name(kind) => self.content(event),
                     _ => {}
                 }
             }
             Dialect::OllamaNdjson | Dialect::Generic => {
-                if data.trim_ascii() == b"[DONE]" {
+                if trimmed == b"[DONE]" {
                     self.terminated = true;
-                } else if !data.trim_ascii().is_empty() {
+                } else if !trimmed.is_empty() {
                     self.content(event);
                 }
             }
         }
     }
 
-    fn ndjson_line(&mut self, line: &[u8], event: &mut ScanEvent) {
+    /// Follows an OpenAI chat answer to its finish: a chunk with a
+    /// `finish_reason`, then (when the chunks say `"usage": null`) the
+    /// usage chunk. Content after a finish is another choice still
+    /// running: the answer is open again.
+    fn chat_finish(&mut self, data: &[u8], content: bool) {
+        if content {
+            self.finish = Finish::Open;
+        }
+        if has_finish_reason(data) {
+            self.finish = match usage_key(data) {
+                UsageKey::Null => Finish::AwaitingUsage,
+                UsageKey::Absent | UsageKey::Present => Finish::Delivered,
+            };
+        } else if self.finish == Finish::AwaitingUsage && usage_key(data) == UsageKey::Present {
+            self.finish = Finish::Delivered;
+        }
+    }
+
+    fn ndjson_line(&mut self, line: &[u8], event: &mut ScanEvent, t: Option<&mut Transcript>) {
         let line = line.trim_ascii();
         if line.is_empty() {
             return;
         }
+        self.event_mark = self.content_events;
         if is_error_payload(line) {
             self.fail(line, event);
+            return;
+        }
+        // Ollama's clients parse every line (`json.loads` in ollama-python's
+        // `_stream`).
+        let parsed = self.dialect == Dialect::OllamaNdjson && !self.terminated;
+        if parsed && !is_json_shaped(line) && !self.finishing {
+            self.malformed(event, t);
             return;
         }
         if has_ollama_content(line) {
@@ -302,6 +530,15 @@ impl EventScanner {
         if has_done_true(line) {
             self.terminated = true;
         }
+        if let Some(t) = t
+            && parsed
+            && !t.event(b"", line)
+            && !self.finishing
+        {
+            self.malformed(event, Some(t));
+            return;
+        }
+        self.last_event_end = self.line_end;
     }
 
     fn content(&mut self, event: &mut ScanEvent) {
@@ -315,213 +552,27 @@ impl EventScanner {
         self.error = Some(classification);
         event.failed = true;
     }
-}
 
-/// Anthropic `content_block_delta`, Responses `response.*.delta`
-/// (`output_text`, `function_call_arguments`, `reasoning_summary_text`, …).
-fn is_content_event_name(name: &[u8]) -> bool {
-    name == b"content_block_delta" || (name.starts_with(b"response.") && name.ends_with(b".delta"))
-}
-
-/// A `"key"` to look for, its searcher built once: building a
-/// `memmem::Finder` costs more than searching a short chunk, and a chunk
-/// is searched for up to seven keys.
-macro_rules! key {
-    ($quoted:literal) => {{
-        static FINDER: LazyLock<memmem::Finder<'static>> =
-            LazyLock::new(|| memmem::Finder::new($quoted));
-        &*FINDER
-    }};
-}
-
-/// Finds `"key"` as an object key (not escaped inside a string) followed by
-/// optional whitespace and `:`; returns the index just after the colon.
-fn find_key(payload: &[u8], quoted_key: &memmem::Finder<'static>) -> Option<usize> {
-    let mut from = 0;
-    while let Some(at) = quoted_key.find(&payload[from..]) {
-        let start = from + at;
-        let end = start + quoted_key.needle().len();
-        from = end;
-        if start > 0 && payload[start - 1] == b'\\' {
-            continue;
+    /// A malformed event fails the stream, and the chunk that completes it
+    /// is withheld: what the scanner counted of the chunk, and of the
+    /// event, is taken back, so that the failure's phase and the
+    /// transcript say what the caller was handed.
+    fn malformed(&mut self, event: &mut ScanEvent, t: Option<&mut Transcript>) {
+        let delivered = self.frame_mark.min(self.event_mark);
+        self.content_events = delivered;
+        self.content_seen = delivered > 0;
+        if let Some(t) = t {
+            t.withhold_frame();
         }
-        let mut i = end;
-        while i < payload.len() && payload[i].is_ascii_whitespace() {
-            i += 1;
-        }
-        if payload.get(i) == Some(&b':') {
-            return Some(i + 1);
-        }
-    }
-    None
-}
-
-fn skip_ws(payload: &[u8], mut i: usize) -> usize {
-    while i < payload.len() && payload[i].is_ascii_whitespace() {
-        i += 1;
-    }
-    i
-}
-
-/// A JSON payload with a non-null `"error"` key, or `"type": "error"` /
-/// `"type": "response.failed"`.
-fn is_error_payload(payload: &[u8]) -> bool {
-    if let Some(value_at) = find_key(payload, key!(b"\"error\"")) {
-        let value = &payload[skip_ws(payload, value_at)..];
-        if !value.starts_with(b"null")
-            && !value.starts_with(b"false")
-            && !value.starts_with(b"\"\"")
-        {
-            return true;
-        }
-    }
-    matches!(json_type(payload), Some(b"error" | b"response.failed"))
-}
-
-/// The string value of the first `"type"` key.
-fn json_type(payload: &[u8]) -> Option<&[u8]> {
-    let value_at = skip_ws(payload, find_key(payload, key!(b"\"type\""))?);
-    let rest = payload.get(value_at..)?.strip_prefix(b"\"")?;
-    let end = memchr::memchr(b'"', rest)?;
-    Some(&rest[..end])
-}
-
-/// Whether `"key": "<non-empty>"` is present.
-fn has_nonempty_string(payload: &[u8], quoted_key: &memmem::Finder<'static>) -> bool {
-    let Some(value_at) = find_key(payload, quoted_key) else {
-        return false;
-    };
-    let value = &payload[skip_ws(payload, value_at)..];
-    value.len() >= 2 && value[0] == b'"' && value[1] != b'"'
-}
-
-/// An OpenAI chat chunk that carries something the caller sees: text,
-/// reasoning, a refusal or a tool call (a role-only or usage-only chunk does
-/// not).
-fn has_chat_content(data: &[u8]) -> bool {
-    has_nonempty_string(data, key!(b"\"content\""))
-        || has_nonempty_string(data, key!(b"\"reasoning_content\""))
-        || has_nonempty_string(data, key!(b"\"reasoning\""))
-        || has_nonempty_string(data, key!(b"\"refusal\""))
-        || has_nonempty_string(data, key!(b"\"text\""))
-        || find_key(data, key!(b"\"tool_calls\"")).is_some()
-        || find_key(data, key!(b"\"function_call\"")).is_some()
-}
-
-fn has_ollama_content(line: &[u8]) -> bool {
-    has_nonempty_string(line, key!(b"\"content\""))
-        || has_nonempty_string(line, key!(b"\"response\""))
-        || has_nonempty_string(line, key!(b"\"thinking\""))
-        || find_key(line, key!(b"\"tool_calls\"")).is_some()
-}
-
-fn has_done_true(line: &[u8]) -> bool {
-    find_key(line, key!(b"\"done\""))
-        .is_some_and(|at| line[skip_ws(line, at)..].starts_with(b"true"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn scan(
-        framing: Framing,
-        dialect: Dialect,
-        chunks: &[&[u8]],
-    ) -> (EventScanner, Option<Classification>) {
-        let mut scanner = EventScanner::new(framing, dialect, Provider::Unknown);
-        for chunk in chunks {
-            scanner.feed(chunk);
-        }
-        let end = scanner.finish();
-        (scanner, end)
-    }
-
-    #[test]
-    fn openai_stream_split_anywhere_is_complete() {
-        let stream = b"data: {\"choices\":[{\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}]}\n\ndata: {\"choices\":[{\"delta\":{\"content\":\"Hi\"}}]}\n\ndata: [DONE]\n\n";
-        for split in 0..stream.len() {
-            let (scanner, end) = scan(
-                Framing::Sse,
-                Dialect::OpenAiChat,
-                &[&stream[..split], &stream[split..]],
-            );
-            assert_eq!(end, None, "split at {split}");
-            assert_eq!(scanner.content_events(), 1, "split at {split}");
-        }
-    }
-
-    #[test]
-    fn role_only_delta_is_not_content() {
-        let mut scanner = EventScanner::new(Framing::Sse, Dialect::OpenAiChat, Provider::OpenAi);
-        let event = scanner.feed(
-            b"data: {\"choices\":[{\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}]}\n\n",
+        event.content = false;
+        event.keep_alive = false;
+        event.failed = true;
+        event.malformed = true;
+        self.error = Some(
+            Classification::new(ErrorKind::StreamIncomplete)
+                .with_provider(self.provider)
+                .with_phase(self.phase())
+                .with_message("a malformed event in the stream (its data is not JSON)"),
         );
-        assert!(!event.content && event.keep_alive);
-    }
-
-    #[test]
-    fn missing_done_is_incomplete_after_content() {
-        let (_, end) = scan(
-            Framing::Sse,
-            Dialect::OpenAiChat,
-            &[b"data: {\"choices\":[{\"delta\":{\"content\":\"Hi\"}}]}\n\n"],
-        );
-        let end = end.unwrap();
-        assert_eq!(
-            (end.kind(), end.phase()),
-            (ErrorKind::StreamIncomplete, Phase::MidStream)
-        );
-        assert!(!end.retryable());
-    }
-
-    #[test]
-    fn escaped_error_text_in_content_is_not_an_error() {
-        let chunk = b"data: {\"choices\":[{\"delta\":{\"content\":\"the \\\"error\\\": field\"}}]}\n\ndata: [DONE]\n\n";
-        let (scanner, end) = scan(Framing::Sse, Dialect::OpenAiChat, &[chunk]);
-        assert_eq!(end, None);
-        assert!(scanner.content_seen());
-    }
-
-    #[test]
-    fn comments_and_pings_are_keep_alives() {
-        let mut scanner = EventScanner::new(Framing::Sse, Dialect::Anthropic, Provider::Anthropic);
-        let event =
-            scanner.feed(b": OPENROUTER PROCESSING\n\nevent: ping\ndata: {\"type\": \"ping\"}\n\n");
-        assert!(event.keep_alive && !event.content);
-    }
-
-    #[test]
-    fn ollama_error_line_after_content_is_mid_stream() {
-        let (scanner, end) = scan(
-            Framing::Ndjson,
-            Dialect::OllamaNdjson,
-            &[b"{\"message\":{\"role\":\"assistant\",\"content\":\"Hel\"},\"done\":false}\n{\"error\":\"an error was encountered while running the model\"}\n"],
-        );
-        let end = end.unwrap();
-        assert!(scanner.content_seen());
-        assert_eq!(end.phase(), Phase::MidStream);
-        assert!(!end.retryable());
-    }
-
-    #[test]
-    fn a_final_line_without_newline_is_scanned() {
-        let (_, end) = scan(
-            Framing::Ndjson,
-            Dialect::OllamaNdjson,
-            &[b"{\"message\":{\"content\":\"x\"},\"done\":false}\n{\"done\":true}"],
-        );
-        assert_eq!(end, None);
-    }
-
-    #[test]
-    fn overlong_lines_are_skipped_not_buffered() {
-        let mut scanner = EventScanner::new(Framing::Sse, Dialect::Generic, Provider::Unknown);
-        let big = vec![b'a'; MAX_LINE + 10];
-        scanner.feed(b"data: ");
-        scanner.feed(&big);
-        assert!(scanner.partial.capacity() <= MAX_LINE);
-        scanner.feed(b"\n\ndata: {\"error\":{\"message\":\"boom\"}}\n\n");
-        assert!(scanner.error().is_some());
     }
 }

@@ -1,0 +1,184 @@
+//! Finding what an event says without parsing it: a `"key"` as an object
+//! key (not inside a string), and the few values the scanner reads.
+
+use std::sync::LazyLock;
+
+use memchr::memmem;
+
+/// Anthropic `content_block_delta`, Responses `response.*.delta`
+/// (`output_text`, `function_call_arguments`, `reasoning_summary_text`, …).
+pub(super) fn is_content_event_name(name: &[u8]) -> bool {
+    name == b"content_block_delta" || (name.starts_with(b"response.") && name.ends_with(b".delta"))
+}
+
+/// A `"key"` to look for, its searcher built once: building a
+/// `memmem::Finder` costs more than searching a short chunk, and a chunk
+/// is searched for up to seven keys.
+macro_rules! key {
+    ($quoted:literal) => {{
+        static FINDER: LazyLock<memmem::Finder<'static>> =
+            LazyLock::new(|| memmem::Finder::new($quoted));
+        &*FINDER
+    }};
+}
+
+/// Finds `"key"` as an object key (not escaped inside a string) followed by
+/// optional whitespace and `:`; returns the index just after the colon.
+fn find_key(payload: &[u8], quoted_key: &memmem::Finder<'static>) -> Option<usize> {
+    let mut from = 0;
+    while let Some(at) = quoted_key.find(&payload[from..]) {
+        let start = from + at;
+        let end = start + quoted_key.needle().len();
+        from = end;
+        if start > 0 && payload[start - 1] == b'\\' {
+            continue;
+        }
+        let mut i = end;
+        while i < payload.len() && payload[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        if payload.get(i) == Some(&b':') {
+            return Some(i + 1);
+        }
+    }
+    None
+}
+
+fn skip_ws(payload: &[u8], mut i: usize) -> usize {
+    while i < payload.len() && payload[i].is_ascii_whitespace() {
+        i += 1;
+    }
+    i
+}
+
+/// A JSON payload with a non-null `"error"` key, or `"type": "error"` /
+/// `"type": "response.failed"`.
+pub(super) fn is_error_payload(payload: &[u8]) -> bool {
+    if let Some(value_at) = find_key(payload, key!(b"\"error\"")) {
+        let value = &payload[skip_ws(payload, value_at)..];
+        if !value.starts_with(b"null")
+            && !value.starts_with(b"false")
+            && !value.starts_with(b"\"\"")
+        {
+            return true;
+        }
+    }
+    matches!(json_type(payload), Some(b"error" | b"response.failed"))
+}
+
+/// The string value of the first `"type"` key.
+pub(super) fn json_type(payload: &[u8]) -> Option<&[u8]> {
+    let value_at = skip_ws(payload, find_key(payload, key!(b"\"type\""))?);
+    let rest = payload.get(value_at..)?.strip_prefix(b"\"")?;
+    let end = memchr::memchr(b'"', rest)?;
+    Some(&rest[..end])
+}
+
+/// Whether `"key": "<non-empty>"` is present.
+fn has_nonempty_string(payload: &[u8], quoted_key: &memmem::Finder<'static>) -> bool {
+    let Some(value_at) = find_key(payload, quoted_key) else {
+        return false;
+    };
+    let value = &payload[skip_ws(payload, value_at)..];
+    value.len() >= 2 && value[0] == b'"' && value[1] != b'"'
+}
+
+/// An OpenAI chat chunk that carries something the caller sees: text,
+/// reasoning, a refusal or a tool call (a role-only or usage-only chunk does
+/// not).
+pub(super) fn has_chat_content(data: &[u8]) -> bool {
+    has_nonempty_string(data, key!(b"\"content\""))
+        || has_nonempty_string(data, key!(b"\"reasoning_content\""))
+        || has_nonempty_string(data, key!(b"\"reasoning\""))
+        || has_nonempty_string(data, key!(b"\"refusal\""))
+        || has_nonempty_string(data, key!(b"\"text\""))
+        || find_key(data, key!(b"\"tool_calls\"")).is_some()
+        || find_key(data, key!(b"\"function_call\"")).is_some()
+}
+
+pub(super) fn has_ollama_content(line: &[u8]) -> bool {
+    has_nonempty_string(line, key!(b"\"content\""))
+        || has_nonempty_string(line, key!(b"\"response\""))
+        || has_nonempty_string(line, key!(b"\"thinking\""))
+        || find_key(line, key!(b"\"tool_calls\"")).is_some()
+}
+
+pub(super) fn has_done_true(line: &[u8]) -> bool {
+    find_key(line, key!(b"\"done\""))
+        .is_some_and(|at| line[skip_ws(line, at)..].starts_with(b"true"))
+}
+
+/// The finder of `"key"` from the end of a haystack, built once (see
+/// [`key!`]).
+macro_rules! key_from_end {
+    ($quoted:literal) => {{
+        static FINDER: LazyLock<memmem::FinderRev<'static>> =
+            LazyLock::new(|| memmem::FinderRev::new($quoted));
+        &*FINDER
+    }};
+}
+
+/// [`find_key`] for the last `"key"` of the payload, searched from its
+/// end: OpenAI writes `finish_reason` last in a choice, so the search
+/// reads a few dozen bytes of a chunk, not all of it.
+fn rfind_key(payload: &[u8], quoted_key: &memmem::FinderRev<'static>) -> Option<usize> {
+    let mut to = payload.len();
+    while let Some(start) = quoted_key.rfind(&payload[..to]) {
+        to = start;
+        if start > 0 && payload[start - 1] == b'\\' {
+            continue;
+        }
+        let i = skip_ws(payload, start + quoted_key.needle().len());
+        if payload.get(i) == Some(&b':') {
+            return Some(i + 1);
+        }
+    }
+    None
+}
+
+/// Whether an OpenAI chat chunk carries a `finish_reason` that is not
+/// `null` (the last one in the chunk, which is choice 0's unless there are
+/// several).
+pub(super) fn has_finish_reason(data: &[u8]) -> bool {
+    rfind_key(data, key_from_end!(b"\"finish_reason\""))
+        .is_some_and(|at| data[skip_ws(data, at)..].starts_with(b"\""))
+}
+
+/// What a chunk says of its `usage`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum UsageKey {
+    /// No `usage` key.
+    Absent,
+    /// `"usage": null`: OpenAI writes it in every chunk when
+    /// `stream_options.include_usage` asked for a usage chunk after the
+    /// finish (API reference, *Create chat completion*, `stream_options`).
+    Null,
+    /// The usage itself.
+    Present,
+}
+
+pub(super) fn usage_key(data: &[u8]) -> UsageKey {
+    match find_key(data, key!(b"\"usage\"")) {
+        None => UsageKey::Absent,
+        Some(at) if data[skip_ws(data, at)..].starts_with(b"null") => UsageKey::Null,
+        Some(_) => UsageKey::Present,
+    }
+}
+
+/// Whether an Anthropic `message_delta` carries a `stop_reason` that is
+/// not `null`.
+pub(super) fn has_stop_reason(data: &[u8]) -> bool {
+    find_key(data, key!(b"\"stop_reason\""))
+        .is_some_and(|at| data[skip_ws(data, at)..].starts_with(b"\""))
+}
+
+/// Whether trimmed event data has the shape of a JSON object or array:
+/// opened and closed by its brackets. What a cut, interleaved or garbled
+/// event looks like fails it; a full validation would cost more than the
+/// rest of the scan.
+pub(super) fn is_json_shaped(data: &[u8]) -> bool {
+    matches!(
+        (data.first(), data.last()),
+        (Some(b'{'), Some(b'}')) | (Some(b'['), Some(b']'))
+    )
+}
