@@ -147,6 +147,29 @@ async fn a_stream_without_content_moves_to_the_backup_when_a_first_content_timeo
     );
 }
 
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn with_a_first_content_timeout_the_backup_answers_before_a_slow_first_token_would_come() {
+    // A model that thinks 25 s before it writes; the limit is 20 s.
+    let primary = simulator(Fault::slow_first_token(Duration::from_secs(25))).await;
+    let backup = Simulator::start().await.unwrap();
+    let stack = stack(
+        &[("primary", &primary), ("backup", &backup)],
+        "[retry]\nfirst_content_timeout_ms = 20000\n",
+    );
+
+    let started = Instant::now();
+    let response = stack.oneshot(chat(true)).await.unwrap();
+    assert_eq!(served_by(&response), Some("backup"));
+    let text = response.into_body().collect().await.unwrap().to_bytes();
+    assert!(text.ends_with(b"data: [DONE]\n\n"));
+    assert!(
+        started.elapsed() < Duration::from_secs(25),
+        "the whole answer before the primary's first token: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(primary.requests().len(), 1);
+}
+
 /// Reads `response`'s body to its end or its error: the error, how long
 /// after the head it came, and how many keep-alives came before it.
 async fn read_until_error(
