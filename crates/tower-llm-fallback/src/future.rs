@@ -11,6 +11,7 @@ use http_body::Body;
 use http_body_util::Full;
 use pin_project_lite::pin_project;
 use tower_llm_classify::replay::ReadBody;
+use tower_llm_classify::stream::CaptureTranscript;
 use tower_llm_classify::{BoxError, Classification, ErrorKind, LlmError, RequestMeta};
 use tower_service::Service;
 
@@ -109,11 +110,12 @@ where
 
 impl<S, B, RB> Future for ResponseFuture<S, B>
 where
-    S: Service<Request<Full<Bytes>>, Response = Response<RB>> + Clone,
+    S: Service<Request<Full<Bytes>>, Response = Response<RB>> + Clone + Send + Sync + 'static,
+    S::Future: Send + 'static,
     S::Error: Into<LlmError>,
     B: Body,
     B::Error: Into<BoxError>,
-    RB: Body,
+    RB: Body<Data = Bytes> + Send + 'static,
     RB::Error: Into<LlmError>,
 {
     type Output = Result<Response<FallbackBody<RB>>, LlmError>;
@@ -133,6 +135,13 @@ where
                             let meta =
                                 RequestMeta::from_request(&parts.uri, &parts.headers, Some(&bytes));
                             parts.extensions.insert(meta);
+                        }
+                        // A stream that may be continued: Classify keeps
+                        // what it delivers.
+                        if keeps_request(this.shared, this.parts.as_ref())
+                            && let Some(parts) = this.parts.as_mut()
+                        {
+                            parts.extensions.insert(CaptureTranscript);
                         }
                         *this.body = bytes;
                         this.state.set(State::Ready { service: None });
@@ -166,7 +175,8 @@ where
                             // hedge): the caller's request is moved, not
                             // copied.
                             let last = *this.next >= this.shared.targets.len()
-                                && this.shared.hedge.is_none();
+                                && this.shared.hedge.is_none()
+                                && !keeps_request(this.shared, this.parts.as_ref());
                             let adapted = match (last, this.parts.take()) {
                                 (true, Some(parts)) => {
                                     target.adapt_owned(parts, std::mem::take(this.body))
@@ -246,6 +256,7 @@ where
                             *this.current,
                             this.failures,
                             response,
+                            (this.parts.take(), std::mem::take(this.body)),
                         )));
                     }
                     Err(error) => error.into(),
@@ -329,6 +340,7 @@ where
                                         index,
                                         this.failures,
                                         response,
+                                        (this.parts.take(), std::mem::take(this.body)),
                                     )));
                                 }
                                 Err(error) => {
@@ -406,19 +418,40 @@ where
     }
 }
 
-/// The response of target `index`, with the report of what failed before.
+/// Whether the caller's request is kept after the call: a stream that may
+/// be continued needs it to ask for the rest.
+fn keeps_request<S>(shared: &Shared<S>, parts: Option<&http::request::Parts>) -> bool {
+    shared.continuations > 0
+        && parts
+            .and_then(|p| p.extensions.get::<RequestMeta>())
+            .is_some_and(|meta| meta.stream)
+}
+
+/// The response of target `index`, with the report of what failed before;
+/// a stream that may be continued keeps the caller's request for it.
 fn served<S, RB>(
-    shared: &Shared<S>,
+    shared: &Arc<Shared<S>>,
     index: usize,
     failures: &mut Vec<(Arc<str>, LlmError)>,
     response: Response<RB>,
-) -> Response<FallbackBody<RB>> {
+    request: (Option<http::request::Parts>, Bytes),
+) -> Response<FallbackBody<RB>>
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<RB>> + Clone + Send + Sync + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<LlmError>,
+    RB: Body<Data = Bytes> + Send + 'static,
+{
     let name = Arc::clone(&shared.targets[index].name);
     let failures = std::mem::take(failures);
     if !failures.is_empty() {
         tracing::info!(target: TRACING_TARGET, served_by = &*name, failed = failures.len(), "served by a fallback target");
     }
     let (mut head, body) = response.into_parts();
+    let body = match crate::continuation::resume::resumable(shared, index, request, &mut head) {
+        Some((resume, first)) => FallbackBody::resumable(body, resume, first),
+        None => FallbackBody::new(body),
+    };
     head.extensions.insert(FallbackReport {
         served_by: Some(name),
         failures: failures
@@ -426,7 +459,7 @@ fn served<S, RB>(
             .map(|(n, e)| (n, e.classification().clone()))
             .collect(),
     });
-    Response::from_parts(head, FallbackBody::new(body))
+    Response::from_parts(head, body)
 }
 
 /// A hedged call failed: the previous failure (if any) goes to the list,

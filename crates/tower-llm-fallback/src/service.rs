@@ -22,7 +22,9 @@ use crate::target::Target;
 /// for it (URL, model, headers) with its own credentials.
 ///
 /// Every target's service has the same type `S`: box them
-/// (`tower::util::BoxCloneService`) when they differ. Readiness is asked of
+/// (`tower::util::BoxCloneSyncService`: a served stream may be continued
+/// from another task, so the services are `Send + Sync`) when they differ.
+/// Readiness is asked of
 /// each target's service when it is about to be called, so `poll_ready` of
 /// the fallback itself is always ready.
 ///
@@ -51,6 +53,11 @@ pub(crate) struct Shared<S> {
     /// Calls that could have hedged, and hedges sent: the hedging budget.
     pub(crate) hedge_calls: AtomicU64,
     pub(crate) hedges: AtomicU64,
+    /// How many times a broken stream may be continued.
+    pub(crate) continuations: u32,
+    /// Targets that answered a continuation with a refusal: not asked to
+    /// continue again.
+    pub(crate) prefill_refused: Vec<std::sync::atomic::AtomicBool>,
 }
 
 /// When to send a hedge and how many.
@@ -61,6 +68,20 @@ pub(crate) struct HedgePolicy {
 }
 
 impl<S> Shared<S> {
+    /// Whether target `index` refused a continuation before.
+    pub(crate) fn refuses_prefill(&self, index: usize) -> bool {
+        self.prefill_refused
+            .get(index)
+            .is_some_and(|refused| refused.load(Ordering::Relaxed))
+    }
+
+    /// Remembers that target `index` refuses continuations.
+    pub(crate) fn mark_refuses_prefill(&self, index: usize) {
+        if let Some(refused) = self.prefill_refused.get(index) {
+            refused.store(true, Ordering::Relaxed);
+        }
+    }
+
     /// Takes a hedge from the budget: at most `ratio` hedges per call that
     /// could have hedged.
     pub(crate) fn take_hedge(&self, policy: &HedgePolicy) -> bool {
@@ -90,6 +111,7 @@ pub struct FallbackBuilder<S> {
     targets: Vec<Target<S>>,
     routes: RoutePolicy,
     max_body: usize,
+    continuations: u32,
     hedge: Option<HedgePolicy>,
 }
 
@@ -103,6 +125,7 @@ impl Fallback<()> {
                 on_invalid_request: false,
             },
             max_body: 32 * 1024 * 1024,
+            continuations: 0,
             hedge: None,
         }
     }
@@ -134,6 +157,18 @@ impl<S> FallbackBuilder<S> {
     /// everywhere).
     pub fn move_on_invalid_request(mut self, on: bool) -> Self {
         self.routes.on_invalid_request = on;
+        self
+    }
+
+    /// Continues a streamed answer that breaks after content, up to
+    /// `times` times (0, the default: never): the same request with the
+    /// text the caller holds as the assistant's partial answer, to the
+    /// same target when the failure may pass there, else to the next that
+    /// can continue ([`Target::continuation`]); the rest is spliced into
+    /// the caller's stream (see [`continuation`](crate::continuation)).
+    /// Needs Classify below each target, capturing what streams deliver.
+    pub fn continue_streams(mut self, times: u32) -> Self {
+        self.continuations = times;
         self
     }
 
@@ -193,8 +228,15 @@ impl<S> FallbackBuilder<S> {
                 hedge.ratio
             )));
         }
+        let prefill_refused = self
+            .targets
+            .iter()
+            .map(|_| std::sync::atomic::AtomicBool::new(false))
+            .collect();
         Ok(Fallback {
             shared: Arc::new(Shared {
+                prefill_refused,
+                continuations: self.continuations,
                 targets: self.targets,
                 routes: self.routes,
                 max_body: self.max_body,
@@ -208,11 +250,12 @@ impl<S> FallbackBuilder<S> {
 
 impl<S, B, RB> Service<Request<B>> for Fallback<S>
 where
-    S: Service<Request<Full<Bytes>>, Response = Response<RB>> + Clone,
+    S: Service<Request<Full<Bytes>>, Response = Response<RB>> + Clone + Send + Sync + 'static,
+    S::Future: Send + 'static,
     S::Error: Into<LlmError>,
     B: Body,
     B::Error: Into<BoxError>,
-    RB: Body,
+    RB: Body<Data = Bytes> + Send + 'static,
     RB::Error: Into<LlmError>,
 {
     type Response = Response<FallbackBody<RB>>;

@@ -11,20 +11,21 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use tower::util::BoxCloneService;
+use tower::util::BoxCloneSyncService;
 use tower::{Layer, ServiceExt};
 use tower_llm_circuit::{CircuitConfig, CircuitLayer};
 use tower_llm_classify::{ClassifyLayer, ErrorKind, LlmError};
+use tower_llm_fallback::continuation::{Continuation, ContinuationReport};
 use tower_llm_fallback::{Fallback, FallbackReport, Target};
 use tower_llm_retry::{RetryLayer, RetryPolicy, RetryStats};
-use tower_llm_testkit::{Api, Fault, Simulator};
+use tower_llm_testkit::{Api, Fault, FaultPlan, Simulator};
 
 type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, LlmError>;
 /// The body a target's stack returns.
 type Inner = tower_llm_retry::RetryBody<
     tower_llm_circuit::CircuitBody<tower_llm_classify::stream::ResponseBody<hyper::body::Incoming>>,
 >;
-type Stack = BoxCloneService<Request<Full<Bytes>>, http::Response<Body>, LlmError>;
+type Stack = BoxCloneSyncService<Request<Full<Bytes>>, http::Response<Body>, LlmError>;
 
 /// A target's own stack: retry (seeded, short waits), circuit, classify, client.
 fn stack(circuit: &CircuitLayer, attempts: u32) -> Stack {
@@ -41,7 +42,7 @@ fn stack(circuit: &CircuitLayer, attempts: u32) -> Stack {
     let boxed = |response: http::Response<Inner>| {
         response.map(|body| body.map_err(LlmError::from_source).boxed_unsync())
     };
-    let service: Stack = BoxCloneService::new(tower::util::MapResponse::new(retry, boxed));
+    let service: Stack = BoxCloneSyncService::new(tower::util::MapResponse::new(retry, boxed));
     service
 }
 
@@ -735,4 +736,64 @@ async fn when_both_hedged_calls_fail_the_next_target_serves() {
         report.failed_kinds(),
         [("a", ErrorKind::Overloaded), ("b", ErrorKind::ServerError)]
     );
+}
+
+/// A streamed conversation (what a gateway's caller sends).
+const STREAMED: &str =
+    r#"{"model":"gpt-4o","stream":true,"messages":[{"role":"user","content":"Tell me a story."}]}"#;
+
+/// The text content of an OpenAI stream, as an SDK concatenates it.
+fn streamed_text(stream: &str) -> String {
+    stream
+        .split("\n\n")
+        .filter_map(|event| event.strip_prefix("data: "))
+        .filter(|data| *data != "[DONE]")
+        .filter_map(|data| {
+            let v: serde_json::Value = serde_json::from_str(data).unwrap();
+            v.pointer("/choices/0/delta/content")
+                .and_then(serde_json::Value::as_str)
+                .map(str::to_owned)
+        })
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stream_cut_after_1_or_40_content_events_reaches_the_caller_whole_and_once() {
+    for cut in [1, 40] {
+        let primary = Simulator::builder()
+            .reply_tokens(60)
+            .plan(FaultPlan::script([Fault::stream_drop_after(cut)]))
+            .start()
+            .await
+            .unwrap();
+        let fallback = Fallback::builder()
+            .target(
+                target("primary", &primary, &fast_circuit(), 3)
+                    .continuation(Continuation::TrailingAssistant),
+            )
+            .continue_streams(2)
+            .build()
+            .unwrap();
+        let response = fallback.oneshot(request(&primary, STREAMED)).await.unwrap();
+        let report = response
+            .extensions()
+            .get::<ContinuationReport>()
+            .cloned()
+            .unwrap();
+        let stream = text(response).await.unwrap();
+        assert_eq!(
+            streamed_text(&stream),
+            primary.reply(),
+            "cut after {cut}: no text twice, none missing"
+        );
+        assert_eq!(stream.matches("\"role\"").count(), 1, "one role chunk");
+        assert_eq!(stream.matches("data: [DONE]").count(), 1);
+        assert_eq!(report.continued(), 1);
+        let requests = primary.requests();
+        assert_eq!(requests.len(), 2, "the cut stream and the rest");
+        assert!(
+            requests[1].prefill.is_some(),
+            "the rest was asked with a prefill"
+        );
+    }
 }

@@ -48,13 +48,16 @@
 //! they do today.
 
 mod prefill;
+pub(crate) mod resume;
 mod splice;
 #[cfg(test)]
 mod tests;
+mod transcript;
 
 use tower_llm_classify::Provider;
 
 pub use prefill::{Prefill, PrefillError, prefill_request};
+pub use resume::ContinuationReport;
 pub use splice::{Envelope, Splice, SpliceError};
 
 /// How a target continues a partial answer, if it can.

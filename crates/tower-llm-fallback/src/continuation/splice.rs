@@ -72,6 +72,8 @@ pub struct Splice {
     /// Whether the rest's content has started (after it, nothing is
     /// skipped).
     started: bool,
+    /// The text handed on so far, for a continuation of this one.
+    emitted: String,
 }
 
 impl Splice {
@@ -90,7 +92,14 @@ impl Splice {
             skip: trimmed,
             pending: Vec::new(),
             started: false,
+            emitted: String::new(),
         })
+    }
+
+    /// The text of the rest handed on so far (what the caller holds after
+    /// the delivered text, should this stream break too).
+    pub fn emitted(&self) -> &str {
+        &self.emitted
     }
 
     /// Feeds the next bytes of the rest; appends what the caller reads.
@@ -313,8 +322,14 @@ impl Splice {
     }
 
     /// Drops from the start of the rest's text the white space the caller
-    /// already has, once: up to the first character that differs.
+    /// already has, once: up to the first character that differs; counts
+    /// what is left as handed on.
     fn skip_repeated(&mut self, text: &mut String) {
+        self.drop_repeated(text);
+        self.emitted.push_str(text);
+    }
+
+    fn drop_repeated(&mut self, text: &mut String) {
         if self.started || text.is_empty() {
             return;
         }

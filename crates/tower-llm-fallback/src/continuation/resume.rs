@@ -1,0 +1,272 @@
+//! [`Resume`]: after a served stream broke, the call for the rest of the
+//! answer — the same target when the failure may pass there, else the
+//! next one that can continue — and the splice that hands it on.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::Full;
+use tower_llm_classify::stream::Dialect;
+use tower_llm_classify::{ErrorKind, LlmError, RequestMeta};
+use tower_service::Service;
+
+use super::{Envelope, Splice, prefill_request};
+use crate::report::TRACING_TARGET;
+use crate::service::Shared;
+
+/// The call for the rest, boxed (only a stream that broke pays for it):
+/// the target that answered, its answer, and the splice for it.
+pub(crate) type RestFuture<B> =
+    Pin<Box<dyn Future<Output = Result<(usize, Response<B>, Splice), LlmError>> + Send>>;
+
+/// Reads what the caller held when the first segment of a stream broke.
+pub(crate) type FirstDelivered = Box<dyn Fn() -> Option<Delivered> + Send>;
+
+/// What the caller holds of an answer whose stream broke.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Delivered {
+    pub(crate) text: String,
+    pub(crate) envelope: Envelope,
+}
+
+/// How a served stream is continued, type-erased for the body.
+pub(crate) trait Resumable<B>: Send {
+    /// The call for the rest after the current segment failed with
+    /// `failure`, the caller holding `delivered`; `None` when the answer
+    /// cannot or may not be continued (the failure then stands).
+    fn resume(&mut self, failure: &LlmError, delivered: &Delivered) -> Option<RestFuture<B>>;
+
+    /// The rest is being read from target `index`.
+    fn continued_by(&mut self, index: usize);
+}
+
+/// How many times the answers a fallback served were continued, and by
+/// which targets; in the response's extensions, read once the body ended.
+#[derive(Clone, Debug, Default)]
+pub struct ContinuationReport(Arc<ReportInner>);
+
+#[derive(Debug, Default)]
+struct ReportInner {
+    continued: AtomicU32,
+    targets: std::sync::Mutex<Vec<Arc<str>>>,
+}
+
+impl ContinuationReport {
+    /// How many times the answer was continued.
+    pub fn continued(&self) -> u32 {
+        self.0.continued.load(Ordering::Relaxed)
+    }
+
+    /// The targets that sent each continuation, in order.
+    pub fn targets(&self) -> Vec<Arc<str>> {
+        self.0
+            .targets
+            .lock()
+            .map(|targets| targets.clone())
+            .unwrap_or_default()
+    }
+
+    fn record(&self, target: Arc<str>) {
+        self.0.continued.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut targets) = self.0.targets.lock() {
+            targets.push(target);
+        }
+    }
+}
+
+/// The state a served stream keeps to be continued.
+pub(crate) struct Resume<S> {
+    pub(crate) shared: Arc<Shared<S>>,
+    pub(crate) parts: http::request::Parts,
+    pub(crate) body: Bytes,
+    pub(crate) dialect: Dialect,
+    /// The target that sent the segment being read.
+    pub(crate) current: usize,
+    /// Continuations left.
+    pub(crate) left: u32,
+    pub(crate) report: ContinuationReport,
+}
+
+/// Whether a failure of a stream after content may be continued at all,
+/// and on the same target: a cut connection, a stall, an overload or a
+/// server error may pass there; a refusal of the content, a quota or an
+/// authentication failure will not pass anywhere by asking again for the
+/// rest of the same text.
+fn continuable(kind: ErrorKind) -> Option<bool> {
+    match kind {
+        ErrorKind::Transport
+        | ErrorKind::Timeout
+        | ErrorKind::StreamIncomplete
+        | ErrorKind::Overloaded
+        | ErrorKind::ServerError
+        | ErrorKind::Unknown => Some(true),
+        ErrorKind::RateLimited
+        | ErrorKind::QuotaExhausted
+        | ErrorKind::Authentication
+        | ErrorKind::Permission => Some(false),
+        _ => None,
+    }
+}
+
+impl<S, B> Resumable<B> for Resume<S>
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<B>> + Clone + Send + Sync + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<LlmError>,
+    B: Send + 'static,
+{
+    fn resume(&mut self, failure: &LlmError, delivered: &Delivered) -> Option<RestFuture<B>> {
+        if self.left == 0 {
+            return None;
+        }
+        let same_target = continuable(failure.kind())?;
+        // The same target first when the failure may pass there, then the
+        // others in order: each that can continue an answer.
+        let order: Vec<usize> = (same_target.then_some(self.current).into_iter())
+            .chain((0..self.shared.targets.len()).filter(|i| *i != self.current))
+            .filter(|i| {
+                self.shared.targets[*i]
+                    .continuation_capability()
+                    .is_supported()
+            })
+            .filter(|i| !self.shared.refuses_prefill(*i))
+            .collect();
+        if order.is_empty() {
+            return None;
+        }
+        self.left -= 1;
+        let shared = Arc::clone(&self.shared);
+        let parts = clone_parts(&self.parts);
+        let body = self.body.clone();
+        let dialect = self.dialect;
+        let delivered = delivered.clone();
+        let report = self.report.clone();
+        let future = async move {
+            let mut last: Option<LlmError> = None;
+            for index in order {
+                let target = &shared.targets[index];
+                let how = target.continuation_capability();
+                let prefill = match prefill_request(&body, &delivered.text, how, dialect) {
+                    Ok(prefill) => prefill,
+                    Err(why) => {
+                        tracing::info!(target: TRACING_TARGET, target = &*target.name, %why, "not continued");
+                        continue;
+                    }
+                };
+                let request = match target.adapt_request(&parts, &prefill.body) {
+                    Ok(request) => request,
+                    Err(_) => continue,
+                };
+                let splice = match Splice::new(dialect, delivered.envelope.clone(), prefill.trimmed)
+                {
+                    Ok(splice) => splice,
+                    Err(_) => return Err(last.unwrap_or_else(not_continued)),
+                };
+                let mut service = target.service.clone();
+                let ready: Result<(), LlmError> = std::future::poll_fn(|cx| service.poll_ready(cx))
+                    .await
+                    .map_err(Into::into);
+                let answer: Result<Response<B>, LlmError> = match ready {
+                    Ok(()) => {
+                        let call = service.call(request);
+                        call.await.map_err(Into::into)
+                    }
+                    Err(error) => Err(error),
+                };
+                match answer {
+                    Ok(response) if response.status().is_success() => {
+                        tracing::info!(target: TRACING_TARGET, target = &*target.name, "continuing a broken stream");
+                        report.record(Arc::clone(&target.name));
+                        return Ok((index, response, splice));
+                    }
+                    Ok(_) => last = Some(not_continued()),
+                    Err(error) => {
+                        if error.kind() == ErrorKind::InvalidRequest {
+                            // A target that refuses the prefill is not asked
+                            // again; the caller gets the original failure.
+                            shared.mark_refuses_prefill(index);
+                        }
+                        last = Some(error);
+                    }
+                }
+            }
+            Err(last.unwrap_or_else(not_continued))
+        };
+        Some(Box::pin(future))
+    }
+
+    fn continued_by(&mut self, index: usize) {
+        self.current = index;
+    }
+}
+
+fn not_continued() -> LlmError {
+    LlmError::local(
+        ErrorKind::StreamIncomplete,
+        "no target continued the answer",
+    )
+}
+
+/// A copy of the caller's request head for another call (`Parts` is not
+/// `Clone`).
+pub(crate) fn clone_parts(parts: &http::request::Parts) -> http::request::Parts {
+    let mut request = Request::new(());
+    *request.method_mut() = parts.method.clone();
+    *request.uri_mut() = parts.uri.clone();
+    *request.version_mut() = parts.version;
+    *request.headers_mut() = parts.headers.clone();
+    *request.extensions_mut() = parts.extensions.clone();
+    request.into_parts().0
+}
+
+/// The way to continue the answer target `index` sent, when the fallback
+/// continues streams and this answer is one it can continue: the caller's
+/// request kept, a streamed request in a dialect the splice knows, and
+/// Classify's transcript of the stream in the response's extensions (a
+/// [`ContinuationReport`] is put beside it).
+pub(crate) fn resumable<S, B>(
+    shared: &Arc<Shared<S>>,
+    index: usize,
+    request: (Option<http::request::Parts>, Bytes),
+    head: &mut http::response::Parts,
+) -> Option<(Box<dyn Resumable<B>>, FirstDelivered)>
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<B>> + Clone + Send + Sync + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<LlmError>,
+    B: Send + 'static,
+{
+    if shared.continuations == 0 {
+        return None;
+    }
+    let (Some(parts), body) = request else {
+        return None;
+    };
+    let meta = parts.extensions.get::<RequestMeta>()?;
+    let dialect = meta.dialect;
+    if !meta.stream
+        || !matches!(
+            dialect,
+            Dialect::OpenAiChat | Dialect::Anthropic | Dialect::OllamaNdjson
+        )
+    {
+        return None;
+    }
+    let first = super::transcript::reader(&head.extensions)?;
+    let report = ContinuationReport::default();
+    head.extensions.insert(report.clone());
+    let resume = Resume {
+        shared: Arc::clone(shared),
+        parts,
+        body,
+        dialect,
+        current: index,
+        left: shared.continuations,
+        report,
+    };
+    Some((Box::new(resume), first))
+}
