@@ -132,6 +132,9 @@ pub struct FallbackOptions {
     pub hedge_ratio: Option<f64>,
     /// The largest request body read, in bytes (default 32 MiB).
     pub max_body_bytes: Option<usize>,
+    /// How many times a streamed answer that breaks after content is
+    /// continued by a target that can (default 2; 0: never).
+    pub continue_streams: Option<u32>,
 }
 
 /// The `[classify]` section.
@@ -347,6 +350,9 @@ impl StackConfig {
         }
         if let Some(bytes) = f.max_body_bytes {
             stack = stack.max_body(bytes);
+        }
+        if let Some(times) = f.continue_streams {
+            stack = stack.continue_streams(times);
         }
         match (f.hedge_delay_ms, f.hedge_ratio) {
             (_, Some(ratio)) if !(0.0..=1.0).contains(&ratio) => {

@@ -104,6 +104,11 @@ pub type TargetBody = UnsyncBoxBody<Bytes, LlmError>;
 /// a stream-incomplete error if it breaks after content was delivered.
 pub type StackBody = FallbackBody<TargetBody>;
 
+/// How many times a stack continues a broken stream by default: a stream
+/// cut twice is rare; three cuts say the route is failing, and the caller
+/// is better told.
+pub const DEFAULT_CONTINUATIONS: u32 = 2;
+
 /// The largest request body a stack reads by default (32 MiB, as the retry
 /// layer's default).
 pub const DEFAULT_MAX_BODY: usize = 32 * 1024 * 1024;
@@ -167,6 +172,7 @@ pub struct LlmStack {
     max_body: usize,
     move_on_authentication: Option<bool>,
     move_on_invalid_request: Option<bool>,
+    continue_streams: u32,
     targets: Vec<PendingTarget>,
     routes: Vec<ModelRoute>,
 }
@@ -179,6 +185,7 @@ impl fmt::Debug for LlmStack {
             .field("stream_idle_timeout", &self.stream_idle_timeout)
             .field("hedge", &self.hedge)
             .field("max_body", &self.max_body)
+            .field("continue_streams", &self.continue_streams)
             .field(
                 "targets",
                 &self
@@ -211,6 +218,7 @@ impl LlmStack {
             max_body: DEFAULT_MAX_BODY,
             move_on_authentication: None,
             move_on_invalid_request: None,
+            continue_streams: DEFAULT_CONTINUATIONS,
             targets: Vec::new(),
             routes: Vec::new(),
         }
@@ -310,6 +318,18 @@ impl LlmStack {
     /// no, the next would refuse it too).
     pub fn move_on_invalid_request(mut self, on: bool) -> Self {
         self.move_on_invalid_request = Some(on);
+        self
+    }
+
+    /// How many times a streamed answer that breaks after content is
+    /// continued (default [`DEFAULT_CONTINUATIONS`]; 0: never): asked of a
+    /// target that can continue it for the rest, with the text the caller
+    /// holds as the assistant's partial answer, and spliced into the
+    /// caller's stream so it reads one answer (see
+    /// [`continuation`](tower_llm_fallback::continuation); which targets can
+    /// is each target's `continuation`).
+    pub fn continue_streams(mut self, times: u32) -> Self {
+        self.continue_streams = times;
         self
     }
 
@@ -422,7 +442,9 @@ impl LlmStack {
             return Err(StackError("a stack needs at least one target".into()));
         }
         let fallback = |chosen: Vec<Target<TargetService>>| {
-            let mut builder = Fallback::builder().max_body(self.max_body);
+            let mut builder = Fallback::builder()
+                .max_body(self.max_body)
+                .continue_streams(self.continue_streams);
             for target in chosen {
                 builder = builder.target(target);
             }

@@ -1,0 +1,156 @@
+//! Streams that finish, out of the box: stacks built from a configuration
+//! that names only targets and routes, over real HTTP to the testkit's
+//! simulators (which answer a prefilled request with the rest of their
+//! reply, byte for byte, as providers that accept one do).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::error::Error as _;
+
+use http::Request;
+use http_body_util::BodyExt;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+use tower::ServiceExt;
+use tower_llm::config::StackConfig;
+use tower_llm::fallback::continuation::ContinuationReport;
+use tower_llm::retry::ReplayBody;
+use tower_llm::stack::Stack;
+use tower_llm::{ErrorKind, LlmError};
+use tower_llm_testkit::{Fault, PrefillMode, Simulator};
+
+fn client() -> Client<HttpConnector, ReplayBody> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+async fn simulator(fault: Fault) -> Simulator {
+    Simulator::builder()
+        .reply_tokens(60)
+        .plan(fault)
+        .start()
+        .await
+        .unwrap()
+}
+
+/// Targets (name, simulator, continuation setting) and one route.
+fn stack(targets: &[(&str, &Simulator, &str)]) -> Stack {
+    let mut text = String::new();
+    for (name, sim, continuation) in targets {
+        text += &format!(
+            "[[targets]]\nname = \"{name}\"\nbase_url = \"{}/v1\"\ncontinuation = \"{continuation}\"\n\n",
+            sim.base_url()
+        );
+    }
+    let names: Vec<String> = targets.iter().map(|(n, ..)| format!("\"{n}\"")).collect();
+    text += &format!(
+        "[[routes]]\nmodel = \"gpt-4o\"\ntargets = [{}]\n",
+        names.join(", ")
+    );
+    StackConfig::from_toml(&text)
+        .unwrap()
+        .build(client())
+        .unwrap()
+}
+
+fn chat() -> Request<String> {
+    Request::post("/chat/completions")
+        .header("content-type", "application/json")
+        .body(
+            r#"{"model":"gpt-4o","stream":true,"messages":[{"role":"user","content":"hi"}]}"#
+                .to_owned(),
+        )
+        .unwrap()
+}
+
+/// The answer's text, as an OpenAI SDK concatenates it, and the stream.
+async fn read(stack: Stack) -> (Result<String, LlmError>, Option<ContinuationReport>) {
+    let response = stack.oneshot(chat()).await.unwrap();
+    let report = response.extensions().get::<ContinuationReport>().cloned();
+    let body = match response.into_body().collect().await {
+        Ok(body) => body.to_bytes(),
+        Err(error) => return (Err(error), report),
+    };
+    let stream = String::from_utf8(body.to_vec()).unwrap();
+    assert_eq!(stream.matches("\"role\"").count(), 1, "one role chunk");
+    assert_eq!(stream.matches("data: [DONE]").count(), 1, "one end");
+    let text = stream
+        .split("\n\n")
+        .filter_map(|e| e.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .filter_map(|d| {
+            serde_json::from_str::<Value>(d)
+                .unwrap()
+                .pointer("/choices/0/delta/content")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        })
+        .collect();
+    (Ok(text), report)
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_stream_cut_after_40_of_60_tokens_reaches_the_caller_as_one_complete_answer() {
+    let primary = simulator(Fault::stream_drop_after(40)).await;
+    let backup = Simulator::builder().reply_tokens(60).start().await.unwrap();
+    let stack = stack(&[
+        ("primary", &primary, "none"),
+        ("backup", &backup, "trailing_assistant"),
+    ]);
+    let (text, report) = read(stack).await;
+    assert_eq!(
+        text.unwrap(),
+        primary.reply(),
+        "no text twice, none missing"
+    );
+    let report = report.unwrap();
+    assert_eq!(report.continued(), 1);
+    assert_eq!(
+        report.targets().iter().map(|t| &**t).collect::<Vec<_>>(),
+        ["backup"]
+    );
+    let asked = &backup.requests()[0];
+    assert!(asked.prefill.is_some(), "the backup was asked for the rest");
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_stream_stalled_after_content_is_continued_where_it_stopped() {
+    let primary = simulator(Fault::stream_stall_silent_after(20)).await;
+    let backup = Simulator::builder().reply_tokens(60).start().await.unwrap();
+    let stack = stack(&[
+        ("primary", &primary, "none"),
+        ("backup", &backup, "trailing_assistant"),
+    ]);
+    let (text, report) = read(stack).await;
+    assert_eq!(text.unwrap(), primary.reply());
+    assert_eq!(report.unwrap().continued(), 1);
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn when_the_backup_refuses_prefill_the_caller_gets_the_original_cause_not_a_truncated_answer()
+{
+    let primary = simulator(Fault::stream_drop_after(40)).await;
+    let backup = Simulator::builder()
+        .reply_tokens(60)
+        .prefill(PrefillMode::Refuse)
+        .start()
+        .await
+        .unwrap();
+    let stack = stack(&[
+        ("primary", &primary, "none"),
+        ("backup", &backup, "trailing_assistant"),
+    ]);
+    let (text, _) = read(stack).await;
+    let error = text.unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::StreamIncomplete);
+    let cause = error
+        .source()
+        .and_then(|s| s.downcast_ref::<LlmError>())
+        .unwrap();
+    assert_ne!(
+        cause.kind(),
+        ErrorKind::InvalidRequest,
+        "the original failure, never the prefill's refusal"
+    );
+}
