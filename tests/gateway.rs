@@ -292,28 +292,69 @@ async fn a_stream_dropped_before_content_is_served_whole_by_a_retry() {
 }
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
-async fn a_stream_dropped_after_content_ends_in_an_error_and_never_switches_provider() {
+async fn a_stream_dropped_after_content_ends_with_an_error_event_the_sdk_reads_and_never_switches_to_a_target_that_cannot_continue()
+ {
+    // Loopback simulators name no provider known to continue an answer:
+    // nothing can continue this one.
     let primary = sim(Fault::stream_drop_after(2)).await;
     let backup = sim(Fault::ok()).await;
     let gateway = Gateway::start(&two_targets(&primary, &backup), Default::default()).await;
 
     let response = gateway.post(chat("gpt-4o", true)).await;
     assert_eq!(response.status(), StatusCode::OK);
-    let mut body = response.into_body();
-    let mut received = Vec::new();
-    let error = loop {
-        match body.frame().await {
-            Some(Ok(frame)) => received.extend_from_slice(frame.data_ref().unwrap()),
-            Some(Err(error)) => break error,
-            None => panic!("the stream ended cleanly after a drop"),
-        }
-    };
-    let received = String::from_utf8(received).unwrap();
+    let received = text(response).await;
     assert!(received.contains("\"content\""), "content came first");
-    assert!(!received.contains("[DONE]"));
-    drop(error);
+    assert!(!received.contains("[DONE]"), "never presented as complete");
+    let last = received.trim_end().rsplit("\n\n").next().unwrap();
+    let event: serde_json::Value =
+        serde_json::from_str(last.strip_prefix("data: ").unwrap()).unwrap();
+    assert_eq!(
+        event["error"]["code"], "stream_incomplete",
+        "the caller's SDK learns why: {last}"
+    );
     assert_eq!(primary.requests().len(), 1, "no replay after content");
     assert!(backup.requests().is_empty(), "no silent switch of provider");
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_stream_cut_after_40_of_60_tokens_is_finished_by_a_backup_that_continues_and_read_as_one_answer()
+ {
+    let reply = |plan: FaultPlan| async move {
+        Simulator::builder()
+            .reply_tokens(60)
+            .plan(plan)
+            .start()
+            .await
+            .unwrap()
+    };
+    let primary = reply(FaultPlan::always(Fault::stream_drop_after(40))).await;
+    let backup = reply(FaultPlan::always(Fault::ok())).await;
+    let config = two_targets(&primary, &backup).replace(
+        "model = \"llama3.2\"",
+        "model = \"llama3.2\"\n        continuation = \"trailing_assistant\"",
+    );
+    let gateway = Gateway::start(&config, Default::default()).await;
+
+    let response = gateway.post(chat("gpt-4o", true)).await;
+    assert_eq!(header_of(&response, app::TARGET_HEADER), "primary");
+    let received = text(response).await;
+    let said: String = received
+        .split("\n\n")
+        .filter_map(|e| e.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .filter_map(|d| {
+            serde_json::from_str::<serde_json::Value>(d).unwrap()["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .collect();
+    assert_eq!(said, primary.reply(), "no text twice, none missing");
+    assert_eq!(received.matches("data: [DONE]").count(), 1);
+    assert!(
+        !received.contains("llama3.2"),
+        "the model the caller saw first"
+    );
+    assert!(backup.requests()[0].prefill.is_some());
 }
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
@@ -619,9 +660,13 @@ async fn a_shutdown_does_not_wait_past_its_grace_period() {
     let started = tokio::time::Instant::now();
     gateway.shutdown().await.unwrap();
     assert_eq!(started.elapsed(), Duration::from_secs(5));
-    // The stalled stream was ended, not left open behind the server.
-    let read = stalled.into_body().collect().await;
-    assert!(read.is_err(), "the stream ends with an error");
+    // The stalled stream was ended, not left open behind the server: with
+    // an error event its caller's SDK reads, then a clean end.
+    let read = text(stalled).await;
+    assert!(
+        read.contains("shut down") && !read.contains("[DONE]"),
+        "{read}"
+    );
     assert_eq!(started.elapsed(), Duration::from_secs(5));
 }
 

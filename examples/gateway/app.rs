@@ -55,6 +55,7 @@ use tower::ServiceExt;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_llm::circuit::CircuitState;
 use tower_llm::classify::redact::{ACCOUNT_HEADERS, HOP_BY_HOP_HEADERS};
+use tower_llm::classify::stream::Dialect;
 use tower_llm::fallback::FallbackReport;
 use tower_llm::retry::RetryStats;
 use tower_llm::stack::Stack;
@@ -299,11 +300,18 @@ async fn chat_completions(State(gateway): State<Gateway>, request: Request) -> R
             }
             // The permit is held until the body is done: a stream counts
             // as in flight for as long as it streams.
+            // A stream that fails after its head ends with an error event
+            // in the caller's dialect (this endpoint's: OpenAI chat).
+            let streamed = head
+                .headers
+                .get(header::CONTENT_TYPE)
+                .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
             let body = body::ResponseBody::new(
                 body,
                 permit,
                 Box::pin(gateway.closing.closed()),
                 gateway.stream_idle_timeout,
+                streamed.then_some(Dialect::OpenAiChat),
             );
             Response::from_parts(head, Body::new(body))
         }

@@ -13,6 +13,9 @@ use http_body::Frame;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{Instant, Sleep};
 
+use tower_llm::classify::stream::{Dialect, error_event};
+use tower_llm::classify::{BoxError, Classified, ErrorKind, LlmError};
+
 use super::config::LONGEST_TIMEOUT;
 
 pin_project_lite::pin_project! {
@@ -40,18 +43,25 @@ pin_project_lite::pin_project! {
         idle: Option<Sleep>,
         idle_timeout: Duration,
         last_bytes: Instant,
+        // A stream's dialect: a failure after its head is sent as the
+        // dialect's in-band error event, then a clean end, so the caller's
+        // SDK reads why instead of a bare connection error. `None`: a whole
+        // body, cut as it is (there is no way to say why inside it).
+        in_band: Option<Dialect>,
+        ended: bool,
         _permit: OwnedSemaphorePermit,
     }
 }
 
 impl<B> ResponseBody<B> {
     /// Wraps `body`, holding `permit`; `closed` resolves when the grace
-    /// period is over.
+    /// period is over; `in_band`: the stream's dialect, for its failures.
     pub(crate) fn new(
         body: B,
         permit: OwnedSemaphorePermit,
         closed: Pin<Box<dyn Future<Output = ()> + Send>>,
         idle_timeout: Duration,
+        in_band: Option<Dialect>,
     ) -> Self {
         let idle_timeout = idle_timeout.min(LONGEST_TIMEOUT);
         let now = Instant::now();
@@ -61,6 +71,8 @@ impl<B> ResponseBody<B> {
             idle: now.checked_add(idle_timeout).map(tokio::time::sleep_until),
             idle_timeout,
             last_bytes: now,
+            in_band,
+            ended: false,
             _permit: permit,
         }
     }
@@ -69,18 +81,35 @@ impl<B> ResponseBody<B> {
 impl<B> http_body::Body for ResponseBody<B>
 where
     B: http_body::Body<Data = Bytes>,
-    B::Error: Into<tower_llm::classify::BoxError>,
+    B::Error: Into<BoxError>,
 {
     type Data = Bytes;
-    type Error = tower_llm::classify::BoxError;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let mut this = self.project();
+        if *this.ended {
+            return Poll::Ready(None);
+        }
+        let in_band = *this.in_band;
+        let mut fail = |error: BoxError| -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+            let Some(dialect) = in_band else {
+                return Poll::Ready(Some(Err(error)));
+            };
+            *this.ended = true;
+            let classification = error.classification();
+            tracing::info!(
+                kind = classification.kind().as_str(),
+                "stream ended with an in-band error event"
+            );
+            Poll::Ready(Some(Ok(Frame::data(error_event(dialect, &classification)))))
+        };
         if this.closed.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(Some(Err("the gateway shut down".into())));
+            let shut_down = LlmError::local(ErrorKind::Overloaded, "the gateway shut down");
+            return fail(Box::new(shut_down));
         }
         match this.body.poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
@@ -89,7 +118,8 @@ where
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(other) => Poll::Ready(other.map(|r| r.map_err(Into::into))),
+            Poll::Ready(Some(Err(error))) => fail(error.into()),
+            Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => {
                 let silent =
                     silent_too_long(this.idle.as_mut(), *this.last_bytes, *this.idle_timeout, cx);
@@ -103,10 +133,11 @@ where
                     idle_ms = ms as u64,
                     "response ended: the upstream sent nothing for stream_idle_timeout_ms"
                 );
-                Poll::Ready(Some(Err(format!(
-                    "the upstream sent nothing for {ms} ms (stream_idle_timeout_ms)"
-                )
-                .into())))
+                let silent = LlmError::local(
+                    ErrorKind::Timeout,
+                    &format!("the upstream sent nothing for {ms} ms (stream_idle_timeout_ms)"),
+                );
+                fail(Box::new(silent))
             }
         }
     }
