@@ -133,7 +133,7 @@ pub struct FallbackOptions {
     /// The largest request body read, in bytes (default 32 MiB).
     pub max_body_bytes: Option<usize>,
     /// How many times a streamed answer that breaks after content is
-    /// continued by a target that can (default 2; 0: never).
+    /// continued by a target that can (default 4; 0: never).
     pub continue_streams: Option<u32>,
 }
 

@@ -9,6 +9,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use tower::ServiceExt;
+use tower_llm::fallback::continuation::Continuation;
 use tower_llm::retry::ReplayBody;
 use tower_llm::stack::{LlmStack, Stack};
 
@@ -150,13 +151,21 @@ pub(crate) fn tower_llm(setup: &Setup) -> Box<dyn Contender> {
         .seed(7)
         .build()
         .expect("a config");
+    // The simulated providers continue a trailing assistant message, as
+    // Anthropic's, Ollama's and llama.cpp's APIs do: their targets say so
+    // (a loopback URL names no provider whose support is known).
+    let continues = Continuation::TrailingAssistant;
     let mut stack = LlmStack::preset(preset)
         .retry(retry)
         .circuit(circuit)
-        .target("primary", client.clone(), |t| t.base_url(primary));
+        .target("primary", client.clone(), |t| {
+            t.base_url(primary).continuation(continues)
+        });
     if let Some(backup) = backup {
         let backup: http::Uri = backup.parse().expect("a base URL");
-        stack = stack.target("backup", client, |t| t.base_url(backup));
+        stack = stack.target("backup", client, |t| {
+            t.base_url(backup).continuation(continues)
+        });
     }
     Box::new(Ours {
         stack: stack.build().expect("a valid stack"),

@@ -104,10 +104,12 @@ pub type TargetBody = UnsyncBoxBody<Bytes, LlmError>;
 /// a stream-incomplete error if it breaks after content was delivered.
 pub type StackBody = FallbackBody<TargetBody>;
 
-/// How many times a stack continues a broken stream by default: a stream
-/// cut twice is rare; three cuts say the route is failing, and the caller
-/// is better told.
-pub const DEFAULT_CONTINUATIONS: u32 = 2;
+/// How many times a stack continues a broken stream by default. Each
+/// continuation asks only for what is left, so the cost is bounded by the
+/// answer; at a 20 % chance that a stream breaks, four continuations leave
+/// 0.2⁵ = 0.03 % of answers unfinished (the 99.9 % goal of streams that
+/// finish), two would leave 0.8 %.
+pub const DEFAULT_CONTINUATIONS: u32 = 4;
 
 /// The largest request body a stack reads by default (32 MiB, as the retry
 /// layer's default).
