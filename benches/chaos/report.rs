@@ -145,7 +145,12 @@ fn request_id(body: &[u8]) -> Option<usize> {
 
 /// Retries, from the upstream recordings grouped by request.
 struct Accounting {
+    /// Extra calls that replayed the request.
     retries: usize,
+    /// Extra calls that asked for the rest of an answer broken after
+    /// content (the request with the delivered text as a prefill): not a
+    /// replay, so never counted as a wrong retry.
+    continuations: usize,
     /// An attempt after a permanent failure.
     wrongly_retried: usize,
     /// An attempt sooner than the previous answer's `retry-after`.
@@ -156,26 +161,33 @@ struct Accounting {
 }
 
 fn accounting(run: &Run) -> Accounting {
-    let mut attempts: std::collections::HashMap<usize, Vec<(f64, Kind)>> =
+    let mut attempts: std::collections::HashMap<usize, Vec<(f64, Kind, bool)>> =
         std::collections::HashMap::new();
     for request in run.primary.iter().chain(&run.backup) {
         if let Some(id) = request_id(&request.body) {
-            attempts
-                .entry(id)
-                .or_default()
-                .push((run.at(request), kind_of(request)));
+            attempts.entry(id).or_default().push((
+                run.at(request),
+                kind_of(request),
+                request.prefill.is_some(),
+            ));
         }
     }
     let mut a = Accounting {
         retries: 0,
+        continuations: 0,
         wrongly_retried: 0,
         before_the_hint: 0,
         wrongly_not_retried: 0,
     };
     for list in attempts.values_mut() {
         list.sort_by(|x, y| x.0.total_cmp(&y.0));
-        a.retries += list.len() - 1;
+        let continued = list.iter().filter(|(_, _, prefill)| *prefill).count();
+        a.continuations += continued;
+        a.retries += list.len() - 1 - continued;
         for pair in list.windows(2) {
+            if pair[1].2 {
+                continue;
+            }
             match pair[0].1 {
                 Kind::Permanent | Kind::AfterContent => a.wrongly_retried += 1,
                 Kind::Retryable(Some(hint)) if pair[1].0 - pair[0].0 < hint => {
@@ -187,7 +199,7 @@ fn accounting(run: &Run) -> Accounting {
     }
     for record in &run.records {
         if let (Outcome::Err { .. }, Some(list)) = (&record.outcome, attempts.get(&record.id)) {
-            let last = list.last().map(|(_, k)| *k);
+            let last = list.last().map(|(_, k, _)| *k);
             if list.len() < 3 && matches!(last, Some(Kind::Retryable(_))) {
                 a.wrongly_not_retried += 1;
             }
@@ -332,12 +344,14 @@ fn row(scenario: &str, contender: &str, run: &Run) -> (Vec<String>, Vec<String>)
                 .count();
             heads.extend(
                 [
+                    "continued",
                     "duplicated content",
                     "lost content",
                     "failed after content (reported)",
                 ]
                 .map(str::to_owned),
             );
+            cells.push(format!("{}", a.continuations));
             cells.push(format!("{duplicated}"));
             cells.push(format!("{lost}"));
             cells.push(format!("{cut}"));
