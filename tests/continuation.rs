@@ -19,7 +19,7 @@ use tower_llm::fallback::continuation::ContinuationReport;
 use tower_llm::retry::ReplayBody;
 use tower_llm::stack::Stack;
 use tower_llm::{ErrorKind, LlmError};
-use tower_llm_testkit::{Fault, PrefillMode, Simulator};
+use tower_llm_testkit::{Fault, FaultPlan, PrefillMode, Simulator};
 
 fn client() -> Client<HttpConnector, ReplayBody> {
     Client::builder(TokioExecutor::new()).build_http()
@@ -153,4 +153,84 @@ async fn when_the_backup_refuses_prefill_the_caller_gets_the_original_cause_not_
         ErrorKind::InvalidRequest,
         "the original failure, never the prefill's refusal"
     );
+}
+
+/// A simulator whose first answer has `fault`, the others none.
+async fn once(fault: Fault) -> Simulator {
+    Simulator::builder()
+        .reply_tokens(60)
+        .plan(FaultPlan::script([fault]))
+        .start()
+        .await
+        .unwrap()
+}
+
+/// A stack over one target of `sim` (at `base`), cut streams continued.
+fn lone(sim: &Simulator, base: &str) -> Stack {
+    let text = format!(
+        "[[targets]]\nname = \"only\"\nbase_url = \"{}{base}\"\ncontinuation = \"trailing_assistant\"\n",
+        sim.base_url()
+    );
+    StackConfig::from_toml(&text)
+        .unwrap()
+        .build(client())
+        .unwrap()
+}
+
+async fn body_of(stack: Stack, path: &str, body: &str) -> String {
+    let request = Request::post(path)
+        .header("content-type", "application/json")
+        .body(body.to_owned())
+        .unwrap();
+    let response = stack.oneshot(request).await.unwrap();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    String::from_utf8(bytes.to_vec()).unwrap()
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn an_anthropic_stream_cut_after_content_is_continued_in_its_own_events() {
+    let sim = once(Fault::stream_drop_after(25)).await;
+    let stream = body_of(
+        lone(&sim, "/v1"),
+        "/messages",
+        r#"{"model":"claude-sonnet-4","max_tokens":512,"stream":true,"messages":[{"role":"user","content":"hi"}]}"#,
+    )
+    .await;
+    let text: String = stream
+        .split("\n\n")
+        .filter_map(|e| e.split_once("data: ").map(|(_, d)| d))
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .filter(|v| v["type"] == "content_block_delta")
+        .filter_map(|v| v["delta"]["text"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(text, sim.reply(), "no text twice, none missing");
+    assert_eq!(
+        stream.matches("event: message_start").count(),
+        1,
+        "{stream}"
+    );
+    assert_eq!(stream.matches("event: message_stop").count(), 1);
+    assert_eq!(sim.requests().len(), 2);
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn an_ollama_stream_cut_after_content_is_continued_line_by_line() {
+    let sim = once(Fault::stream_drop_after(25)).await;
+    let stream = body_of(
+        lone(&sim, ""),
+        "/api/chat",
+        r#"{"model":"llama3.2","stream":true,"messages":[{"role":"user","content":"hi"}]}"#,
+    )
+    .await;
+    let lines: Vec<Value> = stream
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let text: String = lines
+        .iter()
+        .filter_map(|l| l["message"]["content"].as_str())
+        .collect();
+    assert_eq!(text, sim.reply(), "no text twice, none missing");
+    assert_eq!(lines.iter().filter(|l| l["done"] == true).count(), 1);
+    assert_eq!(sim.requests().len(), 2);
 }
