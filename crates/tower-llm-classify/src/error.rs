@@ -298,18 +298,27 @@ macro_rules! llm_error_from_source {
     )*};
 }
 
-llm_error_from_source!(
-    std::io::Error,
-    tokio::time::error::Elapsed,
-    #[cfg(feature = "hyper")]
-    hyper::Error,
-    #[cfg(feature = "hyper")]
-    hyper_util::client::legacy::Error,
-    #[cfg(feature = "reqwest")]
-    reqwest::Error,
-    #[cfg(feature = "tower")]
-    tower::timeout::error::Elapsed,
-);
+/// Calls `$apply!` with the error types of the clients a stack runs over:
+/// the one list both `From<_> for LlmError` and `Classified` are written
+/// for.
+macro_rules! for_client_errors {
+    ($apply:ident) => {
+        $apply!(
+            std::io::Error,
+            tokio::time::error::Elapsed,
+            #[cfg(feature = "hyper")]
+            hyper::Error,
+            #[cfg(feature = "hyper")]
+            hyper_util::client::legacy::Error,
+            #[cfg(feature = "reqwest")]
+            reqwest::Error,
+            #[cfg(feature = "tower")]
+            tower::timeout::error::Elapsed,
+        );
+    };
+}
+
+for_client_errors!(llm_error_from_source);
 
 /// Reads the [`Classification`] out of an error, whatever its type.
 ///
@@ -387,18 +396,7 @@ macro_rules! classified_by_chain {
     )*};
 }
 
-classified_by_chain!(
-    std::io::Error,
-    tokio::time::error::Elapsed,
-    #[cfg(feature = "hyper")]
-    hyper::Error,
-    #[cfg(feature = "hyper")]
-    hyper_util::client::legacy::Error,
-    #[cfg(feature = "reqwest")]
-    reqwest::Error,
-    #[cfg(feature = "tower")]
-    tower::timeout::error::Elapsed,
-);
+for_client_errors!(classified_by_chain);
 
 impl Classified for std::convert::Infallible {
     fn classification(&self) -> Cow<'_, Classification> {
