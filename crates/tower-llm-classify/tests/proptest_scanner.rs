@@ -1,7 +1,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-//! Pins, for arbitrary streams, that `EventScanner` never panics and that
-//! its verdict does not depend on how the stream is split into chunks (but
-//! for what the chunk that completes a malformed event withholds with it).
+//! Pins, for arbitrary streams, that `EventScanner` never panics, that its
+//! verdict does not depend on how the stream is split into chunks (but for
+//! what the chunk that completes a malformed event withholds with it), and
+//! that keeping a transcript changes no verdict (but for the malformed
+//! events only a transcript's reading of every event finds).
 
 use proptest::prelude::*;
 use proptest::sample::{Index, select};
@@ -89,7 +91,11 @@ fn is_malformed(error: &Option<Classification>) -> bool {
 
 /// What a scanner says after `chunks` and its end.
 fn scan(framing: Framing, dialect: Dialect, provider: Provider, chunks: &[&[u8]]) -> Verdict {
-    let mut scanner = EventScanner::new(framing, dialect, provider);
+    scan_with(EventScanner::new(framing, dialect, provider), chunks)
+}
+
+/// What `scanner` says after `chunks` and its end.
+fn scan_with(mut scanner: EventScanner, chunks: &[&[u8]]) -> Verdict {
     let mut seen = (false, false, false);
     for chunk in chunks {
         seen = or(seen, flags(scanner.feed(chunk)));
@@ -133,6 +139,34 @@ proptest! {
             prop_assert!(split.2.0 >= whole.2.0);
         } else {
             prop_assert_eq!(whole, split);
+        }
+    }
+
+    #[test]
+    fn keeping_a_transcript_changes_no_verdict(
+        stream in stream_bytes(),
+        cuts in proptest::collection::vec(any::<Index>(), 0..6),
+        framing in select(&[Framing::Sse, Framing::Ndjson][..]),
+        dialect in select(DIALECTS),
+        provider in select(&[Provider::OpenAi, Provider::Anthropic, Provider::Ollama, Provider::Unknown][..]),
+    ) {
+        let mut at: Vec<usize> = cuts.iter().map(|c| c.index(stream.len() + 1)).collect();
+        at.sort_unstable();
+        let mut chunks: Vec<&[u8]> = Vec::new();
+        let mut from = 0;
+        for to in at {
+            chunks.push(&stream[from..to]);
+            from = to;
+        }
+        chunks.push(&stream[from..]);
+
+        let plain = scan_with(EventScanner::new(framing, dialect, provider), &chunks);
+        let kept = scan_with(
+            EventScanner::new(framing, dialect, provider).capture_transcript(),
+            &chunks,
+        );
+        if !is_malformed(&kept.1) || is_malformed(&plain.1) {
+            prop_assert_eq!(plain, kept);
         }
     }
 }

@@ -5,7 +5,8 @@
 //! character, inside an escape (`\"`, `\u00e9`, a surrogate pair), inside
 //! a line ending — for every real stream fixture, and for generated
 //! streams of escapes, multi-byte text and trailing white space, read by
-//! the scanner alone and through `ClassifyLayer`'s body.
+//! the scanner alone and through `ClassifyLayer`'s body; and that keeping
+//! the transcript changes nothing the scanner says of those streams.
 
 mod support;
 
@@ -53,6 +54,23 @@ fn scanned_text(fixture_like: (&str, Dialect, Provider), chunks: &[Bytes]) -> St
     }
     scanner.finish();
     scanner.transcript().unwrap().snapshot().text().to_owned()
+}
+
+/// Everything the scanner says of `chunks`: per-chunk flags, the failure,
+/// the counts, the end.
+fn verdict(mut scanner: EventScanner, chunks: &[Bytes]) -> String {
+    let events: Vec<_> = chunks.iter().map(|chunk| scanner.feed(chunk)).collect();
+    let error = scanner.error().cloned();
+    let counts = (
+        scanner.content_events(),
+        scanner.content_seen(),
+        scanner.is_terminated(),
+    );
+    let end = scanner.finish();
+    format!(
+        "{events:?} {error:?} {counts:?} {end:?} {}",
+        scanner.finish_seen()
+    )
 }
 
 /// A body of these frames, always ready.
@@ -215,5 +233,36 @@ proptest! {
             scanned_text((content_type, dialect, Provider::Unknown), &chunks)
         };
         prop_assert_eq!(text, expected);
+    }
+
+    #[test]
+    fn keeping_a_transcript_changes_nothing_the_scanner_says_of_a_stream(
+        which in any::<Index>(),
+        synthetic in proptest::option::of((0..SYNTHETIC.len(), proptest::collection::vec(piece(), 1..24))),
+        cuts in proptest::collection::vec(any::<Index>(), 0..24),
+    ) {
+        let fixtures = fixtures();
+        let (stream, content_type, dialect, provider) = match &synthetic {
+            Some((which, pieces)) => {
+                let (dialect, content_type, _) = SYNTHETIC[*which];
+                (synthetic_stream(dialect, pieces), content_type, dialect, Provider::Unknown)
+            }
+            None => {
+                let (fixture, _) = &fixtures[which.index(fixtures.len())];
+                let content_type = fixture.headers["content-type"].as_str();
+                (fixture.body.clone(), content_type, fixture.dialect(), fixture.provider)
+            }
+        };
+        let framing = tower_llm_classify::stream::Framing::from_header_value(
+            &http::HeaderValue::from_str(content_type).unwrap(),
+        )
+        .unwrap();
+        let chunks = cut(stream.as_bytes(), &cuts);
+        let plain = verdict(EventScanner::new(framing, dialect, provider), &chunks);
+        let kept = verdict(
+            EventScanner::new(framing, dialect, provider).capture_transcript(),
+            &chunks,
+        );
+        prop_assert_eq!(plain, kept);
     }
 }

@@ -33,14 +33,17 @@
 use std::borrow::Cow;
 use std::ops::Range;
 
+mod cursor;
 mod decode;
 mod skip;
 #[cfg(test)]
 mod tests;
 
+pub(crate) use cursor::Cursor;
 pub(crate) use decode::append_decoded;
 use decode::{decode, decoded_eq, decoded_eq_ignoring_ascii_case, has_escape};
-use skip::{skip_whitespace, string_end, value_end};
+pub(crate) use skip::string_end;
+use skip::{skip_whitespace, value_end};
 
 /// One member of a JSON object's top level: where its key and its value
 /// are in the body.
@@ -249,79 +252,5 @@ impl Iterator for Members<'_> {
             }
         }
         Some(Member { key, value })
-    }
-}
-
-/// The elements of the JSON array `body` (its `[` first, whitespace
-/// aside): where each value is. Iteration ends at the closing bracket, or
-/// at the first byte that cannot be valid JSON
-/// ([`Elements::malformed`] then says so).
-pub(crate) fn elements(body: &[u8]) -> Elements<'_> {
-    Elements {
-        body,
-        pos: 0,
-        started: false,
-        done: false,
-        malformed: false,
-    }
-}
-
-/// The elements of a JSON array, from [`elements`].
-#[derive(Clone, Debug)]
-pub(crate) struct Elements<'a> {
-    body: &'a [u8],
-    pos: usize,
-    started: bool,
-    done: bool,
-    malformed: bool,
-}
-
-impl Elements<'_> {
-    /// Whether the elements ended because the array is not well formed.
-    pub(crate) fn malformed(&self) -> bool {
-        self.malformed
-    }
-
-    fn fail(&mut self) -> Option<Range<usize>> {
-        self.done = true;
-        self.malformed = true;
-        None
-    }
-}
-
-impl Iterator for Elements<'_> {
-    type Item = Range<usize>;
-
-    fn next(&mut self) -> Option<Range<usize>> {
-        if self.done {
-            return None;
-        }
-        let body = self.body;
-        let mut i = skip_whitespace(body, self.pos);
-        if !self.started {
-            self.started = true;
-            if body.get(i) != Some(&b'[') {
-                return self.fail();
-            }
-            i = skip_whitespace(body, i + 1);
-            if body.get(i) == Some(&b']') {
-                self.done = true;
-                return None;
-            }
-        }
-        let Some(end) = value_end(body, i) else {
-            return self.fail();
-        };
-        let value = i..end;
-        let after = skip_whitespace(body, end);
-        match body.get(after) {
-            Some(b',') => self.pos = after + 1,
-            Some(b']') => self.done = true,
-            _ => {
-                self.done = true;
-                self.malformed = true;
-            }
-        }
-        Some(value)
     }
 }

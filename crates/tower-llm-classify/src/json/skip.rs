@@ -33,7 +33,7 @@ pub(super) fn skip_whitespace(body: &[u8], mut i: usize) -> usize {
 /// full of escaped newlines, and stopping at every backslash would run
 /// about half as fast).
 #[inline]
-pub(super) fn string_end(body: &[u8], start: usize) -> Option<usize> {
+pub(crate) fn string_end(body: &[u8], start: usize) -> Option<usize> {
     let short_end = start.saturating_add(SHORT);
     let mut i = start;
     while i < short_end {

@@ -108,40 +108,38 @@ pub(super) fn has_done_true(line: &[u8]) -> bool {
         .is_some_and(|at| line[skip_ws(line, at)..].starts_with(b"true"))
 }
 
-/// The finder of `"key"` from the end of a haystack, built once (see
-/// [`key!`]).
-macro_rules! key_from_end {
-    ($quoted:literal) => {{
-        static FINDER: LazyLock<memmem::FinderRev<'static>> =
-            LazyLock::new(|| memmem::FinderRev::new($quoted));
-        &*FINDER
-    }};
-}
+/// How much of a chunk's end is searched first for its `finish_reason`.
+const FINISH_TAIL: usize = 96;
 
-/// [`find_key`] for the last `"key"` of the payload, searched from its
-/// end: OpenAI writes `finish_reason` last in a choice, so the search
-/// reads a few dozen bytes of a chunk, not all of it.
-fn rfind_key(payload: &[u8], quoted_key: &memmem::FinderRev<'static>) -> Option<usize> {
-    let mut to = payload.len();
-    while let Some(start) = quoted_key.rfind(&payload[..to]) {
-        to = start;
-        if start > 0 && payload[start - 1] == b'\\' {
-            continue;
-        }
-        let i = skip_ws(payload, start + quoted_key.needle().len());
-        if payload.get(i) == Some(&b':') {
-            return Some(i + 1);
-        }
-    }
-    None
-}
+/// How OpenAI ends a chunk that is not its choice's last: `finish_reason`
+/// is the choice's last member, and `usage` (when asked for) the chunk's.
+const NOT_FINISHED_ENDINGS: [&[u8]; 2] = [
+    b"\"finish_reason\":null}]}",
+    b"\"finish_reason\":null}],\"usage\":null}",
+];
 
 /// Whether an OpenAI chat chunk carries a `finish_reason` that is not
-/// `null` (the last one in the chunk, which is choice 0's unless there are
-/// several).
+/// `null`. OpenAI writes it last in a choice (only `usage` may follow):
+/// the chunk's end settles nearly every chunk with a comparison, and
+/// otherwise its last bytes are searched first; a chunk is read whole only
+/// when they do not hold the key (a server that writes it elsewhere, or
+/// not at all).
 pub(super) fn has_finish_reason(data: &[u8]) -> bool {
-    rfind_key(data, key_from_end!(b"\"finish_reason\""))
-        .is_some_and(|at| data[skip_ws(data, at)..].starts_with(b"\""))
+    if NOT_FINISHED_ENDINGS.iter().any(|end| data.ends_with(end)) {
+        return false;
+    }
+    let finder = key!(b"\"finish_reason\"");
+    let tail = data.len().saturating_sub(FINISH_TAIL);
+    let found = find_key(&data[tail..], finder)
+        .map(|at| tail + at)
+        .or_else(|| {
+            if tail > 0 {
+                find_key(data, finder)
+            } else {
+                None
+            }
+        });
+    found.is_some_and(|at| data[skip_ws(data, at)..].starts_with(b"\""))
 }
 
 /// What a chunk says of its `usage`.

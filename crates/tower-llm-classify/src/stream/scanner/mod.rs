@@ -2,6 +2,7 @@
 //! SSE and NDJSON streams.
 
 mod keys;
+mod template;
 #[cfg(test)]
 mod tests;
 
@@ -14,6 +15,7 @@ use super::transcript::{NotContinuable, StreamTranscript, Transcript};
 use super::{Dialect, Framing};
 use crate::classification::Phase;
 use crate::{Classification, ErrorKind, Provider};
+use template::EventReader;
 
 /// Longest line kept across chunk boundaries; a longer line (a huge base64
 /// image, say) is passed through without being inspected.
@@ -111,6 +113,7 @@ pub struct EventScanner {
     /// before, not by the unfinished event it cut.
     finishing: bool,
     transcript: Option<StreamTranscript>,
+    reader: EventReader,
 }
 
 impl EventScanner {
@@ -138,6 +141,7 @@ impl EventScanner {
             last_event_end: 0,
             finishing: false,
             transcript: None,
+            reader: EventReader::default(),
         }
     }
 
@@ -387,14 +391,33 @@ impl EventScanner {
         }
     }
 
-    fn sse_data(&mut self, data: &[u8], event: &mut ScanEvent, t: Option<&mut Transcript>) {
+    fn sse_data(&mut self, data: &[u8], event: &mut ScanEvent, mut t: Option<&mut Transcript>) {
         self.pending.data_lines = self.pending.data_lines.saturating_add(1);
+        let trimmed = data.trim_ascii();
+        if self.pending.data_lines == 1
+            && !self.terminated
+            && let Some(t) = t.as_deref_mut()
+            && let Some(hit) = self
+                .reader
+                .hit(&self.event_name[..self.event_name_len], trimmed)
+        {
+            // The last event read whole but for its text: its verdicts.
+            if hit.content {
+                self.content(event);
+            } else if self.event_name_len == 0 && self.dialect == Dialect::OpenAiChat {
+                event.keep_alive = true;
+            }
+            if self.event_name_len == 0 && self.dialect == Dialect::OpenAiChat {
+                self.chat_finish(trimmed, hit.content);
+            }
+            self.pending.not_json = !t.append_text(hit.text);
+            return;
+        }
         let name = self.event_name();
         if name == b"error" || name == b"response.failed" || is_error_payload(data) {
             self.fail(data, event);
             return;
         }
-        let trimmed = data.trim_ascii();
         let parsed = self.parsed_as_json(name, trimmed);
         if parsed && !is_json_shaped(trimmed) {
             self.pending.not_json = true;
@@ -405,7 +428,14 @@ impl EventScanner {
                 t.block(NotContinuable::Unreadable);
             } else if parsed && !self.pending.not_json {
                 let name = &self.event_name[..self.event_name_len];
-                self.pending.not_json = !t.event(name, trimmed);
+                let dialect = self.dialect;
+                let read = self.reader.read(
+                    t,
+                    name,
+                    trimmed,
+                    Some(&|data: &[u8]| content_event(dialect, name, data)),
+                );
+                self.pending.not_json = !read;
             }
         }
     }
@@ -438,6 +468,9 @@ impl EventScanner {
     }
 
     /// Content, keep-alive or terminal event: what a `data:` line is.
+    ///
+    /// What decides content here must stay what [`content_event`] says,
+    /// which [`EventReader`] keeps for events that repeat a template.
     fn classify_data(&mut self, data: &[u8], trimmed: &[u8], event: &mut ScanEvent) {
         let name = self.event_name();
         if !name.is_empty() {
@@ -461,7 +494,7 @@ impl EventScanner {
                 } else {
                     event.keep_alive = true;
                 }
-                self.chat_finish(data, content);
+                self.chat_finish(trimmed, content);
             }
             Dialect::Anthropic | Dialect::OpenAiResponses => {
                 // Unnamed events still carry their type in the payload.
@@ -532,7 +565,9 @@ impl EventScanner {
         }
         if let Some(t) = t
             && parsed
-            && !t.event(b"", line)
+            // NDJSON lines are judged whole (Ollama's repeat no template:
+            // each carries its own `created_at`).
+            && !self.reader.read(t, b"", line, None)
             && !self.finishing
         {
             self.malformed(event, Some(t));
@@ -574,5 +609,20 @@ impl EventScanner {
                 .with_phase(self.phase())
                 .with_message("a malformed event in the stream (its data is not JSON)"),
         );
+    }
+}
+
+/// Whether the scanner counts a `data:` line of a JSON event named `name`
+/// as content (as [`EventScanner::classify_data`] decides).
+fn content_event(dialect: Dialect, name: &[u8], data: &[u8]) -> bool {
+    if !name.is_empty() {
+        return is_content_event_name(name);
+    }
+    match dialect {
+        Dialect::OpenAiChat => has_chat_content(data),
+        Dialect::Anthropic | Dialect::OpenAiResponses => {
+            json_type(data).is_some_and(is_content_event_name)
+        }
+        Dialect::OllamaNdjson | Dialect::Generic => !data.trim_ascii().is_empty(),
     }
 }

@@ -101,3 +101,69 @@ fn overlong_lines_are_skipped_not_buffered() {
     scanner.feed(b"\n\ndata: {\"error\":{\"message\":\"boom\"}}\n\n");
     assert!(scanner.error().is_some());
 }
+
+fn captured(dialect: Dialect, events: &[String]) -> (EventScanner, crate::stream::Transcript) {
+    let mut scanner =
+        EventScanner::new(Framing::Sse, dialect, Provider::Unknown).capture_transcript();
+    for event in events {
+        scanner.feed(event.as_bytes());
+    }
+    let transcript = scanner.transcript().unwrap().snapshot();
+    (scanner, transcript)
+}
+
+fn chunk(text: &str) -> String {
+    format!(
+        "data: {{\"id\":\"c\",\"model\":\"m\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"{text}\"}},\"finish_reason\":null}}]}}\n\n"
+    )
+}
+
+#[test]
+fn events_that_differ_only_by_their_text_read_as_if_read_whole() {
+    let texts = ["a", "", "b\\\"c", "\\u00e9 ", "", "d"];
+    let events: Vec<String> = texts.iter().map(|t| chunk(t)).collect();
+    let (scanner, transcript) = captured(Dialect::OpenAiChat, &events);
+    assert_eq!(transcript.text(), "ab\"cé d");
+    // Empty deltas are keep-alives, as without a transcript.
+    assert_eq!(scanner.content_events(), 4);
+}
+
+#[test]
+fn the_same_bytes_around_something_other_than_one_string_are_read_whole() {
+    let events = [
+        chunk("a"),
+        chunk("x\",\"role\":\"y"),
+        chunk("z\"},\"logprobs\":{\"content\":[]},\"x\":{\"a\":\""),
+    ];
+    let (_, transcript) = captured(Dialect::OpenAiChat, &events);
+    assert_eq!(transcript.text(), "axz");
+    assert!(transcript.role_sent());
+    assert_eq!(
+        transcript.not_continuable(),
+        Some(crate::stream::NotContinuable::Logprobs)
+    );
+}
+
+#[test]
+fn a_second_choice_or_a_block_start_is_never_a_template() {
+    let other = |text: &str| {
+        format!("data: {{\"choices\":[{{\"index\":1,\"delta\":{{\"content\":\"{text}\"}}}}]}}\n\n")
+    };
+    let (_, transcript) = captured(Dialect::OpenAiChat, &[other("x"), other("y")]);
+    assert_eq!(transcript.text(), "");
+
+    let start = "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n".to_owned();
+    let (_, transcript) = captured(Dialect::Anthropic, &[start.clone(), start]);
+    assert_eq!(transcript.blocks(), 2);
+    assert_eq!(
+        transcript.not_continuable(),
+        Some(crate::stream::NotContinuable::NonText)
+    );
+}
+
+#[test]
+fn an_error_event_after_a_template_is_still_an_error() {
+    let error = "data: {\"error\":{\"message\":\"boom\",\"type\":\"server_error\"}}\n\n".to_owned();
+    let (scanner, _) = captured(Dialect::OpenAiChat, &[chunk("a"), chunk("b"), error]);
+    assert_eq!(scanner.error().unwrap().kind(), ErrorKind::ServerError);
+}

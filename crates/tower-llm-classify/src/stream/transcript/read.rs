@@ -1,190 +1,195 @@
 //! Reading one event into the [`Transcript`]: an OpenAI chat chunk, an
 //! Anthropic Messages event, an Ollama line.
 //!
-//! Each event is walked with [`json::members`](crate::json::members) (keys
-//! compared decoded, strings skipped a word at a time) and only the fields
-//! the transcript keeps are decoded; text is decoded straight into the
-//! transcript's buffer.
+//! Each event is read in one pass with a [`Cursor`]: the members the
+//! transcript keeps are read in place, the others skipped (strings a word
+//! at a time), and text is decoded straight into the transcript's buffer.
 
 use std::borrow::Cow;
 use std::ops::Range;
 
-use super::{NotContinuable, Transcript};
-use crate::json::{self, Member};
+use super::{NotContinuable, Reading, Transcript};
+use crate::json::{self, Cursor};
 use crate::stream::Dialect;
+
+/// What one OpenAI choice said, applied once its index is known.
+#[derive(Default)]
+struct Choice<'a> {
+    index: Option<i64>,
+    role: bool,
+    finish_reason: Option<&'a [u8]>,
+}
+
+/// What reading an event found.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct EventRead {
+    /// The event is a well-formed JSON object.
+    pub(crate) well_formed: bool,
+    /// Where the one string whose text the event added lies in it
+    /// (between its quotes), when that is all the text it added.
+    pub(crate) text: Option<Range<usize>>,
+}
 
 impl Transcript {
     /// Reads one event's data (`name` is the SSE event name, empty when
-    /// unnamed). `false` when the data is not a well-formed JSON object:
-    /// the text it would have added is not kept.
-    pub(crate) fn event(&mut self, name: &[u8], data: &[u8]) -> bool {
+    /// unnamed). When the data is not a well-formed JSON object, the text
+    /// it would have added is not kept.
+    pub(crate) fn event(&mut self, name: &[u8], data: &[u8]) -> EventRead {
         let text_len = self.text.len();
-        let read = match self.dialect {
-            Dialect::OpenAiChat => self.chat_chunk(data),
-            Dialect::Anthropic => self.anthropic_event(name, data),
-            Dialect::OllamaNdjson => self.ollama_line(data),
-            _ => true,
+        self.reading = Reading {
+            base: data.as_ptr() as usize,
+            ..Reading::default()
         };
-        if !read {
+        let mut cursor = Cursor::new(data);
+        let read = match self.dialect {
+            Dialect::OpenAiChat => self.chat_chunk(&mut cursor),
+            Dialect::Anthropic => self.anthropic_event(name, &mut cursor),
+            Dialect::OllamaNdjson => self.ollama_line(&mut cursor),
+            _ => return EventRead::default(),
+        };
+        let well_formed = read && cursor.at_end();
+        if !well_formed {
             self.text.truncate(text_len);
+        }
+        let reading = std::mem::take(&mut self.reading);
+        let text = reading
+            .appended
+            .filter(|_| well_formed && reading.appends == 1 && !reading.taken_back);
+        EventRead { well_formed, text }
+    }
+
+    /// Appends the text of a JSON string's content (escapes as written):
+    /// an event that differs from the last one read only by that string.
+    pub(crate) fn append_text(&mut self, raw: &[u8]) -> bool {
+        json::append_decoded(raw, &mut self.text)
+    }
+
+    /// `{"id","object","created","model","system_fingerprint","choices":[…],"usage"}`.
+    fn chat_chunk(&mut self, cursor: &mut Cursor<'_>) -> bool {
+        cursor.object(|c, key| match &*name(key) {
+            b"choices" => c.null() || c.array(|c| self.chat_choice(c)),
+            b"id" => set_once(&mut self.strings.id, c),
+            b"object" => set_once(&mut self.strings.object, c),
+            b"model" => set_once(&mut self.strings.model, c),
+            b"system_fingerprint" => set_once(&mut self.strings.system_fingerprint, c),
+            b"created" if self.state.created.is_none() => {
+                self.state.created = c.value().and_then(integer);
+                true
+            }
+            b"usage" => self.read_usage(c, b"prompt_tokens", b"completion_tokens"),
+            _ => true,
+        })
+    }
+
+    /// `{"index","delta":{…},"text","logprobs","finish_reason"}`: read in
+    /// one pass whatever the order, the text taken back if the index turns
+    /// out not to be 0.
+    fn chat_choice(&mut self, cursor: &mut Cursor<'_>) -> bool {
+        let text_len = self.text.len();
+        let mut choice = Choice::default();
+        let read = cursor.object(|c, key| match &*name(key) {
+            b"index" => {
+                choice.index = c.value().and_then(integer);
+                true
+            }
+            // Some servers send the last chunk with `message`.
+            b"delta" | b"message" => c.null() || self.chat_delta(c, &mut choice.role),
+            b"text" => self.append(c),
+            b"finish_reason" => {
+                choice.finish_reason = c.value().filter(|v| *v != b"null");
+                true
+            }
+            b"logprobs" => {
+                if !c.null() {
+                    self.block(NotContinuable::Logprobs);
+                }
+                true
+            }
+            _ => true,
+        });
+        if choice.index.unwrap_or(0) != 0 {
+            self.text.truncate(text_len);
+            self.reading.taken_back = true;
+            self.block(NotContinuable::MultipleChoices);
+            return read;
+        }
+        self.state.index = Some(0);
+        self.state.role_sent |= choice.role;
+        if let Some(reason) = choice.finish_reason {
+            self.state.finished = true;
+            set_once(&mut self.strings.finish_reason, &mut Cursor::new(reason));
         }
         read
     }
 
-    /// `{"id","object","created","model","system_fingerprint","choices":[…],"usage"}`.
-    fn chat_chunk(&mut self, data: &[u8]) -> bool {
-        let mut members = json::members(data);
-        for m in members.by_ref() {
-            let value = &data[m.value.clone()];
-            let ok = match &*key(data, &m) {
-                b"id" => set_once(&mut self.strings.id, value),
-                b"object" => set_once(&mut self.strings.object, value),
-                b"model" => set_once(&mut self.strings.model, value),
-                b"system_fingerprint" => set_once(&mut self.strings.system_fingerprint, value),
-                b"created" => {
-                    if self.state.created.is_none() {
-                        self.state.created = integer(value);
-                    }
-                    true
-                }
-                b"choices" => self.chat_choices(value),
-                b"usage" => self.read_usage(value, b"prompt_tokens", b"completion_tokens"),
-                _ => true,
-            };
-            if !ok {
-                return false;
-            }
-        }
-        !members.malformed()
-    }
-
-    fn chat_choices(&mut self, choices: &[u8]) -> bool {
-        if is_null(choices) {
-            return true;
-        }
-        let mut elements = json::elements(choices);
-        for choice in elements.by_ref() {
-            if !self.chat_choice(&choices[choice]) {
-                return false;
-            }
-        }
-        !elements.malformed()
-    }
-
-    /// `{"index","delta":{…},"text","logprobs","finish_reason"}`.
-    fn chat_choice(&mut self, choice: &[u8]) -> bool {
-        let mut index = 0;
-        let mut delta = None;
-        let mut legacy_text = None;
-        let mut finish_reason = None;
-        let mut members = json::members(choice);
-        for m in members.by_ref() {
-            let value = m.value.clone();
-            match &*key(choice, &m) {
-                b"index" => index = integer(&choice[value]).unwrap_or(-1),
-                // Some servers send the last chunk with `message`.
-                b"delta" | b"message" => delta = Some(value),
-                b"text" => legacy_text = Some(value),
-                b"finish_reason" => finish_reason = Some(value),
-                b"logprobs" if !is_null(&choice[value]) => self.block(NotContinuable::Logprobs),
-                _ => {}
-            }
-        }
-        if members.malformed() {
-            return false;
-        }
-        if index != 0 {
-            self.block(NotContinuable::MultipleChoices);
-            return true;
-        }
-        self.state.index = Some(0);
-        if let Some(delta) = delta
-            && !self.chat_delta(&choice[delta])
-        {
-            return false;
-        }
-        if let Some(text) = legacy_text
-            && !self.append(&choice[text])
-        {
-            return false;
-        }
-        if let Some(reason) = finish_reason
-            && !is_null(&choice[reason.clone()])
-        {
-            self.state.finished = true;
-            return set_once(&mut self.strings.finish_reason, &choice[reason]);
-        }
-        true
-    }
-
     /// `{"role","content","tool_calls","function_call","refusal","reasoning_content"}`.
-    fn chat_delta(&mut self, delta: &[u8]) -> bool {
-        if is_null(delta) {
-            return true;
-        }
-        let mut members = json::members(delta);
-        for m in members.by_ref() {
-            let value = &delta[m.value.clone()];
-            match &*key(delta, &m) {
-                b"role" if !is_null(value) => self.state.role_sent = true,
-                // Appended by the guard; only a value that is not text stops.
-                b"content" if !self.append(value) => return false,
-                b"tool_calls" | b"function_call" if !is_null(value) => {
+    fn chat_delta(&mut self, cursor: &mut Cursor<'_>, role: &mut bool) -> bool {
+        cursor.object(|c, key| match &*name(key) {
+            b"content" => self.append(c),
+            b"role" => {
+                *role |= !c.null();
+                true
+            }
+            b"tool_calls" | b"function_call" => {
+                if !c.null() {
                     self.block(NotContinuable::ToolCall);
                 }
-                b"refusal" if is_nonempty_string(value) => self.block(NotContinuable::Refusal),
-                b"reasoning_content" | b"reasoning" if is_nonempty_string(value) => {
-                    self.block(NotContinuable::Reasoning);
-                }
-                b"reasoning_details" if !is_null(value) && value != b"[]" => {
-                    self.block(NotContinuable::Reasoning);
-                }
-                _ => {}
+                true
             }
-        }
-        !members.malformed()
+            b"refusal" => self.block_if_text(c, NotContinuable::Refusal),
+            b"reasoning_content" | b"reasoning" => self.block_if_text(c, NotContinuable::Reasoning),
+            b"reasoning_details" => {
+                if c.value().is_some_and(|v| v != b"null" && v != b"[]") {
+                    self.block(NotContinuable::Reasoning);
+                }
+                true
+            }
+            _ => true,
+        })
     }
 
     /// An Anthropic Messages event, by its SSE name or (unnamed) its
-    /// `type`.
-    fn anthropic_event(&mut self, name: &[u8], data: &[u8]) -> bool {
-        let mut kind = name;
+    /// `type`. Its parts are read once its kind and index are known.
+    fn anthropic_event(&mut self, name_: &[u8], cursor: &mut Cursor<'_>) -> bool {
+        let mut kind = name_;
         let mut index = None;
-        let mut message = None;
-        let mut block = None;
-        let mut delta = None;
+        let mut part = None;
         let mut usage = None;
-        let mut members = json::members(data);
-        for m in members.by_ref() {
-            let value = m.value.clone();
-            match &*key(data, &m) {
-                // Event types are plain words: compared as written.
-                b"type" if name.is_empty() => {
-                    let value = &data[value];
-                    kind = value
-                        .strip_prefix(b"\"")
-                        .and_then(|v| v.strip_suffix(b"\""))
-                        .unwrap_or(value);
-                }
-                b"index" => index = integer(&data[value]).and_then(|i| u64::try_from(i).ok()),
-                b"message" => message = Some(value),
-                b"content_block" => block = Some(value),
-                b"delta" => delta = Some(value),
-                b"usage" => usage = Some(value),
-                _ => {}
+        let read = cursor.object(|c, key| match &*name(key) {
+            // Event types are plain words: compared as written.
+            b"type" if name_.is_empty() => c.string().map(|t| kind = t).is_some(),
+            b"index" => {
+                index = c
+                    .value()
+                    .and_then(integer)
+                    .and_then(|i| u64::try_from(i).ok());
+                true
             }
-        }
-        if members.malformed() {
+            b"message" | b"content_block" | b"delta" => {
+                part = c.value();
+                part.is_some()
+            }
+            b"usage" => {
+                usage = c.value();
+                usage.is_some()
+            }
+            _ => true,
+        });
+        if !read {
             return false;
         }
-        let part = |range: Option<Range<usize>>| range.map(|r| &data[r]);
+        let part = part.map(Cursor::new);
         match kind {
             b"message_start" => {
                 self.state.role_sent = true;
-                part(message).is_none_or(|message| self.anthropic_message(message))
+                part.is_none_or(|mut message| self.anthropic_message(&mut message))
             }
-            b"content_block_start" => self.anthropic_block_start(index, part(block)),
-            b"content_block_delta" => self.anthropic_delta(index, part(delta)),
+            b"content_block_start" => {
+                part.is_none_or(|mut block| self.anthropic_block_start(index, &mut block))
+            }
+            b"content_block_delta" => {
+                part.is_none_or(|mut delta| self.anthropic_delta(index, &mut delta))
+            }
             b"content_block_stop" => {
                 if index.is_some() && self.state.open_block == index {
                     self.state.open_block = None;
@@ -192,15 +197,18 @@ impl Transcript {
                 true
             }
             b"message_delta" => {
-                let stop = part(delta).map(|delta| field(delta, b"stop_reason"));
-                if let Some(Some(reason)) = stop
-                    && !is_null(reason)
-                {
-                    self.state.finished = true;
-                    set_once(&mut self.strings.finish_reason, reason);
-                }
-                part(usage)
-                    .is_none_or(|usage| self.read_usage(usage, b"input_tokens", b"output_tokens"))
+                let read = part.is_none_or(|mut delta| {
+                    delta.object(|c, key| match &*name(key) {
+                        b"stop_reason" if !c.null() => {
+                            self.state.finished = true;
+                            set_once(&mut self.strings.finish_reason, c)
+                        }
+                        _ => true,
+                    })
+                });
+                read && usage.is_none_or(|usage| {
+                    self.read_usage(&mut Cursor::new(usage), b"input_tokens", b"output_tokens")
+                })
             }
             b"message_stop" => {
                 self.state.finished = true;
@@ -211,186 +219,194 @@ impl Transcript {
     }
 
     /// `message_start`'s `{"id","model","usage"}`.
-    fn anthropic_message(&mut self, message: &[u8]) -> bool {
-        let mut members = json::members(message);
-        for m in members.by_ref() {
-            let value = &message[m.value.clone()];
-            let ok = match &*key(message, &m) {
-                b"id" => set_once(&mut self.strings.id, value),
-                b"model" => set_once(&mut self.strings.model, value),
-                b"usage" => self.read_usage(value, b"input_tokens", b"output_tokens"),
-                _ => true,
-            };
-            if !ok {
-                return false;
-            }
-        }
-        !members.malformed()
+    fn anthropic_message(&mut self, cursor: &mut Cursor<'_>) -> bool {
+        cursor.object(|c, key| match &*name(key) {
+            b"id" => set_once(&mut self.strings.id, c),
+            b"model" => set_once(&mut self.strings.model, c),
+            b"usage" => self.read_usage(c, b"input_tokens", b"output_tokens"),
+            _ => true,
+        })
     }
 
-    fn anthropic_block_start(&mut self, index: Option<u64>, block: Option<&[u8]>) -> bool {
+    /// `content_block_start`'s `{"type","text",…}`.
+    fn anthropic_block_start(&mut self, index: Option<u64>, cursor: &mut Cursor<'_>) -> bool {
         self.state.blocks += 1;
         self.state.open_block = index;
-        let Some(block) = block else {
-            return true;
-        };
-        match field(block, b"type").and_then(string).as_deref() {
-            Some("text") if self.state.index.is_none() => {
+        self.reading.taken_back = true;
+        let mut kind = None;
+        let mut text = None;
+        let read = cursor.object(|c, key| match &*name(key) {
+            b"type" => {
+                kind = c.string();
+                kind.is_some()
+            }
+            b"text" => {
+                text = c.value();
+                text.is_some()
+            }
+            _ => true,
+        });
+        match kind {
+            Some(b"text") if self.state.index.is_none() => {
                 self.state.index = index;
-                // The block may start with text (the SDK starts from it).
-                field(block, b"text").is_none_or(|text| self.append(text))
+                // The block may start with text: the SDK starts from it.
+                read && text.is_none_or(|text| self.append(&mut Cursor::new(text)))
             }
-            Some("text") => {
-                self.block(NotContinuable::NonText);
-                true
+            Some(b"text") => self.blocked(read, NotContinuable::NonText),
+            Some(b"tool_use" | b"server_tool_use" | b"mcp_tool_use") => {
+                self.blocked(read, NotContinuable::ToolCall)
             }
-            Some("tool_use" | "server_tool_use" | "mcp_tool_use") => {
-                self.block(NotContinuable::ToolCall);
-                true
+            Some(b"thinking" | b"redacted_thinking") => {
+                self.blocked(read, NotContinuable::Reasoning)
             }
-            Some("thinking" | "redacted_thinking") => {
-                self.block(NotContinuable::Reasoning);
-                true
-            }
-            _ => {
-                self.block(NotContinuable::NonText);
-                true
-            }
+            _ => self.blocked(read, NotContinuable::NonText),
         }
     }
 
-    fn anthropic_delta(&mut self, index: Option<u64>, delta: Option<&[u8]>) -> bool {
-        let Some(delta) = delta else {
-            return true;
-        };
-        match field(delta, b"type").and_then(string).as_deref() {
-            Some("text_delta") if index.is_some() && index == self.state.index => {
-                field(delta, b"text").is_none_or(|text| self.append(text))
+    /// `content_block_delta`'s `{"type","text"}` (or another delta).
+    fn anthropic_delta(&mut self, index: Option<u64>, cursor: &mut Cursor<'_>) -> bool {
+        let ours = index.is_some() && index == self.state.index;
+        let text_len = self.text.len();
+        let mut kind = None;
+        let read = cursor.object(|c, key| match &*name(key) {
+            b"type" => {
+                kind = c.string();
+                kind.is_some()
             }
-            Some("input_json_delta") => {
-                self.block(NotContinuable::ToolCall);
-                true
-            }
-            Some("thinking_delta" | "signature_delta") => {
-                self.block(NotContinuable::Reasoning);
-                true
-            }
-            _ => {
-                self.block(NotContinuable::NonText);
-                true
+            b"text" if ours => self.append(c),
+            _ => true,
+        });
+        match kind {
+            Some(b"text_delta") if ours => read,
+            kind => {
+                self.text.truncate(text_len);
+                self.reading.taken_back = true;
+                let reason = match kind {
+                    Some(b"input_json_delta") => NotContinuable::ToolCall,
+                    Some(b"thinking_delta" | b"signature_delta") => NotContinuable::Reasoning,
+                    _ => NotContinuable::NonText,
+                };
+                self.blocked(read, reason)
             }
         }
     }
 
     /// `{"model","created_at","message":{…},"response","done","done_reason",…}`.
-    fn ollama_line(&mut self, line: &[u8]) -> bool {
+    fn ollama_line(&mut self, cursor: &mut Cursor<'_>) -> bool {
         let mut usage = self.state.usage.unwrap_or_default();
         let mut counted = false;
-        let mut members = json::members(line);
-        for m in members.by_ref() {
-            let value = &line[m.value.clone()];
-            let ok = match &*key(line, &m) {
-                b"model" => set_once(&mut self.strings.model, value),
-                b"created_at" => set_once(&mut self.strings.created_at, value),
-                b"message" => self.ollama_message(value),
-                // `/api/generate`.
-                b"response" => self.append(value),
-                b"thinking" if is_nonempty_string(value) => {
-                    self.block(NotContinuable::Reasoning);
-                    true
-                }
-                b"done" => {
-                    self.state.finished |= value == b"true";
-                    true
-                }
-                b"done_reason" => set_once(&mut self.strings.finish_reason, value),
-                b"prompt_eval_count" => {
-                    usage.input_tokens = unsigned(value);
-                    counted = true;
-                    true
-                }
-                b"eval_count" => {
-                    usage.output_tokens = unsigned(value);
-                    counted = true;
-                    true
-                }
-                b"logprobs" if !is_null(value) => {
-                    self.block(NotContinuable::Logprobs);
-                    true
-                }
-                _ => true,
-            };
-            if !ok {
-                return false;
+        let read = cursor.object(|c, key| match &*name(key) {
+            b"message" => c.null() || self.ollama_message(c),
+            // `/api/generate`.
+            b"response" => self.append(c),
+            b"model" => set_once(&mut self.strings.model, c),
+            b"created_at" => set_once(&mut self.strings.created_at, c),
+            b"thinking" => self.block_if_text(c, NotContinuable::Reasoning),
+            b"done" => {
+                self.state.finished |= c.value() == Some(b"true");
+                true
             }
-        }
+            b"done_reason" => set_once(&mut self.strings.finish_reason, c),
+            b"prompt_eval_count" => {
+                usage.input_tokens = c.value().and_then(unsigned);
+                counted = true;
+                true
+            }
+            b"eval_count" => {
+                usage.output_tokens = c.value().and_then(unsigned);
+                counted = true;
+                true
+            }
+            b"logprobs" => {
+                if !c.null() {
+                    self.block(NotContinuable::Logprobs);
+                }
+                true
+            }
+            _ => true,
+        });
         if counted {
             self.state.usage = Some(usage);
         }
-        !members.malformed()
+        read
     }
 
     /// `/api/chat`'s `{"role","content","thinking","tool_calls"}`.
-    fn ollama_message(&mut self, message: &[u8]) -> bool {
-        if is_null(message) {
-            return true;
-        }
-        let mut members = json::members(message);
-        for m in members.by_ref() {
-            let value = &message[m.value.clone()];
-            match &*key(message, &m) {
-                b"role" if !is_null(value) => self.state.role_sent = true,
-                // Appended by the guard; only a value that is not text stops.
-                b"content" if !self.append(value) => return false,
-                b"thinking" if is_nonempty_string(value) => self.block(NotContinuable::Reasoning),
-                b"tool_calls" if !is_null(value) && value != b"[]" => {
+    fn ollama_message(&mut self, cursor: &mut Cursor<'_>) -> bool {
+        cursor.object(|c, key| match &*name(key) {
+            b"content" => self.append(c),
+            b"role" => {
+                self.state.role_sent |= !c.null();
+                true
+            }
+            b"thinking" => self.block_if_text(c, NotContinuable::Reasoning),
+            b"tool_calls" => {
+                if c.value().is_some_and(|v| v != b"null" && v != b"[]") {
                     self.block(NotContinuable::ToolCall);
                 }
-                _ => {}
+                true
             }
-        }
-        !members.malformed()
+            _ => true,
+        })
     }
 
     /// Reads the token counts of a usage object (`null` is none).
-    fn read_usage(&mut self, usage: &[u8], input: &[u8], output: &[u8]) -> bool {
-        if is_null(usage) {
+    fn read_usage(&mut self, cursor: &mut Cursor<'_>, input: &[u8], output: &[u8]) -> bool {
+        if cursor.null() {
             return true;
         }
         let mut counts = self.state.usage.unwrap_or_default();
-        let mut members = json::members(usage);
-        for m in members.by_ref() {
-            let value = &usage[m.value.clone()];
-            let name = key(usage, &m);
-            if *name == *input {
-                counts.input_tokens = unsigned(value).or(counts.input_tokens);
-            } else if *name == *output {
-                counts.output_tokens = unsigned(value).or(counts.output_tokens);
+        let read = cursor.object(|c, key| {
+            let key = name(key);
+            if *key == *input {
+                counts.input_tokens = c.value().and_then(unsigned).or(counts.input_tokens);
+            } else if *key == *output {
+                counts.output_tokens = c.value().and_then(unsigned).or(counts.output_tokens);
             }
-        }
+            true
+        });
         self.state.usage = Some(counts);
-        !members.malformed()
+        read
     }
 
-    /// Appends a JSON string value's text (`null` adds nothing); `false`
-    /// when the value is not a string or null.
-    fn append(&mut self, value: &[u8]) -> bool {
-        if is_null(value) {
+    /// Appends the string at the cursor, decoded (`null` adds nothing);
+    /// `false` for another value.
+    fn append(&mut self, cursor: &mut Cursor<'_>) -> bool {
+        if cursor.null() {
             return true;
         }
-        match value
-            .strip_prefix(b"\"")
-            .and_then(|v| v.strip_suffix(b"\""))
-        {
-            Some(raw) => json::append_decoded(raw, &mut self.text),
+        let Some(raw) = cursor.string() else {
+            return false;
+        };
+        let start = raw.as_ptr() as usize - self.reading.base;
+        self.reading.appended = Some(start..start + raw.len());
+        self.reading.appends = self.reading.appends.saturating_add(1);
+        json::append_decoded(raw, &mut self.text)
+    }
+
+    /// Blocks for `reason` when the value at the cursor is a non-empty
+    /// string.
+    fn block_if_text(&mut self, cursor: &mut Cursor<'_>, reason: NotContinuable) -> bool {
+        match cursor.value() {
+            Some(value) => {
+                if value.len() > 2 && value[0] == b'"' {
+                    self.block(reason);
+                }
+                true
+            }
             None => false,
         }
     }
+
+    fn blocked(&mut self, read: bool, reason: NotContinuable) -> bool {
+        self.block(reason);
+        read
+    }
 }
 
-/// A member's key, decoded (borrowed unless it is written with escapes).
-fn key<'a>(body: &'a [u8], member: &Member) -> Cow<'a, [u8]> {
-    let raw = &body[member.key.clone()];
+/// A key's name, decoded (borrowed unless it is written with escapes,
+/// which no provider does).
+fn name(raw: &[u8]) -> Cow<'_, [u8]> {
     if raw.contains(&b'\\') {
         let mut decoded = String::new();
         if json::append_decoded(raw, &mut decoded) {
@@ -400,44 +416,22 @@ fn key<'a>(body: &'a [u8], member: &Member) -> Cow<'a, [u8]> {
     Cow::Borrowed(raw)
 }
 
-/// The value of the member `name` of the object `body`.
-fn field<'a>(body: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
-    json::members(body)
-        .find(|m| *key(body, m) == *name)
-        .map(|m| &body[m.value])
-}
-
-/// A JSON string value, decoded.
-fn string(value: &[u8]) -> Option<Cow<'_, str>> {
-    let raw = value.strip_prefix(b"\"")?.strip_suffix(b"\"")?;
-    if !raw.contains(&b'\\') {
-        return std::str::from_utf8(raw).ok().map(Cow::Borrowed);
-    }
-    let mut decoded = String::new();
-    json::append_decoded(raw, &mut decoded).then_some(Cow::Owned(decoded))
-}
-
-/// Sets a string field the first time it is seen; `false` when the value
-/// is neither a string nor null.
-fn set_once(slot: &mut Option<Box<str>>, value: &[u8]) -> bool {
-    if slot.is_some() || is_null(value) {
+/// Sets a string field from the value at the cursor the first time it is
+/// seen (the value is left, to be skipped, once the field is set);
+/// `false` when the value is neither a string nor null.
+fn set_once(slot: &mut Option<Box<str>>, cursor: &mut Cursor<'_>) -> bool {
+    if slot.is_some() || cursor.null() {
         return true;
     }
-    match string(value) {
-        Some(text) => {
-            *slot = Some(text.into());
-            true
-        }
-        None => false,
+    let Some(raw) = cursor.string() else {
+        return false;
+    };
+    let mut text = String::new();
+    if !json::append_decoded(raw, &mut text) {
+        return false;
     }
-}
-
-fn is_null(value: &[u8]) -> bool {
-    value == b"null"
-}
-
-fn is_nonempty_string(value: &[u8]) -> bool {
-    value.len() > 2 && value[0] == b'"'
+    *slot = Some(text.into_boxed_str());
+    true
 }
 
 /// A JSON integer (a number with a fraction or exponent is none).

@@ -245,13 +245,16 @@ fn an_event_split_over_several_data_lines_is_unreadable() {
 fn a_withheld_frame_is_taken_back_whole() {
     let mut t = Transcript::new(Dialect::OpenAiChat);
     t.begin_frame();
-    assert!(t.event(
-        b"",
-        br#"{"id":"a","choices":[{"index":0,"delta":{"role":"assistant","content":"one "}}]}"#
-    ));
+    assert!(
+        t.event(
+            b"",
+            br#"{"id":"a","choices":[{"index":0,"delta":{"role":"assistant","content":"one "}}]}"#
+        )
+        .well_formed
+    );
     t.set_position(10, 10);
     t.begin_frame();
-    assert!(t.event(b"", br#"{"model":"m","choices":[{"index":0,"delta":{"content":"two"},"finish_reason":"stop"}]}"#));
+    assert!(t.event(b"", br#"{"model":"m","choices":[{"index":0,"delta":{"content":"two"},"finish_reason":"stop"}]}"#).well_formed);
     t.block(NotContinuable::Logprobs);
     t.withhold_frame();
     assert_eq!(t.text(), "one ");
@@ -264,9 +267,12 @@ fn a_withheld_frame_is_taken_back_whole() {
 #[test]
 fn an_event_that_is_not_json_adds_no_text() {
     let mut t = Transcript::new(Dialect::OpenAiChat);
-    assert!(!t.event(
-        b"",
-        br#"{"choices":[{"index":0,"delta":{"content":"lost"}}] "x"}"#
-    ));
+    assert!(
+        !t.event(
+            b"",
+            br#"{"choices":[{"index":0,"delta":{"content":"lost"}}] "x"}"#
+        )
+        .well_formed
+    );
     assert_eq!(t.text(), "");
 }
