@@ -12,8 +12,9 @@
 //!   network-sized chunks — our `EventScanner` / a bare newline count
 //!   (`memchr`, the floor any line-based scanner pays); and the same stream
 //!   as a response body of 1,400-byte frames read to its end, bare / through
-//!   `ClassifyLayer` (today's streamed path: the body wrapper, the scan and
-//!   the `StreamProgress` it publishes).
+//!   `ClassifyLayer` (the streamed path: the body wrapper, the scan and the
+//!   `StreamProgress` it publishes) — each without and with a transcript
+//!   of what the stream delivered (`capture_transcript`).
 //! - `request_meta`: the one parse of a request, `RequestMeta::from_whole_body`
 //!   (the outermost layer's), on the 80-byte chat request of the root
 //!   `stack` bench and on a 100 KiB conversation — beside serde_json reading
@@ -238,6 +239,18 @@ fn sse_scan(c: &mut Criterion) {
             scanner.content_events()
         })
     });
+    group.bench_function("tower-llm EventScanner + transcript", |b| {
+        b.iter(|| {
+            let mut scanner =
+                EventScanner::new(Framing::Sse, Dialect::OpenAiChat, Provider::OpenAi)
+                    .capture_transcript();
+            for chunk in &chunks {
+                black_box(scanner.feed(chunk));
+            }
+            assert!(scanner.finish().is_none());
+            scanner.content_events()
+        })
+    });
     let chunks: Arc<[Bytes]> = chunks.into();
     let mut bare = frames_upstream(chunks.clone());
     group.bench_function("body: bare stream (floor)", |b| {
@@ -250,6 +263,17 @@ fn sse_scan(c: &mut Criterion) {
         b.iter_batched(
             request,
             |req| call(&mut classify, req),
+            BatchSize::SmallInput,
+        )
+    });
+    let mut capturing = ClassifyLayer::new()
+        .capture_transcripts(true)
+        .layer(frames_upstream(chunks.clone()));
+    assert_eq!(call(&mut capturing, request()), chunks.len());
+    group.bench_function("body: tower-llm Classify streamed + transcript", |b| {
+        b.iter_batched(
+            request,
+            |req| call(&mut capturing, req),
             BatchSize::SmallInput,
         )
     });

@@ -1,7 +1,8 @@
 //! The happy path allocates nothing that the bare service does not: a
 //! counting allocator (per thread, so parallel tests do not disturb it)
 //! compares a call through `Classify` with the same call to the bare
-//! service, and counts what scanning a 2,000-event stream costs.
+//! service, and counts what scanning a 2,000-event stream costs, with and
+//! without a transcript.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -161,4 +162,58 @@ fn scanning_a_two_thousand_event_stream_allocates_a_bounded_amount() {
     // One carry-over buffer for lines split across chunks, grown a few times:
     // nothing per event.
     assert!(count <= 8, "{count} allocations for 2000 events");
+}
+
+/// A realistic OpenAI chat stream of `events` content chunks (envelope,
+/// escapes, a finish and usage), in 1,400-byte chunks.
+fn chat_stream(events: usize) -> Vec<Bytes> {
+    let mut text = String::from(
+        "data: {\"id\":\"chatcmpl-AbC123\",\"object\":\"chat.completion.chunk\",\"created\":1763899200,\"model\":\"gpt-4o-mini\",\"system_fingerprint\":\"fp_0aa8d3e20b\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"},\"logprobs\":null,\"finish_reason\":null}]}\n\n",
+    );
+    for i in 0..events {
+        text.push_str(&format!("data: {{\"id\":\"chatcmpl-AbC123\",\"object\":\"chat.completion.chunk\",\"created\":1763899200,\"model\":\"gpt-4o-mini\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\" w{i} \\\"\\u00e9\"}},\"logprobs\":null,\"finish_reason\":null}}]}}\n\n"));
+    }
+    text.push_str("data: {\"id\":\"chatcmpl-AbC123\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n");
+    let bytes = Bytes::from(text);
+    (0..bytes.len())
+        .step_by(1400)
+        .map(|at| bytes.slice(at..(at + 1400).min(bytes.len())))
+        .collect()
+}
+
+/// The fewest allocations of scanning `chunks` with a transcript.
+fn allocations_with_a_transcript(chunks: &[Bytes]) -> usize {
+    fewest(|| {
+        let mut scanner = EventScanner::new(Framing::Sse, Dialect::OpenAiChat, Provider::OpenAi)
+            .capture_transcript();
+        let (count, end) = allocations_during(|| {
+            for chunk in chunks {
+                scanner.feed(chunk);
+            }
+            scanner.finish()
+        });
+        assert!(end.is_none());
+        let transcript = scanner.transcript().unwrap().snapshot();
+        assert!(transcript.finished() && transcript.text().ends_with(" \"é"));
+        count
+    })
+}
+
+#[test]
+fn a_transcript_allocates_nothing_per_event() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let two_thousand = allocations_with_a_transcript(&chat_stream(2000));
+    let four_thousand = allocations_with_a_transcript(&chat_stream(4000));
+    // The text buffer doubles as it grows, the line buffer and the
+    // template's buffers too, and the envelope's strings are copied once:
+    // twice the events is at most one more doubling of a buffer or two,
+    // never an allocation per event (25 and 26 when this was written).
+    assert!(
+        two_thousand <= 40,
+        "{two_thousand} allocations for 2,000 events"
+    );
+    assert!(
+        four_thousand <= two_thousand + 2,
+        "{two_thousand} allocations for 2,000 events, {four_thousand} for 4,000"
+    );
 }
