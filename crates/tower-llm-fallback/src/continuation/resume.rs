@@ -81,7 +81,8 @@ impl ContinuationReport {
 /// The state a served stream keeps to be continued.
 pub(crate) struct Resume<S> {
     pub(crate) shared: Arc<Shared<S>>,
-    pub(crate) parts: http::request::Parts,
+    /// The caller's request head, shared by every continuation of it.
+    pub(crate) parts: Arc<http::request::Parts>,
     pub(crate) body: Bytes,
     pub(crate) dialect: Dialect,
     /// The target that sent the segment being read.
@@ -140,7 +141,7 @@ where
         }
         self.left -= 1;
         let shared = Arc::clone(&self.shared);
-        let parts = clone_parts(&self.parts);
+        let parts = Arc::clone(&self.parts);
         let body = self.body.clone();
         let dialect = self.dialect;
         let delivered = delivered.clone();
@@ -211,18 +212,6 @@ fn not_continued() -> LlmError {
     )
 }
 
-/// A copy of the caller's request head for another call (`Parts` is not
-/// `Clone`).
-pub(crate) fn clone_parts(parts: &http::request::Parts) -> http::request::Parts {
-    let mut request = Request::new(());
-    *request.method_mut() = parts.method.clone();
-    *request.uri_mut() = parts.uri.clone();
-    *request.version_mut() = parts.version;
-    *request.headers_mut() = parts.headers.clone();
-    *request.extensions_mut() = parts.extensions.clone();
-    request.into_parts().0
-}
-
 /// The way to continue the answer target `index` sent, when the fallback
 /// continues streams and this answer is one it can continue: the caller's
 /// request kept, a streamed request in a dialect the splice knows, and
@@ -261,7 +250,7 @@ where
     head.extensions.insert(report.clone());
     let resume = Resume {
         shared: Arc::clone(shared),
-        parts,
+        parts: Arc::new(parts),
         body,
         dialect,
         current: index,

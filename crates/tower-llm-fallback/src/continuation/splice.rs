@@ -105,14 +105,21 @@ impl Splice {
     /// Feeds the next bytes of the rest; appends what the caller reads.
     pub fn feed(&mut self, chunk: &[u8], out: &mut Vec<u8>) -> Result<(), SpliceError> {
         self.pending.extend_from_slice(chunk);
+        // The buffer is taken out while its events are read (no copy of
+        // each), and what is left of it put back.
+        let mut pending = std::mem::take(&mut self.pending);
         let mut consumed = 0;
-        while let Some((event, next)) = next_event(self.dialect, &self.pending[consumed..]) {
-            let event = event.to_vec();
+        let mut result = Ok(());
+        while let Some((event, next)) = next_event(self.dialect, &pending[consumed..]) {
             consumed += next;
-            self.event(&event, out)?;
+            result = self.event(event, out);
+            if result.is_err() {
+                break;
+            }
         }
-        self.pending.drain(..consumed);
-        Ok(())
+        pending.drain(..consumed);
+        self.pending = pending;
+        result
     }
 
     /// The rest ended: an event left without its closing blank line (or
