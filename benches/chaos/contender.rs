@@ -4,7 +4,9 @@
 use std::future::Future;
 use std::pin::Pin;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
+use http_body::Body;
+use http_body_util::BodyExt;
 
 /// What a caller ended up with.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -21,6 +23,9 @@ pub(crate) enum Outcome {
     Err {
         status: Option<u16>,
         partial: String,
+        /// What the caller was told broke the answer, where its client
+        /// says (tower-llm's error kind; the peers' transport error).
+        cause: Option<String>,
     },
 }
 
@@ -46,6 +51,34 @@ pub(crate) struct Setup {
     /// A limit on each attempt, where the scenario asks for one; each
     /// contender applies it the way its own stack does.
     pub(crate) attempt_timeout: Option<std::time::Duration>,
+    /// A limit on the wait for a stream's first content, where the
+    /// scenario sets one (only contenders that have such a limit use it).
+    pub(crate) first_content_timeout: Option<std::time::Duration>,
+    /// Whether the primary can continue a broken answer from a prefill
+    /// (false: it is like OpenAI's own API, which has no prefill).
+    pub(crate) primary_continues: bool,
+}
+
+/// A contender whose caller gives up after `limit` (a scenario where an
+/// upstream can fall silent forever: without it, a contender that never
+/// gives up would never end the run).
+pub(crate) struct WithDeadline {
+    pub(crate) inner: Box<dyn Contender>,
+    pub(crate) limit: std::time::Duration,
+}
+
+impl Contender for WithDeadline {
+    fn call(&self, body: Bytes) -> Call<'_> {
+        Box::pin(async move {
+            tokio::time::timeout(self.limit, self.inner.call(body))
+                .await
+                .unwrap_or_else(|_| Outcome::Err {
+                    status: None,
+                    partial: String::new(),
+                    cause: Some("the caller's deadline".to_owned()),
+                })
+        })
+    }
 }
 
 /// How to build a contender for a run.
@@ -60,6 +93,7 @@ pub(crate) fn outcome_of(status: u16, body: Result<Bytes, ()>, stream: bool) -> 
             return Outcome::Err {
                 status: Some(status),
                 partial: String::new(),
+                cause: None,
             };
         }
     };
@@ -67,6 +101,7 @@ pub(crate) fn outcome_of(status: u16, body: Result<Bytes, ()>, stream: bool) -> 
         return Outcome::Err {
             status: Some(status),
             partial: String::new(),
+            cause: None,
         };
     }
     if stream {
@@ -77,6 +112,7 @@ pub(crate) fn outcome_of(status: u16, body: Result<Bytes, ()>, stream: bool) -> 
             Outcome::Err {
                 status: Some(status),
                 partial: content,
+                cause: None,
             }
         }
     } else {
@@ -88,11 +124,13 @@ pub(crate) fn outcome_of(status: u16, body: Result<Bytes, ()>, stream: bool) -> 
                 None => Outcome::Err {
                     status: Some(status),
                     partial: String::new(),
+                    cause: None,
                 },
             },
             Err(_) => Outcome::Err {
                 status: Some(status),
                 partial: String::new(),
+                cause: None,
             },
         }
     }
@@ -125,4 +163,47 @@ pub(crate) fn sse_content(bytes: &[u8]) -> (String, bool) {
         }
     }
     (content, done && !failed)
+}
+
+/// Reads a body frame by frame, so that what arrived before a failure is
+/// kept (a broken stream's partial content) with the failure's text.
+pub(crate) async fn read<B>(body: B) -> Result<Bytes, (Bytes, Option<String>)>
+where
+    B: Body<Data = Bytes>,
+    B::Error: std::fmt::Display,
+{
+    let mut body = std::pin::pin!(body);
+    let mut all = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(frame) => {
+                if let Some(data) = frame.data_ref() {
+                    all.extend_from_slice(data);
+                }
+            }
+            Err(error) => return Err((all.freeze(), Some(error.to_string()))),
+        }
+    }
+    Ok(all.freeze())
+}
+
+/// The outcome of a body read to its end (`Ok`) or up to a failure (`Err`,
+/// with what arrived before it and what the failure said).
+pub(crate) fn finish(
+    status: u16,
+    body: Result<Bytes, (Bytes, Option<String>)>,
+    stream: bool,
+) -> Outcome {
+    match body {
+        Ok(bytes) => outcome_of(status, Ok(bytes), stream),
+        Err((partial, cause)) => Outcome::Err {
+            status: Some(status),
+            partial: if stream {
+                sse_content(&partial).0
+            } else {
+                String::new()
+            },
+            cause,
+        },
+    }
 }

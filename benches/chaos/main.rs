@@ -81,7 +81,22 @@ fn setup(
         primary: primary.base_url(),
         backup: backup.map(Simulator::base_url),
         attempt_timeout,
+        first_content_timeout: None,
+        primary_continues: true,
     }
+}
+
+/// How long a caller waits in the scenarios where an upstream can fall
+/// silent forever (a contender that never gives up would otherwise hold
+/// the run): two minutes, longer than any preset's bound on silence.
+const CALLER_DEADLINE: Duration = Duration::from_secs(120);
+
+/// `build(setup)` behind a caller that gives up after [`CALLER_DEADLINE`].
+fn impatient(build: Build, setup: &contender::Setup) -> Arc<dyn contender::Contender> {
+    Arc::new(contender::WithDeadline {
+        inner: build(setup),
+        limit: CALLER_DEADLINE,
+    })
 }
 
 /// One request as the caller saw it.
@@ -197,15 +212,27 @@ async fn open_loop(
     rate: u32,
     seconds: u32,
     started: Instant,
+    at: Vec<(u32, Box<dyn FnOnce() + Send>)>,
+) -> Vec<Record> {
+    let every = Duration::from_secs(1) / rate;
+    paced(contender, every, rate * seconds, started, at).await
+}
+
+/// `total` requests, one every `every`, whatever the answers, with `at`
+/// changes to the upstreams applied at their second.
+async fn paced(
+    contender: &Arc<dyn contender::Contender>,
+    every: Duration,
+    total: u32,
+    started: Instant,
     mut at: Vec<(u32, Box<dyn FnOnce() + Send>)>,
 ) -> Vec<Record> {
     at.sort_by_key(|(second, _)| *second);
     let mut changes = at.into_iter().peekable();
     let records = Arc::new(Mutex::new(Vec::new()));
     let mut tasks = Vec::new();
-    let total = rate * seconds;
     for i in 0..total {
-        let when = started + Duration::from_secs_f64(f64::from(i) / f64::from(rate));
+        let when = started + every * i;
         tokio::time::sleep_until(when).await;
         while let Some((second, _)) = changes.peek() {
             if Duration::from_secs(u64::from(*second)) <= when - started {
@@ -243,7 +270,7 @@ pub(crate) struct Scenario {
     pub(crate) goal: &'static str,
 }
 
-pub(crate) const SCENARIOS: [Scenario; 11] = [
+pub(crate) const SCENARIOS: [Scenario; 16] = [
     Scenario {
         name: "transient",
         what: "20 % 503 + 2 % connection resets; 2,000 requests, 32 at a time, 50 ms per answer",
@@ -283,6 +310,31 @@ pub(crate) const SCENARIOS: [Scenario; 11] = [
         name: "stream_drop_20",
         what: "streams; 20 % drop the connection after 20 content events; 1,000 requests",
         goal: "zero duplicated or lost content",
+    },
+    Scenario {
+        name: "stream_stall",
+        what: "streams; 20 % fall silent after 5 content events (connection open, no byte more); 1,000 requests, 32 at a time; every caller gives up after 120 s",
+        goal: "≥ 99.9 % finished; zero duplicated or lost content",
+    },
+    Scenario {
+        name: "stream_refused",
+        what: "streams; 20 % cut after 20 content events; the primary cannot continue (OpenAI's own API has no prefill) and the backup refuses a prefill with a 400; 1,000 requests",
+        goal: "no truncated answer passed as complete; the caller told what broke the stream, not the refusal",
+    },
+    Scenario {
+        name: "silent_upstream",
+        what: "streams; the primary accepts connections and never answers; a healthy backup; 200 requests, 8 at a time; every caller gives up after 120 s",
+        goal: "every request answered within the stream head timeout plus one backup call; the silent route not retried",
+    },
+    Scenario {
+        name: "slow_first_token",
+        what: "streams; the primary's first token comes 20 s after its head, the rest at once; a healthy backup; 200 requests, 8 at a time; a 5 s first-content timeout where the contender has one",
+        goal: "(no goal set; time to the answer and requests moved to the backup reported)",
+    },
+    Scenario {
+        name: "flapping",
+        what: "one request every 4 s for 160 s; the primary answers 503 from 0 s to 60 s, then is healthy; a healthy backup",
+        goal: "100 % served during the outage; back on the primary ≤ 30 s after it recovers; probes bounded (default presets)",
     },
     Scenario {
         name: "slow_upstream",
@@ -380,6 +432,57 @@ async fn run(scenario: &str, build: Build) -> Run {
                 build(&setup(&primary, None, None)).into();
             started = Instant::now();
             records = closed_loop(&contender, n, 32, true, started).await;
+        }
+        "stream_stall" => {
+            primary = simulator(plan("rate=0.2:stall@5:silent;seed=18"), latency).await;
+            let contender = impatient(build, &setup(&primary, None, None));
+            started = Instant::now();
+            records = closed_loop(&contender, 1000, 32, true, started).await;
+        }
+        "stream_refused" => {
+            primary = simulator(plan("rate=0.2:drop@20;seed=16"), latency).await;
+            backup.set_plan(FaultPlan::always(Fault::refuse_prefill()));
+            let mut setup = setup(&primary, Some(&backup), None);
+            setup.primary_continues = false;
+            let contender: Arc<dyn contender::Contender> = build(&setup).into();
+            started = Instant::now();
+            records = closed_loop(&contender, 1000, 32, true, started).await;
+        }
+        "silent_upstream" => {
+            primary = simulator(FaultPlan::always(Fault::stall()), latency).await;
+            let contender = impatient(build, &setup(&primary, Some(&backup), None));
+            started = Instant::now();
+            records = closed_loop(&contender, 200, 8, true, started).await;
+        }
+        "slow_first_token" => {
+            primary = simulator(
+                FaultPlan::always(Fault::slow_first_token(Duration::from_secs(20))),
+                latency,
+            )
+            .await;
+            let mut setup = setup(&primary, Some(&backup), None);
+            setup.first_content_timeout = Some(Duration::from_secs(5));
+            let contender = impatient(build, &setup);
+            started = Instant::now();
+            records = closed_loop(&contender, 200, 8, true, started).await;
+        }
+        "flapping" => {
+            primary = simulator(FaultPlan::always(Fault::status(503)), latency).await;
+            let contender: Arc<dyn contender::Contender> =
+                build(&setup(&primary, Some(&backup), None)).into();
+            started = Instant::now();
+            let up = Arc::clone(&primary);
+            records = paced(
+                &contender,
+                Duration::from_secs(4),
+                40,
+                started,
+                vec![(
+                    60,
+                    Box::new(move || up.set_plan(FaultPlan::always(Fault::ok()))),
+                )],
+            )
+            .await;
         }
         "slow_upstream" => {
             let latency: tower_llm_testkit::Delay = "100ms~1s".parse().expect("a delay");

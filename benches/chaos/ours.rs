@@ -1,57 +1,22 @@
 //! The contenders on our side of the table: a bare hyper client (no
 //! resilience at all) and the tower-llm stack with its default preset.
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::Request;
-use http_body::Body;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use tower::ServiceExt;
+use tower_llm::LlmError;
 use tower_llm::fallback::continuation::Continuation;
 use tower_llm::retry::ReplayBody;
 use tower_llm::stack::{LlmStack, Stack};
 
-use crate::contender::{Call, Contender, Outcome, Setup, outcome_of, sse_content};
+use crate::contender::{Call, Contender, Outcome, Setup, finish, read};
 
 fn is_stream(body: &[u8]) -> bool {
     body.windows(13).any(|w| w == b"\"stream\":true")
-}
-
-/// Reads a body frame by frame, so that what arrived before a failure is
-/// kept (a stream's partial content).
-async fn read<B>(body: B) -> Result<Bytes, Bytes>
-where
-    B: Body<Data = Bytes>,
-{
-    let mut body = std::pin::pin!(body);
-    let mut all = BytesMut::new();
-    while let Some(frame) = body.frame().await {
-        match frame {
-            Ok(frame) => {
-                if let Some(data) = frame.data_ref() {
-                    all.extend_from_slice(data);
-                }
-            }
-            Err(_) => return Err(all.freeze()),
-        }
-    }
-    Ok(all.freeze())
-}
-
-fn finish(status: u16, body: Result<Bytes, Bytes>, stream: bool) -> Outcome {
-    match body {
-        Ok(bytes) => outcome_of(status, Ok(bytes), stream),
-        Err(partial) => Outcome::Err {
-            status: Some(status),
-            partial: if stream {
-                sse_content(&partial).0
-            } else {
-                String::new()
-            },
-        },
-    }
 }
 
 /// A hyper-util client, nothing else (a timeout when the scenario sets one).
@@ -78,6 +43,7 @@ impl Contender for Bare {
                     Err(_) => Outcome::Err {
                         status: None,
                         partial: String::new(),
+                        cause: None,
                     },
                 }
             };
@@ -87,6 +53,7 @@ impl Contender for Bare {
                     .unwrap_or(Outcome::Err {
                         status: None,
                         partial: String::new(),
+                        cause: None,
                     }),
                 None => call.await,
             }
@@ -119,11 +86,16 @@ impl Contender for Ours {
             match self.stack.clone().oneshot(request).await {
                 Ok(response) => {
                     let status = response.status().as_u16();
-                    finish(status, read(response.into_body()).await, stream)
+                    // What broke the answer, as its error kind.
+                    let body = response
+                        .into_body()
+                        .map_err(|error: LlmError| error.kind().as_str());
+                    finish(status, read(body).await, stream)
                 }
                 Err(error) => Outcome::Err {
                     status: error.response_head().map(|h| h.status.as_u16()),
                     partial: String::new(),
+                    cause: Some(error.kind().as_str().to_owned()),
                 },
             }
         })
@@ -144,6 +116,9 @@ pub(crate) fn tower_llm(setup: &Setup) -> Box<dyn Contender> {
     if let Some(limit) = setup.attempt_timeout {
         retry = retry.attempt_timeout(limit);
     }
+    if let Some(limit) = setup.first_content_timeout {
+        retry = retry.first_content_timeout(limit);
+    }
     let retry = retry.build().expect("a policy");
     let circuit = preset
         .circuit()
@@ -159,6 +134,11 @@ pub(crate) fn tower_llm(setup: &Setup) -> Box<dyn Contender> {
         .retry(retry)
         .circuit(circuit)
         .target("primary", client.clone(), |t| {
+            let continues = if setup.primary_continues {
+                continues
+            } else {
+                Continuation::Unsupported
+            };
             t.base_url(primary).continuation(continues)
         });
     if let Some(backup) = backup {

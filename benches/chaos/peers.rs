@@ -19,8 +19,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use http::header::CONTENT_TYPE;
 use http::{Request, Response, StatusCode, Uri};
-use http_body::Body;
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -36,7 +35,7 @@ use tower::{Layer, Service, ServiceExt};
 use tower_resilience_circuitbreaker::{CircuitBreakerError, CircuitBreakerLayer};
 use tower_resilience_retry::{RetryBudgetBuilder, RetryLayer};
 
-use crate::contender::{Call, Contender, Outcome, Setup, outcome_of, sse_content};
+use crate::contender::{Call, Contender, Outcome, Setup, finish, read};
 
 type HyperClient = Client<HttpConnector, Full<Bytes>>;
 type HyperRequest = Request<Full<Bytes>>;
@@ -52,43 +51,8 @@ fn transport_error() -> Outcome {
     Outcome::Err {
         status: None,
         partial: String::new(),
+        cause: None,
     }
-}
-
-/// The outcome of a body read to its end (`Ok`) or up to a failure (`Err`,
-/// with what arrived before it: a broken stream's partial content).
-fn finish(status: u16, body: Result<Bytes, Bytes>, stream: bool) -> Outcome {
-    match body {
-        Ok(bytes) => outcome_of(status, Ok(bytes), stream),
-        Err(partial) => Outcome::Err {
-            status: Some(status),
-            partial: if stream {
-                sse_content(&partial).0
-            } else {
-                String::new()
-            },
-        },
-    }
-}
-
-/// Reads a hyper body frame by frame, keeping what arrived before a failure.
-async fn read<B>(body: B) -> Result<Bytes, Bytes>
-where
-    B: Body<Data = Bytes>,
-{
-    let mut body = std::pin::pin!(body);
-    let mut all = BytesMut::new();
-    while let Some(frame) = body.frame().await {
-        match frame {
-            Ok(frame) => {
-                if let Some(data) = frame.data_ref() {
-                    all.extend_from_slice(data);
-                }
-            }
-            Err(_) => return Err(all.freeze()),
-        }
-    }
-    Ok(all.freeze())
 }
 
 fn hyper_client() -> HyperClient {
@@ -326,7 +290,13 @@ impl Contender for ReqwestRetry {
                 match response.chunk().await {
                     Ok(Some(chunk)) => all.extend_from_slice(&chunk),
                     Ok(None) => return finish(status, Ok(all.freeze()), stream),
-                    Err(_) => return finish(status, Err(all.freeze()), stream),
+                    Err(error) => {
+                        return finish(
+                            status,
+                            Err((all.freeze(), Some(error.to_string()))),
+                            stream,
+                        );
+                    }
                 }
             }
         })

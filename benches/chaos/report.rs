@@ -214,7 +214,7 @@ fn clock_artefact(contender: &str, scenario: &str) -> bool {
     contender == "tower-resilience"
         && matches!(
             scenario,
-            "outage" | "quota" | "retry_storm" | "metastability"
+            "outage" | "quota" | "retry_storm" | "metastability" | "flapping"
         )
 }
 
@@ -333,6 +333,74 @@ fn row(scenario: &str, contender: &str, run: &Run) -> (Vec<String>, Vec<String>)
                 calls_in(run, 20.0, 30.0) as f64 / requests as f64
             ));
         }
+        "silent_upstream" | "slow_first_token" => {
+            let mut tried: std::collections::HashMap<usize, usize> =
+                std::collections::HashMap::new();
+            for request in &run.primary {
+                if let Some(id) = request_id(&request.body) {
+                    *tried.entry(id).or_default() += 1;
+                }
+            }
+            let twice = tried.values().filter(|&&n| n > 1).count();
+            let mut moved: Vec<usize> = run
+                .backup
+                .iter()
+                .filter_map(|r| request_id(&r.body))
+                .collect();
+            moved.sort_unstable();
+            moved.dedup();
+            heads.extend(
+                [
+                    "calls to the primary",
+                    "requests that tried the primary twice",
+                    "served by the backup",
+                ]
+                .map(str::to_owned),
+            );
+            cells.push(format!("{}", run.primary.len()));
+            cells.push(format!("{twice}"));
+            cells.push(format!("{}", moved.len()));
+        }
+        "flapping" => {
+            // The primary answers 503 until 60 s.
+            let during: Vec<&crate::Record> = started_in(run, 0.0, 60.0).collect();
+            let during_ok = during
+                .iter()
+                .filter(|r| matches!(r.outcome, Outcome::Ok { .. }))
+                .count();
+            let probes = run.primary.iter().filter(|r| run.at(r) < 60.0).count();
+            let back = run
+                .primary
+                .iter()
+                .map(|r| run.at(r))
+                .filter(|&at| at >= 60.0)
+                .fold(None, |first: Option<f64>, at| {
+                    Some(first.map_or(at, |f| f.min(at)))
+                });
+            let after: Vec<&crate::Record> = started_in(run, 90.0, 160.0).collect();
+            let on_primary = run.primary.iter().filter(|r| run.at(r) >= 90.0).count();
+            heads.extend(
+                [
+                    "success during the outage",
+                    "calls to the failing primary",
+                    "back on the primary",
+                    "primary calls per request from 90 s",
+                ]
+                .map(str::to_owned),
+            );
+            cells.push(format!(
+                "{:.1} %",
+                100.0 * during_ok as f64 / during.len().max(1) as f64
+            ));
+            cells.push(format!("{probes}"));
+            cells.push(back.map_or("never".to_owned(), |t| {
+                format!("{:.0} s after recovery", t - 60.0)
+            }));
+            cells.push(format!(
+                "{:.2}",
+                on_primary as f64 / after.len().max(1) as f64
+            ));
+        }
         s if s.starts_with("stream") => {
             let (duplicated, lost) = run.duplicated_and_lost();
             let cut = run
@@ -355,10 +423,31 @@ fn row(scenario: &str, contender: &str, run: &Run) -> (Vec<String>, Vec<String>)
             cells.push(format!("{duplicated}"));
             cells.push(format!("{lost}"));
             cells.push(format!("{cut}"));
+            if scenario == "stream_refused" {
+                heads.push("what the caller was told (most often)".to_owned());
+                cells.push(most_common_cause(run));
+            }
         }
         _ => {}
     }
     (heads, cells)
+}
+
+/// The failure text callers got most often, with how many got it.
+fn most_common_cause(run: &Run) -> String {
+    let mut counts: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
+    for record in &run.records {
+        if let Outcome::Err { cause, .. } = &record.outcome {
+            *counts.entry(cause.as_deref().unwrap_or("—")).or_default() += 1;
+        }
+    }
+    counts
+        .into_iter()
+        .max_by_key(|(_, n)| *n)
+        .map_or("—".to_owned(), |(cause, n)| {
+            let short: String = cause.chars().take(48).collect();
+            format!("{short} ({n})")
+        })
 }
 
 fn date_today() -> String {
