@@ -335,9 +335,17 @@ async fn a_stream_cut_after_40_of_60_tokens_is_finished_by_a_backup_that_continu
     );
     let gateway = Gateway::start(&config, Default::default()).await;
 
-    let response = gateway.post(chat("gpt-4o", true)).await;
+    let mut asks_for_trailers = HeaderMap::new();
+    asks_for_trailers.insert(header::TE, HeaderValue::from_static("trailers"));
+    let response = gateway
+        .post_with(chat("gpt-4o", true), asks_for_trailers)
+        .await;
     assert_eq!(header_of(&response, app::TARGET_HEADER), "primary");
-    let received = text(response).await;
+    assert_eq!(header_of(&response, "trailer"), app::CONTINUED_TRAILER);
+    let whole = response.into_body().collect().await.unwrap();
+    let trailers = whole.trailers().cloned().expect("the continuation trailer");
+    assert_eq!(trailers[app::CONTINUED_TRAILER], "1; backup");
+    let received = String::from_utf8(whole.to_bytes().to_vec()).unwrap();
     let said: String = received
         .split("\n\n")
         .filter_map(|e| e.strip_prefix("data: "))

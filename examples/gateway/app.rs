@@ -57,6 +57,7 @@ use tower_llm::circuit::CircuitState;
 use tower_llm::classify::redact::{ACCOUNT_HEADERS, HOP_BY_HOP_HEADERS};
 use tower_llm::classify::stream::Dialect;
 use tower_llm::fallback::FallbackReport;
+use tower_llm::fallback::continuation::ContinuationReport;
 use tower_llm::retry::RetryStats;
 use tower_llm::stack::Stack;
 use tower_llm::{ErrorKind, LlmError};
@@ -73,6 +74,12 @@ pub(crate) const ATTEMPTS_HEADER: &str = "x-tower-llm-attempts";
 /// The header listing the targets passed on the way, with why
 /// (`primary:overloaded, azure:rate_limited`).
 pub(crate) const FALLBACKS_HEADER: &str = "x-tower-llm-fallbacks";
+/// The trailer saying how many times a streamed answer was continued after
+/// it broke, and by which targets (`2; backup, backup`). A stream's head is
+/// sent before anything can break, so this is a trailer, sent when the
+/// caller asked for trailers (`TE: trailers`) and announced in the head's
+/// `Trailer`; every caller has it in the metrics and the log.
+pub(crate) const CONTINUED_TRAILER: &str = "x-tower-llm-continued";
 
 /// The process-wide Prometheus recorder (installed once; later calls get
 /// the same handle, so several gateways in one test process share it).
@@ -224,6 +231,11 @@ const FORWARDED: [HeaderName; 3] = [header::CONTENT_TYPE, header::ACCEPT, header
 
 async fn chat_completions(State(gateway): State<Gateway>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
+    let wants_trailers = parts.headers.get_all(header::TE).iter().any(|v| {
+        v.as_bytes()
+            .windows(8)
+            .any(|w| w.eq_ignore_ascii_case(b"trailers"))
+    });
     // The whole body first, then a permit: a caller trickling its body
     // holds its connection, never a slot other callers need.
     let body = match read_body(body, gateway.request_body_timeout, &gateway.closing).await {
@@ -306,13 +318,22 @@ async fn chat_completions(State(gateway): State<Gateway>, request: Request) -> R
                 .headers
                 .get(header::CONTENT_TYPE)
                 .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+            let continuation = streamed
+                .then(|| head.extensions.get::<ContinuationReport>().cloned())
+                .flatten();
+            let trailers = wants_trailers && continuation.is_some();
+            if trailers {
+                head.headers
+                    .insert(header::TRAILER, HeaderValue::from_static(CONTINUED_TRAILER));
+            }
             let body = body::ResponseBody::new(
                 body,
                 permit,
                 Box::pin(gateway.closing.closed()),
                 gateway.stream_idle_timeout,
                 streamed.then_some(Dialect::OpenAiChat),
-            );
+            )
+            .reporting(continuation, trailers);
             Response::from_parts(head, Body::new(body))
         }
         Err(error) => failure(error),

@@ -9,13 +9,16 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes};
+use http::{HeaderMap, HeaderName, HeaderValue};
 use http_body::Frame;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{Instant, Sleep};
 
 use tower_llm::classify::stream::{Dialect, error_event};
 use tower_llm::classify::{BoxError, Classified, ErrorKind, LlmError};
+use tower_llm::fallback::continuation::ContinuationReport;
 
+use super::CONTINUED_TRAILER;
 use super::config::LONGEST_TIMEOUT;
 
 pin_project_lite::pin_project! {
@@ -48,6 +51,10 @@ pin_project_lite::pin_project! {
         // SDK reads why instead of a bare connection error. `None`: a whole
         // body, cut as it is (there is no way to say why inside it).
         in_band: Option<Dialect>,
+        // How the stack continued the answer, told at its end (metrics,
+        // log, and the trailer when `trailers`).
+        continuation: Option<ContinuationReport>,
+        trailers: bool,
         ended: bool,
         _permit: OwnedSemaphorePermit,
     }
@@ -72,10 +79,64 @@ impl<B> ResponseBody<B> {
             idle_timeout,
             last_bytes: now,
             in_band,
+            continuation: None,
+            trailers: false,
             ended: false,
             _permit: permit,
         }
     }
+
+    /// Tells, when the body ends, how many times the answer was continued
+    /// (`report`): in the metrics and the log, and as the
+    /// `x-tower-llm-continued` trailer when `trailers` (the caller asked
+    /// for them and the head announced it).
+    pub(crate) fn reporting(mut self, report: Option<ContinuationReport>, trailers: bool) -> Self {
+        self.continuation = report;
+        self.trailers = trailers;
+        self
+    }
+}
+
+/// What a finished answer's continuation report says: counted in the
+/// metrics and logged when it was continued; the trailer's fields when
+/// `trailers`.
+fn told(report: Option<&ContinuationReport>, trailers: bool) -> Option<HeaderMap> {
+    let report = report?;
+    let continued = report.continued();
+    let targets = report.targets();
+    for target in &targets {
+        metrics::counter!(
+            "tower_llm_gateway_continuations_total",
+            "target" => target.to_string()
+        )
+        .increment(1);
+    }
+    let by = targets
+        .iter()
+        .map(|t| t.as_ref())
+        .collect::<Vec<_>>()
+        .join(", ");
+    if continued > 0 {
+        tracing::info!(
+            continued,
+            by = by.as_str(),
+            "answer continued after it broke"
+        );
+    }
+    if !trailers {
+        return None;
+    }
+    let value = if continued == 0 {
+        "0".to_owned()
+    } else {
+        format!("{continued}; {by}")
+    };
+    let mut fields = HeaderMap::new();
+    // Target names come from the configuration; one that is not a valid
+    // header value leaves the count alone.
+    let value = HeaderValue::from_str(&value).unwrap_or_else(|_| HeaderValue::from(continued));
+    fields.insert(HeaderName::from_static(CONTINUED_TRAILER), value);
+    Some(fields)
 }
 
 impl<B> http_body::Body for ResponseBody<B>
@@ -116,10 +177,25 @@ where
                 if frame.data_ref().is_none_or(|data| data.has_remaining()) {
                     *this.last_bytes = Instant::now();
                 }
+                // An upstream's own trailers end the body: ours join them.
+                let frame = match frame.into_trailers() {
+                    Ok(mut trailers) => {
+                        *this.ended = true;
+                        if let Some(ours) = told(this.continuation.as_ref(), *this.trailers) {
+                            trailers.extend(ours);
+                        }
+                        Frame::trailers(trailers)
+                    }
+                    Err(frame) => frame,
+                };
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(error))) => fail(error.into()),
-            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Ready(None) => {
+                *this.ended = true;
+                let fields = told(this.continuation.as_ref(), *this.trailers);
+                Poll::Ready(fields.map(|fields| Ok(Frame::trailers(fields))))
+            }
             Poll::Pending => {
                 let silent =
                     silent_too_long(this.idle.as_mut(), *this.last_bytes, *this.idle_timeout, cx);
@@ -143,7 +219,8 @@ where
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        // With a report to tell, the end is ours to say (after it).
+        self.ended || (self.continuation.is_none() && self.body.is_end_stream())
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
