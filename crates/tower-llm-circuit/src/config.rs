@@ -15,13 +15,33 @@ use crate::window::WindowKind;
 /// | minimum calls | 20 | 5 | 20 |
 /// | failure rate to open | 50 % | 50 % | 70 % |
 /// | consecutive failures to open | 10 | 5 | none |
-/// | open for | 10 s, ×2 per re-open, ≤ 5 min | 5 s, ×2, ≤ 2 min | 30 s, ×2, ≤ 10 min |
+/// | open for | 10 s, ×1.5 per re-open, ≤ 30 s | 5 s, ×2, ≤ 30 s | 30 s, ×2, ≤ 10 min |
 /// | probes in half-open | 3 | 1 | 5 |
 ///
 /// `standard` trips sooner than Resilience4j's defaults (100 calls, 60 s
 /// open) because LLM providers fail in bursts and a fallback is usually
 /// ready; its consecutive-failure trip is Envoy's outlier default (5
 /// consecutive 5xx) and Finagle's failure accrual.
+///
+/// # Why open intervals stop growing at 30 s
+///
+/// Finagle's failure accrual marks a host dead for
+/// `Backoff.equalJittered(5 s, 300 s)` and Envoy's outlier detection
+/// ejects for 30 s × ejections ≤ 300 s: both take one replica out of a
+/// pool of interchangeable ones, where leaving a recovered host out for
+/// minutes costs a sliver of capacity. A key here is a model the caller
+/// chose first, its fallback usually a worse or dearer one, and the cost
+/// of an open interval that overshoots the recovery is every request of
+/// that time on the fallback. A probe costs one request one fast failed
+/// attempt before it moves on (a request does not probe a key again after
+/// its probe failed: see [`RequestToken`](crate::RequestToken)). So
+/// `standard` grows as Resilience4j's exponential wait interval does (its
+/// `IntervalFunction` multiplier defaults to 1.5: 10 → 15 → 22.5 s) and
+/// stops at 30 s, and `fast_trip` stops there too: a target down for an
+/// hour costs 3 probes per 30 s, and one that recovers is found within
+/// 30 s (the chaos suite's `flapping` scenario: 503 for 60 s, one request
+/// every 4 s). `lenient`, for a key with nowhere else to go, keeps
+/// growing to 10 min.
 #[derive(Clone, Debug, PartialEq)]
 pub struct CircuitConfig {
     pub(crate) window: WindowKind,
@@ -83,8 +103,8 @@ impl CircuitConfig {
             slow_first_content: None,
             consecutive_failures: Some(10),
             open_duration: Duration::from_secs(10),
-            open_multiplier: 2.0,
-            max_open_duration: Duration::from_secs(300),
+            open_multiplier: 1.5,
+            max_open_duration: Duration::from_secs(30),
             open_jitter: 0.2,
             half_open_probes: 3,
             half_open_deadline: None,
@@ -112,7 +132,8 @@ impl CircuitConfig {
             // chaos example); 5 takes ~1,000 at that rate, 5 calls when dead.
             consecutive_failures: Some(5),
             open_duration: Duration::from_secs(5),
-            max_open_duration: Duration::from_secs(120),
+            open_multiplier: 2.0,
+            max_open_duration: Duration::from_secs(30),
             half_open_probes: 1,
             ..CircuitConfig::base()
         }
@@ -126,6 +147,7 @@ impl CircuitConfig {
             failure_rate: 70.0,
             consecutive_failures: None,
             open_duration: Duration::from_secs(30),
+            open_multiplier: 2.0,
             max_open_duration: Duration::from_secs(600),
             half_open_probes: 5,
             ..CircuitConfig::base()
@@ -432,9 +454,15 @@ mod tests {
     #[test]
     fn open_durations_grow_to_their_cap() {
         let c = CircuitConfig::standard();
-        let d: Vec<u64> = (1..=8).map(|n| c.open_duration_for(n).as_secs()).collect();
-        assert_eq!(d, [10, 20, 40, 80, 160, 300, 300, 300]);
-        assert_eq!(c.open_duration_for(u32::MAX), Duration::from_secs(300));
+        let d: Vec<u64> = (1..=6)
+            .map(|n| c.open_duration_for(n).as_millis() as u64)
+            .collect();
+        assert_eq!(d, [10_000, 15_000, 22_500, 30_000, 30_000, 30_000]);
+        assert_eq!(c.open_duration_for(u32::MAX), Duration::from_secs(30));
+        let fast: Vec<u64> = (1..=5)
+            .map(|n| CircuitConfig::fast_trip().open_duration_for(n).as_secs())
+            .collect();
+        assert_eq!(fast, [5, 10, 20, 30, 30]);
     }
 
     #[test]

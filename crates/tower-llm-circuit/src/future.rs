@@ -37,6 +37,8 @@ pub(crate) struct PermitGuard {
     pub(crate) answered: bool,
     /// The first body data came later than the configured limit.
     pub(crate) slow_start: bool,
+    /// A probe's request token: remembered by the breaker if it fails.
+    pub(crate) token: Option<u64>,
 }
 
 /// With a first-content limit: the request's stream dialect and provider,
@@ -73,6 +75,11 @@ impl PermitGuard {
                 .config()
                 .slow_call_duration
                 .is_some_and(|d| now.saturating_sub(self.start) > d);
+        if outcome == Outcome::Failure
+            && let Some(token) = self.token
+        {
+            self.breaker.remember_failed_probe(token);
+        }
         self.breaker.record(self.permit, outcome, slow, now);
     }
 

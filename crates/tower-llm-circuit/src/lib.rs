@@ -7,7 +7,10 @@
 //! with an error of kind circuit open that says when the next probe is
 //! allowed, so a retry stops and a fallback moves on. After the open
 //! duration a few probes go through; their outcomes close it again or open
-//! it for longer. Client errors (invalid request, context length, content
+//! it for longer (at most 30 s with the `standard` preset). A request that
+//! carries a [`RequestToken`] probes a key once: its own retry after a
+//! failed probe is refused as open, so the probes come from different
+//! requests and it moves on to a fallback. Client errors (invalid request, context length, content
 //! policy, unknown model) count as successes of the target: the target
 //! worked, the request was wrong. Rate limits do not count at all: a hinted
 //! 429 puts the key in a cooldown until the hinted instant instead.
@@ -99,6 +102,7 @@ mod layer;
 mod registry;
 mod service;
 mod settings;
+mod token;
 mod window;
 
 pub use body::CircuitBody;
@@ -109,6 +113,7 @@ pub use key::{KeyBy, KeyFn, KeyInput};
 pub use layer::CircuitLayer;
 pub use service::Circuit;
 pub use settings::{CircuitSettings, ENV_VARS};
+pub use token::RequestToken;
 pub use window::{Totals, WindowKind};
 
 /// The former name of [`CircuitState`], kept so code written against it

@@ -148,11 +148,18 @@ where
             Some(permit) => Ok((permit, Duration::ZERO)),
             None => {
                 let now = registry.since_start(clock);
-                breaker.acquire(now).map(|permit| (permit, now))
+                breaker
+                    .acquire_for(now, probing_token(&breaker, &request))
+                    .map(|permit| (permit, now))
             }
         };
         match admitted {
             Ok((permit, start)) => {
+                let token = if permit.is_probe() {
+                    request_token(&request)
+                } else {
+                    None
+                };
                 let guard = PermitGuard {
                     breaker,
                     permit,
@@ -164,6 +171,7 @@ where
                     streaming,
                     answered: false,
                     slow_start: false,
+                    token,
                 };
                 ResponseFuture::called(self.inner.call(request), guard, stream_kind)
             }
@@ -202,6 +210,22 @@ fn with_key_input<B: 'static, R>(
         uri: request.uri(),
         headers: request.headers(),
     })
+}
+
+/// The request's [`RequestToken`](crate::RequestToken), read only when the
+/// key may be probed (open or half-open): a closed key never asks.
+fn probing_token<B>(breaker: &crate::breaker::Breaker, request: &Request<B>) -> Option<u64> {
+    match breaker.state() {
+        crate::CircuitState::Open | crate::CircuitState::HalfOpen => request_token(request),
+        _ => None,
+    }
+}
+
+fn request_token<B>(request: &Request<B>) -> Option<u64> {
+    request
+        .extensions()
+        .get::<crate::RequestToken>()
+        .map(|token| token.get())
 }
 
 fn breaker_key(breaker: &crate::breaker::Breaker) -> &str {

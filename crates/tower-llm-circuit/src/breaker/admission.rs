@@ -54,7 +54,19 @@ impl Breaker {
     }
 
     /// Asks to make a call at `now`.
+    #[cfg(test)]
     pub(crate) fn acquire(&self, now: Duration) -> Result<Permit, Rejection> {
+        self.acquire_for(now, None)
+    }
+
+    /// Asks to make a call at `now` for the request carrying `token` (its
+    /// [`RequestToken`](crate::RequestToken), when it has one): in
+    /// half-open, a request whose probe of this key failed is refused.
+    pub(crate) fn acquire_for(
+        &self,
+        now: Duration,
+        token: Option<u64>,
+    ) -> Result<Permit, Rejection> {
         let t = nanos(now);
         self.touch(now);
         let cooldown = self.cooldown_until.load(Ordering::Acquire);
@@ -118,12 +130,12 @@ impl Breaker {
                         // Set by hand meanwhile: leave it as it is.
                     }
                 }
-                CircuitState::HalfOpen => return self.acquire_probe(t),
+                CircuitState::HalfOpen => return self.acquire_probe(t, token),
             }
         }
     }
 
-    fn acquire_probe(&self, t: u64) -> Result<Permit, Rejection> {
+    fn acquire_probe(&self, t: u64, token: Option<u64>) -> Result<Permit, Rejection> {
         let deadline = nanos(self.config.half_open_deadline());
         let since = self.half_open_since.load(Ordering::Acquire);
         // Probes that hang must not hold recovery back: after the deadline,
@@ -141,15 +153,22 @@ impl Breaker {
                     Some(Phase::unpack(w).next(self.config.half_open_probes).pack())
                 });
         }
-        let taken = self
-            .phase
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
-                let mut phase = Phase::unpack(w);
-                (phase.permits > 0).then(|| {
-                    phase.permits -= 1;
-                    phase.pack()
+        // A request whose probe failed does not probe again (its own
+        // retry): the probes that decide come from other requests, and it
+        // moves on to a fallback at once.
+        let again = token.is_some_and(|token| self.failed_a_probe(token));
+        let taken = if again {
+            Err(0)
+        } else {
+            self.phase
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
+                    let mut phase = Phase::unpack(w);
+                    (phase.permits > 0).then(|| {
+                        phase.permits -= 1;
+                        phase.pack()
+                    })
                 })
-            });
+        };
         match taken {
             Ok(word) => Ok(Permit {
                 probe: Some(Phase::unpack(word).generation),

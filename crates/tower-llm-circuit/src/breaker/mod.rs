@@ -61,6 +61,13 @@ pub(crate) struct Permit {
     counted: bool,
 }
 
+impl Permit {
+    /// Whether this is a half-open probe.
+    pub(crate) fn is_probe(&self) -> bool {
+        self.probe.is_some()
+    }
+}
+
 /// A nanosecond timestamp, relative to the registry's start.
 fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
@@ -95,7 +102,17 @@ pub(crate) struct Breaker {
     pub(crate) last_used: AtomicU64,
     jitter_draws: AtomicU64,
     jitter_seed: u64,
+    /// The [`RequestToken`](crate::RequestToken)s of the last requests
+    /// whose probe failed (a ring): they may not probe this key again.
+    failed_probes: [AtomicU64; FAILED_PROBES],
+    failed_probes_next: AtomicU32,
 }
+
+/// How many failed probes' requests a breaker remembers. A request's own
+/// retry follows its failure within its backoff, so only the last few
+/// matter; 8 covers two phases of the `standard` preset's 3 probes, and
+/// more probes failing at once than that only forget the oldest.
+const FAILED_PROBES: usize = 8;
 
 impl fmt::Debug for Breaker {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -139,6 +156,8 @@ impl Breaker {
             last_used: AtomicU64::new(nanos(now)),
             jitter_draws: AtomicU64::new(0),
             jitter_seed,
+            failed_probes: std::array::from_fn(|_| AtomicU64::new(0)),
+            failed_probes_next: AtomicU32::new(0),
         }
     }
 
@@ -215,6 +234,20 @@ impl Breaker {
                 }
             }
         }
+    }
+
+    /// Notes that the probe of the request carrying `token` failed: that
+    /// request is refused if it comes back to probe this key.
+    pub(crate) fn remember_failed_probe(&self, token: u64) {
+        let slot = self.failed_probes_next.fetch_add(1, Ordering::Relaxed) as usize % FAILED_PROBES;
+        self.failed_probes[slot].store(token, Ordering::Release);
+    }
+
+    /// Whether the request carrying `token` failed a probe of this key.
+    pub(crate) fn failed_a_probe(&self, token: u64) -> bool {
+        self.failed_probes
+            .iter()
+            .any(|slot| slot.load(Ordering::Acquire) == token)
     }
 
     fn counts_slow_calls(&self) -> bool {
