@@ -7,6 +7,13 @@
 //! withdrawal is a compare-and-swap on the current slot, so concurrent
 //! retries cannot overdraw the budget, there is no lock on the happy path,
 //! and a fraction below 1 is honoured exactly (tower#857).
+//!
+//! A withdrawal can be given back ([`RetryBudget::give_back`]) while it is
+//! still inside the window: the retry layer does so for a retry that was
+//! never sent and, as the AWS SDKs' retry quota does, for a retry that
+//! succeeded (see [`RetryPolicyBuilder::refund_successful_retries`]).
+//!
+//! [`RetryPolicyBuilder::refund_successful_retries`]: crate::RetryPolicyBuilder::refund_successful_retries
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -20,7 +27,8 @@ const SLOTS: usize = 10;
 /// service (it lives in an `Arc` made when the layer is built).
 ///
 /// Within the last `ttl`, retries are allowed while
-/// `retries < max(ratio × first attempts, min_per_second × ttl)`.
+/// `retries < max(ratio × first attempts, min_per_second × ttl)`, where a
+/// retry given back ([`give_back`](Self::give_back)) no longer counts.
 ///
 /// The floor is a *minimum*, where Finagle and tower add it to the ratio:
 /// it exists so that a client sending one request a minute can still
@@ -28,33 +36,55 @@ const SLOTS: usize = 10;
 /// outage. With the default — 10 % of traffic, at least 1 retry per second,
 /// over 10 s — an outage stays at 1.1× the offered load at any rate of
 /// 10 requests per second or more (the SRE book's per-client 10 % budget,
-/// "Handling Overload"), a quiet client gets at most one extra attempt per
-/// second, and i.i.d. transient failures of up to 5 % (retry ratio
-/// p + p² ≈ 5.25 %) are never denied.
+/// "Handling Overload"), and a quiet client gets at most one extra attempt
+/// per second.
+///
+/// The retry layer gives back the withdrawal of a retry that succeeded
+/// (on by default), so random failures spend only the retries that fail
+/// too; see [`refund_successful_retries`] for what that changes.
+///
+/// [`refund_successful_retries`]: crate::RetryPolicyBuilder::refund_successful_retries
 ///
 /// ```
 /// use std::time::Duration;
 /// use tower_llm_retry::RetryBudget;
 ///
 /// let budget = RetryBudget::new(Duration::from_secs(10), 1, 0.1).unwrap();
-/// for _ in 0..100 {
+/// for _ in 0..1000 {
 ///     budget.deposit();
 /// }
 /// // 10 % of 1000 requests (the floor, 1/s over 10 s, is lower).
-/// for _ in 0..900 {
-///     budget.deposit();
+/// let taken: Vec<_> = (0..1000).filter_map(|_| budget.withdraw_retry()).collect();
+/// assert_eq!(taken.len(), 100);
+/// // A retry given back (it succeeded, or was never sent) can be taken again.
+/// for withdrawal in taken.into_iter().take(5) {
+///     budget.give_back(withdrawal);
 /// }
-/// let allowed = (0..1000).filter(|_| budget.withdraw()).count();
-/// assert_eq!(allowed, 100);
+/// assert_eq!(budget.remaining(), 5);
 /// ```
 #[derive(Debug)]
 pub struct RetryBudget {
     start: Instant,
     slot_nanos: u64,
+    ttl: Duration,
+    min_per_second: u32,
     ratio: f64,
     reserve: f64,
     deposits: [AtomicU64; SLOTS],
     withdrawals: [AtomicU64; SLOTS],
+}
+
+/// One retry taken from a [`RetryBudget`] by
+/// [`withdraw_retry`](RetryBudget::withdraw_retry).
+///
+/// Dropping it keeps the retry spent until it leaves the budget's window;
+/// [`RetryBudget::give_back`] returns it sooner. It remembers the slot it
+/// was taken from, so a retry given back after its slot expired gives back
+/// nothing: a budget never holds more than its deposits allow.
+#[derive(Debug, PartialEq, Eq)]
+pub struct RetryWithdrawal {
+    /// The epoch of the slot it was counted in.
+    epoch: u64,
 }
 
 /// A slot's content: its epoch (high 32 bits) and count (low 32 bits).
@@ -83,6 +113,8 @@ impl RetryBudget {
         Ok(RetryBudget {
             start: Instant::now(),
             slot_nanos: (ttl.as_nanos() / SLOTS as u128).max(1) as u64,
+            ttl,
+            min_per_second,
             ratio,
             reserve: f64::from(min_per_second) * ttl.as_secs_f64(),
             deposits: Default::default(),
@@ -96,6 +128,8 @@ impl RetryBudget {
         RetryBudget {
             start: Instant::now(),
             slot_nanos: self.slot_nanos,
+            ttl: self.ttl,
+            min_per_second: self.min_per_second,
             ratio: self.ratio,
             reserve: self.reserve,
             deposits: Default::default(),
@@ -110,6 +144,21 @@ impl RetryBudget {
             reserve: f64::INFINITY,
             ..RetryBudget::default()
         }
+    }
+
+    /// The window deposits and withdrawals count in.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// The retries per second allowed whatever the traffic.
+    pub fn min_per_second(&self) -> u32 {
+        self.min_per_second
+    }
+
+    /// The retries allowed per first attempt.
+    pub fn ratio(&self) -> f64 {
+        self.ratio
     }
 
     fn epoch(&self) -> u64 {
@@ -149,18 +198,25 @@ impl RetryBudget {
             .sum()
     }
 
+    /// The retries the window's deposits allow (the floor at least).
+    fn allowed(&self, epoch: u64) -> f64 {
+        (Self::sum(&self.deposits, epoch) as f64 * self.ratio).max(self.reserve)
+    }
+
     /// Records a first attempt.
     pub fn deposit(&self) {
         Self::add(&self.deposits, self.epoch());
     }
 
-    /// Takes one retry from the budget; `false` when it is empty.
+    /// Takes one retry from the budget for good; `false` when it is empty.
     pub fn withdraw(&self) -> bool {
-        self.withdraw_token().is_some()
+        self.withdraw_retry().is_some()
     }
 
-    /// Takes one retry; the token (its slot's epoch) lets it be given back.
-    pub(crate) fn withdraw_token(&self) -> Option<u64> {
+    /// Takes one retry from the budget; `None` when it is empty. The
+    /// withdrawal can be [given back](Self::give_back) while its slot is
+    /// inside the window.
+    pub fn withdraw_retry(&self) -> Option<RetryWithdrawal> {
         let epoch = self.epoch();
         let slot = &self.withdrawals[(epoch % SLOTS as u64) as usize];
         let mut current = slot.load(Ordering::Acquire);
@@ -173,25 +229,27 @@ impl RetryBudget {
             let others = Self::sum(&self.withdrawals, epoch)
                 .saturating_sub(if slot_epoch == epoch { count } else { 0 });
             let spent = others + if slot_epoch >= epoch { count } else { 0 };
-            let allowed = (Self::sum(&self.deposits, epoch) as f64 * self.ratio).max(self.reserve);
-            if spent as f64 + 1.0 > allowed {
+            if spent as f64 + 1.0 > self.allowed(epoch) {
                 return None;
             }
-            let (next, token) = if slot_epoch >= epoch {
+            let (next, taken_in) = if slot_epoch >= epoch {
                 (pack(slot_epoch, count + 1), slot_epoch)
             } else {
                 (pack(epoch, 1), epoch)
             };
             match slot.compare_exchange_weak(current, next, Ordering::AcqRel, Ordering::Acquire) {
-                Ok(_) => return Some(token),
+                Ok(_) => return Some(RetryWithdrawal { epoch: taken_in }),
                 Err(actual) => current = actual,
             }
         }
     }
 
-    /// Gives back a retry that was never made (its caller went away while
-    /// waiting), if its slot has not expired since.
-    pub(crate) fn refund(&self, token: u64) {
+    /// Gives a retry back: it no longer counts against the budget. Once its
+    /// slot has left the window it no longer counted anyway, and nothing
+    /// is given back, so the retries a window allows never exceed what its
+    /// deposits (or the floor) allow.
+    pub fn give_back(&self, withdrawal: RetryWithdrawal) {
+        let token = withdrawal.epoch;
         let slot = &self.withdrawals[(token % SLOTS as u64) as usize];
         let mut current = slot.load(Ordering::Acquire);
         loop {
@@ -207,12 +265,17 @@ impl RetryBudget {
         }
     }
 
+    /// Whether a retry would be allowed now (a look, not a withdrawal).
+    pub(crate) fn has_room(&self) -> bool {
+        let epoch = self.epoch();
+        Self::sum(&self.withdrawals, epoch) as f64 + 1.0 <= self.allowed(epoch)
+    }
+
     /// Retries still allowed now (rounded down).
     pub fn remaining(&self) -> u64 {
         let epoch = self.epoch();
-        let allowed = (Self::sum(&self.deposits, epoch) as f64 * self.ratio).max(self.reserve);
         let spent = Self::sum(&self.withdrawals, epoch) as f64;
-        let left = (allowed - spent).max(0.0);
+        let left = (self.allowed(epoch) - spent).max(0.0);
         if left.is_finite() {
             left as u64
         } else {
@@ -227,6 +290,8 @@ impl Default for RetryBudget {
         RetryBudget {
             start: Instant::now(),
             slot_nanos: 1_000_000_000,
+            ttl: Duration::from_secs(10),
+            min_per_second: 1,
             ratio: 0.1,
             reserve: 10.0,
             deposits: Default::default(),
@@ -236,110 +301,4 @@ impl Default for RetryBudget {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::sync::Arc;
-
-    #[tokio::test(start_paused = true)]
-    async fn the_reserve_alone_allows_min_per_second_times_ttl() {
-        let budget = RetryBudget::new(Duration::from_secs(10), 2, 0.2).unwrap();
-        assert_eq!((0..100).filter(|_| budget.withdraw()).count(), 20);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn deposits_after_a_quiet_spell_count_in_the_current_window() {
-        let budget = RetryBudget::new(Duration::from_secs(10), 0, 0.5).unwrap();
-        budget.deposit();
-        tokio::time::advance(Duration::from_secs(20)).await;
-        for _ in 0..4 {
-            budget.deposit();
-        }
-        assert_eq!((0..10).filter(|_| budget.withdraw()).count(), 2);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_refund_gives_the_retry_back_until_its_slot_expires() {
-        let budget = RetryBudget::new(Duration::from_secs(10), 0, 1.0).unwrap();
-        budget.deposit();
-        let token = budget.withdraw_token().unwrap();
-        assert!(!budget.withdraw());
-        budget.refund(token);
-        let token = budget.withdraw_token().unwrap();
-        tokio::time::advance(Duration::from_secs(11)).await;
-        budget.refund(token); // expired: nothing to give back
-        budget.deposit();
-        assert!(budget.withdraw());
-        assert!(!budget.withdraw());
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn the_floor_is_a_minimum_not_an_addition() {
-        let budget = RetryBudget::new(Duration::from_secs(10), 1, 0.1).unwrap();
-        for _ in 0..1000 {
-            budget.deposit();
-        }
-        assert_eq!((0..1000).filter(|_| budget.withdraw()).count(), 100);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn deposits_and_withdrawals_expire_after_the_ttl() {
-        let budget = RetryBudget::new(Duration::from_secs(10), 0, 0.5).unwrap();
-        for _ in 0..10 {
-            budget.deposit();
-        }
-        assert_eq!((0..10).filter(|_| budget.withdraw()).count(), 5);
-        tokio::time::advance(Duration::from_secs(11)).await;
-        assert!(!budget.withdraw(), "the deposits expired");
-        for _ in 0..4 {
-            budget.deposit();
-        }
-        assert_eq!(
-            (0..10).filter(|_| budget.withdraw()).count(),
-            2,
-            "old withdrawals expired too"
-        );
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_fraction_below_one_is_exact() {
-        // tower#857: 0.6 was truncated to 1.0 there.
-        let budget = RetryBudget::new(Duration::from_secs(10), 0, 0.6).unwrap();
-        for _ in 0..10 {
-            budget.deposit();
-        }
-        assert_eq!((0..10).filter(|_| budget.withdraw()).count(), 6);
-    }
-
-    #[test]
-    fn concurrent_withdrawals_never_overdraw() {
-        let budget = Arc::new(RetryBudget::new(Duration::from_secs(60), 0, 1.0).unwrap());
-        for _ in 0..1000 {
-            budget.deposit();
-        }
-        let granted: usize = std::thread::scope(|s| {
-            let handles: Vec<_> = (0..4)
-                .map(|_| {
-                    let budget = Arc::clone(&budget);
-                    s.spawn(move || (0..1000).filter(|_| budget.withdraw()).count())
-                })
-                .collect();
-            handles.into_iter().map(|h| h.join().unwrap()).sum()
-        });
-        assert_eq!(granted, 1000);
-    }
-
-    #[test]
-    fn bad_settings_are_refused() {
-        assert!(RetryBudget::new(Duration::from_millis(500), 1, 0.1).is_err());
-        assert!(RetryBudget::new(Duration::from_secs(61), 1, 0.1).is_err());
-        assert!(RetryBudget::new(Duration::from_secs(10), 1, f64::NAN).is_err());
-        assert!(RetryBudget::new(Duration::from_secs(10), 1, -0.1).is_err());
-    }
-
-    #[test]
-    fn unlimited_never_denies() {
-        let budget = RetryBudget::unlimited();
-        assert!((0..10_000).all(|_| budget.withdraw()));
-        assert_eq!(budget.remaining(), u64::MAX);
-    }
-}
+mod tests;

@@ -19,6 +19,7 @@ use tower_llm_classify::{
 use tower_service::Service;
 
 use crate::body::{ReplayBody, RetryBody};
+use crate::budget::RetryWithdrawal;
 use crate::held::{HeldResponse, Watch};
 use crate::policy::{Decision, GiveUp};
 use crate::report;
@@ -34,8 +35,9 @@ pin_project! {
     /// deadline also makes the [`AttemptEnd`] it shares with the layers
     /// below (its timer is inline). Dropping it drops the attempt in flight or
     /// the wait (with its `AttemptEnd` unset: a breaker below does not count
-    /// a caller that went away), and gives back the budget token of a retry
-    /// not yet made; nothing is spawned.
+    /// a caller that went away), and gives back the budget's withdrawal of a
+    /// retry not yet sent; a retry already sent stays spent (the upstream
+    /// had it). Nothing is spawned.
     pub struct ResponseFuture<S, B, R>
     where
         S: Service<Request<ReplayBody>>,
@@ -58,8 +60,14 @@ pin_project! {
         slept: Duration,
         previous_delay: Duration,
         deadline: Option<Instant>,
-        // The budget token of a retry decided but not yet started.
-        refund: Option<u64>,
+        // The failure a retry follows, kept through the wait: the answer
+        // when the budget has no retry left once the wait is over.
+        waited_on: Option<LlmError>,
+        // The budget's withdrawal for the retry about to be sent (given
+        // back if it never is), then for the retry in flight (given back
+        // if it succeeds and the policy refunds successful retries).
+        unsent: Option<RetryWithdrawal>,
+        in_flight: Option<RetryWithdrawal>,
         // Tells the layers below (the circuit) why an attempt was dropped
         // when this layer ends it; made only for a call with a time limit,
         // and reused from attempt to attempt.
@@ -72,8 +80,8 @@ pin_project! {
     {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
-            if let (Some(token), Some(budget)) = (this.refund.take(), this.shared.policy.budget.as_ref()) {
-                budget.refund(token);
+            if let (Some(withdrawal), Some(budget)) = (this.unsent.take(), this.shared.policy.budget.as_ref()) {
+                budget.give_back(withdrawal);
             }
         }
     }
@@ -88,7 +96,9 @@ pin_project! {
         // Inline: every guarded answer (a stream, a whole JSON answer)
         // holds its response here; only its body is boxed (to be pinned).
         Guarding { guard: HeldResponse<R> },
-        Sleeping { sleep: Pin<Box<Sleep>> },
+        // The wait before a retry (none for a zero wait); when it is over,
+        // the budget is drawn on.
+        Sleeping { sleep: Option<Pin<Box<Sleep>>> },
         Done,
     }
 }
@@ -131,7 +141,9 @@ where
             slept: Duration::ZERO,
             previous_delay: Duration::ZERO,
             deadline,
-            refund: None,
+            waited_on: None,
+            unsent: None,
+            in_flight: None,
             end: None,
         }
     }
@@ -207,7 +219,9 @@ where
                                         *this.deadline,
                                     ) {
                                         Some(future) => {
-                                            *this.refund = None; // the retry is made
+                                            // The retry is sent: its withdrawal
+                                            // now stands or falls with it.
+                                            *this.in_flight = this.unsent.take();
                                             this.state.set(State::Calling { future });
                                             continue;
                                         }
@@ -246,6 +260,7 @@ where
                                     }
                                     this.state.set(State::Done);
                                     this.timer.set(None);
+                                    refund_if_succeeded(this.shared, this.in_flight);
                                     let mut response =
                                         Response::from_parts(head, RetryBody::new(body));
                                     report::finish(&mut response, *this.attempts, *this.slept);
@@ -267,6 +282,7 @@ where
                                     };
                                     this.state.set(State::Done);
                                     this.timer.set(None);
+                                    refund_if_succeeded(this.shared, this.in_flight);
                                     report::finish(&mut response, *this.attempts, *this.slept);
                                     return Poll::Ready(Ok(response));
                                 }
@@ -282,16 +298,26 @@ where
                         }
                     }
                     StateProj::Sleeping { sleep } => {
-                        ready!(sleep.as_mut().poll(cx));
-                        // The deadline bounds the wait for readiness too.
-                        set_timer(this.timer.as_mut(), *this.deadline);
-                        this.state.set(State::Ready);
-                        continue;
+                        if let Some(sleep) = sleep.as_mut() {
+                            ready!(sleep.as_mut().poll(cx));
+                        }
+                        let waited_on = this.waited_on.take();
+                        if !withdraw_for_retry(this.shared, this.unsent) {
+                            let failed = waited_on.unwrap_or_else(polled_after_completion);
+                            (failed, Some(GiveUp::BudgetExhausted))
+                        } else {
+                            // The deadline bounds the wait for readiness too.
+                            set_timer(this.timer.as_mut(), *this.deadline);
+                            this.state.set(State::Ready);
+                            continue;
+                        }
                     }
                     StateProj::Done => return Poll::Ready(Err(polled_after_completion())),
                 };
 
-            // An attempt failed: retry, or give up with its error.
+            // An attempt failed (a retry that fails keeps its withdrawal):
+            // retry, or give up with its error.
+            *this.in_flight = None;
             let c = failed.classification();
             let outcome = match final_reason {
                 Some(reason) => Err(reason),
@@ -307,33 +333,39 @@ where
                         remaining,
                         this.shared.draw(),
                     ) {
+                        // The budget is asked now, so that an empty one ends
+                        // the call at once, and drawn on when the retry is
+                        // sent: a wait (seconds, for a hint) holds nothing.
                         Decision::Retry { delay, hinted } => match &policy.budget {
-                            Some(budget) => match budget.withdraw_token() {
-                                Some(token) => Ok((delay, hinted, Some(token))),
-                                None => Err(GiveUp::BudgetExhausted),
-                            },
-                            None => Ok((delay, hinted, None)),
+                            Some(budget) if !budget.has_room() => Err(GiveUp::BudgetExhausted),
+                            _ => Ok((delay, hinted)),
                         },
                         Decision::GiveUp(reason) => Err(reason),
                     }
                 }
             };
             match outcome {
-                Ok((delay, hinted, token)) => {
+                Ok((delay, hinted)) => {
                     report::retrying(c, *this.attempts, delay, hinted, model_of(this.template));
-                    *this.refund = token;
                     // Saturating: a policy may allow waits of any length.
                     *this.slept = this.slept.saturating_add(delay);
                     *this.previous_delay = delay;
-                    if delay.is_zero() {
-                        this.state.set(State::Ready);
-                    } else {
-                        this.state.set(State::Sleeping {
-                            sleep: Box::pin(tokio::time::sleep(delay)),
-                        });
+                    // Only a budget can refuse the retry after the wait.
+                    if this.shared.policy.budget.is_some() {
+                        *this.waited_on = Some(failed);
                     }
+                    // A zero wait is over at once.
+                    let sleep = (!delay.is_zero()).then(|| Box::pin(tokio::time::sleep(delay)));
+                    this.state.set(State::Sleeping { sleep });
                 }
                 Err(reason) => {
+                    // A retry taken but never sent (the service failed its
+                    // readiness, the deadline passed) is given back.
+                    if let (Some(withdrawal), Some(budget)) =
+                        (this.unsent.take(), this.shared.policy.budget.as_ref())
+                    {
+                        budget.give_back(withdrawal);
+                    }
                     report::giving_up(c, *this.attempts, reason, model_of(this.template));
                     this.state.set(State::Done);
                     this.timer.set(None);
@@ -346,6 +378,29 @@ where
                 }
             }
         }
+    }
+}
+
+/// Takes the budget's withdrawal for a retry about to be sent (into
+/// `unsent`); `false` when the budget has none left. Without a budget,
+/// always `true`.
+fn withdraw_for_retry(shared: &Shared, unsent: &mut Option<RetryWithdrawal>) -> bool {
+    match &shared.policy.budget {
+        Some(budget) => {
+            *unsent = budget.withdraw_retry();
+            unsent.is_some()
+        }
+        None => true,
+    }
+}
+
+/// A call succeeded: the retry that did it gives its withdrawal back when
+/// the policy refunds successful retries (the AWS SDKs' retry quota).
+fn refund_if_succeeded(shared: &Shared, in_flight: &mut Option<RetryWithdrawal>) {
+    if let (Some(withdrawal), Some(budget)) = (in_flight.take(), shared.policy.budget.as_ref())
+        && shared.policy.refund_successful_retries
+    {
+        budget.give_back(withdrawal);
     }
 }
 

@@ -58,7 +58,11 @@
 //! - **A budget.** Retries may add at most 10 % of recent traffic (or 1/s
 //!   for a quiet client; Finagle, gRPC, SRE book), shared by every clone: a
 //!   dead provider sees 1.1× the load, not 3×. Without it, 100 callers × 3 attempts
-//!   would triple the load on an upstream that is already down.
+//!   would triple the load on an upstream that is already down. A retry
+//!   that succeeds is given back, as in the AWS SDKs' retry quota, so
+//!   random failures spend only the retries that fail too: 22 % of calls
+//!   failing at random are retried in full, where an outage still gets
+//!   1.1×.
 //! - **Streams.** A streamed 2xx is held back until its first content
 //!   event: an `overloaded_error` as the first event is retried and the
 //!   caller gets a clean stream. Once content has reached the caller,
@@ -89,7 +93,9 @@
 //! Bronson et al., "Metastable Failures in Distributed Systems", HotOS
 //! 2021). A budget bounds the sum: retries stay a small fraction of
 //! traffic, so transient failures are still retried while a full outage is
-//! not amplified.
+//! not amplified. What tells the two apart is whether retries work: under
+//! random failures most retries succeed and are given back; in an outage
+//! none does, and the ratio holds.
 
 #![forbid(unsafe_code)]
 
@@ -108,7 +114,7 @@ mod template;
 
 pub use backoff::{Backoff, Jitter};
 pub use body::{ReplayBody, RetryBody};
-pub use budget::RetryBudget;
+pub use budget::{RetryBudget, RetryWithdrawal};
 pub use layer::RetryLayer;
 pub use policy::{ConfigError, Decision, GiveUp, RetryPolicy, RetryPolicyBuilder, RetryPredicate};
 pub use report::{RetryStats, TRACING_TARGET};

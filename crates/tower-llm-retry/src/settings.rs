@@ -71,6 +71,31 @@ pub struct BudgetSettings {
     pub min_per_second: Option<u32>,
     /// Retries allowed per request.
     pub ratio: Option<f64>,
+    /// Whether a retry that succeeds gives its withdrawal back (default
+    /// `true`; see [`RetryPolicyBuilder::refund_successful_retries`]).
+    pub refund_successful_retries: Option<bool>,
+}
+
+impl BudgetSettings {
+    /// Each setting given, over `builder`'s budget: a value not given is
+    /// the starting budget's (the default budget's when it has none).
+    fn apply_to(&self, mut builder: RetryPolicyBuilder) -> RetryPolicyBuilder {
+        if let Some(refund) = self.refund_successful_retries {
+            builder = builder.refund_successful_retries(refund);
+        }
+        if self.enabled == Some(false) {
+            return builder.no_budget();
+        }
+        if self.ttl_ms.is_none() && self.min_per_second.is_none() && self.ratio.is_none() {
+            return builder;
+        }
+        let (ttl, min_per_second, ratio) = builder.budget_params();
+        builder.budget(
+            self.ttl_ms.map_or(ttl, Duration::from_millis),
+            self.min_per_second.unwrap_or(min_per_second),
+            self.ratio.unwrap_or(ratio),
+        )
+    }
 }
 
 /// The environment variables [`RetrySettings::from_env`] reads.
@@ -166,15 +191,7 @@ impl RetrySettings {
             builder = builder.max_body(bytes);
         }
         if let Some(budget) = &self.budget {
-            if budget.enabled == Some(false) {
-                builder = builder.no_budget();
-            } else {
-                builder = builder.budget(
-                    Duration::from_millis(budget.ttl_ms.unwrap_or(10_000)),
-                    budget.min_per_second.unwrap_or(1),
-                    budget.ratio.unwrap_or(0.1),
-                );
-            }
+            builder = budget.apply_to(builder);
         }
         builder
     }
@@ -299,5 +316,54 @@ mod tests {
             ..Default::default()
         };
         assert!(bad.build().unwrap_err().to_string().contains("ratio"));
+    }
+
+    #[test]
+    fn a_budget_setting_changes_only_what_it_names() {
+        // Over high_availability (10 s, 2/s, 20 %): a ratio alone keeps its
+        // window and floor, and refunds alone keep its budget.
+        let ratio_only = RetrySettings {
+            preset: Some("high_availability".into()),
+            budget: Some(BudgetSettings {
+                ratio: Some(0.3),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let budget = ratio_only.build().unwrap().budget().unwrap().clone();
+        assert_eq!(
+            (budget.ttl(), budget.min_per_second(), budget.ratio()),
+            (Duration::from_secs(10), 2, 0.3)
+        );
+        let no_refunds = RetrySettings {
+            preset: Some("high_availability".into()),
+            budget: Some(BudgetSettings {
+                refund_successful_retries: Some(false),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let policy = no_refunds.build().unwrap();
+        assert!(!policy.refunds_successful_retries());
+        let budget = policy.budget().unwrap();
+        assert_eq!((budget.min_per_second(), budget.ratio()), (2, 0.2));
+        assert!(
+            RetrySettings::default()
+                .build()
+                .unwrap()
+                .refunds_successful_retries()
+        );
+    }
+
+    #[cfg(feature = "serde")]
+    #[test]
+    fn refunds_are_a_budget_key() {
+        let config: RetrySettings = serde_json::from_str(
+            r#"{"budget":{"ttl_ms":30000,"ratio":0.14,"refund_successful_retries":false}}"#,
+        )
+        .unwrap();
+        let policy = config.build().unwrap();
+        assert!(!policy.refunds_successful_retries());
+        assert_eq!(policy.budget().unwrap().ttl(), Duration::from_secs(30));
     }
 }

@@ -76,6 +76,21 @@ impl RetryPolicyBuilder {
         &self.policy.backoff
     }
 
+    /// The budget this builder would make or keep, as (ttl, floor per
+    /// second, ratio); the default budget's when it has none.
+    pub(crate) fn budget_params(&self) -> (Duration, u32, f64) {
+        let params = match (&self.budget, &self.policy.budget) {
+            (Some(params), _) => *params,
+            (None, Some(budget)) => BudgetParams {
+                ttl: budget.ttl(),
+                min_per_second: budget.min_per_second(),
+                ratio: budget.ratio(),
+            },
+            (None, None) => BudgetParams::default(),
+        };
+        (params.ttl, params.min_per_second, params.ratio)
+    }
+
     /// Attempts in all, the first included (at least 1; 1 disables retries).
     pub fn max_attempts(mut self, attempts: u32) -> Self {
         self.policy.max_attempts = attempts;
@@ -197,6 +212,43 @@ impl RetryPolicyBuilder {
             min_per_second,
             ratio,
         });
+        self
+    }
+
+    /// Whether a retry that succeeds gives its withdrawal back to the
+    /// budget (on by default), as the AWS SDKs' retry quota does: a
+    /// successful retry refunds its cost, a failed one loses it (botocore
+    /// `retries/quota.py` and `standard.py`, `release_retry_quota`;
+    /// aws-sdk-go-v2 `aws/retry/standard.go`).
+    ///
+    /// The budget then counts the retries that failed (and those in
+    /// flight), which is what tells random failures from an outage. In an
+    /// outage no retry succeeds, nothing is given back, and the budget
+    /// bounds the load exactly as without refunds (1 + ratio). Under random
+    /// failures at a rate p with 3 attempts, a request retries p + p² times
+    /// on average but only p² + p³ of those fail: 6 % at p = 0.22 and 12 %
+    /// at p = 0.3, where the budget would otherwise be spent at 27 % and
+    /// 39 %. Measured through the layer (`tests/properties.rs`, 100
+    /// requests/s): the default 10 % budget retries 22 % of random failures
+    /// in full; 30 % needs a 15 % ratio over a 30 s window, so that chance
+    /// bunching of failures does not spend a short window.
+    ///
+    /// A retry is drawn from the budget when it is sent, not when it is
+    /// decided, so waiting out a backoff or a `retry-after` holds nothing
+    /// (the budget is still asked at the decision, and an empty one ends
+    /// the call at once). A retry the caller cancels after it was sent
+    /// stays spent: the upstream had it, and giving it back would let
+    /// callers that time out during an outage retry without bound.
+    ///
+    /// What it gives up: where retries do succeed, their number is bounded
+    /// by the attempts, not by the ratio, until their failures alone spend
+    /// the budget (p² + p³ > ratio: p ≈ 27 % at a 10 % ratio). A target
+    /// shedding a quarter of its calls under overload therefore gets up to
+    /// 1.3× its load instead of 1.1×; an adaptive concurrency limit or a
+    /// circuit breaker is the tool for overload. Turn refunds off to cap
+    /// every retry at the ratio.
+    pub fn refund_successful_retries(mut self, refund: bool) -> Self {
+        self.policy.refund_successful_retries = refund;
         self
     }
 

@@ -52,6 +52,7 @@ pub struct RetryPolicy {
     pub(crate) first_content_guard: bool,
     pub(crate) max_body: usize,
     pub(crate) budget: Option<Arc<RetryBudget>>,
+    pub(crate) refund_successful_retries: bool,
     pub(crate) kind_overrides: [Option<bool>; ErrorKind::ALL.len()],
     pub(crate) predicate: Option<Arc<RetryPredicate>>,
     pub(crate) seed: Option<u64>,
@@ -89,6 +90,7 @@ impl RetryPolicy {
             first_content_guard: true,
             max_body: 32 * 1024 * 1024,
             budget: None,
+            refund_successful_retries: true,
             kind_overrides: [None; ErrorKind::ALL.len()],
             predicate: None,
             seed: None,
@@ -99,7 +101,7 @@ impl RetryPolicy {
     /// same pacing: 3 attempts in all, 0.5 s doubling to 8 s (full jitter
     /// instead of their ×(1 − 0.25·U)), hints honoured up to 60 s
     /// (anthropic-python, openai-node), plus what they lack: a 10 % budget
-    /// and the first-content guard.
+    /// (successful retries given back) and the first-content guard.
     pub fn sdk_default() -> RetryPolicy {
         RetryPolicy::builder()
             .build()
@@ -199,6 +201,13 @@ impl RetryPolicy {
         self.budget.as_ref()
     }
 
+    /// Whether a retry that succeeds gives its withdrawal back to the
+    /// budget (see
+    /// [`refund_successful_retries`](RetryPolicyBuilder::refund_successful_retries)).
+    pub fn refunds_successful_retries(&self) -> bool {
+        self.refund_successful_retries
+    }
+
     /// This policy with a budget of its own (same parameters, empty), for
     /// a second service that must not share the first one's: in a fallback,
     /// a dead primary spending the budget would otherwise leave the backup
@@ -231,6 +240,7 @@ impl fmt::Debug for RetryPolicy {
             .field("first_content_guard", &self.first_content_guard)
             .field("max_body", &self.max_body)
             .field("budget", &self.budget.as_ref().map(|b| b.remaining()))
+            .field("refund_successful_retries", &self.refund_successful_retries)
             .field("predicate", &self.predicate.as_ref().map(|_| "fn"))
             .finish_non_exhaustive()
     }
