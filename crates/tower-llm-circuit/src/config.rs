@@ -64,6 +64,7 @@ pub struct CircuitConfig {
     pub(crate) max_keys: usize,
     pub(crate) idle_eviction: Duration,
     pub(crate) seed: Option<u64>,
+    pub(crate) adaptive_limit: crate::AdaptiveLimitConfig,
 }
 
 /// A configuration that does not hold together, with the reason.
@@ -115,6 +116,7 @@ impl CircuitConfig {
             max_keys: 10_000,
             idle_eviction: Duration::from_secs(3600),
             seed: None,
+            adaptive_limit: crate::AdaptiveLimitConfig::standard(),
         }
     }
 
@@ -169,6 +171,12 @@ impl CircuitConfig {
     /// Probes admitted in half-open.
     pub fn half_open_probes(&self) -> u32 {
         self.half_open_probes
+    }
+
+    /// The settings of the adaptive limit that shares these keys
+    /// ([`CircuitLayer::adaptive_limit`](crate::CircuitLayer::adaptive_limit)).
+    pub fn adaptive_limit(&self) -> &crate::AdaptiveLimitConfig {
+        &self.adaptive_limit
     }
 
     /// How long an open circuit waits before its `n`-th consecutive probe
@@ -351,6 +359,15 @@ impl CircuitConfigBuilder {
     /// A key unused this long may be evicted (1 h by default).
     pub fn idle_eviction(mut self, idle: Duration) -> Self {
         self.config.idle_eviction = idle;
+        self
+    }
+
+    /// The settings of the adaptive concurrency limit made from this
+    /// layer ([`CircuitLayer::adaptive_limit`](crate::CircuitLayer::adaptive_limit)),
+    /// which shares its keys; [`AdaptiveLimitConfig::standard`](crate::AdaptiveLimitConfig::standard)
+    /// by default. Without that layer in the stack, nothing is limited.
+    pub fn adaptive_limit(mut self, limit: crate::AdaptiveLimitConfig) -> Self {
+        self.config.adaptive_limit = limit;
         self
     }
 

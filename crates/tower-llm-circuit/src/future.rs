@@ -1,5 +1,5 @@
-//! The response future, and the guard that carries a call's permit to the
-//! end of its body.
+//! The response futures: the circuit's, with the guard that carries a
+//! call's permit to the end of its body, and the adaptive limit's.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -11,6 +11,8 @@ use http::Response;
 use http_body::Body;
 use pin_project_lite::pin_project;
 use tower_llm_classify::{AttemptEnd, Classification, Classified, EndReason, ErrorKind, LlmError};
+
+pub use crate::adaptive::LimitFuture;
 
 use crate::body::{CircuitBody, FirstContent};
 use crate::breaker::{Breaker, Outcome, Permit};

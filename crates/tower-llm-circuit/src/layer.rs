@@ -59,6 +59,15 @@ impl CircuitLayer {
         self
     }
 
+    /// An adaptive concurrency limit on the same keys, with the settings
+    /// of this layer's [`CircuitConfig::adaptive_limit`]: one registry
+    /// holds each key's breaker and limit, and this layer's
+    /// [`handle`](Self::handle) shows both. Put it above the circuit:
+    /// `ServiceBuilder::new().layer(circuit.adaptive_limit()).layer(circuit)`.
+    pub fn adaptive_limit(&self) -> crate::AdaptiveLimitLayer {
+        crate::AdaptiveLimitLayer::sharing(Arc::clone(&self.registry), self.key_by.clone())
+    }
+
     /// A handle on the breakers.
     pub fn handle(&self) -> crate::CircuitHandle {
         crate::CircuitHandle::new(Arc::clone(&self.registry))

@@ -91,6 +91,7 @@
 
 #![forbid(unsafe_code)]
 
+mod adaptive;
 mod body;
 mod breaker;
 mod cache;
@@ -105,8 +106,11 @@ mod settings;
 mod token;
 mod window;
 
+pub use adaptive::{
+    AdaptiveLimit, AdaptiveLimitConfig, AdaptiveLimitConfigBuilder, AdaptiveLimitLayer, LimitBody,
+};
 pub use body::CircuitBody;
-pub use breaker::{CircuitState, KeySnapshot, OnTransition, Transition};
+pub use breaker::{CircuitState, KeySnapshot, LimitSnapshot, OnTransition, Transition};
 pub use config::{CircuitConfig, CircuitConfigBuilder, ConfigError};
 pub use handle::{CircuitHandle, ProbeResult};
 pub use key::{KeyBy, KeyFn, KeyInput};

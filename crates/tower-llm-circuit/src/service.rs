@@ -185,7 +185,7 @@ where
 /// Calls `f` with what a key reads of the request. The metadata is the one
 /// an outer layer left (one lookup); else it is computed and left in the
 /// request, so that the layers below do not compute it again.
-fn with_key_input<B: 'static, R>(
+pub(crate) fn with_key_input<B: 'static, R>(
     request: &mut Request<B>,
     f: impl FnOnce(&KeyInput<'_>) -> R,
 ) -> R {

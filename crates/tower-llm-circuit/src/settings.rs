@@ -71,6 +71,20 @@ pub struct CircuitSettings {
     pub idle_eviction_ms: Option<u64>,
     /// Seed of the open-duration jitter.
     pub seed: Option<u64>,
+    /// The adaptive limit a key starts with (calls in flight).
+    pub limit_initial: Option<u32>,
+    /// The lowest adaptive limit (at least 1).
+    pub limit_min: Option<u32>,
+    /// The highest adaptive limit.
+    pub limit_max: Option<u32>,
+    /// What a shed answer multiplies the limit by, in [0.5, 1).
+    pub limit_backoff: Option<f64>,
+    /// Most calls waiting for room on one key (0: never wait).
+    pub limit_queue: Option<u32>,
+    /// Longest wait for room (ms).
+    pub limit_queue_wait_ms: Option<u64>,
+    /// A response head slower than this (ms) does not raise the limit.
+    pub limit_growth_latency_ms: Option<u64>,
 }
 
 /// The environment variables [`CircuitSettings::from_env`] reads.
@@ -190,6 +204,35 @@ impl CircuitSettings {
         if let Some(seed) = self.seed {
             b = b.seed(seed);
         }
+        if self.limit_initial.is_some()
+            || self.limit_min.is_some()
+            || self.limit_max.is_some()
+            || self.limit_backoff.is_some()
+            || self.limit_queue.is_some()
+            || self.limit_queue_wait_ms.is_some()
+            || self.limit_growth_latency_ms.is_some()
+        {
+            let base = &base.adaptive_limit;
+            let mut limit = base.to_builder().limits(
+                self.limit_initial.unwrap_or(base.initial),
+                self.limit_min.unwrap_or(base.min),
+                self.limit_max.unwrap_or(base.max),
+            );
+            if let Some(factor) = self.limit_backoff {
+                limit = limit.backoff(factor);
+            }
+            if self.limit_queue.is_some() || self.limit_queue_wait_ms.is_some() {
+                limit = limit.queue(
+                    self.limit_queue.unwrap_or(base.max_queue),
+                    self.limit_queue_wait_ms
+                        .map_or(base.max_queue_wait, Duration::from_millis),
+                );
+            }
+            if let Some(ms) = self.limit_growth_latency_ms {
+                limit = limit.growth_latency(Some(Duration::from_millis(ms)));
+            }
+            b = b.adaptive_limit(limit.build()?);
+        }
         Ok(b)
     }
 
@@ -264,6 +307,37 @@ mod tests {
         .build()
         .unwrap_err();
         assert!(error.to_string().contains("failure_rate"), "{error}");
+    }
+
+    #[test]
+    fn adaptive_limit_settings_override_the_standard_limit_and_bad_ones_are_refused() {
+        let config = CircuitSettings {
+            limit_initial: Some(8),
+            limit_queue_wait_ms: Some(500),
+            ..Default::default()
+        }
+        .build()
+        .unwrap();
+        let limit = config.adaptive_limit();
+        assert_eq!((limit.initial(), limit.min(), limit.max()), (8, 1, 200));
+        assert_eq!(
+            (limit.max_queue(), limit.max_queue_wait()),
+            (64, Duration::from_millis(500))
+        );
+        let error = CircuitSettings {
+            limit_min: Some(0),
+            ..Default::default()
+        }
+        .build()
+        .unwrap_err();
+        assert!(error.to_string().contains("min"), "{error}");
+        let error = CircuitSettings {
+            limit_backoff: Some(0.2),
+            ..Default::default()
+        }
+        .build()
+        .unwrap_err();
+        assert!(error.to_string().contains("backoff"), "{error}");
     }
 
     #[cfg(feature = "serde")]

@@ -26,7 +26,7 @@ use std::time::Duration;
 use crate::config::CircuitConfig;
 use crate::window::{Sample, Totals, Window};
 use phase::Phase;
-pub use state::{CircuitState, KeySnapshot, OnTransition, Transition};
+pub use state::{CircuitState, KeySnapshot, LimitSnapshot, OnTransition, Transition};
 
 /// How a call ended, for the breaker.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -106,6 +106,8 @@ pub(crate) struct Breaker {
     /// whose probe failed (a ring): they may not probe this key again.
     failed_probes: [AtomicU64; FAILED_PROBES],
     failed_probes_next: AtomicU32,
+    /// The key's adaptive concurrency limit (used by `AdaptiveLimit`).
+    limiter: crate::adaptive::Limiter,
 }
 
 /// How many failed probes' requests a breaker remembers. A request's own
@@ -140,7 +142,6 @@ impl Breaker {
         Breaker {
             key,
             start,
-            config,
             on_transition,
             state: AtomicU8::new(CircuitState::Closed.as_u8()),
             window,
@@ -158,6 +159,8 @@ impl Breaker {
             jitter_seed,
             failed_probes: std::array::from_fn(|_| AtomicU64::new(0)),
             failed_probes_next: AtomicU32::new(0),
+            limiter: crate::adaptive::Limiter::new(&config.adaptive_limit),
+            config,
         }
     }
 
@@ -168,6 +171,15 @@ impl Breaker {
 
     pub(crate) fn config(&self) -> &CircuitConfig {
         &self.config
+    }
+
+    pub(crate) fn limiter(&self) -> &crate::adaptive::Limiter {
+        &self.limiter
+    }
+
+    /// The adaptive limit's settings.
+    pub(crate) fn registry_limit(&self) -> &crate::AdaptiveLimitConfig {
+        &self.config.adaptive_limit
     }
 
     pub(crate) fn key_str(&self) -> &str {
@@ -518,6 +530,11 @@ impl Breaker {
                 None
             },
             cooldown_remaining: remaining(self.cooldown_until.load(Ordering::Acquire)),
+            limit: LimitSnapshot {
+                limit: self.limiter.limit(),
+                in_flight: self.limiter.in_flight(),
+                waiting: self.limiter.waiting(),
+            },
         }
     }
 }

@@ -107,4 +107,19 @@ pub struct KeySnapshot {
     pub open_remaining: Option<Duration>,
     /// Time left cooling down, if cooling down.
     pub cooldown_remaining: Option<Duration>,
+    /// The key's adaptive concurrency limit (what an
+    /// [`AdaptiveLimit`](crate::AdaptiveLimit) on these keys uses).
+    pub limit: LimitSnapshot,
+}
+
+/// A key's adaptive concurrency limit, now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LimitSnapshot {
+    /// The limit: calls allowed in flight.
+    pub limit: u32,
+    /// Calls in flight (streams until their body ends).
+    pub in_flight: u32,
+    /// Calls waiting for room.
+    pub waiting: u32,
 }

@@ -1,0 +1,86 @@
+//! An adaptive concurrency limit per key: shed answers lower it, successes
+//! raise it, and a call over it waits for room before it is refused.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use http_body_util::Full;
+//! use hyper_util::client::legacy::Client;
+//! use hyper_util::rt::TokioExecutor;
+//! use tower::{Service, ServiceBuilder, ServiceExt};
+//! use tower_llm_circuit::{CircuitConfig, CircuitLayer};
+//! use tower_llm_classify::{ClassifyLayer, ErrorKind};
+//! use tower_llm_testkit::{Api, Fault, Simulator};
+//!
+//! let sim = Simulator::builder().plan(Fault::overloaded()).start().await?;
+//! // The breaker leaves busy targets to the limit.
+//! let circuit = CircuitLayer::new(CircuitConfig::builder().count_overload(false).build()?);
+//! let handle = circuit.handle();
+//! let mut service = ServiceBuilder::new()
+//!     .layer(circuit.adaptive_limit())
+//!     .layer(circuit)
+//!     .layer(ClassifyLayer::new())
+//!     .service(Client::builder(TokioExecutor::new()).build_http());
+//!
+//! let request = || {
+//!     http::Request::post(sim.url(Api::OpenAiChat))
+//!         .body(Full::<bytes::Bytes>::from(r#"{"model":"gpt-4o","messages":[]}"#))
+//! };
+//! for limit in [10, 5, 2] {
+//!     let error = service.ready().await?.call(request()?).await.unwrap_err();
+//!     assert_eq!(error.kind(), ErrorKind::Overloaded);
+//!     // Each shed answer halved the key's limit (from 20).
+//!     assert_eq!(handle.snapshot()[0].limit.limit, limit);
+//! }
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Why a limit and not the breaker
+//!
+//! A provider that sheds load is busy, not down. A breaker that opens on
+//! shed answers stops *all* traffic to a target that was still serving
+//! most of it; with nowhere else to go every call then fails (the chaos
+//! suite's `metastability` scenario: a lone target whose capacity halves).
+//! A limit lowers the load on the struggling target instead of cutting it
+//! off: calls over it wait for room (so a lone target keeps serving what
+//! it can, and no second goes without an answer), and only calls that
+//! find none within the queue's bounds are refused locally — with an
+//! error of kind overloaded, phase local, not retryable, so a fallback
+//! moves them to another target and a retry does not queue them again.
+//! The design is Netflix concurrency-limits' `AIMDLimit` (additive
+//! increase, multiplicative decrease on drops) with TCP's one decrease per
+//! window; see [`AdaptiveLimitConfig`] for the numbers and why. The
+//! breaker keeps its job for targets that are down (connect failures,
+//! server errors, timeouts); set
+//! [`count_overload(false)`](crate::CircuitConfigBuilder::count_overload)
+//! on it when the limit is in the stack.
+//!
+//! A call holds its room until its response ends: for a stream, until the
+//! body ends or is dropped, not when its head arrives. A call whose future
+//! or body is dropped (its caller left, or the retry layer above ended the
+//! attempt) frees its room, and a call dropped while it waits leaves the
+//! queue.
+//!
+//! Envoy's adaptive concurrency filter and Netflix's `Gradient2Limit`
+//! lower the limit when latency rises above a measured minimum. An LLM
+//! answer's latency is mostly the request's doing (its `max_tokens`, its
+//! reasoning effort), so a latency gradient would read long answers as
+//! congestion; the limit here moves on what the provider says (shed
+//! answers) and, optionally, stops growing on slow response heads
+//! ([`growth_latency`](AdaptiveLimitConfigBuilder::growth_latency)).
+
+mod body;
+mod config;
+mod future;
+mod layer;
+mod limiter;
+mod permit;
+mod service;
+
+pub use body::LimitBody;
+pub use config::{AdaptiveLimitConfig, AdaptiveLimitConfigBuilder};
+pub use future::LimitFuture;
+pub use layer::AdaptiveLimitLayer;
+pub(crate) use limiter::Limiter;
+pub use service::AdaptiveLimit;

@@ -1,0 +1,149 @@
+//! The `AdaptiveLimit` service.
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::{Request, Response};
+use http_body::Body;
+use tokio::time::Instant;
+use tower_llm_classify::{Classification, Classified, ErrorKind, LlmError, Phase};
+use tower_service::Service;
+
+use super::future::{LimitFuture, Waiting};
+use super::limiter::Queued;
+use super::permit::LimitPermit;
+use crate::breaker::Breaker;
+use crate::cache;
+use crate::key::KeyBy;
+use crate::registry::Registry;
+
+/// Limits the calls in flight per key (provider/model by default) to a
+/// limit that shed answers lower and successes raise; a call over the
+/// limit waits for room, within the configured queue, then is refused
+/// locally with an error of kind overloaded that the retry layer does not
+/// retry and a fallback moves on from.
+///
+/// It sits above the circuit (Retry → AdaptiveLimit → Circuit →
+/// Classify): every attempt, retries included, needs room; an open
+/// circuit's refusals pass through at once and teach the limit nothing;
+/// and the breaker never sees the limit's own refusals.
+///
+/// # Clone
+///
+/// Clones, and services made by calling the layer again, share the keys'
+/// limits (an `Arc` made when the layer was built).
+#[derive(Clone, Debug)]
+pub struct AdaptiveLimit<S> {
+    inner: S,
+    registry: Arc<Registry>,
+    key_by: KeyBy,
+}
+
+impl<S> AdaptiveLimit<S> {
+    pub(crate) fn new(inner: S, registry: Arc<Registry>, key_by: KeyBy) -> Self {
+        AdaptiveLimit {
+            inner,
+            registry,
+            key_by,
+        }
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+/// The error of a call refused for want of room: overloaded, local (no
+/// request was sent), not retried on this key.
+pub(crate) fn refusal(breaker: &Breaker, waited: Option<Duration>) -> LlmError {
+    let limiter = breaker.limiter();
+    let message = match waited {
+        Some(waited) => format!(
+            "{}: no room under its adaptive concurrency limit of {} within {:.1} s",
+            breaker.key_str(),
+            limiter.limit(),
+            waited.as_secs_f64()
+        ),
+        None => format!(
+            "{}: at its adaptive concurrency limit of {} with {} calls waiting",
+            breaker.key_str(),
+            limiter.limit(),
+            limiter.waiting()
+        ),
+    };
+    // Not retried here: a retry would wait in the same queue for the same
+    // busy key. A fallback moves on (overloaded routes to the next target).
+    LlmError::new(
+        Classification::new(ErrorKind::Overloaded)
+            .with_phase(Phase::Local)
+            .with_retryable(false)
+            .with_message(&message),
+    )
+}
+
+impl<S, B, RB> Service<Request<B>> for AdaptiveLimit<S>
+where
+    S: Service<Request<B>, Response = Response<RB>> + Clone,
+    S::Error: Into<LlmError>,
+    B: 'static,
+    RB: Body,
+    RB::Error: Classified,
+{
+    type Response = Response<super::LimitBody<RB>>;
+    type Error = LlmError;
+    type Future = LimitFuture<S, Request<B>, S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), LlmError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        let clock = Instant::now();
+        let registry = &self.registry;
+        let key_by = &self.key_by;
+        let breaker = crate::service::with_key_input(&mut request, |input| {
+            cache::breaker_for(registry, key_by, input, clock)
+        });
+        let limiter = breaker.limiter();
+        if limiter.try_acquire() {
+            return LimitFuture::called(self.inner.call(request), LimitPermit::new(breaker));
+        }
+        let config = &registry.config.adaptive_limit;
+        match limiter.enqueue(config.max_queue) {
+            Queued::Admitted => {
+                LimitFuture::called(self.inner.call(request), LimitPermit::new(breaker))
+            }
+            Queued::Full => LimitFuture::rejected(refusal(&breaker, None)),
+            Queued::Waiting(waiter) => {
+                // The ready service goes with the request; this one gets
+                // a clone, to be made ready before its next call.
+                let clone = self.inner.clone();
+                let ready = std::mem::replace(&mut self.inner, clone);
+                // A wait too long for the clock is a year.
+                let wait = config.max_queue_wait.min(Duration::from_secs(86_400 * 365));
+                let timer = Box::pin(tokio::time::sleep_until(
+                    clock.checked_add(wait).unwrap_or(clock),
+                ));
+                LimitFuture::waiting(Waiting {
+                    breaker,
+                    waiter: Some(waiter),
+                    service: Some(ready),
+                    request: Some(request),
+                    timer,
+                })
+            }
+        }
+    }
+}
