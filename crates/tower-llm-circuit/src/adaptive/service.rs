@@ -110,11 +110,11 @@ where
     }
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
-        let clock = Instant::now();
+        // No clock read while there is room.
         let registry = &self.registry;
         let key_by = &self.key_by;
         let breaker = crate::service::with_key_input(&mut request, |input| {
-            cache::breaker_for(registry, key_by, input, clock)
+            cache::breaker_for_untimed(registry, key_by, input)
         });
         let limiter = breaker.limiter();
         if limiter.try_acquire() {
@@ -132,6 +132,7 @@ where
                 let clone = self.inner.clone();
                 let ready = std::mem::replace(&mut self.inner, clone);
                 // A wait too long for the clock is a year.
+                let clock = Instant::now();
                 let wait = config.max_queue_wait.min(Duration::from_secs(86_400 * 365));
                 let timer = Box::pin(tokio::time::sleep_until(
                     clock.checked_add(wait).unwrap_or(clock),

@@ -1,0 +1,112 @@
+//! Uncongested overhead per call of the adaptive limit, in one run: the
+//! bare service, the circuit alone, the adaptive limit above the circuit
+//! (sharing its keys, as a stack puts them), the limit alone, and tower's
+//! fixed `ConcurrencyLimit` (alone and above the circuit). Issue 15 asks
+//! ≤ 50 ns for the limit over the circuit alone.
+//!
+//! ```text
+//! cargo bench -p tower-llm-circuit --bench adaptive_limit
+//! ```
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+use std::future::{Ready, ready};
+use std::hint::black_box;
+
+use bytes::Bytes;
+use criterion::{Criterion, criterion_group, criterion_main};
+use http::{Request, Response};
+use http_body_util::Full;
+use tower::limit::ConcurrencyLimitLayer;
+use tower::{Layer, Service, ServiceExt};
+use tower_llm_circuit::{AdaptiveLimitConfig, AdaptiveLimitLayer, CircuitConfig, CircuitLayer};
+use tower_llm_classify::{LlmError, RequestMeta};
+
+const BODY: &str =
+    r#"{"model":"gpt-4o","stream":false,"messages":[{"role":"user","content":"Say hello"}]}"#;
+
+/// With the metadata an outer layer (or Classify, once) would have left.
+fn request() -> Request<Full<Bytes>> {
+    // No header: dropping the request is then a small part of each call.
+    let mut request = Request::post("https://api.openai.com/v1/chat/completions")
+        .body(Full::new(Bytes::from_static(BODY.as_bytes())))
+        .unwrap();
+    RequestMeta::get_or_insert(&mut request);
+    request
+}
+
+#[derive(Clone)]
+struct Upstream;
+
+impl<B> Service<Request<B>> for Upstream {
+    type Response = Response<Full<Bytes>>;
+    type Error = LlmError;
+    type Future = Ready<Result<Self::Response, LlmError>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), LlmError>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        drop(black_box(request));
+        ready(Ok(Response::new(Full::new(Bytes::new()))))
+    }
+}
+
+fn uncongested(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let _guard = rt.enter();
+    let mut group = c.benchmark_group("adaptive_limit_uncongested");
+    // The requests are made before the clock starts, and the calls run in
+    // one `block_on`: what is timed is the call and its drop.
+    macro_rules! bench {
+        ($name:literal, $service:expr) => {
+            let service = $service;
+            group.bench_function($name, |b| {
+                b.iter_custom(|iters| {
+                    let requests: Vec<_> = (0..iters).map(|_| request()).collect();
+                    let mut service = service.clone();
+                    rt.block_on(async {
+                        let started = std::time::Instant::now();
+                        for r in requests {
+                            let ready = ServiceExt::<Request<Full<Bytes>>>::ready(&mut service)
+                                .await
+                                .unwrap();
+                            black_box(ready.call(r).await.unwrap());
+                        }
+                        started.elapsed()
+                    })
+                })
+            });
+        };
+    }
+    bench!("bare_service", Upstream);
+    let circuit = CircuitLayer::new(CircuitConfig::standard());
+    bench!("circuit", circuit.layer(Upstream));
+    bench!(
+        "circuit_and_adaptive_limit",
+        circuit.adaptive_limit().layer(circuit.layer(Upstream))
+    );
+    bench!(
+        "adaptive_limit_alone",
+        AdaptiveLimitLayer::new(AdaptiveLimitConfig::standard()).layer(Upstream)
+    );
+    bench!(
+        "tower_concurrency_limit_alone",
+        ConcurrencyLimitLayer::new(20).layer(Upstream)
+    );
+    bench!(
+        "circuit_and_tower_concurrency_limit",
+        ConcurrencyLimitLayer::new(20).layer(circuit.layer(Upstream))
+    );
+    group.finish();
+}
+
+criterion_group!(benches, uncongested);
+criterion_main!(benches);
