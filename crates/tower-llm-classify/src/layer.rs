@@ -90,8 +90,16 @@ impl ClassifyLayer {
         self
     }
 
-    /// Fails a stream that delivers no content event for `timeout`
-    /// (keep-alives do not count).
+    /// Fails a stream that, after its first content event, delivers no
+    /// content event for `timeout` (keep-alives do not count).
+    ///
+    /// The timer starts at the first content, not at the response head:
+    /// a reasoning model may send nothing but keep-alives for minutes
+    /// before its first token, so a timer from the head would have to be
+    /// long enough for that, and silence after content has started is the
+    /// clearest sign of a stall. Bound the wait for the head and the first
+    /// content outside this layer (the retry layer's stream head,
+    /// first-content and attempt timeouts).
     ///
     /// The timer is tokio's: responses must be polled inside a tokio runtime
     /// with the time driver enabled (as hyper and reqwest clients are).

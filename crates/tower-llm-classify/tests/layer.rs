@@ -670,39 +670,106 @@ async fn dropping_the_body_midway_reports_abandoned_with_content_seen() {
 // ---------------------------------------------------------------------------
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
-async fn idle_timeout_fires_when_only_pings_flow() {
+async fn the_idle_timer_waits_for_the_first_content_however_long_it_takes() {
+    // A reasoning model: 20 s of pings and silence before its first token,
+    // four idle timeouts' worth. The head-to-first-content wait is the
+    // retry layer's to bound.
     let (request, outcomes) = hooked(ANTHROPIC);
-    let layer = ClassifyLayer::new().stream_idle_timeout(Duration::from_secs(30));
+    let layer = ClassifyLayer::new().stream_idle_timeout(Duration::from_secs(5));
     let (feed, stream) = ChannelBody::new();
     send(&feed, MESSAGE_START);
     let (_, result) = call_once(layer, request, sse(&[], stream));
     let mut body = task::spawn(result.unwrap().into_body());
     assert_eq!(next_data(&mut body), MESSAGE_START);
     assert_pending!(poll_frame(&mut body));
-
-    // A ping at 20 s is passed on but does not reset the timer.
-    tokio::time::advance(Duration::from_secs(20)).await;
-    send(&feed, PING);
-    assert!(body.is_woken());
-    assert_eq!(next_data(&mut body), PING);
-    assert_pending!(poll_frame(&mut body));
-
-    tokio::time::advance(Duration::from_secs(9)).await;
+    for _ in 0..2 {
+        tokio::time::advance(Duration::from_secs(6)).await;
+        send(&feed, PING);
+        assert_eq!(next_data(&mut body), PING);
+        assert_pending!(poll_frame(&mut body));
+    }
+    tokio::time::advance(Duration::from_secs(8)).await;
     assert!(!body.is_woken());
     assert_pending!(poll_frame(&mut body));
 
-    tokio::time::advance(Duration::from_secs(2)).await;
+    send(&feed, TEXT_DELTA);
+    assert_eq!(next_data(&mut body), TEXT_DELTA);
+    assert_pending!(poll_frame(&mut body));
+    tokio::time::advance(Duration::from_secs(4)).await;
+    assert!(!body.is_woken());
+    send(&feed, MESSAGE_STOP);
+    assert_eq!(next_data(&mut body), MESSAGE_STOP);
+    drop(feed);
+    assert_ended(&mut body);
+    assert_eq!(seen(&outcomes), [Seen::Completed]);
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn idle_timeout_fires_after_content_when_only_pings_flow() {
+    let (request, outcomes) = hooked(ANTHROPIC);
+    let layer = ClassifyLayer::new().stream_idle_timeout(Duration::from_secs(5));
+    let (feed, stream) = ChannelBody::new();
+    send(&feed, MESSAGE_START);
+    send(&feed, TEXT_DELTA);
+    let (_, result) = call_once(layer, request, sse(&[("request-id", "req_idle")], stream));
+    let mut body = task::spawn(result.unwrap().into_body());
+    assert_eq!(next_data(&mut body), MESSAGE_START);
+    assert_eq!(next_data(&mut body), TEXT_DELTA);
+    assert_pending!(poll_frame(&mut body));
+
+    // Pings at 2 s and 4 s are passed on but do not reset the timer.
+    for _ in 0..2 {
+        tokio::time::advance(Duration::from_secs(2)).await;
+        send(&feed, PING);
+        assert_eq!(next_data(&mut body), PING);
+        assert_pending!(poll_frame(&mut body));
+    }
+    tokio::time::advance(Duration::from_millis(999)).await;
+    assert!(!body.is_woken());
+    assert_pending!(poll_frame(&mut body));
+
+    tokio::time::advance(Duration::from_millis(1)).await;
     assert!(body.is_woken(), "the timer wakes the reader by itself");
     let error = next_error(&mut body);
     assert_eq!(error.kind(), ErrorKind::Timeout);
-    assert_eq!(error.classification().phase(), Phase::AfterHeaders);
+    assert_eq!(error.classification().phase(), Phase::MidStream);
     assert_eq!(error.classification().provider(), Provider::Anthropic);
-    assert!(error.retryable(), "no content had reached the caller");
+    assert_eq!(error.classification().request_id(), Some("req_idle"));
+    assert!(!error.retryable(), "content had reached the caller");
     assert_eq!(
         seen(&outcomes),
-        [Seen::Failed(ErrorKind::Timeout, Phase::AfterHeaders)]
+        [Seen::Failed(ErrorKind::Timeout, Phase::MidStream)]
     );
     assert_ended(&mut body);
+    drop(feed);
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn pings_always_ready_after_content_do_not_hide_a_stall() {
+    // Every poll finds a ping waiting: the timer is never polled pending,
+    // so the deadline is checked on the pings themselves.
+    let (request, outcomes) = hooked(ANTHROPIC);
+    let layer = ClassifyLayer::new().stream_idle_timeout(Duration::from_secs(5));
+    let (feed, stream) = ChannelBody::new();
+    send(&feed, TEXT_DELTA);
+    let (_, result) = call_once(layer, request, sse(&[], stream));
+    let mut body = task::spawn(result.unwrap().into_body());
+    assert_eq!(next_data(&mut body), TEXT_DELTA);
+    for _ in 0..4 {
+        tokio::time::advance(Duration::from_secs(1)).await;
+        send(&feed, PING);
+        assert_eq!(next_data(&mut body), PING);
+    }
+    tokio::time::advance(Duration::from_secs(1)).await;
+    send(&feed, PING);
+    // The ping that came at the deadline is passed on, then the failure.
+    assert_eq!(next_data(&mut body), PING);
+    let error = next_error(&mut body);
+    assert_eq!(error.kind(), ErrorKind::Timeout);
+    assert_eq!(
+        seen(&outcomes),
+        [Seen::Failed(ErrorKind::Timeout, Phase::MidStream)]
+    );
     drop(feed);
 }
 
@@ -717,19 +784,26 @@ async fn idle_timeout_is_reset_by_content() {
     next_data(&mut body);
     assert_pending!(poll_frame(&mut body));
 
-    tokio::time::advance(Duration::from_secs(20)).await;
-    send(&feed, TEXT_DELTA);
-    assert_eq!(next_data(&mut body), TEXT_DELTA);
-    assert_pending!(poll_frame(&mut body));
+    // The first content at 20 s, the next at 45 s.
+    for wait in [20, 25] {
+        tokio::time::advance(Duration::from_secs(wait)).await;
+        send(&feed, TEXT_DELTA);
+        assert_eq!(next_data(&mut body), TEXT_DELTA);
+        assert_pending!(poll_frame(&mut body));
+    }
 
-    // 40 s since the start, 20 s since the content: still alive.
-    tokio::time::advance(Duration::from_secs(20)).await;
-    assert!(!body.is_woken());
+    // 60 s since the start, 40 s since the first content, 15 s since the
+    // last: still alive (the timer set at the first content came and was
+    // moved on to the last content's deadline).
+    tokio::time::advance(Duration::from_secs(15)).await;
     assert_pending!(poll_frame(&mut body));
     assert_eq!(seen(&outcomes), []);
 
-    // 31 s since the content.
-    tokio::time::advance(Duration::from_secs(11)).await;
+    // 29 s since the last content, then 30 s.
+    tokio::time::advance(Duration::from_secs(14)).await;
+    assert!(!body.is_woken());
+    assert_pending!(poll_frame(&mut body));
+    tokio::time::advance(Duration::from_secs(1)).await;
     assert!(body.is_woken());
     let error = next_error(&mut body);
     assert_eq!(error.kind(), ErrorKind::Timeout);

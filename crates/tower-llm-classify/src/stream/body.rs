@@ -32,10 +32,16 @@ pin_project! {
     /// scan keeps a [`Transcript`](super::Transcript), every body error
     /// carries its [`StreamTranscript`] in its extensions.
     ///
-    /// With an idle timeout, a stream that delivers no *content* for that long
-    /// fails with [`Timeout`](ErrorKind::Timeout): keep-alives (`ping`, SSE
-    /// comments, role-only deltas) do not reset the timer, since per-read
-    /// timeouts never fire while keep-alives flow (livekit/agents #6171).
+    /// With an idle timeout, a stream that has delivered content and then
+    /// delivers no more *content* for that long fails with
+    /// [`Timeout`](ErrorKind::Timeout): keep-alives (`ping`, SSE comments,
+    /// role-only deltas) do not reset the timer, since per-read timeouts
+    /// never fire while keep-alives flow (livekit/agents #6171). The timer
+    /// starts at the first content event, not at the head: a reasoning
+    /// model may think for minutes before its first token, and silence
+    /// after content has started is the clearest sign of a stall. Before
+    /// the first content, the layers around the call bound the wait (the
+    /// retry layer's stream head, first-content and attempt timeouts).
     pub struct ResponseBody<B> {
         #[pin]
         inner: B,
@@ -62,10 +68,58 @@ struct Scan {
     progress: StreamProgress,
 }
 
+/// The idle timer: armed at the first content event, then moved on
+/// lazily. A content frame only notes the time; when the timer fires
+/// early (content came since it was set), it is set again for the last
+/// content's deadline. A frame costs a clock read, not a timer update.
 #[derive(Debug)]
 struct Idle {
     timeout: Duration,
-    sleep: Pin<Box<Sleep>>,
+    /// When the last content event came; `None` before the first.
+    last_content: Option<Instant>,
+    /// Fires no later than `timeout` after the last content; `None` until
+    /// the first content (created then, so a stream without content never
+    /// allocates it).
+    sleep: Option<Pin<Box<Sleep>>>,
+}
+
+impl Idle {
+    /// A content event came now.
+    fn content(&mut self) {
+        let now = Instant::now();
+        self.last_content = Some(now);
+        if self.sleep.is_none() {
+            self.sleep = Some(Box::pin(tokio::time::sleep_until(deadline_after(
+                now,
+                self.timeout,
+            ))));
+        }
+    }
+
+    /// Whether the stream has been without content for `timeout` since
+    /// its last content (never before the first).
+    fn expired(&self) -> bool {
+        self.last_content
+            .is_some_and(|last| Instant::now() >= deadline_after(last, self.timeout))
+    }
+
+    /// Whether the timer has run out while the stream is pending (if not,
+    /// it wakes the task when it does).
+    fn poll_expired(&mut self, cx: &mut Context<'_>) -> bool {
+        let (Some(sleep), Some(last)) = (self.sleep.as_mut(), self.last_content) else {
+            return false;
+        };
+        if sleep.as_mut().poll(cx).is_pending() {
+            return false;
+        }
+        let deadline = deadline_after(last, self.timeout);
+        if deadline <= Instant::now() {
+            return true;
+        }
+        // Content came since the timer was set: wait for its deadline.
+        sleep.as_mut().reset(deadline);
+        sleep.as_mut().poll(cx).is_ready()
+    }
 }
 
 #[derive(Debug)]
@@ -102,7 +156,8 @@ impl<B> ResponseBody<B> {
     ) -> Self {
         let idle = idle_timeout.map(|timeout| Idle {
             timeout,
-            sleep: Box::pin(tokio::time::sleep(timeout)),
+            last_content: None,
+            sleep: None,
         });
         let scan = Scan {
             scanner,
@@ -153,13 +208,13 @@ impl<B> ResponseBody<B> {
     }
 }
 
-/// `timeout` from now, or a date too far away to come when that overflows
-/// (`Duration::MAX` means "never"), as `tokio::time::sleep` does.
-fn deadline_after(timeout: Duration) -> Instant {
-    let now = Instant::now();
-    now.checked_add(timeout)
-        .or_else(|| now.checked_add(FAR_FUTURE))
-        .unwrap_or(now)
+/// `timeout` after `start`, or a date too far away to come when that
+/// overflows (`Duration::MAX` means "never"), as `tokio::time::sleep` does.
+fn deadline_after(start: Instant, timeout: Duration) -> Instant {
+    start
+        .checked_add(timeout)
+        .or_else(|| start.checked_add(FAR_FUTURE))
+        .unwrap_or(start)
 }
 
 /// About thirty years: tokio's own stand-in for "never".
@@ -225,7 +280,7 @@ impl Scan {
     /// if not, the timer wakes the task when it does).
     fn stalled(&mut self, cx: &mut Context<'_>, provider: Provider) -> Option<Classification> {
         let idle = self.idle.as_mut()?;
-        if idle.sleep.as_mut().poll(cx).is_pending() {
+        if !idle.poll_expired(cx) {
             return None;
         }
         let content_seen = self.scanner.content_seen();
@@ -250,11 +305,11 @@ impl Scan {
             guard.content_seen();
             self.progress.set_content();
             if let Some(idle) = self.idle.as_mut() {
-                idle.sleep.as_mut().reset(deadline_after(idle.timeout));
+                idle.content();
             }
         } else if let Some(idle) = &self.idle
             && !event.failed
-            && Instant::now() >= idle.sleep.deadline()
+            && idle.expired()
         {
             // Keep-alives that are always ready must not hide a stall:
             // check the deadline on them too.
