@@ -165,7 +165,13 @@ proptest! {
             EventScanner::new(framing, dialect, provider).capture_transcript(),
             &chunks,
         );
-        if !is_malformed(&kept.1) || is_malformed(&plain.1) {
+        if is_malformed(&kept.1) {
+            // The transcript's walk finds more malformed events (an
+            // object that does not close where it should), so a scan that
+            // keeps one may fail earlier than one that does not: never
+            // later, never with more content.
+            prop_assert!(kept.4 <= plain.4);
+        } else {
             prop_assert_eq!(plain, kept);
         }
     }
