@@ -11,7 +11,7 @@ use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 
 use super::outcome::OutcomeGuard;
-use super::{EventScanner, StreamOutcome, StreamProgress, StreamTranscript};
+use super::{EventScanner, KeepFirst, StreamOutcome, StreamProgress, StreamTranscript};
 use crate::classification::Phase;
 use crate::error::BoxError;
 use crate::{Classification, ErrorKind, LlmError, Provider};
@@ -22,15 +22,44 @@ pin_project! {
     /// For SSE and NDJSON streams it scans every frame for in-band errors,
     /// content and the terminal event; for any body it turns a broken
     /// connection into a classified error and notices a gRPC error status in
-    /// the trailers. The first failure becomes an [`LlmError`] body error (after
-    /// the frame that carried it has been passed on), and the final outcome is
-    /// reported once to the request's [`OutcomeHook`](super::OutcomeHook).
+    /// the trailers. The first failure becomes an [`LlmError`] body error
+    /// (after the frame that carried it, or its part before the failure,
+    /// has been passed on: see below), and the final outcome is reported
+    /// once to the request's [`OutcomeHook`](super::OutcomeHook).
     ///
-    /// One frame is not passed on: the one that completes a malformed event
-    /// (see the [module docs](super#malformed-events)); the body fails
-    /// instead of handing the caller's SDK what it would raise on. When the
-    /// scan keeps a [`Transcript`](super::Transcript), every body error
-    /// carries its [`StreamTranscript`] in its extensions.
+    /// Two things are not passed on, so that the body fails instead of
+    /// handing the caller's SDK what it would raise on:
+    ///
+    /// - the frame that completes a malformed event (see the
+    ///   [module docs](super#malformed-events));
+    /// - when the scan keeps a [`Transcript`](super::Transcript) (a layer
+    ///   above may continue the answer), an in-band error event (OpenAI's
+    ///   `data: {"error": …}`, Anthropic's `event: error`, Ollama's
+    ///   `{"error": …}` line) and the rest of its frame. The complete
+    ///   events before it in that frame are passed on (the frame is cut
+    ///   where the error event starts), so the caller holds exactly the
+    ///   good content the transcript records, and a continuation spliced in
+    ///   after it reads as one answer; the caller's SDK never sees an error
+    ///   it would raise on before the rest of the answer comes. An error
+    ///   event that began in a frame already passed on (split across reads)
+    ///   has that part delivered, unfinished: the SDK does not dispatch an
+    ///   event before its end, and the transcript's
+    ///   [`last_event_end`](super::Transcript::last_event_end) says so.
+    ///
+    /// Without a transcript an error event is passed on as today, then the
+    /// body fails: nothing will continue the answer, the event is the
+    /// provider's own account of the failure, and a caller reading the
+    /// stream with the provider's SDK raises on it as it would without
+    /// tower-llm. (Layers in between, such as the retry layer holding the
+    /// frames before the first content, see every frame.) When the scan
+    /// keeps a transcript, every body error carries its
+    /// [`StreamTranscript`] in its extensions.
+    ///
+    /// Cutting a frame needs a data type that can keep its first bytes:
+    /// hence `B::Data:` [`KeepFirst`](super::KeepFirst) (implemented for
+    /// [`Bytes`](bytes::Bytes), which every hyper, reqwest and axum body
+    /// hands out and which is cut without a copy, and the other common
+    /// buffers).
     ///
     /// With an idle timeout, a stream that has delivered content and then
     /// delivers no more *content* for that long fails with
@@ -254,8 +283,20 @@ fn phase(content_seen: bool) -> Phase {
 /// A failure the scan of a frame found.
 struct Found {
     classification: Classification,
-    /// The frame completes a malformed event: it is not passed on.
-    withhold: bool,
+    /// What of the frame is passed on before the failure.
+    pass: Pass,
+}
+
+/// What of a frame that failed the stream reaches the caller.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Pass {
+    /// The whole frame.
+    Frame,
+    /// Nothing: the frame completes a malformed event, or an error event
+    /// began in an earlier frame.
+    Nothing,
+    /// Its first bytes: the complete events before an error event.
+    Prefix(usize),
 }
 
 impl Scan {
@@ -321,16 +362,29 @@ impl Scan {
                     content_seen,
                     self.request_id.as_ref(),
                 ),
-                withhold: false,
+                pass: Pass::Frame,
             });
         }
         if event.failed
             && let Some(classification) = self.scanner.take_error()
         {
             self.progress.set_failed();
+            let pass = if event.malformed {
+                Pass::Nothing
+            } else if self.scanner.transcript().is_some() {
+                // A continuation may follow: the error event is not
+                // passed on, the complete events before it are.
+                match self.scanner.frame_bytes_before_error() {
+                    0 => Pass::Nothing,
+                    n if n >= data.remaining() => Pass::Frame,
+                    n => Pass::Prefix(n),
+                }
+            } else {
+                Pass::Frame
+            };
             return Some(Found {
                 classification: with_head(classification, self.request_id.as_ref()),
-                withhold: event.malformed,
+                pass,
             });
         }
         None
@@ -340,6 +394,7 @@ impl Scan {
 impl<B> Body for ResponseBody<B>
 where
     B: Body,
+    B::Data: KeepFirst,
     B::Error: Into<BoxError>,
 {
     type Data = B::Data;
@@ -418,11 +473,17 @@ where
                                 this.guard
                                     .report(StreamOutcome::Failed(&found.classification));
                                 let error = scan.error(found.classification);
-                                if found.withhold {
-                                    // The caller's SDK would raise on it.
-                                    *this.state = State::Done;
-                                    return Poll::Ready(Some(Err(error)));
-                                }
+                                let frame = match found.pass {
+                                    Pass::Frame => frame,
+                                    Pass::Nothing => {
+                                        // The caller's SDK would raise on it.
+                                        *this.state = State::Done;
+                                        return Poll::Ready(Some(Err(error)));
+                                    }
+                                    Pass::Prefix(len) => {
+                                        frame.map_data(|data| data.keep_first(len))
+                                    }
+                                };
                                 *this.state = State::Failing(Some(error));
                                 return Poll::Ready(Some(Ok(frame)));
                             }

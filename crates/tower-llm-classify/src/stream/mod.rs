@@ -8,7 +8,9 @@
 //! line (ollama's `server/routes.go`); connections drop mid-body
 //! (openai-python #2065); streams end without their terminal event; a stall
 //! keeps answering keep-alive pings (livekit/agents #6171). [`ResponseBody`]
-//! passes the bytes through untouched, recognises all of these, turns them
+//! passes the bytes through untouched (but for events the caller's SDK
+//! would raise on when the stream fails: a malformed event, and an error
+//! event that a continuation may replace; see its docs), recognises all of these, turns them
 //! into a classified [`LlmError`](crate::LlmError) body error, and reports
 //! the final outcome to an [`OutcomeHook`]. Asked to, it keeps a
 //! [`Transcript`] of what the stream delivered (for a layer that continues
@@ -60,6 +62,7 @@
 
 mod body;
 mod error_event;
+mod keep_first;
 mod outcome;
 mod progress;
 pub(crate) mod scanner;
@@ -67,6 +70,7 @@ mod transcript;
 
 pub use body::ResponseBody;
 pub use error_event::error_event;
+pub use keep_first::KeepFirst;
 pub(crate) use outcome::OutcomeGuard;
 pub use outcome::{OnOutcome, OutcomeHook, StreamOutcome};
 pub use progress::StreamProgress;

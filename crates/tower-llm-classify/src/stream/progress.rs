@@ -19,8 +19,9 @@ const FAILED: u8 = 2;
 /// own: the stream is read once. The flags are set before the frame that
 /// carried the event is handed up, so a layer that just polled a frame
 /// sees them. After [`failed`](StreamProgress::failed) is set, the next
-/// poll of the body returns the classified error (the frame that carried
-/// it comes first).
+/// poll of the body returns the classified error (what of the frame that
+/// carried it the body passes on comes first; see
+/// [`ResponseBody`](super::ResponseBody)).
 ///
 /// Whole (non-streamed) responses carry none: their body is content.
 ///

@@ -33,6 +33,11 @@ pub struct ScanEvent {
     /// completed in this chunk.
     pub keep_alive: bool,
     /// The stream failed in this chunk; [`EventScanner::error`] says how.
+    ///
+    /// With a transcript, an in-band error event is meant to be withheld
+    /// from the caller, from its start to the end of the chunk (the
+    /// complete events before it are passed on): the transcript's
+    /// [`bytes`](super::Transcript::bytes) end where it starts.
     pub failed: bool,
     /// The chunk completes a malformed event: one whose data the caller's
     /// SDK parses as JSON and that is not JSON (see the
@@ -92,6 +97,8 @@ pub struct EventScanner {
     /// the event being read started: what a malformed event takes back.
     frame_mark: u64,
     event_mark: u64,
+    /// Bytes fed before the frame being scanned (its first part).
+    frame_start: u64,
     /// Bytes fed before the chunk being scanned; where the line being
     /// read ends; where the last complete event ended.
     fed: u64,
@@ -124,6 +131,7 @@ impl EventScanner {
             pending: PendingEvent::default(),
             frame_mark: 0,
             event_mark: 0,
+            frame_start: 0,
             fed: 0,
             line_end: 0,
             last_event_end: 0,
@@ -191,6 +199,16 @@ impl EventScanner {
         self.error.take()
     }
 
+    /// How many bytes of the frame being scanned (see
+    /// [`feed_part`](EventScanner::feed_part)) come before the event that
+    /// failed the stream: the complete events before it, which the caller
+    /// may be handed. Zero when the event began in an earlier frame.
+    pub(crate) fn frame_bytes_before_error(&self) -> usize {
+        // Bounded by the frame's length: the last complete event ended
+        // within what was fed.
+        usize::try_from(self.last_event_end.saturating_sub(self.frame_start)).unwrap_or(0)
+    }
+
     fn phase(&self) -> Phase {
         if self.content_seen {
             Phase::MidStream
@@ -213,6 +231,7 @@ impl EventScanner {
         }
         if starts_frame {
             self.frame_mark = self.content_events;
+            self.frame_start = self.fed;
         }
         match self.transcript.take() {
             None => self.scan(chunk, &mut event, None),
@@ -223,7 +242,14 @@ impl EventScanner {
                         transcript.begin_frame();
                     }
                     self.scan(chunk, &mut event, Some(&mut transcript));
-                    if !event.malformed {
+                    if event.failed {
+                        // An error event is withheld from its start (a
+                        // malformed one with its frame: `withhold_frame`).
+                        if !event.malformed {
+                            let handed = self.frame_start + self.frame_bytes_before_error() as u64;
+                            transcript.set_position(handed, self.last_event_end);
+                        }
+                    } else {
                         let fed = self.fed + chunk.len() as u64;
                         transcript.set_position(fed, self.last_event_end);
                     }

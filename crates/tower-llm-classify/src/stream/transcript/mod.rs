@@ -142,8 +142,10 @@ pub struct TokenUsage {
 ///
 /// Kept by the scan when asked ([`CaptureTranscript`]); read through a
 /// [`StreamTranscript`]. What the record holds is what the frames handed
-/// to the caller so far delivered: a frame that [`ResponseBody`](super::ResponseBody)
-/// withholds (one that completes a malformed event) is not in it.
+/// to the caller so far delivered: what [`ResponseBody`](super::ResponseBody)
+/// withholds is not in it (a frame that completes a malformed event; an
+/// in-band error event and the rest of its frame, the stream's
+/// [`bytes`](Transcript::bytes) then ending where the error event starts).
 ///
 /// ```
 /// use tower_llm_classify::stream::{Dialect, EventScanner, Framing};
