@@ -5,6 +5,8 @@ use std::sync::LazyLock;
 
 use memchr::memmem;
 
+use crate::stream::Dialect;
+
 /// Anthropic `content_block_delta`, Responses `response.*.delta`
 /// (`output_text`, `function_call_arguments`, `reasoning_summary_text`, …).
 pub(super) fn is_content_event_name(name: &[u8]) -> bool {
@@ -52,8 +54,18 @@ fn skip_ws(payload: &[u8], mut i: usize) -> usize {
 }
 
 /// A JSON payload with a non-null `"error"` key, or `"type": "error"` /
-/// `"type": "response.failed"`.
-pub(super) fn is_error_payload(payload: &[u8]) -> bool {
+/// `"type": "response.failed"` (the latter in the dialects that carry a
+/// type in their payloads: not OpenAI chat chunks nor Ollama lines).
+///
+/// Nearly every event holds neither `"error"` nor `"response.failed"`,
+/// and most no `"type"` key either: one search for the bytes `"error"`
+/// (which `"type": "error"` holds too) settles those, instead of a search
+/// for each key through the whole event.
+pub(super) fn is_error_payload(payload: &[u8], dialect: Dialect) -> bool {
+    if key!(b"\"error\"").find(payload).is_none() {
+        let typed = !matches!(dialect, Dialect::OpenAiChat | Dialect::OllamaNdjson);
+        return typed && json_type(payload) == Some(b"response.failed");
+    }
     if let Some(value_at) = find_key(payload, key!(b"\"error\"")) {
         let value = &payload[skip_ws(payload, value_at)..];
         if !value.starts_with(b"null")

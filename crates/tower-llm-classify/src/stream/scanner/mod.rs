@@ -428,7 +428,7 @@ impl EventScanner {
             return;
         }
         let name = self.event_name();
-        if name == b"error" || name == b"response.failed" || is_error_payload(data) {
+        if name == b"error" || name == b"response.failed" || is_error_payload(data, self.dialect) {
             self.fail(data, event);
             return;
         }
@@ -513,7 +513,7 @@ impl EventScanner {
             return;
         }
         self.event_mark = self.content_events;
-        if is_error_payload(line) {
+        if is_error_payload(line, self.dialect) {
             self.fail(line, event);
             return;
         }

@@ -167,3 +167,44 @@ fn an_error_event_after_a_template_is_still_an_error() {
     let (scanner, _) = captured(Dialect::OpenAiChat, &[chunk("a"), chunk("b"), error]);
     assert_eq!(scanner.error().unwrap().kind(), ErrorKind::ServerError);
 }
+
+#[test]
+fn an_error_payload_is_found_by_its_error_key_or_type_in_every_dialect_that_carries_one() {
+    use keys::is_error_payload;
+    let all = [
+        Dialect::OpenAiChat,
+        Dialect::OpenAiResponses,
+        Dialect::Anthropic,
+        Dialect::OllamaNdjson,
+        Dialect::Generic,
+    ];
+    for dialect in all {
+        for error in [
+            &br#"{"error":{"message":"boom"}}"#[..],
+            br#"{"id":"x","error" : "boom","choices":[]}"#,
+            br#"{"type": "error", "error": {"type": "overloaded_error"}}"#,
+            br#"{"type":"error"}"#,
+        ] {
+            assert!(is_error_payload(error, dialect), "{dialect:?}");
+        }
+        for healthy in [
+            &br#"{"choices":[{"delta":{"content":"an \"error\" here"}}]}"#[..],
+            br#"{"error":null,"choices":[]}"#,
+            br#"{"type":"message","content":[{"type":"error"}]}"#,
+            br#"{"type":"content_block_delta","delta":{"text":"error"}}"#,
+        ] {
+            assert!(!is_error_payload(healthy, dialect), "{dialect:?}");
+        }
+    }
+    // Only dialects whose events carry their type read `response.failed`.
+    let failed = br#"{"type":"response.failed","response":{"status":"failed"}}"#;
+    for (dialect, typed) in [
+        (Dialect::OpenAiResponses, true),
+        (Dialect::Generic, true),
+        (Dialect::Anthropic, true),
+        (Dialect::OpenAiChat, false),
+        (Dialect::OllamaNdjson, false),
+    ] {
+        assert_eq!(is_error_payload(failed, dialect), typed, "{dialect:?}");
+    }
+}

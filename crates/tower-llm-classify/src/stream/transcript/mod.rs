@@ -187,7 +187,8 @@ pub struct TokenUsage {
 /// comparing its bytes around the text, and keeps that event's verdicts
 /// (content, not an error) without the scanner's key searches: on the
 /// classify bench's 2,000-event OpenAI stream a scan with a transcript
-/// runs about a quarter fewer instructions than one without.
+/// runs about a fifth fewer instructions than one without (5,258 against
+/// 6,479 a chunk under callgrind).
 ///
 /// # What cannot be continued
 ///
