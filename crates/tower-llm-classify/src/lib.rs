@@ -93,6 +93,7 @@ mod response;
 mod service;
 pub mod stream;
 mod template;
+mod token;
 mod transport;
 
 pub use attempt::{AttemptEnd, EndReason};
@@ -105,4 +106,5 @@ pub use meta::RequestMeta;
 pub use provider::{Provider, UnknownProvider};
 pub use response::classify_response;
 pub use service::Classify;
+pub use token::RequestToken;
 pub use transport::classify_error;

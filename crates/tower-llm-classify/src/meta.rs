@@ -5,7 +5,7 @@ use std::sync::Arc;
 use http::{HeaderMap, Uri};
 
 use crate::stream::Dialect;
-use crate::{Provider, json};
+use crate::{Provider, RequestToken, json};
 
 /// What a request is, read once from its URI and a cheap scan of its JSON
 /// body, and attached as a request extension so that later layers never
@@ -25,7 +25,7 @@ use crate::{Provider, json};
 /// assert_eq!(meta.model.as_deref(), Some("gpt-4o"));
 /// assert!(meta.stream);
 /// ```
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct RequestMeta {
     /// Who the request goes to.
@@ -46,7 +46,24 @@ pub struct RequestMeta {
     /// that [`retarget`](RequestMeta::retarget) can redo what depends on
     /// the URL without reading the body again.
     body: BodyFacts,
+    /// The request's identity, the same in every attempt and target.
+    token: RequestToken,
 }
+
+/// Two metadata are equal when they say the same of their requests (their
+/// [`token`](RequestMeta::token)s, which tell requests apart, are not
+/// compared).
+impl PartialEq for RequestMeta {
+    fn eq(&self, other: &Self) -> bool {
+        self.provider == other.provider
+            && self.model == other.model
+            && self.stream == other.stream
+            && self.dialect == other.dialect
+            && self.body == other.body
+    }
+}
+
+impl Eq for RequestMeta {}
 
 /// What a request's body said, kept for [`RequestMeta::retarget`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -168,7 +185,14 @@ impl RequestMeta {
             stream,
             dialect,
             body,
+            token: RequestToken::new(),
         }
+    }
+
+    /// The request's identity ([`RequestToken`]): made with the metadata,
+    /// and the same in every copy of it (each attempt, each target).
+    pub fn token(&self) -> RequestToken {
+        self.token
     }
 }
 
