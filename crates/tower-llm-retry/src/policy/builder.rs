@@ -175,6 +175,13 @@ impl RetryPolicyBuilder {
     /// (a hung connection, a stuck deployment), and each attempt on it
     /// costs the whole timeout. The failure is then returned at once,
     /// given up as [`GiveUp::Silent`](crate::GiveUp::Silent).
+    ///
+    /// A call the stack shed itself (overloaded, phase `Local`: its
+    /// adaptive concurrency limit had no room in time) is left to the
+    /// fallback the same way ([`GiveUp::LocallyShed`](crate::GiveUp::LocallyShed)):
+    /// the next target may have room now, where this one's queue would be
+    /// waited in again. On a route's last target it is retried after the
+    /// backoff, as the target's own overload answer would be.
     pub fn retry_on_silence(mut self, retry: bool) -> Self {
         self.policy.retry_on_silence = retry;
         self

@@ -27,6 +27,11 @@ pub enum GiveUp {
     /// time) and the policy leaves a silent target to a fallback
     /// ([`retry_on_silence(false)`](crate::RetryPolicyBuilder::retry_on_silence)).
     Silent,
+    /// The stack's own adaptive concurrency limit could not place the call
+    /// in time (a local overload, not the target's answer) and the policy
+    /// leaves it to a fallback, as it leaves silence
+    /// ([`retry_on_silence(false)`](crate::RetryPolicyBuilder::retry_on_silence)).
+    LocallyShed,
 }
 
 impl GiveUp {
@@ -39,6 +44,7 @@ impl GiveUp {
             GiveUp::Deadline => "deadline",
             GiveUp::BudgetExhausted => "budget_exhausted",
             GiveUp::Silent => "silent",
+            GiveUp::LocallyShed => "locally_shed",
         }
     }
 }
@@ -103,10 +109,12 @@ impl RetryPolicy {
         u: f64,
     ) -> Decision {
         if !self.is_retryable(c) {
-            return Decision::GiveUp(if self.leaves_silence_to_fallback(c) {
-                GiveUp::Silent
-            } else {
+            return Decision::GiveUp(if !self.leaves_silence_to_fallback(c) {
                 GiveUp::NotRetryable
+            } else if is_local_shed(c) {
+                GiveUp::LocallyShed
+            } else {
+                GiveUp::Silent
             });
         }
         if attempts >= self.max_attempts {
@@ -157,10 +165,19 @@ impl RetryPolicy {
 }
 
 impl RetryPolicy {
-    /// Whether `c` is a silence this policy does not retry.
+    /// Whether `c` is a silence, or a local overload, this policy does not
+    /// retry: both say "this target cannot take the call now", which the
+    /// next target of a route may.
     fn leaves_silence_to_fallback(&self, c: &Classification) -> bool {
-        !self.retry_on_silence && is_silence(c)
+        !self.retry_on_silence && (is_silence(c) || is_local_shed(c))
     }
+}
+
+/// Whether `c` is a call the stack shed itself (its adaptive concurrency
+/// limit had no room in time): overloaded, decided locally. The target's
+/// own overload answers have a status or an in-band phase.
+pub(crate) fn is_local_shed(c: &Classification) -> bool {
+    c.kind() == ErrorKind::Overloaded && c.phase() == Phase::Local
 }
 
 /// Whether `c` says the target stayed silent: a timeout before any content

@@ -405,3 +405,28 @@ fn a_silent_target_is_retried_unless_the_policy_leaves_it_to_a_fallback() {
     );
     assert_eq!(GiveUp::Silent.as_str(), "silent");
 }
+
+#[test]
+fn a_call_the_stack_shed_itself_is_retried_on_the_last_target_and_left_to_a_fallback_elsewhere() {
+    let last = RetryPolicy::builder().build().unwrap();
+    let moves_on = RetryPolicy::builder()
+        .retry_on_silence(false)
+        .build()
+        .unwrap();
+    let shed = Classification::new(ErrorKind::Overloaded).with_phase(Phase::Local);
+    assert!(matches!(
+        last.decide(&shed, 1, Duration::ZERO, None, 0.5),
+        Decision::Retry { .. }
+    ));
+    assert_eq!(
+        moves_on.decide(&shed, 1, Duration::ZERO, None, 0.5),
+        Decision::GiveUp(GiveUp::LocallyShed)
+    );
+    // The target's own overload answer is retried by both.
+    let answered = failure(ErrorKind::Overloaded).with_status(StatusCode::SERVICE_UNAVAILABLE);
+    assert!(matches!(
+        moves_on.decide(&answered, 1, Duration::ZERO, None, 0.5),
+        Decision::Retry { .. }
+    ));
+    assert_eq!(GiveUp::LocallyShed.as_str(), "locally_shed");
+}
