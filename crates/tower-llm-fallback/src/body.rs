@@ -161,6 +161,7 @@ where
                         // it held before it, and what it handed on.
                         (Some(splice), Some(mut delivered)) => {
                             delivered.text.push_str(splice.emitted());
+                            delivered.usage = splice.usage();
                             Some(delivered)
                         }
                         _ => (state.first)(),
@@ -328,6 +329,7 @@ mod tests {
                     id: Some("a".into()),
                     ..Envelope::default()
                 },
+                usage: Default::default(),
             })
         };
         (

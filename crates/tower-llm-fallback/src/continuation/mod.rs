@@ -46,6 +46,18 @@
 //! would have sent. Text of one choice is continued; a tool call in
 //! progress, several choices or log probabilities cannot be, and end as
 //! they do today.
+//!
+//! # Usage
+//!
+//! Every segment of a continued answer is billed. The last usage block the
+//! caller reads (OpenAI's `usage` chunk, Anthropic's `message_delta`,
+//! Ollama's `done` line) is the sum of what each segment reported, as far
+//! as it is known: a segment that broke before its own usage block
+//! reported only what its dialect sends at the start — Anthropic's input
+//! tokens, in `message_start` — so a broken OpenAI or Ollama segment adds
+//! nothing, and the tokens it streamed before it broke are not counted.
+//! Anthropic's `message_delta` then carries `input_tokens` for the whole
+//! answer (the SDKs take a delta's `input_tokens` as the message's).
 
 mod prefill;
 pub(crate) mod resume;

@@ -14,6 +14,7 @@ use tower_llm_classify::stream::Dialect;
 use tower_llm_classify::{ErrorKind, LlmError, RequestMeta};
 use tower_service::Service;
 
+use super::splice::Usage;
 use super::{Envelope, Splice, prefill_request};
 use crate::report::TRACING_TARGET;
 use crate::service::Shared;
@@ -31,6 +32,8 @@ pub(crate) type FirstDelivered = Box<dyn Fn() -> Option<Delivered> + Send>;
 pub(crate) struct Delivered {
     pub(crate) text: String,
     pub(crate) envelope: Envelope,
+    /// What the segments so far reported using.
+    pub(crate) usage: Usage,
 }
 
 /// How a served stream is continued, type-erased for the body.
@@ -164,7 +167,7 @@ where
                 };
                 let splice = match Splice::new(dialect, delivered.envelope.clone(), prefill.trimmed)
                 {
-                    Ok(splice) => splice,
+                    Ok(splice) => splice.after(delivered.usage),
                     Err(_) => return Err(last.unwrap_or_else(not_continued)),
                 };
                 let mut service = target.service.clone();

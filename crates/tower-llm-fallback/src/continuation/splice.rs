@@ -27,6 +27,41 @@ pub struct Envelope {
     pub blocks: u64,
 }
 
+/// Tokens an answer's segments reported as used, as far as they are
+/// known: a segment that broke before its usage block reported only what
+/// it sends at its start (Anthropic's input tokens), OpenAI's and
+/// Ollama's nothing.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Usage {
+    pub(crate) input: u64,
+    pub(crate) output: u64,
+}
+
+impl Usage {
+    fn plus(self, other: Usage) -> Usage {
+        Usage {
+            input: self.input.saturating_add(other.input),
+            output: self.output.saturating_add(other.output),
+        }
+    }
+}
+
+/// Adds `earlier` to the number at `field` of `object`, inserting it when
+/// `insert` and the field is missing; returns the number the rest said.
+fn add_to(
+    object: &mut serde_json::Map<String, Value>,
+    field: &str,
+    earlier: u64,
+    insert: bool,
+) -> Option<u64> {
+    let said = object.get(field).and_then(Value::as_u64);
+    if said.is_some() || insert {
+        let total = said.unwrap_or(0).saturating_add(earlier);
+        object.insert(field.into(), Value::from(total));
+    }
+    said
+}
+
 /// Why the rest cannot be spliced into the caller's stream.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -74,6 +109,12 @@ pub struct Splice {
     started: bool,
     /// The text handed on so far, for a continuation of this one.
     emitted: String,
+    /// What the earlier segments reported using, added to the usage the
+    /// rest reports, so the caller's last usage block counts every segment
+    /// as far as known.
+    earlier: Usage,
+    /// What the rest reported using itself.
+    reported: Usage,
 }
 
 impl Splice {
@@ -93,7 +134,22 @@ impl Splice {
             pending: Vec::new(),
             started: false,
             emitted: String::new(),
+            earlier: Usage::default(),
+            reported: Usage::default(),
         })
+    }
+
+    /// Counts `earlier` (what the segments before this rest reported) in
+    /// the usage the rest reports to the caller.
+    pub(crate) fn after(mut self, earlier: Usage) -> Self {
+        self.earlier = earlier;
+        self
+    }
+
+    /// What every segment up to and including this rest reported using so
+    /// far (for a continuation of this one, should it break too).
+    pub(crate) fn usage(&self) -> Usage {
+        self.earlier.plus(self.reported)
     }
 
     /// The text of the rest handed on so far (what the caller holds after
@@ -227,6 +283,21 @@ impl Splice {
             );
         }
         let has_usage = object.get("usage").is_some_and(|u| !u.is_null());
+        if let Some(Value::Object(usage)) = object.get_mut("usage") {
+            let input = add_to(usage, "prompt_tokens", self.earlier.input, false);
+            let output = add_to(usage, "completion_tokens", self.earlier.output, false);
+            self.reported = Usage {
+                input: input.unwrap_or(0),
+                output: output.unwrap_or(0),
+            };
+            let total = self.usage();
+            if usage.contains_key("total_tokens") {
+                usage.insert(
+                    "total_tokens".into(),
+                    Value::from(total.input.saturating_add(total.output)),
+                );
+            }
+        }
         let Some(Value::Array(choices)) = object.get_mut("choices") else {
             return Ok(true);
         };
@@ -275,7 +346,41 @@ impl Splice {
         });
         let continues_open = index == Some(0) && self.envelope.open_block.is_some();
         match kind {
-            Some("message_start") => return Ok(false),
+            Some("message_start") => {
+                // Dropped (the caller has its own), but what the rest was
+                // billed for its prompt is counted.
+                let said = |field: &str| {
+                    event
+                        .pointer(&format!("/message/usage/{field}"))
+                        .and_then(Value::as_u64)
+                        .unwrap_or(0)
+                };
+                self.reported = Usage {
+                    input: said("input_tokens"),
+                    output: said("output_tokens"),
+                };
+                return Ok(false);
+            }
+            Some("message_delta") => {
+                if let Some(Value::Object(usage)) = event.get_mut("usage") {
+                    // `output_tokens` is the rest's running count; the
+                    // input the whole answer's (the SDKs take a delta's
+                    // `input_tokens` as the message's).
+                    let earlier = self.earlier;
+                    if let Some(output) = add_to(usage, "output_tokens", earlier.output, false) {
+                        self.reported.output = output;
+                    }
+                    let input = usage
+                        .get("input_tokens")
+                        .and_then(Value::as_u64)
+                        .unwrap_or(self.reported.input);
+                    self.reported.input = input;
+                    usage.insert(
+                        "input_tokens".into(),
+                        Value::from(input.saturating_add(earlier.input)),
+                    );
+                }
+            }
             Some("content_block_start") if continues_open => {
                 let is_text =
                     event.pointer("/content_block/type").and_then(Value::as_str) == Some("text");
@@ -317,6 +422,14 @@ impl Splice {
             object.insert("model".into(), Value::from(model.as_str()));
         }
         let done = value.get("done").and_then(Value::as_bool) == Some(true);
+        if done && let Some(object) = value.as_object_mut() {
+            let input = add_to(object, "prompt_eval_count", self.earlier.input, false);
+            let output = add_to(object, "eval_count", self.earlier.output, false);
+            self.reported = Usage {
+                input: input.unwrap_or(0),
+                output: output.unwrap_or(0),
+            };
+        }
         if let Some(Value::String(content)) = value.pointer_mut("/message/content") {
             self.skip_repeated(content);
             if content.is_empty() && !done && value.get("error").is_none() {

@@ -376,3 +376,81 @@ fn dialects_without_messages_cannot_be_spliced() {
         SpliceError::Dialect
     );
 }
+
+#[test]
+fn the_callers_last_usage_block_counts_every_segment_as_far_as_known() {
+    let earlier = splice::Usage {
+        input: 100,
+        output: 7,
+    };
+    // OpenAI: the rest's usage chunk (stream_options.include_usage).
+    let mut openai = Splice::new(Dialect::OpenAiChat, Envelope::default(), String::new())
+        .unwrap()
+        .after(earlier);
+    let usage = r#"data: {"id":"x","choices":[],"usage":{"prompt_tokens":120,"completion_tokens":30,"total_tokens":150}}"#;
+    let out = String::from_utf8(splice_all(
+        &mut openai,
+        format!("{usage}\n\n").as_bytes(),
+        7,
+    ))
+    .unwrap();
+    let chunk: Value = serde_json::from_str(out.trim().strip_prefix("data: ").unwrap()).unwrap();
+    assert_eq!(
+        chunk["usage"],
+        json!({"prompt_tokens": 220, "completion_tokens": 37, "total_tokens": 257})
+    );
+    assert_eq!(
+        openai.usage(),
+        splice::Usage {
+            input: 220,
+            output: 37
+        }
+    );
+
+    // Anthropic: the dropped message_start's input is counted, and the
+    // message_delta says the whole answer's.
+    let mut anthropic = Splice::new(
+        Dialect::Anthropic,
+        Envelope {
+            open_block: Some(0),
+            blocks: 1,
+            ..Envelope::default()
+        },
+        String::new(),
+    )
+    .unwrap()
+    .after(earlier);
+    let rest = concat!(
+        "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":120,\"output_tokens\":1}}}\n\n",
+        "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":30}}\n\n",
+    );
+    let out = String::from_utf8(splice_all(&mut anthropic, rest.as_bytes(), 13)).unwrap();
+    assert!(!out.contains("message_start"), "{out}");
+    let delta: Value =
+        serde_json::from_str(out.lines().find_map(|l| l.strip_prefix("data: ")).unwrap()).unwrap();
+    assert_eq!(
+        delta["usage"],
+        json!({"input_tokens": 220, "output_tokens": 37})
+    );
+
+    // Ollama: the done line's counts.
+    let mut ollama = Splice::new(Dialect::OllamaNdjson, Envelope::default(), String::new())
+        .unwrap()
+        .after(earlier);
+    let done = "{\"message\":{\"role\":\"assistant\",\"content\":\"\"},\"done\":true,\"prompt_eval_count\":120,\"eval_count\":30}\n";
+    let out = String::from_utf8(splice_all(&mut ollama, done.as_bytes(), 5)).unwrap();
+    let line: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(
+        (
+            line["prompt_eval_count"].as_u64(),
+            line["eval_count"].as_u64()
+        ),
+        (Some(220), Some(37))
+    );
+
+    // A rest that broke before its usage adds nothing it did not say.
+    let silent = Splice::new(Dialect::OpenAiChat, Envelope::default(), String::new())
+        .unwrap()
+        .after(earlier);
+    assert_eq!(silent.usage(), earlier);
+}

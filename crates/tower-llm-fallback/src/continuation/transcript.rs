@@ -4,6 +4,7 @@ use tower_llm_classify::stream::StreamTranscript;
 
 use super::Envelope;
 use super::resume::{Delivered, FirstDelivered};
+use super::splice::Usage;
 
 /// A reader of what the caller holds of the stream whose response carries
 /// `extensions`: Classify's [`StreamTranscript`] of it (asked for with
@@ -24,6 +25,10 @@ pub(crate) fn reader(extensions: &http::Extensions) -> Option<FirstDelivered> {
                     open_block: t.open_block(),
                     blocks: t.blocks(),
                 },
+                usage: t.usage().map_or_else(Usage::default, |u| Usage {
+                    input: u.input_tokens.unwrap_or(0),
+                    output: u.output_tokens.unwrap_or(0),
+                }),
             })
         })
     }))
