@@ -58,7 +58,7 @@
 //! | `[retry] stream_head_timeout_ms` | a streamed request's wait for its response head | 30 s |
 //! | `[retry] attempt_timeout_ms` | one attempt: its head, a stream's first content, a whole answer's end | 600 s |
 //! | `[retry] first_content_timeout_ms` | a streamed request's wait for its first content | none |
-//! | `[classify] stream_idle_timeout_ms` | a stream's time without a content event (pings do not count), from its head | 300 s |
+//! | `[classify] stream_idle_timeout_ms` | a stream's time without a content event (pings do not count), after its first | 60 s |
 //! | `[retry] deadline_ms` | all attempts and waits on one target | none |
 //!
 //! A silent attempt (no head, or no first content, in time) goes to the
@@ -70,15 +70,15 @@
 //! use tower_llm::config::StackConfig;
 //!
 //! // Models that answer fast: move on after 20 s without a first token,
-//! // end a stream silent for a minute.
+//! // end a stream silent for 30 s after its first token.
 //! let config = StackConfig::from_toml(r#"
 //!     [retry]
 //!     first_content_timeout_ms = 20000
 //!
 //!     [classify]
-//!     stream_idle_timeout_ms = 60000
+//!     stream_idle_timeout_ms = 30000
 //! "#).unwrap();
-//! assert_eq!(config.stream_idle_timeout().unwrap().as_secs(), 60);
+//! assert_eq!(config.stream_idle_timeout().unwrap().as_secs(), 30);
 //! ```
 
 use std::fmt;

@@ -202,13 +202,14 @@ async fn a_stream_stalled_after_content_ends_with_a_typed_error_at_the_idle_time
         .unwrap();
     let (error, after, keep_alives) = read_until_error(response).await;
 
-    // `sdk_default`'s stream idle timeout: keep-alives do not reset it.
+    // `sdk_default`'s stream idle timeout, from the last content:
+    // keep-alives do not reset it.
     assert!(
-        after >= Duration::from_secs(300) && after < Duration::from_secs(301),
+        after >= Duration::from_secs(60) && after < Duration::from_secs(61),
         "{after:?}"
     );
     assert!(
-        keep_alives >= 50,
+        keep_alives >= 10,
         "{keep_alives} keep-alives came meanwhile"
     );
     assert_eq!(error.kind(), ErrorKind::StreamIncomplete);

@@ -28,7 +28,7 @@ pin_project_lite::pin_project! {
     /// "Silence" is time without a frame carrying bytes from the upstream:
     /// an SSE keep-alive comment counts, so this timer never cuts a
     /// provider that keeps its stream alive. The stack's own idle timer
-    /// does (it counts content only, from the upstream's head), and is never
+    /// does (it counts content only, after the first), and is never
     /// longer than this one, so it fires first on a stream and reports why;
     /// this one is the backstop for bodies the stack does not watch (see
     /// `GatewaySection::fit_idle_timeout`). A caller that stops reading is

@@ -140,6 +140,7 @@ impl std::error::Error for StackError {}
 struct Layers {
     retry: RetryPolicy,
     circuit: CircuitLayer,
+    adaptive_limit: bool,
     classify: ClassifyLayer,
 }
 
@@ -160,6 +161,38 @@ type PendingTarget = (
     Box<dyn FnOnce(&Layers, Arc<str>) -> TargetServices + Send>,
 );
 
+/// A target's two services over `below` (its Circuit → Classify → client,
+/// with or without the adaptive limit): Retry on top, the body erased.
+fn target_services<S, R>(retry: &RetryPolicy, below: S) -> TargetServices
+where
+    S: Service<Request<ReplayBody>, Response = Response<R>> + Clone + Send + Sync + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<LlmError>,
+    R: Body<Data = Bytes, Error = LlmError> + Send + 'static,
+{
+    let erased = |policy: RetryPolicy| {
+        TargetService::new(tower::util::MapResponse::new(
+            RetryLayer::new(policy).layer(below.clone()),
+            |response: Response<_>| {
+                // Classify's body errors are `LlmError`s already: erased as
+                // they are, no conversion.
+                response.map(|body: tower_llm_retry::RetryBody<R>| body.boxed_unsync())
+            },
+        ))
+    };
+    // One budget for the target, shared by both.
+    let last = retry.with_own_budget();
+    let moves_on = last
+        .to_builder()
+        .retry_on_silence(false)
+        .build()
+        .unwrap_or_else(|_| last.clone());
+    TargetServices {
+        moves_on: erased(moves_on),
+        last: erased(last),
+    }
+}
+
 /// Builds the stack: presets, layer settings, targets, routes.
 ///
 /// Settings may be given in any order: targets are assembled at
@@ -167,6 +200,7 @@ type PendingTarget = (
 pub struct LlmStack {
     retry: RetryPolicy,
     circuit: CircuitConfig,
+    adaptive_limit: bool,
     on_transition: Option<Arc<OnTransition>>,
     classify: ClassifyLayer,
     stream_idle_timeout: Option<Duration>,
@@ -213,6 +247,7 @@ impl LlmStack {
         LlmStack {
             retry: preset.retry(),
             circuit: preset.circuit(),
+            adaptive_limit: true,
             on_transition: None,
             classify: ClassifyLayer::new(),
             stream_idle_timeout: Some(preset.stream_idle_timeout()),
@@ -265,6 +300,27 @@ impl LlmStack {
         self
     }
 
+    /// Whether each target's calls pass an adaptive concurrency limit per
+    /// key (on by default; its settings are the circuit configuration's
+    /// [`adaptive_limit`](CircuitConfig::adaptive_limit), `[circuit]
+    /// limit_*` in TOML).
+    ///
+    /// Overload is not an outage: a target that sheds some calls (429-free
+    /// 503 "overloaded", 529, a full queue) still serves most of them. With
+    /// the limit, shed answers halve the calls the stack lets in flight to
+    /// that key and successes raise it again (AIMD, as Netflix's
+    /// concurrency-limits and Envoy's adaptive concurrency filter), and
+    /// calls over it wait their turn (a bounded queue, then a local
+    /// overload the fallback moves on from) instead of adding to the queue
+    /// upstream. A lone target's breaker does not count overload (busy is
+    /// not down, and it has nowhere else to send the call); with another
+    /// target to go to, overload still counts, so that a target answering
+    /// nothing but "overloaded" is left for the next.
+    pub fn adaptive_limit(mut self, on: bool) -> Self {
+        self.adaptive_limit = on;
+        self
+    }
+
     /// Calls `f` on every breaker state change of every target (besides the
     /// `tracing` event): to alert, or to count in your own metrics.
     pub fn on_transition(mut self, f: impl Fn(&Transition) + Send + Sync + 'static) -> Self {
@@ -280,17 +336,17 @@ impl LlmStack {
         self
     }
 
-    /// Fails a stream that delivers no content event for `timeout`: pings,
-    /// SSE comments and role-only chunks do not count, so a stalled stream
-    /// kept alive by keep-alives is ended too (Classify's
-    /// [`stream_idle_timeout`](ClassifyLayer::stream_idle_timeout)). Before
-    /// the first content the failure goes to the next target (see the
-    /// [module docs](self)); after it, the caller's stream ends with a
-    /// `stream_incomplete` error whose source is the timeout. The timer
-    /// starts at the response head, so this is also the longest a stream
-    /// may be silent before its first content: leave room for reasoning
-    /// models. The preset's is in [`Preset`]'s table; `Duration::MAX` is no
-    /// limit.
+    /// Fails a stream that delivers no content event for `timeout` after
+    /// its first: pings, SSE comments and role-only chunks do not count, so
+    /// a stalled stream kept alive by keep-alives is ended too (Classify's
+    /// [`stream_idle_timeout`](ClassifyLayer::stream_idle_timeout)). The
+    /// answer is then continued from where it stopped (see
+    /// [`continue_streams`](Self::continue_streams)), or the caller's stream
+    /// ends with a `stream_incomplete` error whose source is the timeout.
+    /// The wait for the first content is the retry policy's (stream head,
+    /// first content, attempt timeout), not this one's, so a reasoning
+    /// model's silent start is not cut. The preset's is in [`Preset`]'s
+    /// table; `Duration::MAX` is no limit.
     pub fn stream_idle_timeout(mut self, timeout: Duration) -> Self {
         self.stream_idle_timeout = Some(timeout);
         self
@@ -356,29 +412,14 @@ impl LlmStack {
         let settings = adapt(Target::new(name, ()));
         let make = Box::new(move |layers: &Layers, name: Arc<str>| -> TargetServices {
             // `target/model`, compared in place per call (no string built);
-            // the two services share the breaker (one registry, one key).
+            // the two services share the breaker and the limit (one
+            // registry, one key).
             let circuit = layers.circuit.clone().key_by(KeyBy::TargetModel(name));
             let below = circuit.layer(layers.classify.layer(client));
-            let erased = |policy: RetryPolicy| {
-                TargetService::new(tower::util::MapResponse::new(
-                    RetryLayer::new(policy).layer(below.clone()),
-                    |response: Response<_>| {
-                        // Classify's body errors are `LlmError`s already:
-                        // erased as they are, no conversion.
-                        response.map(|body: tower_llm_retry::RetryBody<_>| body.boxed_unsync())
-                    },
-                ))
-            };
-            // One budget for the target, shared by both.
-            let last = layers.retry.with_own_budget();
-            let moves_on = last
-                .to_builder()
-                .retry_on_silence(false)
-                .build()
-                .unwrap_or_else(|_| last.clone());
-            TargetServices {
-                moves_on: erased(moves_on),
-                last: erased(last),
+            if layers.adaptive_limit {
+                target_services(&layers.retry, circuit.adaptive_limit().layer(below))
+            } else {
+                target_services(&layers.retry, below)
             }
         });
         self.targets.push((settings, make));
@@ -424,6 +465,7 @@ impl LlmStack {
         let layers = Layers {
             retry: self.retry,
             circuit,
+            adaptive_limit: self.adaptive_limit,
             classify,
         };
         let mut targets: Vec<Target<TargetServices>> = Vec::with_capacity(self.targets.len());
