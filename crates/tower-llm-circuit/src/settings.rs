@@ -77,8 +77,11 @@ pub struct CircuitSettings {
     pub limit_min: Option<u32>,
     /// The highest adaptive limit.
     pub limit_max: Option<u32>,
-    /// What a shed answer multiplies the limit by, in [0.5, 1).
+    /// What a decrease multiplies the limit by, in [0.5, 1).
     pub limit_backoff: Option<f64>,
+    /// Shed answers (percent of a window's answers) that lower the limit,
+    /// in (0, 100]; a percent, as `failure_rate`.
+    pub limit_shed_rate: Option<f64>,
     /// Most calls waiting for room on one key (0: never wait).
     pub limit_queue: Option<u32>,
     /// Longest wait for room (ms).
@@ -208,6 +211,7 @@ impl CircuitSettings {
             || self.limit_min.is_some()
             || self.limit_max.is_some()
             || self.limit_backoff.is_some()
+            || self.limit_shed_rate.is_some()
             || self.limit_queue.is_some()
             || self.limit_queue_wait_ms.is_some()
             || self.limit_growth_latency_ms.is_some()
@@ -220,6 +224,9 @@ impl CircuitSettings {
             );
             if let Some(factor) = self.limit_backoff {
                 limit = limit.backoff(factor);
+            }
+            if let Some(percent) = self.limit_shed_rate {
+                limit = limit.shed_rate(percent);
             }
             if self.limit_queue.is_some() || self.limit_queue_wait_ms.is_some() {
                 limit = limit.queue(
@@ -314,12 +321,14 @@ mod tests {
         let config = CircuitSettings {
             limit_initial: Some(8),
             limit_queue_wait_ms: Some(500),
+            limit_shed_rate: Some(40.0),
             ..Default::default()
         }
         .build()
         .unwrap();
         let limit = config.adaptive_limit();
         assert_eq!((limit.initial(), limit.min(), limit.max()), (8, 1, 200));
+        assert_eq!(limit.shed_rate(), 40.0);
         assert_eq!(
             (limit.max_queue(), limit.max_queue_wait()),
             (64, Duration::from_millis(500))
@@ -338,6 +347,13 @@ mod tests {
         .build()
         .unwrap_err();
         assert!(error.to_string().contains("backoff"), "{error}");
+        let error = CircuitSettings {
+            limit_shed_rate: Some(0.0),
+            ..Default::default()
+        }
+        .build()
+        .unwrap_err();
+        assert!(error.to_string().contains("shed_rate"), "{error}");
     }
 
     #[cfg(feature = "serde")]

@@ -15,7 +15,7 @@ use tokio_test::{assert_pending, assert_ready, task};
 use tower::{Layer, Service, ServiceExt};
 use tower_llm_circuit::{
     AdaptiveLimit, AdaptiveLimitConfig, AdaptiveLimitLayer, Circuit, CircuitConfig, CircuitHandle,
-    CircuitLayer, LimitSnapshot, WindowKind,
+    CircuitLayer, CircuitState, LimitSnapshot, WindowKind,
 };
 use tower_llm_classify::{Classification, ErrorKind, LlmError, Phase};
 use tower_llm_retry::RetryPolicy;
@@ -172,35 +172,68 @@ async fn nothing_leaks_when_callers_drop_calls_waiting_called_or_streaming() {
     assert_eq!(counts(&keys), (2, 0, 0));
 }
 
+/// Sends `calls` calls, `at_once` at a time, each answered `answer()`.
+async fn answer_calls(
+    service: &mut AdaptiveLimit<Mock>,
+    handle: &mut Handle,
+    calls: usize,
+    at_once: usize,
+    answer: impl Fn() -> Result<Response<Full<Bytes>>, LlmError>,
+) {
+    for _ in 0..calls / at_once {
+        let mut futures = Vec::new();
+        for _ in 0..at_once {
+            futures.push(service.ready().await.unwrap().call(request()));
+        }
+        for _ in 0..at_once {
+            let (_, send) = handle.next_request().await.unwrap();
+            match answer() {
+                Ok(response) => send.send_response(response),
+                Err(error) => send.send_error(error),
+            }
+        }
+        for future in futures {
+            let _ = future.await;
+        }
+    }
+}
+
 #[tokio::test(flavor = "current_thread", start_paused = true)]
-async fn shed_answers_lower_the_limit_once_per_window_and_successes_raise_it_again() {
+async fn shed_answers_lower_the_limit_once_they_are_30_percent_of_a_window_and_successes_raise_it_again()
+ {
     let (mut service, mut handle, keys) = setup();
     handle.allow(100);
-    let limit_of_key = || limit(&keys).limit;
-    // Two shed answers of calls admitted together: one decrease.
-    let (a, b) = (
-        service.ready().await.unwrap().call(request()),
-        service.ready().await.unwrap().call(request()),
-    );
-    for _ in 0..2 {
-        let (_, send) = handle.next_request().await.unwrap();
-        send.send_error(shed());
-    }
-    assert_eq!(a.await.unwrap_err().kind(), ErrorKind::Overloaded);
-    assert_eq!(b.await.unwrap_err().kind(), ErrorKind::Overloaded);
-    assert_eq!(limit_of_key(), 1);
+    // At a limit of 2 a window is 20 answers; 30 % of it is 6 shed.
+    answer_calls(&mut service, &mut handle, 4, 2, || Err(shed())).await;
+    assert_eq!(limit(&keys).limit, 2, "4 shed answers of 20: not yet");
+    answer_calls(&mut service, &mut handle, 2, 2, || Err(shed())).await;
+    assert_eq!(limit(&keys).limit, 1);
     // Never below the minimum: one call always goes.
-    let call = service.ready().await.unwrap().call(request());
-    let (_, send) = handle.next_request().await.unwrap();
-    send.send_error(shed());
-    let _ = call.await;
-    assert_eq!(limit_of_key(), 1);
+    answer_calls(&mut service, &mut handle, 6, 1, || Err(shed())).await;
+    assert_eq!(limit(&keys).limit, 1);
     // A call at the limit that ends well raises it by 1/limit.
-    let call = service.ready().await.unwrap().call(request());
-    let (_, send) = handle.next_request().await.unwrap();
-    send.send_response(empty());
-    call.await.unwrap();
-    assert_eq!(limit_of_key(), 2);
+    answer_calls(&mut service, &mut handle, 1, 1, || Ok(empty())).await;
+    assert_eq!(limit(&keys).limit, 2);
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn other_failures_count_in_the_window_and_dilute_the_shed_ones() {
+    let (mut service, mut handle, keys) = setup();
+    handle.allow(100);
+    let server_error = || {
+        Err(LlmError::new(
+            Classification::new(ErrorKind::ServerError)
+                .with_status(http::StatusCode::INTERNAL_SERVER_ERROR)
+                .with_phase(Phase::AfterHeaders),
+        ))
+    };
+    // 15 server errors and 5 shed answers: a window of 20 answers, 25 %
+    // shed, not 30 %. The sixth shed answer is the first of the next.
+    answer_calls(&mut service, &mut handle, 14, 2, server_error).await;
+    answer_calls(&mut service, &mut handle, 1, 1, server_error).await;
+    answer_calls(&mut service, &mut handle, 4, 2, || Err(shed())).await;
+    answer_calls(&mut service, &mut handle, 2, 1, || Err(shed())).await;
+    assert_eq!(limit(&keys).limit, 2);
 }
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
@@ -234,4 +267,90 @@ async fn made_from_a_circuit_layer_it_shares_its_keys_and_the_breaker_never_hear
     let key = &circuit.handle().snapshot()[0];
     assert_eq!((key.totals.calls, key.totals.failures), (1, 0), "{key:?}");
     assert_eq!(key.limit.in_flight, 0);
+}
+
+/// The limit above a circuit on the same keys: a limit of 4 (at least 1,
+/// at most 8) and no queue (a call over it is refused at once); the
+/// breaker opens on 10 failures of 10 calls, for 10 s, and closes on one
+/// probe.
+fn limit_over_circuit() -> (AdaptiveLimit<Circuit<Mock>>, Handle, CircuitLayer) {
+    let circuit = CircuitLayer::new(
+        CircuitConfig::builder()
+            .window(WindowKind::Count(20))
+            .minimum_calls(10)
+            .failure_rate(100.0)
+            .consecutive_failures(None)
+            .open_duration(Duration::from_secs(10), 1.0, Duration::from_secs(10))
+            .open_jitter(0.0)
+            .half_open_probes(1)
+            .adaptive_limit(
+                AdaptiveLimitConfig::builder()
+                    .limits(4, 1, 8)
+                    .queue(0, Duration::ZERO)
+                    .build()
+                    .unwrap(),
+            )
+            .build()
+            .unwrap(),
+    );
+    let (mock, handle) = mock::pair();
+    let service = circuit.adaptive_limit().layer(circuit.layer(mock));
+    (service, handle, circuit)
+}
+
+const KEY: &str = "openai/gpt-4o";
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn an_open_breakers_refusals_and_the_limits_own_refusals_never_lower_it() {
+    let (mut service, mut handle, circuit) = limit_over_circuit();
+    let keys = circuit.handle();
+    handle.allow(10);
+    keys.force_open(KEY);
+    for _ in 0..30 {
+        let refused = service.ready().await.unwrap().call(request()).await;
+        assert_eq!(refused.unwrap_err().kind(), ErrorKind::CircuitOpen);
+    }
+    assert_eq!(counts(&keys), (4, 0, 0));
+    keys.reset(KEY);
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(service.ready().await.unwrap().call(request()));
+    }
+    for _ in 0..30 {
+        let refused = service.ready().await.unwrap().call(request()).await;
+        let error = refused.unwrap_err();
+        assert_eq!(
+            (error.kind(), error.classification().phase()),
+            (ErrorKind::Overloaded, Phase::Local)
+        );
+    }
+    drop(held);
+    assert_eq!(counts(&keys), (4, 0, 0));
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn the_limit_starts_again_from_its_initial_value_when_the_breaker_closes_after_an_outage() {
+    let (mut service, mut handle, circuit) = limit_over_circuit();
+    let keys = circuit.handle();
+    handle.allow(100);
+    // Down: ten shed answers, one at a time. The sixth halves the limit
+    // (30 % of a window of 20), the next four are too few for another
+    // halving, the tenth opens the breaker.
+    for _ in 0..10 {
+        let call = service.ready().await.unwrap().call(request());
+        let (_, send) = handle.next_request().await.unwrap();
+        send.send_error(shed());
+        assert_eq!(call.await.unwrap_err().kind(), ErrorKind::Overloaded);
+    }
+    assert_eq!(keys.state(KEY), Some(CircuitState::Open));
+    assert_eq!(limit(&keys).limit, 2);
+    // Back: the probe succeeds, the breaker closes, and the limit starts
+    // again from 4 rather than growing back from 2 (by 1/2 per success).
+    tokio::time::advance(Duration::from_secs(10)).await;
+    let probe = service.ready().await.unwrap().call(request());
+    let (_, send) = handle.next_request().await.unwrap();
+    send.send_response(empty());
+    probe.await.unwrap();
+    assert_eq!(keys.state(KEY), Some(CircuitState::Closed));
+    assert_eq!(counts(&keys), (4, 0, 0));
 }

@@ -13,7 +13,8 @@ pin_project! {
     /// The inner body; the call keeps its room under the key's adaptive
     /// limit until the body ends, fails or is dropped, so a stream counts
     /// as in flight for as long as it streams. A clean end may raise the
-    /// limit; an overloaded error inside the stream lowers it.
+    /// limit; an overloaded error inside the stream counts as a shed
+    /// answer.
     pub struct LimitBody<B> {
         #[pin]
         inner: B,

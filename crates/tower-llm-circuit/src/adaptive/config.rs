@@ -14,18 +14,66 @@ use crate::config::ConfigError;
 /// | minimum | 1 | a key is never starved: one call always goes |
 /// | maximum | 200 | `AIMDLimit`'s maximum |
 /// | backoff | × 0.5, once per window | see below |
+/// | shed rate | 30 % of a window's answers | see below |
 /// | queue | 64 calls, 2 s each | a call waits for room rather than fail at once, but not longer than a retry's backoff would |
 /// | growth latency | none | an LLM answer's duration is the request's doing (`max_tokens`) |
+///
+/// # Why a shed rate, and not every shed answer
+///
+/// A fleet provider answers a few percent of calls "overloaded" at random,
+/// whatever the load of one client (OpenAI's 503 `server_is_overloaded`,
+/// Anthropic's 529): one shed answer says little about this key's load.
+/// AIMD that halves on any shed answer settles, under a random loss
+/// rate `p`, near `sqrt(1.5 / p)` calls: 3 at 20 %. The chaos suite's
+/// `transient` scenario (32 callers, 20 % of calls answered 503 at random)
+/// measured it: the limit sat near 3 and the median answer took 550 ms
+/// instead of 50 ms, though the upstream was never overloaded. A breaker
+/// answers the same question (is a failure noise or a trend?) with a
+/// failure rate over a minimum number of calls
+/// ([`failure_rate`](crate::CircuitConfigBuilder::failure_rate) and
+/// [`minimum_calls`](crate::CircuitConfigBuilder::minimum_calls)); the
+/// limit does the same: it is lowered when shed answers reach the
+/// [`shed_rate`](AdaptiveLimitConfigBuilder::shed_rate) share of a window
+/// of answers. A window is twice the limit's worth of answers (about two
+/// round trips of a key at its limit), at least 20: at 20 % random sheds
+/// and a limit of 32, a window of 64 answers reaches 30 % about once in 45
+/// (the binomial tail: 2.2 %), so the limit stays near the load; a target
+/// shedding the overflow of a real overload sheds a share that grows with
+/// the overload (the `metastability` scenario offers 64 calls a second to
+/// a capacity halved to 40: 37.5 % overflow), and a window at 40 % reaches
+/// 30 % more than nine times in ten (94 %). The decision is taken as soon
+/// as it is certain: a window whose shed answers already make 30 % of its
+/// full size lowers the limit at once, so a provider shedding everything
+/// lowers it within a few calls.
+/// Answers that are neither a success nor a shed (server errors,
+/// timeouts, resets) count in the window; refusals made by this stack (an
+/// open breaker, a cooldown, the limit's own) and calls the caller dropped
+/// do not.
 ///
 /// # Why × 0.5 once per window
 ///
 /// `AIMDLimit` multiplies its limit by 0.9 on *every* dropped call; a burst
 /// of shed answers (a provider sheds every queued call at once) compounds
 /// it (0.9^64 ≈ 0.001) and the limit falls to its minimum in one burst.
-/// Here a shed answer lowers the limit only if its call was admitted
-/// after the last decrease (TCP's one reduction per window, RFC 5681),
-/// and by half as TCP Reno does: one burst halves the limit, a provider
-/// still shedding halves it again a window later.
+/// Here a decrease starts a new window, and answers to calls admitted
+/// before it are not counted in the next (TCP's one reduction per window,
+/// RFC 5681); it halves the limit as TCP Reno does: one burst halves the
+/// limit, a provider still shedding halves it again a window later.
+///
+/// # After an outage
+///
+/// When the key's breaker closes again after being open (its probes
+/// succeeded, or a health probe did), a limit below the initial one starts
+/// again from it: an outage's shed answers (a target down behind a 503)
+/// drove the limit down, but said nothing about the recovered target's
+/// capacity. Growing back from 1 by one call per limit's worth of
+/// successes kept the chaos suite's `outage` scenario's primary below its
+/// load for 24 s after it recovered, its calls over the limit refused and
+/// sent to the backup. Restarting from the initial limit treats the key
+/// as the new key it is; TCP's slow start (doubling per window from 1)
+/// would probe its way up, but the breaker's half-open probes already
+/// did, and an initial limit that is too high is halved by the next
+/// window of shed answers.
 ///
 /// # Growth
 ///
@@ -40,6 +88,8 @@ pub struct AdaptiveLimitConfig {
     pub(crate) min: u32,
     pub(crate) max: u32,
     pub(crate) backoff: f64,
+    /// Percent of a window's answers.
+    pub(crate) shed_rate: f64,
     pub(crate) max_queue: u32,
     pub(crate) max_queue_wait: Duration,
     pub(crate) growth_latency: Option<Duration>,
@@ -53,6 +103,7 @@ impl AdaptiveLimitConfig {
             min: 1,
             max: 200,
             backoff: 0.5,
+            shed_rate: 30.0,
             max_queue: 64,
             max_queue_wait: Duration::from_secs(2),
             growth_latency: None,
@@ -88,9 +139,15 @@ impl AdaptiveLimitConfig {
         self.max
     }
 
-    /// The factor a shed answer multiplies the limit by.
+    /// The factor a decrease multiplies the limit by.
     pub fn backoff(&self) -> f64 {
         self.backoff
+    }
+
+    /// The share of a window's answers (percent) that must be shed
+    /// before the limit is lowered.
+    pub fn shed_rate(&self) -> f64 {
+        self.shed_rate
     }
 
     /// Most calls waiting for room on one key.
@@ -119,10 +176,13 @@ impl Default for AdaptiveLimitConfig {
 /// let config = AdaptiveLimitConfig::builder()
 ///     .limits(4, 2, 50)
 ///     .backoff(0.7)
+///     .shed_rate(40.0)
 ///     .queue(16, Duration::from_millis(500))
 ///     .build()?;
 /// assert_eq!((config.initial(), config.min(), config.max()), (4, 2, 50));
+/// assert_eq!(config.shed_rate(), 40.0);
 /// assert!(AdaptiveLimitConfig::builder().limits(4, 0, 50).build().is_err());
+/// assert!(AdaptiveLimitConfig::builder().shed_rate(130.0).build().is_err());
 /// # Ok::<(), tower_llm_circuit::ConfigError>(())
 /// ```
 #[derive(Clone, Debug)]
@@ -140,10 +200,22 @@ impl AdaptiveLimitConfigBuilder {
         self
     }
 
-    /// What a shed answer multiplies the limit by, in [0.5, 1) (the range
+    /// What a decrease multiplies the limit by, in [0.5, 1) (the range
     /// `AIMDLimit` accepts).
     pub fn backoff(mut self, factor: f64) -> Self {
         self.config.backoff = factor;
+        self
+    }
+
+    /// Lowers the limit only when shed answers make at least `percent` of
+    /// a window's answers (in (0, 100]; 30 by default, a percent as the
+    /// breaker's [`failure_rate`](crate::CircuitConfigBuilder::failure_rate)).
+    /// `100` lowers it only on a window of nothing but shed answers; a
+    /// small rate comes back to the classic AIMD that any shed answer
+    /// lowers, which random sheds keep small (see
+    /// [`AdaptiveLimitConfig`]).
+    pub fn shed_rate(mut self, percent: f64) -> Self {
+        self.config.shed_rate = percent;
         self
     }
 
@@ -175,6 +247,12 @@ impl AdaptiveLimitConfigBuilder {
             return Err(ConfigError(format!(
                 "adaptive limit: backoff must be in [0.5, 1), not {}",
                 c.backoff
+            )));
+        }
+        if !(c.shed_rate > 0.0 && c.shed_rate <= 100.0) {
+            return Err(ConfigError(format!(
+                "adaptive limit: shed_rate must be a percent in (0, 100], not {}",
+                c.shed_rate
             )));
         }
         if c.growth_latency.is_some_and(|d| d.is_zero()) {

@@ -50,20 +50,66 @@ pub(crate) enum Queued {
 /// How a call ended, for the limit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Sample {
-    /// It went well (and fast enough): the limit may grow.
+    /// It went well (and fast enough): counted, and the limit may grow.
     Success,
-    /// The target shed it (overloaded): the limit shrinks, once per window.
+    /// The target shed it (overloaded): counted as shed; enough of them in
+    /// a window lower the limit.
     Shed,
-    /// Nothing to learn (another failure, or the caller went away).
+    /// The target answered otherwise (an error, a slow success): counted,
+    /// neither shed nor growth.
+    Answered,
+    /// Nothing to learn: the caller went away, or this stack refused it.
     Nothing,
+}
+
+/// The window's state in one word: the decreases so far (its epoch, the
+/// high 32 bits), and the answers and shed answers counted in the current
+/// window (16 bits each).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct WindowState {
+    epoch: u32,
+    answers: u16,
+    sheds: u16,
+}
+
+impl WindowState {
+    fn unpack(word: u64) -> Self {
+        WindowState {
+            epoch: (word >> 32) as u32,
+            answers: (word >> 16) as u16,
+            sheds: word as u16,
+        }
+    }
+
+    fn pack(self) -> u64 {
+        (u64::from(self.epoch) << 32) | (u64::from(self.answers) << 16) | u64::from(self.sheds)
+    }
+}
+
+/// The smallest window, in answers (a breaker's `minimum_calls` for the
+/// same reason: fewer answers say too little).
+const MIN_WINDOW: u16 = 20;
+
+/// How many answers a window holds at `limit`: two limits' worth (about
+/// two round trips of a key at its limit), at least [`MIN_WINDOW`].
+fn window_size(limit: f64) -> u16 {
+    let answers = (limit * 2.0).ceil().min(f64::from(u16::MAX)) as u16;
+    answers.max(MIN_WINDOW)
+}
+
+/// How many shed answers in a window of `size` reach `shed_rate` percent
+/// (at least one).
+fn sheds_needed(size: u16, shed_rate: f64) -> u16 {
+    // A little below the exact product, so that 30 % of 20 is 6, not 7.
+    ((f64::from(size) * shed_rate / 100.0 - 1e-9).ceil() as u16).max(1)
 }
 
 pub(crate) struct Limiter {
     in_flight: AtomicU32,
     /// The limit, an `f64`'s bits (it grows by fractions).
     limit: AtomicU64,
-    /// Decreases so far: a shed call admitted before the last one does not
-    /// lower the limit again.
+    /// The window ([`WindowState`], packed): answers to calls admitted
+    /// before the last decrease (another epoch) are not counted.
     window: AtomicU64,
     /// Calls in the queue.
     waiting: AtomicU32,
@@ -108,9 +154,9 @@ impl Limiter {
         self.waiting.load(Ordering::Acquire)
     }
 
-    /// The window a call admitted now belongs to.
-    pub(crate) fn window(&self) -> u64 {
-        self.window.load(Ordering::Acquire)
+    /// The epoch a call admitted now belongs to.
+    pub(crate) fn window(&self) -> u32 {
+        WindowState::unpack(self.window.load(Ordering::Acquire)).epoch
     }
 
     /// Takes room if there is some and nobody waits for it.
@@ -165,15 +211,59 @@ impl Limiter {
 
     /// A call admitted in `window` ended: its room is freed and the limit
     /// learns from `sample`.
-    pub(crate) fn release(&self, window: u64, sample: Sample, config: &AdaptiveLimitConfig) {
+    pub(crate) fn release(&self, window: u32, sample: Sample, config: &AdaptiveLimitConfig) {
         let before = self.in_flight.fetch_sub(1, Ordering::SeqCst);
         match sample {
-            Sample::Success => self.grow(before, config),
-            Sample::Shed => self.shrink(window, config),
+            Sample::Success => {
+                self.count(window, false, config);
+                self.grow(before, config);
+            }
+            Sample::Answered => {
+                self.count(window, false, config);
+            }
+            Sample::Shed => {
+                if self.count(window, true, config) {
+                    self.shrink(config);
+                }
+            }
             Sample::Nothing => {}
         }
         if self.waiting.load(Ordering::SeqCst) != 0 {
             self.hand_over();
+        }
+    }
+
+    /// Counts an answer to a call admitted in `epoch` (ignored if a
+    /// decrease came since); `true` if the window's shed answers now reach
+    /// the shed rate of its full size, which starts a new epoch. A full
+    /// window that did not starts a new window in the same epoch.
+    fn count(&self, epoch: u32, shed: bool, config: &AdaptiveLimitConfig) -> bool {
+        let size = window_size(self.limit_f64());
+        let needed = sheds_needed(size, config.shed_rate);
+        let updated = self
+            .window
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |word| {
+                let mut w = WindowState::unpack(word);
+                if w.epoch != epoch {
+                    return None; // admitted before the last decrease
+                }
+                w.answers = w.answers.saturating_add(1);
+                w.sheds = w.sheds.saturating_add(u16::from(shed));
+                if shed && w.sheds >= needed {
+                    w = WindowState {
+                        epoch: epoch.wrapping_add(1),
+                        answers: 0,
+                        sheds: 0,
+                    };
+                } else if w.answers >= size {
+                    w.answers = 0;
+                    w.sheds = 0;
+                }
+                Some(w.pack())
+            });
+        match updated {
+            Ok(before) => shed && WindowState::unpack(before).sheds + 1 >= needed,
+            Err(_) => false,
         }
     }
 
@@ -189,22 +279,46 @@ impl Limiter {
             });
     }
 
-    /// Multiplicative decrease, once per window.
-    fn shrink(&self, window: u64, config: &AdaptiveLimitConfig) {
-        if self
-            .window
-            .compare_exchange(window, window + 1, Ordering::AcqRel, Ordering::Acquire)
-            .is_err()
-        {
-            return; // admitted before the last decrease
-        }
+    /// Multiplicative decrease (the window that decided it has ended).
+    fn shrink(&self, config: &AdaptiveLimitConfig) {
         let min = f64::from(config.min);
         let _ = self
             .limit
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |bits| {
                 Some((f64::from_bits(bits) * config.backoff).max(min).to_bits())
             });
-        tracing::debug!(target: crate::TRACING_TARGET, limit = self.limit(), "adaptive limit lowered after a shed answer");
+        tracing::debug!(target: crate::TRACING_TARGET, limit = self.limit(), "adaptive limit lowered: shed answers reached the shed rate of a window");
+    }
+
+    /// The key's breaker closed again after being open: a limit below the
+    /// initial one starts again from it, in a new epoch (answers to calls
+    /// admitted before are not counted), and calls waiting get the room.
+    pub(crate) fn restart(&self, config: &AdaptiveLimitConfig) {
+        let initial = f64::from(config.initial);
+        let raised = self
+            .limit
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |bits| {
+                (f64::from_bits(bits) < initial).then_some(initial.to_bits())
+            })
+            .is_ok();
+        let _ = self
+            .window
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |word| {
+                Some(
+                    WindowState {
+                        epoch: WindowState::unpack(word).epoch.wrapping_add(1),
+                        answers: 0,
+                        sheds: 0,
+                    }
+                    .pack(),
+                )
+            });
+        if raised {
+            tracing::debug!(target: crate::TRACING_TARGET, limit = self.limit(), "adaptive limit back to its initial value: the breaker closed again");
+        }
+        if self.waiting.load(Ordering::SeqCst) != 0 {
+            self.hand_over();
+        }
     }
 
     /// Hands free room to the calls at the head of the queue.
@@ -233,97 +347,4 @@ impl Limiter {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn config() -> AdaptiveLimitConfig {
-        AdaptiveLimitConfig::builder()
-            .limits(4, 1, 8)
-            .build()
-            .unwrap()
-    }
-
-    #[test]
-    fn a_shed_answer_halves_the_limit_once_per_window_and_never_below_the_minimum() {
-        let config = config();
-        let limiter = Limiter::new(&config);
-        let window = limiter.window();
-        for _ in 0..4 {
-            assert!(limiter.try_acquire());
-        }
-        assert!(!limiter.try_acquire());
-        // Four shed answers of one window: one decrease.
-        for _ in 0..4 {
-            limiter.release(window, Sample::Shed, &config);
-        }
-        assert_eq!(limiter.limit(), 2);
-        for _ in 0..5 {
-            assert!(limiter.try_acquire());
-            let window = limiter.window();
-            limiter.release(window, Sample::Shed, &config);
-        }
-        assert_eq!(limiter.limit(), 1);
-        assert!(limiter.try_acquire(), "one call always goes");
-    }
-
-    #[test]
-    fn successes_grow_the_limit_by_one_per_limit_only_when_it_is_in_use() {
-        let config = config();
-        let limiter = Limiter::new(&config);
-        // One call at a time out of four: not in use, no growth.
-        for _ in 0..20 {
-            assert!(limiter.try_acquire());
-            limiter.release(0, Sample::Success, &config);
-        }
-        assert_eq!(limiter.limit(), 4);
-        // Three in flight (over half of it): each success adds 1/limit,
-        // so a limit's worth of successes raises it by one.
-        for _ in 0..3 {
-            assert!(limiter.try_acquire());
-        }
-        for n in 1..=5 {
-            limiter.release(0, Sample::Success, &config);
-            assert!(limiter.try_acquire());
-            assert_eq!(limiter.limit(), if n < 5 { 4 } else { 5 }, "after {n}");
-        }
-        for _ in 0..limiter.in_flight() {
-            limiter.release(0, Sample::Nothing, &config);
-        }
-        for _ in 0..200 {
-            for _ in 0..8 {
-                let _ = limiter.try_acquire();
-            }
-            for _ in 0..limiter.in_flight() {
-                limiter.release(0, Sample::Success, &config);
-            }
-        }
-        assert_eq!(limiter.limit(), 8, "the maximum");
-    }
-
-    #[test]
-    fn a_release_hands_its_room_to_the_first_waiter_and_a_newcomer_does_not_overtake() {
-        let config = config();
-        let limiter = Limiter::new(&config);
-        for _ in 0..4 {
-            assert!(limiter.try_acquire());
-        }
-        let Queued::Waiting(first) = limiter.enqueue(2) else {
-            panic!("waits")
-        };
-        let Queued::Waiting(second) = limiter.enqueue(2) else {
-            panic!("waits")
-        };
-        assert!(matches!(limiter.enqueue(2), Queued::Full));
-        let waker = std::task::Waker::noop();
-        assert!(!first.poll_granted(waker));
-        limiter.release(0, Sample::Nothing, &config);
-        assert!(first.poll_granted(waker));
-        assert!(!second.poll_granted(waker));
-        assert!(!limiter.try_acquire(), "the second waiter is ahead");
-        assert_eq!((limiter.in_flight(), limiter.waiting()), (4, 1));
-        // The second gives up: it leaves, and nothing is owed.
-        assert!(limiter.leave(&second));
-        assert!(!limiter.leave(&first), "granted: it holds room");
-        assert_eq!((limiter.in_flight(), limiter.waiting()), (4, 0));
-    }
-}
+mod tests;

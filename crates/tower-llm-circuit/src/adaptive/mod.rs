@@ -1,5 +1,6 @@
-//! An adaptive concurrency limit per key: shed answers lower it, successes
-//! raise it, and a call over it waits for room before it is refused.
+//! An adaptive concurrency limit per key: a window of answers with enough
+//! shed ones lowers it, successes raise it, and a call over it waits for
+//! room before it is refused.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
@@ -26,10 +27,14 @@
 //!     http::Request::post(sim.url(Api::OpenAiChat))
 //!         .body(Full::<bytes::Bytes>::from(r#"{"model":"gpt-4o","messages":[]}"#))
 //! };
-//! for limit in [10, 5, 2] {
-//!     let error = service.ready().await?.call(request()?).await.unwrap_err();
-//!     assert_eq!(error.kind(), ErrorKind::Overloaded);
-//!     // Each shed answer halved the key's limit (from 20).
+//! // Shed answers halve the key's limit (from 20) once they make 30 % of
+//! // a window of answers (twice the limit, at least 20): 12 of 40, then
+//! // 6 of 20. One shed answer alone does not.
+//! for (calls, limit) in [(1, 20), (11, 10), (6, 5), (6, 2)] {
+//!     for _ in 0..calls {
+//!         let error = service.ready().await?.call(request()?).await.unwrap_err();
+//!         assert_eq!(error.kind(), ErrorKind::Overloaded);
+//!     }
 //!     assert_eq!(handle.snapshot()[0].limit.limit, limit);
 //! }
 //! # Ok(())
@@ -50,7 +55,10 @@
 //! moves them to another target and a retry does not queue them again.
 //! The design is Netflix concurrency-limits' `AIMDLimit` (additive
 //! increase, multiplicative decrease on drops) with TCP's one decrease per
-//! window; see [`AdaptiveLimitConfig`] for the numbers and why. The
+//! window, lowered only when shed answers are a real share of a window
+//! (random sheds of a busy fleet are not this key's overload), and reset
+//! when the key's breaker closes after an outage; see
+//! [`AdaptiveLimitConfig`] for the numbers and why. The
 //! breaker keeps its job for targets that are down (connect failures,
 //! server errors, timeouts); set
 //! [`count_overload(false)`](crate::CircuitConfigBuilder::count_overload)

@@ -13,7 +13,7 @@ use crate::breaker::Breaker;
 /// learns nothing.
 pub(crate) struct LimitPermit {
     pub(crate) breaker: Arc<Breaker>,
-    pub(crate) window: u64,
+    pub(crate) window: u32,
     /// When the call was admitted, if a growth latency is configured.
     pub(crate) start: Option<Instant>,
     /// Whether a success may raise the limit (set at the response head
@@ -51,7 +51,7 @@ impl LimitPermit {
         let sample = if self.fast {
             Sample::Success
         } else {
-            Sample::Nothing
+            Sample::Answered
         };
         self.finish(sample);
     }
@@ -77,12 +77,24 @@ impl Drop for LimitPermit {
 
 /// What a failure says about the key's capacity: an overloaded answer
 /// from the target (529, `overloaded_error`, 503 `server_is_overloaded`,
-/// a shed queue) lowers the limit; anything else — and an overload this
-/// stack made itself (a limit's own refusal) — says nothing.
+/// a shed queue) counts as shed; another answer of the target (a server
+/// error, a timeout, a reset, a refused request) counts as an answer that
+/// was not shed; and what this stack made itself (an open breaker's or a
+/// limit's refusal, phase local; a cooldown, a rate limit), a cancelled
+/// call or a failure of unknown origin says nothing, so it never lowers
+/// the limit nor dilutes its shed rate.
 pub(crate) fn sample_of(c: &Classification) -> Sample {
-    if c.kind() == ErrorKind::Overloaded && c.phase() != Phase::Local {
-        Sample::Shed
-    } else {
-        Sample::Nothing
+    match c.kind() {
+        _ if c.phase() == Phase::Local => Sample::Nothing,
+        ErrorKind::Overloaded => Sample::Shed,
+        // A cooldown refusal is a rate limit, not local (it is retried):
+        // rate limits are the provider's quota, not this key's capacity.
+        ErrorKind::RateLimited
+        | ErrorKind::QuotaExhausted
+        | ErrorKind::CircuitOpen
+        | ErrorKind::BudgetExhausted
+        | ErrorKind::Cancelled
+        | ErrorKind::Unknown => Sample::Nothing,
+        _ => Sample::Answered,
     }
 }

@@ -19,10 +19,11 @@ use crate::key::KeyBy;
 use crate::registry::Registry;
 
 /// Limits the calls in flight per key (provider/model by default) to a
-/// limit that shed answers lower and successes raise; a call over the
-/// limit waits for room, within the configured queue, then is refused
-/// locally with an error of kind overloaded that the retry layer does not
-/// retry and a fallback moves on from.
+/// limit that shed answers lower (when they are a share of a window's
+/// answers) and successes raise; a call over the limit waits for room,
+/// within the configured queue, then is refused locally with an error of
+/// kind overloaded that the retry layer does not retry and a fallback
+/// moves on from.
 ///
 /// It sits above the circuit (Retry → AdaptiveLimit → Circuit →
 /// Classify): every attempt, retries included, needs room; an open

@@ -398,6 +398,9 @@ impl Breaker {
             )
             .is_ok();
         if done {
+            // Closed again after being open: what the limit learned during
+            // the outage says nothing of the recovered target.
+            self.limiter.restart(&self.config.adaptive_limit);
             self.emit(from, CircuitState::Closed, reason);
         }
         done
@@ -490,6 +493,14 @@ impl Breaker {
             self.exceeded_reported.store(false, Ordering::Release);
         }
         let from = CircuitState::from_u8(self.state.swap(to.as_u8(), Ordering::AcqRel));
+        if to == CircuitState::Closed
+            && matches!(
+                from,
+                CircuitState::Open | CircuitState::HalfOpen | CircuitState::ForcedOpen
+            )
+        {
+            self.limiter.restart(&self.config.adaptive_limit);
+        }
         if from != to {
             self.emit(from, to, "set by hand");
         }
