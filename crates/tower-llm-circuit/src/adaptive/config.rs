@@ -39,9 +39,9 @@ use crate::config::ConfigError;
 /// and a limit of 32, a window of 64 answers reaches 30 % about once in 45
 /// (the binomial tail: 2.2 %), so the limit stays near the load; a target
 /// shedding the overflow of a real overload sheds a share that grows with
-/// the overload (the `metastability` scenario offers 64 calls a second to
-/// a capacity halved to 40: 37.5 % overflow), and a window at 40 % reaches
-/// 30 % more than nine times in ten (94 %). The decision is taken as soon
+/// the overload (offered 64 calls a second, a capacity of 40 that queues
+/// nothing sheds 37.5 %), and a window at 40 % reaches 30 % more than
+/// nine times in ten (94 %). The decision is taken as soon
 /// as it is certain: a window whose shed answers already make 30 % of its
 /// full size lowers the limit at once, so a provider shedding everything
 /// lowers it within a few calls.
@@ -67,10 +67,10 @@ use crate::config::ConfigError;
 /// again from it: an outage's shed answers (a target down behind a 503)
 /// drove the limit down, but said nothing about the recovered target's
 /// capacity. Growing back from 1 by one call per limit's worth of
-/// successes kept the chaos suite's `outage` scenario's primary below its
-/// load for 24 s after it recovered, its calls over the limit refused and
-/// sent to the backup. Restarting from the initial limit treats the key
-/// as the new key it is; TCP's slow start (doubling per window from 1)
+/// successes would keep a busy recovered key below its load for as many
+/// windows, its calls over the limit waiting, or refused and sent to
+/// another target. Restarting from the initial limit treats the key as
+/// the new key it is; TCP's slow start (doubling per window from 1)
 /// would probe its way up, but the breaker's half-open probes already
 /// did, and an initial limit that is too high is halved by the next
 /// window of shed answers.
