@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::error::Error as _;
+use std::time::Duration;
 
 use http::Request;
 use http_body_util::BodyExt;
@@ -75,6 +76,7 @@ async fn read(stack: Stack) -> (Result<String, LlmError>, Option<ContinuationRep
     let stream = String::from_utf8(body.to_vec()).unwrap();
     assert_eq!(stream.matches("\"role\"").count(), 1, "one role chunk");
     assert_eq!(stream.matches("data: [DONE]").count(), 1, "one end");
+    assert!(!stream.contains("\"error\""), "no error event: {stream}");
     let text = stream
         .split("\n\n")
         .filter_map(|e| e.strip_prefix("data: "))
@@ -122,6 +124,31 @@ async fn a_stream_stalled_after_content_is_continued_where_it_stopped() {
         ("primary", &primary, "none"),
         ("backup", &backup, "trailing_assistant"),
     ]);
+    let started = tokio::time::Instant::now();
+    let (text, report) = read(stack).await;
+    assert_eq!(text.unwrap(), primary.reply());
+    assert_eq!(report.unwrap().continued(), 1);
+    // `sdk_default`'s stream idle timeout: 60 s after the last content.
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(60) && took < Duration::from_secs(61),
+        "{took:?}"
+    );
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn an_error_event_after_content_is_never_seen_by_the_caller_when_the_answer_is_continued() {
+    // The tokens 10 ms apart, so that content has reached the caller when
+    // the error event comes (in one frame with it, the stack would still
+    // hold the content and replay the request whole).
+    let primary =
+        simulator(Fault::stream_error_after(20).with_token_delay(Duration::from_millis(10))).await;
+    let backup = Simulator::builder().reply_tokens(60).start().await.unwrap();
+    let stack = stack(&[
+        ("primary", &primary, "none"),
+        ("backup", &backup, "trailing_assistant"),
+    ]);
+    // `read` checks that the stream holds no error event.
     let (text, report) = read(stack).await;
     assert_eq!(text.unwrap(), primary.reply());
     assert_eq!(report.unwrap().continued(), 1);
