@@ -42,15 +42,16 @@ impl CircuitHandle {
     }
 
     /// Closes `key` with a fresh window (its cooldown, if any, stays).
-    /// From an open state, its adaptive limit, if lowered, starts again
-    /// from the initial limit, as when its probes close it.
+    /// From an open state, its adaptive limit turns off (on from the
+    /// start: if lowered, starts again from the initial limit), as when its
+    /// probes close it.
     pub fn force_closed(&self, key: &str) {
         self.set(key, CircuitState::Closed);
     }
 
     /// Closes `key`, clears its window and ends its cooldown. From an open
-    /// state, its adaptive limit, if lowered, starts again from the
-    /// initial limit, as when its probes close it.
+    /// state, its adaptive limit turns off (on from the start: if lowered,
+    /// starts again from the initial limit), as when its probes close it.
     pub fn reset(&self, key: &str) {
         let now = self.registry.now();
         let breaker = self.registry.get(key, now);

@@ -88,6 +88,13 @@ pub struct CircuitSettings {
     pub limit_queue_wait_ms: Option<u64>,
     /// A response head slower than this (ms) does not raise the limit.
     pub limit_growth_latency_ms: Option<u64>,
+    /// Whether the adaptive limit is off until a window's shed answers
+    /// first reach `limit_shed_rate` (`false`: on from the start at
+    /// `limit_initial`).
+    pub limit_off_until_shed: Option<bool>,
+    /// How long (ms) a limit that is on stays on without a window that
+    /// lowered it.
+    pub limit_quiet_ms: Option<u64>,
 }
 
 /// The environment variables [`CircuitSettings::from_env`] reads.
@@ -215,6 +222,8 @@ impl CircuitSettings {
             || self.limit_queue.is_some()
             || self.limit_queue_wait_ms.is_some()
             || self.limit_growth_latency_ms.is_some()
+            || self.limit_off_until_shed.is_some()
+            || self.limit_quiet_ms.is_some()
         {
             let base = &base.adaptive_limit;
             let mut limit = base.to_builder().limits(
@@ -237,6 +246,12 @@ impl CircuitSettings {
             }
             if let Some(ms) = self.limit_growth_latency_ms {
                 limit = limit.growth_latency(Some(Duration::from_millis(ms)));
+            }
+            if let Some(on) = self.limit_off_until_shed {
+                limit = limit.off_until_shed(on);
+            }
+            if let Some(ms) = self.limit_quiet_ms {
+                limit = limit.quiet_period(Duration::from_millis(ms));
             }
             b = b.adaptive_limit(limit.build()?);
         }
@@ -322,11 +337,15 @@ mod tests {
             limit_initial: Some(8),
             limit_queue_wait_ms: Some(500),
             limit_shed_rate: Some(40.0),
+            limit_off_until_shed: Some(false),
+            limit_quiet_ms: Some(30_000),
             ..Default::default()
         }
         .build()
         .unwrap();
         let limit = config.adaptive_limit();
+        assert!(!limit.off_until_shed());
+        assert_eq!(limit.quiet_period(), Duration::from_secs(30));
         assert_eq!((limit.initial(), limit.min(), limit.max()), (8, 1, 200));
         assert_eq!(limit.shed_rate(), 40.0);
         assert_eq!(

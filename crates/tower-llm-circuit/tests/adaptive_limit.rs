@@ -24,10 +24,12 @@ use tower_test::mock;
 type Mock = mock::Mock<Request<Full<Bytes>>, Response<Full<Bytes>>>;
 type Handle = mock::Handle<Request<Full<Bytes>>, Response<Full<Bytes>>>;
 
-/// A limit of 2 (at least 1, at most 4), two calls may wait 1 s each.
+/// A limit of 2 (at least 1, at most 4) on from the start, two calls may
+/// wait 1 s each.
 fn config() -> AdaptiveLimitConfig {
     AdaptiveLimitConfig::builder()
         .limits(2, 1, 4)
+        .off_until_shed(false)
         .queue(2, Duration::from_secs(1))
         .build()
         .unwrap()
@@ -245,6 +247,7 @@ async fn made_from_a_circuit_layer_it_shares_its_keys_and_the_breaker_never_hear
             .adaptive_limit(
                 AdaptiveLimitConfig::builder()
                     .limits(1, 1, 1)
+                    .off_until_shed(false)
                     .queue(0, Duration::ZERO)
                     .build()
                     .unwrap(),
@@ -270,10 +273,23 @@ async fn made_from_a_circuit_layer_it_shares_its_keys_and_the_breaker_never_hear
 }
 
 /// The limit above a circuit on the same keys: a limit of 4 (at least 1,
-/// at most 8) and no queue (a call over it is refused at once); the
-/// breaker opens on 10 failures of 10 calls, for 10 s, and closes on one
-/// probe.
+/// at most 8) on from the start and no queue (a call over it is refused
+/// at once); the breaker opens on 10 failures of 10 calls, for 10 s, and
+/// closes on one probe.
 fn limit_over_circuit() -> (AdaptiveLimit<Circuit<Mock>>, Handle, CircuitLayer) {
+    limit_over_circuit_with(
+        AdaptiveLimitConfig::builder()
+            .limits(4, 1, 8)
+            .off_until_shed(false)
+            .queue(0, Duration::ZERO)
+            .build()
+            .unwrap(),
+    )
+}
+
+fn limit_over_circuit_with(
+    limit: AdaptiveLimitConfig,
+) -> (AdaptiveLimit<Circuit<Mock>>, Handle, CircuitLayer) {
     let circuit = CircuitLayer::new(
         CircuitConfig::builder()
             .window(WindowKind::Count(20))
@@ -283,13 +299,7 @@ fn limit_over_circuit() -> (AdaptiveLimit<Circuit<Mock>>, Handle, CircuitLayer) 
             .open_duration(Duration::from_secs(10), 1.0, Duration::from_secs(10))
             .open_jitter(0.0)
             .half_open_probes(1)
-            .adaptive_limit(
-                AdaptiveLimitConfig::builder()
-                    .limits(4, 1, 8)
-                    .queue(0, Duration::ZERO)
-                    .build()
-                    .unwrap(),
-            )
+            .adaptive_limit(limit)
             .build()
             .unwrap(),
     );
@@ -353,4 +363,152 @@ async fn the_limit_starts_again_from_its_initial_value_when_the_breaker_closes_a
     probe.await.unwrap();
     assert_eq!(keys.state(KEY), Some(CircuitState::Closed));
     assert_eq!(counts(&keys), (4, 0, 0));
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn the_limit_turns_off_when_the_breaker_closes_after_an_outage() {
+    let (mut service, mut handle, circuit) =
+        limit_over_circuit_with(AdaptiveLimitConfig::standard());
+    let keys = circuit.handle();
+    handle.allow(100);
+    // Down: ten shed answers, one at a time. The sixth turns the limit on
+    // (30 % of a window of 20) at the minimum (half of the one call in
+    // flight), the tenth opens the breaker.
+    for _ in 0..10 {
+        let call = service.ready().await.unwrap().call(request());
+        let (_, send) = handle.next_request().await.unwrap();
+        send.send_error(shed());
+        assert_eq!(call.await.unwrap_err().kind(), ErrorKind::Overloaded);
+    }
+    assert_eq!(keys.state(KEY), Some(CircuitState::Open));
+    assert!(limit(&keys).enabled);
+    assert_eq!(limit(&keys).limit, 1);
+    tokio::time::advance(Duration::from_secs(10)).await;
+    let probe = service.ready().await.unwrap().call(request());
+    let (_, send) = handle.next_request().await.unwrap();
+    send.send_response(empty());
+    probe.await.unwrap();
+    assert_eq!(keys.state(KEY), Some(CircuitState::Closed));
+    assert!(!limit(&keys).enabled);
+}
+
+/// The standard limit (off until shed) on keys of its own.
+fn standard() -> (AdaptiveLimit<Mock>, Handle, CircuitHandle) {
+    let layer = AdaptiveLimitLayer::new(AdaptiveLimitConfig::standard());
+    let (mock, handle) = mock::pair();
+    (layer.layer(mock), handle, layer.handle())
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_healthy_key_with_500_calls_at_once_never_queues_one() {
+    let (mut service, mut handle, keys) = standard();
+    handle.allow(1000);
+    let mut calls = Vec::new();
+    for _ in 0..500 {
+        calls.push(service.ready().await.unwrap().call(request()));
+    }
+    let mut answers = Vec::new();
+    for _ in 0..500 {
+        answers.push(handle.next_request().await.unwrap().1);
+    }
+    let l = limit(&keys);
+    assert_eq!((l.enabled, l.in_flight, l.waiting), (false, 500, 0));
+    for send in answers {
+        send.send_response(empty());
+    }
+    for call in calls {
+        call.await.unwrap();
+    }
+    assert!(!limit(&keys).enabled);
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn streams_stalled_for_minutes_never_make_a_call_wait_while_nothing_is_shed() {
+    let (mut service, mut handle, keys) = standard();
+    handle.allow(1000);
+    // 40 streams whose bodies never end (nobody reads them): twice the
+    // limit the layer once started every key at.
+    let mut stalled = Vec::new();
+    for _ in 0..40 {
+        let call = service.ready().await.unwrap().call(request());
+        let (_, send) = handle.next_request().await.unwrap();
+        send.send_response(Response::new(Full::from("data: {}\n\n")));
+        stalled.push(call.await.unwrap());
+    }
+    tokio::time::advance(Duration::from_secs(300)).await;
+    // Every new call reaches the upstream at once, and ends well.
+    for _ in 0..100 {
+        let call = service.ready().await.unwrap().call(request());
+        let (_, send) = handle.next_request().await.unwrap();
+        assert_eq!(limit(&keys).waiting, 0);
+        send.send_response(empty());
+        call.await.unwrap();
+    }
+    let l = limit(&keys);
+    assert_eq!((l.enabled, l.in_flight), (false, 40));
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_sustained_shed_share_turns_the_limit_on_at_half_of_what_was_in_flight_and_a_quiet_period_turns_it_off()
+ {
+    let (mut service, mut handle, keys) = standard();
+    handle.allow(10_000);
+    // 10 callers, each calling again when answered; two of every five
+    // answers shed. While off, a window is 20 answers (twice the 10 in
+    // flight, at least 20), 30 % of it 6 shed: the 6th shed answer (the
+    // 12th answer) turns the limit on at half of the 10 in flight.
+    let mut calls = std::collections::VecDeque::new();
+    let mut sends = std::collections::VecDeque::new();
+    for _ in 0..10 {
+        calls.push_back(task::spawn(service.ready().await.unwrap().call(request())));
+        sends.push_back(handle.next_request().await.unwrap().1);
+    }
+    for n in 0..12 {
+        let send = sends.pop_front().unwrap();
+        if n % 5 < 2 {
+            send.send_error(shed());
+        } else {
+            send.send_response(empty());
+        }
+        let _ = calls.pop_front().unwrap().await;
+        let mut call = task::spawn(service.ready().await.unwrap().call(request()));
+        assert_pending!(call.poll());
+        if n < 11 {
+            sends.push_back(handle.next_request().await.unwrap().1);
+        }
+        calls.push_back(call);
+    }
+    let l = limit(&keys);
+    assert_eq!((l.enabled, l.limit), (true, 5));
+    // The caller of the 12th answer waits: 9 calls still run.
+    assert_eq!((l.in_flight, l.waiting), (9, 1));
+    // The overload ends: the running calls end well, and the waiting one
+    // goes once fewer than 5 run.
+    for send in sends {
+        send.send_response(empty());
+    }
+    let mut waiting = calls.pop_back().unwrap();
+    for call in calls {
+        call.await.unwrap();
+    }
+    assert!(waiting.is_woken());
+    assert_pending!(waiting.poll());
+    handle
+        .next_request()
+        .await
+        .unwrap()
+        .1
+        .send_response(empty());
+    waiting.await.unwrap();
+    assert!(limit(&keys).enabled);
+    // A quiet period later, the first call over the limit finds it off,
+    // and every call goes at once.
+    tokio::time::advance(AdaptiveLimitConfig::standard().quiet_period()).await;
+    let mut more = Vec::new();
+    for _ in 0..10 {
+        more.push(service.ready().await.unwrap().call(request()));
+        handle.next_request().await.unwrap();
+    }
+    let l = limit(&keys);
+    assert_eq!((l.enabled, l.in_flight, l.waiting), (false, 10, 0));
 }

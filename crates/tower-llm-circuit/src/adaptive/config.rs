@@ -10,13 +10,47 @@ use crate::config::ConfigError;
 ///
 /// | setting | `standard` | why |
 /// |---|---|---|
-/// | initial limit | 20 | Netflix concurrency-limits' `AIMDLimit` starts at 20; above what one key of a provider usually serves at once, so a healthy key never waits |
+/// | off until shed | yes | see below |
+/// | quiet period | 60 s | see below |
+/// | initial limit | 20 (only when on from the start) | Netflix concurrency-limits' `AIMDLimit` starts at 20 |
 /// | minimum | 1 | a key is never starved: one call always goes |
-/// | maximum | 200 | `AIMDLimit`'s maximum |
+/// | maximum | 200 | `AIMDLimit`'s maximum; a limit that grows past it turns off |
 /// | backoff | × 0.5, once per window | see below |
 /// | shed rate | 30 % of a window's answers | see below |
 /// | queue | 64 calls, 2 s each | a call waits for room rather than fail at once, but not longer than a retry's backoff would |
 /// | growth latency | none | an LLM answer's duration is the request's doing (`max_tokens`) |
+///
+/// # Off until the key is overloaded
+///
+/// A key's limit is off (no limit, no queue) until a window of its answers
+/// first has the shed rate's share of shed ones; it then starts at what
+/// was in flight at that moment times the backoff (never below the
+/// minimum) and moves as below. It turns off again when it grows past the
+/// maximum, when a [quiet period](AdaptiveLimitConfigBuilder::quiet_period)
+/// passes without a window that lowered it, and when the key's breaker
+/// closes after being open. The AWS SDKs' adaptive retry mode does the
+/// same with its client-side rate limiter (botocore `retries/adaptive.py`:
+/// the token bucket is enabled only after the first throttling answer).
+/// A limit that is on from the start at a guessed value throttles
+/// healthy keys the guess is wrong for: a gateway with 500 callers on
+/// one healthy provider waited at 20 and needed about 100,000 successes to
+/// grow to 500; and streams that stall (20 % of them silent until a 60 s
+/// idle timeout, the chaos suite's `stream_stall` scenario) fill a limit
+/// of 20 within a second, so every other call of a target that answers
+/// 80 % of its calls waited 2 s and was refused. While off, a window is
+/// twice the calls in flight's worth of answers (at least 20), as it is
+/// twice the limit's when on.
+///
+/// The quiet period is 60 s: long enough to span the sawtooth of a key
+/// that is still overloaded (after a halving from a limit `L`, additive
+/// increase takes `L / 2` rounds of `L` answers to reach the shed point
+/// again: 20 rounds of a few seconds each for an LLM key near 40), so an
+/// overload that lasts keeps its limit on instead of letting its whole
+/// load back in each time; and the minute over which providers measure
+/// their request and token limits (OpenAI's and Anthropic's RPM and TPM),
+/// so the overload of one minute is not carried into the next.
+/// [`off_until_shed(false)`](AdaptiveLimitConfigBuilder::off_until_shed)
+/// keeps the limit on from the start, at the initial limit, never off.
 ///
 /// # Why a shed rate, and not every shed answer
 ///
@@ -63,17 +97,18 @@ use crate::config::ConfigError;
 /// # After an outage
 ///
 /// When the key's breaker closes again after being open (its probes
-/// succeeded, or a health probe did), a limit below the initial one starts
-/// again from it: an outage's shed answers (a target down behind a 503)
-/// drove the limit down, but said nothing about the recovered target's
-/// capacity. Growing back from 1 by one call per limit's worth of
-/// successes would keep a busy recovered key below its load for as many
-/// windows, its calls over the limit waiting, or refused and sent to
-/// another target. Restarting from the initial limit treats the key as
-/// the new key it is; TCP's slow start (doubling per window from 1)
-/// would probe its way up, but the breaker's half-open probes already
-/// did, and an initial limit that is too high is halved by the next
-/// window of shed answers.
+/// succeeded, or a health probe did), the limit turns off (with
+/// [`off_until_shed(false)`](AdaptiveLimitConfigBuilder::off_until_shed):
+/// a limit below the initial one starts again from it): an outage's shed
+/// answers (a target down behind a 503) drove the limit down, but said
+/// nothing about the recovered target's capacity. Growing back from 1 by
+/// one call per limit's worth of successes would keep a busy recovered
+/// key below its load for as many windows, its calls over the limit
+/// waiting, or refused and sent to another target. Starting again treats
+/// the key as the new key it is; TCP's slow start (doubling per window
+/// from 1) would probe its way up, but the breaker's half-open probes
+/// already did, and a key still overloaded turns its limit on again with
+/// its next window of shed answers.
 ///
 /// # Growth
 ///
@@ -93,6 +128,8 @@ pub struct AdaptiveLimitConfig {
     pub(crate) max_queue: u32,
     pub(crate) max_queue_wait: Duration,
     pub(crate) growth_latency: Option<Duration>,
+    pub(crate) off_until_shed: bool,
+    pub(crate) quiet_period: Duration,
 }
 
 impl AdaptiveLimitConfig {
@@ -107,6 +144,8 @@ impl AdaptiveLimitConfig {
             max_queue: 64,
             max_queue_wait: Duration::from_secs(2),
             growth_latency: None,
+            off_until_shed: true,
+            quiet_period: Duration::from_secs(60),
         }
     }
 
@@ -124,7 +163,9 @@ impl AdaptiveLimitConfig {
         }
     }
 
-    /// The limit a key starts with.
+    /// The limit a key starts with when it is on from the start
+    /// ([`off_until_shed(false)`](AdaptiveLimitConfigBuilder::off_until_shed)),
+    /// and starts again from when its breaker closes after being open.
     pub fn initial(&self) -> u32 {
         self.initial
     }
@@ -134,7 +175,8 @@ impl AdaptiveLimitConfig {
         self.min
     }
 
-    /// The highest limit.
+    /// The highest limit: one that grows past it turns off (or stays at
+    /// it, when on from the start).
     pub fn max(&self) -> u32 {
         self.max
     }
@@ -158,6 +200,18 @@ impl AdaptiveLimitConfig {
     /// Longest wait for room.
     pub fn max_queue_wait(&self) -> Duration {
         self.max_queue_wait
+    }
+
+    /// Whether a key's limit is off until a window of its answers first
+    /// has the shed rate's share of shed ones (`true` by default).
+    pub fn off_until_shed(&self) -> bool {
+        self.off_until_shed
+    }
+
+    /// How long a limit that is on stays on without a window that lowered
+    /// it, when [`off_until_shed`](Self::off_until_shed).
+    pub fn quiet_period(&self) -> Duration {
+        self.quiet_period
     }
 }
 
@@ -234,6 +288,25 @@ impl AdaptiveLimitConfigBuilder {
         self
     }
 
+    /// Whether a key's limit is off (no limit, no queue) until a window of
+    /// its answers first has the shed rate's share of shed ones, and off
+    /// again after a quiet period or once it grows past the maximum
+    /// (`true`, the default; see [`AdaptiveLimitConfig`]). `false`: on from
+    /// the start at the initial limit, never off.
+    pub fn off_until_shed(mut self, on: bool) -> Self {
+        self.config.off_until_shed = on;
+        self
+    }
+
+    /// A limit that is on turns off once this long has passed without a
+    /// window of answers that lowered it (60 s by default; see
+    /// [`AdaptiveLimitConfig`]). Only with
+    /// [`off_until_shed`](Self::off_until_shed).
+    pub fn quiet_period(mut self, period: Duration) -> Self {
+        self.config.quiet_period = period;
+        self
+    }
+
     /// Checks the configuration.
     pub fn build(self) -> Result<AdaptiveLimitConfig, ConfigError> {
         let c = self.config;
@@ -254,6 +327,11 @@ impl AdaptiveLimitConfigBuilder {
                 "adaptive limit: shed_rate must be a percent in (0, 100], not {}",
                 c.shed_rate
             )));
+        }
+        if c.quiet_period.is_zero() {
+            return Err(ConfigError(
+                "adaptive limit: quiet_period must be longer than zero".into(),
+            ));
         }
         if c.growth_latency.is_some_and(|d| d.is_zero()) {
             return Err(ConfigError(

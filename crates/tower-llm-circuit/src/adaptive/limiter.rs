@@ -1,11 +1,14 @@
-//! One key's adaptive limit: calls in flight, the limit, and the calls
-//! waiting for room. Lock-free while there is room; the queue's lock is
-//! taken only by calls that wait and by releases that hand them room.
+//! One key's adaptive limit: calls in flight, the limit (or none: off),
+//! and the calls waiting for room. Lock-free while there is room; the
+//! queue's lock is taken only by calls that wait, by releases that hand
+//! them room, and when the limit turns off.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::Waker;
+
+use tokio::time::Instant;
 
 use super::config::AdaptiveLimitConfig;
 
@@ -97,6 +100,21 @@ fn window_size(limit: f64) -> u16 {
     answers.max(MIN_WINDOW)
 }
 
+/// The `limit` word of a key whose limit is off: no limit, no queue.
+const OFF: u64 = f64::INFINITY.to_bits();
+
+/// What counting an answer did to the window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Tally {
+    /// Its shed answers reached the shed rate: a new epoch starts, and the
+    /// limit is lowered (or turned on).
+    Decrease,
+    /// The window filled without that: a new window starts.
+    WindowEnded,
+    /// Counted, or not counted (an answer of an earlier epoch).
+    Counted,
+}
+
 /// How many shed answers in a window of `size` reach `shed_rate` percent
 /// (at least one).
 fn sheds_needed(size: u16, shed_rate: f64) -> u16 {
@@ -106,8 +124,13 @@ fn sheds_needed(size: u16, shed_rate: f64) -> u16 {
 
 pub(crate) struct Limiter {
     in_flight: AtomicU32,
-    /// The limit, an `f64`'s bits (it grows by fractions).
+    /// The limit, an `f64`'s bits (it grows by fractions); [`OFF`] when
+    /// there is none.
     limit: AtomicU64,
+    /// When the limit was last lowered (or turned on), in nanoseconds
+    /// after `start`: a limit on for a quiet period since turns off.
+    lowered_at: AtomicU64,
+    start: Instant,
     /// The window ([`WindowState`], packed): answers to calls admitted
     /// before the last decrease (another epoch) are not counted.
     window: AtomicU64,
@@ -120,7 +143,7 @@ impl std::fmt::Debug for Limiter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Limiter")
             .field("in_flight", &self.in_flight())
-            .field("limit", &self.limit())
+            .field("limit", &self.is_on().then(|| self.limit()))
             .field("waiting", &self.waiting())
             .finish()
     }
@@ -128,9 +151,16 @@ impl std::fmt::Debug for Limiter {
 
 impl Limiter {
     pub(crate) fn new(config: &AdaptiveLimitConfig) -> Self {
+        let limit = if config.off_until_shed {
+            OFF
+        } else {
+            f64::from(config.initial).to_bits()
+        };
         Limiter {
             in_flight: AtomicU32::new(0),
-            limit: AtomicU64::new(f64::from(config.initial).to_bits()),
+            limit: AtomicU64::new(limit),
+            lowered_at: AtomicU64::new(0),
+            start: Instant::now(),
             window: AtomicU64::new(0),
             waiting: AtomicU32::new(0),
             queue: Mutex::new(VecDeque::new()),
@@ -141,9 +171,24 @@ impl Limiter {
         f64::from_bits(self.limit.load(Ordering::Acquire))
     }
 
-    /// The limit, as calls (never below 1).
+    /// The limit, as calls (never below 1; `u32::MAX` when off).
     pub(crate) fn limit(&self) -> u32 {
         (self.limit_f64() as u32).max(1)
+    }
+
+    /// Whether the key has a limit now.
+    pub(crate) fn is_on(&self) -> bool {
+        self.limit.load(Ordering::Acquire) != OFF
+    }
+
+    /// Nanoseconds since the limiter was made (Tokio's clock).
+    fn now(&self) -> u64 {
+        u64::try_from(
+            Instant::now()
+                .saturating_duration_since(self.start)
+                .as_nanos(),
+        )
+        .unwrap_or(u64::MAX)
     }
 
     pub(crate) fn in_flight(&self) -> u32 {
@@ -159,9 +204,14 @@ impl Limiter {
         WindowState::unpack(self.window.load(Ordering::Acquire)).epoch
     }
 
-    /// Takes room if there is some and nobody waits for it.
+    /// Takes room if there is some and nobody waits for it; with the
+    /// limit off, always (one load and one add).
     #[inline]
     pub(crate) fn try_acquire(&self) -> bool {
+        if self.limit.load(Ordering::SeqCst) == OFF {
+            self.in_flight.fetch_add(1, Ordering::SeqCst);
+            return true;
+        }
         self.waiting.load(Ordering::SeqCst) == 0 && self.take()
     }
 
@@ -174,9 +224,12 @@ impl Limiter {
             .is_ok()
     }
 
-    /// Joins the queue (at most `max` long), unless room is free and
-    /// nobody is ahead.
-    pub(crate) fn enqueue(&self, max: u32) -> Queued {
+    /// Joins the queue (at most `max_queue` long), unless room is free and
+    /// nobody is ahead, or the limit has been quiet long enough to turn
+    /// off.
+    pub(crate) fn enqueue(&self, config: &AdaptiveLimitConfig) -> Queued {
+        self.off_if_quiet(config);
+        let max = config.max_queue;
         let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
         // Counted before room is looked for, so that a release that misses
         // the room taken here sees a waiter (both SeqCst).
@@ -213,20 +266,21 @@ impl Limiter {
     /// learns from `sample`.
     pub(crate) fn release(&self, window: u32, sample: Sample, config: &AdaptiveLimitConfig) {
         let before = self.in_flight.fetch_sub(1, Ordering::SeqCst);
-        match sample {
+        let tally = match sample {
             Sample::Success => {
-                self.count(window, false, config);
+                let tally = self.count(window, false, before, config);
                 self.grow(before, config);
+                tally
             }
-            Sample::Answered => {
-                self.count(window, false, config);
-            }
-            Sample::Shed => {
-                if self.count(window, true, config) {
-                    self.shrink(config);
-                }
-            }
-            Sample::Nothing => {}
+            Sample::Answered => self.count(window, false, before, config),
+            Sample::Shed => self.count(window, true, before, config),
+            Sample::Nothing => Tally::Counted,
+        };
+        match tally {
+            Tally::Decrease => self.shrink(before, config),
+            // Once per window, and only while on: the clock is read.
+            Tally::WindowEnded => self.off_if_quiet(config),
+            Tally::Counted => {}
         }
         if self.waiting.load(Ordering::SeqCst) != 0 {
             self.hand_over();
@@ -234,15 +288,24 @@ impl Limiter {
     }
 
     /// Counts an answer to a call admitted in `epoch` (ignored if a
-    /// decrease came since); `true` if the window's shed answers now reach
-    /// the shed rate of its full size, which starts a new epoch. A full
-    /// window that did not starts a new window in the same epoch.
-    fn count(&self, epoch: u32, shed: bool, config: &AdaptiveLimitConfig) -> bool {
-        let size = window_size(self.limit_f64());
+    /// decrease came since), with `in_flight` calls in flight: whether the
+    /// window's shed answers now reach the shed rate of its full size,
+    /// which starts a new epoch, or the window filled without that, which
+    /// starts a new window in the same epoch. A window is sized by the
+    /// limit, or by the calls in flight while there is none.
+    fn count(&self, epoch: u32, shed: bool, in_flight: u32, config: &AdaptiveLimitConfig) -> Tally {
+        let limit = self.limit_f64();
+        let size = window_size(if limit.is_finite() {
+            limit
+        } else {
+            f64::from(in_flight)
+        });
         let needed = sheds_needed(size, config.shed_rate);
-        let updated = self
+        let mut tally = Tally::Counted;
+        let _ = self
             .window
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |word| {
+                tally = Tally::Counted;
                 let mut w = WindowState::unpack(word);
                 if w.epoch != epoch {
                     return None; // admitted before the last decrease
@@ -250,57 +313,110 @@ impl Limiter {
                 w.answers = w.answers.saturating_add(1);
                 w.sheds = w.sheds.saturating_add(u16::from(shed));
                 if shed && w.sheds >= needed {
+                    tally = Tally::Decrease;
                     w = WindowState {
                         epoch: epoch.wrapping_add(1),
                         answers: 0,
                         sheds: 0,
                     };
                 } else if w.answers >= size {
+                    tally = Tally::WindowEnded;
                     w.answers = 0;
                     w.sheds = 0;
                 }
                 Some(w.pack())
             });
-        match updated {
-            Ok(before) => shed && WindowState::unpack(before).sheds + 1 >= needed,
-            Err(_) => false,
-        }
+        tally
     }
 
     /// Additive increase: 1/limit, when at least half of it was in use.
+    /// Past the maximum, the limit turns off (or stays at the maximum, when
+    /// on from the start).
     fn grow(&self, in_flight: u32, config: &AdaptiveLimitConfig) {
         let max = f64::from(config.max);
-        let _ = self
+        let grown = self
             .limit
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |bits| {
                 let limit = f64::from_bits(bits);
-                (f64::from(in_flight) * 2.0 >= limit && limit < max)
-                    .then(|| (limit + 1.0 / limit).min(max).to_bits())
+                // Off (infinite) is never in use.
+                if f64::from(in_flight) * 2.0 < limit {
+                    return None;
+                }
+                let grown = limit + 1.0 / limit;
+                if config.off_until_shed {
+                    // A limit that started above the maximum does not grow.
+                    (limit <= max).then(|| if grown > max { OFF } else { grown.to_bits() })
+                } else {
+                    (limit < max).then(|| grown.min(max).to_bits())
+                }
             });
+        if let Ok(bits) = grown
+            && config.off_until_shed
+        {
+            let limit = f64::from_bits(bits);
+            if limit + 1.0 / limit > max {
+                self.switched_off("it grew past its maximum");
+            }
+        }
     }
 
-    /// Multiplicative decrease (the window that decided it has ended).
-    fn shrink(&self, config: &AdaptiveLimitConfig) {
+    /// Multiplicative decrease (the window that decided it has ended); a
+    /// limit that was off starts at what was in flight (`in_flight`, the
+    /// deciding call included) times the backoff.
+    fn shrink(&self, in_flight: u32, config: &AdaptiveLimitConfig) {
         let min = f64::from(config.min);
+        self.lowered_at.store(self.now(), Ordering::Release);
+        let mut was_on = true;
         let _ = self
             .limit
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |bits| {
-                Some((f64::from_bits(bits) * config.backoff).max(min).to_bits())
+                was_on = bits != OFF;
+                let from = if was_on {
+                    f64::from_bits(bits)
+                } else {
+                    f64::from(in_flight)
+                };
+                Some((from * config.backoff).max(min).to_bits())
             });
-        tracing::debug!(target: crate::TRACING_TARGET, limit = self.limit(), "adaptive limit lowered: shed answers reached the shed rate of a window");
+        if was_on {
+            tracing::debug!(target: crate::TRACING_TARGET, limit = self.limit(), "adaptive limit lowered: shed answers reached the shed rate of a window");
+        } else {
+            tracing::debug!(target: crate::TRACING_TARGET, limit = self.limit(), in_flight, "adaptive limit on: shed answers reached the shed rate of a window");
+        }
     }
 
-    /// The key's breaker closed again after being open: a limit below the
-    /// initial one starts again from it, in a new epoch (answers to calls
-    /// admitted before are not counted), and calls waiting get the room.
-    pub(crate) fn restart(&self, config: &AdaptiveLimitConfig) {
-        let initial = f64::from(config.initial);
-        let raised = self
-            .limit
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |bits| {
-                (f64::from_bits(bits) < initial).then_some(initial.to_bits())
-            })
-            .is_ok();
+    /// Turns a limit that has not been lowered for the quiet period off.
+    fn off_if_quiet(&self, config: &AdaptiveLimitConfig) {
+        let bits = self.limit.load(Ordering::Acquire);
+        if bits == OFF || !config.off_until_shed {
+            return;
+        }
+        let quiet = u64::try_from(config.quiet_period.as_nanos()).unwrap_or(u64::MAX);
+        let lowered_at = self.lowered_at.load(Ordering::Acquire);
+        // Only the limit read above: a decrease meanwhile keeps it on.
+        if self.now().saturating_sub(lowered_at) >= quiet
+            && self
+                .limit
+                .compare_exchange(bits, OFF, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
+            self.switched_off("no window lowered it for its quiet period");
+        }
+    }
+
+    /// The limit was just turned off: a new epoch (the window counted
+    /// under the limit says nothing of the load without it), and every
+    /// waiting call goes.
+    fn switched_off(&self, why: &'static str) {
+        self.next_epoch();
+        tracing::debug!(target: crate::TRACING_TARGET, why, "adaptive limit off");
+        // The queue's lock, even with nobody seen waiting: a call joining
+        // the queue holds it while it looks for room, so it either sees the
+        // limit off or is in the queue handed over here.
+        self.hand_over();
+    }
+
+    fn next_epoch(&self) {
         let _ = self
             .window
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |word| {
@@ -313,6 +429,29 @@ impl Limiter {
                     .pack(),
                 )
             });
+    }
+
+    /// The key's breaker closed again after being open: the limit turns
+    /// off (on from the start: a limit below the initial one starts again
+    /// from it), in a new epoch (answers to calls admitted before are not
+    /// counted), and calls waiting get the room.
+    pub(crate) fn restart(&self, config: &AdaptiveLimitConfig) {
+        if config.off_until_shed {
+            if self.limit.swap(OFF, Ordering::AcqRel) != OFF {
+                self.switched_off("the breaker closed again");
+            } else {
+                self.next_epoch();
+            }
+            return;
+        }
+        let initial = f64::from(config.initial);
+        let raised = self
+            .limit
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |bits| {
+                (f64::from_bits(bits) < initial).then_some(initial.to_bits())
+            })
+            .is_ok();
+        self.next_epoch();
         if raised {
             tracing::debug!(target: crate::TRACING_TARGET, limit = self.limit(), "adaptive limit back to its initial value: the breaker closed again");
         }

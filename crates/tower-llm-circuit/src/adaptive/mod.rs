@@ -1,6 +1,7 @@
-//! An adaptive concurrency limit per key: a window of answers with enough
-//! shed ones lowers it, successes raise it, and a call over it waits for
-//! room before it is refused.
+//! An adaptive concurrency limit per key, off until the key is
+//! overloaded: a window of answers with enough shed ones turns it on (or
+//! lowers it), successes raise it, and a call over it waits for room
+//! before it is refused.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
@@ -27,16 +28,18 @@
 //!     http::Request::post(sim.url(Api::OpenAiChat))
 //!         .body(Full::<bytes::Bytes>::from(r#"{"model":"gpt-4o","messages":[]}"#))
 //! };
-//! // Shed answers halve the key's limit (from 20) once they make 30 % of
-//! // a window of answers (twice the limit, at least 20): 12 of 40, then
-//! // 6 of 20. One shed answer alone does not.
-//! for (calls, limit) in [(1, 20), (11, 10), (6, 5), (6, 2)] {
+//! // The key has no limit until shed answers make 30 % of a window of
+//! // answers (twice the calls in flight, at least 20): one shed answer
+//! // does not turn it on; the sixth does, at half of what was in flight
+//! // (one call here), never below the minimum (1).
+//! for (calls, enabled) in [(1, false), (4, false), (1, true)] {
 //!     for _ in 0..calls {
 //!         let error = service.ready().await?.call(request()?).await.unwrap_err();
 //!         assert_eq!(error.kind(), ErrorKind::Overloaded);
 //!     }
-//!     assert_eq!(handle.snapshot()[0].limit.limit, limit);
+//!     assert_eq!(handle.snapshot()[0].limit.enabled, enabled);
 //! }
+//! assert_eq!(handle.snapshot()[0].limit.limit, 1);
 //! # Ok(())
 //! # }
 //! ```
@@ -56,7 +59,11 @@
 //! The design is Netflix concurrency-limits' `AIMDLimit` (additive
 //! increase, multiplicative decrease on drops) with TCP's one decrease per
 //! window, lowered only when shed answers are a real share of a window
-//! (random sheds of a busy fleet are not this key's overload), and reset
+//! (random sheds of a busy fleet are not this key's overload), off until
+//! the first such window as the AWS SDKs' adaptive retry mode keeps its
+//! client-side limiter off until the first throttle (a healthy key is
+//! never throttled by a guess, and streams that stall hold room nobody
+//! waits for), and off again after a quiet period, past its maximum, or
 //! when the key's breaker closes after an outage; see
 //! [`AdaptiveLimitConfig`] for the numbers and why. The
 //! breaker keeps its job for targets that are down (connect failures,

@@ -18,9 +18,10 @@ use crate::cache;
 use crate::key::KeyBy;
 use crate::registry::Registry;
 
-/// Limits the calls in flight per key (provider/model by default) to a
-/// limit that shed answers lower (when they are a share of a window's
-/// answers) and successes raise; a call over the limit waits for room,
+/// Limits the calls in flight per key (provider/model by default), once
+/// the key is overloaded, to a limit that shed answers turn on and lower
+/// (when they are a share of a window's answers) and successes raise;
+/// while the key is not, a call only counts itself in flight; a call over the limit waits for room,
 /// within the configured queue, then is refused locally with an error of
 /// kind overloaded that the retry layer does not retry and a fallback
 /// moves on from.
@@ -122,7 +123,7 @@ where
             return LimitFuture::called(self.inner.call(request), LimitPermit::new(breaker));
         }
         let config = &registry.config.adaptive_limit;
-        match limiter.enqueue(config.max_queue) {
+        match limiter.enqueue(config) {
             Queued::Admitted => {
                 LimitFuture::called(self.inner.call(request), LimitPermit::new(breaker))
             }

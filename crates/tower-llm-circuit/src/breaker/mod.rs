@@ -399,7 +399,7 @@ impl Breaker {
             .is_ok();
         if done {
             // Closed again after being open: what the limit learned during
-            // the outage says nothing of the recovered target.
+            // the outage says nothing of the recovered target (it turns off).
             self.limiter.restart(&self.config.adaptive_limit);
             self.emit(from, CircuitState::Closed, reason);
         }
@@ -542,6 +542,7 @@ impl Breaker {
             },
             cooldown_remaining: remaining(self.cooldown_until.load(Ordering::Acquire)),
             limit: LimitSnapshot {
+                enabled: self.limiter.is_on(),
                 limit: self.limiter.limit(),
                 in_flight: self.limiter.in_flight(),
                 waiting: self.limiter.waiting(),

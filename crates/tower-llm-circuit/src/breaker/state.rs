@@ -116,7 +116,11 @@ pub struct KeySnapshot {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct LimitSnapshot {
-    /// The limit: calls allowed in flight.
+    /// Whether the key has a limit now: it is off until a window of its
+    /// answers first has enough shed ones (see
+    /// [`AdaptiveLimitConfig`](crate::AdaptiveLimitConfig)).
+    pub enabled: bool,
+    /// The limit: calls allowed in flight (`u32::MAX` while off).
     pub limit: u32,
     /// Calls in flight (streams until their body ends).
     pub in_flight: u32,

@@ -1,11 +1,14 @@
 //! The limiter alone: windows of answers, decreases, growth, the queue
-//! and restarts, with calls made by hand.
+//! and restarts, with calls made by hand; first with the limit on from
+//! the start, then off until shed answers turn it on.
 
 use super::*;
 
+/// On from the start at 4 (at least 1, at most 8).
 fn config() -> AdaptiveLimitConfig {
     AdaptiveLimitConfig::builder()
         .limits(4, 1, 8)
+        .off_until_shed(false)
         .build()
         .unwrap()
 }
@@ -115,6 +118,7 @@ fn random_shed_answers_of_a_fifth_of_the_calls_leave_the_limit_near_the_load() {
     // of 32 (it may grow to 64 while the 32 use half of it).
     let config = AdaptiveLimitConfig::builder()
         .limits(32, 1, 64)
+        .off_until_shed(false)
         .build()
         .unwrap();
     // Evenly spread, 20 % never makes 30 % of a window.
@@ -146,6 +150,7 @@ fn random_shed_answers_of_a_fifth_of_the_calls_leave_the_limit_near_the_load() {
 fn a_sustained_shed_share_of_two_fifths_halves_the_limit_window_after_window() {
     let config = AdaptiveLimitConfig::builder()
         .limits(32, 1, 64)
+        .off_until_shed(false)
         .build()
         .unwrap();
     let limiter = Limiter::new(&config);
@@ -204,7 +209,13 @@ fn a_restart_hands_the_room_it_makes_to_waiting_calls() {
     for _ in 0..2 {
         assert!(limiter.try_acquire());
     }
-    let Queued::Waiting(waiter) = limiter.enqueue(4) else {
+    let Queued::Waiting(waiter) = limiter.enqueue(
+        &config
+            .to_builder()
+            .queue(4, std::time::Duration::from_secs(1))
+            .build()
+            .unwrap(),
+    ) else {
         panic!("waits")
     };
     let waker = std::task::Waker::noop();
@@ -255,13 +266,18 @@ fn a_release_hands_its_room_to_the_first_waiter_and_a_newcomer_does_not_overtake
     for _ in 0..4 {
         assert!(limiter.try_acquire());
     }
-    let Queued::Waiting(first) = limiter.enqueue(2) else {
+    let two = config
+        .to_builder()
+        .queue(2, std::time::Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let Queued::Waiting(first) = limiter.enqueue(&two) else {
         panic!("waits")
     };
-    let Queued::Waiting(second) = limiter.enqueue(2) else {
+    let Queued::Waiting(second) = limiter.enqueue(&two) else {
         panic!("waits")
     };
-    assert!(matches!(limiter.enqueue(2), Queued::Full));
+    assert!(matches!(limiter.enqueue(&two), Queued::Full));
     let waker = std::task::Waker::noop();
     assert!(!first.poll_granted(waker));
     limiter.release(0, Sample::Nothing, &config);
@@ -273,4 +289,178 @@ fn a_release_hands_its_room_to_the_first_waiter_and_a_newcomer_does_not_overtake
     assert!(limiter.leave(&second));
     assert!(!limiter.leave(&first), "granted: it holds room");
     assert_eq!((limiter.in_flight(), limiter.waiting()), (4, 0));
+}
+
+/// Off until shed, as `standard`, with a maximum of 8.
+fn off_until_shed() -> AdaptiveLimitConfig {
+    AdaptiveLimitConfig::builder()
+        .limits(4, 1, 8)
+        .build()
+        .unwrap()
+}
+
+/// Keeps `in_flight` calls running, each answered shed and called again,
+/// until the limit turns on; the calls still running.
+fn turn_on(limiter: &Limiter, config: &AdaptiveLimitConfig, in_flight: u32) -> VecDeque<u32> {
+    let mut running: VecDeque<u32> = (0..in_flight)
+        .map(|_| {
+            assert!(limiter.try_acquire());
+            limiter.window()
+        })
+        .collect();
+    while !limiter.is_on() {
+        let window = running.pop_front().expect("a call");
+        limiter.release(window, Sample::Shed, config);
+        if limiter.try_acquire() {
+            running.push_back(limiter.window());
+        }
+    }
+    running
+}
+
+#[test]
+fn an_off_limit_admits_every_call_at_once_and_successes_keep_it_off() {
+    let config = AdaptiveLimitConfig::standard();
+    let limiter = Limiter::new(&config);
+    for _ in 0..500 {
+        assert!(limiter.try_acquire());
+    }
+    assert_eq!((limiter.in_flight(), limiter.waiting()), (500, 0));
+    for _ in 0..500 {
+        limiter.release(limiter.window(), Sample::Success, &config);
+    }
+    assert!(!limiter.is_on());
+    assert_eq!(limiter.limit(), u32::MAX);
+}
+
+#[test]
+fn a_shed_share_of_two_fifths_turns_the_limit_on_at_half_of_what_was_in_flight_and_queues_the_rest()
+{
+    let config = AdaptiveLimitConfig::standard();
+    let limiter = Limiter::new(&config);
+    let mut running: VecDeque<u32> = (0..40)
+        .map(|_| {
+            assert!(limiter.try_acquire());
+            limiter.window()
+        })
+        .collect();
+    // While off, a window is twice the 40 in flight: 80 answers, 30 % of
+    // it 24 shed. Two of every five answers are shed; each caller calls
+    // again.
+    let mut answers = 0;
+    while !limiter.is_on() {
+        let window = running.pop_front().unwrap();
+        let sample = if answers % 5 < 2 {
+            Sample::Shed
+        } else {
+            Sample::Success
+        };
+        limiter.release(window, sample, &config);
+        answers += 1;
+        if limiter.try_acquire() {
+            running.push_back(limiter.window());
+        }
+    }
+    assert_eq!(answers, 57, "the 24th shed answer");
+    assert_eq!(limiter.limit(), 20, "half of the 40 in flight");
+    // 39 still run: the caller whose answer turned it on, and any other,
+    // waits.
+    assert_eq!(limiter.in_flight(), 39);
+    assert!(!limiter.try_acquire());
+    assert!(matches!(limiter.enqueue(&config), Queued::Waiting(_)));
+}
+
+#[test]
+fn a_limit_turned_on_never_starts_below_its_minimum() {
+    let config = off_until_shed()
+        .to_builder()
+        .limits(4, 3, 8)
+        .build()
+        .unwrap();
+    let limiter = Limiter::new(&config);
+    turn_on(&limiter, &config, 1);
+    assert_eq!(limiter.limit(), 3);
+}
+
+#[test]
+fn a_limit_that_grows_past_its_maximum_turns_off_and_lets_its_waiting_calls_go() {
+    let config = off_until_shed();
+    let limiter = Limiter::new(&config);
+    let running = turn_on(&limiter, &config, 8);
+    assert_eq!(limiter.limit(), 4);
+    let Queued::Waiting(waiter) = limiter.enqueue(&config) else {
+        panic!("waits")
+    };
+    // Answers of calls admitted before it turned on are not counted.
+    for window in running {
+        limiter.release(window, Sample::Nothing, &config);
+    }
+    assert!(waiter.poll_granted(std::task::Waker::noop()));
+    // At its limit, a limit's worth of successes adds one: 4 + 5 + 6 + 7
+    // successes take it to 8 (give or take the rounding of the
+    // fractions), and the next past it.
+    let mut successes = 0;
+    while limiter.is_on() && successes < 30 {
+        while limiter.try_acquire() {}
+        limiter.release(limiter.window(), Sample::Success, &config);
+        successes += 1;
+    }
+    assert!(!limiter.is_on(), "on after {successes} successes");
+    assert!(successes > 22, "off after {successes} successes");
+    for _ in 0..100 {
+        assert!(limiter.try_acquire());
+    }
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_limit_not_lowered_for_its_quiet_period_turns_off_and_lets_its_waiting_calls_go() {
+    let config = off_until_shed();
+    let limiter = Limiter::new(&config);
+    let _running = turn_on(&limiter, &config, 4);
+    assert_eq!((limiter.limit(), limiter.in_flight()), (2, 3));
+    let Queued::Waiting(waiter) = limiter.enqueue(&config) else {
+        panic!("waits")
+    };
+    tokio::time::advance(config.quiet_period() - std::time::Duration::from_millis(1)).await;
+    assert!(matches!(limiter.enqueue(&config), Queued::Waiting(_)));
+    tokio::time::advance(std::time::Duration::from_millis(1)).await;
+    // The next call that would wait finds the period over.
+    assert!(matches!(limiter.enqueue(&config), Queued::Admitted));
+    assert!(!limiter.is_on());
+    assert!(waiter.poll_granted(std::task::Waker::noop()));
+    assert_eq!((limiter.in_flight(), limiter.waiting()), (6, 0));
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_window_that_ends_after_the_quiet_period_turns_the_limit_off() {
+    let config = off_until_shed();
+    let limiter = Limiter::new(&config);
+    for window in turn_on(&limiter, &config, 4) {
+        limiter.release(window, Sample::Nothing, &config);
+    }
+    tokio::time::advance(config.quiet_period()).await;
+    // At a limit of 2, a window is 20 answers.
+    for n in 1..=20 {
+        assert!(limiter.is_on(), "after {n}");
+        assert!(limiter.try_acquire());
+        limiter.release(limiter.window(), Sample::Answered, &config);
+    }
+    assert!(!limiter.is_on());
+}
+
+#[test]
+fn a_restart_turns_a_limit_that_is_on_off() {
+    let config = off_until_shed();
+    let limiter = Limiter::new(&config);
+    let running = turn_on(&limiter, &config, 8);
+    let Queued::Waiting(waiter) = limiter.enqueue(&config) else {
+        panic!("waits")
+    };
+    limiter.restart(&config);
+    assert!(!limiter.is_on());
+    assert!(waiter.poll_granted(std::task::Waker::noop()));
+    assert_eq!(
+        (limiter.in_flight(), limiter.waiting()),
+        (running.len() as u32 + 1, 0)
+    );
 }
