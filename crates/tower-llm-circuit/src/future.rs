@@ -10,7 +10,9 @@ use std::time::Duration;
 use http::Response;
 use http_body::Body;
 use pin_project_lite::pin_project;
-use tower_llm_classify::{AttemptEnd, Classification, Classified, EndReason, ErrorKind, LlmError};
+use tower_llm_classify::{
+    AttemptEnd, Classification, Classified, EndReason, ErrorKind, LlmError, Phase,
+};
 
 pub use crate::adaptive::LimitFuture;
 
@@ -163,8 +165,21 @@ impl Drop for PermitGuard {
     }
 }
 
-/// What a failure says about the target's health.
+/// What a failure says about the target's health: what its kind says
+/// (below), except that a failure after content (phase mid-stream) is
+/// not counted with `count_after_content` off.
 pub(crate) fn outcome_of(c: &Classification, config: &crate::config::CircuitConfig) -> Outcome {
+    match outcome_of_kind(c, config) {
+        // The target answered and generated: it is up, whatever broke the
+        // stream since (a stall its idle timeout ended, a cut connection).
+        Outcome::Failure if c.phase() == Phase::MidStream && !config.count_after_content => {
+            Outcome::Answered
+        }
+        outcome => outcome,
+    }
+}
+
+fn outcome_of_kind(c: &Classification, config: &crate::config::CircuitConfig) -> Outcome {
     let count_authentication = config.count_authentication_failures;
     if c.kind() == ErrorKind::Overloaded && !config.count_overload {
         // Busy, not down: nothing to say about the target's health.

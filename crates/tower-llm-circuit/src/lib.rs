@@ -88,6 +88,14 @@
 //! stream's first event is counted like the same failure sent as a status:
 //! the guard reads one more frame, which Classify's body below answers
 //! with the classified error, before it drops the attempt.
+//!
+//! A stream that fails after its content started (phase mid-stream: cut,
+//! or ended by Classify's idle timeout after a stall) counts as a failure
+//! of the target by default. Where the key has nowhere else to go,
+//! [`count_after_content(false)`](CircuitConfigBuilder::count_after_content)
+//! leaves such failures uncounted (the target answered and generated), so
+//! that stalls ending together do not open the breaker of a target that
+//! serves most of its calls.
 
 #![forbid(unsafe_code)]
 

@@ -57,6 +57,9 @@ pub struct CircuitSettings {
     pub rate_limit_cooldown: Option<bool>,
     /// Whether an overloaded answer counts as a failure of the target.
     pub count_overload: Option<bool>,
+    /// Whether a failure after the answer's content had started (a stream
+    /// cut or stalled midway) counts as a failure of the target.
+    pub count_after_content: Option<bool>,
     /// Most keys held.
     pub max_keys: Option<usize>,
     /// Spread of each open duration (0.2: ±20 %).
@@ -192,6 +195,9 @@ impl CircuitSettings {
         }
         if let Some(on) = self.count_overload {
             b = b.count_overload(on);
+        }
+        if let Some(on) = self.count_after_content {
+            b = b.count_after_content(on);
         }
         if let Some(n) = self.max_keys {
             b = b.max_keys(n);
@@ -373,6 +379,23 @@ mod tests {
         .build()
         .unwrap_err();
         assert!(error.to_string().contains("shed_rate"), "{error}");
+    }
+
+    #[test]
+    fn count_after_content_overrides_the_preset() {
+        assert!(
+            CircuitSettings::default()
+                .build()
+                .unwrap()
+                .count_after_content()
+        );
+        let config = CircuitSettings {
+            count_after_content: Some(false),
+            ..Default::default()
+        }
+        .build()
+        .unwrap();
+        assert!(!config.count_after_content());
     }
 
     #[cfg(feature = "serde")]

@@ -37,6 +37,10 @@ pub(crate) enum Outcome {
     Failure,
     /// Not the target's health (rate limit, cancelled, local): not counted.
     Ignored,
+    /// The target answered with content, then the call failed (with
+    /// `count_after_content` off): not counted in the window, and a probe
+    /// that ends so succeeded, as the target is up.
+    Answered,
 }
 
 /// Why a call was not admitted.
@@ -200,7 +204,7 @@ impl Breaker {
         match permit.probe {
             Some(generation) => self.record_probe(generation, outcome, slow, nanos(now)),
             None => {
-                if outcome == Outcome::Ignored
+                if matches!(outcome, Outcome::Ignored | Outcome::Answered)
                     || permit.epoch != self.closed_epoch.load(Ordering::Acquire)
                 {
                     return; // not the target's health, or admitted before a trip
@@ -279,7 +283,7 @@ impl Breaker {
                     // Not a verdict on the target: the permit goes back.
                     Outcome::Ignored => phase.permits = (phase.permits + 1).min(probes),
                     Outcome::Failure => phase.failures += 1,
-                    Outcome::Success => phase.successes += 1,
+                    Outcome::Success | Outcome::Answered => phase.successes += 1,
                 }
                 if slow && outcome != Outcome::Ignored {
                     phase.slow += 1;
