@@ -88,8 +88,9 @@ fn setup(
 
 /// How long a caller waits in the scenarios where an upstream can fall
 /// silent forever (a contender that never gives up would otherwise hold
-/// the run): two minutes, longer than any preset's bound on silence.
-const CALLER_DEADLINE: Duration = Duration::from_secs(120);
+/// the run): the official SDKs' default timeout (openai-python and
+/// anthropic-sdk-python `Timeout(600)`).
+const CALLER_DEADLINE: Duration = Duration::from_secs(600);
 
 /// `build(setup)` behind a caller that gives up after [`CALLER_DEADLINE`].
 fn impatient(build: Build, setup: &contender::Setup) -> Arc<dyn contender::Contender> {
@@ -313,7 +314,7 @@ pub(crate) const SCENARIOS: [Scenario; 16] = [
     },
     Scenario {
         name: "stream_stall",
-        what: "streams; 20 % fall silent after 5 content events (connection open, no byte more); 1,000 requests, 32 at a time; every caller gives up after 120 s",
+        what: "streams; 20 % fall silent after 5 content events (connection open, no byte more); 1,000 requests, 32 at a time; every caller gives up after 600 s (the SDKs' timeout)",
         goal: "≥ 99.9 % finished; zero duplicated or lost content",
     },
     Scenario {
@@ -323,7 +324,7 @@ pub(crate) const SCENARIOS: [Scenario; 16] = [
     },
     Scenario {
         name: "silent_upstream",
-        what: "streams; the primary accepts connections and never answers; a healthy backup; 200 requests, 8 at a time; every caller gives up after 120 s",
+        what: "streams; the primary accepts connections and never answers; a healthy backup; 200 requests, 8 at a time; every caller gives up after 600 s (the SDKs' timeout)",
         goal: "every request answered within the stream head timeout plus one backup call; the silent route not retried",
     },
     Scenario {

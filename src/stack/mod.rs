@@ -438,11 +438,13 @@ impl LlmStack {
     ///
     /// A stack with a single target does not cool its key down on hinted
     /// rate limits (LiteLLM's rule for a deployment alone in its group),
-    /// nor count overloaded answers against its breaker: with nowhere else
-    /// to go, a cooldown or an open breaker could only turn a chance of
-    /// success into a certain failure; the request's own retry waits the
-    /// hint or backs off instead, within its budget. Quota cooldowns stay,
-    /// and connect failures, timeouts and server errors still open it.
+    /// nor count against its breaker overloaded answers or streams that
+    /// broke after content (a target that generated is up; the answer is
+    /// continued): with nowhere else to go, a cooldown or an open breaker
+    /// could only turn a chance of success into a certain failure; the
+    /// request's own retry waits the hint or backs off instead, within its
+    /// budget. Quota cooldowns stay, and connect failures, timeouts and
+    /// server errors still open it.
     pub fn build(mut self) -> Result<Stack, StackError> {
         if self.targets.len() == 1 {
             self.circuit = self
@@ -450,6 +452,7 @@ impl LlmStack {
                 .to_builder()
                 .rate_limit_cooldown(false)
                 .count_overload(false)
+                .count_after_content(false)
                 .build()
                 .map_err(|e| StackError(e.to_string()))?;
         }
