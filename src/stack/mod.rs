@@ -305,17 +305,23 @@ impl LlmStack {
     /// [`adaptive_limit`](CircuitConfig::adaptive_limit), `[circuit]
     /// limit_*` in TOML).
     ///
-    /// Overload is not an outage: a target that sheds some calls (429-free
-    /// 503 "overloaded", 529, a full queue) still serves most of them. With
-    /// the limit, shed answers halve the calls the stack lets in flight to
-    /// that key and successes raise it again (AIMD, as Netflix's
-    /// concurrency-limits and Envoy's adaptive concurrency filter), and
-    /// calls over it wait their turn (a bounded queue, then a local
-    /// overload the fallback moves on from) instead of adding to the queue
-    /// upstream. A lone target's breaker does not count overload (busy is
-    /// not down, and it has nowhere else to send the call); with another
-    /// target to go to, overload still counts, so that a target answering
-    /// nothing but "overloaded" is left for the next.
+    /// Overload is not an outage: a target that sheds some calls (503
+    /// "overloaded", 529, a full queue) still serves most of them. The
+    /// limit is off — one atomic load per call — until a window of a key's
+    /// answers is 30 % shed (a few random overload answers are noise a
+    /// retry handles); it then caps the calls in flight at what was in
+    /// flight times the backoff, halves again while the shedding goes on
+    /// and grows back with successes (AIMD, as Netflix's concurrency-limits
+    /// and Envoy's adaptive concurrency filter), and turns off after a
+    /// quiet minute or when the key's breaker closes again; enabled only
+    /// after the first throttle, as the AWS SDKs' adaptive retry mode. Calls
+    /// over it wait their turn (a bounded queue), then are refused locally
+    /// as overloaded: the fallback moves them to the next target, a route's
+    /// last target retries them after the backoff. A lone target's breaker
+    /// does not count overload (busy is not down, and it has nowhere else
+    /// to send the call); with another target to go to, overload still
+    /// counts, so that a target answering nothing but "overloaded" is left
+    /// for the next.
     pub fn adaptive_limit(mut self, on: bool) -> Self {
         self.adaptive_limit = on;
         self
