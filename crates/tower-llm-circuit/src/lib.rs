@@ -111,7 +111,6 @@ mod layer;
 mod registry;
 mod service;
 mod settings;
-mod token;
 mod window;
 
 pub use adaptive::{
@@ -125,7 +124,7 @@ pub use key::{KeyBy, KeyFn, KeyInput};
 pub use layer::CircuitLayer;
 pub use service::Circuit;
 pub use settings::{CircuitSettings, ENV_VARS};
-pub use token::RequestToken;
+pub use tower_llm_classify::RequestToken;
 pub use window::{Totals, WindowKind};
 
 /// The former name of [`CircuitState`], kept so code written against it

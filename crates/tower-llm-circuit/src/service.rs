@@ -222,10 +222,7 @@ fn probing_token<B>(breaker: &crate::breaker::Breaker, request: &Request<B>) -> 
 }
 
 fn request_token<B>(request: &Request<B>) -> Option<u64> {
-    request
-        .extensions()
-        .get::<crate::RequestToken>()
-        .map(|token| token.get())
+    crate::RequestToken::of(request).map(crate::RequestToken::get)
 }
 
 fn breaker_key(breaker: &crate::breaker::Breaker) -> &str {

@@ -115,7 +115,7 @@ async fn a_stream_keeps_its_room_until_its_body_ends() {
 }
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
-async fn a_call_without_room_within_its_wait_is_refused_as_a_local_overload_no_retry_repeats() {
+async fn a_call_without_room_within_its_wait_is_refused_as_a_local_overload_left_to_a_fallback() {
     let (mut service, mut handle, keys) = setup();
     handle.allow(10);
     let _first = service.ready().await.unwrap().call(request());
@@ -126,7 +126,15 @@ async fn a_call_without_room_within_its_wait_is_refused_as_a_local_overload_no_r
         (error.kind(), error.classification().phase()),
         (ErrorKind::Overloaded, Phase::Local)
     );
-    assert!(!RetryPolicy::sdk_default().is_retryable(error.classification()));
+    // Retried after a backoff on a route's last target, left to the
+    // fallback where the policy leaves silence.
+    assert!(RetryPolicy::sdk_default().is_retryable(error.classification()));
+    let moves_on = RetryPolicy::sdk_default()
+        .to_builder()
+        .retry_on_silence(false)
+        .build()
+        .unwrap();
+    assert!(!moves_on.is_retryable(error.classification()));
     assert_eq!((limit(&keys).in_flight, limit(&keys).waiting), (2, 0));
     // A full queue refuses at once.
     let mut waiters = Vec::new();

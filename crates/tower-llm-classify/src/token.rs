@@ -55,13 +55,15 @@ impl RequestToken {
         RequestToken(NonZeroU64::new(n).unwrap_or(NonZeroU64::MIN))
     }
 
-    /// The request's token: its metadata's, else its own extension.
+    /// The request's token: one set on it as an extension, else its
+    /// metadata's.
     pub fn of<B>(request: &Request<B>) -> Option<RequestToken> {
         let extensions = request.extensions();
-        extensions
-            .get::<crate::RequestMeta>()
-            .map(crate::RequestMeta::token)
-            .or_else(|| extensions.get::<RequestToken>().copied())
+        extensions.get::<RequestToken>().copied().or_else(|| {
+            extensions
+                .get::<crate::RequestMeta>()
+                .map(crate::RequestMeta::token)
+        })
     }
 
     /// The request's token ([`of`](Self::of)), a new one inserted as an

@@ -54,8 +54,10 @@
 //! off: calls over it wait for room (so a lone target keeps serving what
 //! it can, and no second goes without an answer), and only calls that
 //! find none within the queue's bounds are refused locally — with an
-//! error of kind overloaded, phase local, not retryable, so a fallback
-//! moves them to another target and a retry does not queue them again.
+//! error of kind overloaded, phase local, so a fallback moves them to
+//! another target (a retry policy below it with `retry_on_silence(false)`
+//! leaves them to it), and a route's last target retries them after its
+//! backoff, when the queue may have room.
 //! The design is Netflix concurrency-limits' `AIMDLimit` (additive
 //! increase, multiplicative decrease on drops) with TCP's one decrease per
 //! window, lowered only when shed answers are a real share of a window

@@ -85,12 +85,14 @@ pub(crate) fn refusal(breaker: &Breaker, waited: Option<Duration>) -> LlmError {
             limiter.waiting()
         ),
     };
-    // Not retried here: a retry would wait in the same queue for the same
-    // busy key. A fallback moves on (overloaded routes to the next target).
+    // Retryable as the target's own overload answer is: after a backoff
+    // the queue may have room. A retry policy below a fallback that has
+    // another target leaves it to the fallback instead
+    // (`retry_on_silence(false)`: `GiveUp::LocallyShed`), and the fallback
+    // moves on (overloaded routes to the next target).
     LlmError::new(
         Classification::new(ErrorKind::Overloaded)
             .with_phase(Phase::Local)
-            .with_retryable(false)
             .with_message(&message),
     )
 }
