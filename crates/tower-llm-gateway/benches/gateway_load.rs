@@ -3,9 +3,9 @@
 //! (the floor for any gateway), in one run.
 //!
 //! ```text
-//! cargo bench --bench gateway_load                 # 5 s per cell
-//! cargo bench --bench gateway_load -- --secs 10
-//! cargo bench --bench gateway_load -- --only gateway --mode whole --conns 1   # one cell, for a profiler
+//! cargo bench -p tower-llm-gateway --bench gateway_load                 # 5 s per cell
+//! cargo bench -p tower-llm-gateway --bench gateway_load -- --secs 10
+//! cargo bench -p tower-llm-gateway --bench gateway_load -- --only gateway --mode whole --conns 1   # one cell, for a profiler
 //! ```
 //!
 //! Each cell runs N keep-alive HTTP/1.1 connections (1 and 64), each
@@ -18,10 +18,6 @@
 //! percentiles of a closed loop, printed as a table.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
-
-#[allow(dead_code, unreachable_pub)]
-#[path = "../examples/gateway/app.rs"]
-mod app;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -39,6 +35,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::{TcpListener, TcpStream};
 use tower_llm::config::StackConfig;
 use tower_llm::retry::ReplayBody;
+use tower_llm_gateway::{Closing, GatewayOptions, prometheus, router};
 use tower_llm_testkit::Simulator;
 
 const STREAM_TOKENS: usize = 20;
@@ -102,11 +99,11 @@ async fn gateway(upstream: String) -> String {
         Client::builder(TokioExecutor::new()).build(nodelay());
     let stack = config.build(client).unwrap();
     // As the gateway runs: with its Prometheus recorder installed.
-    let router = app::router(
+    let router = router(
         stack,
-        &app::GatewayOptions::default(),
-        app::prometheus(),
-        &app::Closing::new(),
+        &GatewayOptions::default(),
+        prometheus(),
+        &Closing::new(),
     );
     serve(router).await
 }

@@ -32,7 +32,7 @@ const X_API_KEY: &str = "x-api-key";
 ///
 /// Cheap: clones share one list.
 #[derive(Clone)]
-pub(crate) struct CallerKeys {
+pub struct CallerKeys {
     digests: Arc<[[u8; SHA256_OUTPUT_LEN]]>,
 }
 
@@ -74,7 +74,7 @@ impl CallerKeys {
     /// The keys in `value`, the content of the environment variable `var`:
     /// comma-separated, whitespace around each trimmed, empty entries
     /// ignored. Errors name the variable, never its value.
-    pub(crate) fn from_env(var: &str, value: Option<String>) -> Result<CallerKeys, String> {
+    pub fn from_env(var: &str, value: Option<String>) -> Result<CallerKeys, String> {
         let Some(value) = value else {
             return Err(format!(
                 "[gateway] api_keys_env: the environment variable `{var}` is not set (or not \
@@ -110,8 +110,14 @@ impl CallerKeys {
     }
 
     /// How many keys are accepted.
-    pub(crate) fn len(&self) -> usize {
+    pub fn len(&self) -> usize {
         self.digests.len()
+    }
+
+    /// Whether no key is accepted: never, [`CallerKeys::from_env`] refuses
+    /// an empty list.
+    pub fn is_empty(&self) -> bool {
+        self.digests.is_empty()
     }
 
     /// Whether `headers` carry an accepted key.
@@ -199,7 +205,7 @@ fn unauthorized(verdict: Verdict) -> Response {
         Verdict::Missing => "no API key: send `Authorization: Bearer <key>` or `x-api-key: <key>`",
         _ => "the API key is not one this gateway accepts",
     };
-    let mut response = super::error_json_with_code(
+    let mut response = crate::error::error_json_with_code(
         StatusCode::UNAUTHORIZED,
         "invalid_request_error",
         "invalid_api_key",

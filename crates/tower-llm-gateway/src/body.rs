@@ -18,8 +18,8 @@ use tower_llm::classify::stream::{Dialect, error_event};
 use tower_llm::classify::{BoxError, Classified, ErrorKind, LlmError};
 use tower_llm::fallback::continuation::ContinuationReport;
 
-use super::CONTINUED_TRAILER;
-use super::config::LONGEST_TIMEOUT;
+use crate::config::LONGEST_TIMEOUT;
+use crate::headers::CONTINUED_TRAILER;
 
 pin_project_lite::pin_project! {
     /// A response body that holds a concurrency permit until it ends or is

@@ -8,84 +8,84 @@ use std::time::Duration;
 use serde::Deserialize;
 use tower_llm::config::StackConfig;
 
-use super::auth::CallerKeys;
+use crate::auth::CallerKeys;
 
 /// The most requests in flight a gateway may be configured for.
-pub(crate) const MAX_CONCURRENCY: usize = 1_000_000;
+pub const MAX_CONCURRENCY: usize = 1_000_000;
 
 /// The longest any of the gateway's timeouts is taken to be: a value past
 /// it (up to `Duration::MAX`) means "no limit in practice", and clamping
 /// keeps `Instant + timeout` well inside what every platform's clock can
 /// represent (hyper adds the header timeout to `now()` unchecked).
-pub(crate) const LONGEST_TIMEOUT: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+pub const LONGEST_TIMEOUT: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
 /// The `[gateway]` section of the configuration file.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub(crate) struct GatewaySection {
+pub struct GatewaySection {
     /// Where to listen (default `127.0.0.1:8080`).
-    pub(crate) listen: Option<String>,
+    pub listen: Option<String>,
     /// Requests (and streams) in flight at once; more are refused with 503.
-    pub(crate) max_concurrency: Option<usize>,
+    pub max_concurrency: Option<usize>,
     /// Connections open at once; more wait in the listen backlog.
-    pub(crate) max_connections: Option<usize>,
+    pub max_connections: Option<usize>,
     /// The largest request body, in bytes; larger ones get 413.
-    pub(crate) max_body_bytes: Option<usize>,
+    pub max_body_bytes: Option<usize>,
     /// How long in-flight requests and streams may run on after a shutdown
     /// signal.
-    pub(crate) shutdown_grace_ms: Option<u64>,
+    pub shutdown_grace_ms: Option<u64>,
     /// How long a caller may take to send a request head (and how long an
     /// idle keep-alive connection stays open).
-    pub(crate) header_read_timeout_ms: Option<u64>,
+    pub header_read_timeout_ms: Option<u64>,
     /// How long a caller may take to send a whole request body; then 408.
-    pub(crate) request_body_timeout_ms: Option<u64>,
+    pub request_body_timeout_ms: Option<u64>,
     /// How long a response may go without a byte from upstream before it is
     /// ended; at least the stack's stream idle timeout (see
     /// [`GatewaySection::fit_idle_timeout`]).
-    pub(crate) stream_idle_timeout_ms: Option<u64>,
+    pub stream_idle_timeout_ms: Option<u64>,
     /// How long a write to a caller may make no progress (the caller does
     /// not read) before the connection is closed.
-    pub(crate) send_timeout_ms: Option<u64>,
+    pub send_timeout_ms: Option<u64>,
     /// The environment variable holding the keys callers must send
     /// (comma-separated).
-    pub(crate) api_keys_env: Option<String>,
+    pub api_keys_env: Option<String>,
     /// Listen beyond loopback without caller keys (something in front of
     /// the gateway authenticates callers).
-    pub(crate) allow_unauthenticated: Option<bool>,
+    pub allow_unauthenticated: Option<bool>,
 }
 
 /// How the gateway's own side behaves.
 #[derive(Clone, Debug)]
-pub(crate) struct GatewayOptions {
+pub struct GatewayOptions {
     /// Where to listen.
-    pub(crate) listen: SocketAddr,
+    pub listen: SocketAddr,
     /// Requests (and streams) in flight at once.
-    pub(crate) max_concurrency: usize,
+    pub max_concurrency: usize,
     /// Connections open at once. Bodies are read before a request takes
     /// one of the `max_concurrency` slots, so this (times `max_body_bytes`)
     /// is what bounds the memory slow senders can hold.
-    pub(crate) max_connections: usize,
+    pub max_connections: usize,
     /// The largest request body.
-    pub(crate) max_body_bytes: usize,
+    pub max_body_bytes: usize,
     /// The grace period after a shutdown signal.
-    pub(crate) shutdown_grace: Duration,
+    pub shutdown_grace: Duration,
     /// The time a caller has to send a request head; an idle keep-alive
     /// connection is closed after it too (hyper's
     /// `http1::Builder::header_read_timeout`).
-    pub(crate) header_read_timeout: Duration,
+    pub header_read_timeout: Duration,
     /// The time a caller has to send the whole request body, counted from
     /// the end of its head.
-    pub(crate) request_body_timeout: Duration,
+    pub request_body_timeout: Duration,
     /// The longest a response body may go without a byte from upstream: a
     /// backstop behind the stack's own (content) idle timeout, which fires
     /// first (see [`GatewaySection::fit_idle_timeout`]).
-    pub(crate) stream_idle_timeout: Duration,
+    pub stream_idle_timeout: Duration,
     /// The longest a write to the caller may make no progress.
-    pub(crate) send_timeout: Duration,
+    pub send_timeout: Duration,
     /// The keys callers must send; `None`: anyone who can connect is served.
-    pub(crate) caller_keys: Option<CallerKeys>,
+    pub caller_keys: Option<CallerKeys>,
     /// Serve beyond loopback without caller keys.
-    pub(crate) allow_unauthenticated: bool,
+    pub allow_unauthenticated: bool,
 }
 
 impl Default for GatewayOptions {
@@ -115,7 +115,7 @@ impl Default for GatewayOptions {
 impl GatewayOptions {
     /// Refuses to serve callers on a non-loopback `addr` without caller
     /// keys, unless `allow_unauthenticated` says so.
-    pub(crate) fn check_exposure(&self, addr: SocketAddr) -> Result<(), String> {
+    pub fn check_exposure(&self, addr: SocketAddr) -> Result<(), String> {
         let loopback = addr.ip().to_canonical().is_loopback();
         if loopback || self.caller_keys.is_some() || self.allow_unauthenticated {
             return Ok(());
@@ -132,12 +132,12 @@ impl GatewayOptions {
 
 impl GatewaySection {
     /// The options, checked, with caller keys from the process environment.
-    pub(crate) fn options(&self) -> Result<GatewayOptions, String> {
+    pub fn options(&self) -> Result<GatewayOptions, String> {
         self.options_with_env(|name| std::env::var(name).ok())
     }
 
     /// The options, checked, with caller keys from `env`.
-    pub(crate) fn options_with_env(
+    pub fn options_with_env(
         &self,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<GatewayOptions, String> {
@@ -231,7 +231,7 @@ impl GatewaySection {
     /// set shorter than the stack's, it is refused: it would cut a silent
     /// stream with a bare connection error before the stack could report
     /// (or, later, continue) it.
-    pub(crate) fn fit_idle_timeout(
+    pub fn fit_idle_timeout(
         &self,
         options: &mut GatewayOptions,
         stack_idle: Duration,
@@ -258,7 +258,7 @@ impl GatewaySection {
 
 /// Splits a gateway file into its `[gateway]` section and the stack's
 /// configuration (every other key), each checked for unknown keys.
-pub(crate) fn parse_file(text: &str) -> Result<(GatewaySection, StackConfig), String> {
+pub fn parse_file(text: &str) -> Result<(GatewaySection, StackConfig), String> {
     let mut table: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;
     let gateway = match table.remove("gateway") {
         Some(value) => value

@@ -13,25 +13,26 @@ use tower_llm_testkit::{FaultPlan, Simulator};
 /// first token, and a cut after five tokens (a whole answer cut midway is
 /// retried; a stream cut mid-answer cannot be saved: the client has text
 /// already).
-pub(crate) const FLAKY: &str = "rate=0.10:rate_limited@1s,0.08:503,0.06:overloaded,0.04:reset,0.04:error@0,0.03:drop@0,0.02:drop@5;seed=7";
+pub const FLAKY: &str = "rate=0.10:rate_limited@1s,0.08:503,0.06:overloaded,0.04:reset,0.04:error@0,0.03:drop@0,0.02:drop@5;seed=7";
 
 /// The key the simulated primary requires (and only it: the backup is an
 /// unauthenticated local model, as Ollama is).
-pub(crate) const PRIMARY_KEY: &str = "sk-demo-primary";
+pub const PRIMARY_KEY: &str = "sk-demo-primary";
 /// The variable the demo configuration names for it.
-pub(crate) const PRIMARY_KEY_VAR: &str = "TOWER_LLM_DEMO_PRIMARY_KEY";
+pub const PRIMARY_KEY_VAR: &str = "TOWER_LLM_DEMO_PRIMARY_KEY";
 
 /// The two simulated providers.
-pub(crate) struct Demo {
+#[derive(Debug)]
+pub struct Demo {
     /// The flaky primary (OpenAI-style, needs [`PRIMARY_KEY`]).
-    pub(crate) primary: Simulator,
+    pub primary: Simulator,
     /// The healthy backup, serving `llama3.2`.
-    pub(crate) backup: Simulator,
+    pub backup: Simulator,
 }
 
 impl Demo {
     /// Starts both simulators on ephemeral ports.
-    pub(crate) async fn start() -> std::io::Result<Demo> {
+    pub async fn start() -> std::io::Result<Demo> {
         let plan: FaultPlan = FLAKY
             .parse()
             .map_err(|e| std::io::Error::other(format!("demo plan: {e}")))?;
@@ -52,7 +53,7 @@ impl Demo {
 
     /// The configuration over the two simulators: a gateway preset, a
     /// breaker tuned to show itself within a minute.
-    pub(crate) fn config(&self) -> Result<StackConfig, String> {
+    pub fn config(&self) -> Result<StackConfig, String> {
         let text = format!(
             r#"
             preset = "high_availability"
@@ -93,7 +94,7 @@ impl Demo {
     }
 
     /// Where the demo's keys come from (no real environment needed).
-    pub(crate) fn env(name: &str) -> Option<String> {
+    pub fn env(name: &str) -> Option<String> {
         (name == PRIMARY_KEY_VAR).then(|| PRIMARY_KEY.to_owned())
     }
 }
@@ -101,11 +102,7 @@ impl Demo {
 /// Sends `n` requests through the gateway at `base`, with a 15-second
 /// outage of the primary a third of the way in, printing one line per request:
 /// retries, fallbacks, the breaker opening and closing, all in view.
-pub(crate) async fn warm_up(
-    base: &str,
-    demo: &Demo,
-    n: usize,
-) -> Result<(), Box<dyn std::error::Error>> {
+pub async fn warm_up(base: &str, demo: &Demo, n: usize) -> Result<(), Box<dyn std::error::Error>> {
     use http_body_util::{BodyExt, Full};
     use hyper_util::client::legacy::Client;
     use hyper_util::rt::TokioExecutor;
@@ -151,9 +148,9 @@ pub(crate) async fn warm_up(
                 .to_owned()
         };
         let (target, attempts, passed) = (
-            header(crate::app::TARGET_HEADER),
-            header(crate::app::ATTEMPTS_HEADER),
-            header(crate::app::FALLBACKS_HEADER),
+            header(crate::TARGET_HEADER),
+            header(crate::ATTEMPTS_HEADER),
+            header(crate::FALLBACKS_HEADER),
         );
         let outcome = match response.into_body().collect().await {
             Ok(_) => "complete".to_owned(),

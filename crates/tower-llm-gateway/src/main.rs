@@ -1,81 +1,104 @@
-//! An OpenAI-compatible LLM gateway on tower-llm: `POST /v1/chat/completions`
-//! (whole and streamed), routed by `model` to upstream targets through
-//! `LlmStack` — each target Retry → Circuit → Classify, Fallback over them.
+//! `tower-llm-gateway`: an OpenAI-compatible LLM gateway on tower-llm,
+//! `POST /v1/chat/completions` (whole and streamed), routed by `model` to
+//! upstream targets through `LlmStack` — each target Retry → Circuit →
+//! Classify, Fallback over them.
 //!
 //! Out of the box, with no configuration and no keys:
 //!
 //! ```text
-//! cargo run --release --example gateway
+//! cargo run --release -p tower-llm-gateway
 //! ```
 //!
 //! starts two simulated providers (a flaky primary, a healthy backup),
 //! sends a warm-up of requests through itself with an outage in the middle
 //! (retries, fallbacks and the breaker in view), then waits for `curl`.
 //!
-//! For real providers: `--config examples/gateway.toml` (annotated; keys
-//! come from the environment variables the file names, the keys callers
-//! must send too). Without caller keys the gateway serves only on loopback
-//! unless `[gateway] allow_unauthenticated = true`.
+//! For real providers: `--config crates/tower-llm-gateway/gateway.toml`
+//! (annotated; keys come from the environment variables the file names,
+//! the keys callers must send too). Without caller keys the gateway serves
+//! only on loopback unless `[gateway] allow_unauthenticated = true`.
 //!
-//! Options: `--config FILE`, `--listen ADDR`, `--log-format text|json`,
-//! `--warm-up N` (demo only; 0 to skip).
+//! Options: see [`USAGE`].
 
-mod app;
-mod demo;
+use std::process::ExitCode;
 
-use std::time::Duration;
-
-use hyper_rustls::HttpsConnectorBuilder;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use tokio::net::TcpListener;
+use tower_llm_gateway::{Closing, GatewaySection, config, demo};
+
+/// What `--help` prints.
+const USAGE: &str = "\
+tower-llm-gateway: an OpenAI-compatible LLM gateway (retries, circuit breakers, fallback)
+
+Usage: tower-llm-gateway [OPTIONS]
+
+Options:
+  --config <FILE>             the gateway file ([gateway] section, targets, routes);
+                              without it: two simulated providers, no keys needed
+  --listen <ADDR>             where to listen (default: [gateway] listen, else 127.0.0.1:8080)
+  --log-format <text|json>    log lines as text (default) or JSON
+  --warm-up <N>               demo only: N requests sent through the gateway at start,
+                              with an outage of the simulated primary (default 45; 0 skips)
+  --no-warm-up                demo only: no warm-up (as --warm-up 0)
+  -h, --help                  this text
+
+RUST_LOG sets the log filter (default: info).";
 
 /// The command line.
+#[derive(Debug, PartialEq)]
 struct Args {
     config: Option<String>,
     listen: Option<String>,
     json_logs: bool,
     warm_up: usize,
+    help: bool,
 }
 
-fn parse_args() -> Result<Args, String> {
-    let mut args = Args {
+/// Reads the arguments after the program's name.
+fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
+    let mut parsed = Args {
         config: None,
         listen: None,
         json_logs: false,
         warm_up: 45,
+        help: false,
     };
-    let mut it = std::env::args().skip(1);
+    let mut it = args.into_iter();
     while let Some(arg) = it.next() {
-        let mut value = |name: &str| it.next().ok_or_else(|| format!("{name} needs a value"));
-        match arg.as_str() {
-            "--config" => args.config = Some(value("--config")?),
-            "--listen" => args.listen = Some(value("--listen")?),
+        // `--name=value` as well as `--name value`.
+        let (name, inline) = match arg.split_once('=') {
+            Some((name, value)) if name.starts_with("--") => {
+                (name.to_owned(), Some(value.to_owned()))
+            }
+            _ => (arg, None),
+        };
+        let mut value = || {
+            inline
+                .clone()
+                .or_else(|| it.next())
+                .ok_or_else(|| format!("{name} needs a value (try --help)"))
+        };
+        match name.as_str() {
+            "--config" => parsed.config = Some(value()?),
+            "--listen" => parsed.listen = Some(value()?),
             "--log-format" => {
-                args.json_logs = match value("--log-format")?.as_str() {
+                parsed.json_logs = match value()?.as_str() {
                     "json" => true,
                     "text" => false,
                     other => return Err(format!("--log-format: `{other}` is not text or json")),
                 }
             }
             "--warm-up" => {
-                let n = value("--warm-up")?;
-                args.warm_up = n
+                let n = value()?;
+                parsed.warm_up = n
                     .parse()
                     .map_err(|_| format!("--warm-up: `{n}` is not a number"))?;
             }
-            "-h" | "--help" => {
-                println!(
-                    "gateway [--config FILE] [--listen ADDR] [--log-format text|json] [--warm-up N]\n\
-                     Without --config: simulated providers, no keys needed."
-                );
-                std::process::exit(0);
-            }
+            "--no-warm-up" => parsed.warm_up = 0,
+            "-h" | "--help" => parsed.help = true,
             other => return Err(format!("unknown argument `{other}` (try --help)")),
         }
     }
-    Ok(args)
+    Ok(parsed)
 }
 
 fn init_logs(json: bool) {
@@ -89,61 +112,38 @@ fn init_logs(json: bool) {
     }
 }
 
-/// Resolves on Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = match parse_args(std::env::args().skip(1)) {
+        Ok(args) => args,
+        Err(error) => {
+            eprintln!("tower-llm-gateway: {error}");
+            return ExitCode::from(2);
         }
     };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = terminate => {},
+    if args.help {
+        println!("{USAGE}");
+        return ExitCode::SUCCESS;
+    }
+    match run(args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("tower-llm-gateway: {error}");
+            ExitCode::FAILURE
+        }
     }
 }
 
-#[tokio::main]
-async fn main() {
-    if let Err(error) = run().await {
-        eprintln!("gateway: {error}");
-        std::process::exit(1);
-    }
-}
-
-async fn run() -> Result<(), Box<dyn std::error::Error>> {
-    let args = parse_args()?;
+async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     init_logs(args.json_logs);
-    let metrics = app::prometheus();
-
-    // One client for every target: HTTPS (webpki roots) and plain HTTP
-    // (local models, the simulators), HTTP/1.1 with keep-alive.
-    // TCP_NODELAY: a stream's small frames must not wait for ACKs (Nagle).
-    let mut http = HttpConnector::new();
-    http.set_nodelay(true);
-    http.enforce_http(false);
-    let https = HttpsConnectorBuilder::new()
-        .with_webpki_roots()
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(http);
-    let client = Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(60))
-        .build(https);
+    let metrics = tower_llm_gateway::prometheus();
+    let client = tower_llm_gateway::upstream_client();
 
     let (demo, section, stack, stack_idle) = match &args.config {
         Some(path) => {
             let text = std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?;
             let (section, config) =
-                app::config::parse_file(&text).map_err(|e| format!("{path}: {e}"))?;
+                config::parse_file(&text).map_err(|e| format!("{path}: {e}"))?;
             let config = config.from_env()?;
             let stack_idle = config.stream_idle_timeout()?;
             (None, section, config.build(client)?, stack_idle)
@@ -153,12 +153,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
             let config = demo.config()?.from_env()?;
             let stack_idle = config.stream_idle_timeout()?;
             let stack = config.stack_with_env(client, demo::Demo::env)?.build()?;
-            (
-                Some(demo),
-                app::config::GatewaySection::default(),
-                stack,
-                stack_idle,
-            )
+            (Some(demo), GatewaySection::default(), stack, stack_idle)
         }
     };
     let mut options = section.options()?;
@@ -177,13 +172,13 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         )
     })?;
     let base = format!("http://{}", listener.local_addr()?);
-    let closing = app::Closing::new();
-    let router = app::router(stack, &options, metrics, &closing);
-    let server = tokio::spawn(app::serve::serve(
+    let closing = Closing::new();
+    let router = tower_llm_gateway::router(stack, &options, metrics, &closing);
+    let server = tokio::spawn(tower_llm_gateway::serve(
         listener,
         router,
         &options,
-        shutdown_signal(),
+        tower_llm_gateway::shutdown_signal(),
         closing,
     ));
 
@@ -228,4 +223,55 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     println!("Ctrl-C stops (in-flight requests finish first).");
     server.await??;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Args, String> {
+        parse_args(args.iter().map(|a| (*a).to_owned()))
+    }
+
+    #[test]
+    fn no_arguments_start_the_demo_with_its_warm_up() {
+        let args = parse(&[]).unwrap();
+        assert_eq!(args.config, None);
+        assert_eq!(args.warm_up, 45);
+        assert!(!args.json_logs && !args.help);
+    }
+
+    #[test]
+    fn every_flag_is_read_with_its_value_apart_or_after_an_equals_sign() {
+        let args = parse(&[
+            "--config",
+            "gw.toml",
+            "--listen=0.0.0.0:9000",
+            "--log-format",
+            "json",
+            "--warm-up",
+            "3",
+        ])
+        .unwrap();
+        assert_eq!(args.config.as_deref(), Some("gw.toml"));
+        assert_eq!(args.listen.as_deref(), Some("0.0.0.0:9000"));
+        assert!(args.json_logs);
+        assert_eq!(args.warm_up, 3);
+        assert_eq!(parse(&["--no-warm-up"]).unwrap().warm_up, 0);
+        assert!(parse(&["--help"]).unwrap().help);
+        assert!(parse(&["-h"]).unwrap().help);
+    }
+
+    #[test]
+    fn a_bad_argument_is_named() {
+        for (args, named) in [
+            (&["--config"][..], "--config"),
+            (&["--log-format", "yaml"], "yaml"),
+            (&["--warm-up", "many"], "many"),
+            (&["--verbose"], "--verbose"),
+        ] {
+            let error = parse(args).unwrap_err();
+            assert!(error.contains(named), "{error}");
+        }
+    }
 }

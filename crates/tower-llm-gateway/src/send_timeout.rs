@@ -12,12 +12,13 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
-use super::config::LONGEST_TIMEOUT;
+use crate::config::LONGEST_TIMEOUT;
 
 pin_project_lite::pin_project! {
     /// `io` whose writes fail with `TimedOut` after `timeout` without
     /// progress. Reads pass through untouched.
-    pub(crate) struct SendTimeout<T> {
+    #[derive(Debug)]
+    pub struct SendTimeout<T> {
         #[pin]
         io: T,
         // Armed when a write first returns `Pending`, disarmed by any
@@ -31,7 +32,7 @@ pin_project_lite::pin_project! {
 
 impl<T> SendTimeout<T> {
     /// Wraps `io`. Must be called within a Tokio runtime.
-    pub(crate) fn new(io: T, timeout: Duration) -> Self {
+    pub fn new(io: T, timeout: Duration) -> Self {
         let timeout = timeout.min(LONGEST_TIMEOUT);
         SendTimeout {
             io,

@@ -17,18 +17,22 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tower::ServiceExt;
 
-use super::Closing;
-use super::config::{GatewayOptions, LONGEST_TIMEOUT};
-use super::send_timeout::SendTimeout;
+use crate::config::{GatewayOptions, LONGEST_TIMEOUT};
+use crate::send_timeout::SendTimeout;
+use crate::shutdown::Closing;
 
 /// Serves `router` on `listener` until `shutdown` resolves, then lets
 /// in-flight requests and streams finish for at most the grace period, then
 /// ends those still running (through `closing`, the handle the router was
 /// built with).
 ///
+/// `shutdown` is [`shutdown_signal()`](crate::shutdown_signal) in a
+/// process, any future in a test; `closing` the handle given to
+/// [`router()`](crate::router()).
+///
 /// Refuses (an error, before accepting anything) to serve callers without
 /// keys on a non-loopback address unless the options allow it.
-pub(crate) fn serve(
+pub fn serve(
     listener: TcpListener,
     router: Router,
     options: &GatewayOptions,

@@ -1,15 +1,8 @@
-//! The gateway example, started in-process on an ephemeral port against
+//! The gateway, started in-process on an ephemeral port against
 //! the testkit's simulated providers, exercised over HTTP with a real
 //! client: what a user of the gateway sees.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-#[allow(dead_code)]
-#[path = "../examples/gateway/app.rs"]
-mod app;
-#[allow(dead_code)]
-#[path = "../examples/gateway/demo.rs"]
-mod demo;
 
 use std::time::Duration;
 
@@ -24,6 +17,10 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tower_llm::config::StackConfig;
 use tower_llm::retry::ReplayBody;
+use tower_llm_gateway::{
+    ATTEMPTS_HEADER, CONTINUED_TRAILER, Closing, FALLBACKS_HEADER, GatewayOptions, TARGET_HEADER,
+    config, demo::Demo, prometheus, router, serve,
+};
 use tower_llm_testkit::{Fault, FaultPlan, Simulator};
 
 const PRIMARY_KEY: &str = "sk-primary-secret";
@@ -37,7 +34,7 @@ struct Gateway {
 }
 
 impl Gateway {
-    async fn start(config: &str, options: app::GatewayOptions) -> Gateway {
+    async fn start(config: &str, options: GatewayOptions) -> Gateway {
         let config = StackConfig::from_toml(config).unwrap();
         let env = |name: &str| (name == "PRIMARY_KEY").then(|| PRIMARY_KEY.to_owned());
         let upstream: Client<HttpConnector, ReplayBody> =
@@ -49,10 +46,10 @@ impl Gateway {
             .unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
-        let closing = app::Closing::new();
-        let router = app::router(stack, &options, app::prometheus(), &closing);
+        let closing = Closing::new();
+        let router = router(stack, &options, prometheus(), &closing);
         let (stop, stopped) = oneshot::channel::<()>();
-        let server = tokio::spawn(app::serve::serve(
+        let server = tokio::spawn(serve(
             listener,
             router,
             &options,
@@ -153,12 +150,9 @@ async fn an_outage_of_the_primary_is_served_by_the_backup_with_headers_saying_so
 
     let response = gateway.post(chat("gpt-4o", false)).await;
     assert_eq!(response.status(), StatusCode::OK);
-    assert_eq!(header_of(&response, app::TARGET_HEADER), "backup");
-    assert_eq!(header_of(&response, app::ATTEMPTS_HEADER), "1");
-    assert_eq!(
-        header_of(&response, app::FALLBACKS_HEADER),
-        "primary:overloaded"
-    );
+    assert_eq!(header_of(&response, TARGET_HEADER), "backup");
+    assert_eq!(header_of(&response, ATTEMPTS_HEADER), "1");
+    assert_eq!(header_of(&response, FALLBACKS_HEADER), "primary:overloaded");
     assert!(text(response).await.contains("chat.completion"));
     // Development preset: two attempts at the primary, then the backup,
     // asked for its own model.
@@ -176,7 +170,7 @@ async fn a_primary_out_of_quota_is_passed_at_once_without_a_retry() {
     let response = gateway.post(chat("gpt-4o", false)).await;
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(
-        header_of(&response, app::FALLBACKS_HEADER),
+        header_of(&response, FALLBACKS_HEADER),
         "primary:quota_exhausted"
     );
     assert_eq!(primary.requests().len(), 1, "quota is never retried");
@@ -217,7 +211,7 @@ async fn a_request_too_long_for_the_primary_goes_to_the_routes_long_context_targ
 
     let response = gateway.post(chat("gpt-4o", false)).await;
     assert_eq!(response.status(), StatusCode::OK);
-    assert_eq!(header_of(&response, app::TARGET_HEADER), "long");
+    assert_eq!(header_of(&response, TARGET_HEADER), "long");
     assert!(backup.requests().is_empty(), "a target as small is skipped");
     assert_eq!(long.requests()[0].model.as_deref(), Some("gemini-2.5-pro"));
 }
@@ -284,8 +278,8 @@ async fn a_stream_dropped_before_content_is_served_whole_by_a_retry() {
     let gateway = Gateway::start(&two_targets(&primary, &backup), Default::default()).await;
 
     let response = gateway.post(chat("gpt-4o", true)).await;
-    assert_eq!(header_of(&response, app::TARGET_HEADER), "primary");
-    assert_eq!(header_of(&response, app::ATTEMPTS_HEADER), "2");
+    assert_eq!(header_of(&response, TARGET_HEADER), "primary");
+    assert_eq!(header_of(&response, ATTEMPTS_HEADER), "2");
     let body = text(response).await;
     assert!(body.ends_with("data: [DONE]\n\n"), "{body}");
     assert!(backup.requests().is_empty());
@@ -340,11 +334,11 @@ async fn a_stream_cut_after_40_of_60_tokens_is_finished_by_a_backup_that_continu
     let response = gateway
         .post_with(chat("gpt-4o", true), asks_for_trailers)
         .await;
-    assert_eq!(header_of(&response, app::TARGET_HEADER), "primary");
-    assert_eq!(header_of(&response, "trailer"), app::CONTINUED_TRAILER);
+    assert_eq!(header_of(&response, TARGET_HEADER), "primary");
+    assert_eq!(header_of(&response, "trailer"), CONTINUED_TRAILER);
     let whole = response.into_body().collect().await.unwrap();
     let trailers = whole.trailers().cloned().expect("the continuation trailer");
-    assert_eq!(trailers[app::CONTINUED_TRAILER], "1; backup");
+    assert_eq!(trailers[CONTINUED_TRAILER], "1; backup");
     let received = String::from_utf8(whole.to_bytes().to_vec()).unwrap();
     let said: String = received
         .split("\n\n")
@@ -422,7 +416,7 @@ async fn metrics_count_retries_and_served_requests() {
     let (_, before) = gateway.get("/metrics").await;
 
     let response = gateway.post(chat("gpt-4o", false)).await;
-    assert_eq!(header_of(&response, app::ATTEMPTS_HEADER), "2");
+    assert_eq!(header_of(&response, ATTEMPTS_HEADER), "2");
     let (status, after) = gateway.get("/metrics").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(value(&after, served), 1.0, "{after}");
@@ -611,7 +605,7 @@ async fn every_target_cooling_down_answers_429_with_retry_after() {
 async fn requests_over_the_concurrency_limit_get_503_and_a_finished_stream_frees_its_slot() {
     let primary = sim(Fault::ok().with_token_delay(Duration::from_millis(100))).await;
     let backup = sim(Fault::ok()).await;
-    let options = app::GatewayOptions {
+    let options = GatewayOptions {
         max_concurrency: 1,
         ..Default::default()
     };
@@ -657,7 +651,7 @@ async fn a_shutdown_lets_a_stream_in_flight_finish() {
 async fn a_shutdown_does_not_wait_past_its_grace_period() {
     let primary = sim(Fault::stream_stall_after(1)).await;
     let backup = sim(Fault::ok()).await;
-    let options = app::GatewayOptions {
+    let options = GatewayOptions {
         shutdown_grace: Duration::from_secs(5),
         ..Default::default()
     };
@@ -680,7 +674,7 @@ async fn a_shutdown_does_not_wait_past_its_grace_period() {
 
 #[test]
 fn a_gateway_file_is_split_into_its_section_and_the_stack_and_typos_are_named() {
-    let (section, stack) = app::config::parse_file(
+    let (section, stack) = config::parse_file(
         r#"
         [gateway]
         listen = "0.0.0.0:9000"
@@ -697,11 +691,11 @@ fn a_gateway_file_is_split_into_its_section_and_the_stack_and_typos_are_named() 
     assert_eq!(options.max_concurrency, 64);
     assert_eq!(stack.targets.len(), 1);
 
-    let error = app::config::parse_file("[gateway]\nmax_concurency = 4\n").unwrap_err();
+    let error = config::parse_file("[gateway]\nmax_concurency = 4\n").unwrap_err();
     assert!(error.contains("max_concurency"), "{error}");
-    let error = app::config::parse_file("[retry]\nmax_attemps = 4\n").unwrap_err();
+    let error = config::parse_file("[retry]\nmax_attemps = 4\n").unwrap_err();
     assert!(error.contains("max_attemps"), "{error}");
-    let error = app::config::parse_file("[gateway]\nlisten = \"here\"\n")
+    let error = config::parse_file("[gateway]\nlisten = \"here\"\n")
         .and_then(|(s, _)| s.options())
         .unwrap_err();
     assert!(error.contains("listen"), "{error}");
@@ -709,12 +703,9 @@ fn a_gateway_file_is_split_into_its_section_and_the_stack_and_typos_are_named() 
 
 #[test]
 fn the_annotated_example_configuration_parses() {
-    let text = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/examples/gateway.toml"
-    ))
-    .unwrap();
-    let (section, config) = app::config::parse_file(&text).unwrap();
+    let text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/gateway.toml")).unwrap();
+    let (section, config) = config::parse_file(&text).unwrap();
     section.options().unwrap();
     assert!(config.targets.len() >= 5, "the file shows every provider");
     // It builds, with stand-in keys: every route names a real target.
@@ -733,12 +724,12 @@ fn the_annotated_example_configuration_parses() {
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn the_demo_configuration_builds_and_serves() {
-    let demo = demo::Demo::start().await.unwrap();
+    let demo = Demo::start().await.unwrap();
     let config = demo.config().unwrap();
     let upstream: Client<HttpConnector, ReplayBody> =
         Client::builder(TokioExecutor::new()).build_http();
     let stack = config
-        .stack_with_env(upstream, demo::Demo::env)
+        .stack_with_env(upstream, Demo::env)
         .unwrap()
         .build()
         .unwrap();

@@ -1,14 +1,10 @@
 //! The gateway against hostile or broken callers: slow and stuck senders,
 //! silent streams, and callers without the gateway's key. Started
-//! in-process from `examples/gateway/app.rs`, as `tests/gateway.rs` does,
+//! in-process from the library, as `tests/gateway.rs` does,
 //! on Tokio's paused clock; raw TCP where a well-behaved client cannot
 //! misbehave enough.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-#[allow(dead_code)]
-#[path = "../examples/gateway/app.rs"]
-mod app;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -26,6 +22,10 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tower_llm::config::StackConfig;
 use tower_llm::retry::ReplayBody;
+use tower_llm_gateway::{
+    Closing, GatewayOptions, GatewaySection, config, prometheus, router, send_timeout::SendTimeout,
+    serve,
+};
 use tower_llm_testkit::{Fault, FaultPlan, Simulator};
 
 /// A running gateway over one simulated target.
@@ -37,16 +37,12 @@ struct Gateway {
 }
 
 impl Gateway {
-    async fn start(upstream: &Simulator, options: app::GatewayOptions) -> Gateway {
+    async fn start(upstream: &Simulator, options: GatewayOptions) -> Gateway {
         Gateway::start_with(upstream, options, "").await
     }
 
     /// As `start`, with `extra` (TOML sections) in the stack's file.
-    async fn start_with(
-        upstream: &Simulator,
-        options: app::GatewayOptions,
-        extra: &str,
-    ) -> Gateway {
+    async fn start_with(upstream: &Simulator, options: GatewayOptions, extra: &str) -> Gateway {
         let config = StackConfig::from_toml(&format!(
             r#"
             preset = "development"
@@ -63,10 +59,10 @@ impl Gateway {
         let stack = config.build(client).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let closing = app::Closing::new();
-        let router = app::router(stack, &options, app::prometheus(), &closing);
+        let closing = Closing::new();
+        let router = router(stack, &options, prometheus(), &closing);
         let (stop, stopped) = oneshot::channel::<()>();
-        let server = tokio::spawn(app::serve::serve(
+        let server = tokio::spawn(serve(
             listener,
             router,
             &options,
@@ -178,7 +174,7 @@ async fn slow_senders_twice_the_concurrency_limit_do_not_keep_a_normal_request_o
         .start()
         .await
         .unwrap();
-    let options = app::GatewayOptions {
+    let options = GatewayOptions {
         max_concurrency: 2,
         ..Default::default()
     };
@@ -273,7 +269,7 @@ fn metric(text: &str, line: &str) -> f64 {
 }
 
 fn prometheus_text() -> String {
-    let handle = app::prometheus().unwrap();
+    let handle = prometheus().unwrap();
     handle.run_upkeep();
     handle.render()
 }
@@ -287,7 +283,7 @@ async fn a_stream_whose_upstream_goes_silent_is_ended_after_the_idle_timeout_and
         .start()
         .await
         .unwrap();
-    let options = app::GatewayOptions {
+    let options = GatewayOptions {
         max_concurrency: 1,
         stream_idle_timeout: Duration::from_secs(10),
         ..Default::default()
@@ -319,7 +315,7 @@ async fn upstream_keep_alives_count_as_bytes_so_a_stream_kept_alive_is_not_cut()
         .start()
         .await
         .unwrap();
-    let options = app::GatewayOptions {
+    let options = GatewayOptions {
         stream_idle_timeout: Duration::from_secs(10),
         ..Default::default()
     };
@@ -356,7 +352,7 @@ async fn a_caller_that_stops_reading_is_disconnected_after_the_send_timeout_and_
         .start()
         .await
         .unwrap();
-    let options = app::GatewayOptions {
+    let options = GatewayOptions {
         max_concurrency: 1,
         send_timeout: Duration::from_secs(10),
         ..Default::default()
@@ -396,7 +392,7 @@ async fn a_caller_that_stops_reading_is_disconnected_after_the_send_timeout_and_
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn a_write_that_progresses_slowly_is_never_cut_and_a_stalled_one_is_after_the_send_timeout() {
     let (mut caller, gateway_side) = tokio::io::duplex(16);
-    let mut io = app::send_timeout::SendTimeout::new(gateway_side, Duration::from_secs(10));
+    let mut io = SendTimeout::new(gateway_side, Duration::from_secs(10));
     io.write_all(&[b'x'; 16]).await.unwrap();
     // The caller takes a byte every 9 s: every write progresses in time.
     let reader = tokio::spawn(async move {
@@ -421,7 +417,7 @@ async fn timeouts_as_long_as_duration_max_mean_no_limit_and_never_panic() {
         .start()
         .await
         .unwrap();
-    let options = app::GatewayOptions {
+    let options = GatewayOptions {
         header_read_timeout: Duration::MAX,
         request_body_timeout: Duration::MAX,
         stream_idle_timeout: Duration::MAX,
@@ -435,7 +431,7 @@ async fn timeouts_as_long_as_duration_max_mean_no_limit_and_never_panic() {
     assert_eq!(gateway.post(&chat(false)).await.status(), StatusCode::OK);
 
     // From the file: the largest integer TOML has (i64::MAX ms).
-    let (section, _) = app::config::parse_file(
+    let (section, _) = config::parse_file(
         "[gateway]\nheader_read_timeout_ms = 9223372036854775807\n\
          request_body_timeout_ms = 9223372036854775807\n\
          stream_idle_timeout_ms = 9223372036854775807\n\
@@ -456,7 +452,7 @@ fn bad_timeout_values_are_refused_naming_the_key() {
         "send_timeout_ms",
     ] {
         for value in ["0", "-1", "\"30s\"", "1.5", "18446744073709551616"] {
-            let error = app::config::parse_file(&format!("[gateway]\n{key} = {value}\n"))
+            let error = config::parse_file(&format!("[gateway]\n{key} = {value}\n"))
                 .and_then(|(section, _)| section.options())
                 .unwrap_err();
             assert!(error.contains(key), "{key} = {value}: {error}");
@@ -470,9 +466,9 @@ const KEY_B: &str = "sk-gw-caller-b-9876543210";
 
 /// Options requiring `KEY_A` or `KEY_B`, set as an operator would (spaces
 /// and an empty entry included).
-fn with_keys() -> app::GatewayOptions {
+fn with_keys() -> GatewayOptions {
     let (section, _) =
-        app::config::parse_file(&format!("[gateway]\napi_keys_env = \"{KEYS_VAR}\"\n")).unwrap();
+        config::parse_file(&format!("[gateway]\napi_keys_env = \"{KEYS_VAR}\"\n")).unwrap();
     section
         .options_with_env(|name| (name == KEYS_VAR).then(|| format!(" {KEY_A} ,, {KEY_B} ")))
         .unwrap()
@@ -668,7 +664,7 @@ async fn caller_keys_appear_in_no_log_line() {
 #[test]
 fn a_non_loopback_listen_without_caller_keys_is_refused_unless_explicitly_allowed() {
     let options = |gateway: &str| {
-        let (section, _) = app::config::parse_file(&format!("[gateway]\n{gateway}")).unwrap();
+        let (section, _) = config::parse_file(&format!("[gateway]\n{gateway}")).unwrap();
         section
             .options_with_env(|name| (name == KEYS_VAR).then(|| KEY_A.to_owned()))
             .unwrap()
@@ -699,13 +695,13 @@ fn a_non_loopback_listen_without_caller_keys_is_refused_unless_explicitly_allowe
         let local = options(&format!("listen = \"{listen}\"\n"));
         local.check_exposure(local.listen).unwrap();
     }
-    let demo = app::config::GatewaySection::default().options().unwrap();
+    let demo = GatewaySection::default().options().unwrap();
     demo.check_exposure(demo.listen).unwrap();
 }
 
 #[test]
 fn the_keys_variable_unset_or_empty_is_a_start_up_error_naming_it_and_never_its_value() {
-    let section = |text: &str| app::config::parse_file(text).unwrap().0;
+    let section = |text: &str| config::parse_file(text).unwrap().0;
     let keyed = section(&format!("[gateway]\napi_keys_env = \"{KEYS_VAR}\"\n"));
 
     let error = keyed.options_with_env(|_| None).unwrap_err();
@@ -754,7 +750,7 @@ async fn connections_beyond_max_connections_wait_until_one_closes() {
         .start()
         .await
         .unwrap();
-    let options = app::GatewayOptions {
+    let options = GatewayOptions {
         max_connections: 2,
         ..Default::default()
     };

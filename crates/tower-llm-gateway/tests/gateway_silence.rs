@@ -6,10 +6,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-#[allow(dead_code)]
-#[path = "../examples/gateway/app.rs"]
-mod app;
-
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -22,6 +18,7 @@ use hyper_util::rt::TokioExecutor;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tower_llm::retry::ReplayBody;
+use tower_llm_gateway::{Closing, GatewayOptions, config, prometheus, router, serve};
 use tower_llm_testkit::{Fault, Simulator};
 
 /// A gateway file naming `primary` and `backup` (in that order) for
@@ -48,8 +45,8 @@ fn out_of_the_box(primary: &Simulator, backup: &Simulator) -> String {
 
 /// The options and the stack of a gateway file, checked as `main` checks
 /// them.
-fn load(file: &str) -> Result<(app::GatewayOptions, tower_llm::stack::Stack), String> {
-    let (section, config) = app::config::parse_file(file)?;
+fn load(file: &str) -> Result<(GatewayOptions, tower_llm::stack::Stack), String> {
+    let (section, config) = config::parse_file(file)?;
     let mut options = section.options_with_env(|_| None)?;
     let stack_idle = config.stream_idle_timeout().map_err(|e| e.to_string())?;
     section.fit_idle_timeout(&mut options, stack_idle)?;
@@ -65,10 +62,10 @@ async fn start(file: &str) -> (String, oneshot::Sender<()>) {
     let (options, stack) = load(file).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
-    let closing = app::Closing::new();
-    let router = app::router(stack, &options, app::prometheus(), &closing);
+    let closing = Closing::new();
+    let router = router(stack, &options, prometheus(), &closing);
     let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(app::serve::serve(
+    tokio::spawn(serve(
         listener,
         router,
         &options,
@@ -102,7 +99,7 @@ fn header<'a>(response: &'a Response<Incoming>, name: &str) -> &'a str {
 
 fn stream_idle_cuts() -> f64 {
     let line = r#"tower_llm_gateway_timeouts_total{stage="stream_idle"}"#;
-    let handle = app::prometheus().unwrap();
+    let handle = prometheus().unwrap();
     handle.run_upkeep();
     handle
         .render()
@@ -206,16 +203,14 @@ fn a_gateway_idle_timer_shorter_than_the_stacks_is_refused_and_an_unset_one_foll
         "{refused}"
     );
 
-    let (section, _) =
-        app::config::parse_file("[classify]\nstream_idle_timeout_ms = 900000\n").unwrap();
+    let (section, _) = config::parse_file("[classify]\nstream_idle_timeout_ms = 900000\n").unwrap();
     let mut options = section.options_with_env(|_| None).unwrap();
     section
         .fit_idle_timeout(&mut options, Duration::from_secs(900))
         .unwrap();
     assert_eq!(options.stream_idle_timeout, Duration::from_secs(900));
 
-    let (section, _) =
-        app::config::parse_file("[gateway]\nstream_idle_timeout_ms = 900000\n").unwrap();
+    let (section, _) = config::parse_file("[gateway]\nstream_idle_timeout_ms = 900000\n").unwrap();
     let mut options = section.options_with_env(|_| None).unwrap();
     section
         .fit_idle_timeout(&mut options, Duration::from_secs(300))

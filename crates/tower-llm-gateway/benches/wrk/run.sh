@@ -12,11 +12,12 @@
 # It installs nothing. Needs `wrk` and `nginx` on PATH (Debian: `apt-get
 # install wrk nginx-light`) and cargo. Everything listens on 127.0.0.1 and
 # stops when the script ends. Usage:
-#   benches/wrk/run.sh [seconds per cell, default 5]
+#   crates/tower-llm-gateway/benches/wrk/run.sh [seconds per cell, default 5]
 # Ports: WRK_UPSTREAM_PORT (18081), WRK_PROXY_PORT (18082),
 # WRK_GATEWAY_PORT (18083).
 set -euo pipefail
-cd "$(dirname "$0")/../.."
+# From the workspace root (where `target/` is).
+cd "$(dirname "$0")/../../../.."
 
 duration="${1:-5}"
 missing=()
@@ -99,11 +100,11 @@ wrk.body = '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Say hel
 EOF
 
 echo "building the gateway (release)..." >&2
-cargo build --release --example gateway -q
+cargo build --release -p tower-llm-gateway --bin tower-llm-gateway -q
 
 nginx -c "$work/nginx.conf" -p "$work" &
 nginx_pid=$!
-RUST_LOG=warn "${CARGO_TARGET_DIR:-target}/release/examples/gateway" --config "$work/gateway.toml" --warm-up 0 \
+RUST_LOG=warn "${CARGO_TARGET_DIR:-target}/release/tower-llm-gateway" --config "$work/gateway.toml" --no-warm-up \
   >"$work/gateway.log" 2>&1 &
 gateway_pid=$!
 

@@ -1,0 +1,104 @@
+//! The gateway's routes over a stack, with its inbound limits and, when
+//! caller keys are set, the key check in front of every route.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::response::Response;
+use axum::routing::{get, post};
+use http::{StatusCode, header};
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::sync::Semaphore;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_llm::stack::Stack;
+
+use crate::auth::{self, CallerKeys};
+use crate::config::{GatewayOptions, MAX_CONCURRENCY};
+use crate::error::{error_json, payload_too_large};
+use crate::shutdown::Closing;
+use crate::{chat, health, prometheus};
+
+/// What every handler shares.
+#[derive(Clone)]
+pub(crate) struct Gateway {
+    pub(crate) stack: Stack,
+    pub(crate) permits: Arc<Semaphore>,
+    pub(crate) max_concurrency: usize,
+    pub(crate) metrics: Option<PrometheusHandle>,
+    pub(crate) closing: Closing,
+    pub(crate) request_body_timeout: Duration,
+    pub(crate) stream_idle_timeout: Duration,
+    /// How many caller keys are accepted (`None`: no keys needed).
+    pub(crate) caller_keys: Option<usize>,
+}
+
+/// The gateway's routes over `stack`, with its inbound limits and, when
+/// the options hold caller keys, the key check in front of every route.
+///
+/// `metrics`: the recorder `/metrics` renders ([`prometheus()`](crate::prometheus()));
+/// `None` answers `/metrics` with 404. `closing`: the handle
+/// [`serve()`](crate::serve()) ends the requests still running with once
+/// its grace period is over.
+pub fn router(
+    stack: Stack,
+    options: &GatewayOptions,
+    metrics: Option<PrometheusHandle>,
+    closing: &Closing,
+) -> Router {
+    let max_concurrency = options.max_concurrency.clamp(1, MAX_CONCURRENCY);
+    let gateway = Gateway {
+        stack,
+        permits: Arc::new(Semaphore::new(max_concurrency)),
+        max_concurrency,
+        metrics,
+        closing: closing.clone(),
+        request_body_timeout: options.request_body_timeout,
+        stream_idle_timeout: options.stream_idle_timeout,
+        caller_keys: options.caller_keys.as_ref().map(CallerKeys::len),
+    };
+    let router = Router::new()
+        .route("/v1/chat/completions", post(chat::chat_completions))
+        .route("/health", get(health::health))
+        .route("/metrics", get(prometheus::prometheus_text))
+        .fallback(|| async {
+            error_json(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "this gateway serves POST /v1/chat/completions, GET /health and GET /metrics",
+            )
+        })
+        .method_not_allowed_fallback(|| async {
+            error_json(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this method is not served on this path",
+            )
+        })
+        // tower-http refuses a declared length over the limit at once and
+        // cuts a chunked body at it; either way the answer is made
+        // OpenAI-shaped below.
+        .layer(RequestBodyLimitLayer::new(options.max_body_bytes))
+        .layer(axum::middleware::map_response(openai_shaped_413))
+        .with_state(gateway);
+    // Outermost: a caller without a key learns nothing, not even whether a
+    // path exists or a body is too large.
+    match &options.caller_keys {
+        Some(keys) => router.layer(axum::middleware::from_fn_with_state(
+            keys.clone(),
+            auth::require_key,
+        )),
+        None => router,
+    }
+}
+
+async fn openai_shaped_413(response: Response) -> Response {
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if response.status() == StatusCode::PAYLOAD_TOO_LARGE && !is_json {
+        return payload_too_large();
+    }
+    response
+}
