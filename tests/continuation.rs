@@ -182,6 +182,41 @@ async fn when_the_backup_refuses_prefill_the_caller_gets_the_original_cause_not_
     );
 }
 
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_stream_cut_in_the_middle_of_a_tool_call_ends_with_the_typed_error_and_is_not_continued()
+{
+    // A role chunk, then the start of a tool call's arguments, then the
+    // connection ends: no finish, no `[DONE]`.
+    let chunk = |delta: &str| {
+        format!(
+            "data: {{\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"gpt-4o\",\"choices\":[{{\"index\":0,\"delta\":{delta},\"finish_reason\":null}}]}}\n\n"
+        )
+    };
+    let body = chunk(r#"{"role":"assistant","content":null}"#)
+        + &chunk(
+            r#"{"tool_calls":[{"index":0,"id":"call_1","type":"function","function":{"name":"get_weather","arguments":"{\"city\": \"Par"}}]}"#,
+        );
+    let mut headers = http::HeaderMap::new();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/event-stream"),
+    );
+    let primary = simulator(Fault::raw(http::StatusCode::OK, headers, body)).await;
+    let backup = Simulator::builder().reply_tokens(60).start().await.unwrap();
+    let stack = stack(&[
+        ("primary", &primary, "trailing_assistant"),
+        ("backup", &backup, "trailing_assistant"),
+    ]);
+    let response = stack.oneshot(chat()).await.unwrap();
+    let error = response.into_body().collect().await.unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::StreamIncomplete);
+    assert_eq!(primary.requests().len(), 1, "no replay after content");
+    assert!(
+        backup.requests().is_empty(),
+        "a tool call in progress is never continued"
+    );
+}
+
 /// A simulator whose first answer has `fault`, the others none.
 async fn once(fault: Fault) -> Simulator {
     Simulator::builder()
