@@ -78,6 +78,77 @@ impl<B> Service<Request<B>> for Upstream {
     }
 }
 
+/// A streamed answer: 50 content events, each its own frame, then the
+/// finish and `[DONE]` — what a healthy stream costs each layer per event.
+fn stream_events() -> Vec<Bytes> {
+    let mut events = vec![Bytes::from_static(
+        b"data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"gpt-4o\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"},\"finish_reason\":null}]}\n\n",
+    )];
+    for i in 0..50 {
+        events.push(Bytes::from(format!(
+            "data: {{\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"gpt-4o\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\" word{i}\"}},\"finish_reason\":null}}]}}\n\n"
+        )));
+    }
+    events.push(Bytes::from_static(
+        b"data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"gpt-4o\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n",
+    ));
+    events.push(Bytes::from_static(b"data: [DONE]\n\n"));
+    events
+}
+
+/// A body handing out its events one frame per poll.
+struct Events(std::collections::VecDeque<Bytes>);
+
+impl http_body::Body for Events {
+    type Data = Bytes;
+    type Error = LlmError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, LlmError>>> {
+        std::task::Poll::Ready(self.0.pop_front().map(|e| Ok(http_body::Frame::data(e))))
+    }
+}
+
+/// The upstream of streamed requests: [`stream_events`], one per frame.
+#[derive(Clone)]
+struct StreamUpstream(Arc<Vec<Bytes>>);
+
+impl<B> Service<Request<B>> for StreamUpstream {
+    type Response = Response<Events>;
+    type Error = LlmError;
+    type Future = Ready<Result<Self::Response, LlmError>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), LlmError>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        drop(black_box(request));
+        let mut response = Response::new(Events(self.0.iter().cloned().collect()));
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/event-stream"),
+        );
+        ready(Ok(response))
+    }
+}
+
+fn stream_request() -> Request<Full<Bytes>> {
+    Request::post("https://api.openai.com/v1/chat/completions")
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::AUTHORIZATION, "Bearer sk-bench")
+        .body(Full::new(Bytes::from_static(STREAM_BODY.as_bytes())))
+        .unwrap()
+}
+
+const STREAM_BODY: &str =
+    r#"{"model":"gpt-4o","stream":true,"messages":[{"role":"user","content":"Count to fifty."}]}"#;
+
 /// tower's retry as a user writes it for an LLM API: errors retried,
 /// 3 attempts, a `TpsBudget`.
 #[derive(Clone)]
@@ -238,5 +309,43 @@ fn happy_path(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, happy_path);
+/// A healthy stream of 50 content events through the whole stack: with
+/// continuation (the default: Classify keeps the transcript a continuation
+/// would need) and without (`continue_streams(0)`), beside the bare
+/// upstream and the peers' pair — issue 14's cost of tracking what the
+/// caller holds.
+fn healthy_stream(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut group = c.benchmark_group("healthy_stream");
+    let upstream = StreamUpstream(Arc::new(stream_events()));
+    bench_call!(group, rt, "bare", upstream.clone(), stream_request);
+    // A target that can continue (as Anthropic's, Ollama's), so that the
+    // stack keeps what a continuation would need.
+    let continues = |t: tower_llm::fallback::Target<()>| {
+        t.continuation(tower_llm::fallback::continuation::Continuation::TrailingAssistant)
+    };
+    let continuing = LlmStack::sdk_default()
+        .target("openai", upstream.clone(), continues)
+        .build()
+        .unwrap();
+    bench_call!(group, rt, "stack/tower_llm", continuing, stream_request);
+    let not_continuing = LlmStack::sdk_default()
+        .continue_streams(0)
+        .target("openai", upstream.clone(), continues)
+        .build()
+        .unwrap();
+    bench_call!(
+        group,
+        rt,
+        "stack/tower_llm_no_continuation",
+        not_continuing,
+        stream_request
+    );
+    group.finish();
+}
+
+criterion_group!(benches, happy_path, healthy_stream);
 criterion_main!(benches);
