@@ -408,12 +408,16 @@ impl EventScanner {
     fn sse_data(&mut self, data: &[u8], event: &mut ScanEvent, mut t: Option<&mut Transcript>) {
         self.pending.data_lines = self.pending.data_lines.saturating_add(1);
         let trimmed = data.trim_ascii();
+        let dialect = self.dialect;
+        let name = &self.event_name[..self.event_name_len];
         if self.pending.data_lines == 1
             && !self.terminated
             && let Some(t) = t.as_deref_mut()
-            && let Some(hit) = self
-                .reader
-                .hit(&self.event_name[..self.event_name_len], trimmed)
+            && let Some(hit) = self.reader.hit(
+                name,
+                trimmed,
+                Some(&|data: &[u8]| content_event(dialect, name, data)),
+            )
         {
             // The last event read whole but for its text: its verdicts.
             if hit.content {
@@ -442,14 +446,7 @@ impl EventScanner {
                 t.block(NotContinuable::Unreadable);
             } else if parsed && !self.pending.not_json {
                 let name = &self.event_name[..self.event_name_len];
-                let dialect = self.dialect;
-                let read = self.reader.read(
-                    t,
-                    name,
-                    trimmed,
-                    Some(&|data: &[u8]| content_event(dialect, name, data)),
-                );
-                self.pending.not_json = !read;
+                self.pending.not_json = !self.reader.read(t, name, trimmed);
             }
         }
     }
@@ -536,7 +533,7 @@ impl EventScanner {
             && parsed
             // NDJSON lines are judged whole (Ollama's repeat no template:
             // each carries its own `created_at`).
-            && !self.reader.read(t, b"", line, None)
+            && !self.reader.read(t, b"", line)
             && !self.finishing
         {
             self.malformed(event, Some(t));

@@ -18,27 +18,35 @@
 //!   cannot be found inside a JSON string (every quote in one is escaped,
 //!   and no key starts at a string's closing quote), so every search finds
 //!   what it found in the kept event; only whether the string is empty
-//!   can change whether the event is content, and both answers are kept.
+//!   can change whether the event is content, so each answer is judged
+//!   once, on the first event that repeats the template with an empty or
+//!   a non-empty string, and kept.
 //!
 //! Two comparisons of bytes then replace a walk of the event and the
 //! searches for its error and content keys.
 
 use crate::stream::transcript::Transcript;
 
+/// The room the template is first given: an OpenAI chunk's envelope (a
+/// long model name and a fingerprint included) fits, so that a stream's
+/// templates are one allocation.
+const TEMPLATE_CAPACITY: usize = 512;
+
 /// Reads events into a [`Transcript`] (see the [module docs](self)).
 #[derive(Debug, Default)]
 pub(super) struct EventReader {
     /// Whether the fields below hold a template.
     ready: bool,
-    name: Vec<u8>,
-    before: Vec<u8>,
-    after: Vec<u8>,
+    /// The template's event name, the bytes before its string and the
+    /// bytes after it, one after the other in one buffer (reused).
+    template: Vec<u8>,
+    name_len: usize,
+    before_len: usize,
     /// Whether the template is content with a non-empty string, and with
-    /// an empty one.
-    content_with_text: bool,
-    content_without_text: bool,
-    /// Where the variants of the template are written to be judged.
-    scratch: Vec<u8>,
+    /// an empty one: judged the first time an event that repeats it with
+    /// such a string is seen (most templates are seen with one kind only).
+    content_with_text: Option<bool>,
+    content_without_text: Option<bool>,
 }
 
 /// Whether the scanner counts an event's data as content.
@@ -48,23 +56,32 @@ pub(super) type IsContent<'a> = &'a dyn Fn(&[u8]) -> bool;
 pub(super) struct Hit<'a> {
     /// The string's content, escapes as written.
     pub(super) text: &'a [u8],
-    /// Whether the scanner counts the event as content.
+    /// Whether the scanner counts the event as content (false when the
+    /// caller did not ask).
     pub(super) content: bool,
 }
 
 impl EventReader {
     /// The event `data` named `name`, if it is the template but for its
-    /// string.
-    pub(super) fn hit<'a>(&self, name: &[u8], data: &'a [u8]) -> Option<Hit<'a>> {
-        if !self.ready
-            || data.len() < self.before.len() + self.after.len()
-            || name != self.name.as_slice()
-        {
+    /// string; `content`, when given, judges the event's data the first
+    /// time the template is repeated with an empty or a non-empty string.
+    pub(super) fn hit<'a>(
+        &mut self,
+        name: &[u8],
+        data: &'a [u8],
+        content: Option<IsContent<'_>>,
+    ) -> Option<Hit<'a>> {
+        if !self.ready {
             return None;
         }
-        let start = self.before.len();
-        let end = data.len() - self.after.len();
-        if data[end..] != *self.after || data[..start] != *self.before {
+        let (template_name, rest) = self.template.split_at(self.name_len);
+        let (before, after) = rest.split_at(self.before_len);
+        if data.len() < before.len() + after.len() || name != template_name {
+            return None;
+        }
+        let start = before.len();
+        let end = data.len() - after.len();
+        if data[end..] != *after || data[..start] != *before {
             return None;
         }
         // `before` ends with the string's opening quote and `after` starts
@@ -73,57 +90,41 @@ impl EventReader {
             return None;
         }
         let text = &data[start..end];
-        let content = if text.is_empty() {
-            self.content_without_text
-        } else {
-            self.content_with_text
-        };
+        let content = content.is_some_and(|content| {
+            let verdict = if text.is_empty() {
+                &mut self.content_without_text
+            } else {
+                &mut self.content_with_text
+            };
+            *verdict.get_or_insert_with(|| content(data))
+        });
         Some(Hit { text, content })
     }
 
     /// Reads one event's data into `transcript`: `false` when it is not a
     /// well-formed JSON object (the text it would have added is not kept).
-    /// `content` says whether the scanner counts an event of this name and
-    /// data as content, for the template's verdicts (without it, events
-    /// that repeat the template are only read faster, not judged).
-    pub(super) fn read(
-        &mut self,
-        transcript: &mut Transcript,
-        name: &[u8],
-        data: &[u8],
-        content: Option<IsContent<'_>>,
-    ) -> bool {
-        if let Some(hit) = self.hit(name, data) {
+    pub(super) fn read(&mut self, transcript: &mut Transcript, name: &[u8], data: &[u8]) -> bool {
+        if let Some(hit) = self.hit(name, data, None) {
             return transcript.append_text(hit.text);
         }
         let read = transcript.event(name, data);
         match read.text {
             Some(text) => {
-                replace(&mut self.name, name);
-                replace(&mut self.before, &data[..text.start]);
-                replace(&mut self.after, &data[text.end..]);
-                if let Some(content) = content {
-                    self.content_with_text = self.judge(b"x", content);
-                    self.content_without_text = self.judge(b"", content);
-                }
+                let (before, after) = (&data[..text.start], &data[text.end..]);
+                self.template.clear();
+                self.template
+                    .reserve(TEMPLATE_CAPACITY.max(name.len() + before.len() + after.len()));
+                self.template.extend_from_slice(name);
+                self.template.extend_from_slice(before);
+                self.template.extend_from_slice(after);
+                self.name_len = name.len();
+                self.before_len = before.len();
+                self.content_with_text = None;
+                self.content_without_text = None;
                 self.ready = true;
             }
             None => self.ready = false,
         }
         read.well_formed
     }
-
-    /// Whether the template with `text` as its string is content.
-    fn judge(&mut self, text: &[u8], content: IsContent<'_>) -> bool {
-        self.scratch.clear();
-        self.scratch.extend_from_slice(&self.before);
-        self.scratch.extend_from_slice(text);
-        self.scratch.extend_from_slice(&self.after);
-        content(&self.scratch)
-    }
-}
-
-fn replace(buffer: &mut Vec<u8>, bytes: &[u8]) {
-    buffer.clear();
-    buffer.extend_from_slice(bytes);
 }

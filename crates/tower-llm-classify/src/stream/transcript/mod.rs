@@ -10,6 +10,10 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use super::Dialect;
 
+/// The room the text is first given: a short answer's (a few hundred
+/// tokens of four bytes or so) fits; a longer one doubles it.
+const TEXT_CAPACITY: usize = 1024;
+
 /// A request extension asking [`Classify`](crate::Classify) to keep a
 /// [`Transcript`] of the stream that answers the request.
 ///
@@ -439,6 +443,16 @@ impl Transcript {
     }
 
     // --- Written by the scan. ---
+
+    /// The text, to append to: given room for a short answer the first
+    /// time (a stream's text otherwise grows from 8 bytes by doubling, a
+    /// reallocation every few events at first).
+    fn text_buffer(&mut self) -> &mut String {
+        if self.text.capacity() == 0 {
+            self.text.reserve(TEXT_CAPACITY);
+        }
+        &mut self.text
+    }
 
     /// A frame starts: what it delivers can still be taken back.
     pub(crate) fn begin_frame(&mut self) {

@@ -61,7 +61,7 @@ impl Transcript {
     /// Appends the text of a JSON string's content (escapes as written):
     /// an event that differs from the last one read only by that string.
     pub(crate) fn append_text(&mut self, raw: &[u8]) -> bool {
-        json::append_decoded(raw, &mut self.text)
+        json::append_decoded(raw, self.text_buffer())
     }
 
     /// `{"id","object","created","model","system_fingerprint","choices":[…],"usage"}`.
@@ -381,7 +381,7 @@ impl Transcript {
         let start = raw.as_ptr() as usize - self.reading.base;
         self.reading.appended = Some(start..start + raw.len());
         self.reading.appends = self.reading.appends.saturating_add(1);
-        json::append_decoded(raw, &mut self.text)
+        json::append_decoded(raw, self.text_buffer())
     }
 
     /// Blocks for `reason` when the value at the cursor is a non-empty
