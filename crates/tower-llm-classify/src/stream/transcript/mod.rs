@@ -2,6 +2,7 @@
 //! scan reads it, for a layer that continues a broken answer.
 
 mod read;
+mod strings;
 #[cfg(test)]
 mod tests;
 
@@ -9,6 +10,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use super::Dialect;
+use strings::{Field, Strings, StringsMark};
 
 /// The room the text is first given: a short answer's (a few hundred
 /// tokens of four bytes or so) fits; a longer one doubles it.
@@ -212,7 +214,11 @@ pub struct TokenUsage {
 #[derive(Clone)]
 pub struct Transcript {
     dialect: Dialect,
-    text: String,
+    /// The text, UTF-8 by construction (only [`crate::json::append_decoded`]'s
+    /// output is appended, and it is cut only where an append started):
+    /// kept as bytes, validated when read, because validating each token
+    /// as it is appended cost more than the rest of appending it.
+    text: Vec<u8>,
     strings: Strings,
     state: State,
     /// The record as it was when the frame being scanned started.
@@ -237,53 +243,6 @@ struct Reading {
     taken_back: bool,
 }
 
-/// The envelope's strings: copied once each, when first seen.
-#[derive(Clone, Debug, Default)]
-struct Strings {
-    id: Option<Box<str>>,
-    model: Option<Box<str>>,
-    object: Option<Box<str>>,
-    system_fingerprint: Option<Box<str>>,
-    created_at: Option<Box<str>>,
-    finish_reason: Option<Box<str>>,
-}
-
-impl Strings {
-    /// Which fields are set, one bit each, in declaration order.
-    fn set(&self) -> u8 {
-        [
-            &self.id,
-            &self.model,
-            &self.object,
-            &self.system_fingerprint,
-            &self.created_at,
-            &self.finish_reason,
-        ]
-        .iter()
-        .enumerate()
-        .fold(0, |set, (bit, field)| {
-            set | (u8::from(field.is_some()) << bit)
-        })
-    }
-
-    /// Clears the fields not in `set`.
-    fn keep(&mut self, set: u8) {
-        let fields = [
-            &mut self.id,
-            &mut self.model,
-            &mut self.object,
-            &mut self.system_fingerprint,
-            &mut self.created_at,
-            &mut self.finish_reason,
-        ];
-        for (bit, field) in fields.into_iter().enumerate() {
-            if set & (1 << bit) == 0 {
-                *field = None;
-            }
-        }
-    }
-}
-
 /// Everything else, `Copy`: marked at each frame, restored when a frame
 /// is withheld.
 #[derive(Clone, Copy, Debug, Default)]
@@ -303,7 +262,7 @@ struct State {
 #[derive(Clone, Copy, Debug, Default)]
 struct Mark {
     text_len: usize,
-    strings: u8,
+    strings: StringsMark,
     state: State,
 }
 
@@ -318,7 +277,7 @@ impl Transcript {
         }
         Transcript {
             dialect,
-            text: String::new(),
+            text: Vec::new(),
             strings: Strings::default(),
             state,
             mark: Mark {
@@ -339,24 +298,24 @@ impl Transcript {
     /// (Anthropic), `message.content` or `response` (Ollama), decoded and
     /// concatenated as the caller's SDK does — white space at the end kept.
     pub fn text(&self) -> &str {
-        &self.text
+        std::str::from_utf8(&self.text).unwrap_or_default()
     }
 
     /// The `id` the caller saw first: the chunks' (OpenAI), the
     /// `message_start` message's (Anthropic).
     pub fn id(&self) -> Option<&str> {
-        self.strings.id.as_deref()
+        self.strings.get(Field::Id)
     }
 
     /// The `model` the caller saw first (OpenAI chunks, Anthropic's
     /// `message_start`, Ollama lines).
     pub fn model(&self) -> Option<&str> {
-        self.strings.model.as_deref()
+        self.strings.get(Field::Model)
     }
 
     /// OpenAI: the chunks' `object` (`chat.completion.chunk`).
     pub fn object(&self) -> Option<&str> {
-        self.strings.object.as_deref()
+        self.strings.get(Field::Object)
     }
 
     /// OpenAI: the chunks' `created` (Unix seconds).
@@ -366,12 +325,12 @@ impl Transcript {
 
     /// OpenAI: the chunks' `system_fingerprint`, when they carry one.
     pub fn system_fingerprint(&self) -> Option<&str> {
-        self.strings.system_fingerprint.as_deref()
+        self.strings.get(Field::SystemFingerprint)
     }
 
     /// Ollama: the first line's `created_at`.
     pub fn created_at(&self) -> Option<&str> {
-        self.strings.created_at.as_deref()
+        self.strings.get(Field::CreatedAt)
     }
 
     /// The index of what the text is: the choice (OpenAI, 0), the text
@@ -410,7 +369,7 @@ impl Transcript {
     /// `tool_calls` (OpenAI), `end_turn`, `max_tokens` (Anthropic),
     /// Ollama's `done_reason`.
     pub fn finish_reason(&self) -> Option<&str> {
-        self.strings.finish_reason.as_deref()
+        self.strings.get(Field::FinishReason)
     }
 
     /// The token counts the stream reported, if it reported any.
@@ -447,7 +406,7 @@ impl Transcript {
     /// The text, to append to: given room for a short answer the first
     /// time (a stream's text otherwise grows from 8 bytes by doubling, a
     /// reallocation every few events at first).
-    fn text_buffer(&mut self) -> &mut String {
+    fn text_buffer(&mut self) -> &mut Vec<u8> {
         if self.text.capacity() == 0 {
             self.text.reserve(TEXT_CAPACITY);
         }
@@ -458,7 +417,7 @@ impl Transcript {
     pub(crate) fn begin_frame(&mut self) {
         self.mark = Mark {
             text_len: self.text.len(),
-            strings: self.strings.set(),
+            strings: self.strings.mark(),
             state: self.state,
         };
     }
@@ -467,7 +426,7 @@ impl Transcript {
     /// goes back to what the frames before it delivered.
     pub(crate) fn withhold_frame(&mut self) {
         self.text.truncate(self.mark.text_len);
-        self.strings.keep(self.mark.strings);
+        self.strings.restore(self.mark.strings);
         self.state = self.mark.state;
     }
 
@@ -490,12 +449,12 @@ impl fmt::Debug for Transcript {
         f.debug_struct("Transcript")
             .field("dialect", &self.dialect)
             .field("text_len", &self.text.len())
-            .field("id", &self.strings.id)
-            .field("model", &self.strings.model)
+            .field("id", &self.id())
+            .field("model", &self.model())
             .field("index", &self.state.index)
             .field("role_sent", &self.state.role_sent)
             .field("finished", &self.state.finished)
-            .field("finish_reason", &self.strings.finish_reason)
+            .field("finish_reason", &self.finish_reason())
             .field("usage", &self.state.usage)
             .field("not_continuable", &self.state.not_continuable)
             .finish_non_exhaustive()

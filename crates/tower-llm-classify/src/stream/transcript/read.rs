@@ -8,6 +8,7 @@
 use std::borrow::Cow;
 use std::ops::Range;
 
+use super::strings::Field;
 use super::{NotContinuable, Reading, Transcript};
 use crate::json::{self, Cursor};
 use crate::stream::Dialect;
@@ -68,10 +69,10 @@ impl Transcript {
     fn chat_chunk(&mut self, cursor: &mut Cursor<'_>) -> bool {
         cursor.object(|c, key| match &*name(key) {
             b"choices" => c.null() || c.array(|c| self.chat_choice(c)),
-            b"id" => set_once(&mut self.strings.id, c),
-            b"object" => set_once(&mut self.strings.object, c),
-            b"model" => set_once(&mut self.strings.model, c),
-            b"system_fingerprint" => set_once(&mut self.strings.system_fingerprint, c),
+            b"id" => self.strings.set_once(Field::Id, c),
+            b"object" => self.strings.set_once(Field::Object, c),
+            b"model" => self.strings.set_once(Field::Model, c),
+            b"system_fingerprint" => self.strings.set_once(Field::SystemFingerprint, c),
             b"created" if self.state.created.is_none() => {
                 self.state.created = c.value().and_then(integer);
                 true
@@ -117,7 +118,8 @@ impl Transcript {
         self.state.role_sent |= choice.role;
         if let Some(reason) = choice.finish_reason {
             self.state.finished = true;
-            set_once(&mut self.strings.finish_reason, &mut Cursor::new(reason));
+            self.strings
+                .set_once(Field::FinishReason, &mut Cursor::new(reason));
         }
         read
     }
@@ -201,7 +203,7 @@ impl Transcript {
                     delta.object(|c, key| match &*name(key) {
                         b"stop_reason" if !c.null() => {
                             self.state.finished = true;
-                            set_once(&mut self.strings.finish_reason, c)
+                            self.strings.set_once(Field::FinishReason, c)
                         }
                         _ => true,
                     })
@@ -221,8 +223,8 @@ impl Transcript {
     /// `message_start`'s `{"id","model","usage"}`.
     fn anthropic_message(&mut self, cursor: &mut Cursor<'_>) -> bool {
         cursor.object(|c, key| match &*name(key) {
-            b"id" => set_once(&mut self.strings.id, c),
-            b"model" => set_once(&mut self.strings.model, c),
+            b"id" => self.strings.set_once(Field::Id, c),
+            b"model" => self.strings.set_once(Field::Model, c),
             b"usage" => self.read_usage(c, b"input_tokens", b"output_tokens"),
             _ => true,
         })
@@ -299,14 +301,14 @@ impl Transcript {
             b"message" => c.null() || self.ollama_message(c),
             // `/api/generate`.
             b"response" => self.append(c),
-            b"model" => set_once(&mut self.strings.model, c),
-            b"created_at" => set_once(&mut self.strings.created_at, c),
+            b"model" => self.strings.set_once(Field::Model, c),
+            b"created_at" => self.strings.set_once(Field::CreatedAt, c),
             b"thinking" => self.block_if_text(c, NotContinuable::Reasoning),
             b"done" => {
                 self.state.finished |= c.value() == Some(b"true");
                 true
             }
-            b"done_reason" => set_once(&mut self.strings.finish_reason, c),
+            b"done_reason" => self.strings.set_once(Field::FinishReason, c),
             b"prompt_eval_count" => {
                 usage.input_tokens = c.value().and_then(unsigned);
                 counted = true;
@@ -408,30 +410,12 @@ impl Transcript {
 /// which no provider does).
 fn name(raw: &[u8]) -> Cow<'_, [u8]> {
     if raw.contains(&b'\\') {
-        let mut decoded = String::new();
+        let mut decoded = Vec::new();
         if json::append_decoded(raw, &mut decoded) {
-            return Cow::Owned(decoded.into_bytes());
+            return Cow::Owned(decoded);
         }
     }
     Cow::Borrowed(raw)
-}
-
-/// Sets a string field from the value at the cursor the first time it is
-/// seen (the value is left, to be skipped, once the field is set);
-/// `false` when the value is neither a string nor null.
-fn set_once(slot: &mut Option<Box<str>>, cursor: &mut Cursor<'_>) -> bool {
-    if slot.is_some() || cursor.null() {
-        return true;
-    }
-    let Some(raw) = cursor.string() else {
-        return false;
-    };
-    let mut text = String::new();
-    if !json::append_decoded(raw, &mut text) {
-        return false;
-    }
-    *slot = Some(text.into_boxed_str());
-    true
 }
 
 /// A JSON integer (a number with a fraction or exponent is none).
