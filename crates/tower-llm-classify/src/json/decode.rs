@@ -3,13 +3,15 @@
 
 use std::cmp::Ordering;
 
+use crate::bytes::bytes_equal_to;
+
 /// Below this length a slice is searched for a backslash a word at a time:
 /// a `memchr` call costs more to start than that many bytes cost to read.
 const SHORT: usize = 32;
 
 /// Whether the string content `raw` is written with an escape.
 #[inline]
-pub(super) fn has_escape(raw: &[u8]) -> bool {
+pub(crate) fn has_escape(raw: &[u8]) -> bool {
     if raw.len() < SHORT {
         crate::bytes::contains_any(raw, b"\\")
     } else {
@@ -100,6 +102,10 @@ pub(super) fn decode(raw: &[u8]) -> Option<String> {
 /// growing it, never allocating a buffer of its own; `false`, with `out`
 /// as it was, if an escape is invalid.
 pub(crate) fn append_decoded(raw: &[u8], out: &mut Vec<u8>) -> bool {
+    if raw.len() < SHORT && plain_ascii(raw) {
+        out.extend_from_slice(raw);
+        return true;
+    }
     if !has_escape(raw) {
         append_utf8(raw, out);
         return true;
@@ -121,6 +127,24 @@ pub(crate) fn append_decoded(raw: &[u8], out: &mut Vec<u8>) -> bool {
         }
     }
     true
+}
+
+/// Whether `raw` is ASCII without a backslash, as a stream's tokens
+/// nearly all are: both checked in one pass, a word at a time.
+#[inline]
+fn plain_ascii(raw: &[u8]) -> bool {
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    let plain = |word: &[u8; 8]| {
+        let word = u64::from_le_bytes(*word);
+        word & HIGHS == 0 && bytes_equal_to(word, b'\\') == 0
+    };
+    let (words, rest) = raw.as_chunks::<8>();
+    words.iter().all(plain)
+        && match raw.last_chunk::<8>() {
+            // The last bytes: a word that overlaps the ones before.
+            Some(last) => rest.is_empty() || plain(last),
+            None => rest.iter().all(|&b| b.is_ascii() && b != b'\\'),
+        }
 }
 
 /// Appends `bytes`, the invalid UTF-8 in them replaced. A stream's strings

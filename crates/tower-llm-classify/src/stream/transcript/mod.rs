@@ -259,11 +259,16 @@ struct State {
     last_event_end: u64,
 }
 
+/// What a withheld frame goes back to: where the text and the position
+/// were when it started, and — taken before the first change the frame
+/// makes to them, most frames making none (an event that repeats the
+/// template adds text only) — the strings and the rest of the state.
 #[derive(Clone, Copy, Debug, Default)]
 struct Mark {
     text_len: usize,
-    strings: StringsMark,
-    state: State,
+    bytes: u64,
+    last_event_end: u64,
+    rest: Option<(StringsMark, State)>,
 }
 
 impl Transcript {
@@ -280,10 +285,7 @@ impl Transcript {
             text: Vec::new(),
             strings: Strings::default(),
             state,
-            mark: Mark {
-                state,
-                ..Mark::default()
-            },
+            mark: Mark::default(),
             reading: Reading::default(),
         }
     }
@@ -417,17 +419,30 @@ impl Transcript {
     pub(crate) fn begin_frame(&mut self) {
         self.mark = Mark {
             text_len: self.text.len(),
-            strings: self.strings.mark(),
-            state: self.state,
+            bytes: self.state.bytes,
+            last_event_end: self.state.last_event_end,
+            rest: None,
         };
+    }
+
+    /// The strings and state are about to change: marked first, once a
+    /// frame.
+    fn mark_rest(&mut self) {
+        if self.mark.rest.is_none() {
+            self.mark.rest = Some((self.strings.mark(), self.state));
+        }
     }
 
     /// The frame being scanned is withheld from the caller: the record
     /// goes back to what the frames before it delivered.
     pub(crate) fn withhold_frame(&mut self) {
         self.text.truncate(self.mark.text_len);
-        self.strings.restore(self.mark.strings);
-        self.state = self.mark.state;
+        if let Some((strings, state)) = self.mark.rest {
+            self.strings.restore(strings);
+            self.state = state;
+        }
+        self.state.bytes = self.mark.bytes;
+        self.state.last_event_end = self.mark.last_event_end;
     }
 
     /// Where the scan is: `bytes` fed, the last complete event ending at
@@ -440,6 +455,7 @@ impl Transcript {
     /// The answer cannot be continued, for `reason` (unless an earlier
     /// reason was found).
     pub(crate) fn block(&mut self, reason: NotContinuable) {
+        self.mark_rest();
         self.state.not_continuable.get_or_insert(reason);
     }
 }

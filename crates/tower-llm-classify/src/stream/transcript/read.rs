@@ -36,6 +36,7 @@ impl Transcript {
     /// unnamed). When the data is not a well-formed JSON object, the text
     /// it would have added is not kept.
     pub(crate) fn event(&mut self, name: &[u8], data: &[u8]) -> EventRead {
+        self.mark_rest();
         let text_len = self.text.len();
         self.reading = Reading {
             base: data.as_ptr() as usize,
@@ -409,7 +410,7 @@ impl Transcript {
 /// A key's name, decoded (borrowed unless it is written with escapes,
 /// which no provider does).
 fn name(raw: &[u8]) -> Cow<'_, [u8]> {
-    if raw.contains(&b'\\') {
+    if json::has_escape(raw) {
         let mut decoded = Vec::new();
         if json::append_decoded(raw, &mut decoded) {
             return Cow::Owned(decoded);
