@@ -130,21 +130,24 @@ pub(crate) fn append_decoded(raw: &[u8], out: &mut Vec<u8>) -> bool {
 }
 
 /// Whether `raw` is ASCII without a backslash, as a stream's tokens
-/// nearly all are: both checked in one pass, a word at a time.
+/// nearly all are: both checked in one pass, a word at a time (a token
+/// shorter than a word as two overlapping halves).
 #[inline]
 fn plain_ascii(raw: &[u8]) -> bool {
     const HIGHS: u64 = 0x8080_8080_8080_8080;
-    let plain = |word: &[u8; 8]| {
-        let word = u64::from_le_bytes(*word);
-        word & HIGHS == 0 && bytes_equal_to(word, b'\\') == 0
-    };
-    let (words, rest) = raw.as_chunks::<8>();
-    words.iter().all(plain)
-        && match raw.last_chunk::<8>() {
+    let plain = |word: u64| word & HIGHS == 0 && bytes_equal_to(word, b'\\') == 0;
+    if let Some(last) = raw.last_chunk::<8>() {
+        let (words, rest) = raw.as_chunks::<8>();
+        return words.iter().all(|w| plain(u64::from_le_bytes(*w)))
             // The last bytes: a word that overlaps the ones before.
-            Some(last) => rest.is_empty() || plain(last),
-            None => rest.iter().all(|&b| b.is_ascii() && b != b'\\'),
-        }
+            && (rest.is_empty() || plain(u64::from_le_bytes(*last)));
+    }
+    match (raw.first_chunk::<4>(), raw.last_chunk::<4>()) {
+        (Some(first), Some(last)) => plain(
+            u64::from(u32::from_le_bytes(*first)) | u64::from(u32::from_le_bytes(*last)) << 32,
+        ),
+        _ => raw.iter().all(|&b| b.is_ascii() && b != b'\\'),
+    }
 }
 
 /// Appends `bytes`, the invalid UTF-8 in them replaced. A stream's strings
@@ -196,4 +199,38 @@ fn hex4(raw: &[u8], at: usize) -> Option<u32> {
     digits
         .iter()
         .try_fold(0_u32, |n, &d| Some(n * 16 + (d as char).to_digit(16)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_ascii_finds_a_backslash_or_a_non_ascii_byte_at_every_length_and_position() {
+        for len in 0..40 {
+            assert!(plain_ascii(&vec![b'a'; len]));
+            for at in 0..len {
+                for odd in [b'\\', 0x80, 0xC3, 0xFF] {
+                    let mut raw = vec![b'a'; len];
+                    raw[at] = odd;
+                    assert!(!plain_ascii(&raw), "{raw:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn appended_text_is_decoded_and_always_utf8() {
+        let mut out = Vec::new();
+        for raw in [&b"plain"[..], b" caf\xC3\xA9", b"\\u00e9\\n", b"bad \xFF"] {
+            assert!(append_decoded(raw, &mut out));
+        }
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "plain caf\u{e9}\u{e9}\nbad \u{FFFD}"
+        );
+        let mut out = b"kept".to_vec();
+        assert!(!append_decoded(b"x\\q", &mut out));
+        assert_eq!(out, b"kept");
+    }
 }
