@@ -102,7 +102,9 @@ pub(super) fn decode(raw: &[u8]) -> Option<String> {
 /// growing it, never allocating a buffer of its own; `false`, with `out`
 /// as it was, if an escape is invalid.
 pub(crate) fn append_decoded(raw: &[u8], out: &mut Vec<u8>) -> bool {
-    if raw.len() < SHORT && plain_ascii(raw) {
+    // (A quote is never in a string's content unescaped: checking for one
+    // costs nothing here and lets a template's string be checked once.)
+    if raw.len() < SHORT && is_plain(raw) {
         out.extend_from_slice(raw);
         return true;
     }
@@ -129,13 +131,17 @@ pub(crate) fn append_decoded(raw: &[u8], out: &mut Vec<u8>) -> bool {
     true
 }
 
-/// Whether `raw` is ASCII without a backslash, as a stream's tokens
-/// nearly all are: both checked in one pass, a word at a time (a token
-/// shorter than a word as two overlapping halves).
+/// Whether the string content `raw` is plain: ASCII without a backslash
+/// or a quote, as a stream's tokens nearly all are. Such content decodes
+/// to itself and ends where it is cut (no quote inside, no escape at its
+/// end). Checked in one pass, a word at a time (content shorter than a
+/// word as two overlapping halves).
 #[inline]
-fn plain_ascii(raw: &[u8]) -> bool {
+pub(crate) fn is_plain(raw: &[u8]) -> bool {
     const HIGHS: u64 = 0x8080_8080_8080_8080;
-    let plain = |word: u64| word & HIGHS == 0 && bytes_equal_to(word, b'\\') == 0;
+    let plain = |word: u64| {
+        word & HIGHS == 0 && bytes_equal_to(word, b'\\') | bytes_equal_to(word, b'"') == 0
+    };
     if let Some(last) = raw.last_chunk::<8>() {
         let (words, rest) = raw.as_chunks::<8>();
         return words.iter().all(|w| plain(u64::from_le_bytes(*w)))
@@ -146,7 +152,7 @@ fn plain_ascii(raw: &[u8]) -> bool {
         (Some(first), Some(last)) => plain(
             u64::from(u32::from_le_bytes(*first)) | u64::from(u32::from_le_bytes(*last)) << 32,
         ),
-        _ => raw.iter().all(|&b| b.is_ascii() && b != b'\\'),
+        _ => raw.iter().all(|&b| b.is_ascii() && b != b'\\' && b != b'"'),
     }
 }
 
@@ -206,14 +212,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn plain_ascii_finds_a_backslash_or_a_non_ascii_byte_at_every_length_and_position() {
+    fn plain_content_has_no_backslash_quote_or_non_ascii_byte_at_any_length_and_position() {
         for len in 0..40 {
-            assert!(plain_ascii(&vec![b'a'; len]));
+            assert!(is_plain(&vec![b'a'; len]));
             for at in 0..len {
-                for odd in [b'\\', 0x80, 0xC3, 0xFF] {
+                for odd in [b'\\', b'"', 0x80, 0xC3, 0xFF] {
                     let mut raw = vec![b'a'; len];
                     raw[at] = odd;
-                    assert!(!plain_ascii(&raw), "{raw:?}");
+                    assert!(!is_plain(&raw), "{raw:?}");
                 }
             }
         }

@@ -40,7 +40,7 @@ mod skip;
 mod tests;
 
 pub(crate) use cursor::Cursor;
-pub(crate) use decode::{append_decoded, has_escape};
+pub(crate) use decode::{append_decoded, has_escape, is_plain};
 use decode::{decode, decoded_eq, decoded_eq_ignoring_ascii_case};
 pub(crate) use skip::string_end;
 use skip::{skip_whitespace, value_end};

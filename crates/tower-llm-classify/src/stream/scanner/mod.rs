@@ -428,7 +428,7 @@ impl EventScanner {
             if self.event_name_len == 0 && self.dialect == Dialect::OpenAiChat {
                 self.chat_finish(trimmed, hit.content);
             }
-            self.pending.not_json = !t.append_text(hit.text);
+            self.pending.not_json = !hit.append_to(t);
             return;
         }
         let name = self.event_name();

@@ -25,6 +25,7 @@
 //! Two comparisons of bytes then replace a walk of the event and the
 //! searches for its error and content keys.
 
+use crate::json;
 use crate::stream::transcript::Transcript;
 
 /// The room the template is first given: an OpenAI chunk's envelope (a
@@ -56,9 +57,24 @@ pub(super) type IsContent<'a> = &'a dyn Fn(&[u8]) -> bool;
 pub(super) struct Hit<'a> {
     /// The string's content, escapes as written.
     pub(super) text: &'a [u8],
+    /// Whether the string is plain ASCII without escapes.
+    plain: bool,
     /// Whether the scanner counts the event as content (false when the
     /// caller did not ask).
     pub(super) content: bool,
+}
+
+impl Hit<'_> {
+    /// Appends the string to the transcript's text: `false` when an
+    /// escape in it is invalid.
+    pub(super) fn append_to(&self, transcript: &mut Transcript) -> bool {
+        if self.plain {
+            transcript.append_plain_text(self.text);
+            true
+        } else {
+            transcript.append_text(self.text)
+        }
+    }
 }
 
 impl EventReader {
@@ -88,11 +104,13 @@ impl EventReader {
             return None;
         }
         // `before` ends with the string's opening quote and `after` starts
-        // with its closing one: the string must close exactly there.
-        if crate::json::string_end(data, start) != Some(end) {
+        // with its closing one: the string must close exactly there, as
+        // plain content does.
+        let text = &data[start..end];
+        let plain = json::is_plain(text);
+        if !plain && json::string_end(data, start) != Some(end) {
             return None;
         }
-        let text = &data[start..end];
         let content = content.is_some_and(|content| {
             let verdict = if text.is_empty() {
                 &mut self.content_without_text
@@ -101,14 +119,18 @@ impl EventReader {
             };
             *verdict.get_or_insert_with(|| content(data))
         });
-        Some(Hit { text, content })
+        Some(Hit {
+            text,
+            plain,
+            content,
+        })
     }
 
     /// Reads one event's data into `transcript`: `false` when it is not a
     /// well-formed JSON object (the text it would have added is not kept).
     pub(super) fn read(&mut self, transcript: &mut Transcript, name: &[u8], data: &[u8]) -> bool {
         if let Some(hit) = self.hit(name, data, None) {
-            return transcript.append_text(hit.text);
+            return hit.append_to(transcript);
         }
         let read = transcript.event(name, data);
         match read.text {

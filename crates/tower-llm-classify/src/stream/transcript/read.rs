@@ -66,6 +66,12 @@ impl Transcript {
         json::append_decoded(raw, self.text_buffer())
     }
 
+    /// Appends a JSON string's content that is plain ASCII without
+    /// escapes ([`json::is_plain`]): as it is.
+    pub(crate) fn append_plain_text(&mut self, raw: &[u8]) {
+        self.text_buffer().extend_from_slice(raw);
+    }
+
     /// `{"id","object","created","model","system_fingerprint","choices":[…],"usage"}`.
     fn chat_chunk(&mut self, cursor: &mut Cursor<'_>) -> bool {
         cursor.object(|c, key| match &*name(key) {
