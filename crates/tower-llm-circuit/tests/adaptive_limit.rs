@@ -346,6 +346,32 @@ async fn an_open_breakers_refusals_and_the_limits_own_refusals_never_lower_it() 
     assert_eq!(counts(&keys), (4, 0, 0));
 }
 
+/// `n` calls, one at a time, each answered with a shed.
+async fn shed_one_at_a_time(
+    service: &mut AdaptiveLimit<Circuit<Mock>>,
+    handle: &mut Handle,
+    n: usize,
+) {
+    for _ in 0..n {
+        let call = service.ready().await.unwrap().call(request());
+        let (_, send) = handle.next_request().await.unwrap();
+        send.send_error(shed());
+        assert_eq!(call.await.unwrap_err().kind(), ErrorKind::Overloaded);
+    }
+}
+
+/// The open interval (10 s) passes and a probe succeeds.
+async fn probe_after_the_open_interval(
+    service: &mut AdaptiveLimit<Circuit<Mock>>,
+    handle: &mut Handle,
+) {
+    tokio::time::advance(Duration::from_secs(10)).await;
+    let probe = service.ready().await.unwrap().call(request());
+    let (_, send) = handle.next_request().await.unwrap();
+    send.send_response(empty());
+    probe.await.unwrap();
+}
+
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn the_limit_starts_again_from_its_initial_value_when_the_breaker_closes_after_an_outage() {
     let (mut service, mut handle, circuit) = limit_over_circuit();
@@ -354,21 +380,12 @@ async fn the_limit_starts_again_from_its_initial_value_when_the_breaker_closes_a
     // Down: ten shed answers, one at a time. The sixth halves the limit
     // (30 % of a window of 20), the next four are too few for another
     // halving, the tenth opens the breaker.
-    for _ in 0..10 {
-        let call = service.ready().await.unwrap().call(request());
-        let (_, send) = handle.next_request().await.unwrap();
-        send.send_error(shed());
-        assert_eq!(call.await.unwrap_err().kind(), ErrorKind::Overloaded);
-    }
+    shed_one_at_a_time(&mut service, &mut handle, 10).await;
     assert_eq!(keys.state(KEY), Some(CircuitState::Open));
     assert_eq!(limit(&keys).limit, 2);
     // Back: the probe succeeds, the breaker closes, and the limit starts
     // again from 4 rather than growing back from 2 (by 1/2 per success).
-    tokio::time::advance(Duration::from_secs(10)).await;
-    let probe = service.ready().await.unwrap().call(request());
-    let (_, send) = handle.next_request().await.unwrap();
-    send.send_response(empty());
-    probe.await.unwrap();
+    probe_after_the_open_interval(&mut service, &mut handle).await;
     assert_eq!(keys.state(KEY), Some(CircuitState::Closed));
     assert_eq!(counts(&keys), (4, 0, 0));
 }
@@ -382,20 +399,11 @@ async fn the_limit_turns_off_when_the_breaker_closes_after_an_outage() {
     // Down: ten shed answers, one at a time. The sixth turns the limit on
     // (30 % of a window of 20) at the minimum (half of the one call in
     // flight), the tenth opens the breaker.
-    for _ in 0..10 {
-        let call = service.ready().await.unwrap().call(request());
-        let (_, send) = handle.next_request().await.unwrap();
-        send.send_error(shed());
-        assert_eq!(call.await.unwrap_err().kind(), ErrorKind::Overloaded);
-    }
+    shed_one_at_a_time(&mut service, &mut handle, 10).await;
     assert_eq!(keys.state(KEY), Some(CircuitState::Open));
     assert!(limit(&keys).enabled);
     assert_eq!(limit(&keys).limit, 1);
-    tokio::time::advance(Duration::from_secs(10)).await;
-    let probe = service.ready().await.unwrap().call(request());
-    let (_, send) = handle.next_request().await.unwrap();
-    send.send_response(empty());
-    probe.await.unwrap();
+    probe_after_the_open_interval(&mut service, &mut handle).await;
     assert_eq!(keys.state(KEY), Some(CircuitState::Closed));
     assert!(!limit(&keys).enabled);
 }
