@@ -247,8 +247,9 @@ fn a_healthy_stream_that_could_be_continued_allocates_nothing_per_event() {
     let short0 = allocations_of_one_stream(StreamUpstream::of(50), 0);
     let long0 = allocations_of_one_stream(StreamUpstream::of(400), 0);
     eprintln!("50 events {short}, 400 events {long}; without continuation {short0}, {long0}");
-    // Measured (debug build): 58 and 61 with continuation, 26 and 26
-    // without. What keeping the transcript costs is per stream (the
+    // Measured (debug build): 43 and 45 with continuation (58 and 61
+    // before the transcript reserved its text and shared one template
+    // buffer), 26 and 26 without. What keeping the transcript costs is per stream (the
     // transcript, its text growing by doubling, the envelope's strings),
     // never per event: 8× the events may only add the text buffer's
     // doublings.
