@@ -132,6 +132,8 @@ impl RequestMeta {
     /// assert_eq!(meta.provider, Provider::Ollama);
     /// assert_eq!(meta.model.as_deref(), Some("llama3.2"));
     /// ```
+    ///
+    /// The request's [`token`](Self::token) stays the same.
     pub fn retarget(&mut self, uri: &Uri, headers: &HeaderMap, model: Option<Arc<str>>) {
         let scanned = ScannedBody {
             model: None,
@@ -147,6 +149,8 @@ impl RequestMeta {
             None if self.body.model => self.model.take(),
             None => meta.model,
         };
+        // The same request, sent elsewhere: its identity stays.
+        meta.token = self.token;
         *self = meta;
     }
 

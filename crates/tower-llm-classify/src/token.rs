@@ -116,6 +116,21 @@ mod tests {
     }
 
     #[test]
+    fn a_request_sent_to_another_target_keeps_its_token() {
+        let uri: http::Uri = "https://api.openai.com/v1/chat/completions"
+            .parse()
+            .unwrap();
+        let headers = http::HeaderMap::new();
+        let mut meta = crate::RequestMeta::from_request(&uri, &headers, Some(br#"{"model":"a"}"#));
+        let token = meta.token();
+        let local: http::Uri = "http://127.0.0.1:11434/v1/chat/completions"
+            .parse()
+            .unwrap();
+        meta.retarget(&local, &headers, Some("b".into()));
+        assert_eq!(meta.token(), token);
+    }
+
+    #[test]
     fn a_request_with_metadata_has_its_metadata_token() {
         let mut request = Request::post("https://api.openai.com/v1/chat/completions")
             .body(())
