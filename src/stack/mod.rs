@@ -307,9 +307,9 @@ impl LlmStack {
     ///
     /// Overload is not an outage: a target that sheds some calls (503
     /// "overloaded", 529, a full queue) still serves most of them. The
-    /// limit is off — one atomic load per call — until a window of a key's
-    /// answers is 30 % shed (a few random overload answers are noise a
-    /// retry handles); it then caps the calls in flight at what was in
+    /// limit is off (a call only counts itself in flight and its answer in
+    /// the window) until a window of a key's answers is 30 % shed (a few
+    /// random overload answers are noise a retry handles); it then caps the calls in flight at what was in
     /// flight times the backoff, halves again while the shedding goes on
     /// and grows back with successes (AIMD, as Netflix's concurrency-limits
     /// and Envoy's adaptive concurrency filter), and turns off after a

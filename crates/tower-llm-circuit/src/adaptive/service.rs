@@ -23,8 +23,10 @@ use crate::registry::Registry;
 /// (when they are a share of a window's answers) and successes raise;
 /// while the key is not, a call only counts itself in flight; a call over the limit waits for room,
 /// within the configured queue, then is refused locally with an error of
-/// kind overloaded that the retry layer does not retry and a fallback
-/// moves on from.
+/// kind overloaded, phase local: a fallback moves on from it, a retry
+/// policy that leaves silence to the fallback (`retry_on_silence(false)`)
+/// gives it up as `GiveUp::LocallyShed`, and a route's last target retries
+/// it after the backoff (spending retry budget, as any retry).
 ///
 /// It sits above the circuit (Retry → AdaptiveLimit → Circuit →
 /// Classify): every attempt, retries included, needs room; an open
@@ -68,7 +70,8 @@ impl<S> AdaptiveLimit<S> {
 }
 
 /// The error of a call refused for want of room: overloaded, local (no
-/// request was sent), not retried on this key.
+/// request was sent); retried after a backoff only where the retry policy
+/// does not leave it to a fallback.
 pub(crate) fn refusal(breaker: &Breaker, waited: Option<Duration>) -> LlmError {
     let limiter = breaker.limiter();
     let message = match waited {
