@@ -55,6 +55,8 @@ pin_project_lite::pin_project! {
         // log, and the trailer when `trailers`).
         continuation: Option<ContinuationReport>,
         trailers: bool,
+        // The trailer to send after a stream's in-band error event.
+        pending: Option<HeaderMap>,
         ended: bool,
         _permit: OwnedSemaphorePermit,
     }
@@ -81,6 +83,7 @@ impl<B> ResponseBody<B> {
             in_band,
             continuation: None,
             trailers: false,
+            pending: None,
             ended: false,
             _permit: permit,
         }
@@ -153,14 +156,18 @@ where
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let mut this = self.project();
         if *this.ended {
-            return Poll::Ready(None);
+            return Poll::Ready(this.pending.take().map(|t| Ok(Frame::trailers(t))));
         }
         let in_band = *this.in_band;
         let mut fail = |error: BoxError| -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+            // A continued answer that failed in the end is told too: in
+            // the metrics and the log, and in the trailer announced.
+            let fields = told(this.continuation.as_ref(), *this.trailers);
             let Some(dialect) = in_band else {
                 return Poll::Ready(Some(Err(error)));
             };
             *this.ended = true;
+            *this.pending = fields;
             let classification = error.classification();
             tracing::info!(
                 kind = classification.kind().as_str(),
@@ -220,7 +227,11 @@ where
 
     fn is_end_stream(&self) -> bool {
         // With a report to tell, the end is ours to say (after it).
-        self.ended || (self.continuation.is_none() && self.body.is_end_stream())
+        if self.ended {
+            self.pending.is_none()
+        } else {
+            self.continuation.is_none() && self.body.is_end_stream()
+        }
     }
 
     fn size_hint(&self) -> http_body::SizeHint {

@@ -360,6 +360,43 @@ async fn a_stream_cut_after_40_of_60_tokens_is_finished_by_a_backup_that_continu
 }
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_continued_stream_that_breaks_for_good_still_says_it_was_continued() {
+    let reply = |plan: FaultPlan| async move {
+        Simulator::builder()
+            .reply_tokens(60)
+            .plan(plan)
+            .start()
+            .await
+            .unwrap()
+    };
+    // The primary breaks after 40 tokens; every rest the backup sends
+    // breaks after 2 more, until the continuations allowed are spent.
+    let primary = reply(FaultPlan::always(Fault::stream_drop_after(40))).await;
+    let backup = reply(FaultPlan::always(Fault::stream_drop_after(2))).await;
+    let config = two_targets(&primary, &backup).replace(
+        "model = \"llama3.2\"",
+        "model = \"llama3.2\"\n        continuation = \"trailing_assistant\"",
+    );
+    let gateway = Gateway::start(&config, Default::default()).await;
+
+    let mut asks_for_trailers = HeaderMap::new();
+    asks_for_trailers.insert(header::TE, HeaderValue::from_static("trailers"));
+    let response = gateway
+        .post_with(chat("gpt-4o", true), asks_for_trailers)
+        .await;
+    let whole = response.into_body().collect().await.unwrap();
+    let trailers = whole.trailers().cloned().expect("the continuation trailer");
+    let continued = trailers[CONTINUED_TRAILER].to_str().unwrap().to_owned();
+    let received = String::from_utf8(whole.to_bytes().to_vec()).unwrap();
+    assert!(!received.contains("[DONE]"), "never presented as complete");
+    assert!(received.contains("stream_incomplete"), "{received}");
+    assert!(
+        continued.starts_with("4; backup"),
+        "each continuation told: {continued}"
+    );
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn health_shows_an_open_circuit_and_a_degraded_status() {
     let primary = sim(Fault::status(503)).await;
     let backup = sim(Fault::ok()).await;
