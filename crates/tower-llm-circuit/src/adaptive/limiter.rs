@@ -1,7 +1,8 @@
 //! One key's adaptive limit: calls in flight, the limit (or none: off),
 //! and the calls waiting for room. Lock-free while there is room; the
 //! queue's lock is taken only by calls that wait, by releases that hand
-//! them room, and when the limit turns off.
+//! them room, and when the limit turns off; a small lock orders a
+//! decrease against turning the limit off after a quiet period.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -130,6 +131,10 @@ pub(crate) struct Limiter {
     /// When the limit was last lowered (or turned on), in nanoseconds
     /// after `start`: a limit on for a quiet period since turns off.
     lowered_at: AtomicU64,
+    /// Held by a decrease while it notes `lowered_at` and lowers the
+    /// limit, and by a quiet check while it turns the limit off: a
+    /// decrease always keeps a racing check from turning it off.
+    lowering: Mutex<()>,
     start: Instant,
     /// The window ([`WindowState`], packed): answers to calls admitted
     /// before the last decrease (another epoch) are not counted.
@@ -160,6 +165,7 @@ impl Limiter {
             in_flight: AtomicU32::new(0),
             limit: AtomicU64::new(limit),
             lowered_at: AtomicU64::new(0),
+            lowering: Mutex::new(()),
             start: Instant::now(),
             window: AtomicU64::new(0),
             waiting: AtomicU32::new(0),
@@ -365,19 +371,23 @@ impl Limiter {
     /// deciding call included) times the backoff.
     fn shrink(&self, in_flight: u32, config: &AdaptiveLimitConfig) {
         let min = f64::from(config.min);
-        self.lowered_at.store(self.now(), Ordering::Release);
         let mut was_on = true;
-        let _ = self
-            .limit
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |bits| {
-                was_on = bits != OFF;
-                let from = if was_on {
-                    f64::from_bits(bits)
-                } else {
-                    f64::from(in_flight)
-                };
-                Some((from * config.backoff).max(min).to_bits())
-            });
+        {
+            // With the quiet check's lock: see `off_if_still_quiet`.
+            let _lowering = self.lowering.lock().unwrap_or_else(|p| p.into_inner());
+            self.lowered_at.store(self.now(), Ordering::Release);
+            let _ = self
+                .limit
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |bits| {
+                    was_on = bits != OFF;
+                    let from = if was_on {
+                        f64::from_bits(bits)
+                    } else {
+                        f64::from(in_flight)
+                    };
+                    Some((from * config.backoff).max(min).to_bits())
+                });
+        }
         if was_on {
             tracing::debug!(target: crate::TRACING_TARGET, limit = self.limit(), "adaptive limit lowered: shed answers reached the shed rate of a window");
         } else {
@@ -387,19 +397,44 @@ impl Limiter {
 
     /// Turns a limit that has not been lowered for the quiet period off.
     fn off_if_quiet(&self, config: &AdaptiveLimitConfig) {
-        let bits = self.limit.load(Ordering::Acquire);
-        if bits == OFF || !config.off_until_shed {
-            return;
+        if self.is_quiet(config) {
+            self.off_if_still_quiet(config);
+        }
+    }
+
+    /// Whether the limit is on and was not lowered for the quiet period
+    /// (no lock: most checks end here).
+    fn is_quiet(&self, config: &AdaptiveLimitConfig) -> bool {
+        if !config.off_until_shed || self.limit.load(Ordering::Acquire) == OFF {
+            return false;
         }
         let quiet = u64::try_from(config.quiet_period.as_nanos()).unwrap_or(u64::MAX);
         let lowered_at = self.lowered_at.load(Ordering::Acquire);
-        // Only the limit read above: a decrease meanwhile keeps it on.
-        if self.now().saturating_sub(lowered_at) >= quiet
-            && self
-                .limit
-                .compare_exchange(bits, OFF, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
-        {
+        self.now().saturating_sub(lowered_at) >= quiet
+    }
+
+    /// Turns the limit off if it is still quiet, checked again under the
+    /// lock `shrink` holds while it notes the time and lowers the limit.
+    ///
+    /// The limit's word alone cannot tell that a decrease came: at the
+    /// minimum, `shrink` writes back the same bits, so a check that read
+    /// the limit and the old `lowered_at` before a decrease would still
+    /// turn the limit off after it (ABA) although the window just said to
+    /// keep it on. Under the lock, this check runs wholly before a
+    /// decrease (which then turns the limit on again from what is in
+    /// flight) or wholly after it (and sees its `lowered_at`). The compare
+    /// and swap stays for growth, which takes no lock.
+    fn off_if_still_quiet(&self, config: &AdaptiveLimitConfig) {
+        let turned_off = {
+            let _lowering = self.lowering.lock().unwrap_or_else(|p| p.into_inner());
+            let bits = self.limit.load(Ordering::Acquire);
+            self.is_quiet(config)
+                && self
+                    .limit
+                    .compare_exchange(bits, OFF, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+        };
+        if turned_off {
             self.switched_off("no window lowered it for its quiet period");
         }
     }

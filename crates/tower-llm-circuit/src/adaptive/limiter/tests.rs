@@ -464,3 +464,23 @@ fn a_restart_turns_a_limit_that_is_on_off() {
         (running.len() as u32 + 1, 0)
     );
 }
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_decrease_at_the_minimum_between_a_quiet_check_and_turning_off_keeps_the_limit_on() {
+    let config = off_until_shed();
+    let limiter = Limiter::new(&config);
+    let _running = turn_on(&limiter, &config, 4);
+    limiter.shrink(limiter.in_flight(), &config);
+    assert_eq!(limiter.limit(), 1, "at its minimum");
+    tokio::time::advance(config.quiet_period()).await;
+    // A quiet check finds the period over...
+    assert!(limiter.is_quiet(&config));
+    let bits = limiter.limit.load(Ordering::SeqCst);
+    // ...then a window lowers the limit, at its minimum: the same bits...
+    limiter.shrink(limiter.in_flight(), &config);
+    assert_eq!(limiter.limit.load(Ordering::SeqCst), bits);
+    // ...and the check, going on to turn it off, sees the decrease.
+    limiter.off_if_still_quiet(&config);
+    assert!(limiter.is_on());
+    assert_eq!(limiter.limit(), 1);
+}
