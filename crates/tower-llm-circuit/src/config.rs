@@ -379,7 +379,9 @@ impl CircuitConfigBuilder {
         self
     }
 
-    /// At most this many keys; idle ones are evicted first.
+    /// At most this many keys; idle ones are evicted first. A key with
+    /// calls in flight or waiting in its adaptive limit is never evicted,
+    /// nor a state set by hand (a shard may then hold more than its share).
     pub fn max_keys(mut self, keys: usize) -> Self {
         self.config.max_keys = keys;
         self

@@ -42,6 +42,18 @@ impl fmt::Debug for Registry {
     }
 }
 
+/// Whether eviction leaves `breaker` alone: a state set by hand (it stays
+/// until it is reset), or calls in flight or waiting in its adaptive limit
+/// (evicted, its calls would be counted and limited apart from the key's
+/// new ones).
+fn kept(breaker: &Breaker) -> bool {
+    matches!(
+        breaker.state(),
+        CircuitState::ForcedOpen | CircuitState::Disabled | CircuitState::MetricsOnly
+    ) || breaker.limiter().in_flight() != 0
+        || breaker.limiter().waiting() != 0
+}
+
 impl Registry {
     pub(crate) fn new(config: CircuitConfig, on_transition: Option<Arc<OnTransition>>) -> Self {
         static IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
@@ -105,7 +117,10 @@ impl Registry {
 
     /// Makes room in a full shard (`max_keys` is split over 16 shards,
     /// rounded up): idle keys first, then the least recently used closed
-    /// key, then open ones. A state set by hand is never evicted.
+    /// key, then open ones. A state set by hand is never evicted, nor a key
+    /// whose adaptive limit has calls in flight or waiting (its
+    /// `last_used` is noted when a call starts, so a key serving only
+    /// long streams looks idle).
     fn evict(&self, map: &mut HashMap<Arc<str>, Arc<Breaker>>, now: Duration) {
         let per_shard = self.config.max_keys.div_ceil(SHARDS).max(1);
         if map.len() < per_shard {
@@ -114,29 +129,19 @@ impl Registry {
         let idle = u64::try_from(self.config.idle_eviction.as_nanos()).unwrap_or(u64::MAX);
         let t = u64::try_from(now.as_nanos()).unwrap_or(u64::MAX);
         let before = map.len();
-        // A state set by hand stays until it is reset: never evicted idle.
-        map.retain(|_, b| {
-            matches!(
-                b.state(),
-                CircuitState::ForcedOpen | CircuitState::Disabled | CircuitState::MetricsOnly
-            ) || t.saturating_sub(b.last_used.load(Ordering::Relaxed)) < idle
-        });
+        // A state set by hand stays until it is reset: never evicted idle;
+        // nor is a key with calls in flight or waiting.
+        map.retain(|_, b| kept(b) || t.saturating_sub(b.last_used.load(Ordering::Relaxed)) < idle);
         if map.len() < before {
             self.evictions.fetch_add(1, Ordering::AcqRel);
         }
         while map.len() >= per_shard {
-            // Closed keys first, then open ones; a state set by hand is
-            // never evicted (the shard may exceed its share for it).
+            // Closed keys first, then open ones; a state set by hand, or a
+            // key with calls in flight or waiting, is never evicted (the
+            // shard may exceed its share for it).
             let victim = map
                 .iter()
-                .filter(|(_, b)| {
-                    !matches!(
-                        b.state(),
-                        CircuitState::ForcedOpen
-                            | CircuitState::Disabled
-                            | CircuitState::MetricsOnly
-                    )
-                })
+                .filter(|(_, b)| !kept(b))
                 .min_by_key(|(_, b)| {
                     (
                         b.state() != CircuitState::Closed,
@@ -185,5 +190,57 @@ impl Registry {
             .collect();
         all.sort_by(|a, b| a.key.cmp(&b.key));
         all
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A registry of one key per shard, idle after 60 s.
+    fn one_per_shard() -> Registry {
+        let config = CircuitConfig::builder()
+            .max_keys(1)
+            .idle_eviction(Duration::from_secs(60))
+            .build()
+            .unwrap();
+        Registry::new(config, None)
+    }
+
+    /// `count` keys other than `key` in its shard.
+    fn shard_mates(registry: &Registry, key: &str, count: usize) -> Vec<String> {
+        let shard: *const Shard = registry.shard(key);
+        (0..)
+            .map(|i| format!("mate-{i}"))
+            .filter(|k| std::ptr::eq(registry.shard(k), shard))
+            .take(count)
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_key_with_calls_in_flight_in_its_limit_is_never_evicted_idle_or_least_recently_used()
+    {
+        let registry = one_per_shard();
+        let streaming = registry.get("streaming", Duration::ZERO);
+        // One long stream: `last_used` noted when it started, never since.
+        assert!(streaming.limiter().try_acquire());
+        let mates = shard_mates(&registry, "streaming", 3);
+
+        // A full shard, the key least recently used but not idle.
+        registry.get(&mates[0], Duration::from_secs(30));
+        // A full shard, the key idle.
+        registry.get(&mates[1], Duration::from_secs(120));
+        let kept = registry.find("streaming").expect("kept");
+        assert!(Arc::ptr_eq(&kept, &streaming));
+
+        // Its stream ended: the key goes like any other.
+        let window = streaming.limiter().window();
+        streaming.limiter().release(
+            window,
+            crate::adaptive::Sample::Nothing,
+            &registry.config.adaptive_limit,
+        );
+        registry.get(&mates[2], Duration::from_secs(150));
+        assert!(registry.find("streaming").is_none());
     }
 }

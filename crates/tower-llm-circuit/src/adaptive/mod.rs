@@ -100,4 +100,6 @@ pub use config::{AdaptiveLimitConfig, AdaptiveLimitConfigBuilder};
 pub use future::LimitFuture;
 pub use layer::AdaptiveLimitLayer;
 pub(crate) use limiter::Limiter;
+#[cfg(test)]
+pub(crate) use limiter::Sample;
 pub use service::AdaptiveLimit;
