@@ -243,7 +243,11 @@ impl RetryPolicyBuilder {
     /// A retry is drawn from the budget when it is sent, not when it is
     /// decided, so waiting out a backoff or a `retry-after` holds nothing
     /// (the budget is still asked at the decision, and an empty one ends
-    /// the call at once). A retry the caller cancels after it was sent
+    /// the call at once; one that empties while the retry waits ends it
+    /// when the wait is over, with `BudgetExhausted` and the previous
+    /// failure: under a storm, concurrent retries that all found room at
+    /// their decision may wait out their backoff and then find none, since
+    /// nothing is reserved). A retry the caller cancels after it was sent
     /// stays spent: the upstream had it, and giving it back would let
     /// callers that time out during an outage retry without bound.
     ///
