@@ -212,16 +212,18 @@ async fn guard_reads_first_content_from_classify_progress_without_its_own_scan()
     assert_eq!(&text[..], b": hidden\n\n: hidden\n\n: hidden\n\n");
 }
 
-#[tokio::test(flavor = "current_thread", start_paused = true)]
-async fn guard_returns_the_in_band_error_classify_read_and_the_layer_between_sees_it() {
+/// One attempt of an Anthropic stream whose overload event comes before
+/// any content, through `probe` over Classify: the call's error and what
+/// the layer between saw.
+async fn overloaded_before_content(probe: Probe, request_id: &str) -> (LlmError, Log) {
     let (mock, mut handle) = mock::pair::<Request<ReplayBody>, Response<ChannelBody>>();
-    let (probe, log) = probed(ClassifyLayer::new().layer(mock), Probe::PassThrough);
+    let (probe, log) = probed(ClassifyLayer::new().layer(mock), probe);
     let one_attempt = RetryPolicy::builder().max_attempts(1).build().unwrap();
     let service = RetryLayer::new(one_attempt).layer(probe);
     let mut call = task::spawn(service.oneshot(request(ANTHROPIC)));
     assert_pending!(call.poll());
     let (_, send) = handle.next_request().await.unwrap();
-    let (response, tx) = sse("req-42");
+    let (response, tx) = sse(request_id);
     send.send_response(response);
     tx.send(Bytes::from_static(MESSAGE_START)).unwrap();
     tx.send(Bytes::from_static(OVERLOADED_EVENT)).unwrap();
@@ -230,6 +232,12 @@ async fn guard_returns_the_in_band_error_classify_read_and_the_layer_between_see
         Ok(_) => panic!("a stream that failed before content was handed over"),
         Err(error) => error,
     };
+    (error, log)
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn guard_returns_the_in_band_error_classify_read_and_the_layer_between_sees_it() {
+    let (error, log) = overloaded_before_content(Probe::PassThrough, "req-42").await;
     assert_eq!(error.kind(), ErrorKind::Overloaded);
     assert_eq!(
         error.classification().phase(),
@@ -344,24 +352,9 @@ async fn without_classify_below_an_error_as_the_first_event_is_retried_by_the_gu
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn a_stream_that_reported_an_error_it_did_not_return_is_not_handed_over() {
-    let (mock, mut handle) = mock::pair::<Request<ReplayBody>, Response<ChannelBody>>();
     // The layer between turns the error Classify returns into the end of
     // the body: the progress said it failed, the body says it ended.
-    let (probe, log) = probed(ClassifyLayer::new().layer(mock), Probe::SwallowErrors);
-    let one_attempt = RetryPolicy::builder().max_attempts(1).build().unwrap();
-    let service = RetryLayer::new(one_attempt).layer(probe);
-    let mut call = task::spawn(service.oneshot(request(ANTHROPIC)));
-    assert_pending!(call.poll());
-    let (_, send) = handle.next_request().await.unwrap();
-    let (response, tx) = sse("req-1");
-    send.send_response(response);
-    tx.send(Bytes::from_static(MESSAGE_START)).unwrap();
-    tx.send(Bytes::from_static(OVERLOADED_EVENT)).unwrap();
-
-    let error = match assert_ready!(call.poll()) {
-        Ok(_) => panic!("a stream that failed before content was handed over"),
-        Err(error) => error,
-    };
+    let (error, log) = overloaded_before_content(Probe::SwallowErrors, "req-1").await;
     assert_eq!(error.classification().phase(), Phase::AfterHeaders);
     assert_eq!(error.kind(), ErrorKind::Unknown);
     assert_eq!(
