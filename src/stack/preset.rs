@@ -126,7 +126,7 @@ impl Preset {
     /// random failures are retried, since only the retries that fail
     /// again are spent (p² + p³: 6 % of requests at 22 % failures, 12 % at
     /// 30 %), while an outage, where no retry succeeds, stays within 1.14×
-    /// the offered load. Measured with `cargo bench --bench chaos --
+    /// the offered load. Measured with `cargo bench -p tower-llm-bench --bench chaos --
     /// transient rate_limit retry_storm`: at 10 % without give-backs a
     /// provider failing 22 % of calls at random left 13 % of requests
     /// failed for want of budget; now none are; 0.15 would put a storm

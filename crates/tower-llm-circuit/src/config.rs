@@ -91,7 +91,7 @@ impl CircuitConfig {
     fn base() -> CircuitConfig {
         CircuitConfig {
             window: WindowKind::Count(50),
-            // The chaos suite (benches/chaos, `transient`: 22 % random
+            // The chaos suite (crates/tower-llm-bench/benches/chaos, `transient`: 22 % random
             // failures) opened a breaker with 10 minimum calls and 5
             // consecutive failures about once per 2,400 attempts — and an
             // open breaker with nowhere else to go turns 22 % failures into
@@ -339,7 +339,7 @@ impl CircuitConfigBuilder {
     /// has nowhere else to send its calls: LiteLLM does not cool down a
     /// deployment that is alone in its group, as a cooldown can then only
     /// turn a chance of success into a certain failure (measured:
-    /// `cargo bench --bench chaos -- rate_limit`). Quota cooldowns stay.
+    /// `cargo bench -p tower-llm-bench --bench chaos -- rate_limit`). Quota cooldowns stay.
     pub fn rate_limit_cooldown(mut self, on: bool) -> Self {
         self.config.rate_limit_cooldown = on;
         self
@@ -350,7 +350,7 @@ impl CircuitConfigBuilder {
     /// the target (on by default). Turn it off where the key has nowhere
     /// else to send its calls: a busy provider is not a down one, and an
     /// open breaker in front of a lone target turns a share of shed answers
-    /// into every call failing (measured: `cargo bench --bench chaos --
+    /// into every call failing (measured: `cargo bench -p tower-llm-bench --bench chaos --
     /// stream_529_first`, 25 % overload as a stream's first event: 89 %
     /// served without the breaker hearing them, 1 % once it did). Connect
     /// failures, timeouts and server errors still count.
@@ -367,7 +367,7 @@ impl CircuitConfigBuilder {
     /// come together (streams that went silent, ended by one idle timeout
     /// within a second of each other) would otherwise open the breaker of
     /// a target that serves most of its calls, and every call of the open
-    /// interval fails (measured: `cargo bench --bench chaos --
+    /// interval fails (measured: `cargo bench -p tower-llm-bench --bench chaos --
     /// stream_stall`, 20 % of streams stalled after 5 content events, 32
     /// callers). Off, such a failure is not counted in the window nor in
     /// the consecutive failures, and a half-open probe that ends so

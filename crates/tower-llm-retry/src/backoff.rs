@@ -22,7 +22,7 @@
 //! jitter, which starts from `base` whatever the count, excepted). Its
 //! optimistic-concurrency simulation at 100 clients, base 5 ms, cap 2 s, is
 //! `Backoff::exponential(10 ms, 2 s)` here: 795 calls in 4.92 s against the
-//! blog's 794 in 4.95 s (`cargo bench --bench chaos -- aws_backoff`).
+//! blog's 794 in 4.95 s (`cargo bench -p tower-llm-bench --bench chaos -- aws_backoff`).
 
 use std::time::Duration;
 

@@ -530,7 +530,7 @@ pub(crate) fn write(
          Every contender meets the same seeded scenario against the testkit's simulated \
          providers over loopback; time is Tokio's paused clock, so latencies are virtual \
          (waiting, not CPU) and runs are reproducible. Amplification is upstream calls \
-         (primary and backup) per client request. The harness is `benches/chaos/`.\n",
+         (primary and backup) per client request. The harness is `crates/tower-llm-bench/benches/chaos/`.\n",
         date_today(),
         wall.as_secs_f64()
     );
@@ -606,8 +606,8 @@ pub(crate) fn write(
             }
             let _ = writeln!(
                 md,
-                "![success rate over time](benches/chaos/outage_success.svg)\n\n\
-                 ![calls to the primary over time](benches/chaos/outage_calls.svg)\n"
+                "![success rate over time](crates/tower-llm-bench/benches/chaos/outage_success.svg)\n\n\
+                 ![calls to the primary over time](crates/tower-llm-bench/benches/chaos/outage_calls.svg)\n"
             );
         }
     }
@@ -622,7 +622,7 @@ pub(crate) fn write(
     }
     // The run's tables go between the markers; what is around them (the
     // reading of the figures, the goals) is kept.
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/BENCHMARKS.md");
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../BENCHMARKS.md");
     let (begin, end) = ("<!-- chaos:begin -->", "<!-- chaos:end -->");
     let old = std::fs::read_to_string(path).unwrap_or_default();
     let new = match (old.find(begin), old.find(end)) {

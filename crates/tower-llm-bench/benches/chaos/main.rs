@@ -6,8 +6,8 @@
 //! where the scenario has a second provider).
 //!
 //! ```text
-//! cargo bench --bench chaos                  # every scenario: rewrites the tables in BENCHMARKS.md and the charts
-//! cargo bench --bench chaos -- transient     # the scenarios whose name contains "transient" (printed only)
+//! cargo bench -p tower-llm-bench --bench chaos                  # every scenario: rewrites the tables in BENCHMARKS.md and the charts
+//! cargo bench -p tower-llm-bench --bench chaos -- transient     # the scenarios whose name contains "transient" (printed only)
 //! ```
 //!
 //! Time is Tokio's paused clock: the simulators' latencies, retry-after
@@ -579,7 +579,7 @@ fn main() {
         }
         results.push((scenario, runs));
     }
-    let command = std::iter::once("cargo bench --bench chaos".to_owned())
+    let command = std::iter::once("cargo bench -p tower-llm-bench --bench chaos".to_owned())
         .chain((!filter.is_empty()).then(|| format!("-- {}", filter.join(" "))))
         .collect::<Vec<_>>()
         .join(" ");

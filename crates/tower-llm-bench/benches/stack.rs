@@ -3,7 +3,7 @@
 //! same in-process upstream — so the ratios hold on a noisy machine.
 //!
 //! ```text
-//! cargo bench --bench stack -- --warm-up-time 1 --measurement-time 3
+//! cargo bench -p tower-llm-bench --bench stack -- --warm-up-time 1 --measurement-time 3
 //! ```
 //!
 //! Every call builds nothing inside the timing (the request is made by
