@@ -151,12 +151,10 @@ where
                             *this.route,
                             *this.too_small,
                             this.current,
+                            this.parts.as_ref(),
                         ) {
                             this.state.set(State::Done);
-                            return Poll::Ready(Err(LlmError::local(
-                                ErrorKind::Unknown,
-                                "no target",
-                            )));
+                            return Poll::Ready(Err(no_target(this.parts.as_ref())));
                         }
                         continue;
                     }
@@ -209,6 +207,7 @@ where
                                         *this.route,
                                         *this.too_small,
                                         this.current,
+                                        this.parts.as_ref(),
                                     ) {
                                         this.state.set(State::Ready { service: None });
                                         continue;
@@ -280,6 +279,7 @@ where
                                 Route::Next,
                                 *this.too_small,
                                 &mut index,
+                                this.parts.as_ref(),
                             )
                         {
                             *this.next = probe_next;
@@ -405,6 +405,7 @@ where
                 *this.route,
                 *this.too_small,
                 this.current,
+                this.parts.as_ref(),
             );
             let to = moved.then(|| &*this.shared.targets[*this.current].name);
             moved_on(&name, to, kind, route);
@@ -445,7 +446,17 @@ where
     let name = Arc::clone(&shared.targets[index].name);
     let failures = std::mem::take(failures);
     if !failures.is_empty() {
-        tracing::info!(target: TRACING_TARGET, served_by = &*name, failed = failures.len(), "served by a fallback target");
+        // Passing a target whose breaker is open is routine while it stays
+        // open (every request does it): debug. A real failure on the way
+        // is worth a line at info.
+        if failures
+            .iter()
+            .all(|(_, e)| e.kind() == ErrorKind::CircuitOpen)
+        {
+            tracing::debug!(target: TRACING_TARGET, served_by = &*name, skipped = failures.len(), "served by a fallback target: open circuits skipped");
+        } else {
+            tracing::info!(target: TRACING_TARGET, served_by = &*name, failed = failures.len(), "served by a fallback target");
+        }
     }
     let (mut head, body) = response.into_parts();
     let body = match crate::continuation::resume::resumable(shared, index, request, &mut head) {
@@ -479,7 +490,11 @@ fn record<S, F>(
 /// One move (or the end of the line): a tracing event, and with the
 /// `metrics` feature a counter by (from, to, reason).
 fn moved_on(from: &str, to: Option<&str>, kind: ErrorKind, route: Route) {
-    tracing::info!(target: TRACING_TARGET, from, to, reason = kind.as_str(), route = ?route, "target failed");
+    if kind == ErrorKind::CircuitOpen {
+        tracing::debug!(target: TRACING_TARGET, from, to, route = ?route, "target skipped: circuit open");
+    } else {
+        tracing::info!(target: TRACING_TARGET, from, to, reason = kind.as_str(), route = ?route, "target failed");
+    }
     #[cfg(feature = "metrics")]
     metrics::counter!(
         "tower_llm_fallback_moves_total",
@@ -490,19 +505,36 @@ fn moved_on(from: &str, to: Option<&str>, kind: ErrorKind, route: Route) {
     .increment(1);
 }
 
-/// Moves `next` to the first later target the route allows; `current` is
-/// set to it. `false` when none is left.
+/// No target of the route can take the request: none speaks the
+/// [`Protocol`](crate::Protocol) it names, or there are none.
+fn no_target(parts: Option<&http::request::Parts>) -> LlmError {
+    match parts.and_then(|p| p.extensions.get::<crate::Protocol>()) {
+        Some(protocol) => LlmError::local(
+            ErrorKind::NotFound,
+            &format!("no target of this route speaks {protocol}"),
+        ),
+        None => LlmError::local(ErrorKind::Unknown, "no target"),
+    }
+}
+
+/// Moves `next` to the first later target the route allows for the
+/// request whose head is `parts` (a target that speaks the protocol it
+/// names, if any); `current` is set to it. `false` when none is left.
 fn pick<S>(
     shared: &Shared<S>,
     next: &mut usize,
     route: Route,
     too_small: Option<u64>,
     current: &mut usize,
+    parts: Option<&http::request::Parts>,
 ) -> bool {
     while *next < shared.targets.len() {
         let index = *next;
         *next += 1;
         let target = &shared.targets[index];
+        if !target.takes(parts) {
+            continue;
+        }
         // Once a request is known too long for a window, no target with
         // that window or a smaller one is tried again, whatever the route.
         let fits = match (target.context_window, too_small) {

@@ -57,6 +57,7 @@
 mod body;
 pub mod continuation;
 pub mod future;
+mod protocol;
 mod report;
 mod rewrite;
 mod route;
@@ -65,6 +66,7 @@ mod settings;
 mod target;
 
 pub use body::FallbackBody;
+pub use protocol::Protocol;
 pub use report::{FallbackReport, TRACING_TARGET};
 pub use rewrite::{RewriteError, normalise_model, rewrite_model};
 pub use route::Route;

@@ -5,6 +5,7 @@ use http::{HeaderName, HeaderValue};
 
 use crate::ConfigError;
 use crate::continuation::Continuation;
+use crate::protocol::Protocol;
 use crate::service::{Fallback, FallbackBuilder};
 use crate::target::Target;
 
@@ -32,6 +33,12 @@ pub struct TargetSettings {
     /// `api-key`), `anthropic`, `gemini` (their OpenAI-compatible
     /// endpoints), `ollama`, `vllm`, `lmstudio`, `openai-compatible`.
     pub provider: Option<String>,
+    /// The API family the target speaks: `openai` (the default: every
+    /// OpenAI-compatible server, and the providers' OpenAI-compatible
+    /// endpoints) or `anthropic` (Anthropic's native Messages API, base URL
+    /// `https://api.anthropic.com/v1`: the key goes in `x-api-key` and
+    /// `anthropic-version: 2023-06-01` is sent). See [`Protocol`].
+    pub protocol: Option<String>,
     /// The context window, in tokens.
     pub context_window: Option<u64>,
     /// Serves requests too long for an earlier target.
@@ -76,6 +83,32 @@ impl TargetSettings {
                 )));
             }
         };
+        let protocol = match t.protocol.as_deref().map(str::to_ascii_lowercase) {
+            None => Protocol::OpenAi,
+            Some(name) => match name.as_str() {
+                "openai" => Protocol::OpenAi,
+                "anthropic" => Protocol::Anthropic,
+                other => {
+                    return Err(ConfigError(format!(
+                        "target `{}`: protocol `{other}` is not one of openai, anthropic",
+                        t.name
+                    )));
+                }
+            },
+        };
+        // Anthropic's native API takes its key in `x-api-key` and needs a
+        // version (docs.claude.com, "Versions": 2023-06-01 is current).
+        let default_header = match protocol {
+            Protocol::Anthropic => "x-api-key",
+            _ => default_header,
+        };
+        target = target.protocol(protocol);
+        if protocol == Protocol::Anthropic {
+            target = target.header(
+                HeaderName::from_static("anthropic-version"),
+                HeaderValue::from_static("2023-06-01"),
+            );
+        }
         if let Some(base) = &t.base_url {
             let uri = base
                 .parse::<http::Uri>()
@@ -341,6 +374,46 @@ mod tests {
         .to_string();
         assert!(
             error.contains("sometimes") && error.contains("trailing_assistant"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn an_anthropic_protocol_target_sends_its_key_in_x_api_key_with_a_version() {
+        let env = |_: &str| Some("sk-ant-test".to_owned());
+        let settings = TargetSettings {
+            name: "claude".into(),
+            base_url: Some("https://api.anthropic.com/v1".into()),
+            api_key_env: Some("ANTHROPIC_API_KEY".into()),
+            protocol: Some("anthropic".into()),
+            ..Default::default()
+        };
+        let target = settings.apply(Target::new("claude", ()), &env).unwrap();
+        assert_eq!(target.speaks(), Protocol::Anthropic);
+        let (name, _) = target.credential.as_ref().unwrap();
+        assert_eq!(name, "x-api-key");
+        assert!(
+            target
+                .headers
+                .iter()
+                .any(|(n, v)| n == "anthropic-version" && v == "2023-06-01")
+        );
+        let openai = TargetSettings {
+            protocol: None,
+            ..settings.clone()
+        }
+        .apply(Target::new("o", ()), &env)
+        .unwrap();
+        assert_eq!(openai.speaks(), Protocol::OpenAi);
+        let error = TargetSettings {
+            protocol: Some("grpc".into()),
+            ..settings
+        }
+        .apply(Target::new("x", ()), &env)
+        .unwrap_err()
+        .to_string();
+        assert!(
+            error.contains("grpc") && error.contains("anthropic"),
             "{error}"
         );
     }

@@ -138,6 +138,7 @@ where
                     .is_supported()
             })
             .filter(|i| !self.shared.refuses_prefill(*i))
+            .filter(|i| self.shared.targets[*i].takes(Some(&self.parts)))
             .collect();
         if order.is_empty() {
             return None;

@@ -10,6 +10,7 @@ use tower_llm_classify::redact::{ACCOUNT_HEADERS, CREDENTIAL_HEADERS, HOP_BY_HOP
 use tower_llm_classify::{Provider, RequestMeta};
 
 use crate::continuation::Continuation;
+use crate::protocol::Protocol;
 use crate::rewrite::{RewriteError, rewrite_model};
 
 /// A user hook for anything else a target needs (another request format).
@@ -42,6 +43,8 @@ pub struct Target<S> {
     pub(crate) reserved: bool,
     /// Set by [`continuation`](Target::continuation); else the provider's.
     pub(crate) continuation: Option<Continuation>,
+    /// The API family it speaks (see [`Protocol`]).
+    pub(crate) protocol: Protocol,
 }
 
 impl<S> fmt::Debug for Target<S> {
@@ -59,6 +62,7 @@ impl<S> fmt::Debug for Target<S> {
             .field("content_filter", &self.content_filter)
             .field("reserved", &self.reserved)
             .field("continuation", &self.continuation_capability())
+            .field("protocol", &self.protocol)
             .finish_non_exhaustive()
     }
 }
@@ -81,6 +85,7 @@ impl<S> Target<S> {
             content_filter: false,
             reserved: false,
             continuation: None,
+            protocol: Protocol::OpenAi,
         }
     }
 
@@ -107,6 +112,7 @@ impl<S> Target<S> {
             content_filter: self.content_filter,
             reserved: self.reserved,
             continuation: self.continuation,
+            protocol: self.protocol,
         }
     }
 
@@ -201,6 +207,28 @@ impl<S> Target<S> {
     pub fn continuation(mut self, how: Continuation) -> Self {
         self.continuation = Some(how);
         self
+    }
+
+    /// Speaks this API family ([`Protocol::OpenAi`] unless set): a request
+    /// that names a [`Protocol`] in its extensions goes only to the
+    /// targets that speak it.
+    pub fn protocol(mut self, protocol: Protocol) -> Self {
+        self.protocol = protocol;
+        self
+    }
+
+    /// The API family this target speaks.
+    pub fn speaks(&self) -> Protocol {
+        self.protocol
+    }
+
+    /// Whether this target may be sent the request whose head is `parts`:
+    /// any target when the request names no [`Protocol`], else the
+    /// targets that speak it.
+    pub(crate) fn takes(&self, parts: Option<&http::request::Parts>) -> bool {
+        parts
+            .and_then(|p| p.extensions.get::<Protocol>())
+            .is_none_or(|wanted| *wanted == self.protocol)
     }
 
     /// How this target continues an answer: as set, else what its base
