@@ -117,6 +117,24 @@ async fn the_star_route_serves_models_no_other_route_names() {
 }
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn routes_lists_exact_names_then_prefixes_then_the_default_with_their_targets() {
+    let (stack, _sims) = routed().await;
+    let routes = stack.routes();
+    let listed: Vec<(&str, Vec<&str>)> = routes
+        .iter()
+        .map(|(model, targets)| (model.as_str(), targets.clone()))
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            ("gpt-4o", vec!["a"]),
+            ("gpt-4o*", vec!["b"]),
+            ("*", vec!["c"])
+        ]
+    );
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn a_model_no_route_serves_is_a_local_not_found_without_any_upstream_call() {
     let sim = healthy().await;
     let stack = over(LlmStack::development(), &[("a", &sim)])

@@ -51,6 +51,30 @@ impl Stack {
     pub fn targets_for(&self, model: Option<&str>) -> Option<Vec<&str>> {
         self.routes.pick(model).map(Fallback::target_names)
     }
+
+    /// Every route: the model it serves (`gpt-4o`, a prefix as `gpt-*`, the
+    /// default as `*`) and its targets in order, exact names first (sorted),
+    /// then prefixes (longest first), then the default.
+    pub fn routes(&self) -> Vec<(String, Vec<&str>)> {
+        let mut exact: Vec<_> = self
+            .routes
+            .exact
+            .iter()
+            .map(|(model, fallback)| (model.to_string(), fallback.target_names()))
+            .collect();
+        exact.sort_by(|a, b| a.0.cmp(&b.0));
+        let prefixes = self
+            .routes
+            .prefixes
+            .iter()
+            .map(|(prefix, fallback)| (format!("{prefix}*"), fallback.target_names()));
+        let default = self
+            .routes
+            .default
+            .iter()
+            .map(|fallback| ("*".to_owned(), fallback.target_names()));
+        exact.into_iter().chain(prefixes).chain(default).collect()
+    }
 }
 
 impl<B> Service<Request<B>> for Stack
