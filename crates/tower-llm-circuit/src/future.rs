@@ -17,7 +17,7 @@ use tower_llm_classify::{
 pub use crate::adaptive::LimitFuture;
 
 use crate::body::{CircuitBody, FirstContent};
-use crate::breaker::{Breaker, Outcome, Permit};
+use crate::breaker::{Breaker, CooldownCause, Outcome, Permit};
 
 /// A call's permit, until its outcome is known. Dropped without one, it
 /// asks the request's [`AttemptEnd`]: set, the layer above ended the
@@ -109,8 +109,11 @@ impl PermitGuard {
                 && config.rate_limit_cooldown
                 && let Some(wait) = c.retry_after()
             {
-                self.breaker
-                    .cool_down(wait.min(config.quota_cooldown), self.breaker.now());
+                self.breaker.cool_down(
+                    wait.min(config.quota_cooldown),
+                    self.breaker.now(),
+                    CooldownCause::RateLimited,
+                );
             }
             let outcome = outcome_of(c, config);
             self.finish(outcome);
@@ -119,13 +122,18 @@ impl PermitGuard {
         match c.kind() {
             ErrorKind::RateLimited if config.rate_limit_cooldown => {
                 if let Some(wait) = c.retry_after() {
-                    self.breaker
-                        .cool_down(wait.min(config.quota_cooldown), self.breaker.now());
+                    self.breaker.cool_down(
+                        wait.min(config.quota_cooldown),
+                        self.breaker.now(),
+                        CooldownCause::RateLimited,
+                    );
                 }
             }
-            ErrorKind::QuotaExhausted => self
-                .breaker
-                .cool_down(config.quota_cooldown, self.breaker.now()),
+            ErrorKind::QuotaExhausted => self.breaker.cool_down(
+                config.quota_cooldown,
+                self.breaker.now(),
+                CooldownCause::QuotaExhausted,
+            ),
             _ => {}
         }
         let outcome = outcome_of(c, config);

@@ -117,9 +117,12 @@ pub use adaptive::{
     AdaptiveLimit, AdaptiveLimitConfig, AdaptiveLimitConfigBuilder, AdaptiveLimitLayer, LimitBody,
 };
 pub use body::CircuitBody;
-pub use breaker::{CircuitState, KeySnapshot, LimitSnapshot, OnTransition, Transition};
+pub use breaker::{
+    CircuitState, CooldownCause, KeyDecision, KeySnapshot, LimitSnapshot, OnDecision, OnTransition,
+    Transition,
+};
 pub use config::{CircuitConfig, CircuitConfigBuilder, ConfigError};
-pub use handle::{CircuitHandle, ProbeResult};
+pub use handle::{AlreadySharing, CircuitHandle, ProbeResult};
 pub use key::{KeyBy, KeyFn, KeyInput};
 pub use layer::CircuitLayer;
 pub use service::Circuit;

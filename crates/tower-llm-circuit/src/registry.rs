@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::breaker::{Breaker, CircuitState, KeySnapshot, OnTransition};
+use crate::breaker::{Breaker, CircuitState, DecisionSlot, KeySnapshot, OnTransition};
 use crate::config::CircuitConfig;
 
 /// Shards of the key map: a call takes the read lock of one shard only,
@@ -28,6 +28,8 @@ pub(crate) struct Registry {
     /// `config.needs_times()`, read on every call.
     pub(crate) timed: bool,
     on_transition: Option<Arc<OnTransition>>,
+    /// Where every breaker's decisions go, to be shared with other replicas.
+    pub(crate) decisions: Arc<DecisionSlot>,
     hasher: std::collections::hash_map::RandomState,
     shards: Box<[Shard]>,
     /// Bumped whenever a key is evicted: callers caching a breaker check it.
@@ -63,6 +65,7 @@ impl Registry {
             timed: config.needs_times(),
             config: Arc::new(config),
             on_transition,
+            decisions: Arc::default(),
             hasher: Default::default(),
             shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
             evictions: std::sync::atomic::AtomicU64::new(0),
@@ -95,13 +98,16 @@ impl Registry {
         }
         self.evict(&mut map, now);
         let key: Arc<str> = Arc::from(key);
-        let breaker = Arc::new(Breaker::new(
-            Arc::clone(&key),
-            self.start,
-            Arc::clone(&self.config),
-            self.on_transition.clone(),
-            now,
-        ));
+        let breaker = Arc::new(
+            Breaker::new(
+                Arc::clone(&key),
+                self.start,
+                Arc::clone(&self.config),
+                self.on_transition.clone(),
+                now,
+            )
+            .with_decisions(Arc::clone(&self.decisions)),
+        );
         map.insert(key, Arc::clone(&breaker));
         breaker
     }

@@ -12,6 +12,7 @@
 
 mod admission;
 mod phase;
+mod shared;
 mod state;
 
 use std::fmt;
@@ -26,6 +27,8 @@ use std::time::Duration;
 use crate::config::CircuitConfig;
 use crate::window::{Sample, Totals, Window};
 use phase::Phase;
+pub(crate) use shared::DecisionSlot;
+pub use shared::{CooldownCause, KeyDecision, OnDecision};
 pub use state::{CircuitState, KeySnapshot, LimitSnapshot, OnTransition, Transition};
 
 /// How a call ended, for the breaker.
@@ -112,6 +115,8 @@ pub(crate) struct Breaker {
     failed_probes_next: AtomicU32,
     /// The key's adaptive concurrency limit (used by `AdaptiveLimit`).
     limiter: crate::adaptive::Limiter,
+    /// Where this process's decisions go, to be shared with other replicas.
+    decisions: Arc<shared::DecisionSlot>,
 }
 
 /// How many failed probes' requests a breaker remembers. A request's own
@@ -164,6 +169,7 @@ impl Breaker {
             failed_probes: std::array::from_fn(|_| AtomicU64::new(0)),
             failed_probes_next: AtomicU32::new(0),
             limiter: crate::adaptive::Limiter::new(&config.adaptive_limit),
+            decisions: Arc::default(),
             config,
         }
     }
@@ -367,8 +373,8 @@ impl Breaker {
         if self.state() != from {
             return false;
         }
-        self.open_until
-            .store(until.min(ARMING - 1), Ordering::Release);
+        let until = until.min(ARMING - 1);
+        self.open_until.store(until, Ordering::Release);
         let done = self
             .state
             .compare_exchange(
@@ -381,13 +387,23 @@ impl Breaker {
         if done {
             self.trips.store(trips, Ordering::Release);
             self.emit(from, CircuitState::Open, reason);
+            self.share_opened(until);
         }
         done
     }
 
     /// `from` → closed, with a fresh window and the durations reset, all
-    /// before closed is visible.
+    /// before closed is visible; shared with other replicas.
     fn close_from(&self, from: CircuitState, reason: &'static str) -> bool {
+        let done = self.close_quietly(from, reason);
+        if done {
+            self.share_closed();
+        }
+        done
+    }
+
+    /// `close_from`, not shared (a close another replica told of).
+    fn close_quietly(&self, from: CircuitState, reason: &'static str) -> bool {
         if self.state() != from {
             return false;
         }
@@ -507,15 +523,29 @@ impl Breaker {
         }
         if from != to {
             self.emit(from, to, "set by hand");
+            match to {
+                CircuitState::Open => self.share_opened(self.open_until.load(Ordering::Acquire)),
+                CircuitState::Closed
+                    if matches!(
+                        from,
+                        CircuitState::Open | CircuitState::HalfOpen | CircuitState::ForcedOpen
+                    ) =>
+                {
+                    self.share_closed();
+                }
+                _ => {}
+            }
         }
     }
 
-    /// Starts or extends a cooldown to `now + wait` (never shortens one).
-    pub(crate) fn cool_down(&self, wait: Duration, now: Duration) {
+    /// Starts or extends a cooldown to `now + wait` (never shortens one);
+    /// a start or an extension is shared with other replicas.
+    pub(crate) fn cool_down(&self, wait: Duration, now: Duration, cause: CooldownCause) {
         let until = nanos(now).saturating_add(nanos(wait));
         let before = self.cooldown_until.fetch_max(until, Ordering::AcqRel);
         if until > before {
-            tracing::debug!(target: crate::TRACING_TARGET, key = &*self.key, wait_ms = wait.as_millis() as u64, "cooling down");
+            tracing::debug!(target: crate::TRACING_TARGET, key = &*self.key, wait_ms = wait.as_millis() as u64, cause = cause.as_str(), "cooling down");
+            self.share_cooldown(until, cause, wait);
         }
     }
 

@@ -306,13 +306,17 @@ async fn forced_open_disabled_and_metrics_only_behave_as_named() {
 #[tokio::test(start_paused = true)]
 async fn a_cooldown_fails_fast_without_counting_and_is_only_ever_extended() {
     let (b, _) = breaker(config().build().unwrap());
-    b.cool_down(Duration::from_secs(30), T0);
-    b.cool_down(Duration::from_secs(10), T0); // shorter: ignored
+    b.cool_down(Duration::from_secs(30), T0, CooldownCause::RateLimited);
+    b.cool_down(Duration::from_secs(10), T0, CooldownCause::RateLimited); // shorter: ignored
     assert_eq!(
         b.acquire(Duration::from_secs(20)),
         Err(Rejection::CoolingDown(Duration::from_secs(10)))
     );
-    b.cool_down(Duration::from_secs(40), Duration::from_secs(20)); // later: extends to 60 s
+    b.cool_down(
+        Duration::from_secs(40),
+        Duration::from_secs(20),
+        CooldownCause::RateLimited,
+    ); // later: extends to 60 s
     assert_eq!(
         b.acquire(Duration::from_secs(50)),
         Err(Rejection::CoolingDown(Duration::from_secs(10)))
@@ -328,7 +332,7 @@ async fn a_cooldown_fails_fast_without_counting_and_is_only_ever_extended() {
 async fn a_closed_key_admits_without_the_time_only_while_no_cooldown_may_run() {
     let (b, _) = breaker(config().build().unwrap());
     assert!(b.admit_untimed().is_some());
-    b.cool_down(Duration::from_secs(30), T0);
+    b.cool_down(Duration::from_secs(30), T0, CooldownCause::RateLimited);
     assert_eq!(
         b.admit_untimed(),
         None,
@@ -340,7 +344,11 @@ async fn a_closed_key_admits_without_the_time_only_while_no_cooldown_may_run() {
     assert!(b.acquire(Duration::from_secs(31)).is_ok());
     assert!(b.admit_untimed().is_some());
     // A cooldown started again is seen at once.
-    b.cool_down(Duration::from_secs(5), Duration::from_secs(40));
+    b.cool_down(
+        Duration::from_secs(5),
+        Duration::from_secs(40),
+        CooldownCause::RateLimited,
+    );
     assert_eq!(b.admit_untimed(), None);
     assert!(b.acquire(Duration::from_secs(44)).is_err());
 }
