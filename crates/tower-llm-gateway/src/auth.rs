@@ -174,7 +174,8 @@ fn presented_keys(headers: &HeaderMap) -> impl Iterator<Item = &[u8]> {
 
 /// The middleware in front of every route: `/v1/*` (and anything unknown)
 /// and `/metrics` need an accepted key; `/health` is open and learns whether
-/// the caller had one.
+/// the caller had one; `/health/live`, `/health/ready` and the status page
+/// `/` are open.
 pub(crate) async fn require_key(
     State(keys): State<CallerKeys>,
     mut request: Request,
@@ -185,7 +186,13 @@ pub(crate) async fn require_key(
         request.extensions_mut().insert(Authenticated);
         return next.run(request).await;
     }
-    if request.uri().path() == "/health" {
+    // The probes and the status page are open: an orchestrator has no key,
+    // the page is static (it asks `/health` for the details, with the key
+    // the person at the browser gives it).
+    if matches!(
+        request.uri().path(),
+        "/health" | "/health/live" | "/health/ready" | "/"
+    ) {
         return next.run(request).await;
     }
     metrics::counter!("tower_llm_gateway_rejected_total", "reason" => "unauthenticated")

@@ -1,11 +1,16 @@
 //! `/health`: whether the gateway's targets are healthy, and the details
-//! of every breaker for a caller allowed to see them.
+//! of every breaker and target for a caller allowed to see them; and the
+//! two probes an orchestrator understands, `/health/live` (the process
+//! serves) and `/health/ready` (every route has a target that can take
+//! traffic).
+
+use std::time::Instant;
 
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
-use http::header;
+use http::{StatusCode, header};
 use serde_json::json;
-use tower_llm::circuit::CircuitState;
+use tower_llm::circuit::{CircuitState, KeySnapshot};
 
 use crate::auth;
 use crate::router::Gateway;
@@ -45,15 +50,90 @@ pub(crate) async fn health(State(gateway): State<Gateway>, request: Request) -> 
             })
         })
         .collect();
+    let now = Instant::now();
+    let targets: Vec<_> = gateway
+        .activity
+        .figures(now)
+        .into_iter()
+        .map(|t| {
+            json!({
+                "target": &*t.target,
+                "requests": t.requests,
+                "failed": t.failed,
+                "per_second": t.per_second,
+                "p50_ms": t.p50_ms,
+                "p99_ms": t.p99_ms,
+            })
+        })
+        .collect();
+    let fallbacks: Vec<_> = gateway
+        .activity
+        .recent_fallbacks()
+        .into_iter()
+        .map(|f| {
+            json!({
+                "ago_ms": now.saturating_duration_since(f.at).as_millis() as u64,
+                "endpoint": f.endpoint,
+                "served_by": &*f.served_by,
+                "passed": f.passed,
+            })
+        })
+        .collect();
     json_response(json!({
         "status": status,
         "in_flight": gateway.max_concurrency - gateway.permits.available_permits(),
         "circuits": circuits,
+        "targets": targets,
+        "recent_fallbacks": fallbacks,
         "auth": match gateway.caller_keys {
             Some(keys) => json!({ "required": true, "keys": keys }),
             None => json!({ "required": false }),
         },
     }))
+}
+
+/// `/health/live`: the process accepts and answers requests (what a
+/// liveness probe asks; it never depends on the upstreams, so a provider
+/// outage does not get the gateway restarted).
+pub(crate) async fn live() -> Response {
+    json_response(json!({ "status": "live" }))
+}
+
+/// `/health/ready`: 200 when every route has at least one target that can
+/// take traffic now, else 503 with the routes that have none (a readiness
+/// probe takes the replica out of rotation until then). A target can take
+/// traffic unless every breaker key it has (`target/model`) is open,
+/// forced open or cooling down; a target not called yet can.
+pub(crate) async fn ready(State(gateway): State<Gateway>) -> Response {
+    let snapshot = gateway.stack.circuits().snapshot();
+    let unready: Vec<_> = gateway
+        .stack
+        .routes()
+        .into_iter()
+        .filter(|(_, targets)| !targets.iter().any(|t| can_take_traffic(t, &snapshot)))
+        .map(|(model, targets)| json!({ "model": model, "targets": targets }))
+        .collect();
+    if unready.is_empty() {
+        return json_response(json!({ "status": "ready" }));
+    }
+    let mut response = json_response(json!({ "status": "not_ready", "routes": unready }));
+    *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+    response
+}
+
+/// Whether `target` can take traffic by its breaker keys (`target/model`).
+fn can_take_traffic(target: &str, snapshot: &[KeySnapshot]) -> bool {
+    let mut keys = snapshot.iter().filter(|k| {
+        k.key
+            .strip_prefix(target)
+            .is_some_and(|rest| rest.starts_with('/'))
+    });
+    let blocked = |k: &KeySnapshot| {
+        matches!(k.state, CircuitState::Open | CircuitState::ForcedOpen)
+            || k.cooldown_remaining.is_some()
+    };
+    // No key yet: never called, nothing says it cannot.
+    !keys.clone().any(|_| true) || keys.any(|k| !blocked(k))
 }
 
 fn json_response(body: serde_json::Value) -> Response {

@@ -64,7 +64,10 @@
 //! key check in front of them: [`router()`]), `chat` (the chat completions
 //! handler), `error` (OpenAI-shaped errors), `headers` (what the gateway
 //! tells a caller about what happened, and what it keeps from it),
-//! `health`, `prometheus` (the recorder and `/metrics`: [`prometheus()`]),
+//! `health` (`/health`, `/health/live`, `/health/ready`), `observe` (what
+//! every API answer adds to the metrics, the log and the last minute per
+//! target), `status_page` (`GET /`), `prometheus` (the recorder and
+//! `/metrics`: [`prometheus()`]),
 //! `body` (the response body and its timers), `serve` (accepting
 //! connections: [`serve()`]), `shutdown` ([`Closing`],
 //! [`shutdown_signal`]), [`send_timeout`], [`auth`], [`config`] (the
@@ -75,10 +78,12 @@ mod chat;
 mod error;
 mod headers;
 mod health;
+mod observe;
 mod prometheus;
 mod router;
 mod serve;
 mod shutdown;
+mod status_page;
 mod upstream;
 
 pub mod auth;

@@ -104,7 +104,13 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
 fn init_logs(json: bool) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    // Colours only for a person at a terminal: a log file or a collector
+    // gets no ANSI escapes, and `NO_COLOR` (no-color.org) turns them off.
+    let colours = std::io::IsTerminal::is_terminal(&std::io::stdout())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(colours);
     if json {
         builder.json().init();
     } else {

@@ -16,8 +16,9 @@ use tower_llm::stack::Stack;
 use crate::auth::{self, CallerKeys};
 use crate::config::{GatewayOptions, MAX_CONCURRENCY};
 use crate::error::{error_json, payload_too_large};
+use crate::observe::{self, Activity};
 use crate::shutdown::Closing;
-use crate::{chat, health, prometheus};
+use crate::{chat, health, prometheus, status_page};
 
 /// What every handler shares.
 #[derive(Clone)]
@@ -31,6 +32,8 @@ pub(crate) struct Gateway {
     pub(crate) stream_idle_timeout: Duration,
     /// How many caller keys are accepted (`None`: no keys needed).
     pub(crate) caller_keys: Option<usize>,
+    /// The last minute per target and the last fallbacks (`/health`, `/`).
+    pub(crate) activity: Arc<Activity>,
 }
 
 /// The gateway's routes over `stack`, with its inbound limits and, when
@@ -56,16 +59,21 @@ pub fn router(
         request_body_timeout: options.request_body_timeout,
         stream_idle_timeout: options.stream_idle_timeout,
         caller_keys: options.caller_keys.as_ref().map(CallerKeys::len),
+        activity: Arc::new(Activity::new()),
     };
+    let activity = Arc::clone(&gateway.activity);
     let router = Router::new()
         .route("/v1/chat/completions", post(chat::chat_completions))
+        .route("/", get(status_page::status_page))
         .route("/health", get(health::health))
+        .route("/health/live", get(health::live))
+        .route("/health/ready", get(health::ready))
         .route("/metrics", get(prometheus::prometheus_text))
         .fallback(|| async {
             error_json(
                 StatusCode::NOT_FOUND,
                 "not_found",
-                "this gateway serves POST /v1/chat/completions, GET /health and GET /metrics",
+                "no such endpoint: this gateway serves the OpenAI and Anthropic APIs under /v1 (GET /v1/models lists its models), GET /health (/live, /ready), GET /metrics and its status page at GET /",
             )
         })
         .method_not_allowed_fallback(|| async {
@@ -80,6 +88,12 @@ pub fn router(
         // OpenAI-shaped below.
         .layer(RequestBodyLimitLayer::new(options.max_body_bytes))
         .layer(axum::middleware::map_response(openai_shaped_413))
+        // Every API answer, refusals by the layers above included, counted
+        // by endpoint and timed to its last byte.
+        .layer(axum::middleware::from_fn_with_state(
+            activity,
+            observe::observe,
+        ))
         .with_state(gateway);
     // Outermost: a caller without a key learns nothing, not even whether a
     // path exists or a body is too large.

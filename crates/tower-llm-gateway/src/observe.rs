@@ -1,0 +1,533 @@
+//! What the gateway sees of each request on an API endpoint, in one place
+//! for every endpoint: the Prometheus series by endpoint (requests by
+//! status and target, time to the first byte and total time as histograms),
+//! the last minute per target and the last fallbacks (for `/health` and
+//! the status page), and one log line at info for a request something
+//! happened to (retried, or passed a target that failed).
+//!
+//! It reads what the handlers already tell the caller (`x-tower-llm-target`,
+//! `-attempts`, `-fallbacks`), so a handler needs nothing of its own, and
+//! it counts a stream when the stream ends (its total time is the stream's).
+
+use std::collections::{HashMap, VecDeque};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use bytes::Bytes;
+use http::{HeaderMap, StatusCode};
+use http_body::{Frame, SizeHint};
+use metrics::SharedString;
+
+use crate::headers::{ATTEMPTS_HEADER, FALLBACKS_HEADER, TARGET_HEADER};
+use crate::prometheus::status_label;
+
+/// The API endpoints observed, by path, with their metric label. Anything
+/// else (`/health`, `/metrics`, the status page, unknown paths) is not.
+const ENDPOINTS: [(&str, &str); 6] = [
+    ("/v1/chat/completions", "chat_completions"),
+    ("/v1/completions", "completions"),
+    ("/v1/embeddings", "embeddings"),
+    ("/v1/responses", "responses"),
+    ("/v1/messages", "messages"),
+    ("/v1/models", "models"),
+];
+
+/// The label of an observed endpoint.
+fn endpoint_of(path: &str) -> Option<&'static str> {
+    ENDPOINTS
+        .iter()
+        .find(|(p, _)| *p == path)
+        .map(|(_, label)| *label)
+}
+
+/// Targets tracked for `/health`; past this many names (only the
+/// configuration names targets, but a bound costs nothing) the rest are
+/// counted in the metrics only.
+const MAX_TARGETS: usize = 256;
+/// Fallbacks kept for the status page.
+const RECENT_FALLBACKS: usize = 20;
+/// The window of the per-target figures, one slot per second.
+const WINDOW_SECONDS: usize = 60;
+/// Latency bins: bin `i` holds what took at most `1.25^i` ms (the last one
+/// everything longer), so a quantile read from them is within 25 % of the
+/// truth up to ~20 minutes.
+const BINS: usize = 64;
+const BIN_GROWTH: f64 = 1.25;
+
+/// The gateway's recent activity: the last minute per target and the last
+/// fallbacks. Shared by the middleware (which writes) and `/health`.
+#[derive(Debug)]
+pub(crate) struct Activity {
+    epoch: Instant,
+    targets: Mutex<HashMap<Arc<str>, Window>>,
+    fallbacks: Mutex<VecDeque<Fallback>>,
+}
+
+/// A fallback as the status page lists it.
+#[derive(Clone, Debug)]
+pub(crate) struct Fallback {
+    pub(crate) at: Instant,
+    pub(crate) endpoint: &'static str,
+    pub(crate) served_by: Arc<str>,
+    /// The targets passed with why (`primary:overloaded`).
+    pub(crate) passed: String,
+}
+
+/// One target's last minute, as `/health` shows it.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct TargetFigures {
+    pub(crate) target: Arc<str>,
+    pub(crate) requests: u64,
+    pub(crate) failed: u64,
+    pub(crate) per_second: f64,
+    pub(crate) p50_ms: Option<f64>,
+    pub(crate) p99_ms: Option<f64>,
+}
+
+#[derive(Debug)]
+struct Window {
+    slots: Box<[Slot; WINDOW_SECONDS]>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Slot {
+    /// The second (since the epoch) the slot holds; older ones are stale.
+    second: u64,
+    requests: u32,
+    failed: u32,
+    bins: [u32; BINS],
+}
+
+const EMPTY_SLOT: Slot = Slot {
+    second: u64::MAX,
+    requests: 0,
+    failed: 0,
+    bins: [0; BINS],
+};
+
+fn bin_of(elapsed: Duration) -> usize {
+    let ms = elapsed.as_secs_f64() * 1000.0;
+    if ms <= 1.0 {
+        return 0;
+    }
+    // `as` saturates: a NaN or huge value lands in a valid bin.
+    (ms.ln() / BIN_GROWTH.ln()).ceil().min((BINS - 1) as f64) as usize
+}
+
+fn bin_upper_ms(bin: usize) -> f64 {
+    BIN_GROWTH.powi(bin as i32)
+}
+
+impl Activity {
+    pub(crate) fn new() -> Self {
+        Activity {
+            epoch: Instant::now(),
+            targets: Mutex::new(HashMap::new()),
+            fallbacks: Mutex::new(VecDeque::with_capacity(RECENT_FALLBACKS)),
+        }
+    }
+
+    fn second(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.epoch).as_secs()
+    }
+
+    /// Counts one request `target` served (or failed, `failed`) that took
+    /// `elapsed`, ended at `at`.
+    pub(crate) fn record(&self, target: &str, failed: bool, elapsed: Duration, at: Instant) {
+        let second = self.second(at);
+        let mut targets = self.targets.lock().unwrap_or_else(PoisonError::into_inner);
+        if !targets.contains_key(target) {
+            if targets.len() >= MAX_TARGETS {
+                return;
+            }
+            targets.insert(
+                Arc::from(target),
+                Window {
+                    slots: Box::new([EMPTY_SLOT; WINDOW_SECONDS]),
+                },
+            );
+        }
+        let Some(window) = targets.get_mut(target) else {
+            return;
+        };
+        let slot = &mut window.slots[(second % WINDOW_SECONDS as u64) as usize];
+        if slot.second != second {
+            *slot = Slot {
+                second,
+                ..EMPTY_SLOT
+            };
+        }
+        slot.requests = slot.requests.saturating_add(1);
+        if failed {
+            slot.failed = slot.failed.saturating_add(1);
+        }
+        let bin = &mut slot.bins[bin_of(elapsed)];
+        *bin = bin.saturating_add(1);
+    }
+
+    /// Keeps a fallback for the status page (the last twenty).
+    pub(crate) fn fell_back(&self, fallback: Fallback) {
+        let mut fallbacks = self
+            .fallbacks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if fallbacks.len() == RECENT_FALLBACKS {
+            fallbacks.pop_front();
+        }
+        fallbacks.push_back(fallback);
+    }
+
+    /// The last fallbacks, newest first.
+    pub(crate) fn recent_fallbacks(&self) -> Vec<Fallback> {
+        let fallbacks = self
+            .fallbacks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        fallbacks.iter().rev().cloned().collect()
+    }
+
+    /// Every target's figures over the last minute up to `now`, sorted by
+    /// name. The quantiles are the upper bounds of latency bins (within
+    /// 25 %); a target with no request in the window has none.
+    pub(crate) fn figures(&self, now: Instant) -> Vec<TargetFigures> {
+        let current = self.second(now);
+        // The window is the last sixty whole seconds, this one included;
+        // a gateway younger than a minute divides by its age.
+        let span = (current + 1).min(WINDOW_SECONDS as u64);
+        let targets = self.targets.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut out: Vec<TargetFigures> = targets
+            .iter()
+            .map(|(target, window)| {
+                let mut requests = 0u64;
+                let mut failed = 0u64;
+                let mut bins = [0u64; BINS];
+                for slot in window.slots.iter() {
+                    if slot.second > current || current - slot.second >= span {
+                        continue;
+                    }
+                    requests += u64::from(slot.requests);
+                    failed += u64::from(slot.failed);
+                    for (sum, n) in bins.iter_mut().zip(slot.bins) {
+                        *sum += u64::from(n);
+                    }
+                }
+                TargetFigures {
+                    target: Arc::clone(target),
+                    requests,
+                    failed,
+                    per_second: requests as f64 / span as f64,
+                    p50_ms: quantile(&bins, requests, 0.50),
+                    p99_ms: quantile(&bins, requests, 0.99),
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| a.target.cmp(&b.target));
+        out
+    }
+}
+
+/// The upper bound of the bin holding the `q` quantile of `total` samples.
+fn quantile(bins: &[u64; BINS], total: u64, q: f64) -> Option<f64> {
+    if total == 0 {
+        return None;
+    }
+    let rank = ((total as f64) * q).ceil().max(1.0) as u64;
+    let mut seen = 0;
+    for (bin, n) in bins.iter().enumerate() {
+        seen += n;
+        if seen >= rank {
+            return Some(bin_upper_ms(bin));
+        }
+    }
+    Some(bin_upper_ms(BINS - 1))
+}
+
+/// The middleware in front of the API endpoints (anything else passes by
+/// untouched).
+pub(crate) async fn observe(
+    State(activity): State<Arc<Activity>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let Some(endpoint) = endpoint_of(request.uri().path()) else {
+        return next.run(request).await;
+    };
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let seen = Seen::of(endpoint, response.status(), response.headers(), started);
+    let (head, body) = response.into_parts();
+    let body = Body::new(Observed {
+        inner: body,
+        seen: Some(seen),
+        activity,
+    });
+    Response::from_parts(head, body)
+}
+
+/// What the head of an answer said, kept until its body ends.
+#[derive(Debug)]
+struct Seen {
+    endpoint: &'static str,
+    status: StatusCode,
+    started: Instant,
+    first_byte: bool,
+    target: Option<Arc<str>>,
+    attempts: u32,
+    passed: Option<String>,
+}
+
+impl Seen {
+    fn of(
+        endpoint: &'static str,
+        status: StatusCode,
+        headers: &HeaderMap,
+        started: Instant,
+    ) -> Self {
+        let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        Seen {
+            endpoint,
+            status,
+            started,
+            first_byte: false,
+            // Named only on an answer the handler made from a target's;
+            // an error answer carries none ("-").
+            target: text(TARGET_HEADER)
+                .filter(|t| *t != "-" && !t.is_empty())
+                .map(Arc::from),
+            attempts: text(ATTEMPTS_HEADER)
+                .and_then(|a| a.parse().ok())
+                .unwrap_or(1),
+            passed: text(FALLBACKS_HEADER)
+                .filter(|p| !p.is_empty())
+                .map(str::to_owned),
+        }
+    }
+
+    /// The answer's first byte: its time to first byte.
+    fn first_byte(&mut self) {
+        if !self.first_byte {
+            self.first_byte = true;
+            metrics::histogram!(
+                "tower_llm_gateway_time_to_first_byte_seconds",
+                "endpoint" => self.endpoint
+            )
+            .record(self.started.elapsed().as_secs_f64());
+        }
+    }
+
+    /// The answer is over (its end, an error, or the caller went away).
+    fn done(self, activity: &Activity) {
+        let now = Instant::now();
+        let elapsed = now.saturating_duration_since(self.started);
+        let status = status_label(self.status);
+        let target = self
+            .target
+            .as_ref()
+            .map_or(SharedString::const_str("-"), |t| {
+                SharedString::from(Arc::clone(t))
+            });
+        metrics::counter!(
+            "tower_llm_gateway_requests_total",
+            "endpoint" => self.endpoint,
+            "status" => status.clone(),
+            "target" => target
+        )
+        .increment(1);
+        metrics::histogram!(
+            "tower_llm_gateway_request_duration_seconds",
+            "endpoint" => self.endpoint,
+            "status" => status
+        )
+        .record(elapsed.as_secs_f64());
+        let failed = !self.status.is_success();
+        activity.record(self.target.as_deref().unwrap_or("-"), failed, elapsed, now);
+        let Some(served_by) = self.target.filter(|_| !failed) else {
+            // A failure is logged where it is answered (the handler's
+            // warning, or the refusal's own line).
+            return;
+        };
+        // Passing targets whose circuit is open is routine while they stay
+        // open: counted, shown on the page, logged at debug.
+        let routine = self
+            .passed
+            .as_deref()
+            .is_none_or(|passed| passed.split(", ").all(|p| p.ends_with(":circuit_open")));
+        if let Some(passed) = &self.passed {
+            activity.fell_back(Fallback {
+                at: now,
+                endpoint: self.endpoint,
+                served_by: Arc::clone(&served_by),
+                passed: passed.clone(),
+            });
+        }
+        let passed = self.passed.as_deref().unwrap_or("");
+        let ms = elapsed.as_millis() as u64;
+        if self.attempts > 1 || !routine {
+            tracing::info!(
+                endpoint = self.endpoint,
+                target = &*served_by,
+                attempts = self.attempts,
+                passed,
+                ms,
+                "served after a failure"
+            );
+        } else {
+            tracing::debug!(
+                endpoint = self.endpoint,
+                target = &*served_by,
+                attempts = self.attempts,
+                passed,
+                ms,
+                "served"
+            );
+        }
+    }
+}
+
+/// The answer's body, passed through as it is, with its first byte and
+/// its end noted.
+struct Observed {
+    inner: Body,
+    seen: Option<Seen>,
+    activity: Arc<Activity>,
+}
+
+impl Observed {
+    fn finish(&mut self) {
+        if let Some(seen) = self.seen.take() {
+            seen.done(&self.activity);
+        }
+    }
+}
+
+impl Drop for Observed {
+    fn drop(&mut self) {
+        // A caller that went away mid-stream is counted too.
+        self.finish();
+    }
+}
+
+impl http_body::Body for Observed {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if frame.data_ref().is_some_and(|d| !d.is_empty()) {
+                    if let Some(seen) = &mut this.seen {
+                        seen.first_byte();
+                    }
+                }
+            }
+            Poll::Ready(Some(Err(_)) | None) => this.finish(),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latency_bins_grow_by_a_quarter_and_hold_their_upper_bound() {
+        assert_eq!(bin_of(Duration::from_micros(500)), 0);
+        assert_eq!(bin_of(Duration::from_millis(1)), 0);
+        // 1.25 ms is the top of bin 1; a hair more goes to bin 2.
+        assert_eq!(bin_of(Duration::from_micros(1_200)), 1);
+        assert_eq!(bin_of(Duration::from_micros(1_300)), 2);
+        for ms in [3u64, 40, 900, 12_000] {
+            let bin = bin_of(Duration::from_millis(ms));
+            assert!(bin_upper_ms(bin) >= ms as f64);
+            assert!(bin_upper_ms(bin - 1) < ms as f64);
+        }
+        assert_eq!(bin_of(Duration::MAX), BINS - 1);
+    }
+
+    #[test]
+    fn figures_count_the_last_minute_and_forget_older_seconds() {
+        let activity = Activity::new();
+        let t0 = activity.epoch;
+        for i in 0..100u64 {
+            let elapsed = Duration::from_millis(if i < 98 { 10 } else { 1_000 });
+            activity.record(
+                "primary",
+                i % 10 == 0,
+                elapsed,
+                t0 + Duration::from_millis(i * 10),
+            );
+        }
+        let figures = activity.figures(t0 + Duration::from_millis(999));
+        assert_eq!(figures.len(), 1);
+        let primary = &figures[0];
+        assert_eq!((primary.requests, primary.failed), (100, 10));
+        assert_eq!(primary.per_second, 100.0);
+        let p50 = primary.p50_ms.unwrap();
+        assert!((10.0..12.5).contains(&p50), "{p50}");
+        let p99 = primary.p99_ms.unwrap();
+        assert!((1_000.0..1_250.0).contains(&p99), "{p99}");
+        // Sixty seconds on, nothing of it is left.
+        let later = activity.figures(t0 + Duration::from_secs(61));
+        assert_eq!(later[0].requests, 0);
+        assert_eq!(later[0].p50_ms, None);
+    }
+
+    #[test]
+    fn targets_past_the_bound_are_not_tracked() {
+        let activity = Activity::new();
+        let now = Instant::now();
+        for i in 0..MAX_TARGETS + 10 {
+            activity.record(&format!("t{i}"), false, Duration::from_millis(1), now);
+        }
+        assert_eq!(activity.figures(now).len(), MAX_TARGETS);
+    }
+
+    #[test]
+    fn recent_fallbacks_keep_the_last_twenty_newest_first() {
+        let activity = Activity::new();
+        for i in 0..25 {
+            activity.fell_back(Fallback {
+                at: Instant::now(),
+                endpoint: "chat_completions",
+                served_by: Arc::from("backup"),
+                passed: format!("primary:overloaded #{i}"),
+            });
+        }
+        let recent = activity.recent_fallbacks();
+        assert_eq!(recent.len(), RECENT_FALLBACKS);
+        assert_eq!(recent[0].passed, "primary:overloaded #24");
+        assert_eq!(recent[19].passed, "primary:overloaded #5");
+    }
+
+    #[test]
+    fn only_the_api_endpoints_are_observed() {
+        assert_eq!(
+            endpoint_of("/v1/chat/completions"),
+            Some("chat_completions")
+        );
+        assert_eq!(endpoint_of("/v1/messages"), Some("messages"));
+        assert_eq!(endpoint_of("/health"), None);
+        assert_eq!(endpoint_of("/v1/chat/completions/"), None);
+    }
+}
