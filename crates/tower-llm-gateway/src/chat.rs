@@ -12,7 +12,6 @@ use axum::response::Response;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, StatusCode, header};
 use http_body_util::{BodyExt, Full};
-use metrics::SharedString;
 use tower::ServiceExt;
 use tower_llm::classify::stream::Dialect;
 use tower_llm::fallback::FallbackReport;
@@ -26,7 +25,6 @@ use crate::headers::{
     ATTEMPTS_HEADER, CONTINUED_TRAILER, FALLBACKS_HEADER, TARGET_HEADER, attempts_value,
     keep_to_gateway, passed_targets, set,
 };
-use crate::prometheus::status_label;
 use crate::router::Gateway;
 use crate::shutdown::Closing;
 
@@ -87,21 +85,8 @@ pub(crate) async fn chat_completions(State(gateway): State<Gateway>, request: Re
                 .filter(|r| !r.failures.is_empty())
                 .map(passed_targets);
             let attempts = RetryStats::of(response.extensions()).attempts;
-            if gateway.metrics.is_some() {
-                metrics::counter!(
-                    "tower_llm_gateway_requests_total",
-                    "status" => status_label(response.status()),
-                    "target" => target.clone().map_or(SharedString::const_str("-"), SharedString::from)
-                )
-                .increment(1);
-            }
-            tracing::debug!(
-                target = target.as_deref().unwrap_or("-"),
-                attempts,
-                passed = passed.as_deref().unwrap_or(""),
-                status = response.status().as_u16(),
-                "served"
-            );
+            // Counted, timed and logged by `observe`, from the headers
+            // set here.
             let (mut head, body) = response.into_parts();
             keep_to_gateway(&mut head.headers);
             set(
@@ -218,12 +203,6 @@ fn failure(error: LlmError) -> Response {
         keep_to_gateway(response.headers_mut());
         response
     };
-    metrics::counter!(
-        "tower_llm_gateway_requests_total",
-        "status" => response.status().as_str().to_owned(),
-        "target" => "-"
-    )
-    .increment(1);
     if let Some(passed) = passed.filter(|p| !p.is_empty()) {
         set(response.headers_mut(), FALLBACKS_HEADER, &passed);
     }
