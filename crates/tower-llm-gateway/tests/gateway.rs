@@ -448,7 +448,7 @@ async fn metrics_count_retries_and_served_requests() {
             .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .unwrap_or(0.0)
     };
-    let served = r#"tower_llm_gateway_requests_total{status="200",target="metrics-only-target"}"#;
+    let served = r#"tower_llm_gateway_requests_total{endpoint="chat_completions",status="200",target="metrics-only-target"}"#;
     let retried = r#"tower_llm_retry_retries_total{kind="overloaded"}"#;
     let (_, before) = gateway.get("/metrics").await;
 
@@ -458,6 +458,17 @@ async fn metrics_count_retries_and_served_requests() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(value(&after, served), 1.0, "{after}");
     assert!(value(&after, retried) > value(&before, retried), "{after}");
+    // Latency is a histogram per endpoint, with buckets from 5 ms to
+    // 10 minutes (an LLM call is not a web page).
+    for bucket in [r#"le="0.005""#, r#"le="600""#] {
+        assert!(
+            after.lines().any(|l| l
+                .starts_with("tower_llm_gateway_request_duration_seconds_bucket{")
+                && l.contains(r#"endpoint="chat_completions""#)
+                && l.contains(bucket)),
+            "{after}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
