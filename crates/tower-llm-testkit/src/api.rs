@@ -1,12 +1,14 @@
-//! The three wire formats the simulator speaks, and how a successful
-//! answer looks in each, whole or streamed.
+//! The wire formats the simulator speaks, and how a successful answer
+//! looks in each, whole or streamed.
 
 use std::fmt::{self, Write as _};
 use std::time::SystemTime;
 
 use bytes::Bytes;
 
+use crate::embeddings::{self, EmbeddingAsk};
 use crate::reply::Tokens;
+use crate::responses::{self, ResponseEvents};
 use crate::wire::{push_json_escaped, push_json_str, rfc3339, unix_secs};
 
 /// An API the simulator serves, chosen by the request's path.
@@ -14,27 +16,63 @@ use crate::wire::{push_json_escaped, push_json_str, rfc3339, unix_secs};
 /// | path | API | streaming format |
 /// |---|---|---|
 /// | `POST /v1/chat/completions` | OpenAI Chat Completions | SSE ending in `data: [DONE]` |
+/// | `POST /v1/completions` | OpenAI (legacy) Completions | SSE `text_completion` chunks ending in `data: [DONE]` |
+/// | `POST /v1/embeddings` | OpenAI Embeddings | none: one vector per input, floats or base64 |
+/// | `POST /v1/responses` | OpenAI Responses | SSE `response.created` … `response.completed` |
 /// | `POST /v1/messages` | Anthropic Messages | SSE `message_start` … `message_stop`, with `ping` |
 /// | `POST /api/chat` | Ollama chat | NDJSON ending in `"done":true` (streams unless `"stream":false`) |
+///
+/// The paths without `/v1` are served too for the OpenAI APIs (a base URL
+/// that ends in `/v1`, as the SDKs take it, with the API's own path).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Api {
     /// OpenAI Chat Completions (and every OpenAI-compatible server).
     OpenAiChat,
+    /// OpenAI's legacy Completions (`prompt` in, `choices[].text` out).
+    OpenAiCompletions,
+    /// OpenAI Embeddings.
+    OpenAiEmbeddings,
+    /// OpenAI Responses.
+    OpenAiResponses,
     /// Anthropic Messages.
     AnthropicMessages,
     /// Ollama's native chat API.
     OllamaChat,
 }
 
+/// Whose conventions an API follows: error bodies, headers, statuses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Family {
+    OpenAi,
+    Anthropic,
+    Ollama,
+}
+
 impl Api {
-    /// Every API, in a fixed order.
+    /// The conversation APIs — one of each family: OpenAI chat, Anthropic
+    /// Messages, Ollama chat — in a fixed order: what a test that checks
+    /// every dialect of a chat stream loops over. [`Api::EVERY`] adds
+    /// OpenAI's legacy completions, embeddings and Responses.
     pub const ALL: [Api; 3] = [Api::OpenAiChat, Api::AnthropicMessages, Api::OllamaChat];
+
+    /// Every API the simulator serves, in a fixed order.
+    pub const EVERY: [Api; 6] = [
+        Api::OpenAiChat,
+        Api::OpenAiCompletions,
+        Api::OpenAiEmbeddings,
+        Api::OpenAiResponses,
+        Api::AnthropicMessages,
+        Api::OllamaChat,
+    ];
 
     /// The API served at `path`, if any.
     pub fn from_path(path: &str) -> Option<Api> {
         match path {
             "/v1/chat/completions" | "/chat/completions" => Some(Api::OpenAiChat),
+            "/v1/completions" | "/completions" => Some(Api::OpenAiCompletions),
+            "/v1/embeddings" | "/embeddings" => Some(Api::OpenAiEmbeddings),
+            "/v1/responses" | "/responses" => Some(Api::OpenAiResponses),
             "/v1/messages" => Some(Api::AnthropicMessages),
             "/api/chat" => Some(Api::OllamaChat),
             _ => None,
@@ -45,16 +83,37 @@ impl Api {
     pub fn path(self) -> &'static str {
         match self {
             Api::OpenAiChat => "/v1/chat/completions",
+            Api::OpenAiCompletions => "/v1/completions",
+            Api::OpenAiEmbeddings => "/v1/embeddings",
+            Api::OpenAiResponses => "/v1/responses",
             Api::AnthropicMessages => "/v1/messages",
             Api::OllamaChat => "/api/chat",
         }
     }
 
+    /// Whose conventions the API follows.
+    pub(crate) fn family(self) -> Family {
+        match self {
+            Api::OpenAiChat
+            | Api::OpenAiCompletions
+            | Api::OpenAiEmbeddings
+            | Api::OpenAiResponses => Family::OpenAi,
+            Api::AnthropicMessages => Family::Anthropic,
+            Api::OllamaChat => Family::Ollama,
+        }
+    }
+
+    /// Whether the API can stream its answer (embeddings cannot: a
+    /// request's `stream` is ignored).
+    pub fn streams(self) -> bool {
+        !matches!(self, Api::OpenAiEmbeddings)
+    }
+
     /// The `content-type` of a streamed answer.
     pub fn stream_content_type(self) -> &'static str {
-        match self {
-            Api::OpenAiChat | Api::AnthropicMessages => "text/event-stream; charset=utf-8",
-            Api::OllamaChat => "application/x-ndjson",
+        match self.family() {
+            Family::OpenAi | Family::Anthropic => "text/event-stream; charset=utf-8",
+            Family::Ollama => "application/x-ndjson",
         }
     }
 
@@ -65,22 +124,22 @@ impl Api {
     }
 
     /// The bytes a stalled stream sends to keep the connection open, if this
-    /// API has any: an SSE comment for OpenAI (as OpenRouter and most
+    /// API has any: an SSE comment for OpenAI's (as OpenRouter and most
     /// OpenAI-compatible proxies do), Anthropic's `ping` event. Ollama has
     /// none: a stalled NDJSON stream is silent.
     pub fn keepalive(self) -> Option<&'static [u8]> {
-        match self {
-            Api::OpenAiChat => Some(b": keep-alive\n\n"),
-            Api::AnthropicMessages => Some(b"event: ping\ndata: {\"type\": \"ping\"}\n\n"),
-            Api::OllamaChat => None,
+        match self.family() {
+            Family::OpenAi => Some(b": keep-alive\n\n"),
+            Family::Anthropic => Some(b"event: ping\ndata: {\"type\": \"ping\"}\n\n"),
+            Family::Ollama => None,
         }
     }
 
     /// The name of the header that carries the request id.
     pub fn request_id_header(self) -> &'static str {
-        match self {
-            Api::AnthropicMessages => "request-id",
-            Api::OpenAiChat | Api::OllamaChat => "x-request-id",
+        match self.family() {
+            Family::Anthropic => "request-id",
+            Family::OpenAi | Family::Ollama => "x-request-id",
         }
     }
 }
@@ -89,6 +148,9 @@ impl fmt::Display for Api {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.pad(match self {
             Api::OpenAiChat => "openai",
+            Api::OpenAiCompletions => "openai-completions",
+            Api::OpenAiEmbeddings => "openai-embeddings",
+            Api::OpenAiResponses => "openai-responses",
             Api::AnthropicMessages => "anthropic",
             Api::OllamaChat => "ollama",
         })
@@ -104,6 +166,8 @@ pub(crate) struct Exchange<'a> {
     pub(crate) now: SystemTime,
     pub(crate) prompt_tokens: u64,
     pub(crate) include_usage: bool,
+    /// What an embeddings request asks for (`None` for the other APIs).
+    pub(crate) embedding: Option<&'a EmbeddingAsk>,
 }
 
 /// A rendered stream: one buffer, and where slow tokens pause in it.
@@ -120,7 +184,8 @@ pub(crate) struct Events {
 }
 
 impl Exchange<'_> {
-    /// The request id without its `req_` prefix, for `chatcmpl-…` and `msg_…` ids.
+    /// The request id without its `req_` prefix, for `chatcmpl-…`, `cmpl-…`,
+    /// `resp_…` and `msg_…` ids.
     pub(crate) fn id(&self) -> &str {
         self.request_id
             .strip_prefix("req_")
@@ -138,6 +203,8 @@ pub(crate) struct EventWriter<'a> {
     first_content: usize,
     breaks: Vec<usize>,
     content_events: u64,
+    /// The Responses API's numbered events.
+    responses: ResponseEvents,
 }
 
 impl<'a> EventWriter<'a> {
@@ -155,6 +222,17 @@ impl<'a> EventWriter<'a> {
                 push_json_str(&mut prefix, exchange.model);
                 prefix.push_str(",\"system_fingerprint\":\"fp_simulated\",\"choices\":[");
             }
+            Api::OpenAiCompletions => {
+                prefix.push_str("data: {\"id\":\"cmpl-");
+                prefix.push_str(exchange.id());
+                let _ = write!(
+                    prefix,
+                    "\",\"object\":\"text_completion\",\"created\":{},\"model\":",
+                    unix_secs(exchange.now)
+                );
+                push_json_str(&mut prefix, exchange.model);
+                prefix.push_str(",\"choices\":[");
+            }
             Api::OllamaChat => {
                 prefix.push_str("{\"model\":");
                 push_json_str(&mut prefix, exchange.model);
@@ -162,7 +240,7 @@ impl<'a> EventWriter<'a> {
                 prefix.push_str(&rfc3339(exchange.now, 9));
                 prefix.push_str("\",\"message\":{\"role\":\"assistant\",\"content\":");
             }
-            Api::AnthropicMessages => {}
+            Api::AnthropicMessages | Api::OpenAiEmbeddings | Api::OpenAiResponses => {}
         }
         EventWriter {
             exchange,
@@ -171,6 +249,7 @@ impl<'a> EventWriter<'a> {
             first_content: 0,
             breaks: Vec::with_capacity(expected_events),
             content_events: 0,
+            responses: ResponseEvents::default(),
         }
     }
 
@@ -208,7 +287,9 @@ impl<'a> EventWriter<'a> {
                 self.buf
                     .push_str("event: ping\ndata: {\"type\": \"ping\"}\n\n");
             }
-            Api::OllamaChat => {}
+            Api::OpenAiResponses => self.responses.preamble(&mut self.buf, ex),
+            // Legacy completions start with text; embeddings never stream.
+            Api::OpenAiCompletions | Api::OpenAiEmbeddings | Api::OllamaChat => {}
         }
         self.first_content = self.buf.len();
     }
@@ -234,6 +315,17 @@ impl<'a> EventWriter<'a> {
                 push_json_str(&mut self.buf, token);
                 self.buf.push_str("}}\n\n");
             }
+            Api::OpenAiCompletions => {
+                self.buf.push_str(&self.prefix);
+                self.buf.push_str("{\"text\":");
+                push_json_str(&mut self.buf, token);
+                self.buf
+                    .push_str(",\"index\":0,\"logprobs\":null,\"finish_reason\":null}]");
+                self.usage_suffix();
+                self.buf.push_str("}\n\n");
+            }
+            Api::OpenAiResponses => self.responses.delta(&mut self.buf, self.exchange, token),
+            Api::OpenAiEmbeddings => {}
             Api::OllamaChat => {
                 self.buf.push_str(&self.prefix);
                 push_json_str(&mut self.buf, token);
@@ -263,6 +355,23 @@ impl<'a> EventWriter<'a> {
                 }
                 self.buf.push_str("data: [DONE]\n\n");
             }
+            Api::OpenAiCompletions => {
+                self.buf.push_str(&self.prefix);
+                self.buf.push_str(
+                    "{\"text\":\"\",\"index\":0,\"logprobs\":null,\"finish_reason\":\"stop\"}]",
+                );
+                self.usage_suffix();
+                self.buf.push_str("}\n\n");
+                if ex.include_usage {
+                    self.buf.push_str(&self.prefix);
+                    self.buf.push(']');
+                    push_usage_openai(&mut self.buf, ex.prompt_tokens, completion);
+                    self.buf.push_str("}\n\n");
+                }
+                self.buf.push_str("data: [DONE]\n\n");
+            }
+            Api::OpenAiResponses => self.responses.finish(&mut self.buf, ex, completion),
+            Api::OpenAiEmbeddings => {}
             Api::AnthropicMessages => {
                 self.buf.push_str("event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\n");
                 let _ = write!(
@@ -298,9 +407,9 @@ impl<'a> EventWriter<'a> {
 
 fn prefix_len(api: Api) -> usize {
     match api {
-        Api::OpenAiChat => 170,
-        Api::AnthropicMessages => 110,
-        Api::OllamaChat => 110,
+        Api::OpenAiChat | Api::OpenAiCompletions => 170,
+        Api::OpenAiResponses => 200,
+        Api::AnthropicMessages | Api::OllamaChat | Api::OpenAiEmbeddings => 110,
     }
 }
 
@@ -346,6 +455,38 @@ pub(crate) fn full_body(exchange: &Exchange<'_>, tokens: Tokens<'_>) -> Bytes {
             buf.push_str(",\"refusal\":null,\"annotations\":[]},\"logprobs\":null,\"finish_reason\":\"stop\"}]");
             push_usage_openai(&mut buf, exchange.prompt_tokens, completion);
             buf.push_str(",\"service_tier\":\"default\",\"system_fingerprint\":\"fp_simulated\"}");
+        }
+        Api::OpenAiCompletions => {
+            buf.push_str("{\"id\":\"cmpl-");
+            buf.push_str(exchange.id());
+            let _ = write!(
+                buf,
+                "\",\"object\":\"text_completion\",\"created\":{},\"model\":",
+                unix_secs(exchange.now)
+            );
+            push_json_str(&mut buf, exchange.model);
+            buf.push_str(",\"choices\":[{\"text\":");
+            text.push_json(&mut buf);
+            buf.push_str(",\"index\":0,\"logprobs\":null,\"finish_reason\":\"stop\"}]");
+            push_usage_openai(&mut buf, exchange.prompt_tokens, completion);
+            buf.push('}');
+        }
+        Api::OpenAiEmbeddings => {
+            let ask = exchange.embedding.cloned().unwrap_or_default();
+            buf = embeddings::body(exchange, &ask);
+        }
+        Api::OpenAiResponses => {
+            let mut whole = String::with_capacity(text_len);
+            for token in text.0.clone() {
+                whole.push_str(token);
+            }
+            responses::push_response(
+                &mut buf,
+                exchange,
+                responses::Status::Completed,
+                Some(&whole),
+                completion,
+            );
         }
         Api::AnthropicMessages => {
             buf.push_str("{\"id\":\"msg_");

@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 
-use crate::api::{Api, Exchange};
+use crate::api::{Api, Exchange, Family};
 use crate::spec::format_duration;
 use crate::wire::{ceil_secs, go_duration, push_json_str, rfc3339};
 
@@ -132,9 +132,9 @@ impl Failure {
         let code = match self {
             Failure::RateLimited(_) => 429,
             Failure::QuotaExhausted => 429,
-            Failure::Overloaded => match api {
-                Api::AnthropicMessages => 529,
-                Api::OpenAiChat | Api::OllamaChat => 503,
+            Failure::Overloaded => match api.family() {
+                Family::Anthropic => 529,
+                Family::OpenAi | Family::Ollama => 503,
             },
             Failure::ServerError(code) | Failure::Status(code) => *code,
             Failure::ContextLengthExceeded
@@ -156,6 +156,7 @@ impl Failure {
             now,
             prompt_tokens: 130_004,
             include_usage: false,
+            embedding: None,
         };
         self.render(&exchange, None)
     }
@@ -173,20 +174,20 @@ impl Failure {
                 HeaderValue::from_static("application/json"),
             );
             let mut body = String::with_capacity(256);
-            match ex.api {
-                Api::OpenAiChat => {
+            match ex.api.family() {
+                Family::OpenAi => {
                     body.push_str("{\"error\":");
                     self.push_openai_error(&mut body, ex, context_window);
                     body.push('}');
                 }
-                Api::AnthropicMessages => {
+                Family::Anthropic => {
                     body.push_str("{\"type\":\"error\",\"error\":");
                     self.push_anthropic_error(&mut body, ex, context_window);
                     body.push_str(",\"request_id\":");
                     push_json_str(&mut body, ex.request_id);
                     body.push('}');
                 }
-                Api::OllamaChat => {
+                Family::Ollama => {
                     body.push_str("{\"error\":");
                     push_json_str(&mut body, &self.ollama_message(ex, context_window));
                     body.push('}');
@@ -203,22 +204,31 @@ impl Failure {
     }
 
     /// The in-band error event a stream carries for this failure on `api`:
-    /// `data: {"error":{…}}` (OpenAI, as its SDK parses it),
-    /// `event: error` (Anthropic), `{"error":"…"}` (Ollama NDJSON).
+    /// `data: {"error":{…}}` (OpenAI chat and completions, as its SDK
+    /// parses it), `event: error` (Anthropic), `{"error":"…"}` (Ollama
+    /// NDJSON); on the Responses API, `event: response.failed` with the
+    /// response's `error` for a failure of the model (overload, server
+    /// error), `event: error` with `code` and `message` for the others
+    /// (the two failure events of platform.openai.com's streaming events
+    /// reference).
     pub(crate) fn in_band_event(&self, ex: &Exchange<'_>) -> String {
         let mut event = String::with_capacity(200);
-        match ex.api {
-            Api::OpenAiChat => {
+        if ex.api == Api::OpenAiResponses {
+            self.push_responses_event(&mut event, ex);
+            return event;
+        }
+        match ex.api.family() {
+            Family::OpenAi => {
                 event.push_str("data: {\"error\":");
                 self.push_openai_error(&mut event, ex, None);
                 event.push_str("}\n\n");
             }
-            Api::AnthropicMessages => {
+            Family::Anthropic => {
                 event.push_str("event: error\ndata: {\"type\":\"error\",\"error\":");
                 self.push_anthropic_error(&mut event, ex, None);
                 event.push_str("}\n\n");
             }
-            Api::OllamaChat => {
+            Family::Ollama => {
                 event.push_str("{\"error\":");
                 push_json_str(&mut event, &self.ollama_message(ex, None));
                 event.push_str("}\n");
@@ -233,11 +243,11 @@ impl Failure {
         if !matches!(self, Failure::ServerError(_) | Failure::Status(_)) {
             return None;
         }
-        match (api, status.as_u16()) {
-            (Api::OpenAiChat | Api::AnthropicMessages, 502) => Some(
+        match (api.family(), status.as_u16()) {
+            (Family::OpenAi | Family::Anthropic, 502) => Some(
                 "<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>cloudflare</center>\r\n</body>\r\n</html>\r\n",
             ),
-            (Api::OpenAiChat, 504) => Some(
+            (Family::OpenAi, 504) => Some(
                 "<html>\r\n<head><title>504 Gateway Time-out</title></head>\r\n<body>\r\n<center><h1>504 Gateway Time-out</h1></center>\r\n<hr><center>cloudflare</center>\r\n</body>\r\n</html>\r\n",
             ),
             _ => None,
@@ -245,8 +255,58 @@ impl Failure {
     }
 
     fn push_openai_error(&self, out: &mut String, ex: &Exchange<'_>, window: Option<u64>) {
+        let (message, kind, param, code) = self.openai_parts(ex, window);
+        out.push_str("{\"message\":");
+        push_json_str(out, &message);
+        out.push_str(",\"type\":");
+        push_json_str(out, kind);
+        out.push_str(",\"param\":");
+        push_opt(out, param);
+        out.push_str(",\"code\":");
+        push_opt(out, code);
+        out.push('}');
+    }
+
+    /// The Responses API's failure event (see [`Failure::in_band_event`]).
+    fn push_responses_event(&self, out: &mut String, ex: &Exchange<'_>) {
+        let (message, kind, param, code) = self.openai_parts(ex, None);
+        let code = code.unwrap_or(kind);
+        let of_the_model = matches!(self, Failure::Overloaded | Failure::ServerError(_))
+            || matches!(self, Failure::Status(status) if *status >= 500);
+        if of_the_model {
+            out.push_str("event: response.failed\ndata: {\"type\":\"response.failed\",\"response\":{\"id\":\"resp_");
+            out.push_str(ex.id());
+            out.push_str("\",\"object\":\"response\",\"status\":\"failed\",\"model\":");
+            push_json_str(out, ex.model);
+            out.push_str(",\"output\":[],\"error\":{\"code\":");
+            push_json_str(out, code);
+            out.push_str(",\"message\":");
+            push_json_str(out, &message);
+            out.push_str("}}}\n\n");
+        } else {
+            out.push_str("event: error\ndata: {\"type\":\"error\",\"code\":");
+            push_json_str(out, code);
+            out.push_str(",\"message\":");
+            push_json_str(out, &message);
+            out.push_str(",\"param\":");
+            push_opt(out, param);
+            out.push_str("}\n\n");
+        }
+    }
+
+    /// OpenAI's message, `type`, `param` and `code` for this failure.
+    fn openai_parts<'s>(
+        &'s self,
+        ex: &Exchange<'_>,
+        window: Option<u64>,
+    ) -> (
+        Cow<'s, str>,
+        &'static str,
+        Option<&'static str>,
+        Option<&'static str>,
+    ) {
         let model = ex.model;
-        let (message, kind, param, code): (Cow<'_, str>, &str, Option<&str>, Option<&str>) = match self {
+        match self {
             Failure::RateLimited(limit) => {
                 let mut m = format!(
                     "Rate limit reached for {model} in organization org-simulated on requests per min (RPM): Limit 500, Used 500, Requested 1."
@@ -304,16 +364,7 @@ impl Failure {
             ),
             Failure::InvalidRequest(message) => (message.as_ref().into(), "invalid_request_error", None, None),
             Failure::Status(code) => (generic_message(*code).into(), generic_openai_type(*code), None, None),
-        };
-        out.push_str("{\"message\":");
-        push_json_str(out, &message);
-        out.push_str(",\"type\":");
-        push_json_str(out, kind);
-        out.push_str(",\"param\":");
-        push_opt(out, param);
-        out.push_str(",\"code\":");
-        push_opt(out, code);
-        out.push('}');
+        }
     }
 
     fn push_anthropic_error(&self, out: &mut String, ex: &Exchange<'_>, window: Option<u64>) {
@@ -386,7 +437,7 @@ impl Failure {
 
     fn hint_headers(&self, ex: &Exchange<'_>, headers: &mut HeaderMap) {
         match self {
-            Failure::Overloaded if ex.api == Api::AnthropicMessages => {
+            Failure::Overloaded if ex.api.family() == Family::Anthropic => {
                 headers.insert("x-should-retry", HeaderValue::from_static("true"));
             }
             Failure::RateLimited(limit) => {
@@ -405,13 +456,13 @@ impl Failure {
                     }
                     RetryHint::ResetHeadersOnly => {}
                 }
-                match ex.api {
-                    Api::OpenAiChat => {
+                match ex.api.family() {
+                    Family::OpenAi => {
                         insert_num(headers, "x-ratelimit-limit-requests", 500);
                         insert_num(headers, "x-ratelimit-remaining-requests", 0);
                         insert_str(headers, "x-ratelimit-reset-requests", &go_duration(wait));
                     }
-                    Api::AnthropicMessages => {
+                    Family::Anthropic => {
                         insert_num(headers, "anthropic-ratelimit-requests-limit", 50);
                         insert_num(headers, "anthropic-ratelimit-requests-remaining", 0);
                         // RFC 3339 at whole seconds, rounded up so the reset is never early.
@@ -422,7 +473,7 @@ impl Failure {
                             &rfc3339(at, 0),
                         );
                     }
-                    Api::OllamaChat => {}
+                    Family::Ollama => {}
                 }
             }
             _ => {}

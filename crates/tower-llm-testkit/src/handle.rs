@@ -16,6 +16,7 @@ use crate::answer::{Answering, answer};
 use crate::api::{Api, Exchange};
 use crate::body::{ConnState, Cut, SimBody};
 use crate::delay::key;
+use crate::embeddings::EmbeddingAsk;
 use crate::failure::Failure;
 use crate::fault::Action;
 use crate::prefill::{LastMessage, PrefillFields, PrefillMode, RequestPrefill, answer_start};
@@ -40,6 +41,13 @@ struct Fields<'a> {
     continue_final_message: Option<bool>,
     #[serde(default)]
     add_generation_prompt: Option<bool>,
+    /// Embeddings' (and Responses') input; read for embeddings only.
+    #[serde(default)]
+    input: Option<serde_json::Value>,
+    #[serde(borrow, default)]
+    encoding_format: Option<Cow<'a, str>>,
+    #[serde(default)]
+    dimensions: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -150,12 +158,19 @@ pub(crate) async fn handle(
     let (model, stream, include_usage) = match &fields {
         Ok(f) => (
             f.model.as_deref().unwrap_or_default(),
-            f.stream.unwrap_or(api.streams_by_default()),
+            api.streams() && f.stream.unwrap_or(api.streams_by_default()),
             f.stream_options.as_ref().is_some_and(|o| o.include_usage),
         ),
         Err(_) => ("", false, false),
     };
-    let ex = exchange(api, model, &request_id, now, prompt_tokens, include_usage);
+    let embedding = match (&fields, api) {
+        (Ok(f), Api::OpenAiEmbeddings) => {
+            EmbeddingAsk::read(f.input.as_ref(), f.dimensions, f.encoding_format.as_deref())
+        }
+        _ => None,
+    };
+    let mut ex = exchange(api, model, &request_id, now, prompt_tokens, include_usage);
+    ex.embedding = embedding.as_ref();
     if let Some(record) = record.as_mut() {
         record.model = (!model.is_empty()).then(|| model.to_owned());
         record.stream = stream;
@@ -173,6 +188,11 @@ pub(crate) async fn handle(
         ))
     } else if model.is_empty() {
         Some(Failure::InvalidRequest(missing_model(api).into()))
+    } else if api == Api::OpenAiEmbeddings && embedding.is_none() {
+        // OpenAI's words for an `input` that is missing or of no known shape.
+        Some(Failure::InvalidRequest(
+            "'input' is a required property and must be a string, an array of strings, or an array of token arrays".into(),
+        ))
     } else if config
         .context_window
         .is_some_and(|window| prompt_tokens > window)
@@ -292,5 +312,6 @@ fn exchange<'a>(
         now,
         prompt_tokens,
         include_usage,
+        embedding: None,
     }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
 
-use crate::api::{Api, Exchange};
+use crate::api::{Api, Exchange, Family};
 use crate::body::SimBody;
 use crate::capacity::Slot;
 use crate::failure::ErrorReply;
@@ -55,15 +55,15 @@ pub(crate) fn insert_request_id(headers: &mut HeaderMap, api: Api, request_id: &
 /// rate-limit headers, with room to spare.
 pub(crate) fn success_headers(headers: &mut HeaderMap, ex: &Exchange<'_>, took: Duration) {
     insert_request_id(headers, ex.api, ex.request_id);
-    match ex.api {
-        Api::OpenAiChat => {
+    match ex.api.family() {
+        Family::OpenAi => {
             headers.insert(
                 "openai-processing-ms",
                 HeaderValue::from(took.as_millis() as u64),
             );
             insert_static(headers, OPENAI_SUCCESS_HEADERS);
         }
-        Api::AnthropicMessages => {
+        Family::Anthropic => {
             insert_static(headers, ANTHROPIC_SUCCESS_HEADERS);
             let reset = rfc3339(ex.now + Duration::from_secs(1), 0);
             if let Ok(reset) = HeaderValue::from_str(&reset) {
@@ -71,7 +71,7 @@ pub(crate) fn success_headers(headers: &mut HeaderMap, ex: &Exchange<'_>, took: 
                 headers.insert("anthropic-ratelimit-tokens-reset", reset);
             }
         }
-        Api::OllamaChat => {}
+        Family::Ollama => {}
     }
 }
 
@@ -117,10 +117,10 @@ pub(crate) fn authorized(config: &Config, headers: &HeaderMap) -> bool {
 }
 
 pub(crate) fn missing_model(api: Api) -> &'static str {
-    match api {
-        Api::OpenAiChat => "you must provide a model parameter",
-        Api::AnthropicMessages => "model: Field required",
-        Api::OllamaChat => "model is required",
+    match api.family() {
+        Family::OpenAi => "you must provide a model parameter",
+        Family::Anthropic => "model: Field required",
+        Family::Ollama => "model is required",
     }
 }
 

@@ -200,13 +200,17 @@ async fn unknown_paths_and_methods_are_answered_not_faulted() {
         .await
         .unwrap();
     let client = client();
-    let unknown = post(&client, &format!("{}/v1/embeddings", sim.base_url()), "{}")
-        .await
-        .unwrap();
+    let unknown = post(
+        &client,
+        &format!("{}/v1/images/generations", sim.base_url()),
+        "{}",
+    )
+    .await
+    .unwrap();
     assert_eq!(unknown.status, 404);
     assert_eq!(
         unknown.json()["error"]["message"],
-        "Invalid URL (POST /v1/embeddings)"
+        "Invalid URL (POST /v1/images/generations)"
     );
     let get = client
         .get(sim.url(Api::OpenAiChat).parse().unwrap())

@@ -221,10 +221,10 @@ async fn main() -> ExitCode {
         sim.base_url(),
         options.plan
     );
-    for api in Api::ALL {
-        println!("  {api:<9} POST {}", sim.url(api));
+    for api in Api::EVERY {
+        println!("  {api:<18} POST {}", sim.url(api));
     }
-    println!("  health    GET  {}/health", sim.base_url());
+    println!("  health             GET  {}/health", sim.base_url());
     println!(
         "try:\n  curl -s {} -H 'content-type: application/json' -d '{{\"model\":\"gpt-4o\",\"stream\":true,\"messages\":[{{\"role\":\"user\",\"content\":\"hi\"}}]}}'",
         sim.url(Api::OpenAiChat)

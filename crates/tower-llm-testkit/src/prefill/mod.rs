@@ -28,7 +28,7 @@ use std::borrow::Cow;
 use std::fmt;
 use std::str::FromStr;
 
-use crate::api::Api;
+use crate::api::{Api, Family};
 use crate::reply::ReplyText;
 
 pub(crate) use parse::LastMessage;
@@ -186,18 +186,18 @@ pub(crate) struct PrefillModes {
 
 impl PrefillModes {
     pub(crate) fn get(&self, api: Api) -> PrefillMode {
-        match api {
-            Api::OpenAiChat => self.openai,
-            Api::AnthropicMessages => self.anthropic,
-            Api::OllamaChat => self.ollama,
+        match api.family() {
+            Family::OpenAi => self.openai,
+            Family::Anthropic => self.anthropic,
+            Family::Ollama => self.ollama,
         }
     }
 
     pub(crate) fn set(&mut self, api: Api, mode: PrefillMode) {
-        match api {
-            Api::OpenAiChat => self.openai = mode,
-            Api::AnthropicMessages => self.anthropic = mode,
-            Api::OllamaChat => self.ollama = mode,
+        match api.family() {
+            Family::OpenAi => self.openai = mode,
+            Family::Anthropic => self.anthropic = mode,
+            Family::Ollama => self.ollama = mode,
         }
     }
 }

@@ -3,7 +3,7 @@
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 
-use crate::api::{Api, Exchange};
+use crate::api::{Api, Exchange, Family};
 use crate::failure::ErrorReply;
 use crate::wire::push_json_str;
 
@@ -45,8 +45,8 @@ impl Refusal {
     pub(crate) fn render(self, ex: &Exchange<'_>) -> ErrorReply {
         let message = self.message();
         let mut body = String::with_capacity(200);
-        match ex.api {
-            Api::OpenAiChat => {
+        match ex.api.family() {
+            Family::OpenAi => {
                 body.push_str("{\"error\":{\"message\":");
                 push_json_str(&mut body, message);
                 body.push_str(match self {
@@ -58,7 +58,7 @@ impl Refusal {
                     }
                 });
             }
-            Api::AnthropicMessages => {
+            Family::Anthropic => {
                 body.push_str(
                     "{\"type\":\"error\",\"error\":{\"type\":\"invalid_request_error\",\"message\":",
                 );
@@ -67,7 +67,7 @@ impl Refusal {
                 push_json_str(&mut body, ex.request_id);
                 body.push('}');
             }
-            Api::OllamaChat => {
+            Family::Ollama => {
                 body.push_str("{\"error\":");
                 push_json_str(&mut body, message);
                 body.push('}');
