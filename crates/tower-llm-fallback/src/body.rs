@@ -12,6 +12,7 @@ use tower_llm_classify::{ErrorKind, LlmError, Phase};
 
 use crate::continuation::Splice;
 use crate::continuation::resume::{Delivered, FirstDelivered, RestFuture, Resumable};
+use crate::group::Tracker;
 
 pin_project! {
     /// The served target's body. A mid-stream failure comes out as an
@@ -24,6 +25,9 @@ pin_project! {
         inner: B,
         // Boxed: only a stream that may be continued pays for it.
         resume: Option<Box<ResumeState<B>>>,
+        // The served member of a group: in flight until this body ends
+        // (is dropped), timed to its first content.
+        tracker: Option<Tracker>,
     }
 }
 
@@ -48,7 +52,14 @@ impl<B> FallbackBody<B> {
         FallbackBody {
             inner,
             resume: None,
+            tracker: None,
         }
+    }
+
+    /// This body, counting `tracker`'s call in flight until it ends.
+    pub(crate) fn tracked(mut self, tracker: Tracker) -> Self {
+        self.tracker = Some(tracker);
+        self
     }
 
     /// A body whose failure after content is continued through
@@ -69,6 +80,7 @@ impl<B> FallbackBody<B> {
                 splice: None,
                 out: Vec::new(),
             })),
+            tracker: None,
         }
     }
 
@@ -115,11 +127,20 @@ where
     ) -> Poll<Option<Result<Frame<Bytes>, LlmError>>> {
         let mut this = self.project();
         let Some(state) = this.resume.as_deref_mut() else {
-            return this
+            let polled = this
                 .inner
                 .poll_frame(cx)
                 .map(|frame| frame.map(|result| result.map_err(|e| incomplete(e.into()))));
+            if polled.is_ready()
+                && let Some(tracker) = this.tracker.as_mut()
+            {
+                tracker.on_frame();
+            }
+            return polled;
         };
+        if let Some(tracker) = this.tracker.as_mut() {
+            tracker.on_frame();
+        }
         loop {
             if let Some(asking) = state.asking.as_mut() {
                 let answered = ready!(asking.as_mut().poll(cx));

@@ -16,6 +16,7 @@ use tower_llm_classify::{BoxError, Classification, ErrorKind, LlmError, RequestM
 use tower_service::Service;
 
 use crate::body::FallbackBody;
+use crate::group::{Cursor, PickRequest, Tracker, note_failure, pick};
 use crate::report::{FallbackReport, TRACING_TARGET};
 use crate::route::Route;
 use crate::service::Shared;
@@ -33,12 +34,15 @@ pin_project! {
         shared: Arc<Shared<S>>,
         parts: Option<http::request::Parts>,
         body: Bytes,
-        // The next target to consider, the route the last failure set, and
-        // the context window of the target that was too small.
-        next: usize,
+        // Where the request is among the groups, the route the last failure
+        // set, and the context window of the target that was too small.
+        cursor: Cursor,
         route: Route,
         too_small: Option<u64>,
         current: usize,
+        // The call to a member of a group of two or more: in flight until
+        // its body ends, timed to its answer.
+        tracker: Option<Tracker>,
         failures: Vec<(Arc<str>, LlmError)>,
     }
 }
@@ -79,7 +83,7 @@ where
 {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ResponseFuture")
-            .field("next", &self.next)
+            .field("cursor", &self.cursor)
             .field("failures", &self.failures.len())
             .finish_non_exhaustive()
     }
@@ -99,10 +103,11 @@ where
             shared,
             parts: Some(parts),
             body: Bytes::new(),
-            next: 0,
+            cursor: Cursor::default(),
             route: Route::Next,
             too_small: None,
             current: 0,
+            tracker: None,
             failures: Vec::new(),
         }
     }
@@ -147,11 +152,11 @@ where
                         this.state.set(State::Ready { service: None });
                         if !pick(
                             this.shared,
-                            this.next,
+                            this.cursor,
                             *this.route,
                             *this.too_small,
+                            pick_request(this.parts, this.body),
                             this.current,
-                            this.parts.as_ref(),
                         ) {
                             this.state.set(State::Done);
                             return Poll::Ready(Err(no_target(this.parts.as_ref())));
@@ -172,7 +177,7 @@ where
                             // No target can come after this one (and no
                             // hedge): the caller's request is moved, not
                             // copied.
-                            let last = *this.next >= this.shared.targets.len()
+                            let last = this.cursor.nothing_after(this.shared)
                                 && this.shared.hedge.is_none()
                                 && !keeps_request(this.shared, this.parts.as_ref());
                             let adapted = match (last, this.parts.take()) {
@@ -203,11 +208,11 @@ where
                                     this.failures.push((Arc::clone(&target.name), error));
                                     if pick(
                                         this.shared,
-                                        this.next,
+                                        this.cursor,
                                         *this.route,
                                         *this.too_small,
+                                        pick_request(this.parts, this.body),
                                         this.current,
-                                        this.parts.as_ref(),
                                     ) {
                                         this.state.set(State::Ready { service: None });
                                         continue;
@@ -218,6 +223,7 @@ where
                                     ))));
                                 }
                                 Ok(request) => {
+                                    *this.tracker = Tracker::start(this.shared, *this.current);
                                     let future = service.call(request);
                                     let hedge =
                                         this.shared.hedge.filter(|_| this.failures.is_empty());
@@ -256,6 +262,7 @@ where
                             this.failures,
                             response,
                             (this.parts.take(), std::mem::take(this.body)),
+                            this.tracker.take(),
                         )));
                     }
                     Err(error) => error.into(),
@@ -270,19 +277,19 @@ where
                     {
                         h.timer = None;
                         let policy = this.shared.hedge;
-                        let mut probe_next = *this.next;
+                        let mut probe = *this.cursor;
                         let mut index = *this.current;
                         if policy.is_some_and(|p| this.shared.take_hedge(&p))
                             && pick(
                                 this.shared,
-                                &mut probe_next,
+                                &mut probe,
                                 Route::Next,
                                 *this.too_small,
+                                pick_request(this.parts, this.body),
                                 &mut index,
-                                this.parts.as_ref(),
                             )
                         {
-                            *this.next = probe_next;
+                            *this.cursor = probe;
                             h.waiting = Some((index, this.shared.targets[index].service.clone()));
                         }
                     }
@@ -341,6 +348,7 @@ where
                                         this.failures,
                                         response,
                                         (this.parts.take(), std::mem::take(this.body)),
+                                        this.tracker.take(),
                                     )));
                                 }
                                 Err(error) => {
@@ -376,7 +384,13 @@ where
                 }
             };
 
-            // This target failed: where to now?
+            // This target failed: what its group learns (its call's count
+            // in flight ends here), and where to now?
+            let started = match this.tracker.take() {
+                Some(tracker) if tracker.index() == *this.current => Some(tracker.started()),
+                _ => None,
+            };
+            note_failure(this.shared, *this.current, &failed, started);
             let target = &this.shared.targets[*this.current];
             let name = Arc::clone(&target.name);
             let route = this.shared.routes.route(failed.classification());
@@ -401,11 +415,11 @@ where
             this.failures.push((Arc::clone(&name), failed));
             let moved = pick(
                 this.shared,
-                this.next,
+                this.cursor,
                 *this.route,
                 *this.too_small,
+                pick_request(this.parts, this.body),
                 this.current,
-                this.parts.as_ref(),
             );
             let to = moved.then(|| &*this.shared.targets[*this.current].name);
             moved_on(&name, to, kind, route);
@@ -436,6 +450,7 @@ fn served<S, RB>(
     failures: &mut Vec<(Arc<str>, LlmError)>,
     response: Response<RB>,
     request: (Option<http::request::Parts>, Bytes),
+    tracker: Option<Tracker>,
 ) -> Response<FallbackBody<RB>>
 where
     S: Service<Request<Full<Bytes>>, Response = Response<RB>> + Clone + Send + Sync + 'static,
@@ -462,6 +477,15 @@ where
     let body = match crate::continuation::resume::resumable(shared, index, request, &mut head) {
         Some((resume, first)) => FallbackBody::resumable(body, resume, first),
         None => FallbackBody::new(body),
+    };
+    // The served member of a group stays in flight until the body ends
+    // (a hedge that lost is dropped here, its count with it).
+    let body = match tracker {
+        Some(mut tracker) if tracker.index() == index => {
+            tracker.answered(&head.extensions);
+            body.tracked(tracker)
+        }
+        _ => body,
     };
     head.extensions.insert(FallbackReport {
         served_by: Some(name),
@@ -517,43 +541,9 @@ fn no_target(parts: Option<&http::request::Parts>) -> LlmError {
     }
 }
 
-/// Moves `next` to the first later target the route allows for the
-/// request whose head is `parts` (a target that speaks the protocol it
-/// names, if any); `current` is set to it. `false` when none is left.
-fn pick<S>(
-    shared: &Shared<S>,
-    next: &mut usize,
-    route: Route,
-    too_small: Option<u64>,
-    current: &mut usize,
-    parts: Option<&http::request::Parts>,
-) -> bool {
-    while *next < shared.targets.len() {
-        let index = *next;
-        *next += 1;
-        let target = &shared.targets[index];
-        if !target.takes(parts) {
-            continue;
-        }
-        // Once a request is known too long for a window, no target with
-        // that window or a smaller one is tried again, whatever the route.
-        let fits = match (target.context_window, too_small) {
-            (Some(window), Some(small)) => window > small,
-            _ => true,
-        };
-        let eligible = fits
-            && match route {
-                Route::Next => !target.reserved,
-                Route::LargerContext => target.larger_context,
-                Route::ContentFilter => target.content_filter,
-                Route::Stop => false,
-            };
-        if eligible {
-            *current = index;
-            return true;
-        }
-    }
-    false
+/// The request a pick is for, while the future holds it.
+fn pick_request<'a>(parts: &'a Option<http::request::Parts>, body: &'a Bytes) -> PickRequest<'a> {
+    parts.as_ref().map(|parts| (parts, body))
 }
 
 /// The error returned when a target's failure stops the fallback: its own,

@@ -57,6 +57,7 @@
 mod body;
 pub mod continuation;
 pub mod future;
+pub mod group;
 mod protocol;
 mod report;
 mod rewrite;
@@ -66,6 +67,10 @@ mod settings;
 mod target;
 
 pub use body::FallbackBody;
+pub use group::{
+    Availability, Candidate, CheckAvailability, DeploymentSnapshot, GroupSnapshot, Strategy,
+    UnknownStrategy,
+};
 pub use protocol::Protocol;
 pub use report::{FallbackReport, TRACING_TARGET};
 pub use rewrite::{RewriteError, normalise_model, rewrite_model};

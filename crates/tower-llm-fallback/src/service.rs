@@ -14,6 +14,10 @@ use tower_service::Service;
 
 use crate::body::FallbackBody;
 use crate::future::ResponseFuture;
+use crate::group::{
+    CheckAvailability, Deployment, Group, GroupSnapshot, GroupStats, MAX_GROUP_SIZE, SharedCheck,
+    Strategy,
+};
 use crate::route::RoutePolicy;
 use crate::target::Target;
 
@@ -46,7 +50,18 @@ impl<S> Clone for Fallback<S> {
 
 #[derive(Debug)]
 pub(crate) struct Shared<S> {
+    /// Every group's members in turn, groups in order.
     pub(crate) targets: Vec<Target<S>>,
+    /// The groups, tried in order (a target added alone is a group of one).
+    pub(crate) groups: Vec<Group>,
+    /// The group of each target.
+    pub(crate) group_of: Vec<usize>,
+    /// The state of the picks' random numbers (SplitMix64).
+    pub(crate) random: AtomicU64,
+    /// What groups ask of a member before picking it.
+    pub(crate) check: Option<SharedCheck>,
+    /// The route this fallback serves, for metrics and reports.
+    pub(crate) name: Option<Arc<str>>,
     pub(crate) routes: RoutePolicy,
     pub(crate) max_body: usize,
     pub(crate) hedge: Option<HedgePolicy>,
@@ -68,6 +83,27 @@ pub(crate) struct HedgePolicy {
 }
 
 impl<S> Shared<S> {
+    /// A random number for a pick: SplitMix64 over a shared counter (one
+    /// atomic add; the sequence is the seed's, whatever the threads).
+    #[inline]
+    pub(crate) fn random(&self) -> u64 {
+        let mut z = self
+            .random
+            .fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed)
+            .wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Target `index`'s group state and its place in it, when it is in a
+    /// group of two or more.
+    pub(crate) fn member(&self, index: usize) -> Option<(&GroupStats, &Deployment)> {
+        let group = self.groups.get(*self.group_of.get(index)?)?;
+        let stats = group.stats.as_deref()?;
+        Some((stats, stats.members.get(index - group.start)?))
+    }
+
     /// Whether target `index` refused a continuation before.
     pub(crate) fn refuses_prefill(&self, index: usize) -> bool {
         self.prefill_refused
@@ -109,6 +145,11 @@ impl<S> Shared<S> {
 #[derive(Debug)]
 pub struct FallbackBuilder<S> {
     targets: Vec<Target<S>>,
+    /// Each group's strategy and size, in order.
+    groups: Vec<(Strategy, usize)>,
+    check: Option<SharedCheck>,
+    name: Option<Arc<str>>,
+    seed: Option<u64>,
     routes: RoutePolicy,
     max_body: usize,
     continuations: u32,
@@ -120,6 +161,10 @@ impl Fallback<()> {
     pub fn builder<S>() -> FallbackBuilder<S> {
         FallbackBuilder {
             targets: Vec::new(),
+            groups: Vec::new(),
+            check: None,
+            name: None,
+            seed: None,
             routes: RoutePolicy {
                 on_authentication: true,
                 on_invalid_request: false,
@@ -136,12 +181,83 @@ impl<S> Fallback<S> {
     pub fn target_names(&self) -> Vec<&str> {
         self.shared.targets.iter().map(|t| &*t.name).collect()
     }
+
+    /// The groups, in order, with what each knows of its members (a
+    /// target added alone is a group of one).
+    pub fn groups(&self) -> Vec<GroupSnapshot> {
+        self.shared
+            .groups
+            .iter()
+            .map(|group| group.snapshot(&self.shared.targets))
+            .collect()
+    }
+
+    /// The name given with [`FallbackBuilder::name`].
+    pub fn name(&self) -> Option<&str> {
+        self.shared.name.as_deref()
+    }
 }
 
 impl<S> FallbackBuilder<S> {
-    /// Adds a target after the others.
+    /// Adds a target after the others: a group of one, tried as it comes.
     pub fn target(mut self, target: Target<S>) -> Self {
         self.targets.push(target);
+        self.groups.push((Strategy::default(), 1));
+        self
+    }
+
+    /// Adds a group of equivalent targets after the others (the same model
+    /// on several keys, regions or providers): each request tries one
+    /// member picked by `strategy` among those available, then, if it
+    /// fails, another, before the next group (see [`group`](crate::group)).
+    /// A group of one is [`target`](Self::target).
+    ///
+    /// ```
+    /// use tower_llm_fallback::{Fallback, Strategy, Target};
+    ///
+    /// let fallback = Fallback::builder()
+    ///     .group(Strategy::Weighted, [
+    ///         Target::new("reserved", ()).weight(3),
+    ///         Target::new("paygo", ()),
+    ///     ])
+    ///     .target(Target::new("local", ()).model("llama3.2"))
+    ///     .build()
+    ///     .unwrap();
+    /// let groups = fallback.groups();
+    /// assert_eq!(groups[0].strategy, Strategy::Weighted);
+    /// assert_eq!(groups[0].deployments[0].weight, 3);
+    /// assert_eq!(groups[1].deployments[0].target.as_ref(), "local");
+    /// ```
+    pub fn group(
+        mut self,
+        strategy: Strategy,
+        targets: impl IntoIterator<Item = Target<S>>,
+    ) -> Self {
+        let before = self.targets.len();
+        self.targets.extend(targets);
+        self.groups.push((strategy, self.targets.len() - before));
+        self
+    }
+
+    /// What every group of two or more asks of a member before picking it
+    /// (see [`CheckAvailability`]), besides skipping those the layers below
+    /// refused lately.
+    pub fn check_availability(mut self, check: Arc<dyn CheckAvailability>) -> Self {
+        self.check = Some(SharedCheck(check));
+        self
+    }
+
+    /// The route this fallback serves (a model, `gpt-4o*`): the `route`
+    /// label of the picks counted with the `metrics` feature.
+    pub fn name(mut self, name: impl Into<Arc<str>>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// Seeds the random numbers of the groups' picks, so that a run can be
+    /// repeated (by default, a seed of its own for each fallback).
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
         self
     }
 
@@ -228,6 +344,48 @@ impl<S> FallbackBuilder<S> {
                 hedge.ratio
             )));
         }
+        let mut groups = Vec::with_capacity(self.groups.len());
+        let mut group_of = Vec::with_capacity(self.targets.len());
+        let epoch = tokio::time::Instant::now();
+        let mut start = 0;
+        for (strategy, len) in &self.groups {
+            let members = &self.targets[start..start + len];
+            let first = members.first().map_or("", |t| &*t.name).to_owned();
+            if members.is_empty() {
+                return Err(crate::ConfigError(
+                    "a group needs at least one target".into(),
+                ));
+            }
+            if *len > MAX_GROUP_SIZE {
+                return Err(crate::ConfigError(format!(
+                    "the group of `{first}` has {len} targets; a group may have {MAX_GROUP_SIZE}"
+                )));
+            }
+            if let Some(zero) = members.iter().find(|t| t.weight == 0) {
+                return Err(crate::ConfigError(format!(
+                    "target `{}`: weight 0 would never be picked; leave it out of the group",
+                    zero.name
+                )));
+            }
+            let stats = (*len > 1).then(|| {
+                Arc::new(GroupStats {
+                    epoch,
+                    members: members.iter().map(|t| Deployment::new(t.weight)).collect(),
+                })
+            });
+            group_of.extend(std::iter::repeat_n(groups.len(), *len));
+            groups.push(Group {
+                start,
+                len: *len,
+                strategy: *strategy,
+                stats,
+            });
+            start += len;
+        }
+        let seed = self.seed.unwrap_or_else(|| {
+            use std::hash::BuildHasher;
+            std::collections::hash_map::RandomState::new().hash_one(epoch)
+        });
         let prefill_refused = self
             .targets
             .iter()
@@ -236,6 +394,11 @@ impl<S> FallbackBuilder<S> {
         Ok(Fallback {
             shared: Arc::new(Shared {
                 prefill_refused,
+                groups,
+                group_of,
+                random: AtomicU64::new(seed),
+                check: self.check,
+                name: self.name,
                 continuations: self.continuations,
                 targets: self.targets,
                 routes: self.routes,

@@ -41,6 +41,8 @@ pub struct Target<S> {
     pub(crate) larger_context: bool,
     pub(crate) content_filter: bool,
     pub(crate) reserved: bool,
+    /// Its share in a weighted group (1 unless set).
+    pub(crate) weight: u32,
     /// Set by [`continuation`](Target::continuation); else the provider's.
     pub(crate) continuation: Option<Continuation>,
     /// The API family it speaks (see [`Protocol`]).
@@ -61,6 +63,7 @@ impl<S> fmt::Debug for Target<S> {
             .field("larger_context", &self.larger_context)
             .field("content_filter", &self.content_filter)
             .field("reserved", &self.reserved)
+            .field("weight", &self.weight)
             .field("continuation", &self.continuation_capability())
             .field("protocol", &self.protocol)
             .finish_non_exhaustive()
@@ -84,6 +87,7 @@ impl<S> Target<S> {
             larger_context: false,
             content_filter: false,
             reserved: false,
+            weight: 1,
             continuation: None,
             protocol: Protocol::OpenAi,
         }
@@ -111,6 +115,7 @@ impl<S> Target<S> {
             larger_context: self.larger_context,
             content_filter: self.content_filter,
             reserved: self.reserved,
+            weight: self.weight,
             continuation: self.continuation,
             protocol: self.protocol,
         }
@@ -176,6 +181,14 @@ impl<S> Target<S> {
     /// long-context model.
     pub fn reserved(mut self) -> Self {
         self.reserved = true;
+        self
+    }
+
+    /// Its share of the requests of a [weighted](crate::Strategy::Weighted)
+    /// group, against the other members' (1 unless set; 0 is refused at
+    /// build: leave the target out instead).
+    pub fn weight(mut self, weight: u32) -> Self {
+        self.weight = weight;
         self
     }
 
