@@ -1,0 +1,112 @@
+//! The background writer: this replica's decisions, from a bounded queue,
+//! to Redis (`SET key value PX ttl` for late joiners, `PUBLISH` for the
+//! running replicas), never on the caller's path.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tokio::sync::mpsc;
+
+use crate::state::Shared;
+use crate::wire::{Message, WireDecision, ttl_ms};
+
+/// One write: the circuit key and its decision.
+pub(crate) type Outgoing = (Arc<str>, WireDecision);
+
+/// The commands that share `decision` of `key`; `None` when it is over
+/// already (nothing to tell).
+pub(crate) fn pipeline(
+    shared: &Shared,
+    key: &str,
+    decision: &WireDecision,
+) -> Option<redis::Pipeline> {
+    let mut pipe = redis::pipe();
+    match decision {
+        WireDecision::Open { until_ms } | WireDecision::Cooldown { until_ms, .. } => {
+            let ttl = ttl_ms(*until_ms)?;
+            let redis_key = if matches!(decision, WireDecision::Open { .. }) {
+                shared.names.open_key(key)
+            } else {
+                shared.names.cooldown_key(key)
+            };
+            pipe.cmd("SET")
+                .arg(redis_key)
+                .arg(decision.value().unwrap_or_default())
+                .arg("PX")
+                .arg(ttl)
+                .ignore();
+        }
+        WireDecision::Closed => {
+            pipe.cmd("DEL").arg(shared.names.open_key(key)).ignore();
+        }
+    }
+    let message = Message {
+        replica: shared.replica,
+        key: key.to_owned(),
+        decision: decision.clone(),
+    };
+    pipe.cmd("PUBLISH")
+        .arg(shared.names.channel())
+        .arg(message.encode())
+        .ignore();
+    Some(pipe)
+}
+
+/// Writes what arrives on `queue` until the queue closes (or the task is
+/// aborted with the last [`SharedState`](crate::SharedState)).
+pub(crate) async fn run(
+    shared: Arc<Shared>,
+    client: redis::Client,
+    mut queue: mpsc::Receiver<Outgoing>,
+) {
+    let timeout = shared.timeout;
+    let mut connection: Option<ConnectionManager> = None;
+    while let Some((key, decision)) = queue.recv().await {
+        let Some(pipe) = pipeline(&shared, &key, &decision) else {
+            continue;
+        };
+        if connection.is_none() {
+            connection = connect(&client, timeout).await;
+        }
+        let Some(conn) = connection.as_mut() else {
+            shared.health.failed.fetch_add(1, Ordering::Relaxed);
+            shared.health.writing(false, &"cannot connect to write");
+            continue;
+        };
+        match tokio::time::timeout(timeout, pipe.query_async::<()>(conn)).await {
+            Ok(Ok(())) => {
+                shared.health.published.fetch_add(1, Ordering::Relaxed);
+                shared.health.writing(true, &"write succeeded");
+            }
+            Ok(Err(error)) => {
+                shared.health.failed.fetch_add(1, Ordering::Relaxed);
+                shared.health.writing(false, &error);
+            }
+            Err(_) => {
+                shared.health.failed.fetch_add(1, Ordering::Relaxed);
+                shared.health.writing(false, &"write timed out");
+            }
+        }
+    }
+}
+
+/// A connection manager (it reconnects by itself once made); `None` if
+/// Redis cannot be reached now.
+async fn connect(client: &redis::Client, timeout: Duration) -> Option<ConnectionManager> {
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(timeout))
+        .set_response_timeout(Some(timeout))
+        .set_number_of_retries(1)
+        .set_max_delay(Duration::from_millis(500));
+    match tokio::time::timeout(
+        timeout.saturating_mul(2),
+        ConnectionManager::new_with_config(client.clone(), config),
+    )
+    .await
+    {
+        Ok(Ok(manager)) => Some(manager),
+        _ => None,
+    }
+}

@@ -1,0 +1,311 @@
+//! `SharedState`: one replica's connection to the decisions of the fleet.
+
+use std::fmt;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tower_llm_circuit::{CircuitHandle, CircuitLayer, CircuitState, KeyDecision};
+
+use crate::error::SharedStateError;
+use crate::publisher::{self, Outgoing};
+use crate::status::{Health, SharedStats, SharedStatus};
+use crate::subscriber;
+use crate::wire::{Names, WireDecision, epoch_ms_now, from_epoch_ms};
+
+/// What the handle and its background tasks share.
+pub(crate) struct Shared {
+    pub(crate) names: Names,
+    /// This replica's id: its own messages, heard back, are skipped.
+    pub(crate) replica: u64,
+    /// The longest a connect or a command may take before Redis counts as
+    /// down.
+    pub(crate) timeout: Duration,
+    /// How often a quiet subscription is checked.
+    pub(crate) liveness: Duration,
+    pub(crate) health: Health,
+    handles: RwLock<Vec<CircuitHandle>>,
+}
+
+impl fmt::Debug for Shared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Shared")
+            .field("names", &self.names)
+            .field("replica", &self.replica)
+            .field("health", &self.health)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Shared {
+    /// Applies another replica's decision to every attached breaker set.
+    pub(crate) fn apply(&self, key: &str, decision: &WireDecision) {
+        let handles = self.handles.read().unwrap_or_else(|p| p.into_inner());
+        let mut changed = false;
+        for handle in handles.iter() {
+            changed |= match decision {
+                WireDecision::Open { until_ms } => from_epoch_ms(*until_ms)
+                    .is_some_and(|until| handle.apply_open_until(key, until)),
+                WireDecision::Cooldown { until_ms, .. } => from_epoch_ms(*until_ms)
+                    .is_some_and(|until| handle.apply_cooldown_until(key, until)),
+                WireDecision::Closed => handle.apply_closed(key),
+            };
+        }
+        if changed {
+            self.health.applied.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// What this replica holds now: its open keys and cooldowns.
+    pub(crate) fn local_state(&self) -> Vec<(Arc<str>, WireDecision)> {
+        let handles = self.handles.read().unwrap_or_else(|p| p.into_inner());
+        let now_ms = epoch_ms_now();
+        let ms =
+            |d: Duration| now_ms.saturating_add(u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let mut held = Vec::new();
+        for key in handles.iter().flat_map(CircuitHandle::snapshot) {
+            if key.state == CircuitState::Open
+                && let Some(left) = key.open_remaining
+            {
+                held.push((
+                    Arc::clone(&key.key),
+                    WireDecision::Open { until_ms: ms(left) },
+                ));
+            }
+            if let Some(left) = key.cooldown_remaining {
+                held.push((
+                    Arc::clone(&key.key),
+                    WireDecision::Cooldown {
+                        until_ms: ms(left),
+                        // The snapshot does not keep the cause.
+                        cause: tower_llm_circuit::CooldownCause::RateLimited,
+                    },
+                ));
+            }
+        }
+        held
+    }
+}
+
+/// Aborts the background tasks when the last [`SharedState`] goes.
+struct Tasks(Vec<JoinHandle<()>>);
+
+impl Drop for Tasks {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
+    }
+}
+
+/// One replica's share of the fleet's circuit decisions, through Redis.
+///
+/// Attached to a [`CircuitLayer`] (or its [`CircuitHandle`]), it tells the
+/// other replicas what this one decides — a key opened until an instant, a
+/// key cooling down until an instant, a key closed again — and applies what
+/// they decide to this one's breakers, never shortening a longer local
+/// state. Call-by-call counts are not shared: each replica keeps its own
+/// windows.
+///
+/// Nothing on a call's path waits for Redis: a healthy call takes no
+/// decision and sends nothing; a decision is queued (bounded; dropped and
+/// counted when full) for a background task that writes it. Redis down or
+/// slow, the replica goes on with its own decisions
+/// ([`SharedStatus::Degraded`], logged once per outage at warn) and reloads
+/// the stored state when Redis is back.
+///
+/// # Clone
+///
+/// Cheap: an `Arc`. The background tasks stop when the last clone is
+/// dropped.
+#[derive(Clone)]
+pub struct SharedState {
+    shared: Arc<Shared>,
+    queue: mpsc::Sender<Outgoing>,
+    _tasks: Arc<Tasks>,
+}
+
+impl fmt::Debug for SharedState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SharedState")
+            .field("shared", &self.shared)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Settings of a [`SharedState`], from [`SharedState::builder`].
+#[derive(Clone, Debug)]
+pub struct SharedStateBuilder {
+    url: String,
+    prefix: String,
+    queue: usize,
+    timeout: Duration,
+    liveness: Duration,
+}
+
+impl SharedStateBuilder {
+    /// How many decisions may wait to be written (1024 by default); past
+    /// that, new ones are dropped and counted.
+    pub fn queue_capacity(mut self, decisions: usize) -> Self {
+        self.queue = decisions;
+        self
+    }
+
+    /// The longest a connect or a command may take before Redis counts as
+    /// down (250 ms by default).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// How often a quiet subscription is pinged, to notice a connection
+    /// that died without a word (5 s by default).
+    pub fn liveness_interval(mut self, interval: Duration) -> Self {
+        self.liveness = interval;
+        self
+    }
+
+    /// Starts the background tasks; Redis need not be up (the state starts
+    /// [`Connecting`](SharedStatus::Connecting) and connects when it can).
+    ///
+    /// # Errors
+    ///
+    /// A URL that is not a Redis URL, an empty prefix or one with spaces
+    /// or control characters, a queue of zero, or no Tokio runtime.
+    pub fn connect(self) -> Result<SharedState, SharedStateError> {
+        let client =
+            redis::Client::open(self.url.as_str()).map_err(SharedStateError::InvalidUrl)?;
+        if self.prefix.is_empty()
+            || self
+                .prefix
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(SharedStateError::InvalidPrefix);
+        }
+        if self.queue == 0 {
+            return Err(SharedStateError::ZeroQueue);
+        }
+        let runtime =
+            tokio::runtime::Handle::try_current().map_err(|_| SharedStateError::NoRuntime)?;
+        let shared = Arc::new(Shared {
+            names: Names::new(&self.prefix),
+            replica: replica_id(),
+            timeout: self.timeout.max(Duration::from_millis(1)),
+            liveness: self.liveness.max(Duration::from_millis(10)),
+            health: Health::new(),
+            handles: RwLock::new(Vec::new()),
+        });
+        let (queue, receiver) = mpsc::channel(self.queue);
+        let tasks = vec![
+            runtime.spawn(publisher::run(
+                Arc::clone(&shared),
+                client.clone(),
+                receiver,
+            )),
+            runtime.spawn(subscriber::run(Arc::clone(&shared), client)),
+        ];
+        Ok(SharedState {
+            shared,
+            queue,
+            _tasks: Arc::new(Tasks(tasks)),
+        })
+    }
+}
+
+/// A random id for this replica (its own messages are skipped).
+fn replica_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(epoch_ms_now());
+    hasher.write_u32(std::process::id());
+    hasher.finish()
+}
+
+impl SharedState {
+    /// Shared state on the Redis at `url` (`redis://host:port/db`, read it
+    /// from the environment as keys are), under the key prefix `prefix`
+    /// (several gateways can share one Redis with different prefixes),
+    /// with the default settings. See [`builder`](Self::builder).
+    ///
+    /// # Errors
+    ///
+    /// As [`SharedStateBuilder::connect`].
+    pub fn connect(url: &str, prefix: &str) -> Result<SharedState, SharedStateError> {
+        SharedState::builder(url, prefix).connect()
+    }
+
+    /// Settings beyond the URL and the prefix.
+    pub fn builder(url: &str, prefix: &str) -> SharedStateBuilder {
+        SharedStateBuilder {
+            url: url.to_owned(),
+            prefix: prefix.to_owned(),
+            queue: 1024,
+            timeout: Duration::from_millis(250),
+            liveness: Duration::from_secs(5),
+        }
+    }
+
+    /// Shares the decisions of the breakers behind `handle`: its own go
+    /// out, the others' come in. Several breaker sets may be attached.
+    ///
+    /// # Errors
+    ///
+    /// [`SharedStateError::AlreadySharing`] if these breakers share their
+    /// decisions elsewhere already.
+    pub fn attach(&self, handle: &CircuitHandle) -> Result<(), SharedStateError> {
+        let queue = self.queue.clone();
+        let shared = Arc::clone(&self.shared);
+        handle
+            .share_decisions(move |decision: &KeyDecision| {
+                let Some(wire) = WireDecision::from_decision(decision) else {
+                    return;
+                };
+                // Never waits: a full queue drops the decision (counted).
+                if queue.try_send((Arc::from(decision.key()), wire)).is_err() {
+                    shared.health.dropped.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+            .map_err(|_| SharedStateError::AlreadySharing)?;
+        self.shared
+            .handles
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(handle.clone());
+        Ok(())
+    }
+
+    /// [`attach`](Self::attach) the breakers of `layer`.
+    ///
+    /// # Errors
+    ///
+    /// As [`attach`](Self::attach).
+    pub fn attach_layer(&self, layer: &CircuitLayer) -> Result<(), SharedStateError> {
+        self.attach(&layer.handle())
+    }
+
+    /// Whether decisions are shared now.
+    pub fn status(&self) -> SharedStatus {
+        self.shared.health.status()
+    }
+
+    /// The status and its counts.
+    pub fn stats(&self) -> SharedStats {
+        self.shared.health.stats()
+    }
+
+    /// The status as it changes.
+    pub fn watch_status(&self) -> watch::Receiver<SharedStatus> {
+        self.shared.health.watch()
+    }
+
+    /// Waits until connected (subscribed and the stored state loaded).
+    /// Wrap it in a timeout: with Redis down it waits for as long.
+    pub async fn connected(&self) {
+        let mut status = self.watch_status();
+        // The sender lives in `self`: the wait ends only by a change.
+        let _ = status.wait_for(|s| *s == SharedStatus::Connected).await;
+    }
+}
