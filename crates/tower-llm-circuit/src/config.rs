@@ -66,6 +66,7 @@ pub struct CircuitConfig {
     pub(crate) idle_eviction: Duration,
     pub(crate) seed: Option<u64>,
     pub(crate) adaptive_limit: crate::AdaptiveLimitConfig,
+    pub(crate) pacing: crate::PacingConfig,
 }
 
 /// A configuration that does not hold together, with the reason.
@@ -119,6 +120,7 @@ impl CircuitConfig {
             idle_eviction: Duration::from_secs(3600),
             seed: None,
             adaptive_limit: crate::AdaptiveLimitConfig::standard(),
+            pacing: crate::PacingConfig::default(),
         }
     }
 
@@ -186,6 +188,11 @@ impl CircuitConfig {
     /// ([`CircuitLayer::adaptive_limit`](crate::CircuitLayer::adaptive_limit)).
     pub fn adaptive_limit(&self) -> &crate::AdaptiveLimitConfig {
         &self.adaptive_limit
+    }
+
+    /// How keys are paced ahead of their rate limits.
+    pub fn pacing(&self) -> &crate::PacingConfig {
+        &self.pacing
     }
 
     /// How long an open circuit waits before its `n`-th consecutive probe
@@ -402,6 +409,14 @@ impl CircuitConfigBuilder {
         self
     }
 
+    /// How keys are paced ahead of their rate limits: by default from the
+    /// rate-limit headers of their answers, once they have sent some
+    /// (see [`PacingConfig`](crate::PacingConfig)).
+    pub fn pacing(mut self, pacing: crate::PacingConfig) -> Self {
+        self.config.pacing = pacing;
+        self
+    }
+
     /// Seeds the open-duration jitter, for reproducible runs (mixed with
     /// each key, so keys still differ).
     pub fn seed(mut self, seed: u64) -> Self {
@@ -470,6 +485,7 @@ impl CircuitConfigBuilder {
         if c.max_keys == 0 {
             return bad("max_keys must be at least 1".into());
         }
+        c.pacing.check()?;
         Ok(c)
     }
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use http::Response;
+use http::{HeaderMap, Response};
 use http_body::Body;
 use pin_project_lite::pin_project;
 use tower_llm_classify::{
@@ -18,6 +18,7 @@ pub use crate::adaptive::LimitFuture;
 
 use crate::body::{CircuitBody, FirstContent};
 use crate::breaker::{Breaker, CooldownCause, Outcome, Permit};
+use crate::pacing::Pace;
 
 /// A call's permit, until its outcome is known. Dropped without one, it
 /// asks the request's [`AttemptEnd`]: set, the layer above ended the
@@ -239,6 +240,7 @@ pin_project! {
             future: F,
             guard: Option<PermitGuard>,
             stream_kind: Option<StreamKind>,
+            pace: Option<Pace>,
         },
     }
 }
@@ -253,12 +255,18 @@ impl<F> ResponseFuture<F> {
 
     // Inlined: built in place, the inner future is not copied twice.
     #[inline]
-    pub(crate) fn called(future: F, guard: PermitGuard, stream_kind: Option<StreamKind>) -> Self {
+    pub(crate) fn called(
+        future: F,
+        guard: PermitGuard,
+        stream_kind: Option<StreamKind>,
+        pace: Pace,
+    ) -> Self {
         ResponseFuture {
             kind: Kind::Called {
                 future,
                 guard: Some(guard),
                 stream_kind,
+                pace: Some(pace),
             },
         }
     }
@@ -291,9 +299,12 @@ where
                 future,
                 guard,
                 stream_kind,
+                pace,
             } => match ready!(future.poll(cx)) {
                 Ok(response) => {
                     let (head, body) = response.into_parts();
+                    let refused = head.status == http::StatusCode::TOO_MANY_REQUESTS;
+                    report_pace(pace, guard, (!refused).then_some(&head.headers));
                     let mut guard = guard.take();
                     // An error status that reached us as a response (no
                     // Classify below): judge it by its status and headers.
@@ -328,6 +339,12 @@ where
                 }
                 Err(error) => {
                     let error: LlmError = error.into();
+                    let refused = matches!(
+                        error.kind(),
+                        ErrorKind::RateLimited | ErrorKind::QuotaExhausted
+                    );
+                    let head = error.response_head().filter(|_| !refused);
+                    report_pace(pace, guard, head.map(|h| &h.headers));
                     if let Some(guard) = guard.take() {
                         guard.failed(error.classification());
                     }
@@ -335,6 +352,18 @@ where
                 }
             },
         }
+    }
+}
+
+/// A call's answer (its head, or its error's) to its key's pacing: what
+/// its rate-limit headers say is left. A rate-limited refusal's headers
+/// are left to the breaker (its cooldown follows their wait, capped and
+/// switchable by `rate_limit_cooldown`): pacing learns from the answers
+/// that were served, and only hands the refused call's reservation back.
+fn report_pace(pace: &mut Option<Pace>, guard: &Option<PermitGuard>, headers: Option<&HeaderMap>) {
+    if let (Some(pace), Some(guard)) = (pace.take(), guard.as_ref()) {
+        let breaker = &guard.breaker;
+        pace.answered(breaker.key_str(), headers, || breaker.now());
     }
 }
 

@@ -31,6 +31,11 @@ impl CircuitHandle {
         CircuitHandle { registry }
     }
 
+    /// The breakers' registry (for the other modules' views: pacing).
+    pub(crate) fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     fn set(&self, key: &str, state: CircuitState) {
         let now = self.registry.now();
         self.registry.get(key, now).set_state(state, now);

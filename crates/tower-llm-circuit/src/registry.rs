@@ -34,6 +34,8 @@ pub(crate) struct Registry {
     shards: Box<[Shard]>,
     /// Bumped whenever a key is evicted: callers caching a breaker check it.
     pub(crate) evictions: std::sync::atomic::AtomicU64,
+    /// Every key's rate-limit view (shared by the futures that report to it).
+    pub(crate) pacing: Arc<crate::pacing::Pacing>,
 }
 
 impl fmt::Debug for Registry {
@@ -59,6 +61,11 @@ fn kept(breaker: &Breaker) -> bool {
 impl Registry {
     pub(crate) fn new(config: CircuitConfig, on_transition: Option<Arc<OnTransition>>) -> Self {
         static IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let pacing = crate::pacing::Pacing::new(
+            config.pacing.clone(),
+            config.max_keys,
+            config.quota_cooldown,
+        );
         Registry {
             id: IDS.fetch_add(1, Ordering::Relaxed),
             start: Instant::now(),
@@ -69,6 +76,7 @@ impl Registry {
             hasher: Default::default(),
             shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
             evictions: std::sync::atomic::AtomicU64::new(0),
+            pacing,
         }
     }
 

@@ -130,14 +130,23 @@ where
         // only when something needs it.
         let clock = Instant::now();
         let registry = &self.registry;
-        let (breaker, streaming, stream_kind) = with_key_input(&mut request, |input| {
+        let (breaker, streaming, stream_kind, tokens) = with_key_input(&mut request, |input| {
             let stream_kind = registry
                 .config
                 .slow_first_content
                 .map(|_| (input.meta.dialect, input.meta.provider));
             let breaker = cache::breaker_for(registry, &self.key_by, input, clock);
-            (breaker, input.meta.stream, stream_kind)
+            let tokens = input.meta.estimated_tokens();
+            (breaker, input.meta.stream, stream_kind, tokens)
         });
+        // A call its key's rate limits would refuse is not sent (a call
+        // refused by the breaker below hands its reservation back).
+        let pace = match registry.pacing.admit(breaker_key(&breaker), tokens, || {
+            registry.since_start(clock)
+        }) {
+            Ok(pace) => pace,
+            Err(error) => return ResponseFuture::rejected(error),
+        };
         // A closed key needs no time, unless its outcomes do.
         let untimed = if registry.timed {
             None
@@ -173,7 +182,7 @@ where
                     slow_start: false,
                     token,
                 };
-                ResponseFuture::called(self.inner.call(request), guard, stream_kind)
+                ResponseFuture::called(self.inner.call(request), guard, stream_kind, pace)
             }
             Err(rejection) => {
                 ResponseFuture::rejected(rejection_error(breaker_key(&breaker), rejection))

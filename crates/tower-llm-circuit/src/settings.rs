@@ -98,6 +98,17 @@ pub struct CircuitSettings {
     /// How long (ms) a limit that is on stays on without a window that
     /// lowered it.
     pub limit_quiet_ms: Option<u64>,
+    /// Whether answers' rate-limit headers pace their keys (on unless set
+    /// `false`).
+    pub pacing: Option<bool>,
+    /// Requests per minute of every key not named in `pace_limits`, for
+    /// targets that send no rate-limit headers.
+    pub rpm: Option<u64>,
+    /// Tokens per minute of every key not named in `pace_limits`.
+    pub tpm: Option<u64>,
+    /// Requests and tokens per minute by key, or by a key's first segment
+    /// (a target's name with target/model keys): `{"local": {"rpm": 60}}`.
+    pub pace_limits: std::collections::BTreeMap<String, crate::PaceLimits>,
 }
 
 /// The environment variables [`CircuitSettings::from_env`] reads.
@@ -261,6 +272,26 @@ impl CircuitSettings {
             }
             b = b.adaptive_limit(limit.build()?);
         }
+        if self.pacing.is_some()
+            || self.rpm.is_some()
+            || self.tpm.is_some()
+            || !self.pace_limits.is_empty()
+        {
+            let mut pacing = base
+                .pacing
+                .clone()
+                .from_headers(self.pacing.unwrap_or(true));
+            if self.rpm.is_some() || self.tpm.is_some() {
+                pacing = pacing.default_limit(crate::PaceLimits {
+                    rpm: self.rpm,
+                    tpm: self.tpm,
+                });
+            }
+            for (key, limits) in &self.pace_limits {
+                pacing = pacing.limit(key.clone(), *limits);
+            }
+            b = b.pacing(pacing);
+        }
         Ok(b)
     }
 
@@ -379,6 +410,38 @@ mod tests {
         .build()
         .unwrap_err();
         assert!(error.to_string().contains("shed_rate"), "{error}");
+    }
+
+    #[test]
+    fn pacing_settings_configure_limits_by_key_and_bad_ones_are_refused() {
+        let mut settings = CircuitSettings {
+            rpm: Some(60),
+            ..CircuitSettings::default()
+        };
+        settings
+            .pace_limits
+            .insert("local".into(), crate::PaceLimits::rpm(10).with_tpm(1000));
+        let config = settings.build().unwrap();
+        let pacing = config.pacing();
+        assert_eq!(
+            pacing.limits_for("local/llama3"),
+            Some(crate::PaceLimits::rpm(10).with_tpm(1000))
+        );
+        assert_eq!(
+            pacing.limits_for("openai/gpt-4o"),
+            Some(crate::PaceLimits::rpm(60))
+        );
+        assert!(pacing.from_headers);
+        let off = CircuitSettings {
+            pacing: Some(false),
+            ..CircuitSettings::default()
+        };
+        assert!(!off.build().unwrap().pacing().from_headers);
+        let zero = CircuitSettings {
+            tpm: Some(0),
+            ..CircuitSettings::default()
+        };
+        assert!(zero.build().unwrap_err().to_string().contains("pacing"));
     }
 
     #[test]

@@ -70,6 +70,11 @@ impl Eq for RequestMeta {}
 struct BodyFacts {
     model: bool,
     stream: Option<bool>,
+    /// The body's length in bytes, when it was read.
+    len: Option<u64>,
+    /// Its top-level `max_tokens`, `max_completion_tokens` or
+    /// `max_output_tokens` (the last one given).
+    max_tokens: Option<u64>,
 }
 
 impl RequestMeta {
@@ -138,6 +143,8 @@ impl RequestMeta {
         let scanned = ScannedBody {
             model: None,
             stream: self.body.stream,
+            len: self.body.len,
+            max_tokens: self.body.max_tokens,
         };
         let mut meta = Self::from_scanned(Provider::detect(uri), uri, headers, scanned);
         meta.body.model = self.body.model;
@@ -179,6 +186,8 @@ impl RequestMeta {
         let body = BodyFacts {
             model: scanned.model.is_some(),
             stream: scanned.stream,
+            len: scanned.len,
+            max_tokens: scanned.max_tokens,
         };
         let model = scanned
             .model
@@ -191,6 +200,37 @@ impl RequestMeta {
             body,
             token: RequestToken::new(),
         }
+    }
+
+    /// The output limit the body asked for: its top-level `max_tokens`
+    /// (Chat Completions, Anthropic Messages), `max_completion_tokens`
+    /// (Chat Completions since o1) or `max_output_tokens` (Responses).
+    pub fn max_tokens(&self) -> Option<u64> {
+        self.body.max_tokens
+    }
+
+    /// A cheap estimate of the tokens the request costs against a
+    /// tokens-per-minute limit: a token per 4 bytes of body, rounded up
+    /// (OpenAI's rule of thumb, help.openai.com "What are tokens and how
+    /// to count them?"), plus its [`max_tokens`](Self::max_tokens), which
+    /// OpenAI counts against the limit when the request is made
+    /// (platform.openai.com/docs/guides/rate-limits). `None` when the
+    /// metadata was read without the body.
+    ///
+    /// ```
+    /// use tower_llm_classify::RequestMeta;
+    ///
+    /// let uri: http::Uri = "https://api.openai.com/v1/chat/completions".parse().unwrap();
+    /// let body = br#"{"model":"gpt-4o","max_tokens":100}"#; // 36 bytes
+    /// let meta = RequestMeta::from_request(&uri, &http::HeaderMap::new(), Some(body));
+    /// assert_eq!(meta.estimated_tokens(), Some(9 + 100));
+    /// ```
+    pub fn estimated_tokens(&self) -> Option<u64> {
+        let len = self.body.len?;
+        Some(
+            len.div_ceil(4)
+                .saturating_add(self.body.max_tokens.unwrap_or(0)),
+        )
     }
 
     /// The request's identity ([`RequestToken`]): made with the metadata,
@@ -240,6 +280,8 @@ pub(crate) fn percent_decode(s: &str) -> String {
 pub(crate) struct ScannedBody {
     pub(crate) model: Option<Arc<str>>,
     pub(crate) stream: Option<bool>,
+    pub(crate) len: Option<u64>,
+    pub(crate) max_tokens: Option<u64>,
 }
 
 /// Reads the top-level `"model"` string and `"stream"` boolean of a JSON
@@ -261,7 +303,10 @@ pub(crate) fn scan_json_body(body: &[u8]) -> ScannedBody {
 /// [`scan_json_body`], and whether the body is unambiguous about its
 /// `model` ([`json::ModelMembers::is_unambiguous`]), in the same walk.
 fn scan_json_body_checked(body: &[u8]) -> (ScannedBody, bool) {
-    let mut out = ScannedBody::default();
+    let mut out = ScannedBody {
+        len: Some(body.len() as u64),
+        ..ScannedBody::default()
+    };
     // Only the last `model` counts: it is decoded once, after the walk.
     let mut last: Option<json::Member> = None;
     let (mut count, mut escaped) = (0_usize, false);
@@ -277,6 +322,14 @@ fn scan_json_body_checked(body: &[u8]) -> (ScannedBody, bool) {
                 b"false" => Some(false),
                 _ => None,
             };
+        } else if member.key_matches(body, "max_tokens")
+            || member.key_matches(body, "max_completion_tokens")
+            || member.key_matches(body, "max_output_tokens")
+        {
+            let value = &body[member.value];
+            if !value.is_empty() && value.len() <= 19 && value.iter().all(u8::is_ascii_digit) {
+                out.max_tokens = std::str::from_utf8(value).ok().and_then(|v| v.parse().ok());
+            }
         }
     }
     out.model = last
@@ -296,6 +349,22 @@ mod tests {
         let scanned = scan_json_body(body);
         assert_eq!(scanned.model.as_deref(), Some("gpt-4o-mini"));
         assert_eq!(scanned.stream, Some(true));
+    }
+
+    #[test]
+    fn the_top_level_output_limit_and_the_body_length_are_read() {
+        let body = br#"{"messages":[{"max_tokens":5}],"model":"m","max_completion_tokens":300}"#;
+        let scanned = scan_json_body(body);
+        assert_eq!(scanned.max_tokens, Some(300));
+        assert_eq!(scanned.len, Some(body.len() as u64));
+        for body in [
+            &br#"{"max_tokens":-1}"#[..],
+            br#"{"max_tokens":"100"}"#,
+            br#"{"max_tokens":1e3}"#,
+            br#"{"max_tokens":99999999999999999999999}"#,
+        ] {
+            assert_eq!(scan_json_body(body).max_tokens, None);
+        }
     }
 
     #[test]

@@ -27,6 +27,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::HeaderMap;
 
+mod budget;
+
+pub use budget::{RateLimitBucket, RateLimitHeaders};
+
 /// The longest delay a hint may carry; a longer wait is reported as this.
 ///
 /// Two days: long enough for Azure's daily-quota `retry after 86400 seconds`

@@ -1,0 +1,333 @@
+//! One key's view of its rate limits: what its last answer said is left,
+//! what is in flight since, and the configured per-minute windows. Pure:
+//! every method takes the time, in the registry's clock.
+
+use std::time::Duration;
+
+use tower_llm_classify::hint::{RateLimitBucket, RateLimitHeaders};
+
+use super::config::PaceLimits;
+
+/// The window of configured limits: per minute, as the providers state
+/// them (and as LiteLLM's router counts a deployment's `rpm`/`tpm`, in
+/// fixed minute windows: `litellm/router_strategy/lowest_tpm_rpm_v2.py`).
+pub(crate) const MINUTE: Duration = Duration::from_secs(60);
+
+/// A bucket as the last applied answer reported it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Bucket {
+    remaining: u64,
+    limit: Option<u64>,
+    /// When it is full again, in the registry's time.
+    reset_at: Duration,
+}
+
+impl Bucket {
+    /// A reported bucket received at `now`; none without a reset (nothing
+    /// says when it refills, so nothing can be waited for).
+    fn from_report(report: RateLimitBucket, now: Duration) -> Option<Bucket> {
+        Some(Bucket {
+            remaining: report.remaining,
+            limit: report.limit,
+            reset_at: now.saturating_add(report.reset?),
+        })
+    }
+}
+
+/// What admitting a call reserved, handed back when it is answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Admitted {
+    /// The order of admission: an answer to an older call than the last
+    /// applied one says less about what is left (see [`View::answered`]).
+    seq: u64,
+    tokens: u64,
+}
+
+/// One key's view.
+#[derive(Debug, Default)]
+pub(crate) struct View {
+    requests: Option<Bucket>,
+    tokens: Option<Bucket>,
+    /// Calls admitted and not answered yet, and their estimated tokens:
+    /// a reported `remaining` does not count them.
+    in_flight: u64,
+    in_flight_tokens: u64,
+    next_seq: u64,
+    /// The admission order of the call whose answer was last applied.
+    applied_seq: u64,
+    /// The configured limits' window: its start and what it admitted.
+    window: Option<(Duration, u64, u64)>,
+}
+
+impl View {
+    /// Forgets buckets whose reset has passed: they are full again, and
+    /// the next answer says how full.
+    fn expire(&mut self, now: Duration) {
+        for bucket in [&mut self.requests, &mut self.tokens] {
+            if bucket.is_some_and(|b| b.reset_at <= now) {
+                *bucket = None;
+            }
+        }
+        if self
+            .window
+            .is_some_and(|(start, _, _)| start.saturating_add(MINUTE) <= now)
+        {
+            self.window = None;
+        }
+    }
+
+    /// How long a call costing `tokens` must wait before its key can take
+    /// it, or `None` when it can be sent now: the headers' buckets first,
+    /// the configured limits for what they do not report.
+    fn wait(&mut self, now: Duration, tokens: u64, limits: Option<PaceLimits>) -> Option<Duration> {
+        self.expire(now);
+        let mut wait: Option<Duration> = None;
+        let mut refuse = |until: Duration| {
+            let w = until.saturating_sub(now);
+            wait = Some(wait.map_or(w, |x| x.max(w)));
+        };
+        if let Some(b) = self.requests
+            && b.remaining < self.in_flight.saturating_add(1)
+        {
+            refuse(b.reset_at);
+        }
+        // A request larger than the whole bucket never fits: it is sent,
+        // and the provider says so (OpenAI's "Request too large").
+        if let Some(b) = self.tokens
+            && b.limit.is_none_or(|limit| tokens <= limit)
+            && b.remaining < self.in_flight_tokens.saturating_add(tokens)
+        {
+            refuse(b.reset_at);
+        }
+        if let Some(limits) = limits {
+            let (start, requests, used) = self.window.unwrap_or((now, 0, 0));
+            let end = start.saturating_add(MINUTE);
+            if self.requests.is_none()
+                && let Some(rpm) = limits.rpm
+                && requests >= rpm
+            {
+                refuse(end);
+            }
+            if self.tokens.is_none()
+                && let Some(tpm) = limits.tpm
+                && tokens <= tpm
+                && used.saturating_add(tokens) > tpm
+            {
+                refuse(end);
+            }
+        }
+        wait
+    }
+
+    /// Admits a call costing `tokens` at `now`, or says how long until its
+    /// key can take it.
+    pub(crate) fn admit(
+        &mut self,
+        now: Duration,
+        tokens: u64,
+        limits: Option<PaceLimits>,
+    ) -> Result<Admitted, Duration> {
+        if let Some(wait) = self.wait(now, tokens, limits) {
+            return Err(wait);
+        }
+        self.in_flight += 1;
+        self.in_flight_tokens = self.in_flight_tokens.saturating_add(tokens);
+        if limits.is_some() {
+            let (start, requests, used) = self.window.unwrap_or((now, 0, 0));
+            self.window = Some((start, requests + 1, used.saturating_add(tokens)));
+        }
+        self.next_seq += 1;
+        Ok(Admitted {
+            seq: self.next_seq,
+            tokens,
+        })
+    }
+
+    /// How long the key is paced out for a call costing `tokens`, without
+    /// admitting one.
+    pub(crate) fn paced_for(
+        &mut self,
+        now: Duration,
+        tokens: u64,
+        limits: Option<PaceLimits>,
+    ) -> Option<Duration> {
+        self.wait(now, tokens, limits)
+    }
+
+    /// A call's answer (or its end without one): its reservation is
+    /// handed back, and what its headers report replaces the view.
+    ///
+    /// An answer to a call admitted before the one last applied (answers
+    /// may come back out of order; a call admitted before the key was
+    /// paced counts as the oldest) was counted by the provider earlier,
+    /// so its `remaining` may be higher than what is left now: it can
+    /// only lower the view, never raise it.
+    pub(crate) fn answered(
+        &mut self,
+        admitted: Option<Admitted>,
+        report: Option<&RateLimitHeaders>,
+        now: Duration,
+    ) {
+        if let Some(a) = admitted {
+            self.in_flight = self.in_flight.saturating_sub(1);
+            self.in_flight_tokens = self.in_flight_tokens.saturating_sub(a.tokens);
+        }
+        let Some(report) = report else {
+            return;
+        };
+        self.expire(now);
+        let seq = admitted.map_or(0, |a| a.seq);
+        let newer = seq >= self.applied_seq;
+        if newer {
+            self.applied_seq = seq;
+        }
+        for (bucket, reported) in [
+            (&mut self.requests, report.requests),
+            (&mut self.tokens, report.tokens),
+        ] {
+            let Some(new) = reported.and_then(|r| Bucket::from_report(r, now)) else {
+                continue;
+            };
+            *bucket = match *bucket {
+                Some(old) if !newer => Some(Bucket {
+                    remaining: old.remaining.min(new.remaining),
+                    ..old
+                }),
+                _ => Some(new),
+            };
+        }
+    }
+
+    /// What the view holds, for a snapshot: requests and tokens left and
+    /// the time until each is full again.
+    pub(crate) fn report(&self, now: Duration) -> ViewReport {
+        let left = |b: Option<Bucket>| {
+            b.filter(|b| b.reset_at > now)
+                .map(|b| (b.remaining, b.reset_at.saturating_sub(now)))
+        };
+        ViewReport {
+            requests: left(self.requests),
+            tokens: left(self.tokens),
+            in_flight: self.in_flight,
+        }
+    }
+
+    /// Whether the view holds nothing worth keeping at `now`.
+    pub(crate) fn idle(&self, now: Duration) -> bool {
+        self.in_flight == 0
+            && self.requests.is_none_or(|b| b.reset_at <= now)
+            && self.tokens.is_none_or(|b| b.reset_at <= now)
+            && self
+                .window
+                .is_none_or(|(start, _, _)| start.saturating_add(MINUTE) <= now)
+    }
+}
+
+/// A view's figures at one instant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ViewReport {
+    pub(crate) requests: Option<(u64, Duration)>,
+    pub(crate) tokens: Option<(u64, Duration)>,
+    pub(crate) in_flight: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn secs(s: u64) -> Duration {
+        Duration::from_secs(s)
+    }
+
+    fn requests(remaining: u64, reset: Duration) -> RateLimitHeaders {
+        let mut report = RateLimitHeaders::default();
+        report.requests = Some(bucket(remaining, reset));
+        report
+    }
+
+    fn bucket(remaining: u64, reset: Duration) -> RateLimitBucket {
+        let mut headers = http::HeaderMap::new();
+        headers.insert("x-ratelimit-remaining-requests", remaining.into());
+        headers.insert(
+            "x-ratelimit-reset-requests",
+            format!("{}ms", reset.as_millis()).parse().unwrap(),
+        );
+        RateLimitHeaders::read(&headers, std::time::SystemTime::now())
+            .unwrap()
+            .requests
+            .unwrap()
+    }
+
+    #[test]
+    fn remaining_zero_refuses_every_call_until_the_reset_with_the_wait() {
+        let mut view = View::default();
+        view.answered(None, Some(&requests(0, secs(20))), secs(100));
+        assert_eq!(view.admit(secs(100), 1, None), Err(secs(20)));
+        assert_eq!(view.admit(secs(115), 1, None), Err(secs(5)));
+        assert!(view.admit(secs(120), 1, None).is_ok());
+    }
+
+    #[test]
+    fn calls_in_flight_use_up_what_is_left_until_their_answers_come() {
+        let mut view = View::default();
+        view.answered(None, Some(&requests(2, secs(60))), Duration::ZERO);
+        let a = view.admit(Duration::ZERO, 1, None).unwrap();
+        let b = view.admit(Duration::ZERO, 1, None).unwrap();
+        assert_eq!(view.admit(Duration::ZERO, 1, None), Err(secs(60)));
+        // `a`'s answer says one is left: `b` is still in flight.
+        view.answered(Some(a), Some(&requests(1, secs(60))), secs(1));
+        assert_eq!(view.admit(secs(1), 1, None), Err(secs(60)));
+        view.answered(Some(b), None, secs(1));
+        assert!(view.admit(secs(1), 1, None).is_ok());
+    }
+
+    #[test]
+    fn an_answer_older_than_the_last_applied_can_only_lower_what_is_left() {
+        let mut view = View::default();
+        let a = view.admit(Duration::ZERO, 1, None).unwrap();
+        let b = view.admit(Duration::ZERO, 1, None).unwrap();
+        view.answered(Some(b), Some(&requests(1, secs(60))), secs(1));
+        // `a` was counted first: it reports more left than there is.
+        view.answered(Some(a), Some(&requests(2, secs(60))), secs(1));
+        assert!(view.admit(secs(1), 1, None).is_ok());
+        assert!(view.admit(secs(1), 1, None).is_err());
+    }
+
+    #[test]
+    fn tokens_in_flight_and_the_next_cost_must_fit_what_is_left() {
+        let mut view = View::default();
+        let mut report = RateLimitHeaders::default();
+        let mut tokens = bucket(1000, secs(10));
+        tokens.limit = Some(5000);
+        report.tokens = Some(tokens);
+        view.answered(None, Some(&report), Duration::ZERO);
+        let a = view.admit(Duration::ZERO, 600, None).unwrap();
+        assert_eq!(view.admit(Duration::ZERO, 600, None), Err(secs(10)));
+        assert!(view.admit(Duration::ZERO, 400, None).is_ok());
+        view.answered(Some(a), None, Duration::ZERO);
+        // Larger than the whole bucket: never fits, so it is not held back.
+        assert!(view.admit(Duration::ZERO, 6000, None).is_ok());
+    }
+
+    #[test]
+    fn configured_limits_pace_by_the_minute_where_no_header_says() {
+        let mut view = View::default();
+        let limits = Some(PaceLimits::rpm(2).with_tpm(100));
+        assert!(view.admit(secs(0), 10, limits).is_ok());
+        assert!(view.admit(secs(10), 10, limits).is_ok());
+        assert_eq!(view.admit(secs(15), 10, limits), Err(secs(45)));
+        assert!(view.admit(secs(60), 95, limits).is_ok());
+        assert_eq!(view.admit(secs(61), 10, limits), Err(secs(59)));
+        // Headers, once seen, say more than the configuration.
+        view.answered(None, Some(&requests(5, secs(30))), secs(61));
+        assert!(view.admit(secs(61), 1, limits).is_ok());
+    }
+
+    #[test]
+    fn a_view_idle_after_its_resets_holds_nothing() {
+        let mut view = View::default();
+        view.answered(None, Some(&requests(0, secs(5))), Duration::ZERO);
+        assert!(!view.idle(secs(1)));
+        assert!(view.idle(secs(5)));
+    }
+}
