@@ -28,6 +28,32 @@
 //! "#).unwrap();
 //! assert_eq!(config.targets.len(), 2);
 //!
+//! // Deployment groups: one model on three keys, picked by latency, then a
+//! // local model when all three are down, cooling down or paced out.
+//! let config = StackConfig::from_toml(r#"
+//!     [[targets]]
+//!     name = "azure-eu"
+//!     base_url = "https://eu.example.openai.azure.com/openai/v1"
+//!     [[targets]]
+//!     name = "azure-us"
+//!     base_url = "https://us.example.openai.azure.com/openai/v1"
+//!     [[targets]]
+//!     name = "openai"
+//!     base_url = "https://api.openai.com/v1"
+//!     weight = 2
+//!     [[targets]]
+//!     name = "local"
+//!     base_url = "http://127.0.0.1:11434/v1"
+//!
+//!     [[routes]]
+//!     model = "gpt-4o"
+//!     groups = [
+//!         { strategy = "latency", targets = ["azure-eu", "azure-us", "openai"] },
+//!         { targets = ["local"] },
+//!     ]
+//! "#).unwrap();
+//! assert_eq!(config.routes[0].groups[0].targets.len(), 3);
+//!
 //! let error = StackConfig::from_toml("[retry]\nmax_attemps = 4").unwrap_err();
 //! assert!(error.to_string().contains("max_attemps"), "{error}");
 //! ```
@@ -88,7 +114,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use tower_llm_circuit::CircuitSettings;
 use tower_llm_classify::env::parse_var;
-use tower_llm_fallback::TargetSettings;
+use tower_llm_fallback::{Strategy, TargetSettings};
 use tower_llm_retry::RetrySettings;
 
 use crate::stack::{LlmStack, ModelRoute, Preset};
@@ -156,13 +182,31 @@ pub struct ClassifyOptions {
 pub struct RouteSettings {
     /// The model: exact, a prefix ending in `*`, or `*` for the rest.
     pub model: String,
-    /// The targets, in order.
+    /// The targets, in order (each a group of one; or give `groups`).
     pub targets: Vec<String>,
+    /// Groups of equivalent targets, in order (`[[routes.groups]]`): each
+    /// request goes to the member the group's strategy picks among those
+    /// available, then the others, before the next group.
+    pub groups: Vec<GroupSettings>,
     /// Targets with a larger context window, for requests too long for the
     /// ones before.
     pub context_length: Vec<String>,
     /// Targets for requests an earlier target's content policy refused.
     pub content_filter: Vec<String>,
+}
+
+/// One `[[routes.groups]]` entry: deployments of one model, one picked
+/// per request.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct GroupSettings {
+    /// `latency` (the default: the power of two choices over a peak-EWMA
+    /// of latency), `least_busy` (fewest requests in flight) or
+    /// `weighted` (by each target's `weight`).
+    pub strategy: Option<String>,
+    /// The members (target names).
+    pub targets: Vec<String>,
 }
 
 /// A configuration that cannot be used: the key (or variable) and why.
@@ -400,8 +444,30 @@ impl StackConfig {
                     "routes[{i}]: model is required (a name, `prefix*` or `*`)"
                 )));
             }
+            if !route.targets.is_empty() && !route.groups.is_empty() {
+                return Err(ConfigError(format!(
+                    "routes[{i}] (`{}`): give targets or groups, not both \
+                     (a target alone is a group: `{{ targets = [\"name\"] }}`)",
+                    route.model
+                )));
+            }
+            let mut model_route = ModelRoute::new(route.model.clone(), route.targets.clone());
+            for (g, group) in route.groups.iter().enumerate() {
+                let strategy = match group.strategy.as_deref() {
+                    Some(name) => name
+                        .parse::<Strategy>()
+                        .map_err(|e| ConfigError(format!("routes[{i}].groups[{g}]: {e}")))?,
+                    None => Strategy::default(),
+                };
+                if group.targets.is_empty() {
+                    return Err(ConfigError(format!(
+                        "routes[{i}].groups[{g}]: a group needs at least one target"
+                    )));
+                }
+                model_route = model_route.group(strategy, group.targets.clone());
+            }
             stack = stack.route(
-                ModelRoute::new(route.model.clone(), route.targets.clone())
+                model_route
                     .context_length(route.context_length.clone())
                     .content_filter(route.content_filter.clone()),
             );

@@ -209,6 +209,7 @@ pub struct LlmStack {
     move_on_authentication: Option<bool>,
     move_on_invalid_request: Option<bool>,
     continue_streams: u32,
+    seed: Option<u64>,
     targets: Vec<PendingTarget>,
     routes: Vec<ModelRoute>,
 }
@@ -256,6 +257,7 @@ impl LlmStack {
             move_on_authentication: None,
             move_on_invalid_request: None,
             continue_streams: DEFAULT_CONTINUATIONS,
+            seed: None,
             targets: Vec::new(),
             routes: Vec::new(),
         }
@@ -397,6 +399,14 @@ impl LlmStack {
         self
     }
 
+    /// Seeds the random numbers with which [groups](ModelRoute::group)
+    /// pick a deployment, so that a run can be repeated (a benchmark, a
+    /// test); by default each route draws a seed of its own.
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
+    }
+
     /// Adds a target named `name` over `client` — a hyper-util client, a
     /// [`ReqwestClient`] (feature `reqwest`), or any service of
     /// `http::Request<Full<Bytes>>` — with `adapt` setting its base URL,
@@ -494,12 +504,16 @@ impl LlmStack {
         if targets.is_empty() {
             return Err(StackError("a stack needs at least one target".into()));
         }
-        let fallback = |chosen: Vec<Target<TargetService>>| {
+        let fallback = |route: &str, chosen: routes::Grouped| {
             let mut builder = Fallback::builder()
+                .name(route)
                 .max_body(self.max_body)
                 .continue_streams(self.continue_streams);
-            for target in chosen {
-                builder = builder.target(target);
+            for (strategy, members) in chosen {
+                builder = builder.group(strategy, members);
+            }
+            if let Some(seed) = self.seed {
+                builder = builder.seed(seed);
             }
             if let Some((delay, ratio)) = self.hedge {
                 builder = builder.hedge(delay, ratio);
@@ -519,12 +533,12 @@ impl LlmStack {
             max_body: self.max_body,
         };
         if self.routes.is_empty() {
-            routes.default = Some(fallback(in_route_order(targets))?);
+            routes.default = Some(fallback("*", in_route_order(targets))?);
         } else {
             for route in &self.routes {
                 let chosen = route_targets(route, &targets)?;
-                let service = fallback(chosen)?;
                 let model = route.model.trim();
+                let service = fallback(model, chosen)?;
                 let taken = if model == "*" {
                     routes.default.replace(service).is_some()
                 } else if let Some(prefix) = model.strip_suffix('*') {

@@ -2,25 +2,39 @@
 
 use std::collections::HashMap;
 
-use tower_llm_fallback::{Fallback, Target};
+use tower_llm_fallback::{Fallback, Strategy, Target};
 
 use super::{StackError, TargetService, TargetServices};
 
 /// Which targets a model's requests go to, in order, and the targets kept
 /// for the two kinds of failure only some targets can serve.
 ///
+/// The targets are tried in order; a [group](ModelRoute::group) of
+/// equivalent targets (the same model on several keys, regions or
+/// providers) takes one place in that order, and each request goes to the
+/// member its [`Strategy`] picks among those available (see
+/// [`group`](tower_llm_fallback::group)).
+///
 /// ```
+/// use tower_llm::fallback::Strategy;
 /// use tower_llm::stack::ModelRoute;
 ///
 /// let route = ModelRoute::new("gpt-4o", ["openai", "azure"])
 ///     .context_length(["gemini-long"])
 ///     .content_filter(["local"]);
 /// # let _ = route;
+///
+/// // Three deployments picked by latency, then a local model.
+/// let route = ModelRoute::new("gpt-4o", Vec::<String>::new())
+///     .group(Strategy::Latency, ["azure-eu", "azure-us", "openai"])
+///     .then("local");
+/// assert_eq!(route.targets(), ["azure-eu", "azure-us", "openai", "local"]);
 /// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ModelRoute {
     pub(crate) model: String,
-    pub(crate) targets: Vec<String>,
+    /// The groups in order (a target named alone is a group of one).
+    pub(crate) groups: Vec<(Strategy, Vec<String>)>,
     pub(crate) context_length: Vec<String>,
     pub(crate) content_filter: Vec<String>,
 }
@@ -36,9 +50,41 @@ impl ModelRoute {
     {
         ModelRoute {
             model: model.into(),
-            targets: targets.into_iter().map(Into::into).collect(),
+            groups: targets
+                .into_iter()
+                .map(|t| (Strategy::default(), vec![t.into()]))
+                .collect(),
             ..ModelRoute::default()
         }
+    }
+
+    /// Adds `target` after the route's targets and groups.
+    pub fn then(mut self, target: impl Into<String>) -> Self {
+        self.groups.push((Strategy::default(), vec![target.into()]));
+        self
+    }
+
+    /// Adds a group of equivalent `targets` after the route's targets and
+    /// groups: each request tries the member `strategy` picks among those
+    /// available (breaker closed, not cooling down, not paced out), then
+    /// the others, before what comes after the group.
+    pub fn group<I, T>(mut self, strategy: Strategy, targets: I) -> Self
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<String>,
+    {
+        self.groups
+            .push((strategy, targets.into_iter().map(Into::into).collect()));
+        self
+    }
+
+    /// The route's targets in order, groups flattened (without the
+    /// targets kept for context length or content filter).
+    pub fn targets(&self) -> Vec<&str> {
+        self.groups
+            .iter()
+            .flat_map(|(_, names)| names.iter().map(String::as_str))
+            .collect()
     }
 
     /// Targets tried, after the route's own, only for a request too long
@@ -64,12 +110,17 @@ impl ModelRoute {
     }
 }
 
+/// A route's targets, grouped: each group's strategy and members, in
+/// order.
+pub(super) type Grouped = Vec<(Strategy, Vec<Target<TargetService>>)>;
+
 /// The targets of `route`, in order, with the routing flags it adds, each
-/// over the service its place calls for (see [`with_services`]).
+/// over the service its place calls for (see [`with_services`]), in its
+/// groups (a target named twice is kept at its first place).
 pub(super) fn route_targets(
     route: &ModelRoute,
     targets: &[Target<TargetServices>],
-) -> Result<Vec<Target<TargetService>>, StackError> {
+) -> Result<Grouped, StackError> {
     let find = |name: &str| {
         targets
             .iter()
@@ -85,9 +136,16 @@ pub(super) fn route_targets(
             })
     };
     let mut chosen: Vec<Target<TargetServices>> = Vec::new();
-    for name in &route.targets {
-        if !chosen.iter().any(|t| t.name() == name) {
-            chosen.push(find(name)?);
+    let mut sizes: Vec<(Strategy, usize)> = Vec::new();
+    for (strategy, names) in &route.groups {
+        let before = chosen.len();
+        for name in names {
+            if !chosen.iter().any(|t| t.name() == name) {
+                chosen.push(find(name)?);
+            }
+        }
+        if chosen.len() > before {
+            sizes.push((*strategy, chosen.len() - before));
         }
     }
     let flagged = [
@@ -101,6 +159,7 @@ pub(super) fn route_targets(
                 Some(i) => i,
                 None => {
                     chosen.push(find(name)?);
+                    sizes.push((Strategy::default(), 1));
                     chosen.len() - 1
                 }
             };
@@ -124,13 +183,24 @@ pub(super) fn route_targets(
             route.model
         )));
     }
-    Ok(with_services(chosen, ordinary))
+    Ok(grouped(with_services(chosen, ordinary), &sizes))
 }
 
-/// Every target, in the order added (a stack without routes).
-pub(super) fn in_route_order(targets: Vec<Target<TargetServices>>) -> Vec<Target<TargetService>> {
+/// Every target, in the order added, each a group of one (a stack without
+/// routes).
+pub(super) fn in_route_order(targets: Vec<Target<TargetServices>>) -> Grouped {
     let ordinary = targets.len();
-    with_services(targets, ordinary)
+    let sizes = vec![(Strategy::default(), 1); ordinary];
+    grouped(with_services(targets, ordinary), &sizes)
+}
+
+/// `targets` cut into groups of `sizes`.
+fn grouped(targets: Vec<Target<TargetService>>, sizes: &[(Strategy, usize)]) -> Grouped {
+    let mut targets = targets.into_iter();
+    sizes
+        .iter()
+        .map(|(strategy, len)| (*strategy, targets.by_ref().take(*len).collect()))
+        .collect()
 }
 
 /// Each target over the service its place calls for: the first `ordinary`

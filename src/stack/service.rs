@@ -8,7 +8,7 @@ use http::{Request, Response};
 use http_body::Body;
 use tower_llm_circuit::CircuitHandle;
 use tower_llm_classify::{BoxError, LlmError};
-use tower_llm_fallback::Fallback;
+use tower_llm_fallback::{Fallback, GroupSnapshot};
 use tower_service::Service;
 
 use super::routes::Routes;
@@ -73,6 +73,32 @@ impl Stack {
             .default
             .iter()
             .map(|fallback| ("*".to_owned(), fallback.target_names()));
+        exact.into_iter().chain(prefixes).chain(default).collect()
+    }
+
+    /// Every route's groups, in the order of [`routes`](Self::routes):
+    /// each group's strategy and its deployments now (requests in flight,
+    /// picks, latency estimate, how long one is still skipped), for
+    /// `/health`. A target named alone is a group of one, which counts
+    /// nothing.
+    pub fn groups(&self) -> Vec<(String, Vec<GroupSnapshot>)> {
+        let mut exact: Vec<_> = self
+            .routes
+            .exact
+            .iter()
+            .map(|(model, fallback)| (model.to_string(), fallback.groups()))
+            .collect();
+        exact.sort_by(|a, b| a.0.cmp(&b.0));
+        let prefixes = self
+            .routes
+            .prefixes
+            .iter()
+            .map(|(prefix, fallback)| (format!("{prefix}*"), fallback.groups()));
+        let default = self
+            .routes
+            .default
+            .iter()
+            .map(|fallback| ("*".to_owned(), fallback.groups()));
         exact.into_iter().chain(prefixes).chain(default).collect()
     }
 }

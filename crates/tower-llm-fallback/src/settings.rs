@@ -51,6 +51,9 @@ pub struct TargetSettings {
     /// `none`. Unset: what `provider` (else the base URL's host) is known
     /// to support; OpenAI and unknown OpenAI-compatible servers: `none`.
     pub continuation: Option<String>,
+    /// Its share of a `weighted` group's requests against the other
+    /// members' (1 unless set; 0 is refused).
+    pub weight: Option<u32>,
 }
 
 impl TargetSettings {
@@ -200,6 +203,16 @@ impl TargetSettings {
         };
         if let Some(how) = continuation {
             target = target.continuation(how);
+        }
+        match t.weight {
+            Some(0) => {
+                return Err(ConfigError(format!(
+                    "target `{}`: weight 0 would never be picked; leave it out of the group",
+                    t.name
+                )));
+            }
+            Some(weight) => target = target.weight(weight),
+            None => {}
         }
         Ok(target)
     }
