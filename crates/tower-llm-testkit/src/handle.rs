@@ -20,6 +20,7 @@ use crate::embeddings::EmbeddingAsk;
 use crate::failure::Failure;
 use crate::fault::Action;
 use crate::prefill::{LastMessage, PrefillFields, PrefillMode, RequestPrefill, answer_start};
+use crate::ratelimit::Admission;
 use crate::record::{Counters, RecordedRequest};
 use crate::respond::{
     authorized, error_reply_response, error_response, health, missing_model, not_found,
@@ -48,6 +49,30 @@ struct Fields<'a> {
     encoding_format: Option<Cow<'a, str>>,
     #[serde(default)]
     dimensions: Option<usize>,
+    /// The output asked for, counted against a token limit: Chat
+    /// Completions' and Messages' `max_tokens`, `max_completion_tokens`
+    /// (Chat Completions since o1), Responses' `max_output_tokens`. Read
+    /// as any JSON value, so that a malformed one stays the provider's
+    /// business, not a parse error here.
+    #[serde(default)]
+    max_tokens: Option<serde_json::Value>,
+    #[serde(default)]
+    max_completion_tokens: Option<serde_json::Value>,
+    #[serde(default)]
+    max_output_tokens: Option<serde_json::Value>,
+}
+
+impl Fields<'_> {
+    /// The output limit the request asked for, if a whole number.
+    fn max_output(&self) -> Option<u64> {
+        [
+            &self.max_completion_tokens,
+            &self.max_output_tokens,
+            &self.max_tokens,
+        ]
+        .into_iter()
+        .find_map(|v| v.as_ref().and_then(serde_json::Value::as_u64))
+    }
 }
 
 #[derive(Deserialize)]
@@ -206,6 +231,31 @@ pub(crate) async fn handle(
         return Ok(error_response(&shared, &ex, &failure, None));
     }
 
+    // Rate limits: a request over them is refused before it takes a slot;
+    // every other answer says what is left.
+    let max_output = fields.as_ref().ok().and_then(Fields::max_output);
+    let usage = match config.rate_window.as_ref().map(|window| {
+        let cost = crate::ratelimit::cost(prompt_tokens, max_output);
+        window.admit(tokio::time::Instant::now(), cost)
+    }) {
+        None => None,
+        Some(Admission::Admitted(usage)) => Some(usage),
+        Some(Admission::Refused(usage, wait)) => {
+            shared.recorder.push_opt(record);
+            let failure =
+                wait.map_or_else(Failure::rate_limited_without_hint, Failure::rate_limited);
+            let mut response = error_response(&shared, &ex, &failure, None);
+            usage.write(api.family(), response.headers_mut(), now);
+            return Ok(response);
+        }
+    };
+    let stamp = |mut response: Response<SimBody>| {
+        if let Some(usage) = usage {
+            usage.write(api.family(), response.headers_mut(), now);
+        }
+        response
+    };
+
     // Load: wait for a slot, or be shed without reaching the plan.
     let (slot, service_time) = match shared.gate.admit().await {
         Ok(admitted) => admitted,
@@ -248,7 +298,7 @@ pub(crate) async fn handle(
         Err(refusal) => {
             Counters::bump(&shared.counters.prefill_refused);
             let reply = refusal.render(&ex);
-            return Ok(error_reply_response(&shared, &ex, reply, Some(slot)));
+            return Ok(stamp(error_reply_response(&shared, &ex, reply, Some(slot))));
         }
     };
 
@@ -268,7 +318,7 @@ pub(crate) async fn handle(
             Counters::bump(&shared.counters.dropped);
             Err(Cut)
         }
-        Action::Fail(failure) => Ok(error_response(&shared, &ex, failure, Some(slot))),
+        Action::Fail(failure) => Ok(stamp(error_response(&shared, &ex, failure, Some(slot)))),
         Action::Raw(raw) => {
             let counter = if raw.status.is_success() {
                 &shared.counters.answered
@@ -292,7 +342,7 @@ pub(crate) async fn handle(
                 first_token,
                 delay_seed: key(seed, index, 6),
             };
-            Ok(answer(&shared, &ex, how, conn, slot))
+            Ok(stamp(answer(&shared, &ex, how, conn, slot)))
         }
     }
 }

@@ -37,6 +37,8 @@ pub(crate) struct Config {
     pub(crate) token_delay: Delay,
     /// Distinguishes the request ids of simulators in one process.
     pub(crate) instance: u64,
+    /// The key's rate limits and the requests they counted.
+    pub(crate) rate_window: Option<crate::ratelimit::RateWindow>,
 }
 
 /// A plan with its own request count.

@@ -228,6 +228,7 @@ pub struct SimulatorBuilder {
     keepalive_interval: Duration,
     max_body: usize,
     record: bool,
+    rate_limits: Option<crate::ProviderLimits>,
 }
 
 impl Default for SimulatorBuilder {
@@ -249,6 +250,7 @@ impl Default for SimulatorBuilder {
             // platform.claude.com/docs/en/api/errors).
             max_body: 32 * 1024 * 1024,
             record: true,
+            rate_limits: None,
         }
     }
 }
@@ -379,6 +381,13 @@ impl SimulatorBuilder {
         self
     }
 
+    /// Rate limits the simulated key enforces and reports in every answer's
+    /// headers (none by default): see [`ProviderLimits`](crate::ProviderLimits).
+    pub fn rate_limits(mut self, limits: crate::ProviderLimits) -> Self {
+        self.rate_limits = Some(limits);
+        self
+    }
+
     /// Binds and starts serving in the current Tokio runtime.
     pub async fn start(self) -> io::Result<Simulator> {
         let listener = TcpListener::bind(self.addr).await?;
@@ -395,6 +404,7 @@ impl SimulatorBuilder {
             max_body: self.max_body,
             token_delay: self.token_delay,
             instance: next_instance(),
+            rate_window: self.rate_limits.map(crate::ratelimit::RateWindow::new),
         };
         let shared = Arc::new(Shared::new(
             config,
