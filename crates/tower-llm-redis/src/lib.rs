@@ -9,10 +9,16 @@
 //! again — not call-by-call counts:
 //!
 //! - each replica writes its own decisions (`SET prefix:open:KEY until PX
-//!   ttl`, so a replica that starts later loads what holds now, and
-//!   `PUBLISH prefix:decisions …`, so running replicas hear it at once);
+//!   ttl` unless a longer one is stored, so a replica that starts later
+//!   loads what holds now, and `PUBLISH prefix:decisions …`, so running
+//!   replicas hear it at once);
 //! - and applies the others' to its breakers, never shortening a longer
-//!   local state, without telling them back as its own (no ping-pong).
+//!   local state, without telling them back as its own (no ping-pong);
+//! - a key another replica opened stays open here a little longer
+//!   ([`SharedStateBuilder::probe_grace`], 1 s by default), so when the
+//!   interval ends the replica that opened it probes alone and its outcome
+//!   decides for the fleet: one probe per open interval, not one per
+//!   replica.
 //!
 //! Instants cross as wall-clock milliseconds since the epoch; each replica
 //! turns them into its own monotonic `Instant` (keep the hosts' clocks in
@@ -51,8 +57,9 @@
 //! or command that takes longer than the timeout (250 ms by default) marks
 //! the state [`SharedStatus::Degraded`], logged once per outage at warn.
 //! The replica reconnects (backoff from 50 ms to 500 ms), subscribes, loads
-//! what is stored under the prefix (`SCAN` and `MGET`), and writes what it
-//! holds itself (what it decided meanwhile was lost).
+//! what is stored under the prefix (`SCAN` and `MGET`), and writes again
+//! the decisions of its own that still hold (what it decided meanwhile
+//! was lost).
 
 #![forbid(unsafe_code)]
 

@@ -1,6 +1,7 @@
 //! The background writer: this replica's decisions, from a bounded queue,
-//! to Redis (`SET key value PX ttl` for late joiners, `PUBLISH` for the
-//! running replicas), never on the caller's path.
+//! to Redis (`SET key value PX ttl` for late joiners, unless a longer one
+//! is stored; `PUBLISH` for the running replicas), never on the caller's
+//! path.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -14,6 +15,12 @@ use crate::wire::{Message, WireDecision, ttl_ms};
 
 /// One write: the circuit key and its decision.
 pub(crate) type Outgoing = (Arc<str>, WireDecision);
+
+/// `KEYS[1]` = `ARGV[1]` with a time to live of `ARGV[3]` ms, unless it
+/// holds an `until` (its first number) at or past `ARGV[2]` already.
+const SET_IF_LONGER: &str = "local v = redis.call('GET', KEYS[1]) \
+if v and tonumber(string.match(v, '^%d+')) >= tonumber(ARGV[2]) then return 0 end \
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3]) return 1";
 
 /// The commands that share `decision` of `key`; `None` when it is over
 /// already (nothing to tell).
@@ -31,10 +38,15 @@ pub(crate) fn pipeline(
             } else {
                 shared.names.cooldown_key(key)
             };
-            pipe.cmd("SET")
+            // SET only if longer than what is stored: a shorter decision
+            // (a clock a little behind, an older one told again after a
+            // reconnect) never shortens what a late joiner loads.
+            pipe.cmd("EVAL")
+                .arg(SET_IF_LONGER)
+                .arg(1)
                 .arg(redis_key)
                 .arg(decision.value().unwrap_or_default())
-                .arg("PX")
+                .arg(until_ms)
                 .arg(ttl)
                 .ignore();
         }
@@ -64,6 +76,7 @@ pub(crate) async fn run(
     let timeout = shared.timeout;
     let mut connection: Option<ConnectionManager> = None;
     while let Some((key, decision)) = queue.recv().await {
+        shared.remember(&key, &decision);
         let Some(pipe) = pipeline(&shared, &key, &decision) else {
             continue;
         };

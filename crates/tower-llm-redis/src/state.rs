@@ -1,19 +1,20 @@
 //! `SharedState`: one replica's connection to the decisions of the fleet.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
-use tower_llm_circuit::{CircuitHandle, CircuitLayer, CircuitState, KeyDecision};
+use tower_llm_circuit::{CircuitHandle, CircuitLayer, KeyDecision};
 
 use crate::error::SharedStateError;
 use crate::publisher::{self, Outgoing};
 use crate::status::{Health, SharedStats, SharedStatus};
 use crate::subscriber;
-use crate::wire::{Names, WireDecision, epoch_ms_now, from_epoch_ms};
+use crate::wire::{Names, WireDecision, epoch_ms_now, from_epoch_ms, ttl_ms};
 
 /// What the handle and its background tasks share.
 pub(crate) struct Shared {
@@ -25,8 +26,16 @@ pub(crate) struct Shared {
     pub(crate) timeout: Duration,
     /// How often a quiet subscription is checked.
     pub(crate) liveness: Duration,
+    /// How much longer than the replica that opened a key the others keep
+    /// it open, so that one probe (the opener's) decides for the fleet.
+    pub(crate) probe_grace_ms: u64,
     pub(crate) health: Health,
     handles: RwLock<Vec<CircuitHandle>>,
+    /// This replica's own decisions that still hold (open and cooldown
+    /// apart, by circuit key): told again after a reconnect, since what
+    /// was decided while Redis was away was lost. Touched by the writer on
+    /// each decision and by the reader on each reconnect, never by a call.
+    own: Mutex<HashMap<(Arc<str>, bool), WireDecision>>,
 }
 
 impl fmt::Debug for Shared {
@@ -46,8 +55,10 @@ impl Shared {
         let mut changed = false;
         for handle in handles.iter() {
             changed |= match decision {
-                WireDecision::Open { until_ms } => from_epoch_ms(*until_ms)
-                    .is_some_and(|until| handle.apply_open_until(key, until)),
+                WireDecision::Open { until_ms } => {
+                    from_epoch_ms(until_ms.saturating_add(self.probe_grace_ms))
+                        .is_some_and(|until| handle.apply_open_until(key, until))
+                }
                 WireDecision::Cooldown { until_ms, .. } => from_epoch_ms(*until_ms)
                     .is_some_and(|until| handle.apply_cooldown_until(key, until)),
                 WireDecision::Closed => handle.apply_closed(key),
@@ -58,34 +69,36 @@ impl Shared {
         }
     }
 
-    /// What this replica holds now: its open keys and cooldowns.
-    pub(crate) fn local_state(&self) -> Vec<(Arc<str>, WireDecision)> {
-        let handles = self.handles.read().unwrap_or_else(|p| p.into_inner());
-        let now_ms = epoch_ms_now();
-        let ms =
-            |d: Duration| now_ms.saturating_add(u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-        let mut held = Vec::new();
-        for key in handles.iter().flat_map(CircuitHandle::snapshot) {
-            if key.state == CircuitState::Open
-                && let Some(left) = key.open_remaining
-            {
-                held.push((
-                    Arc::clone(&key.key),
-                    WireDecision::Open { until_ms: ms(left) },
-                ));
+    /// Notes a decision of this replica (an open or a cooldown that holds
+    /// replaces the one before; a close forgets the open).
+    pub(crate) fn remember(&self, key: &Arc<str>, decision: &WireDecision) {
+        let mut own = self.own.lock().unwrap_or_else(|p| p.into_inner());
+        match decision {
+            WireDecision::Open { .. } => {
+                own.insert((Arc::clone(key), true), decision.clone());
             }
-            if let Some(left) = key.cooldown_remaining {
-                held.push((
-                    Arc::clone(&key.key),
-                    WireDecision::Cooldown {
-                        until_ms: ms(left),
-                        // The snapshot does not keep the cause.
-                        cause: tower_llm_circuit::CooldownCause::RateLimited,
-                    },
-                ));
+            WireDecision::Cooldown { .. } => {
+                own.insert((Arc::clone(key), false), decision.clone());
+            }
+            WireDecision::Closed => {
+                own.remove(&(Arc::clone(key), true));
             }
         }
-        held
+    }
+
+    /// This replica's own decisions that still hold (the expired ones
+    /// forgotten).
+    pub(crate) fn own_state(&self) -> Vec<(Arc<str>, WireDecision)> {
+        let mut own = self.own.lock().unwrap_or_else(|p| p.into_inner());
+        own.retain(|_, decision| match decision {
+            WireDecision::Open { until_ms } | WireDecision::Cooldown { until_ms, .. } => {
+                ttl_ms(*until_ms).is_some()
+            }
+            WireDecision::Closed => false,
+        });
+        own.iter()
+            .map(|((key, _), decision)| (Arc::clone(key), decision.clone()))
+            .collect()
     }
 }
 
@@ -143,6 +156,7 @@ pub struct SharedStateBuilder {
     queue: usize,
     timeout: Duration,
     liveness: Duration,
+    probe_grace: Duration,
 }
 
 impl SharedStateBuilder {
@@ -164,6 +178,19 @@ impl SharedStateBuilder {
     /// that died without a word (5 s by default).
     pub fn liveness_interval(mut self, interval: Duration) -> Self {
         self.liveness = interval;
+        self
+    }
+
+    /// How much longer than the replica that opened a key the others keep
+    /// it open (1 s by default). When the open interval ends, the replica
+    /// that opened the key probes it alone; its outcome — closed again, or
+    /// open for longer — reaches the others before their own interval
+    /// ends, so the fleet sends one probe per open interval instead of one
+    /// per replica. If that replica is gone (or has no call for the key),
+    /// the others probe this much later. Zero: every replica probes when
+    /// the interval ends.
+    pub fn probe_grace(mut self, grace: Duration) -> Self {
+        self.probe_grace = grace;
         self
     }
 
@@ -195,8 +222,10 @@ impl SharedStateBuilder {
             replica: replica_id(),
             timeout: self.timeout.max(Duration::from_millis(1)),
             liveness: self.liveness.max(Duration::from_millis(10)),
+            probe_grace_ms: u64::try_from(self.probe_grace.as_millis()).unwrap_or(u64::MAX),
             health: Health::new(),
             handles: RwLock::new(Vec::new()),
+            own: Mutex::new(HashMap::new()),
         });
         let (queue, receiver) = mpsc::channel(self.queue);
         let tasks = vec![
@@ -245,6 +274,7 @@ impl SharedState {
             queue: 1024,
             timeout: Duration::from_millis(250),
             liveness: Duration::from_secs(5),
+            probe_grace: Duration::from_secs(1),
         }
     }
 

@@ -52,6 +52,9 @@ async fn session(shared: &Shared, client: &redis::Client) -> redis::RedisResult<
     reload(shared, &mut connection).await?;
     republish(shared, &mut connection).await?;
     drop(connection);
+    // The republish wrote: writing works again too (the writer says
+    // otherwise at its next failure).
+    shared.health.writing(true, &"reconnected");
     shared.health.subscribed(true, &"subscribed");
 
     let (mut sink, mut stream) = pubsub.split();
@@ -76,7 +79,7 @@ async fn session(shared: &Shared, client: &redis::Client) -> redis::RedisResult<
             _ = liveness.tick() => {
                 // A connection that died without a word (a partition)
                 // shows here, not in the stream.
-                if let Err(error) = within(timeout, sink.ping::<String>()).await {
+                if let Err(error) = within(timeout, sink.ping::<redis::Value>()).await {
                     shared.health.subscribed(false, &error);
                     return Ok(());
                 }
@@ -127,14 +130,15 @@ async fn reload(shared: &Shared, connection: &mut MultiplexedConnection) -> redi
     }
 }
 
-/// After a reconnect, tells the others what this replica holds now (what
-/// it decided while Redis was away was lost). The state was just loaded,
-/// so what is written is never shorter than what was stored.
+/// After a reconnect, tells the others what this replica decided itself
+/// and still holds (what it decided while Redis was away was lost).
+/// Others' decisions it applied are not told again: their grace would be
+/// added twice.
 async fn republish(
     shared: &Shared,
     connection: &mut MultiplexedConnection,
 ) -> redis::RedisResult<()> {
-    for (key, decision) in shared.local_state() {
+    for (key, decision) in shared.own_state() {
         if let Some(pipe) = crate::publisher::pipeline(shared, &key, &decision) {
             within(shared.timeout, pipe.query_async::<()>(connection)).await?;
         }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use support::{RedisServer, Replica, eventually, key};
 use tower_llm_circuit::{CircuitConfig, CircuitState, ProbeResult};
 use tower_llm_classify::ErrorKind;
-use tower_llm_redis::SharedStatus;
+use tower_llm_redis::{SharedState, SharedStatus};
 use tower_llm_testkit::{Fault, FaultPlan, Simulator};
 
 const PREFIX: &str = "gw-test";
@@ -195,11 +195,11 @@ async fn a_healthy_run_sends_no_command_to_redis() {
         replica.call(&sim, "gpt-4o").await.unwrap();
     }
     let before = redis.command_calls().await;
-    for i in 0..1_000 {
+    for i in 0..10_000 {
         fleet[i % 3].call(&sim, "gpt-4o").await.unwrap();
     }
     let after = redis.command_calls().await;
-    println!("commands before 1000 healthy calls: {before:?}; after: {after:?}");
+    println!("commands before 10,000 healthy calls: {before:?}; after: {after:?}");
     assert_eq!(before, after);
     for replica in &fleet {
         assert_eq!(replica.shared.stats().published, 0);
@@ -229,4 +229,22 @@ async fn a_replica_ignores_what_it_said_itself_and_malformed_messages() {
     // A heard its own message back and skipped it.
     assert_eq!(a.shared.stats().applied, 0);
     assert_eq!(b.shared.stats().status, SharedStatus::Connected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_subscription_is_checked_without_reconnecting() {
+    let redis = RedisServer::start();
+    let shared = SharedState::builder(&redis.url(), PREFIX)
+        .liveness_interval(Duration::from_millis(10))
+        .connect()
+        .unwrap();
+    let replica = Replica::with(CircuitConfig::standard(), shared);
+    replica.connected().await;
+    while redis.calls_of("ping").await < 5 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Five checks answered, the first subscription held.
+    assert_eq!(redis.calls_of("subscribe").await, 1);
+    assert_eq!(replica.shared.status(), SharedStatus::Connected);
+    assert_eq!(replica.shared.stats().outages, 0);
 }

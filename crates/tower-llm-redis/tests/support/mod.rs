@@ -99,6 +99,20 @@ impl RedisServer {
             .unwrap()
     }
 
+    /// Calls of one command so far (`INFO commandstats`; 0 if never).
+    pub async fn calls_of(&self, command: &str) -> u64 {
+        let info: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query_async(&mut self.connection().await)
+            .await
+            .unwrap();
+        let prefix = format!("cmdstat_{command}:calls=");
+        info.lines()
+            .find_map(|line| line.strip_prefix(&prefix))
+            .and_then(|rest| rest.split(',').next()?.parse().ok())
+            .unwrap_or(0)
+    }
+
     /// Calls per command (`INFO commandstats`), without the `INFO` and
     /// `PING` the test and the liveness checks send.
     pub async fn command_calls(&self) -> Vec<(String, u64)> {
@@ -138,11 +152,16 @@ pub struct Replica {
 
 impl Replica {
     pub fn new(url: &str, prefix: &str, config: CircuitConfig) -> Replica {
-        let layer = CircuitLayer::new(config);
         let shared = SharedState::builder(url, prefix)
             .timeout(Duration::from_millis(200))
             .connect()
             .unwrap();
+        Replica::with(config, shared)
+    }
+
+    /// A replica on shared state connected otherwise.
+    pub fn with(config: CircuitConfig, shared: SharedState) -> Replica {
+        let layer = CircuitLayer::new(config);
         shared.attach_layer(&layer).unwrap();
         Replica {
             handle: layer.handle(),
@@ -197,4 +216,31 @@ pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
 /// The key the circuit gives a chat call for `model` to the simulator.
 pub fn key(model: &str) -> String {
     format!("openai_compatible/{model}")
+}
+
+/// Spins (yielding) until `check` holds; how long it took. Bounded.
+pub async fn time_until(what: &str, mut check: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs(10);
+    while !check() {
+        assert!(Instant::now() < deadline, "never happened: {what}");
+        tokio::task::yield_now().await;
+    }
+    start.elapsed()
+}
+
+/// p50, p99 and max of `samples`, as text (for the report).
+pub fn percentiles(samples: &mut [Duration]) -> String {
+    if samples.is_empty() {
+        return "no samples".into();
+    }
+    samples.sort();
+    let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
+    format!(
+        "n={} p50={:?} p99={:?} max={:?}",
+        samples.len(),
+        at(0.50),
+        at(0.99),
+        samples[samples.len() - 1]
+    )
 }
