@@ -84,12 +84,48 @@ pub(crate) async fn health(State(gateway): State<Gateway>, request: Request) -> 
         "in_flight": gateway.max_concurrency - gateway.permits.available_permits(),
         "circuits": circuits,
         "targets": targets,
+        "groups": groups(&gateway),
         "recent_fallbacks": fallbacks,
         "auth": match gateway.caller_keys {
             Some(keys) => json!({ "required": true, "keys": keys }),
             None => json!({ "required": false }),
         },
     }))
+}
+
+/// The deployment groups of every route that has one of two or more
+/// targets: each group's strategy and, per deployment, its weight, requests
+/// in flight, picks, latency estimate and how long it is still skipped.
+fn groups(gateway: &Gateway) -> Vec<serde_json::Value> {
+    gateway
+        .stack
+        .groups()
+        .into_iter()
+        .filter(|(_, groups)| groups.iter().any(|g| g.deployments.len() > 1))
+        .map(|(model, groups)| {
+            let groups: Vec<_> = groups
+                .iter()
+                .map(|group| {
+                    let deployments: Vec<_> = group
+                        .deployments
+                        .iter()
+                        .map(|d| {
+                            json!({
+                                "target": &*d.target,
+                                "weight": d.weight,
+                                "in_flight": d.in_flight,
+                                "picks": d.picks,
+                                "latency_ms": d.latency.map(|l| l.as_secs_f64() * 1000.0),
+                                "unavailable_ms": d.unavailable_for.map(|u| u.as_millis() as u64),
+                            })
+                        })
+                        .collect();
+                    json!({ "strategy": group.strategy.as_str(), "deployments": deployments })
+                })
+                .collect();
+            json!({ "model": model, "groups": groups })
+        })
+        .collect()
 }
 
 /// `/health/live`: the process accepts and answers requests (what a
