@@ -84,6 +84,12 @@ pub use tower_llm_circuit as circuit;
 #[cfg(feature = "fallback")]
 pub use tower_llm_fallback as fallback;
 
+/// Circuit decisions shared by several replicas through Redis:
+/// [`SharedState`](tower_llm_redis::SharedState) (feature `redis`; see
+/// [`LlmStack::shared_state`](stack::LlmStack::shared_state)).
+#[cfg(feature = "redis")]
+pub use tower_llm_redis as redis;
+
 /// `LlmStack`: Fallback over targets, each Retry → Circuit → Classify over
 /// its client, assembled (needs the `retry`, `circuit` and `fallback`
 /// features).

@@ -69,6 +69,8 @@ mod preset;
 mod reqwest_client;
 mod routes;
 mod service;
+#[cfg(feature = "redis")]
+mod shared_state;
 mod target_service;
 
 use std::collections::HashMap;
@@ -212,6 +214,8 @@ pub struct LlmStack {
     seed: Option<u64>,
     targets: Vec<PendingTarget>,
     routes: Vec<ModelRoute>,
+    #[cfg(feature = "redis")]
+    shared_state: Option<tower_llm_redis::SharedState>,
 }
 
 impl fmt::Debug for LlmStack {
@@ -260,6 +264,8 @@ impl LlmStack {
             seed: None,
             targets: Vec::new(),
             routes: Vec::new(),
+            #[cfg(feature = "redis")]
+            shared_state: None,
         }
     }
 
@@ -477,6 +483,8 @@ impl LlmStack {
             None => CircuitLayer::new(self.circuit),
         };
         let circuits = circuit.handle();
+        #[cfg(feature = "redis")]
+        let shared_state = shared_state::attach(self.shared_state.take(), &circuits)?;
         let classify = match self.stream_idle_timeout {
             Some(timeout) => self.classify.stream_idle_timeout(timeout),
             None => self.classify,
@@ -562,6 +570,8 @@ impl LlmStack {
         Ok(Stack {
             routes: Arc::new(routes),
             circuits,
+            #[cfg(feature = "redis")]
+            shared_state,
         })
     }
 }

@@ -24,6 +24,8 @@ use super::{ResponseFuture, StackBody};
 pub struct Stack {
     pub(super) routes: Arc<Routes>,
     pub(super) circuits: CircuitHandle,
+    #[cfg(feature = "redis")]
+    pub(super) shared_state: Option<tower_llm_redis::SharedState>,
 }
 
 impl fmt::Debug for Stack {
