@@ -2,6 +2,7 @@
 //! what is in flight since, and the configured per-minute windows. Pure:
 //! every method takes the time, in the registry's clock.
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use tower_llm_classify::hint::{RateLimitBucket, RateLimitHeaders};
@@ -9,8 +10,12 @@ use tower_llm_classify::hint::{RateLimitBucket, RateLimitHeaders};
 use super::config::PaceLimits;
 
 /// The window of configured limits: per minute, as the providers state
-/// them (and as LiteLLM's router counts a deployment's `rpm`/`tpm`, in
-/// fixed minute windows: `litellm/router_strategy/lowest_tpm_rpm_v2.py`).
+/// them. It slides: LiteLLM's router counts a deployment's `rpm`/`tpm` in
+/// fixed minute windows (`litellm/router_strategy/lowest_tpm_rpm_v2.py`),
+/// which lets twice the limit through across a window's edge; a log of
+/// the last minute's calls never sends more than the limit in any minute,
+/// so a provider counting in fixed windows, sliding ones or token buckets
+/// of that size never refuses what it lets through.
 pub(crate) const MINUTE: Duration = Duration::from_secs(60);
 
 /// A bucket as the last applied answer reported it.
@@ -55,8 +60,11 @@ pub(crate) struct View {
     next_seq: u64,
     /// The admission order of the call whose answer was last applied.
     applied_seq: u64,
-    /// The configured limits' window: its start and what it admitted.
-    window: Option<(Duration, u64, u64)>,
+    /// The configured limits' window: the calls of the last minute, when
+    /// each was admitted and its estimated tokens, oldest first.
+    log: VecDeque<(Duration, u64)>,
+    /// The tokens of the calls in `log`.
+    log_tokens: u64,
 }
 
 impl View {
@@ -68,12 +76,19 @@ impl View {
                 *bucket = None;
             }
         }
-        if self
-            .window
-            .is_some_and(|(start, _, _)| start.saturating_add(MINUTE) <= now)
+        while let Some(&(at, tokens)) = self.log.front()
+            && at.saturating_add(MINUTE) <= now
         {
-            self.window = None;
+            self.log.pop_front();
+            self.log_tokens = self.log_tokens.saturating_sub(tokens);
         }
+    }
+
+    /// When the call at `index` of the log (oldest first) leaves it.
+    fn leaves(&self, index: usize) -> Duration {
+        self.log
+            .get(index)
+            .map_or(Duration::ZERO, |(at, _)| at.saturating_add(MINUTE))
     }
 
     /// How long a call costing `tokens` must wait before its key can take
@@ -100,20 +115,31 @@ impl View {
             refuse(b.reset_at);
         }
         if let Some(limits) = limits {
-            let (start, requests, used) = self.window.unwrap_or((now, 0, 0));
-            let end = start.saturating_add(MINUTE);
+            let count = self.log.len() as u64;
             if self.requests.is_none()
                 && let Some(rpm) = limits.rpm
-                && requests >= rpm
+                && count >= rpm
             {
-                refuse(end);
+                // Room for one more once all but `rpm - 1` have left.
+                refuse(self.leaves((count - rpm) as usize));
             }
+            let used = self.log_tokens;
             if self.tokens.is_none()
                 && let Some(tpm) = limits.tpm
                 && tokens <= tpm
                 && used.saturating_add(tokens) > tpm
             {
-                refuse(end);
+                let needed = used.saturating_add(tokens) - tpm;
+                let mut freed = 0_u64;
+                let index = self
+                    .log
+                    .iter()
+                    .position(|(_, t)| {
+                        freed = freed.saturating_add(*t);
+                        freed >= needed
+                    })
+                    .unwrap_or(0);
+                refuse(self.leaves(index));
             }
         }
         wait
@@ -133,8 +159,8 @@ impl View {
         self.in_flight += 1;
         self.in_flight_tokens = self.in_flight_tokens.saturating_add(tokens);
         if limits.is_some() {
-            let (start, requests, used) = self.window.unwrap_or((now, 0, 0));
-            self.window = Some((start, requests + 1, used.saturating_add(tokens)));
+            self.log.push_back((now, tokens));
+            self.log_tokens = self.log_tokens.saturating_add(tokens);
         }
         self.next_seq += 1;
         Ok(Admitted {
@@ -218,8 +244,9 @@ impl View {
             && self.requests.is_none_or(|b| b.reset_at <= now)
             && self.tokens.is_none_or(|b| b.reset_at <= now)
             && self
-                .window
-                .is_none_or(|(start, _, _)| start.saturating_add(MINUTE) <= now)
+                .log
+                .back()
+                .is_none_or(|(at, _)| at.saturating_add(MINUTE) <= now)
     }
 }
 
@@ -310,17 +337,33 @@ mod tests {
     }
 
     #[test]
-    fn configured_limits_pace_by_the_minute_where_no_header_says() {
+    fn configured_limits_pace_by_a_sliding_minute_where_no_header_says() {
         let mut view = View::default();
         let limits = Some(PaceLimits::rpm(2).with_tpm(100));
         assert!(view.admit(secs(0), 10, limits).is_ok());
         assert!(view.admit(secs(10), 10, limits).is_ok());
         assert_eq!(view.admit(secs(15), 10, limits), Err(secs(45)));
-        assert!(view.admit(secs(60), 95, limits).is_ok());
-        assert_eq!(view.admit(secs(61), 10, limits), Err(secs(59)));
+        // The first has left, the second has not: room for one.
+        assert!(view.admit(secs(60), 80, limits).is_ok());
+        assert_eq!(view.admit(secs(61), 1, limits), Err(secs(9)));
         // Headers, once seen, say more than the configuration.
         view.answered(None, Some(&requests(5, secs(30))), secs(61));
         assert!(view.admit(secs(61), 1, limits).is_ok());
+    }
+
+    #[test]
+    fn configured_tokens_wait_until_enough_of_the_last_minute_has_left() {
+        let mut view = View::default();
+        let limits = Some(PaceLimits::tpm(100));
+        assert!(view.admit(secs(0), 30, limits).is_ok());
+        assert!(view.admit(secs(10), 60, limits).is_ok());
+        // 90 used: 20 more need 10 to leave, the first call's 30 at 60 s.
+        assert_eq!(view.admit(secs(20), 20, limits), Err(secs(40)));
+        // 50 more need 40: the first two calls, at 70 s.
+        assert_eq!(view.admit(secs(20), 50, limits), Err(secs(50)));
+        assert!(view.admit(secs(20), 10, limits).is_ok());
+        // Larger than the limit: never fits, so it is not held back.
+        assert!(view.admit(secs(20), 101, limits).is_ok());
     }
 
     #[test]

@@ -1,0 +1,261 @@
+//! Pacing over real HTTP against the testkit's rate-limited simulator: a
+//! single key under a load above its limit gets no 429 once its headers
+//! have been seen; the excess is answered at once with the wait, or, with
+//! a retry layer and a deadline that fits, waits for the reset and is
+//! served. Retry → Circuit → Classify → hyper; paused time.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use tower::{Layer, ServiceExt};
+use tower_llm_circuit::{Circuit, CircuitConfig, CircuitLayer, PaceLimits, PacingConfig};
+use tower_llm_classify::{Classify, ClassifyLayer, ErrorKind, LlmError};
+use tower_llm_retry::{Backoff, ReplayBody, RetryLayer, RetryPolicy};
+use tower_llm_testkit::{Api, ProviderLimits, Simulator};
+
+type Stack = Circuit<Classify<Client<HttpConnector, Full<Bytes>>>>;
+
+fn stack(layer: &CircuitLayer) -> Stack {
+    layer.layer(ClassifyLayer::new().layer(Client::builder(TokioExecutor::new()).build_http()))
+}
+
+fn body(api: Api) -> String {
+    match api {
+        Api::AnthropicMessages => {
+            r#"{"model":"m","max_tokens":64,"messages":[{"role":"user","content":"hi"}]}"#.into()
+        }
+        _ => r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#.into(),
+    }
+}
+
+fn request<B: From<String>>(sim: &Simulator, api: Api) -> Request<B> {
+    Request::post(sim.url(api))
+        .header("content-type", "application/json")
+        .body(B::from(body(api)))
+        .unwrap()
+}
+
+/// How one call ended.
+#[derive(Debug, PartialEq, Eq)]
+enum End {
+    Served,
+    /// Refused by the provider: a 429 that went upstream.
+    Upstream429,
+    /// Refused by pacing, without a call: the wait it carried.
+    Paced(Duration),
+    Other(ErrorKind),
+}
+
+fn end_of(result: Result<(), LlmError>) -> End {
+    match result {
+        Ok(()) => End::Served,
+        Err(error) => match error.response_head().map(|h| h.status) {
+            Some(StatusCode::TOO_MANY_REQUESTS) => End::Upstream429,
+            None if error.kind() == ErrorKind::RateLimited => {
+                End::Paced(error.classification().retry_after().unwrap())
+            }
+            _ => End::Other(error.kind()),
+        },
+    }
+}
+
+/// An open-loop load on one key: a call every `every` for `calls` calls,
+/// each in its own task; the simulator answers each after `latency`, so
+/// calls overlap. Returns how each ended.
+async fn open_loop(
+    service: &Stack,
+    sim: &Simulator,
+    api: Api,
+    calls: usize,
+    every: Duration,
+) -> Vec<End> {
+    let mut tasks = Vec::new();
+    for _ in 0..calls {
+        let service = service.clone();
+        let request = request(sim, api);
+        tasks.push(tokio::spawn(async move {
+            let result = match service.oneshot(request).await {
+                Ok(response) => response.into_body().collect().await.map(|_| ()),
+                Err(error) => Err(error),
+            };
+            end_of(result)
+        }));
+        tokio::time::sleep(every).await;
+    }
+    let mut ends = Vec::new();
+    for task in tasks {
+        ends.push(task.await.unwrap());
+    }
+    ends
+}
+
+async fn single_key_over_its_limit(api: Api) {
+    let sim = Simulator::builder()
+        .rate_limits(ProviderLimits::rpm(10))
+        .latency(Duration::from_secs(2))
+        .start()
+        .await
+        .unwrap();
+    let layer = CircuitLayer::default();
+    let service = stack(&layer);
+    // The first answer's headers: the key's view starts.
+    let first = open_loop(&service, &sim, api, 1, Duration::ZERO).await;
+    assert_eq!(first, [End::Served]);
+
+    // 150 s at 200 calls a minute, twenty times the limit, ten in flight.
+    let ends = open_loop(&service, &sim, api, 500, Duration::from_millis(300)).await;
+    let served = ends.iter().filter(|e| **e == End::Served).count();
+    let paced: Vec<Duration> = ends
+        .iter()
+        .filter_map(|e| match e {
+            End::Paced(wait) => Some(*wait),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        !ends.contains(&End::Upstream429),
+        "{} upstream 429s",
+        ends.iter().filter(|e| **e == End::Upstream429).count()
+    );
+    assert_eq!(served + paced.len(), ends.len(), "{ends:?}");
+    // Every call that reached the provider was served.
+    assert_eq!(sim.requests().len(), served + 1);
+    // The excess carried the wait until the window empties again.
+    assert!(
+        paced
+            .iter()
+            .all(|w| !w.is_zero() && *w <= Duration::from_secs(61))
+    );
+    // More than one window's worth got through: pacing let the key refill.
+    assert!(served > 10, "{served} served");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_single_key_above_its_openai_limit_gets_no_429_once_its_headers_are_seen() {
+    single_key_over_its_limit(Api::OpenAiChat).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_single_key_above_its_anthropic_limit_gets_no_429_once_its_headers_are_seen() {
+    single_key_over_its_limit(Api::AnthropicMessages).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_pacing_the_same_load_meets_the_providers_429s() {
+    let sim = Simulator::builder()
+        .rate_limits(ProviderLimits::rpm(10))
+        .latency(Duration::from_secs(2))
+        .start()
+        .await
+        .unwrap();
+    let layer = CircuitLayer::new(
+        CircuitConfig::builder()
+            .pacing(PacingConfig::off())
+            .rate_limit_cooldown(false)
+            .build()
+            .unwrap(),
+    );
+    let service = stack(&layer);
+    let ends = open_loop(
+        &service,
+        &sim,
+        Api::OpenAiChat,
+        100,
+        Duration::from_millis(300),
+    )
+    .await;
+    assert!(ends.contains(&End::Upstream429));
+}
+
+#[tokio::test(start_paused = true)]
+async fn configured_rpm_keeps_a_target_without_headers_under_its_limit() {
+    // Ollama sends no rate-limit headers; the simulator still enforces.
+    let sim = Simulator::builder()
+        .rate_limits(ProviderLimits::rpm(5))
+        .latency(Duration::from_secs(2))
+        .start()
+        .await
+        .unwrap();
+    let layer = CircuitLayer::new(
+        CircuitConfig::builder()
+            .pacing(PacingConfig::default().default_limit(PaceLimits::rpm(5)))
+            .build()
+            .unwrap(),
+    );
+    let service = stack(&layer);
+    let ends = open_loop(
+        &service,
+        &sim,
+        Api::OllamaChat,
+        300,
+        Duration::from_millis(500),
+    )
+    .await;
+    assert!(!ends.contains(&End::Upstream429));
+    let served = ends.iter().filter(|e| **e == End::Served).count();
+    assert_eq!(sim.requests().len(), served);
+    assert!(served > 5, "{served} served");
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_a_deadline_that_fits_the_excess_waits_for_the_reset_and_is_served() {
+    let sim = Simulator::builder()
+        .rate_limits(ProviderLimits::rpm(5))
+        .start()
+        .await
+        .unwrap();
+    let circuit = CircuitLayer::default();
+    let retry = |deadline| {
+        RetryPolicy::builder()
+            .max_attempts(5)
+            .backoff(Backoff::constant(Duration::from_millis(100)))
+            .deadline(deadline)
+            .no_budget()
+            .seed(1)
+            .build()
+            .unwrap()
+    };
+    let client = Client::builder(TokioExecutor::new()).build_http::<ReplayBody>();
+    let patient = RetryLayer::new(retry(Duration::from_secs(300)))
+        .layer(circuit.layer(ClassifyLayer::new().layer(client.clone())));
+    let hurried = RetryLayer::new(retry(Duration::from_secs(10)))
+        .layer(circuit.layer(ClassifyLayer::new().layer(client)));
+    let run = |service: tower_llm_retry::Retry<_>| {
+        let request = request::<Full<Bytes>>(&sim, Api::OpenAiChat);
+        async move {
+            let result = match service.oneshot(request).await {
+                Ok(response) => response.into_body().collect().await.map(|_| ()),
+                Err(error) => Err(error),
+            };
+            end_of(result)
+        }
+    };
+    assert_eq!(run(patient.clone()).await, End::Served);
+    // Twelve more at once: four fit, the rest wait for the window.
+    let mut tasks = Vec::new();
+    for _ in 0..12 {
+        tasks.push(tokio::spawn(run(patient.clone())));
+    }
+    for task in tasks {
+        assert_eq!(task.await.unwrap(), End::Served);
+    }
+    // A deadline shorter than the wait: answered at once, rate limited.
+    let window_full = sim.requests().len();
+    let mut hurried_ends = Vec::new();
+    for _ in 0..20 {
+        hurried_ends.push(run(hurried.clone()).await);
+    }
+    assert!(hurried_ends.iter().any(|e| matches!(e, End::Paced(_))));
+    assert!(!hurried_ends.contains(&End::Upstream429));
+    assert_eq!(
+        sim.requests().len() - window_full,
+        hurried_ends.iter().filter(|e| **e == End::Served).count()
+    );
+}
