@@ -375,3 +375,50 @@ fn a_group_with_a_weight_of_zero_or_no_member_is_refused_at_build() {
         .to_string();
     assert!(error.contains("at least one target"), "{error}");
 }
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_member_the_availability_check_refuses_is_never_called_while_others_can_serve() {
+    use tower_llm_fallback::{Availability, Candidate};
+    let deploys: Vec<Deploy> = (0..3).map(|_| Deploy::new()).collect();
+    let asked = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&asked);
+    let check = move |candidate: &Candidate<'_>| {
+        counted.fetch_add(1, Ordering::SeqCst);
+        if candidate.target == "d1" {
+            Availability::Unavailable { retry_after: None }
+        } else {
+            Availability::Available
+        }
+    };
+    let fallback = Fallback::builder()
+        .group(Strategy::Weighted, members(&deploys))
+        .check_availability(Arc::new(check))
+        .seed(9)
+        .build()
+        .unwrap();
+    for _ in 0..30 {
+        assert_ne!(served_by(&fallback).await, "d1");
+    }
+    assert_eq!(deploys[1].calls(), 0);
+    assert!(deploys[0].calls() > 0 && deploys[2].calls() > 0);
+    // Asked of the picked member only: once per request, and once more
+    // when it picked d1.
+    let asked = asked.load(Ordering::SeqCst);
+    assert!((30..60).contains(&asked), "{asked}");
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn when_the_check_refuses_every_member_one_is_still_tried() {
+    use tower_llm_fallback::Availability;
+    let deploys: Vec<Deploy> = (0..2).map(|_| Deploy::new()).collect();
+    let fallback = Fallback::builder()
+        .group(Strategy::LeastBusy, members(&deploys))
+        .check_availability(Arc::new(|_: &tower_llm_fallback::Candidate<'_>| {
+            Availability::Unavailable { retry_after: None }
+        }))
+        .build()
+        .unwrap();
+    // Nothing else to go to: the layers below answer for themselves.
+    served_by(&fallback).await;
+    assert_eq!(deploys[0].calls() + deploys[1].calls(), 1);
+}

@@ -35,9 +35,10 @@ pub enum Availability {
     },
 }
 
-/// Whether a deployment of a group may take a request now: asked of every
-/// candidate of a group of two or more before the group's strategy picks
-/// one (a group of one is tried as an ordinary fallback target is).
+/// Whether a deployment of a group may take a request now: asked of the
+/// member a group of two or more picks, before it is taken; a member it
+/// refuses is left out and the group's strategy picks again among the
+/// others (a group of one is tried as an ordinary fallback target is).
 ///
 /// The group itself already skips what the layers below it refused: a
 /// deployment whose breaker refused a call (open: until its next probe;

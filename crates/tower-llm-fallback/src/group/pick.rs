@@ -172,20 +172,29 @@ fn choose<S>(
         if tried & (1 << i) != 0 || !eligible(target, wanted) {
             continue;
         }
-        if available_only && !available(shared, stats, i, target, request, &mut clock) {
+        if available_only && stats.members[i].blocked(&mut || clock.now()) {
             continue;
         }
         candidates |= 1 << i;
     }
-    let count = candidates.count_ones() as usize;
-    let member = match count {
-        0 => return None,
-        1 => candidates.trailing_zeros() as usize,
-        _ => match group.strategy {
-            Strategy::Latency => latency(shared, stats, candidates, count, &mut clock),
-            Strategy::LeastBusy => least_busy(shared, stats, candidates),
-            Strategy::Weighted => weighted(shared, stats, candidates),
-        },
+    // The installed check is asked of the member the strategy picks only
+    // (one question per pick while members are available); a member it
+    // refuses is left out and the strategy picks again among the rest.
+    let member = loop {
+        let count = candidates.count_ones() as usize;
+        let member = match count {
+            0 => return None,
+            1 => candidates.trailing_zeros() as usize,
+            _ => match group.strategy {
+                Strategy::Latency => latency(shared, stats, candidates, count, &mut clock),
+                Strategy::LeastBusy => least_busy(shared, stats, candidates),
+                Strategy::Weighted => weighted(shared, stats, candidates),
+            },
+        };
+        if !available_only || checked(shared, &members[member], request) {
+            break member;
+        }
+        candidates &= !(1 << member);
     };
     let deployment = &stats.members[member];
     deployment.picks.fetch_add(1, Ordering::Relaxed);
@@ -203,20 +212,9 @@ fn choose<S>(
     Some(member)
 }
 
-/// Whether member `i` may be picked now: not kept out after a refusal,
-/// and not refused by the installed check.
+/// Whether the installed check (if any) lets `target` take the request.
 #[inline]
-fn available<S>(
-    shared: &Shared<S>,
-    stats: &GroupStats,
-    i: usize,
-    target: &Target<S>,
-    request: PickRequest<'_>,
-    clock: &mut Clock<'_>,
-) -> bool {
-    if stats.members[i].blocked(&mut || clock.now()) {
-        return false;
-    }
+fn checked<S>(shared: &Shared<S>, target: &Target<S>, request: PickRequest<'_>) -> bool {
     let (Some(check), Some((parts, body))) = (shared.check.as_ref(), request) else {
         return true;
     };
