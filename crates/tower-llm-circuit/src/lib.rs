@@ -126,7 +126,7 @@ pub use config::{CircuitConfig, CircuitConfigBuilder, ConfigError};
 pub use handle::{AlreadySharing, CircuitHandle, ProbeResult};
 pub use key::{KeyBy, KeyFn, KeyInput};
 pub use layer::CircuitLayer;
-pub use pacing::{PaceLimits, PacingConfig, PacingSnapshot};
+pub use pacing::{PaceBucket, PaceLimits, PacingConfig, PacingSnapshot, SharedPacing};
 pub use service::Circuit;
 pub use settings::{CircuitSettings, ENV_VARS};
 pub use tower_llm_classify::RequestToken;

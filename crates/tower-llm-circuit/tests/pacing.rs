@@ -311,3 +311,46 @@ async fn pacing_off_reads_no_headers() {
     assert!(layer.handle().pacing(KEY).is_none());
     call_answered(&mut service, &mut handle, &[]).await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_view_shared_by_another_replica_paces_calls_here_and_never_loosens_it() {
+    let (mut replica_a, mut handle_a, layer_a) = setup(PacingConfig::default());
+    let (mut replica_b, mut handle_b, layer_b) = setup(PacingConfig::default());
+    call_answered(
+        &mut replica_a,
+        &mut handle_a,
+        &[
+            ("x-ratelimit-remaining-requests", "0"),
+            ("x-ratelimit-reset-requests", "20s"),
+        ],
+    )
+    .await;
+    let shared = layer_a.handle().shared_pacing();
+    assert_eq!(shared.len(), 1);
+    assert!(layer_b.handle().apply_pacing(&shared[0]));
+    ready(&mut replica_b).await;
+    let error = replica_b.call(small()).await.unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::RateLimited);
+    assert_eq!(
+        error.classification().retry_after(),
+        Some(Duration::from_secs(20))
+    );
+    nothing_sent(&mut handle_b);
+    // B's own answer said more is left for longer: A's tighter view stays.
+    let (mut replica_c, mut handle_c, layer_c) = setup(PacingConfig::default());
+    call_answered(
+        &mut replica_c,
+        &mut handle_c,
+        &[
+            ("x-ratelimit-remaining-requests", "50"),
+            ("x-ratelimit-reset-requests", "30s"),
+        ],
+    )
+    .await;
+    assert!(layer_c.handle().apply_pacing(&shared[0]));
+    assert!(!layer_c.handle().apply_pacing(&shared[0]));
+    assert_eq!(
+        layer_c.handle().paced_for(KEY),
+        Some(Duration::from_secs(30))
+    );
+}

@@ -4,6 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use super::view::ViewReport;
 use crate::CircuitHandle;
 
@@ -70,5 +72,114 @@ impl CircuitHandle {
     pub fn pacing(&self, key: &str) -> Option<PacingSnapshot> {
         let registry = self.registry();
         registry.pacing.snapshot(key, registry.now())
+    }
+}
+
+/// One bucket of a key's rate limits as replicas share it: what is left,
+/// and when it is full again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PaceBucket {
+    /// Requests (or tokens) left.
+    pub remaining: u64,
+    /// When the bucket is full again (Tokio's clock; what crosses between
+    /// processes is the sharer's business, as with
+    /// [`KeyDecision`](crate::KeyDecision)).
+    pub full_at: Instant,
+}
+
+impl PaceBucket {
+    /// `remaining` left until `full_at`.
+    pub fn new(remaining: u64, full_at: Instant) -> Self {
+        PaceBucket { remaining, full_at }
+    }
+}
+
+/// A key's rate-limit view as replicas share it (a key's provider limits
+/// are the provider's, whichever replica calls it): see
+/// [`CircuitHandle::shared_pacing`] and [`CircuitHandle::apply_pacing`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SharedPacing {
+    /// The key.
+    pub key: Arc<str>,
+    /// Requests left, if its answers said.
+    pub requests: Option<PaceBucket>,
+    /// Tokens left, if its answers said.
+    pub tokens: Option<PaceBucket>,
+}
+
+impl SharedPacing {
+    /// `key`'s view: `requests` and `tokens` left.
+    pub fn new(
+        key: impl Into<Arc<str>>,
+        requests: Option<PaceBucket>,
+        tokens: Option<PaceBucket>,
+    ) -> Self {
+        SharedPacing {
+            key: key.into(),
+            requests,
+            tokens,
+        }
+    }
+}
+
+/// Sharing pacing with other replicas: this process's views out, theirs in.
+///
+/// Answers update a key's view on every call, too often to publish each;
+/// a sharer reads [`shared_pacing`](CircuitHandle::shared_pacing) now and
+/// then and hands each view to the other replicas'
+/// [`apply_pacing`](CircuitHandle::apply_pacing), which never loosens
+/// what a replica holds.
+///
+/// ```
+/// use std::time::Duration;
+/// use tokio::time::Instant;
+/// use tower_llm_circuit::{CircuitLayer, PaceBucket, SharedPacing};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let replica_a = CircuitLayer::default().handle();
+/// let replica_b = CircuitLayer::default().handle();
+/// // A's answers said the key has nothing left for 20 s; B is told.
+/// let empty = PaceBucket::new(0, Instant::now() + Duration::from_secs(20));
+/// assert!(replica_b.apply_pacing(&SharedPacing::new("openai/gpt-4o", Some(empty), None)));
+/// assert!(replica_b.paced_for("openai/gpt-4o").is_some());
+/// assert_eq!(replica_b.shared_pacing()[0].requests.map(|b| b.remaining), Some(0));
+/// # let _ = replica_a;
+/// # }
+/// ```
+impl CircuitHandle {
+    /// Every key whose answers said what it has left, with what they
+    /// said (buckets already full again are left out).
+    pub fn shared_pacing(&self) -> Vec<SharedPacing> {
+        let registry = self.registry();
+        let now_instant = Instant::now();
+        let now = registry.since_start(now_instant);
+        let at = |(remaining, full_at): (u64, Duration)| PaceBucket {
+            remaining,
+            full_at: now_instant + full_at.saturating_sub(now),
+        };
+        registry
+            .pacing
+            .shared(now)
+            .into_iter()
+            .map(|(key, [requests, tokens])| SharedPacing {
+                key,
+                requests: requests.map(at),
+                tokens: tokens.map(at),
+            })
+            .collect()
+    }
+
+    /// Another replica's view of a key: each bucket held here becomes the
+    /// tighter of the two (the least left, until the later reset), one not
+    /// held is taken as it is, and one already full again is ignored. It
+    /// never loosens a view held here. `true` if something tightened.
+    pub fn apply_pacing(&self, shared: &SharedPacing) -> bool {
+        let registry = self.registry();
+        let buckets = [shared.requests, shared.tokens]
+            .map(|b| b.map(|b| (b.remaining, registry.since_start(b.full_at))));
+        registry.pacing.apply(&shared.key, buckets, registry.now())
     }
 }

@@ -52,9 +52,9 @@ use tower_llm_classify::hint::{Hint, HintSource, MAX_HINT, RateLimitHeaders};
 use tower_llm_classify::{Classification, ErrorKind, LlmError, Phase};
 
 pub use config::{PaceLimits, PacingConfig};
-pub use handle::PacingSnapshot;
+pub use handle::{PaceBucket, PacingSnapshot, SharedPacing};
 
-use view::{Admitted, View};
+use view::{Admitted, Buckets, View};
 
 /// One key's pacing.
 #[derive(Debug)]
@@ -258,6 +258,35 @@ impl Pacing {
         let found = self.find(key)?;
         let limits = found.limits;
         found.view().paced_for(now, tokens, limits)
+    }
+
+    /// Every key's buckets not yet full again, to share with other
+    /// replicas.
+    pub(crate) fn shared(&self, now: Duration) -> Vec<(Arc<str>, Buckets)> {
+        let keys: Vec<_> = self
+            .keys
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(k, v)| (Arc::clone(k), Arc::clone(v)))
+            .collect();
+        keys.into_iter()
+            .filter_map(|(key, pacing)| {
+                let buckets = pacing.view().buckets(now);
+                buckets
+                    .iter()
+                    .any(Option::is_some)
+                    .then_some((key, buckets))
+            })
+            .collect()
+    }
+
+    /// Another replica's buckets for `key`: see [`View::apply`].
+    pub(crate) fn apply(&self, key: &str, buckets: Buckets, now: Duration) -> bool {
+        if buckets.iter().flatten().all(|(_, at)| *at <= now) {
+            return false;
+        }
+        self.get_or_insert(key, now).view().apply(buckets, now)
     }
 
     pub(crate) fn snapshot(&self, key: &str, now: Duration) -> Option<PacingSnapshot> {

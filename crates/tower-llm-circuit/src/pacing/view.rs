@@ -39,6 +39,10 @@ impl Bucket {
     }
 }
 
+/// Requests and tokens: what is left and when each bucket is full again
+/// (in the registry's time), as replicas share them.
+pub(crate) type Buckets = [Option<(u64, Duration)>; 2];
+
 /// What admitting a call reserved, handed back when it is answered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Admitted {
@@ -224,6 +228,46 @@ impl View {
         }
     }
 
+    /// The buckets not yet full again at `now`: requests and tokens left,
+    /// and when each is full (in the registry's time), to share.
+    pub(crate) fn buckets(&mut self, now: Duration) -> Buckets {
+        self.expire(now);
+        [self.requests, self.tokens].map(|b| b.map(|b| (b.remaining, b.reset_at)))
+    }
+
+    /// Another replica's buckets (what is left, when full again, in the
+    /// registry's time): each held one becomes the tighter of the two —
+    /// the least left, until the later reset — and one not held is taken
+    /// as it is. Never looser than what is held; `true` if it tightened
+    /// something.
+    pub(crate) fn apply(&mut self, buckets: Buckets, now: Duration) -> bool {
+        self.expire(now);
+        let mut changed = false;
+        for (held, shared) in [&mut self.requests, &mut self.tokens]
+            .into_iter()
+            .zip(buckets)
+        {
+            let Some((remaining, reset_at)) = shared.filter(|(_, at)| *at > now) else {
+                continue;
+            };
+            let tighter = match *held {
+                None => Bucket {
+                    remaining,
+                    limit: None,
+                    reset_at,
+                },
+                Some(old) => Bucket {
+                    remaining: old.remaining.min(remaining),
+                    limit: old.limit,
+                    reset_at: old.reset_at.max(reset_at),
+                },
+            };
+            changed |= *held != Some(tighter);
+            *held = Some(tighter);
+        }
+        changed
+    }
+
     /// What the view holds, for a snapshot: requests and tokens left and
     /// the time until each is full again.
     pub(crate) fn report(&self, now: Duration) -> ViewReport {
@@ -364,6 +408,22 @@ mod tests {
         assert!(view.admit(secs(20), 10, limits).is_ok());
         // Larger than the limit: never fits, so it is not held back.
         assert!(view.admit(secs(20), 101, limits).is_ok());
+    }
+
+    #[test]
+    fn another_replicas_view_only_tightens_what_is_held() {
+        let mut view = View::default();
+        view.answered(None, Some(&requests(5, secs(10))), Duration::ZERO);
+        // More left, an earlier reset: nothing looser is taken.
+        assert!(!view.apply([Some((9, secs(5))), None], Duration::ZERO));
+        assert_eq!(view.buckets(Duration::ZERO)[0], Some((5, secs(10))));
+        // Fewer left: taken, until the later of the two resets.
+        assert!(view.apply([Some((0, secs(4))), None], Duration::ZERO));
+        assert_eq!(view.admit(secs(1), 1, None), Err(secs(9)));
+        // A bucket not held is taken as it is; a past one is ignored.
+        assert!(view.apply([None, Some((10, secs(30)))], secs(1)));
+        assert!(!view.apply([None, Some((0, secs(1)))], secs(2)));
+        assert_eq!(view.buckets(secs(2))[1], Some((10, secs(30))));
     }
 
     #[test]
