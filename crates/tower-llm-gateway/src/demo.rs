@@ -1,6 +1,8 @@
-//! Out of the box: two simulated providers from the testkit — a flaky
-//! primary and a healthy backup — and the stack configured over them,
-//! through the same TOML path a real deployment uses.
+//! Out of the box: three simulated providers from the testkit — a flaky
+//! OpenAI-style primary, a healthy backup and an Anthropic-protocol
+//! provider — and the stack configured over them, through the same TOML
+//! path a real deployment uses, so every endpoint the gateway serves
+//! answers without a key ([`curl_lines`] prints one command for each).
 
 use std::time::{Duration, Instant};
 
@@ -15,29 +17,42 @@ use tower_llm_testkit::{FaultPlan, Simulator};
 /// already).
 pub const FLAKY: &str = "rate=0.10:rate_limited@1s,0.08:503,0.06:overloaded,0.04:reset,0.04:error@0,0.03:drop@0,0.02:drop@5;seed=7";
 
+/// The Anthropic-protocol provider's mix: Anthropic's overload (529 with
+/// `x-should-retry: true`) and rate limits, retried by the stack.
+pub const CLAUDE_FLAKY: &str = "rate=0.08:overloaded,0.04:rate_limited@1s;seed=11";
+
 /// The key the simulated primary requires (and only it: the backup is an
 /// unauthenticated local model, as Ollama is).
 pub const PRIMARY_KEY: &str = "sk-demo-primary";
 /// The variable the demo configuration names for it.
 pub const PRIMARY_KEY_VAR: &str = "TOWER_LLM_DEMO_PRIMARY_KEY";
+/// The key the simulated Anthropic-protocol provider requires (sent in
+/// `x-api-key`, as Anthropic's API takes it).
+pub const CLAUDE_KEY: &str = "sk-ant-demo-claude";
+/// The variable the demo configuration names for it.
+pub const CLAUDE_KEY_VAR: &str = "TOWER_LLM_DEMO_CLAUDE_KEY";
 
-/// The two simulated providers.
+/// The simulated providers.
 #[derive(Debug)]
 pub struct Demo {
     /// The flaky primary (OpenAI-style, needs [`PRIMARY_KEY`]).
     pub primary: Simulator,
     /// The healthy backup, serving `llama3.2`.
     pub backup: Simulator,
+    /// The Anthropic-protocol provider (`POST /v1/messages`, needs
+    /// [`CLAUDE_KEY`]), mildly flaky ([`CLAUDE_FLAKY`]).
+    pub claude: Simulator,
 }
 
 impl Demo {
-    /// Starts both simulators on ephemeral ports.
+    /// Starts the simulators on ephemeral ports.
     pub async fn start() -> std::io::Result<Demo> {
-        let plan: FaultPlan = FLAKY
-            .parse()
-            .map_err(|e| std::io::Error::other(format!("demo plan: {e}")))?;
+        let plan = |text: &str| {
+            text.parse::<FaultPlan>()
+                .map_err(|e| std::io::Error::other(format!("demo plan: {e}")))
+        };
         let primary = Simulator::builder()
-            .plan(plan)
+            .plan(plan(FLAKY)?)
             .api_key(PRIMARY_KEY)
             .token_delay(Duration::from_millis(15))
             .record(false)
@@ -48,11 +63,25 @@ impl Demo {
             .record(false)
             .start()
             .await?;
-        Ok(Demo { primary, backup })
+        let claude = Simulator::builder()
+            .plan(plan(CLAUDE_FLAKY)?)
+            .api_key(CLAUDE_KEY)
+            .token_delay(Duration::from_millis(15))
+            .record(false)
+            .start()
+            .await?;
+        Ok(Demo {
+            primary,
+            backup,
+            claude,
+        })
     }
 
-    /// The configuration over the two simulators: a gateway preset, a
-    /// breaker tuned to show itself within a minute.
+    /// The configuration over the simulators: a gateway preset, a breaker
+    /// tuned to show itself within a minute, and routes that name models
+    /// (what `GET /v1/models` lists): `claude-*` to the Anthropic-protocol
+    /// target (`POST /v1/messages`) or, on the OpenAI endpoints, to the
+    /// backup; everything else to the primary, then the backup.
     pub fn config(&self) -> Result<StackConfig, String> {
         let text = format!(
             r#"
@@ -71,6 +100,12 @@ impl Demo {
             max_open_ms = 4000
             half_open_probes = 3
 
+            # Off until the fallback stops asking for a transcript of
+            # streams no target can continue: with one, Classify's scanner
+            # calls every event of a streamed Responses answer malformed.
+            [fallback]
+            continue_streams = 0
+
             [[targets]]
             name = "primary"
             provider = "openai"
@@ -83,20 +118,95 @@ impl Demo {
             base_url = "{backup}/v1"
             model = "llama3.2"
 
+            [[targets]]
+            name = "claude"
+            provider = "anthropic"
+            protocol = "anthropic"
+            base_url = "{claude}/v1"
+            api_key_env = "{CLAUDE_KEY_VAR}"
+
+            [[routes]]
+            model = "gpt-4o"
+            targets = ["primary", "backup"]
+
+            [[routes]]
+            model = "text-embedding-3-small"
+            targets = ["primary", "backup"]
+
+            [[routes]]
+            model = "claude-*"
+            targets = ["claude", "backup"]
+
             [[routes]]
             model = "*"
             targets = ["primary", "backup"]
             "#,
             primary = self.primary.base_url(),
             backup = self.backup.base_url(),
+            claude = self.claude.base_url(),
         );
         StackConfig::from_toml(&text).map_err(|e| e.to_string())
     }
 
     /// Where the demo's keys come from (no real environment needed).
     pub fn env(name: &str) -> Option<String> {
-        (name == PRIMARY_KEY_VAR).then(|| PRIMARY_KEY.to_owned())
+        match name {
+            PRIMARY_KEY_VAR => Some(PRIMARY_KEY.to_owned()),
+            CLAUDE_KEY_VAR => Some(CLAUDE_KEY.to_owned()),
+            _ => None,
+        }
     }
+}
+
+/// One `curl` command per endpoint of a gateway at `base` (`auth`: the
+/// header arguments a caller key needs, or empty), with the demo's models:
+/// chat whole and streamed, legacy completions streamed, a batch of
+/// embeddings, a streamed Responses call, a streamed Anthropic Messages
+/// call, and the model list.
+pub fn curl_lines(base: &str, auth: &str) -> Vec<String> {
+    let json = "-H 'content-type: application/json'";
+    let post = |flags: &str, path: &str, extra: &str, body: &str| {
+        format!("curl {flags} {base}{path}{auth} {json}{extra} -d '{body}'")
+    };
+    vec![
+        post(
+            "-si",
+            "/v1/chat/completions",
+            "",
+            r#"{"model":"gpt-4o","messages":[{"role":"user","content":"Say hello"}]}"#,
+        ),
+        post(
+            "-sN",
+            "/v1/chat/completions",
+            "",
+            r#"{"model":"gpt-4o","stream":true,"messages":[{"role":"user","content":"Say hello"}]}"#,
+        ),
+        post(
+            "-sN",
+            "/v1/completions",
+            "",
+            r#"{"model":"gpt-3.5-turbo-instruct","stream":true,"prompt":"Say hello"}"#,
+        ),
+        post(
+            "-s",
+            "/v1/embeddings",
+            "",
+            r#"{"model":"text-embedding-3-small","dimensions":4,"input":["first text","second text"]}"#,
+        ),
+        post(
+            "-sN",
+            "/v1/responses",
+            "",
+            r#"{"model":"gpt-4o","stream":true,"input":"Say hello"}"#,
+        ),
+        post(
+            "-sN",
+            "/v1/messages",
+            " -H 'anthropic-version: 2023-06-01'",
+            r#"{"model":"claude-sonnet-4-5","max_tokens":256,"stream":true,"messages":[{"role":"user","content":"Say hello"}]}"#,
+        ),
+        format!("curl -s {base}/v1/models{auth}"),
+    ]
 }
 
 /// Sends `n` requests through the gateway at `base`, with a 15-second

@@ -1,5 +1,5 @@
 //! OpenAI-shaped error answers of the gateway's own (the provider's own
-//! errors are passed on as they came: `chat.rs`).
+//! errors are passed on as they came: `endpoints`).
 
 use axum::response::{IntoResponse, Response};
 use http::{StatusCode, header};

@@ -1,6 +1,9 @@
-//! An OpenAI-compatible LLM gateway on tower-llm: `POST
-//! /v1/chat/completions` (whole and streamed), routed by `model` to upstream
-//! targets through the facade's [`Stack`](tower_llm::stack::Stack) — each
+//! An OpenAI- and Anthropic-compatible LLM gateway on tower-llm: `POST
+//! /v1/chat/completions`, `/v1/completions`, `/v1/responses` (whole and
+//! streamed), `/v1/embeddings`, `/v1/messages` (Anthropic's, to
+//! Anthropic-protocol targets) and `GET /v1/models`, routed by `model` to
+//! upstream targets through the facade's
+//! [`Stack`](tower_llm::stack::Stack) — each
 //! target Retry → Circuit → Classify, Fallback over them — with caller
 //! keys, inbound limits, `/health`, `/metrics` and a graceful shutdown.
 //!
@@ -8,7 +11,7 @@
 //! tower-llm-gateway` in the repository, or installed with `cargo install
 //! --path crates/tower-llm-gateway`) serves it from a configuration file
 //! (`--config`; the crate's `gateway.toml` is an annotated one), or,
-//! without one, over two embedded simulated providers ([`demo`]). The library is what the binary is made of, for a program
+//! without one, over three embedded simulated providers ([`demo`]). The library is what the binary is made of, for a program
 //! that serves the gateway itself:
 //!
 //! ```no_run
@@ -61,9 +64,10 @@
 //! ([`GatewaySection::fit_idle_timeout`](config::GatewaySection::fit_idle_timeout)).
 //!
 //! Where each concept lives: `router` (the routes, inbound limits and the
-//! key check in front of them: [`router()`]), `chat` (the chat completions
-//! handler), `error` (OpenAI-shaped errors), `headers` (what the gateway
-//! tells a caller about what happened, and what it keeps from it),
+//! key check in front of them: [`router()`]), `endpoints` (the API
+//! endpoints and the one handler path they share), `error` (OpenAI-shaped
+//! errors), `headers` (what the gateway tells a caller about what
+//! happened, and what it keeps from it),
 //! `health` (`/health`, `/health/live`, `/health/ready`), `observe` (what
 //! every API answer adds to the metrics, the log and the last minute per
 //! target), `status_page` (`GET /`), `prometheus` (the recorder and
@@ -74,7 +78,7 @@
 //! `[gateway]` section), `upstream` ([`upstream_client`]) and [`demo`].
 
 mod body;
-mod chat;
+mod endpoints;
 mod error;
 mod headers;
 mod health;

@@ -1,5 +1,6 @@
-//! `tower-llm-gateway`: an OpenAI-compatible LLM gateway on tower-llm,
-//! `POST /v1/chat/completions` (whole and streamed), routed by `model` to
+//! `tower-llm-gateway`: an OpenAI- and Anthropic-compatible LLM gateway on
+//! tower-llm (chat completions, completions, embeddings, Responses,
+//! Anthropic Messages, the model list), routed by `model` to
 //! upstream targets through `LlmStack` — each target Retry → Circuit →
 //! Classify, Fallback over them.
 //!
@@ -9,9 +10,10 @@
 //! cargo run --release -p tower-llm-gateway
 //! ```
 //!
-//! starts two simulated providers (a flaky primary, a healthy backup),
-//! sends a warm-up of requests through itself with an outage in the middle
-//! (retries, fallbacks and the breaker in view), then waits for `curl`.
+//! starts three simulated providers (a flaky primary, a healthy backup, an
+//! Anthropic-protocol one), sends a warm-up of requests through itself with
+//! an outage in the middle (retries, fallbacks and the breaker in view),
+//! then prints a `curl` command per endpoint and waits.
 //!
 //! For real providers: `--config crates/tower-llm-gateway/gateway.toml`
 //! (annotated; keys come from the environment variables the file names,
@@ -198,18 +200,17 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     }
     if let Some(demo) = &demo {
         println!(
-            "  upstreams (simulated): primary {}/v1 (flaky: {}), backup {}/v1 (healthy, model llama3.2)",
+            "  upstreams (simulated): primary {}/v1 (flaky: {}), backup {}/v1 (healthy, model llama3.2), claude {}/v1 (Anthropic protocol, claude-*: {})",
             demo.primary.base_url(),
             demo::FLAKY,
-            demo.backup.base_url()
+            demo.backup.base_url(),
+            demo.claude.base_url(),
+            demo::CLAUDE_FLAKY
         );
         if args.warm_up > 0 {
             demo::warm_up(&base, demo, args.warm_up).await?;
         }
     }
-    let body = r#"{"model":"gpt-4o","messages":[{"role":"user","content":"Say hello"}]}"#;
-    let stream =
-        r#"{"model":"gpt-4o","stream":true,"messages":[{"role":"user","content":"Say hello"}]}"#;
     // With caller keys, the hints send one (from a variable the user sets:
     // the gateway never prints a key).
     let auth = if options.caller_keys.is_some() {
@@ -218,12 +219,9 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         ""
     };
     println!("try:");
-    println!(
-        "  curl -si {base}/v1/chat/completions{auth} -H 'content-type: application/json' -d '{body}'"
-    );
-    println!(
-        "  curl -sN {base}/v1/chat/completions{auth} -H 'content-type: application/json' -d '{stream}'"
-    );
+    for line in demo::curl_lines(&base, auth) {
+        println!("  {line}");
+    }
     println!("  curl -s {base}/health{auth}");
     println!("  curl -s {base}/metrics{auth}");
     println!("Ctrl-C stops (in-flight requests finish first).");

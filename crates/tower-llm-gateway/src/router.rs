@@ -18,7 +18,7 @@ use crate::config::{GatewayOptions, MAX_CONCURRENCY};
 use crate::error::{error_json, payload_too_large};
 use crate::observe::{self, Activity};
 use crate::shutdown::Closing;
-use crate::{chat, health, prometheus, status_page};
+use crate::{endpoints, health, prometheus, status_page};
 
 /// What every handler shares.
 #[derive(Clone)]
@@ -63,7 +63,12 @@ pub fn router(
     };
     let activity = Arc::clone(&gateway.activity);
     let router = Router::new()
-        .route("/v1/chat/completions", post(chat::chat_completions))
+        .route("/v1/chat/completions", post(endpoints::chat_completions))
+        .route("/v1/completions", post(endpoints::completions))
+        .route("/v1/embeddings", post(endpoints::embeddings))
+        .route("/v1/responses", post(endpoints::responses))
+        .route("/v1/messages", post(endpoints::messages))
+        .route("/v1/models", get(endpoints::models))
         .route("/", get(status_page::status_page))
         .route("/health", get(health::health))
         .route("/health/live", get(health::live))

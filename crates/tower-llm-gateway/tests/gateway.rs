@@ -530,7 +530,7 @@ async fn unknown_paths_and_methods_get_openai_shaped_errors() {
     let primary = sim(Fault::ok()).await;
     let backup = sim(Fault::ok()).await;
     let gateway = Gateway::start(&two_targets(&primary, &backup), Default::default()).await;
-    let (status, body) = gateway.get("/v1/models").await;
+    let (status, body) = gateway.get("/v1/images/generations").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert!(body.contains(r#""type":"not_found""#), "{body}");
     let (status, body) = gateway.get("/v1/chat/completions").await;

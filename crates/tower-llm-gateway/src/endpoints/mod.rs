@@ -1,0 +1,240 @@
+//! The API endpoints, each an [`Endpoint`] served by one handler path
+//! ([`forward`]): the caller's request read whole, sent through the stack
+//! with the headers a target may see, and the answer (whole or streamed)
+//! passed back with what happened to it in the `x-tower-llm-*` headers, or
+//! the failure shaped for the endpoint's API ([`ErrorShape`]).
+//!
+//! | endpoint | file | targets | stream |
+//! |---|---|---|---|
+//! | `POST /v1/chat/completions` | `chat` | OpenAI-protocol | OpenAI chat chunks |
+//! | `POST /v1/completions` | `completions` | OpenAI-protocol | `text_completion` chunks |
+//! | `POST /v1/embeddings` | `embeddings` | OpenAI-protocol | none |
+//! | `POST /v1/responses` | `responses` | OpenAI-protocol | `response.*` events |
+//! | `POST /v1/messages` | `messages` | Anthropic-protocol | Anthropic events |
+//! | `GET /v1/models` | `models` | (none: the routes) | none |
+//!
+//! What differs between them is data, not code: the path under a target's
+//! base URL, the [`Protocol`] its targets must speak (set as a request
+//! extension, so the fallback never sends an Anthropic body to an
+//! OpenAI-compatible server or the reverse), the dialect of a streamed
+//! answer (for the in-band error event that ends a stream failing after its
+//! head), the request headers passed on beside the common ones, and the
+//! shape of errors.
+
+mod chat;
+mod completions;
+mod embeddings;
+mod errors;
+mod messages;
+mod models;
+mod responses;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::response::Response;
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, StatusCode, header};
+use http_body_util::{BodyExt, Full};
+use tower::ServiceExt;
+use tower_llm::classify::stream::Dialect;
+use tower_llm::fallback::continuation::ContinuationReport;
+use tower_llm::fallback::{FallbackReport, Protocol};
+use tower_llm::retry::RetryStats;
+
+use crate::body;
+use crate::headers::{
+    ATTEMPTS_HEADER, CONTINUED_TRAILER, FALLBACKS_HEADER, TARGET_HEADER, attempts_value,
+    keep_to_gateway, passed_targets, set,
+};
+use crate::router::Gateway;
+use crate::shutdown::Closing;
+
+pub(crate) use chat::chat_completions;
+pub(crate) use completions::completions;
+pub(crate) use embeddings::embeddings;
+pub(crate) use errors::ErrorShape;
+pub(crate) use messages::messages;
+pub(crate) use models::models;
+pub(crate) use responses::responses;
+
+/// The request headers every endpoint passes on to a target. Everything
+/// else stays here: the caller's credentials above all (each target sets
+/// its own key), and hop-by-hop and cookie headers.
+const FORWARDED: [HeaderName; 3] = [header::CONTENT_TYPE, header::ACCEPT, header::USER_AGENT];
+
+/// What sets one API endpoint apart from another.
+#[derive(Debug)]
+pub(crate) struct Endpoint {
+    /// The path under a target's base URL (`/chat/completions`: a base URL
+    /// ends in `/v1`, as the SDKs take it).
+    pub(crate) upstream_path: &'static str,
+    /// The API family every target of the request must speak.
+    pub(crate) protocol: Protocol,
+    /// The dialect of a streamed answer; `None`: the endpoint never
+    /// streams (a stream-shaped answer is passed on as it is).
+    pub(crate) stream: Option<Dialect>,
+    /// Request headers passed on besides [`FORWARDED`] (lower-case names).
+    pub(crate) also_forwarded: &'static [&'static str],
+    /// How the endpoint's errors look.
+    pub(crate) errors: ErrorShape,
+}
+
+/// Serves one request on `endpoint`: the shared handler path.
+pub(crate) async fn forward(endpoint: &Endpoint, gateway: Gateway, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let wants_trailers = parts.headers.get_all(header::TE).iter().any(|v| {
+        v.as_bytes()
+            .windows(8)
+            .any(|w| w.eq_ignore_ascii_case(b"trailers"))
+    });
+    let errors = endpoint.errors;
+    // The whole body first, then a permit: a caller trickling its body
+    // holds its connection, never a slot other callers need.
+    let body = match read_body(body, gateway.request_body_timeout, &gateway.closing, errors).await {
+        Ok(body) => body,
+        Err(response) => return response,
+    };
+    let Ok(permit) = Arc::clone(&gateway.permits).try_acquire_owned() else {
+        return errors.at_capacity(gateway.max_concurrency);
+    };
+    // The caller's token limit, before any upstream call (`limits`).
+    if let Err(refused) =
+        crate::limits::take_tokens(&parts.extensions, &parts.uri, &parts.headers, &body)
+    {
+        return refused;
+    }
+    // The body as the bytes it is (no boxed body), the path from a static
+    // (no parse): the stack reads both as they are.
+    let mut upstream = http::Request::new(Full::new(body));
+    *upstream.method_mut() = http::Method::POST;
+    *upstream.uri_mut() = http::Uri::from_static(endpoint.upstream_path);
+    for name in FORWARDED {
+        if let Some(value) = parts.headers.get(&name) {
+            upstream.headers_mut().insert(name, value.clone());
+        }
+    }
+    for name in endpoint.also_forwarded {
+        if let Some(value) = parts.headers.get(*name) {
+            upstream
+                .headers_mut()
+                .insert(HeaderName::from_static(name), value.clone());
+        }
+    }
+    upstream.extensions_mut().insert(endpoint.protocol);
+    let call = gateway.stack.clone().oneshot(upstream);
+    let result = tokio::select! {
+        result = call => result,
+        () = gateway.closing.closed() => return errors.shutting_down(),
+    };
+    let response = match result {
+        Ok(response) => response,
+        Err(error) => return errors.failure(error),
+    };
+    let report = response.extensions().get::<FallbackReport>();
+    let target = report.and_then(|r| r.served_by.clone());
+    let passed = report
+        .filter(|r| !r.failures.is_empty())
+        .map(passed_targets);
+    let attempts = RetryStats::of(response.extensions()).attempts;
+    // Counted, timed and logged by `observe`, from the headers set here.
+    let (mut head, body) = response.into_parts();
+    keep_to_gateway(&mut head.headers);
+    set(
+        &mut head.headers,
+        TARGET_HEADER,
+        target.as_deref().unwrap_or("-"),
+    );
+    head.headers.insert(
+        HeaderName::from_static(ATTEMPTS_HEADER),
+        attempts_value(attempts),
+    );
+    if let Some(passed) = passed {
+        set(&mut head.headers, FALLBACKS_HEADER, &passed);
+    }
+    // A stream that fails after its head ends with an error event in the
+    // endpoint's dialect.
+    let streamed = head
+        .headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+    let dialect = endpoint.stream.filter(|_| streamed);
+    let continuation = dialect.and_then(|_| head.extensions.get::<ContinuationReport>().cloned());
+    let trailers = wants_trailers && continuation.is_some();
+    if trailers {
+        head.headers
+            .insert(header::TRAILER, HeaderValue::from_static(CONTINUED_TRAILER));
+    }
+    // The permit is held until the body is done: a stream counts as in
+    // flight for as long as it streams.
+    let body = body::ResponseBody::new(
+        body,
+        permit,
+        Box::pin(gateway.closing.closed()),
+        gateway.stream_idle_timeout,
+        dialect,
+    )
+    .reporting(continuation, trailers);
+    Response::from_parts(head, Body::new(body))
+}
+
+/// The request body, whole, read within `timeout` (counted from the end of
+/// the request head) and the body limit; otherwise the answer to send.
+async fn read_body(
+    body: Body,
+    timeout: Duration,
+    closing: &Closing,
+    errors: ErrorShape,
+) -> Result<Bytes, Response> {
+    let read = tokio::time::timeout(timeout, body.collect());
+    let read = tokio::select! {
+        read = read => read,
+        () = closing.closed() => return Err(errors.shutting_down()),
+    };
+    match read {
+        Ok(Ok(body)) => Ok(body.to_bytes()),
+        Ok(Err(error)) if is_length_limit(&error) => Err(errors.payload_too_large()),
+        // Most often the caller went away: the answer goes nowhere.
+        Ok(Err(error)) => Err(errors.gateway_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            &format!("the request body could not be read: {error}"),
+        )),
+        Err(_elapsed) => {
+            metrics::counter!("tower_llm_gateway_timeouts_total", "stage" => "body").increment(1);
+            tracing::info!(
+                timeout_ms = timeout.as_millis() as u64,
+                "request refused: body not received within request_body_timeout_ms"
+            );
+            let mut response = errors.gateway_error(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                &format!(
+                    "the request body did not arrive within {} ms",
+                    timeout.as_millis()
+                ),
+            );
+            // The rest of the body may still come: this connection is done
+            // (RFC 9110 §15.5.9).
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            Err(response)
+        }
+    }
+}
+
+/// Whether `error`, or an error under it, is the body limit cutting the
+/// request body.
+pub(crate) fn is_length_limit(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut error = Some(error);
+    while let Some(e) = error {
+        if e.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        error = e.source();
+    }
+    false
+}

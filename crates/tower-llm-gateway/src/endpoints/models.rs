@@ -1,0 +1,94 @@
+//! `GET /v1/models`: the models the routes serve, as OpenAI lists models
+//! (`{"object":"list","data":[{"id","object":"model","created","owned_by"}]}`),
+//! or as Anthropic does when the caller sends `anthropic-version` (its
+//! SDKs always do: `{"data":[{"type":"model","id",…}],"has_more":false,…}`).
+//!
+//! A route names a model exactly (`gpt-4o`), by prefix (`claude-*`) or is
+//! the default (`*`); each is listed as the configuration writes it, in the
+//! order the stack matches them ([`Stack::routes`]), `owned_by` its first
+//! target. A pattern is not a model a provider knows, but it is what this
+//! gateway serves: any model it matches is routed.
+//!
+//! [`Stack::routes`]: tower_llm::stack::Stack::routes
+
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
+use http::header;
+use serde_json::{Value, json};
+
+use crate::router::Gateway;
+
+/// `GET /v1/models`.
+pub(crate) async fn models(State(gateway): State<Gateway>, request: Request) -> Response {
+    let routes = gateway.stack.routes();
+    let routes = routes
+        .iter()
+        .map(|(model, targets)| (model.as_str(), targets.first().copied().unwrap_or("-")));
+    let body = if request.headers().contains_key("anthropic-version") {
+        anthropic_list(routes)
+    } else {
+        openai_list(routes)
+    };
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+/// OpenAI's list (*Models*, platform.openai.com API reference).
+fn openai_list<'a>(routes: impl Iterator<Item = (&'a str, &'a str)>) -> Value {
+    let data: Vec<Value> = routes
+        .map(|(model, owner)| json!({ "id": model, "object": "model", "created": 0, "owned_by": owner }))
+        .collect();
+    json!({ "object": "list", "data": data })
+}
+
+/// Anthropic's list (*List Models*, docs.claude.com API reference): one
+/// page holding every route.
+fn anthropic_list<'a>(routes: impl Iterator<Item = (&'a str, &'a str)>) -> Value {
+    let data: Vec<Value> = routes
+        .map(|(model, _)| {
+            json!({
+                "type": "model",
+                "id": model,
+                "display_name": model,
+                "created_at": "1970-01-01T00:00:00Z",
+            })
+        })
+        .collect();
+    let first = data.first().map(|m| m["id"].clone()).unwrap_or(Value::Null);
+    let last = data.last().map(|m| m["id"].clone()).unwrap_or(Value::Null);
+    json!({ "data": data, "has_more": false, "first_id": first, "last_id": last })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_route_is_a_model_in_either_list_in_the_order_given() {
+        let routes = [
+            ("gpt-4o", "primary"),
+            ("claude-*", "claude"),
+            ("*", "primary"),
+        ];
+        let openai = openai_list(routes.into_iter());
+        assert_eq!(openai["object"], "list");
+        let ids: Vec<&str> = openai["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["id"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids, ["gpt-4o", "claude-*", "*"]);
+        assert_eq!(openai["data"][1]["owned_by"], "claude");
+        assert_eq!(openai["data"][1]["object"], "model");
+
+        let anthropic = anthropic_list(routes.into_iter());
+        assert_eq!(anthropic["data"][0]["type"], "model");
+        assert_eq!(anthropic["first_id"], "gpt-4o");
+        assert_eq!(anthropic["last_id"], "*");
+        assert_eq!(anthropic["has_more"], false);
+    }
+}

@@ -1,0 +1,59 @@
+//! `GET /v1/models`.
+
+use http::{HeaderMap, HeaderValue, StatusCode};
+use tower_llm_testkit::Fault;
+
+use crate::{Gateway, anthropic_target, claude_sim, sim};
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn models_lists_every_route_in_match_order_openai_or_anthropic_shaped() {
+    let openai = sim(Fault::ok()).await;
+    let claude = claude_sim(Fault::ok()).await;
+    let config = format!(
+        r#"
+        preset = "development"
+
+        [[targets]]
+        name = "openai"
+        base_url = "{}/v1"
+        {}
+        [[routes]]
+        model = "*"
+        targets = ["openai"]
+
+        [[routes]]
+        model = "claude-*"
+        targets = ["claude"]
+
+        [[routes]]
+        model = "gpt-4o"
+        targets = ["openai", "claude"]
+        "#,
+        openai.base_url(),
+        anthropic_target("claude", &claude),
+    );
+    let gateway = Gateway::start(&config).await;
+
+    let (status, list) = gateway.get_with("/v1/models", HeaderMap::new()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(list["object"], "list");
+    let ids: Vec<&str> = list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["gpt-4o", "claude-*", "*"]);
+    assert_eq!(list["data"][0]["object"], "model");
+    assert_eq!(list["data"][1]["owned_by"], "claude");
+
+    let mut anthropic = HeaderMap::new();
+    anthropic.insert("anthropic-version", HeaderValue::from_static("2023-06-01"));
+    let (status, list) = gateway.get_with("/v1/models", anthropic).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(list["data"][1]["type"], "model");
+    assert_eq!(list["data"][1]["id"], "claude-*");
+    assert_eq!(list["has_more"], false);
+    // Nothing was sent upstream to list them.
+    assert!(openai.requests().is_empty() && claude.requests().is_empty());
+}
