@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! cargo bench -p tower-llm-bench --bench stack -- --warm-up-time 1 --measurement-time 3
+//! cargo bench -p tower-llm-bench --bench stack -- group_pick   # picking a deployment among three
 //! ```
 //!
 //! Every call builds nothing inside the timing (the request is made by
@@ -347,5 +348,60 @@ fn healthy_stream(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, happy_path, healthy_stream);
+/// Picking a deployment among three (issue 17's goal: ≤ 100 ns): a call
+/// through a fallback whose only group holds three targets, by each
+/// strategy, beside the same three targets in order (three groups of one:
+/// the first serves, nothing is picked or counted) — the difference is
+/// what a group costs per call: the pick, the count in flight, the
+/// latency sample. And the same through the whole stack, where the pick
+/// also asks the pacing view of the member it picked.
+fn group_pick(c: &mut Criterion) {
+    use tower_llm::fallback::{Fallback, Strategy, Target};
+    use tower_llm::stack::ModelRoute;
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut group = c.benchmark_group("group_pick");
+    let targets = || ["a", "b", "c"].map(|name| Target::new(name, Upstream));
+    let in_order = targets()
+        .into_iter()
+        .fold(Fallback::builder(), |b, t| b.target(t))
+        .build()
+        .unwrap();
+    bench_call!(group, rt, "fallback/three_in_order", in_order, request);
+    for strategy in [Strategy::Latency, Strategy::LeastBusy, Strategy::Weighted] {
+        let three = Fallback::builder()
+            .group(strategy, targets())
+            .seed(1)
+            .build()
+            .unwrap();
+        bench_call!(
+            group,
+            rt,
+            format!("fallback/three_{strategy}"),
+            three,
+            request
+        );
+    }
+    let stack = |route: ModelRoute| {
+        LlmStack::sdk_default()
+            .target("a", Upstream, |t| t)
+            .target("b", Upstream, |t| t)
+            .target("c", Upstream, |t| t)
+            .route(route)
+            .seed(1)
+            .build()
+            .unwrap()
+    };
+    let in_order = stack(ModelRoute::new("*", ["a", "b", "c"]));
+    bench_call!(group, rt, "stack/three_in_order", in_order, request);
+    let grouped =
+        stack(ModelRoute::new("*", Vec::<String>::new()).group(Strategy::Latency, ["a", "b", "c"]));
+    bench_call!(group, rt, "stack/three_latency", grouped, request);
+    group.finish();
+}
+
+criterion_group!(benches, happy_path, healthy_stream, group_pick);
 criterion_main!(benches);
