@@ -9,6 +9,7 @@ use serde::Deserialize;
 use tower_llm::config::StackConfig;
 
 use crate::auth::CallerKeys;
+use crate::shared::SharedSection;
 
 /// The most requests in flight a gateway may be configured for.
 pub const MAX_CONCURRENCY: usize = 1_000_000;
@@ -52,6 +53,10 @@ pub struct GatewaySection {
     /// Listen beyond loopback without caller keys (something in front of
     /// the gateway authenticates callers).
     pub allow_unauthenticated: Option<bool>,
+    /// The file's `[shared]` section: circuit decisions shared with other
+    /// replicas through Redis (read by [`parse_file`]).
+    #[serde(skip)]
+    pub shared: SharedSection,
 }
 
 /// How the gateway's own side behaves.
@@ -256,16 +261,22 @@ impl GatewaySection {
     }
 }
 
-/// Splits a gateway file into its `[gateway]` section and the stack's
-/// configuration (every other key), each checked for unknown keys.
+/// Splits a gateway file into its `[gateway]` section (with `[shared]` in
+/// [`GatewaySection::shared`]) and the stack's configuration (every other
+/// key), each checked for unknown keys.
 pub fn parse_file(text: &str) -> Result<(GatewaySection, StackConfig), String> {
     let mut table: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;
-    let gateway = match table.remove("gateway") {
+    let mut gateway = match table.remove("gateway") {
         Some(value) => value
             .try_into::<GatewaySection>()
             .map_err(|e| format!("[gateway] {e}"))?,
         None => GatewaySection::default(),
     };
+    if let Some(value) = table.remove("shared") {
+        gateway.shared = value
+            .try_into::<SharedSection>()
+            .map_err(|e| format!("[shared] {e}"))?;
+    }
     let stack = toml::Value::Table(table)
         .try_into::<StackConfig>()
         .map_err(|e| e.to_string())?;

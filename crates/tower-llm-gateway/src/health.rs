@@ -86,11 +86,32 @@ pub(crate) async fn health(State(gateway): State<Gateway>, request: Request) -> 
         "targets": targets,
         "groups": groups(&gateway),
         "recent_fallbacks": fallbacks,
+        "shared": shared(&gateway),
         "auth": match gateway.caller_keys {
             Some(keys) => json!({ "required": true, "keys": keys }),
             None => json!({ "required": false }),
         },
     }))
+}
+
+/// Whether circuit decisions are shared with other replicas through Redis
+/// (`[shared]`): `null` when not configured; `degraded` while Redis is
+/// unreachable (this replica decides alone meanwhile).
+fn shared(gateway: &Gateway) -> serde_json::Value {
+    match gateway.stack.shared_state() {
+        Some(shared) => {
+            let stats = shared.stats();
+            json!({
+                "status": stats.status.as_str(),
+                "published": stats.published,
+                "applied": stats.applied,
+                "failed": stats.failed,
+                "dropped": stats.dropped,
+                "outages": stats.outages,
+            })
+        }
+        None => serde_json::Value::Null,
+    }
 }
 
 /// The deployment groups of every route that has one of two or more

@@ -94,6 +94,7 @@ pub mod auth;
 pub mod config;
 pub mod demo;
 pub mod send_timeout;
+pub mod shared;
 
 pub use config::{GatewayOptions, GatewaySection};
 pub use headers::{ATTEMPTS_HEADER, CONTINUED_TRAILER, FALLBACKS_HEADER, TARGET_HEADER};

@@ -154,7 +154,11 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                 config::parse_file(&text).map_err(|e| format!("{path}: {e}"))?;
             let config = config.from_env()?;
             let stack_idle = config.stream_idle_timeout()?;
-            (None, section, config.build(client)?, stack_idle)
+            let mut stack = config.stack(client)?;
+            if let Some(shared) = section.shared.connect()? {
+                stack = stack.shared_state(shared);
+            }
+            (None, section, stack.build()?, stack_idle)
         }
         None => {
             let demo = demo::Demo::start().await?;

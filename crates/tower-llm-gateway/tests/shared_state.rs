@@ -1,0 +1,192 @@
+//! Two gateway replicas configured with the same `[shared]` section and a
+//! real `redis-server` (started on a free loopback port, killed at the
+//! end): a 429 one replica meets keeps the other off that target, and
+//! `/health` shows the shared state.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tower::ServiceExt;
+use tower_llm::redis::SharedStatus;
+use tower_llm::stack::Stack;
+use tower_llm_gateway::{Closing, config, router};
+use tower_llm_testkit::{Fault, FaultPlan, Simulator};
+
+/// A `redis-server` on a free loopback port, without persistence, killed
+/// on drop.
+struct RedisServer {
+    port: u16,
+    child: Child,
+}
+
+impl RedisServer {
+    fn start() -> RedisServer {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(std::env::temp_dir())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server on PATH (.ci/run installs it)");
+        let server = RedisServer { port, child };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !server.answers() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        server
+    }
+
+    fn answers(&self) -> bool {
+        let Ok(mut stream) = TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
+        let mut reply = [0u8; 7];
+        stream.write_all(b"PING\r\n").is_ok()
+            && stream.read_exact(&mut reply).is_ok()
+            && &reply == b"+PONG\r\n"
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One replica: the gateway file's `[shared]` section connected, the stack
+/// built with it.
+fn replica(file: &str, redis_url: &str) -> (Router, Stack) {
+    let (section, stack_config) = config::parse_file(file).unwrap();
+    let shared = section
+        .shared
+        .connect_with_env(|name| (name == "GATEWAY_REDIS_URL").then(|| redis_url.to_owned()))
+        .unwrap()
+        .expect("[shared] configured");
+    let client = Client::builder(TokioExecutor::new()).build_http();
+    let stack = stack_config
+        .stack(client)
+        .unwrap()
+        .shared_state(shared)
+        .build()
+        .unwrap();
+    let options = section.options().unwrap();
+    let app = router(stack.clone(), &options, None, &Closing::new());
+    (app, stack)
+}
+
+async fn chat(app: &Router) -> StatusCode {
+    let request = Request::post("/v1/chat/completions")
+        .header("content-type", "application/json")
+        .body(axum::body::Body::from(
+            r#"{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}"#,
+        ))
+        .unwrap();
+    let response = app.clone().oneshot(request).await.unwrap();
+    let status = response.status();
+    response.into_body().collect().await.unwrap();
+    status
+}
+
+async fn health(app: &Router) -> serde_json::Value {
+    let request = Request::get("/health")
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let body = app.clone().oneshot(request).await.unwrap().into_body();
+    serde_json::from_slice(&body.collect().await.unwrap().to_bytes()).unwrap()
+}
+
+async fn connected(stack: &Stack) {
+    let shared = stack.shared_state().unwrap();
+    tokio::time::timeout(Duration::from_secs(10), shared.connected())
+        .await
+        .expect("connected to redis");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_one_replica_meets_keeps_the_other_off_that_target_and_health_shows_sharing() {
+    let redis = RedisServer::start();
+    let primary = Simulator::builder()
+        .plan(FaultPlan::script([Fault::rate_limited(
+            Duration::from_secs(30),
+        )]))
+        .start()
+        .await
+        .unwrap();
+    let backup = Simulator::start().await.unwrap();
+    let file = format!(
+        r#"
+        preset = "development"
+
+        [shared]
+        redis_url_env = "GATEWAY_REDIS_URL"
+        key_prefix = "gateway-test"
+
+        [[targets]]
+        name = "primary"
+        base_url = "{}/v1"
+
+        [[targets]]
+        name = "backup"
+        base_url = "{}/v1"
+        "#,
+        primary.base_url(),
+        backup.base_url()
+    );
+    let url = format!("redis://127.0.0.1:{}/", redis.port);
+    let (a, stack_a) = replica(&file, &url);
+    let (b, stack_b) = replica(&file, &url);
+    connected(&stack_a).await;
+    connected(&stack_b).await;
+
+    // A meets the 429 and falls back; its cooldown reaches B.
+    assert_eq!(chat(&a).await, StatusCode::OK);
+    assert_eq!(primary.requests().len(), 1);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while stack_b.shared_state().unwrap().stats().applied == 0 {
+        assert!(Instant::now() < deadline, "B never heard A's cooldown");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    // B goes straight to the backup: the primary (healthy again) hears
+    // nothing more.
+    assert_eq!(chat(&b).await, StatusCode::OK);
+    assert_eq!(primary.requests().len(), 1);
+    assert_eq!(backup.requests().len(), 2);
+
+    let shared = &health(&b).await["shared"];
+    assert_eq!(shared["status"], SharedStatus::Connected.as_str());
+    assert_eq!(shared["applied"], 1);
+    assert_eq!(health(&a).await["shared"]["published"], 1);
+}
+
+#[tokio::test]
+async fn health_shows_no_sharing_without_a_shared_section() {
+    let upstream = Simulator::start().await.unwrap();
+    let file = format!(
+        "[[targets]]\nname = \"primary\"\nbase_url = \"{}/v1\"\n",
+        upstream.base_url()
+    );
+    let (section, stack_config) = config::parse_file(&file).unwrap();
+    assert!(section.shared.connect().unwrap().is_none());
+    let client = Client::builder(TokioExecutor::new()).build_http();
+    let stack = stack_config.build(client).unwrap();
+    let app = router(stack, &section.options().unwrap(), None, &Closing::new());
+    assert!(health(&app).await["shared"].is_null());
+}
