@@ -18,6 +18,27 @@ use super::config::PaceLimits;
 /// of that size never refuses what it lets through.
 pub(crate) const MINUTE: Duration = Duration::from_secs(60);
 
+/// The log counts calls per second: a key holds at most 61 entries
+/// whatever its rate, and a call is taken to leave the minute at the end
+/// of its second's (never early; at most a second late).
+const SLOT: Duration = Duration::from_secs(1);
+
+/// One second of the log: its start, and the calls and tokens admitted
+/// in it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Slot {
+    start: Duration,
+    calls: u64,
+    tokens: u64,
+}
+
+impl Slot {
+    /// When its calls have all left the minute.
+    fn leaves(&self) -> Duration {
+        self.start.saturating_add(SLOT).saturating_add(MINUTE)
+    }
+}
+
 /// A bucket as the last applied answer reported it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Bucket {
@@ -66,8 +87,9 @@ pub(crate) struct View {
     applied_seq: u64,
     /// The configured limits' window: the calls of the last minute, when
     /// each was admitted and its estimated tokens, oldest first.
-    log: VecDeque<(Duration, u64)>,
-    /// The tokens of the calls in `log`.
+    log: VecDeque<Slot>,
+    /// The calls and tokens in `log`.
+    log_calls: u64,
     log_tokens: u64,
 }
 
@@ -80,19 +102,26 @@ impl View {
                 *bucket = None;
             }
         }
-        while let Some(&(at, tokens)) = self.log.front()
-            && at.saturating_add(MINUTE) <= now
+        while let Some(slot) = self.log.front()
+            && slot.leaves() <= now
         {
+            self.log_calls = self.log_calls.saturating_sub(slot.calls);
+            self.log_tokens = self.log_tokens.saturating_sub(slot.tokens);
             self.log.pop_front();
-            self.log_tokens = self.log_tokens.saturating_sub(tokens);
         }
     }
 
-    /// When the call at `index` of the log (oldest first) leaves it.
-    fn leaves(&self, index: usize) -> Duration {
-        self.log
-            .get(index)
-            .map_or(Duration::ZERO, |(at, _)| at.saturating_add(MINUTE))
+    /// When enough of the log has left for `needed` more of what `of`
+    /// counts (calls or tokens).
+    fn freed(&self, needed: u64, of: impl Fn(&Slot) -> u64) -> Duration {
+        let mut freed = 0_u64;
+        for slot in &self.log {
+            freed = freed.saturating_add(of(slot));
+            if freed >= needed {
+                return slot.leaves();
+            }
+        }
+        self.log.back().map_or(Duration::ZERO, Slot::leaves)
     }
 
     /// How long a call costing `tokens` must wait before its key can take
@@ -119,13 +148,12 @@ impl View {
             refuse(b.reset_at);
         }
         if let Some(limits) = limits {
-            let count = self.log.len() as u64;
             if self.requests.is_none()
                 && let Some(rpm) = limits.rpm
-                && count >= rpm
+                && self.log_calls >= rpm
             {
                 // Room for one more once all but `rpm - 1` have left.
-                refuse(self.leaves((count - rpm) as usize));
+                refuse(self.freed(self.log_calls + 1 - rpm, |s| s.calls));
             }
             let used = self.log_tokens;
             if self.tokens.is_none()
@@ -133,17 +161,7 @@ impl View {
                 && tokens <= tpm
                 && used.saturating_add(tokens) > tpm
             {
-                let needed = used.saturating_add(tokens) - tpm;
-                let mut freed = 0_u64;
-                let index = self
-                    .log
-                    .iter()
-                    .position(|(_, t)| {
-                        freed = freed.saturating_add(*t);
-                        freed >= needed
-                    })
-                    .unwrap_or(0);
-                refuse(self.leaves(index));
+                refuse(self.freed(used.saturating_add(tokens) - tpm, |s| s.tokens));
             }
         }
         wait
@@ -163,7 +181,19 @@ impl View {
         self.in_flight += 1;
         self.in_flight_tokens = self.in_flight_tokens.saturating_add(tokens);
         if limits.is_some() {
-            self.log.push_back((now, tokens));
+            let start = Duration::from_secs(now.as_secs());
+            match self.log.back_mut() {
+                Some(slot) if slot.start == start => {
+                    slot.calls += 1;
+                    slot.tokens = slot.tokens.saturating_add(tokens);
+                }
+                _ => self.log.push_back(Slot {
+                    start,
+                    calls: 1,
+                    tokens,
+                }),
+            }
+            self.log_calls += 1;
             self.log_tokens = self.log_tokens.saturating_add(tokens);
         }
         self.next_seq += 1;
@@ -287,10 +317,7 @@ impl View {
         self.in_flight == 0
             && self.requests.is_none_or(|b| b.reset_at <= now)
             && self.tokens.is_none_or(|b| b.reset_at <= now)
-            && self
-                .log
-                .back()
-                .is_none_or(|(at, _)| at.saturating_add(MINUTE) <= now)
+            && self.log.back().is_none_or(|slot| slot.leaves() <= now)
     }
 }
 
@@ -386,13 +413,14 @@ mod tests {
         let limits = Some(PaceLimits::rpm(2).with_tpm(100));
         assert!(view.admit(secs(0), 10, limits).is_ok());
         assert!(view.admit(secs(10), 10, limits).is_ok());
-        assert_eq!(view.admit(secs(15), 10, limits), Err(secs(45)));
+        // The first leaves the minute at the end of its second.
+        assert_eq!(view.admit(secs(15), 10, limits), Err(secs(46)));
         // The first has left, the second has not: room for one.
-        assert!(view.admit(secs(60), 80, limits).is_ok());
-        assert_eq!(view.admit(secs(61), 1, limits), Err(secs(9)));
+        assert!(view.admit(secs(61), 80, limits).is_ok());
+        assert_eq!(view.admit(secs(62), 1, limits), Err(secs(9)));
         // Headers, once seen, say more than the configuration.
-        view.answered(None, Some(&requests(5, secs(30))), secs(61));
-        assert!(view.admit(secs(61), 1, limits).is_ok());
+        view.answered(None, Some(&requests(5, secs(30))), secs(62));
+        assert!(view.admit(secs(62), 1, limits).is_ok());
     }
 
     #[test]
@@ -401,10 +429,10 @@ mod tests {
         let limits = Some(PaceLimits::tpm(100));
         assert!(view.admit(secs(0), 30, limits).is_ok());
         assert!(view.admit(secs(10), 60, limits).is_ok());
-        // 90 used: 20 more need 10 to leave, the first call's 30 at 60 s.
-        assert_eq!(view.admit(secs(20), 20, limits), Err(secs(40)));
-        // 50 more need 40: the first two calls, at 70 s.
-        assert_eq!(view.admit(secs(20), 50, limits), Err(secs(50)));
+        // 90 used: 20 more need 10 to leave, the first call's 30 at 61 s.
+        assert_eq!(view.admit(secs(20), 20, limits), Err(secs(41)));
+        // 50 more need 40: the first two calls, at 71 s.
+        assert_eq!(view.admit(secs(20), 50, limits), Err(secs(51)));
         assert!(view.admit(secs(20), 10, limits).is_ok());
         // Larger than the limit: never fits, so it is not held back.
         assert!(view.admit(secs(20), 101, limits).is_ok());
@@ -424,6 +452,19 @@ mod tests {
         assert!(view.apply([None, Some((10, secs(30)))], secs(1)));
         assert!(!view.apply([None, Some((0, secs(1)))], secs(2)));
         assert_eq!(view.buckets(secs(2))[1], Some((10, secs(30))));
+    }
+
+    #[test]
+    fn the_log_holds_a_slot_per_second_whatever_the_rate() {
+        let mut view = View::default();
+        let limits = Some(PaceLimits::rpm(1_000_000));
+        for ms in 0..10_000 {
+            assert!(view.admit(Duration::from_millis(ms), 1, limits).is_ok());
+        }
+        assert_eq!(view.log.len(), 10);
+        assert_eq!(view.log_calls, 10_000);
+        view.expire(secs(70));
+        assert_eq!((view.log.len(), view.log_calls), (0, 0));
     }
 
     #[test]

@@ -1,0 +1,136 @@
+//! What pacing costs a closed circuit per call, in one run: pacing off
+//! (the circuit as it was before pacing), on with answers that carry no
+//! rate-limit headers (each answer's header names are looked at), on with
+//! OpenAI's six `x-ratelimit-*` headers on every answer (the key is paced:
+//! each call reserves and hands back, each answer is parsed), and
+//! configured `rpm`/`tpm` for a target that sends none (each call is
+//! logged in its key's last minute). Beside the bare service answering
+//! the same headers.
+//!
+//! ```text
+//! cargo bench -p tower-llm-circuit --bench pacing
+//! ```
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+use std::future::{Ready, ready};
+use std::hint::black_box;
+
+use bytes::Bytes;
+use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
+use http::{HeaderValue, Request, Response};
+use http_body_util::Full;
+use tower::{Layer, Service, ServiceExt};
+use tower_llm_circuit::{CircuitConfig, CircuitLayer, PaceLimits, PacingConfig};
+use tower_llm_classify::{LlmError, RequestMeta};
+
+const BODY: &str = r#"{"model":"gpt-4o","stream":false,"max_tokens":100,"messages":[{"role":"user","content":"Say hello"}]}"#;
+
+fn request_with_meta() -> Request<Full<Bytes>> {
+    let mut request = Request::post("https://api.openai.com/v1/chat/completions")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from_static(BODY.as_bytes())))
+        .unwrap();
+    RequestMeta::get_or_insert(&mut request);
+    request
+}
+
+/// OpenAI's rate-limit headers with plenty left, as on every answer.
+const OPENAI: &[(&str, &str)] = &[
+    ("x-ratelimit-limit-requests", "10000"),
+    ("x-ratelimit-remaining-requests", "9999"),
+    ("x-ratelimit-reset-requests", "6ms"),
+    ("x-ratelimit-limit-tokens", "30000000"),
+    ("x-ratelimit-remaining-tokens", "29999000"),
+    ("x-ratelimit-reset-tokens", "2ms"),
+];
+
+/// Answers at once, with `headers` (and a content type and request id,
+/// as every answer has).
+#[derive(Clone, Copy)]
+struct Upstream {
+    headers: &'static [(&'static str, &'static str)],
+}
+
+impl<B> Service<Request<B>> for Upstream {
+    type Response = Response<Full<Bytes>>;
+    type Error = LlmError;
+    type Future = Ready<Result<Self::Response, LlmError>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), LlmError>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        drop(black_box(request));
+        let mut response = Response::new(Full::new(Bytes::new()));
+        let headers = response.headers_mut();
+        headers.insert("content-type", HeaderValue::from_static("application/json"));
+        headers.insert("x-request-id", HeaderValue::from_static("req_1"));
+        for (name, value) in self.headers {
+            headers.insert(*name, HeaderValue::from_static(value));
+        }
+        ready(Ok(response))
+    }
+}
+
+const PLAIN: Upstream = Upstream { headers: &[] };
+const LIMITED: Upstream = Upstream { headers: OPENAI };
+
+fn pacing_overhead(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let _guard = rt.enter();
+    let mut group = c.benchmark_group("pacing_closed");
+    macro_rules! bench {
+        ($name:expr, $service:expr) => {{
+            let service = $service;
+            group.bench_function($name, |b| {
+                b.iter_batched(
+                    request_with_meta,
+                    |r| rt.block_on(async { black_box(service.clone().oneshot(r).await.unwrap()) }),
+                    BatchSize::SmallInput,
+                )
+            });
+        }};
+    }
+    let circuit = |pacing: PacingConfig| {
+        CircuitLayer::new(CircuitConfig::builder().pacing(pacing).build().unwrap())
+    };
+    bench!("bare", PLAIN);
+    bench!("bare_with_headers", LIMITED);
+    bench!(
+        "circuit/pacing_off",
+        circuit(PacingConfig::off()).layer(PLAIN)
+    );
+    bench!(
+        "circuit/no_headers",
+        circuit(PacingConfig::default()).layer(PLAIN)
+    );
+    bench!(
+        "circuit/pacing_off_with_headers",
+        circuit(PacingConfig::off()).layer(LIMITED)
+    );
+    bench!(
+        "circuit/paced_by_headers",
+        circuit(PacingConfig::default()).layer(LIMITED)
+    );
+    // High enough never to refuse in a run: every call is logged.
+    bench!(
+        "circuit/configured_rpm_tpm",
+        circuit(
+            PacingConfig::default()
+                .default_limit(PaceLimits::rpm(u64::MAX / 2).with_tpm(u64::MAX / 2))
+        )
+        .layer(PLAIN)
+    );
+    group.finish();
+}
+
+criterion_group!(benches, pacing_overhead);
+criterion_main!(benches);
