@@ -63,6 +63,7 @@
 //! dead primary would spend it all, and the backup — the last line — would
 //! meet its own transient errors with no retry left.
 
+mod attempt_span;
 mod future;
 mod preset;
 #[cfg(feature = "reqwest")]
@@ -84,12 +85,15 @@ use http_body::Body;
 use http_body_util::BodyExt;
 use http_body_util::combinators::UnsyncBoxBody;
 use tower::Layer;
-use tower_llm_circuit::{CircuitConfig, CircuitLayer, KeyBy, OnTransition, Transition};
+use tower_llm_circuit::{
+    CircuitConfig, CircuitHandle, CircuitLayer, KeyBy, OnTransition, Transition,
+};
 use tower_llm_classify::{BoxError, ClassifyLayer, LlmError};
 use tower_llm_fallback::{Fallback, FallbackBody, FallbackReport, Target};
 use tower_llm_retry::{ReplayBody, RetryLayer, RetryPolicy};
 use tower_service::Service;
 
+pub use attempt_span::ATTEMPT_SPAN_TARGET;
 pub use future::ResponseFuture;
 pub use preset::{Preset, UnknownPreset};
 #[cfg(feature = "reqwest")]
@@ -164,14 +168,21 @@ type PendingTarget = (
 );
 
 /// A target's two services over `below` (its Circuit → Classify → client,
-/// with or without the adaptive limit): Retry on top, the body erased.
-fn target_services<S, R>(retry: &RetryPolicy, below: S) -> TargetServices
+/// with or without the adaptive limit): each attempt in a span
+/// ([`attempt_span`]), Retry on top, the body erased.
+fn target_services<S, R>(
+    retry: &RetryPolicy,
+    target: Arc<str>,
+    circuits: CircuitHandle,
+    below: S,
+) -> TargetServices
 where
     S: Service<Request<ReplayBody>, Response = Response<R>> + Clone + Send + Sync + 'static,
     S::Future: Send + 'static,
     S::Error: Into<LlmError>,
     R: Body<Data = Bytes, Error = LlmError> + Send + 'static,
 {
+    let below = attempt_span::AttemptSpan::new(below, target, circuits);
     let erased = |policy: RetryPolicy| {
         TargetService::new(tower::util::MapResponse::new(
             RetryLayer::new(policy).layer(below.clone()),
@@ -436,12 +447,17 @@ impl LlmStack {
             // `target/model`, compared in place per call (no string built);
             // the two services share the breaker and the limit (one
             // registry, one key).
-            let circuit = layers.circuit.clone().key_by(KeyBy::TargetModel(name));
+            let circuit = layers
+                .circuit
+                .clone()
+                .key_by(KeyBy::TargetModel(Arc::clone(&name)));
             let below = circuit.layer(layers.classify.layer(client));
+            let circuits = layers.circuit.handle();
             if layers.adaptive_limit {
-                target_services(&layers.retry, circuit.adaptive_limit().layer(below))
+                let below = circuit.adaptive_limit().layer(below);
+                target_services(&layers.retry, name, circuits, below)
             } else {
-                target_services(&layers.retry, below)
+                target_services(&layers.retry, name, circuits, below)
             }
         });
         self.targets.push((settings, make));
