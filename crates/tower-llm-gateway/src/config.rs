@@ -9,6 +9,7 @@ use serde::Deserialize;
 use tower_llm::config::StackConfig;
 
 use crate::auth::CallerKeys;
+use crate::telemetry::TelemetrySection;
 use crate::shared::SharedSection;
 
 /// The most requests in flight a gateway may be configured for.
@@ -53,6 +54,10 @@ pub struct GatewaySection {
     /// Listen beyond loopback without caller keys (something in front of
     /// the gateway authenticates callers).
     pub allow_unauthenticated: Option<bool>,
+    /// The file's `[telemetry]` section (a table of its own beside
+    /// `[gateway]`, read by [`parse_file`]).
+    #[serde(skip)]
+    pub telemetry: TelemetrySection,
     /// The file's `[shared]` section: circuit decisions shared with other
     /// replicas through Redis (read by [`parse_file`]).
     #[serde(skip)]
@@ -261,9 +266,10 @@ impl GatewaySection {
     }
 }
 
-/// Splits a gateway file into its `[gateway]` section (with `[shared]` in
-/// [`GatewaySection::shared`]) and the stack's configuration (every other
-/// key), each checked for unknown keys.
+/// Splits a gateway file into its `[gateway]` section (with `[telemetry]`
+/// in [`GatewaySection::telemetry`], `[shared]` in
+/// [`GatewaySection::shared`]) and the stack's configuration (every
+/// other key), each checked for unknown keys.
 pub fn parse_file(text: &str) -> Result<(GatewaySection, StackConfig), String> {
     let mut table: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;
     let mut gateway = match table.remove("gateway") {
@@ -272,6 +278,11 @@ pub fn parse_file(text: &str) -> Result<(GatewaySection, StackConfig), String> {
             .map_err(|e| format!("[gateway] {e}"))?,
         None => GatewaySection::default(),
     };
+    if let Some(value) = table.remove("telemetry") {
+        gateway.telemetry = value
+            .try_into::<TelemetrySection>()
+            .map_err(|e| format!("[telemetry] {e}"))?;
+    }
     if let Some(value) = table.remove("shared") {
         gateway.shared = value
             .try_into::<SharedSection>()

@@ -94,6 +94,7 @@ pub mod auth;
 pub mod config;
 pub mod demo;
 pub mod send_timeout;
+pub mod telemetry;
 pub mod shared;
 
 pub use config::{GatewayOptions, GatewaySection};

@@ -25,6 +25,7 @@
 use std::process::ExitCode;
 
 use tokio::net::TcpListener;
+use tower_llm_gateway::telemetry::{self, Telemetry};
 use tower_llm_gateway::{Closing, GatewaySection, config, demo};
 
 /// What `--help` prints.
@@ -103,21 +104,29 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
     Ok(parsed)
 }
 
-fn init_logs(json: bool) {
-    use tracing_subscriber::EnvFilter;
+/// The log lines, and the traces when `[telemetry]` asks for them.
+fn init_logs(json: bool, traces: Option<&Telemetry>) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{EnvFilter, Layer};
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // The request and attempt spans are for the trace exporter, never the
+    // log: without one, nothing enables them and they cost nothing.
+    let filter = telemetry::without_spans(filter);
     // Colours only for a person at a terminal: a log file or a collector
     // gets no ANSI escapes, and `NO_COLOR` (no-color.org) turns them off.
     let colours = std::io::IsTerminal::is_terminal(&std::io::stdout())
         && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(colours);
-    if json {
-        builder.json().init();
+    let logs = tracing_subscriber::fmt::layer().with_ansi(colours);
+    let logs = if json {
+        logs.json().boxed()
     } else {
-        builder.init();
-    }
+        logs.boxed()
+    };
+    tracing_subscriber::registry()
+        .with(logs.with_filter(filter))
+        .with(traces.map(Telemetry::layer))
+        .init();
 }
 
 #[tokio::main]
@@ -143,15 +152,23 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
-    init_logs(args.json_logs);
+    let file = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?;
+            Some(config::parse_file(&text).map_err(|e| format!("{path}: {e}"))?)
+        }
+        None => None,
+    };
+    let traces = match &file {
+        Some((section, _)) => Telemetry::start(&section.telemetry)?,
+        None => None,
+    };
+    init_logs(args.json_logs, traces.as_ref());
     let metrics = tower_llm_gateway::prometheus();
     let client = tower_llm_gateway::upstream_client();
 
-    let (demo, section, stack, stack_idle) = match &args.config {
-        Some(path) => {
-            let text = std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?;
-            let (section, config) =
-                config::parse_file(&text).map_err(|e| format!("{path}: {e}"))?;
+    let (demo, section, stack, stack_idle) = match file {
+        Some((section, config)) => {
             let config = config.from_env()?;
             let stack_idle = config.stream_idle_timeout()?;
             let mut stack = config.stack(client)?;
@@ -228,8 +245,15 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     }
     println!("  curl -s {base}/health{auth}");
     println!("  curl -s {base}/metrics{auth}");
+    if let Some(url) = section.telemetry.traces_url()?.filter(|_| traces.is_some()) {
+        println!("  traces: OTLP/HTTP to {url}");
+    }
     println!("Ctrl-C stops (in-flight requests finish first).");
-    server.await??;
+    let served = server.await;
+    if let Some(traces) = traces {
+        traces.shutdown().await;
+    }
+    served??;
     Ok(())
 }
 

@@ -99,6 +99,8 @@ pub fn router(
             activity,
             observe::observe,
         ))
+        // Each API request in a span, the stack's attempts its children.
+        .layer(crate::telemetry::RequestSpanLayer::new())
         .with_state(gateway);
     // Outermost: a caller without a key learns nothing, not even whether a
     // path exists or a body is too large.

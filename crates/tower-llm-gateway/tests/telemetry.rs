@@ -1,0 +1,296 @@
+//! Traces: the spans of requests through the gateway, caught with the
+//! OpenTelemetry SDK's in-memory exporter, and what `[telemetry]` reads.
+
+#![cfg(feature = "otel")]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use bytes::Bytes;
+use http::{Request, StatusCode, header};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use opentelemetry::trace::{SpanKind, TracerProvider as _};
+use opentelemetry::{KeyValue, Value};
+use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
+use tokio::sync::oneshot;
+use tower_llm::config::StackConfig;
+use tower_llm::retry::ReplayBody;
+use tower_llm_gateway::telemetry::{self, otel_layer};
+use tower_llm_gateway::{Closing, GatewayOptions, config, router, serve};
+use tower_llm_testkit::{Fault, Simulator};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::{EnvFilter, Layer};
+
+/// Held by each test that sets a subscriber: `tracing` caches, for all
+/// threads at once, whether a span's callsite is enabled, and two tests
+/// setting subscribers at the same time could see each other's answer.
+static SUBSCRIBER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Serves `config` on an ephemeral port until the returned sender is
+/// dropped; the base URL.
+async fn gateway(config: &str) -> (String, oneshot::Sender<()>) {
+    let upstream: Client<HttpConnector, ReplayBody> =
+        Client::builder(TokioExecutor::new()).build_http();
+    let stack = StackConfig::from_toml(config)
+        .unwrap()
+        .build(upstream)
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let options = GatewayOptions::default();
+    let closing = Closing::new();
+    let app = router(stack, &options, None, &closing);
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(serve(
+        listener,
+        app,
+        &options,
+        async move {
+            let _ = stopped.await;
+        },
+        closing,
+    ));
+    (base, stop)
+}
+
+/// A flaky `primary` and a healthy `backup` answering as `llama3.2`.
+fn two_targets(primary: &Simulator, backup: &Simulator) -> String {
+    format!(
+        r#"
+        preset = "development"
+
+        [[targets]]
+        name = "primary"
+        base_url = "{}/v1"
+
+        [[targets]]
+        name = "backup"
+        base_url = "{}/v1"
+        model = "llama3.2"
+        "#,
+        primary.base_url(),
+        backup.base_url()
+    )
+}
+
+async fn sim(fault: Fault) -> Simulator {
+    Simulator::builder().plan(fault).start().await.unwrap()
+}
+
+/// Posts a chat completion and reads the whole answer.
+async fn chat(base: &str, model: &str) -> (StatusCode, String) {
+    let body = format!(r#"{{"model":"{model}","messages":[{{"role":"user","content":"hi"}}]}}"#);
+    let request = Request::post(format!("{base}/v1/chat/completions"))
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(body)))
+        .unwrap();
+    let client: Client<HttpConnector, Full<Bytes>> =
+        Client::builder(TokioExecutor::new()).build_http();
+    let response = client.request(request).await.unwrap();
+    let status = response.status();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8(body.to_vec()).unwrap())
+}
+
+fn attribute<'a>(span: &'a SpanData, key: &str) -> Option<&'a Value> {
+    span.attributes
+        .iter()
+        .find(|KeyValue { key: k, .. }| k.as_str() == key)
+        .map(|kv| &kv.value)
+}
+
+fn text(span: &SpanData, key: &str) -> Option<String> {
+    attribute(span, key).map(|v| v.as_str().into_owned())
+}
+
+fn number(span: &SpanData, key: &str) -> Option<i64> {
+    match attribute(span, key) {
+        Some(Value::I64(n)) => Some(*n),
+        _ => None,
+    }
+}
+
+/// The finished spans, once the request span (ended with the answer's
+/// body, on the server's side of the connection) is among them.
+async fn finished_spans(exporter: &InMemorySpanExporter) -> Vec<SpanData> {
+    for _ in 0..1000 {
+        let spans = exporter.get_finished_spans().unwrap();
+        if spans.iter().any(|s| s.span_kind == SpanKind::Server) {
+            return spans;
+        }
+        tokio::task::yield_now().await;
+    }
+    panic!(
+        "the request span never ended: {:?}",
+        exporter.get_finished_spans()
+    );
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_request_that_retried_and_fell_back_is_one_span_with_each_attempt_a_child() {
+    let _serial = SUBSCRIBER.lock().await;
+    let exporter = InMemorySpanExporter::default();
+    let provider = SdkTracerProvider::builder()
+        .with_simple_exporter(exporter.clone())
+        .build();
+    let subscriber = tracing_subscriber::registry().with(otel_layer(provider.tracer("test")));
+    let _traced = tracing::subscriber::set_default(subscriber);
+
+    let primary = sim(Fault::status(503)).await;
+    let backup = sim(Fault::ok()).await;
+    let (base, _stop) = gateway(&two_targets(&primary, &backup)).await;
+    let (status, _) = chat(&base, "gpt-4o").await;
+    assert_eq!(status, StatusCode::OK);
+
+    let spans = finished_spans(&exporter).await;
+    let requests: Vec<&SpanData> = spans
+        .iter()
+        .filter(|s| s.span_kind == SpanKind::Server)
+        .collect();
+    assert_eq!(requests.len(), 1, "one request span: {spans:#?}");
+    let request = requests[0];
+    assert_eq!(request.name, "chat gpt-4o");
+    assert_eq!(
+        text(request, "gen_ai.operation.name").as_deref(),
+        Some("chat")
+    );
+    assert_eq!(
+        text(request, "gen_ai.request.model").as_deref(),
+        Some("gpt-4o")
+    );
+    assert_eq!(text(request, "tower_llm.target").as_deref(), Some("backup"));
+    assert_eq!(number(request, "tower_llm.attempts"), Some(1));
+    assert_eq!(
+        text(request, "tower_llm.fallback.reason").as_deref(),
+        Some("primary:overloaded")
+    );
+    assert_eq!(number(request, "http.response.status_code"), Some(200));
+
+    // Development preset: two attempts at the primary, then the backup,
+    // asked for its own model; each a child of the request span.
+    let mut attempts: Vec<&SpanData> = spans
+        .iter()
+        .filter(|s| s.span_kind == SpanKind::Client)
+        .collect();
+    attempts.sort_by_key(|s| s.start_time);
+    let seen: Vec<(Option<String>, Option<i64>, Option<String>, Option<String>)> = attempts
+        .iter()
+        .map(|s| {
+            (
+                text(s, "tower_llm.target"),
+                number(s, "tower_llm.attempt"),
+                text(s, "tower_llm.error.kind"),
+                text(s, "gen_ai.request.model"),
+            )
+        })
+        .collect();
+    let some = |s: &str| Some(s.to_owned());
+    assert_eq!(
+        seen,
+        [
+            (some("primary"), Some(1), some("overloaded"), some("gpt-4o")),
+            (some("primary"), Some(2), some("overloaded"), some("gpt-4o")),
+            (some("backup"), Some(1), None, some("llama3.2")),
+        ]
+    );
+    for attempt in &attempts {
+        assert_eq!(
+            attempt.parent_span_id,
+            request.span_context.span_id(),
+            "{attempt:#?}"
+        );
+        assert_eq!(
+            attempt.span_context.trace_id(),
+            request.span_context.trace_id()
+        );
+        assert_eq!(
+            text(attempt, "gen_ai.operation.name").as_deref(),
+            Some("chat")
+        );
+        assert!(
+            text(attempt, "gen_ai.provider.name").is_some(),
+            "{attempt:#?}"
+        );
+    }
+    assert_eq!(number(attempts[0], "http.response.status_code"), Some(503));
+    assert_eq!(number(attempts[2], "http.response.status_code"), Some(200));
+    assert_eq!(attempts[2].name, "chat llama3.2");
+    // The primary's breaker had seen one failure when the retry started.
+    assert_eq!(
+        text(attempts[1], "tower_llm.breaker.state").as_deref(),
+        Some("closed")
+    );
+}
+
+/// Counts the spans a layer is asked to make.
+struct CountSpans(Arc<AtomicUsize>);
+
+impl<S: tracing::Subscriber> Layer<S> for CountSpans {
+    fn on_new_span(
+        &self,
+        _: &tracing::span::Attributes<'_>,
+        _: &tracing::span::Id,
+        _: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn without_an_exporter_a_log_filter_never_enables_the_spans_even_at_trace() {
+    let _serial = SUBSCRIBER.lock().await;
+    let spans = Arc::new(AtomicUsize::new(0));
+    let filter = telemetry::without_spans(EnvFilter::new("trace"));
+    let subscriber =
+        tracing_subscriber::registry().with(CountSpans(Arc::clone(&spans)).with_filter(filter));
+    let _logged = tracing::subscriber::set_default(subscriber);
+
+    let primary = sim(Fault::status(503)).await;
+    let backup = sim(Fault::ok()).await;
+    let (base, _stop) = gateway(&two_targets(&primary, &backup)).await;
+    let (status, _) = chat(&base, "gpt-4o").await;
+    assert_eq!(status, StatusCode::OK);
+
+    // The gateway and the stack make no other span: none was made.
+    assert_eq!(spans.load(Ordering::SeqCst), 0);
+    let request = tracing::info_span!(target: "tower_llm_gateway::request", "request");
+    let attempt = tracing::info_span!(target: "tower_llm::attempt", "attempt");
+    assert!(request.is_disabled() && attempt.is_disabled());
+    // Other spans at trace are still made: the filter is not off altogether.
+    let other = tracing::trace_span!("other");
+    assert!(!other.is_disabled());
+    assert_eq!(spans.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn the_telemetry_section_is_read_beside_the_gateway_and_checked() {
+    let (section, _) = config::parse_file(
+        r#"
+        [telemetry]
+        otlp_endpoint = "http://127.0.0.1:4318"
+        service_name = "edge"
+
+        [[targets]]
+        name = "a"
+        base_url = "http://127.0.0.1:1/v1"
+        "#,
+    )
+    .unwrap();
+    assert_eq!(
+        section.telemetry.traces_url().unwrap().unwrap(),
+        "http://127.0.0.1:4318/v1/traces"
+    );
+    assert_eq!(section.telemetry.service_name(), "edge");
+
+    let error = config::parse_file("[telemetry]\notlp_endpont = \"http://x:4318\"\n").unwrap_err();
+    assert!(
+        error.contains("[telemetry]") && error.contains("otlp_endpont"),
+        "{error}"
+    );
+    let (none, _) = config::parse_file("").unwrap();
+    assert_eq!(none.telemetry.traces_url(), Ok(None));
+}
