@@ -15,6 +15,7 @@
 
 use std::future::{Ready, ready};
 use std::hint::black_box;
+use std::time::SystemTime;
 
 use bytes::Bytes;
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
@@ -22,6 +23,7 @@ use http::{HeaderValue, Request, Response};
 use http_body_util::Full;
 use tower::{Layer, Service, ServiceExt};
 use tower_llm_circuit::{CircuitConfig, CircuitLayer, PaceLimits, PacingConfig};
+use tower_llm_classify::hint::RateLimitHeaders;
 use tower_llm_classify::{LlmError, RequestMeta};
 
 const BODY: &str = r#"{"model":"gpt-4o","stream":false,"max_tokens":100,"messages":[{"role":"user","content":"Say hello"}]}"#;
@@ -129,6 +131,31 @@ fn pacing_overhead(c: &mut Criterion) {
         )
         .layer(PLAIN)
     );
+    group.finish();
+
+    // Where a paced call's time goes: reading an answer's headers, and
+    // the wall clock that read needs.
+    let mut group = c.benchmark_group("pacing_parts");
+    let answer = LIMITED.call(request_with_meta()).into_inner().unwrap();
+    group.bench_function("read_openai_headers", |b| {
+        b.iter(|| {
+            black_box(RateLimitHeaders::read_with(
+                black_box(answer.headers()),
+                SystemTime::now,
+            ))
+        })
+    });
+    let plain = PLAIN.call(request_with_meta()).into_inner().unwrap();
+    group.bench_function("read_no_headers", |b| {
+        b.iter(|| {
+            black_box(RateLimitHeaders::read_with(
+                black_box(plain.headers()),
+                SystemTime::now,
+            ))
+        })
+    });
+    group.bench_function("system_time_now", |b| b.iter(SystemTime::now));
+    group.bench_function("instant_now", |b| b.iter(std::time::Instant::now));
     group.finish();
 }
 
