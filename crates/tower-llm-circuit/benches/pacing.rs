@@ -136,7 +136,7 @@ fn pacing_overhead(c: &mut Criterion) {
     // Where a paced call's time goes: reading an answer's headers, and
     // the wall clock that read needs.
     let mut group = c.benchmark_group("pacing_parts");
-    let answer = LIMITED.call(request_with_meta()).into_inner().unwrap();
+    let answer = { LIMITED }.call(request_with_meta()).into_inner().unwrap();
     group.bench_function("read_openai_headers", |b| {
         b.iter(|| {
             black_box(RateLimitHeaders::read_with(
@@ -145,7 +145,7 @@ fn pacing_overhead(c: &mut Criterion) {
             ))
         })
     });
-    let plain = PLAIN.call(request_with_meta()).into_inner().unwrap();
+    let plain = { PLAIN }.call(request_with_meta()).into_inner().unwrap();
     group.bench_function("read_no_headers", |b| {
         b.iter(|| {
             black_box(RateLimitHeaders::read_with(
