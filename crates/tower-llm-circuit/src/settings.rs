@@ -470,4 +470,26 @@ mod tests {
             serde_json::from_str(r#"{"preset":"lenient","window_seconds":30}"#).unwrap();
         assert_eq!(settings.build().unwrap().window(), WindowKind::Time(30));
     }
+
+    #[cfg(feature = "serde")]
+    #[test]
+    fn pacing_limits_are_read_from_a_settings_file_by_target() {
+        let settings: CircuitSettings = serde_json::from_str(
+            r#"{"tpm": 90000, "pace_limits": {"local": {"rpm": 10, "tpm": 1000}}}"#,
+        )
+        .unwrap();
+        let config = settings.build().unwrap();
+        assert_eq!(
+            config.pacing().limits_for("local/llama3"),
+            Some(crate::PaceLimits::rpm(10).with_tpm(1000))
+        );
+        assert_eq!(
+            config.pacing().limits_for("primary/gpt-4o"),
+            Some(crate::PaceLimits::tpm(90_000))
+        );
+        let error =
+            serde_json::from_str::<CircuitSettings>(r#"{"pace_limits": {"local": {"rpn": 10}}}"#)
+                .unwrap_err();
+        assert!(error.to_string().contains("rpn"), "{error}");
+    }
 }
