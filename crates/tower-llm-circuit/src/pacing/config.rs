@@ -127,8 +127,9 @@ impl PacingConfig {
         self
     }
 
-    /// The configured limits of `key`.
-    pub(crate) fn limits_for(&self, key: &str) -> Option<PaceLimits> {
+    /// The limits configured for `key`: its own, else its first
+    /// segment's, else the default.
+    pub fn limits_for(&self, key: &str) -> Option<PaceLimits> {
         if self.limits.is_empty() {
             return self.default_limits;
         }
