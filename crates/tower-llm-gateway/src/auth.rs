@@ -21,7 +21,9 @@ use axum::middleware::Next;
 use axum::response::Response;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use ring::digest::{SHA256, SHA256_OUTPUT_LEN, digest};
-use subtle::{Choice, ConstantTimeEq};
+use subtle::{Choice, ConditionallySelectable, ConstantTimeEq};
+
+use crate::limits::Caller;
 
 /// The header the Anthropic SDKs send their key in.
 const X_API_KEY: &str = "x-api-key";
@@ -48,8 +50,9 @@ impl fmt::Debug for CallerKeys {
 /// What a request's credentials come to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Verdict {
-    /// A key the gateway accepts.
-    Accepted,
+    /// A key the gateway accepts: the index of the (last) accepted key
+    /// presented, which is who the caller is for its rate limits.
+    Accepted(usize),
     /// No key in `Authorization: Bearer` or `x-api-key`.
     Missing,
     /// Keys, none of them accepted.
@@ -59,7 +62,7 @@ pub(crate) enum Verdict {
 impl Verdict {
     fn as_str(self) -> &'static str {
         match self {
-            Verdict::Accepted => "accepted",
+            Verdict::Accepted(_) => "accepted",
             Verdict::Missing => "missing",
             Verdict::Wrong => "wrong",
         }
@@ -124,25 +127,32 @@ impl CallerKeys {
     pub(crate) fn verdict(&self, headers: &HeaderMap) -> Verdict {
         let mut presented = false;
         let mut accepted = Choice::from(0);
+        let mut index = 0_u32;
         for key in presented_keys(headers) {
             presented = true;
-            accepted |= self.accepts(key);
+            let (found, at) = self.accepts(key);
+            accepted |= found;
+            index.conditional_assign(&at, found);
         }
         match (presented, bool::from(accepted)) {
             (false, _) => Verdict::Missing,
             (true, false) => Verdict::Wrong,
-            (true, true) => Verdict::Accepted,
+            (true, true) => Verdict::Accepted(index as usize),
         }
     }
 
-    /// Compares with every key, without stopping at a match.
-    fn accepts(&self, key: &[u8]) -> Choice {
+    /// Compares with every key, without stopping at a match: whether one
+    /// matched, and which (selected in constant time too).
+    fn accepts(&self, key: &[u8]) -> (Choice, u32) {
         let presented = sha256(key);
-        self.digests
-            .iter()
-            .fold(Choice::from(0), |found, accepted| {
-                found | accepted[..].ct_eq(&presented[..])
-            })
+        let mut found = Choice::from(0);
+        let mut index = 0_u32;
+        for (i, accepted) in self.digests.iter().enumerate() {
+            let eq = accepted[..].ct_eq(&presented[..]);
+            index.conditional_assign(&(i as u32), eq);
+            found |= eq;
+        }
+        (found, index)
     }
 }
 
@@ -182,8 +192,9 @@ pub(crate) async fn require_key(
     next: Next,
 ) -> Response {
     let verdict = keys.verdict(request.headers());
-    if verdict == Verdict::Accepted {
+    if let Verdict::Accepted(caller) = verdict {
         request.extensions_mut().insert(Authenticated);
+        request.extensions_mut().insert(Caller(caller));
         return next.run(request).await;
     }
     // The probes and the status page are open: an orchestrator has no key,

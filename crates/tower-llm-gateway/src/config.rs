@@ -9,6 +9,7 @@ use serde::Deserialize;
 use tower_llm::config::StackConfig;
 
 use crate::auth::CallerKeys;
+use crate::limits::{RateLimitSection, RateLimits};
 use crate::telemetry::TelemetrySection;
 use crate::shared::SharedSection;
 
@@ -54,6 +55,9 @@ pub struct GatewaySection {
     /// Listen beyond loopback without caller keys (something in front of
     /// the gateway authenticates callers).
     pub allow_unauthenticated: Option<bool>,
+    /// Requests and tokens per minute, per caller key and endpoint
+    /// (`[gateway.rate_limits]`).
+    pub rate_limits: Option<RateLimitSection>,
     /// The file's `[telemetry]` section (a table of its own beside
     /// `[gateway]`, read by [`parse_file`]).
     #[serde(skip)]
@@ -96,6 +100,9 @@ pub struct GatewayOptions {
     pub caller_keys: Option<CallerKeys>,
     /// Serve beyond loopback without caller keys.
     pub allow_unauthenticated: bool,
+    /// Requests and tokens per minute, per caller key and endpoint (none
+    /// by default).
+    pub rate_limits: RateLimits,
 }
 
 impl Default for GatewayOptions {
@@ -118,6 +125,7 @@ impl Default for GatewayOptions {
             send_timeout: Duration::from_secs(60),
             caller_keys: None,
             allow_unauthenticated: false,
+            rate_limits: RateLimits::default(),
         }
     }
 }
@@ -217,6 +225,9 @@ impl GatewaySection {
             options.caller_keys = Some(CallerKeys::from_env(name, env(name))?);
         }
         options.allow_unauthenticated = self.allow_unauthenticated.unwrap_or(false);
+        if let Some(limits) = &self.rate_limits {
+            options.rate_limits = limits.limits()?;
+        }
         Ok(options)
     }
 

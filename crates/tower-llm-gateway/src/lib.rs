@@ -93,6 +93,7 @@ mod upstream;
 pub mod auth;
 pub mod config;
 pub mod demo;
+pub mod limits;
 pub mod send_timeout;
 pub mod telemetry;
 pub mod shared;

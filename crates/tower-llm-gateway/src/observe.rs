@@ -29,7 +29,7 @@ use crate::prometheus::status_label;
 
 /// The API endpoints observed, by path, with their metric label. Anything
 /// else (`/health`, `/metrics`, the status page, unknown paths) is not.
-const ENDPOINTS: [(&str, &str); 6] = [
+pub(crate) const ENDPOINTS: [(&str, &str); 6] = [
     ("/v1/chat/completions", "chat_completions"),
     ("/v1/completions", "completions"),
     ("/v1/embeddings", "embeddings"),

@@ -10,12 +10,14 @@ use axum::routing::{get, post};
 use http::{StatusCode, header};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::Semaphore;
+use tower::util::option_layer;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_llm::stack::Stack;
 
 use crate::auth::{self, CallerKeys};
 use crate::config::{GatewayOptions, MAX_CONCURRENCY};
 use crate::error::{error_json, payload_too_large};
+use crate::limits::{self, Limiter};
 use crate::observe::{self, Activity};
 use crate::shutdown::Closing;
 use crate::{endpoints, health, prometheus, status_page};
@@ -62,6 +64,10 @@ pub fn router(
         activity: Arc::new(Activity::new()),
     };
     let activity = Arc::clone(&gateway.activity);
+    let limiter = (!options.rate_limits.is_empty()).then(|| {
+        let callers = options.caller_keys.as_ref().map_or(1, CallerKeys::len);
+        Arc::new(Limiter::new(options.rate_limits.clone(), callers))
+    });
     let router = Router::new()
         .route("/v1/chat/completions", post(endpoints::chat_completions))
         .route("/v1/completions", post(endpoints::completions))
@@ -93,6 +99,10 @@ pub fn router(
         // OpenAI-shaped below.
         .layer(RequestBodyLimitLayer::new(options.max_body_bytes))
         .layer(axum::middleware::map_response(openai_shaped_413))
+        // A caller over its limits is answered before its body is read.
+        .layer(option_layer(limiter.map(|limiter| {
+            axum::middleware::from_fn_with_state(limiter, limits::admit)
+        })))
         // Every API answer, refusals by the layers above included, counted
         // by endpoint and timed to its last byte.
         .layer(axum::middleware::from_fn_with_state(

@@ -1,0 +1,490 @@
+//! Inbound rate limits: how much each caller may ask of the gateway.
+//!
+//! `[gateway.rate_limits]` gives requests and (for the endpoints that
+//! generate text) estimated tokens per minute, per caller key and per
+//! endpoint, with per-endpoint overrides. Each limit is a GCRA bucket
+//! ([`gcra`]) holding a minute's worth, refilled continuously: a caller
+//! may spend its minute at once, then gets a unit back every
+//! `60 s / limit`. Without caller keys every caller shares one bucket per
+//! endpoint (the gateway as a whole is what is protected).
+//!
+//! A request over a limit is answered at once, before its body is read
+//! (requests) or before any upstream call (tokens), with the provider's
+//! shape a client already handles: 429, `Retry-After` in whole seconds
+//! (rounded up), OpenAI's `rate_limit_exceeded` error and its
+//! `x-ratelimit-{limit,remaining,reset}-{requests,tokens}` headers, or on
+//! `/v1/messages` Anthropic's `rate_limit_error` and its
+//! `anthropic-ratelimit-*` headers. Every admitted answer carries the same
+//! headers, so a client can pace itself before it is refused. The gateway
+//! is the limit here: the headers replace an upstream's, which describe
+//! the gateway's own accounts.
+//!
+//! Tokens are estimated as OpenAI counts them against a tokens-per-minute
+//! limit when a request is made: the prompt (a token per 4 bytes of body)
+//! plus the `max_tokens` asked for ([`RequestMeta::estimated_tokens`]).
+
+mod gcra;
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use serde::Deserialize;
+use tokio::time::Instant;
+use tower_llm::classify::RequestMeta;
+
+use self::gcra::{Cell, Decision, Quota, Standing};
+use crate::observe::ENDPOINTS;
+
+const MINUTE: Duration = Duration::from_secs(60);
+
+/// The `[gateway.rate_limits]` section.
+///
+/// ```toml
+/// [gateway.rate_limits]
+/// requests_per_minute = 600       # per caller key and endpoint
+/// tokens_per_minute = 200000      # chat, completions, responses, messages
+///
+/// [gateway.rate_limits.endpoints.embeddings]
+/// requests_per_minute = 3000
+/// ```
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimitSection {
+    /// Requests per minute, per caller key and endpoint.
+    pub requests_per_minute: Option<u64>,
+    /// Estimated tokens per minute, per caller key and endpoint, on the
+    /// endpoints that generate text.
+    pub tokens_per_minute: Option<u64>,
+    /// Overrides by endpoint: `chat_completions`, `completions`,
+    /// `embeddings`, `responses`, `messages`, `models`.
+    pub endpoints: BTreeMap<String, EndpointLimitSection>,
+}
+
+/// One endpoint's limits, replacing the section's defaults for it.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EndpointLimitSection {
+    /// Requests per minute, per caller key.
+    pub requests_per_minute: Option<u64>,
+    /// Estimated tokens per minute, per caller key.
+    pub tokens_per_minute: Option<u64>,
+}
+
+/// The checked limits of every endpoint.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RateLimits {
+    /// By endpoint, in the order of the observed endpoints: requests, then
+    /// tokens.
+    quotas: [(Option<Quota>, Option<Quota>); ENDPOINTS.len()],
+}
+
+/// Whether an endpoint generates text (and so has a token limit).
+fn counts_tokens(label: &str) -> bool {
+    matches!(
+        label,
+        "chat_completions" | "completions" | "responses" | "messages"
+    )
+}
+
+impl RateLimitSection {
+    /// The limits, checked: every error names its key.
+    pub fn limits(&self) -> Result<RateLimits, String> {
+        let quota = |key: &str, value: Option<u64>| match value {
+            Some(0) => Err(format!(
+                "[gateway.rate_limits] {key}: 0 would refuse everything; leave it out for no \
+                 limit"
+            )),
+            Some(n) => Ok(Quota::new(n, MINUTE)),
+            None => Ok(None),
+        };
+        for name in self.endpoints.keys() {
+            if !ENDPOINTS.iter().any(|(_, label)| label == name) {
+                let known: Vec<_> = ENDPOINTS.iter().map(|(_, label)| *label).collect();
+                return Err(format!(
+                    "[gateway.rate_limits.endpoints] `{name}` is not an endpoint; the endpoints \
+                     are {}",
+                    known.join(", ")
+                ));
+            }
+        }
+        let mut limits = RateLimits::default();
+        for (slot, (_, label)) in limits.quotas.iter_mut().zip(ENDPOINTS) {
+            let own = self.endpoints.get(label);
+            let requests = own
+                .and_then(|e| e.requests_per_minute)
+                .or(self.requests_per_minute);
+            let tokens = own
+                .and_then(|e| e.tokens_per_minute)
+                .or(self.tokens_per_minute);
+            if tokens.is_some() && own.is_some_and(|e| e.tokens_per_minute.is_some()) {
+                if !counts_tokens(label) {
+                    return Err(format!(
+                        "[gateway.rate_limits.endpoints.{label}] tokens_per_minute: this \
+                         endpoint generates no text; limit its requests_per_minute"
+                    ));
+                }
+            }
+            *slot = (
+                quota(&format!("{label}.requests_per_minute"), requests)?,
+                if counts_tokens(label) {
+                    quota(&format!("{label}.tokens_per_minute"), tokens)?
+                } else {
+                    None
+                },
+            );
+        }
+        Ok(limits)
+    }
+}
+
+impl RateLimits {
+    /// Whether any endpoint is limited.
+    pub fn is_empty(&self) -> bool {
+        self.quotas.iter().all(|(r, t)| r.is_none() && t.is_none())
+    }
+}
+
+/// The limits' state: a bucket per caller, endpoint and limit.
+#[derive(Debug)]
+pub(crate) struct Limiter {
+    limits: RateLimits,
+    /// `callers × endpoints` pairs of cells (requests, tokens).
+    cells: Box<[(Cell, Cell)]>,
+    origin: Instant,
+}
+
+/// Who a request comes from, for its limits: the index of the caller key
+/// it sent (0 for everyone when the gateway has no keys).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Caller(pub(crate) usize);
+
+/// What a request was admitted with: where to take its tokens from, and
+/// where the handler leaves the token standing for the answer's headers.
+#[derive(Clone, Debug)]
+pub(crate) struct Admitted {
+    limiter: Arc<Limiter>,
+    cell: usize,
+    endpoint: usize,
+    requests: Option<Standing>,
+    tokens: Arc<OnceLock<Standing>>,
+}
+
+impl Limiter {
+    /// The state for `callers` callers (at least one).
+    pub(crate) fn new(limits: RateLimits, callers: usize) -> Limiter {
+        let cells = (0..callers.max(1) * ENDPOINTS.len())
+            .map(|_| (Cell::default(), Cell::default()))
+            .collect();
+        Limiter {
+            limits,
+            cells,
+            origin: Instant::now(),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+}
+
+/// The middleware in front of the API endpoints: takes a request from the
+/// caller's bucket for the endpoint, or answers 429 at once; sets the
+/// standing of the caller's limits on every answer.
+pub(crate) async fn admit(
+    State(limiter): State<Arc<Limiter>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let Some(endpoint) = ENDPOINTS
+        .iter()
+        .position(|(path, _)| *path == request.uri().path())
+    else {
+        return next.run(request).await;
+    };
+    let callers = limiter.cells.len() / ENDPOINTS.len();
+    let caller = request.extensions().get::<Caller>().map_or(0, |c| c.0);
+    let cell = caller.min(callers - 1) * ENDPOINTS.len() + endpoint;
+    let (requests, tokens) = limiter.limits.quotas[endpoint];
+    let anthropic = is_anthropic(endpoint);
+    let requests = match requests {
+        None => None,
+        Some(quota) => match limiter.cells[cell].0.take(&quota, 1, limiter.now()) {
+            Decision::Admitted(standing) => Some(standing),
+            Decision::Wait { wait, standing } => {
+                return refusal(anthropic, Unit::Requests, wait, standing);
+            }
+            // A bucket holds at least one request: never.
+            Decision::TooLarge => return too_large(anthropic, Unit::Requests, 1, quota),
+        },
+    };
+    let admitted = Admitted {
+        limiter: Arc::clone(&limiter),
+        cell,
+        endpoint,
+        requests,
+        tokens: Arc::new(OnceLock::new()),
+    };
+    if tokens.is_some() {
+        request.extensions_mut().insert(admitted.clone());
+    }
+    let mut response = next.run(request).await;
+    let headers = response.headers_mut();
+    drop_upstream_limits(headers);
+    if let Some(standing) = admitted.requests {
+        set_standing(headers, anthropic, Unit::Requests, standing);
+    }
+    if let Some(standing) = admitted.tokens.get() {
+        set_standing(headers, anthropic, Unit::Tokens, *standing);
+    }
+    response
+}
+
+/// Takes the tokens a request will cost (estimated from its `body`) from
+/// its caller's bucket for the endpoint, when the endpoint has a token
+/// limit; the answer to send when they do not fit. The handler calls this
+/// once the body is read, before any upstream call.
+pub(crate) fn take_tokens(
+    extensions: &http::Extensions,
+    uri: &http::Uri,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(), Response> {
+    let Some(admitted) = extensions.get::<Admitted>() else {
+        return Ok(());
+    };
+    let Some(quota) = admitted.limiter.limits.quotas[admitted.endpoint].1 else {
+        return Ok(());
+    };
+    // One more walk of the body, only when a token limit is set.
+    let estimate = RequestMeta::from_request(uri, headers, Some(body))
+        .estimated_tokens()
+        .unwrap_or(0);
+    let limiter = &admitted.limiter;
+    let anthropic = is_anthropic(admitted.endpoint);
+    let now = limiter.now();
+    let mut refused = match limiter.cells[admitted.cell].1.take(&quota, estimate, now) {
+        Decision::Admitted(standing) => {
+            let _ = admitted.tokens.set(standing);
+            return Ok(());
+        }
+        Decision::Wait { wait, standing } => refusal(anthropic, Unit::Tokens, wait, standing),
+        Decision::TooLarge => too_large(anthropic, Unit::Tokens, estimate, quota),
+    };
+    // Refused before any call: the request it was admitted with is given
+    // back, so a caller waiting out the tokens is not then refused for
+    // requests.
+    if let Some(requests) = limiter.limits.quotas[admitted.endpoint].0 {
+        limiter.cells[admitted.cell].0.give_back(&requests, 1, now);
+    }
+    if let Some(standing) = admitted.requests {
+        set_standing(refused.headers_mut(), anthropic, Unit::Requests, standing);
+    }
+    Err(refused)
+}
+
+/// Removes an upstream's rate-limit headers: they describe the gateway's
+/// own account, and a caller mixing them with its own limits' would pace
+/// itself by both.
+fn drop_upstream_limits(headers: &mut HeaderMap) {
+    let upstream: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| {
+            let name = name.as_str();
+            name.starts_with("x-ratelimit-")
+                || name.starts_with("anthropic-ratelimit-")
+                || name == "ratelimit"
+                || name == "ratelimit-policy"
+        })
+        .cloned()
+        .collect();
+    for name in upstream {
+        headers.remove(name);
+    }
+}
+
+/// Whether the endpoint at `index` speaks Anthropic's dialect.
+fn is_anthropic(index: usize) -> bool {
+    ENDPOINTS[index].1 == "messages"
+}
+
+/// Which limit a header or refusal is about.
+#[derive(Clone, Copy, Debug)]
+enum Unit {
+    Requests,
+    Tokens,
+}
+
+impl Unit {
+    fn as_str(self) -> &'static str {
+        match self {
+            Unit::Requests => "requests",
+            Unit::Tokens => "tokens",
+        }
+    }
+}
+
+/// Sets the standing of one limit, in the endpoint's provider's headers.
+fn set_standing(headers: &mut HeaderMap, anthropic: bool, unit: Unit, standing: Standing) {
+    let unit = unit.as_str();
+    let names: [String; 3] = if anthropic {
+        [
+            format!("anthropic-ratelimit-{unit}-limit"),
+            format!("anthropic-ratelimit-{unit}-remaining"),
+            format!("anthropic-ratelimit-{unit}-reset"),
+        ]
+    } else {
+        [
+            format!("x-ratelimit-limit-{unit}"),
+            format!("x-ratelimit-remaining-{unit}"),
+            format!("x-ratelimit-reset-{unit}"),
+        ]
+    };
+    let reset = if anthropic {
+        // Anthropic gives the instant, RFC 3339.
+        rfc3339_after(standing.reset)
+    } else {
+        // OpenAI gives the time left, Go-style (`6m0s`, `1.5s`, `120ms`).
+        go_duration(standing.reset)
+    };
+    for (name, value) in names.into_iter().zip([
+        standing.limit.to_string(),
+        standing.remaining.to_string(),
+        reset,
+    ]) {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(&value),
+        ) {
+            headers.insert(name, value);
+        }
+    }
+}
+
+/// The 429 for a request over `unit`'s limit, with the wait.
+fn refusal(anthropic: bool, unit: Unit, wait: Duration, standing: Standing) -> Response {
+    metrics::counter!("tower_llm_gateway_rejected_total", "reason" => match unit {
+        Unit::Requests => "rate_limit_requests",
+        Unit::Tokens => "rate_limit_tokens",
+    })
+    .increment(1);
+    let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    let message = format!(
+        "Rate limit reached on {} per min: limit {}, remaining {}. Please try again in {}.",
+        unit.as_str(),
+        standing.limit,
+        standing.remaining,
+        go_duration(wait)
+    );
+    let mut response = limit_error(anthropic, StatusCode::TOO_MANY_REQUESTS, unit, &message);
+    let headers = response.headers_mut();
+    headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
+    set_standing(headers, anthropic, unit, standing);
+    response
+}
+
+/// The 429 for a request of more units than its bucket holds: it would
+/// never be admitted, so no `Retry-After` (OpenAI answers "Request too
+/// large … tokens per min" with a 429 too).
+fn too_large(anthropic: bool, unit: Unit, units: u64, quota: Quota) -> Response {
+    metrics::counter!("tower_llm_gateway_rejected_total", "reason" => "rate_limit_too_large")
+        .increment(1);
+    let message = format!(
+        "Request too large: about {units} {} (a token per 4 bytes of body plus max_tokens) \
+         against a limit of {} per min. Send a smaller request or a lower max_tokens.",
+        unit.as_str(),
+        quota.per_window
+    );
+    limit_error(anthropic, StatusCode::TOO_MANY_REQUESTS, unit, &message)
+}
+
+/// A rate-limit error in the endpoint's provider's shape.
+fn limit_error(anthropic: bool, status: StatusCode, unit: Unit, message: &str) -> Response {
+    let body = if anthropic {
+        serde_json::json!({
+            "type": "error",
+            "error": { "type": "rate_limit_error", "message": message }
+        })
+    } else {
+        serde_json::json!({
+            "error": {
+                "message": message,
+                "type": unit.as_str(),
+                "param": null,
+                "code": "rate_limit_exceeded"
+            }
+        })
+    };
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+/// `d` as Go prints a duration, to the millisecond: `1m30s`, `2.5s`,
+/// `120ms`, `0s` (OpenAI's `x-ratelimit-reset-*` format).
+fn go_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    let mut out = String::new();
+    if ms == 0 {
+        return "0s".to_owned();
+    }
+    if ms < 1000 {
+        let _ = write!(out, "{ms}ms");
+        return out;
+    }
+    let (h, m, s, frac) = (ms / 3_600_000, ms / 60_000 % 60, ms / 1000 % 60, ms % 1000);
+    if h > 0 {
+        let _ = write!(out, "{h}h");
+    }
+    if h > 0 || m > 0 {
+        let _ = write!(out, "{m}m");
+    }
+    if frac == 0 {
+        let _ = write!(out, "{s}s");
+    } else {
+        let frac = format!("{frac:03}");
+        let _ = write!(out, "{s}.{}s", frac.trim_end_matches('0'));
+    }
+    out
+}
+
+/// The instant `d` from now, RFC 3339 in UTC to the second.
+fn rfc3339_after(d: Duration) -> String {
+    let at = std::time::SystemTime::now() + d;
+    let secs = at
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |e| e.as_secs() + u64::from(e.subsec_nanos() > 0));
+    let (days, rest) = (secs / 86_400, secs % 86_400);
+    let (y, mo, da) = civil_from_days(days as i64);
+    format!(
+        "{y:04}-{mo:02}-{da:02}T{:02}:{:02}:{:02}Z",
+        rest / 3600,
+        rest / 60 % 60,
+        rest % 60
+    )
+}
+
+/// The proleptic Gregorian date of a day count since 1970-01-01 (Howard
+/// Hinnant's `civil_from_days`).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+#[cfg(test)]
+mod tests;
