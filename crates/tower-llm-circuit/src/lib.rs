@@ -15,6 +15,11 @@
 //! worked, the request was wrong. Rate limits do not count at all: a hinted
 //! 429 puts the key in a cooldown until the hinted instant instead.
 //!
+//! Every answer's rate-limit headers also pace their key ahead of the 429:
+//! a call what is left cannot cover is not sent but answered at once,
+//! rate limited with the wait until the reset as its hint (see
+//! [`PacingConfig`], and [`CircuitHandle::paced_for`] for a picker).
+//!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
