@@ -172,8 +172,10 @@ async fn a_429_one_replica_meets_keeps_the_other_off_that_target_and_health_show
 
     let shared = &health(&b).await["shared"];
     assert_eq!(shared["status"], SharedStatus::Connected.as_str());
-    assert_eq!(shared["applied"], 1);
-    assert_eq!(health(&a).await["shared"]["published"], 1);
+    // The cooldown, and the pacing view the 429's headers gave (none left)
+    // when the pacing task has run.
+    assert!(shared["applied"].as_u64().unwrap() >= 1, "{shared}");
+    assert!(health(&a).await["shared"]["published"].as_u64().unwrap() >= 1);
 }
 
 #[tokio::test]

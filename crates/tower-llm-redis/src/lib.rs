@@ -18,7 +18,13 @@
 //!   ([`SharedStateBuilder::probe_grace`], 1 s by default), so when the
 //!   interval ends the replica that opened it probes alone and its outcome
 //!   decides for the fleet: one probe per open interval, not one per
-//!   replica.
+//!   replica;
+//! - and, every 250 ms ([`SharedStateBuilder::share_pacing_every`]), the
+//!   pacing views that run low (a tenth or less of the most seen left, or
+//!   nothing) and changed — what a key's answers said it has left
+//!   (requests, tokens) and when it is full again — which the others apply
+//!   without loosening their own (`SET prefix:pace:KEY` and the same
+//!   channel).
 //!
 //! Instants cross as wall-clock milliseconds since the epoch; each replica
 //! turns them into its own monotonic `Instant` (keep the hosts' clocks in
@@ -64,6 +70,7 @@
 #![forbid(unsafe_code)]
 
 mod error;
+mod pacing;
 mod publisher;
 mod state;
 mod status;

@@ -30,14 +30,21 @@ pub(crate) fn pipeline(
     decision: &WireDecision,
 ) -> Option<redis::Pipeline> {
     let mut pipe = redis::pipe();
-    match decision {
-        WireDecision::Open { until_ms } | WireDecision::Cooldown { until_ms, .. } => {
-            let ttl = ttl_ms(*until_ms)?;
-            let redis_key = if matches!(decision, WireDecision::Open { .. }) {
-                shared.names.open_key(key)
-            } else {
-                shared.names.cooldown_key(key)
-            };
+    match (decision, shared.names.key_of(key, decision)) {
+        (WireDecision::Pace { .. }, Some(redis_key)) => {
+            // The latest view replaces the one before (each replica's
+            // `apply_pacing` keeps the tighter of its own and this).
+            let ttl = ttl_ms(decision.until_ms()?)?;
+            pipe.cmd("SET")
+                .arg(redis_key)
+                .arg(decision.value().unwrap_or_default())
+                .arg("PX")
+                .arg(ttl)
+                .ignore();
+        }
+        (_, Some(redis_key)) => {
+            let until_ms = decision.until_ms()?;
+            let ttl = ttl_ms(until_ms)?;
             // SET only if longer than what is stored: a shorter decision
             // (a clock a little behind, an older one told again after a
             // reconnect) never shortens what a late joiner loads.
@@ -50,7 +57,7 @@ pub(crate) fn pipeline(
                 .arg(ttl)
                 .ignore();
         }
-        WireDecision::Closed => {
+        (_, None) => {
             pipe.cmd("DEL").arg(shared.names.open_key(key)).ignore();
         }
     }

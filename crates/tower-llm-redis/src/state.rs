@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
-use tower_llm_circuit::{CircuitHandle, CircuitLayer, KeyDecision};
+use tower_llm_circuit::{CircuitHandle, CircuitLayer, KeyDecision, SharedPacing};
 
 use crate::error::SharedStateError;
+use crate::pacing::{self, PacingMemory};
 use crate::publisher::{self, Outgoing};
 use crate::status::{Health, SharedStats, SharedStatus};
 use crate::subscriber;
@@ -36,6 +37,8 @@ pub(crate) struct Shared {
     /// was decided while Redis was away was lost. Touched by the writer on
     /// each decision and by the reader on each reconnect, never by a call.
     own: Mutex<HashMap<(Arc<str>, bool), WireDecision>>,
+    /// The pacing views last told or heard, per key.
+    pub(crate) pacing: PacingMemory,
 }
 
 impl fmt::Debug for Shared {
@@ -62,11 +65,27 @@ impl Shared {
                 WireDecision::Cooldown { until_ms, .. } => from_epoch_ms(*until_ms)
                     .is_some_and(|until| handle.apply_cooldown_until(key, until)),
                 WireDecision::Closed => handle.apply_closed(key),
+                WireDecision::Pace { requests, tokens } => pacing::view(key, [*requests, *tokens])
+                    .is_some_and(|view| handle.apply_pacing(&view)),
             };
+        }
+        if let WireDecision::Pace { requests, tokens } = decision {
+            // Heard, so not told back unless it changes here.
+            self.pacing.note(key, [*requests, *tokens]);
         }
         if changed {
             self.health.applied.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Every attached key's pacing view (keys whose answers said what
+    /// they have left).
+    pub(crate) fn pacing_views(&self) -> Vec<SharedPacing> {
+        let handles = self.handles.read().unwrap_or_else(|p| p.into_inner());
+        handles
+            .iter()
+            .flat_map(CircuitHandle::shared_pacing)
+            .collect()
     }
 
     /// Notes a decision of this replica (an open or a cooldown that holds
@@ -83,6 +102,8 @@ impl Shared {
             WireDecision::Closed => {
                 own.remove(&(Arc::clone(key), true));
             }
+            // Told again after a reconnect by the pacing task itself.
+            WireDecision::Pace { .. } => {}
         }
     }
 
@@ -94,7 +115,7 @@ impl Shared {
             WireDecision::Open { until_ms } | WireDecision::Cooldown { until_ms, .. } => {
                 ttl_ms(*until_ms).is_some()
             }
-            WireDecision::Closed => false,
+            WireDecision::Closed | WireDecision::Pace { .. } => false,
         });
         own.iter()
             .map(|((key, _), decision)| (Arc::clone(key), decision.clone()))
@@ -157,6 +178,7 @@ pub struct SharedStateBuilder {
     timeout: Duration,
     liveness: Duration,
     probe_grace: Duration,
+    pacing_every: Duration,
 }
 
 impl SharedStateBuilder {
@@ -194,6 +216,17 @@ impl SharedStateBuilder {
         self
     }
 
+    /// How often the keys' pacing views (what their answers said they
+    /// have left, and until when) are read and the low ones that changed —
+    /// a tenth or less of the most seen left, or nothing — told to the
+    /// other replicas (250 ms by default): at most one write per such key
+    /// per interval, whatever the number of calls, and none for keys with
+    /// plenty left. Zero: no pacing is shared.
+    pub fn share_pacing_every(mut self, interval: Duration) -> Self {
+        self.pacing_every = interval;
+        self
+    }
+
     /// Starts the background tasks; Redis need not be up (the state starts
     /// [`Connecting`](SharedStatus::Connecting) and connects when it can).
     ///
@@ -226,9 +259,10 @@ impl SharedStateBuilder {
             health: Health::new(),
             handles: RwLock::new(Vec::new()),
             own: Mutex::new(HashMap::new()),
+            pacing: PacingMemory::default(),
         });
         let (queue, receiver) = mpsc::channel(self.queue);
-        let tasks = vec![
+        let mut tasks = vec![
             runtime.spawn(publisher::run(
                 Arc::clone(&shared),
                 client.clone(),
@@ -236,6 +270,13 @@ impl SharedStateBuilder {
             )),
             runtime.spawn(subscriber::run(Arc::clone(&shared), client)),
         ];
+        if !self.pacing_every.is_zero() {
+            tasks.push(runtime.spawn(pacing::run(
+                Arc::clone(&shared),
+                queue.clone(),
+                self.pacing_every.max(Duration::from_millis(10)),
+            )));
+        }
         Ok(SharedState {
             shared,
             queue,
@@ -275,6 +316,7 @@ impl SharedState {
             timeout: Duration::from_millis(250),
             liveness: Duration::from_secs(5),
             probe_grace: Duration::from_secs(1),
+            pacing_every: Duration::from_millis(250),
         }
     }
 

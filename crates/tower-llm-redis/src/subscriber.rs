@@ -10,7 +10,7 @@ use redis::AsyncConnectionConfig;
 use redis::aio::MultiplexedConnection;
 
 use crate::state::Shared;
-use crate::wire::{Message, WireDecision};
+use crate::wire::{Message, StoredKind, WireDecision};
 
 /// The first wait before reconnecting, doubled up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
@@ -51,6 +51,8 @@ async fn session(shared: &Shared, client: &redis::Client) -> redis::RedisResult<
     .await?;
     reload(shared, &mut connection).await?;
     republish(shared, &mut connection).await?;
+    // The pacing task tells every view again at its next tick.
+    shared.pacing.clear();
     drop(connection);
     // The republish wrote: writing works again too (the writer says
     // otherwise at its next failure).
@@ -106,9 +108,9 @@ async fn reload(shared: &Shared, connection: &mut MultiplexedConnection) -> redi
                 .query_async(connection),
         )
         .await?;
-        let ours: Vec<(bool, &str, &String)> = keys
+        let ours: Vec<(StoredKind, &str, &String)> = keys
             .iter()
-            .filter_map(|k| shared.names.parse_key(k).map(|(open, key)| (open, key, k)))
+            .filter_map(|k| shared.names.parse_key(k).map(|(kind, key)| (kind, key, k)))
             .collect();
         if !ours.is_empty() {
             let redis_keys: Vec<&String> = ours.iter().map(|(_, _, k)| *k).collect();
@@ -117,8 +119,8 @@ async fn reload(shared: &Shared, connection: &mut MultiplexedConnection) -> redi
                 redis::cmd("MGET").arg(&redis_keys).query_async(connection),
             )
             .await?;
-            for ((open, key, _), value) in ours.iter().zip(values) {
-                if let Some(decision) = value.and_then(|v| WireDecision::parse_value(*open, &v)) {
+            for ((kind, key, _), value) in ours.iter().zip(values) {
+                if let Some(decision) = value.and_then(|v| WireDecision::parse_value(*kind, &v)) {
                     shared.apply(key, &decision);
                 }
             }

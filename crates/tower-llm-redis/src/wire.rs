@@ -16,6 +16,27 @@ pub(crate) enum WireDecision {
     Cooldown { until_ms: u64, cause: CooldownCause },
     /// Closed again.
     Closed,
+    /// What the key's answers said it has left (pacing).
+    Pace {
+        requests: Option<WireBucket>,
+        tokens: Option<WireBucket>,
+    },
+}
+
+/// A pacing bucket as it travels: what is left, and when it is full again
+/// (epoch milliseconds).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct WireBucket {
+    pub(crate) remaining: u64,
+    pub(crate) full_at_ms: u64,
+}
+
+/// Which of a key's Redis keys a value was stored under.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum StoredKind {
+    Open,
+    Cooldown,
+    Pace,
 }
 
 /// A message on the channel: who said it, about which key, what.
@@ -94,14 +115,32 @@ impl WireDecision {
                 Some(format!("{until_ms} {}", cause_name(*cause)))
             }
             WireDecision::Closed => None,
+            WireDecision::Pace { requests, tokens } => Some(pace_value(*requests, *tokens)),
         }
     }
 
-    /// A stored value read back (`open` tells which kind of key held it).
-    pub(crate) fn parse_value(open: bool, value: &str) -> Option<WireDecision> {
+    /// The epoch millisecond until which the decision holds (`None` for
+    /// closed).
+    pub(crate) fn until_ms(&self) -> Option<u64> {
+        match self {
+            WireDecision::Open { until_ms } | WireDecision::Cooldown { until_ms, .. } => {
+                Some(*until_ms)
+            }
+            WireDecision::Closed => None,
+            WireDecision::Pace { requests, tokens } => {
+                requests.iter().chain(tokens).map(|b| b.full_at_ms).max()
+            }
+        }
+    }
+
+    /// A stored value read back (`kind` tells which kind of key held it).
+    pub(crate) fn parse_value(kind: StoredKind, value: &str) -> Option<WireDecision> {
+        if kind == StoredKind::Pace {
+            return parse_pace(value);
+        }
         let mut parts = value.split(' ');
         let until_ms = parts.next()?.parse().ok()?;
-        if open {
+        if kind == StoredKind::Open {
             return Some(WireDecision::Open { until_ms });
         }
         let cause = cause_from(parts.next()?)?;
@@ -109,21 +148,49 @@ impl WireDecision {
     }
 }
 
+/// `remaining:full_at_ms` per bucket, requests then tokens, `-` for none:
+/// `3:1765100000000,-`.
+fn pace_value(requests: Option<WireBucket>, tokens: Option<WireBucket>) -> String {
+    let bucket = |b: Option<WireBucket>| match b {
+        Some(b) => format!("{}:{}", b.remaining, b.full_at_ms),
+        None => "-".to_owned(),
+    };
+    format!("{},{}", bucket(requests), bucket(tokens))
+}
+
+fn parse_pace(value: &str) -> Option<WireDecision> {
+    let bucket = |text: &str| -> Option<Option<WireBucket>> {
+        if text == "-" {
+            return Some(None);
+        }
+        let (remaining, full_at_ms) = text.split_once(':')?;
+        Some(Some(WireBucket {
+            remaining: remaining.parse().ok()?,
+            full_at_ms: full_at_ms.parse().ok()?,
+        }))
+    };
+    let (requests, tokens) = value.split_once(',')?;
+    let (requests, tokens) = (bucket(requests)?, bucket(tokens)?);
+    (requests.is_some() || tokens.is_some()).then_some(WireDecision::Pace { requests, tokens })
+}
+
 impl Message {
-    /// `replica kind until_ms key`, the key last (it may hold spaces).
+    /// `replica kind value key`, the key last (it may hold spaces); the
+    /// value is `until_ms` (0 for closed) or, for pacing, the buckets.
     pub(crate) fn encode(&self) -> String {
-        let (kind, until_ms) = match &self.decision {
-            WireDecision::Open { until_ms } => ("open", *until_ms),
+        let (kind, value) = match &self.decision {
+            WireDecision::Open { until_ms } => ("open", until_ms.to_string()),
             WireDecision::Cooldown { until_ms, cause } => (
                 match cause {
                     CooldownCause::QuotaExhausted => "cooldown_quota",
                     _ => "cooldown_rate",
                 },
-                *until_ms,
+                until_ms.to_string(),
             ),
-            WireDecision::Closed => ("closed", 0),
+            WireDecision::Closed => ("closed", "0".to_owned()),
+            WireDecision::Pace { requests, tokens } => ("pace", pace_value(*requests, *tokens)),
         };
-        format!("{:x} {kind} {until_ms} {}", self.replica, self.key)
+        format!("{:x} {kind} {value} {}", self.replica, self.key)
     }
 
     /// A message read back; `None` for anything malformed (ignored).
@@ -131,19 +198,23 @@ impl Message {
         let mut parts = text.splitn(4, ' ');
         let replica = u64::from_str_radix(parts.next()?, 16).ok()?;
         let kind = parts.next()?;
-        let until_ms: u64 = parts.next()?.parse().ok()?;
+        let value = parts.next()?;
         let key = parts.next().filter(|k| !k.is_empty())?.to_owned();
+        let until_ms = || value.parse::<u64>().ok();
         let decision = match kind {
-            "open" => WireDecision::Open { until_ms },
+            "open" => WireDecision::Open {
+                until_ms: until_ms()?,
+            },
             "cooldown_rate" => WireDecision::Cooldown {
-                until_ms,
+                until_ms: until_ms()?,
                 cause: CooldownCause::RateLimited,
             },
             "cooldown_quota" => WireDecision::Cooldown {
-                until_ms,
+                until_ms: until_ms()?,
                 cause: CooldownCause::QuotaExhausted,
             },
             "closed" => WireDecision::Closed,
+            "pace" => parse_pace(value)?,
             _ => return None,
         };
         Some(Message {
@@ -182,6 +253,22 @@ impl Names {
         format!("{}:cooldown:{key}", self.prefix)
     }
 
+    /// Where a key's pacing view is kept.
+    pub(crate) fn pace_key(&self, key: &str) -> String {
+        format!("{}:pace:{key}", self.prefix)
+    }
+
+    /// The Redis key of `decision` about `key` (`None` for closed, which
+    /// deletes the open one).
+    pub(crate) fn key_of(&self, key: &str, decision: &WireDecision) -> Option<String> {
+        match decision {
+            WireDecision::Open { .. } => Some(self.open_key(key)),
+            WireDecision::Cooldown { .. } => Some(self.cooldown_key(key)),
+            WireDecision::Pace { .. } => Some(self.pace_key(key)),
+            WireDecision::Closed => None,
+        }
+    }
+
     /// A `SCAN MATCH` pattern for every key under the prefix, the
     /// prefix's glob characters escaped.
     pub(crate) fn pattern(&self) -> String {
@@ -196,14 +283,17 @@ impl Names {
         pattern
     }
 
-    /// A Redis key read back: (open?, circuit key), or `None` if not ours.
-    pub(crate) fn parse_key<'a>(&self, redis_key: &'a str) -> Option<(bool, &'a str)> {
+    /// A Redis key read back: (what it holds, circuit key), or `None` if
+    /// not ours.
+    pub(crate) fn parse_key<'a>(&self, redis_key: &'a str) -> Option<(StoredKind, &'a str)> {
         let rest = redis_key.strip_prefix(&self.prefix)?.strip_prefix(':')?;
-        if let Some(key) = rest.strip_prefix("open:") {
-            Some((true, key))
-        } else {
-            rest.strip_prefix("cooldown:").map(|key| (false, key))
-        }
+        [
+            ("open:", StoredKind::Open),
+            ("cooldown:", StoredKind::Cooldown),
+            ("pace:", StoredKind::Pace),
+        ]
+        .into_iter()
+        .find_map(|(name, kind)| rest.strip_prefix(name).map(|key| (kind, key)))
     }
 }
 
@@ -224,6 +314,20 @@ mod tests {
                 cause: CooldownCause::RateLimited,
             },
             WireDecision::Closed,
+            WireDecision::Pace {
+                requests: Some(WireBucket {
+                    remaining: 0,
+                    full_at_ms: 11,
+                }),
+                tokens: None,
+            },
+            WireDecision::Pace {
+                requests: None,
+                tokens: Some(WireBucket {
+                    remaining: 4_000,
+                    full_at_ms: 12,
+                }),
+            },
         ] {
             let message = Message {
                 replica: 0xabc,
@@ -243,6 +347,9 @@ mod tests {
             "1 shut 1 k",
             "1 open 1 ",
             "1 open 1",
+            "1 pace -,- k",
+            "1 pace 3 k",
+            "1 pace 3:x,- k",
         ] {
             assert_eq!(Message::decode(text), None, "{text:?}");
         }
@@ -252,7 +359,7 @@ mod tests {
     fn stored_values_round_trip() {
         let open = WireDecision::Open { until_ms: 5 };
         assert_eq!(
-            WireDecision::parse_value(true, &open.value().unwrap()),
+            WireDecision::parse_value(StoredKind::Open, &open.value().unwrap()),
             Some(open)
         );
         let cool = WireDecision::Cooldown {
@@ -260,20 +367,42 @@ mod tests {
             cause: CooldownCause::QuotaExhausted,
         };
         assert_eq!(
-            WireDecision::parse_value(false, &cool.value().unwrap()),
+            WireDecision::parse_value(StoredKind::Cooldown, &cool.value().unwrap()),
             Some(cool)
         );
-        assert_eq!(WireDecision::parse_value(false, "6"), None);
-        assert_eq!(WireDecision::parse_value(true, "soon"), None);
+        let pace = WireDecision::Pace {
+            requests: Some(WireBucket {
+                remaining: 2,
+                full_at_ms: 8,
+            }),
+            tokens: Some(WireBucket {
+                remaining: 900,
+                full_at_ms: 9,
+            }),
+        };
+        assert_eq!(pace.until_ms(), Some(9));
+        assert_eq!(
+            WireDecision::parse_value(StoredKind::Pace, &pace.value().unwrap()),
+            Some(pace)
+        );
+        assert_eq!(WireDecision::parse_value(StoredKind::Cooldown, "6"), None);
+        assert_eq!(WireDecision::parse_value(StoredKind::Open, "soon"), None);
     }
 
     #[test]
     fn keys_are_read_back_under_their_prefix_only() {
         let names = Names::new("gw[1]");
-        assert_eq!(names.parse_key(&names.open_key("a/b")), Some((true, "a/b")));
+        assert_eq!(
+            names.parse_key(&names.open_key("a/b")),
+            Some((StoredKind::Open, "a/b"))
+        );
         assert_eq!(
             names.parse_key(&names.cooldown_key("a:b")),
-            Some((false, "a:b"))
+            Some((StoredKind::Cooldown, "a:b"))
+        );
+        assert_eq!(
+            names.parse_key(&names.pace_key("a")),
+            Some((StoredKind::Pace, "a"))
         );
         assert_eq!(names.parse_key("gw[1]:decisions"), None);
         assert_eq!(names.parse_key("gw[1]x:open:a"), None);

@@ -225,7 +225,7 @@ async fn a_replica_ignores_what_it_said_itself_and_malformed_messages() {
         .await
         .unwrap();
     let _ = a.call(&sim, "gpt-4o").await;
-    eventually("B heard it", || b.shared.stats().applied == 1).await;
+    eventually("B heard it", || b.shared.stats().applied >= 1).await;
     // A heard its own message back and skipped it.
     assert_eq!(a.shared.stats().applied, 0);
     assert_eq!(b.shared.stats().status, SharedStatus::Connected);
