@@ -119,9 +119,6 @@ impl RateLimitHeaders {
             if !matches!(first, b'x' | b'a' | b'r') {
                 continue;
             }
-            let Ok(value) = value.to_str() else {
-                continue;
-            };
             seen |= raw.note(name, value);
         }
         if !seen {
@@ -133,47 +130,52 @@ impl RateLimitHeaders {
 }
 
 impl<'a> Raw<'a> {
-    /// Files `value` under `name` if it is a rate-limit header.
-    fn note(&mut self, name: &str, value: &'a str) -> bool {
-        if let Some(rest) = name.strip_prefix("x-ratelimit-") {
-            let Some((kind, bucket)) = rest.split_once('-') else {
-                return false;
-            };
-            let Some(at) = field(kind) else {
-                return false;
-            };
-            match bucket {
-                "requests" => self.openai_requests[at] = Some(value),
-                "tokens" => self.openai_tokens[at] = Some(value),
-                _ => return false,
+    /// Files `value` under `name` if it is a rate-limit header (and
+    /// visible ASCII: checked only for the names that are).
+    fn note(&mut self, name: &str, value: &'a http::HeaderValue) -> bool {
+        let Some(slot) = self.slot(name) else {
+            return false;
+        };
+        match value.to_str() {
+            Ok(value) => {
+                *slot = Some(value);
+                true
             }
-            return true;
+            Err(_) => false,
+        }
+    }
+
+    /// Where a rate-limit header named `name` is filed; `None` for any
+    /// other name.
+    fn slot(&mut self, name: &str) -> Option<&mut Option<&'a str>> {
+        if let Some(rest) = name.strip_prefix("x-ratelimit-") {
+            let (kind, bucket) = rest.split_once('-')?;
+            let at = field(kind)?;
+            return match bucket {
+                "requests" => Some(&mut self.openai_requests[at]),
+                "tokens" => Some(&mut self.openai_tokens[at]),
+                _ => None,
+            };
         }
         if let Some(rest) = name.strip_prefix("anthropic-ratelimit-") {
-            let Some((bucket, kind)) = rest.rsplit_once('-') else {
-                return false;
+            let (bucket, kind) = rest.rsplit_once('-')?;
+            let at = field(kind)?;
+            return match bucket {
+                "requests" => Some(&mut self.anthropic_requests[at]),
+                "tokens" => Some(&mut self.anthropic_tokens[0][at]),
+                "input-tokens" => Some(&mut self.anthropic_tokens[1][at]),
+                "output-tokens" => Some(&mut self.anthropic_tokens[2][at]),
+                _ => None,
             };
-            let Some(at) = field(kind) else {
-                return false;
-            };
-            match bucket {
-                "requests" => self.anthropic_requests[at] = Some(value),
-                "tokens" => self.anthropic_tokens[0][at] = Some(value),
-                "input-tokens" => self.anthropic_tokens[1][at] = Some(value),
-                "output-tokens" => self.anthropic_tokens[2][at] = Some(value),
-                _ => return false,
-            }
-            return true;
         }
         match name {
-            "ratelimit" => self.ietf = Some(value),
-            "ratelimit-policy" => self.ietf_policy = Some(value),
-            "ratelimit-limit" => self.ietf_old[0] = Some(value),
-            "ratelimit-remaining" => self.ietf_old[1] = Some(value),
-            "ratelimit-reset" => self.ietf_old[2] = Some(value),
-            _ => return false,
+            "ratelimit" => Some(&mut self.ietf),
+            "ratelimit-policy" => Some(&mut self.ietf_policy),
+            "ratelimit-limit" => Some(&mut self.ietf_old[0]),
+            "ratelimit-remaining" => Some(&mut self.ietf_old[1]),
+            "ratelimit-reset" => Some(&mut self.ietf_old[2]),
+            _ => None,
         }
-        true
     }
 
     fn parse(&self, now: SystemTime) -> RateLimitHeaders {
