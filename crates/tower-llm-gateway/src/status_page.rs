@@ -2,7 +2,9 @@
 //! external assets) whose script reads `/health` every two seconds: every
 //! target's requests per second and p50/p99 over the last minute, every
 //! breaker key with its state, failure rate and the time left open or
-//! cooling down, and the last fallbacks with their reasons.
+//! cooling down, every deployment of a group with its picks, load and
+//! latency, whether decisions are shared through Redis, and the last
+//! fallbacks with their reasons.
 
 use axum::response::{IntoResponse, Response};
 use http::header;
