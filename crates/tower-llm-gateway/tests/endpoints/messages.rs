@@ -3,7 +3,7 @@
 
 use http::{HeaderMap, HeaderValue, StatusCode};
 use tower_llm_gateway::{FALLBACKS_HEADER, TARGET_HEADER};
-use tower_llm_testkit::{Fault, Simulator};
+use tower_llm_testkit::{Fault, FaultPlan, Simulator};
 
 use crate::{Gateway, anthropic_target, claude_sim, events, header_of, json, sim, text};
 
@@ -149,4 +149,43 @@ async fn a_messages_stream_broken_after_content_ends_with_anthropics_error_event
     assert_eq!(last["type"], "error");
     assert!(last["error"]["type"].is_string(), "{stream}");
     assert!(!stream.contains("message_stop"), "{stream}");
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_messages_stream_cut_after_content_is_continued_and_read_as_one_answer() {
+    let openai = sim(Fault::ok()).await;
+    let claude = Simulator::builder()
+        .reply_tokens(30)
+        .plan(FaultPlan::script([
+            Fault::stream_drop_after(20),
+            Fault::ok(),
+        ]))
+        .api_key(crate::CLAUDE_KEY)
+        .start()
+        .await
+        .unwrap();
+    let config = mixed(&openai, &[("claude", &claude)]).replace(
+        "api_key_env = \"CLAUDE_KEY\"",
+        "api_key_env = \"CLAUDE_KEY\"\n        continuation = \"trailing_assistant\"",
+    );
+    let gateway = Gateway::start(&config).await;
+
+    let response = gateway.post("/v1/messages", MESSAGE_STREAM).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let stream = text(response).await;
+    let events = events(&stream);
+    let said: String = events
+        .iter()
+        .filter(|(name, _)| name == "content_block_delta")
+        .filter_map(|(_, v)| v["delta"]["text"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(said, claude.reply(), "no text twice, none missing");
+    assert_eq!(events.last().unwrap().0, "message_stop", "{stream}");
+    assert_eq!(stream.matches("event: message_start").count(), 1);
+    // The rest was asked for with the answer so far as the assistant's
+    // last turn.
+    let requests = claude.requests();
+    assert_eq!(requests.len(), 2);
+    assert!(requests[1].prefill.is_some());
+    assert!(openai.requests().is_empty());
 }
