@@ -371,6 +371,7 @@ impl<S> FallbackBuilder<S> {
                 Arc::new(GroupStats {
                     epoch,
                     members: members.iter().map(|t| Deployment::new(t.weight)).collect(),
+                    latest: AtomicU64::new(0),
                 })
             });
             group_of.extend(std::iter::repeat_n(groups.len(), *len));

@@ -186,7 +186,7 @@ fn choose<S>(
             0 => return None,
             1 => candidates.trailing_zeros() as usize,
             _ => match group.strategy {
-                Strategy::Latency => latency(shared, stats, candidates, count, &mut clock),
+                Strategy::Latency => latency(shared, stats, candidates, count),
                 Strategy::LeastBusy => least_busy(shared, stats, candidates),
                 Strategy::Weighted => weighted(shared, stats, candidates),
             },
@@ -245,13 +245,7 @@ fn nth(mut mask: u64, k: usize) -> usize {
 /// The power of two choices: two distinct candidates at random, the one
 /// whose latency estimate times its requests in flight (plus one) is
 /// lower (tower's `p2c::Balance` over `PeakEwma`).
-fn latency<S>(
-    shared: &Shared<S>,
-    stats: &GroupStats,
-    candidates: u64,
-    count: usize,
-    clock: &mut Clock<'_>,
-) -> usize {
+fn latency<S>(shared: &Shared<S>, stats: &GroupStats, candidates: u64, count: usize) -> usize {
     let random = shared.random();
     let first = (random as u32 as usize) % count;
     let mut second = ((random >> 32) as usize) % (count - 1);
@@ -259,7 +253,7 @@ fn latency<S>(
         second += 1;
     }
     let (a, b) = (nth(candidates, first), nth(candidates, second));
-    let now = clock.now();
+    let now = stats.latest();
     let cost = |i: usize| {
         let member = &stats.members[i];
         let pending = f64::from(member.in_flight.load(Ordering::Relaxed)) + 1.0;
@@ -342,6 +336,6 @@ pub(crate) fn note_failure<S>(
     {
         let elapsed = now.saturating_sub(started);
         let doubled = (member.latency.at(now) * 2.0) as u64;
-        member.latency.observe(elapsed.max(doubled), now);
+        stats.observe(member, elapsed.max(doubled), now);
     }
 }

@@ -10,8 +10,9 @@ use tokio::time::Instant;
 /// How fast a latency estimate forgets: tower's `PeakEwma` takes a decay
 /// time from its user; Finagle's `P2CPeakEwma` defaults to 10 s, which is
 /// taken here. A deployment left because it turned slow has its estimate
-/// halved every ~7 s without a new sample, so it is tried again within
-/// tens of seconds and comes back if it recovered.
+/// halved every ~7 s without a new sample of its own (counted to the
+/// group's latest sample: see [`GroupStats::latest`]), so it is tried
+/// again within tens of seconds and comes back if it recovered.
 pub(crate) const DECAY: Duration = Duration::from_secs(10);
 
 /// A forced-open breaker refuses without saying for how long: the group
@@ -52,7 +53,18 @@ impl Deployment {
     #[inline]
     pub(crate) fn blocked(&self, now: &mut impl FnMut() -> u64) -> bool {
         let until = self.blocked_until.load(Ordering::Relaxed);
-        until != 0 && until > now()
+        if until == 0 {
+            return false;
+        }
+        if until > now() {
+            return true;
+        }
+        // Over: cleared, so that later picks read no clock for it (unless
+        // a longer block came meanwhile).
+        let _ = self
+            .blocked_until
+            .compare_exchange(until, 0, Ordering::Relaxed, Ordering::Relaxed);
+        false
     }
 
     /// Keeps it out until `until` (ns after the epoch), never shortening a
@@ -70,9 +82,28 @@ pub(crate) struct GroupStats {
     /// The time every timestamp is counted from.
     pub(crate) epoch: Instant,
     pub(crate) members: Box<[Deployment]>,
+    /// When the latest latency sample of any member was taken, ns after
+    /// the epoch.
+    pub(crate) latest: AtomicU64,
 }
 
 impl GroupStats {
+    /// Adds a latency sample of `rtt` ns to `member`, taken at `now`.
+    pub(crate) fn observe(&self, member: &Deployment, rtt: u64, now: u64) {
+        member.latency.observe(rtt, now);
+        self.latest.fetch_max(now, Ordering::Relaxed);
+    }
+
+    /// The time of the group's latest latency sample: the "now" a pick
+    /// decays the estimates to, so that picking reads no clock. With
+    /// traffic, samples come all the time, and a member left for being
+    /// slow decays as the others answer; without, there is nothing to
+    /// pick between.
+    #[inline]
+    pub(crate) fn latest(&self) -> u64 {
+        self.latest.load(Ordering::Relaxed)
+    }
+
     /// Nanoseconds since the epoch (Tokio's clock, so a paused test clock
     /// drives it).
     #[inline]
@@ -112,6 +143,9 @@ impl PeakEwma {
             return 0.0;
         }
         let elapsed = now.saturating_sub(self.stamp.load(Ordering::Relaxed));
+        if elapsed == 0 {
+            return estimate;
+        }
         estimate * decay(elapsed)
     }
 
@@ -171,6 +205,16 @@ mod tests {
         );
         // Thirty seconds later, less than a twentieth of it is left.
         assert!(ewma.at(35_000 * MS) < averaged / 20.0);
+    }
+
+    #[test]
+    fn a_block_is_kept_until_its_time_then_cleared() {
+        let deployment = Deployment::new(1);
+        deployment.block_until(5 * MS);
+        assert!(deployment.blocked(&mut || 4 * MS));
+        assert!(!deployment.blocked(&mut || 5 * MS));
+        // Cleared: the clock is not read again.
+        assert!(!deployment.blocked(&mut || panic!("the clock was read")));
     }
 
     #[test]

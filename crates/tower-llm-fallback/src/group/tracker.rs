@@ -83,9 +83,8 @@ impl Tracker {
     fn observe(&self) {
         let now = self.stats.now();
         if let Some(member) = self.stats.members.get(self.member) {
-            member
-                .latency
-                .observe(now.saturating_sub(self.started), now);
+            self.stats
+                .observe(member, now.saturating_sub(self.started), now);
         }
     }
 }
