@@ -65,7 +65,9 @@
 //! The replica reconnects (backoff from 50 ms to 500 ms), subscribes, loads
 //! what is stored under the prefix (`SCAN` and `MGET`), and writes again
 //! the decisions of its own that still hold (what it decided meanwhile
-//! was lost).
+//! was lost). A Redis that was only slow, its connections kept, is
+//! noticed by the writer, which after a failed write tries again every
+//! 500 ms with those same decisions.
 
 #![forbid(unsafe_code)]
 

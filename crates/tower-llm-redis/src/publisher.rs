@@ -73,41 +73,93 @@ pub(crate) fn pipeline(
     Some(pipe)
 }
 
+/// After a failed write, how long until the writer tries again with what
+/// this replica still holds (a slow Redis that recovers without dropping
+/// the connection says nothing by itself).
+const RECHECK: Duration = Duration::from_millis(500);
+
 /// Writes what arrives on `queue` until the queue closes (or the task is
-/// aborted with the last [`SharedState`](crate::SharedState)).
+/// aborted with the last [`SharedState`](crate::SharedState)). After a
+/// failed write, every [`RECHECK`] it writes this replica's own decisions
+/// that still hold (or a `PING` when there are none) until one succeeds.
 pub(crate) async fn run(
     shared: Arc<Shared>,
     client: redis::Client,
     mut queue: mpsc::Receiver<Outgoing>,
 ) {
-    let timeout = shared.timeout;
     let mut connection: Option<ConnectionManager> = None;
-    while let Some((key, decision)) = queue.recv().await {
-        shared.remember(&key, &decision);
-        let Some(pipe) = pipeline(&shared, &key, &decision) else {
-            continue;
+    let mut behind = false;
+    loop {
+        let next = if behind {
+            tokio::select! {
+                next = queue.recv() => next.map(Some),
+                () = tokio::time::sleep(RECHECK) => Some(None),
+            }
+        } else {
+            queue.recv().await.map(Some)
         };
-        if connection.is_none() {
-            connection = connect(&client, timeout).await;
+        let written = match next {
+            // The queue closed: the state is gone.
+            None => return,
+            Some(Some((key, decision))) => {
+                shared.remember(&key, &decision);
+                let Some(pipe) = pipeline(&shared, &key, &decision) else {
+                    continue;
+                };
+                let written = write(&shared, &client, &mut connection, &pipe).await;
+                if written {
+                    shared.health.published.fetch_add(1, Ordering::Relaxed);
+                }
+                written
+            }
+            Some(None) => {
+                let mut pipe = redis::pipe();
+                pipe.cmd("PING").ignore();
+                for (key, decision) in shared.own_state() {
+                    if let Some(own) = pipeline(&shared, &key, &decision) {
+                        for command in own.cmd_iter() {
+                            pipe.add_command(command.clone()).ignore();
+                        }
+                    }
+                }
+                write(&shared, &client, &mut connection, &pipe).await
+            }
+        };
+        behind = !written;
+    }
+}
+
+/// Sends `pipe`, connecting first if need be; says how it went to the
+/// health; `true` if written.
+async fn write(
+    shared: &Shared,
+    client: &redis::Client,
+    connection: &mut Option<ConnectionManager>,
+    pipe: &redis::Pipeline,
+) -> bool {
+    let timeout = shared.timeout;
+    if connection.is_none() {
+        *connection = connect(client, timeout).await;
+    }
+    let Some(conn) = connection.as_mut() else {
+        shared.health.failed.fetch_add(1, Ordering::Relaxed);
+        shared.health.writing(false, &"cannot connect to write");
+        return false;
+    };
+    match tokio::time::timeout(timeout, pipe.query_async::<()>(conn)).await {
+        Ok(Ok(())) => {
+            shared.health.writing(true, &"write succeeded");
+            true
         }
-        let Some(conn) = connection.as_mut() else {
+        Ok(Err(error)) => {
             shared.health.failed.fetch_add(1, Ordering::Relaxed);
-            shared.health.writing(false, &"cannot connect to write");
-            continue;
-        };
-        match tokio::time::timeout(timeout, pipe.query_async::<()>(conn)).await {
-            Ok(Ok(())) => {
-                shared.health.published.fetch_add(1, Ordering::Relaxed);
-                shared.health.writing(true, &"write succeeded");
-            }
-            Ok(Err(error)) => {
-                shared.health.failed.fetch_add(1, Ordering::Relaxed);
-                shared.health.writing(false, &error);
-            }
-            Err(_) => {
-                shared.health.failed.fetch_add(1, Ordering::Relaxed);
-                shared.health.writing(false, &"write timed out");
-            }
+            shared.health.writing(false, &error);
+            false
+        }
+        Err(_) => {
+            shared.health.failed.fetch_add(1, Ordering::Relaxed);
+            shared.health.writing(false, &"write timed out");
+            false
         }
     }
 }

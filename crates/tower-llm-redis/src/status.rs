@@ -46,7 +46,8 @@ pub struct SharedStats {
     pub published: u64,
     /// Decisions not sent because the queue to Redis was full.
     pub dropped: u64,
-    /// Decisions whose write failed (Redis down or slow).
+    /// Writes that failed (Redis down or slow), the checks for its
+    /// return included.
     pub failed: u64,
     /// Other replicas' decisions that changed a local key.
     pub applied: u64,

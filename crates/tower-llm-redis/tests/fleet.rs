@@ -269,6 +269,60 @@ async fn no_call_fails_while_redis_is_killed_mid_run_and_the_fleet_converges_whe
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_redis_makes_no_call_wait_and_the_fleet_catches_up_when_it_answers() {
+    let redis = RedisServer::start();
+    let [a, b, _c] = fleet(&redis, CircuitConfig::standard).await;
+    let healthy = Simulator::start().await.unwrap();
+    let limited = Simulator::builder()
+        .plan(FaultPlan::always(Fault::rate_limited(Duration::from_secs(
+            30,
+        ))))
+        .start()
+        .await
+        .unwrap();
+
+    // Redis answers nothing for 2 s (busy, as a slow one), its
+    // connections open.
+    let mut connection = redis.connection().await;
+    let stall = tokio::spawn(async move {
+        redis::cmd("DEBUG")
+            .arg("SLEEP")
+            .arg(2)
+            .query_async::<()>(&mut connection)
+            .await
+    });
+    while redis.answers() {
+        tokio::task::yield_now().await;
+    }
+    // A takes a decision: its write times out, A goes on alone.
+    let error = a.call(&limited, "gpt-4o").await.unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::RateLimited);
+    a.status_becomes(SharedStatus::Degraded).await;
+    let mut latencies = Vec::new();
+    while !redis.answers() {
+        for _ in 0..20 {
+            let start = Instant::now();
+            a.call(&healthy, "other").await.unwrap();
+            latencies.push(start.elapsed());
+        }
+    }
+    // (The client that sent `DEBUG SLEEP` may have given up waiting.)
+    let _ = stall.await.unwrap();
+    println!(
+        "calls while Redis was stalled: {}",
+        percentiles(&mut latencies)
+    );
+
+    // Redis answers again: A writes what it holds, B hears it.
+    a.status_becomes(SharedStatus::Connected).await;
+    time_until("A's cooldown reached B after the stall", || {
+        cooling(&b, &key("gpt-4o"))
+    })
+    .await;
+    assert!(a.shared.stats().failed >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shorter_decision_never_shortens_what_is_stored() {
     let redis = RedisServer::start();
     let [a, b, _c] = fleet(&redis, CircuitConfig::standard).await;
