@@ -425,10 +425,10 @@ impl http_body::Body for Observed {
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
-                if frame.data_ref().is_some_and(|d| !d.is_empty()) {
-                    if let Some(seen) = &mut this.seen {
-                        seen.first_byte();
-                    }
+                if frame.data_ref().is_some_and(|d| !d.is_empty())
+                    && let Some(seen) = &mut this.seen
+                {
+                    seen.first_byte();
                 }
             }
             Poll::Ready(Some(Err(_)) | None) => this.finish(),

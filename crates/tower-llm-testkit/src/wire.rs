@@ -35,6 +35,10 @@ pub(crate) fn push_json_escaped(out: &mut String, s: &str) {
     out.push_str(&s[start..]);
 }
 
+// The testkit writes providers' formats with its own code, not classify's
+// writers (`hint::format_go_duration`, `hint::format_rfc3339`): it is the
+// oracle the parsers are tested against, so it shares no code with them.
+
 /// A duration as Go's `time.Duration.String()` prints it, the form OpenAI's
 /// `x-ratelimit-reset-*` headers use: `12ms`, `1.5s`, `6m0s`, `1h2m3s`.
 pub(crate) fn go_duration(d: Duration) -> String {

@@ -28,8 +28,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use http::HeaderMap;
 
 mod budget;
+mod write;
 
 pub use budget::{RateLimitBucket, RateLimitHeaders};
+pub use write::{format_go_duration, format_rfc3339};
 
 /// The longest delay a hint may carry; a longer wait is reported as this.
 ///

@@ -26,7 +26,6 @@
 mod gcra;
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -37,6 +36,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use serde::Deserialize;
 use tokio::time::Instant;
 use tower_llm::classify::RequestMeta;
+use tower_llm::classify::hint::{format_go_duration as go_duration, format_rfc3339};
 
 use self::gcra::{Cell, Decision, Quota, Standing};
 use crate::observe::ENDPOINTS;
@@ -122,13 +122,11 @@ impl RateLimitSection {
             let tokens = own
                 .and_then(|e| e.tokens_per_minute)
                 .or(self.tokens_per_minute);
-            if tokens.is_some() && own.is_some_and(|e| e.tokens_per_minute.is_some()) {
-                if !counts_tokens(label) {
-                    return Err(format!(
-                        "[gateway.rate_limits.endpoints.{label}] tokens_per_minute: this \
-                         endpoint generates no text; limit its requests_per_minute"
-                    ));
-                }
+            if own.is_some_and(|e| e.tokens_per_minute.is_some()) && !counts_tokens(label) {
+                return Err(format!(
+                    "[gateway.rate_limits.endpoints.{label}] tokens_per_minute: this endpoint \
+                     generates no text; limit its requests_per_minute"
+                ));
             }
             *slot = (
                 quota(&format!("{label}.requests_per_minute"), requests)?,
@@ -247,20 +245,16 @@ pub(crate) async fn admit(
 
 /// Takes the tokens a request will cost (estimated from its `body`) from
 /// its caller's bucket for the endpoint, when the endpoint has a token
-/// limit; the answer to send when they do not fit. The handler calls this
-/// once the body is read, before any upstream call.
+/// limit; `Some` answer to send when they do not fit. The handler calls
+/// this once the body is read, before any upstream call.
 pub(crate) fn take_tokens(
     extensions: &http::Extensions,
     uri: &http::Uri,
     headers: &HeaderMap,
     body: &[u8],
-) -> Result<(), Response> {
-    let Some(admitted) = extensions.get::<Admitted>() else {
-        return Ok(());
-    };
-    let Some(quota) = admitted.limiter.limits.quotas[admitted.endpoint].1 else {
-        return Ok(());
-    };
+) -> Option<Response> {
+    let admitted = extensions.get::<Admitted>()?;
+    let quota = admitted.limiter.limits.quotas[admitted.endpoint].1?;
     // One more walk of the body, only when a token limit is set.
     let estimate = RequestMeta::from_request(uri, headers, Some(body))
         .estimated_tokens()
@@ -271,7 +265,7 @@ pub(crate) fn take_tokens(
     let mut refused = match limiter.cells[admitted.cell].1.take(&quota, estimate, now) {
         Decision::Admitted(standing) => {
             let _ = admitted.tokens.set(standing);
-            return Ok(());
+            return None;
         }
         Decision::Wait { wait, standing } => refusal(anthropic, Unit::Tokens, wait, standing),
         Decision::TooLarge => too_large(anthropic, Unit::Tokens, estimate, quota),
@@ -285,7 +279,7 @@ pub(crate) fn take_tokens(
     if let Some(standing) = admitted.requests {
         set_standing(refused.headers_mut(), anthropic, Unit::Requests, standing);
     }
-    Err(refused)
+    Some(refused)
 }
 
 /// Removes an upstream's rate-limit headers: they describe the gateway's
@@ -428,62 +422,11 @@ fn limit_error(anthropic: bool, status: StatusCode, unit: Unit, message: &str) -
         .into_response()
 }
 
-/// `d` as Go prints a duration, to the millisecond: `1m30s`, `2.5s`,
-/// `120ms`, `0s` (OpenAI's `x-ratelimit-reset-*` format).
-fn go_duration(d: Duration) -> String {
-    let ms = d.as_millis();
-    let mut out = String::new();
-    if ms == 0 {
-        return "0s".to_owned();
-    }
-    if ms < 1000 {
-        let _ = write!(out, "{ms}ms");
-        return out;
-    }
-    let (h, m, s, frac) = (ms / 3_600_000, ms / 60_000 % 60, ms / 1000 % 60, ms % 1000);
-    if h > 0 {
-        let _ = write!(out, "{h}h");
-    }
-    if h > 0 || m > 0 {
-        let _ = write!(out, "{m}m");
-    }
-    if frac == 0 {
-        let _ = write!(out, "{s}s");
-    } else {
-        let frac = format!("{frac:03}");
-        let _ = write!(out, "{s}.{}s", frac.trim_end_matches('0'));
-    }
-    out
-}
-
-/// The instant `d` from now, RFC 3339 in UTC to the second.
+/// The instant `d` from now, RFC 3339 in UTC, rounded up to the second
+/// (a caller waiting until then is never early).
 fn rfc3339_after(d: Duration) -> String {
-    let at = std::time::SystemTime::now() + d;
-    let secs = at
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |e| e.as_secs() + u64::from(e.subsec_nanos() > 0));
-    let (days, rest) = (secs / 86_400, secs % 86_400);
-    let (y, mo, da) = civil_from_days(days as i64);
-    format!(
-        "{y:04}-{mo:02}-{da:02}T{:02}:{:02}:{:02}Z",
-        rest / 3600,
-        rest / 60 % 60,
-        rest % 60
-    )
-}
-
-/// The proleptic Gregorian date of a day count since 1970-01-01 (Howard
-/// Hinnant's `civil_from_days`).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
+    let at = std::time::SystemTime::now() + d + Duration::from_nanos(999_999_999);
+    format_rfc3339(at, 0)
 }
 
 #[cfg(test)]

@@ -58,26 +58,10 @@ fn no_section_and_an_empty_one_limit_nothing() {
 }
 
 #[test]
-fn waits_are_written_as_openai_writes_them() {
-    let cases = [
-        (0, "0s"),
-        (120, "120ms"),
-        (1_000, "1s"),
-        (1_500, "1.5s"),
-        (6_000, "6s"),
-        (60_000, "1m0s"),
-        (90_250, "1m30.25s"),
-        (3_600_000, "1h0m0s"),
-    ];
-    for (ms, text) in cases {
-        assert_eq!(go_duration(Duration::from_millis(ms)), text, "{ms} ms");
-    }
-}
-
-#[test]
-fn dates_are_the_proleptic_gregorian_calendar() {
-    assert_eq!(civil_from_days(0), (1970, 1, 1));
-    assert_eq!(civil_from_days(59), (1970, 3, 1));
-    assert_eq!(civil_from_days(11_016), (2000, 2, 29));
-    assert_eq!(civil_from_days(20_794), (2026, 12, 7));
+fn an_anthropic_reset_is_an_instant_never_before_the_wait_is_over() {
+    let before = std::time::SystemTime::now();
+    let reset = rfc3339_after(Duration::from_millis(1500));
+    let at = tower_llm::classify::hint::parse_rfc3339(&reset).unwrap();
+    assert!(at >= before + Duration::from_millis(1500), "{reset}");
+    assert!(reset.ends_with('Z'), "{reset}");
 }
