@@ -75,7 +75,9 @@
 //! `body` (the response body and its timers), `serve` (accepting
 //! connections: [`serve()`]), `shutdown` ([`Closing`],
 //! [`shutdown_signal`]), [`send_timeout`], [`auth`], [`config`] (the
-//! `[gateway]` section), `upstream` ([`upstream_client`]) and [`demo`].
+//! `[gateway]` section), [`telemetry`] (the request span and the
+//! `[telemetry]` section's OTLP exporter), `upstream` ([`upstream_client`])
+//! and [`demo`].
 
 mod body;
 mod endpoints;
@@ -95,8 +97,8 @@ pub mod config;
 pub mod demo;
 pub mod limits;
 pub mod send_timeout;
-pub mod telemetry;
 pub mod shared;
+pub mod telemetry;
 
 pub use config::{GatewayOptions, GatewaySection};
 pub use headers::{ATTEMPTS_HEADER, CONTINUED_TRAILER, FALLBACKS_HEADER, TARGET_HEADER};

@@ -83,7 +83,14 @@ async fn sim(fault: Fault) -> Simulator {
 
 /// Posts a chat completion and reads the whole answer.
 async fn chat(base: &str, model: &str) -> (StatusCode, String) {
-    let body = format!(r#"{{"model":"{model}","messages":[{{"role":"user","content":"hi"}}]}}"#);
+    chat_body(
+        base,
+        format!(r#"{{"model":"{model}","messages":[{{"role":"user","content":"hi"}}]}}"#),
+    )
+    .await
+}
+
+async fn chat_body(base: &str, body: String) -> (StatusCode, String) {
     let request = Request::post(format!("{base}/v1/chat/completions"))
         .header(header::CONTENT_TYPE, "application/json")
         .body(Full::new(Bytes::from(body)))
@@ -143,7 +150,7 @@ async fn a_request_that_retried_and_fell_back_is_one_span_with_each_attempt_a_ch
     let primary = sim(Fault::status(503)).await;
     let backup = sim(Fault::ok()).await;
     let (base, _stop) = gateway(&two_targets(&primary, &backup)).await;
-    let (status, _) = chat(&base, "gpt-4o").await;
+    let (status, body) = chat(&base, "gpt-4o").await;
     assert_eq!(status, StatusCode::OK);
 
     let spans = finished_spans(&exporter).await;
@@ -169,6 +176,22 @@ async fn a_request_that_retried_and_fell_back_is_one_span_with_each_attempt_a_ch
         Some("primary:overloaded")
     );
     assert_eq!(number(request, "http.response.status_code"), Some(200));
+    // What the answer said, read as it passed.
+    let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer["model"], "llama3.2");
+    assert_eq!(
+        text(request, "gen_ai.response.model").as_deref(),
+        Some("llama3.2")
+    );
+    assert_eq!(
+        number(request, "gen_ai.usage.input_tokens"),
+        answer["usage"]["prompt_tokens"].as_i64()
+    );
+    assert_eq!(
+        number(request, "gen_ai.usage.output_tokens"),
+        answer["usage"]["completion_tokens"].as_i64()
+    );
+    assert!(number(request, "gen_ai.usage.output_tokens").is_some());
 
     // Development preset: two attempts at the primary, then the backup,
     // asked for its own model; each a child of the request span.
@@ -177,7 +200,9 @@ async fn a_request_that_retried_and_fell_back_is_one_span_with_each_attempt_a_ch
         .filter(|s| s.span_kind == SpanKind::Client)
         .collect();
     attempts.sort_by_key(|s| s.start_time);
-    let seen: Vec<(Option<String>, Option<i64>, Option<String>, Option<String>)> = attempts
+    // Target, attempt number, error kind, model sent.
+    type Attempt = (Option<String>, Option<i64>, Option<String>, Option<String>);
+    let seen: Vec<Attempt> = attempts
         .iter()
         .map(|s| {
             (
@@ -224,6 +249,107 @@ async fn a_request_that_retried_and_fell_back_is_one_span_with_each_attempt_a_ch
         text(attempts[1], "tower_llm.breaker.state").as_deref(),
         Some("closed")
     );
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_streamed_answer_gives_its_model_and_usage_to_the_request_span_when_it_ends() {
+    let _serial = SUBSCRIBER.lock().await;
+    let exporter = InMemorySpanExporter::default();
+    let provider = SdkTracerProvider::builder()
+        .with_simple_exporter(exporter.clone())
+        .build();
+    let subscriber = tracing_subscriber::registry().with(otel_layer(provider.tracer("test")));
+    let _traced = tracing::subscriber::set_default(subscriber);
+
+    let primary = sim(Fault::ok()).await;
+    let backup = sim(Fault::ok()).await;
+    let (base, _stop) = gateway(&two_targets(&primary, &backup)).await;
+    let body = r#"{"model":"gpt-4o","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"hi"}]}"#;
+    let (status, stream) = chat_body(&base, body.to_owned()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(stream.contains("data: [DONE]"), "{stream}");
+
+    let spans = finished_spans(&exporter).await;
+    let request = spans
+        .iter()
+        .find(|s| s.span_kind == SpanKind::Server)
+        .unwrap();
+    assert_eq!(
+        text(request, "gen_ai.response.model").as_deref(),
+        Some("gpt-4o")
+    );
+    assert_eq!(
+        text(request, "tower_llm.target").as_deref(),
+        Some("primary")
+    );
+    assert!(text(request, "tower_llm.fallback.reason").is_none());
+    // The usage chunk the caller asked for, as the stream delivered it.
+    let usage = stream
+        .lines()
+        .filter_map(|line| line.strip_prefix("data: "))
+        .filter_map(|data| serde_json::from_str::<serde_json::Value>(data).ok())
+        .find(|chunk| chunk["usage"].is_object())
+        .map(|chunk| chunk["usage"].clone());
+    if let Some(usage) = usage {
+        assert_eq!(
+            number(request, "gen_ai.usage.input_tokens"),
+            usage["prompt_tokens"].as_i64()
+        );
+        assert_eq!(
+            number(request, "gen_ai.usage.output_tokens"),
+            usage["completion_tokens"].as_i64()
+        );
+    }
+    let attempts = spans
+        .iter()
+        .filter(|s| s.span_kind == SpanKind::Client)
+        .count();
+    assert_eq!(attempts, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_reach_an_otlp_collector_over_http_as_protobuf() {
+    let _serial = SUBSCRIBER.lock().await;
+    // A collector: whatever is posted to its traces endpoint.
+    let (posted, mut received) = tokio::sync::mpsc::unbounded_channel();
+    let collector = axum::Router::new().route(
+        "/v1/traces",
+        axum::routing::post(move |headers: http::HeaderMap, body: Bytes| {
+            let content_type = headers
+                .get(header::CONTENT_TYPE)
+                .map(|v| v.to_str().unwrap().to_owned());
+            let _ = posted.send((content_type, body));
+            async { StatusCode::OK }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, collector).await });
+
+    let section = telemetry::TelemetrySection {
+        otlp_endpoint: Some(format!("http://{address}")),
+        service_name: Some("gateway-under-test".into()),
+    };
+    let traces = telemetry::Telemetry::start(&section).unwrap().unwrap();
+    let subscriber = tracing_subscriber::registry().with(traces.layer());
+    tracing::subscriber::with_default(subscriber, || {
+        let span = tracing::info_span!(
+            target: "tower_llm_gateway::request",
+            "request",
+            otel.name = "chat gpt-4o",
+        );
+        drop(span);
+    });
+    // Shutting down exports what is batched, and waits for the
+    // collector's answer: the post is in by then.
+    traces.shutdown().await;
+
+    let (content_type, body) = received.try_recv().expect("the collector got the batch");
+    assert_eq!(content_type.as_deref(), Some("application/x-protobuf"));
+    // The protobuf holds the span's name and the service's as they are.
+    let holds = |needle: &[u8]| body.windows(needle.len()).any(|w| w == needle);
+    assert!(holds(b"chat gpt-4o"), "{body:?}");
+    assert!(holds(b"gateway-under-test"), "{body:?}");
 }
 
 /// Counts the spans a layer is asked to make.

@@ -259,8 +259,8 @@ impl http_body::Body for RequestBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
-        let this = self.project();
-        let frame = ready!(this.inner.poll_frame(cx));
+        let mut this = self.project();
+        let frame = ready!(this.inner.as_mut().poll_frame(cx));
         match &frame {
             Some(Ok(frame)) => {
                 if let (Some(read), Some(data)) = (this.read.as_mut(), frame.data_ref()) {
@@ -273,11 +273,14 @@ impl http_body::Body for RequestBody {
                 }
             }
             Some(Err(_)) => *this.read = None,
-            None => {
-                if let Some(read) = this.read.take() {
-                    record_request_model(this.span, this.operation, &read);
-                }
-            }
+            None => {}
+        }
+        // The end is the last frame when the body knows its length (a
+        // reader may stop polling there), else the `None` after it.
+        if (frame.is_none() || this.inner.is_end_stream())
+            && let Some(read) = this.read.take()
+        {
+            record_request_model(this.span, this.operation, &read);
         }
         Poll::Ready(frame)
     }
@@ -349,8 +352,8 @@ impl http_body::Body for ResponseBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
-        let this = self.project();
-        let frame = ready!(this.inner.poll_frame(cx));
+        let mut this = self.project();
+        let frame = ready!(this.inner.as_mut().poll_frame(cx));
         match &frame {
             Some(Ok(frame)) => {
                 if let (Answer::Whole(read), Some(data)) = (&mut *this.answer, frame.data_ref()) {
@@ -368,9 +371,12 @@ impl http_body::Body for ResponseBody {
                 this.span.record("error.type", "stream_incomplete");
                 *this.answer = Answer::Unread;
             }
-            None => {
-                record_answer(this.span, std::mem::replace(this.answer, Answer::Unread));
-            }
+            None => {}
+        }
+        // hyper stops polling at the last frame of a body that knows its
+        // length: that frame is the end.
+        if frame.is_none() || this.inner.is_end_stream() {
+            record_answer(this.span, std::mem::replace(this.answer, Answer::Unread));
         }
         Poll::Ready(frame)
     }
