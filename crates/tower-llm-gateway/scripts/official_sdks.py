@@ -166,6 +166,11 @@ def checks(base):
         assert ids == ["claude-*", "*"], ids
         return ", ".join(ids)
 
+    def openai_model_retrieve():
+        m = oa.models.retrieve("gpt-4o")
+        assert m.id == "gpt-4o" and m.owned_by == "primary", m
+        return m.id
+
     def messages_whole():
         r = an.messages.create(model="claude-sonnet-4-5", max_tokens=256, messages=say)
         assert r.content[0].text, r
@@ -196,6 +201,11 @@ def checks(base):
         assert ids == ["claude-*", "*"], ids
         return ", ".join(ids)
 
+    def anthropic_model_retrieve():
+        m = an.models.retrieve("claude-sonnet-4-5")
+        assert m.id == "claude-sonnet-4-5", m
+        return m.id
+
     return [
         ("openai chat.completions whole", chat_whole),
         ("openai chat.completions stream", chat_stream),
@@ -205,10 +215,12 @@ def checks(base):
         ("openai responses whole", responses_whole),
         ("openai responses stream", responses_stream),
         ("openai models.list", openai_models),
+        ("openai models.retrieve", openai_model_retrieve),
         ("anthropic messages whole", messages_whole),
         ("anthropic messages stream", messages_stream),
         ("anthropic messages error", messages_error),
         ("anthropic models.list", anthropic_models),
+        ("anthropic models.retrieve", anthropic_model_retrieve),
     ]
 
 

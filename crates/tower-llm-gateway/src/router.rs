@@ -75,6 +75,7 @@ pub fn router(
         .route("/v1/responses", post(endpoints::responses))
         .route("/v1/messages", post(endpoints::messages))
         .route("/v1/models", get(endpoints::models))
+        .route("/v1/models/{*model}", get(endpoints::model))
         .route("/", get(status_page::status_page))
         .route("/health", get(health::health))
         .route("/health/live", get(health::live))

@@ -11,7 +11,7 @@
 //! | `POST /v1/embeddings` | `embeddings` | OpenAI-protocol | none |
 //! | `POST /v1/responses` | `responses` | OpenAI-protocol | `response.*` events |
 //! | `POST /v1/messages` | `messages` | Anthropic-protocol | Anthropic events |
-//! | `GET /v1/models` | `models` | (none: the routes) | none |
+//! | `GET /v1/models`, `/v1/models/{model}` | `models` | (none: the routes) | none |
 //!
 //! What differs between them is data, not code: the path under a target's
 //! base URL, the [`Protocol`] its targets must speak (set as a request
@@ -57,7 +57,7 @@ pub(crate) use completions::completions;
 pub(crate) use embeddings::embeddings;
 pub(crate) use errors::ErrorShape;
 pub(crate) use messages::messages;
-pub(crate) use models::models;
+pub(crate) use models::{model, models};
 pub(crate) use responses::responses;
 
 /// The request headers every endpoint passes on to a target. Everything

@@ -57,3 +57,46 @@ async fn models_lists_every_route_in_match_order_openai_or_anthropic_shaped() {
     // Nothing was sent upstream to list them.
     assert!(openai.requests().is_empty() && claude.requests().is_empty());
 }
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_model_is_retrieved_when_a_route_serves_it_and_404_in_the_callers_shape_otherwise() {
+    let openai = sim(Fault::ok()).await;
+    let config = format!(
+        r#"
+        preset = "development"
+
+        [[targets]]
+        name = "openai"
+        base_url = "{}/v1"
+
+        [[routes]]
+        model = "gpt-*"
+        targets = ["openai"]
+        "#,
+        openai.base_url(),
+    );
+    let gateway = Gateway::start(&config).await;
+
+    let (status, model) = gateway
+        .get_with("/v1/models/gpt-4o-mini", HeaderMap::new())
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(model["id"], "gpt-4o-mini");
+    assert_eq!(model["object"], "model");
+    assert_eq!(model["owned_by"], "openai");
+
+    let (status, error) = gateway
+        .get_with("/v1/models/claude-3-opus", HeaderMap::new())
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(error["error"]["code"], "model_not_found");
+
+    let mut anthropic = HeaderMap::new();
+    anthropic.insert("anthropic-version", HeaderValue::from_static("2023-06-01"));
+    let (status, error) = gateway
+        .get_with("/v1/models/claude-3-opus", anthropic)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(error["type"], "error");
+    assert_eq!(error["error"]["type"], "not_found_error");
+}
