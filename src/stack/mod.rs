@@ -64,6 +64,7 @@
 //! meet its own transient errors with no retry left.
 
 mod attempt_span;
+mod availability;
 mod future;
 mod preset;
 #[cfg(feature = "reqwest")]
@@ -531,6 +532,7 @@ impl LlmStack {
         let fallback = |route: &str, chosen: routes::Grouped| {
             let mut builder = Fallback::builder()
                 .name(route)
+                .check_availability(Arc::new(availability::PacedOut(circuits.clone())))
                 .max_body(self.max_body)
                 .continue_streams(self.continue_streams);
             for (strategy, members) in chosen {

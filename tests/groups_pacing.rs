@@ -1,0 +1,86 @@
+//! A stack's groups skip a deployment its rate-limit headers say has
+//! nothing left, over real HTTP against simulators with provider limits.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use http::{Request, Uri};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use tower::ServiceExt;
+use tower_llm::circuit::PacingConfig;
+use tower_llm::fallback::Strategy;
+use tower_llm::retry::ReplayBody;
+use tower_llm::stack::{LlmStack, ModelRoute, Preset, Stack, served_by};
+use tower_llm_testkit::{ProviderLimits, Simulator};
+
+fn client() -> Client<HttpConnector, ReplayBody> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+fn base(sim: &Simulator) -> Uri {
+    sim.base_url().parse().unwrap()
+}
+
+async fn call(stack: &Stack) -> String {
+    let request = Request::post("/v1/chat/completions")
+        .header("content-type", "application/json")
+        .body(r#"{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}"#.to_owned())
+        .unwrap();
+    let response = stack.clone().oneshot(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    served_by(&response).unwrap().to_owned()
+}
+
+/// `small` allows 3 requests a minute and says so in its headers; `large`
+/// has no limit. Both in one least-busy group.
+async fn small_and_large(pacing: PacingConfig) -> (Stack, Simulator, Simulator) {
+    let small = Simulator::builder()
+        .rate_limits(ProviderLimits::rpm(3))
+        .start()
+        .await
+        .unwrap();
+    let large = Simulator::start().await.unwrap();
+    let circuit = Preset::Development
+        .circuit()
+        .to_builder()
+        .pacing(pacing)
+        .build()
+        .unwrap();
+    let stack = LlmStack::development()
+        .circuit(circuit)
+        .seed(3)
+        .target("small", client(), |t| t.base_url(base(&small)))
+        .target("large", client(), |t| t.base_url(base(&large)))
+        .route(
+            ModelRoute::new("gpt-4o", Vec::<String>::new())
+                .group(Strategy::LeastBusy, ["small", "large"]),
+        )
+        .build()
+        .unwrap();
+    (stack, small, large)
+}
+
+#[tokio::test]
+async fn a_deployment_its_headers_say_is_spent_is_left_to_its_sibling_without_a_429() {
+    let (stack, small, large) = small_and_large(PacingConfig::default()).await;
+    for _ in 0..30 {
+        call(&stack).await;
+    }
+    let small = small.stats();
+    assert_eq!(small.requests, 3, "its three, then nothing: {small:?}");
+    assert_eq!(small.errors, 0, "no 429: {small:?}");
+    assert_eq!(large.stats().requests, 27);
+    let groups = stack.groups();
+    let picks: Vec<u64> = groups[0].1[0].deployments.iter().map(|d| d.picks).collect();
+    assert_eq!(picks, [3, 27]);
+}
+
+#[tokio::test]
+async fn without_pacing_the_same_group_meets_the_429_first() {
+    let (stack, small, _large) = small_and_large(PacingConfig::off()).await;
+    for _ in 0..30 {
+        call(&stack).await;
+    }
+    assert!(small.stats().errors > 0, "{:?}", small.stats());
+}
