@@ -101,7 +101,7 @@ pub(crate) async fn forward(endpoint: &Endpoint, gateway: Gateway, request: Requ
         return errors.at_capacity(gateway.max_concurrency);
     };
     // The caller's token limit, before any upstream call (`limits`).
-    if let Err(refused) =
+    if let Some(refused) =
         crate::limits::take_tokens(&parts.extensions, &parts.uri, &parts.headers, &body)
     {
         return refused;
