@@ -4,6 +4,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod support;
+
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -13,55 +15,36 @@ use hyper::body::{Frame, Incoming};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 use tower_llm::config::StackConfig;
 use tower_llm::retry::ReplayBody;
 use tower_llm_gateway::{
-    ATTEMPTS_HEADER, CONTINUED_TRAILER, Closing, FALLBACKS_HEADER, GatewayOptions, TARGET_HEADER,
-    config, demo::Demo, prometheus, router, serve,
+    ATTEMPTS_HEADER, CONTINUED_TRAILER, FALLBACKS_HEADER, GatewayOptions, TARGET_HEADER, config,
+    demo::Demo,
 };
 use tower_llm_testkit::{Fault, FaultPlan, Simulator};
 
-const PRIMARY_KEY: &str = "sk-primary-secret";
+use support::{PRIMARY_KEY, client};
 const CALLER_KEY: &str = "sk-callers-own-key";
 
 /// A running gateway: its base URL and how to stop it.
 struct Gateway {
     base: String,
-    stop: Option<oneshot::Sender<()>>,
-    server: JoinHandle<std::io::Result<()>>,
+    running: support::Running,
 }
 
 impl Gateway {
     async fn start(config: &str, options: GatewayOptions) -> Gateway {
         let config = StackConfig::from_toml(config).unwrap();
         let env = |name: &str| (name == "PRIMARY_KEY").then(|| PRIMARY_KEY.to_owned());
-        let upstream: Client<HttpConnector, ReplayBody> =
-            Client::builder(TokioExecutor::new()).build_http();
         let stack = config
-            .stack_with_env(upstream, env)
+            .stack_with_env(support::upstream_client(), env)
             .unwrap()
             .build()
             .unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        let closing = Closing::new();
-        let router = router(stack, &options, prometheus(), &closing);
-        let (stop, stopped) = oneshot::channel::<()>();
-        let server = tokio::spawn(serve(
-            listener,
-            router,
-            &options,
-            async move {
-                let _ = stopped.await;
-            },
-            closing,
-        ));
+        let running = support::serve_stack(stack, &options).await;
         Gateway {
-            base,
-            stop: Some(stop),
-            server,
+            base: running.base.clone(),
+            running,
         }
     }
 
@@ -87,16 +70,9 @@ impl Gateway {
         (status, text(response).await)
     }
 
-    async fn shutdown(mut self) -> std::io::Result<()> {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        self.server.await.unwrap()
+    async fn shutdown(self) -> std::io::Result<()> {
+        self.running.stop().await
     }
-}
-
-fn client() -> Client<HttpConnector, Full<Bytes>> {
-    Client::builder(TokioExecutor::new()).build_http()
 }
 
 async fn text(response: Response<Incoming>) -> String {

@@ -6,6 +6,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod support;
+
+use support::client;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -13,18 +17,11 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 use tower_llm::config::StackConfig;
-use tower_llm::retry::ReplayBody;
 use tower_llm_gateway::{
-    Closing, GatewayOptions, GatewaySection, config, prometheus, router, send_timeout::SendTimeout,
-    serve,
+    GatewayOptions, GatewaySection, config, prometheus, send_timeout::SendTimeout,
 };
 use tower_llm_testkit::{Fault, FaultPlan, Simulator};
 
@@ -32,8 +29,7 @@ use tower_llm_testkit::{Fault, FaultPlan, Simulator};
 struct Gateway {
     addr: SocketAddr,
     base: String,
-    stop: Option<oneshot::Sender<()>>,
-    server: JoinHandle<std::io::Result<()>>,
+    running: support::Running,
 }
 
 impl Gateway {
@@ -54,28 +50,12 @@ impl Gateway {
             upstream.base_url()
         ))
         .unwrap();
-        let client: Client<HttpConnector, ReplayBody> =
-            Client::builder(TokioExecutor::new()).build_http();
-        let stack = config.build(client).unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let closing = Closing::new();
-        let router = router(stack, &options, prometheus(), &closing);
-        let (stop, stopped) = oneshot::channel::<()>();
-        let server = tokio::spawn(serve(
-            listener,
-            router,
-            &options,
-            async move {
-                let _ = stopped.await;
-            },
-            closing,
-        ));
+        let stack = config.build(support::upstream_client()).unwrap();
+        let running = support::serve_stack(stack, &options).await;
         Gateway {
-            addr,
-            base: format!("http://{addr}"),
-            stop: Some(stop),
-            server,
+            addr: running.addr,
+            base: running.base.clone(),
+            running,
         }
     }
 
@@ -108,16 +88,9 @@ impl Gateway {
         client().request(request).await.unwrap()
     }
 
-    async fn shutdown(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        self.server.await.unwrap().unwrap();
+    async fn shutdown(self) {
+        self.running.stop().await.unwrap();
     }
-}
-
-fn client() -> Client<HttpConnector, Full<Bytes>> {
-    Client::builder(TokioExecutor::new()).build_http()
 }
 
 async fn text(response: Response<Incoming>) -> String {

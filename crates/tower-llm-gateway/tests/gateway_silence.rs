@@ -6,6 +6,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod support;
+
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -13,12 +15,9 @@ use http::{Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use tokio::sync::oneshot;
 use tokio::time::Instant;
-use tower_llm::retry::ReplayBody;
-use tower_llm_gateway::{Closing, GatewayOptions, config, prometheus, router, serve};
+use tower_llm_gateway::{GatewayOptions, config, prometheus};
 use tower_llm_testkit::{Fault, Simulator};
 
 /// A gateway file naming `primary` and `backup` (in that order) for
@@ -50,31 +49,16 @@ fn load(file: &str) -> Result<(GatewayOptions, tower_llm::stack::Stack), String>
     let mut options = section.options_with_env(|_| None)?;
     let stack_idle = config.stream_idle_timeout().map_err(|e| e.to_string())?;
     section.fit_idle_timeout(&mut options, stack_idle)?;
-    let client: Client<HttpConnector, ReplayBody> =
-        Client::builder(TokioExecutor::new()).build_http();
-    let stack = config.build(client).map_err(|e| e.to_string())?;
+    let stack = config
+        .build(support::upstream_client())
+        .map_err(|e| e.to_string())?;
     Ok((options, stack))
 }
 
-/// Serves `file` on an ephemeral port; the base URL and the sender that
-/// stops it.
-async fn start(file: &str) -> (String, oneshot::Sender<()>) {
+/// Serves `file` on an ephemeral port.
+async fn start(file: &str) -> support::Running {
     let (options, stack) = load(file).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let closing = Closing::new();
-    let router = router(stack, &options, prometheus(), &closing);
-    let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(serve(
-        listener,
-        router,
-        &options,
-        async move {
-            let _ = stopped.await;
-        },
-        closing,
-    ));
-    (base, stop)
+    support::serve_stack(stack, &options).await
 }
 
 async fn post_stream(base: &str) -> Response<Incoming> {
@@ -117,7 +101,8 @@ async fn out_of_the_box_a_primary_that_never_sends_a_streamed_head_is_left_for_t
         .await
         .unwrap();
     let backup = Simulator::start().await.unwrap();
-    let (base, _stop) = start(&out_of_the_box(&primary, &backup)).await;
+    let gateway = start(&out_of_the_box(&primary, &backup)).await;
+    let base = gateway.base.clone();
 
     let started = Instant::now();
     let response = post_stream(&base).await;
@@ -158,7 +143,8 @@ async fn a_stream_gone_silent_after_content_is_ended_by_the_stacks_timer_before_
         .await
         .unwrap();
     let backup = Simulator::start().await.unwrap();
-    let (base, _stop) = start(&out_of_the_box(&primary, &backup)).await;
+    let gateway = start(&out_of_the_box(&primary, &backup)).await;
+    let base = gateway.base.clone();
     let cuts = stream_idle_cuts();
 
     let response = post_stream(&base).await;

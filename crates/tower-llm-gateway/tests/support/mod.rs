@@ -3,6 +3,8 @@
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+use std::net::SocketAddr;
+
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -15,19 +17,76 @@ use tokio::task::JoinHandle;
 use tower_llm::circuit::CircuitHandle;
 use tower_llm::config::StackConfig;
 use tower_llm::retry::ReplayBody;
+use tower_llm::stack::Stack;
 use tower_llm_gateway::{Closing, GatewayOptions, config, prometheus, router, serve};
 
 /// The upstream key the configurations name (`api_key_env = "PRIMARY_KEY"`).
 pub(crate) const PRIMARY_KEY: &str = "sk-primary-secret";
 
-/// A running gateway.
+/// A gateway's router served on an ephemeral loopback port, as `main`
+/// serves it.
+pub(crate) struct Running {
+    /// Its address.
+    pub(crate) addr: SocketAddr,
+    /// `http://127.0.0.1:PORT`.
+    pub(crate) base: String,
+    stop: Option<oneshot::Sender<()>>,
+    server: JoinHandle<std::io::Result<()>>,
+}
+
+impl Running {
+    /// Stops accepting, lets in-flight requests finish (the grace period),
+    /// and waits for the server.
+    pub(crate) async fn stop(mut self) -> std::io::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.server.await.unwrap()
+    }
+}
+
+/// Serves `stack` with `options` on an ephemeral loopback port.
+pub(crate) async fn serve_stack(stack: Stack, options: &GatewayOptions) -> Running {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let closing = Closing::new();
+    let router = router(stack, options, prometheus(), &closing);
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(serve(
+        listener,
+        router,
+        options,
+        async move {
+            let _ = stopped.await;
+        },
+        closing,
+    ));
+    Running {
+        addr,
+        base: format!("http://{addr}"),
+        stop: Some(stop),
+        server,
+    }
+}
+
+/// The plain HTTP/1.1 client the gateway's stack uses toward the
+/// simulators.
+pub(crate) fn upstream_client() -> Client<HttpConnector, ReplayBody> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// A plain HTTP/1.1 client, for calling the gateway.
+pub(crate) fn client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// A running gateway over a configuration file.
 pub(crate) struct Gateway {
     /// `http://127.0.0.1:PORT`.
     pub(crate) base: String,
     /// The stack's breakers, to force states from a test.
     pub(crate) circuits: CircuitHandle,
-    stop: Option<oneshot::Sender<()>>,
-    server: JoinHandle<std::io::Result<()>>,
+    running: Running,
 }
 
 impl Gateway {
@@ -51,33 +110,17 @@ impl Gateway {
         options: GatewayOptions,
         env: impl Fn(&str) -> Option<String>,
     ) -> Gateway {
-        let upstream: Client<HttpConnector, ReplayBody> =
-            Client::builder(TokioExecutor::new()).build_http();
         let stack = config
-            .stack_with_env(upstream, env)
+            .stack_with_env(upstream_client(), env)
             .unwrap()
             .build()
             .unwrap();
         let circuits = stack.circuits().clone();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        let closing = Closing::new();
-        let router = router(stack, &options, prometheus(), &closing);
-        let (stop, stopped) = oneshot::channel::<()>();
-        let server = tokio::spawn(serve(
-            listener,
-            router,
-            &options,
-            async move {
-                let _ = stopped.await;
-            },
-            closing,
-        ));
+        let running = serve_stack(stack, &options).await;
         Gateway {
-            base,
+            base: running.base.clone(),
             circuits,
-            stop: Some(stop),
-            server,
+            running,
         }
     }
 
@@ -116,11 +159,8 @@ impl Gateway {
     }
 
     /// Stops the gateway and waits for it.
-    pub(crate) async fn shutdown(mut self) -> std::io::Result<()> {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        self.server.await.unwrap()
+    pub(crate) async fn shutdown(self) -> std::io::Result<()> {
+        self.running.stop().await
     }
 }
 
@@ -147,10 +187,6 @@ impl Answer {
     pub(crate) fn json(&self) -> serde_json::Value {
         serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body))
     }
-}
-
-fn client() -> Client<HttpConnector, Full<Bytes>> {
-    Client::builder(TokioExecutor::new()).build_http()
 }
 
 /// A chat completion request body for `model`.
