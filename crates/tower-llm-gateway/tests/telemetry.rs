@@ -91,10 +91,15 @@ async fn chat(base: &str, model: &str) -> (StatusCode, String) {
 }
 
 async fn chat_body(base: &str, body: String) -> (StatusCode, String) {
-    let request = Request::post(format!("{base}/v1/chat/completions"))
+    chat_with(base, body, http::HeaderMap::new()).await
+}
+
+async fn chat_with(base: &str, body: String, headers: http::HeaderMap) -> (StatusCode, String) {
+    let mut request = Request::post(format!("{base}/v1/chat/completions"))
         .header(header::CONTENT_TYPE, "application/json")
         .body(Full::new(Bytes::from(body)))
         .unwrap();
+    request.headers_mut().extend(headers);
     let client: Client<HttpConnector, Full<Bytes>> =
         Client::builder(TokioExecutor::new()).build_http();
     let response = client.request(request).await.unwrap();
@@ -350,6 +355,51 @@ async fn spans_reach_an_otlp_collector_over_http_as_protobuf() {
     let holds = |needle: &[u8]| body.windows(needle.len()).any(|w| w == needle);
     assert!(holds(b"chat gpt-4o"), "{body:?}");
     assert!(holds(b"gateway-under-test"), "{body:?}");
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_callers_traceparent_makes_the_request_span_a_child_of_the_callers() {
+    let _serial = SUBSCRIBER.lock().await;
+    let exporter = InMemorySpanExporter::default();
+    let provider = SdkTracerProvider::builder()
+        .with_simple_exporter(exporter.clone())
+        .build();
+    let subscriber = tracing_subscriber::registry().with(otel_layer(provider.tracer("test")));
+    let _traced = tracing::subscriber::set_default(subscriber);
+
+    let primary = sim(Fault::ok()).await;
+    let backup = sim(Fault::ok()).await;
+    let (base, _stop) = gateway(&two_targets(&primary, &backup)).await;
+    let mut headers = http::HeaderMap::new();
+    headers.insert(
+        "traceparent",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+            .parse()
+            .unwrap(),
+    );
+    let body = r#"{"model":"gpt-4o","messages":[]}"#.to_owned();
+    let (status, _) = chat_with(&base, body, headers).await;
+    assert_eq!(status, StatusCode::OK);
+
+    let spans = finished_spans(&exporter).await;
+    let request = spans
+        .iter()
+        .find(|s| s.span_kind == SpanKind::Server)
+        .unwrap();
+    assert_eq!(
+        request.span_context.trace_id().to_string(),
+        "4bf92f3577b34da6a3ce929d0e0e4736"
+    );
+    assert_eq!(request.parent_span_id.to_string(), "00f067aa0ba902b7");
+    assert!(request.parent_span_is_remote);
+    let attempt = spans
+        .iter()
+        .find(|s| s.span_kind == SpanKind::Client)
+        .unwrap();
+    assert_eq!(
+        attempt.span_context.trace_id(),
+        request.span_context.trace_id()
+    );
 }
 
 /// Counts the spans a layer is asked to make.

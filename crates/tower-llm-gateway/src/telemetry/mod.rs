@@ -11,8 +11,9 @@
 //! The spans are `tracing` spans: the request span (target
 //! [`REQUEST_SPAN_TARGET`]) is made by the router around every API
 //! endpoint, the attempt spans (target [`ATTEMPT_SPAN_TARGET`]) by the
-//! stack, one per attempt at a target, children of the request span. What
-//! each carries:
+//! stack, one per attempt at a target, children of the request span. A
+//! request with a `traceparent` header (W3C Trace Context) continues the
+//! caller's trace. What each carries:
 //!
 //! | attribute | request span | attempt span |
 //! | --- | --- | --- |

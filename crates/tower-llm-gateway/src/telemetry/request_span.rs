@@ -51,7 +51,8 @@ fn operation_of(path: &str) -> Option<&'static str> {
 ///
 /// The span is current while the request is handled, so the stack's
 /// attempt spans are its children, and lasts until the answer's body ends.
-/// It records the caller's model (read as the handler reads the body), the
+/// With a `traceparent` header (W3C Trace Context), the span continues the
+/// caller's trace. It records the caller's model (read as the handler reads the body), the
 /// status, the serving target, its attempts and the targets passed (from
 /// the `x-tower-llm-*` headers the handler sets), and, when the answer
 /// says, the model that answered and the tokens used (a whole JSON answer's
@@ -140,6 +141,7 @@ where
                 span,
             };
         }
+        adopt_callers_trace(&span, request.headers());
         let request = request.map(|body| {
             Body::new(RequestBody {
                 inner: body,
@@ -311,6 +313,25 @@ fn record_request_model(span: &Span, operation: &str, read: &[Bytes]) {
         rename(span, format!("{operation} {model}"));
     }
 }
+
+/// Makes the span a child of the caller's, when the request says which
+/// (W3C Trace Context's `traceparent`, `tracestate`): the caller's trace
+/// goes on through the gateway.
+#[cfg(feature = "otel")]
+fn adopt_callers_trace(span: &Span, headers: &HeaderMap) {
+    use opentelemetry::propagation::TextMapPropagator as _;
+    use opentelemetry_http::HeaderExtractor;
+    use opentelemetry_sdk::propagation::TraceContextPropagator;
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    if headers.contains_key("traceparent") {
+        let caller = TraceContextPropagator::new().extract(&HeaderExtractor(headers));
+        // Refused only for a span no OpenTelemetry layer records.
+        let _ = span.set_parent(caller);
+    }
+}
+
+#[cfg(not(feature = "otel"))]
+fn adopt_callers_trace(_: &Span, _: &HeaderMap) {}
 
 /// Renames the span's OpenTelemetry span (`otel.name` is read only until
 /// the span starts, and this one started with the request).
