@@ -3,7 +3,8 @@
 //! client, `tower::retry` with a status policy and `TpsBudget`,
 //! tower-resilience (retry + circuit breaker), reqwest-middleware +
 //! reqwest-retry, and tower-llm's default stack (with a fallback target
-//! where the scenario has a second provider).
+//! where the scenario has a second provider); `deployments.rs` has the
+//! deployment-group scenarios, with contenders of their own.
 //!
 //! ```text
 //! cargo bench -p tower-llm-bench --bench chaos                  # every scenario: rewrites the tables in BENCHMARKS.md and the charts
@@ -20,6 +21,7 @@
 
 mod backoff;
 mod contender;
+mod deployments;
 mod ours;
 mod peers;
 mod report;
@@ -586,9 +588,10 @@ fn main() {
     let simulation = (filter.is_empty()
         || filter.iter().any(|f| "aws_backoff".contains(f.as_str())))
     .then(backoff::simulate);
+    let extra = deployments::run_matching(&filter, &runtime) + &simulation.unwrap_or_default();
     report::write(
         &results,
-        simulation.as_deref(),
+        (!extra.is_empty()).then_some(extra.as_str()),
         &command,
         wall.elapsed(),
         filter.is_empty(),
