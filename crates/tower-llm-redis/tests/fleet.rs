@@ -11,7 +11,7 @@
 mod support;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use support::{RedisServer, Replica, key, percentiles, time_until};
@@ -117,6 +117,84 @@ async fn every_open_and_every_cooldown_of_one_replica_reaches_the_other_two() {
     let written = || a.shared.stats().published >= 2 * SAMPLES as u64;
     time_until("every decision written", written).await;
     assert_eq!(a.shared.stats().dropped, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_calling_a_key_stop_once_another_replicas_429_reaches_them() {
+    let redis = RedisServer::start();
+    let fleet = fleet(&redis, CircuitConfig::standard).await;
+    // The same circuit key (provider and model) on two simulators: A meets
+    // the 429 on one, B and C keep calling the other until told.
+    let limited = Simulator::builder()
+        .plan(FaultPlan::script([Fault::rate_limited(
+            Duration::from_secs(30),
+        )]))
+        .start()
+        .await
+        .unwrap();
+    let served = Arc::new(Simulator::start().await.unwrap());
+    let stop = Arc::new(AtomicBool::new(false));
+    let refused = Arc::new(AtomicU64::new(0));
+    let loads: Vec<_> = fleet[1..]
+        .iter()
+        .map(|replica| {
+            let (replica, served) = (Arc::clone(replica), Arc::clone(&served));
+            let (stop, refused) = (Arc::clone(&stop), Arc::clone(&refused));
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    if let Err(e) = replica.call(&served, "gpt-4o").await {
+                        assert_eq!(e.kind(), ErrorKind::RateLimited);
+                        refused.fetch_add(1, Ordering::Relaxed);
+                    }
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            })
+        })
+        .collect();
+    let loading = Instant::now();
+    while served.requests().len() < 200 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+
+    let before = served.requests().len();
+    let rate = before as f64 / loading.elapsed().as_secs_f64() / 2.0;
+    let started = Instant::now();
+    let error = fleet[0].call(&limited, "gpt-4o").await.unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::RateLimited);
+    let answered = started.elapsed();
+    for replica in &fleet[1..] {
+        time_until("the cooldown reached the replica", || {
+            cooling(replica, &key("gpt-4o"))
+        })
+        .await;
+    }
+    let propagated = started.elapsed();
+    let after_cooldown = served.requests().len();
+    let refused_at_cooldown = refused.load(Ordering::Relaxed);
+    while refused.load(Ordering::Relaxed) < refused_at_cooldown + 20 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for load in loads {
+        load.await.unwrap();
+    }
+    let at_end = served.requests().len();
+    println!(
+        "B and C calling one key at {rate:.0}/s each: A's 429 answered after {answered:?}, \
+         both cooling after {propagated:?} (2 x rate x that = {:.1}); their calls that \
+         reached the provider meanwhile: {}, after: {} (in flight when told); refused \
+         locally: {}",
+        2.0 * rate * propagated.as_secs_f64(),
+        after_cooldown - before,
+        at_end - after_cooldown,
+        refused.load(Ordering::Relaxed),
+    );
+    // Once told, B and C send nothing more to the key: at most the call
+    // each had in flight.
+    assert!(
+        at_end - after_cooldown <= 2,
+        "{after_cooldown} then {at_end}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
