@@ -329,14 +329,18 @@ impl SharedState {
     /// decisions elsewhere already.
     pub fn attach(&self, handle: &CircuitHandle) -> Result<(), SharedStateError> {
         let queue = self.queue.clone();
-        let shared = Arc::clone(&self.shared);
+        // Weak: the breakers hold the listener and the state holds the
+        // breakers' handle; a strong reference would keep both forever.
+        let shared = Arc::downgrade(&self.shared);
         handle
             .share_decisions(move |decision: &KeyDecision| {
                 let Some(wire) = WireDecision::from_decision(decision) else {
                     return;
                 };
                 // Never waits: a full queue drops the decision (counted).
-                if queue.try_send((Arc::from(decision.key()), wire)).is_err() {
+                if queue.try_send((Arc::from(decision.key()), wire)).is_err()
+                    && let Some(shared) = shared.upgrade()
+                {
                     shared.health.dropped.fetch_add(1, Ordering::Relaxed);
                 }
             })
