@@ -154,6 +154,20 @@ fn pacing_overhead(c: &mut Criterion) {
             ))
         })
     });
+    // What a picker pays per candidate: a key no answer has paced, and
+    // one whose headers have been read.
+    let idle = CircuitLayer::new(CircuitConfig::standard()).handle();
+    group.bench_function("paced_for/no_view_yet", |b| {
+        b.iter(|| black_box(idle.paced_for_tokens(black_box("primary/gpt-4o"), 100)))
+    });
+    let layer = CircuitLayer::new(CircuitConfig::standard());
+    let paced = layer.handle();
+    rt.block_on(layer.layer(LIMITED).oneshot(request_with_meta()))
+        .unwrap();
+    let key = &paced.shared_pacing()[0].key;
+    group.bench_function("paced_for/paced_key", |b| {
+        b.iter(|| black_box(paced.paced_for_tokens(black_box(key), 100)))
+    });
     group.bench_function("system_time_now", |b| b.iter(SystemTime::now));
     group.bench_function("instant_now", |b| b.iter(std::time::Instant::now));
     group.finish();

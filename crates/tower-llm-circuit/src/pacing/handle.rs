@@ -64,7 +64,7 @@ impl CircuitHandle {
     /// `tokens` ([`RequestMeta::estimated_tokens`](tower_llm_classify::RequestMeta::estimated_tokens)).
     pub fn paced_for_tokens(&self, key: &str, tokens: u64) -> Option<Duration> {
         let registry = self.registry();
-        registry.pacing.paced_for(key, tokens, registry.now())
+        registry.pacing.paced_for(key, tokens, || registry.now())
     }
 
     /// `key`'s pacing, if its answers have carried rate-limit headers or

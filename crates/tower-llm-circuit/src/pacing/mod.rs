@@ -254,10 +254,20 @@ impl Pacing {
     }
 
     /// How long `key` is paced out for a call costing `tokens`.
-    pub(crate) fn paced_for(&self, key: &str, tokens: u64, now: Duration) -> Option<Duration> {
+    /// `now` is read only for a key that has a view: a picker asks for
+    /// every candidate of every request, and most keys have none.
+    pub(crate) fn paced_for(
+        &self,
+        key: &str,
+        tokens: u64,
+        now: impl FnOnce() -> Duration,
+    ) -> Option<Duration> {
+        if !self.active.load(Ordering::Acquire) {
+            return None;
+        }
         let found = self.find(key)?;
         let limits = found.limits;
-        found.view().paced_for(now, tokens, limits)
+        found.view().paced_for(now(), tokens, limits)
     }
 
     /// Every key's buckets not yet full again, to share with other
