@@ -10,8 +10,8 @@ use tower_llm::config::StackConfig;
 
 use crate::auth::CallerKeys;
 use crate::limits::{RateLimitSection, RateLimits};
-use crate::telemetry::TelemetrySection;
 use crate::shared::SharedSection;
+use crate::telemetry::TelemetrySection;
 
 /// The most requests in flight a gateway may be configured for.
 pub const MAX_CONCURRENCY: usize = 1_000_000;
