@@ -402,6 +402,51 @@ async fn a_callers_traceparent_makes_the_request_span_a_child_of_the_callers() {
     );
 }
 
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_broken_streams_continuation_is_an_attempt_of_the_same_request() {
+    let _serial = SUBSCRIBER.lock().await;
+    let exporter = InMemorySpanExporter::default();
+    let provider = SdkTracerProvider::builder()
+        .with_simple_exporter(exporter.clone())
+        .build();
+    let subscriber = tracing_subscriber::registry().with(otel_layer(provider.tracer("test")));
+    let _traced = tracing::subscriber::set_default(subscriber);
+
+    // The primary's stream breaks after two events; the backup, told it
+    // can, continues it.
+    let primary = sim(Fault::stream_drop_after(2)).await;
+    let backup = sim(Fault::ok()).await;
+    let config = two_targets(&primary, &backup).replace(
+        "model = \"llama3.2\"",
+        "model = \"llama3.2\"\n        continuation = \"trailing_assistant\"",
+    );
+    let (base, _stop) = gateway(&config).await;
+    let body = r#"{"model":"gpt-4o","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+    let (status, stream) = chat_body(&base, body.to_owned()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(stream.contains("data: [DONE]"), "{stream}");
+    assert_eq!(backup.requests().len(), 1, "continued by the backup");
+
+    let spans = finished_spans(&exporter).await;
+    let request = spans
+        .iter()
+        .find(|s| s.span_kind == SpanKind::Server)
+        .unwrap();
+    let mut attempts: Vec<&SpanData> = spans
+        .iter()
+        .filter(|s| s.span_kind == SpanKind::Client)
+        .collect();
+    attempts.sort_by_key(|s| s.start_time);
+    let targets: Vec<Option<String>> = attempts
+        .iter()
+        .map(|s| text(s, "tower_llm.target"))
+        .collect();
+    assert_eq!(targets, [Some("primary".into()), Some("backup".into())]);
+    for attempt in attempts {
+        assert_eq!(attempt.parent_span_id, request.span_context.span_id());
+    }
+}
+
 /// Counts the spans a layer is asked to make.
 struct CountSpans(Arc<AtomicUsize>);
 

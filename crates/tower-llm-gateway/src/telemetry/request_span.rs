@@ -374,7 +374,12 @@ impl http_body::Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
         let mut this = self.project();
-        let frame = ready!(this.inner.as_mut().poll_frame(cx));
+        // In the span: a broken stream's continuation is an attempt of
+        // this request too.
+        let frame = {
+            let _entered = this.span.enter();
+            ready!(this.inner.as_mut().poll_frame(cx))
+        };
         match &frame {
             Some(Ok(frame)) => {
                 if let (Answer::Whole(read), Some(data)) = (&mut *this.answer, frame.data_ref()) {
