@@ -120,11 +120,17 @@ impl ErrorShape {
         {
             // A target refused the gateway's own key: not the caller's
             // fault, and the provider's body may echo (part of) that key.
-            self.gateway_error(
+            let mut response = self.gateway_error(
                 StatusCode::BAD_GATEWAY,
                 "upstream_authentication",
                 "an upstream refused the gateway's credentials (see the gateway's log)",
-            )
+            );
+            if self == ErrorShape::Anthropic {
+                // A 502 an SDK would retry: this one fails again until
+                // the gateway's configuration changes.
+                should_retry(&mut response, false);
+            }
+            response
         } else {
             self.stack_failure(error, retryable)
         };

@@ -41,6 +41,8 @@ impl Gateway {
         let env = |name: &str| match name {
             "PRIMARY_KEY" => Some(PRIMARY_KEY.to_owned()),
             "CLAUDE_KEY" => Some(CLAUDE_KEY.to_owned()),
+            // A key no simulator accepts.
+            "WRONG_KEY" => Some("sk-ant-wrong".to_owned()),
             _ => None,
         };
         Gateway::start_with(config, env).await

@@ -189,3 +189,22 @@ async fn a_messages_stream_cut_after_content_is_continued_and_read_as_one_answer
     assert!(requests[1].prefill.is_some());
     assert!(openai.requests().is_empty());
 }
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn an_anthropic_target_refusing_the_gateways_key_is_a_502_not_to_be_retried() {
+    let openai = sim(Fault::ok()).await;
+    let claude = claude_sim(Fault::ok()).await;
+    let config = mixed(&openai, &[("claude", &claude)]).replace(
+        "api_key_env = \"CLAUDE_KEY\"",
+        "api_key_env = \"WRONG_KEY\"",
+    );
+    let gateway = Gateway::start(&config).await;
+
+    let response = gateway.post("/v1/messages", MESSAGE).await;
+    assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+    assert_eq!(header_of(&response, "x-should-retry"), "false");
+    let error = json(response).await;
+    assert_eq!(error["type"], "error");
+    assert_eq!(error["error"]["type"], "api_error");
+    assert!(!error.to_string().contains("sk-"), "{error}");
+}
