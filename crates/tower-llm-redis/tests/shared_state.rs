@@ -188,7 +188,18 @@ async fn calls_go_on_when_redis_dies_and_the_fleet_converges_when_it_is_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_healthy_run_sends_no_command_to_redis() {
     let redis = RedisServer::start();
-    let fleet = fleet(&redis, CircuitConfig::standard).await;
+    // A generous timeout: a liveness check that a loaded machine delays
+    // must not reconnect (a SUBSCRIBE and a SCAN in the counts) meanwhile.
+    let fleet = [(); 3].map(|()| {
+        let shared = SharedState::builder(&redis.url(), PREFIX)
+            .timeout(Duration::from_secs(2))
+            .connect()
+            .unwrap();
+        Replica::with(CircuitConfig::standard(), shared)
+    });
+    for replica in &fleet {
+        replica.connected().await;
+    }
     let sim = Simulator::start().await.unwrap();
     // Warm up: every key seen once.
     for replica in &fleet {
