@@ -247,6 +247,7 @@ async fn a_quiet_subscription_is_checked_without_reconnecting() {
     let redis = RedisServer::start();
     let shared = SharedState::builder(&redis.url(), PREFIX)
         .liveness_interval(Duration::from_millis(10))
+        .timeout(Duration::from_secs(2))
         .connect()
         .unwrap();
     let replica = Replica::with(CircuitConfig::standard(), shared);
