@@ -8,31 +8,27 @@ mod demo;
 mod messages;
 mod models;
 mod openai;
+#[path = "../support/mod.rs"]
+mod support;
 
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 use tower_llm::config::StackConfig;
-use tower_llm::retry::ReplayBody;
-use tower_llm_gateway::{Closing, GatewayOptions, prometheus, router, serve};
+use tower_llm_gateway::GatewayOptions;
 use tower_llm_testkit::{FaultPlan, Simulator};
 
-/// The upstream keys the configurations name.
-const PRIMARY_KEY: &str = "sk-primary-secret";
+use support::PRIMARY_KEY;
+
+/// The Anthropic-protocol simulators' key (`api_key_env = "CLAUDE_KEY"`).
 const CLAUDE_KEY: &str = "sk-ant-claude-secret";
 
-/// A running gateway.
+/// A running gateway (stopped when dropped: its stop signal goes with it).
 struct Gateway {
     base: String,
-    _stop: oneshot::Sender<()>,
-    _server: JoinHandle<std::io::Result<()>>,
+    _running: support::Running,
 }
 
 impl Gateway {
@@ -49,32 +45,15 @@ impl Gateway {
     }
 
     async fn start_with(config: StackConfig, env: impl Fn(&str) -> Option<String>) -> Gateway {
-        let upstream: Client<HttpConnector, ReplayBody> =
-            Client::builder(TokioExecutor::new()).build_http();
         let stack = config
-            .stack_with_env(upstream, env)
+            .stack_with_env(support::upstream_client(), env)
             .unwrap()
             .build()
             .unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        let options = GatewayOptions::default();
-        let closing = Closing::new();
-        let router = router(stack, &options, prometheus(), &closing);
-        let (stop, stopped) = oneshot::channel::<()>();
-        let server = tokio::spawn(serve(
-            listener,
-            router,
-            &options,
-            async move {
-                let _ = stopped.await;
-            },
-            closing,
-        ));
+        let running = support::serve_stack(stack, &GatewayOptions::default()).await;
         Gateway {
-            base,
-            _stop: stop,
-            _server: server,
+            base: running.base.clone(),
+            _running: running,
         }
     }
 
@@ -88,7 +67,7 @@ impl Gateway {
             .body(Full::new(Bytes::from(body.to_owned())))
             .unwrap();
         request.headers_mut().extend(headers);
-        client().request(request).await.unwrap()
+        support::client().request(request).await.unwrap()
     }
 
     async fn get_with(&self, path: &str, headers: HeaderMap) -> (StatusCode, Value) {
@@ -96,14 +75,10 @@ impl Gateway {
             .body(Full::<Bytes>::default())
             .unwrap();
         request.headers_mut().extend(headers);
-        let response = client().request(request).await.unwrap();
+        let response = support::client().request(request).await.unwrap();
         let status = response.status();
         (status, serde_json::from_str(&text(response).await).unwrap())
     }
-}
-
-fn client() -> Client<HttpConnector, Full<Bytes>> {
-    Client::builder(TokioExecutor::new()).build_http()
 }
 
 async fn text(response: Response<Incoming>) -> String {
