@@ -14,8 +14,8 @@
 //!
 //! Attribute names are the GenAI semantic conventions' (`gen_ai.*`, as of
 //! the conventions that renamed `gen_ai.system` to `gen_ai.provider.name`)
-//! and OpenTelemetry's general ones (`error.type`,
-//! `http.response.status_code`); ours are under `tower_llm.`.
+//! and OpenTelemetry's general ones (`server.address`, `server.port`,
+//! `error.type`, `http.response.status_code`); ours are under `tower_llm.`.
 //! `tracing-opentelemetry` reads `otel.name`, `otel.kind` and
 //! `otel.status_code` as the span's name, kind and status.
 
@@ -118,6 +118,8 @@ impl<S> AttemptSpan<S> {
             gen_ai.operation.name = operation,
             gen_ai.provider.name = meta.map(|m| provider_name(m.provider)),
             gen_ai.request.model = model,
+            server.address = request.uri().host(),
+            server.port = request.uri().port_u16().map(i64::from),
             http.response.status_code = Empty,
             error.type = Empty,
             tower_llm.target = &*self.target,

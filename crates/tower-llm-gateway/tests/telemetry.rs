@@ -245,10 +245,21 @@ async fn a_request_that_retried_and_fell_back_is_one_span_with_each_attempt_a_ch
             text(attempt, "gen_ai.provider.name").is_some(),
             "{attempt:#?}"
         );
+        assert_eq!(
+            text(attempt, "server.address").as_deref(),
+            Some("127.0.0.1")
+        );
     }
     assert_eq!(number(attempts[0], "http.response.status_code"), Some(503));
     assert_eq!(number(attempts[2], "http.response.status_code"), Some(200));
     assert_eq!(attempts[2].name, "chat llama3.2");
+    let port = |sim: &Simulator| {
+        let url: http::Uri = sim.base_url().parse().unwrap();
+        url.port_u16().map(i64::from)
+    };
+    assert_eq!(number(attempts[0], "server.port"), port(&primary));
+    assert_eq!(number(attempts[2], "server.port"), port(&backup));
+    assert!(port(&backup).is_some());
     // The primary's breaker had seen one failure when the retry started.
     assert_eq!(
         text(attempts[1], "tower_llm.breaker.state").as_deref(),

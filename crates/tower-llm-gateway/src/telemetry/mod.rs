@@ -22,6 +22,7 @@
 //! | `gen_ai.provider.name` (`openai`, `anthropic`, `aws.bedrock`, …) | | ✓ |
 //! | `gen_ai.response.model`, `gen_ai.usage.input_tokens`, `gen_ai.usage.output_tokens` | when the answer says | |
 //! | `http.response.status_code`, `error.type` | ✓ | ✓ |
+//! | `server.address`, `server.port` | | the target's host and port |
 //! | `tower_llm.target` | the one that served | the one tried |
 //! | `tower_llm.attempts` / `tower_llm.attempt` | attempts of the serving target | this attempt's number, from 1 |
 //! | `tower_llm.fallback.reason` | the targets passed, with why (`primary:overloaded`) | |
@@ -68,7 +69,9 @@ pub struct TelemetrySection {
     /// Where to send traces, over OTLP/HTTP (protobuf): a collector's base
     /// URL (`http://127.0.0.1:4318`, to which `/v1/traces` is added) or
     /// the full URL of its traces endpoint (any URL with a path). Unset:
-    /// no traces.
+    /// no traces. Headers the collector needs (an API key) come from the
+    /// environment (`OTEL_EXPORTER_OTLP_HEADERS`, as the OTLP exporter
+    /// specification says), not from here.
     pub otlp_endpoint: Option<String>,
     /// The `service.name` of the traces (default `tower-llm-gateway`).
     pub service_name: Option<String>,
