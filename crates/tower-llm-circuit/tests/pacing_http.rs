@@ -259,3 +259,26 @@ async fn with_a_deadline_that_fits_the_excess_waits_for_the_reset_and_is_served(
         hurried_ends.iter().filter(|e| **e == End::Served).count()
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_key_loaded_below_its_limit_is_never_paced() {
+    let sim = Simulator::builder()
+        .rate_limits(ProviderLimits::rpm(60))
+        .latency(Duration::from_secs(2))
+        .start()
+        .await
+        .unwrap();
+    let layer = CircuitLayer::default();
+    let service = stack(&layer);
+    // 54 calls a minute for five minutes: 90 % of the limit.
+    let ends = open_loop(
+        &service,
+        &sim,
+        Api::OpenAiChat,
+        300,
+        Duration::from_millis(1111),
+    )
+    .await;
+    assert!(ends.iter().all(|e| *e == End::Served), "{ends:?}");
+    assert_eq!(sim.requests().len(), 300);
+}
