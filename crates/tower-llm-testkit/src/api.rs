@@ -20,6 +20,7 @@ use crate::wire::{push_json_escaped, push_json_str, rfc3339, unix_secs};
 /// | `POST /v1/embeddings` | OpenAI Embeddings | none: one vector per input, floats or base64 |
 /// | `POST /v1/responses` | OpenAI Responses | SSE `response.created` … `response.completed` |
 /// | `POST /v1/messages` | Anthropic Messages | SSE `message_start` … `message_stop`, with `ping` |
+/// | `POST /v1/messages/count_tokens` | Anthropic token counting | none: `{"input_tokens": N}` |
 /// | `POST /api/chat` | Ollama chat | NDJSON ending in `"done":true` (streams unless `"stream":false`) |
 ///
 /// The paths without `/v1` are served too for the OpenAI APIs (a base URL
@@ -37,6 +38,9 @@ pub enum Api {
     OpenAiResponses,
     /// Anthropic Messages.
     AnthropicMessages,
+    /// Anthropic's token counting for a Messages request (what Claude Code
+    /// asks before it sends one).
+    AnthropicCountTokens,
     /// Ollama's native chat API.
     OllamaChat,
 }
@@ -57,12 +61,13 @@ impl Api {
     pub const ALL: [Api; 3] = [Api::OpenAiChat, Api::AnthropicMessages, Api::OllamaChat];
 
     /// Every API the simulator serves, in a fixed order.
-    pub const EVERY: [Api; 6] = [
+    pub const EVERY: [Api; 7] = [
         Api::OpenAiChat,
         Api::OpenAiCompletions,
         Api::OpenAiEmbeddings,
         Api::OpenAiResponses,
         Api::AnthropicMessages,
+        Api::AnthropicCountTokens,
         Api::OllamaChat,
     ];
 
@@ -74,6 +79,7 @@ impl Api {
             "/v1/embeddings" | "/embeddings" => Some(Api::OpenAiEmbeddings),
             "/v1/responses" | "/responses" => Some(Api::OpenAiResponses),
             "/v1/messages" => Some(Api::AnthropicMessages),
+            "/v1/messages/count_tokens" => Some(Api::AnthropicCountTokens),
             "/api/chat" => Some(Api::OllamaChat),
             _ => None,
         }
@@ -87,6 +93,7 @@ impl Api {
             Api::OpenAiEmbeddings => "/v1/embeddings",
             Api::OpenAiResponses => "/v1/responses",
             Api::AnthropicMessages => "/v1/messages",
+            Api::AnthropicCountTokens => "/v1/messages/count_tokens",
             Api::OllamaChat => "/api/chat",
         }
     }
@@ -98,15 +105,15 @@ impl Api {
             | Api::OpenAiCompletions
             | Api::OpenAiEmbeddings
             | Api::OpenAiResponses => Family::OpenAi,
-            Api::AnthropicMessages => Family::Anthropic,
+            Api::AnthropicMessages | Api::AnthropicCountTokens => Family::Anthropic,
             Api::OllamaChat => Family::Ollama,
         }
     }
 
-    /// Whether the API can stream its answer (embeddings cannot: a
-    /// request's `stream` is ignored).
+    /// Whether the API can stream its answer (embeddings and token counts
+    /// cannot: a request's `stream` is ignored).
     pub fn streams(self) -> bool {
-        !matches!(self, Api::OpenAiEmbeddings)
+        !matches!(self, Api::OpenAiEmbeddings | Api::AnthropicCountTokens)
     }
 
     /// The `content-type` of a streamed answer.
@@ -152,6 +159,7 @@ impl fmt::Display for Api {
             Api::OpenAiEmbeddings => "openai-embeddings",
             Api::OpenAiResponses => "openai-responses",
             Api::AnthropicMessages => "anthropic",
+            Api::AnthropicCountTokens => "anthropic-count-tokens",
             Api::OllamaChat => "ollama",
         })
     }
@@ -240,7 +248,10 @@ impl<'a> EventWriter<'a> {
                 prefix.push_str(&rfc3339(exchange.now, 9));
                 prefix.push_str("\",\"message\":{\"role\":\"assistant\",\"content\":");
             }
-            Api::AnthropicMessages | Api::OpenAiEmbeddings | Api::OpenAiResponses => {}
+            Api::AnthropicMessages
+            | Api::AnthropicCountTokens
+            | Api::OpenAiEmbeddings
+            | Api::OpenAiResponses => {}
         }
         EventWriter {
             exchange,
@@ -289,7 +300,10 @@ impl<'a> EventWriter<'a> {
             }
             Api::OpenAiResponses => self.responses.preamble(&mut self.buf, ex),
             // Legacy completions start with text; embeddings never stream.
-            Api::OpenAiCompletions | Api::OpenAiEmbeddings | Api::OllamaChat => {}
+            Api::OpenAiCompletions
+            | Api::OpenAiEmbeddings
+            | Api::AnthropicCountTokens
+            | Api::OllamaChat => {}
         }
         self.first_content = self.buf.len();
     }
@@ -325,7 +339,7 @@ impl<'a> EventWriter<'a> {
                 self.buf.push_str("}\n\n");
             }
             Api::OpenAiResponses => self.responses.delta(&mut self.buf, self.exchange, token),
-            Api::OpenAiEmbeddings => {}
+            Api::OpenAiEmbeddings | Api::AnthropicCountTokens => {}
             Api::OllamaChat => {
                 self.buf.push_str(&self.prefix);
                 push_json_str(&mut self.buf, token);
@@ -371,7 +385,7 @@ impl<'a> EventWriter<'a> {
                 self.buf.push_str("data: [DONE]\n\n");
             }
             Api::OpenAiResponses => self.responses.finish(&mut self.buf, ex, completion),
-            Api::OpenAiEmbeddings => {}
+            Api::OpenAiEmbeddings | Api::AnthropicCountTokens => {}
             Api::AnthropicMessages => {
                 self.buf.push_str("event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\n");
                 let _ = write!(
@@ -409,7 +423,10 @@ fn prefix_len(api: Api) -> usize {
     match api {
         Api::OpenAiChat | Api::OpenAiCompletions => 170,
         Api::OpenAiResponses => 200,
-        Api::AnthropicMessages | Api::OllamaChat | Api::OpenAiEmbeddings => 110,
+        Api::AnthropicMessages
+        | Api::AnthropicCountTokens
+        | Api::OllamaChat
+        | Api::OpenAiEmbeddings => 110,
     }
 }
 
@@ -474,6 +491,11 @@ pub(crate) fn full_body(exchange: &Exchange<'_>, tokens: Tokens<'_>) -> Bytes {
         Api::OpenAiEmbeddings => {
             let ask = exchange.embedding.cloned().unwrap_or_default();
             buf = embeddings::body(exchange, &ask);
+        }
+        Api::AnthropicCountTokens => {
+            // What Anthropic's `count_tokens` answers: the request's input
+            // tokens (here estimated, as for every answer's usage).
+            let _ = write!(buf, "{{\"input_tokens\":{}}}", exchange.prompt_tokens);
         }
         Api::OpenAiResponses => {
             let mut whole = String::with_capacity(text_len);

@@ -1,5 +1,6 @@
 //! Legacy completions, embeddings and the Responses API: each answered as
-//! OpenAI answers it, whole and streamed, and failed as the fault plan says.
+//! OpenAI answers it, whole and streamed, and failed as the fault plan says;
+//! and Anthropic's token counting beside its Messages API.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -215,4 +216,29 @@ async fn a_responses_stream_fails_with_response_failed_or_error_as_classify_read
     assert!(stream.starts_with("event: error\n"), "{stream}");
     let (content, _, error) = scan(Dialect::OpenAiResponses, &stream);
     assert_eq!((content, error), (0, Some(ErrorKind::RateLimited)));
+}
+
+#[tokio::test]
+async fn anthropic_count_tokens_answers_the_input_tokens_and_gets_the_fault_plan() {
+    let sim = Simulator::builder()
+        .plan(FaultPlan::script([Fault::overloaded(), Fault::ok()]))
+        .start()
+        .await
+        .unwrap();
+    let body =
+        r#"{"model":"claude-sonnet-4-5","messages":[{"role":"user","content":"Say hello"}]}"#;
+    let (first, error) = post(&sim, Api::AnthropicCountTokens, body).await;
+    assert_eq!(first, 529);
+    let error: Value = serde_json::from_str(&error).unwrap();
+    assert_eq!(error["error"]["type"], "overloaded_error");
+    let (second, count) = post(&sim, Api::AnthropicCountTokens, body).await;
+    assert_eq!(second, 200);
+    let count: Value = serde_json::from_str(&count).unwrap();
+    // The simulator's estimate: a token per four bytes of the request.
+    assert_eq!(count["input_tokens"], body.len().div_ceil(4) as u64);
+    assert_eq!(
+        sim.requests()[1].path,
+        "/v1/messages/count_tokens",
+        "{count}"
+    );
 }

@@ -222,9 +222,9 @@ async fn main() -> ExitCode {
         options.plan
     );
     for api in Api::EVERY {
-        println!("  {api:<18} POST {}", sim.url(api));
+        println!("  {api:<22} POST {}", sim.url(api));
     }
-    println!("  health             GET  {}/health", sim.base_url());
+    println!("  health                 GET  {}/health", sim.base_url());
     println!(
         "try:\n  curl -s {} -H 'content-type: application/json' -d '{{\"model\":\"gpt-4o\",\"stream\":true,\"messages\":[{{\"role\":\"user\",\"content\":\"hi\"}}]}}'",
         sim.url(Api::OpenAiChat)
