@@ -84,6 +84,7 @@ pub struct PacingConfig {
     pub(crate) from_headers: bool,
     pub(crate) limits: Vec<(String, PaceLimits)>,
     pub(crate) default_limits: Option<PaceLimits>,
+    pub(crate) continuous_refill: bool,
 }
 
 impl Default for PacingConfig {
@@ -93,6 +94,7 @@ impl Default for PacingConfig {
             from_headers: true,
             limits: Vec::new(),
             default_limits: None,
+            continuous_refill: false,
         }
     }
 }
@@ -104,12 +106,27 @@ impl PacingConfig {
             from_headers: false,
             limits: Vec::new(),
             default_limits: None,
+            continuous_refill: false,
         }
     }
 
     /// Whether answers' rate-limit headers pace their keys (on by default).
     pub fn from_headers(mut self, on: bool) -> Self {
         self.from_headers = on;
+        self
+    }
+
+    /// Whether what a key's headers say is left refills at an even pace
+    /// until their reset, as a token bucket does, when they give the
+    /// bucket's limit (off by default: what is left is held until the
+    /// reset). Anthropic documents token buckets ("continuously
+    /// replenished", docs.claude.com/en/api/rate-limits) and OpenAI's
+    /// reset is the time until the bucket is full: on, a key that ran
+    /// out is called again as soon as its bucket has room for one, not
+    /// when it is full. Against a provider counting a sliding window it
+    /// would send calls the window refuses; leave it off there.
+    pub fn continuous_refill(mut self, on: bool) -> Self {
+        self.continuous_refill = on;
         self
     }
 

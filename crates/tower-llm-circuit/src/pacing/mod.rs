@@ -194,7 +194,7 @@ impl Pacing {
         let made = Arc::new(KeyPacing {
             limits: self.config.limits_for(key),
             max_reset: self.max_reset,
-            view: Mutex::new(View::default()),
+            view: Mutex::new(View::new(self.config.continuous_refill)),
         });
         keys.insert(Arc::from(key), Arc::clone(&made));
         self.active.store(true, Ordering::Release);

@@ -46,6 +46,8 @@ struct Bucket {
     limit: Option<u64>,
     /// When it is full again, in the registry's time.
     reset_at: Duration,
+    /// When it was reported.
+    at: Duration,
 }
 
 impl Bucket {
@@ -56,7 +58,32 @@ impl Bucket {
             remaining: report.remaining,
             limit: report.limit,
             reset_at: now.saturating_add(report.reset?),
+            at: now,
         })
+    }
+
+    /// When `need` fits, or `None` when it fits at `now`. What was
+    /// reported left stays until the reset; with `continuous` and a known
+    /// limit it grows at an even pace from `remaining` when reported to
+    /// the limit at the reset, as a token bucket refills (Anthropic:
+    /// "your capacity is continuously replenished up to your maximum
+    /// limit", docs.claude.com/en/api/rate-limits; OpenAI's reset is the
+    /// time until the bucket is full).
+    fn fits_at(&self, need: u64, now: Duration, continuous: bool) -> Option<Duration> {
+        if self.remaining >= need {
+            return None;
+        }
+        let span = self.reset_at.saturating_sub(self.at);
+        let Some(limit) = self.limit.filter(|limit| {
+            continuous && *limit > self.remaining && need <= *limit && !span.is_zero()
+        }) else {
+            return Some(self.reset_at);
+        };
+        let share = (need - self.remaining) as f64 / (limit - self.remaining) as f64;
+        // Rounded up to the millisecond: never before it has refilled.
+        let refilled = Duration::from_millis((span.as_secs_f64() * share * 1000.0).ceil() as u64);
+        let at = self.at.saturating_add(refilled).min(self.reset_at);
+        (at > now).then_some(at)
     }
 }
 
@@ -91,9 +118,20 @@ pub(crate) struct View {
     /// The calls and tokens in `log`.
     log_calls: u64,
     log_tokens: u64,
+    /// Whether what is left refills at an even pace until the reset
+    /// ([`Bucket::fits_at`]).
+    continuous: bool,
 }
 
 impl View {
+    /// An empty view; `continuous`: see [`Bucket::fits_at`].
+    pub(crate) fn new(continuous: bool) -> Self {
+        View {
+            continuous,
+            ..View::default()
+        }
+    }
+
     /// Forgets buckets whose reset has passed: they are full again, and
     /// the next answer says how full.
     fn expire(&mut self, now: Duration) {
@@ -134,18 +172,23 @@ impl View {
             let w = until.saturating_sub(now);
             wait = Some(wait.map_or(w, |x| x.max(w)));
         };
+        let continuous = self.continuous;
         if let Some(b) = self.requests
-            && b.remaining < self.in_flight.saturating_add(1)
+            && let Some(at) = b.fits_at(self.in_flight.saturating_add(1), now, continuous)
         {
-            refuse(b.reset_at);
+            refuse(at);
         }
         // A request larger than the whole bucket never fits: it is sent,
         // and the provider says so (OpenAI's "Request too large").
         if let Some(b) = self.tokens
             && b.limit.is_none_or(|limit| tokens <= limit)
-            && b.remaining < self.in_flight_tokens.saturating_add(tokens)
+            && let Some(at) = b.fits_at(
+                self.in_flight_tokens.saturating_add(tokens),
+                now,
+                continuous,
+            )
         {
-            refuse(b.reset_at);
+            refuse(at);
         }
         if let Some(limits) = limits {
             if self.requests.is_none()
@@ -285,11 +328,13 @@ impl View {
                     remaining,
                     limit: None,
                     reset_at,
+                    at: now,
                 },
                 Some(old) => Bucket {
                     remaining: old.remaining.min(remaining),
                     limit: old.limit,
                     reset_at: old.reset_at.max(reset_at),
+                    at: old.at,
                 },
             };
             changed |= *held != Some(tighter);
@@ -465,6 +510,29 @@ mod tests {
         assert_eq!(view.log_calls, 10_000);
         view.expire(secs(70));
         assert_eq!((view.log.len(), view.log_calls), (0, 0));
+    }
+
+    #[test]
+    fn with_continuous_refill_what_is_left_grows_evenly_until_the_reset() {
+        let report = |remaining| {
+            let mut report = requests(remaining, secs(60));
+            if let Some(b) = report.requests.as_mut() {
+                b.limit = Some(10);
+            }
+            report
+        };
+        let mut view = View::new(true);
+        view.answered(None, Some(&report(0)), Duration::ZERO);
+        // 10 refill over 60 s: one every 6 s.
+        assert_eq!(view.admit(secs(1), 1, None), Err(secs(5)));
+        let a = view.admit(secs(6), 1, None).unwrap();
+        assert_eq!(view.admit(secs(6), 1, None), Err(secs(6)));
+        view.answered(Some(a), None, secs(7));
+        assert!(view.admit(secs(7), 1, None).is_ok());
+        // Held until the reset without it.
+        let mut held = View::new(false);
+        held.answered(None, Some(&report(0)), Duration::ZERO);
+        assert_eq!(held.admit(secs(6), 1, None), Err(secs(54)));
     }
 
     #[test]
