@@ -1,14 +1,15 @@
 #!/usr/bin/env python3
 """The official Python SDKs, unmodified, against the gateway: `openai` for
 chat completions, legacy completions, embeddings, the Responses API and the
-model list; `anthropic` for Messages (whole and streamed), its errors and
-its model list.
+model list; `anthropic` for Messages (whole and streamed), token counting, its
+errors and its model list.
 
 The gateway runs from a configuration file over three `llm-sim` providers:
 an OpenAI-style primary that fails every other call (503), a healthy
 backup, and an Anthropic-protocol provider that is overloaded (529) every
-other call. The SDKs' own retries are off (`max_retries=0`), so every
-answer they get is the gateway's doing.
+fourth call (it has no backup: at one call in two its breaker would open).
+The SDKs' own retries are off (`max_retries=0`), so every answer they get
+is the gateway's doing.
 
     python3 -m venv /tmp/sdk-venv && /tmp/sdk-venv/bin/pip install openai anthropic
     cargo build -p tower-llm-gateway -p tower-llm-testkit --bins
@@ -185,6 +186,11 @@ def checks(base):
         assert text and final.stop_reason, final
         return text
 
+    def messages_count_tokens():
+        r = an.messages.count_tokens(model="claude-sonnet-4-5", messages=say)
+        assert r.input_tokens > 0, r
+        return r.input_tokens
+
     def messages_error():
         # No Anthropic-protocol target serves `gpt-4o`: the SDK reads the
         # gateway's Anthropic-shaped 404.
@@ -218,6 +224,7 @@ def checks(base):
         ("openai models.retrieve", openai_model_retrieve),
         ("anthropic messages whole", messages_whole),
         ("anthropic messages stream", messages_stream),
+        ("anthropic messages.count_tokens", messages_count_tokens),
         ("anthropic messages error", messages_error),
         ("anthropic models.list", anthropic_models),
         ("anthropic models.retrieve", anthropic_model_retrieve),
@@ -239,7 +246,7 @@ def main():
         start(
             processes,
             sim
-            + ["--port", str(claude), "--faults", "cycle=overloaded,ok"]
+            + ["--port", str(claude), "--faults", "cycle=overloaded,ok,ok,ok"]
             + ["--api-key-env", "SIM_CLAUDE_KEY"],
             {"SIM_CLAUDE_KEY": CLAUDE_KEY},
         )

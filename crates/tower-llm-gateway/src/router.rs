@@ -74,6 +74,7 @@ pub fn router(
         .route("/v1/embeddings", post(endpoints::embeddings))
         .route("/v1/responses", post(endpoints::responses))
         .route("/v1/messages", post(endpoints::messages))
+        .route("/v1/messages/count_tokens", post(endpoints::count_tokens))
         .route("/v1/models", get(endpoints::models))
         .route("/v1/models/{*model}", get(endpoints::model))
         .route("/", get(status_page::status_page))

@@ -38,8 +38,8 @@ pub enum Api {
     OpenAiResponses,
     /// Anthropic Messages.
     AnthropicMessages,
-    /// Anthropic's token counting for a Messages request (what Claude Code
-    /// asks before it sends one).
+    /// Anthropic's token counting for a Messages request (the SDKs'
+    /// `messages.count_tokens`).
     AnthropicCountTokens,
     /// Ollama's native chat API.
     OllamaChat,

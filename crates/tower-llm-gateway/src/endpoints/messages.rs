@@ -34,3 +34,18 @@ pub(crate) const MESSAGES: Endpoint = Endpoint {
 pub(crate) async fn messages(State(gateway): State<Gateway>, request: Request) -> Response {
     forward(&MESSAGES, gateway, request).await
 }
+
+/// `POST /v1/messages/count_tokens`: how many input tokens a Messages
+/// request holds (the SDKs' `messages.count_tokens`), asked of the same
+/// Anthropic-protocol targets, never streamed.
+pub(crate) const COUNT_TOKENS: Endpoint = Endpoint {
+    upstream_path: "/messages/count_tokens",
+    protocol: Protocol::Anthropic,
+    stream: None,
+    also_forwarded: &[ANTHROPIC_BETA],
+    errors: ErrorShape::Anthropic,
+};
+
+pub(crate) async fn count_tokens(State(gateway): State<Gateway>, request: Request) -> Response {
+    forward(&COUNT_TOKENS, gateway, request).await
+}

@@ -11,6 +11,7 @@
 //! | `POST /v1/embeddings` | `embeddings` | OpenAI-protocol | none |
 //! | `POST /v1/responses` | `responses` | OpenAI-protocol | `response.*` events |
 //! | `POST /v1/messages` | `messages` | Anthropic-protocol | Anthropic events |
+//! | `POST /v1/messages/count_tokens` | `messages` | Anthropic-protocol | none |
 //! | `GET /v1/models`, `/v1/models/{model}` | `models` | (none: the routes) | none |
 //!
 //! What differs between them is data, not code: the path under a target's
@@ -56,7 +57,7 @@ pub(crate) use chat::chat_completions;
 pub(crate) use completions::completions;
 pub(crate) use embeddings::embeddings;
 pub(crate) use errors::ErrorShape;
-pub(crate) use messages::messages;
+pub(crate) use messages::{count_tokens, messages};
 pub(crate) use models::{model, models};
 pub(crate) use responses::responses;
 

@@ -208,3 +208,24 @@ async fn an_anthropic_target_refusing_the_gateways_key_is_a_502_not_to_be_retrie
     assert_eq!(error["error"]["type"], "api_error");
     assert!(!error.to_string().contains("sk-"), "{error}");
 }
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn count_tokens_is_asked_of_anthropic_targets_and_retried_like_messages() {
+    let openai = sim(Fault::ok()).await;
+    let claude = claude_sim(FaultPlan::script([Fault::overloaded(), Fault::ok()])).await;
+    let gateway = Gateway::start(&mixed(&openai, &[("claude", &claude)])).await;
+
+    let response = gateway.post("/v1/messages/count_tokens", MESSAGE).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(header_of(&response, TARGET_HEADER), "claude");
+    assert_eq!(header_of(&response, "x-tower-llm-attempts"), "2");
+    let count = json(response).await;
+    assert!(count["input_tokens"].as_u64().unwrap() > 0, "{count}");
+    let requests = claude.requests();
+    assert!(
+        requests
+            .iter()
+            .all(|r| r.path == "/v1/messages/count_tokens")
+    );
+    assert!(openai.requests().is_empty());
+}
