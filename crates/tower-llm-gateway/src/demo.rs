@@ -162,7 +162,7 @@ impl Demo {
 /// header arguments a caller key needs, or empty), with the demo's models:
 /// chat whole and streamed, legacy completions streamed, a batch of
 /// embeddings, a streamed Responses call, a streamed Anthropic Messages
-/// call, and the model list.
+/// call, its token count, and the model list.
 pub fn curl_lines(base: &str, auth: &str) -> Vec<String> {
     let json = "-H 'content-type: application/json'";
     let post = |flags: &str, path: &str, extra: &str, body: &str| {
@@ -204,6 +204,12 @@ pub fn curl_lines(base: &str, auth: &str) -> Vec<String> {
             "/v1/messages",
             " -H 'anthropic-version: 2023-06-01'",
             r#"{"model":"claude-sonnet-4-5","max_tokens":256,"stream":true,"messages":[{"role":"user","content":"Say hello"}]}"#,
+        ),
+        post(
+            "-s",
+            "/v1/messages/count_tokens",
+            " -H 'anthropic-version: 2023-06-01'",
+            r#"{"model":"claude-sonnet-4-5","messages":[{"role":"user","content":"Say hello"}]}"#,
         ),
         format!("curl -s {base}/v1/models{auth}"),
     ]

@@ -48,7 +48,7 @@ async fn every_curl_line_the_demo_prints_is_answered_by_the_target_its_route_nam
         };
         let response = gateway.post_with(&path, &body, headers).await;
         assert_eq!(response.status(), StatusCode::OK, "{line}");
-        let expected = if path == "/v1/messages" {
+        let expected = if path.starts_with("/v1/messages") {
             "claude"
         } else {
             "primary"
@@ -67,6 +67,7 @@ async fn every_curl_line_the_demo_prints_is_answered_by_the_target_its_route_nam
             "/v1/embeddings",
             "/v1/responses",
             "/v1/messages",
+            "/v1/messages/count_tokens",
             "/v1/models"
         ]
     );
