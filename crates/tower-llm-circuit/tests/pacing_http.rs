@@ -282,3 +282,34 @@ async fn a_key_loaded_below_its_limit_is_never_paced() {
     assert!(ends.iter().all(|e| *e == End::Served), "{ends:?}");
     assert_eq!(sim.requests().len(), 300);
 }
+
+#[tokio::test(start_paused = true)]
+async fn with_continuous_refill_a_token_bucket_key_at_its_limit_serves_nearly_all_and_no_429() {
+    let mut served = Vec::new();
+    for continuous in [false, true] {
+        let sim = Simulator::builder()
+            .rate_limits(ProviderLimits::rpm(60).token_bucket())
+            .latency(Duration::from_secs(2))
+            .start()
+            .await
+            .unwrap();
+        let layer = CircuitLayer::new(
+            CircuitConfig::builder()
+                .pacing(PacingConfig::default().continuous_refill(continuous))
+                .build()
+                .unwrap(),
+        );
+        let service = stack(&layer);
+        // 60 calls a minute for five minutes, after a burst that empties
+        // the bucket: the limit exactly.
+        let burst = open_loop(&service, &sim, Api::OpenAiChat, 60, Duration::ZERO).await;
+        assert!(!burst.contains(&End::Upstream429));
+        let ends = open_loop(&service, &sim, Api::OpenAiChat, 300, Duration::from_secs(1)).await;
+        assert!(!ends.contains(&End::Upstream429), "{ends:?}");
+        let count = ends.iter().filter(|e| **e == End::Served).count();
+        served.push(count);
+    }
+    // Held until the full reset, a key that ran out waits for a full
+    // bucket; refilled evenly, it is called as soon as there is room.
+    assert!(served[1] > served[0], "{served:?}");
+}

@@ -67,6 +67,7 @@ pub struct ProviderLimits {
     rpm: Option<u64>,
     tpm: Option<u64>,
     window: Duration,
+    token_bucket: bool,
 }
 
 impl ProviderLimits {
@@ -76,6 +77,7 @@ impl ProviderLimits {
             rpm: Some(rpm),
             tpm: None,
             window: MINUTE,
+            token_bucket: false,
         }
     }
 
@@ -85,6 +87,7 @@ impl ProviderLimits {
             rpm: None,
             tpm: Some(tpm),
             window: MINUTE,
+            token_bucket: false,
         }
     }
 
@@ -104,6 +107,18 @@ impl ProviderLimits {
     /// taken as a millisecond).
     pub fn window(mut self, window: Duration) -> Self {
         self.window = window.max(Duration::from_millis(1));
+        self
+    }
+
+    /// Counts with token buckets instead of a sliding window, as OpenAI
+    /// and Anthropic do ("your capacity is continuously replenished up to
+    /// your maximum limit", docs.claude.com/en/api/rate-limits): each
+    /// bucket holds up to its limit, starts full and refills at the limit
+    /// per window, evenly; a request takes one request and its tokens. A
+    /// reset is then the time until the bucket is full again, and a
+    /// 429's `retry-after` the time until it holds enough.
+    pub fn token_bucket(mut self) -> Self {
+        self.token_bucket = true;
         self
     }
 
@@ -130,6 +145,8 @@ const MINUTE: Duration = Duration::from_secs(60);
 pub(crate) struct RateWindow {
     limits: ProviderLimits,
     admitted: Mutex<VecDeque<(Instant, u64)>>,
+    /// With token buckets: what each holds (requests, tokens) and when.
+    levels: Mutex<Option<(f64, f64, Instant)>>,
 }
 
 /// What is left of a window at one instant, as the headers say it.
@@ -138,8 +155,11 @@ pub(crate) struct Usage {
     limits: ProviderLimits,
     requests_left: u64,
     tokens_left: u64,
-    /// Until the window holds nothing.
+    /// Until the window holds nothing (with token buckets, until the
+    /// requests' bucket is full).
     reset: Duration,
+    /// Until the tokens' bucket is full (the window: `reset`).
+    tokens_reset: Duration,
 }
 
 /// A request's fate at the window.
@@ -157,6 +177,7 @@ impl RateWindow {
         RateWindow {
             limits,
             admitted: Mutex::new(VecDeque::new()),
+            levels: Mutex::new(None),
         }
     }
 
@@ -166,6 +187,9 @@ impl RateWindow {
 
     /// Admits a request costing `tokens` at `now`, or refuses it.
     pub(crate) fn admit(&self, now: Instant, tokens: u64) -> Admission {
+        if self.limits.token_bucket {
+            return self.admit_to_buckets(now, tokens);
+        }
         let window = self.limits.window;
         let mut admitted = self.lock();
         while admitted.front().is_some_and(|(at, _)| *at + window <= now) {
@@ -230,6 +254,66 @@ impl RateWindow {
             requests_left: self.limits.rpm.map_or(0, |rpm| rpm.saturating_sub(count)),
             tokens_left: self.limits.tpm.map_or(0, |tpm| tpm.saturating_sub(used)),
             reset,
+            tokens_reset: reset,
+        }
+    }
+
+    /// [`admit`](Self::admit) with token buckets.
+    fn admit_to_buckets(&self, now: Instant, tokens: u64) -> Admission {
+        let limits = self.limits;
+        let window = limits.window.as_secs_f64();
+        // A bucket's size and its refill per second (unlimited: none).
+        let sizes = [limits.rpm, limits.tpm].map(|l| l.map(|l| (l as f64, l as f64 / window)));
+        let mut levels = self.levels.lock().unwrap_or_else(|p| p.into_inner());
+        let (requests, tokens_level, then) = levels.unwrap_or((
+            sizes[0].map_or(0.0, |s| s.0),
+            sizes[1].map_or(0.0, |s| s.0),
+            now,
+        ));
+        let elapsed = now.saturating_duration_since(then).as_secs_f64();
+        let refill = |level: f64, size: Option<(f64, f64)>| {
+            size.map_or(0.0, |(size, rate)| (level + rate * elapsed).min(size))
+        };
+        let mut held = [refill(requests, sizes[0]), refill(tokens_level, sizes[1])];
+        let asks = [1.0, tokens as f64];
+        let mut refused = false;
+        let mut wait = Some(Duration::ZERO);
+        for ((level, size), ask) in held.iter().zip(sizes).zip(asks) {
+            let Some((size, rate)) = size else { continue };
+            if *level >= ask {
+                continue;
+            }
+            refused = true;
+            wait = if ask > size {
+                None
+            } else {
+                wait.map(|w| w.max(Duration::from_secs_f64((ask - level) / rate)))
+            };
+        }
+        if !refused {
+            for ((level, size), ask) in held.iter_mut().zip(sizes).zip(asks) {
+                if size.is_some() {
+                    *level -= ask;
+                }
+            }
+        }
+        *levels = Some((held[0], held[1], now));
+        let until_full = |level: f64, size: Option<(f64, f64)>| {
+            size.map_or(Duration::ZERO, |(size, rate)| {
+                Duration::from_secs_f64(((size - level) / rate).max(0.0))
+            })
+        };
+        let usage = Usage {
+            limits,
+            requests_left: held[0].max(0.0) as u64,
+            tokens_left: held[1].max(0.0) as u64,
+            reset: until_full(held[0], sizes[0]),
+            tokens_reset: until_full(held[1], sizes[1]),
+        };
+        if refused {
+            Admission::Refused(usage, wait)
+        } else {
+            Admission::Admitted(usage)
         }
     }
 }
@@ -240,46 +324,31 @@ impl Usage {
     pub(crate) fn write(&self, family: Family, headers: &mut HeaderMap, now: SystemTime) {
         let limits = self.limits;
         let buckets = [
-            ("requests", limits.rpm, self.requests_left),
-            ("tokens", limits.tpm, self.tokens_left),
+            ("requests", limits.rpm, self.requests_left, self.reset),
+            ("tokens", limits.tpm, self.tokens_left, self.tokens_reset),
         ];
-        match family {
-            Family::OpenAi => {
-                // Rounded up to the millisecond: a reset is never early.
-                let reset = go_duration(Duration::from_millis(
-                    self.reset.as_nanos().div_ceil(1_000_000) as u64,
-                ));
-                for (bucket, limit, left) in buckets {
-                    let Some(limit) = limit else { continue };
+        for (bucket, limit, left, reset) in buckets {
+            let Some(limit) = limit else { continue };
+            match family {
+                Family::OpenAi => {
+                    // Rounded up to the millisecond: a reset is never early.
+                    let reset = go_duration(Duration::from_millis(
+                        reset.as_nanos().div_ceil(1_000_000) as u64,
+                    ));
                     insert(headers, format!("x-ratelimit-limit-{bucket}"), limit);
                     insert(headers, format!("x-ratelimit-remaining-{bucket}"), left);
                     insert(headers, format!("x-ratelimit-reset-{bucket}"), &reset);
                 }
-            }
-            Family::Anthropic => {
-                // RFC 3339 at whole seconds, rounded up.
-                let at = now + self.reset + Duration::from_nanos(999_999_999);
-                let reset = rfc3339(at, 0);
-                for (bucket, limit, left) in buckets {
-                    let Some(limit) = limit else { continue };
-                    insert(
-                        headers,
-                        format!("anthropic-ratelimit-{bucket}-limit"),
-                        limit,
-                    );
-                    insert(
-                        headers,
-                        format!("anthropic-ratelimit-{bucket}-remaining"),
-                        left,
-                    );
-                    insert(
-                        headers,
-                        format!("anthropic-ratelimit-{bucket}-reset"),
-                        &reset,
-                    );
+                Family::Anthropic => {
+                    // RFC 3339 at whole seconds, rounded up.
+                    let at = rfc3339(now + reset + Duration::from_nanos(999_999_999), 0);
+                    let name = |field| format!("anthropic-ratelimit-{bucket}-{field}");
+                    insert(headers, name("limit"), limit);
+                    insert(headers, name("remaining"), left);
+                    insert(headers, name("reset"), &at);
                 }
+                Family::Ollama => {}
             }
-            Family::Ollama => {}
         }
     }
 }
@@ -355,6 +424,27 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_token_bucket_starts_full_and_refills_evenly() {
+        let window = RateWindow::new(ProviderLimits::rpm(10).token_bucket());
+        let start = Instant::now();
+        for expected in (0..10).rev() {
+            let (requests, _, reset) = left(window.admit(start, 1));
+            assert_eq!(requests, expected);
+            // One request refills in 6 s: full again 6 s per request taken.
+            assert_eq!(reset, secs(6 * (10 - expected)));
+        }
+        match window.admit(start + secs(3), 1) {
+            Admission::Refused(usage, wait) => {
+                assert_eq!(usage.requests_left, 0);
+                assert_eq!(wait, Some(secs(3)));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(left(window.admit(start + secs(6), 1)).0, 0);
+        assert_eq!(left(window.admit(start + secs(18), 1)).0, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn openai_headers_round_the_reset_up_to_the_millisecond() {
         let window = RateWindow::new(ProviderLimits::rpm(5).with_tpm(1000).window(secs(1)));
         let start = Instant::now();
@@ -364,6 +454,7 @@ mod tests {
         };
         let usage = Usage {
             reset: Duration::from_micros(999_001),
+            tokens_reset: Duration::from_micros(999_001),
             ..usage
         };
         let mut headers = HeaderMap::new();
