@@ -101,6 +101,10 @@ pub struct CircuitSettings {
     /// Whether answers' rate-limit headers pace their keys (on unless set
     /// `false`).
     pub pacing: Option<bool>,
+    /// Whether what a key's headers say is left refills at an even pace
+    /// until their reset, as the providers' token buckets do (off unless
+    /// set: see [`PacingConfig::continuous_refill`](crate::PacingConfig::continuous_refill)).
+    pub pacing_continuous_refill: Option<bool>,
     /// Requests per minute of every key not named in `pace_limits`, for
     /// targets that send no rate-limit headers.
     pub rpm: Option<u64>,
@@ -273,6 +277,7 @@ impl CircuitSettings {
             b = b.adaptive_limit(limit.build()?);
         }
         if self.pacing.is_some()
+            || self.pacing_continuous_refill.is_some()
             || self.rpm.is_some()
             || self.tpm.is_some()
             || !self.pace_limits.is_empty()
@@ -281,6 +286,9 @@ impl CircuitSettings {
                 .pacing
                 .clone()
                 .from_headers(self.pacing.unwrap_or(true));
+            if let Some(on) = self.pacing_continuous_refill {
+                pacing = pacing.continuous_refill(on);
+            }
             if self.rpm.is_some() || self.tpm.is_some() {
                 pacing = pacing.default_limit(crate::PaceLimits {
                     rpm: self.rpm,
@@ -475,10 +483,11 @@ mod tests {
     #[test]
     fn pacing_limits_are_read_from_a_settings_file_by_target() {
         let settings: CircuitSettings = serde_json::from_str(
-            r#"{"tpm": 90000, "pace_limits": {"local": {"rpm": 10, "tpm": 1000}}}"#,
+            r#"{"tpm": 90000, "pacing_continuous_refill": true, "pace_limits": {"local": {"rpm": 10, "tpm": 1000}}}"#,
         )
         .unwrap();
         let config = settings.build().unwrap();
+        assert!(config.pacing().continuous_refill);
         assert_eq!(
             config.pacing().limits_for("local/llama3"),
             Some(crate::PaceLimits::rpm(10).with_tpm(1000))
