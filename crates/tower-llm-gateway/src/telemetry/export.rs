@@ -3,6 +3,8 @@
 //! layer that feeds it.
 
 use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -77,6 +79,7 @@ impl Telemetry {
         let client = ExportClient {
             client: crate::upstream_client(),
             runtime,
+            failing: Arc::default(),
         };
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_http()
@@ -137,10 +140,33 @@ where
 /// The exporter's HTTP client: the gateway's hyper-rustls client, each
 /// post run on the gateway's runtime (the batch processor's thread has
 /// none) and awaited from there.
+///
+/// The log says when the collector stops taking traces (their batches are
+/// dropped) and when it takes them again: one line each, not one per batch.
 #[derive(Clone)]
 struct ExportClient {
     client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     runtime: Handle,
+    failing: Arc<AtomicBool>,
+}
+
+/// Logs a change between a collector that takes the traces and one that
+/// does not.
+fn note(failing: &AtomicBool, answer: &Result<Response<Bytes>, HttpError>) {
+    let failure = match answer {
+        Ok(response) if response.status().is_success() => None,
+        Ok(response) => Some(format!("it answered {}", response.status())),
+        Err(error) => Some(error.to_string()),
+    };
+    match failure {
+        Some(why) if !failing.swap(true, Ordering::Relaxed) => {
+            tracing::warn!(%why, "traces: the collector does not take them; batches are dropped until it does");
+        }
+        None if failing.swap(false, Ordering::Relaxed) => {
+            tracing::info!("traces: the collector takes them again");
+        }
+        _ => {}
+    }
 }
 
 impl fmt::Debug for ExportClient {
@@ -153,6 +179,7 @@ impl fmt::Debug for ExportClient {
 impl HttpClient for ExportClient {
     async fn send_bytes(&self, request: Request<Bytes>) -> Result<Response<Bytes>, HttpError> {
         let client = self.client.clone();
+        let failing = Arc::clone(&self.failing);
         let post = async move {
             let response = client.request(request.map(Full::new)).await?;
             let (head, body) = response.into_parts();
@@ -162,12 +189,14 @@ impl HttpClient for ExportClient {
                 .to_bytes();
             Ok::<_, HttpError>(Response::from_parts(head, body))
         };
-        let task = self
-            .runtime
-            .spawn(async move { tokio::time::timeout(EXPORT_TIMEOUT, post).await });
-        match task.await? {
-            Ok(answer) => answer,
-            Err(_elapsed) => Err("the collector did not answer in time".into()),
-        }
+        let task = self.runtime.spawn(async move {
+            let answer = match tokio::time::timeout(EXPORT_TIMEOUT, post).await {
+                Ok(answer) => answer,
+                Err(_elapsed) => Err("the collector did not answer in time".into()),
+            };
+            note(&failing, &answer);
+            answer
+        });
+        task.await?
     }
 }
