@@ -23,6 +23,7 @@ use http::{HeaderMap, HeaderValue, StatusCode, header};
 use ring::digest::{SHA256, SHA256_OUTPUT_LEN, digest};
 use subtle::{Choice, ConditionallySelectable, ConstantTimeEq};
 
+use crate::endpoints::ErrorShape;
 use crate::limits::Caller;
 
 /// The header the Anthropic SDKs send their key in.
@@ -208,29 +209,106 @@ pub(crate) async fn require_key(
     }
     metrics::counter!("tower_llm_gateway_rejected_total", "reason" => "unauthenticated")
         .increment(1);
-    tracing::info!(
+    // Counted above; logged at debug only, so that anyone who can connect
+    // cannot fill the log.
+    tracing::debug!(
         path = request.uri().path(),
         key = verdict.as_str(),
         "caller refused: no accepted key"
     );
-    unauthorized(verdict)
+    unauthorized(verdict, ErrorShape::of_path(request.uri().path()))
 }
 
-/// An OpenAI-shaped 401, as OpenAI answers a bad key (without echoing any
-/// of it), with the `WWW-Authenticate` challenge of RFC 6750 §3.
-fn unauthorized(verdict: Verdict) -> Response {
+/// A 401 in the endpoint's provider's shape (OpenAI's as OpenAI answers a
+/// bad key, Anthropic's `authentication_error` on its endpoints), without
+/// echoing any of the key, with the `WWW-Authenticate` challenge of RFC
+/// 6750 §3.
+fn unauthorized(verdict: Verdict, shape: ErrorShape) -> Response {
     let message = match verdict {
         Verdict::Missing => "no API key: send `Authorization: Bearer <key>` or `x-api-key: <key>`",
         _ => "the API key is not one this gateway accepts",
     };
-    let mut response = crate::error::error_json_with_code(
-        StatusCode::UNAUTHORIZED,
-        "invalid_request_error",
-        "invalid_api_key",
-        message,
-    );
+    let mut response = match shape {
+        ErrorShape::OpenAi => crate::error::error_json_with_code(
+            StatusCode::UNAUTHORIZED,
+            "invalid_request_error",
+            "invalid_api_key",
+            message,
+        ),
+        ErrorShape::Anthropic => {
+            shape.gateway_error(StatusCode::UNAUTHORIZED, "invalid_api_key", message)
+        }
+    };
     response
         .headers_mut()
         .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys() -> CallerKeys {
+        CallerKeys::from_env("KEYS", Some("sk-alice, sk-bob ,,sk-carol".to_owned())).unwrap()
+    }
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for (name, value) in pairs {
+            headers.append(*name, value.parse().unwrap());
+        }
+        headers
+    }
+
+    #[test]
+    fn the_accepted_key_names_the_caller_whichever_header_carries_it() {
+        let keys = keys();
+        assert_eq!(keys.len(), 3);
+        assert_eq!(
+            keys.verdict(&headers(&[("authorization", "Bearer sk-alice")])),
+            Verdict::Accepted(0)
+        );
+        assert_eq!(
+            keys.verdict(&headers(&[("x-api-key", "sk-carol")])),
+            Verdict::Accepted(2)
+        );
+        // The scheme in any case, the token trimmed.
+        assert_eq!(
+            keys.verdict(&headers(&[("authorization", "bearer  sk-bob ")])),
+            Verdict::Accepted(1)
+        );
+    }
+
+    #[test]
+    fn a_wrong_key_beside_an_accepted_one_is_the_accepted_callers() {
+        let keys = keys();
+        let both = headers(&[
+            ("authorization", "Bearer sk-mallory"),
+            ("x-api-key", "sk-bob"),
+        ]);
+        assert_eq!(keys.verdict(&both), Verdict::Accepted(1));
+    }
+
+    #[test]
+    fn no_key_and_a_wrong_key_are_told_apart() {
+        let keys = keys();
+        assert_eq!(keys.verdict(&HeaderMap::new()), Verdict::Missing);
+        assert_eq!(
+            keys.verdict(&headers(&[("authorization", "Basic sk-alice")])),
+            Verdict::Missing
+        );
+        assert_eq!(
+            keys.verdict(&headers(&[("x-api-key", "sk-alic")])),
+            Verdict::Wrong
+        );
+    }
+
+    #[test]
+    fn keys_are_never_shown() {
+        let shown = format!("{:?}", keys());
+        assert!(!shown.contains("sk-"), "{shown}");
+        let error = CallerKeys::from_env("KEYS", Some("sk-ok, bad key".to_owned())).unwrap_err();
+        assert!(error.contains("key 2") && !error.contains("bad"), "{error}");
+    }
 }

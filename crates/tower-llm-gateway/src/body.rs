@@ -5,6 +5,8 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -57,6 +59,9 @@ pin_project_lite::pin_project! {
         trailers: bool,
         // The trailer to send after a stream's in-band error event.
         pending: Option<HeaderMap>,
+        // Set when a stream ends with an in-band error event: the answer
+        // failed though its head said 200 (read by `observe`).
+        failed: Option<Arc<AtomicBool>>,
         ended: bool,
         _permit: OwnedSemaphorePermit,
     }
@@ -84,6 +89,7 @@ impl<B> ResponseBody<B> {
             continuation: None,
             trailers: false,
             pending: None,
+            failed: None,
             ended: false,
             _permit: permit,
         }
@@ -97,6 +103,27 @@ impl<B> ResponseBody<B> {
         self.continuation = report;
         self.trailers = trailers;
         self
+    }
+
+    /// For a stream: the flag its end sets when it was an in-band error
+    /// event, to put in the answer's extensions ([`FailedInBand`]).
+    pub(crate) fn failed_in_band(&mut self) -> Option<FailedInBand> {
+        self.in_band?;
+        let flag = Arc::new(AtomicBool::new(false));
+        self.failed = Some(Arc::clone(&flag));
+        Some(FailedInBand(flag))
+    }
+}
+
+/// In a streamed answer's extensions: whether the stream, whose head said
+/// 200, ended with an in-band error event (set when it does).
+#[derive(Clone, Debug)]
+pub(crate) struct FailedInBand(Arc<AtomicBool>);
+
+impl FailedInBand {
+    /// Whether it did.
+    pub(crate) fn get(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
     }
 }
 
@@ -168,6 +195,9 @@ where
             };
             *this.ended = true;
             *this.pending = fields;
+            if let Some(failed) = this.failed.as_ref() {
+                failed.store(true, Ordering::Relaxed);
+            }
             let classification = error.classification();
             tracing::info!(
                 kind = classification.kind().as_str(),

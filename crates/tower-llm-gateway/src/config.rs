@@ -55,9 +55,6 @@ pub struct GatewaySection {
     /// Listen beyond loopback without caller keys (something in front of
     /// the gateway authenticates callers).
     pub allow_unauthenticated: Option<bool>,
-    /// Requests and tokens per minute, per caller key and endpoint
-    /// (`[gateway.rate_limits]`).
-    pub rate_limits: Option<RateLimitSection>,
     /// The file's `[telemetry]` section (a table of its own beside
     /// `[gateway]`, read by [`parse_file`]).
     #[serde(skip)]
@@ -66,6 +63,9 @@ pub struct GatewaySection {
     /// replicas through Redis (read by [`parse_file`]).
     #[serde(skip)]
     pub shared: SharedSection,
+    /// Requests and tokens per minute, per caller key and endpoint
+    /// (`[gateway.rate_limits]`).
+    pub rate_limits: Option<RateLimitSection>,
 }
 
 /// How the gateway's own side behaves.

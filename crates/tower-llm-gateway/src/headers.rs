@@ -21,8 +21,10 @@ pub const FALLBACKS_HEADER: &str = "x-tower-llm-fallbacks";
 pub const CONTINUED_TRAILER: &str = "x-tower-llm-continued";
 
 /// Response headers that stay at the gateway: hop-by-hop ones (RFC 9110
-/// §7.6.1) and those the `connection` header names, cookies, and the
-/// identity of the gateway's own upstream account.
+/// §7.6.1) and those the `connection` header names, cookies, the
+/// identity of the gateway's own upstream account, and any `x-tower-llm-*`
+/// (an upstream that is itself a gateway says what happened *there*; what
+/// this gateway says is set after this, and read by its own metrics).
 pub(crate) fn keep_to_gateway(headers: &mut HeaderMap) {
     // One look at the names present (an answer has a handful), then a
     // removal only for those that must stay here: removing each listed
@@ -33,7 +35,8 @@ pub(crate) fn keep_to_gateway(headers: &mut HeaderMap) {
             .iter()
             .chain(&ACCOUNT_HEADERS)
             .chain(&["set-cookie"])
-            .any(|listed| *listed == name.as_str());
+            .any(|listed| *listed == name.as_str())
+            || name.as_str().starts_with("x-tower-llm-");
         if listed {
             kept.push(name.clone());
         }

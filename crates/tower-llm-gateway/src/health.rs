@@ -4,6 +4,7 @@
 //! serves) and `/health/ready` (every route has a target that can take
 //! traffic).
 
+use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
 use axum::extract::{Request, State};
@@ -159,15 +160,18 @@ pub(crate) async fn live() -> Response {
 /// `/health/ready`: 200 when every route has at least one target that can
 /// take traffic now, else 503 with the routes that have none (a readiness
 /// probe takes the replica out of rotation until then). A target can take
-/// traffic unless every breaker key it has (`target/model`) is open,
-/// forced open or cooling down; a target not called yet can.
+/// traffic unless every breaker key it has (`target/model`) is forced open,
+/// open with time left, or cooling down; a target not called yet can, and
+/// so can one whose open time is over (its next call is the probe that
+/// closes it: counting it out would keep the replica out of rotation, and
+/// so without calls, for good).
 pub(crate) async fn ready(State(gateway): State<Gateway>) -> Response {
     let snapshot = gateway.stack.circuits().snapshot();
-    let unready: Vec<_> = gateway
-        .stack
-        .routes()
+    let routes = gateway.stack.routes();
+    let blocked = blocked_targets(&routes, &snapshot);
+    let unready: Vec<_> = routes
         .into_iter()
-        .filter(|(_, targets)| !targets.iter().any(|t| can_take_traffic(t, &snapshot)))
+        .filter(|(_, targets)| targets.iter().all(|t| blocked.contains(t)))
         .map(|(model, targets)| json!({ "model": model, "targets": targets }))
         .collect();
     if unready.is_empty() {
@@ -178,19 +182,47 @@ pub(crate) async fn ready(State(gateway): State<Gateway>) -> Response {
     response
 }
 
-/// Whether `target` can take traffic by its breaker keys (`target/model`).
-fn can_take_traffic(target: &str, snapshot: &[KeySnapshot]) -> bool {
-    let mut keys = snapshot.iter().filter(|k| {
-        k.key
-            .strip_prefix(target)
-            .is_some_and(|rest| rest.starts_with('/'))
-    });
-    let blocked = |k: &KeySnapshot| {
-        matches!(k.state, CircuitState::Open | CircuitState::ForcedOpen)
-            || k.cooldown_remaining.is_some()
-    };
-    // No key yet: never called, nothing says it cannot.
-    !keys.clone().any(|_| true) || keys.any(|k| !blocked(k))
+/// The targets none of whose breaker keys can take a call now. A key
+/// `target/model` belongs to the target with the longest name it starts
+/// with (followed by `/`): a target `openai` and a target `openai/eu` each
+/// get their own keys, though model names may hold `/` too.
+fn blocked_targets<'a>(
+    routes: &[(String, Vec<&'a str>)],
+    snapshot: &[KeySnapshot],
+) -> HashSet<&'a str> {
+    let names: HashSet<&'a str> = routes
+        .iter()
+        .flat_map(|(_, targets)| targets.iter().copied())
+        .collect();
+    // Per target: whether it has a key, and whether one of them is open
+    // to calls.
+    let mut seen: HashMap<&str, bool> = HashMap::new();
+    for key in snapshot {
+        let owner = names
+            .iter()
+            .filter(|t| {
+                key.key
+                    .strip_prefix(**t)
+                    .is_some_and(|rest| rest.starts_with('/'))
+            })
+            .max_by_key(|t| t.len());
+        let Some(owner) = owner else { continue };
+        let available = !blocks_calls(key);
+        let entry = seen.entry(owner).or_insert(false);
+        *entry |= available;
+    }
+    seen.into_iter()
+        .filter(|(_, available)| !available)
+        .map(|(target, _)| target)
+        .collect()
+}
+
+/// Whether a key refuses calls for now: forced open, open with time left,
+/// or cooling down.
+fn blocks_calls(key: &KeySnapshot) -> bool {
+    key.state == CircuitState::ForcedOpen
+        || (key.state == CircuitState::Open && key.open_remaining.is_some())
+        || key.cooldown_remaining.is_some()
 }
 
 fn json_response(body: serde_json::Value) -> Response {

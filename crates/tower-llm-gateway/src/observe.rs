@@ -24,26 +24,35 @@ use http::{HeaderMap, StatusCode};
 use http_body::{Frame, SizeHint};
 use metrics::SharedString;
 
+use crate::body::FailedInBand;
 use crate::headers::{ATTEMPTS_HEADER, FALLBACKS_HEADER, TARGET_HEADER};
 use crate::prometheus::status_label;
 
 /// The API endpoints observed, by path, with their metric label. Anything
 /// else (`/health`, `/metrics`, the status page, unknown paths) is not.
-pub(crate) const ENDPOINTS: [(&str, &str); 6] = [
+/// `/v1/models/{model}` counts as `models`.
+pub(crate) const ENDPOINTS: [(&str, &str); 7] = [
     ("/v1/chat/completions", "chat_completions"),
     ("/v1/completions", "completions"),
     ("/v1/embeddings", "embeddings"),
     ("/v1/responses", "responses"),
     ("/v1/messages", "messages"),
+    ("/v1/messages/count_tokens", "count_tokens"),
     ("/v1/models", "models"),
 ];
 
+/// The index in [`ENDPOINTS`] of the endpoint serving `path`.
+pub(crate) fn endpoint_index(path: &str) -> Option<usize> {
+    ENDPOINTS.iter().position(|(p, _)| *p == path).or_else(|| {
+        path.strip_prefix("/v1/models/")
+            .filter(|model| !model.is_empty())
+            .map(|_| ENDPOINTS.len() - 1)
+    })
+}
+
 /// The label of an observed endpoint.
 fn endpoint_of(path: &str) -> Option<&'static str> {
-    ENDPOINTS
-        .iter()
-        .find(|(p, _)| *p == path)
-        .map(|(_, label)| *label)
+    endpoint_index(path).map(|i| ENDPOINTS[i].1)
 }
 
 /// Targets tracked for `/health`; past this many names (only the
@@ -138,8 +147,15 @@ impl Activity {
     }
 
     /// Counts one request `target` served (or failed, `failed`) that took
-    /// `elapsed`, ended at `at`.
-    pub(crate) fn record(&self, target: &str, failed: bool, elapsed: Duration, at: Instant) {
+    /// `elapsed` (`None`: a failed attempt passed over, not timed here),
+    /// ended at `at`.
+    pub(crate) fn record(
+        &self,
+        target: &str,
+        failed: bool,
+        elapsed: Option<Duration>,
+        at: Instant,
+    ) {
         let second = self.second(at);
         let mut targets = self.targets.lock().unwrap_or_else(PoisonError::into_inner);
         if !targets.contains_key(target) {
@@ -167,8 +183,10 @@ impl Activity {
         if failed {
             slot.failed = slot.failed.saturating_add(1);
         }
-        let bin = &mut slot.bins[bin_of(elapsed)];
-        *bin = bin.saturating_add(1);
+        if let Some(elapsed) = elapsed {
+            let bin = &mut slot.bins[bin_of(elapsed)];
+            *bin = bin.saturating_add(1);
+        }
     }
 
     /// Keeps a fallback for the status page (the last twenty).
@@ -217,13 +235,16 @@ impl Activity {
                         *sum += u64::from(n);
                     }
                 }
+                // Over the timed answers only: an attempt passed over is
+                // counted, not timed.
+                let timed = bins.iter().sum();
                 TargetFigures {
                     target: Arc::clone(target),
                     requests,
                     failed,
                     per_second: requests as f64 / span as f64,
-                    p50_ms: quantile(&bins, requests, 0.50),
-                    p99_ms: quantile(&bins, requests, 0.99),
+                    p50_ms: quantile(&bins, timed, 0.50),
+                    p99_ms: quantile(&bins, timed, 0.99),
                 }
             })
             .collect();
@@ -260,7 +281,8 @@ pub(crate) async fn observe(
     };
     let started = Instant::now();
     let response = next.run(request).await;
-    let seen = Seen::of(endpoint, response.status(), response.headers(), started);
+    let mut seen = Seen::of(endpoint, response.status(), response.headers(), started);
+    seen.failed_in_band = response.extensions().get::<FailedInBand>().cloned();
     let (head, body) = response.into_parts();
     let body = Body::new(Observed {
         inner: body,
@@ -280,6 +302,10 @@ struct Seen {
     target: Option<Arc<str>>,
     attempts: u32,
     passed: Option<String>,
+    /// A stream's in-band failure, set by its body (`FailedInBand`).
+    failed_in_band: Option<FailedInBand>,
+    /// The body ended with an error.
+    errored: bool,
 }
 
 impl Seen {
@@ -306,6 +332,8 @@ impl Seen {
             passed: text(FALLBACKS_HEADER)
                 .filter(|p| !p.is_empty())
                 .map(str::to_owned),
+            failed_in_band: None,
+            errored: false,
         }
     }
 
@@ -345,8 +373,33 @@ impl Seen {
             "status" => status
         )
         .record(elapsed.as_secs_f64());
-        let failed = !self.status.is_success();
-        activity.record(self.target.as_deref().unwrap_or("-"), failed, elapsed, now);
+        // A stream whose head said 200 may still fail: its body ends with
+        // an in-band error event (or an error).
+        let failed_after_head =
+            self.errored || self.failed_in_band.as_ref().is_some_and(FailedInBand::get);
+        if failed_after_head {
+            metrics::counter!(
+                "tower_llm_gateway_failed_after_head_total",
+                "endpoint" => self.endpoint
+            )
+            .increment(1);
+        }
+        let failed = !self.status.is_success() || failed_after_head;
+        // The last minute per target: the one that answered, and each one
+        // passed for a failure of its own (an open circuit is no call).
+        if let Some(target) = &self.target {
+            activity.record(target, failed, Some(elapsed), now);
+        }
+        for (target, kind) in self
+            .passed
+            .iter()
+            .flat_map(|p| p.split(", "))
+            .filter_map(|p| p.rsplit_once(':'))
+        {
+            if kind != "circuit_open" {
+                activity.record(target, true, None, now);
+            }
+        }
         let Some(served_by) = self.target.filter(|_| !failed) else {
             // A failure is logged where it is answered (the handler's
             // warning, or the refusal's own line).
@@ -431,7 +484,13 @@ impl http_body::Body for Observed {
                     seen.first_byte();
                 }
             }
-            Poll::Ready(Some(Err(_)) | None) => this.finish(),
+            Poll::Ready(Some(Err(_))) => {
+                if let Some(seen) = &mut this.seen {
+                    seen.errored = true;
+                }
+                this.finish();
+            }
+            Poll::Ready(None) => this.finish(),
             Poll::Pending => {}
         }
         polled
@@ -466,6 +525,22 @@ mod tests {
     }
 
     #[test]
+    fn attempts_passed_over_count_as_failed_requests_without_moving_the_latency_quantiles() {
+        let activity = Activity::new();
+        let t0 = activity.epoch;
+        for _ in 0..10 {
+            activity.record("primary", false, Some(Duration::from_millis(10)), t0);
+        }
+        for _ in 0..5 {
+            activity.record("primary", true, None, t0);
+        }
+        let figures = activity.figures(t0);
+        assert_eq!((figures[0].requests, figures[0].failed), (15, 5));
+        let p99 = figures[0].p99_ms.unwrap();
+        assert!((10.0..12.5).contains(&p99), "{p99}");
+    }
+
+    #[test]
     fn figures_count_the_last_minute_and_forget_older_seconds() {
         let activity = Activity::new();
         let t0 = activity.epoch;
@@ -474,7 +549,7 @@ mod tests {
             activity.record(
                 "primary",
                 i % 10 == 0,
-                elapsed,
+                Some(elapsed),
                 t0 + Duration::from_millis(i * 10),
             );
         }
@@ -498,7 +573,7 @@ mod tests {
         let activity = Activity::new();
         let now = Instant::now();
         for i in 0..MAX_TARGETS + 10 {
-            activity.record(&format!("t{i}"), false, Duration::from_millis(1), now);
+            activity.record(&format!("t{i}"), false, Some(Duration::from_millis(1)), now);
         }
         assert_eq!(activity.figures(now).len(), MAX_TARGETS);
     }
@@ -529,5 +604,11 @@ mod tests {
         assert_eq!(endpoint_of("/v1/messages"), Some("messages"));
         assert_eq!(endpoint_of("/health"), None);
         assert_eq!(endpoint_of("/v1/chat/completions/"), None);
+        assert_eq!(endpoint_of("/v1/models/gpt-4o"), Some("models"));
+        assert_eq!(endpoint_of("/v1/models/"), None);
+        assert_eq!(
+            endpoint_of("/v1/messages/count_tokens"),
+            Some("count_tokens")
+        );
     }
 }

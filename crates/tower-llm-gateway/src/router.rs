@@ -16,7 +16,8 @@ use tower_llm::stack::Stack;
 
 use crate::auth::{self, CallerKeys};
 use crate::config::{GatewayOptions, MAX_CONCURRENCY};
-use crate::error::{error_json, payload_too_large};
+use crate::endpoints::ErrorShape;
+use crate::error::error_json;
 use crate::limits::{self, Limiter};
 use crate::observe::{self, Activity};
 use crate::shutdown::Closing;
@@ -100,7 +101,7 @@ pub fn router(
         // cuts a chunked body at it; either way the answer is made
         // OpenAI-shaped below.
         .layer(RequestBodyLimitLayer::new(options.max_body_bytes))
-        .layer(axum::middleware::map_response(openai_shaped_413))
+        .layer(axum::middleware::from_fn(shaped_413))
         // A caller over its limits is answered before its body is read.
         .layer(option_layer(limiter.map(|limiter| {
             axum::middleware::from_fn_with_state(limiter, limits::admit)
@@ -125,13 +126,16 @@ pub fn router(
     }
 }
 
-async fn openai_shaped_413(response: Response) -> Response {
+/// tower-http's bare 413, in the endpoint's provider's shape.
+async fn shaped_413(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let shape = ErrorShape::of_path(request.uri().path());
+    let response = next.run(request).await;
     let is_json = response
         .headers()
         .get(header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
     if response.status() == StatusCode::PAYLOAD_TOO_LARGE && !is_json {
-        return payload_too_large();
+        return shape.payload_too_large();
     }
     response
 }

@@ -177,10 +177,12 @@ async fn tokens_per_minute_count_the_prompt_and_max_tokens_before_any_upstream_c
             r#"{{"model":"gpt-4o","max_tokens":{max_tokens},"messages":[{{"role":"user","content":"hello"}}]}}"#
         )
     };
-    // More than a minute's tokens: never admitted, so no Retry-After.
+    // More than a minute's tokens: never admitted, so no Retry-After, and
+    // the SDKs are told not to retry it.
     let huge = post_chat(&gateway, Some("sk-caller"), &body(1000)).await;
     assert_eq!(huge.status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(huge.header("retry-after"), "");
+    assert_eq!(huge.header("x-should-retry"), "false");
     assert!(
         huge.json()["error"]["message"]
             .as_str()
@@ -198,6 +200,10 @@ async fn tokens_per_minute_count_the_prompt_and_max_tokens_before_any_upstream_c
     assert_eq!(over.status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(over.json()["error"]["type"], "tokens");
     assert!(over.header("retry-after").parse::<u64>().unwrap() >= 1);
+    // The refusal says where the caller stands, as OpenAI's does.
+    assert_eq!(over.header("x-ratelimit-limit-tokens"), "200");
+    assert_eq!(over.header("x-ratelimit-remaining-tokens"), "79");
+    assert!(!over.header("x-ratelimit-reset-tokens").is_empty());
     assert_eq!(upstream.requests().len(), 1);
 }
 
@@ -288,4 +294,143 @@ async fn on_anthropics_messages_a_caller_over_its_limit_gets_anthropics_429_and_
     // Chat has no limit here.
     let chat = post_chat(&gateway, Some("sk-caller"), &chat("gpt-4o")).await;
     assert_ne!(chat.status, StatusCode::TOO_MANY_REQUESTS);
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_route_whose_breaker_opened_by_itself_is_ready_again_once_its_open_time_is_over() {
+    let upstream = Simulator::builder()
+        .plan(tower_llm_testkit::Fault::status(500))
+        .start()
+        .await
+        .unwrap();
+    let file = one_target(
+        &upstream,
+        "[circuit]\nconsecutive_failures = 2\nopen_ms = 10000\nopen_jitter = 0.0",
+    );
+    let gateway = Gateway::start_file(&file, &[]).await;
+    for _ in 0..2 {
+        let answer = post_chat(&gateway, None, &chat("gpt-4o")).await;
+        assert_ne!(answer.status, StatusCode::OK);
+    }
+    let states: Vec<_> = gateway
+        .circuits
+        .snapshot()
+        .into_iter()
+        .map(|k| (k.key, k.state, k.open_remaining))
+        .collect();
+    assert!(
+        states
+            .iter()
+            .any(|(_, state, _)| *state == tower_llm::circuit::CircuitState::Open),
+        "{states:?}"
+    );
+    assert_eq!(
+        gateway.get("/health/ready").await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+
+    // No call comes while the replica is out of rotation; the open time
+    // running out must be enough (the next call is the probe).
+    tokio::time::advance(Duration::from_secs(11)).await;
+    assert_eq!(gateway.get("/health/ready").await.status, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_request_refused_for_its_tokens_gives_its_request_back() {
+    let upstream = healthy().await;
+    let gateway = Gateway::start_file(
+        &limited(
+            &upstream,
+            "requests_per_minute = 2\ntokens_per_minute = 200",
+        ),
+        &[("CALLER_KEYS", "sk-caller")],
+    )
+    .await;
+    let big =
+        r#"{"model":"gpt-4o","max_tokens":150,"messages":[{"role":"user","content":"hello"}]}"#;
+    let ok = post_chat(&gateway, Some("sk-caller"), big).await;
+    assert_eq!(ok.status, StatusCode::OK);
+    assert_eq!(ok.header("x-ratelimit-remaining-requests"), "1");
+
+    let refused = post_chat(&gateway, Some("sk-caller"), big).await;
+    assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(refused.json()["error"]["type"], "tokens");
+    // The request it was admitted with came back.
+    assert_eq!(refused.header("x-ratelimit-remaining-requests"), "1");
+    let small = post_chat(&gateway, Some("sk-caller"), &chat("gpt-4o")).await;
+    assert_eq!(small.status, StatusCode::OK, "{}", small.body);
+    assert_eq!(small.header("x-ratelimit-remaining-requests"), "0");
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_caller_without_a_key_on_anthropics_messages_gets_anthropics_401() {
+    let upstream = healthy().await;
+    let file = one_target(&upstream, "[gateway]\napi_keys_env = \"CALLER_KEYS\"");
+    let gateway = Gateway::start_file(&file, &[("CALLER_KEYS", "sk-caller")]).await;
+    let refused = gateway
+        .call(
+            Method::POST,
+            "/v1/messages",
+            &[("content-type", "application/json")],
+            "{}",
+        )
+        .await;
+    assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(refused.json()["type"], "error");
+    assert_eq!(refused.json()["error"]["type"], "authentication_error");
+    let openai = post_chat(&gateway, None, &chat("gpt-4o")).await;
+    assert_eq!(openai.json()["error"]["code"], "invalid_api_key");
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_stream_that_fails_after_its_head_counts_as_failed_for_its_target() {
+    let upstream = Simulator::builder()
+        .plan(tower_llm_testkit::Fault::stream_drop_after(2))
+        .start()
+        .await
+        .unwrap();
+    let gateway = Gateway::start_file(&one_target(&upstream, ""), &[]).await;
+    let stream = r#"{"model":"gpt-4o","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+    let answer = post_chat(&gateway, None, stream).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert!(answer.body.contains("stream_incomplete"), "{}", answer.body);
+
+    let health = gateway.get("/health").await.json();
+    let primary = health["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["target"] == "primary")
+        .unwrap()
+        .clone();
+    assert_eq!(primary["requests"], 1, "{health}");
+    assert_eq!(primary["failed"], 1, "{health}");
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn an_upstreams_own_x_tower_llm_headers_never_reach_the_caller_or_the_figures() {
+    let mut headers = http::HeaderMap::new();
+    headers.insert("content-type", "application/json".parse().unwrap());
+    headers.insert(
+        "x-tower-llm-fallbacks",
+        "elsewhere:overloaded".parse().unwrap(),
+    );
+    headers.insert("x-tower-llm-target", "not-ours".parse().unwrap());
+    let body = r#"{"id":"chatcmpl-1","object":"chat.completion","created":1,"model":"gpt-4o","choices":[{"index":0,"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}]}"#;
+    let upstream = Simulator::builder()
+        .plan(tower_llm_testkit::Fault::raw(StatusCode::OK, headers, body))
+        .start()
+        .await
+        .unwrap();
+    let gateway = Gateway::start_file(&one_target(&upstream, ""), &[]).await;
+    let answer = post_chat(&gateway, None, &chat("gpt-4o")).await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+    assert_eq!(answer.header("x-tower-llm-target"), "primary");
+    assert_eq!(answer.header("x-tower-llm-fallbacks"), "");
+    let health = gateway.get("/health").await.json();
+    assert_eq!(
+        health["recent_fallbacks"],
+        serde_json::json!([]),
+        "{health}"
+    );
 }

@@ -31,6 +31,17 @@ pub(crate) enum ErrorShape {
 }
 
 impl ErrorShape {
+    /// The shape of the errors of the endpoint at `path`: Anthropic's on
+    /// its Messages API (`/v1/messages`, `/v1/messages/count_tokens`),
+    /// OpenAI's everywhere else.
+    pub(crate) fn of_path(path: &str) -> ErrorShape {
+        if path == "/v1/messages" || path.starts_with("/v1/messages/") {
+            ErrorShape::Anthropic
+        } else {
+            ErrorShape::OpenAi
+        }
+    }
+
     /// An error of the gateway's own: `kind` is OpenAI's `type` and `code`;
     /// Anthropic's type follows from the status, as its API pairs them
     /// (*Errors*, docs.claude.com: 400 `invalid_request_error`, 401

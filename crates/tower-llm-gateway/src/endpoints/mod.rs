@@ -170,7 +170,7 @@ pub(crate) async fn forward(endpoint: &Endpoint, gateway: Gateway, request: Requ
     }
     // The permit is held until the body is done: a stream counts as in
     // flight for as long as it streams.
-    let body = body::ResponseBody::new(
+    let mut body = body::ResponseBody::new(
         body,
         permit,
         Box::pin(gateway.closing.closed()),
@@ -178,6 +178,9 @@ pub(crate) async fn forward(endpoint: &Endpoint, gateway: Gateway, request: Requ
         dialect,
     )
     .reporting(continuation, trailers);
+    if let Some(failed) = body.failed_in_band() {
+        head.extensions.insert(failed);
+    }
     Response::from_parts(head, Body::new(body))
 }
 

@@ -3,7 +3,7 @@
 //! `[gateway.rate_limits]` gives requests and (for the endpoints that
 //! generate text) estimated tokens per minute, per caller key and per
 //! endpoint, with per-endpoint overrides. Each limit is a GCRA bucket
-//! ([`gcra`]) holding a minute's worth, refilled continuously: a caller
+//! (`gcra.rs`) holding a minute's worth, refilled continuously: a caller
 //! may spend its minute at once, then gets a unit back every
 //! `60 s / limit`. Without caller keys every caller shares one bucket per
 //! endpoint (the gateway as a whole is what is protected).
@@ -39,9 +39,14 @@ use tower_llm::classify::RequestMeta;
 use tower_llm::classify::hint::{format_go_duration as go_duration, format_rfc3339};
 
 use self::gcra::{Cell, Decision, Quota, Standing};
-use crate::observe::ENDPOINTS;
+use crate::endpoints::ErrorShape;
+use crate::observe::{ENDPOINTS, endpoint_index};
 
 const MINUTE: Duration = Duration::from_secs(60);
+/// The largest limit accepted: at a nanosecond a unit the bucket could not
+/// tell a larger one apart (60 s / 6·10^10), and no gateway serves a
+/// billion requests a minute per caller.
+const MAX_PER_MINUTE: u64 = 1_000_000_000;
 
 /// The `[gateway.rate_limits]` section.
 ///
@@ -62,7 +67,7 @@ pub struct RateLimitSection {
     /// endpoints that generate text.
     pub tokens_per_minute: Option<u64>,
     /// Overrides by endpoint: `chat_completions`, `completions`,
-    /// `embeddings`, `responses`, `messages`, `models`.
+    /// `embeddings`, `responses`, `messages`, `count_tokens`, `models`.
     pub endpoints: BTreeMap<String, EndpointLimitSection>,
 }
 
@@ -99,6 +104,10 @@ impl RateLimitSection {
             Some(0) => Err(format!(
                 "[gateway.rate_limits] {key}: 0 would refuse everything; leave it out for no \
                  limit"
+            )),
+            Some(n) if n > MAX_PER_MINUTE => Err(format!(
+                "[gateway.rate_limits] {key}: {n} is more than {MAX_PER_MINUTE} per minute; \
+                 leave it out for no limit"
             )),
             Some(n) => Ok(Quota::new(n, MINUTE)),
             None => Ok(None),
@@ -163,14 +172,22 @@ pub(crate) struct Limiter {
 pub(crate) struct Caller(pub(crate) usize);
 
 /// What a request was admitted with: where to take its tokens from, and
-/// where the handler leaves the token standing for the answer's headers.
+/// where the handler leaves what came of them for the answer's headers.
 #[derive(Clone, Debug)]
 pub(crate) struct Admitted {
     limiter: Arc<Limiter>,
     cell: usize,
     endpoint: usize,
-    requests: Option<Standing>,
-    tokens: Arc<OnceLock<Standing>>,
+    tokens: Arc<OnceLock<Tokens>>,
+}
+
+/// What came of a request's tokens.
+#[derive(Clone, Copy, Debug)]
+struct Tokens {
+    /// The token bucket's standing.
+    standing: Standing,
+    /// The request was refused for its tokens and its request given back.
+    refunded: bool,
 }
 
 impl Limiter {
@@ -199,14 +216,12 @@ pub(crate) async fn admit(
     mut request: Request,
     next: Next,
 ) -> Response {
-    let Some(endpoint) = ENDPOINTS
-        .iter()
-        .position(|(path, _)| *path == request.uri().path())
-    else {
+    let Some(endpoint) = endpoint_index(request.uri().path()) else {
         return next.run(request).await;
     };
     let callers = limiter.cells.len() / ENDPOINTS.len();
     let caller = request.extensions().get::<Caller>().map_or(0, |c| c.0);
+    debug_assert!(caller < callers, "a caller key index past the limiter's");
     let cell = caller.min(callers - 1) * ENDPOINTS.len() + endpoint;
     let (requests, tokens) = limiter.limits.quotas[endpoint];
     let anthropic = is_anthropic(endpoint);
@@ -221,24 +236,30 @@ pub(crate) async fn admit(
             Decision::TooLarge => return too_large(anthropic, Unit::Requests, 1, quota),
         },
     };
-    let admitted = Admitted {
-        limiter: Arc::clone(&limiter),
-        cell,
-        endpoint,
-        requests,
-        tokens: Arc::new(OnceLock::new()),
-    };
-    if tokens.is_some() {
-        request.extensions_mut().insert(admitted.clone());
-    }
+    // The handler leaves the token standing here, when there is a token
+    // limit (an allocation only then).
+    let token_standing = tokens.map(|_| {
+        let slot = Arc::new(OnceLock::new());
+        request.extensions_mut().insert(Admitted {
+            limiter: Arc::clone(&limiter),
+            cell,
+            endpoint,
+            tokens: Arc::clone(&slot),
+        });
+        slot
+    });
     let mut response = next.run(request).await;
     let headers = response.headers_mut();
     drop_upstream_limits(headers);
-    if let Some(standing) = admitted.requests {
+    let tokens = token_standing.as_ref().and_then(|slot| slot.get());
+    if let Some(mut standing) = requests {
+        if tokens.is_some_and(|t| t.refunded) {
+            standing.remaining = (standing.remaining + 1).min(standing.limit);
+        }
         set_standing(headers, anthropic, Unit::Requests, standing);
     }
-    if let Some(standing) = admitted.tokens.get() {
-        set_standing(headers, anthropic, Unit::Tokens, *standing);
+    if let Some(tokens) = tokens {
+        set_standing(headers, anthropic, Unit::Tokens, tokens.standing);
     }
     response
 }
@@ -262,22 +283,33 @@ pub(crate) fn take_tokens(
     let limiter = &admitted.limiter;
     let anthropic = is_anthropic(admitted.endpoint);
     let now = limiter.now();
-    let mut refused = match limiter.cells[admitted.cell].1.take(&quota, estimate, now) {
+    let (standing, refused) = match limiter.cells[admitted.cell].1.take(&quota, estimate, now) {
         Decision::Admitted(standing) => {
-            let _ = admitted.tokens.set(standing);
+            let _ = admitted.tokens.set(Tokens {
+                standing,
+                refunded: false,
+            });
             return None;
         }
-        Decision::Wait { wait, standing } => refusal(anthropic, Unit::Tokens, wait, standing),
-        Decision::TooLarge => too_large(anthropic, Unit::Tokens, estimate, quota),
+        Decision::Wait { wait, standing } => (
+            Some(standing),
+            refusal(anthropic, Unit::Tokens, wait, standing),
+        ),
+        Decision::TooLarge => (None, too_large(anthropic, Unit::Tokens, estimate, quota)),
     };
     // Refused before any call: the request it was admitted with is given
     // back, so a caller waiting out the tokens is not then refused for
-    // requests.
+    // requests (and is told it has that request again).
     if let Some(requests) = limiter.limits.quotas[admitted.endpoint].0 {
         limiter.cells[admitted.cell].0.give_back(&requests, 1, now);
     }
-    if let Some(standing) = admitted.requests {
-        set_standing(refused.headers_mut(), anthropic, Unit::Requests, standing);
+    // The middleware sets the standings on the way out (replacing whatever
+    // rate-limit headers the answer carries).
+    if let Some(standing) = standing {
+        let _ = admitted.tokens.set(Tokens {
+            standing,
+            refunded: true,
+        });
     }
     Some(refused)
 }
@@ -286,25 +318,27 @@ pub(crate) fn take_tokens(
 /// own account, and a caller mixing them with its own limits' would pace
 /// itself by both.
 fn drop_upstream_limits(headers: &mut HeaderMap) {
-    let upstream: Vec<HeaderName> = headers
-        .keys()
-        .filter(|name| {
-            let name = name.as_str();
-            name.starts_with("x-ratelimit-")
-                || name.starts_with("anthropic-ratelimit-")
-                || name == "ratelimit"
-                || name == "ratelimit-policy"
-        })
-        .cloned()
-        .collect();
-    for name in upstream {
+    fn upstreams(name: &HeaderName) -> bool {
+        let name = name.as_str();
+        // OpenAI's and Anthropic's, and the IETF drafts' (`RateLimit`,
+        // `RateLimit-Policy`, the older `RateLimit-Limit/-Remaining/-Reset`).
+        name.starts_with("x-ratelimit-")
+            || name.starts_with("anthropic-ratelimit-")
+            || name.starts_with("ratelimit")
+    }
+    // Most answers carry none: no allocation then.
+    if !headers.keys().any(upstreams) {
+        return;
+    }
+    let found: Vec<HeaderName> = headers.keys().filter(|n| upstreams(n)).cloned().collect();
+    for name in found {
         headers.remove(name);
     }
 }
 
 /// Whether the endpoint at `index` speaks Anthropic's dialect.
 fn is_anthropic(index: usize) -> bool {
-    ENDPOINTS[index].1 == "messages"
+    matches!(ENDPOINTS[index].1, "messages" | "count_tokens")
 }
 
 /// Which limit a header or refusal is about.
@@ -325,38 +359,45 @@ impl Unit {
 
 /// Sets the standing of one limit, in the endpoint's provider's headers.
 fn set_standing(headers: &mut HeaderMap, anthropic: bool, unit: Unit, standing: Standing) {
-    let unit = unit.as_str();
-    let names: [String; 3] = if anthropic {
-        [
-            format!("anthropic-ratelimit-{unit}-limit"),
-            format!("anthropic-ratelimit-{unit}-remaining"),
-            format!("anthropic-ratelimit-{unit}-reset"),
-        ]
-    } else {
-        [
-            format!("x-ratelimit-limit-{unit}"),
-            format!("x-ratelimit-remaining-{unit}"),
-            format!("x-ratelimit-reset-{unit}"),
-        ]
-    };
-    let reset = if anthropic {
+    let [limit, remaining, reset] = header_names(anthropic, unit);
+    headers.insert(limit, HeaderValue::from(standing.limit));
+    headers.insert(remaining, HeaderValue::from(standing.remaining));
+    let reset_value = if anthropic {
         // Anthropic gives the instant, RFC 3339.
         rfc3339_after(standing.reset)
     } else {
         // OpenAI gives the time left, Go-style (`6m0s`, `1.5s`, `120ms`).
         go_duration(standing.reset)
     };
-    for (name, value) in names.into_iter().zip([
-        standing.limit.to_string(),
-        standing.remaining.to_string(),
-        reset,
-    ]) {
-        if let (Ok(name), Ok(value)) = (
-            HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_str(&value),
-        ) {
-            headers.insert(name, value);
-        }
+    if let Ok(value) = HeaderValue::from_str(&reset_value) {
+        headers.insert(reset, value);
+    }
+}
+
+/// The limit, remaining and reset headers of `unit`, in the endpoint's
+/// provider's names.
+fn header_names(anthropic: bool, unit: Unit) -> [HeaderName; 3] {
+    match (anthropic, unit) {
+        (false, Unit::Requests) => [
+            HeaderName::from_static("x-ratelimit-limit-requests"),
+            HeaderName::from_static("x-ratelimit-remaining-requests"),
+            HeaderName::from_static("x-ratelimit-reset-requests"),
+        ],
+        (false, Unit::Tokens) => [
+            HeaderName::from_static("x-ratelimit-limit-tokens"),
+            HeaderName::from_static("x-ratelimit-remaining-tokens"),
+            HeaderName::from_static("x-ratelimit-reset-tokens"),
+        ],
+        (true, Unit::Requests) => [
+            HeaderName::from_static("anthropic-ratelimit-requests-limit"),
+            HeaderName::from_static("anthropic-ratelimit-requests-remaining"),
+            HeaderName::from_static("anthropic-ratelimit-requests-reset"),
+        ],
+        (true, Unit::Tokens) => [
+            HeaderName::from_static("anthropic-ratelimit-tokens-limit"),
+            HeaderName::from_static("anthropic-ratelimit-tokens-remaining"),
+            HeaderName::from_static("anthropic-ratelimit-tokens-reset"),
+        ],
     }
 }
 
@@ -375,7 +416,7 @@ fn refusal(anthropic: bool, unit: Unit, wait: Duration, standing: Standing) -> R
         standing.remaining,
         go_duration(wait)
     );
-    let mut response = limit_error(anthropic, StatusCode::TOO_MANY_REQUESTS, unit, &message);
+    let mut response = limit_error(anthropic, unit, &message);
     let headers = response.headers_mut();
     headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
     set_standing(headers, anthropic, unit, standing);
@@ -394,28 +435,36 @@ fn too_large(anthropic: bool, unit: Unit, units: u64, quota: Quota) -> Response 
         unit.as_str(),
         quota.per_window
     );
-    limit_error(anthropic, StatusCode::TOO_MANY_REQUESTS, unit, &message)
+    let mut response = limit_error(anthropic, unit, &message);
+    // It would never be admitted: the SDKs (Stainless-made, OpenAI's and
+    // Anthropic's) read this before the status and do not retry it.
+    response.headers_mut().insert(
+        HeaderName::from_static("x-should-retry"),
+        HeaderValue::from_static("false"),
+    );
+    response
 }
 
 /// A rate-limit error in the endpoint's provider's shape.
-fn limit_error(anthropic: bool, status: StatusCode, unit: Unit, message: &str) -> Response {
-    let body = if anthropic {
-        serde_json::json!({
-            "type": "error",
-            "error": { "type": "rate_limit_error", "message": message }
-        })
-    } else {
-        serde_json::json!({
-            "error": {
-                "message": message,
-                "type": unit.as_str(),
-                "param": null,
-                "code": "rate_limit_exceeded"
-            }
-        })
-    };
+fn limit_error(anthropic: bool, unit: Unit, message: &str) -> Response {
+    if anthropic {
+        return ErrorShape::Anthropic.gateway_error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limit_exceeded",
+            message,
+        );
+    }
+    // OpenAI's own: `type` names the limit, `code` says what it is.
+    let body = serde_json::json!({
+        "error": {
+            "message": message,
+            "type": unit.as_str(),
+            "param": null,
+            "code": "rate_limit_exceeded"
+        }
+    });
     (
-        status,
+        StatusCode::TOO_MANY_REQUESTS,
         [(header::CONTENT_TYPE, "application/json")],
         body.to_string(),
     )
