@@ -434,12 +434,13 @@ where
 }
 
 /// Whether the caller's request is kept after the call: a stream that may
-/// be continued needs it to ask for the rest.
+/// be continued (in a dialect the splice knows) needs it to ask for the
+/// rest, and Classify's transcript of what it delivered.
 fn keeps_request<S>(shared: &Shared<S>, parts: Option<&http::request::Parts>) -> bool {
     shared.continuations > 0
         && parts
             .and_then(|p| p.extensions.get::<RequestMeta>())
-            .is_some_and(|meta| meta.stream)
+            .is_some_and(|meta| meta.stream && crate::continuation::resume::splices(meta.dialect))
 }
 
 /// The response of target `index`, with the report of what failed before;

@@ -65,12 +65,6 @@ def config(primary, backup, claude, listen):
     return f"""
 preset = "high_availability"
 
-# Off until the fallback stops asking for a transcript of streams no target
-# can continue: with one, Classify's scanner calls every event of a
-# streamed Responses answer malformed.
-[fallback]
-continue_streams = 0
-
 [gateway]
 listen = "127.0.0.1:{listen}"
 

@@ -100,12 +100,6 @@ impl Demo {
             max_open_ms = 4000
             half_open_probes = 3
 
-            # Off until the fallback stops asking for a transcript of
-            # streams no target can continue: with one, Classify's scanner
-            # calls every event of a streamed Responses answer malformed.
-            [fallback]
-            continue_streams = 0
-
             [[targets]]
             name = "primary"
             provider = "openai"

@@ -216,6 +216,17 @@ fn not_continued() -> LlmError {
     )
 }
 
+/// Whether the splice knows how to continue a stream in `dialect` (the
+/// chat dialects: OpenAI's Chat Completions, Anthropic's Messages,
+/// Ollama's NDJSON). Classify keeps a transcript of these only: it has no
+/// reader for the others (legacy completions, the Responses API).
+pub(crate) fn splices(dialect: Dialect) -> bool {
+    matches!(
+        dialect,
+        Dialect::OpenAiChat | Dialect::Anthropic | Dialect::OllamaNdjson
+    )
+}
+
 /// The way to continue the answer target `index` sent, when the fallback
 /// continues streams and this answer is one it can continue: the caller's
 /// request kept, a streamed request in a dialect the splice knows, and
@@ -241,12 +252,7 @@ where
     };
     let meta = parts.extensions.get::<RequestMeta>()?;
     let dialect = meta.dialect;
-    if !meta.stream
-        || !matches!(
-            dialect,
-            Dialect::OpenAiChat | Dialect::Anthropic | Dialect::OllamaNdjson
-        )
-    {
+    if !meta.stream || !splices(dialect) {
         return None;
     }
     let first = super::transcript::reader(&head.extensions)?;

@@ -151,15 +151,6 @@ fn two_targets(primary: &Simulator, backup: &Simulator) -> String {
     )
 }
 
-/// `config` with stream continuation off. A streamed Responses answer
-/// needs it for now: the fallback asks Classify for a transcript of every
-/// stream it may continue, and Classify's scanner, which has no transcript
-/// reader for the Responses dialect, then calls each of its events
-/// malformed (a 502 `stream_incomplete` before any content).
-fn without_continuation(config: &str) -> String {
-    format!("{config}\n[fallback]\ncontinue_streams = 0\n")
-}
-
 /// An Anthropic-protocol target named `name`, keyed with [`CLAUDE_KEY`].
 fn anthropic_target(name: &str, sim: &Simulator) -> String {
     format!(

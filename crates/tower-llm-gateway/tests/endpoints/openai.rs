@@ -4,7 +4,7 @@ use http::StatusCode;
 use tower_llm_gateway::{ATTEMPTS_HEADER, FALLBACKS_HEADER, TARGET_HEADER};
 use tower_llm_testkit::{Fault, FaultPlan};
 
-use crate::{Gateway, events, header_of, json, sim, text, two_targets, without_continuation};
+use crate::{Gateway, events, header_of, json, sim, text, two_targets};
 
 const COMPLETION: &str = r#"{"model":"gpt-3.5-turbo-instruct","prompt":"Say hello"}"#;
 const COMPLETION_STREAM: &str =
@@ -117,7 +117,7 @@ async fn embeddings_fail_over_to_the_backup_and_a_bad_batch_gets_the_providers_4
 async fn the_responses_api_is_served_whole_and_streamed_as_response_events() {
     let primary = sim(Fault::ok()).await;
     let backup = sim(Fault::ok()).await;
-    let gateway = Gateway::start(&without_continuation(&two_targets(&primary, &backup))).await;
+    let gateway = Gateway::start(&two_targets(&primary, &backup)).await;
 
     let response = gateway.post("/v1/responses", RESPONSE).await;
     assert_eq!(response.status(), StatusCode::OK);
@@ -148,7 +148,7 @@ async fn a_response_failed_event_before_content_is_retried_out_of_sight() {
     ]))
     .await;
     let backup = sim(Fault::ok()).await;
-    let gateway = Gateway::start(&without_continuation(&two_targets(&primary, &backup))).await;
+    let gateway = Gateway::start(&two_targets(&primary, &backup)).await;
 
     let response = gateway.post("/v1/responses", RESPONSE_STREAM).await;
     assert_eq!(response.status(), StatusCode::OK);
@@ -163,7 +163,7 @@ async fn a_response_failed_event_before_content_is_retried_out_of_sight() {
 async fn a_responses_stream_broken_after_content_ends_with_the_dialects_error_event() {
     let primary = sim(Fault::stream_drop_after(2)).await;
     let backup = sim(Fault::ok()).await;
-    let gateway = Gateway::start(&without_continuation(&two_targets(&primary, &backup))).await;
+    let gateway = Gateway::start(&two_targets(&primary, &backup)).await;
 
     let response = gateway.post("/v1/responses", RESPONSE_STREAM).await;
     assert_eq!(response.status(), StatusCode::OK);
@@ -185,7 +185,7 @@ async fn every_openai_endpoint_is_served_every_time_by_a_flaky_primary_and_a_hea
             .unwrap();
     let primary = sim(flaky).await;
     let backup = sim(Fault::ok()).await;
-    let gateway = Gateway::start(&without_continuation(&two_targets(&primary, &backup))).await;
+    let gateway = Gateway::start(&two_targets(&primary, &backup)).await;
     let calls = [
         (
             "/v1/chat/completions",
