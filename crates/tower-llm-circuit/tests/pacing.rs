@@ -68,7 +68,8 @@ fn nothing_sent(handle: &mut Handle) {
 
 #[tokio::test(start_paused = true)]
 async fn a_key_sends_nothing_after_its_headers_said_none_left_until_the_reset() {
-    let (mut service, mut handle, layer) = setup(PacingConfig::default());
+    // Held until the reset (the default refills evenly until then).
+    let (mut service, mut handle, layer) = setup(PacingConfig::default().continuous_refill(false));
     call_answered(
         &mut service,
         &mut handle,
@@ -88,6 +89,31 @@ async fn a_key_sends_nothing_after_its_headers_said_none_left_until_the_reset() 
     assert_eq!(layer.handle().paced_for(KEY), Some(Duration::from_secs(20)));
 
     tokio::time::advance(Duration::from_secs(20)).await;
+    assert_eq!(layer.handle().paced_for(KEY), None);
+    call_answered(&mut service, &mut handle, &[]).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn by_default_a_key_that_ran_out_is_called_again_once_its_bucket_has_room_for_one() {
+    let (mut service, mut handle, layer) = setup(PacingConfig::default());
+    call_answered(
+        &mut service,
+        &mut handle,
+        &[
+            ("x-ratelimit-limit-requests", "500"),
+            ("x-ratelimit-remaining-requests", "0"),
+            ("x-ratelimit-reset-requests", "20s"),
+        ],
+    )
+    .await;
+    ready(&mut service).await;
+    let error = service.call(small()).await.unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::RateLimited);
+    nothing_sent(&mut handle);
+    // 500 come back over 20 s: one every 40 ms, not all at the reset.
+    let wait = layer.handle().paced_for(KEY).unwrap();
+    assert!(wait <= Duration::from_millis(40), "{wait:?}");
+    tokio::time::advance(Duration::from_millis(40)).await;
     assert_eq!(layer.handle().paced_for(KEY), None);
     call_answered(&mut service, &mut handle, &[]).await;
 }

@@ -96,14 +96,16 @@ async fn open_loop(
     ends
 }
 
-async fn single_key_over_its_limit(api: Api) {
+/// A key loaded at twenty times its limit, its provider counting as
+/// `limits` say, paced by `pacing`.
+async fn single_key_over_its_limit(api: Api, limits: ProviderLimits, pacing: PacingConfig) {
     let sim = Simulator::builder()
-        .rate_limits(ProviderLimits::rpm(10))
+        .rate_limits(limits)
         .latency(Duration::from_secs(2))
         .start()
         .await
         .unwrap();
-    let layer = CircuitLayer::default();
+    let layer = CircuitLayer::new(CircuitConfig::builder().pacing(pacing).build().unwrap());
     let service = stack(&layer);
     // The first answer's headers: the key's view starts.
     let first = open_loop(&service, &sim, api, 1, Duration::ZERO).await;
@@ -137,14 +139,28 @@ async fn single_key_over_its_limit(api: Api) {
     assert!(served > 10, "{served} served");
 }
 
+// OpenAI and Anthropic count in token buckets (Anthropic: "continuously
+// replenished"; OpenAI's reset is the time until the bucket is full): the
+// default pacing refills evenly until the reset.
 #[tokio::test(start_paused = true)]
 async fn a_single_key_above_its_openai_limit_gets_no_429_once_its_headers_are_seen() {
-    single_key_over_its_limit(Api::OpenAiChat).await;
+    let bucket = ProviderLimits::rpm(10).token_bucket();
+    single_key_over_its_limit(Api::OpenAiChat, bucket, PacingConfig::default()).await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_single_key_above_its_anthropic_limit_gets_no_429_once_its_headers_are_seen() {
-    single_key_over_its_limit(Api::AnthropicMessages).await;
+    let bucket = ProviderLimits::rpm(10).token_bucket();
+    single_key_over_its_limit(Api::AnthropicMessages, bucket, PacingConfig::default()).await;
+}
+
+// A provider counting a sliding window frees a slot only as an old call
+// leaves: held until the reset, the key meets no 429 there either.
+#[tokio::test(start_paused = true)]
+async fn held_until_the_reset_a_key_over_a_sliding_window_limit_gets_no_429() {
+    let window = ProviderLimits::rpm(10);
+    let hold = PacingConfig::default().continuous_refill(false);
+    single_key_over_its_limit(Api::OpenAiChat, window, hold).await;
 }
 
 #[tokio::test(start_paused = true)]
