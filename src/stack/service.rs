@@ -58,24 +58,7 @@ impl Stack {
     /// default as `*`) and its targets in order, exact names first (sorted),
     /// then prefixes (longest first), then the default.
     pub fn routes(&self) -> Vec<(String, Vec<&str>)> {
-        let mut exact: Vec<_> = self
-            .routes
-            .exact
-            .iter()
-            .map(|(model, fallback)| (model.to_string(), fallback.target_names()))
-            .collect();
-        exact.sort_by(|a, b| a.0.cmp(&b.0));
-        let prefixes = self
-            .routes
-            .prefixes
-            .iter()
-            .map(|(prefix, fallback)| (format!("{prefix}*"), fallback.target_names()));
-        let default = self
-            .routes
-            .default
-            .iter()
-            .map(|fallback| ("*".to_owned(), fallback.target_names()));
-        exact.into_iter().chain(prefixes).chain(default).collect()
+        self.each_route(Fallback::target_names)
     }
 
     /// Every route's groups, in the order of [`routes`](Self::routes):
@@ -84,23 +67,32 @@ impl Stack {
     /// `/health`. A target named alone is a group of one, which counts
     /// nothing.
     pub fn groups(&self) -> Vec<(String, Vec<GroupSnapshot>)> {
+        self.each_route(Fallback::groups)
+    }
+
+    /// `read` of every route, named by the model it serves, in match order:
+    /// exact names (sorted), prefixes (longest first), the default.
+    fn each_route<'a, T>(
+        &'a self,
+        read: impl Fn(&'a Fallback<crate::stack::TargetService>) -> T,
+    ) -> Vec<(String, T)> {
         let mut exact: Vec<_> = self
             .routes
             .exact
             .iter()
-            .map(|(model, fallback)| (model.to_string(), fallback.groups()))
+            .map(|(model, fallback)| (model.to_string(), read(fallback)))
             .collect();
         exact.sort_by(|a, b| a.0.cmp(&b.0));
         let prefixes = self
             .routes
             .prefixes
             .iter()
-            .map(|(prefix, fallback)| (format!("{prefix}*"), fallback.groups()));
+            .map(|(prefix, fallback)| (format!("{prefix}*"), read(fallback)));
         let default = self
             .routes
             .default
             .iter()
-            .map(|fallback| ("*".to_owned(), fallback.groups()));
+            .map(|fallback| ("*".to_owned(), read(fallback)));
         exact.into_iter().chain(prefixes).chain(default).collect()
     }
 }

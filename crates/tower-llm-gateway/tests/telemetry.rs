@@ -4,23 +4,20 @@
 #![cfg(feature = "otel")]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod support;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::Bytes;
 use http::{Request, StatusCode, header};
 use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use opentelemetry::trace::{SpanKind, TracerProvider as _};
 use opentelemetry::{KeyValue, Value};
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
-use tokio::sync::oneshot;
 use tower_llm::config::StackConfig;
-use tower_llm::retry::ReplayBody;
 use tower_llm_gateway::telemetry::{self, otel_layer};
-use tower_llm_gateway::{Closing, GatewayOptions, config, router, serve};
+use tower_llm_gateway::{GatewayOptions, config};
 use tower_llm_testkit::{Fault, Simulator};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::{EnvFilter, Layer};
@@ -30,31 +27,14 @@ use tracing_subscriber::{EnvFilter, Layer};
 /// setting subscribers at the same time could see each other's answer.
 static SUBSCRIBER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// Serves `config` on an ephemeral port until the returned sender is
-/// dropped; the base URL.
-async fn gateway(config: &str) -> (String, oneshot::Sender<()>) {
-    let upstream: Client<HttpConnector, ReplayBody> =
-        Client::builder(TokioExecutor::new()).build_http();
+/// Serves `config` on an ephemeral port until the returned server is
+/// dropped.
+async fn gateway(config: &str) -> support::Running {
     let stack = StackConfig::from_toml(config)
         .unwrap()
-        .build(upstream)
+        .build(support::upstream_client())
         .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let options = GatewayOptions::default();
-    let closing = Closing::new();
-    let app = router(stack, &options, None, &closing);
-    let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(serve(
-        listener,
-        app,
-        &options,
-        async move {
-            let _ = stopped.await;
-        },
-        closing,
-    ));
-    (base, stop)
+    support::serve_stack(stack, &GatewayOptions::default()).await
 }
 
 /// A flaky `primary` and a healthy `backup` answering as `llama3.2`.
@@ -100,9 +80,7 @@ async fn chat_with(base: &str, body: String, headers: http::HeaderMap) -> (Statu
         .body(Full::new(Bytes::from(body)))
         .unwrap();
     request.headers_mut().extend(headers);
-    let client: Client<HttpConnector, Full<Bytes>> =
-        Client::builder(TokioExecutor::new()).build_http();
-    let response = client.request(request).await.unwrap();
+    let response = support::client().request(request).await.unwrap();
     let status = response.status();
     let body = response.into_body().collect().await.unwrap().to_bytes();
     (status, String::from_utf8(body.to_vec()).unwrap())
@@ -154,7 +132,8 @@ async fn a_request_that_retried_and_fell_back_is_one_span_with_each_attempt_a_ch
 
     let primary = sim(Fault::status(503)).await;
     let backup = sim(Fault::ok()).await;
-    let (base, _stop) = gateway(&two_targets(&primary, &backup)).await;
+    let gateway = gateway(&two_targets(&primary, &backup)).await;
+    let base = gateway.base.clone();
     let (status, body) = chat(&base, "gpt-4o").await;
     assert_eq!(status, StatusCode::OK);
 
@@ -279,7 +258,8 @@ async fn a_streamed_answer_gives_its_model_and_usage_to_the_request_span_when_it
 
     let primary = sim(Fault::ok()).await;
     let backup = sim(Fault::ok()).await;
-    let (base, _stop) = gateway(&two_targets(&primary, &backup)).await;
+    let gateway = gateway(&two_targets(&primary, &backup)).await;
+    let base = gateway.base.clone();
     let body = r#"{"model":"gpt-4o","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"hi"}]}"#;
     let (status, stream) = chat_body(&base, body.to_owned()).await;
     assert_eq!(status, StatusCode::OK);
@@ -380,7 +360,8 @@ async fn a_callers_traceparent_makes_the_request_span_a_child_of_the_callers() {
 
     let primary = sim(Fault::ok()).await;
     let backup = sim(Fault::ok()).await;
-    let (base, _stop) = gateway(&two_targets(&primary, &backup)).await;
+    let gateway = gateway(&two_targets(&primary, &backup)).await;
+    let base = gateway.base.clone();
     let mut headers = http::HeaderMap::new();
     headers.insert(
         "traceparent",
@@ -431,7 +412,8 @@ async fn a_broken_streams_continuation_is_an_attempt_of_the_same_request() {
         "model = \"llama3.2\"",
         "model = \"llama3.2\"\n        continuation = \"trailing_assistant\"",
     );
-    let (base, _stop) = gateway(&config).await;
+    let gateway = gateway(&config).await;
+    let base = gateway.base.clone();
     let body = r#"{"model":"gpt-4o","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
     let (status, stream) = chat_body(&base, body.to_owned()).await;
     assert_eq!(status, StatusCode::OK);
@@ -483,7 +465,8 @@ async fn without_an_exporter_a_log_filter_never_enables_the_spans_even_at_trace(
 
     let primary = sim(Fault::status(503)).await;
     let backup = sim(Fault::ok()).await;
-    let (base, _stop) = gateway(&two_targets(&primary, &backup)).await;
+    let gateway = gateway(&two_targets(&primary, &backup)).await;
+    let base = gateway.base.clone();
     let (status, _) = chat(&base, "gpt-4o").await;
     assert_eq!(status, StatusCode::OK);
 
