@@ -1,16 +1,20 @@
 //! The gateway's routes over a stack, with its inbound limits and, when
 //! caller keys are set, the key check in front of every route.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use axum::Router;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use http::{StatusCode, header};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::Semaphore;
 use tower::util::option_layer;
+use tower::{Layer, Service, ServiceBuilder};
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_llm::stack::Stack;
 
@@ -19,7 +23,7 @@ use crate::config::{GatewayOptions, MAX_CONCURRENCY};
 use crate::endpoints::ErrorShape;
 use crate::error::error_json;
 use crate::limits::{self, Limiter};
-use crate::observe::{self, Activity};
+use crate::observe::{Activity, ObserveLayer};
 use crate::shutdown::Closing;
 use crate::{endpoints, health, prometheus, status_page};
 
@@ -97,23 +101,28 @@ pub fn router(
                 "this method is not served on this path",
             )
         })
-        // tower-http refuses a declared length over the limit at once and
-        // cuts a chunked body at it; either way the answer is made
-        // OpenAI-shaped below.
-        .layer(RequestBodyLimitLayer::new(options.max_body_bytes))
-        .layer(axum::middleware::from_fn(shaped_413))
-        // A caller over its limits is answered before its body is read.
-        .layer(option_layer(limiter.map(|limiter| {
-            axum::middleware::from_fn_with_state(limiter, limits::admit)
-        })))
-        // Every API answer, refusals by the layers above included, counted
-        // by endpoint and timed to its last byte.
-        .layer(axum::middleware::from_fn_with_state(
-            activity,
-            observe::observe,
-        ))
-        // Each API request in a span, the stack's attempts its children.
-        .layer(crate::telemetry::RequestSpanLayer::new())
+        // One `layer` for all that wraps every route: axum boxes each
+        // route again for every `Router::layer`, which cost each request a
+        // few allocations per layer.
+        .layer(
+            ServiceBuilder::new()
+                // Each API request in a span, the stack's attempts its
+                // children.
+                .layer(crate::telemetry::RequestSpanLayer::new())
+                // Every API answer, refusals by the layers below included,
+                // counted by endpoint and timed to its last byte.
+                .layer(ObserveLayer::new(activity))
+                // A caller over its limits is answered before its body is
+                // read.
+                .layer(option_layer(limiter.map(|limiter| {
+                    axum::middleware::from_fn_with_state(limiter, limits::admit)
+                })))
+                // tower-http refuses a declared length over the limit at
+                // once and cuts a chunked body at it; either way the answer
+                // is made in the endpoint's provider's shape.
+                .layer(Shaped413Layer)
+                .layer(RequestBodyLimitLayer::new(options.max_body_bytes)),
+        )
         .with_state(gateway);
     // Outermost: a caller without a key learns nothing, not even whether a
     // path exists or a body is too large.
@@ -126,16 +135,72 @@ pub fn router(
     }
 }
 
-/// tower-http's bare 413, in the endpoint's provider's shape.
-async fn shaped_413(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
-    let shape = ErrorShape::of_path(request.uri().path());
-    let response = next.run(request).await;
-    let is_json = response
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
-    if response.status() == StatusCode::PAYLOAD_TOO_LARGE && !is_json {
-        return shape.payload_too_large();
+/// Gives tower-http's bare 413 the endpoint's provider's shape (a tower
+/// layer: no boxing per request).
+#[derive(Clone, Copy, Debug)]
+struct Shaped413Layer;
+
+impl<S> Layer<S> for Shaped413Layer {
+    type Service = Shaped413<S>;
+
+    fn layer(&self, inner: S) -> Shaped413<S> {
+        Shaped413 { inner }
     }
-    response
+}
+
+/// The service of [`Shaped413Layer`].
+#[derive(Clone, Debug)]
+struct Shaped413<S> {
+    inner: S,
+}
+
+impl<S, B> Service<axum::extract::Request> for Shaped413<S>
+where
+    S: Service<axum::extract::Request, Response = http::Response<B>>,
+    http::Response<B>: IntoResponse,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = Shaped413Future<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: axum::extract::Request) -> Self::Future {
+        Shaped413Future {
+            shape: ErrorShape::of_path(request.uri().path()),
+            inner: self.inner.call(request),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The future of [`Shaped413`].
+    struct Shaped413Future<F> {
+        #[pin]
+        inner: F,
+        shape: ErrorShape,
+    }
+}
+
+impl<F, B, E> Future for Shaped413Future<F>
+where
+    F: Future<Output = Result<http::Response<B>, E>>,
+    http::Response<B>: IntoResponse,
+{
+    type Output = Result<Response, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let response = ready!(this.inner.poll(cx))?;
+        let is_json = response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+        if response.status() == StatusCode::PAYLOAD_TOO_LARGE && !is_json {
+            return Poll::Ready(Ok(this.shape.payload_too_large()));
+        }
+        Poll::Ready(Ok(response.into_response()))
+    }
 }
