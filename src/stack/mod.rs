@@ -29,9 +29,14 @@
 //! assert_eq!(response.status(), 200);
 //! assert_eq!(tower_llm::stack::served_by(&response), Some("backup"));
 //! // Each target has its breaker, keyed `target/model`.
-//! let mut keys: Vec<_> = stack.circuits().snapshot().into_iter().map(|k| k.key).collect();
+//! let mut keys: Vec<String> = stack
+//!     .circuits()
+//!     .snapshot()
+//!     .into_iter()
+//!     .map(|k| k.key.to_string())
+//!     .collect();
 //! keys.sort();
-//! assert_eq!(keys, ["backup/llama3.2".into(), "primary/gpt-4o".into()]);
+//! assert_eq!(keys, ["backup/llama3.2", "primary/gpt-4o"]);
 //! # Ok(())
 //! # }
 //! ```
