@@ -23,7 +23,7 @@ use tower_llm_gateway::{
 };
 use tower_llm_testkit::{Fault, FaultPlan, Simulator};
 
-use support::{PRIMARY_KEY, client};
+use support::{PRIMARY_KEY, client, two_targets};
 const CALLER_KEY: &str = "sk-callers-own-key";
 
 /// A running gateway: its base URL and how to stop it.
@@ -90,27 +90,6 @@ fn header_of<'a>(response: &'a Response<Incoming>, name: &str) -> &'a str {
 fn chat(model: &str, stream: bool) -> String {
     format!(
         r#"{{"model":"{model}","stream":{stream},"messages":[{{"role":"user","content":"hello"}}]}}"#
-    )
-}
-
-/// Two targets, `primary` (keyed) and `backup`, every model to both.
-fn two_targets(primary: &Simulator, backup: &Simulator) -> String {
-    format!(
-        r#"
-        preset = "development"
-
-        [[targets]]
-        name = "primary"
-        base_url = "{}/v1"
-        api_key_env = "PRIMARY_KEY"
-
-        [[targets]]
-        name = "backup"
-        base_url = "{}/v1"
-        model = "llama3.2"
-        "#,
-        primary.base_url(),
-        backup.base_url()
     )
 }
 

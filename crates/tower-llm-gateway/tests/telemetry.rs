@@ -37,6 +37,17 @@ async fn gateway(config: &str) -> support::Running {
     support::serve_stack(stack, &GatewayOptions::default()).await
 }
 
+/// Spans caught in memory while the guard lives (as the gateway's binary
+/// would export them): the exporter to read them from.
+fn capture_spans() -> (InMemorySpanExporter, tracing::subscriber::DefaultGuard) {
+    let exporter = InMemorySpanExporter::default();
+    let provider = SdkTracerProvider::builder()
+        .with_simple_exporter(exporter.clone())
+        .build();
+    let subscriber = tracing_subscriber::registry().with(otel_layer(provider.tracer("test")));
+    (exporter, tracing::subscriber::set_default(subscriber))
+}
+
 /// A flaky `primary` and a healthy `backup` answering as `llama3.2`.
 fn two_targets(primary: &Simulator, backup: &Simulator) -> String {
     format!(
@@ -123,12 +134,7 @@ async fn finished_spans(exporter: &InMemorySpanExporter) -> Vec<SpanData> {
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn a_request_that_retried_and_fell_back_is_one_span_with_each_attempt_a_child() {
     let _serial = SUBSCRIBER.lock().await;
-    let exporter = InMemorySpanExporter::default();
-    let provider = SdkTracerProvider::builder()
-        .with_simple_exporter(exporter.clone())
-        .build();
-    let subscriber = tracing_subscriber::registry().with(otel_layer(provider.tracer("test")));
-    let _traced = tracing::subscriber::set_default(subscriber);
+    let (exporter, _traced) = capture_spans();
 
     let primary = sim(Fault::status(503)).await;
     let backup = sim(Fault::ok()).await;
@@ -249,12 +255,7 @@ async fn a_request_that_retried_and_fell_back_is_one_span_with_each_attempt_a_ch
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn a_streamed_answer_gives_its_model_and_usage_to_the_request_span_when_it_ends() {
     let _serial = SUBSCRIBER.lock().await;
-    let exporter = InMemorySpanExporter::default();
-    let provider = SdkTracerProvider::builder()
-        .with_simple_exporter(exporter.clone())
-        .build();
-    let subscriber = tracing_subscriber::registry().with(otel_layer(provider.tracer("test")));
-    let _traced = tracing::subscriber::set_default(subscriber);
+    let (exporter, _traced) = capture_spans();
 
     let primary = sim(Fault::ok()).await;
     let backup = sim(Fault::ok()).await;
@@ -351,12 +352,7 @@ async fn spans_reach_an_otlp_collector_over_http_as_protobuf() {
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn a_callers_traceparent_makes_the_request_span_a_child_of_the_callers() {
     let _serial = SUBSCRIBER.lock().await;
-    let exporter = InMemorySpanExporter::default();
-    let provider = SdkTracerProvider::builder()
-        .with_simple_exporter(exporter.clone())
-        .build();
-    let subscriber = tracing_subscriber::registry().with(otel_layer(provider.tracer("test")));
-    let _traced = tracing::subscriber::set_default(subscriber);
+    let (exporter, _traced) = capture_spans();
 
     let primary = sim(Fault::ok()).await;
     let backup = sim(Fault::ok()).await;
@@ -397,12 +393,7 @@ async fn a_callers_traceparent_makes_the_request_span_a_child_of_the_callers() {
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn a_broken_streams_continuation_is_an_attempt_of_the_same_request() {
     let _serial = SUBSCRIBER.lock().await;
-    let exporter = InMemorySpanExporter::default();
-    let provider = SdkTracerProvider::builder()
-        .with_simple_exporter(exporter.clone())
-        .build();
-    let subscriber = tracing_subscriber::registry().with(otel_layer(provider.tracer("test")));
-    let _traced = tracing::subscriber::set_default(subscriber);
+    let (exporter, _traced) = capture_spans();
 
     // The primary's stream breaks after two events; the backup, told it
     // can, continues it.

@@ -20,7 +20,7 @@ use tower_llm::config::StackConfig;
 use tower_llm_gateway::GatewayOptions;
 use tower_llm_testkit::{FaultPlan, Simulator};
 
-use support::PRIMARY_KEY;
+use support::{PRIMARY_KEY, two_targets};
 
 /// The Anthropic-protocol simulators' key (`api_key_env = "CLAUDE_KEY"`).
 const CLAUDE_KEY: &str = "sk-ant-claude-secret";
@@ -128,27 +128,6 @@ async fn claude_sim(plan: impl Into<FaultPlan>) -> Simulator {
         .start()
         .await
         .unwrap()
-}
-
-/// `primary` (keyed) then `backup`, every model to both.
-fn two_targets(primary: &Simulator, backup: &Simulator) -> String {
-    format!(
-        r#"
-        preset = "development"
-
-        [[targets]]
-        name = "primary"
-        base_url = "{}/v1"
-        api_key_env = "PRIMARY_KEY"
-
-        [[targets]]
-        name = "backup"
-        base_url = "{}/v1"
-        model = "llama3.2"
-        "#,
-        primary.base_url(),
-        backup.base_url()
-    )
 }
 
 /// An Anthropic-protocol target named `name`, keyed with [`CLAUDE_KEY`].

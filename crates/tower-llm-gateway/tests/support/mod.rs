@@ -19,6 +19,7 @@ use tower_llm::config::StackConfig;
 use tower_llm::retry::ReplayBody;
 use tower_llm::stack::Stack;
 use tower_llm_gateway::{Closing, GatewayOptions, config, prometheus, router, serve};
+use tower_llm_testkit::Simulator;
 
 /// The upstream key the configurations name (`api_key_env = "PRIMARY_KEY"`).
 pub(crate) const PRIMARY_KEY: &str = "sk-primary-secret";
@@ -187,6 +188,28 @@ impl Answer {
     pub(crate) fn json(&self) -> serde_json::Value {
         serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body))
     }
+}
+
+/// Two targets, `primary` (keyed with [`PRIMARY_KEY`]) and `backup`
+/// (answering as `llama3.2`), every model to both.
+pub(crate) fn two_targets(primary: &Simulator, backup: &Simulator) -> String {
+    format!(
+        r#"
+        preset = "development"
+
+        [[targets]]
+        name = "primary"
+        base_url = "{}/v1"
+        api_key_env = "PRIMARY_KEY"
+
+        [[targets]]
+        name = "backup"
+        base_url = "{}/v1"
+        model = "llama3.2"
+        "#,
+        primary.base_url(),
+        backup.base_url()
+    )
 }
 
 /// A chat completion request body for `model`.
