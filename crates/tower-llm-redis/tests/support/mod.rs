@@ -4,7 +4,7 @@
 
 #![allow(dead_code, unreachable_pub)]
 
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -72,16 +72,23 @@ impl RedisServer {
             .args(["--enable-debug-command", "local"])
             .arg("--dir")
             .arg(&self.dir)
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server on PATH (.ci/run installs it)");
+        let mut child = child;
+        // Its log says when it accepts connections: no polling.
+        let log = child.stdout.take().expect("piped");
+        let mut lines = BufReader::new(log).lines();
+        let ready = lines
+            .by_ref()
+            .map_while(Result::ok)
+            .any(|line| line.contains("Ready to accept connections"));
+        assert!(ready, "redis-server did not start");
+        // The rest of its log, drained so that it never blocks on a full pipe.
+        std::thread::spawn(move || lines.for_each(drop));
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while self.ping().is_none() {
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        assert!(self.ping().is_some(), "redis-server does not answer");
     }
 
     /// Whether it answers a `PING` within 50 ms.
