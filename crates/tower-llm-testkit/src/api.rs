@@ -354,26 +354,16 @@ impl<'a> EventWriter<'a> {
         let ex = self.exchange;
         let completion = self.content_events;
         match ex.api {
-            Api::OpenAiChat => {
+            Api::OpenAiChat | Api::OpenAiCompletions => {
+                // The last choice (a chat delta, or a completion's text),
+                // the usage chunk when asked for, then `[DONE]`.
+                let last_choice = if ex.api == Api::OpenAiChat {
+                    "{\"index\":0,\"delta\":{},\"logprobs\":null,\"finish_reason\":\"stop\"}]"
+                } else {
+                    "{\"text\":\"\",\"index\":0,\"logprobs\":null,\"finish_reason\":\"stop\"}]"
+                };
                 self.buf.push_str(&self.prefix);
-                self.buf.push_str(
-                    "{\"index\":0,\"delta\":{},\"logprobs\":null,\"finish_reason\":\"stop\"}]",
-                );
-                self.usage_suffix();
-                self.buf.push_str("}\n\n");
-                if ex.include_usage {
-                    self.buf.push_str(&self.prefix);
-                    self.buf.push(']');
-                    push_usage_openai(&mut self.buf, ex.prompt_tokens, completion);
-                    self.buf.push_str("}\n\n");
-                }
-                self.buf.push_str("data: [DONE]\n\n");
-            }
-            Api::OpenAiCompletions => {
-                self.buf.push_str(&self.prefix);
-                self.buf.push_str(
-                    "{\"text\":\"\",\"index\":0,\"logprobs\":null,\"finish_reason\":\"stop\"}]",
-                );
+                self.buf.push_str(last_choice);
                 self.usage_suffix();
                 self.buf.push_str("}\n\n");
                 if ex.include_usage {
