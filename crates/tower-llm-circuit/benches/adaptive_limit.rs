@@ -10,17 +10,20 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
-use std::future::{Ready, ready};
+mod support;
+
 use std::hint::black_box;
 
 use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
-use http::{Request, Response};
+use http::Request;
 use http_body_util::Full;
 use tower::limit::ConcurrencyLimitLayer;
 use tower::{Layer, Service, ServiceExt};
 use tower_llm_circuit::{AdaptiveLimitConfig, AdaptiveLimitLayer, CircuitConfig, CircuitLayer};
-use tower_llm_classify::{LlmError, RequestMeta};
+use tower_llm_classify::RequestMeta;
+
+use support::Upstream;
 
 const BODY: &str =
     r#"{"model":"gpt-4o","stream":false,"messages":[{"role":"user","content":"Say hello"}]}"#;
@@ -33,27 +36,6 @@ fn request() -> Request<Full<Bytes>> {
         .unwrap();
     RequestMeta::get_or_insert(&mut request);
     request
-}
-
-#[derive(Clone)]
-struct Upstream;
-
-impl<B> Service<Request<B>> for Upstream {
-    type Response = Response<Full<Bytes>>;
-    type Error = LlmError;
-    type Future = Ready<Result<Self::Response, LlmError>>;
-
-    fn poll_ready(
-        &mut self,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), LlmError>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: Request<B>) -> Self::Future {
-        drop(black_box(request));
-        ready(Ok(Response::new(Full::new(Bytes::new()))))
-    }
 }
 
 fn uncongested(c: &mut Criterion) {
@@ -86,24 +68,26 @@ fn uncongested(c: &mut Criterion) {
             });
         };
     }
-    bench!("bare_service", Upstream);
+    bench!("bare_service", Upstream::BARE);
     let circuit = CircuitLayer::new(CircuitConfig::standard());
-    bench!("circuit", circuit.layer(Upstream));
+    bench!("circuit", circuit.layer(Upstream::BARE));
     bench!(
         "circuit_and_adaptive_limit",
-        circuit.adaptive_limit().layer(circuit.layer(Upstream))
+        circuit
+            .adaptive_limit()
+            .layer(circuit.layer(Upstream::BARE))
     );
     bench!(
         "adaptive_limit_alone",
-        AdaptiveLimitLayer::new(AdaptiveLimitConfig::standard()).layer(Upstream)
+        AdaptiveLimitLayer::new(AdaptiveLimitConfig::standard()).layer(Upstream::BARE)
     );
     bench!(
         "tower_concurrency_limit_alone",
-        ConcurrencyLimitLayer::new(20).layer(Upstream)
+        ConcurrencyLimitLayer::new(20).layer(Upstream::BARE)
     );
     bench!(
         "circuit_and_tower_concurrency_limit",
-        ConcurrencyLimitLayer::new(20).layer(circuit.layer(Upstream))
+        ConcurrencyLimitLayer::new(20).layer(circuit.layer(Upstream::BARE))
     );
     group.finish();
 }

@@ -10,18 +10,21 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
-use std::future::{Ready, ready};
+mod support;
+
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
-use http::{Request, Response};
+use http::Request;
 use http_body_util::Full;
 use tower::{Layer, Service, ServiceExt};
 use tower_llm_circuit::{CircuitConfig, CircuitLayer, KeyBy};
-use tower_llm_classify::{LlmError, RequestMeta};
+use tower_llm_classify::RequestMeta;
+
+use support::Upstream;
 
 const BODY: &str =
     r#"{"model":"gpt-4o","stream":false,"messages":[{"role":"user","content":"Say hello"}]}"#;
@@ -40,27 +43,6 @@ fn request_with_meta() -> Request<Full<Bytes>> {
     request
 }
 
-#[derive(Clone)]
-struct Upstream;
-
-impl<B> Service<Request<B>> for Upstream {
-    type Response = Response<Full<Bytes>>;
-    type Error = LlmError;
-    type Future = Ready<Result<Self::Response, LlmError>>;
-
-    fn poll_ready(
-        &mut self,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), LlmError>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: Request<B>) -> Self::Future {
-        drop(black_box(request));
-        ready(Ok(Response::new(Full::new(Bytes::new()))))
-    }
-}
-
 fn closed_overhead(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -69,7 +51,7 @@ fn closed_overhead(c: &mut Criterion) {
     let _guard = rt.enter();
     let mut group = c.benchmark_group("circuit_closed");
 
-    let bare = Upstream;
+    let bare = Upstream::BARE;
     group.bench_function("bare_service", |b| {
         b.iter_batched(
             request_with_meta,
@@ -78,7 +60,7 @@ fn closed_overhead(c: &mut Criterion) {
         )
     });
 
-    let ours = CircuitLayer::new(CircuitConfig::standard()).layer(Upstream);
+    let ours = CircuitLayer::new(CircuitConfig::standard()).layer(Upstream::BARE);
     group.bench_function("tower_llm_circuit", |b| {
         b.iter_batched(
             request_with_meta,
@@ -101,7 +83,7 @@ fn closed_overhead(c: &mut Criterion) {
             out.push_str("primary/");
             out.push_str(input.meta.model.as_deref().unwrap_or("-"));
         })))
-        .layer(Upstream);
+        .layer(Upstream::BARE);
     group.bench_function("tower_llm_circuit_custom_key", |b| {
         b.iter_batched(
             request_with_meta,
@@ -111,7 +93,7 @@ fn closed_overhead(c: &mut Criterion) {
     });
     let target_model = CircuitLayer::new(CircuitConfig::standard())
         .key_by(KeyBy::TargetModel("primary".into()))
-        .layer(Upstream);
+        .layer(Upstream::BARE);
     group.bench_function("tower_llm_circuit_target_model_key", |b| {
         b.iter_batched(
             request_with_meta,
@@ -123,7 +105,7 @@ fn closed_overhead(c: &mut Criterion) {
     let resilience = tower_resilience_circuitbreaker::CircuitBreakerLayer::standard()
         .build()
         .unwrap()
-        .layer(Upstream);
+        .layer(Upstream::BARE);
     group.bench_function("tower_resilience_circuitbreaker", |b| {
         b.iter_batched(
             request_with_meta,
@@ -139,7 +121,15 @@ fn closed_overhead(c: &mut Criterion) {
             |r| {
                 rt.block_on(async {
                     use failsafe::futures::CircuitBreaker as _;
-                    black_box(failsafe_breaker.call(Upstream.call(r)).await.unwrap())
+                    black_box(
+                        failsafe_breaker
+                            .call({
+                                let mut upstream = Upstream::BARE;
+                                upstream.call(r)
+                            })
+                            .await
+                            .unwrap(),
+                    )
                 })
             },
             BatchSize::SmallInput,
@@ -172,7 +162,7 @@ fn contention(c: &mut Criterion) {
             started.elapsed()
         })
     };
-    let ours = CircuitLayer::new(CircuitConfig::standard()).layer(Upstream);
+    let ours = CircuitLayer::new(CircuitConfig::standard()).layer(Upstream::BARE);
     group.bench_function("tower_llm_circuit", |b| {
         b.iter_custom(|iters| run(ours.clone(), iters))
     });

@@ -13,18 +13,21 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
-use std::future::{Ready, ready};
+mod support;
+
 use std::hint::black_box;
 use std::time::SystemTime;
 
 use bytes::Bytes;
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
-use http::{HeaderValue, Request, Response};
+use http::Request;
 use http_body_util::Full;
 use tower::{Layer, Service, ServiceExt};
 use tower_llm_circuit::{CircuitConfig, CircuitLayer, PaceLimits, PacingConfig};
+use tower_llm_classify::RequestMeta;
 use tower_llm_classify::hint::RateLimitHeaders;
-use tower_llm_classify::{LlmError, RequestMeta};
+
+use support::Upstream;
 
 const BODY: &str = r#"{"model":"gpt-4o","stream":false,"max_tokens":100,"messages":[{"role":"user","content":"Say hello"}]}"#;
 
@@ -37,50 +40,27 @@ fn request_with_meta() -> Request<Full<Bytes>> {
     request
 }
 
-/// OpenAI's rate-limit headers with plenty left, as on every answer.
-const OPENAI: &[(&str, &str)] = &[
-    ("x-ratelimit-limit-requests", "10000"),
-    ("x-ratelimit-remaining-requests", "9999"),
-    ("x-ratelimit-reset-requests", "6ms"),
-    ("x-ratelimit-limit-tokens", "30000000"),
-    ("x-ratelimit-remaining-tokens", "29999000"),
-    ("x-ratelimit-reset-tokens", "2ms"),
-];
-
-/// Answers at once, with `headers` (and a content type and request id,
-/// as every answer has).
-#[derive(Clone, Copy)]
-struct Upstream {
-    headers: &'static [(&'static str, &'static str)],
-}
-
-impl<B> Service<Request<B>> for Upstream {
-    type Response = Response<Full<Bytes>>;
-    type Error = LlmError;
-    type Future = Ready<Result<Self::Response, LlmError>>;
-
-    fn poll_ready(
-        &mut self,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), LlmError>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: Request<B>) -> Self::Future {
-        drop(black_box(request));
-        let mut response = Response::new(Full::new(Bytes::new()));
-        let headers = response.headers_mut();
-        headers.insert("content-type", HeaderValue::from_static("application/json"));
-        headers.insert("x-request-id", HeaderValue::from_static("req_1"));
-        for (name, value) in self.headers {
-            headers.insert(*name, HeaderValue::from_static(value));
-        }
-        ready(Ok(response))
-    }
-}
-
-const PLAIN: Upstream = Upstream { headers: &[] };
-const LIMITED: Upstream = Upstream { headers: OPENAI };
+/// What every answer carries: a content type and a request id.
+const PLAIN: Upstream = Upstream {
+    headers: &[
+        ("content-type", "application/json"),
+        ("x-request-id", "req_1"),
+    ],
+};
+/// The same with OpenAI's rate-limit headers, plenty left, as on every
+/// answer.
+const LIMITED: Upstream = Upstream {
+    headers: &[
+        ("content-type", "application/json"),
+        ("x-request-id", "req_1"),
+        ("x-ratelimit-limit-requests", "10000"),
+        ("x-ratelimit-remaining-requests", "9999"),
+        ("x-ratelimit-reset-requests", "6ms"),
+        ("x-ratelimit-limit-tokens", "30000000"),
+        ("x-ratelimit-remaining-tokens", "29999000"),
+        ("x-ratelimit-reset-tokens", "2ms"),
+    ],
+};
 
 fn pacing_overhead(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread()

@@ -26,6 +26,24 @@ fn stack(layer: &CircuitLayer) -> Stack {
     layer.layer(ClassifyLayer::new().layer(Client::builder(TokioExecutor::new()).build_http()))
 }
 
+/// A circuit paced by `pacing` over classify and a plain client.
+fn paced(pacing: PacingConfig) -> Stack {
+    stack(&CircuitLayer::new(
+        CircuitConfig::builder().pacing(pacing).build().unwrap(),
+    ))
+}
+
+/// A provider counting as `limits` say, answering after 2 s (so that
+/// calls overlap).
+async fn provider(limits: ProviderLimits) -> Simulator {
+    Simulator::builder()
+        .rate_limits(limits)
+        .latency(Duration::from_secs(2))
+        .start()
+        .await
+        .unwrap()
+}
+
 fn body(api: Api) -> String {
     match api {
         Api::AnthropicMessages => {
@@ -99,14 +117,8 @@ async fn open_loop(
 /// A key loaded at twenty times its limit, its provider counting as
 /// `limits` say, paced by `pacing`.
 async fn single_key_over_its_limit(api: Api, limits: ProviderLimits, pacing: PacingConfig) {
-    let sim = Simulator::builder()
-        .rate_limits(limits)
-        .latency(Duration::from_secs(2))
-        .start()
-        .await
-        .unwrap();
-    let layer = CircuitLayer::new(CircuitConfig::builder().pacing(pacing).build().unwrap());
-    let service = stack(&layer);
+    let sim = provider(limits).await;
+    let service = paced(pacing);
     // The first answer's headers: the key's view starts.
     let first = open_loop(&service, &sim, api, 1, Duration::ZERO).await;
     assert_eq!(first, [End::Served]);
@@ -165,12 +177,7 @@ async fn held_until_the_reset_a_key_over_a_sliding_window_limit_gets_no_429() {
 
 #[tokio::test(start_paused = true)]
 async fn without_pacing_the_same_load_meets_the_providers_429s() {
-    let sim = Simulator::builder()
-        .rate_limits(ProviderLimits::rpm(10))
-        .latency(Duration::from_secs(2))
-        .start()
-        .await
-        .unwrap();
+    let sim = provider(ProviderLimits::rpm(10)).await;
     let layer = CircuitLayer::new(
         CircuitConfig::builder()
             .pacing(PacingConfig::off())
@@ -193,19 +200,8 @@ async fn without_pacing_the_same_load_meets_the_providers_429s() {
 #[tokio::test(start_paused = true)]
 async fn configured_rpm_keeps_a_target_without_headers_under_its_limit() {
     // Ollama sends no rate-limit headers; the simulator still enforces.
-    let sim = Simulator::builder()
-        .rate_limits(ProviderLimits::rpm(5))
-        .latency(Duration::from_secs(2))
-        .start()
-        .await
-        .unwrap();
-    let layer = CircuitLayer::new(
-        CircuitConfig::builder()
-            .pacing(PacingConfig::default().default_limit(PaceLimits::rpm(5)))
-            .build()
-            .unwrap(),
-    );
-    let service = stack(&layer);
+    let sim = provider(ProviderLimits::rpm(5)).await;
+    let service = paced(PacingConfig::default().default_limit(PaceLimits::rpm(5)));
     let ends = open_loop(
         &service,
         &sim,
@@ -278,14 +274,8 @@ async fn with_a_deadline_that_fits_the_excess_waits_for_the_reset_and_is_served(
 
 #[tokio::test(start_paused = true)]
 async fn a_key_loaded_below_its_limit_is_never_paced() {
-    let sim = Simulator::builder()
-        .rate_limits(ProviderLimits::rpm(60))
-        .latency(Duration::from_secs(2))
-        .start()
-        .await
-        .unwrap();
-    let layer = CircuitLayer::default();
-    let service = stack(&layer);
+    let sim = provider(ProviderLimits::rpm(60)).await;
+    let service = paced(PacingConfig::default());
     // 54 calls a minute for five minutes: 90 % of the limit.
     let ends = open_loop(
         &service,
@@ -303,19 +293,8 @@ async fn a_key_loaded_below_its_limit_is_never_paced() {
 async fn with_continuous_refill_a_token_bucket_key_at_its_limit_serves_nearly_all_and_no_429() {
     let mut served = Vec::new();
     for continuous in [false, true] {
-        let sim = Simulator::builder()
-            .rate_limits(ProviderLimits::rpm(60).token_bucket())
-            .latency(Duration::from_secs(2))
-            .start()
-            .await
-            .unwrap();
-        let layer = CircuitLayer::new(
-            CircuitConfig::builder()
-                .pacing(PacingConfig::default().continuous_refill(continuous))
-                .build()
-                .unwrap(),
-        );
-        let service = stack(&layer);
+        let sim = provider(ProviderLimits::rpm(60).token_bucket()).await;
+        let service = paced(PacingConfig::default().continuous_refill(continuous));
         // 60 calls a minute for five minutes, after a burst that empties
         // the bucket: the limit exactly.
         let burst = open_loop(&service, &sim, Api::OpenAiChat, 60, Duration::ZERO).await;
