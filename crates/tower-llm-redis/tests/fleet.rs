@@ -11,7 +11,7 @@
 mod support;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use support::{RedisServer, Replica, key, percentiles, time_until};
@@ -121,28 +121,44 @@ async fn every_open_and_every_cooldown_of_one_replica_reaches_the_other_two() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_calling_a_key_stop_once_another_replicas_429_reaches_them() {
+    // One round is a handful of calls against a bound of a few: the figure
+    // is the sum over several rounds, each on a key of its own (the last
+    // one's cooldown lasts 30 s).
+    const MODELS: [&str; 8] = [
+        "gpt-4o",
+        "gpt-4.1",
+        "gpt-4o-mini",
+        "o3",
+        "o4-mini",
+        "gpt-5",
+        "gpt-5-mini",
+        "o1",
+    ];
     let redis = RedisServer::start();
     let fleet = fleet(&redis, CircuitConfig::standard).await;
     // The same circuit key (provider and model) on two simulators: A meets
     // the 429 on one, B and C keep calling the other until told.
     let limited = Simulator::builder()
-        .plan(FaultPlan::script([Fault::rate_limited(
-            Duration::from_secs(30),
-        )]))
+        .plan(FaultPlan::always(Fault::rate_limited(Duration::from_secs(
+            30,
+        ))))
         .start()
         .await
         .unwrap();
     let served = Arc::new(Simulator::start().await.unwrap());
     let stop = Arc::new(AtomicBool::new(false));
+    let round = Arc::new(AtomicUsize::new(0));
     let refused = Arc::new(AtomicU64::new(0));
     let loads: Vec<_> = fleet[1..]
         .iter()
         .map(|replica| {
             let (replica, served) = (Arc::clone(replica), Arc::clone(&served));
-            let (stop, refused) = (Arc::clone(&stop), Arc::clone(&refused));
+            let (stop, round) = (Arc::clone(&stop), Arc::clone(&round));
+            let refused = Arc::clone(&refused);
             tokio::spawn(async move {
                 while !stop.load(Ordering::Relaxed) {
-                    if let Err(e) = replica.call(&served, "gpt-4o").await {
+                    let model = MODELS[round.load(Ordering::Relaxed)];
+                    if let Err(e) = replica.call(&served, model).await {
                         assert_eq!(e.kind(), ErrorKind::RateLimited);
                         refused.fetch_add(1, Ordering::Relaxed);
                     }
@@ -151,49 +167,65 @@ async fn replicas_calling_a_key_stop_once_another_replicas_429_reaches_them() {
             })
         })
         .collect();
-    let loading = Instant::now();
-    while served.requests().len() < 200 {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
 
-    let before = served.requests().len();
-    let rate = before as f64 / loading.elapsed().as_secs_f64() / 2.0;
-    let started = Instant::now();
-    let error = fleet[0].call(&limited, "gpt-4o").await.unwrap_err();
-    assert_eq!(error.kind(), ErrorKind::RateLimited);
-    let answered = started.elapsed();
-    for replica in &fleet[1..] {
-        time_until("the cooldown reached the replica", || {
-            cooling(replica, &key("gpt-4o"))
-        })
-        .await;
-    }
-    let propagated = started.elapsed();
-    let after_cooldown = served.requests().len();
-    let refused_at_cooldown = refused.load(Ordering::Relaxed);
-    while refused.load(Ordering::Relaxed) < refused_at_cooldown + 20 {
-        tokio::time::sleep(Duration::from_millis(1)).await;
+    let (mut meanwhile, mut after, mut bound) = (0, 0, 0.0);
+    let mut propagations = Vec::new();
+    let mut rates = Vec::new();
+    for (i, model) in MODELS.iter().enumerate() {
+        round.store(i, Ordering::Relaxed);
+        let loading = Instant::now();
+        let at_load = served.requests().len();
+        while served.requests().len() < at_load + 100 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let before = served.requests().len();
+        // B and C's request rate together.
+        let rate = (before - at_load) as f64 / loading.elapsed().as_secs_f64();
+        let started = Instant::now();
+        let error = fleet[0].call(&limited, model).await.unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::RateLimited);
+        for replica in &fleet[1..] {
+            time_until("the cooldown reached the replica", || {
+                cooling(replica, &key(model))
+            })
+            .await;
+        }
+        let propagated = started.elapsed();
+        let after_cooldown = served.requests().len();
+        let refused_at_cooldown = refused.load(Ordering::Relaxed);
+        while refused.load(Ordering::Relaxed) < refused_at_cooldown + 20 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        // Once told, B and C send nothing more to the key: at most the call
+        // each had in flight.
+        let at_end = served.requests().len();
+        assert!(
+            at_end - after_cooldown <= 2,
+            "{model}: {after_cooldown} then {at_end}"
+        );
+        meanwhile += after_cooldown - before;
+        after += at_end - after_cooldown;
+        bound += 2.0 * rate * propagated.as_secs_f64();
+        propagations.push(propagated);
+        rates.push(rate);
     }
     stop.store(true, Ordering::Relaxed);
     for load in loads {
         load.await.unwrap();
     }
-    let at_end = served.requests().len();
+    // The issue's bound is 2 x their rate x the propagation delay: twice
+    // what they send while the decision travels (a call sent before the
+    // decision could be heard cannot be taken back).
+    let mean_rate = rates.iter().sum::<f64>() / rates.len() as f64;
     println!(
-        "B and C calling one key at {rate:.0}/s each: A's 429 answered after {answered:?}, \
-         both cooling after {propagated:?} (2 x rate x that = {:.1}); their calls that \
-         reached the provider meanwhile: {}, after: {} (in flight when told); refused \
-         locally: {}",
-        2.0 * rate * propagated.as_secs_f64(),
-        after_cooldown - before,
-        at_end - after_cooldown,
+        "B and C calling one key at {mean_rate:.0}/s together, {} rounds (a key each): from \
+         A's call to both cooling {}; their calls that reached the provider meanwhile: \
+         {meanwhile} in all, rate x propagation = {:.1}, the bound 2 x that = {bound:.1}; \
+         after: {after} (in flight when told); refused locally: {}",
+        MODELS.len(),
+        percentiles(&mut propagations),
+        bound / 2.0,
         refused.load(Ordering::Relaxed),
-    );
-    // Once told, B and C send nothing more to the key: at most the call
-    // each had in flight.
-    assert!(
-        at_end - after_cooldown <= 2,
-        "{after_cooldown} then {at_end}"
     );
 }
 
