@@ -1,8 +1,9 @@
 //! Closed-state overhead per call of the circuit layer, beside the bare
 //! service, tower-resilience's circuit breaker and failsafe's, in one run
 //! (with a stack's `target/model` key written by a function, and compared
-//! in place with `KeyBy::TargetModel`); and calls on one key from two
-//! threads.
+//! in place with `KeyBy::TargetModel`), and with its decisions shared
+//! with other replicas (a listener attached, as tower-llm-redis does); and
+//! calls on one key from two threads.
 //!
 //! ```text
 //! cargo bench -p tower-llm-circuit --bench circuit
@@ -72,6 +73,25 @@ fn closed_overhead(c: &mut Criterion) {
         b.iter_batched(
             request,
             |r| rt.block_on(async { black_box(ours.clone().oneshot(r).await.unwrap()) }),
+            BatchSize::SmallInput,
+        )
+    });
+
+    // Decisions shared with other replicas (what tower-llm-redis attaches):
+    // a healthy call takes none, so this should cost what the plain layer
+    // does.
+    let sharing_layer = CircuitLayer::new(CircuitConfig::standard());
+    sharing_layer
+        .handle()
+        .share_decisions(|decision| {
+            black_box(decision);
+        })
+        .unwrap();
+    let sharing = sharing_layer.layer(Upstream::BARE);
+    group.bench_function("tower_llm_circuit_sharing_decisions", |b| {
+        b.iter_batched(
+            request_with_meta,
+            |r| rt.block_on(async { black_box(sharing.clone().oneshot(r).await.unwrap()) }),
             BatchSize::SmallInput,
         )
     });
