@@ -202,7 +202,8 @@ pub struct RouteSettings {
 #[non_exhaustive]
 pub struct GroupSettings {
     /// `latency` (the default: the power of two choices over a peak-EWMA
-    /// of latency), `least_busy` (fewest requests in flight) or
+    /// of latency, weighed by the share of each deployment's rate limits
+    /// left where they are known), `least_busy` (fewest requests in flight) or
     /// `weighted` (by each target's `weight`).
     pub strategy: Option<String>,
     /// The members (target names).

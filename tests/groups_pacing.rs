@@ -1,5 +1,6 @@
 //! A stack's groups skip a deployment its rate-limit headers say has
-//! nothing left, over real HTTP against simulators with provider limits.
+//! nothing left, and spread deployments in proportion to their limits,
+//! over real HTTP against simulators with provider limits.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -83,4 +84,41 @@ async fn without_pacing_the_same_group_meets_the_429_first() {
         call(&stack).await;
     }
     assert!(small.stats().errors > 0, "{:?}", small.stats());
+}
+
+#[tokio::test]
+async fn a_latency_group_spreads_deployments_in_proportion_to_their_limits() {
+    const LIMITS: [u64; 3] = [60, 30, 10];
+    let mut sims = Vec::new();
+    for rpm in LIMITS {
+        let sim = Simulator::builder()
+            .rate_limits(ProviderLimits::rpm(rpm))
+            .start()
+            .await
+            .unwrap();
+        sims.push(sim);
+    }
+    let mut builder = LlmStack::development().seed(11);
+    for (i, sim) in sims.iter().enumerate() {
+        builder = builder.target(["d0", "d1", "d2"][i], client(), |t| t.base_url(base(sim)));
+    }
+    let stack = builder
+        .route(
+            ModelRoute::new("gpt-4o", Vec::<String>::new())
+                .group(Strategy::Latency, ["d0", "d1", "d2"]),
+        )
+        .build()
+        .unwrap();
+    // 90 % of their limits together, within the minute.
+    for _ in 0..90 {
+        call(&stack).await;
+    }
+    let served: Vec<u64> = sims.iter().map(|s| s.stats().requests).collect();
+    assert!(sims.iter().all(|s| s.stats().errors == 0), "no 429");
+    // Each used in proportion to its limit (54 / 27 / 9), give or take
+    // the calls that first read each one's headers.
+    for (count, limit) in served.iter().zip(LIMITS) {
+        let share = limit * 9 / 10;
+        assert!(count.abs_diff(share) <= 3, "{served:?} for {LIMITS:?}");
+    }
 }

@@ -23,29 +23,46 @@ thread_local! {
     static KEY: RefCell<String> = const { RefCell::new(String::new()) };
 }
 
+/// Calls `f` with `candidate`'s breaker key (`target/model`, `-` for a
+/// request without a model, as the breaker keys it), built in place.
+fn with_key<T>(candidate: &Candidate<'_>, f: impl FnOnce(&str) -> T) -> T {
+    KEY.with(|key| {
+        let mut key = key.borrow_mut();
+        key.clear();
+        key.push_str(candidate.target);
+        key.push('/');
+        key.push_str(candidate.model.unwrap_or("-"));
+        f(&key)
+    })
+}
+
 impl CheckAvailability for PacedOut {
     fn check(&self, candidate: &Candidate<'_>) -> Availability {
-        // As the breaker keys it: `-` for a request without a model.
-        let model = candidate.model.unwrap_or("-");
+        if !self.0.paces_any() {
+            return Availability::Available;
+        }
         let tokens = candidate
             .request
             .extensions
             .get::<RequestMeta>()
             .and_then(RequestMeta::estimated_tokens)
             .unwrap_or(1);
-        let paced = KEY.with(|key| {
-            let mut key = key.borrow_mut();
-            key.clear();
-            key.push_str(candidate.target);
-            key.push('/');
-            key.push_str(model);
-            self.0.paced_for_tokens(&key, tokens)
-        });
+        let paced = with_key(candidate, |key| self.0.paced_for_tokens(key, tokens));
         match paced {
             Some(wait) => Availability::Unavailable {
                 retry_after: Some(wait),
             },
             None => Availability::Available,
         }
+    }
+
+    /// What its key's rate-limit view says is left of its limits: the
+    /// `latency` strategy spreads a group in proportion to its members'
+    /// limits with it.
+    fn headroom(&self, candidate: &Candidate<'_>) -> Option<f64> {
+        if !self.0.paces_any() {
+            return None;
+        }
+        with_key(candidate, |key| self.0.headroom(key))
     }
 }

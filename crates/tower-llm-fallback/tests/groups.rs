@@ -252,6 +252,42 @@ async fn latency_prefers_a_fast_deployment_over_a_ten_times_slower_one() {
     );
 }
 
+/// Every member available; each with the share of its rate limits left
+/// given by name.
+struct Left(&'static [(&'static str, f64)]);
+
+impl tower_llm_fallback::CheckAvailability for Left {
+    fn check(&self, _: &tower_llm_fallback::Candidate<'_>) -> tower_llm_fallback::Availability {
+        tower_llm_fallback::Availability::Available
+    }
+
+    fn headroom(&self, candidate: &tower_llm_fallback::Candidate<'_>) -> Option<f64> {
+        let found = self.0.iter().find(|(name, _)| *name == candidate.target);
+        found.map(|(_, left)| *left)
+    }
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn latency_prefers_the_member_with_more_of_its_rate_limits_left() {
+    let deploys: Vec<Deploy> = (0..3)
+        .map(|_| Deploy::slow(Duration::from_millis(100)))
+        .collect();
+    let fallback = Fallback::builder()
+        .group(Strategy::Latency, members(&deploys))
+        .check_availability(Arc::new(Left(&[("d0", 1.0), ("d1", 0.5), ("d2", 0.1)])))
+        .seed(5)
+        .build()
+        .unwrap();
+    for _ in 0..200 {
+        served_by(&fallback).await;
+    }
+    let calls: Vec<usize> = deploys.iter().map(Deploy::calls).collect();
+    // Equal latencies: the one with more left wins each pair (d2 only
+    // once its estimate has decayed for want of samples).
+    assert!(calls[0] > calls[1] && calls[1] > calls[2], "{calls:?}");
+    assert!(calls[2] * 10 < 200, "{calls:?}");
+}
+
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn a_failure_moves_on_within_the_group_before_the_next_group() {
     let broken = Deploy::failing();

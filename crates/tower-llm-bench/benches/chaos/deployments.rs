@@ -187,7 +187,13 @@ fn table(scenario: &Scenario, rows: &[(&str, DeployRun)]) -> String {
             let shares = run
                 .stats
                 .iter()
-                .map(|s| pct(s.answered as f64, answered as f64))
+                .map(|s| {
+                    format!(
+                        "{} ({})",
+                        pct(s.answered as f64, answered as f64),
+                        s.answered
+                    )
+                })
                 .collect::<Vec<_>>()
                 .join(" / ");
             let took: Vec<Duration> = run.records.iter().map(|r| r.1).collect();

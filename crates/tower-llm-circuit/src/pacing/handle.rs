@@ -67,6 +67,56 @@ impl CircuitHandle {
         registry.pacing.paced_for(key, tokens, || registry.now())
     }
 
+    /// Whether any key may be paced at all: limits are configured, or
+    /// some answer carried rate-limit headers. While none may, every
+    /// [`paced_for`](Self::paced_for) is `None` and every
+    /// [`headroom`](Self::headroom) too, and a picker asking about many
+    /// candidates can skip building their keys.
+    ///
+    /// ```
+    /// use tower_llm_circuit::{CircuitConfig, CircuitLayer, PaceLimits, PacingConfig};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// assert!(!CircuitLayer::default().handle().paces_any());
+    /// let limited = CircuitConfig::standard()
+    ///     .to_builder()
+    ///     .pacing(PacingConfig::default().default_limit(PaceLimits::rpm(60)))
+    ///     .build()
+    ///     .unwrap();
+    /// assert!(CircuitLayer::new(limited).handle().paces_any());
+    /// # }
+    /// ```
+    #[inline]
+    pub fn paces_any(&self) -> bool {
+        self.registry().pacing.active()
+    }
+
+    /// The share of its rate limits `key` has left for more calls, from
+    /// 0 (none) to 1 (all): what its last answer's headers said is left
+    /// (refilled toward the limit with
+    /// [`continuous_refill`](crate::PacingConfig::continuous_refill)), less
+    /// what is in flight since, over the limit the headers give; the
+    /// tightest of requests and tokens, and of configured limits for what
+    /// the headers do not report. `None` when nothing gives a limit (no
+    /// headers with a limit seen, none configured). A deployment group
+    /// weighs its members with it, so that each is used in proportion to
+    /// its limits instead of until it runs out.
+    ///
+    /// ```
+    /// use tower_llm_circuit::CircuitLayer;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let handle = CircuitLayer::default().handle();
+    /// assert_eq!(handle.headroom("primary/gpt-4o"), None);
+    /// # }
+    /// ```
+    pub fn headroom(&self, key: &str) -> Option<f64> {
+        let registry = self.registry();
+        registry.pacing.headroom(key, || registry.now())
+    }
+
     /// `key`'s pacing, if its answers have carried rate-limit headers or
     /// it has configured limits.
     pub fn pacing(&self, key: &str) -> Option<PacingSnapshot> {

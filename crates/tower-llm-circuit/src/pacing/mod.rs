@@ -270,6 +270,24 @@ impl Pacing {
         found.view().paced_for(now(), tokens, limits)
     }
 
+    /// Whether any key may be paced: limits are configured, or some
+    /// answer carried rate-limit headers.
+    #[inline]
+    pub(crate) fn active(&self) -> bool {
+        self.active.load(Ordering::Acquire)
+    }
+
+    /// The share of its limits `key` has left (see [`View::headroom`]);
+    /// `now` is read only for a key that has a view.
+    pub(crate) fn headroom(&self, key: &str, now: impl FnOnce() -> Duration) -> Option<f64> {
+        if !self.active.load(Ordering::Acquire) {
+            return None;
+        }
+        let found = self.find(key)?;
+        let limits = found.limits;
+        found.view().headroom(now(), limits)
+    }
+
     /// Every key's buckets not yet full again, to share with other
     /// replicas.
     pub(crate) fn shared(&self, now: Duration) -> Vec<(Arc<str>, Buckets)> {

@@ -87,6 +87,24 @@ impl Bucket {
     }
 }
 
+impl Bucket {
+    /// What is left at `now`, before what is in flight: what was
+    /// reported, grown toward the limit as [`fits_at`](Self::fits_at)
+    /// lets it with `continuous`.
+    fn left_at(&self, now: Duration, continuous: bool) -> u64 {
+        let span = self.reset_at.saturating_sub(self.at);
+        match self.limit {
+            Some(limit) if continuous && limit > self.remaining && !span.is_zero() => {
+                let passed = now.saturating_sub(self.at).min(span);
+                let grown =
+                    (limit - self.remaining) as f64 * passed.as_secs_f64() / span.as_secs_f64();
+                self.remaining.saturating_add(grown as u64).min(limit)
+            }
+            _ => self.remaining,
+        }
+    }
+}
+
 /// Requests and tokens: what is left and when each bucket is full again
 /// (in the registry's time), as replicas share them.
 pub(crate) type Buckets = [Option<(u64, Duration)>; 2];
@@ -210,7 +228,52 @@ impl View {
         wait
     }
 
-    /// Admits a call costing `tokens` at `now`, or says how long until its
+    /// The share of its limits the key has left at `now` for more calls,
+    /// from 0 to 1: the tightest of its buckets whose limit is known (what
+    /// is left less what is in flight, over the limit) and its configured
+    /// limits' last minute. `None` when nothing gives a limit. A picker
+    /// weighs deployments with it, so that each is used in proportion to
+    /// its limits rather than until it runs out.
+    pub(crate) fn headroom(&mut self, now: Duration, limits: Option<PaceLimits>) -> Option<f64> {
+        self.expire(now);
+        let continuous = self.continuous;
+        let share = |left: u64, used: u64, limit: u64| {
+            (limit > 0).then(|| left.saturating_sub(used) as f64 / limit as f64)
+        };
+        let mut tightest: Option<f64> = None;
+        let mut take = |share: Option<f64>| {
+            if let Some(share) = share {
+                tightest = Some(tightest.map_or(share, |t| t.min(share)).clamp(0.0, 1.0));
+            }
+        };
+        if let Some(b) = self.requests {
+            take(
+                b.limit
+                    .and_then(|limit| share(b.left_at(now, continuous), self.in_flight, limit)),
+            );
+        }
+        if let Some(b) = self.tokens {
+            take(
+                b.limit.and_then(|limit| {
+                    share(b.left_at(now, continuous), self.in_flight_tokens, limit)
+                }),
+            );
+        }
+        if let Some(limits) = limits {
+            if self.requests.is_none()
+                && let Some(rpm) = limits.rpm
+            {
+                take(share(rpm, self.log_calls, rpm));
+            }
+            if self.tokens.is_none()
+                && let Some(tpm) = limits.tpm
+            {
+                take(share(tpm, self.log_tokens, tpm));
+            }
+        }
+        tightest
+    }
+
     /// key can take it.
     pub(crate) fn admit(
         &mut self,
@@ -533,6 +596,63 @@ mod tests {
         let mut held = View::new(false);
         held.answered(None, Some(&report(0)), Duration::ZERO);
         assert_eq!(held.admit(secs(6), 1, None), Err(secs(54)));
+    }
+
+    /// A requests bucket of `limit` with `remaining` left, full in `reset`.
+    fn of_limit(remaining: u64, limit: u64, reset: Duration) -> RateLimitHeaders {
+        let mut report = requests(remaining, reset);
+        if let Some(b) = report.requests.as_mut() {
+            b.limit = Some(limit);
+        }
+        report
+    }
+
+    #[test]
+    fn headroom_is_what_is_left_less_what_is_in_flight_over_the_limit() {
+        let mut view = View::default();
+        view.answered(None, Some(&of_limit(50, 100, secs(60))), Duration::ZERO);
+        assert_eq!(view.headroom(Duration::ZERO, None), Some(0.5));
+        let a = view.admit(Duration::ZERO, 1, None).unwrap();
+        assert_eq!(view.headroom(Duration::ZERO, None), Some(0.49));
+        view.answered(Some(a), None, secs(1));
+        assert_eq!(view.headroom(secs(1), None), Some(0.5));
+        // Past the reset the bucket is full again, and nothing says how
+        // full: no limit known.
+        assert_eq!(view.headroom(secs(60), None), None);
+    }
+
+    #[test]
+    fn headroom_is_unknown_without_a_limit_and_refills_with_continuous_refill() {
+        let mut view = View::default();
+        view.answered(None, Some(&requests(5, secs(60))), Duration::ZERO);
+        assert_eq!(view.headroom(Duration::ZERO, None), None);
+
+        let mut view = View::new(true);
+        view.answered(None, Some(&of_limit(0, 100, secs(60))), Duration::ZERO);
+        assert_eq!(view.headroom(Duration::ZERO, None), Some(0.0));
+        assert_eq!(view.headroom(secs(30), None), Some(0.5));
+        // Held until the reset without it.
+        let mut held = View::new(false);
+        held.answered(None, Some(&of_limit(0, 100, secs(60))), Duration::ZERO);
+        assert_eq!(held.headroom(secs(30), None), Some(0.0));
+    }
+
+    #[test]
+    fn headroom_of_configured_limits_is_what_the_last_minute_left() {
+        let limits = Some(PaceLimits::rpm(10));
+        let mut view = View::default();
+        for _ in 0..4 {
+            let a = view.admit(Duration::ZERO, 1, limits).unwrap();
+            view.answered(Some(a), None, Duration::ZERO);
+        }
+        assert_eq!(view.headroom(secs(1), limits), Some(0.6));
+        // The tightest of the two limits.
+        let both = Some(PaceLimits::rpm(10).with_tpm(100));
+        let a = view.admit(secs(1), 80, both).unwrap();
+        view.answered(Some(a), None, secs(1));
+        // 4 + 80 of 100 tokens used.
+        assert_eq!(view.headroom(secs(1), both), Some(0.16));
+        assert_eq!(view.headroom(secs(62), both), Some(1.0));
     }
 
     #[test]

@@ -65,6 +65,21 @@ pub enum Availability {
 pub trait CheckAvailability: Send + Sync + 'static {
     /// Whether `candidate` may take its request now.
     fn check(&self, candidate: &Candidate<'_>) -> Availability;
+
+    /// The share of its capacity `candidate` has left, from 0 (none) to 1
+    /// (all), when known: for a deployment with rate limits, what its
+    /// provider's headers say is left, less its calls in flight, over the
+    /// limit. The `latency` strategy costs such a member its latency
+    /// estimate divided by this share (in place of times its calls in
+    /// flight), so that members with different limits are used in
+    /// proportion to them rather than each until it runs out (LiteLLM's
+    /// usage-based routing weighs deployments by what they have used of
+    /// their limits for the same reason). `None` (the default) leaves the
+    /// member's cost as it is.
+    fn headroom(&self, candidate: &Candidate<'_>) -> Option<f64> {
+        let _ = candidate;
+        None
+    }
 }
 
 impl<F> CheckAvailability for F

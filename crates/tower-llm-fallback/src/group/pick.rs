@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use bytes::Bytes;
 use tower_llm_classify::{ErrorKind, LlmError, Phase, RequestMeta};
 
-use super::availability::{Availability, Candidate};
+use super::availability::{Availability, Candidate, CheckAvailability};
 use super::stats::{GroupStats, UNKNOWN_WAIT, nanos};
 use super::{Group, Strategy};
 use crate::protocol::Protocol;
@@ -58,6 +58,15 @@ pub(crate) fn pick<S>(
         route,
         too_small,
         protocol: request.and_then(|(parts, _)| parts.extensions.get::<Protocol>()),
+        // Only a check asks for it.
+        model: request
+            .filter(|_| shared.check.is_some())
+            .and_then(|(parts, _)| {
+                parts
+                    .extensions
+                    .get::<RequestMeta>()
+                    .and_then(|meta| meta.model.as_deref())
+            }),
     };
     let from = *cursor;
     let picked = pass(shared, cursor, wanted, request, true).or_else(|| {
@@ -106,12 +115,13 @@ fn pass<S>(
 
 /// What a target must be to take the request: the route the last failure
 /// set, the largest context window known too small, the protocol the
-/// request names (read once per pick).
+/// request names; and the model it asks for (both read once per pick).
 #[derive(Clone, Copy)]
 struct Wanted<'a> {
     route: Route,
     too_small: Option<u64>,
     protocol: Option<&'a Protocol>,
+    model: Option<&'a str>,
 }
 
 /// Whether `target` may serve a failure routed `route`, in the protocol
@@ -123,6 +133,7 @@ fn eligible<S>(target: &Target<S>, wanted: Wanted<'_>) -> bool {
         route,
         too_small,
         protocol,
+        ..
     } = wanted;
     if protocol.is_some_and(|p| *p != target.protocol) {
         return false;
@@ -186,12 +197,14 @@ fn choose<S>(
             0 => return None,
             1 => candidates.trailing_zeros() as usize,
             _ => match group.strategy {
-                Strategy::Latency => latency(shared, stats, candidates, count),
+                Strategy::Latency => latency(shared, stats, candidates, count, |i| {
+                    headroom(shared, &members[i], wanted, request)
+                }),
                 Strategy::LeastBusy => least_busy(shared, stats, candidates),
                 Strategy::Weighted => weighted(shared, stats, candidates),
             },
         };
-        if !available_only || checked(shared, &members[member], request) {
+        if !available_only || checked(shared, &members[member], wanted, request) {
             break member;
         }
         candidates &= !(1 << member);
@@ -212,25 +225,56 @@ fn choose<S>(
     Some(member)
 }
 
-/// Whether the installed check (if any) lets `target` take the request.
+/// Asks the installed check (if any) about `target` taking the request.
 #[inline]
-fn checked<S>(shared: &Shared<S>, target: &Target<S>, request: PickRequest<'_>) -> bool {
+fn ask<S, T>(
+    shared: &Shared<S>,
+    target: &Target<S>,
+    wanted: Wanted<'_>,
+    request: PickRequest<'_>,
+    question: impl FnOnce(&dyn CheckAvailability, &Candidate<'_>) -> T,
+) -> Option<T> {
     let (Some(check), Some((parts, body))) = (shared.check.as_ref(), request) else {
-        return true;
+        return None;
     };
-    let model = target.model.as_deref().or_else(|| {
-        parts
-            .extensions
-            .get::<RequestMeta>()
-            .and_then(|meta| meta.model.as_deref())
-    });
     let candidate = Candidate {
         target: &target.name,
-        model,
+        model: target.model.as_deref().or(wanted.model),
         request: parts,
         body,
     };
-    check.0.check(&candidate) == Availability::Available
+    Some(question(check.0.as_ref(), &candidate))
+}
+
+/// Whether the installed check (if any) lets `target` take the request.
+#[inline]
+fn checked<S>(
+    shared: &Shared<S>,
+    target: &Target<S>,
+    wanted: Wanted<'_>,
+    request: PickRequest<'_>,
+) -> bool {
+    ask(shared, target, wanted, request, |check, candidate| {
+        check.check(candidate) == Availability::Available
+    })
+    .is_none_or(|verdict| verdict)
+}
+
+/// The share of its capacity the installed check says `target` has left,
+/// if it says, never below 1 %: a member about to run out costs a
+/// hundred times its latency, not an infinite amount.
+#[inline]
+fn headroom<S>(
+    shared: &Shared<S>,
+    target: &Target<S>,
+    wanted: Wanted<'_>,
+    request: PickRequest<'_>,
+) -> Option<f64> {
+    ask(shared, target, wanted, request, |check, candidate| {
+        check.headroom(candidate)
+    })
+    .flatten()
+    .map(|share| share.clamp(0.01, 1.0))
 }
 
 /// The `k`-th set bit of `mask` (0-based).
@@ -244,8 +288,18 @@ fn nth(mut mask: u64, k: usize) -> usize {
 
 /// The power of two choices: two distinct candidates at random, the one
 /// whose latency estimate times its requests in flight (plus one) is
-/// lower (tower's `p2c::Balance` over `PeakEwma`).
-fn latency<S>(shared: &Shared<S>, stats: &GroupStats, candidates: u64, count: usize) -> usize {
+/// lower (tower's `p2c::Balance` over `PeakEwma`). For a member whose
+/// share of its rate limits left is known (`headroom`, which counts its
+/// calls in flight against its own limit), the latency estimate divided
+/// by that share instead: deployments with different limits are used in
+/// proportion to them.
+fn latency<S>(
+    shared: &Shared<S>,
+    stats: &GroupStats,
+    candidates: u64,
+    count: usize,
+    headroom: impl Fn(usize) -> Option<f64>,
+) -> usize {
     let random = shared.random();
     let first = (random as u32 as usize) % count;
     let mut second = ((random >> 32) as usize) % (count - 1);
@@ -257,7 +311,13 @@ fn latency<S>(shared: &Shared<S>, stats: &GroupStats, candidates: u64, count: us
     let cost = |i: usize| {
         let member = &stats.members[i];
         let pending = f64::from(member.in_flight.load(Ordering::Relaxed)) + 1.0;
-        member.latency.at(now) * pending
+        match headroom(i) {
+            // What is in flight is already counted in what is left, over
+            // the member's own limit: counting it again, unscaled, would
+            // push a large deployment's load onto the small ones.
+            Some(share) => member.latency.at(now) / share,
+            None => member.latency.at(now) * pending,
+        }
     };
     if cost(b) < cost(a) { b } else { a }
 }

@@ -20,7 +20,11 @@ pub enum Strategy {
     /// requests in flight: two deployments drawn at random, the cheaper
     /// one taken. tower's `balance::p2c` over `load::PeakEwma`, itself
     /// Finagle's `P2CPeakEwma`: a deployment that turns slow is left at
-    /// once (the peak), and tried again as its estimate decays.
+    /// once (the peak), and tried again as its estimate decays. A member
+    /// whose share of its rate limits left is known
+    /// ([`CheckAvailability::headroom`](crate::CheckAvailability::headroom))
+    /// costs its latency divided by that share instead, so that members
+    /// with different limits are used in proportion to them.
     #[default]
     Latency,
     /// The deployment with the fewest requests in flight (a stream counts
