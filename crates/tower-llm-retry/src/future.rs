@@ -68,6 +68,10 @@ pin_project! {
         // if it succeeds and the policy refunds successful retries).
         unsent: Option<RetryWithdrawal>,
         in_flight: Option<RetryWithdrawal>,
+        // Whether an attempt has left this process (failed anywhere but
+        // in a layer below refusing it): until one has, a retry adds no
+        // call to the upstream's load and takes nothing from the budget.
+        reached: bool,
         // Tells the layers below (the circuit) why an attempt was dropped
         // when this layer ends it; made only for a call with a time limit,
         // and reused from attempt to attempt.
@@ -144,6 +148,7 @@ where
             waited_on: None,
             unsent: None,
             in_flight: None,
+            reached: false,
             end: None,
         }
     }
@@ -302,7 +307,7 @@ where
                             ready!(sleep.as_mut().poll(cx));
                         }
                         let waited_on = this.waited_on.take();
-                        if !withdraw_for_retry(this.shared, this.unsent) {
+                        if *this.reached && !withdraw_for_retry(this.shared, this.unsent) {
                             let failed = waited_on.unwrap_or_else(polled_after_completion);
                             (failed, Some(GiveUp::BudgetExhausted))
                         } else {
@@ -315,10 +320,20 @@ where
                     StateProj::Done => return Poll::Ready(Err(polled_after_completion())),
                 };
 
-            // An attempt failed (a retry that fails keeps its withdrawal):
-            // retry, or give up with its error.
-            *this.in_flight = None;
+            // An attempt failed (a retry that fails keeps its withdrawal,
+            // unless a layer below refused it before it left the process:
+            // the upstream never saw it): retry, or give up with its error.
             let c = failed.classification();
+            if c.phase() == Phase::Local {
+                if let (Some(withdrawal), Some(budget)) =
+                    (this.in_flight.take(), this.shared.policy.budget.as_ref())
+                {
+                    budget.give_back(withdrawal);
+                }
+            } else {
+                *this.reached = true;
+            }
+            *this.in_flight = None;
             let outcome = match final_reason {
                 Some(reason) => Err(reason),
                 None => {
@@ -337,7 +352,9 @@ where
                         // the call at once, and drawn on when the retry is
                         // sent: a wait (seconds, for a hint) holds nothing.
                         Decision::Retry { delay, hinted } => match &policy.budget {
-                            Some(budget) if !budget.has_room() => Err(GiveUp::BudgetExhausted),
+                            Some(budget) if *this.reached && !budget.has_room() => {
+                                Err(GiveUp::BudgetExhausted)
+                            }
                             _ => Ok((delay, hinted)),
                         },
                         Decision::GiveUp(reason) => Err(reason),

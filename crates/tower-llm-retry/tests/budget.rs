@@ -1,8 +1,10 @@
 //! How the retry layer draws on its budget, pinned with `tower_test::mock`
 //! on the paused clock: a retry is withdrawn when it is sent (a wait holds
 //! nothing), a retry that succeeds is given back (the AWS SDKs' retry
-//! quota), a retry that fails or is cancelled in flight stays spent, and a
-//! budget emptied during the wait ends the call when the wait is over.
+//! quota), a retry that fails or is cancelled in flight stays spent, a
+//! budget emptied during the wait ends the call when the wait is over, and
+//! a call a layer below refused before it left the process (so the
+//! upstream never saw it) costs its retry nothing.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -211,4 +213,66 @@ async fn a_retry_taken_but_never_sent_is_given_back() {
     handle.send_error(overloaded()); // the next poll_ready fails
     assert!(matches!(call.poll(), Poll::Ready(Err(_))));
     assert_eq!(budget.remaining(), 1);
+}
+
+/// A layer below refused the call before it left the process (a full
+/// queue, an open breaker): come back in 2 s.
+fn refused_here() -> LlmError {
+    LlmError::new(
+        Classification::new(ErrorKind::Overloaded)
+            .with_phase(Phase::Local)
+            .with_hint(Some(Hint {
+                delay: Duration::from_secs(2),
+                source: HintSource::RetryAfter,
+            })),
+    )
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_after_a_local_refusal_takes_nothing_from_the_budget() {
+    // The budget bounds the calls a retry adds to the upstream's load; a
+    // call refused below this layer never reached it, so its retry is the
+    // request's first call there, even with the budget empty.
+    let budget = budget();
+    while budget.withdraw() {}
+    let (mock, mut handle): (Mock, Handle) = mock::pair();
+    let mut service = RetryLayer::new(policy(&budget).build().unwrap()).layer(mock);
+    handle.allow(10);
+    let spender = Arc::clone(&budget);
+    let answer = async move {
+        let (_, send) = handle.next_request().await.unwrap();
+        // Spend this call's own deposit too.
+        assert!(spender.withdraw());
+        send.send_error(refused_here());
+        let (_, send) = handle.next_request().await.unwrap();
+        send.send_response(Response::new(Full::from("ok")));
+        handle
+    };
+    let (result, _handle) = tokio::join!(
+        tower::ServiceExt::<Request<Full<Bytes>>>::oneshot(&mut service, request()),
+        answer
+    );
+    let response = result.unwrap();
+    assert_eq!(RetryStats::of(response.extensions()).attempts, 2);
+    assert_eq!(budget.remaining(), 0, "nothing withdrawn, nothing given");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_refused_before_it_left_is_given_back() {
+    let budget = budget();
+    let policy = policy(&budget).max_attempts(3).build().unwrap();
+    let (_service, mut handle, mut call) = waiting_call(policy).await;
+    // The first attempt reached the upstream: its retry is withdrawn…
+    let send = retry_sent(&mut handle, &mut call).await;
+    assert_eq!(budget.remaining(), 0);
+    // …and given back when a layer below refuses it, so the next retry
+    // (a call the upstream will see) can take it.
+    send.send_error(refused_here());
+    assert_pending!(call.poll());
+    assert_eq!(budget.remaining(), 1);
+    let send = retry_sent(&mut handle, &mut call).await;
+    assert_eq!(budget.remaining(), 0);
+    send.send_response(Response::new(Full::from("ok")));
+    let response = assert_ready_ok!(call.poll());
+    assert_eq!(RetryStats::of(response.extensions()).attempts, 3);
 }
