@@ -9,6 +9,8 @@
 //! ```text
 //! cargo bench -p tower-llm-bench --bench chaos                  # every scenario: rewrites the tables in BENCHMARKS.md and the charts
 //! cargo bench -p tower-llm-bench --bench chaos -- transient     # the scenarios whose name contains "transient" (printed only)
+//! cargo bench -p tower-llm-bench --bench chaos -- seeds         # transient and rate_limit under ten fault seeds each (mean, min, max)
+//! CHAOS_DEBUG=1 cargo bench -p tower-llm-bench --bench chaos -- metastability   # besides: each contender's failures by cause and by the second they were sent
 //! ```
 //!
 //! Time is Tokio's paused clock: the simulators' latencies, retry-after
@@ -25,6 +27,7 @@ mod deployments;
 mod ours;
 mod peers;
 mod report;
+mod seeds;
 
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -362,7 +365,12 @@ async fn run(scenario: &str, build: Build) -> Run {
     let (primary, records, started);
     match scenario {
         "transient" => {
-            primary = simulator(plan("rate=0.2:503,0.02:reset;seed=11"), latency).await;
+            let seed = 11 + seeds::shift();
+            primary = simulator(
+                plan(&format!("rate=0.2:503,0.02:reset;seed={seed}")),
+                latency,
+            )
+            .await;
             let contender: Arc<dyn contender::Contender> =
                 build(&setup(&primary, None, None)).into();
             started = Instant::now();
@@ -382,7 +390,10 @@ async fn run(scenario: &str, build: Build) -> Run {
                 vec![
                     (
                         20,
-                        Box::new(move || on.set_plan(plan("rate=0.3:rate_limited@2s;seed=12"))),
+                        Box::new(move || {
+                            let seed = 12 + seeds::shift();
+                            on.set_plan(plan(&format!("rate=0.3:rate_limited@2s;seed={seed}")));
+                        }),
                     ),
                     (
                         40,
@@ -577,6 +588,25 @@ fn main() {
                 result.requests(),
                 started.elapsed().as_secs_f64()
             );
+            if std::env::var_os("CHAOS_DEBUG").is_some() {
+                // Each contender's failures by status and cause, and when
+                // the failed requests were sent.
+                let mut causes = std::collections::BTreeMap::<String, (usize, Vec<u64>)>::new();
+                for r in &result.records {
+                    if let Outcome::Err { cause, status, .. } = &r.outcome {
+                        let e = causes.entry(format!("{status:?} {cause:?}")).or_default();
+                        e.0 += 1;
+                        e.1.push(r.start.as_secs());
+                    }
+                }
+                for (cause, (n, secs)) in causes {
+                    let mut hist = std::collections::BTreeMap::<u64, usize>::new();
+                    for s in secs {
+                        *hist.entry(s).or_default() += 1;
+                    }
+                    eprintln!("   {name}: {n} x {cause} by start second {hist:?}");
+                }
+            }
             runs.push((name, result));
         }
         results.push((scenario, runs));
@@ -588,7 +618,9 @@ fn main() {
     let simulation = (filter.is_empty()
         || filter.iter().any(|f| "aws_backoff".contains(f.as_str())))
     .then(backoff::simulate);
-    let extra = deployments::run_matching(&filter, &runtime) + &simulation.unwrap_or_default();
+    let extra = deployments::run_matching(&filter, &runtime)
+        + &seeds::run_matching(&filter, &runtime)
+        + &simulation.unwrap_or_default();
     report::write(
         &results,
         (!extra.is_empty()).then_some(extra.as_str()),

@@ -144,7 +144,7 @@ fn request_id(body: &[u8]) -> Option<usize> {
 }
 
 /// Retries, from the upstream recordings grouped by request.
-struct Accounting {
+pub(crate) struct Accounting {
     /// Extra calls that replayed the request.
     retries: usize,
     /// Extra calls that asked for the rest of an answer broken after
@@ -152,15 +152,15 @@ struct Accounting {
     /// replay, so never counted as a wrong retry.
     continuations: usize,
     /// An attempt after a permanent failure.
-    wrongly_retried: usize,
+    pub(crate) wrongly_retried: usize,
     /// An attempt sooner than the previous answer's `retry-after`.
-    before_the_hint: usize,
+    pub(crate) before_the_hint: usize,
     /// A failed request whose last attempt was worth another, with
     /// attempts to spare (3 in every contender).
     wrongly_not_retried: usize,
 }
 
-fn accounting(run: &Run) -> Accounting {
+pub(crate) fn accounting(run: &Run) -> Accounting {
     let mut attempts: std::collections::HashMap<usize, Vec<(f64, Kind, bool)>> =
         std::collections::HashMap::new();
     for request in run.primary.iter().chain(&run.backup) {
