@@ -238,6 +238,44 @@ async fn an_overloaded_primary_falls_back_to_the_backup_which_served_by_names() 
 }
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_primary_that_says_come_back_in_30_s_leaves_the_request_to_the_backup_at_once() {
+    let primary = failing(Fault::rate_limited(Duration::from_secs(30))).await;
+    let backup = healthy().await;
+    let stack = over(
+        LlmStack::high_availability(),
+        &[("primary", &primary), ("backup", &backup)],
+    )
+    .build()
+    .unwrap();
+    let started = tokio::time::Instant::now();
+    assert_eq!(call(&stack, chat("gpt-4o")).await.unwrap(), "backup");
+    assert_eq!(primary.requests().len(), 1);
+    // Nothing waited out the hint: the paused clock counts every sleep.
+    assert!(started.elapsed() < Duration::from_secs(1));
+    // While the hint lasts the primary's key cools down: the next request
+    // goes to the backup without calling it.
+    assert_eq!(call(&stack, chat("gpt-4o")).await.unwrap(), "backup");
+    assert_eq!(primary.requests().len(), 1);
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_lone_target_waits_out_its_hint_and_is_served() {
+    // With nowhere else to go, the hint is waited out (up to the policy's
+    // `max_hint`): the second attempt is answered.
+    let target = failing(FaultPlan::script([Fault::rate_limited(
+        Duration::from_secs(2),
+    )]))
+    .await;
+    let stack = over(LlmStack::high_availability(), &[("only", &target)])
+        .build()
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    assert_eq!(call(&stack, chat("gpt-4o")).await.unwrap(), "only");
+    assert_eq!(target.requests().len(), 2);
+    assert!(started.elapsed() >= Duration::from_secs(2));
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn two_targets_on_one_provider_and_model_have_separate_breakers() {
     let sim = healthy().await;
     let (east_header, east_key) = bearer("sk-east");

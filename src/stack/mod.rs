@@ -58,9 +58,14 @@
 //! [`retry_on_silence`](tower_llm_retry::RetryPolicyBuilder::retry_on_silence)
 //! off), and the fallback moves on; the last target, with nowhere else to
 //! go, retries it as the policy says. A target that answers — an error
-//! status, an overload — is retried as before. The targets kept for
-//! context-length or content-filter failures count as last: an outage
-//! never goes there.
+//! status, an overload — is retried as before, unless its answer says
+//! when to come back (`retry-after`) and that is more than a second away:
+//! waiting out a rate limit's 30 s while another target could answer now
+//! is what a gateway must not do, so such a target leaves the request to
+//! the next one (its breaker cools the key down for the hint, so later
+//! requests go there directly), and only the last target waits out hints
+//! up to the policy's `max_hint`. The targets kept for context-length or
+//! content-filter failures count as last: an outage never goes there.
 //!
 //! # Why each target has its own retry budget
 //!
@@ -204,6 +209,7 @@ where
     let moves_on = last
         .to_builder()
         .retry_on_silence(false)
+        .max_hint(last.max_hint().min(MOVE_ON_HINT))
         .build()
         .unwrap_or_else(|_| last.clone());
     TargetServices {
@@ -211,6 +217,16 @@ where
         last: erased(last),
     }
 }
+
+/// The longest server hint a target with somewhere else to go waits out
+/// before retrying itself: a longer `retry-after` (a rate limit, an
+/// overload, a breaker's time to its probe) sends the request to the
+/// route's next target at once, and the breaker keeps the next requests
+/// off the target until the hint has passed. A wait this short is within
+/// an ordinary backoff. LiteLLM's router does the same: it sleeps before
+/// a retry only when no other deployment is healthy
+/// (`litellm/router.py`, `_time_to_sleep_before_retry`).
+const MOVE_ON_HINT: Duration = Duration::from_secs(1);
 
 /// Builds the stack: presets, layer settings, targets, routes.
 ///

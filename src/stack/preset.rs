@@ -45,8 +45,9 @@ const WHOLE_ANSWER_TIMEOUT: Duration = Duration::from_secs(600);
 ///   30 s is a target that is not answering (LiteLLM's docs give the same
 ///   30 s as their `stream_timeout` example). When the route has another
 ///   target, the silent one is left after that one attempt (the retry
-///   policy's `retry_on_silence`); the last target of a route is retried,
-///   having nowhere else to send it. A local server that loads its model
+///   policy's `retry_on_silence`), and so is one whose answer says to
+///   come back in more than a second (`retry-after`); the last target of
+///   a route is retried, having nowhere else to send it. A local server that loads its model
 ///   on demand (Ollama) sends its head only with the first token: raise
 ///   `stream_head_timeout` for such targets.
 /// - **A whole answer's head is long.** Without streaming, the head comes
