@@ -10,6 +10,7 @@
 //! it counts a stream when the stream ends (its total time is the stream's).
 
 mod activity;
+mod series;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -23,18 +24,17 @@ use axum::response::Response;
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
 use http_body::{Frame, SizeHint};
-use metrics::SharedString;
 use tower::{Layer, Service};
 
 use tower_llm::fallback::FallbackReport;
 
 use crate::body::FailedInBand;
 use crate::headers::{ATTEMPTS_HEADER, FALLBACKS_HEADER, TARGET_HEADER};
-use crate::prometheus::status_label;
 
 #[allow(unused_imports)]
 pub(crate) use activity::TargetFigures;
 pub(crate) use activity::{Activity, Fallback};
+use series::Series;
 
 /// The API endpoints observed, by path, with their metric label. Anything
 /// else (`/health`, `/metrics`, the status page, unknown paths) is not.
@@ -59,6 +59,7 @@ pub(crate) fn endpoint_index(path: &str) -> Option<usize> {
 }
 
 /// The label of an observed endpoint.
+#[cfg(test)]
 fn endpoint_of(path: &str) -> Option<&'static str> {
     endpoint_index(path).map(|i| ENDPOINTS[i].1)
 }
@@ -69,13 +70,26 @@ fn endpoint_of(path: &str) -> Option<&'static str> {
 /// boxed inner service; the answer's body is wrapped once.
 #[derive(Clone, Debug)]
 pub(crate) struct ObserveLayer {
+    watched: Arc<Watched>,
+}
+
+/// Where an observed answer is recorded: the last minute per target and
+/// the Prometheus series.
+#[derive(Debug)]
+struct Watched {
     activity: Arc<Activity>,
+    series: Series,
 }
 
 impl ObserveLayer {
     /// Records into `activity`.
     pub(crate) fn new(activity: Arc<Activity>) -> Self {
-        ObserveLayer { activity }
+        ObserveLayer {
+            watched: Arc::new(Watched {
+                activity,
+                series: Series::default(),
+            }),
+        }
     }
 }
 
@@ -85,7 +99,7 @@ impl<S> Layer<S> for ObserveLayer {
     fn layer(&self, inner: S) -> Observe<S> {
         Observe {
             inner,
-            activity: Arc::clone(&self.activity),
+            watched: Arc::clone(&self.watched),
         }
     }
 }
@@ -94,7 +108,7 @@ impl<S> Layer<S> for ObserveLayer {
 #[derive(Clone, Debug)]
 pub(crate) struct Observe<S> {
     inner: S,
-    activity: Arc<Activity>,
+    watched: Arc<Watched>,
 }
 
 impl<S> Service<Request> for Observe<S>
@@ -110,8 +124,8 @@ where
     }
 
     fn call(&mut self, request: Request) -> Self::Future {
-        let watch = endpoint_of(request.uri().path())
-            .map(|endpoint| (endpoint, Instant::now(), Arc::clone(&self.activity)));
+        let watch = endpoint_index(request.uri().path())
+            .map(|endpoint| (endpoint, Instant::now(), Arc::clone(&self.watched)));
         ObserveFuture {
             inner: self.inner.call(request),
             watch,
@@ -124,7 +138,7 @@ pin_project_lite::pin_project! {
     pub(crate) struct ObserveFuture<F> {
         #[pin]
         inner: F,
-        watch: Option<(&'static str, Instant, Arc<Activity>)>,
+        watch: Option<(usize, Instant, Arc<Watched>)>,
     }
 }
 
@@ -137,7 +151,7 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let response = ready!(this.inner.poll(cx))?;
-        let Some((endpoint, started, activity)) = this.watch.take() else {
+        let Some((endpoint, started, watched)) = this.watch.take() else {
             return Poll::Ready(Ok(response));
         };
         let served_by = response
@@ -156,7 +170,7 @@ where
         let body = Body::new(Observed {
             inner: body,
             seen: Some(seen),
-            activity,
+            watched,
         });
         Poll::Ready(Ok(Response::from_parts(head, body)))
     }
@@ -165,7 +179,8 @@ where
 /// What the head of an answer said, kept until its body ends.
 #[derive(Debug)]
 struct Seen {
-    endpoint: &'static str,
+    /// The endpoint's index in [`ENDPOINTS`].
+    endpoint: usize,
     status: StatusCode,
     started: Instant,
     first_byte: bool,
@@ -180,7 +195,7 @@ struct Seen {
 
 impl Seen {
     fn of(
-        endpoint: &'static str,
+        endpoint: usize,
         status: StatusCode,
         headers: &HeaderMap,
         served_by: Option<Arc<str>>,
@@ -213,51 +228,32 @@ impl Seen {
     }
 
     /// The answer's first byte: its time to first byte.
-    fn first_byte(&mut self) {
+    fn first_byte(&mut self, series: &Series) {
         if !self.first_byte {
             self.first_byte = true;
-            metrics::histogram!(
-                "tower_llm_gateway_time_to_first_byte_seconds",
-                "endpoint" => self.endpoint
-            )
-            .record(self.started.elapsed().as_secs_f64());
+            series
+                .first_byte(self.endpoint)
+                .record(self.started.elapsed().as_secs_f64());
         }
     }
 
     /// The answer is over (its end, an error, or the caller went away).
-    fn done(self, activity: &Activity) {
+    fn done(self, watched: &Watched) {
+        let activity = &watched.activity;
         let now = Instant::now();
         let elapsed = now.saturating_duration_since(self.started);
-        let status = status_label(self.status);
-        let target = self
-            .target
-            .as_ref()
-            .map_or(SharedString::const_str("-"), |t| {
-                SharedString::from(Arc::clone(t))
-            });
-        metrics::counter!(
-            "tower_llm_gateway_requests_total",
-            "endpoint" => self.endpoint,
-            "status" => status.clone(),
-            "target" => target
-        )
-        .increment(1);
-        metrics::histogram!(
-            "tower_llm_gateway_request_duration_seconds",
-            "endpoint" => self.endpoint,
-            "status" => status
-        )
-        .record(elapsed.as_secs_f64());
+        watched.series.answered(
+            self.endpoint,
+            self.status,
+            self.target.as_ref(),
+            elapsed.as_secs_f64(),
+        );
         // A stream whose head said 200 may still fail: its body ends with
         // an in-band error event (or an error).
         let failed_after_head =
             self.errored || self.failed_in_band.as_ref().is_some_and(FailedInBand::get);
         if failed_after_head {
-            metrics::counter!(
-                "tower_llm_gateway_failed_after_head_total",
-                "endpoint" => self.endpoint
-            )
-            .increment(1);
+            watched.series.failed_after_head(self.endpoint).increment(1);
         }
         let failed = !self.status.is_success() || failed_after_head;
         // The last minute per target: the one that answered, and each one
@@ -289,7 +285,7 @@ impl Seen {
         if let Some(passed) = &self.passed {
             activity.fell_back(Fallback {
                 at: now,
-                endpoint: self.endpoint,
+                endpoint: ENDPOINTS[self.endpoint].1,
                 served_by: Arc::clone(&served_by),
                 passed: passed.clone(),
             });
@@ -298,7 +294,7 @@ impl Seen {
         let ms = elapsed.as_millis() as u64;
         if self.attempts > 1 || !routine {
             tracing::info!(
-                endpoint = self.endpoint,
+                endpoint = ENDPOINTS[self.endpoint].1,
                 target = &*served_by,
                 attempts = self.attempts,
                 passed,
@@ -307,7 +303,7 @@ impl Seen {
             );
         } else {
             tracing::debug!(
-                endpoint = self.endpoint,
+                endpoint = ENDPOINTS[self.endpoint].1,
                 target = &*served_by,
                 attempts = self.attempts,
                 passed,
@@ -323,13 +319,13 @@ impl Seen {
 struct Observed {
     inner: Body,
     seen: Option<Seen>,
-    activity: Arc<Activity>,
+    watched: Arc<Watched>,
 }
 
 impl Observed {
     fn finish(&mut self) {
         if let Some(seen) = self.seen.take() {
-            seen.done(&self.activity);
+            seen.done(&self.watched);
         }
     }
 }
@@ -356,7 +352,7 @@ impl http_body::Body for Observed {
                 if frame.data_ref().is_some_and(|d| !d.is_empty())
                     && let Some(seen) = &mut this.seen
                 {
-                    seen.first_byte();
+                    seen.first_byte(&this.watched.series);
                 }
             }
             Poll::Ready(Some(Err(_))) => {
