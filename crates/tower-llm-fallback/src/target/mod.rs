@@ -47,6 +47,34 @@ pub struct Target<S> {
     pub(crate) continuation: Option<Continuation>,
     /// The API family it speaks (see [`Protocol`]).
     pub(crate) protocol: Protocol,
+    /// The URLs made for the request paths seen (without a query).
+    pub(crate) uris: Arc<UriCache>,
+}
+
+/// The URLs a target with a base URL made for the paths it was sent, so
+/// that a path seen before costs its URL no formatting, parsing nor
+/// allocation (a clone shares the parts). Only paths without a query,
+/// and at most [`UriCache::MOST`] of them: a gateway forwards a handful
+/// of API paths, and a caller sending many others only misses the cache.
+#[derive(Debug, Default)]
+pub(crate) struct UriCache(std::sync::RwLock<Vec<(Box<str>, Uri)>>);
+
+impl UriCache {
+    const MOST: usize = 32;
+
+    fn get(&self, path: &str) -> Option<Uri> {
+        let kept = self.0.read().unwrap_or_else(|p| p.into_inner());
+        kept.iter()
+            .find(|(seen, _)| **seen == *path)
+            .map(|(_, uri)| uri.clone())
+    }
+
+    fn keep(&self, path: &str, uri: &Uri) {
+        let mut kept = self.0.write().unwrap_or_else(|p| p.into_inner());
+        if kept.len() < Self::MOST && !kept.iter().any(|(seen, _)| **seen == *path) {
+            kept.push((path.into(), uri.clone()));
+        }
+    }
 }
 
 impl<S> fmt::Debug for Target<S> {
@@ -90,6 +118,7 @@ impl<S> Target<S> {
             weight: 1,
             continuation: None,
             protocol: Protocol::OpenAi,
+            uris: Arc::default(),
         }
     }
 
@@ -118,6 +147,7 @@ impl<S> Target<S> {
             weight: self.weight,
             continuation: self.continuation,
             protocol: self.protocol,
+            uris: self.uris,
         }
     }
 
@@ -139,6 +169,7 @@ impl<S> Target<S> {
     /// caller that sends `/v1/chat/completions` takes the bare host.
     pub fn base_url(mut self, base: Uri) -> Self {
         self.base = Some(base);
+        self.uris = Arc::default();
         self
     }
 
@@ -406,6 +437,10 @@ impl<S> Target<S> {
             parts.path_and_query = Some(joined.parse().map_err(|_| AdaptError::Url)?);
             return Uri::from_parts(parts).map_err(|_| AdaptError::Url);
         };
+        let cached = caller_query.is_empty();
+        if cached && let Some(made) = self.uris.get(uri.path()) {
+            return Ok(made);
+        }
         let prefix = base.path().trim_end_matches('/');
         let mut joined = format!("{prefix}{}", uri.path());
         let mut separator = '?';
@@ -421,7 +456,11 @@ impl<S> Target<S> {
         push_query(&mut joined, separator, caller_query);
         let mut parts = base.clone().into_parts();
         parts.path_and_query = Some(joined.parse().map_err(|_| AdaptError::Url)?);
-        Uri::from_parts(parts).map_err(|_| AdaptError::Url)
+        let made = Uri::from_parts(parts).map_err(|_| AdaptError::Url)?;
+        if cached {
+            self.uris.keep(uri.path(), &made);
+        }
+        Ok(made)
     }
 }
 

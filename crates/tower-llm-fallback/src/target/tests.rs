@@ -30,6 +30,45 @@ fn urls_join_prefix_path_and_both_queries_without_caller_keys() {
     );
 }
 
+#[test]
+fn a_path_seen_before_gets_the_same_url_and_a_query_is_never_taken_from_another() {
+    let target = Target::new("azure", ()).base_url(
+        "https://x.openai.azure.com/openai?api-version=2024-10-21"
+            .parse()
+            .unwrap(),
+    );
+    let url = |uri: &str| {
+        target
+            .adapt_request(&parts(uri, &[]), &Bytes::new())
+            .unwrap()
+            .uri()
+            .to_string()
+    };
+    let chat = "https://x.openai.azure.com/openai/v1/chat/completions?api-version=2024-10-21";
+    assert_eq!(url("http://gw/v1/chat/completions"), chat);
+    assert_eq!(url("http://gw/v1/chat/completions"), chat);
+    assert_eq!(
+        url("http://gw/v1/embeddings"),
+        "https://x.openai.azure.com/openai/v1/embeddings?api-version=2024-10-21"
+    );
+    assert_eq!(
+        url("http://gw/v1/chat/completions?stream=true"),
+        format!("{chat}&stream=true")
+    );
+    assert_eq!(url("http://gw/v1/chat/completions"), chat);
+    // Another base URL is another cache.
+    let moved = target
+        .clone()
+        .base_url("https://y.example/v1".parse().unwrap());
+    let request = moved
+        .adapt_request(&parts("http://gw/chat/completions", &[]), &Bytes::new())
+        .unwrap();
+    assert_eq!(
+        request.uri().to_string(),
+        "https://y.example/v1/chat/completions"
+    );
+}
+
 /// Every spelling a server would decode to a credential name: case,
 /// percent-encoding, `+` as a space, `-` for `_`, `;` as a separator.
 const CALLER_KEYS: &[&str] = &[
