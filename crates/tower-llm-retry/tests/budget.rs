@@ -29,16 +29,36 @@ type Mock = mock::Mock<Request<ReplayBody>, Response<Full<Bytes>>>;
 type Handle = mock::Handle<Request<ReplayBody>, Response<Full<Bytes>>>;
 type Call = task::Spawn<ResponseFuture<Mock, Full<Bytes>, Full<Bytes>>>;
 
-/// Overloaded, come back in 2 s.
-fn overloaded() -> LlmError {
+/// Overloaded, come back in 2 s, failed in `phase`.
+fn overloaded_in(phase: Phase) -> LlmError {
     LlmError::new(
         Classification::new(ErrorKind::Overloaded)
-            .with_phase(Phase::BeforeHeaders)
+            .with_phase(phase)
             .with_hint(Some(Hint {
                 delay: Duration::from_secs(2),
                 source: HintSource::RetryAfter,
             })),
     )
+}
+
+/// The upstream answered: overloaded, come back in 2 s.
+fn overloaded() -> LlmError {
+    overloaded_in(Phase::BeforeHeaders)
+}
+
+/// A layer below refused the call before it left the process (a full
+/// queue, an open breaker): come back in 2 s.
+fn refused_here() -> LlmError {
+    overloaded_in(Phase::Local)
+}
+
+/// A retry layer over `budget` with nothing left in it, and its mock.
+fn over_an_empty(budget: &Arc<RetryBudget>) -> (Retry<Mock>, Handle) {
+    while budget.withdraw() {}
+    let (mock, mut handle): (Mock, Handle) = mock::pair();
+    let service = RetryLayer::new(policy(budget).build().unwrap()).layer(mock);
+    handle.allow(10);
+    (service, handle)
 }
 
 /// A budget of one retry per first attempt over a minute, no floor: the
@@ -178,10 +198,7 @@ async fn a_budget_emptied_during_the_wait_ends_the_call_when_the_wait_is_over() 
 #[tokio::test(start_paused = true)]
 async fn an_empty_budget_ends_the_call_without_waiting() {
     let budget = budget();
-    while budget.withdraw() {}
-    let (mock, mut handle): (Mock, Handle) = mock::pair();
-    let mut service = RetryLayer::new(policy(&budget).build().unwrap()).layer(mock);
-    handle.allow(10);
+    let (mut service, mut handle) = over_an_empty(&budget);
     // Spend the deposit this call makes, too.
     let spender = Arc::clone(&budget);
     let answer = async move {
@@ -215,29 +232,13 @@ async fn a_retry_taken_but_never_sent_is_given_back() {
     assert_eq!(budget.remaining(), 1);
 }
 
-/// A layer below refused the call before it left the process (a full
-/// queue, an open breaker): come back in 2 s.
-fn refused_here() -> LlmError {
-    LlmError::new(
-        Classification::new(ErrorKind::Overloaded)
-            .with_phase(Phase::Local)
-            .with_hint(Some(Hint {
-                delay: Duration::from_secs(2),
-                source: HintSource::RetryAfter,
-            })),
-    )
-}
-
 #[tokio::test(start_paused = true)]
 async fn a_retry_after_a_local_refusal_takes_nothing_from_the_budget() {
     // The budget bounds the calls a retry adds to the upstream's load; a
     // call refused below this layer never reached it, so its retry is the
     // request's first call there, even with the budget empty.
     let budget = budget();
-    while budget.withdraw() {}
-    let (mock, mut handle): (Mock, Handle) = mock::pair();
-    let mut service = RetryLayer::new(policy(&budget).build().unwrap()).layer(mock);
-    handle.allow(10);
+    let (mut service, mut handle) = over_an_empty(&budget);
     let spender = Arc::clone(&budget);
     let answer = async move {
         let (_, send) = handle.next_request().await.unwrap();
