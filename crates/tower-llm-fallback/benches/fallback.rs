@@ -1,9 +1,11 @@
 //! Overhead of the fallback service when its first target succeeds, beside
-//! the bare target, in one run; and the model rewrite on a realistic 4 KiB
-//! chat body.
+//! the bare target, in one run; the model rewrite on a realistic 4 KiB
+//! chat body; and picking one of three deployments of a group, beside
+//! tower's `balance::p2c` over `PeakEwma` making the same choice.
 //!
 //! ```text
 //! cargo bench -p tower-llm-fallback --bench fallback
+//! cargo bench -p tower-llm-fallback --bench fallback -- pick    # the picks only
 //! ```
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
@@ -54,6 +56,96 @@ impl Service<Request<Full<Bytes>>> for Upstream {
         drop(black_box(request));
         ready(Ok(Response::new(Full::new(Bytes::new()))))
     }
+}
+
+/// Picking one of three deployments: ours (no installed check; a check
+/// that finds nothing paced, as a stack's while no key has rate-limit
+/// headers; a check weighing every member by its headroom, as a stack's
+/// once every key has them) and tower's p2c over `PeakEwma`, whose
+/// `poll_ready` makes the same choice (two at random, the lower
+/// latency-times-load) and whose `call` dispatches to it.
+fn pick(c: &mut Criterion) {
+    use std::task::{Context, Poll, Waker};
+    use std::time::Duration;
+
+    use tower::balance::p2c::Balance;
+    use tower::discover::ServiceList;
+    use tower::load::{CompleteOnResponse, PeakEwma};
+    use tower_llm_fallback::{Availability, Candidate, CheckAvailability, Strategy};
+
+    struct Check(Option<f64>);
+    impl CheckAvailability for Check {
+        fn check(&self, _: &Candidate<'_>) -> Availability {
+            Availability::Available
+        }
+        fn headroom(&self, _: &Candidate<'_>) -> Option<f64> {
+            self.0
+        }
+    }
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let _guard = rt.enter();
+    let body = Bytes::from(chat_body());
+    let mut parts = request(&body).into_parts().0;
+    parts
+        .extensions
+        .insert(tower_llm_classify::RequestMeta::from_request(
+            &parts.uri,
+            &parts.headers,
+            Some(&body),
+        ));
+    let three = || ["a", "b", "c"].map(|name| Target::new(name, Upstream));
+    let mut group = c.benchmark_group("pick_one_of_three");
+    let checks: [(&str, Option<Check>); 3] = [
+        ("tower_llm_latency", None),
+        ("tower_llm_latency_check_nothing_paced", Some(Check(None))),
+        ("tower_llm_latency_check_headroom", Some(Check(Some(0.5)))),
+    ];
+    for (name, check) in checks {
+        let mut builder = Fallback::builder()
+            .group(Strategy::Latency, three())
+            .seed(1);
+        if let Some(check) = check {
+            builder = builder.check_availability(std::sync::Arc::new(check));
+        }
+        let fallback = builder.build().unwrap();
+        group.bench_function(name, |b| {
+            b.iter(|| black_box(fallback.pick_first(black_box(&parts), &body).is_some()))
+        });
+    }
+    let list = ServiceList::new(
+        (0..3)
+            .map(|_| {
+                PeakEwma::new(
+                    Upstream,
+                    Duration::from_millis(100),
+                    10e9,
+                    CompleteOnResponse::default(),
+                )
+            })
+            .collect::<Vec<_>>(),
+    );
+    let mut p2c = Balance::new(list);
+    let mut cx = Context::from_waker(Waker::noop());
+    // An empty request (no headers, no body to drop): what is timed is
+    // the choice and the hand-over.
+    group.bench_function("tower_balance_p2c_peak_ewma", |b| {
+        b.iter_batched(
+            || Request::new(Full::new(Bytes::new())),
+            |r| {
+                assert!(matches!(
+                    Service::<Request<Full<Bytes>>>::poll_ready(&mut p2c, &mut cx),
+                    Poll::Ready(Ok(()))
+                ));
+                black_box(p2c.call(r))
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    group.finish();
 }
 
 fn overhead(c: &mut Criterion) {
@@ -143,5 +235,5 @@ fn overhead(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, overhead);
+criterion_group!(benches, overhead, pick);
 criterion_main!(benches);

@@ -196,6 +196,24 @@ impl<S> Fallback<S> {
     pub fn name(&self) -> Option<&str> {
         self.shared.name.as_deref()
     }
+
+    /// The name of the target a request's first attempt would go to,
+    /// picked as a call picks it (and counted as a pick), without calling
+    /// it: for the benches, which measure a pick alone.
+    #[doc(hidden)]
+    pub fn pick_first(&self, parts: &http::request::Parts, body: &Bytes) -> Option<&str> {
+        let mut cursor = crate::group::Cursor::default();
+        let mut current = 0;
+        crate::group::pick(
+            &self.shared,
+            &mut cursor,
+            crate::route::Route::Next,
+            None,
+            Some((parts, body)),
+            &mut current,
+        )
+        .then(|| &*self.shared.targets[current].name)
+    }
 }
 
 impl<S> FallbackBuilder<S> {
