@@ -86,13 +86,18 @@ async fn without_pacing_the_same_group_meets_the_429_first() {
     assert!(small.stats().errors > 0, "{:?}", small.stats());
 }
 
-#[tokio::test]
+// The paused clock makes every answer take exactly its 10 ms: latency
+// estimates are equal, and only the headroom tells the deployments apart
+// (on a busy machine, a real clock's scheduling noise moves peak-EWMA
+// estimates more than one call moves a share).
+#[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn a_latency_group_spreads_deployments_in_proportion_to_their_limits() {
     const LIMITS: [u64; 3] = [60, 30, 10];
     let mut sims = Vec::new();
     for rpm in LIMITS {
         let sim = Simulator::builder()
             .rate_limits(ProviderLimits::rpm(rpm))
+            .latency(std::time::Duration::from_millis(10))
             .start()
             .await
             .unwrap();
@@ -109,16 +114,21 @@ async fn a_latency_group_spreads_deployments_in_proportion_to_their_limits() {
         )
         .build()
         .unwrap();
-    // 90 % of their limits together, within the minute.
-    for _ in 0..90 {
+    // 60 % of their limits together, within the minute. (Near 100 % the
+    // power of two choices cannot keep the shares equal: a third of the
+    // draws pair the two small deployments, and one of them takes the
+    // request, however little it has left. Over minutes, as the chaos
+    // suite's `deployments` scenario runs, refills keep them level.)
+    for _ in 0..60 {
         call(&stack).await;
     }
     let served: Vec<u64> = sims.iter().map(|s| s.stats().requests).collect();
     assert!(sims.iter().all(|s| s.stats().errors == 0), "no 429");
-    // Each used in proportion to its limit (54 / 27 / 9), give or take
-    // the calls that first read each one's headers.
+    // Each used in proportion to its limit (36 / 18 / 6), give or take
+    // the calls that first read each one's headers. Drawn without the
+    // weighing, each would take a third until the smallest ran out.
     for (count, limit) in served.iter().zip(LIMITS) {
-        let share = limit * 9 / 10;
+        let share = limit * 6 / 10;
         assert!(count.abs_diff(share) <= 3, "{served:?} for {LIMITS:?}");
     }
 }
