@@ -160,11 +160,18 @@ pub(crate) async fn live() -> Response {
 /// `/health/ready`: 200 when every route has at least one target that can
 /// take traffic now, else 503 with the routes that have none (a readiness
 /// probe takes the replica out of rotation until then). A target can take
-/// traffic unless every breaker key it has (`target/model`) is forced open,
-/// open with time left, or cooling down; a target not called yet can, and
-/// so can one whose open time is over (its next call is the probe that
-/// closes it: counting it out would keep the replica out of rotation, and
-/// so without calls, for good).
+/// traffic unless every breaker key it has (`target/model`) is forced open
+/// or open with time left; a target not called yet can, and so can one
+/// whose open time is over (its next call is the probe that closes it:
+/// counting it out would keep the replica out of rotation, and so without
+/// calls, for good).
+///
+/// A key cooling down after a rate limit or an exhausted quota does not
+/// count: the limit is the provider account's, which every replica shares
+/// (and, with `[shared]`, hears of at once), so a readiness probe failing
+/// on it would take every replica out of rotation together, and callers
+/// would meet the load balancer's bare 503 instead of the gateway's 429
+/// with `Retry-After`.
 pub(crate) async fn ready(State(gateway): State<Gateway>) -> Response {
     let snapshot = gateway.stack.circuits().snapshot();
     let routes = gateway.stack.routes();
@@ -217,12 +224,11 @@ fn blocked_targets<'a>(
         .collect()
 }
 
-/// Whether a key refuses calls for now: forced open, open with time left,
-/// or cooling down.
+/// Whether a key's target is down for now: forced open, or open with time
+/// left (a cooldown is a rate limit, not an outage: see [`ready`]).
 fn blocks_calls(key: &KeySnapshot) -> bool {
     key.state == CircuitState::ForcedOpen
         || (key.state == CircuitState::Open && key.open_remaining.is_some())
-        || key.cooldown_remaining.is_some()
 }
 
 fn json_response(body: serde_json::Value) -> Response {

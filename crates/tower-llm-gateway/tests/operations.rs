@@ -91,6 +91,32 @@ async fn readiness_is_503_naming_the_route_whose_every_target_is_open_and_200_ag
 }
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_route_whose_every_target_cools_down_after_a_rate_limit_stays_ready_and_answers_429() {
+    let upstream = healthy().await;
+    let gateway = Gateway::start_file(&one_target(&upstream, ""), &[]).await;
+    assert_eq!(
+        post_chat(&gateway, None, &chat("gpt-4o")).await.status,
+        StatusCode::OK
+    );
+    // The provider account's limit, as a 429 or another replica would
+    // have set it on every key.
+    let until = tokio::time::Instant::now() + Duration::from_secs(30);
+    for key in gateway.circuits.snapshot() {
+        assert!(gateway.circuits.apply_cooldown_until(&key.key, until));
+    }
+    // Every replica shares it: none leaves rotation for it…
+    assert_eq!(gateway.get("/health/ready").await.status, StatusCode::OK);
+    // …and callers get the gateway's own 429 with the wait.
+    let answer = post_chat(&gateway, None, &chat("gpt-4o")).await;
+    assert_eq!(answer.status, StatusCode::TOO_MANY_REQUESTS);
+    assert!(
+        answer.headers.contains_key("retry-after"),
+        "{}",
+        answer.body
+    );
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn the_status_page_is_open_self_contained_html_under_a_content_security_policy() {
     let upstream = healthy().await;
     let file = one_target(&upstream, "[gateway]\napi_keys_env = \"CALLER_KEYS\"");
