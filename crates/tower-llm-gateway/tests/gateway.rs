@@ -413,6 +413,16 @@ async fn metrics_count_retries_and_served_requests() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(value(&after, served), 1.0, "{after}");
     assert!(value(&after, retried) > value(&before, retried), "{after}");
+    // The retry layer's success counters (their handles kept from the
+    // first success on): one more call, two more attempts.
+    let calls = r#"tower_llm_retry_calls_total{outcome="success"}"#;
+    let attempts = "tower_llm_retry_attempts_total";
+    assert!(value(&after, calls) >= value(&before, calls) + 1.0, "{after}");
+    assert!(value(&after, attempts) >= value(&before, attempts) + 2.0, "{after}");
+    let response = gateway.post(chat("gpt-4o", false)).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let (_, later) = gateway.get("/metrics").await;
+    assert!(value(&later, calls) > value(&after, calls), "{later}");
     // Latency is a histogram per endpoint, with buckets from 5 ms to
     // 10 minutes (an LLM call is not a web page).
     for bucket in [r#"le="0.005""#, r#"le="600""#] {

@@ -268,7 +268,12 @@ where
                                     refund_if_succeeded(this.shared, this.in_flight);
                                     let mut response =
                                         Response::from_parts(head, RetryBody::new(body));
-                                    report::finish(&mut response, *this.attempts, *this.slept);
+                                    report::finish(
+                                        this.shared,
+                                        &mut response,
+                                        *this.attempts,
+                                        *this.slept,
+                                    );
                                     return Poll::Ready(Ok(response));
                                 }
                                 Err(error) => (error.into(), None),
@@ -288,7 +293,12 @@ where
                                     this.state.set(State::Done);
                                     this.timer.set(None);
                                     refund_if_succeeded(this.shared, this.in_flight);
-                                    report::finish(&mut response, *this.attempts, *this.slept);
+                                    report::finish(
+                                        this.shared,
+                                        &mut response,
+                                        *this.attempts,
+                                        *this.slept,
+                                    );
                                     return Poll::Ready(Ok(response));
                                 }
                                 // Nothing reached the caller yet: whatever the

@@ -52,7 +52,12 @@ impl RetryStats {
 
 /// Records a success: its [`RetryStats`] when it took more than one
 /// attempt, and the counters.
-pub(crate) fn finish<B>(response: &mut Response<B>, attempts: u32, slept: Duration) {
+pub(crate) fn finish<B>(
+    shared: &crate::service::Shared,
+    response: &mut Response<B>,
+    attempts: u32,
+    slept: Duration,
+) {
     if attempts > 1 {
         response.extensions_mut().insert(RetryStats {
             attempts,
@@ -62,9 +67,17 @@ pub(crate) fn finish<B>(response: &mut Response<B>, attempts: u32, slept: Durati
     }
     #[cfg(feature = "metrics")]
     {
-        metrics::counter!("tower_llm_retry_calls_total", "outcome" => "success").increment(1);
-        metrics::counter!("tower_llm_retry_attempts_total").increment(u64::from(attempts));
+        let (calls, all_attempts) = shared.successes.get_or_init(|| {
+            (
+                metrics::counter!("tower_llm_retry_calls_total", "outcome" => "success"),
+                metrics::counter!("tower_llm_retry_attempts_total"),
+            )
+        });
+        calls.increment(1);
+        all_attempts.increment(u64::from(attempts));
     }
+    #[cfg(not(feature = "metrics"))]
+    let _ = shared;
 }
 
 pub(crate) fn fail(

@@ -40,6 +40,12 @@ pub(crate) struct Shared {
     pub(crate) policy: RetryPolicy,
     seed: u64,
     draws: AtomicU64,
+    /// The success counters (calls, attempts), registered with the
+    /// installed recorder at the first success and kept: a lookup through
+    /// the `metrics` macros costs an allocation per call with the
+    /// Prometheus exporter. The fallback keeps its picks counters so too.
+    #[cfg(feature = "metrics")]
+    pub(crate) successes: std::sync::OnceLock<(metrics::Counter, metrics::Counter)>,
 }
 
 impl Shared {
@@ -52,6 +58,8 @@ impl Shared {
             policy,
             seed,
             draws: AtomicU64::new(0),
+            #[cfg(feature = "metrics")]
+            successes: std::sync::OnceLock::new(),
         }
     }
 
