@@ -417,8 +417,14 @@ async fn metrics_count_retries_and_served_requests() {
     // first success on): one more call, two more attempts.
     let calls = r#"tower_llm_retry_calls_total{outcome="success"}"#;
     let attempts = "tower_llm_retry_attempts_total";
-    assert!(value(&after, calls) >= value(&before, calls) + 1.0, "{after}");
-    assert!(value(&after, attempts) >= value(&before, attempts) + 2.0, "{after}");
+    assert!(
+        value(&after, calls) >= value(&before, calls) + 1.0,
+        "{after}"
+    );
+    assert!(
+        value(&after, attempts) >= value(&before, attempts) + 2.0,
+        "{after}"
+    );
     let response = gateway.post(chat("gpt-4o", false)).await;
     assert_eq!(response.status(), StatusCode::OK);
     let (_, later) = gateway.get("/metrics").await;
