@@ -30,6 +30,7 @@ use tower_llm::circuit::{CircuitConfig, CircuitLayer};
 use tower_llm::retry::{RetryLayer, RetryPolicy};
 use tower_llm::stack::LlmStack;
 use tower_llm::{ClassifyLayer, RequestMeta};
+use tower_llm_testkit::ReadyUpstream;
 
 const BODY: &str =
     r#"{"model":"gpt-4o","messages":[{"role":"user","content":"Say hello in one word."}]}"#;
@@ -53,31 +54,8 @@ fn request_with_meta() -> Request<Full<Bytes>> {
 }
 
 /// The upstream: a whole JSON completion, at once.
-#[derive(Clone, Copy)]
-struct Upstream;
-
-impl<B> Service<Request<B>> for Upstream {
-    type Response = Response<Full<Bytes>>;
-    type Error = LlmError;
-    type Future = Ready<Result<Self::Response, LlmError>>;
-
-    fn poll_ready(
-        &mut self,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), LlmError>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: Request<B>) -> Self::Future {
-        drop(black_box(request));
-        let mut response = Response::new(Full::new(Bytes::from_static(ANSWER.as_bytes())));
-        response.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        ready(Ok(response))
-    }
-}
+const UPSTREAM: ReadyUpstream<LlmError> =
+    ReadyUpstream::new(ANSWER.as_bytes(), &[("content-type", "application/json")]);
 
 /// A streamed answer: 50 content events, each its own frame, then the
 /// finish and `[DONE]` — what a healthy stream costs each layer per event.
@@ -210,7 +188,7 @@ fn happy_path(c: &mut Criterion) {
         .unwrap();
     let mut group = c.benchmark_group("happy_path");
 
-    bench_call!(group, rt, "bare", Upstream, request);
+    bench_call!(group, rt, "bare", UPSTREAM, request);
 
     // Classify: ours (the RequestMeta a stack's outer layer leaves), and
     // tower-http's TraceLayer with its default status classifier.
@@ -218,14 +196,14 @@ fn happy_path(c: &mut Criterion) {
         group,
         rt,
         "classify/tower_llm",
-        ClassifyLayer::new().layer(Upstream),
+        ClassifyLayer::new().layer(UPSTREAM),
         request_with_meta
     );
     bench_call!(
         group,
         rt,
         "classify/tower_http_trace",
-        tower_http::trace::TraceLayer::new_for_http().layer(Upstream),
+        tower_http::trace::TraceLayer::new_for_http().layer(UPSTREAM),
         request
     );
 
@@ -234,14 +212,14 @@ fn happy_path(c: &mut Criterion) {
         group,
         rt,
         "retry/tower_llm",
-        RetryLayer::new(RetryPolicy::sdk_default()).layer(Upstream),
+        RetryLayer::new(RetryPolicy::sdk_default()).layer(UPSTREAM),
         request_with_meta
     );
     let tower_retry = tower::retry::RetryLayer::new(TowerPolicy {
         attempts: 3,
         budget: Arc::new(TpsBudget::new(Duration::from_secs(10), 10, 0.2)),
     })
-    .layer(Upstream);
+    .layer(UPSTREAM);
     bench_call!(group, rt, "retry/tower", tower_retry, request);
     // tower-resilience 0.14 as its README configures retry: 3 attempts,
     // exponential backoff, a token-bucket budget, a predicate on the error.
@@ -263,7 +241,7 @@ fn happy_path(c: &mut Criterion) {
         group,
         rt,
         "retry/tower_resilience",
-        resilience_retry::<LlmError>(LlmError::retryable).layer(Upstream),
+        resilience_retry::<LlmError>(LlmError::retryable).layer(UPSTREAM),
         request
     );
 
@@ -272,7 +250,7 @@ fn happy_path(c: &mut Criterion) {
         group,
         rt,
         "circuit/tower_llm",
-        CircuitLayer::new(CircuitConfig::standard()).layer(Upstream),
+        CircuitLayer::new(CircuitConfig::standard()).layer(UPSTREAM),
         request_with_meta
     );
     let resilience_breaker = tower_resilience_circuitbreaker::CircuitBreakerLayer::standard()
@@ -282,14 +260,14 @@ fn happy_path(c: &mut Criterion) {
         group,
         rt,
         "circuit/tower_resilience",
-        resilience_breaker.clone().layer(Upstream),
+        resilience_breaker.clone().layer(UPSTREAM),
         request
     );
 
     // The whole stack: ours (fallback over one target: retry, circuit,
     // classify) against the peers' closest combination.
     let stack = LlmStack::sdk_default()
-        .target("openai", Upstream, |t| t)
+        .target("openai", UPSTREAM, |t| t)
         .build()
         .unwrap();
     bench_call!(group, rt, "stack/tower_llm", stack, request);
@@ -299,7 +277,7 @@ fn happy_path(c: &mut Criterion) {
         resilience_retry::<tower_resilience_circuitbreaker::CircuitBreakerError<LlmError>>(|e| {
             !e.is_circuit_open()
         })
-        .layer(resilience_breaker.layer(Upstream));
+        .layer(resilience_breaker.layer(UPSTREAM));
     bench_call!(
         group,
         rt,
@@ -364,7 +342,7 @@ fn group_pick(c: &mut Criterion) {
         .build()
         .unwrap();
     let mut group = c.benchmark_group("group_pick");
-    let targets = || ["a", "b", "c"].map(|name| Target::new(name, Upstream));
+    let targets = || ["a", "b", "c"].map(|name| Target::new(name, UPSTREAM));
     let in_order = targets()
         .into_iter()
         .fold(Fallback::builder(), |b, t| b.target(t))
@@ -387,9 +365,9 @@ fn group_pick(c: &mut Criterion) {
     }
     let stack = |route: ModelRoute| {
         LlmStack::sdk_default()
-            .target("a", Upstream, |t| t)
-            .target("b", Upstream, |t| t)
-            .target("c", Upstream, |t| t)
+            .target("a", UPSTREAM, |t| t)
+            .target("b", UPSTREAM, |t| t)
+            .target("c", UPSTREAM, |t| t)
             .route(route)
             .seed(1)
             .build()

@@ -10,8 +10,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
-mod support;
-
 use std::hint::black_box;
 
 use bytes::Bytes;
@@ -23,7 +21,11 @@ use tower::{Layer, Service, ServiceExt};
 use tower_llm_circuit::{AdaptiveLimitConfig, AdaptiveLimitLayer, CircuitConfig, CircuitLayer};
 use tower_llm_classify::RequestMeta;
 
-use support::Upstream;
+use tower_llm_testkit::ReadyUpstream;
+
+/// An upstream that answers at once, so that what is timed is the layer
+/// in front of it.
+type Upstream = ReadyUpstream<tower_llm_classify::LlmError>;
 
 const BODY: &str =
     r#"{"model":"gpt-4o","stream":false,"messages":[{"role":"user","content":"Say hello"}]}"#;
@@ -68,26 +70,26 @@ fn uncongested(c: &mut Criterion) {
             });
         };
     }
-    bench!("bare_service", Upstream::BARE);
+    bench!("bare_service", Upstream::EMPTY);
     let circuit = CircuitLayer::new(CircuitConfig::standard());
-    bench!("circuit", circuit.layer(Upstream::BARE));
+    bench!("circuit", circuit.layer(Upstream::EMPTY));
     bench!(
         "circuit_and_adaptive_limit",
         circuit
             .adaptive_limit()
-            .layer(circuit.layer(Upstream::BARE))
+            .layer(circuit.layer(Upstream::EMPTY))
     );
     bench!(
         "adaptive_limit_alone",
-        AdaptiveLimitLayer::new(AdaptiveLimitConfig::standard()).layer(Upstream::BARE)
+        AdaptiveLimitLayer::new(AdaptiveLimitConfig::standard()).layer(Upstream::EMPTY)
     );
     bench!(
         "tower_concurrency_limit_alone",
-        ConcurrencyLimitLayer::new(20).layer(Upstream::BARE)
+        ConcurrencyLimitLayer::new(20).layer(Upstream::EMPTY)
     );
     bench!(
         "circuit_and_tower_concurrency_limit",
-        ConcurrencyLimitLayer::new(20).layer(circuit.layer(Upstream::BARE))
+        ConcurrencyLimitLayer::new(20).layer(circuit.layer(Upstream::EMPTY))
     );
     group.finish();
 }

@@ -11,8 +11,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
-mod support;
-
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,7 +23,11 @@ use tower::{Layer, Service, ServiceExt};
 use tower_llm_circuit::{CircuitConfig, CircuitLayer, KeyBy};
 use tower_llm_classify::RequestMeta;
 
-use support::Upstream;
+use tower_llm_testkit::ReadyUpstream;
+
+/// An upstream that answers at once, so that what is timed is the layer
+/// in front of it.
+type Upstream = ReadyUpstream<tower_llm_classify::LlmError>;
 
 const BODY: &str =
     r#"{"model":"gpt-4o","stream":false,"messages":[{"role":"user","content":"Say hello"}]}"#;
@@ -52,16 +54,16 @@ fn closed_overhead(c: &mut Criterion) {
     let _guard = rt.enter();
     let mut group = c.benchmark_group("circuit_closed");
 
-    let bare = Upstream::BARE;
+    let bare = Upstream::EMPTY;
     group.bench_function("bare_service", |b| {
         b.iter_batched(
             request_with_meta,
-            |r| rt.block_on(async { black_box(bare.clone().oneshot(r).await.unwrap()) }),
+            |r| rt.block_on(async { black_box(bare.oneshot(r).await.unwrap()) }),
             BatchSize::SmallInput,
         )
     });
 
-    let ours = CircuitLayer::new(CircuitConfig::standard()).layer(Upstream::BARE);
+    let ours = CircuitLayer::new(CircuitConfig::standard()).layer(Upstream::EMPTY);
     group.bench_function("tower_llm_circuit", |b| {
         b.iter_batched(
             request_with_meta,
@@ -87,7 +89,7 @@ fn closed_overhead(c: &mut Criterion) {
             black_box(decision);
         })
         .unwrap();
-    let sharing = sharing_layer.layer(Upstream::BARE);
+    let sharing = sharing_layer.layer(Upstream::EMPTY);
     group.bench_function("tower_llm_circuit_sharing_decisions", |b| {
         b.iter_batched(
             request_with_meta,
@@ -103,7 +105,7 @@ fn closed_overhead(c: &mut Criterion) {
             out.push_str("primary/");
             out.push_str(input.meta.model.as_deref().unwrap_or("-"));
         })))
-        .layer(Upstream::BARE);
+        .layer(Upstream::EMPTY);
     group.bench_function("tower_llm_circuit_custom_key", |b| {
         b.iter_batched(
             request_with_meta,
@@ -113,7 +115,7 @@ fn closed_overhead(c: &mut Criterion) {
     });
     let target_model = CircuitLayer::new(CircuitConfig::standard())
         .key_by(KeyBy::TargetModel("primary".into()))
-        .layer(Upstream::BARE);
+        .layer(Upstream::EMPTY);
     group.bench_function("tower_llm_circuit_target_model_key", |b| {
         b.iter_batched(
             request_with_meta,
@@ -125,7 +127,7 @@ fn closed_overhead(c: &mut Criterion) {
     let resilience = tower_resilience_circuitbreaker::CircuitBreakerLayer::standard()
         .build()
         .unwrap()
-        .layer(Upstream::BARE);
+        .layer(Upstream::EMPTY);
     group.bench_function("tower_resilience_circuitbreaker", |b| {
         b.iter_batched(
             request_with_meta,
@@ -144,7 +146,7 @@ fn closed_overhead(c: &mut Criterion) {
                     black_box(
                         failsafe_breaker
                             .call({
-                                let mut upstream = Upstream::BARE;
+                                let mut upstream = Upstream::EMPTY;
                                 upstream.call(r)
                             })
                             .await
@@ -182,7 +184,7 @@ fn contention(c: &mut Criterion) {
             started.elapsed()
         })
     };
-    let ours = CircuitLayer::new(CircuitConfig::standard()).layer(Upstream::BARE);
+    let ours = CircuitLayer::new(CircuitConfig::standard()).layer(Upstream::EMPTY);
     group.bench_function("tower_llm_circuit", |b| {
         b.iter_custom(|iters| run(ours.clone(), iters))
     });

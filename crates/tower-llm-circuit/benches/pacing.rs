@@ -13,8 +13,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
-mod support;
-
 use std::hint::black_box;
 use std::time::SystemTime;
 
@@ -27,7 +25,11 @@ use tower_llm_circuit::{CircuitConfig, CircuitLayer, PaceLimits, PacingConfig};
 use tower_llm_classify::RequestMeta;
 use tower_llm_classify::hint::RateLimitHeaders;
 
-use support::Upstream;
+use tower_llm_testkit::ReadyUpstream;
+
+/// An upstream that answers at once, so that what is timed is the layer
+/// in front of it.
+type Upstream = ReadyUpstream<tower_llm_classify::LlmError>;
 
 const BODY: &str = r#"{"model":"gpt-4o","stream":false,"max_tokens":100,"messages":[{"role":"user","content":"Say hello"}]}"#;
 
@@ -41,16 +43,18 @@ fn request_with_meta() -> Request<Full<Bytes>> {
 }
 
 /// What every answer carries: a content type and a request id.
-const PLAIN: Upstream = Upstream {
-    headers: &[
+const PLAIN: Upstream = Upstream::new(
+    b"",
+    &[
         ("content-type", "application/json"),
         ("x-request-id", "req_1"),
     ],
-};
+);
 /// The same with OpenAI's rate-limit headers, plenty left, as on every
 /// answer.
-const LIMITED: Upstream = Upstream {
-    headers: &[
+const LIMITED: Upstream = Upstream::new(
+    b"",
+    &[
         ("content-type", "application/json"),
         ("x-request-id", "req_1"),
         ("x-ratelimit-limit-requests", "10000"),
@@ -60,7 +64,7 @@ const LIMITED: Upstream = Upstream {
         ("x-ratelimit-remaining-tokens", "29999000"),
         ("x-ratelimit-reset-tokens", "2ms"),
     ],
-};
+);
 
 fn pacing_overhead(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread()

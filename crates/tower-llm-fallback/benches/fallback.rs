@@ -10,16 +10,16 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
-use std::future::{Ready, ready};
 use std::hint::black_box;
 
 use bytes::Bytes;
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
-use http::{HeaderName, HeaderValue, Request, Response};
+use http::{HeaderName, HeaderValue, Request};
 use http_body_util::Full;
 use tower::{Service, ServiceExt};
 use tower_llm_classify::LlmError;
 use tower_llm_fallback::{Fallback, Target, normalise_model, rewrite_model};
+use tower_llm_testkit::ReadyUpstream;
 
 fn chat_body() -> String {
     let filler =
@@ -37,26 +37,8 @@ fn request(body: &Bytes) -> Request<Full<Bytes>> {
         .unwrap()
 }
 
-#[derive(Clone)]
-struct Upstream;
-
-impl Service<Request<Full<Bytes>>> for Upstream {
-    type Response = Response<Full<Bytes>>;
-    type Error = LlmError;
-    type Future = Ready<Result<Self::Response, LlmError>>;
-
-    fn poll_ready(
-        &mut self,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), LlmError>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: Request<Full<Bytes>>) -> Self::Future {
-        drop(black_box(request));
-        ready(Ok(Response::new(Full::new(Bytes::new()))))
-    }
-}
+/// The targets' upstream: an empty answer, at once.
+const UPSTREAM: ReadyUpstream<LlmError> = ReadyUpstream::EMPTY;
 
 /// Picking one of three deployments: ours (no installed check; a check
 /// that finds nothing paced, as a stack's while no key has rate-limit
@@ -97,7 +79,7 @@ fn pick(c: &mut Criterion) {
             &parts.headers,
             Some(&body),
         ));
-    let three = || ["a", "b", "c"].map(|name| Target::new(name, Upstream));
+    let three = || ["a", "b", "c"].map(|name| Target::new(name, UPSTREAM));
     let mut group = c.benchmark_group("pick_one_of_three");
     let checks: [(&str, Option<Check>); 3] = [
         ("tower_llm_latency", None),
@@ -116,11 +98,11 @@ fn pick(c: &mut Criterion) {
             b.iter(|| black_box(fallback.pick_first(black_box(&parts), &body).is_some()))
         });
     }
-    let list = ServiceList::new(
+    let list = ServiceList::new::<Request<Full<Bytes>>>(
         (0..3)
             .map(|_| {
                 PeakEwma::new(
-                    Upstream,
+                    UPSTREAM,
                     Duration::from_millis(100),
                     10e9,
                     CompleteOnResponse::default(),
@@ -158,20 +140,20 @@ fn overhead(c: &mut Criterion) {
     group.bench_function("bare_target", |b| {
         b.iter_batched(
             || request(&body),
-            |r| rt.block_on(async { black_box(Upstream.oneshot(r).await.unwrap()) }),
+            |r| rt.block_on(async { black_box(UPSTREAM.oneshot(r).await.unwrap()) }),
             BatchSize::SmallInput,
         )
     });
     let same = Fallback::builder()
         .target(
-            Target::new("primary", Upstream)
+            Target::new("primary", UPSTREAM)
                 .base_url("https://api.openai.com".parse().unwrap())
                 .credential(
                     HeaderName::from_static("authorization"),
                     HeaderValue::from_static("Bearer sk-primary"),
                 ),
         )
-        .target(Target::new("backup", Upstream))
+        .target(Target::new("backup", UPSTREAM))
         .build()
         .unwrap();
     group.bench_function("fallback_same_model", |b| {
@@ -182,8 +164,8 @@ fn overhead(c: &mut Criterion) {
         )
     });
     let rewritten = Fallback::builder()
-        .target(Target::new("primary", Upstream).model("claude-sonnet-4-5"))
-        .target(Target::new("backup", Upstream))
+        .target(Target::new("primary", UPSTREAM).model("claude-sonnet-4-5"))
+        .target(Target::new("backup", UPSTREAM))
         .build()
         .unwrap();
     group.bench_function("fallback_model_rewrite_4k", |b| {

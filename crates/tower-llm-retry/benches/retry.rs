@@ -22,10 +22,11 @@ use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
 use tower::retry::budget::{Budget, TpsBudget};
-use tower::{Layer, Service, ServiceExt};
+use tower::{Layer, ServiceExt};
 use tower_llm_classify::hint::{Hint, HintSource};
 use tower_llm_classify::{Classification, ErrorKind, LlmError, Phase};
 use tower_llm_retry::{ReplayBody, RetryLayer, RetryPolicy};
+use tower_llm_testkit::ReadyUpstream;
 
 const BODY: &str =
     r#"{"model":"gpt-4o","stream":false,"messages":[{"role":"user","content":"Say hello"}]}"#;
@@ -39,57 +40,15 @@ fn request() -> Request<Full<Bytes>> {
 }
 
 /// The upstream: answers at once.
-#[derive(Clone)]
-struct Upstream;
-
-impl<B> Service<Request<B>> for Upstream {
-    type Response = Response<Full<Bytes>>;
-    type Error = LlmError;
-    type Future = Ready<Result<Self::Response, LlmError>>;
-
-    fn poll_ready(
-        &mut self,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), LlmError>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: Request<B>) -> Self::Future {
-        drop(black_box(request));
-        ready(Ok(Response::new(Full::new(Bytes::from_static(b"{}")))))
-    }
-}
+const UPSTREAM: ReadyUpstream<LlmError> = ReadyUpstream::new(b"{}", &[]);
 
 /// The upstream answering a whole JSON document, as an LLM API does
 /// (`content-type: application/json`): the first-content guard holds such
 /// an answer to its end, which the benchmark reads.
-#[derive(Clone)]
-struct JsonUpstream;
-
-impl<B> Service<Request<B>> for JsonUpstream {
-    type Response = Response<Full<Bytes>>;
-    type Error = LlmError;
-    type Future = Ready<Result<Self::Response, LlmError>>;
-
-    fn poll_ready(
-        &mut self,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), LlmError>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: Request<B>) -> Self::Future {
-        drop(black_box(request));
-        let mut response = Response::new(Full::new(Bytes::from_static(
-            br#"{"id":"chatcmpl-1","object":"chat.completion","choices":[]}"#,
-        )));
-        response.headers_mut().insert(
-            http::header::CONTENT_TYPE,
-            http::HeaderValue::from_static("application/json"),
-        );
-        ready(Ok(response))
-    }
-}
+const JSON_UPSTREAM: ReadyUpstream<LlmError> = ReadyUpstream::new(
+    br#"{"id":"chatcmpl-1","object":"chat.completion","choices":[]}"#,
+    &[("content-type", "application/json")],
+);
 
 /// tower's retry with what our default does: 3 attempts, a budget,
 /// retry on any error. The request is cloned before the first attempt.
@@ -132,32 +91,30 @@ fn overhead(c: &mut Criterion) {
         .unwrap();
     let mut group = c.benchmark_group("retry_happy_path");
 
-    let bare = Upstream;
+    let bare = UPSTREAM;
     group.bench_function("bare_service", |b| {
         b.iter_batched(
             request,
-            |request| {
-                rt.block_on(async { black_box(bare.clone().oneshot(request).await.unwrap()) })
-            },
+            |request| rt.block_on(async { black_box(bare.oneshot(request).await.unwrap()) }),
             BatchSize::SmallInput,
         )
     });
 
     // A whole JSON answer, its body read to the end: the guard's cost.
-    let bare_json = JsonUpstream;
+    let bare_json = JSON_UPSTREAM;
     group.bench_function("bare_service_json_answer_read", |b| {
         b.iter_batched(
             request,
             |request| {
                 rt.block_on(async {
-                    let response = bare_json.clone().oneshot(request).await.unwrap();
+                    let response = bare_json.oneshot(request).await.unwrap();
                     black_box(response.into_body().collect().await.unwrap())
                 })
             },
             BatchSize::SmallInput,
         )
     });
-    let ours_json = RetryLayer::new(RetryPolicy::sdk_default()).layer(JsonUpstream);
+    let ours_json = RetryLayer::new(RetryPolicy::sdk_default()).layer(JSON_UPSTREAM);
     group.bench_function("tower_llm_retry_json_answer_read", |b| {
         b.iter_batched(
             request,
@@ -171,7 +128,7 @@ fn overhead(c: &mut Criterion) {
         )
     });
 
-    let ours = RetryLayer::new(RetryPolicy::sdk_default()).layer(Upstream);
+    let ours = RetryLayer::new(RetryPolicy::sdk_default()).layer(UPSTREAM);
     group.bench_function("tower_llm_retry", |b| {
         b.iter_batched(
             request,
@@ -183,7 +140,7 @@ fn overhead(c: &mut Criterion) {
     });
 
     let no_budget =
-        RetryLayer::new(RetryPolicy::builder().no_budget().build().unwrap()).layer(Upstream);
+        RetryLayer::new(RetryPolicy::builder().no_budget().build().unwrap()).layer(UPSTREAM);
     group.bench_function("tower_llm_retry_no_budget", |b| {
         b.iter_batched(
             request,
@@ -202,7 +159,7 @@ fn overhead(c: &mut Criterion) {
             .build()
             .unwrap(),
     )
-    .layer(Upstream);
+    .layer(UPSTREAM);
     group.bench_function("tower_llm_retry_attempt_timeout", |b| {
         b.iter_batched(
             request,
@@ -217,7 +174,7 @@ fn overhead(c: &mut Criterion) {
         attempts: 3,
         budget: Arc::new(TpsBudget::default()),
     };
-    let tower_retry = tower::retry::RetryLayer::new(policy).layer(Upstream);
+    let tower_retry = tower::retry::RetryLayer::new(policy).layer(UPSTREAM);
     group.bench_function("tower_retry_tps_budget", |b| {
         b.iter_batched(
             request,
@@ -245,7 +202,7 @@ fn overhead(c: &mut Criterion) {
     .retry_on(|error: &LlmError| error.retryable())
     .budget(budget)
     .build()
-    .layer(Upstream);
+    .layer(UPSTREAM);
     group.bench_function("tower_resilience_retry", |b| {
         b.iter_batched(
             request,
