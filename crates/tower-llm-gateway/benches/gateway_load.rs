@@ -6,6 +6,7 @@
 //! cargo bench -p tower-llm-gateway --bench gateway_load                 # 5 s per cell
 //! cargo bench -p tower-llm-gateway --bench gateway_load -- --secs 10
 //! cargo bench -p tower-llm-gateway --bench gateway_load -- --only gateway --mode whole --conns 1   # one cell, for a profiler
+//! cargo bench -p tower-llm-gateway --bench gateway_load -- --no-heartbeat   # without the timer heartbeat
 //! ```
 //!
 //! Each cell runs N keep-alive HTTP/1.1 connections (1 and 64), each
@@ -231,6 +232,13 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    // As `tower_llm_gateway::serve` does (this bench serves the router with
+    // `axum::serve`): a timer always pending on the servers' runtime, so
+    // that each request's timeouts do not wake the timer driver.
+    // `--no-heartbeat` leaves it out, to compare.
+    if !std::env::args().any(|a| a == "--no-heartbeat") {
+        servers.spawn(tower_llm_gateway::timer_heartbeat());
+    }
     let (direct, proxy, gw) = servers.block_on(async {
         let sim = Simulator::builder()
             .record(false)

@@ -84,6 +84,7 @@ mod endpoints;
 mod error;
 mod headers;
 mod health;
+mod heartbeat;
 mod observe;
 mod prometheus;
 mod router;
@@ -102,6 +103,7 @@ pub mod telemetry;
 
 pub use config::{GatewayOptions, GatewaySection};
 pub use headers::{ATTEMPTS_HEADER, CONTINUED_TRAILER, FALLBACKS_HEADER, TARGET_HEADER};
+pub use heartbeat::{HEARTBEAT_PERIOD, timer_heartbeat};
 pub use prometheus::prometheus;
 pub use router::router;
 pub use serve::serve;

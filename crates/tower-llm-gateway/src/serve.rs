@@ -18,6 +18,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tower::ServiceExt;
 
 use crate::config::{GatewayOptions, LONGEST_TIMEOUT};
+use crate::heartbeat::{AbortOnDrop, timer_heartbeat};
 use crate::send_timeout::SendTimeout;
 use crate::shutdown::Closing;
 
@@ -54,6 +55,8 @@ pub fn serve(
     let connections = Arc::new(Semaphore::new(options.max_connections.max(1)));
     async move {
         exposure?;
+        // Aborted when serving ends, or when this future is dropped.
+        let _heartbeat = AbortOnDrop(tokio::spawn(timer_heartbeat()));
         // Connection tasks hold a receiver each: `closed()` on the sender
         // resolves when the last one has ended.
         let (stopping, _) = watch::channel(false);

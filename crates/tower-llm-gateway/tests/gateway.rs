@@ -765,3 +765,28 @@ async fn the_demo_configuration_builds_and_serves() {
     let response = stack.oneshot(request).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
 }
+
+/// `serve` keeps a timer pending for as long as it serves (so that each
+/// request's timeouts are filed without waking tokio's timer driver), and
+/// that task ends with it: nothing is left running after a shutdown.
+#[tokio::test(flavor = "current_thread")]
+async fn serving_runs_a_timer_heartbeat_that_ends_with_it() {
+    let metrics = tokio::runtime::Handle::current().metrics();
+    let backup = sim(Fault::ok()).await;
+    let before = metrics.num_alive_tasks();
+    let gateway = Gateway::start(&two_targets(&backup, &backup), Default::default()).await;
+    // Let the server task start its heartbeat.
+    let (status, _) = gateway.get("/health/live").await;
+    assert_eq!(status, StatusCode::OK);
+    // The server, its heartbeat and at least the connection just made.
+    assert!(metrics.num_alive_tasks() >= before + 2);
+    gateway.shutdown().await.unwrap();
+    // Connection tasks end as their connections close.
+    for _ in 0..100 {
+        if metrics.num_alive_tasks() <= before {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(metrics.num_alive_tasks(), before);
+}
