@@ -122,7 +122,7 @@ impl KeyBy {
         match self {
             KeyBy::ApiKey => {
                 out.push_str(input.uri.host().unwrap_or("-"));
-                let credential = ["authorization", "x-api-key", "api-key", "x-goog-api-key"]
+                let credential = tower_llm_classify::redact::API_KEY_HEADERS
                     .iter()
                     .find_map(|name| input.headers.get(*name));
                 match credential {
@@ -196,6 +196,34 @@ mod tests {
         );
         // Computed keys are written, not compared in place.
         assert!(KeyBy::ApiKey.parts(&input).is_none());
+    }
+
+    #[test]
+    fn api_keys_are_told_apart_in_every_provider_header_and_never_written() {
+        let uri: Uri = "https://gw.example.com/openai/v1/chat/completions"
+            .parse()
+            .unwrap();
+        let key_of = |name: &str, value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(
+                http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                value.parse().unwrap(),
+            );
+            let meta = RequestMeta::from_request(&uri, &headers, None);
+            let input = KeyInput {
+                meta: &meta,
+                uri: &uri,
+                headers: &headers,
+            };
+            written(&KeyBy::ApiKey, &input)
+        };
+        for name in tower_llm_classify::redact::API_KEY_HEADERS {
+            let (a, b) = (key_of(name, "sk-team-a"), key_of(name, "sk-team-b"));
+            assert_ne!(a, b, "two keys in {name} share a breaker");
+            assert!(a.starts_with("gw.example.com/key-"), "{a}");
+            assert!(!a.contains("sk-team"), "the key itself is in {a}");
+        }
+        assert_eq!(key_of("x-request-id", "r1"), "gw.example.com/no-key");
     }
 
     #[test]

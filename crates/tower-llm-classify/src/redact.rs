@@ -16,6 +16,19 @@ pub const CREDENTIAL_HEADERS: [&str; 8] = [
     "ocp-apim-subscription-key",
 ];
 
+/// The request headers that carry a provider API key, in the order a key
+/// is looked for (OpenAI's bearer token, Anthropic's, Azure OpenAI's,
+/// Gemini's, Azure API Management's subscription key): every one is also
+/// a [`CREDENTIAL_HEADERS`] entry. The circuit's per-key breakers
+/// fingerprint the first one present.
+pub const API_KEY_HEADERS: [&str; 5] = [
+    "authorization",
+    "x-api-key",
+    "api-key",
+    "x-goog-api-key",
+    "ocp-apim-subscription-key",
+];
+
 /// Hop-by-hop headers: they describe one connection and are never passed
 /// on, in either direction (RFC 9110 §7.6.1; RFC 2616 §13.5.1 for
 /// `keep-alive`, `proxy-authenticate`; `proxy-connection` as sent by old
@@ -304,6 +317,13 @@ impl std::fmt::Debug for RedactedHeaders<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_api_key_header_is_a_credential_header() {
+        for name in API_KEY_HEADERS {
+            assert!(CREDENTIAL_HEADERS.contains(&name), "{name}");
+        }
+    }
 
     #[test]
     fn echoed_api_keys_are_redacted() {
