@@ -14,7 +14,8 @@
 # stops when the script ends. Usage:
 #   crates/tower-llm-gateway/benches/wrk/run.sh [seconds per cell, default 5]
 # Ports: WRK_UPSTREAM_PORT (18081), WRK_PROXY_PORT (18082),
-# WRK_GATEWAY_PORT (18083).
+# WRK_GATEWAY_PORT (18083). WRK_GATEWAY_BIN: a gateway binary to run instead
+# of building this checkout's.
 set -euo pipefail
 # From the workspace root (where `target/` is).
 cd "$(dirname "$0")/../../../.."
@@ -99,12 +100,18 @@ wrk.headers["Content-Type"] = "application/json"
 wrk.body = '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Say hello."}],"max_tokens":16}'
 EOF
 
-echo "building the gateway (release)..." >&2
-cargo build --release -p tower-llm-gateway --bin tower-llm-gateway -q
+# WRK_GATEWAY_BIN runs another build of the gateway (an earlier commit's,
+# to compare); by default this checkout's, built here.
+gateway_bin="${WRK_GATEWAY_BIN:-}"
+if [ -z "$gateway_bin" ]; then
+  echo "building the gateway (release)..." >&2
+  cargo build --release -p tower-llm-gateway --bin tower-llm-gateway -q
+  gateway_bin="${CARGO_TARGET_DIR:-target}/release/tower-llm-gateway"
+fi
 
 nginx -c "$work/nginx.conf" -p "$work" &
 nginx_pid=$!
-RUST_LOG=warn "${CARGO_TARGET_DIR:-target}/release/tower-llm-gateway" --config "$work/gateway.toml" --no-warm-up \
+RUST_LOG=warn "$gateway_bin" --config "$work/gateway.toml" --no-warm-up \
   >"$work/gateway.log" 2>&1 &
 gateway_pid=$!
 
