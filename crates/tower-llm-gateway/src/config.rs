@@ -55,6 +55,10 @@ pub struct GatewaySection {
     /// Listen beyond loopback without caller keys (something in front of
     /// the gateway authenticates callers).
     pub allow_unauthenticated: Option<bool>,
+    /// `GET /health/ready` answers 503 while some route has no target
+    /// able to take traffic (default `false`: 200, the route named as
+    /// degraded). See [`GatewayOptions::ready_requires_upstreams`].
+    pub ready_requires_upstreams: Option<bool>,
     /// The file's `[telemetry]` section (a table of its own beside
     /// `[gateway]`, read by [`parse_file`]).
     #[serde(skip)]
@@ -100,6 +104,19 @@ pub struct GatewayOptions {
     pub caller_keys: Option<CallerKeys>,
     /// Serve beyond loopback without caller keys.
     pub allow_unauthenticated: bool,
+    /// Whether `GET /health/ready` fails (503) while a route has no target
+    /// able to take traffic (every breaker of every target open).
+    ///
+    /// Off by default: a provider's outage is seen by every replica alike
+    /// (at once, with `[shared]`), so failing readiness on it takes the
+    /// whole fleet out of rotation together; callers then meet the load
+    /// balancer's bare 503 instead of the gateway's own answer, and the
+    /// routes whose providers are up go dark with the one that is down.
+    /// Readiness then says 200 with `"status": "degraded"` and the routes.
+    /// On for replicas that see providers differently, as in several
+    /// regions behind one global load balancer: a region that cannot reach
+    /// a provider leaves rotation while another can.
+    pub ready_requires_upstreams: bool,
     /// Requests and tokens per minute, per caller key and endpoint (none
     /// by default).
     pub rate_limits: RateLimits,
@@ -125,6 +142,7 @@ impl Default for GatewayOptions {
             send_timeout: Duration::from_secs(60),
             caller_keys: None,
             allow_unauthenticated: false,
+            ready_requires_upstreams: false,
             rate_limits: RateLimits::default(),
         }
     }
@@ -225,6 +243,7 @@ impl GatewaySection {
             options.caller_keys = Some(CallerKeys::from_env(name, env(name))?);
         }
         options.allow_unauthenticated = self.allow_unauthenticated.unwrap_or(false);
+        options.ready_requires_upstreams = self.ready_requires_upstreams.unwrap_or(false);
         if let Some(limits) = &self.rate_limits {
             options.rate_limits = limits.limits()?;
         }

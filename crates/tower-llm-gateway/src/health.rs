@@ -157,21 +157,28 @@ pub(crate) async fn live() -> Response {
     json_response(json!({ "status": "live" }))
 }
 
-/// `/health/ready`: 200 when every route has at least one target that can
-/// take traffic now, else 503 with the routes that have none (a readiness
-/// probe takes the replica out of rotation until then). A target can take
-/// traffic unless every breaker key it has (`target/model`) is forced open
-/// or open with time left; a target not called yet can, and so can one
-/// whose open time is over (its next call is the probe that closes it:
-/// counting it out would keep the replica out of rotation, and so without
-/// calls, for good).
+/// `/health/ready`: whether this replica should take traffic.
+///
+/// 200 `{"status": "ready"}` when every route has at least one target that
+/// can take traffic now. When some route has none, 200 `{"status":
+/// "degraded", "routes": [...]}` naming them, or, with
+/// [`ready_requires_upstreams`](crate::GatewayOptions::ready_requires_upstreams),
+/// 503 `{"status": "not_ready", ...}` (a readiness probe takes the replica
+/// out of rotation until then). Not by default: a provider's outage is
+/// every replica's alike, and failing them all together would answer
+/// callers with the load balancer's 503, every route's callers, instead of
+/// the gateway's own answer on the one route that is down.
+///
+/// A target can take traffic unless every breaker key it has
+/// (`target/model`) is forced open or open with time left; a target not
+/// called yet can, and so can one whose open time is over (its next call
+/// is the probe that closes it: counting it out would keep a replica out
+/// of rotation, and so without calls, for good).
 ///
 /// A key cooling down after a rate limit or an exhausted quota does not
-/// count: the limit is the provider account's, which every replica shares
-/// (and, with `[shared]`, hears of at once), so a readiness probe failing
-/// on it would take every replica out of rotation together, and callers
-/// would meet the load balancer's bare 503 instead of the gateway's 429
-/// with `Retry-After`.
+/// count, even in the strict mode: the limit is the provider account's,
+/// which every replica shares (and, with `[shared]`, hears of at once), and
+/// callers are better answered with the gateway's 429 and `Retry-After`.
 pub(crate) async fn ready(State(gateway): State<Gateway>) -> Response {
     let snapshot = gateway.stack.circuits().snapshot();
     let routes = gateway.stack.routes();
@@ -183,6 +190,9 @@ pub(crate) async fn ready(State(gateway): State<Gateway>) -> Response {
         .collect();
     if unready.is_empty() {
         return json_response(json!({ "status": "ready" }));
+    }
+    if !gateway.ready_requires_upstreams {
+        return json_response(json!({ "status": "degraded", "routes": unready }));
     }
     let mut response = json_response(json!({ "status": "not_ready", "routes": unready }));
     *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;

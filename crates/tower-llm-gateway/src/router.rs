@@ -41,6 +41,8 @@ pub(crate) struct Gateway {
     pub(crate) caller_keys: Option<usize>,
     /// The last minute per target and the last fallbacks (`/health`, `/`).
     pub(crate) activity: Arc<Activity>,
+    /// Whether readiness fails on a route with no target able to serve.
+    pub(crate) ready_requires_upstreams: bool,
 }
 
 /// The gateway's routes over `stack`, with its inbound limits and, when
@@ -67,6 +69,7 @@ pub fn router(
         stream_idle_timeout: options.stream_idle_timeout,
         caller_keys: options.caller_keys.as_ref().map(CallerKeys::len),
         activity: Arc::new(Activity::new()),
+        ready_requires_upstreams: options.ready_requires_upstreams,
     };
     let activity = Arc::clone(&gateway.activity);
     let limiter = (!options.rate_limits.is_empty()).then(|| {

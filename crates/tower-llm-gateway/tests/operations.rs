@@ -58,11 +58,47 @@ async fn liveness_answers_anyone_without_asking_the_upstreams() {
     );
 }
 
+/// With `ready_requires_upstreams`: readiness follows the routes.
+const STRICT_READINESS: &str = "[gateway]\nready_requires_upstreams = true";
+
 #[tokio::test(flavor = "current_thread", start_paused = true)]
-async fn readiness_is_503_naming_the_route_whose_every_target_is_open_and_200_again_once_one_closes()
- {
+async fn a_route_whose_every_target_is_open_leaves_the_replica_ready_and_is_named_degraded() {
     let upstream = healthy().await;
     let gateway = Gateway::start_file(&one_target(&upstream, ""), &[]).await;
+    assert_eq!(
+        post_chat(&gateway, None, &chat("gpt-4o")).await.status,
+        StatusCode::OK
+    );
+    let keys: Vec<_> = gateway
+        .circuits
+        .snapshot()
+        .into_iter()
+        .map(|k| k.key)
+        .collect();
+    for key in &keys {
+        gateway.circuits.force_open(key);
+    }
+    // Every replica sees the provider down alike: none leaves rotation for
+    // it (the whole fleet would, and every route with it)…
+    let ready = gateway.get("/health/ready").await;
+    assert_eq!(ready.status, StatusCode::OK);
+    let body = ready.json();
+    assert_eq!(body["status"], "degraded");
+    assert_eq!(body["routes"][0]["targets"][0], "primary", "{body}");
+    // …and the route's callers get the gateway's own answer.
+    let answer = post_chat(&gateway, None, &chat("gpt-4o")).await;
+    assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(answer.body.contains("error"), "{}", answer.body);
+
+    gateway.circuits.reset(&keys[0]);
+    assert_eq!(gateway.get("/health/ready").await.json()["status"], "ready");
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn strict_readiness_is_503_naming_the_route_whose_every_target_is_open_and_200_again_once_one_closes()
+ {
+    let upstream = healthy().await;
+    let gateway = Gateway::start_file(&one_target(&upstream, STRICT_READINESS), &[]).await;
     // Never called: nothing says the target cannot take traffic.
     assert_eq!(gateway.get("/health/ready").await.status, StatusCode::OK);
     assert_eq!(
@@ -93,7 +129,8 @@ async fn readiness_is_503_naming_the_route_whose_every_target_is_open_and_200_ag
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn a_route_whose_every_target_cools_down_after_a_rate_limit_stays_ready_and_answers_429() {
     let upstream = healthy().await;
-    let gateway = Gateway::start_file(&one_target(&upstream, ""), &[]).await;
+    // Even where readiness follows the routes.
+    let gateway = Gateway::start_file(&one_target(&upstream, STRICT_READINESS), &[]).await;
     assert_eq!(
         post_chat(&gateway, None, &chat("gpt-4o")).await.status,
         StatusCode::OK
@@ -331,7 +368,9 @@ async fn a_route_whose_breaker_opened_by_itself_is_ready_again_once_its_open_tim
         .unwrap();
     let file = one_target(
         &upstream,
-        "[circuit]\nconsecutive_failures = 2\nopen_ms = 10000\nopen_jitter = 0.0",
+        &format!(
+            "{STRICT_READINESS}\n[circuit]\nconsecutive_failures = 2\nopen_ms = 10000\nopen_jitter = 0.0"
+        ),
     );
     let gateway = Gateway::start_file(&file, &[]).await;
     for _ in 0..2 {
