@@ -312,3 +312,78 @@ async fn a_providers_rate_limit_reaches_the_caller_without_its_organization() {
         body.len().to_string().as_str()
     );
 }
+
+// ---- a retried attempt is the request the first attempt was ---------------
+
+/// A target a backup may follow has its further attempts' heads made again
+/// from the caller's request (no copy kept for them): each must be the
+/// first attempt's request, to the header — the target's URL, credential,
+/// headers and model — and the backup's credential never among them.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_retried_attempt_to_a_target_a_backup_may_follow_is_the_first_attempts_request() {
+    use http::{HeaderName, HeaderValue};
+    let primary = Simulator::builder()
+        .plan(tower_llm_testkit::FaultPlan::script([
+            Fault::status(503),
+            Fault::status(503),
+        ]))
+        .start()
+        .await
+        .unwrap();
+    let backup = Simulator::start().await.unwrap();
+    let stack = LlmStack::sdk_default()
+        .target("primary", client(), |t| {
+            t.base_url(base(&primary))
+                .model("gpt-4o-2024-08-06")
+                .credential(
+                    http::header::AUTHORIZATION,
+                    HeaderValue::from_static("Bearer sk-primary"),
+                )
+                .header(
+                    HeaderName::from_static("x-deployment"),
+                    HeaderValue::from_static("eu"),
+                )
+        })
+        .target("backup", client(), |t| {
+            t.base_url(base(&backup)).credential(
+                http::header::AUTHORIZATION,
+                HeaderValue::from_static("Bearer sk-backup"),
+            )
+        })
+        .build()
+        .unwrap();
+    let mut request = post(
+        "/v1/chat/completions?trace=1",
+        r#"{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}"#,
+    );
+    request
+        .headers_mut()
+        .insert("x-caller-header", HeaderValue::from_static("kept"));
+    request.headers_mut().insert(
+        http::header::AUTHORIZATION,
+        HeaderValue::from_static("Bearer sk-caller"),
+    );
+    let response = stack.oneshot(request).await.unwrap();
+    assert_eq!(served_by(&response), Some("primary"));
+    assert!(backup.requests().is_empty());
+    let attempts = primary.requests();
+    assert_eq!(attempts.len(), 3, "two failures, then the answer");
+    let first = &attempts[0];
+    assert_eq!(first.path, "/v1/chat/completions?trace=1");
+    assert_eq!(first.model.as_deref(), Some("gpt-4o-2024-08-06"));
+    assert_eq!(first.headers["x-caller-header"], "kept");
+    assert_eq!(first.headers["x-deployment"], "eu");
+    for attempt in &attempts {
+        assert!(attempt.carries_credential("Bearer sk-primary"));
+        assert!(!attempt.carries_credential("Bearer sk-backup"));
+        assert!(!attempt.carries_credential("Bearer sk-caller"));
+        assert_eq!(attempt.method, first.method);
+        assert_eq!(attempt.path, first.path);
+        assert_eq!(attempt.body, first.body);
+        let mut headers: Vec<_> = attempt.headers.iter().collect();
+        let mut first_headers: Vec<_> = first.headers.iter().collect();
+        headers.sort_by_key(|(name, _)| name.as_str());
+        first_headers.sort_by_key(|(name, _)| name.as_str());
+        assert_eq!(headers, first_headers);
+    }
+}

@@ -479,7 +479,12 @@ impl LlmStack {
                 .name(route)
                 .check_availability(Arc::new(availability::PacedOut(circuits.clone())))
                 .max_body(self.max_body)
-                .continue_streams(self.continue_streams);
+                .continue_streams(self.continue_streams)
+                // Each target's service is its retry layer behind type
+                // erasure, the request untouched between the two: a target
+                // another may follow gets the fallback's one copy of the
+                // caller's head, and its retries remake theirs.
+                .remake_attempts(true);
             for (strategy, members) in chosen {
                 builder = builder.group(strategy, members);
             }

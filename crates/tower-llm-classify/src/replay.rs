@@ -107,3 +107,59 @@ where
         }
     }
 }
+
+/// How an outer layer that keeps the caller's request makes an attempt's
+/// head again, so that a retry layer below it need not keep a copy of its
+/// own: the retry sends the request it was given as its first attempt
+/// (no copy) and asks for the head of each further one (a copy only when
+/// an attempt fails). Found in the request's extensions.
+///
+/// `Fallback` sets it, when asked to (`LlmStack` does), on the request for
+/// a target another may follow: it keeps the caller's request for that one
+/// anyway, so without it a request was copied twice before its first
+/// attempt (once by the fallback, once by the retry). The remade head must
+/// be the one the retry was given, so it is set only where nothing stands
+/// between the two layers.
+///
+/// ```
+/// use std::sync::Arc;
+/// use tower_llm_classify::replay::Remake;
+///
+/// let (caller, ()) = http::Request::post("https://api.openai.com/v1/chat/completions")
+///     .body(())
+///     .unwrap()
+///     .into_parts();
+/// let caller = Arc::new(caller);
+/// let remake = Remake::new(move || {
+///     let mut head = http::Request::new(()).into_parts().0;
+///     head.method = caller.method.clone();
+///     head.uri = caller.uri.clone();
+///     Some(head)
+/// });
+/// let head = remake.head().unwrap();
+/// assert_eq!(head.uri.path(), "/v1/chat/completions");
+/// ```
+#[derive(Clone)]
+pub struct Remake(std::sync::Arc<RemakeFn>);
+
+/// What makes a head again: `None` when it cannot (the retry then ends
+/// with the failure it has).
+type RemakeFn = dyn Fn() -> Option<http::request::Parts> + Send + Sync;
+
+impl Remake {
+    /// Makes heads with `make`.
+    pub fn new(make: impl Fn() -> Option<http::request::Parts> + Send + Sync + 'static) -> Self {
+        Remake(std::sync::Arc::new(make))
+    }
+
+    /// A new head, the same as the first.
+    pub fn head(&self) -> Option<http::request::Parts> {
+        (self.0)()
+    }
+}
+
+impl std::fmt::Debug for Remake {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Remake(..)")
+    }
+}

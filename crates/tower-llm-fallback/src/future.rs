@@ -10,13 +10,14 @@ use http::{Request, Response};
 use http_body::Body;
 use http_body_util::Full;
 use pin_project_lite::pin_project;
-use tower_llm_classify::replay::ReadBody;
+use tower_llm_classify::replay::{ReadBody, Remake};
 use tower_llm_classify::stream::CaptureTranscript;
 use tower_llm_classify::{BoxError, ErrorKind, LlmError, RequestMeta};
 use tower_service::Service;
 
 use crate::body::FallbackBody;
 use crate::group::{Cursor, PickRequest, Tracker, note_failure, pick};
+use crate::head::CallerHead;
 use crate::outcome::{all_failed, finish, moved_on, no_target};
 use crate::report::{FallbackReport, TRACING_TARGET};
 use crate::route::Route;
@@ -33,7 +34,7 @@ pin_project! {
         #[pin]
         state: State<S, S::Future, B>,
         shared: Arc<Shared<S>>,
-        parts: Option<http::request::Parts>,
+        parts: Option<CallerHead>,
         body: Bytes,
         // Where the request is among the groups, the route the last failure
         // set, and the context window of the target that was too small.
@@ -102,7 +103,7 @@ where
         ResponseFuture {
             state: State::Collecting { read },
             shared,
-            parts: Some(parts),
+            parts: Some(CallerHead::Owned(parts)),
             body: Bytes::new(),
             cursor: Cursor::default(),
             route: Route::Next,
@@ -135,7 +136,7 @@ where
                         // What the request is, read once here unless an
                         // outer layer did: each target gets it made its
                         // own, and no layer below reads the body again.
-                        if let Some(parts) = this.parts.as_mut()
+                        if let Some(parts) = this.parts.as_mut().and_then(CallerHead::get_mut)
                             && parts.extensions.get::<RequestMeta>().is_none()
                         {
                             let meta =
@@ -144,8 +145,8 @@ where
                         }
                         // A stream that may be continued: Classify keeps
                         // what it delivers.
-                        if keeps_request(this.shared, this.parts.as_ref())
-                            && let Some(parts) = this.parts.as_mut()
+                        if keeps_request(this.shared, this.parts.as_deref())
+                            && let Some(parts) = this.parts.as_mut().and_then(CallerHead::get_mut)
                         {
                             parts.extensions.insert(CaptureTranscript);
                         }
@@ -160,7 +161,7 @@ where
                             this.current,
                         ) {
                             this.state.set(State::Done);
-                            return Poll::Ready(Err(no_target(this.parts.as_ref())));
+                            return Poll::Ready(Err(no_target(this.parts.as_deref())));
                         }
                         continue;
                     }
@@ -180,13 +181,27 @@ where
                             // copied.
                             let last = this.cursor.nothing_after(this.shared)
                                 && this.shared.hedge.is_none()
-                                && !keeps_request(this.shared, this.parts.as_ref());
+                                && !keeps_request(this.shared, this.parts.as_deref());
                             let adapted = match (last, this.parts.take()) {
-                                (true, Some(parts)) => {
-                                    target.adapt_owned(parts, std::mem::take(this.body))
-                                }
-                                (false, Some(parts)) => {
-                                    let adapted = target.adapt_request(&parts, this.body);
+                                (true, Some(parts)) => match parts.into_owned() {
+                                    Ok(parts) => {
+                                        target.adapt_owned(parts, std::mem::take(this.body))
+                                    }
+                                    // An earlier target's request still holds
+                                    // them: a copy.
+                                    Err(parts) => target.adapt_request(&parts, this.body),
+                                },
+                                (false, Some(mut parts)) => {
+                                    let adapted =
+                                        target.adapt_request(&parts, this.body).map(|request| {
+                                            remade_by(
+                                                this.shared,
+                                                *this.current,
+                                                &mut parts,
+                                                this.body,
+                                                request,
+                                            )
+                                        });
                                     *this.parts = Some(parts);
                                     adapted
                                 }
@@ -451,7 +466,7 @@ fn served<S, RB>(
     index: usize,
     failures: &mut Vec<(Arc<str>, LlmError)>,
     response: Response<RB>,
-    request: (Option<http::request::Parts>, Bytes),
+    request: (Option<CallerHead>, Bytes),
     tracker: Option<Tracker>,
 ) -> Response<FallbackBody<RB>>
 where
@@ -514,6 +529,30 @@ fn record<S, F>(
 }
 
 /// The request a pick is for, while the future holds it.
-fn pick_request<'a>(parts: &'a Option<http::request::Parts>, body: &'a Bytes) -> PickRequest<'a> {
-    parts.as_ref().map(|parts| (parts, body))
+fn pick_request<'a>(parts: &'a Option<CallerHead>, body: &'a Bytes) -> PickRequest<'a> {
+    parts.as_deref().map(|parts| (parts, body))
+}
+
+/// `request` for target `index`, saying how to make its head again when
+/// the fallback is asked to ([`FallbackBuilder::remake_attempts`](crate::FallbackBuilder::remake_attempts)):
+/// the target's retries then remake each further attempt from the caller's
+/// request kept here, instead of keeping a copy of their own.
+fn remade_by<S>(
+    shared: &Arc<Shared<S>>,
+    index: usize,
+    parts: &mut CallerHead,
+    body: &Bytes,
+    mut request: Request<Full<Bytes>>,
+) -> Request<Full<Bytes>>
+where
+    S: Send + Sync + 'static,
+{
+    if !shared.remake_attempts || !shared.targets[index].remakes_heads() {
+        return request;
+    }
+    let (shared, parts, body_empty) = (Arc::clone(shared), parts.share(), body.is_empty());
+    request.extensions_mut().insert(Remake::new(move || {
+        shared.targets[index].adapt_head(&parts, body_empty).ok()
+    }));
+    request
 }

@@ -58,6 +58,7 @@ mod body;
 pub mod continuation;
 pub mod future;
 pub mod group;
+mod head;
 mod outcome;
 mod protocol;
 mod report;

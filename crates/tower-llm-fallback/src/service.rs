@@ -70,6 +70,8 @@ pub(crate) struct Shared<S> {
     pub(crate) hedges: AtomicU64,
     /// How many times a broken stream may be continued.
     pub(crate) continuations: u32,
+    /// Whether target requests say how to remake their heads (`Remake`).
+    pub(crate) remake_attempts: bool,
     /// Targets that answered a continuation with a refusal: not asked to
     /// continue again.
     pub(crate) prefill_refused: Vec<std::sync::atomic::AtomicBool>,
@@ -154,6 +156,7 @@ pub struct FallbackBuilder<S> {
     max_body: usize,
     continuations: u32,
     hedge: Option<HedgePolicy>,
+    remake_attempts: bool,
 }
 
 impl Fallback<()> {
@@ -172,6 +175,7 @@ impl Fallback<()> {
             max_body: 32 * 1024 * 1024,
             continuations: 0,
             hedge: None,
+            remake_attempts: false,
         }
     }
 }
@@ -317,6 +321,24 @@ impl<S> FallbackBuilder<S> {
         self
     }
 
+    /// Says, on the request for each target another may follow, how to
+    /// make its head again ([`Remake`](tower_llm_classify::replay::Remake)),
+    /// so that a retry layer serving the target sends that request as its
+    /// first attempt and remakes the head of each further one, instead of
+    /// keeping a copy: one copy of the caller's head before the first
+    /// attempt instead of two (off by default; `LlmStack` turns it on).
+    ///
+    /// Only where each target's service passes the request on to its retry
+    /// layer unchanged (the retry directly, or layers that do not touch the
+    /// request): a layer between the two that changes the request would see
+    /// its change in the first attempt only. Targets with a
+    /// [request hook](Target::adapt) never remake (the hook runs
+    /// once per target).
+    pub fn remake_attempts(mut self, on: bool) -> Self {
+        self.remake_attempts = on;
+        self
+    }
+
     /// The largest request body kept to send again (32 MiB by default).
     pub fn max_body(mut self, bytes: usize) -> Self {
         self.max_body = bytes;
@@ -419,6 +441,7 @@ impl<S> FallbackBuilder<S> {
                 check: self.check,
                 name: self.name,
                 continuations: self.continuations,
+                remake_attempts: self.remake_attempts,
                 targets: self.targets,
                 routes: self.routes,
                 max_body: self.max_body,

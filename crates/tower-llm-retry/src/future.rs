@@ -154,6 +154,24 @@ where
     }
 }
 
+/// Why no attempt was started.
+enum NotStarted {
+    /// The deadline passed.
+    Deadline,
+    /// The outer layer could not make the request's head again.
+    Unmade,
+}
+
+/// The outer layer that keeps the caller's request could not make it again
+/// (see [`Remake`](tower_llm_classify::replay::Remake)).
+fn unmade_error() -> LlmError {
+    LlmError::new(
+        Classification::new(ErrorKind::Unknown)
+            .with_phase(Phase::BeforeHeaders)
+            .with_message("the request could not be made again for another attempt"),
+    )
+}
+
 fn deadline_error() -> LlmError {
     LlmError::new(
         Classification::new(ErrorKind::Timeout)
@@ -223,14 +241,19 @@ where
                                         this.shared,
                                         *this.deadline,
                                     ) {
-                                        Some(future) => {
+                                        Ok(future) => {
                                             // The retry is sent: its withdrawal
                                             // now stands or falls with it.
                                             *this.in_flight = this.unsent.take();
                                             this.state.set(State::Calling { future });
                                             continue;
                                         }
-                                        None => (deadline_error(), Some(GiveUp::Deadline)),
+                                        Err(NotStarted::Deadline) => {
+                                            (deadline_error(), Some(GiveUp::Deadline))
+                                        }
+                                        Err(NotStarted::Unmade) => {
+                                            (unmade_error(), Some(GiveUp::NotRetryable))
+                                        }
                                     }
                                 }
                                 // A service that failed its readiness is not polled
@@ -452,7 +475,7 @@ fn start_attempt<S>(
     end: &mut Option<AttemptEnd>,
     shared: &Shared,
     deadline: Option<Instant>,
-) -> Option<S::Future>
+) -> Result<S::Future, NotStarted>
 where
     S: Service<Request<ReplayBody>>,
 {
@@ -471,12 +494,14 @@ where
     if let (Some(deadline), Some(now)) = (deadline, now)
         && deadline <= now
     {
-        return None;
+        return Err(NotStarted::Deadline);
     }
-    *attempts += 1;
     // No attempt follows the last one allowed (`RetryPolicy::decide` gives
     // up at `max_attempts`), so it takes the request instead of a copy.
-    let mut request = template.attempt(*attempts >= policy.max_attempts);
+    let Some(mut request) = template.attempt(*attempts + 1 >= policy.max_attempts) else {
+        return Err(NotStarted::Unmade);
+    };
+    *attempts += 1;
     // A limit too far away for the clock is no limit.
     let after =
         |timeout: Option<Duration>| now.zip(timeout).and_then(|(now, t)| now.checked_add(t));
@@ -492,7 +517,7 @@ where
         end.renew();
         request.extensions_mut().insert(end.clone());
     }
-    Some(service.call(request))
+    Ok(service.call(request))
 }
 
 /// The earlier of two limits, `None` being no limit.

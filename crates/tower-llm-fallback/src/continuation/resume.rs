@@ -235,7 +235,7 @@ pub(crate) fn splices(dialect: Dialect) -> bool {
 pub(crate) fn resumable<S, B>(
     shared: &Arc<Shared<S>>,
     index: usize,
-    request: (Option<http::request::Parts>, Bytes),
+    request: (Option<crate::head::CallerHead>, Bytes),
     head: &mut http::response::Parts,
 ) -> Option<(Box<dyn Resumable<B>>, FirstDelivered)>
 where
@@ -260,7 +260,7 @@ where
     head.extensions.insert(report.clone());
     let resume = Resume {
         shared: Arc::clone(shared),
-        parts: Arc::new(parts),
+        parts: parts.into_shared(),
         body,
         dialect,
         current: index,

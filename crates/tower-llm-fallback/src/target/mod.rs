@@ -272,7 +272,38 @@ impl<S> Target<S> {
         body: &Bytes,
     ) -> Result<Request<Full<Bytes>>, AdaptError> {
         let (body, model) = self.body_for(body)?;
-        let mut request = Request::new(Full::new(body));
+        let head = self.head_for(parts)?;
+        Ok(self.finish(Request::from_parts(head, Full::new(body)), model))
+    }
+
+    /// Whether [`adapt_head`](Target::adapt_head) makes the head
+    /// [`adapt_request`](Target::adapt_request) does: unless a hook may
+    /// change the request (it runs once per target, on the whole request).
+    pub(crate) fn remakes_heads(&self) -> bool {
+        self.hook.is_none()
+    }
+
+    /// The head [`adapt_request`](Target::adapt_request) makes for the
+    /// caller's `parts` (with a body, or `body_empty`), made again for
+    /// another attempt; the body is the one that request carries.
+    pub(crate) fn adapt_head(
+        &self,
+        parts: &http::request::Parts,
+        body_empty: bool,
+    ) -> Result<http::request::Parts, AdaptError> {
+        let model = match &self.model {
+            Some(model) if !body_empty => Some(Arc::clone(model)),
+            _ => None,
+        };
+        let mut head = self.head_for(parts)?;
+        self.finish_head(&mut head, model);
+        Ok(head)
+    }
+
+    /// The caller's head made this target's before its credential: method,
+    /// URL, the headers that may be forwarded, the extensions.
+    fn head_for(&self, parts: &http::request::Parts) -> Result<http::request::Parts, AdaptError> {
+        let mut request = Request::new(());
         *request.method_mut() = parts.method.clone();
         // The version is the client's business (an HTTP/2 caller, an
         // HTTP/1 pool): left at the default.
@@ -301,7 +332,7 @@ impl<S> Target<S> {
             }
         }
         *request.extensions_mut() = parts.extensions.clone();
-        Ok(self.finish(request, model))
+        Ok(request.into_parts().0)
     }
 
     /// The request for this target, made from the caller's own parts and
@@ -362,6 +393,17 @@ impl<S> Target<S> {
         model: Option<Arc<str>>,
     ) -> Request<Full<Bytes>> {
         let (mut parts, body) = request.into_parts();
+        self.finish_head(&mut parts, model);
+        let mut request = Request::from_parts(parts, body);
+        if let Some(hook) = &self.hook {
+            hook(&mut request);
+        }
+        request
+    }
+
+    /// [`finish`](Target::finish) but the hook: the target's credential
+    /// and headers, the request's metadata made this target's.
+    fn finish_head(&self, parts: &mut http::request::Parts, model: Option<Arc<str>>) {
         if let Some((name, value)) = &self.credential {
             parts.headers.insert(name.clone(), value.clone());
         }
@@ -380,11 +422,6 @@ impl<S> Target<S> {
             // so the layers below never read the body again.
             meta.retarget(&parts.uri, &parts.headers, model);
         }
-        let mut request = Request::from_parts(parts, body);
-        if let Some(hook) = &self.hook {
-            hook(&mut request);
-        }
-        request
     }
 
     /// [`uri_for`](Target::uri_for), moving `uri` when it goes as it came.
