@@ -271,6 +271,20 @@ fn happy_path(c: &mut Criterion) {
         .build()
         .unwrap();
     bench_call!(group, rt, "stack/tower_llm", stack, request);
+    // The gateway's usual route: the same primary with a backup that may
+    // follow it (the caller's request is kept for the backup).
+    let with_backup = LlmStack::sdk_default()
+        .target("openai", UPSTREAM, |t| t)
+        .target("backup", UPSTREAM, |t| t)
+        .build()
+        .unwrap();
+    bench_call!(
+        group,
+        rt,
+        "stack/tower_llm_with_backup",
+        with_backup,
+        request
+    );
     // Retry outside the breaker, not retrying its rejections (its docs'
     // recommended order).
     let combined =

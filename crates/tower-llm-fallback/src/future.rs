@@ -183,14 +183,19 @@ where
                                 && this.shared.hedge.is_none()
                                 && !keeps_request(this.shared, this.parts.as_deref());
                             let adapted = match (last, this.parts.take()) {
-                                (true, Some(parts)) => match parts.into_owned() {
-                                    Ok(parts) => {
-                                        target.adapt_owned(parts, std::mem::take(this.body))
+                                (true, Some(CallerHead::Owned(parts))) => {
+                                    target.adapt_owned(parts, std::mem::take(this.body))
+                                }
+                                (true, Some(CallerHead::Shared(parts))) => {
+                                    match Arc::try_unwrap(parts) {
+                                        Ok(parts) => {
+                                            target.adapt_owned(parts, std::mem::take(this.body))
+                                        }
+                                        // An earlier target's request still
+                                        // holds them: a copy.
+                                        Err(parts) => target.adapt_request(&parts, this.body),
                                     }
-                                    // An earlier target's request still holds
-                                    // them: a copy.
-                                    Err(parts) => target.adapt_request(&parts, this.body),
-                                },
+                                }
                                 (false, Some(mut parts)) => {
                                     let adapted =
                                         target.adapt_request(&parts, this.body).map(|request| {

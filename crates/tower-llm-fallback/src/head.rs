@@ -42,14 +42,6 @@ impl CallerHead {
         }
     }
 
-    /// The head by value when nothing else holds it, else shared.
-    pub(crate) fn into_owned(self) -> Result<Parts, Arc<Parts>> {
-        match self {
-            CallerHead::Owned(parts) => Ok(parts),
-            CallerHead::Shared(parts) => Arc::try_unwrap(parts),
-        }
-    }
-
     /// The head, shared.
     pub(crate) fn into_shared(self) -> Arc<Parts> {
         match self {
@@ -91,20 +83,21 @@ mod tests {
     }
 
     #[test]
-    fn a_head_is_shared_once_and_given_back_by_value_once_nothing_else_holds_it() {
+    fn a_head_is_shared_once_and_taken_back_once_nothing_else_holds_it() {
         let mut head = head();
         assert!(head.get_mut().is_some());
         let shared = head.share();
         assert_eq!(shared.headers["x-caller"], "1");
         assert_eq!(head.headers["x-caller"], "1");
-        // Held elsewhere: neither changed nor taken.
+        // Held elsewhere: not to be changed.
         assert!(head.get_mut().is_none());
-        let head = match head.into_owned() {
-            Ok(_) => panic!("taken while shared"),
-            Err(parts) => CallerHead::Shared(parts),
-        };
         drop(shared);
-        let parts = head.into_owned().unwrap_or_else(|_| panic!("still shared"));
+        let parts = match head {
+            CallerHead::Shared(parts) => {
+                Arc::try_unwrap(parts).unwrap_or_else(|_| panic!("shared"))
+            }
+            CallerHead::Owned(_) => panic!("not shared"),
+        };
         assert_eq!(parts.uri.path(), "/v1/chat/completions");
     }
 }

@@ -20,13 +20,14 @@ use crate::body::ReplayBody;
     reason = "the request is the usual state; boxing it would allocate on every call"
 )]
 pub(crate) enum Template {
-    /// Kept for the attempts to come, with its body (once read).
-    Kept(Request<ReplayBody>, Bytes),
+    /// Kept for the attempts to come.
+    Kept(Request<ReplayBody>),
     /// Given to the first attempt; the next ones' heads come from the
     /// outer layer that keeps the caller's request.
     Remade {
         remake: Remake,
-        body: Bytes,
+        /// The body, shared by every attempt.
+        body: ReplayBody,
         meta: Option<RequestMeta>,
     },
     /// Given to the last attempt allowed; what the layer still reads of it
@@ -37,19 +38,15 @@ pub(crate) enum Template {
 impl Template {
     /// The request, its body still to be read.
     pub(crate) fn new(parts: http::request::Parts) -> Self {
-        Template::Kept(
-            Request::from_parts(parts, ReplayBody::default()),
-            Bytes::new(),
-        )
+        Template::Kept(Request::from_parts(parts, ReplayBody::default()))
     }
 
     /// Puts the body, read, in the request and reads its metadata, unless
     /// an outer layer did: every attempt carries it, so the layers below
     /// never parse the body again.
     pub(crate) fn set_body(&mut self, bytes: Bytes) {
-        if let Template::Kept(request, body) = self {
-            *request.body_mut() = ReplayBody::new(bytes.clone());
-            *body = bytes;
+        if let Template::Kept(request) = self {
+            *request.body_mut() = ReplayBody::new(bytes);
             // One look when an outer layer read it (the usual case).
             if request.extensions().get::<RequestMeta>().is_none() {
                 RequestMeta::get_or_insert(request);
@@ -64,30 +61,30 @@ impl Template {
     /// it made the same head once already).
     pub(crate) fn attempt(&mut self, last: bool) -> Option<Request<ReplayBody>> {
         match self {
-            Template::Kept(request, body) if !last => {
+            Template::Kept(request) if !last => {
                 let Some(remake) = request.extensions().get::<Remake>().cloned() else {
                     return Some(request.clone());
                 };
                 let next = Template::Remade {
                     remake,
-                    body: body.clone(),
+                    body: request.body().clone(),
                     meta: request.extensions().get::<RequestMeta>().cloned(),
                 };
                 match std::mem::replace(self, next) {
-                    Template::Kept(request, _) => Some(request),
+                    Template::Kept(request) => Some(request),
                     _ => None,
                 }
             }
-            Template::Kept(request, _) => {
+            Template::Kept(request) => {
                 let meta = request.extensions().get::<RequestMeta>().cloned();
                 match std::mem::replace(self, Template::Given(meta)) {
-                    Template::Kept(request, _) => Some(request),
+                    Template::Kept(request) => Some(request),
                     _ => None,
                 }
             }
             Template::Remade { remake, body, .. } => {
                 let head = remake.head()?;
-                Some(Request::from_parts(head, ReplayBody::new(body.clone())))
+                Some(Request::from_parts(head, body.clone()))
             }
             // Not reached: no attempt follows the last.
             Template::Given(_) => None,
@@ -97,7 +94,7 @@ impl Template {
     /// The request's metadata, read when its body was.
     pub(crate) fn meta(&self) -> Option<&RequestMeta> {
         match self {
-            Template::Kept(request, _) => request.extensions().get::<RequestMeta>(),
+            Template::Kept(request) => request.extensions().get::<RequestMeta>(),
             Template::Remade { meta, .. } | Template::Given(meta) => meta.as_ref(),
         }
     }
@@ -127,7 +124,7 @@ mod tests {
         let mut template = kept(None);
         let first = template.attempt(false).unwrap_or_default();
         assert_eq!(first.headers()["x-attempt-header"], "kept");
-        assert!(matches!(template, Template::Kept(..)));
+        assert!(matches!(template, Template::Kept(_)));
         let last = template.attempt(true).unwrap_or_default();
         assert_eq!(last.uri().path(), "/v1/chat/completions");
         assert!(matches!(template, Template::Given(Some(_))));
