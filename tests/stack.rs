@@ -101,6 +101,18 @@ async fn an_exact_route_serves_its_model_before_a_prefix_that_also_matches() {
 }
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_shared_reference_to_the_stack_routes_and_serves_as_the_stack_does() {
+    let (stack, [a, b, c]) = routed().await;
+    // No clone: what a server holding the stack in its state does.
+    let response = (&stack).oneshot(chat("gpt-4o-mini")).await.unwrap();
+    assert_eq!(served_by(&response), Some("b"));
+    let response = (&stack).oneshot(chat("o1")).await.unwrap();
+    assert_eq!(served_by(&response), Some("c"));
+    assert!(a.requests().is_empty());
+    assert_eq!((b.requests().len(), c.requests().len()), (1, 1));
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn a_prefix_route_serves_every_model_that_starts_with_it() {
     let (stack, [a, b, c]) = routed().await;
     assert_eq!(call(&stack, chat("gpt-4o-mini")).await.unwrap(), "b");

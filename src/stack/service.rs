@@ -116,3 +116,24 @@ where
         ResponseFuture::new(Arc::clone(&self.routes), request)
     }
 }
+
+/// A shared reference serves as the stack does, without a clone per call
+/// (a server holding the stack in its state calls `(&stack).oneshot(..)`):
+/// the stack is always ready and its calls share nothing mutable.
+impl<B> Service<Request<B>> for &Stack
+where
+    B: Body,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<StackBody>;
+    type Error = LlmError;
+    type Future = ResponseFuture<B>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), LlmError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        ResponseFuture::new(Arc::clone(&self.routes), request)
+    }
+}

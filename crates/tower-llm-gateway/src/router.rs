@@ -27,9 +27,21 @@ use crate::observe::{Activity, ObserveLayer};
 use crate::shutdown::Closing;
 use crate::{endpoints, health, prometheus, status_page};
 
-/// What every handler shares.
+/// What every handler shares: one reference count to clone per request
+/// (axum clones the state for each handler it calls), not one per field.
 #[derive(Clone)]
-pub(crate) struct Gateway {
+pub(crate) struct Gateway(Arc<GatewayState>);
+
+impl std::ops::Deref for Gateway {
+    type Target = GatewayState;
+
+    fn deref(&self) -> &GatewayState {
+        &self.0
+    }
+}
+
+/// The fields of [`Gateway`].
+pub(crate) struct GatewayState {
     pub(crate) stack: Stack,
     pub(crate) permits: Arc<Semaphore>,
     pub(crate) max_concurrency: usize,
@@ -59,7 +71,7 @@ pub fn router(
     closing: &Closing,
 ) -> Router {
     let max_concurrency = options.max_concurrency.clamp(1, MAX_CONCURRENCY);
-    let gateway = Gateway {
+    let gateway = Gateway(Arc::new(GatewayState {
         stack,
         permits: Arc::new(Semaphore::new(max_concurrency)),
         max_concurrency,
@@ -70,7 +82,7 @@ pub fn router(
         caller_keys: options.caller_keys.as_ref().map(CallerKeys::len),
         activity: Arc::new(Activity::new()),
         ready_requires_upstreams: options.ready_requires_upstreams,
-    };
+    }));
     let activity = Arc::clone(&gateway.activity);
     let limiter = (!options.rate_limits.is_empty()).then(|| {
         let callers = options.caller_keys.as_ref().map_or(1, CallerKeys::len);
