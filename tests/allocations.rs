@@ -97,26 +97,44 @@ where
     stats.allocations + stats.reallocations
 }
 
-#[test]
-fn a_whole_stack_call_allocates_a_pinned_number_of_times() {
+/// Runs `measure` alone (the counters are global) on a runtime with
+/// tokio's timer, which the presets' timeouts need (as every client does).
+fn measured<T>(measure: impl FnOnce() -> T) -> T {
     let _serial = SERIAL.lock().unwrap();
-    // The preset's timeouts need tokio's timer (as every client does).
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()
         .unwrap();
     let _runtime = runtime.enter();
-    let stack = LlmStack::sdk_default()
-        .target("openai", Upstream, |t| t)
-        .build()
-        .unwrap();
-    // Warm up: the breaker for `openai/gpt-4o` is made by the first call.
-    allocations_of_one_call(&stack);
-    // The counters are global: the least of a few calls leaves out what
-    // another thread (the test harness) allocated meanwhile.
-    let least = |service: &dyn Fn() -> usize| (0..5).map(|_| service()).min().unwrap_or(0);
-    let bare = least(&|| allocations_of_one_call(&Upstream));
-    let whole = least(&|| allocations_of_one_call(&stack));
+    measure()
+}
+
+/// The fewest allocations of a few calls through `service`, after one to
+/// warm up (the first call makes the target's breaker): the least leaves
+/// out what another thread (the test harness) allocated meanwhile.
+fn least_of_calls<S, B>(service: &S) -> usize
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<B>> + Clone,
+    S::Error: std::fmt::Debug,
+    B: Body + Unpin,
+    B::Error: std::fmt::Debug,
+{
+    allocations_of_one_call(service);
+    (0..5)
+        .map(|_| allocations_of_one_call(service))
+        .min()
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_whole_stack_call_allocates_a_pinned_number_of_times() {
+    let (bare, whole) = measured(|| {
+        let stack = LlmStack::sdk_default()
+            .target("openai", Upstream, |t| t)
+            .build()
+            .unwrap();
+        (least_of_calls(&Upstream), least_of_calls(&stack))
+    });
     // Measured with this test (stats_alloc, debug build): 20 before issue
     // 13, 18 after it, the bare service 2; 20 again since the presets give
     // every attempt a time limit (issue 14: the attempt's `AttemptEnd` and
@@ -134,27 +152,19 @@ fn a_whole_stack_call_allocates_a_pinned_number_of_times() {
 
 #[test]
 fn a_call_to_a_target_another_may_follow_copies_the_callers_head_once() {
-    let _serial = SERIAL.lock().unwrap();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .unwrap();
-    let _runtime = runtime.enter();
-    let one = LlmStack::sdk_default()
-        .target("openai", Upstream, |t| t)
-        .build()
-        .unwrap();
-    // The usual gateway route: a primary, and a backup that may follow it.
-    let two = LlmStack::sdk_default()
-        .target("openai", Upstream, |t| t)
-        .target("backup", Upstream, |t| t)
-        .build()
-        .unwrap();
-    allocations_of_one_call(&one);
-    allocations_of_one_call(&two);
-    let least = |service: &dyn Fn() -> usize| (0..5).map(|_| service()).min().unwrap_or(0);
-    let one = least(&|| allocations_of_one_call(&one));
-    let two = least(&|| allocations_of_one_call(&two));
+    let (one, two) = measured(|| {
+        let one = LlmStack::sdk_default()
+            .target("openai", Upstream, |t| t)
+            .build()
+            .unwrap();
+        // The usual gateway route: a primary, and a backup that may follow it.
+        let two = LlmStack::sdk_default()
+            .target("openai", Upstream, |t| t)
+            .target("backup", Upstream, |t| t)
+            .build()
+            .unwrap();
+        (least_of_calls(&one), least_of_calls(&two))
+    });
     // Measured with this test (stats_alloc, debug build): 26 with two
     // targets before the fallback said how to remake the head (its copy
     // for the primary, then the retry's copy of that for the first
@@ -273,16 +283,14 @@ fn allocations_of_one_stream(upstream: StreamUpstream, continuations: u32) -> us
 
 #[test]
 fn a_healthy_stream_that_could_be_continued_allocates_nothing_per_event() {
-    let _serial = SERIAL.lock().unwrap();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .unwrap();
-    let _runtime = runtime.enter();
-    let short = allocations_of_one_stream(StreamUpstream::of(50), 4);
-    let long = allocations_of_one_stream(StreamUpstream::of(400), 4);
-    let short0 = allocations_of_one_stream(StreamUpstream::of(50), 0);
-    let long0 = allocations_of_one_stream(StreamUpstream::of(400), 0);
+    let (short, long, short0, long0) = measured(|| {
+        (
+            allocations_of_one_stream(StreamUpstream::of(50), 4),
+            allocations_of_one_stream(StreamUpstream::of(400), 4),
+            allocations_of_one_stream(StreamUpstream::of(50), 0),
+            allocations_of_one_stream(StreamUpstream::of(400), 0),
+        )
+    });
     eprintln!("50 events {short}, 400 events {long}; without continuation {short0}, {long0}");
     // Measured (debug build): 43 and 45 with continuation (58 and 61
     // before the transcript reserved its text and shared one template

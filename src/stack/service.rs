@@ -106,14 +106,12 @@ where
     type Error = LlmError;
     type Future = ResponseFuture<B>;
 
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), LlmError>> {
-        // Fallback is always ready: each target's readiness is awaited
-        // inside its own call, so one busy target never blocks the others.
-        Poll::Ready(Ok(()))
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), LlmError>> {
+        <&Stack as Service<Request<B>>>::poll_ready(&mut &*self, cx)
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        ResponseFuture::new(Arc::clone(&self.routes), request)
+        <&Stack as Service<Request<B>>>::call(&mut &*self, request)
     }
 }
 
@@ -130,6 +128,8 @@ where
     type Future = ResponseFuture<B>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), LlmError>> {
+        // Fallback is always ready: each target's readiness is awaited
+        // inside its own call, so one busy target never blocks the others.
         Poll::Ready(Ok(()))
     }
 

@@ -61,12 +61,11 @@ async fn liveness_answers_anyone_without_asking_the_upstreams() {
 /// With `ready_requires_upstreams`: readiness follows the routes.
 const STRICT_READINESS: &str = "[gateway]\nready_requires_upstreams = true";
 
-#[tokio::test(flavor = "current_thread", start_paused = true)]
-async fn a_route_whose_every_target_is_open_leaves_the_replica_ready_and_is_named_degraded() {
-    let upstream = healthy().await;
-    let gateway = Gateway::start_file(&one_target(&upstream, ""), &[]).await;
+/// One request served (the target's breaker keys exist), then every key
+/// forced open, as an operator or another replica would; the keys.
+async fn serve_once_then_force_open(gateway: &Gateway) -> Vec<std::sync::Arc<str>> {
     assert_eq!(
-        post_chat(&gateway, None, &chat("gpt-4o")).await.status,
+        post_chat(gateway, None, &chat("gpt-4o")).await.status,
         StatusCode::OK
     );
     let keys: Vec<_> = gateway
@@ -75,9 +74,18 @@ async fn a_route_whose_every_target_is_open_leaves_the_replica_ready_and_is_name
         .into_iter()
         .map(|k| k.key)
         .collect();
+    assert!(!keys.is_empty());
     for key in &keys {
         gateway.circuits.force_open(key);
     }
+    keys
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_route_whose_every_target_is_open_leaves_the_replica_ready_and_is_named_degraded() {
+    let upstream = healthy().await;
+    let gateway = Gateway::start_file(&one_target(&upstream, ""), &[]).await;
+    let keys = serve_once_then_force_open(&gateway).await;
     // Every replica sees the provider down alike: none leaves rotation for
     // it (the whole fleet would, and every route with it)…
     let ready = gateway.get("/health/ready").await;
@@ -101,20 +109,7 @@ async fn strict_readiness_is_503_naming_the_route_whose_every_target_is_open_and
     let gateway = Gateway::start_file(&one_target(&upstream, STRICT_READINESS), &[]).await;
     // Never called: nothing says the target cannot take traffic.
     assert_eq!(gateway.get("/health/ready").await.status, StatusCode::OK);
-    assert_eq!(
-        post_chat(&gateway, None, &chat("gpt-4o")).await.status,
-        StatusCode::OK
-    );
-    let keys: Vec<_> = gateway
-        .circuits
-        .snapshot()
-        .into_iter()
-        .map(|k| k.key)
-        .collect();
-    assert!(!keys.is_empty());
-    for key in &keys {
-        gateway.circuits.force_open(key);
-    }
+    let keys = serve_once_then_force_open(&gateway).await;
 
     let unready = gateway.get("/health/ready").await;
     assert_eq!(unready.status, StatusCode::SERVICE_UNAVAILABLE);
