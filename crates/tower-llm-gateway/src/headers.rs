@@ -28,8 +28,12 @@ pub const CONTINUED_TRAILER: &str = "x-tower-llm-continued";
 pub(crate) fn keep_to_gateway(headers: &mut HeaderMap) {
     // One look at the names present (an answer has a handful), then a
     // removal only for those that must stay here: removing each listed
-    // name in turn would hash some twenty names per answer.
+    // name in turn would hash some twenty names per answer. The usual few
+    // (a stream's `transfer-encoding`) are noted in place, with no
+    // allocation; a list only past eight.
+    let mut few: [Option<HeaderName>; 8] = [const { None }; 8];
     let mut kept: Vec<HeaderName> = Vec::new();
+    let mut count = 0;
     for name in headers.keys() {
         let listed = HOP_BY_HOP_HEADERS
             .iter()
@@ -38,7 +42,11 @@ pub(crate) fn keep_to_gateway(headers: &mut HeaderMap) {
             .any(|listed| *listed == name.as_str())
             || name.as_str().starts_with("x-tower-llm-");
         if listed {
-            kept.push(name.clone());
+            match few.get_mut(count) {
+                Some(slot) => *slot = Some(name.clone()),
+                None => kept.push(name.clone()),
+            }
+            count += 1;
         }
     }
     if headers.contains_key(header::CONNECTION) {
@@ -51,7 +59,7 @@ pub(crate) fn keep_to_gateway(headers: &mut HeaderMap) {
                 .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok()),
         );
     }
-    for name in kept {
+    for name in few.into_iter().flatten().chain(kept) {
         headers.remove(name);
     }
 }
@@ -79,5 +87,52 @@ pub(crate) fn passed_targets(report: &FallbackReport) -> String {
 pub(crate) fn set(headers: &mut HeaderMap, name: &'static str, value: &str) {
     if let Ok(value) = HeaderValue::from_str(value) {
         headers.insert(HeaderName::from_static(name), value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(names: &[&str]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for name in names {
+            headers.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap_or(header::WARNING),
+                HeaderValue::from_static("v"),
+            );
+        }
+        headers
+    }
+
+    #[test]
+    fn an_answers_hop_by_hop_account_and_own_headers_stay_at_the_gateway() {
+        let mut headers = answer(&[
+            "content-type",
+            "transfer-encoding",
+            "openai-organization",
+            "set-cookie",
+            "x-tower-llm-target",
+            "x-request-id",
+            "x-listed",
+        ]);
+        headers.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-listed"),
+        );
+        keep_to_gateway(&mut headers);
+        let left: Vec<_> = headers.keys().map(HeaderName::as_str).collect();
+        assert_eq!(left, ["content-type", "x-request-id"]);
+    }
+
+    #[test]
+    fn more_listed_headers_than_noted_in_place_all_stay_at_the_gateway() {
+        let names: Vec<String> = (0..12).map(|i| format!("x-tower-llm-{i}")).collect();
+        let mut all: Vec<&str> = names.iter().map(String::as_str).collect();
+        all.push("content-type");
+        let mut headers = answer(&all);
+        keep_to_gateway(&mut headers);
+        let left: Vec<_> = headers.keys().map(HeaderName::as_str).collect();
+        assert_eq!(left, ["content-type"]);
     }
 }
