@@ -387,3 +387,59 @@ async fn a_retried_attempt_to_a_target_a_backup_may_follow_is_the_first_attempts
         assert_eq!(headers, first_headers);
     }
 }
+
+/// A stack as another stack's target client: the outer fallback's way to
+/// remake its request must stay with the outer retry. Every retry of the
+/// inner stack goes to the inner target, with the inner credential.
+/// (Found in review: the outer `Remake` rode into the inner stack, whose
+/// retries were then sent to the outer target's URL with its credential.)
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn an_inner_stacks_retries_go_to_its_own_target_never_the_outer_ones() {
+    use http::HeaderValue;
+    let inner_up = Simulator::builder()
+        .plan(tower_llm_testkit::FaultPlan::script([
+            Fault::status(503),
+            Fault::status(503),
+        ]))
+        .start()
+        .await
+        .unwrap();
+    let outer_url = Simulator::start().await.unwrap();
+    let backup = Simulator::start().await.unwrap();
+    let inner = LlmStack::sdk_default()
+        .target("inner", client(), |t| {
+            t.base_url(base(&inner_up)).credential(
+                http::header::AUTHORIZATION,
+                HeaderValue::from_static("Bearer sk-inner"),
+            )
+        })
+        .build()
+        .unwrap();
+    let outer = LlmStack::sdk_default()
+        .target("outer", inner, |t| {
+            t.base_url(base(&outer_url)).credential(
+                http::header::AUTHORIZATION,
+                HeaderValue::from_static("Bearer sk-outer"),
+            )
+        })
+        .target("backup", client(), |t| t.base_url(base(&backup)))
+        .build()
+        .unwrap();
+    let body = r#"{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}"#;
+    let response = outer
+        .oneshot(post("/v1/chat/completions", body))
+        .await
+        .unwrap();
+    assert_eq!(served_by(&response), Some("outer"));
+    assert!(
+        outer_url.requests().is_empty(),
+        "a retry left the inner stack"
+    );
+    assert!(backup.requests().is_empty());
+    let attempts = inner_up.requests();
+    assert_eq!(attempts.len(), 3, "two failures, then the answer");
+    for attempt in &attempts {
+        assert!(attempt.carries_credential("Bearer sk-inner"));
+        assert!(!attempt.carries_credential("Bearer sk-outer"));
+    }
+}

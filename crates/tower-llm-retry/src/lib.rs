@@ -83,6 +83,14 @@
 //!   it, not a caller that went away: each attempt's request carries an
 //!   [`AttemptEnd`](tower_llm_classify::AttemptEnd) that says so, set
 //!   before the attempt is dropped, so a silent upstream opens its breaker.
+//! - **The request is read once.** Its body is read into `Bytes` once and
+//!   shared by every attempt; the last attempt the policy allows takes the
+//!   request itself, earlier ones a copy of its head. A request whose outer
+//!   layer keeps the caller's request anyway (`Fallback`, for a target
+//!   another may follow) says how to make its head again
+//!   ([`Remake`](tower_llm_classify::replay::Remake)): the first attempt
+//!   then takes the request as it is, and a head is remade only for an
+//!   attempt after a failure.
 //!
 //! # Why budgets and not only max attempts?
 //!

@@ -62,7 +62,9 @@ impl Template {
     pub(crate) fn attempt(&mut self, last: bool) -> Option<Request<ReplayBody>> {
         match self {
             Template::Kept(request) if !last => {
-                let Some(remake) = request.extensions().get::<Remake>().cloned() else {
+                // Taken out: it is this layer's to use, never to pass on (a
+                // stack below would remake its own attempts with it).
+                let Some(remake) = request.extensions_mut().remove::<Remake>() else {
                     return Some(request.clone());
                 };
                 let next = Template::Remade {
@@ -76,6 +78,7 @@ impl Template {
                 }
             }
             Template::Kept(request) => {
+                request.extensions_mut().remove::<Remake>();
                 let meta = request.extensions().get::<RequestMeta>().cloned();
                 match std::mem::replace(self, Template::Given(meta)) {
                     Template::Kept(request) => Some(request),
@@ -148,8 +151,10 @@ mod tests {
         });
         let mut template = kept(Some(remake));
         let first = template.attempt(false).unwrap_or_default();
-        // The request itself: nothing made or copied for it.
+        // The request itself: nothing made or copied for it, and the remake
+        // kept here, not passed on.
         assert_eq!(first.headers()["x-attempt-header"], "kept");
+        assert!(first.extensions().get::<Remake>().is_none());
         assert_eq!(remade.load(Ordering::Relaxed), 0);
         assert!(template.meta().is_some(), "the model stays known for logs");
         for last in [false, true] {
@@ -157,6 +162,13 @@ mod tests {
             assert_eq!(next.headers()["x-attempt-header"], "remade");
         }
         assert_eq!(remade.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn a_remake_is_never_passed_on_even_to_the_only_attempt() {
+        let mut template = kept(Some(Remake::new(|| None)));
+        let only = template.attempt(true).unwrap_or_default();
+        assert!(only.extensions().get::<Remake>().is_none());
     }
 
     #[test]

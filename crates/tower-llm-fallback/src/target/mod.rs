@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use tower_llm_classify::replay::Remake;
 
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Request, Uri};
@@ -332,6 +333,9 @@ impl<S> Target<S> {
             }
         }
         *request.extensions_mut() = parts.extensions.clone();
+        // An outer layer's way to remake its own request is not this
+        // target's: a retry below would remake its attempts with it.
+        request.extensions_mut().remove::<Remake>();
         Ok(request.into_parts().0)
     }
 
@@ -370,6 +374,7 @@ impl<S> Target<S> {
         for name in &dropped[..count] {
             parts.headers.remove(*name);
         }
+        parts.extensions.remove::<Remake>();
         Ok(self.finish(Request::from_parts(parts, Full::new(body)), model))
     }
 
