@@ -315,6 +315,19 @@ async fn a_providers_rate_limit_reaches_the_caller_without_its_organization() {
 
 // ---- a retried attempt is the request the first attempt was ---------------
 
+/// A simulator that answers 503 twice, then serves: a request retried
+/// twice by `sdk_default`'s three attempts.
+async fn failing_twice() -> Simulator {
+    Simulator::builder()
+        .plan(tower_llm_testkit::FaultPlan::script([
+            Fault::status(503),
+            Fault::status(503),
+        ]))
+        .start()
+        .await
+        .unwrap()
+}
+
 /// A target a backup may follow has its further attempts' heads made again
 /// from the caller's request (no copy kept for them): each must be the
 /// first attempt's request, to the header — the target's URL, credential,
@@ -322,14 +335,7 @@ async fn a_providers_rate_limit_reaches_the_caller_without_its_organization() {
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn a_retried_attempt_to_a_target_a_backup_may_follow_is_the_first_attempts_request() {
     use http::{HeaderName, HeaderValue};
-    let primary = Simulator::builder()
-        .plan(tower_llm_testkit::FaultPlan::script([
-            Fault::status(503),
-            Fault::status(503),
-        ]))
-        .start()
-        .await
-        .unwrap();
+    let primary = failing_twice().await;
     let backup = Simulator::start().await.unwrap();
     let stack = LlmStack::sdk_default()
         .target("primary", client(), |t| {
@@ -396,14 +402,7 @@ async fn a_retried_attempt_to_a_target_a_backup_may_follow_is_the_first_attempts
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn an_inner_stacks_retries_go_to_its_own_target_never_the_outer_ones() {
     use http::HeaderValue;
-    let inner_up = Simulator::builder()
-        .plan(tower_llm_testkit::FaultPlan::script([
-            Fault::status(503),
-            Fault::status(503),
-        ]))
-        .start()
-        .await
-        .unwrap();
+    let inner_up = failing_twice().await;
     let outer_url = Simulator::start().await.unwrap();
     let backup = Simulator::start().await.unwrap();
     let inner = LlmStack::sdk_default()
