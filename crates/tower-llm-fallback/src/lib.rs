@@ -51,6 +51,16 @@
 //! first-content guard) moves on invisibly. After content has
 //! reached the caller, a failure is a stream-incomplete error
 //! ([`FallbackBody`]), never a silent switch of provider mid-answer.
+//!
+//! The caller's body is read once into `Bytes` and each target's request
+//! shares it; its head is kept for the targets after the one called, and
+//! a target another may follow gets one copy of it
+//! (`target/adapt.rs`). With
+//! [`remake_attempts`](FallbackBuilder::remake_attempts) (what `LlmStack`
+//! sets, where each target's service is its retry layer) that request also
+//! says how to make its head again
+//! ([`Remake`](tower_llm_classify::replay::Remake)), so the retry sends it
+//! as its first attempt instead of copying it once more.
 
 #![forbid(unsafe_code)]
 
