@@ -140,21 +140,43 @@ where
 /// assert_eq!(head.uri.path(), "/v1/chat/completions");
 /// ```
 #[derive(Clone)]
-pub struct Remake(std::sync::Arc<RemakeFn>);
+pub struct Remake(std::sync::Arc<dyn RemakeHead>);
 
-/// What makes a head again: `None` when it cannot (the retry then ends
-/// with the failure it has).
-type RemakeFn = dyn Fn() -> Option<http::request::Parts> + Send + Sync;
+/// What makes a request's head again for a [`Remake`]: a closure
+/// ([`Remake::new`]), or a value the outer layer keeps anyway, shared
+/// ([`Remake::shared`]: no allocation of its own). `None` when it cannot
+/// (the retry then ends with a failure rather than send another request).
+pub trait RemakeHead: Send + Sync {
+    /// A new head, the same as the first.
+    fn head(&self) -> Option<http::request::Parts>;
+}
+
+/// A closure as a [`RemakeHead`].
+struct MadeBy<F>(F);
+
+impl<F> RemakeHead for MadeBy<F>
+where
+    F: Fn() -> Option<http::request::Parts> + Send + Sync,
+{
+    fn head(&self) -> Option<http::request::Parts> {
+        (self.0)()
+    }
+}
 
 impl Remake {
     /// Makes heads with `make`.
     pub fn new(make: impl Fn() -> Option<http::request::Parts> + Send + Sync + 'static) -> Self {
-        Remake(std::sync::Arc::new(make))
+        Remake(std::sync::Arc::new(MadeBy(make)))
+    }
+
+    /// Makes heads with `head`, shared with whoever else holds it.
+    pub fn shared(head: std::sync::Arc<dyn RemakeHead>) -> Self {
+        Remake(head)
     }
 
     /// A new head, the same as the first.
     pub fn head(&self) -> Option<http::request::Parts> {
-        (self.0)()
+        self.0.head()
     }
 }
 

@@ -10,7 +10,7 @@ use http::{Request, Response};
 use http_body::Body;
 use http_body_util::Full;
 use pin_project_lite::pin_project;
-use tower_llm_classify::replay::{ReadBody, Remake};
+use tower_llm_classify::replay::ReadBody;
 use tower_llm_classify::stream::CaptureTranscript;
 use tower_llm_classify::{BoxError, ErrorKind, LlmError, RequestMeta};
 use tower_service::Service;
@@ -34,7 +34,7 @@ pin_project! {
         #[pin]
         state: State<S, S::Future, B>,
         shared: Arc<Shared<S>>,
-        parts: Option<CallerHead>,
+        parts: Option<CallerHead<S>>,
         body: Bytes,
         // Where the request is among the groups, the route the last failure
         // set, and the context window of the target that was too small.
@@ -187,7 +187,7 @@ where
                                     target.adapt_owned(parts, std::mem::take(this.body))
                                 }
                                 (true, Some(CallerHead::Shared(parts))) => {
-                                    match Arc::try_unwrap(parts) {
+                                    match parts.try_unwrap() {
                                         Ok(parts) => {
                                             target.adapt_owned(parts, std::mem::take(this.body))
                                         }
@@ -471,7 +471,7 @@ fn served<S, RB>(
     index: usize,
     failures: &mut Vec<(Arc<str>, LlmError)>,
     response: Response<RB>,
-    request: (Option<CallerHead>, Bytes),
+    request: (Option<CallerHead<S>>, Bytes),
     tracker: Option<Tracker>,
 ) -> Response<FallbackBody<RB>>
 where
@@ -534,7 +534,7 @@ fn record<S, F>(
 }
 
 /// The request a pick is for, while the future holds it.
-fn pick_request<'a>(parts: &'a Option<CallerHead>, body: &'a Bytes) -> PickRequest<'a> {
+fn pick_request<'a, S>(parts: &'a Option<CallerHead<S>>, body: &'a Bytes) -> PickRequest<'a> {
     parts.as_deref().map(|parts| (parts, body))
 }
 
@@ -545,7 +545,7 @@ fn pick_request<'a>(parts: &'a Option<CallerHead>, body: &'a Bytes) -> PickReque
 fn remade_by<S>(
     shared: &Arc<Shared<S>>,
     index: usize,
-    parts: &mut CallerHead,
+    parts: &mut CallerHead<S>,
     body: &Bytes,
     mut request: Request<Full<Bytes>>,
 ) -> Request<Full<Bytes>>
@@ -555,9 +555,7 @@ where
     if !shared.remake_attempts || !shared.targets[index].remakes_heads() {
         return request;
     }
-    let (shared, parts, body_empty) = (Arc::clone(shared), parts.share(), body.is_empty());
-    request.extensions_mut().insert(Remake::new(move || {
-        shared.targets[index].adapt_head(&parts, body_empty).ok()
-    }));
+    let remake = parts.remake_for(shared, body.is_empty(), index);
+    request.extensions_mut().insert(remake);
     request
 }

@@ -85,7 +85,7 @@ impl ContinuationReport {
 pub(crate) struct Resume<S> {
     pub(crate) shared: Arc<Shared<S>>,
     /// The caller's request head, shared by every continuation of it.
-    pub(crate) parts: Arc<http::request::Parts>,
+    pub(crate) parts: crate::head::SharedHead<S>,
     pub(crate) body: Bytes,
     pub(crate) dialect: Dialect,
     /// The target that sent the segment being read.
@@ -138,14 +138,14 @@ where
                     .is_supported()
             })
             .filter(|i| !self.shared.refuses_prefill(*i))
-            .filter(|i| self.shared.targets[*i].takes(Some(&self.parts)))
+            .filter(|i| self.shared.targets[*i].takes(Some(&*self.parts)))
             .collect();
         if order.is_empty() {
             return None;
         }
         self.left -= 1;
         let shared = Arc::clone(&self.shared);
-        let parts = Arc::clone(&self.parts);
+        let parts = self.parts.clone();
         let body = self.body.clone();
         let dialect = self.dialect;
         let delivered = delivered.clone();
@@ -235,7 +235,7 @@ pub(crate) fn splices(dialect: Dialect) -> bool {
 pub(crate) fn resumable<S, B>(
     shared: &Arc<Shared<S>>,
     index: usize,
-    request: (Option<crate::head::CallerHead>, Bytes),
+    request: (Option<crate::head::CallerHead<S>>, Bytes),
     head: &mut http::response::Parts,
 ) -> Option<(Box<dyn Resumable<B>>, FirstDelivered)>
 where
@@ -260,7 +260,7 @@ where
     head.extensions.insert(report.clone());
     let resume = Resume {
         shared: Arc::clone(shared),
-        parts: parts.into_shared(),
+        parts: parts.into_shared(shared, body.is_empty()),
         body,
         dialect,
         current: index,
