@@ -22,6 +22,7 @@ use tower_llm::fallback::continuation::ContinuationReport;
 
 use crate::config::LONGEST_TIMEOUT;
 use crate::headers::CONTINUED_TRAILER;
+use crate::shutdown::Closed;
 
 pin_project_lite::pin_project! {
     /// A response body that holds a concurrency permit until it ends or is
@@ -40,7 +41,8 @@ pin_project_lite::pin_project! {
         #[pin]
         body: B,
         // Resolves when the shutdown grace period is over.
-        closed: Pin<Box<dyn Future<Output = ()> + Send>>,
+        #[pin]
+        closed: Closed,
         // Fires at the earliest moment the body may have been silent for
         // `idle_timeout`; moved on lazily (see `silent_too_long`), so a
         // frame costs a clock read, not a timer update. `None`: no limit.
@@ -73,7 +75,7 @@ impl<B> ResponseBody<B> {
     pub(crate) fn new(
         body: B,
         permit: OwnedSemaphorePermit,
-        closed: Pin<Box<dyn Future<Output = ()> + Send>>,
+        closed: Closed,
         idle_timeout: Duration,
         in_band: Option<Dialect>,
     ) -> Self {
@@ -205,7 +207,7 @@ where
             );
             Poll::Ready(Some(Ok(Frame::data(error_event(dialect, &classification)))))
         };
-        if this.closed.as_mut().poll(cx).is_ready() {
+        if this.closed.poll(cx).is_ready() {
             let shut_down = LlmError::local(ErrorKind::Overloaded, "the gateway shut down");
             return fail(Box::new(shut_down));
         }

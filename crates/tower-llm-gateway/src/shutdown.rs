@@ -1,7 +1,7 @@
 //! Shutting down gracefully: the signals that start it, and the handle
 //! that ends what still runs once the grace period is over.
 
-use std::future::Future;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 /// Tells every request and stream still running that the grace period
 /// after a shutdown signal is over: they end at once (a request waiting on
@@ -14,25 +14,26 @@ use std::future::Future;
 ///
 /// Cheap: clones share one state.
 #[derive(Clone, Debug)]
-pub struct Closing(tokio::sync::watch::Sender<bool>);
+pub struct Closing(CancellationToken);
+
+/// The future [`Closing::closed`] gives: named, so a response body holds it
+/// pinned in place (no box per request).
+pub(crate) type Closed = WaitForCancellationFutureOwned;
 
 impl Closing {
     /// A handle, not closing yet.
     pub fn new() -> Self {
-        Closing(tokio::sync::watch::Sender::new(false))
+        Closing(CancellationToken::new())
     }
 
     /// Ends every request and stream still running.
     pub(crate) fn close(&self) {
-        self.0.send_replace(true);
+        self.0.cancel();
     }
 
     /// Resolves once closing (at once if already).
-    pub(crate) fn closed(&self) -> impl Future<Output = ()> + Send + 'static {
-        let mut watch = self.0.subscribe();
-        async move {
-            let _ = watch.wait_for(|closed| *closed).await;
-        }
+    pub(crate) fn closed(&self) -> Closed {
+        self.0.clone().cancelled_owned()
     }
 }
 
