@@ -1,6 +1,7 @@
 //! The gateway's routes over a stack, with its inbound limits and, when
 //! caller keys are set, the key check in front of every route.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -10,7 +11,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use http::{StatusCode, header};
+use http::{HeaderValue, StatusCode, header};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::Semaphore;
 use tower::util::option_layer;
@@ -55,6 +56,8 @@ pub(crate) struct GatewayState {
     pub(crate) activity: Arc<Activity>,
     /// Whether readiness fails on a route with no target able to serve.
     pub(crate) ready_requires_upstreams: bool,
+    /// Each target's name as the `x-tower-llm-target` value, made once.
+    pub(crate) target_values: HashMap<String, HeaderValue>,
 }
 
 /// The gateway's routes over `stack`, with its inbound limits and, when
@@ -71,6 +74,7 @@ pub fn router(
     closing: &Closing,
 ) -> Router {
     let max_concurrency = options.max_concurrency.clamp(1, MAX_CONCURRENCY);
+    let target_values = target_values(&stack);
     let gateway = Gateway(Arc::new(GatewayState {
         stack,
         permits: Arc::new(Semaphore::new(max_concurrency)),
@@ -82,6 +86,7 @@ pub fn router(
         caller_keys: options.caller_keys.as_ref().map(CallerKeys::len),
         activity: Arc::new(Activity::new()),
         ready_requires_upstreams: options.ready_requires_upstreams,
+        target_values,
     }));
     let activity = Arc::clone(&gateway.activity);
     let limiter = (!options.rate_limits.is_empty()).then(|| {
@@ -218,4 +223,21 @@ where
         }
         Poll::Ready(Ok(response.into_response()))
     }
+}
+
+/// Every target's name as a header value, made once: a clone per answer is
+/// a reference count (cloned here once, so that its bytes are shared from
+/// the start), not a copy. A name that is no header value is left out (the
+/// answer then copies it, or leaves the header out, as before).
+fn target_values(stack: &Stack) -> HashMap<String, HeaderValue> {
+    let mut values = HashMap::new();
+    for (_, targets) in stack.routes() {
+        for name in targets {
+            if let Ok(value) = HeaderValue::from_str(name) {
+                drop(value.clone());
+                values.insert(name.to_owned(), value);
+            }
+        }
+    }
+    values
 }

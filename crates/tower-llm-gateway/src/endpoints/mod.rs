@@ -144,11 +144,22 @@ pub(crate) async fn forward(endpoint: &Endpoint, gateway: Gateway, request: Requ
     // Counted, timed and logged by `observe`, from the headers set here.
     let (mut head, body) = response.into_parts();
     keep_to_gateway(&mut head.headers);
-    set(
-        &mut head.headers,
-        TARGET_HEADER,
-        target.as_deref().unwrap_or("-"),
-    );
+    // The target's name as made once at start-up (no copy per answer).
+    let served_by = match target.as_deref() {
+        Some(name) => gateway.target_values.get(name).cloned(),
+        None => Some(HeaderValue::from_static("-")),
+    };
+    match served_by {
+        Some(value) => {
+            head.headers
+                .insert(HeaderName::from_static(TARGET_HEADER), value);
+        }
+        None => set(
+            &mut head.headers,
+            TARGET_HEADER,
+            target.as_deref().unwrap_or("-"),
+        ),
+    }
     head.headers.insert(
         HeaderName::from_static(ATTEMPTS_HEADER),
         attempts_value(attempts),
