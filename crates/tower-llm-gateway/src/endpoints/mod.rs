@@ -37,9 +37,10 @@ use axum::body::Body;
 use axum::extract::Request;
 use axum::response::Response;
 use bytes::Bytes;
-use http::{HeaderName, HeaderValue, StatusCode, header};
-use http_body_util::{BodyExt, Full};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use http_body_util::Full;
 use tower::ServiceExt;
+use tower_llm::classify::replay::ReadBody;
 use tower_llm::classify::stream::Dialect;
 use tower_llm::fallback::continuation::ContinuationReport;
 use tower_llm::fallback::{FallbackReport, Protocol};
@@ -85,7 +86,7 @@ pub(crate) struct Endpoint {
 
 /// Serves one request on `endpoint`: the shared handler path.
 pub(crate) async fn forward(endpoint: &Endpoint, gateway: Gateway, request: Request) -> Response {
-    let (parts, body) = request.into_parts();
+    let (mut parts, body) = request.into_parts();
     let wants_trailers = parts.headers.get_all(header::TE).iter().any(|v| {
         v.as_bytes()
             .windows(8)
@@ -112,18 +113,8 @@ pub(crate) async fn forward(endpoint: &Endpoint, gateway: Gateway, request: Requ
     let mut upstream = http::Request::new(Full::new(body));
     *upstream.method_mut() = http::Method::POST;
     *upstream.uri_mut() = http::Uri::from_static(endpoint.upstream_path);
-    for name in FORWARDED {
-        if let Some(value) = parts.headers.get(&name) {
-            upstream.headers_mut().insert(name, value.clone());
-        }
-    }
-    for name in endpoint.also_forwarded {
-        if let Some(value) = parts.headers.get(*name) {
-            upstream
-                .headers_mut()
-                .insert(HeaderName::from_static(name), value.clone());
-        }
-    }
+    *upstream.headers_mut() =
+        forwarded_headers(std::mem::take(&mut parts.headers), endpoint.also_forwarded);
     upstream.extensions_mut().insert(endpoint.protocol);
     // Through a shared reference: no clone of the stack per request.
     let call = (&gateway.stack).oneshot(upstream);
@@ -196,6 +187,31 @@ pub(crate) async fn forward(endpoint: &Endpoint, gateway: Gateway, request: Requ
     Response::from_parts(head, Body::new(body))
 }
 
+/// The caller's headers that go on to a target: [`FORWARDED`] and the
+/// endpoint's `also` (every value of each), nothing else. The caller's map
+/// is kept and the rest taken out of it (an allocation-free pass for the
+/// usual handful of headers); a request with very many builds a new map.
+fn forwarded_headers(mut headers: HeaderMap, also: &[&str]) -> HeaderMap {
+    let kept = |name: &HeaderName| FORWARDED.contains(name) || also.contains(&name.as_str());
+    let mut dropped: [Option<HeaderName>; 16] = [const { None }; 16];
+    for (count, name) in headers.keys().filter(|name| !kept(name)).enumerate() {
+        match dropped.get_mut(count) {
+            Some(slot) => *slot = Some(name.clone()),
+            None => {
+                let mut only = HeaderMap::new();
+                for (name, value) in headers.iter().filter(|(name, _)| kept(name)) {
+                    only.append(name.clone(), value.clone());
+                }
+                return only;
+            }
+        }
+    }
+    for name in dropped.into_iter().flatten() {
+        headers.remove(name);
+    }
+    headers
+}
+
 /// The request body, whole, read within `timeout` (counted from the end of
 /// the request head) and the body limit; otherwise the answer to send.
 async fn read_body(
@@ -204,13 +220,15 @@ async fn read_body(
     closing: &Closing,
     errors: ErrorShape,
 ) -> Result<Bytes, Response> {
-    let read = tokio::time::timeout(timeout, body.collect());
+    // Read as the stack reads it: a body of one frame is kept as it is, no
+    // buffer list (tower-http's limit below the router bounds its size).
+    let read = tokio::time::timeout(timeout, ReadBody::new(body, usize::MAX));
     let read = tokio::select! {
         read = read => read,
         () = closing.closed() => return Err(errors.shutting_down()),
     };
     match read {
-        Ok(Ok(body)) => Ok(body.to_bytes()),
+        Ok(Ok(body)) => Ok(body),
         Ok(Err(error)) if is_length_limit(&error) => Err(errors.payload_too_large()),
         // Most often the caller went away: the answer goes nowhere.
         Ok(Err(error)) => Err(errors.gateway_error(
@@ -253,4 +271,66 @@ pub(crate) fn is_length_limit(error: &(dyn std::error::Error + 'static)) -> bool
         error = e.source();
     }
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn caller(extra: usize) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for (name, value) in [
+            ("content-type", "application/json"),
+            ("accept", "text/event-stream"),
+            ("user-agent", "OpenAI/Python 1.50"),
+            ("anthropic-beta", "a"),
+            ("anthropic-beta", "b"),
+            ("authorization", "Bearer sk-caller"),
+            ("x-api-key", "sk-caller"),
+            ("cookie", "session=1"),
+            ("host", "gateway.example.com"),
+            ("connection", "keep-alive"),
+            ("x-custom", "1"),
+        ] {
+            headers.append(
+                HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            );
+        }
+        for i in 0..extra {
+            if let Ok(name) = HeaderName::from_bytes(format!("x-extra-{i}").as_bytes()) {
+                headers.insert(name, HeaderValue::from_static("1"));
+            }
+        }
+        headers
+    }
+
+    fn names(headers: &HeaderMap) -> Vec<(String, String)> {
+        let mut all: Vec<_> = headers
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_str().unwrap_or("?").to_owned()))
+            .collect();
+        all.sort();
+        all
+    }
+
+    #[test]
+    fn only_the_listed_headers_go_on_every_value_of_each_and_never_a_credential() {
+        let expected = [
+            ("accept", "text/event-stream"),
+            ("anthropic-beta", "a"),
+            ("anthropic-beta", "b"),
+            ("content-type", "application/json"),
+            ("user-agent", "OpenAI/Python 1.50"),
+        ]
+        .map(|(n, v)| (n.to_owned(), v.to_owned()));
+        // In place (a handful to drop), and through a new map (many).
+        for extra in [0, 40] {
+            let kept = forwarded_headers(caller(extra), &["anthropic-beta"]);
+            assert_eq!(names(&kept), expected, "{extra} extra headers");
+        }
+        let kept = forwarded_headers(caller(0), &[]);
+        assert!(!kept.contains_key("anthropic-beta"));
+        assert_eq!(kept.len(), 3);
+    }
 }
