@@ -2,26 +2,20 @@
 //! caller keys are set, the key check in front of every route.
 
 use std::collections::HashMap;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use axum::Router;
-use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use http::{HeaderValue, StatusCode, header};
+use http::{HeaderValue, StatusCode};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::Semaphore;
+use tower::ServiceBuilder;
 use tower::util::option_layer;
-use tower::{Layer, Service, ServiceBuilder};
-use tower_http::limit::RequestBodyLimitLayer;
 use tower_llm::stack::Stack;
 
 use crate::auth::{self, CallerKeys};
 use crate::config::{GatewayOptions, MAX_CONCURRENCY};
-use crate::endpoints::ErrorShape;
 use crate::error::error_json;
 use crate::limits::{self, Limiter};
 use crate::observe::{Activity, ObserveLayer};
@@ -58,6 +52,8 @@ pub(crate) struct GatewayState {
     pub(crate) ready_requires_upstreams: bool,
     /// Each target's name as the `x-tower-llm-target` value, made once.
     pub(crate) target_values: HashMap<String, HeaderValue>,
+    /// The largest request body.
+    pub(crate) max_body_bytes: usize,
 }
 
 /// The gateway's routes over `stack`, with its inbound limits and, when
@@ -87,6 +83,7 @@ pub fn router(
         activity: Arc::new(Activity::new()),
         ready_requires_upstreams: options.ready_requires_upstreams,
         target_values,
+        max_body_bytes: options.max_body_bytes,
     }));
     let activity = Arc::clone(&gateway.activity);
     let limiter = (!options.rate_limits.is_empty()).then(|| {
@@ -136,12 +133,12 @@ pub fn router(
                 // read.
                 .layer(option_layer(limiter.map(|limiter| {
                     axum::middleware::from_fn_with_state(limiter, limits::admit)
-                })))
-                // tower-http refuses a declared length over the limit at
-                // once and cuts a chunked body at it; either way the answer
-                // is made in the endpoint's provider's shape.
-                .layer(Shaped413Layer)
-                .layer(RequestBodyLimitLayer::new(options.max_body_bytes)),
+                }))),
+            // The body limit is the endpoints' own (`endpoints::forward`
+            // reads every body there is to read): a declared length over it
+            // is refused at once, a chunked body cut at it, in the
+            // endpoint's provider's shape, with no layer wrapping the
+            // request and response bodies of every route for it.
         )
         .with_state(gateway);
     // Outermost: a caller without a key learns nothing, not even whether a
@@ -152,76 +149,6 @@ pub fn router(
             auth::require_key,
         )),
         None => router,
-    }
-}
-
-/// Gives tower-http's bare 413 the endpoint's provider's shape (a tower
-/// layer: no boxing per request).
-#[derive(Clone, Copy, Debug)]
-struct Shaped413Layer;
-
-impl<S> Layer<S> for Shaped413Layer {
-    type Service = Shaped413<S>;
-
-    fn layer(&self, inner: S) -> Shaped413<S> {
-        Shaped413 { inner }
-    }
-}
-
-/// The service of [`Shaped413Layer`].
-#[derive(Clone, Debug)]
-struct Shaped413<S> {
-    inner: S,
-}
-
-impl<S, B> Service<axum::extract::Request> for Shaped413<S>
-where
-    S: Service<axum::extract::Request, Response = http::Response<B>>,
-    http::Response<B>: IntoResponse,
-{
-    type Response = Response;
-    type Error = S::Error;
-    type Future = Shaped413Future<S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: axum::extract::Request) -> Self::Future {
-        Shaped413Future {
-            shape: ErrorShape::of_path(request.uri().path()),
-            inner: self.inner.call(request),
-        }
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// The future of [`Shaped413`].
-    struct Shaped413Future<F> {
-        #[pin]
-        inner: F,
-        shape: ErrorShape,
-    }
-}
-
-impl<F, B, E> Future for Shaped413Future<F>
-where
-    F: Future<Output = Result<http::Response<B>, E>>,
-    http::Response<B>: IntoResponse,
-{
-    type Output = Result<Response, E>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let response = ready!(this.inner.poll(cx))?;
-        let is_json = response
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
-        if response.status() == StatusCode::PAYLOAD_TOO_LARGE && !is_json {
-            return Poll::Ready(Ok(this.shape.payload_too_large()));
-        }
-        Poll::Ready(Ok(response.into_response()))
     }
 }
 

@@ -31,7 +31,6 @@ mod models;
 mod responses;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::Request;
@@ -40,6 +39,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use http_body_util::Full;
 use tower::ServiceExt;
+use tower_llm::classify::ErrorKind;
 use tower_llm::classify::replay::ReadBody;
 use tower_llm::classify::stream::Dialect;
 use tower_llm::fallback::continuation::ContinuationReport;
@@ -52,7 +52,6 @@ use crate::headers::{
     keep_to_gateway, passed_targets, set,
 };
 use crate::router::Gateway;
-use crate::shutdown::Closing;
 
 pub(crate) use chat::chat_completions;
 pub(crate) use completions::completions;
@@ -95,7 +94,16 @@ pub(crate) async fn forward(endpoint: &Endpoint, gateway: Gateway, request: Requ
     let errors = endpoint.errors;
     // The whole body first, then a permit: a caller trickling its body
     // holds its connection, never a slot other callers need.
-    let body = match read_body(body, gateway.request_body_timeout, &gateway.closing, errors).await {
+    // A declared length over the limit is refused before anything is read.
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|length| length > gateway.max_body_bytes as u64) {
+        return errors.payload_too_large();
+    }
+    let body = match read_body(body, &gateway, errors).await {
         Ok(body) => body,
         Err(response) => return response,
     };
@@ -214,22 +222,20 @@ fn forwarded_headers(mut headers: HeaderMap, also: &[&str]) -> HeaderMap {
 
 /// The request body, whole, read within `timeout` (counted from the end of
 /// the request head) and the body limit; otherwise the answer to send.
-async fn read_body(
-    body: Body,
-    timeout: Duration,
-    closing: &Closing,
-    errors: ErrorShape,
-) -> Result<Bytes, Response> {
+async fn read_body(body: Body, gateway: &Gateway, errors: ErrorShape) -> Result<Bytes, Response> {
+    let timeout = gateway.request_body_timeout;
     // Read as the stack reads it: a body of one frame is kept as it is, no
-    // buffer list (tower-http's limit below the router bounds its size).
-    let read = tokio::time::timeout(timeout, ReadBody::new(body, usize::MAX));
+    // buffer list; cut at the limit (a chunked body declares no length).
+    let read = tokio::time::timeout(timeout, ReadBody::new(body, gateway.max_body_bytes));
     let read = tokio::select! {
         read = read => read,
-        () = closing.closed() => return Err(errors.shutting_down()),
+        () = gateway.closing.closed() => return Err(errors.shutting_down()),
     };
     match read {
         Ok(Ok(body)) => Ok(body),
-        Ok(Err(error)) if is_length_limit(&error) => Err(errors.payload_too_large()),
+        Ok(Err(error)) if error.kind() == ErrorKind::PayloadTooLarge => {
+            Err(errors.payload_too_large())
+        }
         // Most often the caller went away: the answer goes nowhere.
         Ok(Err(error)) => Err(errors.gateway_error(
             StatusCode::BAD_REQUEST,
@@ -260,8 +266,8 @@ async fn read_body(
     }
 }
 
-/// Whether `error`, or an error under it, is the body limit cutting the
-/// request body.
+/// Whether `error`, or an error under it, is a body limit cutting a body
+/// (`http_body_util::Limited`'s error).
 pub(crate) fn is_length_limit(error: &(dyn std::error::Error + 'static)) -> bool {
     let mut error = Some(error);
     while let Some(e) = error {
