@@ -92,8 +92,6 @@ pub(crate) async fn forward(endpoint: &Endpoint, gateway: Gateway, request: Requ
             .any(|w| w.eq_ignore_ascii_case(b"trailers"))
     });
     let errors = endpoint.errors;
-    // The whole body first, then a permit: a caller trickling its body
-    // holds its connection, never a slot other callers need.
     // A declared length over the limit is refused before anything is read.
     let declared = parts
         .headers
@@ -103,6 +101,8 @@ pub(crate) async fn forward(endpoint: &Endpoint, gateway: Gateway, request: Requ
     if declared.is_some_and(|length| length > gateway.max_body_bytes as u64) {
         return errors.payload_too_large();
     }
+    // The whole body first, then a permit: a caller trickling its body
+    // holds its connection, never a slot other callers need.
     let body = match read_body(body, &gateway, errors).await {
         Ok(body) => body,
         Err(response) => return response,
