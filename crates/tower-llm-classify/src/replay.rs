@@ -5,7 +5,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, Bytes};
 use http_body::Body;
 use pin_project_lite::pin_project;
 
@@ -32,7 +32,7 @@ pin_project! {
         #[pin]
         body: B,
         first: Option<Bytes>,
-        rest: Option<BytesMut>,
+        rest: Option<Vec<u8>>,
         limit: usize,
     }
 }
@@ -64,7 +64,14 @@ where
             match ready!(this.body.as_mut().poll_frame(cx)) {
                 None => {
                     return Poll::Ready(Ok(match this.rest.take() {
-                        Some(all) => all.freeze(),
+                        Some(mut all) => {
+                            // Kept for the whole request (every attempt
+                            // sends it): no room left over from growing.
+                            if all.capacity() - all.len() > all.len() / 8 {
+                                all.shrink_to_fit();
+                            }
+                            Bytes::from(all)
+                        }
                         None => this.first.take().unwrap_or_default(),
                     }));
                 }
@@ -79,7 +86,7 @@ where
                         continue; // trailers are not replayed
                     };
                     let len = this.first.as_ref().map_or(0, Bytes::len)
-                        + this.rest.as_ref().map_or(0, BytesMut::len)
+                        + this.rest.as_ref().map_or(0, Vec::len)
                         + data.remaining();
                     if len > *this.limit {
                         let message = format!(
@@ -95,7 +102,13 @@ where
                     match (this.first.as_ref(), this.rest.as_mut()) {
                         (None, None) => *this.first = Some(chunk),
                         (Some(_), None) => {
-                            let mut all = BytesMut::with_capacity(len);
+                            // Room for what the body says is still to come
+                            // (a declared length: no growing), within the
+                            // limit.
+                            let coming = usize::try_from(this.body.size_hint().lower())
+                                .unwrap_or(usize::MAX);
+                            let room = len.saturating_add(coming).min(*this.limit).max(len);
+                            let mut all = Vec::with_capacity(room);
                             all.extend_from_slice(&this.first.take().unwrap_or_default());
                             all.extend_from_slice(&chunk);
                             *this.rest = Some(all);
