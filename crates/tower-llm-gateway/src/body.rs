@@ -22,7 +22,6 @@ use tower_llm::fallback::continuation::ContinuationReport;
 
 use crate::config::LONGEST_TIMEOUT;
 use crate::headers::CONTINUED_TRAILER;
-use crate::shutdown::Closed;
 
 pin_project_lite::pin_project! {
     /// A response body that holds a concurrency permit until it ends or is
@@ -41,8 +40,7 @@ pin_project_lite::pin_project! {
         #[pin]
         body: B,
         // Resolves when the shutdown grace period is over.
-        #[pin]
-        closed: Closed,
+        closed: Pin<Box<dyn Future<Output = ()> + Send>>,
         // Fires at the earliest moment the body may have been silent for
         // `idle_timeout`; moved on lazily (see `silent_too_long`), so a
         // frame costs a clock read, not a timer update. `None`: no limit.
@@ -75,7 +73,7 @@ impl<B> ResponseBody<B> {
     pub(crate) fn new(
         body: B,
         permit: OwnedSemaphorePermit,
-        closed: Closed,
+        closed: Pin<Box<dyn Future<Output = ()> + Send>>,
         idle_timeout: Duration,
         in_band: Option<Dialect>,
     ) -> Self {
@@ -207,7 +205,7 @@ where
             );
             Poll::Ready(Some(Ok(Frame::data(error_event(dialect, &classification)))))
         };
-        if this.closed.poll(cx).is_ready() {
+        if this.closed.as_mut().poll(cx).is_ready() {
             let shut_down = LlmError::local(ErrorKind::Overloaded, "the gateway shut down");
             return fail(Box::new(shut_down));
         }

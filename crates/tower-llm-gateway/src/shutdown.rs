@@ -1,7 +1,7 @@
 //! Shutting down gracefully: the signals that start it, and the handle
 //! that ends what still runs once the grace period is over.
 
-use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use std::future::Future;
 
 /// Tells every request and stream still running that the grace period
 /// after a shutdown signal is over: they end at once (a request waiting on
@@ -13,27 +13,31 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 /// # Clone
 ///
 /// Cheap: clones share one state.
+/// A `watch` rather than tokio-util's `CancellationToken`, whose owned
+/// future would save the response body a box: every request and stream
+/// watches this one signal, and a token locks one mutex, shared by all of
+/// them, on each clone, drop and poll, where a watch's readers take a read
+/// lock and wait on sharded notifiers (tried, and turned back after review).
 #[derive(Clone, Debug)]
-pub struct Closing(CancellationToken);
-
-/// The future [`Closing::closed`] gives: named, so a response body holds it
-/// pinned in place (no box per request).
-pub(crate) type Closed = WaitForCancellationFutureOwned;
+pub struct Closing(tokio::sync::watch::Sender<bool>);
 
 impl Closing {
     /// A handle, not closing yet.
     pub fn new() -> Self {
-        Closing(CancellationToken::new())
+        Closing(tokio::sync::watch::Sender::new(false))
     }
 
     /// Ends every request and stream still running.
     pub(crate) fn close(&self) {
-        self.0.cancel();
+        self.0.send_replace(true);
     }
 
     /// Resolves once closing (at once if already).
-    pub(crate) fn closed(&self) -> Closed {
-        self.0.clone().cancelled_owned()
+    pub(crate) fn closed(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut watch = self.0.subscribe();
+        async move {
+            let _ = watch.wait_for(|closed| *closed).await;
+        }
     }
 }
 

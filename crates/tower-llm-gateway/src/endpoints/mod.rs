@@ -184,7 +184,7 @@ pub(crate) async fn forward(endpoint: &Endpoint, gateway: Gateway, request: Requ
     let mut body = body::ResponseBody::new(
         body,
         permit,
-        gateway.closing.closed(),
+        Box::pin(gateway.closing.closed()),
         gateway.stream_idle_timeout,
         dialect,
     )
