@@ -63,6 +63,18 @@ fn over_an_empty(budget: &Arc<RetryBudget>) -> (Retry<Mock>, Handle) {
 
 /// A budget of one retry per first attempt over a minute, no floor: the
 /// tests below never see a deposit expire.
+/// Answers the first attempt with `error`, after spending the deposit
+/// that attempt's call made, so that the budget is empty for its retry.
+async fn fail_first_with_deposit_spent(
+    handle: &mut Handle,
+    budget: &Arc<RetryBudget>,
+    error: LlmError,
+) {
+    let (_, send) = handle.next_request().await.unwrap();
+    assert!(budget.withdraw());
+    send.send_error(error);
+}
+
 fn budget() -> Arc<RetryBudget> {
     Arc::new(RetryBudget::new(Duration::from_secs(60), 0, 1.0).unwrap())
 }
@@ -199,12 +211,9 @@ async fn a_budget_emptied_during_the_wait_ends_the_call_when_the_wait_is_over() 
 async fn an_empty_budget_ends_the_call_without_waiting() {
     let budget = budget();
     let (mut service, mut handle) = over_an_empty(&budget);
-    // Spend the deposit this call makes, too.
     let spender = Arc::clone(&budget);
     let answer = async move {
-        let (_, send) = handle.next_request().await.unwrap();
-        assert!(spender.withdraw());
-        send.send_error(overloaded());
+        fail_first_with_deposit_spent(&mut handle, &spender, overloaded()).await;
         handle
     };
     let started = tokio::time::Instant::now();
@@ -241,10 +250,7 @@ async fn a_retry_after_a_local_refusal_takes_nothing_from_the_budget() {
     let (mut service, mut handle) = over_an_empty(&budget);
     let spender = Arc::clone(&budget);
     let answer = async move {
-        let (_, send) = handle.next_request().await.unwrap();
-        // Spend this call's own deposit too.
-        assert!(spender.withdraw());
-        send.send_error(refused_here());
+        fail_first_with_deposit_spent(&mut handle, &spender, refused_here()).await;
         let (_, send) = handle.next_request().await.unwrap();
         send.send_response(Response::new(Full::from("ok")));
         handle
