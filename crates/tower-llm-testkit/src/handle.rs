@@ -268,7 +268,7 @@ pub(crate) async fn handle(
             return Ok(error_response(&shared, &ex, &Failure::Overloaded, None));
         }
     };
-    let fault = shared.next_fault();
+    let fault = shared.next_fault(&body);
     if let Some(record) = record.as_mut() {
         record.fault = Some(fault.clone());
     }

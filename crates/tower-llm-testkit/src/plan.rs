@@ -47,12 +47,18 @@ enum Kind {
         seed: u64,
         entries: Vec<(f64, Fault)>,
         otherwise: Fault,
+        /// Draw by the request's body and how many times it came, not by
+        /// arrival order ([`FaultPlan::per_request`]).
+        per_request: bool,
     },
 }
 
 /// Draws of the plan use their own stream of random numbers, apart from
 /// latency draws.
 const PLAN_PURPOSE: u64 = 0x706C_616E;
+
+/// The draw index of a request keyed by its body has its own stream too.
+const REQUEST_PURPOSE: u64 = 0x7265_7175;
 
 impl FaultPlan {
     /// Every request is answered healthily.
@@ -82,6 +88,7 @@ impl FaultPlan {
             seed,
             entries: Vec::new(),
             otherwise: Fault::ok(),
+            per_request: false,
         }))
     }
 
@@ -128,6 +135,64 @@ impl FaultPlan {
         self
     }
 
+    /// For a random mix: draw each request's fault from its body and how
+    /// many times that body has come, instead of from the order in which
+    /// requests arrive. The `k`-th arrival of the same body gets the fault
+    /// drawn for (body, `k`) — see [`fault_for_request`](Self::fault_for_request).
+    ///
+    /// This is the method of *common random numbers* for comparing
+    /// systems: two clients that send the same requests, each the same
+    /// number of times, meet exactly the same faults whatever the order in
+    /// which their attempts interleave, so a difference between their
+    /// results is a difference in what they do, not in what they drew.
+    /// Under arrival order, one client's extra or earlier retry shifts
+    /// every later request's draw. Written `;per_request` in the text form.
+    /// Only sensible when the requests of a run differ (each carries its
+    /// own id, say): identical bodies share one sequence of draws.
+    pub fn per_request(mut self) -> Self {
+        if let Kind::Random { per_request, .. } = Arc::make_mut(&mut self.0) {
+            *per_request = true;
+        }
+        self
+    }
+
+    /// Whether faults are drawn per request body ([`per_request`](Self::per_request)).
+    pub fn is_per_request(&self) -> bool {
+        matches!(
+            &*self.0,
+            Kind::Random {
+                per_request: true,
+                ..
+            }
+        )
+    }
+
+    /// The fault of the `k`-th arrival (from 0) of a request whose body is
+    /// `body`, for a plan drawn [`per_request`](Self::per_request). A plan
+    /// drawn by arrival order answers with its fault for index `k`.
+    ///
+    /// ```
+    /// use tower_llm_testkit::{Fault, FaultPlan};
+    ///
+    /// let plan = FaultPlan::random(7).with(0.5, Fault::server_error(503)).per_request();
+    /// // The same request and arrival always meet the same fault...
+    /// let first = plan.fault_for_request(b"request 1", 0).clone();
+    /// assert_eq!(plan.fault_for_request(b"request 1", 0), &first);
+    /// // ...and over many requests about half of first arrivals fail.
+    /// let failed = (0..1000)
+    ///     .filter(|i| !plan.fault_for_request(format!("request {i}").as_bytes(), 0).is_healthy())
+    ///     .count();
+    /// assert!((400..600).contains(&failed), "{failed}");
+    /// ```
+    pub fn fault_for_request(&self, body: &[u8], k: u64) -> &Fault {
+        match &*self.0 {
+            Kind::Random {
+                per_request: true, ..
+            } => self.fault_for(key(fnv1a(body), k, REQUEST_PURPOSE)),
+            _ => self.fault_for(k),
+        }
+    }
+
     /// The seed of a random mix (`None` for other plans).
     pub fn seed(&self) -> Option<u64> {
         match &*self.0 {
@@ -152,6 +217,7 @@ impl FaultPlan {
                 seed,
                 entries,
                 otherwise,
+                ..
             } => {
                 let u = unit(key(*seed, n, PLAN_PURPOSE));
                 entries
@@ -192,6 +258,7 @@ impl fmt::Display for FaultPlan {
                 seed,
                 entries,
                 otherwise,
+                per_request,
             } => {
                 f.write_str("rate=")?;
                 let mut used = 0.0;
@@ -207,6 +274,9 @@ impl fmt::Display for FaultPlan {
                 }
                 if *seed != 0 {
                     write!(f, ";seed={seed}")?;
+                }
+                if *per_request {
+                    f.write_str(";per_request")?;
                 }
                 Ok(())
             }
@@ -225,6 +295,14 @@ fn write_list<'a>(
         write!(f, "{fault}")?;
     }
     Ok(())
+}
+
+/// FNV-1a over `bytes`: a hash of a request body that stays the same
+/// across runs, platforms and toolchains (std's `DefaultHasher` may change).
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xCBF2_9CE4_8422_2325, |hash, &b| {
+        (hash ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01B3)
+    })
 }
 
 /// Probabilities print with at most 6 decimals (cumulative sums drift).

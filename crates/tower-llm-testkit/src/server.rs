@@ -1,9 +1,11 @@
 //! The HTTP side: the accept loop, each connection, and the state they share.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use bytes::Bytes;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
@@ -41,11 +43,13 @@ pub(crate) struct Config {
     pub(crate) rate_window: Option<crate::ratelimit::RateWindow>,
 }
 
-/// A plan with its own request count.
+/// A plan with its own request count (and, for a plan drawn per request,
+/// how many times each body has come).
 #[derive(Debug)]
 pub(crate) struct ActivePlan {
     pub(crate) plan: FaultPlan,
     next: AtomicU64,
+    arrivals: Mutex<HashMap<Bytes, u64>>,
 }
 
 impl ActivePlan {
@@ -53,6 +57,7 @@ impl ActivePlan {
         Arc::new(ActivePlan {
             plan,
             next: AtomicU64::new(0),
+            arrivals: Mutex::new(HashMap::new()),
         })
     }
 }
@@ -88,10 +93,20 @@ impl Shared {
         }
     }
 
-    pub(crate) fn next_fault(&self) -> Fault {
+    /// The fault of the request with `body` that reaches the plan now.
+    pub(crate) fn next_fault(&self, body: &Bytes) -> Fault {
         let active = Arc::clone(&self.plan.read().unwrap_or_else(|p| p.into_inner()));
         let n = active.next.fetch_add(1, Ordering::Relaxed);
-        active.plan.fault_for(n).clone()
+        if !active.plan.is_per_request() {
+            return active.plan.fault_for(n).clone();
+        }
+        let k = {
+            let mut arrivals = active.arrivals.lock().unwrap_or_else(|p| p.into_inner());
+            let count = arrivals.entry(body.clone()).or_insert(0);
+            *count += 1;
+            *count - 1
+        };
+        active.plan.fault_for_request(body, k).clone()
     }
 
     pub(crate) fn latency(&self) -> Delay {

@@ -5,7 +5,9 @@
 //!         | "always=" fault
 //!         | "script=" fault,… [";then=" fault]   one per request, then healthy (or `then`)
 //!         | "cycle=" fault,…                      the script, over and over
-//!         | "rate=" p:fault,… [";then=" fault] [";seed=" n]   seeded random mix
+//!         | "rate=" p:fault,… [";then=" fault] [";seed=" n] [";per_request"]
+//!                                         seeded random mix (per_request: drawn by
+//!                                         body and arrival count, not arrival order)
 //! fault  := base ("+latency=" delay | "+tokens=" delay | "+first=" delay
 //!                | "+prefill=" ("continue" | "ignore" | "refuse"))*
 //! base   := "ok" | "stall" | "reset" | "close" | "truncate"
@@ -69,9 +71,12 @@ impl FromStr for FaultPlan {
         let head = parts.next().unwrap_or_default().trim();
         let mut then = None;
         let mut seed = None;
+        let mut per_request = false;
         for option in parts {
             let option = option.trim();
-            if let Some(fault) = option.strip_prefix("then=") {
+            if option == "per_request" {
+                per_request = true;
+            } else if let Some(fault) = option.strip_prefix("then=") {
                 then = Some(fault.parse::<Fault>()?);
             } else if let Some(n) = option.strip_prefix("seed=") {
                 seed = Some(
@@ -81,7 +86,7 @@ impl FromStr for FaultPlan {
             } else {
                 return Err(ParseError::new(
                     s,
-                    format!("unknown option `{option}` (expected then= or seed=)"),
+                    format!("unknown option `{option}` (expected then=, seed= or per_request)"),
                 ));
             }
         }
@@ -106,9 +111,17 @@ impl FromStr for FaultPlan {
                 }
                 plan = plan.with(p, fault.parse()?);
             }
+            if per_request {
+                plan = plan.per_request();
+            }
             plan
         } else if seed.is_some() {
             return Err(ParseError::new(s, "seed= only applies to rate= plans"));
+        } else if per_request {
+            return Err(ParseError::new(
+                s,
+                "per_request only applies to rate= plans",
+            ));
         } else if let Some(list) = head.strip_prefix("script=") {
             FaultPlan::script(parse_list(list)?)
         } else if let Some(list) = head.strip_prefix("cycle=") {

@@ -93,6 +93,45 @@ async fn a_seeded_mix_gives_the_same_faults_every_run() {
     );
 }
 
+#[tokio::test]
+async fn a_mix_drawn_per_request_gives_each_request_its_faults_whatever_the_arrival_order() {
+    let plan = FaultPlan::random(5)
+        .with(0.5, Fault::server_error(503))
+        .per_request();
+    // Every request three times: all in turn, then each one's three at once.
+    let models: Vec<String> = (0..8).map(|i| format!("model-{i}")).collect();
+    let in_turn: Vec<&String> = (0..3).flat_map(|_| models.iter()).collect();
+    let grouped: Vec<&String> = models.iter().rev().flat_map(|m| [m, m, m]).collect();
+    let mut seen = Vec::new();
+    for order in [in_turn, grouped] {
+        let sim = Simulator::builder()
+            .plan(plan.clone())
+            .start()
+            .await
+            .unwrap();
+        let client = client();
+        let mut by_request = std::collections::BTreeMap::<&String, Vec<u16>>::new();
+        for model in order {
+            let body = chat_body(Api::OpenAiChat, model, false);
+            let status = send(&client, &sim, Api::OpenAiChat, &body)
+                .await
+                .unwrap()
+                .status;
+            by_request.entry(model).or_default().push(status.as_u16());
+        }
+        seen.push(by_request);
+    }
+    assert_eq!(
+        seen[0], seen[1],
+        "the k-th arrival of a body meets the same fault"
+    );
+    let statuses: Vec<u16> = seen[0].values().flatten().copied().collect();
+    assert!(
+        statuses.contains(&503) && statuses.contains(&200),
+        "{statuses:?}"
+    );
+}
+
 #[test]
 fn a_mix_draws_each_fault_at_its_rate() {
     let plan: FaultPlan = "rate=0.2:503,0.05:reset,0.02:429".parse().unwrap();
@@ -193,6 +232,7 @@ fn every_plan_form_round_trips() {
         "cycle=503,ok",
         "rate=0.2:503,0.05:reset",
         "rate=0.1:drop@2;then=ok+latency=20ms;seed=42",
+        "rate=0.2:503;seed=3;per_request",
         "script=drop@40;then=ok+prefill=refuse",
     ] {
         let plan: FaultPlan = text.parse().unwrap_or_else(|e| panic!("{text}: {e}"));

@@ -1,9 +1,10 @@
 //! The random-failure scenarios under several fault seeds: `transient`
-//! and `rate_limit` fail calls at random, so one seed's table says which
-//! of two contenders drew the luckier sequence as much as which retries
-//! better (a few requests in 2,000 or 3,000 either way; reqwest-retry's
-//! jitter is not seeded at all). Ten seeds of each fault plan, every
-//! contender under each, give each contender's mean success and its spread.
+//! and `rate_limit` fail calls at random. Their plans are drawn per request
+//! (the same faults for the same attempts, whoever sends them), so within
+//! one seed contenders differ only by what they do; ten seeds of each plan,
+//! every contender under each, show how far that holds across fault
+//! sequences (reqwest-retry's jitter is not seeded at all, so its timing
+//! still moves between runs).
 
 use std::cell::Cell;
 
