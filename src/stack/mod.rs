@@ -397,13 +397,15 @@ impl LlmStack {
                 .circuit
                 .clone()
                 .key_by(KeyBy::TargetModel(Arc::clone(&name)));
-            let below = circuit.layer(layers.classify.layer(client));
+            let below = layers.classify.layer(client);
             let circuits = layers.circuit.handle();
             if layers.adaptive_limit {
-                let below = circuit.adaptive_limit().layer(below);
+                // The limit and the breaker as one layer: one key lookup,
+                // one future, one body wrapper per attempt.
+                let below = circuit.with_adaptive_limit().layer(below);
                 target_services(&layers.retry, name, circuits, below)
             } else {
-                target_services(&layers.retry, name, circuits, below)
+                target_services(&layers.retry, name, circuits, circuit.layer(below))
             }
         });
         self.targets.push((settings, make));

@@ -1,8 +1,9 @@
 //! Uncongested overhead per call of the adaptive limit, in one run: the
 //! bare service, the circuit alone, the adaptive limit above the circuit
-//! (sharing its keys, as a stack puts them), the limit alone, and tower's
-//! fixed `ConcurrencyLimit` (alone and above the circuit). Issue 15 asks
-//! ≤ 50 ns for the limit over the circuit alone.
+//! (sharing its keys), the two as one layer (`with_adaptive_limit`, as a
+//! stack puts them), the limit alone, and tower's fixed `ConcurrencyLimit`
+//! (alone and above the circuit). Issue 15 asks ≤ 50 ns for the limit
+//! over the circuit alone.
 //!
 //! ```text
 //! cargo bench -p tower-llm-circuit --bench adaptive_limit
@@ -78,6 +79,10 @@ fn uncongested(c: &mut Criterion) {
         circuit
             .adaptive_limit()
             .layer(circuit.layer(Upstream::EMPTY))
+    );
+    bench!(
+        "circuit_with_adaptive_limit",
+        circuit.with_adaptive_limit().layer(Upstream::EMPTY)
     );
     bench!(
         "adaptive_limit_alone",

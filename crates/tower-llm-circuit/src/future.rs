@@ -16,6 +16,7 @@ use tower_llm_classify::{
 
 pub use crate::adaptive::LimitFuture;
 
+use crate::adaptive::{LimitTicket, Sample};
 use crate::body::{CircuitBody, FirstContent};
 use crate::breaker::{Breaker, CooldownCause, Outcome, Permit};
 use crate::pacing::Pace;
@@ -44,6 +45,10 @@ pub(crate) struct PermitGuard {
     pub(crate) slow_start: bool,
     /// A probe's request token: remembered by the breaker if it fails.
     pub(crate) token: Option<u64>,
+    /// The call's room under the key's adaptive limit, when the limit is
+    /// part of this layer (`LimitedCircuit`): freed with the outcome, the
+    /// limit learning from it as the standalone layer's would.
+    pub(crate) limit: Option<LimitTicket>,
 }
 
 /// With a first-content limit: the request's stream dialect and provider,
@@ -88,14 +93,32 @@ impl PermitGuard {
         self.breaker.record(self.permit, outcome, slow, now);
     }
 
+    /// The response head arrived (the adaptive limit times it).
+    #[inline]
+    pub(crate) fn head(&mut self) {
+        self.answered = true;
+        if let Some(ticket) = self.limit.as_mut() {
+            ticket.head(&self.breaker);
+        }
+    }
+
+    // The breaker records first, the limit learns after: a probe whose
+    // success closes the breaker restarts the limit, and the success then
+    // counts in the restarted limit (as with the limit stacked above).
     pub(crate) fn succeeded(mut self) {
         self.finish(Outcome::Success);
+        if let Some(ticket) = self.limit.take() {
+            ticket.succeeded(&self.breaker);
+        }
     }
 
     /// A failure of the call: counted as the classification says, and a
     /// rate limit or exhausted quota starts a cooldown.
     pub(crate) fn failed(mut self, c: &Classification) {
         self.fail(c);
+        if let Some(ticket) = self.limit.take() {
+            ticket.failed(&self.breaker, c);
+        }
     }
 
     fn fail(&mut self, c: &Classification) {
@@ -144,9 +167,21 @@ impl PermitGuard {
 
 impl Drop for PermitGuard {
     fn drop(&mut self) {
-        if self.done {
-            return;
+        if !self.done {
+            self.end_without_outcome();
         }
+        // Room the call held and no outcome freed: the limit learns
+        // nothing from a call ended from outside (as the standalone
+        // layer's permit, dropped with its future or body).
+        if let Some(ticket) = self.limit.take() {
+            ticket.release(&self.breaker, Sample::Nothing);
+        }
+    }
+}
+
+impl PermitGuard {
+    /// Dropped before its outcome was known.
+    fn end_without_outcome(&mut self) {
         // Ended by the layer above: a failure like any other (a probe
         // concludes with it). Resilience4j counts a call its TimeLimiter
         // cut as a failure; Envoy's outlier detection counts local-origin
@@ -306,6 +341,9 @@ where
                     let refused = head.status == http::StatusCode::TOO_MANY_REQUESTS;
                     report_pace(pace, guard, (!refused).then_some(&head.headers));
                     let mut guard = guard.take();
+                    if let Some(g) = guard.as_mut() {
+                        g.head();
+                    }
                     // An error status that reached us as a response (no
                     // Classify below): judge it by its status and headers.
                     if (head.status.is_client_error() || head.status.is_server_error())
@@ -324,9 +362,6 @@ where
                         && let Some(g) = guard.take()
                     {
                         g.succeeded();
-                    }
-                    if let Some(g) = guard.as_mut() {
-                        g.answered = true;
                     }
                     let first_content = match (&guard, *stream_kind) {
                         (Some(_), Some(kind)) => first_content(&head, kind),

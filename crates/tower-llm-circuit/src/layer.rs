@@ -68,6 +68,14 @@ impl CircuitLayer {
         crate::AdaptiveLimitLayer::sharing(Arc::clone(&self.registry), self.key_by.clone())
     }
 
+    /// This layer with its [`adaptive_limit`](Self::adaptive_limit) in
+    /// front, as one layer: the same decisions as the two stacked, with
+    /// one key lookup, one future and one body wrapper per call (what
+    /// `LlmStack` puts in each target's stack).
+    pub fn with_adaptive_limit(&self) -> crate::LimitedCircuitLayer {
+        crate::LimitedCircuitLayer::new(self.clone())
+    }
+
     /// A handle on the breakers.
     pub fn handle(&self) -> crate::CircuitHandle {
         crate::CircuitHandle::new(Arc::clone(&self.registry))

@@ -15,6 +15,14 @@
 //! worked, the request was wrong. Rate limits do not count at all: a hinted
 //! 429 puts the key in a cooldown until the hinted instant instead.
 //!
+//! A key that sheds load (overloaded answers) is busy, not down: its
+//! adaptive concurrency limit ([`AdaptiveLimitLayer`], on the same keys
+//! with [`CircuitLayer::adaptive_limit`]) lowers what is sent to it
+//! instead. Stacked above the circuit it is two layers; as one,
+//! [`CircuitLayer::with_adaptive_limit`] makes a [`LimitedCircuit`] that
+//! decides the same with one key lookup, one future and one body wrapper
+//! per call (what `LlmStack` uses).
+//!
 //! Every answer's rate-limit headers also pace their key ahead of the 429:
 //! a call what is left cannot cover is not sent but answered at once,
 //! rate limited with the wait until the reset as its hint (see
@@ -113,6 +121,7 @@ pub mod future;
 mod handle;
 mod key;
 mod layer;
+mod limited;
 mod pacing;
 mod registry;
 mod service;
@@ -131,6 +140,7 @@ pub use config::{CircuitConfig, CircuitConfigBuilder, ConfigError};
 pub use handle::{AlreadySharing, CircuitHandle, ProbeResult};
 pub use key::{KeyBy, KeyFn, KeyInput};
 pub use layer::CircuitLayer;
+pub use limited::{LimitedCircuit, LimitedCircuitLayer, LimitedFuture};
 pub use pacing::{PaceBucket, PaceLimits, PacingConfig, PacingSnapshot, SharedPacing};
 pub use service::Circuit;
 pub use settings::{CircuitSettings, ENV_VARS};

@@ -13,11 +13,13 @@ use tower_llm_classify::{
 };
 use tower_service::Service;
 
+use crate::adaptive::{LimitTicket, Sample};
 use crate::body::CircuitBody;
-use crate::breaker::Rejection;
+use crate::breaker::{Breaker, Rejection};
 use crate::cache;
-use crate::future::{PermitGuard, ResponseFuture};
+use crate::future::{PermitGuard, ResponseFuture, StreamKind};
 use crate::key::{KeyBy, KeyInput};
+use crate::pacing::Pace;
 use crate::registry::Registry;
 
 /// Stops sending requests to a key (provider/model by default) that keeps
@@ -126,26 +128,104 @@ where
     }
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
-        // The one clock read of a call, turned into the registry's time
-        // only when something needs it.
-        let clock = Instant::now();
+        let found = self.find(&mut request, None);
+        let admission = self.admit(&mut request, found, None);
+        self.dispatch(request, admission)
+    }
+}
+
+/// Whether a call goes, and what its response future then needs.
+pub(crate) enum Admission {
+    Called {
+        guard: PermitGuard,
+        stream_kind: Option<StreamKind>,
+        pace: Pace,
+    },
+    Refused(LlmError),
+}
+
+/// What a call's request says for the circuit: its key's breaker, and
+/// what its outcome will need.
+pub(crate) struct Found {
+    pub(crate) breaker: Arc<Breaker>,
+    /// The clock, when it was read: a closed key of a registry that needs
+    /// no times is found and admitted without it.
+    clock: Option<Instant>,
+    streaming: bool,
+    stream_kind: Option<StreamKind>,
+    tokens: Option<u64>,
+}
+
+impl<S> Circuit<S> {
+    /// The request's key's breaker (`known`, when the caller holds it
+    /// already) and what the call's outcome will need.
+    // Always inlined (here and in `LimitedCircuit`): outlined, the request
+    // and the key lookup's closure cost more than the call's own work.
+    #[inline(always)]
+    pub(crate) fn find<B: 'static>(
+        &self,
+        request: &mut Request<B>,
+        known: Option<Arc<Breaker>>,
+    ) -> Found {
         let registry = &self.registry;
-        let (breaker, streaming, stream_kind, tokens) = with_key_input(&mut request, |input| {
+        // The clock is read here only when the registry's outcomes need
+        // times; else only when the key is not closed (or once in a while,
+        // to note the key's use).
+        let clock = registry.timed.then(Instant::now);
+        with_key_input(request, |input| {
             let stream_kind = registry
                 .config
                 .slow_first_content
                 .map(|_| (input.meta.dialect, input.meta.provider));
-            let breaker = cache::breaker_for(registry, &self.key_by, input, clock);
-            let tokens = input.meta.estimated_tokens();
-            (breaker, input.meta.stream, stream_kind, tokens)
-        });
+            let breaker = known.unwrap_or_else(|| match clock {
+                Some(clock) => cache::breaker_for(registry, &self.key_by, input, clock),
+                None => cache::breaker_for_untimed(registry, &self.key_by, input),
+            });
+            Found {
+                breaker,
+                clock,
+                streaming: input.meta.stream,
+                stream_kind,
+                tokens: input.meta.estimated_tokens(),
+            }
+        })
+    }
+
+    /// Admits the call (pacing, then the breaker) and calls, or refuses
+    /// it. `limit` is the room the call holds under the key's adaptive
+    /// limit when the limit is part of this layer ([`LimitedCircuit`]): it
+    /// rides with the call's permit to the outcome, and a call this layer
+    /// refuses frees it at once (its own refusals teach the limit nothing,
+    /// as they teach the standalone layer above nothing).
+    ///
+    /// [`LimitedCircuit`]: crate::LimitedCircuit
+    #[inline(always)]
+    pub(crate) fn admit<B>(
+        &self,
+        request: &mut Request<B>,
+        found: Found,
+        limit: Option<LimitTicket>,
+    ) -> Admission {
+        let Found {
+            breaker,
+            clock,
+            streaming,
+            stream_kind,
+            tokens,
+        } = found;
+        let registry = &self.registry;
+        let refused = |breaker: &Breaker, limit: Option<LimitTicket>, error: LlmError| {
+            if let Some(ticket) = limit {
+                ticket.release(breaker, Sample::Nothing);
+            }
+            Admission::Refused(error)
+        };
         // A call its key's rate limits would refuse is not sent (a call
         // refused by the breaker below hands its reservation back).
-        let pace = match registry.pacing.admit(breaker_key(&breaker), tokens, || {
-            registry.since_start(clock)
-        }) {
+        let now = || registry.since_start(clock.unwrap_or_else(Instant::now));
+        let pace = match registry.pacing.admit(breaker_key(&breaker), tokens, now) {
             Ok(pace) => pace,
-            Err(error) => return ResponseFuture::rejected(error),
+            Err(error) => return refused(&breaker, limit, error),
         };
         // A closed key needs no time, unless its outcomes do.
         let untimed = if registry.timed {
@@ -156,16 +236,16 @@ where
         let admitted = match untimed {
             Some(permit) => Ok((permit, Duration::ZERO)),
             None => {
-                let now = registry.since_start(clock);
+                let now = now();
                 breaker
-                    .acquire_for(now, probing_token(&breaker, &request))
+                    .acquire_for(now, probing_token(&breaker, request))
                     .map(|permit| (permit, now))
             }
         };
         match admitted {
             Ok((permit, start)) => {
                 let token = if permit.is_probe() {
-                    request_token(&request)
+                    request_token(request)
                 } else {
                     None
                 };
@@ -181,12 +261,38 @@ where
                     answered: false,
                     slow_start: false,
                     token,
+                    limit,
                 };
-                ResponseFuture::called(self.inner.call(request), guard, stream_kind, pace)
+                Admission::Called {
+                    guard,
+                    stream_kind,
+                    pace,
+                }
             }
             Err(rejection) => {
-                ResponseFuture::rejected(rejection_error(breaker_key(&breaker), rejection))
+                let error = rejection_error(breaker_key(&breaker), rejection);
+                refused(&breaker, limit, error)
             }
+        }
+    }
+
+    /// Calls the inner service with an admitted call, or refuses it.
+    #[inline(always)]
+    pub(crate) fn dispatch<B, RB>(
+        &mut self,
+        request: Request<B>,
+        admission: Admission,
+    ) -> ResponseFuture<S::Future>
+    where
+        S: Service<Request<B>, Response = Response<RB>>,
+    {
+        match admission {
+            Admission::Called {
+                guard,
+                stream_kind,
+                pace,
+            } => ResponseFuture::called(self.inner.call(request), guard, stream_kind, pace),
+            Admission::Refused(error) => ResponseFuture::rejected(error),
         }
     }
 }
@@ -194,6 +300,7 @@ where
 /// Calls `f` with what a key reads of the request. The metadata is the one
 /// an outer layer left (one lookup); else it is computed and left in the
 /// request, so that the layers below do not compute it again.
+#[inline(always)]
 pub(crate) fn with_key_input<B: 'static, R>(
     request: &mut Request<B>,
     f: impl FnOnce(&KeyInput<'_>) -> R,

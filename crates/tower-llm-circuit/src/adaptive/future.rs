@@ -4,6 +4,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use http::Response;
 use http_body::Body;
@@ -48,6 +49,38 @@ pub(crate) struct Waiting<S, R> {
     pub(crate) service: Option<S>,
     pub(crate) request: Option<R>,
     pub(crate) timer: Pin<Box<Sleep>>,
+}
+
+impl<S: Clone, R> Waiting<S, R> {
+    /// `request` waits for room under `breaker`'s limit in `waiter`'s
+    /// place, at most the configured queue wait. The ready `service` goes
+    /// with it; the caller's gets a clone, to be made ready before its
+    /// next call.
+    pub(crate) fn new(
+        breaker: Arc<Breaker>,
+        waiter: Arc<Waiter>,
+        service: &mut S,
+        request: R,
+    ) -> Self {
+        let clone = service.clone();
+        let ready = std::mem::replace(service, clone);
+        // A wait too long for the clock is a year.
+        let clock = tokio::time::Instant::now();
+        let wait = breaker
+            .registry_limit()
+            .max_queue_wait
+            .min(Duration::from_secs(86_400 * 365));
+        let timer = Box::pin(tokio::time::sleep_until(
+            clock.checked_add(wait).unwrap_or(clock),
+        ));
+        Waiting {
+            breaker,
+            waiter: Some(waiter),
+            service: Some(ready),
+            request: Some(request),
+            timer,
+        }
+    }
 }
 
 impl<S, R> Drop for Waiting<S, R> {
@@ -114,12 +147,7 @@ where
                     return Poll::Ready(answered(ready!(future.poll(cx)), permit.take()));
                 }
                 StateProj::Rejected { error } => {
-                    return Poll::Ready(Err(error.take().unwrap_or_else(|| {
-                        LlmError::new(
-                            Classification::new(ErrorKind::Unknown)
-                                .with_message("adaptive limit future polled after completion"),
-                        )
-                    })));
+                    return Poll::Ready(Err(error.take().unwrap_or_else(polled_after_completion)));
                 }
             }
         }
@@ -132,8 +160,28 @@ fn poll_room<S, R, F>(wait: &mut Waiting<S, R>, cx: &mut Context<'_>) -> Poll<St
 where
     S: Service<R, Future = F>,
 {
+    Poll::Ready(match ready!(poll_grant(wait, cx)) {
+        Ok((mut service, request)) => {
+            // Room is ours from here: the permit frees it.
+            let permit = LimitPermit::new(Arc::clone(&wait.breaker));
+            State::Called {
+                future: service.call(request),
+                permit: Some(permit),
+            }
+        }
+        Err(error) => State::Rejected { error: Some(error) },
+    })
+}
+
+/// Waits for room: the ready service and the request once room is handed
+/// over (the caller then holds that room and must take a ticket for it at
+/// once), or the refusal once the wait runs out first.
+pub(crate) fn poll_grant<S, R>(
+    wait: &mut Waiting<S, R>,
+    cx: &mut Context<'_>,
+) -> Poll<Result<(S, R), LlmError>> {
     let Some(waiter) = wait.waiter.as_ref() else {
-        return Poll::Ready(State::Rejected { error: None });
+        return Poll::Ready(Err(polled_after_completion()));
     };
     if !waiter.poll_granted(cx.waker()) {
         ready!(wait.timer.as_mut().poll(cx));
@@ -142,22 +190,26 @@ where
             && limiter.leave(&waiter)
         {
             let waited = wait.breaker.registry_limit().max_queue_wait;
-            return Poll::Ready(State::Rejected {
-                error: Some(super::service::refusal(&wait.breaker, Some(waited))),
-            });
+            return Poll::Ready(Err(super::service::refusal(&wait.breaker, Some(waited))));
         }
         // Room was handed over as the wait ran out: take it.
     }
     wait.waiter = None;
-    let permit = LimitPermit::new(Arc::clone(&wait.breaker));
     match (wait.service.take(), wait.request.take()) {
-        (Some(mut service), Some(request)) => Poll::Ready(State::Called {
-            future: service.call(request),
-            permit: Some(permit),
-        }),
-        // Not reached: taken once.
-        _ => Poll::Ready(State::Rejected { error: None }),
+        (Some(service), Some(request)) => Poll::Ready(Ok((service, request))),
+        // Not reached (taken once); the room goes back.
+        _ => {
+            drop(LimitPermit::new(Arc::clone(&wait.breaker)));
+            Poll::Ready(Err(polled_after_completion()))
+        }
     }
+}
+
+pub(crate) fn polled_after_completion() -> LlmError {
+    LlmError::new(
+        Classification::new(ErrorKind::Unknown)
+            .with_message("adaptive limit future polled after completion"),
+    )
 }
 
 /// The call's answer: an error or an error status tells the limit at

@@ -98,8 +98,9 @@ mod service;
 pub use body::LimitBody;
 pub use config::{AdaptiveLimitConfig, AdaptiveLimitConfigBuilder};
 pub use future::LimitFuture;
+pub(crate) use future::{Waiting, poll_grant};
 pub use layer::AdaptiveLimitLayer;
-pub(crate) use limiter::Limiter;
-#[cfg(test)]
-pub(crate) use limiter::Sample;
+pub(crate) use limiter::{Limiter, Queued, Sample};
+pub(crate) use permit::LimitTicket;
 pub use service::AdaptiveLimit;
+pub(crate) use service::refusal;

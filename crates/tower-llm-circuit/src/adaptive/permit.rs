@@ -8,69 +8,105 @@ use tower_llm_classify::{Classification, ErrorKind, Phase};
 use super::limiter::Sample;
 use crate::breaker::Breaker;
 
-/// Room for one call. Dropped without an outcome (the caller went away,
-/// the layer above ended the attempt), the room is freed and the limit
-/// learns nothing.
-pub(crate) struct LimitPermit {
-    pub(crate) breaker: Arc<Breaker>,
-    pub(crate) window: u32,
+/// Room for one call under its key's limit, without the key: whoever
+/// holds a ticket holds the key's breaker too and gives it back with it
+/// (the standalone layer's [`LimitPermit`], or the circuit's own permit
+/// when the limit and the breaker are one layer, `LimitedCircuit`).
+#[derive(Debug)]
+pub(crate) struct LimitTicket {
+    window: u32,
     /// When the call was admitted, if a growth latency is configured.
-    pub(crate) start: Option<Instant>,
+    start: Option<Instant>,
     /// Whether a success may raise the limit (set at the response head
     /// when a growth latency is configured).
-    pub(crate) fast: bool,
-    pub(crate) done: bool,
+    fast: bool,
 }
 
-impl LimitPermit {
-    pub(crate) fn new(breaker: Arc<Breaker>) -> Self {
-        let window = breaker.limiter().window();
-        let start = breaker
-            .registry_limit()
-            .growth_latency
-            .map(|_| Instant::now());
-        LimitPermit {
-            breaker,
-            window,
-            start,
+impl LimitTicket {
+    /// Room just taken under `breaker`'s limit.
+    #[inline]
+    pub(crate) fn new(breaker: &Breaker) -> Self {
+        LimitTicket {
+            window: breaker.limiter().window(),
+            start: breaker
+                .registry_limit()
+                .growth_latency
+                .map(|_| Instant::now()),
             fast: true,
-            done: false,
         }
     }
 
     /// The response head arrived: was it within the growth latency?
-    pub(crate) fn head(&mut self) {
-        if let (Some(start), Some(limit)) =
-            (self.start, self.breaker.registry_limit().growth_latency)
-        {
+    #[inline]
+    pub(crate) fn head(&mut self, breaker: &Breaker) {
+        if let (Some(start), Some(limit)) = (self.start, breaker.registry_limit().growth_latency) {
             self.fast = start.elapsed() <= limit;
         }
     }
 
-    pub(crate) fn succeeded(mut self) {
+    /// The call succeeded: the limit may grow if it was fast enough.
+    pub(crate) fn succeeded(self, breaker: &Breaker) {
         let sample = if self.fast {
             Sample::Success
         } else {
             Sample::Answered
         };
-        self.finish(sample);
+        self.release(breaker, sample);
+    }
+
+    /// The call failed as `c` says.
+    pub(crate) fn failed(self, breaker: &Breaker, c: &Classification) {
+        self.release(breaker, sample_of(c));
+    }
+
+    /// Frees the room; the limit learns from `sample`.
+    pub(crate) fn release(self, breaker: &Breaker, sample: Sample) {
+        breaker
+            .limiter()
+            .release(self.window, sample, breaker.registry_limit());
+    }
+}
+
+/// Room for one call. Dropped without an outcome (the caller went away,
+/// the layer above ended the attempt), the room is freed and the limit
+/// learns nothing.
+pub(crate) struct LimitPermit {
+    breaker: Arc<Breaker>,
+    ticket: Option<LimitTicket>,
+}
+
+impl LimitPermit {
+    pub(crate) fn new(breaker: Arc<Breaker>) -> Self {
+        LimitPermit {
+            ticket: Some(LimitTicket::new(&breaker)),
+            breaker,
+        }
+    }
+
+    /// The response head arrived.
+    pub(crate) fn head(&mut self) {
+        if let Some(ticket) = self.ticket.as_mut() {
+            ticket.head(&self.breaker);
+        }
+    }
+
+    pub(crate) fn succeeded(mut self) {
+        if let Some(ticket) = self.ticket.take() {
+            ticket.succeeded(&self.breaker);
+        }
     }
 
     pub(crate) fn failed(mut self, c: &Classification) {
-        self.finish(sample_of(c));
-    }
-
-    fn finish(&mut self, sample: Sample) {
-        self.done = true;
-        let config = self.breaker.registry_limit();
-        self.breaker.limiter().release(self.window, sample, config);
+        if let Some(ticket) = self.ticket.take() {
+            ticket.failed(&self.breaker, c);
+        }
     }
 }
 
 impl Drop for LimitPermit {
     fn drop(&mut self) {
-        if !self.done {
-            self.finish(Sample::Nothing);
+        if let Some(ticket) = self.ticket.take() {
+            ticket.release(&self.breaker, Sample::Nothing);
         }
     }
 }

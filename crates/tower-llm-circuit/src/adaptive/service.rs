@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use http::{Request, Response};
 use http_body::Body;
-use tokio::time::Instant;
 use tower_llm_classify::{Classification, Classified, ErrorKind, LlmError, Phase};
 use tower_service::Service;
 
@@ -134,23 +133,7 @@ where
             }
             Queued::Full => LimitFuture::rejected(refusal(&breaker, None)),
             Queued::Waiting(waiter) => {
-                // The ready service goes with the request; this one gets
-                // a clone, to be made ready before its next call.
-                let clone = self.inner.clone();
-                let ready = std::mem::replace(&mut self.inner, clone);
-                // A wait too long for the clock is a year.
-                let clock = Instant::now();
-                let wait = config.max_queue_wait.min(Duration::from_secs(86_400 * 365));
-                let timer = Box::pin(tokio::time::sleep_until(
-                    clock.checked_add(wait).unwrap_or(clock),
-                ));
-                LimitFuture::waiting(Waiting {
-                    breaker,
-                    waiter: Some(waiter),
-                    service: Some(ready),
-                    request: Some(request),
-                    timer,
-                })
+                LimitFuture::waiting(Waiting::new(breaker, waiter, &mut self.inner, request))
             }
         }
     }
