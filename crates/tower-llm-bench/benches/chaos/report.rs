@@ -528,7 +528,9 @@ pub(crate) fn write(
         md,
         "Measured {} on a {cores}-core machine with `{command}` ({:.0} s wall). \
          Every contender meets the same seeded scenario against the testkit's simulated \
-         providers over loopback; time is Tokio's paused clock, so latencies are virtual \
+         providers over loopback, random faults drawn per request (the k-th arrival of a \
+         request meets the same fault whichever contender sends it, so contenders that \
+         make the same attempts meet the same faults); time is Tokio's paused clock, so latencies are virtual \
          (waiting, not CPU) and runs are reproducible. Amplification is upstream calls \
          (primary and backup) per client request. The harness is `crates/tower-llm-bench/benches/chaos/`.\n",
         date_today(),

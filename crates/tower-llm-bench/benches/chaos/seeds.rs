@@ -66,7 +66,9 @@ pub(crate) fn run_matching(filter: &[String], runtime: &tokio::runtime::Runtime)
         "\n### transient and rate_limit under {SEEDS} seeds\n\n\
          Each scenario's fault plan under {SEEDS} seeds (the main tables' seed and the next \
          {}), every contender under each; success and amplification are the mean over the \
-         runs, with the lowest and highest run.\n\n\
+         runs, with the lowest and highest run. Faults are drawn per request, so within a \
+         seed contenders that make the same attempts meet the same faults and differ only \
+         by what they do (when and whether they retry).\n\n\
          | scenario | contender | success, mean | lowest – highest | amplification, mean | \
          wins (seeds where its success is the highest, ties shared) | retried before the hint, all runs | wrongly retried, all runs |\n\
          |---|---|---|---|---|---|---|---|\n",
