@@ -253,6 +253,17 @@ fn happy_path(c: &mut Criterion) {
         CircuitLayer::new(CircuitConfig::standard()).layer(UPSTREAM),
         request_with_meta
     );
+    // With the adaptive limit in the same layer, as each target of a stack
+    // has it (issue 15: ≤ 50 ns over the breaker alone while healthy).
+    bench_call!(
+        group,
+        rt,
+        "circuit/tower_llm_with_adaptive_limit",
+        CircuitLayer::new(CircuitConfig::standard())
+            .with_adaptive_limit()
+            .layer(UPSTREAM),
+        request_with_meta
+    );
     let resilience_breaker = tower_resilience_circuitbreaker::CircuitBreakerLayer::standard()
         .build()
         .unwrap();

@@ -1,5 +1,6 @@
 //! The response futures: the circuit's, with the guard that carries a
-//! call's permit to the end of its body, and the adaptive limit's.
+//! call's permit to the end of its body, the adaptive limit's, and the
+//! two as one layer's.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -15,6 +16,7 @@ use tower_llm_classify::{
 };
 
 pub use crate::adaptive::LimitFuture;
+pub use crate::limited::LimitedFuture;
 
 use crate::adaptive::{LimitTicket, Sample};
 use crate::body::{CircuitBody, FirstContent};

@@ -257,4 +257,59 @@ mod tests {
         registry.get(&mates[2], Duration::from_secs(150));
         assert!(registry.find("streaming").is_none());
     }
+
+    /// A closed key called every 10 s through a circuit (one thread, so
+    /// every call after the first hits the thread's cache) is not taken for
+    /// idle when newcomers fill its shard: its use is noted at most once a
+    /// second, not once in many cache hits. (Found in review: an untimed lookup
+    /// let it look idle for 60 s and lose its window.)
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn a_key_called_every_ten_seconds_is_never_evicted_as_idle() {
+        use bytes::Bytes;
+        use http::{Request, Response};
+        use http_body_util::Full;
+        use tower::{Service, ServiceExt};
+        use tower_llm_classify::{Classification, ErrorKind, LlmError, Phase};
+
+        let config = CircuitConfig::builder()
+            .max_keys(32)
+            .minimum_calls(1000)
+            .consecutive_failures(None)
+            .idle_eviction(Duration::from_secs(60))
+            .build()
+            .unwrap();
+        let registry = Arc::new(Registry::new(config, None));
+        let (mock, mut handle) =
+            tower_test::mock::pair::<Request<Full<Bytes>>, Response<Full<Bytes>>>();
+        handle.allow(1000);
+        let mut circuit = crate::Circuit::new(
+            mock,
+            Arc::clone(&registry),
+            crate::key::KeyBy::ProviderModel,
+        );
+        let key = "openai/gpt-4o";
+        // The shard holds one key: each newcomer evicts an idle key first,
+        // else the least recently used.
+        let mates = shard_mates(&registry, key, 2);
+        for second in (0..=150).step_by(10) {
+            if second == 100 {
+                registry.get(&mates[0], registry.now());
+            }
+            if second == 120 {
+                registry.get(&mates[1], registry.now());
+            }
+            let request = Request::post("https://api.openai.com/v1/chat/completions")
+                .body(Full::from(r#"{"model":"gpt-4o"}"#))
+                .unwrap();
+            let call = circuit.ready().await.unwrap().call(request);
+            let (_, send) = handle.next_request().await.unwrap();
+            send.send_error(LlmError::new(
+                Classification::new(ErrorKind::ServerError).with_phase(Phase::BeforeHeaders),
+            ));
+            let _ = call.await;
+            tokio::time::advance(Duration::from_secs(10)).await;
+        }
+        let kept = registry.find(key).expect("the key in use is kept");
+        assert_eq!(kept.snapshot(registry.now()).totals.failures, 16);
+    }
 }

@@ -148,9 +148,9 @@ pub(crate) enum Admission {
 /// what its outcome will need.
 pub(crate) struct Found {
     pub(crate) breaker: Arc<Breaker>,
-    /// The clock, when it was read: a closed key of a registry that needs
-    /// no times is found and admitted without it.
-    clock: Option<Instant>,
+    /// The call's one clock read, turned into the registry's time only
+    /// when something needs it.
+    clock: Instant,
     streaming: bool,
     stream_kind: Option<StreamKind>,
     tokens: Option<u64>,
@@ -168,19 +168,19 @@ impl<S> Circuit<S> {
         known: Option<Arc<Breaker>>,
     ) -> Found {
         let registry = &self.registry;
-        // The clock is read here only when the registry's outcomes need
-        // times; else only when the key is not closed (or once in a while,
-        // to note the key's use).
-        let clock = registry.timed.then(Instant::now);
+        // Read for every call, also for a closed key: the lookup notes the
+        // key's use with it (at most once a second), so that a key in use,
+        // however rarely, is never evicted as idle. (The untimed lookup the
+        // standalone limit uses notes it once in 64 hits; a circuit must not
+        // rely on that.)
+        let clock = Instant::now();
         with_key_input(request, |input| {
             let stream_kind = registry
                 .config
                 .slow_first_content
                 .map(|_| (input.meta.dialect, input.meta.provider));
-            let breaker = known.unwrap_or_else(|| match clock {
-                Some(clock) => cache::breaker_for(registry, &self.key_by, input, clock),
-                None => cache::breaker_for_untimed(registry, &self.key_by, input),
-            });
+            let breaker =
+                known.unwrap_or_else(|| cache::breaker_for(registry, &self.key_by, input, clock));
             Found {
                 breaker,
                 clock,
@@ -191,8 +191,8 @@ impl<S> Circuit<S> {
         })
     }
 
-    /// Admits the call (pacing, then the breaker) and calls, or refuses
-    /// it. `limit` is the room the call holds under the key's adaptive
+    /// Admits the call (pacing, then the breaker) or refuses it;
+    /// [`dispatch`](Self::dispatch) then calls. `limit` is the room the call holds under the key's adaptive
     /// limit when the limit is part of this layer ([`LimitedCircuit`]): it
     /// rides with the call's permit to the outcome, and a call this layer
     /// refuses frees it at once (its own refusals teach the limit nothing,
@@ -222,7 +222,7 @@ impl<S> Circuit<S> {
         };
         // A call its key's rate limits would refuse is not sent (a call
         // refused by the breaker below hands its reservation back).
-        let now = || registry.since_start(clock.unwrap_or_else(Instant::now));
+        let now = || registry.since_start(clock);
         let pace = match registry.pacing.admit(breaker_key(&breaker), tokens, now) {
             Ok(pace) => pace,
             Err(error) => return refused(&breaker, limit, error),
