@@ -268,7 +268,10 @@ pub(crate) async fn handle(
             return Ok(error_response(&shared, &ex, &Failure::Overloaded, None));
         }
     };
-    let fault = shared.next_fault(&body);
+    let (fault, per_request) = shared.next_fault(&body);
+    // The request's draws: by arrival, or by the request itself under a
+    // plan drawn per request.
+    let draw = per_request.unwrap_or(index);
     if let Some(record) = record.as_mut() {
         record.fault = Some(fault.clone());
     }
@@ -277,14 +280,14 @@ pub(crate) async fn handle(
     // Latency is spent in the slot: a slow provider is slow while busy. A
     // whole answer's head waits for its first token too (and all the rest).
     let first_token = match &fault.action {
-        Action::Answer(shape) => shape.first_token.sample(key(seed, index, 7)),
+        Action::Answer(shape) => shape.first_token.sample(key(seed, draw, 7)),
         _ => Duration::ZERO,
     };
     let wait = shared
         .latency()
-        .sample(key(seed, index, 1))
-        .saturating_add(fault.latency.sample(key(seed, index, 2)))
-        .saturating_add(service_time.sample(key(seed, index, 3)))
+        .sample(key(seed, draw, 1))
+        .saturating_add(fault.latency.sample(key(seed, draw, 2)))
+        .saturating_add(service_time.sample(key(seed, draw, 3)))
         .saturating_add(if stream { Duration::ZERO } else { first_token });
     if !wait.is_zero() {
         tokio::time::sleep(wait).await;
@@ -340,7 +343,7 @@ pub(crate) async fn handle(
                 start,
                 took: wait,
                 first_token,
-                delay_seed: key(seed, index, 6),
+                delay_seed: key(seed, draw, 6),
             };
             Ok(stamp(answer(&shared, &ex, how, conn, slot)))
         }

@@ -146,8 +146,12 @@ impl FaultPlan {
     /// which their attempts interleave, so a difference between their
     /// results is a difference in what they do, not in what they drew.
     /// Under arrival order, one client's extra or earlier retry shifts
-    /// every later request's draw. Written `;per_request` in the text form.
-    /// Only sensible when the requests of a run differ (each carries its
+    /// every later request's draw. The simulator draws the request's
+    /// latencies (its own, the fault's, a capacity's service time, a first
+    /// token's wait, a stream's pacing) the same way while such a plan is
+    /// installed; a random mix with no faults, drawn per request, is a
+    /// healthy provider whose latencies are common to the clients compared.
+    /// Written `;per_request` in the text form. Only sensible when the requests of a run differ (each carries its
     /// own id, say): identical bodies share one sequence of draws.
     pub fn per_request(mut self) -> Self {
         if let Kind::Random { per_request, .. } = Arc::make_mut(&mut self.0) {
@@ -185,11 +189,20 @@ impl FaultPlan {
     /// assert!((400..600).contains(&failed), "{failed}");
     /// ```
     pub fn fault_for_request(&self, body: &[u8], k: u64) -> &Fault {
+        self.draw_for_request(body, k).0
+    }
+
+    /// [`fault_for_request`](Self::fault_for_request), with the key the
+    /// request's other draws take (its latencies and pacing).
+    pub(crate) fn draw_for_request(&self, body: &[u8], k: u64) -> (&Fault, u64) {
         match &*self.0 {
             Kind::Random {
                 per_request: true, ..
-            } => self.fault_for(key(fnv1a(body), k, REQUEST_PURPOSE)),
-            _ => self.fault_for(k),
+            } => {
+                let draw = key(fnv1a(body), k, REQUEST_PURPOSE);
+                (self.fault_for(draw), draw)
+            }
+            _ => (self.fault_for(k), k),
         }
     }
 

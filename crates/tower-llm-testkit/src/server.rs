@@ -93,12 +93,14 @@ impl Shared {
         }
     }
 
-    /// The fault of the request with `body` that reaches the plan now.
-    pub(crate) fn next_fault(&self, body: &Bytes) -> Fault {
+    /// The fault of the request with `body` that reaches the plan now, and,
+    /// for a plan drawn per request, the key its other draws (latencies,
+    /// pacing) take instead of the arrival index.
+    pub(crate) fn next_fault(&self, body: &Bytes) -> (Fault, Option<u64>) {
         let active = Arc::clone(&self.plan.read().unwrap_or_else(|p| p.into_inner()));
         let n = active.next.fetch_add(1, Ordering::Relaxed);
         if !active.plan.is_per_request() {
-            return active.plan.fault_for(n).clone();
+            return (active.plan.fault_for(n).clone(), None);
         }
         let k = {
             let mut arrivals = active.arrivals.lock().unwrap_or_else(|p| p.into_inner());
@@ -106,7 +108,8 @@ impl Shared {
             *count += 1;
             *count - 1
         };
-        active.plan.fault_for_request(body, k).clone()
+        let (fault, draw) = active.plan.draw_for_request(body, k);
+        (fault.clone(), Some(draw))
     }
 
     pub(crate) fn latency(&self) -> Delay {

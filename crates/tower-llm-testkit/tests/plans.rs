@@ -132,6 +132,42 @@ async fn a_mix_drawn_per_request_gives_each_request_its_faults_whatever_the_arri
     );
 }
 
+#[tokio::test(start_paused = true)]
+async fn under_a_plan_drawn_per_request_each_request_meets_its_own_latencies_whatever_the_order() {
+    let latency: tower_llm_testkit::Delay = "20ms~2s".parse().unwrap();
+    let plan = FaultPlan::random(9).per_request();
+    let models: Vec<String> = (0..6).map(|i| format!("model-{i}")).collect();
+    let forward: Vec<&String> = models.iter().chain(&models).collect();
+    let backward: Vec<&String> = models.iter().rev().chain(models.iter().rev()).collect();
+    let mut seen = Vec::new();
+    for order in [forward, backward] {
+        let sim = Simulator::builder()
+            .plan(plan.clone())
+            .latency(latency)
+            .start()
+            .await
+            .unwrap();
+        let client = client();
+        let mut took = std::collections::BTreeMap::<&String, Vec<Duration>>::new();
+        for model in order {
+            let body = chat_body(Api::OpenAiChat, model, false);
+            let started = tokio::time::Instant::now();
+            send(&client, &sim, Api::OpenAiChat, &body).await.unwrap();
+            took.entry(model).or_default().push(started.elapsed());
+        }
+        seen.push(took);
+    }
+    assert_eq!(
+        seen[0], seen[1],
+        "the k-th arrival of a body waits the same"
+    );
+    let all: Vec<Duration> = seen[0].values().flatten().copied().collect();
+    assert!(
+        all.iter().any(|d| *d != all[0]),
+        "the latencies vary: {all:?}"
+    );
+}
+
 #[test]
 fn a_mix_draws_each_fault_at_its_rate() {
     let plan: FaultPlan = "rate=0.2:503,0.05:reset,0.02:429".parse().unwrap();

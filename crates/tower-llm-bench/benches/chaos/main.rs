@@ -516,6 +516,9 @@ async fn run(scenario: &str, build: Build) -> Run {
                 Simulator::builder()
                     .reply(REPLY)
                     .latency(latency)
+                    // Healthy, with each request's latencies drawn for the
+                    // request (the same for every contender's attempts).
+                    .plan(FaultPlan::random(17).per_request())
                     .seed(17)
                     .start()
                     .await
