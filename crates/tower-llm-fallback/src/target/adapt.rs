@@ -73,7 +73,9 @@ impl<S> Target<S> {
             .map(str::trim)
             .collect();
         let headers = request.headers_mut();
-        headers.reserve(parts.headers.len() + 1 + self.headers.len());
+        // Room for the target's credential and headers, its host, and the
+        // length the client adds: no growth after this.
+        headers.reserve(parts.headers.len() + 3 + self.headers.len());
         for (name, value) in &parts.headers {
             let name_str = name.as_str();
             let dropped = never_forwarded(name_str).is_some()
@@ -163,6 +165,15 @@ impl<S> Target<S> {
     fn finish_head(&self, parts: &mut http::request::Parts, model: Option<Arc<str>>) {
         if let Some((name, value)) = &self.credential {
             parts.headers.insert(name.clone(), value.clone());
+        }
+        // The base URL's host, made once: an HTTP/1 client writes the same
+        // itself, formatting and allocating it for every request. Not with
+        // a hook, which may send the request elsewhere.
+        if self.hook.is_none()
+            && let Some(base) = &self.base
+            && let Some(host) = self.uris.host(base)
+        {
+            parts.headers.insert(http::header::HOST, host);
         }
         for (name, value) in &self.headers {
             parts.headers.insert(name.clone(), value.clone());

@@ -196,8 +196,39 @@ fn hop_by_hop_account_and_credential_headers_stay_behind() {
         )
         .unwrap();
     let names: Vec<&str> = request.headers().keys().map(|k| k.as_str()).collect();
-    assert_eq!(names, ["anthropic-version", "x-api-key"]);
+    assert_eq!(names, ["anthropic-version", "x-api-key", "host"]);
     assert_eq!(request.version(), http::Version::default());
+}
+
+#[test]
+fn a_target_with_a_base_url_sends_its_own_host_never_the_callers() {
+    let caller = || parts("http://gw/v1/chat/completions", &[("host", "gw.example")]);
+    let body = Bytes::from_static(b"{}");
+    let host = |target: &Target<()>| {
+        let request = target.adapt_request(&caller(), &body).unwrap();
+        let all: Vec<_> = request.headers().get_all("host").iter().cloned().collect();
+        let owned = target.adapt_owned(caller(), body.clone()).unwrap();
+        assert_eq!(
+            owned.headers().get("host"),
+            all.first(),
+            "the same either way"
+        );
+        all
+    };
+    let with_port = Target::new("t", ()).base_url("http://127.0.0.1:8080/v1".parse().unwrap());
+    assert_eq!(host(&with_port), ["127.0.0.1:8080"]);
+    let plain = Target::new("t", ()).base_url("https://api.openai.com/v1".parse().unwrap());
+    assert_eq!(host(&plain), ["api.openai.com"]);
+    // No base URL, or a hook that may send the request elsewhere: the
+    // client writes the host from the URL it is given.
+    assert!(host(&Target::new("t", ())).is_empty());
+    let hooked = Target::new("t", ())
+        .base_url("https://api.openai.com/v1".parse().unwrap())
+        .adapt(|_| {});
+    assert!(host(&hooked).is_empty());
+    // User information in the URL is never a host.
+    let userinfo = Target::new("t", ()).base_url("https://u:p@api.example/v1".parse().unwrap());
+    assert!(host(&userinfo).is_empty());
 }
 
 #[test]

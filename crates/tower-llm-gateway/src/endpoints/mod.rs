@@ -123,7 +123,13 @@ pub(crate) async fn forward(endpoint: &Endpoint, gateway: Gateway, request: Requ
     *upstream.uri_mut() = http::Uri::from_static(endpoint.upstream_path);
     *upstream.headers_mut() =
         forwarded_headers(std::mem::take(&mut parts.headers), endpoint.also_forwarded);
-    upstream.extensions_mut().insert(endpoint.protocol);
+    // The caller's extensions map, emptied (what the router and the
+    // gateway's own layers left there is theirs, not the targets'): the
+    // protocol goes in a map that exists already, not a new one.
+    let mut extensions = std::mem::take(&mut parts.extensions);
+    extensions.clear();
+    extensions.insert(endpoint.protocol);
+    *upstream.extensions_mut() = extensions;
     // Through a shared reference: no clone of the stack per request.
     let call = (&gateway.stack).oneshot(upstream);
     let result = tokio::select! {
