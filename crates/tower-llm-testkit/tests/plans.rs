@@ -93,39 +93,52 @@ async fn a_seeded_mix_gives_the_same_faults_every_run() {
     );
 }
 
-#[tokio::test]
-async fn a_mix_drawn_per_request_gives_each_request_its_faults_whatever_the_arrival_order() {
-    let plan = FaultPlan::random(5)
-        .with(0.5, Fault::server_error(503))
-        .per_request();
-    // Every request three times: all in turn, then each one's three at once.
-    let models: Vec<String> = (0..8).map(|i| format!("model-{i}")).collect();
-    let in_turn: Vec<&String> = (0..3).flat_map(|_| models.iter()).collect();
-    let grouped: Vec<&String> = models.iter().rev().flat_map(|m| [m, m, m]).collect();
-    let mut seen = Vec::new();
-    for order in [in_turn, grouped] {
+/// Sends each of six requests twice, in two orders (all in turn, then each
+/// one's arrivals together, backwards), each order to a fresh simulator
+/// with `plan` and `latency`; what each arrival of each request saw.
+async fn per_request_runs(
+    plan: &FaultPlan,
+    latency: tower_llm_testkit::Delay,
+) -> [std::collections::BTreeMap<String, Vec<(u16, Duration)>>; 2] {
+    let models: Vec<String> = (0..6).map(|i| format!("model-{i}")).collect();
+    let in_turn: Vec<&String> = models.iter().chain(&models).collect();
+    let grouped: Vec<&String> = models.iter().rev().flat_map(|m| [m, m]).collect();
+    let mut runs = [Default::default(), Default::default()];
+    for (order, seen) in [in_turn, grouped].into_iter().zip(&mut runs) {
         let sim = Simulator::builder()
             .plan(plan.clone())
+            .latency(latency)
             .start()
             .await
             .unwrap();
         let client = client();
-        let mut by_request = std::collections::BTreeMap::<&String, Vec<u16>>::new();
         for model in order {
             let body = chat_body(Api::OpenAiChat, model, false);
+            let started = tokio::time::Instant::now();
             let status = send(&client, &sim, Api::OpenAiChat, &body)
                 .await
                 .unwrap()
                 .status;
-            by_request.entry(model).or_default().push(status.as_u16());
+            let seen: &mut std::collections::BTreeMap<_, Vec<_>> = seen;
+            seen.entry(model.clone())
+                .or_default()
+                .push((status.as_u16(), started.elapsed()));
         }
-        seen.push(by_request);
     }
+    runs
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_mix_drawn_per_request_gives_each_request_its_faults_whatever_the_arrival_order() {
+    let plan = FaultPlan::random(5)
+        .with(0.5, Fault::server_error(503))
+        .per_request();
+    let [first, second] = per_request_runs(&plan, tower_llm_testkit::Delay::ZERO).await;
     assert_eq!(
-        seen[0], seen[1],
+        first, second,
         "the k-th arrival of a body meets the same fault"
     );
-    let statuses: Vec<u16> = seen[0].values().flatten().copied().collect();
+    let statuses: Vec<u16> = first.values().flatten().map(|(s, _)| *s).collect();
     assert!(
         statuses.contains(&503) && statuses.contains(&200),
         "{statuses:?}"
@@ -134,37 +147,13 @@ async fn a_mix_drawn_per_request_gives_each_request_its_faults_whatever_the_arri
 
 #[tokio::test(start_paused = true)]
 async fn under_a_plan_drawn_per_request_each_request_meets_its_own_latencies_whatever_the_order() {
-    let latency: tower_llm_testkit::Delay = "20ms~2s".parse().unwrap();
     let plan = FaultPlan::random(9).per_request();
-    let models: Vec<String> = (0..6).map(|i| format!("model-{i}")).collect();
-    let forward: Vec<&String> = models.iter().chain(&models).collect();
-    let backward: Vec<&String> = models.iter().rev().chain(models.iter().rev()).collect();
-    let mut seen = Vec::new();
-    for order in [forward, backward] {
-        let sim = Simulator::builder()
-            .plan(plan.clone())
-            .latency(latency)
-            .start()
-            .await
-            .unwrap();
-        let client = client();
-        let mut took = std::collections::BTreeMap::<&String, Vec<Duration>>::new();
-        for model in order {
-            let body = chat_body(Api::OpenAiChat, model, false);
-            let started = tokio::time::Instant::now();
-            send(&client, &sim, Api::OpenAiChat, &body).await.unwrap();
-            took.entry(model).or_default().push(started.elapsed());
-        }
-        seen.push(took);
-    }
-    assert_eq!(
-        seen[0], seen[1],
-        "the k-th arrival of a body waits the same"
-    );
-    let all: Vec<Duration> = seen[0].values().flatten().copied().collect();
+    let [first, second] = per_request_runs(&plan, "20ms~2s".parse().unwrap()).await;
+    assert_eq!(first, second, "the k-th arrival of a body waits the same");
+    let waits: Vec<Duration> = first.values().flatten().map(|(_, d)| *d).collect();
     assert!(
-        all.iter().any(|d| *d != all[0]),
-        "the latencies vary: {all:?}"
+        waits.iter().any(|d| *d != waits[0]),
+        "the latencies vary: {waits:?}"
     );
 }
 
