@@ -334,14 +334,57 @@ fn scan_json_body_checked(body: &[u8]) -> (ScannedBody, bool) {
     }
     out.model = last
         .and_then(|member| member.string_value(body))
-        .map(|model| Arc::from(&*model));
+        .map(|model| interned_model(&model));
     let unambiguous = !members.malformed() && count <= 1 && !escaped;
     (out, unambiguous)
+}
+
+/// How many model names a thread keeps to share (a gateway serves a
+/// handful; more only miss).
+const KEPT_MODELS: usize = 8;
+
+thread_local! {
+    /// The model names this thread read last, newest last.
+    static MODELS: std::cell::RefCell<Vec<Arc<str>>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// `model` as an `Arc<str>` shared with the last requests this thread read
+/// that named it: a request for a model seen lately costs its name no
+/// allocation. Bounded (the [`KEPT_MODELS`] most recent names), so a caller
+/// sending a new name with every request only misses: it allocates as
+/// before and keeps nothing more.
+fn interned_model(model: &str) -> Arc<str> {
+    MODELS.with_borrow_mut(|kept| {
+        if let Some(at) = kept.iter().rposition(|m| **m == *model) {
+            return Arc::clone(&kept[at]);
+        }
+        let made: Arc<str> = Arc::from(model);
+        if kept.len() == KEPT_MODELS {
+            kept.remove(0);
+        }
+        kept.push(Arc::clone(&made));
+        made
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_model_seen_lately_is_shared_and_the_names_kept_stay_few() {
+        let first = interned_model("gpt-4o");
+        assert!(Arc::ptr_eq(&first, &interned_model("gpt-4o")));
+        for i in 0..100 {
+            interned_model(&format!("caller-made-{i}"));
+        }
+        MODELS.with_borrow(|kept| assert_eq!(kept.len(), KEPT_MODELS));
+        // Pushed out by newer names: made again, and equal.
+        let again = interned_model("gpt-4o");
+        assert!(!Arc::ptr_eq(&first, &again));
+        assert_eq!(first, again);
+    }
 
     #[test]
     fn finds_top_level_model_and_stream_only() {
