@@ -7,6 +7,7 @@
 //! cargo bench -p tower-llm-gateway --bench gateway_load -- --secs 10
 //! cargo bench -p tower-llm-gateway --bench gateway_load -- --only gateway --mode whole --conns 1   # one cell, for a profiler
 //! cargo bench -p tower-llm-gateway --bench gateway_load -- --no-heartbeat   # without the timer heartbeat
+//! cargo bench -p tower-llm-gateway --bench gateway_load -- --axum-serve     # the gateway's router under `axum::serve`
 //! ```
 //!
 //! Each cell runs N keep-alive HTTP/1.1 connections (1 and 64), each
@@ -99,14 +100,21 @@ async fn gateway(upstream: String) -> String {
     let client: Client<HttpConnector, ReplayBody> =
         Client::builder(TokioExecutor::new()).build(nodelay());
     let stack = config.build(client).unwrap();
-    // As the gateway runs: with its Prometheus recorder installed.
-    let router = router(
-        stack,
-        &GatewayOptions::default(),
-        prometheus(),
-        &Closing::new(),
-    );
-    serve(router).await
+    // As the gateway runs: with its Prometheus recorder installed, served
+    // by its own accept loop (`--axum-serve`: by `axum::serve`, as the bare
+    // proxy is, to compare).
+    let options = GatewayOptions::default();
+    let closing = Closing::new();
+    let router = router(stack, &options, prometheus(), &closing);
+    if std::env::args().any(|a| a == "--axum-serve") {
+        return serve(router).await;
+    }
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let serving =
+        tower_llm_gateway::serve(listener, router, &options, std::future::pending(), closing);
+    tokio::spawn(serving);
+    url
 }
 
 /// Both proxies connect upstream with TCP_NODELAY, as the gateway does.
@@ -232,7 +240,7 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    // As `tower_llm_gateway::serve` does (this bench serves the router with
+    // As `tower_llm_gateway::serve` does (the proxies here are served by
     // `axum::serve`): a timer always pending on the servers' runtime, so
     // that each request's timeouts do not wake the timer driver.
     // `--no-heartbeat` leaves it out, to compare.

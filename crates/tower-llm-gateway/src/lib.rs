@@ -88,6 +88,7 @@ mod heartbeat;
 mod observe;
 mod prometheus;
 mod router;
+mod self_wake;
 mod serve;
 mod shutdown;
 mod status_page;

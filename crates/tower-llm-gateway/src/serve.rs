@@ -19,6 +19,7 @@ use tower::ServiceExt;
 
 use crate::config::{GatewayOptions, LONGEST_TIMEOUT};
 use crate::heartbeat::{AbortOnDrop, timer_heartbeat};
+use crate::self_wake::PollAgain;
 use crate::send_timeout::SendTimeout;
 use crate::shutdown::Closing;
 
@@ -125,7 +126,9 @@ async fn connection(
     let service = hyper::service::service_fn(move |request: http::Request<Incoming>| {
         router.clone().oneshot(request)
     });
-    let connection = http.serve_connection(io, service);
+    // A connection that wakes itself while polled (each request with a
+    // body does) is polled again at once, not handed to another thread.
+    let connection = PollAgain::new(http.serve_connection(io, service));
     tokio::pin!(connection);
     let mut signal = stopping.clone();
     let stop = async move {
@@ -135,7 +138,7 @@ async fn connection(
     let result = tokio::select! {
         result = connection.as_mut() => result,
         () = stop => {
-            connection.as_mut().graceful_shutdown();
+            connection.as_mut().inner().graceful_shutdown();
             connection.await
         }
     };
