@@ -16,8 +16,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use axum::extract::{Request, State};
-use axum::middleware::Next;
+use axum::extract::Request;
 use axum::response::Response;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use ring::digest::{SHA256, SHA256_OUTPUT_LEN, digest};
@@ -69,10 +68,6 @@ impl Verdict {
         }
     }
 }
-
-/// Marks a request whose caller sent an accepted key (for `/health`).
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Authenticated;
 
 impl CallerKeys {
     /// The keys in `value`, the content of the environment variable `var`:
@@ -183,40 +178,120 @@ fn presented_keys(headers: &HeaderMap) -> impl Iterator<Item = &[u8]> {
     bearer.chain(x_api_key).filter(|key| !key.is_empty())
 }
 
-/// The middleware in front of every route: `/v1/*` (and anything unknown)
-/// and `/metrics` need an accepted key; `/health` is open and learns whether
-/// the caller had one; `/health/live`, `/health/ready` and the status page
-/// `/` are open.
-pub(crate) async fn require_key(
-    State(keys): State<CallerKeys>,
-    mut request: Request,
-    next: Next,
-) -> Response {
-    let verdict = keys.verdict(request.headers());
-    if let Verdict::Accepted(caller) = verdict {
-        request.extensions_mut().insert(Authenticated);
-        request.extensions_mut().insert(Caller(caller));
-        return next.run(request).await;
+/// The check in front of every route, as a layer: `/v1/*` (and anything
+/// unknown) and `/metrics` need an accepted key; `/health` is open and
+/// learns whether the caller had one; `/health/live`, `/health/ready` and
+/// the status page `/` are open.
+///
+/// A service of its own rather than axum's `middleware::from_fn`, which
+/// boxes the rest of the route for its `Next` and its own future on every
+/// request.
+#[derive(Clone, Debug)]
+pub(crate) struct RequireKeyLayer(pub(crate) CallerKeys);
+
+impl<S> tower::Layer<S> for RequireKeyLayer {
+    type Service = RequireKey<S>;
+
+    fn layer(&self, inner: S) -> RequireKey<S> {
+        RequireKey {
+            inner,
+            keys: self.0.clone(),
+        }
     }
-    // The probes and the status page are open: an orchestrator has no key,
-    // the page is static (it asks `/health` for the details, with the key
-    // the person at the browser gives it).
-    if matches!(
-        request.uri().path(),
-        "/health" | "/health/live" | "/health/ready" | "/"
-    ) {
-        return next.run(request).await;
+}
+
+/// See [`RequireKeyLayer`].
+#[derive(Clone, Debug)]
+pub(crate) struct RequireKey<S> {
+    inner: S,
+    keys: CallerKeys,
+}
+
+impl<S> tower::Service<Request> for RequireKey<S>
+where
+    S: tower::Service<Request, Response = Response>,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = KeyChecked<S::Future>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
     }
-    metrics::counter!("tower_llm_gateway_rejected_total", "reason" => "unauthenticated")
-        .increment(1);
-    // Counted above; logged at debug only, so that anyone who can connect
-    // cannot fill the log.
-    tracing::debug!(
-        path = request.uri().path(),
-        key = verdict.as_str(),
-        "caller refused: no accepted key"
-    );
-    unauthorized(verdict, ErrorShape::of_path(request.uri().path()))
+
+    fn call(&mut self, mut request: Request) -> Self::Future {
+        let verdict = self.keys.verdict(request.headers());
+        if let Verdict::Accepted(caller) = verdict {
+            // Who the caller is, for its limits; its presence tells
+            // `/health` that the caller had a key.
+            request.extensions_mut().insert(Caller(caller));
+            return KeyChecked::Passed {
+                future: self.inner.call(request),
+            };
+        }
+        // The probes and the status page are open: an orchestrator has no
+        // key, the page is static (it asks `/health` for the details, with
+        // the key the person at the browser gives it).
+        if matches!(
+            request.uri().path(),
+            "/health" | "/health/live" | "/health/ready" | "/"
+        ) {
+            return KeyChecked::Passed {
+                future: self.inner.call(request),
+            };
+        }
+        metrics::counter!("tower_llm_gateway_rejected_total", "reason" => "unauthenticated")
+            .increment(1);
+        // Counted above; logged at debug only, so that anyone who can
+        // connect cannot fill the log.
+        tracing::debug!(
+            path = request.uri().path(),
+            key = verdict.as_str(),
+            "caller refused: no accepted key"
+        );
+        KeyChecked::Refused {
+            response: Some(unauthorized(
+                verdict,
+                ErrorShape::of_path(request.uri().path()),
+            )),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The future of [`RequireKey`]: the route's, or the refusal.
+    #[project = KeyCheckedProj]
+    pub(crate) enum KeyChecked<F> {
+        Passed { #[pin] future: F },
+        Refused { response: Option<Response> },
+    }
+}
+
+impl<F, E> std::future::Future for KeyChecked<F>
+where
+    F: std::future::Future<Output = Result<Response, E>>,
+{
+    type Output = Result<Response, E>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        match self.project() {
+            KeyCheckedProj::Passed { future } => future.poll(cx),
+            KeyCheckedProj::Refused { response } => match response.take() {
+                Some(response) => std::task::Poll::Ready(Ok(response)),
+                // Polled again after it answered (which a caller must not
+                // do): another refusal rather than a panic.
+                None => {
+                    std::task::Poll::Ready(Ok(unauthorized(Verdict::Missing, ErrorShape::OpenAi)))
+                }
+            },
+        }
+    }
 }
 
 /// A 401 in the endpoint's provider's shape (OpenAI's as OpenAI answers a

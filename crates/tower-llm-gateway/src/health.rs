@@ -13,7 +13,7 @@ use http::{StatusCode, header};
 use serde_json::json;
 use tower_llm::circuit::{CircuitState, KeySnapshot};
 
-use crate::auth;
+use crate::limits::Caller;
 use crate::router::Gateway;
 
 /// `/health`: open to anyone as a liveness check (`status` alone, so a load
@@ -21,8 +21,7 @@ use crate::router::Gateway;
 /// requests in flight, how many caller keys) only when no keys are set or
 /// the caller sent one.
 pub(crate) async fn health(State(gateway): State<Gateway>, request: Request) -> Response {
-    let details = gateway.caller_keys.is_none()
-        || request.extensions().get::<auth::Authenticated>().is_some();
+    let details = gateway.caller_keys.is_none() || request.extensions().get::<Caller>().is_some();
     let snapshot = gateway.stack.circuits().snapshot();
     let degraded = snapshot.iter().any(|k| {
         matches!(

@@ -90,7 +90,7 @@ pub fn router(
         let callers = options.caller_keys.as_ref().map_or(1, CallerKeys::len);
         Arc::new(Limiter::new(options.rate_limits.clone(), callers))
     });
-    let router = Router::new()
+    Router::new()
         .route("/v1/chat/completions", post(endpoints::chat_completions))
         .route("/v1/completions", post(endpoints::completions))
         .route("/v1/embeddings", post(endpoints::embeddings))
@@ -119,10 +119,15 @@ pub fn router(
             )
         })
         // One `layer` for all that wraps every route: axum boxes each
-        // route again for every `Router::layer`, which cost each request a
-        // few allocations per layer.
+        // route again for every `Router::layer` (a boxed clone and a boxed
+        // future per request, per layer).
         .layer(
             ServiceBuilder::new()
+                // Outermost: a caller without a key learns nothing, not even
+                // whether a path exists or a body is too large.
+                .layer(option_layer(
+                    options.caller_keys.clone().map(auth::RequireKeyLayer),
+                ))
                 // Each API request in a span, the stack's attempts its
                 // children.
                 .layer(crate::telemetry::RequestSpanLayer::new())
@@ -140,16 +145,7 @@ pub fn router(
             // endpoint's provider's shape, with no layer wrapping the
             // request and response bodies of every route for it.
         )
-        .with_state(gateway);
-    // Outermost: a caller without a key learns nothing, not even whether a
-    // path exists or a body is too large.
-    match &options.caller_keys {
-        Some(keys) => router.layer(axum::middleware::from_fn_with_state(
-            keys.clone(),
-            auth::require_key,
-        )),
-        None => router,
-    }
+        .with_state(gateway)
 }
 
 /// Every target's name as a header value, made once: a clone per answer is
