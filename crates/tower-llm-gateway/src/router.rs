@@ -136,9 +136,7 @@ pub fn router(
                 .layer(ObserveLayer::new(activity))
                 // A caller over its limits is answered before its body is
                 // read.
-                .layer(option_layer(limiter.map(|limiter| {
-                    axum::middleware::from_fn_with_state(limiter, limits::admit)
-                }))),
+                .layer(option_layer(limiter.map(limits::layer::AdmitLayer))),
             // The body limit is the endpoints' own (`endpoints::forward`
             // reads every body there is to read): a declared length over it
             // is refused at once, a chunked body cut at it, in the

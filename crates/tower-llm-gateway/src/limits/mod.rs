@@ -24,13 +24,13 @@
 //! plus the `max_tokens` asked for ([`RequestMeta::estimated_tokens`]).
 
 mod gcra;
+pub(crate) mod layer;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use axum::extract::{Request, State};
-use axum::middleware::Next;
+use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use serde::Deserialize;
@@ -208,16 +208,31 @@ impl Limiter {
     }
 }
 
-/// The middleware in front of the API endpoints: takes a request from the
-/// caller's bucket for the endpoint, or answers 429 at once; sets the
-/// standing of the caller's limits on every answer.
-pub(crate) async fn admit(
-    State(limiter): State<Arc<Limiter>>,
-    mut request: Request,
-    next: Next,
-) -> Response {
+/// What [`admit`] decided for a request: answer it at once, or let it
+/// through and, on its answer, set the standing of the caller's limits.
+pub(crate) enum Admission {
+    /// Refused (over a limit): the answer.
+    Refused(Response),
+    /// Let through; `None` for a path without limits.
+    Passed(Option<Standings>),
+}
+
+/// What an admitted answer is told of its caller's limits.
+pub(crate) struct Standings {
+    anthropic: bool,
+    requests: Option<Standing>,
+    /// Left by the handler once the request's tokens are taken, when the
+    /// endpoint has a token limit.
+    tokens: Option<Arc<OnceLock<Tokens>>>,
+}
+
+/// Takes a request from the caller's bucket for the endpoint, or refuses it
+/// at once; what is let through carries where the handler takes its tokens
+/// from ([`Admitted`], only with a token limit). The check in front of the
+/// API endpoints ([`AdmitLayer`](layer::AdmitLayer)).
+pub(crate) fn admit(limiter: &Arc<Limiter>, request: &mut Request) -> Admission {
     let Some(endpoint) = endpoint_index(request.uri().path()) else {
-        return next.run(request).await;
+        return Admission::Passed(None);
     };
     let callers = limiter.cells.len() / ENDPOINTS.len();
     let caller = request.extensions().get::<Caller>().map_or(0, |c| c.0);
@@ -230,38 +245,51 @@ pub(crate) async fn admit(
         Some(quota) => match limiter.cells[cell].0.take(&quota, 1, limiter.now()) {
             Decision::Admitted(standing) => Some(standing),
             Decision::Wait { wait, standing } => {
-                return refusal(anthropic, Unit::Requests, wait, standing);
+                return Admission::Refused(refusal(anthropic, Unit::Requests, wait, standing));
             }
             // A bucket holds at least one request: never.
-            Decision::TooLarge => return too_large(anthropic, Unit::Requests, 1, quota),
+            Decision::TooLarge => {
+                return Admission::Refused(too_large(anthropic, Unit::Requests, 1, quota));
+            }
         },
     };
     // The handler leaves the token standing here, when there is a token
     // limit (an allocation only then).
-    let token_standing = tokens.map(|_| {
+    let tokens = tokens.map(|_| {
         let slot = Arc::new(OnceLock::new());
         request.extensions_mut().insert(Admitted {
-            limiter: Arc::clone(&limiter),
+            limiter: Arc::clone(limiter),
             cell,
             endpoint,
             tokens: Arc::clone(&slot),
         });
         slot
     });
-    let mut response = next.run(request).await;
-    let headers = response.headers_mut();
-    drop_upstream_limits(headers);
-    let tokens = token_standing.as_ref().and_then(|slot| slot.get());
-    if let Some(mut standing) = requests {
-        if tokens.is_some_and(|t| t.refunded) {
-            standing.remaining = (standing.remaining + 1).min(standing.limit);
+    Admission::Passed(Some(Standings {
+        anthropic,
+        requests,
+        tokens,
+    }))
+}
+
+impl Standings {
+    /// Sets the standing of the caller's limits on an answer (and takes
+    /// the upstream's own rate-limit headers out of it: they describe the
+    /// gateway's upstream key, not this caller).
+    pub(crate) fn apply(self, response: &mut Response) {
+        let headers = response.headers_mut();
+        drop_upstream_limits(headers);
+        let tokens = self.tokens.as_ref().and_then(|slot| slot.get());
+        if let Some(mut standing) = self.requests {
+            if tokens.is_some_and(|t| t.refunded) {
+                standing.remaining = (standing.remaining + 1).min(standing.limit);
+            }
+            set_standing(headers, self.anthropic, Unit::Requests, standing);
         }
-        set_standing(headers, anthropic, Unit::Requests, standing);
+        if let Some(tokens) = tokens {
+            set_standing(headers, self.anthropic, Unit::Tokens, tokens.standing);
+        }
     }
-    if let Some(tokens) = tokens {
-        set_standing(headers, anthropic, Unit::Tokens, tokens.standing);
-    }
-    response
 }
 
 /// Takes the tokens a request will cost (estimated from its `body`) from
