@@ -23,6 +23,7 @@ use ring::digest::{SHA256, SHA256_OUTPUT_LEN, digest};
 use subtle::{Choice, ConditionallySelectable, ConstantTimeEq};
 
 use crate::endpoints::ErrorShape;
+use crate::gate::{Check, Passage};
 use crate::limits::Caller;
 
 /// The header the Anthropic SDKs send their key in.
@@ -178,59 +179,21 @@ fn presented_keys(headers: &HeaderMap) -> impl Iterator<Item = &[u8]> {
     bearer.chain(x_api_key).filter(|key| !key.is_empty())
 }
 
-/// The check in front of every route, as a layer: `/v1/*` (and anything
-/// unknown) and `/metrics` need an accepted key; `/health` is open and
-/// learns whether the caller had one; `/health/live`, `/health/ready` and
-/// the status page `/` are open.
-///
-/// A service of its own rather than axum's `middleware::from_fn`, which
-/// boxes the rest of the route for its `Next` and its own future on every
-/// request.
-#[derive(Clone, Debug)]
-pub(crate) struct RequireKeyLayer(pub(crate) CallerKeys);
+/// The check in front of every route: `/v1/*` (and anything unknown) and
+/// `/metrics` need an accepted key; `/health` is open and learns whether
+/// the caller had one; `/health/live`, `/health/ready` and the status page
+/// `/` are open. (Put in front of them as a [`GateLayer`](crate::gate::GateLayer).)
+impl Check for CallerKeys {
+    /// Nothing: an answer let through is the route's.
+    type After = std::convert::Infallible;
 
-impl<S> tower::Layer<S> for RequireKeyLayer {
-    type Service = RequireKey<S>;
-
-    fn layer(&self, inner: S) -> RequireKey<S> {
-        RequireKey {
-            inner,
-            keys: self.0.clone(),
-        }
-    }
-}
-
-/// See [`RequireKeyLayer`].
-#[derive(Clone, Debug)]
-pub(crate) struct RequireKey<S> {
-    inner: S,
-    keys: CallerKeys,
-}
-
-impl<S> tower::Service<Request> for RequireKey<S>
-where
-    S: tower::Service<Request, Response = Response>,
-{
-    type Response = Response;
-    type Error = S::Error;
-    type Future = KeyChecked<S::Future>;
-
-    fn poll_ready(
-        &mut self,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut request: Request) -> Self::Future {
-        let verdict = self.keys.verdict(request.headers());
+    fn check(&self, request: &mut Request) -> Passage<Self::After> {
+        let verdict = self.verdict(request.headers());
         if let Verdict::Accepted(caller) = verdict {
             // Who the caller is, for its limits; its presence tells
             // `/health` that the caller had a key.
             request.extensions_mut().insert(Caller(caller));
-            return KeyChecked::Passed {
-                future: self.inner.call(request),
-            };
+            return Passage::Through(None);
         }
         // The probes and the status page are open: an orchestrator has no
         // key, the page is static (it asks `/health` for the details, with
@@ -239,9 +202,7 @@ where
             request.uri().path(),
             "/health" | "/health/live" | "/health/ready" | "/"
         ) {
-            return KeyChecked::Passed {
-                future: self.inner.call(request),
-            };
+            return Passage::Through(None);
         }
         metrics::counter!("tower_llm_gateway_rejected_total", "reason" => "unauthenticated")
             .increment(1);
@@ -252,45 +213,14 @@ where
             key = verdict.as_str(),
             "caller refused: no accepted key"
         );
-        KeyChecked::Refused {
-            response: Some(unauthorized(
-                verdict,
-                ErrorShape::of_path(request.uri().path()),
-            )),
-        }
+        Passage::Refused(unauthorized(
+            verdict,
+            ErrorShape::of_path(request.uri().path()),
+        ))
     }
-}
 
-pin_project_lite::pin_project! {
-    /// The future of [`RequireKey`]: the route's, or the refusal.
-    #[project = KeyCheckedProj]
-    pub(crate) enum KeyChecked<F> {
-        Passed { #[pin] future: F },
-        Refused { response: Option<Response> },
-    }
-}
-
-impl<F, E> std::future::Future for KeyChecked<F>
-where
-    F: std::future::Future<Output = Result<Response, E>>,
-{
-    type Output = Result<Response, E>;
-
-    fn poll(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Self::Output> {
-        match self.project() {
-            KeyCheckedProj::Passed { future } => future.poll(cx),
-            KeyCheckedProj::Refused { response } => match response.take() {
-                Some(response) => std::task::Poll::Ready(Ok(response)),
-                // Polled again after it answered (which a caller must not
-                // do): another refusal rather than a panic.
-                None => {
-                    std::task::Poll::Ready(Ok(unauthorized(Verdict::Missing, ErrorShape::OpenAi)))
-                }
-            },
-        }
+    fn after(after: Self::After, _: &mut Response) {
+        match after {}
     }
 }
 

@@ -82,6 +82,7 @@
 mod body;
 mod endpoints;
 mod error;
+mod gate;
 mod headers;
 mod health;
 mod heartbeat;

@@ -14,10 +14,11 @@ use tower::ServiceBuilder;
 use tower::util::option_layer;
 use tower_llm::stack::Stack;
 
-use crate::auth::{self, CallerKeys};
+use crate::auth::CallerKeys;
 use crate::config::{GatewayOptions, MAX_CONCURRENCY};
 use crate::error::error_json;
-use crate::limits::{self, Limiter};
+use crate::gate::GateLayer;
+use crate::limits::Limiter;
 use crate::observe::{Activity, ObserveLayer};
 use crate::shutdown::Closing;
 use crate::{endpoints, health, prometheus, status_page};
@@ -125,9 +126,7 @@ pub fn router(
             ServiceBuilder::new()
                 // Outermost: a caller without a key learns nothing, not even
                 // whether a path exists or a body is too large.
-                .layer(option_layer(
-                    options.caller_keys.clone().map(auth::RequireKeyLayer),
-                ))
+                .layer(option_layer(options.caller_keys.clone().map(GateLayer)))
                 // Each API request in a span, the stack's attempts its
                 // children.
                 .layer(crate::telemetry::RequestSpanLayer::new())
@@ -136,7 +135,7 @@ pub fn router(
                 .layer(ObserveLayer::new(activity))
                 // A caller over its limits is answered before its body is
                 // read.
-                .layer(option_layer(limiter.map(limits::layer::AdmitLayer))),
+                .layer(option_layer(limiter.map(GateLayer))),
             // The body limit is the endpoints' own (`endpoints::forward`
             // reads every body there is to read): a declared length over it
             // is refused at once, a chunked body cut at it, in the

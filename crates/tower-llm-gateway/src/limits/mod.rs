@@ -24,7 +24,6 @@
 //! plus the `max_tokens` asked for ([`RequestMeta::estimated_tokens`]).
 
 mod gcra;
-pub(crate) mod layer;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
@@ -40,6 +39,7 @@ use tower_llm::classify::hint::{format_go_duration as go_duration, format_rfc333
 
 use self::gcra::{Cell, Decision, Quota, Standing};
 use crate::endpoints::ErrorShape;
+use crate::gate::{Check, Passage};
 use crate::observe::{ENDPOINTS, endpoint_index};
 
 const MINUTE: Duration = Duration::from_secs(60);
@@ -208,15 +208,6 @@ impl Limiter {
     }
 }
 
-/// What [`admit`] decided for a request: answer it at once, or let it
-/// through and, on its answer, set the standing of the caller's limits.
-pub(crate) enum Admission {
-    /// Refused (over a limit): the answer.
-    Refused(Response),
-    /// Let through; `None` for a path without limits.
-    Passed(Option<Standings>),
-}
-
 /// What an admitted answer is told of its caller's limits.
 pub(crate) struct Standings {
     anthropic: bool,
@@ -226,13 +217,29 @@ pub(crate) struct Standings {
     tokens: Option<Arc<OnceLock<Tokens>>>,
 }
 
-/// Takes a request from the caller's bucket for the endpoint, or refuses it
-/// at once; what is let through carries where the handler takes its tokens
-/// from ([`Admitted`], only with a token limit). The check in front of the
-/// API endpoints ([`AdmitLayer`](layer::AdmitLayer)).
-pub(crate) fn admit(limiter: &Arc<Limiter>, request: &mut Request) -> Admission {
+/// The check in front of the API endpoints (as a
+/// [`GateLayer`](crate::gate::GateLayer)): takes a request from the
+/// caller's bucket for the endpoint, or refuses it at once; what is let
+/// through carries where the handler takes its tokens from ([`Admitted`],
+/// only with a token limit), and its answer gets the standing of the
+/// caller's limits.
+impl Check for Arc<Limiter> {
+    type After = Standings;
+
+    fn check(&self, request: &mut Request) -> Passage<Standings> {
+        admit(self, request)
+    }
+
+    fn after(standings: Standings, response: &mut Response) {
+        standings.apply(response);
+    }
+}
+
+/// See the [`Check`] of a limiter: through with nothing to do for a path
+/// without limits.
+fn admit(limiter: &Arc<Limiter>, request: &mut Request) -> Passage<Standings> {
     let Some(endpoint) = endpoint_index(request.uri().path()) else {
-        return Admission::Passed(None);
+        return Passage::Through(None);
     };
     let callers = limiter.cells.len() / ENDPOINTS.len();
     let caller = request.extensions().get::<Caller>().map_or(0, |c| c.0);
@@ -245,11 +252,11 @@ pub(crate) fn admit(limiter: &Arc<Limiter>, request: &mut Request) -> Admission 
         Some(quota) => match limiter.cells[cell].0.take(&quota, 1, limiter.now()) {
             Decision::Admitted(standing) => Some(standing),
             Decision::Wait { wait, standing } => {
-                return Admission::Refused(refusal(anthropic, Unit::Requests, wait, standing));
+                return Passage::Refused(refusal(anthropic, Unit::Requests, wait, standing));
             }
             // A bucket holds at least one request: never.
             Decision::TooLarge => {
-                return Admission::Refused(too_large(anthropic, Unit::Requests, 1, quota));
+                return Passage::Refused(too_large(anthropic, Unit::Requests, 1, quota));
             }
         },
     };
@@ -265,7 +272,7 @@ pub(crate) fn admit(limiter: &Arc<Limiter>, request: &mut Request) -> Admission 
         });
         slot
     });
-    Admission::Passed(Some(Standings {
+    Passage::Through(Some(Standings {
         anthropic,
         requests,
         tokens,
