@@ -168,6 +168,10 @@ pub(crate) struct Limiter {
 
 /// Who a request comes from, for its limits: the index of the caller key
 /// it sent (0 for everyone when the gateway has no keys).
+///
+/// Only the key check inserts it, and its presence is what tells `/health`
+/// that the caller sent an accepted key: never insert a default one (for
+/// callers without keys, read its absence as 0, as the limits do).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Caller(pub(crate) usize);
 
