@@ -27,48 +27,6 @@ struct LastUsed {
     breaker: Arc<Breaker>,
     /// When this thread next notes the key's use.
     touch_due: Instant,
-    /// Calls served from this entry without the time (see
-    /// [`breaker_for_untimed`]).
-    untimed_hits: u32,
-}
-
-/// A caller without the time reads the clock on one cache hit in this
-/// many, to note the key's use (idle eviction): a key in steady use is
-/// still noted about once a second, a key used less often than this many
-/// times per idle-eviction period (an hour by default) may be evicted
-/// and start again from its initial state.
-const UNTIMED_TOUCH_EVERY: u32 = 64;
-
-/// As [`breaker_for`], for a caller that has not read the clock: a cache
-/// hit reads it only once in [`UNTIMED_TOUCH_EVERY`] calls.
-pub(crate) fn breaker_for_untimed(
-    registry: &Registry,
-    key_by: &KeyBy,
-    input: &KeyInput<'_>,
-) -> Arc<Breaker> {
-    let evictions = registry.evictions.load(Ordering::Acquire);
-    let hit = CACHE.with_borrow_mut(|Cache { key, last }| {
-        let last = last.as_mut()?;
-        if last.registry != registry.id
-            || last.evictions != evictions
-            || !is_key(key_by, input, key, &last.key)
-        {
-            return None;
-        }
-        last.untimed_hits = last.untimed_hits.wrapping_add(1);
-        if last.untimed_hits % UNTIMED_TOUCH_EVERY == 0 {
-            let now = Instant::now();
-            if now >= last.touch_due {
-                last.breaker.note_use(registry.since_start(now));
-                last.touch_due = touch_due(now);
-            }
-        }
-        Some(Arc::clone(&last.breaker))
-    });
-    match hit {
-        Some(breaker) => breaker,
-        None => breaker_for(registry, key_by, input, Instant::now()),
-    }
 }
 
 struct Cache {
@@ -118,7 +76,6 @@ pub(crate) fn breaker_for(
             key: String::new(),
             breaker: Arc::clone(&breaker),
             touch_due: touch_due(now),
-            untimed_hits: 0,
         };
         // The key moves into the entry; the buffer takes the old entry's
         // allocation.

@@ -312,4 +312,53 @@ mod tests {
         let kept = registry.find(key).expect("the key in use is kept");
         assert_eq!(kept.snapshot(registry.now()).totals.failures, 16);
     }
+
+    /// The same for the adaptive limit used alone (no circuit around it):
+    /// a key called every 10 s keeps its entry, and so its limit, through
+    /// newcomers filling its shard. (Its lookup read the clock once in 64
+    /// cache hits: the key looked idle for 60 s and was evicted in use.)
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn a_key_called_every_ten_seconds_through_the_limit_alone_is_never_evicted_as_idle() {
+        use bytes::Bytes;
+        use http::{Request, Response};
+        use http_body_util::Full;
+        use tower::{Service, ServiceExt};
+
+        let config = CircuitConfig::builder()
+            .max_keys(32)
+            .idle_eviction(Duration::from_secs(60))
+            .build()
+            .unwrap();
+        let registry = Arc::new(Registry::new(config, None));
+        let (mock, mut handle) =
+            tower_test::mock::pair::<Request<Full<Bytes>>, Response<Full<Bytes>>>();
+        handle.allow(1000);
+        let mut limit = crate::adaptive::AdaptiveLimit::new(
+            mock,
+            Arc::clone(&registry),
+            crate::key::KeyBy::ProviderModel,
+        );
+        let key = "openai/gpt-4o";
+        let mates = shard_mates(&registry, key, 2);
+        let mut first = None;
+        for second in (0..=150).step_by(10) {
+            if second == 100 {
+                registry.get(&mates[0], registry.now());
+            }
+            if second == 120 {
+                registry.get(&mates[1], registry.now());
+            }
+            let request = Request::post("https://api.openai.com/v1/chat/completions")
+                .body(Full::from(r#"{"model":"gpt-4o"}"#))
+                .unwrap();
+            let call = limit.ready().await.unwrap().call(request);
+            let (_, send) = handle.next_request().await.unwrap();
+            send.send_response(Response::new(Full::from("{}")));
+            let _ = call.await;
+            let kept = registry.find(key).expect("the key in use is kept");
+            let first = first.get_or_insert_with(|| Arc::clone(&kept));
+            assert!(Arc::ptr_eq(first, &kept), "the same entry at {second} s");
+            tokio::time::advance(Duration::from_secs(10)).await;
+        }
+    }
 }

@@ -116,11 +116,16 @@ where
     }
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
-        // No clock read while there is room.
+        // The clock is read on every call, as the circuit reads it: the
+        // thread's cache notes the key's use once a second, so that a key
+        // in use never looks idle to eviction (and starts its limit over).
+        // Reading it one call in 64 let a key called less often than that
+        // per idle period be evicted while in use.
         let registry = &self.registry;
         let key_by = &self.key_by;
+        let now = tokio::time::Instant::now();
         let breaker = crate::service::with_key_input(&mut request, |input| {
-            cache::breaker_for_untimed(registry, key_by, input)
+            cache::breaker_for(registry, key_by, input, now)
         });
         let limiter = breaker.limiter();
         if limiter.try_acquire() {
