@@ -93,7 +93,10 @@ impl FromStr for FaultPlan {
         let plan = if let Some(mix) = head.strip_prefix("rate=") {
             let mut plan = FaultPlan::random(seed.unwrap_or(0));
             let mut total = 0.0;
-            for entry in mix.split(',') {
+            // `rate=` alone: no faults drawn (what an empty mix displays as,
+            // `FaultPlan::random(seed)` with latencies only, say).
+            let entries = mix.split(',').filter(|_| !mix.trim().is_empty());
+            for entry in entries {
                 let (p, fault) = entry.split_once(':').ok_or_else(|| {
                     ParseError::new(s, format!("`{entry}` is not probability:fault"))
                 })?;

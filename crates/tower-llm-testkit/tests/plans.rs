@@ -258,6 +258,9 @@ fn every_plan_form_round_trips() {
         "rate=0.2:503,0.05:reset",
         "rate=0.1:drop@2;then=ok+latency=20ms;seed=42",
         "rate=0.2:503;seed=3;per_request",
+        // An empty mix: every request healthy, drawn per request (the
+        // latencies of `slow_upstream`'s plan, say).
+        "rate=;seed=17;per_request",
         "script=drop@40;then=ok+prefill=refuse",
     ] {
         let plan: FaultPlan = text.parse().unwrap_or_else(|e| panic!("{text}: {e}"));
