@@ -258,39 +258,49 @@ mod tests {
         assert!(registry.find("streaming").is_none());
     }
 
-    /// A closed key called every 10 s through a circuit (one thread, so
-    /// every call after the first hits the thread's cache) is not taken for
-    /// idle when newcomers fill its shard: its use is noted at most once a
-    /// second, not once in many cache hits. (Found in review: an untimed lookup
-    /// let it look idle for 60 s and lose its window.)
-    #[tokio::test(flavor = "current_thread", start_paused = true)]
-    async fn a_key_called_every_ten_seconds_is_never_evicted_as_idle() {
-        use bytes::Bytes;
-        use http::{Request, Response};
-        use http_body_util::Full;
-        use tower::{Service, ServiceExt};
-        use tower_llm_classify::{Classification, ErrorKind, LlmError, Phase};
+    type Mock = tower_test::mock::Mock<
+        http::Request<http_body_util::Full<bytes::Bytes>>,
+        http::Response<http_body_util::Full<bytes::Bytes>>,
+    >;
+    type MockHandle = tower_test::mock::Handle<
+        http::Request<http_body_util::Full<bytes::Bytes>>,
+        http::Response<http_body_util::Full<bytes::Bytes>>,
+    >;
+    type Answer =
+        tower_test::mock::SendResponse<http::Response<http_body_util::Full<bytes::Bytes>>>;
 
-        let config = CircuitConfig::builder()
+    /// A registry whose key `openai/gpt-4o` shares its shard with no other
+    /// (so each newcomer evicts an idle key first, else the least recently
+    /// used), idle after 60 s, and a mock upstream for the layer under test.
+    fn idle_eviction_setup(
+        config: crate::config::CircuitConfigBuilder,
+    ) -> (Arc<Registry>, Mock, MockHandle) {
+        let config = config
             .max_keys(32)
-            .minimum_calls(1000)
-            .consecutive_failures(None)
             .idle_eviction(Duration::from_secs(60))
             .build()
             .unwrap();
         let registry = Arc::new(Registry::new(config, None));
-        let (mock, mut handle) =
-            tower_test::mock::pair::<Request<Full<Bytes>>, Response<Full<Bytes>>>();
+        let (mock, mut handle) = tower_test::mock::pair();
         handle.allow(1000);
-        let mut circuit = crate::Circuit::new(
-            mock,
-            Arc::clone(&registry),
-            crate::key::KeyBy::ProviderModel,
-        );
-        let key = "openai/gpt-4o";
-        // The shard holds one key: each newcomer evicts an idle key first,
-        // else the least recently used.
-        let mates = shard_mates(&registry, key, 2);
+        (registry, mock, handle)
+    }
+
+    /// Calls `service` for `openai/gpt-4o` every 10 s for 150 s (one
+    /// thread, so every call after the first hits the thread's cache),
+    /// answering each with `answer`, while newcomers take the key's shard at
+    /// 100 s and 120 s; `after` runs after each call, with its second.
+    async fn call_every_ten_seconds_as_newcomers_arrive<S>(
+        registry: &Registry,
+        service: &mut S,
+        handle: &mut MockHandle,
+        answer: impl Fn(Answer),
+        mut after: impl FnMut(u64),
+    ) where
+        S: tower::Service<http::Request<http_body_util::Full<bytes::Bytes>>>,
+    {
+        use tower::ServiceExt;
+        let mates = shard_mates(registry, "openai/gpt-4o", 2);
         for second in (0..=150).step_by(10) {
             if second == 100 {
                 registry.get(&mates[0], registry.now());
@@ -298,18 +308,55 @@ mod tests {
             if second == 120 {
                 registry.get(&mates[1], registry.now());
             }
-            let request = Request::post("https://api.openai.com/v1/chat/completions")
-                .body(Full::from(r#"{"model":"gpt-4o"}"#))
+            let request = http::Request::post("https://api.openai.com/v1/chat/completions")
+                .body(http_body_util::Full::from(r#"{"model":"gpt-4o"}"#))
                 .unwrap();
-            let call = circuit.ready().await.unwrap().call(request);
+            let Ok(ready) = service.ready().await else {
+                panic!("the layer is ready");
+            };
+            let call = ready.call(request);
             let (_, send) = handle.next_request().await.unwrap();
-            send.send_error(LlmError::new(
-                Classification::new(ErrorKind::ServerError).with_phase(Phase::BeforeHeaders),
-            ));
+            answer(send);
             let _ = call.await;
+            after(second);
             tokio::time::advance(Duration::from_secs(10)).await;
         }
-        let kept = registry.find(key).expect("the key in use is kept");
+    }
+
+    /// A closed key called every 10 s through a circuit is not taken for
+    /// idle when newcomers fill its shard: its use is noted at most once a
+    /// second, not once in many cache hits. (Found in review: an untimed lookup
+    /// let it look idle for 60 s and lose its window.)
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn a_key_called_every_ten_seconds_is_never_evicted_as_idle() {
+        use tower_llm_classify::{Classification, ErrorKind, LlmError, Phase};
+
+        let (registry, mock, mut handle) = idle_eviction_setup(
+            CircuitConfig::builder()
+                .minimum_calls(1000)
+                .consecutive_failures(None),
+        );
+        let mut circuit = crate::Circuit::new(
+            mock,
+            Arc::clone(&registry),
+            crate::key::KeyBy::ProviderModel,
+        );
+        let failure = |send: Answer| {
+            send.send_error(LlmError::new(
+                Classification::new(ErrorKind::ServerError).with_phase(Phase::BeforeHeaders),
+            ))
+        };
+        call_every_ten_seconds_as_newcomers_arrive(
+            &registry,
+            &mut circuit,
+            &mut handle,
+            failure,
+            |_| {},
+        )
+        .await;
+        let kept = registry
+            .find("openai/gpt-4o")
+            .expect("the key in use is kept");
         assert_eq!(kept.snapshot(registry.now()).totals.failures, 16);
     }
 
@@ -319,46 +366,28 @@ mod tests {
     /// cache hits: the key looked idle for 60 s and was evicted in use.)
     #[tokio::test(flavor = "current_thread", start_paused = true)]
     async fn a_key_called_every_ten_seconds_through_the_limit_alone_is_never_evicted_as_idle() {
-        use bytes::Bytes;
-        use http::{Request, Response};
-        use http_body_util::Full;
-        use tower::{Service, ServiceExt};
-
-        let config = CircuitConfig::builder()
-            .max_keys(32)
-            .idle_eviction(Duration::from_secs(60))
-            .build()
-            .unwrap();
-        let registry = Arc::new(Registry::new(config, None));
-        let (mock, mut handle) =
-            tower_test::mock::pair::<Request<Full<Bytes>>, Response<Full<Bytes>>>();
-        handle.allow(1000);
+        let (registry, mock, mut handle) = idle_eviction_setup(CircuitConfig::builder());
         let mut limit = crate::adaptive::AdaptiveLimit::new(
             mock,
             Arc::clone(&registry),
             crate::key::KeyBy::ProviderModel,
         );
-        let key = "openai/gpt-4o";
-        let mates = shard_mates(&registry, key, 2);
+        let ok = |send: Answer| send.send_response(http::Response::new("{}".into()));
         let mut first = None;
-        for second in (0..=150).step_by(10) {
-            if second == 100 {
-                registry.get(&mates[0], registry.now());
-            }
-            if second == 120 {
-                registry.get(&mates[1], registry.now());
-            }
-            let request = Request::post("https://api.openai.com/v1/chat/completions")
-                .body(Full::from(r#"{"model":"gpt-4o"}"#))
-                .unwrap();
-            let call = limit.ready().await.unwrap().call(request);
-            let (_, send) = handle.next_request().await.unwrap();
-            send.send_response(Response::new(Full::from("{}")));
-            let _ = call.await;
-            let kept = registry.find(key).expect("the key in use is kept");
+        let same_entry = |second| {
+            let kept = registry
+                .find("openai/gpt-4o")
+                .expect("the key in use is kept");
             let first = first.get_or_insert_with(|| Arc::clone(&kept));
             assert!(Arc::ptr_eq(first, &kept), "the same entry at {second} s");
-            tokio::time::advance(Duration::from_secs(10)).await;
-        }
+        };
+        call_every_ten_seconds_as_newcomers_arrive(
+            &registry,
+            &mut limit,
+            &mut handle,
+            ok,
+            same_entry,
+        )
+        .await;
     }
 }
