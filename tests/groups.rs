@@ -1,15 +1,26 @@
 //! Deployment groups through `LlmStack` and `StackConfig`, over real HTTP
 //! against the testkit's simulated providers: a route's group spreads its
 //! requests, skips a deployment whose breaker is open, and the groups a
-//! file describes are the ones built.
+//! file describes are the ones built; and, over in-process deployments on
+//! the paused clock, a member told to wait leaves the request to its
+//! siblings, while the last one left waits.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
 use http::{Request, Uri};
+use http_body_util::Full;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use tower::ServiceExt;
+use tower::util::BoxCloneSyncService;
 use tower_llm::config::StackConfig;
 use tower_llm::fallback::Strategy;
 use tower_llm::retry::ReplayBody;
@@ -234,4 +245,133 @@ fn a_weight_of_zero_is_refused_naming_the_target() {
         error.contains("`a`") && error.contains("weight 0"),
         "{error}"
     );
+}
+
+/// An in-process deployment: answers `script` in turn (a `retry-after`
+/// in seconds: a 429 saying so; `None`: a completion), then completions,
+/// counting its calls.
+#[derive(Clone)]
+struct Deployment {
+    script: Arc<Mutex<VecDeque<Option<u64>>>>,
+    calls: Arc<AtomicUsize>,
+}
+
+impl Deployment {
+    fn new(script: impl IntoIterator<Item = Option<u64>>) -> Self {
+        Deployment {
+            script: Arc::new(Mutex::new(script.into_iter().collect())),
+            calls: Arc::default(),
+        }
+    }
+
+    fn calls(&self) -> usize {
+        self.calls.load(Ordering::Relaxed)
+    }
+
+    fn service(
+        &self,
+    ) -> BoxCloneSyncService<Request<ReplayBody>, http::Response<Full<Bytes>>, Infallible> {
+        let this = self.clone();
+        BoxCloneSyncService::new(tower::service_fn(move |_: Request<ReplayBody>| {
+            this.calls.fetch_add(1, Ordering::Relaxed);
+            let answer = match this.script.lock().unwrap().pop_front().flatten() {
+                Some(wait) => http::Response::builder()
+                    .status(429)
+                    .header("content-type", "application/json")
+                    .header("retry-after", wait.to_string())
+                    .body(Full::new(Bytes::from_static(
+                        br#"{"error":{"message":"Rate limit reached","type":"requests","code":"rate_limit_exceeded"}}"#,
+                    ))),
+                None => http::Response::builder()
+                    .header("content-type", "application/json")
+                    .body(Full::new(Bytes::from_static(
+                        br#"{"id":"c","object":"chat.completion","model":"gpt-4o","choices":[{"index":0,"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}]}"#,
+                    ))),
+            };
+            std::future::ready(Ok(answer.unwrap()))
+        }))
+    }
+}
+
+/// `a`, `b`, `c` as one weighted group, the whole route, `c` added last
+/// and picked first (its weight), with the SDKs' retry settings.
+fn group_of(deployments: &[Deployment; 3]) -> Stack {
+    let mut stack = LlmStack::sdk_default().seed(7);
+    for (name, (deployment, weight)) in ["a", "b", "c"]
+        .into_iter()
+        .zip(deployments.iter().zip([1, 1, 10_000]))
+    {
+        stack = stack.target(name, deployment.service(), |t| t.weight(weight));
+    }
+    stack
+        .route(
+            ModelRoute::new("gpt-4o", Vec::<String>::new())
+                .group(Strategy::Weighted, ["a", "b", "c"]),
+        )
+        .build()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_deployment_told_to_come_back_later_leaves_the_request_to_a_sibling_wherever_it_was_added()
+ {
+    let deployments = [
+        Deployment::new([]),
+        Deployment::new([]),
+        Deployment::new([Some(3)]),
+    ];
+    let stack = group_of(&deployments);
+    let started = tokio::time::Instant::now();
+    let served = call(&stack).await;
+    assert!(served == "a" || served == "b", "{served}");
+    assert_eq!(deployments[2].calls(), 1, "c was not called again");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "c's hint was waited out: {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn the_last_deployment_a_request_has_left_waits_out_its_hint() {
+    // Every deployment says "in 3 s" once: the first two picked leave the
+    // request to their siblings; the third, with none left, waits and
+    // serves it.
+    let deployments = [
+        Deployment::new([Some(3)]),
+        Deployment::new([Some(3)]),
+        Deployment::new([Some(3)]),
+    ];
+    let stack = group_of(&deployments);
+    let started = tokio::time::Instant::now();
+    let served = call(&stack).await;
+    let mut calls: Vec<usize> = deployments.iter().map(Deployment::calls).collect();
+    let waited = ["a", "b", "c"].iter().position(|n| *n == served).unwrap();
+    assert_eq!(
+        calls[waited], 2,
+        "{served} served after its wait: {calls:?}"
+    );
+    calls.sort_unstable();
+    assert_eq!(calls, [1, 1, 2], "each sibling was tried first");
+    assert!(started.elapsed() >= Duration::from_secs(3));
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_deployment_cooling_down_on_another_replicas_word_is_left_to_its_siblings() {
+    let deployments = [
+        Deployment::new([]),
+        Deployment::new([]),
+        Deployment::new([]),
+    ];
+    let stack = group_of(&deployments);
+    // What a replica sharing decisions applies when another one met a 429.
+    let until = tokio::time::Instant::now() + Duration::from_secs(30);
+    assert!(stack.circuits().apply_cooldown_until("c/gpt-4o", until));
+    let started = tokio::time::Instant::now();
+    for _ in 0..5 {
+        let served = call(&stack).await;
+        assert!(served == "a" || served == "b", "{served}");
+    }
+    assert_eq!(deployments[2].calls(), 0, "nothing reached c");
+    assert!(started.elapsed() < Duration::from_secs(1));
 }

@@ -183,7 +183,7 @@ pub(super) fn route_targets(
             route.model
         )));
     }
-    Ok(grouped(with_services(chosen, ordinary), &sizes))
+    Ok(grouped(with_services(chosen, ordinary, &sizes), &sizes))
 }
 
 /// Every target, in the order added, each a group of one (a stack without
@@ -191,7 +191,7 @@ pub(super) fn route_targets(
 pub(super) fn in_route_order(targets: Vec<Target<TargetServices>>) -> Grouped {
     let ordinary = targets.len();
     let sizes = vec![(Strategy::default(), 1); ordinary];
-    grouped(with_services(targets, ordinary), &sizes)
+    grouped(with_services(targets, ordinary, &sizes), &sizes)
 }
 
 /// `targets` cut into groups of `sizes`.
@@ -205,23 +205,47 @@ fn grouped(targets: Vec<Target<TargetService>>, sizes: &[(Strategy, usize)]) -> 
 
 /// Each target over the service its place calls for: the first `ordinary`
 /// are tried in order on any failure, so all but the last of them leave a
-/// silent attempt to the next; the last, and the targets kept for one kind
-/// of failure (an outage never reaches them), retry it.
+/// silent attempt (or a long hint) to the next; the last, and the targets
+/// kept for one kind of failure (an outage never reaches them), retry it.
+/// In a group of two or more, where the order is the request's pick, each
+/// member leaves it to its siblings and, in the route's last ordinary
+/// group, retries it as its [`last_chance`](Target::last_chance) once no
+/// sibling is left: which member that is, the request decides.
 fn with_services(
     targets: Vec<Target<TargetServices>>,
     ordinary: usize,
+    sizes: &[(Strategy, usize)],
 ) -> Vec<Target<TargetService>> {
+    // Each target's group: its first index and length.
+    let mut spans = Vec::with_capacity(targets.len());
+    let mut start = 0;
+    for &(_, len) in sizes {
+        spans.extend(std::iter::repeat_n((start, len), len));
+        start += len;
+    }
     targets
         .into_iter()
         .enumerate()
         .map(|(i, target)| {
-            target.map_service(|services| {
-                if i + 1 < ordinary {
-                    services.moves_on
-                } else {
-                    services.last
-                }
-            })
+            let (start, len) = spans.get(i).copied().unwrap_or((i, 1));
+            if len < 2 {
+                return target.map_service(|services| {
+                    if i + 1 < ordinary {
+                        services.moves_on
+                    } else {
+                        services.last
+                    }
+                });
+            }
+            let mut last = None;
+            let target = target.map_service(|services| {
+                last = Some(services.last);
+                services.moves_on
+            });
+            match last {
+                Some(last) if start + len >= ordinary => target.last_chance(last),
+                _ => target,
+            }
         })
         .collect()
 }

@@ -172,7 +172,8 @@ where
                 },
                 StateProj::Ready { service } => {
                     let target = &this.shared.targets[*this.current];
-                    let service = service.get_or_insert_with(|| target.service.clone());
+                    let alone = this.cursor.alone();
+                    let service = service.get_or_insert_with(|| target.service_for(alone).clone());
                     match ready!(service.poll_ready(cx)) {
                         Err(error) => error.into(),
                         Ok(()) => {

@@ -23,6 +23,9 @@ pub(crate) struct Cursor {
     group: usize,
     /// Its members already tried, as bits.
     tried: u64,
+    /// Whether the last pick left no other member of its group available
+    /// and untried (its group's last chance).
+    alone: bool,
 }
 
 impl Cursor {
@@ -34,6 +37,12 @@ impl Cursor {
                 .groups
                 .get(self.group)
                 .is_none_or(|g| self.tried.count_ones() as usize >= g.len)
+    }
+
+    /// Whether the member just picked is the last its group has for the
+    /// request: every other member was tried, or is unavailable.
+    pub(crate) fn alone(&self) -> bool {
+        self.alone
     }
 }
 
@@ -93,8 +102,13 @@ fn pass<S>(
 ) -> Option<usize> {
     let choose = |cursor: &mut Cursor| {
         let group = shared.groups.get(cursor.group)?;
-        let member = choose(shared, group, cursor.tried, wanted, request, available_only)?;
+        let (member, others) =
+            choose(shared, group, cursor.tried, wanted, request, available_only)?;
         cursor.tried |= 1 << member;
+        // Once only unavailable members are left, the one taken is as good
+        // as the last: it waits out what holds it rather than pass the
+        // request to others held as well.
+        cursor.alone = !others || !available_only;
         Some(group.start + member)
     };
     if cursor.next > 0
@@ -163,7 +177,8 @@ impl Clock<'_> {
     }
 }
 
-/// The member of `group` to try (an index within the group).
+/// The member of `group` to try (an index within the group), and whether
+/// other members were candidates beside it.
 fn choose<S>(
     shared: &Shared<S>,
     group: &Group,
@@ -171,11 +186,11 @@ fn choose<S>(
     wanted: Wanted<'_>,
     request: PickRequest<'_>,
     available_only: bool,
-) -> Option<usize> {
+) -> Option<(usize, bool)> {
     let members = &shared.targets[group.start..group.start + group.len];
     let Some(stats) = group.stats.as_deref() else {
         // A group of one: an ordinary target, as fallback always had.
-        return (tried == 0 && eligible(&members[0], wanted)).then_some(0);
+        return (tried == 0 && eligible(&members[0], wanted)).then_some((0, false));
     };
     let mut clock = Clock { stats, now: None };
     let mut candidates: u64 = 0;
@@ -204,10 +219,10 @@ fn choose<S>(
                 Strategy::Weighted => weighted(shared, stats, candidates),
             },
         };
+        candidates &= !(1 << member);
         if !available_only || checked(shared, &members[member], wanted, request) {
             break member;
         }
-        candidates &= !(1 << member);
     };
     let deployment = &stats.members[member];
     deployment.picks.fetch_add(1, Ordering::Relaxed);
@@ -222,7 +237,7 @@ fn choose<S>(
             )
         })
         .increment(1);
-    Some(member)
+    Some((member, candidates != 0))
 }
 
 /// Asks the installed check (if any) about `target` taking the request.

@@ -35,6 +35,9 @@ pub type AdaptFn = dyn Fn(&mut Request<Full<Bytes>>) + Send + Sync;
 pub struct Target<S> {
     pub(crate) name: Arc<str>,
     pub(crate) service: S,
+    /// Called instead of `service` when no other member of its group is
+    /// left to try (see [`last_chance`](Target::last_chance)).
+    pub(crate) last_chance: Option<S>,
     pub(crate) base: Option<Uri>,
     pub(crate) model: Option<Arc<str>>,
     pub(crate) credential: Option<(HeaderName, HeaderValue)>,
@@ -83,6 +86,7 @@ impl<S> Target<S> {
         Target {
             name: name.into(),
             service,
+            last_chance: None,
             base: None,
             model: None,
             credential: None,
@@ -100,6 +104,8 @@ impl<S> Target<S> {
     }
 
     /// This target (name, URL, model, key, routes) over another service.
+    /// A [`last_chance`](Target::last_chance) service, of the old type, is
+    /// not carried over.
     ///
     /// ```
     /// use tower_llm_fallback::Target;
@@ -112,6 +118,7 @@ impl<S> Target<S> {
         Target {
             name: self.name,
             service: f(self.service),
+            last_chance: None,
             base: self.base,
             model: self.model,
             credential: self.credential,
@@ -131,6 +138,36 @@ impl<S> Target<S> {
     /// The service.
     pub fn into_service(self) -> S {
         self.service
+    }
+
+    /// Calls `service` instead of the target's own when the request has
+    /// nowhere else to go in the target's group: every other member was
+    /// tried or is unavailable (a group of one: always). A stack gives a
+    /// deployment of a group two retries over the same breaker: one that
+    /// leaves a long `retry-after` or a silent attempt to a sibling, and
+    /// this one, which waits the hint out or retries, for when no sibling
+    /// is left. Which member that is depends on the order a request picks
+    /// them in, not on where the target was added.
+    ///
+    /// ```
+    /// use tower_llm_fallback::Target;
+    ///
+    /// let target = Target::new("eu", "moves on").last_chance("waits");
+    /// assert_eq!(target.name(), "eu");
+    /// ```
+    pub fn last_chance(mut self, service: S) -> Self {
+        self.last_chance = Some(service);
+        self
+    }
+
+    /// The service an attempt calls: [`last_chance`](Target::last_chance)'s
+    /// when `alone` (no other member of the group is left), else the
+    /// target's own.
+    pub(crate) fn service_for(&self, alone: bool) -> &S {
+        match &self.last_chance {
+            Some(last) if alone => last,
+            _ => &self.service,
+        }
     }
 
     /// The name.
