@@ -420,6 +420,14 @@ impl LlmStack {
         self
     }
 
+    /// Whether the stack shares its circuit decisions with other replicas.
+    fn shares_state(&self) -> bool {
+        #[cfg(feature = "redis")]
+        return self.shared_state.is_some();
+        #[cfg(not(feature = "redis"))]
+        false
+    }
+
     /// The stack.
     ///
     /// A stack with a single target does not cool its key down on hinted
@@ -430,13 +438,18 @@ impl LlmStack {
     /// could only turn a chance of success into a certain failure; the
     /// request's own retry waits the hint or backs off instead, within its
     /// budget. Quota cooldowns stay, and connect failures, timeouts and
-    /// server errors still open it.
+    /// server errors still open it. A stack that shares its decisions with
+    /// other replicas ([`shared_state`](LlmStack::shared_state)) keeps the
+    /// rate-limit cooldown even alone: a 429's `retry-after` is then the
+    /// whole fleet's to wait out, and the cooldown is what tells the other
+    /// replicas.
     pub fn build(mut self) -> Result<Stack, StackError> {
         if self.targets.len() == 1 {
-            self.circuit = self
-                .circuit
-                .to_builder()
-                .rate_limit_cooldown(false)
+            let mut alone = self.circuit.to_builder();
+            if !self.shares_state() {
+                alone = alone.rate_limit_cooldown(false);
+            }
+            self.circuit = alone
                 .count_overload(false)
                 .count_after_content(false)
                 .build()

@@ -198,3 +198,56 @@ async fn health_shows_no_sharing_without_a_shared_section() {
     let app = router(stack, &section.options().unwrap(), None, &Closing::new());
     assert!(health(&app).await["shared"].is_null());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_of_a_single_target_share_its_429_and_neither_calls_it_during_the_hint() {
+    let redis = RedisServer::start();
+    let only = Simulator::builder()
+        .plan(FaultPlan::script([Fault::rate_limited(
+            Duration::from_secs(30),
+        )]))
+        .start()
+        .await
+        .unwrap();
+    let file = format!(
+        r#"
+        preset = "development"
+
+        [shared]
+        redis_url_env = "GATEWAY_REDIS_URL"
+        key_prefix = "gateway-test-alone"
+
+        [[targets]]
+        name = "only"
+        base_url = "{}/v1"
+        "#,
+        only.base_url(),
+    );
+    let url = format!("redis://127.0.0.1:{}/", redis.port);
+    let (a, stack_a) = replica(&file, &url);
+    let (b, stack_b) = replica(&file, &url);
+    connected(&stack_a).await;
+    connected(&stack_b).await;
+
+    // A meets the 429 (its retry would wait the 30 s out: the call is
+    // given up after it was answered).
+    let _ = tokio::time::timeout(Duration::from_millis(300), chat(&a)).await;
+    assert_eq!(only.requests().len(), 1);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while stack_b.shared_state().unwrap().stats().applied == 0 {
+        assert!(Instant::now() < deadline, "B never heard A's cooldown");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    for stack in [&stack_a, &stack_b] {
+        let cooling =
+            stack.circuits().snapshot().into_iter().any(|key| {
+                key.key.to_string() == "only/gpt-4o" && key.cooldown_remaining.is_some()
+            });
+        assert!(cooling, "the key cools down on both replicas");
+    }
+    // Neither replica calls the provider while the hint runs.
+    for app in [&a, &b] {
+        let _ = tokio::time::timeout(Duration::from_millis(300), chat(app)).await;
+    }
+    assert_eq!(only.requests().len(), 1, "no call during the hint");
+}
