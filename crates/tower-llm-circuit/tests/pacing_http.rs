@@ -133,11 +133,15 @@ async fn single_key_over_its_limit(api: Api, limits: ProviderLimits, pacing: Pac
             _ => None,
         })
         .collect();
-    assert!(
-        !ends.contains(&End::Upstream429),
-        "{} upstream 429s",
-        ends.iter().filter(|e| **e == End::Upstream429).count()
+    let refused = ends.iter().filter(|e| **e == End::Upstream429).count();
+    println!(
+        "{api:?}, {limits:?}: {} calls at 200/min once the headers were seen: {served} served, \
+         {} answered at once with the wait (longest {:?}), {refused} upstream 429s",
+        ends.len(),
+        paced.len(),
+        paced.iter().max().copied().unwrap_or_default(),
     );
+    assert!(refused == 0, "{refused} upstream 429s");
     assert_eq!(served + paced.len(), ends.len(), "{ends:?}");
     // Every call that reached the provider was served.
     assert_eq!(sim.requests().len(), served + 1);
