@@ -383,6 +383,73 @@ async fn health_shows_an_open_circuit_and_a_degraded_status() {
 }
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn health_and_metrics_show_each_deployments_picks() {
+    let (east, west) = (
+        sim(FaultPlan::healthy()).await,
+        sim(FaultPlan::healthy()).await,
+    );
+    // Names no other test uses: the recorder is process-wide.
+    let config = format!(
+        r#"
+        preset = "development"
+        [[targets]]
+        name = "picks-east"
+        base_url = "{}/v1"
+        weight = 3
+        [[targets]]
+        name = "picks-west"
+        base_url = "{}/v1"
+        [[routes]]
+        model = "gpt-4o"
+        groups = [{{ strategy = "weighted", targets = ["picks-east", "picks-west"] }}]
+        "#,
+        east.base_url(),
+        west.base_url()
+    );
+    let gateway = Gateway::start(&config, Default::default()).await;
+    for _ in 0..8 {
+        assert_eq!(gateway.post(chat("gpt-4o", false)).await.status(), 200);
+    }
+    let served = [east.requests().len() as u64, west.requests().len() as u64];
+
+    let (status, health) = gateway.get("/health").await;
+    assert_eq!(status, StatusCode::OK);
+    let health: serde_json::Value = serde_json::from_str(&health).unwrap();
+    let route = &health["groups"][0];
+    assert_eq!(route["model"], "gpt-4o", "{health}");
+    let group = &route["groups"][0];
+    assert_eq!(group["strategy"], "weighted");
+    let deployments = group["deployments"].as_array().unwrap();
+    let shown: Vec<(&str, u64, u64)> = deployments
+        .iter()
+        .map(|d| {
+            (
+                d["target"].as_str().unwrap(),
+                d["weight"].as_u64().unwrap(),
+                d["picks"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        shown,
+        [("picks-east", 3, served[0]), ("picks-west", 1, served[1])]
+    );
+
+    assert_eq!(served.iter().sum::<u64>(), 8);
+
+    // A deployment's counter starts with its first pick.
+    let (_, metrics) = gateway.get("/metrics").await;
+    for (name, count) in [("picks-east", served[0]), ("picks-west", served[1])] {
+        let line =
+            format!(r#"tower_llm_fallback_picks_total{{route="gpt-4o",target="{name}"}} {count}"#);
+        assert!(
+            count == 0 || metrics.contains(&line),
+            "{line} not in {metrics}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn metrics_count_retries_and_served_requests() {
     let primary = sim(FaultPlan::script([Fault::overloaded()])).await;
     // A target name no other test uses: the recorder is process-wide.
