@@ -21,6 +21,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use tower::ServiceExt;
 use tower::util::BoxCloneSyncService;
+use tower_llm::circuit::{PaceBucket, SharedPacing};
 use tower_llm::config::StackConfig;
 use tower_llm::fallback::Strategy;
 use tower_llm::retry::ReplayBody;
@@ -247,17 +248,27 @@ fn a_weight_of_zero_is_refused_naming_the_target() {
     );
 }
 
-/// An in-process deployment: answers `script` in turn (a `retry-after`
-/// in seconds: a 429 saying so; `None`: a completion), then completions,
-/// counting its calls.
+/// One scripted answer: after a delay, a 429 with its `retry-after` in
+/// seconds, or (`None`) a completion.
+type Scripted = (Duration, Option<u64>);
+
+/// An in-process deployment: answers `script` in turn, each after its
+/// delay (a `retry-after` in seconds: a 429 saying so; `None`: a
+/// completion), then completions at once, counting its calls.
 #[derive(Clone)]
 struct Deployment {
-    script: Arc<Mutex<VecDeque<Option<u64>>>>,
+    script: Arc<Mutex<VecDeque<Scripted>>>,
     calls: Arc<AtomicUsize>,
 }
 
 impl Deployment {
+    /// Answers at once.
     fn new(script: impl IntoIterator<Item = Option<u64>>) -> Self {
+        Self::after(script.into_iter().map(|answer| (Duration::ZERO, answer)))
+    }
+
+    /// Answers each after its delay.
+    fn after(script: impl IntoIterator<Item = Scripted>) -> Self {
         Deployment {
             script: Arc::new(Mutex::new(script.into_iter().collect())),
             calls: Arc::default(),
@@ -274,7 +285,13 @@ impl Deployment {
         let this = self.clone();
         BoxCloneSyncService::new(tower::service_fn(move |_: Request<ReplayBody>| {
             this.calls.fetch_add(1, Ordering::Relaxed);
-            let answer = match this.script.lock().unwrap().pop_front().flatten() {
+            let (delay, wait) = this
+                .script
+                .lock()
+                .unwrap()
+                .pop_front()
+                .unwrap_or((Duration::ZERO, None));
+            let answer = match wait {
                 Some(wait) => http::Response::builder()
                     .status(429)
                     .header("content-type", "application/json")
@@ -288,28 +305,57 @@ impl Deployment {
                         br#"{"id":"c","object":"chat.completion","model":"gpt-4o","choices":[{"index":0,"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}]}"#,
                     ))),
             };
-            std::future::ready(Ok(answer.unwrap()))
+            async move {
+                tokio::time::sleep(delay).await;
+                Ok(answer.unwrap())
+            }
         }))
     }
+}
+
+/// A route over `deployments` (name, deployment, weight), one weighted
+/// group or in order, with the SDKs' retry settings.
+fn route_of(deployments: &[(&str, &Deployment, u32)], grouped: bool, hedge: bool) -> Stack {
+    let mut stack = LlmStack::sdk_default().seed(7);
+    for (name, deployment, weight) in deployments {
+        stack = stack.target(name, deployment.service(), |t| t.weight(*weight));
+    }
+    if hedge {
+        stack = stack.hedge(Duration::from_millis(50), 1.0);
+    }
+    let names: Vec<&str> = deployments.iter().map(|(name, _, _)| *name).collect();
+    let route = if grouped {
+        ModelRoute::new("gpt-4o", Vec::<String>::new()).group(Strategy::Weighted, names)
+    } else {
+        ModelRoute::new("gpt-4o", names)
+    };
+    stack.route(route).build().unwrap()
 }
 
 /// `a`, `b`, `c` as one weighted group, the whole route, `c` added last
 /// and picked first (its weight), with the SDKs' retry settings.
 fn group_of(deployments: &[Deployment; 3]) -> Stack {
-    let mut stack = LlmStack::sdk_default().seed(7);
-    for (name, (deployment, weight)) in ["a", "b", "c"]
-        .into_iter()
-        .zip(deployments.iter().zip([1, 1, 10_000]))
-    {
-        stack = stack.target(name, deployment.service(), |t| t.weight(weight));
-    }
-    stack
-        .route(
-            ModelRoute::new("gpt-4o", Vec::<String>::new())
-                .group(Strategy::Weighted, ["a", "b", "c"]),
-        )
-        .build()
-        .unwrap()
+    route_of(
+        &[
+            ("a", &deployments[0], 1),
+            ("b", &deployments[1], 1),
+            ("c", &deployments[2], 10_000),
+        ],
+        true,
+        false,
+    )
+}
+
+/// Paces `key` out until `secs` from now, as another replica's view of
+/// it would.
+fn pace_out(stack: &Stack, key: &str, secs: u64) {
+    let until = tokio::time::Instant::now() + Duration::from_secs(secs);
+    let spent = PaceBucket::new(0, until);
+    assert!(
+        stack
+            .circuits()
+            .apply_pacing(&SharedPacing::new(key, Some(spent), None))
+    );
 }
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
@@ -374,4 +420,50 @@ async fn a_deployment_cooling_down_on_another_replicas_word_is_left_to_its_sibli
     }
     assert_eq!(deployments[2].calls(), 0, "nothing reached c");
     assert!(started.elapsed() < Duration::from_secs(1));
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_hedge_to_the_last_member_left_waits_out_its_hint_as_on_an_ordered_route() {
+    for grouped in [false, true] {
+        // `a` is slow and then says "in 3 s"; the hedge goes to `b`, which
+        // says so at once: with nothing left, `b` waits and serves.
+        let a = Deployment::after([(Duration::from_millis(200), Some(3))]);
+        let b = Deployment::new([Some(3)]);
+        let stack = route_of(&[("a", &a, 10_000), ("b", &b, 1)], grouped, true);
+        assert_eq!(call(&stack).await, "b", "grouped: {grouped}");
+        assert_eq!(b.calls(), 2, "grouped: {grouped}");
+    }
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_member_beside_a_paced_out_sibling_waits_out_its_own_short_hint_whichever_is_picked_first()
+ {
+    for weights in [(10_000, 1), (1, 10_000)] {
+        let a = Deployment::new([Some(3)]);
+        let b = Deployment::new([]);
+        let stack = route_of(&[("a", &a, weights.0), ("b", &b, weights.1)], true, false);
+        pace_out(&stack, "b/gpt-4o", 20);
+        let started = tokio::time::Instant::now();
+        assert_eq!(call(&stack).await, "a", "weights {weights:?}");
+        assert_eq!((a.calls(), b.calls()), (2, 0), "weights {weights:?}");
+        let took = started.elapsed();
+        assert!(took < Duration::from_secs(10), "{weights:?}: {took:?}");
+    }
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn with_every_member_paced_out_the_first_picked_moves_on_and_the_last_left_waits() {
+    let a = Deployment::new([]);
+    let b = Deployment::new([]);
+    let stack = route_of(&[("a", &a, 10_000), ("b", &b, 1)], true, false);
+    pace_out(&stack, "a/gpt-4o", 25);
+    pace_out(&stack, "b/gpt-4o", 2);
+    let started = tokio::time::Instant::now();
+    assert_eq!(call(&stack).await, "b");
+    assert_eq!((a.calls(), b.calls()), (0, 1));
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(25),
+        "{took:?}"
+    );
 }

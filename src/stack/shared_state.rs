@@ -13,8 +13,8 @@ impl LlmStack {
     /// stack decides alone, as without it
     /// ([`SharedStatus::Degraded`](tower_llm_redis::SharedStatus::Degraded)).
     /// A stack with one target keeps its rate-limit cooldown when it
-    /// shares (see [`build`](LlmStack::build)): the fleet waits out a
-    /// 429's hint, not only the request that met it.
+    /// shares (see [`build`](LlmStack::build)), Redis up or down: the
+    /// fleet waits out a 429's hint, not only the request that met it.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]

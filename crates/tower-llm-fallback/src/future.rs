@@ -312,7 +312,8 @@ where
                             )
                         {
                             *this.cursor = probe;
-                            h.waiting = Some((index, this.shared.targets[index].service.clone()));
+                            let service = this.shared.targets[index].service_for(probe.alone());
+                            h.waiting = Some((index, service.clone()));
                         }
                     }
                     if let Some((index, service)) = h.waiting.as_mut() {

@@ -152,7 +152,8 @@ where
         let report = self.report.clone();
         let future = async move {
             let mut last: Option<LlmError> = None;
-            for index in order {
+            let count = order.len();
+            for (n, index) in order.into_iter().enumerate() {
                 let target = &shared.targets[index];
                 let how = target.continuation_capability();
                 let prefill = match prefill_request(&body, &delivered.text, how, dialect) {
@@ -171,7 +172,9 @@ where
                     Ok(splice) => splice.after(delivered.usage),
                     Err(_) => return Err(last.unwrap_or_else(not_continued)),
                 };
-                let mut service = target.service.clone();
+                // The last target that may continue it has nowhere else to
+                // send it.
+                let mut service = target.service_for(n + 1 == count).clone();
                 let ready: Result<(), LlmError> = std::future::poll_fn(|cx| service.poll_ready(cx))
                     .await
                     .map_err(Into::into);

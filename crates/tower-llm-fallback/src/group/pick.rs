@@ -105,10 +105,7 @@ fn pass<S>(
         let (member, others) =
             choose(shared, group, cursor.tried, wanted, request, available_only)?;
         cursor.tried |= 1 << member;
-        // Once only unavailable members are left, the one taken is as good
-        // as the last: it waits out what holds it rather than pass the
-        // request to others held as well.
-        cursor.alone = !others || !available_only;
+        cursor.alone = !others;
         Some(group.start + member)
     };
     if cursor.next > 0
@@ -178,7 +175,10 @@ impl Clock<'_> {
 }
 
 /// The member of `group` to try (an index within the group), and whether
-/// other members were candidates beside it.
+/// another member is left beside it: untried, eligible and, in the pass
+/// over available members, available (the installed check asked only
+/// when the member picked has a [`last_chance`](Target::last_chance),
+/// which is what it decides).
 fn choose<S>(
     shared: &Shared<S>,
     group: &Group,
@@ -237,7 +237,15 @@ fn choose<S>(
             )
         })
         .increment(1);
-    Some((member, candidates != 0))
+    let others = if available_only && members[member].last_chance.is_some() {
+        // Stops at the first sibling the check lets through.
+        (0..members.len())
+            .filter(|i| candidates & (1 << i) != 0)
+            .any(|i| checked(shared, &members[i], wanted, request))
+    } else {
+        candidates != 0
+    };
+    Some((member, others))
 }
 
 /// Asks the installed check (if any) about `target` taking the request.

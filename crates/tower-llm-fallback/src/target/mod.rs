@@ -142,7 +142,9 @@ impl<S> Target<S> {
 
     /// Calls `service` instead of the target's own when the request has
     /// nowhere else to go in the target's group: every other member was
-    /// tried or is unavailable (a group of one: always). A stack gives a
+    /// tried, or (while any member is available) is unavailable; a group
+    /// of one: always. The same for a hedge, and for the last target that
+    /// may continue a broken stream. A stack gives a
     /// deployment of a group two retries over the same breaker: one that
     /// leaves a long `retry-after` or a silent attempt to a sibling, and
     /// this one, which waits the hint out or retries, for when no sibling
