@@ -244,7 +244,7 @@ impl RequestMeta {
 /// `/model/{id}/invoke`, Azure `/openai/deployments/{deployment}/…`.
 fn model_from_path(path: &str) -> Option<String> {
     for marker in ["/models/", "/model/", "/deployments/"] {
-        if let Some(at) = path.find(marker) {
+        if let Some(at) = find_segment(path, marker) {
             let rest = &path[at + marker.len()..];
             let end = rest.find([':', '/']).unwrap_or(rest.len());
             let model = &rest[..end];
@@ -254,6 +254,16 @@ fn model_from_path(path: &str) -> Option<String> {
         }
     }
     None
+}
+
+/// Where `marker` (which starts with `/`) first occurs in `path`, tried
+/// at each `/` only: `str::find` sets up a two-way searcher for every
+/// call, which cost more than the rest of the request's metadata.
+fn find_segment(path: &str, marker: &str) -> Option<usize> {
+    // A plain loop: a path is a few dozen bytes, too short for memchr's
+    // vector set-up to pay.
+    let bytes = path.as_bytes();
+    (0..bytes.len()).find(|&at| bytes[at] == b'/' && bytes[at..].starts_with(marker.as_bytes()))
 }
 
 /// Decodes `%XX` escapes; invalid escapes are kept as they are.
@@ -371,6 +381,17 @@ fn interned_model(model: &str) -> Arc<str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        #[test]
+        fn a_marker_is_found_where_str_find_finds_it(
+            path in "[/a-z%:.-]{0,40}(/models/|/model/|/deployments/)?[/a-z%:.-]{0,20}"
+        ) {
+            for marker in ["/models/", "/model/", "/deployments/"] {
+                proptest::prop_assert_eq!(find_segment(&path, marker), path.find(marker));
+            }
+        }
+    }
 
     #[test]
     fn a_model_seen_lately_is_shared_and_the_names_kept_stay_few() {

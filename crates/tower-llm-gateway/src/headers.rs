@@ -20,6 +20,27 @@ pub const FALLBACKS_HEADER: &str = "x-tower-llm-fallbacks";
 /// `Trailer`; every caller has it in the metrics and the log.
 pub const CONTINUED_TRAILER: &str = "x-tower-llm-continued";
 
+/// The listed names [`keep_to_gateway`] keeps from callers.
+const KEPT: [&[&str]; 3] = [&HOP_BY_HOP_HEADERS, &ACCOUNT_HEADERS, &["set-cookie"]];
+
+/// The lengths of the [`KEPT`] names, as bits.
+const KEPT_LENGTHS: u64 = {
+    let mut bits = 0u64;
+    let mut list = 0;
+    while list < KEPT.len() {
+        let mut i = 0;
+        while i < KEPT[list].len() {
+            // Every listed name is shorter than 64 bytes (checked here, at
+            // compile time).
+            assert!(KEPT[list][i].len() < 64);
+            bits |= 1 << KEPT[list][i].len();
+            i += 1;
+        }
+        list += 1;
+    }
+    bits
+};
+
 /// Response headers that stay at the gateway: hop-by-hop ones (RFC 9110
 /// §7.6.1) and those the `connection` header names, cookies, the
 /// identity of the gateway's own upstream account, and any `x-tower-llm-*`
@@ -35,12 +56,15 @@ pub(crate) fn keep_to_gateway(headers: &mut HeaderMap) {
     let mut kept: Vec<HeaderName> = Vec::new();
     let mut count = 0;
     for name in headers.keys() {
-        let listed = HOP_BY_HOP_HEADERS
-            .iter()
-            .chain(&ACCOUNT_HEADERS)
-            .chain(&["set-cookie"])
-            .any(|listed| *listed == name.as_str())
-            || name.as_str().starts_with("x-tower-llm-");
+        let name_str = name.as_str();
+        // Most names (`content-type`, the `x-ratelimit-*`) are ruled out
+        // by their length alone.
+        let listed = (KEPT_LENGTHS.checked_shr(name_str.len() as u32).unwrap_or(0) & 1 == 1
+            && KEPT
+                .iter()
+                .flat_map(|list| list.iter())
+                .any(|listed| *listed == name_str))
+            || name_str.starts_with("x-tower-llm-");
         if listed {
             match few.get_mut(count) {
                 Some(slot) => *slot = Some(name.clone()),
@@ -123,6 +147,21 @@ mod tests {
         keep_to_gateway(&mut headers);
         let left: Vec<_> = headers.keys().map(HeaderName::as_str).collect();
         assert_eq!(left, ["content-type", "x-request-id"]);
+    }
+
+    #[test]
+    fn every_listed_name_stays_at_the_gateway_and_names_of_their_lengths_pass() {
+        for name in KEPT.iter().flat_map(|list| list.iter()) {
+            // A name of the same length that is not listed goes on.
+            let alike = format!("{}x", &name[..name.len() - 1]);
+            let mut headers = answer(&[name, &alike, "content-type"]);
+            keep_to_gateway(&mut headers);
+            let mut left: Vec<_> = headers.keys().map(HeaderName::as_str).collect();
+            left.sort_unstable();
+            let mut expected = [alike.as_str(), "content-type"];
+            expected.sort_unstable();
+            assert_eq!(left, expected, "{name}");
+        }
     }
 
     #[test]

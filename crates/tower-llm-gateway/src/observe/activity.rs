@@ -84,6 +84,27 @@ fn bin_upper_ms(bin: usize) -> f64 {
     BIN_GROWTH.powi(bin as i32)
 }
 
+impl Window {
+    /// Counts a request that ended in `second`.
+    fn count(&mut self, second: u64, failed: bool, elapsed: Option<Duration>) {
+        let slot = &mut self.slots[(second % WINDOW_SECONDS as u64) as usize];
+        if slot.second != second {
+            *slot = Slot {
+                second,
+                ..EMPTY_SLOT
+            };
+        }
+        slot.requests = slot.requests.saturating_add(1);
+        if failed {
+            slot.failed = slot.failed.saturating_add(1);
+        }
+        if let Some(elapsed) = elapsed {
+            let bin = &mut slot.bins[bin_of(elapsed)];
+            *bin = bin.saturating_add(1);
+        }
+    }
+}
+
 impl Activity {
     pub(crate) fn new() -> Self {
         Activity {
@@ -109,34 +130,15 @@ impl Activity {
     ) {
         let second = self.second(at);
         let mut targets = self.targets.lock().unwrap_or_else(PoisonError::into_inner);
-        if !targets.contains_key(target) {
-            if targets.len() >= MAX_TARGETS {
-                return;
-            }
-            targets.insert(
-                Arc::from(target),
-                Window {
-                    slots: Box::new([EMPTY_SLOT; WINDOW_SECONDS]),
-                },
-            );
-        }
-        let Some(window) = targets.get_mut(target) else {
-            return;
-        };
-        let slot = &mut window.slots[(second % WINDOW_SECONDS as u64) as usize];
-        if slot.second != second {
-            *slot = Slot {
-                second,
-                ..EMPTY_SLOT
+        // One lookup for a target seen before (every request but its first).
+        if let Some(window) = targets.get_mut(target) {
+            window.count(second, failed, elapsed);
+        } else if targets.len() < MAX_TARGETS {
+            let mut window = Window {
+                slots: Box::new([EMPTY_SLOT; WINDOW_SECONDS]),
             };
-        }
-        slot.requests = slot.requests.saturating_add(1);
-        if failed {
-            slot.failed = slot.failed.saturating_add(1);
-        }
-        if let Some(elapsed) = elapsed {
-            let bin = &mut slot.bins[bin_of(elapsed)];
-            *bin = bin.saturating_add(1);
+            window.count(second, failed, elapsed);
+            targets.insert(Arc::from(target), window);
         }
     }
 
