@@ -20,6 +20,15 @@ pub const FALLBACKS_HEADER: &str = "x-tower-llm-fallbacks";
 /// `Trailer`; every caller has it in the metrics and the log.
 pub const CONTINUED_TRAILER: &str = "x-tower-llm-continued";
 
+/// [`TARGET_HEADER`] as a name, made at compile time: a name given as
+/// text is parsed on every use (`HeaderMap::get("…")`,
+/// `HeaderName::from_static` outside a constant).
+pub(crate) const TARGET: HeaderName = HeaderName::from_static(TARGET_HEADER);
+/// [`ATTEMPTS_HEADER`] as a name.
+pub(crate) const ATTEMPTS: HeaderName = HeaderName::from_static(ATTEMPTS_HEADER);
+/// [`FALLBACKS_HEADER`] as a name.
+pub(crate) const FALLBACKS: HeaderName = HeaderName::from_static(FALLBACKS_HEADER);
+
 /// The listed names [`keep_to_gateway`] keeps from callers.
 const KEPT: [&[&str]; 3] = [&HOP_BY_HOP_HEADERS, &ACCOUNT_HEADERS, &["set-cookie"]];
 
@@ -108,9 +117,9 @@ pub(crate) fn passed_targets(report: &FallbackReport) -> String {
 }
 
 /// Sets `name` to `value` when `value` is a valid header value.
-pub(crate) fn set(headers: &mut HeaderMap, name: &'static str, value: &str) {
+pub(crate) fn set(headers: &mut HeaderMap, name: HeaderName, value: &str) {
     if let Ok(value) = HeaderValue::from_str(value) {
-        headers.insert(HeaderName::from_static(name), value);
+        headers.insert(name, value);
     }
 }
 

@@ -148,8 +148,11 @@ impl<'a> Raw<'a> {
     /// Where a rate-limit header named `name` is filed; `None` for any
     /// other name.
     fn slot(&mut self, name: &str) -> Option<&mut Option<&'a str>> {
+        // The dash found by a plain loop: `split_once('-')` sets up a
+        // searcher per call, for names of a dozen bytes.
         if let Some(rest) = name.strip_prefix("x-ratelimit-") {
-            let (kind, bucket) = rest.split_once('-')?;
+            let dash = rest.bytes().position(|b| b == b'-')?;
+            let (kind, bucket) = (&rest[..dash], &rest[dash + 1..]);
             let at = field(kind)?;
             return match bucket {
                 "requests" => Some(&mut self.openai_requests[at]),
@@ -158,7 +161,8 @@ impl<'a> Raw<'a> {
             };
         }
         if let Some(rest) = name.strip_prefix("anthropic-ratelimit-") {
-            let (bucket, kind) = rest.rsplit_once('-')?;
+            let dash = rest.bytes().rposition(|b| b == b'-')?;
+            let (bucket, kind) = (&rest[..dash], &rest[dash + 1..]);
             let at = field(kind)?;
             return match bucket {
                 "requests" => Some(&mut self.anthropic_requests[at]),

@@ -12,7 +12,7 @@ use tower_llm::retry::RetryStats;
 use tower_llm::{ErrorKind, LlmError};
 
 use crate::error::{error_json, payload_too_large, shutting_down};
-use crate::headers::{ATTEMPTS_HEADER, FALLBACKS_HEADER, keep_to_gateway, passed_targets, set};
+use crate::headers::{ATTEMPTS, FALLBACKS, attempts_value, keep_to_gateway, passed_targets, set};
 
 use super::is_length_limit;
 
@@ -146,13 +146,11 @@ impl ErrorShape {
             self.stack_failure(error, retryable)
         };
         if let Some(passed) = passed.filter(|p| !p.is_empty()) {
-            set(response.headers_mut(), FALLBACKS_HEADER, &passed);
+            set(response.headers_mut(), FALLBACKS, &passed);
         }
-        set(
-            response.headers_mut(),
-            ATTEMPTS_HEADER,
-            &attempts.to_string(),
-        );
+        response
+            .headers_mut()
+            .insert(ATTEMPTS, attempts_value(attempts));
         response
     }
 

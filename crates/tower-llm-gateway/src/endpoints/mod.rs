@@ -48,8 +48,8 @@ use tower_llm::retry::RetryStats;
 
 use crate::body;
 use crate::headers::{
-    ATTEMPTS_HEADER, CONTINUED_TRAILER, FALLBACKS_HEADER, TARGET_HEADER, attempts_value,
-    keep_to_gateway, passed_targets, set,
+    ATTEMPTS, CONTINUED_TRAILER, FALLBACKS, TARGET, attempts_value, keep_to_gateway,
+    passed_targets, set,
 };
 use crate::router::Gateway;
 
@@ -156,21 +156,13 @@ pub(crate) async fn forward(endpoint: &Endpoint, gateway: Gateway, request: Requ
     };
     match served_by {
         Some(value) => {
-            head.headers
-                .insert(HeaderName::from_static(TARGET_HEADER), value);
+            head.headers.insert(TARGET, value);
         }
-        None => set(
-            &mut head.headers,
-            TARGET_HEADER,
-            target.as_deref().unwrap_or("-"),
-        ),
+        None => set(&mut head.headers, TARGET, target.as_deref().unwrap_or("-")),
     }
-    head.headers.insert(
-        HeaderName::from_static(ATTEMPTS_HEADER),
-        attempts_value(attempts),
-    );
+    head.headers.insert(ATTEMPTS, attempts_value(attempts));
     if let Some(passed) = passed {
-        set(&mut head.headers, FALLBACKS_HEADER, &passed);
+        set(&mut head.headers, FALLBACKS, &passed);
     }
     // A stream that fails after its head ends with an error event in the
     // endpoint's dialect.

@@ -22,14 +22,14 @@ use axum::body::Body;
 use axum::extract::Request;
 use axum::response::Response;
 use bytes::Bytes;
-use http::{HeaderMap, StatusCode};
+use http::{HeaderMap, HeaderName, StatusCode};
 use http_body::{Frame, SizeHint};
 use tower::{Layer, Service};
 
 use tower_llm::fallback::FallbackReport;
 
 use crate::body::FailedInBand;
-use crate::headers::{ATTEMPTS_HEADER, FALLBACKS_HEADER, TARGET_HEADER};
+use crate::headers::{ATTEMPTS, FALLBACKS, TARGET};
 
 #[allow(unused_imports)]
 pub(crate) use activity::TargetFigures;
@@ -201,7 +201,7 @@ impl Seen {
         served_by: Option<Arc<str>>,
         started: Instant,
     ) -> Self {
-        let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        let text = |name: &HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
         Seen {
             endpoint,
             status,
@@ -212,14 +212,12 @@ impl Seen {
             // holds the name already (a copy of the pointer, not of the
             // text).
             target: served_by.or_else(|| {
-                text(TARGET_HEADER)
+                text(&TARGET)
                     .filter(|t| *t != "-" && !t.is_empty())
                     .map(Arc::from)
             }),
-            attempts: text(ATTEMPTS_HEADER)
-                .and_then(|a| a.parse().ok())
-                .unwrap_or(1),
-            passed: text(FALLBACKS_HEADER)
+            attempts: text(&ATTEMPTS).and_then(|a| a.parse().ok()).unwrap_or(1),
+            passed: text(&FALLBACKS)
                 .filter(|p| !p.is_empty())
                 .map(str::to_owned),
             failed_in_band: None,
