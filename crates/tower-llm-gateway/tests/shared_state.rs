@@ -126,25 +126,57 @@ async fn connected(stack: &Stack) {
         .expect("connected to redis");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_429_one_replica_meets_keeps_the_other_off_that_target_and_health_shows_sharing() {
-    let redis = RedisServer::start();
-    let primary = Simulator::builder()
+/// A provider whose first answer is a 429 with `retry-after: 30`.
+async fn limited_once() -> Simulator {
+    Simulator::builder()
         .plan(FaultPlan::script([Fault::rate_limited(
             Duration::from_secs(30),
         )]))
         .start()
         .await
-        .unwrap();
-    let backup = Simulator::start().await.unwrap();
+        .unwrap()
+}
+
+/// Two replicas of a gateway over `targets` (its `[[targets]]`), sharing
+/// through `redis` under `prefix`, both connected.
+async fn two_replicas(redis: &RedisServer, prefix: &str, targets: &str) -> [(Router, Stack); 2] {
     let file = format!(
         r#"
         preset = "development"
 
         [shared]
         redis_url_env = "GATEWAY_REDIS_URL"
-        key_prefix = "gateway-test"
+        key_prefix = "{prefix}"
+        {targets}
+        "#
+    );
+    let url = format!("redis://127.0.0.1:{}/", redis.port);
+    let replicas = [replica(&file, &url), replica(&file, &url)];
+    for (_, stack) in &replicas {
+        connected(stack).await;
+    }
+    replicas
+}
 
+/// Waits until `stack` has applied a decision another replica shared.
+async fn heard(stack: &Stack) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while stack.shared_state().unwrap().stats().applied == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "never heard the other's decision"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_one_replica_meets_keeps_the_other_off_that_target_and_health_shows_sharing() {
+    let redis = RedisServer::start();
+    let primary = limited_once().await;
+    let backup = Simulator::start().await.unwrap();
+    let targets = format!(
+        r#"
         [[targets]]
         name = "primary"
         base_url = "{}/v1"
@@ -156,20 +188,12 @@ async fn a_429_one_replica_meets_keeps_the_other_off_that_target_and_health_show
         primary.base_url(),
         backup.base_url()
     );
-    let url = format!("redis://127.0.0.1:{}/", redis.port);
-    let (a, stack_a) = replica(&file, &url);
-    let (b, stack_b) = replica(&file, &url);
-    connected(&stack_a).await;
-    connected(&stack_b).await;
+    let [(a, _), (b, stack_b)] = two_replicas(&redis, "gateway-test", &targets).await;
 
     // A meets the 429 and falls back; its cooldown reaches B.
     assert_eq!(chat(&a).await, StatusCode::OK);
     assert_eq!(primary.requests().len(), 1);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while stack_b.shared_state().unwrap().stats().applied == 0 {
-        assert!(Instant::now() < deadline, "B never heard A's cooldown");
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+    heard(&stack_b).await;
     // B goes straight to the backup: the primary (healthy again) hears
     // nothing more.
     assert_eq!(chat(&b).await, StatusCode::OK);
@@ -202,42 +226,18 @@ async fn health_shows_no_sharing_without_a_shared_section() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_of_a_single_target_share_its_429_and_neither_calls_it_during_the_hint() {
     let redis = RedisServer::start();
-    let only = Simulator::builder()
-        .plan(FaultPlan::script([Fault::rate_limited(
-            Duration::from_secs(30),
-        )]))
-        .start()
-        .await
-        .unwrap();
-    let file = format!(
-        r#"
-        preset = "development"
-
-        [shared]
-        redis_url_env = "GATEWAY_REDIS_URL"
-        key_prefix = "gateway-test-alone"
-
-        [[targets]]
-        name = "only"
-        base_url = "{}/v1"
-        "#,
-        only.base_url(),
+    let only = limited_once().await;
+    let targets = format!(
+        "[[targets]]\nname = \"only\"\nbase_url = \"{}/v1\"\n",
+        only.base_url()
     );
-    let url = format!("redis://127.0.0.1:{}/", redis.port);
-    let (a, stack_a) = replica(&file, &url);
-    let (b, stack_b) = replica(&file, &url);
-    connected(&stack_a).await;
-    connected(&stack_b).await;
+    let [(a, stack_a), (b, stack_b)] = two_replicas(&redis, "gateway-test-alone", &targets).await;
 
     // A meets the 429 (its retry would wait the 30 s out: the call is
     // given up after it was answered).
     let _ = tokio::time::timeout(Duration::from_millis(300), chat(&a)).await;
     assert_eq!(only.requests().len(), 1);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while stack_b.shared_state().unwrap().stats().applied == 0 {
-        assert!(Instant::now() < deadline, "B never heard A's cooldown");
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+    heard(&stack_b).await;
     for stack in [&stack_a, &stack_b] {
         let cooling =
             stack.circuits().snapshot().into_iter().any(|key| {
