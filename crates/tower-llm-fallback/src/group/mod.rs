@@ -13,7 +13,11 @@
 //! every member of this one was tried or is unavailable. When nothing
 //! available is left anywhere, the members left are tried anyway, so the
 //! caller gets the layers' own refusal (with its wait) rather than no
-//! answer.
+//! answer. A member given a [`last_chance`](crate::Target::last_chance)
+//! service is called through it only when no other member is left for
+//! the request (every other one tried, or unavailable while some are
+//! available): which member that is depends on the request's picks, not
+//! on the order the members were added.
 
 mod availability;
 mod pick;
