@@ -734,6 +734,38 @@ async fn a_shutdown_lets_a_stream_in_flight_finish() {
 }
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_whole_answer_still_awaited_at_the_end_of_the_grace_period_is_told_the_gateway_shuts_down()
+ {
+    // Both targets answer after two minutes: the request is in the stack's
+    // call when the gateway stops.
+    let primary = sim(Fault::latency(Duration::from_secs(120))).await;
+    let backup = sim(Fault::latency(Duration::from_secs(120))).await;
+    let options = GatewayOptions {
+        shutdown_grace: Duration::from_secs(5),
+        ..Default::default()
+    };
+    let gateway = Gateway::start(&two_targets(&primary, &backup), options).await;
+    let base = gateway.base.clone();
+    let waiting = tokio::spawn(async move {
+        let request = Request::post(format!("{base}/v1/chat/completions"))
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(chat("gpt-4o", false))))
+            .unwrap();
+        client().request(request).await.unwrap()
+    });
+    while primary.requests().is_empty() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let started = tokio::time::Instant::now();
+    gateway.shutdown().await.unwrap();
+    assert_eq!(started.elapsed(), Duration::from_secs(5));
+    let answer = waiting.await.unwrap();
+    assert_eq!(answer.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body = text(answer).await;
+    assert!(body.contains("shutting down"), "{body}");
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn a_shutdown_does_not_wait_past_its_grace_period() {
     let primary = sim(Fault::stream_stall_after(1)).await;
     let backup = sim(Fault::ok()).await;

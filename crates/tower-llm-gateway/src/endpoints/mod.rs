@@ -30,6 +30,8 @@ mod messages;
 mod models;
 mod responses;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -101,9 +103,13 @@ pub(crate) async fn forward(endpoint: &Endpoint, gateway: Gateway, request: Requ
     if declared.is_some_and(|length| length > gateway.max_body_bytes as u64) {
         return errors.payload_too_large();
     }
+    // One wait for the gateway's shutdown, for the whole request: its body
+    // read, the stack's call, then the answer's body (a subscription and a
+    // waiter each, made once rather than three times).
+    let mut closed: Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(gateway.closing.closed());
     // The whole body first, then a permit: a caller trickling its body
     // holds its connection, never a slot other callers need.
-    let body = match read_body(body, &gateway, errors).await {
+    let body = match read_body(body, &gateway, errors, closed.as_mut()).await {
         Ok(body) => body,
         Err(response) => return response,
     };
@@ -134,7 +140,7 @@ pub(crate) async fn forward(endpoint: &Endpoint, gateway: Gateway, request: Requ
     let call = (&gateway.stack).oneshot(upstream);
     let result = tokio::select! {
         result = call => result,
-        () = gateway.closing.closed() => return errors.shutting_down(),
+        () = closed.as_mut() => return errors.shutting_down(),
     };
     let response = match result {
         Ok(response) => response,
@@ -179,14 +185,9 @@ pub(crate) async fn forward(endpoint: &Endpoint, gateway: Gateway, request: Requ
     }
     // The permit is held until the body is done: a stream counts as in
     // flight for as long as it streams.
-    let mut body = body::ResponseBody::new(
-        body,
-        permit,
-        Box::pin(gateway.closing.closed()),
-        gateway.stream_idle_timeout,
-        dialect,
-    )
-    .reporting(continuation, trailers);
+    let mut body =
+        body::ResponseBody::new(body, permit, closed, gateway.stream_idle_timeout, dialect)
+            .reporting(continuation, trailers);
     if let Some(failed) = body.failed_in_band() {
         head.extensions.insert(failed);
     }
@@ -220,14 +221,19 @@ fn forwarded_headers(mut headers: HeaderMap, also: &[&str]) -> HeaderMap {
 
 /// The request body, whole, read within `timeout` (counted from the end of
 /// the request head) and the body limit; otherwise the answer to send.
-async fn read_body(body: Body, gateway: &Gateway, errors: ErrorShape) -> Result<Bytes, Response> {
+async fn read_body(
+    body: Body,
+    gateway: &Gateway,
+    errors: ErrorShape,
+    closed: Pin<&mut (dyn Future<Output = ()> + Send)>,
+) -> Result<Bytes, Response> {
     let timeout = gateway.request_body_timeout;
     // Read as the stack reads it: a body of one frame is kept as it is, no
     // buffer list; cut at the limit (a chunked body declares no length).
     let read = tokio::time::timeout(timeout, ReadBody::new(body, gateway.max_body_bytes));
     let read = tokio::select! {
         read = read => read,
-        () = gateway.closing.closed() => return Err(errors.shutting_down()),
+        () = closed => return Err(errors.shutting_down()),
     };
     match read {
         Ok(Ok(body)) => Ok(body),
