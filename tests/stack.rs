@@ -638,3 +638,24 @@ async fn a_single_target_that_sheds_load_is_never_cut_off_by_its_breaker() {
     // Every call reached the provider (retries included).
     assert!(sim.requests().len() >= 15);
 }
+
+#[test]
+fn a_stack_says_whether_every_target_speaks_a_protocol() {
+    use tower_llm::fallback::Protocol;
+    let openai_only = LlmStack::development()
+        .target("a", client(), |t| t)
+        .target("b", client(), |t| t)
+        .build()
+        .unwrap();
+    assert!(openai_only.every_target_speaks(Protocol::OpenAi));
+    assert!(!openai_only.every_target_speaks(Protocol::Anthropic));
+    let mixed = LlmStack::development()
+        .target("a", client(), |t| t)
+        .target("claude", client(), |t| t.protocol(Protocol::Anthropic))
+        .route(ModelRoute::new("gpt-4o", ["a"]))
+        .route(ModelRoute::new("claude-*", ["claude"]))
+        .build()
+        .unwrap();
+    assert!(!mixed.every_target_speaks(Protocol::OpenAi));
+    assert!(!mixed.every_target_speaks(Protocol::Anthropic));
+}

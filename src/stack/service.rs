@@ -8,7 +8,7 @@ use http::{Request, Response};
 use http_body::Body;
 use tower_llm_circuit::CircuitHandle;
 use tower_llm_classify::{BoxError, LlmError};
-use tower_llm_fallback::{Fallback, GroupSnapshot};
+use tower_llm_fallback::{Fallback, GroupSnapshot, Protocol};
 use tower_service::Service;
 
 use super::routes::Routes;
@@ -68,6 +68,15 @@ impl Stack {
     /// nothing.
     pub fn groups(&self) -> Vec<(String, Vec<GroupSnapshot>)> {
         self.each_route(Fallback::groups)
+    }
+
+    /// Whether every target of every route speaks `protocol`: a caller
+    /// (the gateway) need not name it in a request's extensions, since
+    /// every target would take the request either way.
+    pub fn every_target_speaks(&self, protocol: Protocol) -> bool {
+        self.each_route(|fallback| fallback.every_target_speaks(protocol))
+            .into_iter()
+            .all(|(_, speaks)| speaks)
     }
 
     /// `read` of every route, named by the model it serves, in match order:

@@ -186,6 +186,13 @@ impl<S> Fallback<S> {
         self.shared.targets.iter().map(|t| &*t.name).collect()
     }
 
+    /// Whether every target speaks `protocol`: a request may then name it
+    /// or not (a [`Protocol`](crate::Protocol) in its extensions) and go to
+    /// the same targets.
+    pub fn every_target_speaks(&self, protocol: crate::Protocol) -> bool {
+        self.shared.targets.iter().all(|t| t.speaks() == protocol)
+    }
+
     /// The groups, in order, with what each knows of its members (a
     /// target added alone is a group of one).
     pub fn groups(&self) -> Vec<GroupSnapshot> {

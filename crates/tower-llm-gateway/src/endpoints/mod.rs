@@ -134,7 +134,9 @@ pub(crate) async fn forward(endpoint: &Endpoint, gateway: Gateway, request: Requ
     // protocol goes in a map that exists already, not a new one.
     let mut extensions = std::mem::take(&mut parts.extensions);
     extensions.clear();
-    extensions.insert(endpoint.protocol);
+    if gateway.must_name(endpoint.protocol) {
+        extensions.insert(endpoint.protocol);
+    }
     *upstream.extensions_mut() = extensions;
     // Through a shared reference: no clone of the stack per request.
     let call = (&gateway.stack).oneshot(upstream);
