@@ -640,15 +640,20 @@ async fn a_single_target_that_sheds_load_is_never_cut_off_by_its_breaker() {
 }
 
 #[test]
-fn a_stack_says_whether_every_target_speaks_a_protocol() {
+fn a_stack_names_the_protocol_every_target_speaks_if_there_is_one() {
     use tower_llm::fallback::Protocol;
     let openai_only = LlmStack::development()
         .target("a", client(), |t| t)
         .target("b", client(), |t| t)
         .build()
         .unwrap();
-    assert!(openai_only.every_target_speaks(Protocol::OpenAi));
-    assert!(!openai_only.every_target_speaks(Protocol::Anthropic));
+    assert_eq!(openai_only.common_protocol(), Some(Protocol::OpenAi));
+    let anthropic_only = LlmStack::development()
+        .target("claude", client(), |t| t.protocol(Protocol::Anthropic))
+        .build()
+        .unwrap();
+    assert_eq!(anthropic_only.common_protocol(), Some(Protocol::Anthropic));
+    // Each route speaks one, but not the same one.
     let mixed = LlmStack::development()
         .target("a", client(), |t| t)
         .target("claude", client(), |t| t.protocol(Protocol::Anthropic))
@@ -656,6 +661,5 @@ fn a_stack_says_whether_every_target_speaks_a_protocol() {
         .route(ModelRoute::new("claude-*", ["claude"]))
         .build()
         .unwrap();
-    assert!(!mixed.every_target_speaks(Protocol::OpenAi));
-    assert!(!mixed.every_target_speaks(Protocol::Anthropic));
+    assert_eq!(mixed.common_protocol(), None);
 }

@@ -70,13 +70,16 @@ impl Stack {
         self.each_route(Fallback::groups)
     }
 
-    /// Whether every target of every route speaks `protocol`: a caller
-    /// (the gateway) need not name it in a request's extensions, since
-    /// every target would take the request either way.
-    pub fn every_target_speaks(&self, protocol: Protocol) -> bool {
-        self.each_route(|fallback| fallback.every_target_speaks(protocol))
+    /// The [`Protocol`] every target of every route speaks, when they all
+    /// speak one: a caller (the gateway) need not name it in a request's
+    /// extensions, since every target would take the request either way.
+    pub fn common_protocol(&self) -> Option<Protocol> {
+        let mut routes = self
+            .each_route(Fallback::common_protocol)
             .into_iter()
-            .all(|(_, speaks)| speaks)
+            .map(|(_, protocol)| protocol);
+        let first = routes.next()??;
+        routes.all(|p| p == Some(first)).then_some(first)
     }
 
     /// `read` of every route, named by the model it serves, in match order:

@@ -186,11 +186,13 @@ impl<S> Fallback<S> {
         self.shared.targets.iter().map(|t| &*t.name).collect()
     }
 
-    /// Whether every target speaks `protocol`: a request may then name it
-    /// or not (a [`Protocol`](crate::Protocol) in its extensions) and go to
-    /// the same targets.
-    pub fn every_target_speaks(&self, protocol: crate::Protocol) -> bool {
-        self.shared.targets.iter().all(|t| t.speaks() == protocol)
+    /// The [`Protocol`](crate::Protocol) every target speaks, when they all
+    /// speak one: a request for it may then name it in its extensions or
+    /// not, and go to the same targets.
+    pub fn common_protocol(&self) -> Option<crate::Protocol> {
+        let mut targets = self.shared.targets.iter().map(Target::speaks);
+        let first = targets.next()?;
+        targets.all(|p| p == first).then_some(first)
     }
 
     /// The groups, in order, with what each knows of its members (a

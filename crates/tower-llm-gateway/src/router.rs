@@ -56,20 +56,17 @@ pub(crate) struct GatewayState {
     pub(crate) target_values: HashMap<String, HeaderValue>,
     /// The largest request body.
     pub(crate) max_body_bytes: usize,
-    /// Whether every target speaks OpenAI's API, and Anthropic's: a request
-    /// to an endpoint of a protocol every target speaks need not name it
-    /// (one extension, and its allocation, fewer per request).
-    pub(crate) all_speak: [(Protocol, bool); 2],
+    /// The protocol every target speaks, if they all speak one: a request
+    /// to an endpoint of it need not name it (one extension, and its
+    /// allocation, fewer per request).
+    pub(crate) common_protocol: Option<Protocol>,
 }
 
 impl GatewayState {
     /// Whether a request to an endpoint of `protocol` must name it, so that
     /// targets speaking another are left out.
     pub(crate) fn must_name(&self, protocol: Protocol) -> bool {
-        !self
-            .all_speak
-            .iter()
-            .any(|(speaks, all)| *all && *speaks == protocol)
+        self.common_protocol != Some(protocol)
     }
 }
 
@@ -88,8 +85,7 @@ pub fn router(
 ) -> Router {
     let max_concurrency = options.max_concurrency.clamp(1, MAX_CONCURRENCY);
     let target_values = target_values(&stack);
-    let all_speak = [Protocol::OpenAi, Protocol::Anthropic]
-        .map(|protocol| (protocol, stack.every_target_speaks(protocol)));
+    let common_protocol = stack.common_protocol();
     let gateway = Gateway(Arc::new(GatewayState {
         stack,
         permits: Arc::new(Semaphore::new(max_concurrency)),
@@ -101,7 +97,7 @@ pub fn router(
         caller_keys: options.caller_keys.as_ref().map(CallerKeys::len),
         activity: Arc::new(Activity::new()),
         ready_requires_upstreams: options.ready_requires_upstreams,
-        all_speak,
+        common_protocol,
         target_values,
         max_body_bytes: options.max_body_bytes,
     }));
