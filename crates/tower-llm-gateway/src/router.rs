@@ -1,12 +1,12 @@
 //! The gateway's routes over a stack, with its inbound limits and, when
 //! caller keys are set, the key check in front of every route.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
 use axum::routing::{get, post};
+use foldhash::HashMap;
 use http::{HeaderValue, StatusCode};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::Semaphore;
@@ -53,6 +53,8 @@ pub(crate) struct GatewayState {
     /// Whether readiness fails on a route with no target able to serve.
     pub(crate) ready_requires_upstreams: bool,
     /// Each target's name as the `x-tower-llm-target` value, made once.
+    // Keys from the configuration: foldhash, not SipHash, for the lookup
+    // every answer makes.
     pub(crate) target_values: HashMap<String, HeaderValue>,
     /// The largest request body.
     pub(crate) max_body_bytes: usize,
@@ -165,7 +167,7 @@ pub fn router(
 /// the start), not a copy. A name that is no header value is left out (the
 /// answer then copies it, or leaves the header out, as before).
 fn target_values(stack: &Stack) -> HashMap<String, HeaderValue> {
-    let mut values = HashMap::new();
+    let mut values = HashMap::default();
     for (_, targets) in stack.routes() {
         for name in targets {
             if let Ok(value) = HeaderValue::from_str(name) {

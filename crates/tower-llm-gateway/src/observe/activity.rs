@@ -2,8 +2,12 @@
 //! last minute per target (requests, failures, latency quantiles from
 //! log-spaced bins) and the last fallbacks.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, PoisonError};
+
+// Target names come from the configuration, never from callers: a fast
+// hasher, not SipHash, for the lookup every request makes.
+use foldhash::HashMap;
 use std::time::{Duration, Instant};
 
 /// Targets tracked for `/health`; past this many names (only the
@@ -109,7 +113,7 @@ impl Activity {
     pub(crate) fn new() -> Self {
         Activity {
             epoch: Instant::now(),
-            targets: Mutex::new(HashMap::new()),
+            targets: Mutex::new(HashMap::default()),
             fallbacks: Mutex::new(VecDeque::with_capacity(RECENT_FALLBACKS)),
         }
     }

@@ -7,8 +7,13 @@
 //! its recorder before it serves, so a handle taken at the first request
 //! is the recorder's.
 
-use std::collections::HashMap;
 use std::sync::{Arc, OnceLock, RwLock};
+
+// Keys from the configuration (endpoints, statuses, target names), never
+// from callers: a fast hasher, not SipHash (with the activity's and the
+// target header values' maps, 163.4k -> 162.3k instructions a request in
+// gateway_load's callgrind).
+use foldhash::HashMap;
 
 use http::StatusCode;
 use metrics::{Counter, Histogram, SharedString};
