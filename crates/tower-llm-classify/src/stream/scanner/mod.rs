@@ -4,6 +4,7 @@
 mod ends;
 mod keys;
 mod template;
+
 #[cfg(test)]
 mod tests;
 
@@ -263,7 +264,7 @@ impl EventScanner {
 
     fn scan(&mut self, chunk: &[u8], event: &mut ScanEvent, mut t: Option<&mut Transcript>) {
         let mut rest = chunk;
-        while let Some(newline) = memchr::memchr(b'\n', rest) {
+        while let Some(newline) = next_newline(rest) {
             let (line, after) = (&rest[..newline], &rest[newline + 1..]);
             rest = after;
             self.line_end = self.fed + (chunk.len() - rest.len()) as u64;
@@ -353,6 +354,12 @@ impl EventScanner {
         }
         if line[0] == b':' {
             event.keep_alive = true;
+            return;
+        }
+        // Nearly every line of a stream is a `data:` line: read as one
+        // without searching for its colon.
+        if let Some(value) = line.strip_prefix(b"data:") {
+            self.sse_data(value.strip_prefix(b" ").unwrap_or(value), event, t);
             return;
         }
         let (field, value) = match memchr::memchr(b':', line) {
@@ -567,5 +574,18 @@ fn content_event(dialect: Dialect, name: &[u8], data: &[u8]) -> bool {
             json_type(data).is_some_and(is_content_event_name)
         }
         Dialect::OllamaNdjson | Dialect::Generic => !data.trim_ascii().is_empty(),
+    }
+}
+
+/// The index of the first `\n` in `rest`. The blank line that ends an SSE
+/// event (`\n` or `\r\n`, usually right after its `data:` line) is seen
+/// before searching: a `memchr` call costs more to start than such a line
+/// costs to read.
+#[inline]
+fn next_newline(rest: &[u8]) -> Option<usize> {
+    match rest {
+        [b'\n', ..] => Some(0),
+        [b'\r', b'\n', ..] => Some(1),
+        _ => memchr::memchr(b'\n', rest),
     }
 }

@@ -208,3 +208,20 @@ fn an_error_payload_is_found_by_its_error_key_or_type_in_every_dialect_that_carr
         assert_eq!(is_error_payload(failed, dialect), typed, "{dialect:?}");
     }
 }
+
+#[test]
+fn the_blank_line_shortcut_finds_the_newline_memchr_finds() {
+    for rest in [
+        &b""[..],
+        b"\n",
+        b"\r\n",
+        b"\r",
+        b"\rx\n",
+        b"\n\n",
+        b"data: {}\n\n",
+        b"data: {}",
+        b"\r\r\n",
+    ] {
+        assert_eq!(next_newline(rest), memchr::memchr(b'\n', rest), "{rest:?}");
+    }
+}
