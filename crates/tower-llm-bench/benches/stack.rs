@@ -296,6 +296,27 @@ fn happy_path(c: &mut Criterion) {
         with_backup,
         request
     );
+    // The same stack with every per-call feature the default turns on
+    // turned off: no time limits per attempt, no first-content guard (the
+    // answer is handed over before it is read), no retry budget, no
+    // adaptive limit, no stream continuation. What is left is the
+    // structure (the request read once, the target picked and adapted,
+    // retry, breaker, classify): the row beside `stack/tower_llm` is what
+    // the default's features cost on a healthy call.
+    let lean = LlmStack::sdk_default()
+        .retry(
+            RetryPolicy::builder()
+                .first_content_guard(false)
+                .no_budget()
+                .build()
+                .unwrap(),
+        )
+        .adaptive_limit(false)
+        .continue_streams(0)
+        .target("openai", UPSTREAM, |t| t)
+        .build()
+        .unwrap();
+    bench_call!(group, rt, "stack/tower_llm_lean", lean, request);
     // Retry outside the breaker, not retrying its rejections (its docs'
     // recommended order).
     let combined =
