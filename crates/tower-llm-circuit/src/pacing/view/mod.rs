@@ -228,6 +228,18 @@ impl View {
         wait
     }
 
+    /// Whether a call costing `tokens` is larger than the key can ever
+    /// take: its tokens bucket's whole limit, or, where no header reports
+    /// a tokens bucket, the configured tokens per minute.
+    fn never_fits(&self, tokens: u64, limits: Option<PaceLimits>) -> bool {
+        match self.tokens {
+            Some(b) => b.limit.is_some_and(|limit| tokens > limit),
+            None => limits
+                .and_then(|limits| limits.tpm)
+                .is_some_and(|tpm| tokens > tpm),
+        }
+    }
+
     /// The share of its limits the key has left at `now` for more calls,
     /// from 0 to 1: the tightest of its buckets whose limit is known (what
     /// is left less what is in flight, over the limit) and its configured
@@ -284,6 +296,17 @@ impl View {
         if let Some(wait) = self.wait(now, tokens, limits) {
             return Err(wait);
         }
+        // A call larger than the key can ever take is sent so that the
+        // provider says so (OpenAI's 429 "Request too large", a payload
+        // too large here), and the provider counts none of it: it holds
+        // none of the key's tokens. Holding its estimate (a caller's
+        // `max_tokens` can be anything) would refuse every other caller's
+        // call while it is in flight, and for a minute after in the log.
+        let tokens = if self.never_fits(tokens, limits) {
+            0
+        } else {
+            tokens
+        };
         self.in_flight += 1;
         self.in_flight_tokens = self.in_flight_tokens.saturating_add(tokens);
         if limits.is_some() {

@@ -223,3 +223,30 @@ fn a_view_idle_after_its_resets_holds_nothing() {
     assert!(!view.idle(secs(1)));
     assert!(view.idle(secs(5)));
 }
+
+#[test]
+fn a_call_larger_than_the_tokens_bucket_holds_none_of_it() {
+    let mut view = View::default();
+    let mut report = RateLimitHeaders::default();
+    let mut tokens = bucket(5000, secs(10));
+    tokens.limit = Some(5000);
+    report.tokens = Some(tokens);
+    view.answered(None, Some(&report), Duration::ZERO);
+    // A caller's absurd `max_tokens`: sent, for the provider to refuse.
+    let huge = view.admit(Duration::ZERO, u64::MAX, None).unwrap();
+    // While it is in flight, every other caller's call still fits.
+    assert!(view.admit(Duration::ZERO, 4000, None).is_ok());
+    view.answered(Some(huge), None, Duration::ZERO);
+    assert!(view.admit(Duration::ZERO, 1000, None).is_ok());
+    assert_eq!(view.admit(Duration::ZERO, 1, None), Err(secs(10)));
+}
+
+#[test]
+fn a_call_larger_than_the_configured_tokens_per_minute_takes_none_of_the_minute() {
+    let mut view = View::default();
+    let limits = Some(PaceLimits::tpm(100));
+    assert!(view.admit(secs(0), 1_000, limits).is_ok());
+    // The minute is as it was: the next calls fit up to the limit.
+    assert!(view.admit(secs(1), 100, limits).is_ok());
+    assert_eq!(view.admit(secs(2), 1, limits), Err(secs(60)));
+}
