@@ -104,9 +104,11 @@ fn rejection_error(key: &str, rejection: Rejection) -> LlmError {
         .with_message(&message)
         .with_hint(hint);
     // A cooldown is a rate limit that waiting fixes; an open circuit is
-    // not retried here (a fallback moves on).
+    // not retried here (a fallback moves on). Either is refused before
+    // the call leaves the process (`Phase::Local`): a retry of it takes
+    // nothing from the retry budget.
     if kind == ErrorKind::RateLimited {
-        c = c.with_retryable(true).with_phase(Phase::BeforeHeaders);
+        c = c.with_retryable(true);
     }
     LlmError::new(c)
 }

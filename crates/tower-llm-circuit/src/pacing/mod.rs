@@ -340,7 +340,9 @@ pub(crate) fn paced_error(key: &str, wait: Duration) -> LlmError {
     };
     LlmError::new(
         Classification::new(ErrorKind::RateLimited)
-            .with_phase(Phase::BeforeHeaders)
+            // Refused before it left the process: a retry of it takes
+            // nothing from the retry budget.
+            .with_phase(Phase::Local)
             .with_message(&message)
             .with_hint(Some(hint))
             .with_retryable(true),
