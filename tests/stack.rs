@@ -165,6 +165,29 @@ async fn a_model_no_route_serves_is_a_local_not_found_without_any_upstream_call(
 }
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_model_name_longer_than_any_models_is_refused_before_it_becomes_a_key() {
+    // Routed by `*` to a target that passes the caller's model on, a
+    // made-up name would key a breaker and a pacing view, and show in
+    // `/health`: one per request, as large as the body allows.
+    let sim = healthy().await;
+    let stack = over(LlmStack::development(), &[("a", &sim)])
+        .build()
+        .unwrap();
+    let longest = "m".repeat(tower_llm::RequestMeta::MAX_MODEL_LEN);
+    assert_eq!(call(&stack, chat(&longest)).await.unwrap(), "a");
+    let keys = stack.circuits().keys();
+    for i in 0..3 {
+        let name = format!("{i}{}", "x".repeat(1 << 20));
+        let error = stack.clone().oneshot(chat(&name)).await.unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::InvalidRequest);
+        assert_eq!(error.classification().phase(), Phase::Local);
+        assert!(error.to_string().len() < 1024, "the name is not echoed");
+    }
+    assert_eq!(stack.circuits().keys(), keys, "no key was made for them");
+    assert_eq!(sim.requests().len(), 1);
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn without_routes_every_request_goes_to_every_target_in_order() {
     let a = failing(Fault::quota_exhausted()).await;
     let b = failing(Fault::quota_exhausted()).await;

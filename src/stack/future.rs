@@ -109,6 +109,12 @@ fn route(
             "the body's `model` cannot be read unambiguously: send one JSON object, UTF-8 without a byte-order mark, with one string `model`",
         ));
     }
+    if model.is_some_and(|model| model.len() > RequestMeta::MAX_MODEL_LEN) {
+        return Err(LlmError::local(
+            ErrorKind::InvalidRequest,
+            "the body's `model` is longer than any model's name (256 bytes)",
+        ));
+    }
     let fallback = routes.pick(model).ok_or_else(|| no_route(model))?.clone();
     let rewritten = match model {
         Some(model) if !unambiguous => Some(one_model(&bytes, model)?),

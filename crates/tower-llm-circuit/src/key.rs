@@ -94,7 +94,18 @@ impl KeyBy {
     /// as it is (`None` for those that compute it).
     #[inline]
     pub(crate) fn parts<'a>(&'a self, input: &KeyInput<'a>) -> Option<KeyParts<'a>> {
-        let model = || Some(input.meta.model.as_deref().unwrap_or("-"));
+        // A name longer than any model's (a stack's router refuses it) is
+        // keyed as no model: a key is never as large as a caller's body.
+        let model = || {
+            Some(
+                input
+                    .meta
+                    .model
+                    .as_deref()
+                    .filter(|model| model.len() <= RequestMeta::MAX_MODEL_LEN)
+                    .unwrap_or("-"),
+            )
+        };
         match self {
             KeyBy::ProviderModel => Some(KeyParts {
                 first: input.meta.provider.as_str(),
@@ -196,6 +207,29 @@ mod tests {
         );
         // Computed keys are written, not compared in place.
         assert!(KeyBy::ApiKey.parts(&input).is_none());
+    }
+
+    #[test]
+    fn a_model_name_longer_than_any_models_keys_as_no_model() {
+        let uri: Uri = "https://api.openai.com/v1/chat/completions"
+            .parse()
+            .unwrap();
+        let headers = HeaderMap::new();
+        let body = format!(
+            r#"{{"model":"{}"}}"#,
+            "x".repeat(RequestMeta::MAX_MODEL_LEN + 1)
+        );
+        let meta = RequestMeta::from_request(&uri, &headers, Some(body.as_bytes()));
+        let input = KeyInput {
+            meta: &meta,
+            uri: &uri,
+            headers: &headers,
+        };
+        assert_eq!(written(&KeyBy::ProviderModel, &input), "openai/-");
+        assert_eq!(
+            written(&KeyBy::TargetModel("primary".into()), &input),
+            "primary/-"
+        );
     }
 
     #[test]

@@ -78,6 +78,14 @@ struct BodyFacts {
 }
 
 impl RequestMeta {
+    /// The longest model name, in bytes, that a stack takes and a breaker
+    /// keys by. Real names are well under it (Bedrock's inference-profile
+    /// ARNs, among the longest, run to about 120); a longer one is refused
+    /// by a stack's router rather than becoming a breaker's, a pacing
+    /// view's and `/health`'s key, which a caller could otherwise make as
+    /// large as its body, once per request.
+    pub const MAX_MODEL_LEN: usize = 256;
+
     /// Reads the metadata of a request. `body` is the JSON request body when
     /// its bytes are at hand; without it, the model and stream flag come from
     /// the URI and headers alone.
