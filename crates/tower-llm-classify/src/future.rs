@@ -210,6 +210,13 @@ fn scanned<B>(
     guard: OutcomeGuard,
 ) -> Response<ResponseBody<B>> {
     let (mut head, body) = response.into_parts();
+    // The stream may not keep the length its head declares (a buffering
+    // proxy may send one): a failure found in it ends it with an error
+    // event the upstream never sent, a malformed event is withheld, and a
+    // layer above may continue it with another target's content. A server
+    // that framed the answer by the upstream's length would cut the
+    // caller's stream short or abort it: the answer goes out unframed.
+    head.headers.remove(http::header::CONTENT_LENGTH);
     let mut scanner = EventScanner::new(framing, meta.dialect, meta.provider)
         .require_terminal_event(config.require_terminal_event);
     if meta.capture_transcript {

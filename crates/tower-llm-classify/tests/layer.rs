@@ -222,6 +222,43 @@ const TEXT_DELTA: &[u8] = b"event: content_block_delta\ndata: {\"type\":\"conten
 const OVERLOADED_EVENT: &[u8] = b"event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}\n\n";
 const MESSAGE_STOP: &[u8] = b"event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
 
+#[test]
+fn a_scanned_stream_goes_out_without_the_upstreams_length() {
+    // A buffering proxy's length would frame a stream that may end with
+    // an error event the upstream never sent: a server framing by it would
+    // cut the caller's answer short or abort it.
+    let body = Full::new(Bytes::from_static(CHAT_CONTENT));
+    let declared = CHAT_CONTENT.len().to_string();
+    let (_, outcome) = call_once(
+        ClassifyLayer::new(),
+        request(OPENAI_CHAT),
+        sse(&[("content-length", &declared)], body),
+    );
+    let response = outcome.unwrap();
+    assert!(response.headers().get("content-length").is_none());
+    assert_eq!(response.body().size_hint().exact(), None);
+    // A whole answer keeps its length: nothing is added to it.
+    let (_, outcome) = call_once(
+        ClassifyLayer::new(),
+        request(OPENAI_CHAT),
+        response_with_length(),
+    );
+    let response = outcome.unwrap();
+    assert_eq!(response.headers()["content-length"], "2");
+    assert_eq!(response.body().size_hint().exact(), Some(2));
+}
+
+fn response_with_length() -> Response<Full<Bytes>> {
+    response(
+        200,
+        &[
+            ("content-type", "application/json"),
+            ("content-length", "2"),
+        ],
+        Full::new(Bytes::from_static(b"{}")),
+    )
+}
+
 // ---------------------------------------------------------------------------
 // Readiness.
 // ---------------------------------------------------------------------------

@@ -533,7 +533,13 @@ where
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match self.scan {
+            // A scanned stream may end with an event the upstream never
+            // sent, or withhold one it did: its length is not the
+            // upstream's (see `scanned`, which drops the head's).
+            Some(_) => SizeHint::default(),
+            None => self.inner.size_hint(),
+        }
     }
 }
 
