@@ -296,3 +296,53 @@ async fn an_ollama_stream_cut_after_content_is_continued_line_by_line() {
     assert_eq!(lines.iter().filter(|l| l["done"] == true).count(), 1);
     assert_eq!(sim.requests().len(), 2);
 }
+
+/// How many continuations `sim` was asked for.
+fn prefills(sim: &Simulator) -> usize {
+    sim.requests()
+        .iter()
+        .filter(|r| r.prefill.is_some())
+        .count()
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn one_refused_continuation_does_not_stop_the_target_continuing_the_next_stream() {
+    // A refusal may be one request's (what it asked for forbids a
+    // prefill): the next caller's broken stream is still continued there.
+    let primary = simulator(Fault::stream_drop_after(40)).await;
+    let backup = Simulator::builder().reply_tokens(60).start().await.unwrap();
+    backup.set_plan(Fault::refuse_prefill());
+    let stack = stack(&[
+        ("primary", &primary, "none"),
+        ("backup", &backup, "trailing_assistant"),
+    ]);
+    let (text, _) = read(stack.clone()).await;
+    assert_eq!(text.unwrap_err().kind(), ErrorKind::StreamIncomplete);
+    backup.set_plan(Fault::ok());
+    let (text, report) = read(stack).await;
+    assert_eq!(text.unwrap(), primary.reply());
+    assert_eq!(report.unwrap().continued(), 1);
+    assert_eq!(prefills(&backup), 2);
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_target_that_refuses_three_continuations_in_a_row_is_left_out_for_ten_minutes() {
+    let primary = simulator(Fault::stream_drop_after(40)).await;
+    let backup = Simulator::builder().reply_tokens(60).start().await.unwrap();
+    backup.set_plan(Fault::refuse_prefill());
+    let stack = stack(&[
+        ("primary", &primary, "none"),
+        ("backup", &backup, "trailing_assistant"),
+    ]);
+    for _ in 0..4 {
+        let (text, _) = read(stack.clone()).await;
+        assert_eq!(text.unwrap_err().kind(), ErrorKind::StreamIncomplete);
+    }
+    assert_eq!(prefills(&backup), 3, "the fourth was not asked");
+    // Ten minutes on, it is asked again.
+    backup.set_plan(Fault::ok());
+    tokio::time::advance(Duration::from_secs(600)).await;
+    let (text, _) = read(stack).await;
+    assert_eq!(text.unwrap(), primary.reply());
+    assert_eq!(prefills(&backup), 4);
+}

@@ -72,9 +72,34 @@ pub(crate) struct Shared<S> {
     pub(crate) continuations: u32,
     /// Whether target requests say how to remake their heads (`Remake`).
     pub(crate) remake_attempts: bool,
-    /// Targets that answered a continuation with a refusal: not asked to
-    /// continue again.
-    pub(crate) prefill_refused: Vec<std::sync::atomic::AtomicBool>,
+    /// Each target's refusals of continuations (see [`PrefillRefusals`]).
+    pub(crate) prefill_refused: Vec<PrefillRefusals>,
+}
+
+/// Refusals in a row after which a target is not asked to continue a
+/// stream for [`PREFILL_SKIP`].
+const PREFILL_REFUSALS_IN_A_ROW: u32 = 3;
+
+/// How long a target that refused [`PREFILL_REFUSALS_IN_A_ROW`]
+/// continuations in a row is left out of continuations.
+pub(crate) const PREFILL_SKIP: Duration = Duration::from_secs(600);
+
+/// What a target's answers to continuations said. A refusal (400) may be
+/// the target's (no prefill at all) or one request's (what it asked for
+/// forbids one, such as Anthropic's extended thinking): one refusal leaves
+/// the target out of nothing; a few in a row, with none accepted between,
+/// leave it out for a while, after which it is asked again. (It was left
+/// out for the life of the process at its first refusal: one caller's
+/// request turned continuation off for every caller.)
+#[derive(Debug, Default)]
+pub(crate) struct PrefillRefusals(std::sync::Mutex<(u32, Option<tokio::time::Instant>)>);
+
+impl PrefillRefusals {
+    fn lock(&self) -> std::sync::MutexGuard<'_, (u32, Option<tokio::time::Instant>)> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 /// When to send a hedge and how many.
@@ -106,17 +131,33 @@ impl<S> Shared<S> {
         Some((stats, stats.members.get(index - group.start)?))
     }
 
-    /// Whether target `index` refused a continuation before.
+    /// Whether target `index` is left out of continuations now, having
+    /// refused the last few.
     pub(crate) fn refuses_prefill(&self, index: usize) -> bool {
-        self.prefill_refused
-            .get(index)
-            .is_some_and(|refused| refused.load(Ordering::Relaxed))
+        self.prefill_refused.get(index).is_some_and(|refusals| {
+            refusals
+                .lock()
+                .1
+                .is_some_and(|until| tokio::time::Instant::now() < until)
+        })
     }
 
-    /// Remembers that target `index` refuses continuations.
+    /// Target `index` refused a continuation: after a few in a row, it is
+    /// left out of them for [`PREFILL_SKIP`].
     pub(crate) fn mark_refuses_prefill(&self, index: usize) {
-        if let Some(refused) = self.prefill_refused.get(index) {
-            refused.store(true, Ordering::Relaxed);
+        if let Some(refusals) = self.prefill_refused.get(index) {
+            let mut refusals = refusals.lock();
+            refusals.0 += 1;
+            if refusals.0 >= PREFILL_REFUSALS_IN_A_ROW {
+                *refusals = (0, Some(tokio::time::Instant::now() + PREFILL_SKIP));
+            }
+        }
+    }
+
+    /// Target `index` continued a stream: its refusals start again.
+    pub(crate) fn mark_accepts_prefill(&self, index: usize) {
+        if let Some(refusals) = self.prefill_refused.get(index) {
+            refusals.lock().0 = 0;
         }
     }
 
@@ -439,7 +480,7 @@ impl<S> FallbackBuilder<S> {
         let prefill_refused = self
             .targets
             .iter()
-            .map(|_| std::sync::atomic::AtomicBool::new(false))
+            .map(|_| PrefillRefusals::default())
             .collect();
         Ok(Fallback {
             shared: Arc::new(Shared {

@@ -187,6 +187,7 @@ where
                 };
                 match answer {
                     Ok(response) if response.status().is_success() => {
+                        shared.mark_accepts_prefill(index);
                         tracing::info!(target: TRACING_TARGET, target = &*target.name, "continuing a broken stream");
                         report.record(Arc::clone(&target.name));
                         return Ok((index, response, splice));
@@ -194,8 +195,9 @@ where
                     Ok(_) => last = Some(not_continued()),
                     Err(error) => {
                         if error.kind() == ErrorKind::InvalidRequest {
-                            // A target that refuses the prefill is not asked
-                            // again; the caller gets the original failure.
+                            // A target that refuses the prefill a few times
+                            // in a row is left out for a while; the caller
+                            // gets the original failure.
                             shared.mark_refuses_prefill(index);
                         }
                         last = Some(error);
