@@ -196,6 +196,13 @@ impl Pacing {
             max_reset: self.max_reset,
             view: Mutex::new(View::new(self.config.continuous_refill)),
         });
+        // Every kept view in use or waiting for its reset (up to an hour):
+        // the new key's view is this call's alone, not kept, so that the
+        // keys (a model name is a caller's) never grow past `max_keys`; the
+        // keys already kept keep their pacing.
+        if keys.len() >= self.max_keys {
+            return made;
+        }
         keys.insert(Arc::from(key), Arc::clone(&made));
         self.active.store(true, Ordering::Release);
         made
@@ -347,4 +354,25 @@ pub(crate) fn paced_error(key: &str, wait: Duration) -> LlmError {
             .with_hint(Some(hint))
             .with_retryable(true),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_keys_never_grow_past_their_bound_while_every_view_waits_for_its_reset() {
+        let pacing = Pacing::new(PacingConfig::default(), 2, Duration::from_secs(3600));
+        let mut headers = HeaderMap::new();
+        headers.insert("x-ratelimit-remaining-requests", "5".parse().unwrap());
+        headers.insert("x-ratelimit-reset-requests", "1h".parse().unwrap());
+        for i in 0..100 {
+            pacing.observe(&format!("target/model-{i}"), &headers, || Duration::ZERO);
+        }
+        let kept = pacing.keys.read().unwrap_or_else(|p| p.into_inner()).len();
+        assert_eq!(kept, 2);
+        // The first two keep their pacing.
+        assert!(pacing.find("target/model-0").is_some());
+        assert!(pacing.find("target/model-99").is_none());
+    }
 }
