@@ -37,6 +37,11 @@ pub(crate) struct Shared {
     /// was decided while Redis was away was lost. Touched by the writer on
     /// each decision and by the reader on each reconnect, never by a call.
     own: Mutex<HashMap<(Arc<str>, bool), WireDecision>>,
+    /// The size at which `own` is next swept of what no longer holds:
+    /// twice what the last sweep left (at least [`OWN_SWEEP_MIN`]), so
+    /// that a healthy Redis connection, which never reconnects, does not
+    /// keep every key that ever opened or cooled down.
+    own_sweep_at: std::sync::atomic::AtomicUsize,
     /// The pacing views last told or heard, per key.
     pub(crate) pacing: PacingMemory,
 }
@@ -92,6 +97,11 @@ impl Shared {
     /// replaces the one before; a close forgets the open).
     pub(crate) fn remember(&self, key: &Arc<str>, decision: &WireDecision) {
         let mut own = self.own.lock().unwrap_or_else(|p| p.into_inner());
+        if own.len() >= self.own_sweep_at.load(Ordering::Relaxed) {
+            own.retain(|_, decision| still_holds(decision));
+            self.own_sweep_at
+                .store((own.len() * 2).max(OWN_SWEEP_MIN), Ordering::Relaxed);
+        }
         match decision {
             WireDecision::Open { .. } => {
                 own.insert((Arc::clone(key), true), decision.clone());
@@ -111,15 +121,25 @@ impl Shared {
     /// forgotten).
     pub(crate) fn own_state(&self) -> Vec<(Arc<str>, WireDecision)> {
         let mut own = self.own.lock().unwrap_or_else(|p| p.into_inner());
-        own.retain(|_, decision| match decision {
-            WireDecision::Open { until_ms } | WireDecision::Cooldown { until_ms, .. } => {
-                ttl_ms(*until_ms).is_some()
-            }
-            WireDecision::Closed | WireDecision::Pace { .. } => false,
-        });
+        own.retain(|_, decision| still_holds(decision));
         own.iter()
             .map(|((key, _), decision)| (Arc::clone(key), decision.clone()))
             .collect()
+    }
+}
+
+/// The smallest size of a replica's own decisions at which they are
+/// swept of the expired ones.
+const OWN_SWEEP_MIN: usize = 64;
+
+/// Whether one of this replica's own decisions still holds: an open or a
+/// cooldown not over yet.
+fn still_holds(decision: &WireDecision) -> bool {
+    match decision {
+        WireDecision::Open { until_ms } | WireDecision::Cooldown { until_ms, .. } => {
+            ttl_ms(*until_ms).is_some()
+        }
+        WireDecision::Closed | WireDecision::Pace { .. } => false,
     }
 }
 
@@ -259,6 +279,7 @@ impl SharedStateBuilder {
             health: Health::new(),
             handles: RwLock::new(Vec::new()),
             own: Mutex::new(HashMap::new()),
+            own_sweep_at: std::sync::atomic::AtomicUsize::new(OWN_SWEEP_MIN),
             pacing: PacingMemory::default(),
         });
         let (queue, receiver) = mpsc::channel(self.queue);
@@ -383,5 +404,47 @@ impl SharedState {
         let mut status = self.watch_status();
         // The sender lives in `self`: the wait ends only by a change.
         let _ = status.wait_for(|s| *s == SharedStatus::Connected).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shared() -> Shared {
+        Shared {
+            names: Names::new("test"),
+            replica: 1,
+            timeout: Duration::from_secs(1),
+            liveness: Duration::from_secs(1),
+            probe_grace_ms: 0,
+            health: Health::new(),
+            handles: RwLock::new(Vec::new()),
+            own: Mutex::new(HashMap::new()),
+            own_sweep_at: std::sync::atomic::AtomicUsize::new(OWN_SWEEP_MIN),
+            pacing: PacingMemory::default(),
+        }
+    }
+
+    fn own_len(shared: &Shared) -> usize {
+        shared.own.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    #[test]
+    fn own_decisions_that_are_over_are_forgotten_while_redis_stays_up() {
+        let shared = shared();
+        let past = epoch_ms_now().saturating_sub(1_000);
+        for i in 0..10_000 {
+            let key: Arc<str> = Arc::from(format!("target/model-{i}"));
+            shared.remember(&key, &WireDecision::Open { until_ms: past });
+        }
+        assert!(own_len(&shared) <= OWN_SWEEP_MIN, "{}", own_len(&shared));
+        // Those that still hold are all kept.
+        let later = epoch_ms_now() + 60_000;
+        for i in 0..1_000 {
+            let key: Arc<str> = Arc::from(format!("target/live-{i}"));
+            shared.remember(&key, &WireDecision::Open { until_ms: later });
+        }
+        assert_eq!(shared.own_state().len(), 1_000);
     }
 }
