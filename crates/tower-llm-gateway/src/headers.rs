@@ -3,7 +3,7 @@
 //! keeps to itself.
 
 use http::{HeaderMap, HeaderName, HeaderValue, header};
-use tower_llm::classify::redact::{ACCOUNT_HEADERS, HOP_BY_HOP_HEADERS};
+use tower_llm::classify::redact::{ACCOUNT_HEADERS, CREDENTIAL_HEADERS, HOP_BY_HOP_HEADERS};
 use tower_llm::fallback::FallbackReport;
 
 /// The header naming the target that served a response.
@@ -29,8 +29,11 @@ pub(crate) const ATTEMPTS: HeaderName = HeaderName::from_static(ATTEMPTS_HEADER)
 /// [`FALLBACKS_HEADER`] as a name.
 pub(crate) const FALLBACKS: HeaderName = HeaderName::from_static(FALLBACKS_HEADER);
 
-/// The listed names [`keep_to_gateway`] keeps from callers.
-const KEPT: [&[&str]; 3] = [&HOP_BY_HOP_HEADERS, &ACCOUNT_HEADERS, &["set-cookie"]];
+/// The listed names [`keep_to_gateway`] keeps from callers. Credentials
+/// (`set-cookie` among them) are never echoed: an upstream, or a proxy in
+/// front of it, that reflects the request's headers would hand the
+/// target's own key to the caller.
+const KEPT: [&[&str]; 3] = [&HOP_BY_HOP_HEADERS, &ACCOUNT_HEADERS, &CREDENTIAL_HEADERS];
 
 /// The lengths of the [`KEPT`] names, as bits.
 const KEPT_LENGTHS: u64 = {
@@ -51,8 +54,9 @@ const KEPT_LENGTHS: u64 = {
 };
 
 /// Response headers that stay at the gateway: hop-by-hop ones (RFC 9110
-/// §7.6.1) and those the `connection` header names, cookies, the
-/// identity of the gateway's own upstream account, and any `x-tower-llm-*`
+/// §7.6.1) and those the `connection` header names, credentials and
+/// cookies, the identity of the gateway's own upstream account, and any
+/// `x-tower-llm-*`
 /// (an upstream that is itself a gateway says what happened *there*; what
 /// this gateway says is set after this, and read by its own metrics).
 pub(crate) fn keep_to_gateway(headers: &mut HeaderMap) {
@@ -156,6 +160,22 @@ mod tests {
         keep_to_gateway(&mut headers);
         let left: Vec<_> = headers.keys().map(HeaderName::as_str).collect();
         assert_eq!(left, ["content-type", "x-request-id"]);
+    }
+
+    #[test]
+    fn credentials_an_upstream_reflects_never_reach_the_caller() {
+        let mut headers = answer(&[
+            "content-type",
+            "authorization",
+            "x-api-key",
+            "api-key",
+            "proxy-authorization",
+            "x-goog-api-key",
+            "ocp-apim-subscription-key",
+        ]);
+        keep_to_gateway(&mut headers);
+        let left: Vec<_> = headers.keys().map(HeaderName::as_str).collect();
+        assert_eq!(left, ["content-type"]);
     }
 
     #[test]

@@ -83,6 +83,11 @@ impl TelemetrySection {
         let Some(endpoint) = self.otlp_endpoint.as_deref().map(str::trim) else {
             return Ok(None);
         };
+        // The URL is shown (at start, in errors): one with a user or a
+        // password in it is refused, and never echoed.
+        if endpoint.contains('@') {
+            return Err("[telemetry] otlp_endpoint: holds a user or a password (`user:password@`); the URL is shown at start and in errors, so it must not carry credentials".into());
+        }
         let bad = |why: &str| format!("[telemetry] otlp_endpoint: `{endpoint}` {why}");
         let uri: http::Uri = endpoint
             .parse()
@@ -169,6 +174,15 @@ mod tests {
             let error = section(endpoint).traces_url().unwrap_err();
             assert!(error.contains("otlp_endpoint"), "{error}");
         }
+    }
+
+    #[test]
+    fn an_endpoint_with_a_password_is_refused_without_echoing_it() {
+        let error = section("https://user:s3cret@collector.example.com:4318")
+            .traces_url()
+            .unwrap_err();
+        assert!(error.contains("otlp_endpoint"), "{error}");
+        assert!(!error.contains("s3cret"), "{error}");
     }
 
     #[test]
