@@ -15,6 +15,7 @@
 //!
 //! [`Stack::routes`]: tower_llm::stack::Stack::routes
 
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, StatusCode, header};
@@ -56,10 +57,29 @@ pub(crate) async fn models(State(gateway): State<Gateway>, headers: HeaderMap) -
 /// `GET /v1/models/{model}`.
 pub(crate) async fn model(
     State(gateway): State<Gateway>,
-    Path(model): Path<String>,
+    model: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
 ) -> Response {
     let anthropic = anthropic_caller(&headers);
+    // A name that is not UTF-8 once percent-decoded (`%FF`): refused in
+    // the caller's API's shape, not with axum's plain-text rejection.
+    let Ok(Path(model)) = model else {
+        let message = "the model in the path is not UTF-8 once percent-decoded";
+        return if anthropic {
+            ErrorShape::Anthropic.gateway_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                message,
+            )
+        } else {
+            error_json_with_code(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "invalid_model",
+                message,
+            )
+        };
+    };
     let Some(targets) = gateway.stack.targets_for(Some(&model)) else {
         let message = format!("no route of this gateway serves the model `{model}`");
         return if anthropic {

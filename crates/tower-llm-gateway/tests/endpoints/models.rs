@@ -100,3 +100,29 @@ async fn a_model_is_retrieved_when_a_route_serves_it_and_404_in_the_callers_shap
     assert_eq!(error["type"], "error");
     assert_eq!(error["error"]["type"], "not_found_error");
 }
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_model_path_that_is_not_utf8_is_a_400_in_the_callers_shape() {
+    let openai = sim(Fault::ok()).await;
+    let config = format!(
+        r#"
+        preset = "development"
+
+        [[targets]]
+        name = "openai"
+        base_url = "{}/v1"
+        "#,
+        openai.base_url(),
+    );
+    let gateway = Gateway::start(&config).await;
+    let (status, error) = gateway.get_with("/v1/models/%FF", HeaderMap::new()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(error["error"]["type"], "invalid_request_error");
+
+    let mut anthropic = HeaderMap::new();
+    anthropic.insert("anthropic-version", HeaderValue::from_static("2023-06-01"));
+    let (status, error) = gateway.get_with("/v1/models/%FF", anthropic).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(error["type"], "error");
+    assert_eq!(error["error"]["type"], "invalid_request_error");
+}
