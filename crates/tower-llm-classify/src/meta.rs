@@ -328,6 +328,9 @@ fn scan_json_body_checked(body: &[u8]) -> (ScannedBody, bool) {
     // Only the last `model` counts: it is decoded once, after the walk.
     let mut last: Option<json::Member> = None;
     let (mut count, mut escaped) = (0_usize, false);
+    // Each limit's last value (as the upstream's parser reads a repeated
+    // key); the largest of the three counts.
+    let mut limits: [Option<u64>; 3] = [None; 3];
     let mut members = json::members(body);
     for member in members.by_ref() {
         if member.key_matches(body, "model") {
@@ -340,21 +343,37 @@ fn scan_json_body_checked(body: &[u8]) -> (ScannedBody, bool) {
                 b"false" => Some(false),
                 _ => None,
             };
-        } else if member.key_matches(body, "max_tokens")
-            || member.key_matches(body, "max_completion_tokens")
-            || member.key_matches(body, "max_output_tokens")
+        } else if let Some(slot) = ["max_tokens", "max_completion_tokens", "max_output_tokens"]
+            .iter()
+            .position(|key| member.key_matches(body, key))
         {
-            let value = &body[member.value];
-            if !value.is_empty() && value.len() <= 19 && value.iter().all(u8::is_ascii_digit) {
-                out.max_tokens = std::str::from_utf8(value).ok().and_then(|v| v.parse().ok());
-            }
+            limits[slot] = token_count(&body[member.value]);
         }
     }
+    out.max_tokens = limits.into_iter().flatten().max();
     out.model = last
         .and_then(|member| member.string_value(body))
         .map(|model| interned_model(&model));
     let unambiguous = !members.malformed() && count <= 1 && !escaped;
     (out, unambiguous)
+}
+
+/// A token limit as the upstream reads the JSON value: digits (past
+/// `u64`, the most there is), or a number with a fraction or an exponent
+/// (`100000.0`, `1e5`), which lenient parsers (Pydantic's lax mode) take
+/// as an integer, rounded up here. `None` for anything else (`null`, a
+/// string, a negative number): the caller says no limit. Read otherwise
+/// (a float skipped, an earlier duplicate kept), a caller could state one
+/// limit to the gateway's token limits and another to the upstream.
+fn token_count(value: &[u8]) -> Option<u64> {
+    if !value.is_empty() && value.iter().all(u8::is_ascii_digit) {
+        return Some(value.iter().fold(0_u64, |n, digit| {
+            n.saturating_mul(10).saturating_add(u64::from(digit - b'0'))
+        }));
+    }
+    let number: f64 = std::str::from_utf8(value).ok()?.parse().ok()?;
+    // `as` saturates: a limit past `u64` is the most there is.
+    (number.is_finite() && number >= 0.0).then(|| number.ceil() as u64)
 }
 
 /// How many model names a thread keeps to share (a gateway serves a
@@ -416,6 +435,32 @@ mod tests {
     }
 
     #[test]
+    fn a_token_limit_is_read_as_the_upstream_reads_it() {
+        let max = |body: &str| scan_json_body(body.as_bytes()).max_tokens;
+        assert_eq!(max(r#"{"max_tokens":100}"#), Some(100));
+        // The last of a repeated key, whatever its form.
+        assert_eq!(
+            max(r#"{"max_tokens":1,"max_tokens":100000.0}"#),
+            Some(100_000)
+        );
+        assert_eq!(max(r#"{"max_tokens":100000,"max_tokens":null}"#), None);
+        assert_eq!(max(r#"{"max_tokens":1e5}"#), Some(100_000));
+        assert_eq!(max(r#"{"max_tokens":0.5}"#), Some(1));
+        assert_eq!(
+            max(r#"{"max_tokens":99999999999999999999999}"#),
+            Some(u64::MAX)
+        );
+        assert_eq!(max(r#"{"max_tokens":1e400}"#), None);
+        assert_eq!(max(r#"{"max_tokens":-5}"#), None);
+        assert_eq!(max(r#"{"max_tokens":"100"}"#), None);
+        // Of the three names, the largest.
+        assert_eq!(
+            max(r#"{"max_completion_tokens":5000,"max_tokens":10}"#),
+            Some(5000)
+        );
+    }
+
+    #[test]
     fn finds_top_level_model_and_stream_only() {
         let body = br#"{"messages":[{"role":"user","content":"say \"model\": \"x\""}],"metadata":{"model":"nested","stream":false},"model":"gpt-4o-mini","stream":true}"#;
         let scanned = scan_json_body(body);
@@ -429,12 +474,8 @@ mod tests {
         let scanned = scan_json_body(body);
         assert_eq!(scanned.max_tokens, Some(300));
         assert_eq!(scanned.len, Some(body.len() as u64));
-        for body in [
-            &br#"{"max_tokens":-1}"#[..],
-            br#"{"max_tokens":"100"}"#,
-            br#"{"max_tokens":1e3}"#,
-            br#"{"max_tokens":99999999999999999999999}"#,
-        ] {
+        // Not a count (a float or a huge one is: see the next test).
+        for body in [&br#"{"max_tokens":-1}"#[..], br#"{"max_tokens":"100"}"#] {
             assert_eq!(scan_json_body(body).max_tokens, None);
         }
     }
