@@ -127,11 +127,11 @@ impl<S> AttemptSpan<S> {
             tower_llm.error.kind = Empty,
             tower_llm.breaker.state = Empty,
         );
-        // The stack's breaker keys are `target/model` (`KeyBy::TargetModel`).
-        let key = match model {
-            Some(model) => format!("{}/{model}", self.target),
-            None => self.target.to_string(),
-        };
+        // The stack's breaker keys are `target/model` (`KeyBy::TargetModel`),
+        // `target/-` for a request without a model (or with a name longer
+        // than any model's).
+        let keyed = model.filter(|model| model.len() <= RequestMeta::MAX_MODEL_LEN);
+        let key = format!("{}/{}", self.target, keyed.unwrap_or("-"));
         if let Some(state) = self.circuits.state(&key) {
             span.record("tower_llm.breaker.state", state.as_str());
         }
