@@ -248,6 +248,24 @@ fn prometheus_text() -> String {
 }
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_caller_that_goes_away_before_the_answer_is_counted_as_499() {
+    let upstream = Simulator::builder()
+        .latency(Duration::from_secs(30))
+        .start()
+        .await
+        .unwrap();
+    let gateway = Gateway::start(&upstream, GatewayOptions::default()).await;
+    let cancelled =
+        r#"tower_llm_gateway_requests_total{endpoint="chat_completions",status="499",target="-"}"#;
+    let before = metric(&prometheus_text(), cancelled);
+    // The caller gives up after a second: its connection closes.
+    let gave_up = tokio::time::timeout(Duration::from_secs(1), gateway.post(&chat(false))).await;
+    assert!(gave_up.is_err());
+    settle().await;
+    assert_eq!(metric(&prometheus_text(), cancelled), before + 1.0);
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn a_stream_whose_upstream_goes_silent_is_ended_after_the_idle_timeout_and_frees_its_slot() {
     // No keep-alives either: the upstream sends nothing at all.
     let upstream = Simulator::builder()

@@ -140,7 +140,27 @@ pin_project_lite::pin_project! {
         inner: F,
         watch: Option<(usize, Instant, Arc<Watched>)>,
     }
+
+    impl<F> PinnedDrop for ObserveFuture<F> {
+        fn drop(this: Pin<&mut Self>) {
+            // Dropped before the answer's head: the caller went away (the
+            // server drops the request's future when its connection
+            // closes). Counted as nginx logs it, 499 with no target, so
+            // that cancellations show in the metrics.
+            if let Some((endpoint, started, watched)) = this.project().watch.take()
+                && let Ok(status) = StatusCode::from_u16(CLIENT_CLOSED)
+            {
+                watched
+                    .series
+                    .answered(endpoint, status, None, started.elapsed().as_secs_f64());
+            }
+        }
+    }
 }
+
+/// nginx's status for a request whose caller closed the connection before
+/// the answer: `requests_total`'s status for one.
+const CLIENT_CLOSED: u16 = 499;
 
 impl<F, E> Future for ObserveFuture<F>
 where
