@@ -620,6 +620,55 @@ async fn logs_of<F: std::future::Future<Output = ()>>(run: F) -> String {
 }
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn what_a_caller_sends_wrong_is_logged_at_debug_and_an_upstreams_failure_at_warn() {
+    // Any caller (without caller keys) could otherwise fill the log at
+    // warn with requests that reach no target.
+    let upstream = Simulator::builder()
+        .plan(Fault::server_error(500))
+        .start()
+        .await
+        .unwrap();
+    let logs = logs_of(async {
+        let gateway = Gateway::start_with(
+            &upstream,
+            GatewayOptions::default(),
+            "[[routes]]\nmodel = \"gpt-4o\"\ntargets = [\"only\"]\n",
+        )
+        .await;
+        for body in ["not json", r#"{"model":"no-such-model","messages":[]}"#] {
+            let response = gateway.post(body).await;
+            assert!(response.status().is_client_error(), "{body}");
+            let _ = text(response).await;
+        }
+        let response = gateway.post(&chat(false)).await;
+        assert!(response.status().is_server_error());
+        let _ = text(response).await;
+        gateway.shutdown().await;
+    })
+    .await;
+    let warned: Vec<&str> = logs.lines().filter(|l| l.contains(" WARN ")).collect();
+    assert!(
+        warned
+            .iter()
+            .all(|l| !l.contains("invalid_request") && !l.contains("not_found")),
+        "{logs}"
+    );
+    assert!(
+        warned
+            .iter()
+            .any(|l| l.contains("endpoints::errors") && l.contains("server_error")),
+        "{logs}"
+    );
+    assert_eq!(
+        logs.lines()
+            .filter(|l| l.contains(" DEBUG ") && l.contains("refused"))
+            .count(),
+        2,
+        "{logs}"
+    );
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn caller_keys_appear_in_no_log_line() {
     let upstream = Simulator::builder()
         .plan(Fault::ok())

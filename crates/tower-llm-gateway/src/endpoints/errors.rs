@@ -9,7 +9,7 @@ use http::{HeaderName, HeaderValue, StatusCode, header};
 use tower_llm::classify::stream::{Dialect, error_event};
 use tower_llm::fallback::FallbackReport;
 use tower_llm::retry::RetryStats;
-use tower_llm::{ErrorKind, LlmError};
+use tower_llm::{ErrorKind, LlmError, Phase};
 
 use crate::error::{error_json, payload_too_large, shutting_down};
 use crate::headers::{ATTEMPTS, FALLBACKS, attempts_value, keep_to_gateway, passed_targets, set};
@@ -125,7 +125,24 @@ impl ErrorShape {
             .get::<FallbackReport>()
             .map(passed_targets);
         let attempts = RetryStats::of(error.extensions()).attempts;
-        tracing::warn!(kind = kind.as_str(), attempts, passed = passed.as_deref().unwrap_or(""), error = %error, "failed");
+        // A request the stack refused itself for what the caller sent (a
+        // body that is not JSON, a model no route serves) reached no
+        // target and says nothing of the gateway's health: logged at
+        // debug, so that callers (any, without caller keys) cannot fill
+        // the log at warn, as the key check's own refusals cannot.
+        let callers_own = error.classification().phase() == Phase::Local
+            && matches!(
+                kind,
+                ErrorKind::InvalidRequest
+                    | ErrorKind::NotFound
+                    | ErrorKind::PayloadTooLarge
+                    | ErrorKind::ContextLengthExceeded
+            );
+        if callers_own {
+            tracing::debug!(kind = kind.as_str(), error = %error, "refused");
+        } else {
+            tracing::warn!(kind = kind.as_str(), attempts, passed = passed.as_deref().unwrap_or(""), error = %error, "failed");
+        }
         let mut response = if matches!(kind, ErrorKind::Authentication | ErrorKind::Permission)
             && error.response_head().is_some()
         {
