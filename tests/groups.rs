@@ -467,3 +467,25 @@ async fn with_every_member_paced_out_the_first_picked_moves_on_and_the_last_left
         "{took:?}"
     );
 }
+
+/// Each member's requests in flight, in the group's order.
+fn in_flight(stack: &Stack) -> Vec<u32> {
+    stack.groups()[0].1[0]
+        .deployments
+        .iter()
+        .map(|d| d.in_flight)
+        .collect()
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_hedge_that_wins_counts_in_flight_on_its_own_member_until_its_body_ends() {
+    // `a` is picked first and slow; the hedge to `b` answers first.
+    let a = Deployment::after([(Duration::from_millis(200), None)]);
+    let b = Deployment::new([]);
+    let stack = route_of(&[("a", &a, 10_000), ("b", &b, 1)], true, true);
+    let response = stack.clone().oneshot(chat("gpt-4o")).await.unwrap();
+    assert_eq!(served_by(&response), Some("b"));
+    assert_eq!(in_flight(&stack), [0, 1], "the loser's call ended with it");
+    drop(response);
+    assert_eq!(in_flight(&stack), [0, 0]);
+}

@@ -68,8 +68,11 @@ pin_project! {
 
 /// A first call, the timer that may start a hedge, and the hedge.
 struct Hedged<S, F> {
-    primary: Option<(usize, Pin<Box<F>>)>,
-    hedge: Option<(usize, Pin<Box<F>>)>,
+    /// Each call: its target, its future, and its count in its group (in
+    /// flight, its latency), which the winner's body carries on and the
+    /// loser's ends with it.
+    primary: Option<(usize, Pin<Box<F>>, Option<Tracker>)>,
+    hedge: Option<(usize, Pin<Box<F>>, Option<Tracker>)>,
     /// The hedge target, chosen when the timer fired, until it is ready.
     waiting: Option<(usize, S)>,
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
@@ -255,7 +258,11 @@ where
                                                 .hedge_calls
                                                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                                             let hedged = Hedged {
-                                                primary: Some((*this.current, Box::pin(future))),
+                                                primary: Some((
+                                                    *this.current,
+                                                    Box::pin(future),
+                                                    this.tracker.take(),
+                                                )),
                                                 hedge: None,
                                                 waiting: None,
                                                 timer: Some(Box::pin(tokio::time::sleep(
@@ -334,7 +341,9 @@ where
                             match started {
                                 Ok(request) => {
                                     tracing::info!(target: TRACING_TARGET, to = &*target.name, "hedging");
-                                    h.hedge = Some((index, Box::pin(service.call(request))));
+                                    let tracker = Tracker::start(this.shared, index);
+                                    h.hedge =
+                                        Some((index, Box::pin(service.call(request)), tracker));
                                 }
                                 Err(error) => record(h, this.shared, this.failures, index, error),
                             }
@@ -349,12 +358,12 @@ where
                         } else {
                             &mut h.primary
                         };
-                        let Some((index, future)) = slot.as_mut() else {
+                        let Some((index, future, _)) = slot.as_mut() else {
                             continue;
                         };
                         let index = *index;
                         if let Poll::Ready(result) = future.as_mut().poll(cx) {
-                            *slot = None;
+                            let tracker = slot.take().and_then(|(_, _, tracker)| tracker);
                             match result {
                                 Ok(response) => {
                                     if let Some((failed_index, error)) = h.last.take() {
@@ -371,11 +380,17 @@ where
                                         this.failures,
                                         response,
                                         (this.parts.take(), std::mem::take(this.body)),
-                                        this.tracker.take(),
+                                        tracker,
                                     )));
                                 }
                                 Err(error) => {
-                                    record(h, this.shared, this.failures, index, error.into())
+                                    // Its group learns now (a hint blocks
+                                    // the member), whichever call fails
+                                    // first; the report keeps it below.
+                                    let error: LlmError = error.into();
+                                    let started = tracker.as_ref().map(Tracker::started);
+                                    note_failure(this.shared, index, &error, started);
+                                    record(h, this.shared, this.failures, index, error)
                                 }
                             }
                         }
