@@ -29,6 +29,9 @@ fn request() -> Request<Full<Bytes>> {
         .unwrap()
 }
 
+/// An upstream's answer, at once.
+type Answer = std::future::Ready<Result<Response<Full<Bytes>>, LlmError>>;
+
 /// An upstream that answers every call 200 and counts them.
 fn upstream(
     calls: &Arc<AtomicUsize>,
@@ -36,7 +39,7 @@ fn upstream(
     Request<ReplayBody>,
     Response = Response<Full<Bytes>>,
     Error = LlmError,
-    Future = std::future::Ready<Result<Response<Full<Bytes>>, LlmError>>,
+    Future = Answer,
 > + Clone {
     let calls = Arc::clone(calls);
     service_fn(move |_: Request<ReplayBody>| {
