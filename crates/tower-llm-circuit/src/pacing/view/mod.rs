@@ -216,28 +216,28 @@ impl View {
                 // Room for one more once all but `rpm - 1` have left.
                 refuse(self.freed(self.log_calls + 1 - rpm, |s| s.calls));
             }
+            // A configured limit is the gateway's own for a target that
+            // reports none and refuses nothing (a local model): a call
+            // larger than the minute's tokens takes the whole minute
+            // (it waits for it to be clear), so that stating a larger
+            // `max_tokens` never buys more.
             let used = self.log_tokens;
             if self.tokens.is_none()
                 && let Some(tpm) = limits.tpm
-                && tokens <= tpm
-                && used.saturating_add(tokens) > tpm
+                && used.saturating_add(tokens.min(tpm)) > tpm
             {
-                refuse(self.freed(used.saturating_add(tokens) - tpm, |s| s.tokens));
+                refuse(self.freed(used.saturating_add(tokens.min(tpm)) - tpm, |s| s.tokens));
             }
         }
         wait
     }
 
-    /// Whether a call costing `tokens` is larger than the key can ever
-    /// take: its tokens bucket's whole limit, or, where no header reports
-    /// a tokens bucket, the configured tokens per minute.
-    fn never_fits(&self, tokens: u64, limits: Option<PaceLimits>) -> bool {
-        match self.tokens {
-            Some(b) => b.limit.is_some_and(|limit| tokens > limit),
-            None => limits
-                .and_then(|limits| limits.tpm)
-                .is_some_and(|tpm| tokens > tpm),
-        }
+    /// Whether a call costing `tokens` is larger than the provider's
+    /// whole tokens bucket, as its headers report it: the provider refuses
+    /// such a call without counting it.
+    fn never_fits(&self, tokens: u64) -> bool {
+        self.tokens
+            .is_some_and(|b| b.limit.is_some_and(|limit| tokens > limit))
     }
 
     /// The share of its limits the key has left at `now` for more calls,
@@ -296,16 +296,20 @@ impl View {
         if let Some(wait) = self.wait(now, tokens, limits) {
             return Err(wait);
         }
-        // A call larger than the key can ever take is sent so that the
-        // provider says so (OpenAI's 429 "Request too large", a payload
-        // too large here), and the provider counts none of it: it holds
-        // none of the key's tokens. Holding its estimate (a caller's
+        // A call larger than the provider's whole tokens bucket is sent so
+        // that the provider says so (OpenAI's 429 "Request too large", a
+        // payload too large here), and the provider counts none of it: it
+        // holds none of the key's tokens. Holding its estimate (a caller's
         // `max_tokens` can be anything) would refuse every other caller's
-        // call while it is in flight, and for a minute after in the log.
-        let tokens = if self.never_fits(tokens, limits) {
+        // call while it is in flight. Under a configured limit (no
+        // provider to refuse it), it holds the whole minute and no more.
+        let tokens = if self.never_fits(tokens) {
             0
         } else {
-            tokens
+            limits
+                .and_then(|limits| limits.tpm)
+                .filter(|_| self.tokens.is_none())
+                .map_or(tokens, |tpm| tokens.min(tpm))
         };
         self.in_flight += 1;
         self.in_flight_tokens = self.in_flight_tokens.saturating_add(tokens);

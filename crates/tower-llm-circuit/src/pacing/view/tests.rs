@@ -103,8 +103,9 @@ fn configured_tokens_wait_until_enough_of_the_last_minute_has_left() {
     // 50 more need 40: the first two calls, at 71 s.
     assert_eq!(view.admit(secs(20), 50, limits), Err(secs(51)));
     assert!(view.admit(secs(20), 10, limits).is_ok());
-    // Larger than the limit: never fits, so it is not held back.
-    assert!(view.admit(secs(20), 101, limits).is_ok());
+    // Larger than the limit: it waits for the whole minute (see
+    // `a_call_larger_than_the_configured_tokens_per_minute_…`).
+    assert_eq!(view.admit(secs(20), 101, limits), Err(secs(61)));
 }
 
 #[test]
@@ -242,11 +243,16 @@ fn a_call_larger_than_the_tokens_bucket_holds_none_of_it() {
 }
 
 #[test]
-fn a_call_larger_than_the_configured_tokens_per_minute_takes_none_of_the_minute() {
+fn a_call_larger_than_the_configured_tokens_per_minute_takes_the_whole_minute_and_no_more() {
+    // A configured limit is the gateway's own (the target refuses
+    // nothing): a larger `max_tokens` never buys more than the minute.
     let mut view = View::default();
     let limits = Some(PaceLimits::tpm(100));
-    assert!(view.admit(secs(0), 1_000, limits).is_ok());
-    // The minute is as it was: the next calls fit up to the limit.
-    assert!(view.admit(secs(1), 100, limits).is_ok());
-    assert_eq!(view.admit(secs(2), 1, limits), Err(secs(60)));
+    assert!(view.admit(secs(0), 10, limits).is_ok());
+    // It waits for the minute to be clear of the first call...
+    assert_eq!(view.admit(secs(1), u64::MAX, limits), Err(secs(60)));
+    assert!(view.admit(secs(61), u64::MAX, limits).is_ok());
+    // ...then holds all of it, and no more: a minute later, room again.
+    assert_eq!(view.admit(secs(62), 1, limits), Err(secs(60)));
+    assert!(view.admit(secs(122), 100, limits).is_ok());
 }
