@@ -389,6 +389,10 @@ impl CircuitConfigBuilder {
     /// At most this many keys; idle ones are evicted first. A key with
     /// calls in flight or waiting in its adaptive limit is never evicted,
     /// nor a state set by hand (a shard may then hold more than its share).
+    /// Pacing keeps as many views: past them, with every view busy, a key
+    /// the pacing configuration names keeps its own view, and any other
+    /// shares one with the other such keys of its target (`target/*`),
+    /// paced together by the target's limits.
     pub fn max_keys(mut self, keys: usize) -> Self {
         self.config.max_keys = keys;
         self

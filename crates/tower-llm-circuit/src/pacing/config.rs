@@ -165,6 +165,12 @@ impl PacingConfig {
             .or(self.default_limits)
     }
 
+    /// Whether `key` itself is configured (not through its first segment
+    /// or the default).
+    pub(crate) fn names(&self, key: &str) -> bool {
+        self.limits.iter().any(|(k, _)| k == key)
+    }
+
     /// Whether some key has configured limits.
     pub(crate) fn has_limits(&self) -> bool {
         self.default_limits.is_some() || !self.limits.is_empty()

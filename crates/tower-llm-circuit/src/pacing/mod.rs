@@ -42,6 +42,7 @@ mod config;
 mod handle;
 mod view;
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
@@ -191,19 +192,28 @@ impl Pacing {
         if keys.len() >= self.max_keys {
             keys.retain(|_, k| Arc::strong_count(k) > 1 || !k.view().idle(now));
         }
+        // Every kept view in use or waiting for its reset (up to an hour):
+        // a key the configuration names is kept anyway (they are few); any
+        // other shares one view with every such key of its first segment
+        // (its target), so that the keys (a model name is a caller's) grow
+        // past `max_keys` by at most one per target, and a flood of new
+        // names is paced together, more tightly, never not at all.
+        let key = if keys.len() >= self.max_keys && !self.config.names(key) {
+            let first = key.split('/').next().unwrap_or(key);
+            let shared = format!("{first}/{OVERFLOW}");
+            if let Some(found) = keys.get(shared.as_str()) {
+                return Arc::clone(found);
+            }
+            Cow::Owned(shared)
+        } else {
+            Cow::Borrowed(key)
+        };
         let made = Arc::new(KeyPacing {
-            limits: self.config.limits_for(key),
+            limits: self.config.limits_for(&key),
             max_reset: self.max_reset,
             view: Mutex::new(View::new(self.config.continuous_refill)),
         });
-        // Every kept view in use or waiting for its reset (up to an hour):
-        // the new key's view is this call's alone, not kept, so that the
-        // keys (a model name is a caller's) never grow past `max_keys`; the
-        // keys already kept keep their pacing.
-        if keys.len() >= self.max_keys {
-            return made;
-        }
-        keys.insert(Arc::from(key), Arc::clone(&made));
+        keys.insert(Arc::from(&*key), Arc::clone(&made));
         self.active.store(true, Ordering::Release);
         made
     }
@@ -333,6 +343,10 @@ impl Pacing {
     }
 }
 
+/// The second segment of the view that the keys of a first segment share
+/// once `max_keys` views are kept and busy (see `Pacing::get_or_insert`).
+const OVERFLOW: &str = "*";
+
 /// The error of a call its key's rate limits would refuse: rate limited,
 /// retryable after the wait, which is its hint (as the breaker's
 /// cooldown answers).
@@ -369,10 +383,38 @@ mod tests {
         for i in 0..100 {
             pacing.observe(&format!("target/model-{i}"), &headers, || Duration::ZERO);
         }
-        let kept = pacing.keys.read().unwrap_or_else(|p| p.into_inner()).len();
-        assert_eq!(kept, 2);
-        // The first two keep their pacing.
+        let kept: Vec<Arc<str>> = pacing
+            .keys
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        // The first two keep their own views; the rest share their
+        // target's, which heard all of them.
+        assert_eq!(kept.len(), 3, "{kept:?}");
         assert!(pacing.find("target/model-0").is_some());
         assert!(pacing.find("target/model-99").is_none());
+        assert!(pacing.find("target/*").is_some());
+    }
+
+    #[test]
+    fn a_flood_of_new_keys_is_paced_together_by_its_targets_configured_limits() {
+        let config = PacingConfig::default().limit("target", PaceLimits::rpm(2));
+        let pacing = Pacing::new(config, 2, Duration::from_secs(3600));
+        let now = || Duration::ZERO;
+        // Two keys fill the bound, each with a call in flight.
+        let held: Vec<_> = (0..2)
+            .map(|i| {
+                pacing
+                    .admit(&format!("target/model-{i}"), None, now)
+                    .unwrap()
+            })
+            .collect();
+        // New names share one view: its two calls a minute, not two each.
+        assert!(pacing.admit("target/new-0", None, now).is_ok());
+        assert!(pacing.admit("target/new-1", None, now).is_ok());
+        assert!(pacing.admit("target/new-2", None, now).is_err());
+        drop(held);
     }
 }
