@@ -133,6 +133,9 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         loop {
+            // Whether the failure's group heard of it already (a hedged
+            // call's, when it failed).
+            let mut noted = false;
             let failed: LlmError = match this.state.as_mut().project() {
                 StateProj::Collecting { read } => match ready!(read.poll(cx)) {
                     Ok(bytes) => {
@@ -345,7 +348,10 @@ where
                                     h.hedge =
                                         Some((index, Box::pin(service.call(request)), tracker));
                                 }
-                                Err(error) => record(h, this.shared, this.failures, index, error),
+                                Err(error) => {
+                                    note_failure(this.shared, index, &error, None);
+                                    record(h, this.shared, this.failures, index, error)
+                                }
                             }
                             h.waiting = None;
                         }
@@ -404,6 +410,7 @@ where
                     match h.last.take() {
                         Some((index, error)) => {
                             *this.current = index;
+                            noted = true;
                             error
                         }
                         None => {
@@ -423,12 +430,15 @@ where
             };
 
             // This target failed: what its group learns (its call's count
-            // in flight ends here), and where to now?
-            let started = match this.tracker.take() {
-                Some(tracker) if tracker.index() == *this.current => Some(tracker.started()),
-                _ => None,
-            };
-            note_failure(this.shared, *this.current, &failed, started);
+            // in flight ends here; a hedged call's ended with it), and
+            // where to now?
+            if !noted {
+                let started = match this.tracker.take() {
+                    Some(tracker) if tracker.index() == *this.current => Some(tracker.started()),
+                    _ => None,
+                };
+                note_failure(this.shared, *this.current, &failed, started);
+            }
             let target = &this.shared.targets[*this.current];
             let name = Arc::clone(&target.name);
             let route = this.shared.routes.route(failed.classification());
