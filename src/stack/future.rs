@@ -112,7 +112,10 @@ fn route(
     if model.is_some_and(|model| model.len() > RequestMeta::MAX_MODEL_LEN) {
         return Err(LlmError::local(
             ErrorKind::InvalidRequest,
-            "the body's `model` is longer than any model's name (256 bytes)",
+            &format!(
+                "the request's model is longer than any model's name ({} bytes)",
+                RequestMeta::MAX_MODEL_LEN
+            ),
         ));
     }
     let fallback = routes.pick(model).ok_or_else(|| no_route(model))?.clone();

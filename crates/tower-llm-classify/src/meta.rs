@@ -72,8 +72,8 @@ struct BodyFacts {
     stream: Option<bool>,
     /// The body's length in bytes, when it was read.
     len: Option<u64>,
-    /// Its top-level `max_tokens`, `max_completion_tokens` or
-    /// `max_output_tokens` (the last one given).
+    /// The largest of its top-level `max_tokens`, `max_completion_tokens`
+    /// and `max_output_tokens`, each read at its last occurrence.
     max_tokens: Option<u64>,
 }
 
@@ -210,9 +210,12 @@ impl RequestMeta {
         }
     }
 
-    /// The output limit the body asked for: its top-level `max_tokens`
-    /// (Chat Completions, Anthropic Messages), `max_completion_tokens`
-    /// (Chat Completions since o1) or `max_output_tokens` (Responses).
+    /// The output limit the body asked for: the largest of its top-level
+    /// `max_tokens` (Chat Completions, Anthropic Messages),
+    /// `max_completion_tokens` (Chat Completions since o1) and
+    /// `max_output_tokens` (Responses), each the last of its key, read as
+    /// the upstream reads a number (`1e5`, `100000.0`; past `u64`, the
+    /// most there is; `None` for anything not a finite count).
     pub fn max_tokens(&self) -> Option<u64> {
         self.body.max_tokens
     }

@@ -500,3 +500,31 @@ fn the_telemetry_section_is_read_beside_the_gateway_and_checked() {
     let (none, _) = config::parse_file("").unwrap();
     assert_eq!(none.telemetry.traces_url(), Ok(None));
 }
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn an_attempt_without_a_model_names_its_targets_breaker_state() {
+    let _serial = SUBSCRIBER.lock().await;
+    let (exporter, _traced) = capture_spans();
+    let only = sim(Fault::ok()).await;
+    let config = format!(
+        "preset = \"development\"\n[[targets]]\nname = \"only\"\nbase_url = \"{}/v1\"\n",
+        only.base_url()
+    );
+    let running = gateway(&config).await;
+    // A body that is not JSON has no model: it goes to the target under
+    // the breaker `only/-`, made by the first call; the second's attempt
+    // reads its state (whatever the target makes of such a body).
+    let mut plain = http::HeaderMap::new();
+    plain.insert(header::CONTENT_TYPE, "text/plain".parse().unwrap());
+    for _ in 0..2 {
+        chat_with(&running.base, "hi".to_owned(), plain.clone()).await;
+    }
+    let spans = finished_spans(&exporter).await;
+    let states: Vec<Option<String>> = spans
+        .iter()
+        .filter(|s| s.span_kind == SpanKind::Client)
+        .map(|s| text(s, "tower_llm.breaker.state"))
+        .collect();
+    assert_eq!(states.len(), 2, "{spans:#?}");
+    assert!(states.contains(&Some("closed".to_owned())), "{states:?}");
+}

@@ -123,8 +123,8 @@ pub(crate) fn sample_of(c: &Classification) -> Sample {
     match c.kind() {
         _ if c.phase() == Phase::Local => Sample::Nothing,
         ErrorKind::Overloaded => Sample::Shed,
-        // A cooldown refusal is a rate limit, not local (it is retried):
-        // rate limits are the provider's quota, not this key's capacity.
+        // Rate limits are the provider's quota, not this key's capacity
+        // (a cooldown's or pacing's own refusal is local, above).
         ErrorKind::RateLimited
         | ErrorKind::QuotaExhausted
         | ErrorKind::CircuitOpen

@@ -71,7 +71,8 @@ pub struct TelemetrySection {
     /// the full URL of its traces endpoint (any URL with a path). Unset:
     /// no traces. Headers the collector needs (an API key) come from the
     /// environment (`OTEL_EXPORTER_OTLP_HEADERS`, as the OTLP exporter
-    /// specification says), not from here.
+    /// specification says), not from here: a URL with a user or a
+    /// password in it is refused (it is shown at start and in errors).
     pub otlp_endpoint: Option<String>,
     /// The `service.name` of the traces (default `tower-llm-gateway`).
     pub service_name: Option<String>,
@@ -85,7 +86,13 @@ impl TelemetrySection {
         };
         // The URL is shown (at start, in errors): one with a user or a
         // password in it is refused, and never echoed.
-        if endpoint.contains('@') {
+        let authority = endpoint
+            .split_once("://")
+            .map_or(endpoint, |(_, rest)| rest)
+            .split(['/', '?', '#'])
+            .next()
+            .unwrap_or_default();
+        if authority.contains('@') {
             return Err("[telemetry] otlp_endpoint: holds a user or a password (`user:password@`); the URL is shown at start and in errors, so it must not carry credentials".into());
         }
         let bad = |why: &str| format!("[telemetry] otlp_endpoint: `{endpoint}` {why}");
@@ -183,6 +190,12 @@ mod tests {
             .unwrap_err();
         assert!(error.contains("otlp_endpoint"), "{error}");
         assert!(!error.contains("s3cret"), "{error}");
+        // An `@` past the host is no credential.
+        assert!(
+            section("https://collector.example.com/team@example/v1/traces")
+                .traces_url()
+                .is_ok()
+        );
     }
 
     #[test]
