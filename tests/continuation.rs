@@ -305,10 +305,9 @@ fn prefills(sim: &Simulator) -> usize {
         .count()
 }
 
-#[tokio::test(flavor = "current_thread", start_paused = true)]
-async fn one_refused_continuation_does_not_stop_the_target_continuing_the_next_stream() {
-    // A refusal may be one request's (what it asked for forbids a
-    // prefill): the next caller's broken stream is still continued there.
+/// A primary whose streams break after 40 tokens, and a backup that can
+/// continue them but refuses to for now.
+async fn with_a_refusing_backup() -> (Simulator, Simulator, Stack) {
     let primary = simulator(Fault::stream_drop_after(40)).await;
     let backup = Simulator::builder().reply_tokens(60).start().await.unwrap();
     backup.set_plan(Fault::refuse_prefill());
@@ -316,6 +315,14 @@ async fn one_refused_continuation_does_not_stop_the_target_continuing_the_next_s
         ("primary", &primary, "none"),
         ("backup", &backup, "trailing_assistant"),
     ]);
+    (primary, backup, stack)
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn one_refused_continuation_does_not_stop_the_target_continuing_the_next_stream() {
+    // A refusal may be one request's (what it asked for forbids a
+    // prefill): the next caller's broken stream is still continued there.
+    let (primary, backup, stack) = with_a_refusing_backup().await;
     let (text, _) = read(stack.clone()).await;
     assert_eq!(text.unwrap_err().kind(), ErrorKind::StreamIncomplete);
     backup.set_plan(Fault::ok());
@@ -327,13 +334,7 @@ async fn one_refused_continuation_does_not_stop_the_target_continuing_the_next_s
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn a_target_that_refuses_three_continuations_in_a_row_is_left_out_for_ten_minutes() {
-    let primary = simulator(Fault::stream_drop_after(40)).await;
-    let backup = Simulator::builder().reply_tokens(60).start().await.unwrap();
-    backup.set_plan(Fault::refuse_prefill());
-    let stack = stack(&[
-        ("primary", &primary, "none"),
-        ("backup", &backup, "trailing_assistant"),
-    ]);
+    let (primary, backup, stack) = with_a_refusing_backup().await;
     for _ in 0..4 {
         let (text, _) = read(stack.clone()).await;
         assert_eq!(text.unwrap_err().kind(), ErrorKind::StreamIncomplete);

@@ -105,13 +105,7 @@ async fn a_model_is_retrieved_when_a_route_serves_it_and_404_in_the_callers_shap
 async fn a_model_path_that_is_not_utf8_is_a_400_in_the_callers_shape() {
     let openai = sim(Fault::ok()).await;
     let config = format!(
-        r#"
-        preset = "development"
-
-        [[targets]]
-        name = "openai"
-        base_url = "{}/v1"
-        "#,
+        "preset = \"development\"\n[[targets]]\nname = \"openai\"\nbase_url = \"{}/v1\"\n",
         openai.base_url(),
     );
     let gateway = Gateway::start(&config).await;

@@ -176,12 +176,13 @@ impl RetryPolicyBuilder {
     /// costs the whole timeout. The failure is then returned at once,
     /// given up as [`GiveUp::Silent`](crate::GiveUp::Silent).
     ///
-    /// A call the stack shed itself (overloaded, phase `Local`: its
-    /// adaptive concurrency limit had no room in time) is left to the
-    /// fallback the same way ([`GiveUp::LocallyShed`](crate::GiveUp::LocallyShed)):
-    /// the next target may have room now, where this one's queue would be
-    /// waited in again. On a route's last target it is retried after the
-    /// backoff, as the target's own overload answer would be.
+    /// A call the stack refused itself (phase `Local`: its adaptive
+    /// concurrency limit had no room in time, or its rate-limit cooldown or
+    /// pacing said to wait) is left to the fallback the same way
+    /// ([`GiveUp::LocallyShed`](crate::GiveUp::LocallyShed)): the next
+    /// target may have room now, where this one's queue or wait would be
+    /// sat out again. On a route's last target it is retried after the
+    /// backoff or the wait, as the target's own answer would be.
     pub fn retry_on_silence(mut self, retry: bool) -> Self {
         self.policy.retry_on_silence = retry;
         self

@@ -27,9 +27,11 @@ pub enum GiveUp {
     /// time) and the policy leaves a silent target to a fallback
     /// ([`retry_on_silence(false)`](crate::RetryPolicyBuilder::retry_on_silence)).
     Silent,
-    /// The stack's own adaptive concurrency limit could not place the call
-    /// in time (a local overload, not the target's answer) and the policy
-    /// leaves it to a fallback, as it leaves silence
+    /// The stack refused the call itself, for the key's capacity now (its
+    /// adaptive concurrency limit could not place it in time, or its
+    /// rate-limit cooldown or pacing said to wait: a local refusal, not
+    /// the target's answer), and the policy leaves it to a fallback, as it
+    /// leaves silence
     /// ([`retry_on_silence(false)`](crate::RetryPolicyBuilder::retry_on_silence)).
     LocallyShed,
 }
@@ -165,7 +167,7 @@ impl RetryPolicy {
 }
 
 impl RetryPolicy {
-    /// Whether `c` is a silence, or a local overload, this policy does not
+    /// Whether `c` is a silence, or a local refusal, this policy does not
     /// retry: both say "this target cannot take the call now", which the
     /// next target of a route may.
     fn leaves_silence_to_fallback(&self, c: &Classification) -> bool {
@@ -173,11 +175,14 @@ impl RetryPolicy {
     }
 }
 
-/// Whether `c` is a call the stack shed itself (its adaptive concurrency
-/// limit had no room in time): overloaded, decided locally. The target's
-/// own overload answers have a status or an in-band phase.
+/// Whether `c` is a call the stack refused itself for the key's capacity
+/// now: its adaptive concurrency limit had no room in time (overloaded),
+/// or its rate-limit cooldown or pacing said to wait (rate limited), both
+/// decided locally. The target's own answers have a status or an in-band
+/// phase. The next target may take such a call at once, where waiting here
+/// would release every waiter on this key together when the wait ends.
 pub(crate) fn is_local_shed(c: &Classification) -> bool {
-    c.kind() == ErrorKind::Overloaded && c.phase() == Phase::Local
+    matches!(c.kind(), ErrorKind::Overloaded | ErrorKind::RateLimited) && c.phase() == Phase::Local
 }
 
 /// Whether `c` says the target stayed silent: a timeout before any content

@@ -430,3 +430,30 @@ fn a_call_the_stack_shed_itself_is_retried_on_the_last_target_and_left_to_a_fall
     ));
     assert_eq!(GiveUp::LocallyShed.as_str(), "locally_shed");
 }
+
+#[test]
+fn a_cooldowns_own_refusal_is_waited_out_on_the_last_target_and_left_to_a_fallback_elsewhere() {
+    // The key's cooldown or pacing refused the call here, "in 800 ms":
+    // with another target to go to, waiting here would release every
+    // waiter on the key together when the wait ends.
+    let last = RetryPolicy::builder().build().unwrap();
+    let moves_on = RetryPolicy::builder()
+        .retry_on_silence(false)
+        .build()
+        .unwrap();
+    let refused = Classification::new(ErrorKind::RateLimited)
+        .with_phase(Phase::Local)
+        .with_retryable(true)
+        .with_hint(Some(Hint {
+            delay: Duration::from_millis(800),
+            source: HintSource::RateLimitReset,
+        }));
+    assert!(matches!(
+        last.decide(&refused, 1, Duration::ZERO, None, 0.0),
+        Decision::Retry { hinted: true, .. }
+    ));
+    assert_eq!(
+        moves_on.decide(&refused, 1, Duration::ZERO, None, 0.0),
+        Decision::GiveUp(GiveUp::LocallyShed)
+    );
+}
