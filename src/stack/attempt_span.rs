@@ -27,7 +27,7 @@ use std::task::{Context, Poll, ready};
 
 use http::{Request, Response};
 use pin_project_lite::pin_project;
-use tower_llm_circuit::CircuitHandle;
+use tower_llm_circuit::{CircuitHandle, KeyBy};
 use tower_llm_classify::{LlmError, Provider, RequestMeta};
 use tower_llm_retry::ReplayBody;
 use tower_service::Service;
@@ -127,11 +127,8 @@ impl<S> AttemptSpan<S> {
             tower_llm.error.kind = Empty,
             tower_llm.breaker.state = Empty,
         );
-        // The stack's breaker keys are `target/model` (`KeyBy::TargetModel`),
-        // `target/-` for a request without a model (or with a name longer
-        // than any model's).
-        let keyed = model.filter(|model| model.len() <= RequestMeta::MAX_MODEL_LEN);
-        let key = format!("{}/{}", self.target, keyed.unwrap_or("-"));
+        // The stack's breakers are keyed by `KeyBy::TargetModel`.
+        let key = KeyBy::target_model_key(&self.target, model);
         if let Some(state) = self.circuits.state(&key) {
             span.record("tower_llm.breaker.state", state.as_str());
         }

@@ -94,18 +94,7 @@ impl KeyBy {
     /// as it is (`None` for those that compute it).
     #[inline]
     pub(crate) fn parts<'a>(&'a self, input: &KeyInput<'a>) -> Option<KeyParts<'a>> {
-        // A name longer than any model's (a stack's router refuses it) is
-        // keyed as no model: a key is never as large as a caller's body.
-        let model = || {
-            Some(
-                input
-                    .meta
-                    .model
-                    .as_deref()
-                    .filter(|model| model.len() <= RequestMeta::MAX_MODEL_LEN)
-                    .unwrap_or("-"),
-            )
-        };
+        let model = || Some(model_part(input.meta.model.as_deref()));
         match self {
             KeyBy::ProviderModel => Some(KeyParts {
                 first: input.meta.provider.as_str(),
@@ -121,6 +110,13 @@ impl KeyBy {
             }),
             KeyBy::ApiKey | KeyBy::Custom(_) => None,
         }
+    }
+
+    /// The key [`KeyBy::TargetModel`]`(target)` gives a request for
+    /// `model`: `target/model`, or `target/-` without one (for a layer
+    /// that reads a stack's breakers, such as its attempt spans).
+    pub fn target_model_key(target: &str, model: Option<&str>) -> String {
+        format!("{target}/{}", model_part(model))
     }
 
     /// Writes the key into `out` (cleared first).
@@ -147,6 +143,15 @@ impl KeyBy {
             KeyBy::ProviderModel | KeyBy::Host | KeyBy::TargetModel(_) => {}
         }
     }
+}
+
+/// A key's model part: the model, or `-` without one. A name longer than
+/// any model's (a stack's router refuses it) is keyed as no model: a key
+/// is never as large as a caller's body.
+fn model_part(model: Option<&str>) -> &str {
+    model
+        .filter(|model| model.len() <= RequestMeta::MAX_MODEL_LEN)
+        .unwrap_or("-")
 }
 
 /// A keyed, per-process fingerprint of a credential.
@@ -229,6 +234,15 @@ mod tests {
         assert_eq!(
             written(&KeyBy::TargetModel("primary".into()), &input),
             "primary/-"
+        );
+        // The key a reader of a stack's breakers computes is the same.
+        assert_eq!(
+            KeyBy::target_model_key("primary", meta.model.as_deref()),
+            "primary/-"
+        );
+        assert_eq!(
+            KeyBy::target_model_key("primary", Some("gpt-4o")),
+            "primary/gpt-4o"
         );
     }
 
