@@ -489,3 +489,66 @@ async fn a_hedge_that_wins_counts_in_flight_on_its_own_member_until_its_body_end
     drop(response);
     assert_eq!(in_flight(&stack), [0, 0]);
 }
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_stream_continued_by_a_sibling_counts_in_flight_on_the_sibling_until_its_rest_ends() {
+    use http_body_util::BodyExt;
+    use tower_llm::fallback::continuation::Continuation;
+    use tower_llm_testkit::Fault;
+    // `a` is picked first and its stream breaks after 40 tokens; `b`
+    // continues it, 10 ms a token.
+    let slow = Duration::from_millis(10);
+    let a = Simulator::builder()
+        .reply_tokens(60)
+        .plan(Fault::stream_drop_after(40))
+        .start()
+        .await
+        .unwrap();
+    let b = Simulator::builder()
+        .reply_tokens(60)
+        .plan(Fault::ok().with_token_delay(slow))
+        .start()
+        .await
+        .unwrap();
+    let client = || -> Client<HttpConnector, ReplayBody> {
+        Client::builder(TokioExecutor::new()).build_http()
+    };
+    let base = |sim: &Simulator| -> Uri { sim.base_url().parse().unwrap() };
+    let stack = LlmStack::sdk_default()
+        .seed(7)
+        .target("a", client(), |t| t.base_url(base(&a)).weight(10_000))
+        .target("b", client(), |t| {
+            t.base_url(base(&b))
+                .weight(1)
+                .continuation(Continuation::TrailingAssistant)
+        })
+        .route(
+            ModelRoute::new("gpt-4o", Vec::<String>::new()).group(Strategy::Weighted, ["a", "b"]),
+        )
+        .build()
+        .unwrap();
+    let request = Request::post("/v1/chat/completions")
+        .header("content-type", "application/json")
+        .body(
+            r#"{"model":"gpt-4o","stream":true,"messages":[{"role":"user","content":"hi"}]}"#
+                .to_owned(),
+        )
+        .unwrap();
+    let response = stack.clone().oneshot(request).await.unwrap();
+    assert_eq!(served_by(&response), Some("a"));
+    let mut body = response.into_body();
+    let mut seen_on_b = false;
+    while let Some(frame) = body.frame().await {
+        frame.unwrap();
+        if b.requests().iter().any(|r| r.prefill.is_some()) {
+            // The rest is being read from `b`: it counts there, `a`'s
+            // broken call has ended.
+            assert_eq!(in_flight(&stack), [0, 1]);
+            seen_on_b = true;
+            break;
+        }
+    }
+    assert!(seen_on_b, "the stream was continued by b");
+    drop(body);
+    assert_eq!(in_flight(&stack), [0, 0]);
+}

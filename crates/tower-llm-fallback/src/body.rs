@@ -146,8 +146,11 @@ where
                 let answered = ready!(asking.as_mut().poll(cx));
                 state.asking = None;
                 match answered {
-                    Ok((index, response, splice)) => {
+                    Ok((index, response, splice, tracker)) => {
                         state.resumable.continued_by(index);
+                        // The broken segment's call has ended; the rest's
+                        // counts now, on its own target.
+                        *this.tracker = tracker;
                         this.inner.set(response.into_body());
                         state.splice = Some(splice);
                         continue;
@@ -318,6 +321,7 @@ mod tests {
                 1,
                 Response::new(rest),
                 splice,
+                None,
             )))))
         }
 

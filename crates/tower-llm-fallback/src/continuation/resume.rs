@@ -16,13 +16,17 @@ use tower_service::Service;
 
 use super::splice::Usage;
 use super::{Envelope, Splice, prefill_request};
+use crate::group::Tracker;
 use crate::report::TRACING_TARGET;
 use crate::service::Shared;
 
-/// The call for the rest, boxed (only a stream that broke pays for it):
-/// the target that answered, its answer, and the splice for it.
-pub(crate) type RestFuture<B> =
-    Pin<Box<dyn Future<Output = Result<(usize, Response<B>, Splice), LlmError>> + Send>>;
+/// What the call for the rest gave: the target that answered, its
+/// answer, the splice for it, and the call's count in its group (in
+/// flight until the rest's body ends, its latency to first content).
+pub(crate) type Rest<B> = (usize, Response<B>, Splice, Option<Tracker>);
+
+/// The call for the rest, boxed (only a stream that broke pays for it).
+pub(crate) type RestFuture<B> = Pin<Box<dyn Future<Output = Result<Rest<B>, LlmError>> + Send>>;
 
 /// Reads what the caller held when the first segment of a stream broke.
 pub(crate) type FirstDelivered = Box<dyn Fn() -> Option<Delivered> + Send>;
@@ -178,6 +182,9 @@ where
                 let ready: Result<(), LlmError> = std::future::poll_fn(|cx| service.poll_ready(cx))
                     .await
                     .map_err(Into::into);
+                // Counted in its group as any call is (in flight, and its
+                // latency), ending with the rest's body or this attempt.
+                let mut tracker = Tracker::start(&shared, index);
                 let answer: Result<Response<B>, LlmError> = match ready {
                     Ok(()) => {
                         let call = service.call(request);
@@ -190,7 +197,10 @@ where
                         shared.mark_accepts_prefill(index);
                         tracing::info!(target: TRACING_TARGET, target = &*target.name, "continuing a broken stream");
                         report.record(Arc::clone(&target.name));
-                        return Ok((index, response, splice));
+                        if let Some(tracker) = tracker.as_mut() {
+                            tracker.answered(response.extensions());
+                        }
+                        return Ok((index, response, splice, tracker));
                     }
                     Ok(_) => last = Some(not_continued()),
                     Err(error) => {
