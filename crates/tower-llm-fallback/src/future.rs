@@ -257,9 +257,7 @@ where
                                         this.shared.hedge.filter(|_| this.failures.is_empty());
                                     match hedge {
                                         Some(policy) => {
-                                            this.shared
-                                                .hedge_calls
-                                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                            this.shared.count_hedge_call();
                                             let hedged = Hedged {
                                                 primary: Some((
                                                     *this.current,

@@ -102,6 +102,11 @@ impl PrefillRefusals {
     }
 }
 
+/// The calls the hedging budget looks back over, roughly: its counts are
+/// halved once the calls reach twice this, so a slow spell after a quiet
+/// run can hedge at most about `2 × ratio × HEDGE_WINDOW` calls in a row.
+pub(crate) const HEDGE_WINDOW: u64 = 100;
+
 /// When to send a hedge and how many.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) struct HedgePolicy {
@@ -161,8 +166,27 @@ impl<S> Shared<S> {
         }
     }
 
-    /// Takes a hedge from the budget: at most `ratio` hedges per call that
-    /// could have hedged.
+    /// Counts a call that could hedge. The budget is of the recent calls:
+    /// both counts are halved each time the calls reach
+    /// [`HEDGE_WINDOW`] twice over, so that a long quiet run saves no
+    /// credit for a later slow spell (a million quiet calls at a 10 %
+    /// ratio had allowed the next hundred thousand to hedge, every one).
+    pub(crate) fn count_hedge_call(&self) {
+        let calls = self.hedge_calls.fetch_add(1, Ordering::Relaxed) + 1;
+        if calls >= 2 * HEDGE_WINDOW {
+            // Two calls may both see the threshold: each halves what is
+            // there when it runs, which only makes the budget stricter.
+            let _ = self
+                .hedge_calls
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |c| Some(c / 2));
+            let _ = self
+                .hedges
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |h| Some(h / 2));
+        }
+    }
+
+    /// Takes a hedge from the budget: at most `ratio` hedges per recent
+    /// call that could have hedged.
     pub(crate) fn take_hedge(&self, policy: &HedgePolicy) -> bool {
         let calls = self.hedge_calls.load(Ordering::Relaxed) as f64;
         self.hedges
@@ -363,7 +387,8 @@ impl<S> FallbackBuilder<S> {
     /// Hedging: when the first target has not answered (for a guarded
     /// stream: sent its first content) after `delay`, the next target gets
     /// the same request too; whichever answers first is used and the other
-    /// is cancelled. At most `ratio` of calls hedge (the hedging budget,
+    /// is cancelled. At most `ratio` of the recent calls (a few hundred)
+    /// hedge (the hedging budget,
     /// so a slow provider cannot double the load; Dean & Barroso's hedged
     /// requests cost ~2 % more at the 95th-percentile delay).
     pub fn hedge(mut self, delay: Duration, ratio: f64) -> Self {

@@ -682,6 +682,37 @@ async fn the_hedging_budget_bounds_the_hedges() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_long_quiet_run_saves_no_hedges_for_a_later_slow_spell() {
+    // 1,000 calls answered in time, then the primary turns slow: at a
+    // 10 % ratio, the next 100 calls may not all hedge.
+    let primary = Simulator::builder().record(true).start().await.unwrap();
+    let backup = Simulator::builder().record(true).start().await.unwrap();
+    let fallback = hedged(&primary, &backup, 0.1);
+    for _ in 0..1000 {
+        let _ = fallback
+            .clone()
+            .oneshot(request(&primary, CONVERSATION))
+            .await
+            .unwrap();
+    }
+    assert!(backup.requests().is_empty());
+    primary.set_latency(Duration::from_secs(3));
+    for _ in 0..100 {
+        let _ = fallback
+            .clone()
+            .oneshot(request(&primary, CONVERSATION))
+            .await
+            .unwrap();
+    }
+    let hedges = backup.requests().len();
+    assert!(
+        hedges <= 2 * 100 / 10 + 10,
+        "{hedges} of the 100 slow calls hedged"
+    );
+    assert!(hedges > 0);
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_first_target_failing_before_the_hedge_moves_on_as_usual() {
     let broken = Simulator::builder()
         .plan(Fault::server_error(500))
