@@ -181,11 +181,27 @@ impl CircuitSettings {
         if let Some(rate) = self.failure_rate {
             b = b.failure_rate(rate);
         }
-        if let Some(ms) = self.slow_call_ms {
-            b = b.slow_calls(
-                Duration::from_millis(ms),
-                self.slow_call_rate.unwrap_or(base.slow_call_rate),
-            );
+        match (self.slow_call_ms, base.slow_call_duration) {
+            (Some(ms), _) => {
+                b = b.slow_calls(
+                    Duration::from_millis(ms),
+                    self.slow_call_rate.unwrap_or(base.slow_call_rate),
+                );
+            }
+            // The preset's slow calls, at the rate given.
+            (None, Some(duration)) => {
+                if let Some(rate) = self.slow_call_rate {
+                    b = b.slow_calls(duration, rate);
+                }
+            }
+            // A rate of slow calls without saying what is slow would be
+            // ignored: refused instead.
+            (None, None) if self.slow_call_rate.is_some() => {
+                return Err(ConfigError(
+                    "[circuit] slow_call_rate needs slow_call_ms (what counts as slow)".into(),
+                ));
+            }
+            (None, None) => {}
         }
         if let Some(n) = self.consecutive_failures {
             b = b.consecutive_failures((n > 0).then_some(n));
@@ -341,6 +357,22 @@ mod tests {
         assert_eq!(config.consecutive_failures, None);
         assert_eq!(config.open_duration, Duration::from_millis(2500));
         assert_eq!(config.half_open_probes(), 4);
+    }
+
+    #[test]
+    fn a_slow_call_rate_without_what_is_slow_is_refused_not_ignored() {
+        let settings = CircuitSettings {
+            slow_call_rate: Some(40.0),
+            ..Default::default()
+        };
+        let error = settings.build().unwrap_err();
+        assert!(error.to_string().contains("slow_call_ms"), "{error}");
+        let both = CircuitSettings {
+            slow_call_rate: Some(40.0),
+            slow_call_ms: Some(30_000),
+            ..Default::default()
+        };
+        assert!(both.build().is_ok());
     }
 
     #[test]

@@ -86,7 +86,13 @@ impl BudgetSettings {
         if self.enabled == Some(false) {
             return builder.no_budget();
         }
-        if self.ttl_ms.is_none() && self.min_per_second.is_none() && self.ratio.is_none() {
+        // `enabled = true` alone turns on the starting budget, or the
+        // default one on a policy that has none.
+        if self.ttl_ms.is_none()
+            && self.min_per_second.is_none()
+            && self.ratio.is_none()
+            && self.enabled != Some(true)
+        {
             return builder;
         }
         let (ttl, min_per_second, ratio) = builder.budget_params();
@@ -316,6 +322,23 @@ mod tests {
             ..Default::default()
         };
         assert!(bad.build().unwrap_err().to_string().contains("ratio"));
+    }
+
+    #[test]
+    fn enabled_alone_turns_the_default_budget_on_over_a_preset_without_one() {
+        let on = RetrySettings {
+            preset: Some("development".into()),
+            budget: Some(BudgetSettings {
+                enabled: Some(true),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let policy = on.build().unwrap();
+        assert!(
+            policy.budget().is_some(),
+            "development has no budget of its own"
+        );
     }
 
     #[test]
