@@ -370,6 +370,27 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn another_replicas_decision_is_held_no_longer_than_this_ones_own_longest() {
+        // A clock years ahead, or a value anyone wrote into Redis.
+        let (handle, _) = listening();
+        let centuries = Instant::now() + Duration::from_secs(600 * 365 * 24 * 3600);
+        assert!(handle.apply_open_until(KEY, centuries));
+        // The standard preset opens for 30 s at most; a minute more for
+        // the fleet's grace.
+        let open = handle.snapshot()[0].open_remaining.unwrap();
+        assert_eq!(open, Duration::from_secs(90));
+        assert!(handle.apply_cooldown_until("other/model", centuries));
+        let cooling = handle
+            .snapshot()
+            .into_iter()
+            .find(|k| &*k.key == "other/model")
+            .and_then(|k| k.cooldown_remaining)
+            .unwrap();
+        // Its quota cooldown, an hour, is its longest.
+        assert_eq!(cooling, Duration::from_secs(3600));
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn an_applied_close_closes_an_open_key_quietly_and_ignores_an_unknown_one() {
         let (handle, told) = listening();
         assert!(!handle.apply_closed(KEY));

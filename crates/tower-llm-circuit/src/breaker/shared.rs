@@ -18,6 +18,10 @@ use std::sync::atomic::Ordering;
 
 use super::{ARMING, Breaker, CircuitState, nanos};
 
+/// How much longer than its own longest open a replica keeps a key open
+/// when another replica says so (the fleet's probe grace is well under).
+const SHARED_SLACK: Duration = Duration::from_secs(60);
+
 /// Why a key cools down.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -158,8 +162,17 @@ impl Breaker {
     /// stays). A state set by hand is left alone. Not shared back. `true`
     /// if anything changed.
     pub(crate) fn apply_open_until(&self, until: tokio::time::Instant) -> bool {
-        let until = nanos(until.saturating_duration_since(self.start)).min(ARMING - 1);
         let now = nanos(self.now());
+        // Never longer than this replica's own longest open, and a minute
+        // (another replica keeps a key open a little past its opener):
+        // a value in Redis (a clock years ahead, or anyone who can write
+        // there) must not shut a key for centuries, with no probe to end it.
+        let longest = now.saturating_add(nanos(
+            self.config.max_open_duration.saturating_add(SHARED_SLACK),
+        ));
+        let until = nanos(until.saturating_duration_since(self.start))
+            .min(longest)
+            .min(ARMING - 1);
         if until <= now {
             return false;
         }
@@ -202,8 +215,12 @@ impl Breaker {
     /// Another replica's key cools down until `until`: this one too,
     /// unless its own cooldown lasts longer. Not shared back.
     pub(crate) fn apply_cooldown_until(&self, until: tokio::time::Instant) -> bool {
-        let until = nanos(until.saturating_duration_since(self.start));
-        if until <= nanos(self.now()) {
+        let now = nanos(self.now());
+        // Never longer than this replica's own longest cooldown (its quota
+        // cooldown, which caps a rate limit's hinted one too).
+        let longest = now.saturating_add(nanos(self.config.quota_cooldown));
+        let until = nanos(until.saturating_duration_since(self.start)).min(longest);
+        if until <= now {
             return false;
         }
         self.cooldown_until.fetch_max(until, Ordering::AcqRel) < until

@@ -327,9 +327,14 @@ impl Pacing {
     }
 
     /// Another replica's buckets for `key`: see [`View::apply`].
-    pub(crate) fn apply(&self, key: &str, buckets: Buckets, now: Duration) -> bool {
+    pub(crate) fn apply(&self, key: &str, mut buckets: Buckets, now: Duration) -> bool {
         if buckets.iter().flatten().all(|(_, at)| *at <= now) {
             return false;
+        }
+        // No reset further than this replica takes from a header: a view
+        // from Redis cannot pace a key out for longer than one's own.
+        for (_, at) in buckets.iter_mut().flatten() {
+            *at = (*at).min(now.saturating_add(self.max_reset));
         }
         self.get_or_insert(key, now).view().apply(buckets, now)
     }
@@ -396,6 +401,17 @@ mod tests {
         assert!(pacing.find("target/model-0").is_some());
         assert!(pacing.find("target/model-99").is_none());
         assert!(pacing.find("target/*").is_some());
+    }
+
+    #[test]
+    fn another_replicas_view_paces_a_key_out_no_longer_than_a_header_could() {
+        let pacing = Pacing::new(PacingConfig::default(), 10, Duration::from_secs(3600));
+        let far = Duration::from_secs(u64::MAX / 4);
+        assert!(pacing.apply("target/model", [Some((0, far)), None], Duration::ZERO));
+        let paced = pacing
+            .paced_for("target/model", 1, || Duration::ZERO)
+            .unwrap();
+        assert_eq!(paced, Duration::from_secs(3600));
     }
 
     #[test]
