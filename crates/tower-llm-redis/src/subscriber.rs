@@ -97,7 +97,10 @@ async fn reload(shared: &Shared, connection: &mut MultiplexedConnection) -> redi
     let pattern = shared.names.pattern();
     let mut cursor: u64 = 0;
     loop {
-        let (next, keys): (u64, Vec<String>) = within(
+        // Read as bytes: a key or a value that is not UTF-8 (anyone may
+        // write under the prefix) is skipped, where a `String` reply would
+        // fail the whole batch, and with it every reload, for good.
+        let (next, keys): (u64, Vec<Vec<u8>>) = within(
             timeout,
             redis::cmd("SCAN")
                 .arg(cursor)
@@ -108,19 +111,29 @@ async fn reload(shared: &Shared, connection: &mut MultiplexedConnection) -> redi
                 .query_async(connection),
         )
         .await?;
-        let ours: Vec<(StoredKind, &str, &String)> = keys
+        let ours: Vec<(StoredKind, &str, &[u8])> = keys
             .iter()
-            .filter_map(|k| shared.names.parse_key(k).map(|(kind, key)| (kind, key, k)))
+            .filter_map(|k| {
+                let text = std::str::from_utf8(k).ok()?;
+                shared
+                    .names
+                    .parse_key(text)
+                    .map(|(kind, key)| (kind, key, k.as_slice()))
+            })
             .collect();
         if !ours.is_empty() {
-            let redis_keys: Vec<&String> = ours.iter().map(|(_, _, k)| *k).collect();
-            let values: Vec<Option<String>> = within(
+            let redis_keys: Vec<&[u8]> = ours.iter().map(|(_, _, k)| *k).collect();
+            let values: Vec<Option<Vec<u8>>> = within(
                 timeout,
                 redis::cmd("MGET").arg(&redis_keys).query_async(connection),
             )
             .await?;
             for ((kind, key, _), value) in ours.iter().zip(values) {
-                if let Some(decision) = value.and_then(|v| WireDecision::parse_value(*kind, &v)) {
+                let decision = value
+                    .as_deref()
+                    .and_then(|v| std::str::from_utf8(v).ok())
+                    .and_then(|v| WireDecision::parse_value(*kind, v));
+                if let Some(decision) = decision {
                     shared.apply(key, &decision);
                 }
             }

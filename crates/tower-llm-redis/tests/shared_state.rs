@@ -140,6 +140,45 @@ async fn a_replica_that_starts_later_loads_the_current_state() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn values_under_the_prefix_that_are_not_utf8_are_skipped_and_the_rest_is_loaded() {
+    // Anyone who can write under the prefix: a `String` reply failed the
+    // whole reload, and with it every connection, for good.
+    let redis = RedisServer::start();
+    let a = Replica::new(&redis.url(), PREFIX, CircuitConfig::fast_trip());
+    a.connected().await;
+    let sim = Simulator::builder()
+        .plan(FaultPlan::always(Fault::rate_limited(Duration::from_secs(
+            30,
+        ))))
+        .start()
+        .await
+        .unwrap();
+    let _ = a.call(&sim, "limited").await;
+    eventually("written", || a.shared.stats().published >= 1).await;
+    let mut connection = redis.connection().await;
+    let _: () = redis::cmd("SET")
+        .arg(format!("{PREFIX}:pace:x"))
+        .arg(&b"\xff\xfe"[..])
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    let mut bad_key = format!("{PREFIX}:open:").into_bytes();
+    bad_key.extend_from_slice(b"\xff");
+    let _: () = redis::cmd("SET")
+        .arg(bad_key)
+        .arg("1")
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+
+    let late = Replica::new(&redis.url(), PREFIX, CircuitConfig::fast_trip());
+    late.connected().await;
+    let snapshot = late.handle.snapshot();
+    let limited = snapshot.iter().find(|k| *k.key == key("limited")).unwrap();
+    assert!(limited.cooldown_remaining.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_go_on_when_redis_dies_and_the_fleet_converges_when_it_is_back() {
     let mut redis = RedisServer::start();
     let [a, b, c] = fleet(&redis, CircuitConfig::fast_trip).await;
