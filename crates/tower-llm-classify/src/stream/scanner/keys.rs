@@ -1,6 +1,7 @@
 //! Finding what an event says without parsing it: a `"key"` as an object
 //! key (not inside a string), and the few values the scanner reads.
 
+use crate::json;
 use std::sync::LazyLock;
 
 use memchr::memmem;
@@ -53,29 +54,37 @@ fn skip_ws(payload: &[u8], mut i: usize) -> usize {
     i
 }
 
-/// A JSON payload with a non-null `"error"` key, or `"type": "error"` /
-/// `"type": "response.failed"` (the latter in the dialects that carry a
-/// type in their payloads: not OpenAI chat chunks nor Ollama lines).
+/// A JSON payload whose own members say it failed: a non-null top-level
+/// `"error"`, or a top-level `"type": "error"` / `"type":
+/// "response.failed"` (the latter in the dialects that carry a type in
+/// their payloads: not OpenAI chat chunks nor Ollama lines).
 ///
-/// Nearly every event holds neither `"error"` nor `"response.failed"`,
-/// and most no `"type"` key either: one search for the bytes `"error"`
-/// (which `"type": "error"` holds too) settles those, instead of a search
-/// for each key through the whole event.
+/// Only top-level members count: a nested `"error"` or `"type"` is the
+/// content's (an Ollama or Gemini tool call's arguments are an object the
+/// caller's schema shapes, `{"error": "disk full"}` among them), and text a
+/// caller controls must not fail a healthy stream.
+///
+/// Nearly every event holds neither `"error"` nor `"response.failed"`:
+/// one search for the bytes `"error"` (which `"type": "error"` holds too)
+/// and, in the typed dialects, one for `response.failed` settle those; only
+/// an event holding one is walked.
 pub(super) fn is_error_payload(payload: &[u8], dialect: Dialect) -> bool {
-    if key!(b"\"error\"").find(payload).is_none() {
-        let typed = !matches!(dialect, Dialect::OpenAiChat | Dialect::OllamaNdjson);
-        return typed && json_type(payload) == Some(b"response.failed");
+    let typed = !matches!(dialect, Dialect::OpenAiChat | Dialect::OllamaNdjson);
+    if key!(b"\"error\"").find(payload).is_none()
+        && !(typed && key!(b"\"response.failed\"").find(payload).is_some())
+    {
+        return false;
     }
-    if let Some(value_at) = find_key(payload, key!(b"\"error\"")) {
-        let value = &payload[skip_ws(payload, value_at)..];
-        if !value.starts_with(b"null")
-            && !value.starts_with(b"false")
-            && !value.starts_with(b"\"\"")
-        {
-            return true;
+    json::members(payload).any(|member| {
+        let value = &payload[member.value.clone()];
+        if member.key_matches(payload, "error") {
+            !matches!(value, b"null" | b"false" | b"\"\"")
+        } else if member.key_matches(payload, "type") {
+            matches!(value, b"\"error\"" | b"\"response.failed\"")
+        } else {
+            false
         }
-    }
-    matches!(json_type(payload), Some(b"error" | b"response.failed"))
+    })
 }
 
 /// The string value of the first `"type"` key.

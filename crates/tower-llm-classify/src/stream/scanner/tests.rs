@@ -225,3 +225,17 @@ fn the_blank_line_shortcut_finds_the_newline_memchr_finds() {
         assert_eq!(next_newline(rest), memchr::memchr(b'\n', rest), "{rest:?}");
     }
 }
+
+#[test]
+fn an_error_key_nested_in_a_tool_calls_arguments_does_not_fail_the_stream() {
+    // An Ollama tool call's arguments are an object the caller's tool
+    // schema shapes: its `error` is content, not a failure.
+    let tool_call = b"{\"message\":{\"role\":\"assistant\",\"content\":\"\",\"tool_calls\":[{\"function\":{\"name\":\"report\",\"arguments\":{\"error\":\"disk full\",\"type\":\"error\"}}}]},\"done\":false}\n";
+    let done = b"{\"message\":{\"role\":\"assistant\",\"content\":\"\"},\"done\":true,\"done_reason\":\"stop\"}\n";
+    let (_, end) = scan(Framing::Ndjson, Dialect::OllamaNdjson, &[tool_call, done]);
+    assert_eq!(end, None);
+    // The payload's own `error` still fails it.
+    let failed = b"{\"error\":\"model requires more system memory\"}\n";
+    let (_, end) = scan(Framing::Ndjson, Dialect::OllamaNdjson, &[failed]);
+    assert!(end.is_some());
+}
