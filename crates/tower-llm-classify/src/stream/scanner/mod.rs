@@ -435,7 +435,9 @@ impl EventScanner {
             if self.event_name_len == 0 && self.dialect == Dialect::OpenAiChat {
                 self.chat_finish(trimmed, hit.content);
             }
-            self.pending.not_json = !hit.append_to(t);
+            if !hit.append_to(t) {
+                self.pending.not_json = unreadable(t, trimmed);
+            }
             return;
         }
         let name = self.event_name();
@@ -453,7 +455,9 @@ impl EventScanner {
                 t.block(NotContinuable::Unreadable);
             } else if parsed && !self.pending.not_json {
                 let name = &self.event_name[..self.event_name_len];
-                self.pending.not_json = !self.reader.read(t, name, trimmed);
+                if !self.reader.read(t, name, trimmed) {
+                    self.pending.not_json = unreadable(t, trimmed);
+                }
             }
         }
     }
@@ -541,6 +545,7 @@ impl EventScanner {
             // NDJSON lines are judged whole (Ollama's repeat no template:
             // each carries its own `created_at`).
             && !self.reader.read(t, b"", line)
+            && unreadable(t, line)
             && !self.finishing
         {
             self.malformed(event, Some(t));
@@ -588,4 +593,21 @@ fn next_newline(rest: &[u8]) -> Option<usize> {
         [b'\r', b'\n', ..] => Some(1),
         _ => memchr::memchr(b'\n', rest),
     }
+}
+
+/// After the transcript could not read an event's `data`: whether it is
+/// malformed, which fails the stream as the caller's SDK would fail on it
+/// (not a JSON object). An object the transcript cannot represent (a
+/// `content` given as an array of parts, `choices` as an object, a lone
+/// surrogate escape, which JavaScript's `JSON.stringify` writes and
+/// Python's and JavaScript's parsers read) is no failure: the stream goes
+/// on, and only its continuation is off.
+fn unreadable(transcript: &mut Transcript, data: &[u8]) -> bool {
+    let mut members = crate::json::members(data);
+    members.by_ref().for_each(drop);
+    if members.malformed() {
+        return true;
+    }
+    transcript.block(NotContinuable::Unreadable);
+    false
 }

@@ -239,3 +239,31 @@ fn an_error_key_nested_in_a_tool_calls_arguments_does_not_fail_the_stream() {
     let (_, end) = scan(Framing::Ndjson, Dialect::OllamaNdjson, &[failed]);
     assert!(end.is_some());
 }
+
+#[test]
+fn a_valid_event_the_transcript_cannot_represent_stops_continuation_not_the_stream() {
+    // Content as an array of parts, and a lone surrogate escape: JSON that
+    // SDKs parse, that a transcript cannot hold.
+    for odd in [
+        "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":[{\"type\":\"text\",\"text\":\"hi\"}]}}]}\n\n",
+        "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"\\ud83d\"}}]}\n\n",
+    ] {
+        let events = [
+            chunk("a"),
+            odd.to_owned(),
+            chunk("b"),
+            "data: [DONE]\n\n".to_owned(),
+        ];
+        let (mut scanner, transcript) = captured(Dialect::OpenAiChat, &events);
+        assert_eq!(scanner.finish(), None, "{odd}");
+        assert_eq!(
+            transcript.not_continuable(),
+            Some(NotContinuable::Unreadable),
+            "{odd}"
+        );
+    }
+    // Data that is not a JSON object still fails it.
+    let events = [chunk("a"), "data: {\"choices\":[\n\n".to_owned()];
+    let (scanner, _) = captured(Dialect::OpenAiChat, &events);
+    assert!(scanner.error().is_some());
+}
