@@ -267,3 +267,16 @@ fn a_valid_event_the_transcript_cannot_represent_stops_continuation_not_the_stre
     let (scanner, _) = captured(Dialect::OpenAiChat, &events);
     assert!(scanner.error().is_some());
 }
+
+#[test]
+fn a_transcript_keeps_no_more_than_its_limit_of_an_endless_stream() {
+    let piece = "x".repeat(64 * 1024);
+    let mut events: Vec<String> = (0..80).map(|_| chunk(&piece)).collect();
+    events.push("data: [DONE]\n\n".to_owned());
+    let (mut scanner, transcript) = captured(Dialect::OpenAiChat, &events);
+    assert_eq!(scanner.finish(), None, "the stream itself is fine");
+    assert_eq!(transcript.not_continuable(), Some(NotContinuable::TooLong));
+    assert_eq!(transcript.text(), "");
+    let held = scanner.transcript().unwrap().snapshot();
+    assert!(held.text().is_empty());
+}

@@ -102,6 +102,10 @@ pub enum NotContinuable {
     /// An event the scanner could not read: longer than it buffers, or
     /// split over several `data:` lines.
     Unreadable,
+    /// More text than a transcript keeps ([`Transcript::MAX_TEXT`]): the
+    /// prefill would be as large, and an endless stream must not hold
+    /// memory without end.
+    TooLong,
 }
 
 impl NotContinuable {
@@ -116,6 +120,7 @@ impl NotContinuable {
             NotContinuable::Refusal => "refusal",
             NotContinuable::NonText => "non_text",
             NotContinuable::Unreadable => "unreadable",
+            NotContinuable::TooLong => "too_long",
         }
     }
 }
@@ -209,8 +214,9 @@ pub struct TokenUsage {
 /// than one choice (`n > 1`), log probabilities (a continuation would not
 /// have the delivered tokens'), a refusal, a content block other than text
 /// (Anthropic citations, server tool results), an event the scanner could
-/// not read, or a dialect the transcript does not read (the Responses API,
-/// generic streams). Reasoning is not continued either: Anthropic does not
+/// not read, more text than a transcript keeps ([`Transcript::MAX_TEXT`];
+/// the text is then dropped), or a dialect the transcript does not read
+/// (the Responses API, generic streams). Reasoning is not continued either: Anthropic does not
 /// take a prefill with extended thinking ("Prefilling is only available for
 /// non-extended thinking modes", docs.claude.com, *Prefill Claude's
 /// response*),
@@ -231,6 +237,9 @@ pub struct Transcript {
     mark: Mark,
     /// What reading the current event did to the text.
     reading: Reading,
+    /// The text passed [`Transcript::MAX_TEXT`]: it is dropped, and what
+    /// follows is not kept.
+    dropped: bool,
 }
 
 /// What reading one event did to the text: where the one string it
@@ -278,6 +287,11 @@ struct Mark {
 }
 
 impl Transcript {
+    /// The most text, in bytes, a transcript keeps (4 MiB): past it the
+    /// answer is not continued ([`NotContinuable::TooLong`]) and its text
+    /// is dropped.
+    pub const MAX_TEXT: usize = 4 << 20;
+
     fn new(dialect: Dialect) -> Self {
         let mut state = State::default();
         if !matches!(
@@ -293,6 +307,7 @@ impl Transcript {
             state,
             mark: Mark::default(),
             reading: Reading::default(),
+            dropped: false,
         }
     }
 
@@ -306,6 +321,9 @@ impl Transcript {
     /// (Anthropic), `message.content` or `response` (Ollama), decoded and
     /// concatenated as the caller's SDK does — white space at the end kept.
     pub fn text(&self) -> &str {
+        if self.dropped {
+            return "";
+        }
         std::str::from_utf8(&self.text).unwrap_or_default()
     }
 
@@ -415,7 +433,15 @@ impl Transcript {
     /// time (a stream's text otherwise grows from 8 bytes by doubling, a
     /// reallocation every few events at first).
     fn text_buffer(&mut self) -> &mut Vec<u8> {
-        if self.text.capacity() == 0 {
+        if self.text.len() >= Self::MAX_TEXT && !self.dropped {
+            self.block(NotContinuable::TooLong);
+            self.dropped = true;
+            self.text = Vec::new();
+        }
+        if self.dropped {
+            // Each append lands in an emptied buffer: no more is held.
+            self.text.clear();
+        } else if self.text.capacity() == 0 {
             self.text.reserve(TEXT_CAPACITY);
         }
         &mut self.text
