@@ -195,6 +195,12 @@ fn hints_above_the_ceiling_are_too_long_not_absent() {
     assert_eq!(parse_seconds("172800"), Some(MAX_HINT));
     assert_eq!(parse_seconds("172801"), Some(MAX_HINT));
     assert_eq!(parse_seconds("99999999999"), Some(MAX_HINT));
+    // However long it is written: 33 digits, and a second with 40 zeros.
+    assert_eq!(parse_seconds(&"9".repeat(33)), Some(MAX_HINT));
+    assert_eq!(
+        parse_seconds(&format!("1.{}", "0".repeat(40))),
+        Some(Duration::from_secs(1))
+    );
     assert_eq!(parse_milliseconds("1e400"), None, "not a plain decimal");
     assert_eq!(
         parse_retry_after("Fri, 01 Jan 2100 00:00:00 GMT", now()),
