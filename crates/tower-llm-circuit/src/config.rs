@@ -489,6 +489,13 @@ impl CircuitConfigBuilder {
         if c.max_keys == 0 {
             return bad("max_keys must be at least 1".into());
         }
+        // It also caps every rate limit's hinted cooldown: zero would turn
+        // both the quota and the 429 protection off, silently.
+        if c.quota_cooldown.is_zero() {
+            return bad(
+                "quota cooldown must be above zero (it also caps a rate limit's cooldown)".into(),
+            );
+        }
         c.pacing.check()?;
         Ok(c)
     }
@@ -546,6 +553,10 @@ mod tests {
                 "failure_rate",
             ),
             (CircuitConfig::builder().minimum_calls(0), "minimum_calls"),
+            (
+                CircuitConfig::builder().quota_cooldown(Duration::ZERO),
+                "quota cooldown",
+            ),
             (
                 CircuitConfig::builder().half_open_probes(0),
                 "half_open_probes",
