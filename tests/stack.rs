@@ -496,6 +496,18 @@ fn two_targets_with_one_name_are_refused_by_name() {
 }
 
 #[test]
+fn a_route_whose_targets_are_all_for_special_failures_is_refused() {
+    // `big` is only for a context too long: the route would send nothing.
+    let stack = nowhere(LlmStack::development(), "big")
+        .route(ModelRoute::new("gpt-4o", Vec::<String>::new()).context_length(["big"]));
+    let message = build_error(stack);
+    assert!(
+        message.contains("gpt-4o") && message.contains("context too long"),
+        "{message}"
+    );
+}
+
+#[test]
 fn a_route_naming_an_unknown_target_is_refused_listing_the_known_ones() {
     let stack = nowhere(nowhere(LlmStack::development(), "openai"), "local")
         .route(ModelRoute::new("gpt-4o", ["openai", "azure"]));

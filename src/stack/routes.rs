@@ -183,6 +183,15 @@ pub(super) fn route_targets(
             route.model
         )));
     }
+    // Targets named only for a context too long or a filtered answer are
+    // never in the default order: with no other, nothing is ever sent.
+    if ordinary == 0 {
+        return Err(StackError(format!(
+            "route `{}`: its targets are all for a context too long or a filtered answer; \
+             a route needs a target (or a group) to send requests to first",
+            route.model
+        )));
+    }
     Ok(grouped(with_services(chosen, ordinary, &sizes), &sizes))
 }
 
