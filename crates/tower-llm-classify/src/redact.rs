@@ -314,6 +314,33 @@ impl std::fmt::Debug for RedactedHeaders<'_> {
     }
 }
 
+/// A URL as it may be shown (in an error, a log, a `Debug`): its scheme,
+/// host and path, without a user or password, a query (a key as a query
+/// parameter, Gemini's `?key=`) or a fragment.
+///
+/// ```
+/// use tower_llm_classify::redact::url_to_show;
+///
+/// assert_eq!(
+///     url_to_show("https://u:p@example.com/v1beta?key=AIza#x"),
+///     "https://example.com/v1beta"
+/// );
+/// assert_eq!(url_to_show("example.com/v1?key=AIza"), "example.com/v1");
+/// ```
+pub fn url_to_show(url: &str) -> String {
+    let url = url.split(['?', '#']).next().unwrap_or_default();
+    let (scheme, rest) = match url.split_once("://") {
+        Some((scheme, rest)) => (Some(scheme), rest),
+        None => (None, url),
+    };
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let host = authority.rsplit('@').next().unwrap_or_default();
+    match scheme {
+        Some(scheme) => format!("{scheme}://{host}{path}"),
+        None => format!("{host}{path}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

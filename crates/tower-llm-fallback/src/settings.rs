@@ -119,8 +119,9 @@ impl TargetSettings {
                 .filter(|u| u.scheme().is_some() && u.authority().is_some())
                 .ok_or_else(|| {
                     ConfigError(format!(
-                        "target `{}`: base_url `{base}` is not an absolute URL",
-                        t.name
+                        "target `{}`: base_url `{}` is not an absolute URL",
+                        t.name,
+                        tower_llm_classify::redact::url_to_show(base)
                     ))
                 })?;
             target = target.base_url(uri);
@@ -313,6 +314,19 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(!error.contains("sk-bad"), "{error}");
+        // A key in the base URL's query (Gemini's `?key=`), or a password
+        // in it, is not echoed either.
+        let mut keyed = settings();
+        keyed.targets[1].base_url = Some("user:pw@example.com/v1beta?key=AIzaSECRET".into());
+        let error = keyed
+            .build(|_| (), |_| Some("sk-secret".into()))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("example.com/v1beta"), "{error}");
+        assert!(
+            !error.contains("AIzaSECRET") && !error.contains("pw@"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -61,7 +61,14 @@ impl<S> fmt::Debug for Target<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Target")
             .field("name", &self.name)
-            .field("base", &self.base)
+            // Never a key the base URL may carry (`?key=`, a password).
+            .field(
+                "base",
+                &self
+                    .base
+                    .as_ref()
+                    .map(|base| tower_llm_classify::redact::url_to_show(&base.to_string())),
+            )
             .field("model", &self.model)
             .field(
                 "credential",

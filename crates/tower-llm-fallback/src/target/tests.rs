@@ -239,3 +239,18 @@ fn an_empty_body_is_sent_without_a_model() {
         .unwrap();
     assert!(http_body::Body::is_end_stream(request.body()));
 }
+
+#[test]
+fn a_targets_debug_shows_no_key_its_base_url_carries() {
+    let target = Target::new("gemini", ()).base_url(
+        "https://generativelanguage.googleapis.com/v1beta?key=AIzaSECRET"
+            .parse()
+            .unwrap(),
+    );
+    let shown = format!("{target:?}");
+    assert!(
+        shown.contains("generativelanguage.googleapis.com/v1beta"),
+        "{shown}"
+    );
+    assert!(!shown.contains("AIzaSECRET"), "{shown}");
+}
