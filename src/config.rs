@@ -381,6 +381,20 @@ impl StackConfig {
             .preset
             .or_else(|| Some(preset.circuit_preset().to_owned()));
         let circuit = circuit.build().map_err(|e| ConfigError::at("circuit", e))?;
+        // A stack's keys are `target/model`: a pace limit for a name no
+        // target has (a typo) would pace nothing, silently.
+        if !self.targets.is_empty() {
+            for key in self.circuit.pace_limits.keys() {
+                let target = key.split('/').next().unwrap_or(key);
+                if !self.targets.iter().any(|t| t.name == target) {
+                    let known: Vec<&str> = self.targets.iter().map(|t| t.name.as_str()).collect();
+                    return Err(ConfigError(format!(
+                        "[circuit.pace_limits] `{key}`: no target is named `{target}` (targets: {})",
+                        known.join(", ")
+                    )));
+                }
+            }
+        }
 
         let mut stack = LlmStack::preset(preset)
             .retry(retry)

@@ -227,6 +227,38 @@ fn an_unknown_key_is_refused_by_name() {
 }
 
 #[test]
+fn a_pace_limit_for_a_name_no_target_has_is_refused() {
+    // A typo would pace nothing, silently.
+    let config = StackConfig::from_toml(
+        r#"
+        [[targets]]
+        name = "openai"
+        base_url = "http://127.0.0.1:9"
+
+        [circuit.pace_limits.opnai]
+        rpm = 10
+        "#,
+    )
+    .unwrap();
+    let error = config
+        .stack_with_env(client(), no_env)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("opnai") && error.contains("openai"),
+        "{error}"
+    );
+    // The target's own name, or one of its models, is fine.
+    for key in ["openai", "openai/gpt-4o"] {
+        let config = StackConfig::from_toml(&format!(
+            "[[targets]]\nname = \"openai\"\nbase_url = \"http://127.0.0.1:9\"\n\n[circuit.pace_limits.\"{key}\"]\nrpm = 10\n"
+        ))
+        .unwrap();
+        assert!(config.stack_with_env(client(), no_env).is_ok(), "{key}");
+    }
+}
+
+#[test]
 fn an_unknown_preset_is_refused_by_name() {
     let config = StackConfig::from_toml(
         r#"
