@@ -120,6 +120,15 @@ fn target(name: &str, provider: &str, base_url: &str) -> TargetSettings {
     t
 }
 
+/// The error building the stack `toml` describes, without environment.
+fn refused(toml: &str) -> String {
+    StackConfig::from_toml(toml)
+        .unwrap()
+        .stack_with_env(client(), no_env)
+        .unwrap_err()
+        .to_string()
+}
+
 fn production_env() -> impl Fn(&str) -> Option<String> {
     env(&[
         ("OPENAI_API_KEY", "sk-openai"),
@@ -229,7 +238,7 @@ fn an_unknown_key_is_refused_by_name() {
 #[test]
 fn a_pace_limit_for_a_name_no_target_has_is_refused() {
     // A typo would pace nothing, silently.
-    let config = StackConfig::from_toml(
+    let error = refused(
         r#"
         [[targets]]
         name = "openai"
@@ -238,12 +247,7 @@ fn a_pace_limit_for_a_name_no_target_has_is_refused() {
         [circuit.pace_limits.opnai]
         rpm = 10
         "#,
-    )
-    .unwrap();
-    let error = config
-        .stack_with_env(client(), no_env)
-        .unwrap_err()
-        .to_string();
+    );
     assert!(
         error.contains("opnai") && error.contains("openai"),
         "{error}"
@@ -260,19 +264,14 @@ fn a_pace_limit_for_a_name_no_target_has_is_refused() {
 
 #[test]
 fn an_unknown_preset_is_refused_by_name() {
-    let config = StackConfig::from_toml(
+    let error = refused(
         r#"
         preset = "fastest"
         [[targets]]
         name = "local"
         base_url = "http://127.0.0.1:11434"
         "#,
-    )
-    .unwrap();
-    let error = config
-        .stack_with_env(client(), no_env)
-        .unwrap_err()
-        .to_string();
+    );
     assert!(error.contains("fastest"), "{error}");
     assert!(error.contains("high_availability"), "{error}");
 }
@@ -353,19 +352,14 @@ async fn retry_attempts_from_the_environment_reach_the_built_stack() {
 
 #[test]
 fn a_missing_key_variable_is_named() {
-    let config = StackConfig::from_toml(
+    let error = refused(
         r#"
         [[targets]]
         name = "openai"
         base_url = "https://api.openai.com"
         api_key_env = "OPENAI_API_KEY"
         "#,
-    )
-    .unwrap();
-    let error = config
-        .stack_with_env(client(), no_env)
-        .unwrap_err()
-        .to_string();
+    );
     assert!(
         error.contains("OPENAI_API_KEY") && error.contains("openai"),
         "{error}"
@@ -421,7 +415,7 @@ fn no_error_ever_contains_the_key() {
 
 #[test]
 fn a_hedge_ratio_without_a_hedge_delay_is_refused() {
-    let config = StackConfig::from_toml(
+    let error = refused(
         r#"
         [fallback]
         hedge_ratio = 0.1
@@ -429,12 +423,7 @@ fn a_hedge_ratio_without_a_hedge_delay_is_refused() {
         name = "local"
         base_url = "http://127.0.0.1:11434"
         "#,
-    )
-    .unwrap();
-    let error = config
-        .stack_with_env(client(), no_env)
-        .unwrap_err()
-        .to_string();
+    );
     assert!(
         error.contains("hedge_ratio") && error.contains("hedge_delay_ms"),
         "{error}"

@@ -18,7 +18,7 @@ use super::transcript::{NotContinuable, StreamTranscript, Transcript};
 use super::{Dialect, Framing};
 use crate::classification::Phase;
 use crate::{Classification, ErrorKind, Provider};
-use template::EventReader;
+use template::{EventReader, unreadable};
 
 /// Longest line kept across chunk boundaries; a longer line (a huge base64
 /// image, say) is passed through without being inspected.
@@ -593,21 +593,4 @@ fn next_newline(rest: &[u8]) -> Option<usize> {
         [b'\r', b'\n', ..] => Some(1),
         _ => memchr::memchr(b'\n', rest),
     }
-}
-
-/// After the transcript could not read an event's `data`: whether it is
-/// malformed, which fails the stream as the caller's SDK would fail on it
-/// (not a JSON object). An object the transcript cannot represent (a
-/// `content` given as an array of parts, `choices` as an object, a lone
-/// surrogate escape, which JavaScript's `JSON.stringify` writes and
-/// Python's and JavaScript's parsers read) is no failure: the stream goes
-/// on, and only its continuation is off.
-fn unreadable(transcript: &mut Transcript, data: &[u8]) -> bool {
-    let mut members = crate::json::members(data);
-    members.by_ref().for_each(drop);
-    if members.malformed() {
-        return true;
-    }
-    transcript.block(NotContinuable::Unreadable);
-    false
 }

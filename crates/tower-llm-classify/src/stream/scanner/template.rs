@@ -26,7 +26,7 @@
 //! searches for its error and content keys.
 
 use crate::json;
-use crate::stream::transcript::Transcript;
+use crate::stream::transcript::{NotContinuable, Transcript};
 
 /// The room the template is first given: an OpenAI chunk's envelope (a
 /// long model name and a fingerprint included) fits, so that a stream's
@@ -152,4 +152,21 @@ impl EventReader {
         }
         read.well_formed
     }
+}
+
+/// After the transcript could not read an event's `data`: whether it is
+/// malformed, which fails the stream as the caller's SDK would fail on it
+/// (not a JSON object). An object the transcript cannot represent (a
+/// `content` given as an array of parts, `choices` as an object, a lone
+/// surrogate escape, which JavaScript's `JSON.stringify` writes and
+/// Python's and JavaScript's parsers read) is no failure: the stream goes
+/// on, and only its continuation is off.
+pub(super) fn unreadable(transcript: &mut Transcript, data: &[u8]) -> bool {
+    let mut members = crate::json::members(data);
+    members.by_ref().for_each(drop);
+    if members.malformed() {
+        return true;
+    }
+    transcript.block(NotContinuable::Unreadable);
+    false
 }
