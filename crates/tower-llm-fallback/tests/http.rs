@@ -269,13 +269,7 @@ async fn a_target_with_an_open_circuit_is_skipped_without_a_call() {
         .target(target("backup", &backup, &fast_circuit(), 1))
         .build()
         .unwrap();
-    for _ in 0..2 {
-        let _ = fallback
-            .clone()
-            .oneshot(request(&down, CONVERSATION))
-            .await
-            .unwrap();
-    }
+    call_times(&fallback, &down, 2).await;
     assert_eq!(down.requests().len(), 2, "two overloads opened its circuit");
     let response = fallback
         .clone()
@@ -594,6 +588,18 @@ fn hedged(primary: &Simulator, backup: &Simulator, ratio: f64) -> Fallback<Stack
         .unwrap()
 }
 
+/// Sends `n` conversations through `fallback`, one after the other, each
+/// answered.
+async fn call_times(fallback: &Fallback<Stack>, sim: &Simulator, n: usize) {
+    for _ in 0..n {
+        let _ = fallback
+            .clone()
+            .oneshot(request(sim, CONVERSATION))
+            .await
+            .unwrap();
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn hedging_returns_the_faster_target_and_cancels_the_slower() {
     let slow = Simulator::builder()
@@ -665,13 +671,7 @@ async fn the_hedging_budget_bounds_the_hedges() {
         .unwrap();
     let fast = Simulator::start().await.unwrap();
     let fallback = hedged(&slow, &fast, 0.25);
-    for _ in 0..8 {
-        let _ = fallback
-            .clone()
-            .oneshot(request(&slow, CONVERSATION))
-            .await
-            .unwrap();
-    }
+    call_times(&fallback, &slow, 8).await;
     // At most a quarter of the calls hedged.
     assert!(
         fast.requests().len() <= 2,
@@ -688,22 +688,10 @@ async fn a_long_quiet_run_saves_no_hedges_for_a_later_slow_spell() {
     let primary = Simulator::builder().record(true).start().await.unwrap();
     let backup = Simulator::builder().record(true).start().await.unwrap();
     let fallback = hedged(&primary, &backup, 0.1);
-    for _ in 0..1000 {
-        let _ = fallback
-            .clone()
-            .oneshot(request(&primary, CONVERSATION))
-            .await
-            .unwrap();
-    }
+    call_times(&fallback, &primary, 1000).await;
     assert!(backup.requests().is_empty());
     primary.set_latency(Duration::from_secs(3));
-    for _ in 0..100 {
-        let _ = fallback
-            .clone()
-            .oneshot(request(&primary, CONVERSATION))
-            .await
-            .unwrap();
-    }
+    call_times(&fallback, &primary, 100).await;
     let hedges = backup.requests().len();
     assert!(
         hedges <= 2 * 100 / 10 + 10,
